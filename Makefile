@@ -1,0 +1,41 @@
+# One command each: `make demo` (the whole cycle on this machine), `make test` (the test suite).
+# Both install what is missing: a virtualenv with the project, Docker and a locally
+# bootstrapped base image (see scripts/setup-test-env.sh).
+
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+IMAGE  ?= cos-spot-runner/workload:dev
+BASE   ?= cos-spot-runner/base:bookworm
+
+.PHONY: setup env image demo test test-fast bench clean
+
+$(BIN)/runner: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip >/dev/null
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@
+
+setup: $(BIN)/runner  ## virtualenv with the runner and the test tools
+
+env: setup  ## Docker engine, dockerd, and the bootstrapped base image
+	RUNNER_BASE_IMAGE=$(BASE) bash scripts/setup-test-env.sh
+
+image: env  ## the workload image (entrypoint + examples), built from the local base
+	docker build -q -t $(IMAGE) --build-arg BASE_IMAGE=$(BASE) . >/dev/null
+	@echo "built $(IMAGE)" >&2
+
+demo: image  ## submit → preempt → resume → finish, on the local backend
+	PATH=$(CURDIR)/$(BIN):$$PATH IMAGE=$(IMAGE) bash scripts/demo.sh
+
+test: image  ## the whole suite (unit, integration with real Docker, end to end)
+	RUNNER_TEST_IMAGE=$(IMAGE) $(BIN)/pytest -q
+
+test-fast: setup  ## tests that need no Docker
+	$(BIN)/pytest -q -m "not docker"
+
+bench: image  ## benchmarks, printed as ratios
+	RUNNER_TEST_IMAGE=$(IMAGE) $(BIN)/python -m bench
+
+clean:
+	rm -rf $(VENV) .cache .pytest_cache .hypothesis

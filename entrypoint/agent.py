@@ -1,0 +1,317 @@
+"""The in-container agent: wraps the job and keeps the run record true.
+
+Order of a start: check ``.stop`` → restore checkpoints → write the attempt manifest → state
+RUNNING → start the job with heartbeats, progress and background checkpoint sync → on exit or
+SIGTERM, a final sync, the log upload and the final state.
+
+Configuration comes from the environment (the startup script or the local backend sets it):
+
+=========================  ==================================================================
+RUNNER_RUN_ID              the run id (required)
+RUNNER_STORE               ``gs://BUCKET[/PREFIX]`` or ``file:///DIR`` (required)
+RUNNER_ATTEMPT             attempt number (required)
+RUNNER_CHECKPOINT_DIR      local checkpoint directory, synced to ``runs/ID/checkpoints/``
+RUNNER_RESULTS_DIR         local results directory, synced to ``runs/ID/results/`` at the end
+RUNNER_HEARTBEAT_INTERVAL  seconds between heartbeats (default 5)
+RUNNER_SYNC_INTERVAL       seconds between checkpoint sync passes (default 10)
+RUNNER_GRACE_PERIOD        seconds from SIGTERM to the container being killed (default 25)
+RUNNER_INSTANCE, RUNNER_ZONE, RUNNER_IMAGE   recorded in the manifest
+=========================  ==================================================================
+
+The job gets ``RUNNER_CHECKPOINT_DIR``, ``RUNNER_RESULTS_DIR``, ``RUNNER_PROGRESS_FILE`` and,
+when a checkpoint was restored, ``RUNNER_RESUME_FROM`` (the checkpoint directory).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+
+from entrypoint.checkpoints import BackgroundSync, DirectorySync, restore
+from entrypoint.progress import ProgressTracker
+from entrypoint.record import Heartbeat, IllegalTransition, RunRecord, State
+from entrypoint.store import PreconditionFailed, StoreError, open_store
+
+log = logging.getLogger("entrypoint")
+ACTOR = "agent"
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    run_id: str
+    store_url: str
+    attempt: int
+    checkpoint_dir: str
+    results_dir: str
+    heartbeat_interval: float
+    sync_interval: float
+    grace_period: float
+    instance: str
+    zone: str
+    image: str
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | os._Environ[str] = os.environ) -> "AgentConfig":
+        missing = [k for k in ("RUNNER_RUN_ID", "RUNNER_STORE", "RUNNER_ATTEMPT") if not env.get(k)]
+        if missing:
+            raise SystemExit(
+                f"entrypoint: {', '.join(missing)} not set; the startup script or the local "
+                "backend sets these (run jobs with `runner submit`, not by hand)"
+            )
+        return cls(
+            run_id=env["RUNNER_RUN_ID"],
+            store_url=env["RUNNER_STORE"],
+            attempt=int(env["RUNNER_ATTEMPT"]),
+            checkpoint_dir=env.get("RUNNER_CHECKPOINT_DIR", "/var/lib/runner/checkpoints"),
+            results_dir=env.get("RUNNER_RESULTS_DIR", "/var/lib/runner/results"),
+            heartbeat_interval=float(env.get("RUNNER_HEARTBEAT_INTERVAL", "5")),
+            sync_interval=float(env.get("RUNNER_SYNC_INTERVAL", "10")),
+            grace_period=float(env.get("RUNNER_GRACE_PERIOD", "25")),
+            instance=env.get("RUNNER_INSTANCE", socket.gethostname()),
+            zone=env.get("RUNNER_ZONE", "local"),
+            image=env.get("RUNNER_IMAGE", ""),
+        )
+
+
+class Agent:
+    def __init__(self, cfg: AgentConfig, command: list[str]) -> None:
+        self.cfg = cfg
+        self.command = command
+        self.store = open_store(cfg.store_url)
+        self.record = RunRecord(self.store, cfg.run_id)
+        self.terminating = threading.Event()
+        self.job: subprocess.Popen[bytes] | None = None
+        self.phase = "starting"
+        self.workdir = tempfile.mkdtemp(prefix="runner-agent-")
+        self.progress = ProgressTracker(os.path.join(self.workdir, "progress.json"))
+        self.log_path = os.path.join(self.workdir, "job.log")
+        self.checkpoints = DirectorySync(
+            self.store, cfg.checkpoint_dir, self.record.name(RunRecord.CHECKPOINTS), f"a{cfg.attempt}"
+        )
+        self._log_uploaded_size = -1
+
+    # ---- state helpers ----
+    def _transition(self, new: State, reason: str | None = None, **changes: object) -> bool:
+        """CAS write of our attempt's state; False if the run moved on without us."""
+        for _ in range(5):
+            try:
+                self.record.transition(
+                    new, ACTOR, expect_attempt=self.cfg.attempt, reason=reason, **changes
+                )
+                return True
+            except PreconditionFailed:
+                continue  # someone wrote in between (a supervisor); re-read and re-check
+            except IllegalTransition as e:
+                log.warning("not recording %s: %s", new.value, e)
+                return False
+        return False
+
+    # ---- the run ----
+    def run(self) -> int:
+        cfg = self.cfg
+        if self.record.stop_requested():
+            log.info("run %s has a .stop marker; not starting the job", cfg.run_id)
+            return 0
+        cur = self.record.read_state()
+        if cur is None or cur[0].attempt != cfg.attempt:
+            log.error("state.json is not for attempt %d; a newer attempt owns this run", cfg.attempt)
+            return 0
+
+        self.phase = "restoring"
+        restored = restore(self.store, self.record.name(RunRecord.CHECKPOINTS), cfg.checkpoint_dir)
+        os.makedirs(cfg.results_dir, exist_ok=True)
+        started = time.time()
+        manifest = {
+            "run_id": cfg.run_id,
+            "attempt": cfg.attempt,
+            "instance": cfg.instance,
+            "zone": cfg.zone,
+            "image": cfg.image,
+            "hostname": socket.gethostname(),
+            "command": self.command,
+            "started_at": started,
+            "resumed_from": restored,
+        }
+        self.record.write_manifest(cfg.attempt, manifest)
+        if cur[0].state != State.RUNNING and not self._transition(
+            State.RUNNING, "job started", instance=cfg.instance, zone=cfg.zone
+        ):
+            return 0
+
+        self.phase = "running"
+        self._install_signal_handlers()
+        self._start_job(resumed=bool(restored))
+        bg = BackgroundSync(self.checkpoints, cfg.sync_interval)
+        bg.start()
+        hb_stop = threading.Event()
+        hb = threading.Thread(target=self._heartbeat_loop, args=(hb_stop,), daemon=True)
+        hb.start()
+
+        code = self._wait_for_job()
+        self.phase = "finishing"
+        bg.stop(timeout=0)  # the final pass below takes the sync lock after any pass in flight
+        sync_ok = self.checkpoints.sync_once()
+        results_ok = DirectorySync(
+            self.store, cfg.results_dir, self.record.name(RunRecord.RESULTS), f"a{cfg.attempt}"
+        ).sync_once()
+        hb_stop.set()
+        self._upload_log(force=True)
+        self._write_heartbeat()
+        manifest.update(finished_at=time.time(), exit_code=code)
+        self.record.write_manifest(cfg.attempt, manifest)
+        self._record_outcome(code, sync_ok and results_ok)
+        return code
+
+    def _record_outcome(self, code: int, synced: bool) -> None:
+        sync_err = self.checkpoints.stats.last_error
+        if self.terminating.is_set():
+            if self.record.stop_requested():
+                self._transition(State.STOPPED, "stopped by user", exit_code=code)
+            else:
+                note = "" if synced else f"; final sync incomplete: {sync_err}"
+                self._transition(State.PREEMPTED, f"SIGTERM (preemption notice){note}", exit_code=code)
+        elif code == 0 and synced:
+            self._transition(State.SUCCEEDED, "job exited 0", exit_code=0)
+        elif code == 0:
+            self._transition(State.FAILED, f"job exited 0 but the final sync failed: {sync_err}", exit_code=0)
+        else:
+            spec = self.record.read_spec()
+            cur = self.record.read_state()
+            failures = cur[0].failures if cur else 0
+            if spec is not None and failures < spec.retry_on_failure:
+                self._transition(
+                    State.ERRORED,
+                    f"job exited with code {code}; retry {failures + 1} of {spec.retry_on_failure}",
+                    exit_code=code,
+                    failures=failures + 1,
+                )
+            else:
+                self._transition(State.FAILED, f"job exited with code {code}", exit_code=code)
+
+    def _start_job(self, resumed: bool) -> None:
+        env = dict(os.environ)
+        env.update(
+            RUNNER_CHECKPOINT_DIR=self.cfg.checkpoint_dir,
+            RUNNER_RESULTS_DIR=self.cfg.results_dir,
+            RUNNER_PROGRESS_FILE=self.progress.progress_file or "",
+        )
+        if resumed:
+            env["RUNNER_RESUME_FROM"] = self.cfg.checkpoint_dir
+        else:
+            env.pop("RUNNER_RESUME_FROM", None)
+        log.info("starting job (attempt %d): %s", self.cfg.attempt, self.command)
+        try:
+            self.job = subprocess.Popen(
+                self.command,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                env=env,
+                start_new_session=True,  # its own process group, so signals reach all its children
+            )
+        except OSError as e:
+            raise SystemExit(f"entrypoint: cannot start {self.command[0]!r}: {e}") from None
+        threading.Thread(target=self._pump_output, daemon=True).start()
+
+    def _pump_output(self) -> None:
+        assert self.job and self.job.stdout
+        with open(self.log_path, "ab") as logf:
+            for raw in iter(self.job.stdout.readline, b""):
+                sys.stdout.buffer.write(raw)
+                sys.stdout.flush()
+                logf.write(raw)
+                logf.flush()
+                self.progress.feed_line(raw.decode("utf-8", "replace"))
+
+    def _wait_for_job(self) -> int:
+        assert self.job
+        while True:
+            try:
+                code = self.job.wait(timeout=0.5)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            if self.terminating.is_set():
+                # Leave the final sync a share of the grace period before the container dies.
+                deadline = self._term_at + max(1.0, self.cfg.grace_period * 0.6)
+                if time.time() > deadline:
+                    log.warning("job ignored SIGTERM; killing it to leave time for the final sync")
+                    self._signal_job(signal.SIGKILL)
+        return 128 - code if code < 0 else code
+
+    # ---- signals ----
+    def _install_signal_handlers(self) -> None:
+        signal.signal(signal.SIGTERM, self._on_term)
+        signal.signal(signal.SIGINT, self._on_term)
+
+    def _on_term(self, signum: int, _frame: object) -> None:
+        if not self.terminating.is_set():
+            self._term_at = time.time()
+            self.terminating.set()
+            log.info("received signal %d: forwarding SIGTERM to the job", signum)
+        self._signal_job(signal.SIGTERM)
+
+    def _signal_job(self, sig: int) -> None:
+        if self.job and self.job.poll() is None:
+            try:
+                os.killpg(self.job.pid, sig)
+            except ProcessLookupError:
+                pass
+
+    # ---- heartbeat and logs ----
+    def _heartbeat_loop(self, stop: threading.Event) -> None:
+        while not stop.wait(self.cfg.heartbeat_interval):
+            try:
+                self._write_heartbeat()
+                self._upload_log()
+            except StoreError as e:
+                log.warning("heartbeat failed: %s", e)
+
+    def _write_heartbeat(self) -> None:
+        self.progress.poll_file()
+        progress, changed_at = self.progress.snapshot()
+        self.record.write_heartbeat(
+            Heartbeat(
+                time=time.time(),
+                attempt=self.cfg.attempt,
+                phase=self.phase,
+                progress=progress,
+                progress_changed_at=changed_at,
+                sync=self.checkpoints.stats.as_dict(),
+            )
+        )
+
+    def _upload_log(self, force: bool = False) -> None:
+        try:
+            size = os.path.getsize(self.log_path)
+        except FileNotFoundError:
+            return
+        if size == self._log_uploaded_size and not force:
+            return
+        # The job keeps appending: upload a frozen copy so the checksum matches what is sent.
+        snap = self.log_path + ".snap"
+        shutil.copyfile(self.log_path, snap)
+        self.store.upload_file(self.record.name(RunRecord.log_name(self.cfg.attempt)), snap)
+        self._log_uploaded_size = size
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "--":
+        argv = argv[1:]
+    logging.basicConfig(
+        level=logging.INFO, stream=sys.stderr, format="%(asctime)s entrypoint %(levelname)s %(message)s"
+    )
+    if not argv:
+        print("usage: python -m entrypoint -- COMMAND [ARGS...]", file=sys.stderr)
+        return 2
+    agent = Agent(AgentConfig.from_env(), argv)
+    return agent.run()

@@ -1,0 +1,168 @@
+"""Checkpoint restore and background sync between a local directory and the store.
+
+The rule that makes resumes safe: a file is uploaded under a private ``.partial/`` name, its
+CRC32C is checked against the snapshot that was read, and only then is it copied over the
+public name (``checkpoints/last.pt``). A killed upload leaves at most a stray partial; the
+public object is always the previous complete one. Restore reads only public names and checks
+every byte it downloads.
+
+Sync never blocks the job: it runs in its own thread and reads a snapshot (a hard link taken at
+scan time), so the job may keep writing ``last.pt.tmp`` and renaming it over ``last.pt``.
+A file the job is still writing in place changes under the snapshot; its CRC then differs from
+the one computed before upload, the upload is refused, and the next pass tries again.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+
+from entrypoint.store import Store, StoreError, crc32c_of_file
+
+log = logging.getLogger("entrypoint.checkpoints")
+
+SNAPSHOT_DIR = ".runner-snapshots"
+PARTIAL = ".partial/"
+# Names a job uses while writing; never uploaded (the finished file is renamed into place).
+_IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", "~", ".swp")
+
+
+def _is_syncable(rel: str) -> bool:
+    parts = rel.split("/")
+    return not any(p.startswith(".") for p in parts) and not rel.endswith(_IN_PROGRESS_SUFFIXES)
+
+
+@dataclass
+class SyncStats:
+    uploads: int = 0
+    bytes: int = 0
+    failures: int = 0
+    last_error: str | None = None
+    last_upload_at: float | None = None
+    pending: list[str] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "uploads": self.uploads,
+            "bytes": self.bytes,
+            "failures": self.failures,
+            "last_error": self.last_error,
+            "last_upload_at": self.last_upload_at,
+        }
+
+
+class DirectorySync:
+    """Mirror of one local directory under one store prefix (upload direction)."""
+
+    def __init__(self, store: Store, local_dir: str, prefix: str, tag: str = "") -> None:
+        self.store = store
+        self.local_dir = local_dir
+        self.prefix = prefix
+        self.tag = tag or uuid.uuid4().hex[:8]
+        self.stats = SyncStats()
+        self._uploaded: dict[str, tuple[int, int, int]] = {}  # rel -> (ino, size, mtime_ns)
+        self._lock = threading.Lock()  # one pass at a time (background vs final sync)
+
+    def _scan(self) -> dict[str, tuple[int, int, int]]:
+        found: dict[str, tuple[int, int, int]] = {}
+        for dirpath, dirnames, filenames in os.walk(self.local_dir):
+            dirnames[:] = [d for d in dirnames if not d.startswith(".")]
+            for fn in filenames:
+                full = os.path.join(dirpath, fn)
+                rel = os.path.relpath(full, self.local_dir).replace(os.sep, "/")
+                if not _is_syncable(rel):
+                    continue
+                try:
+                    st = os.stat(full)
+                except FileNotFoundError:
+                    continue
+                found[rel] = (st.st_ino, st.st_size, st.st_mtime_ns)
+        return found
+
+    def sync_once(self) -> bool:
+        """Upload every new or changed file; returns True if all of them made it."""
+        with self._lock:
+            ok = True
+            for rel, sig in sorted(self._scan().items()):
+                if self._uploaded.get(rel) == sig:
+                    continue
+                try:
+                    self._upload(rel)
+                    self._uploaded[rel] = sig
+                except (OSError, StoreError) as e:
+                    ok = False
+                    self.stats.failures += 1
+                    self.stats.last_error = f"{rel}: {e}"
+                    log.warning("checkpoint upload of %s failed (will retry): %s", rel, e)
+            return ok
+
+    def _upload(self, rel: str) -> None:
+        src = os.path.join(self.local_dir, rel)
+        snap_dir = os.path.join(self.local_dir, SNAPSHOT_DIR)
+        os.makedirs(snap_dir, exist_ok=True)
+        snap = os.path.join(snap_dir, uuid.uuid4().hex)
+        try:
+            try:
+                os.link(src, snap)  # cheap, and immune to the job renaming a new file over src
+            except OSError:
+                shutil.copyfile(src, snap)
+            crc = crc32c_of_file(snap)
+            partial = f"{self.prefix}{PARTIAL}{rel}.{self.tag}"
+            info = self.store.upload_file(partial, snap, crc32c=crc)
+            if info.crc32c != crc:
+                raise StoreError(f"stored CRC32C {info.crc32c} != local {crc}")
+            self.store.copy(partial, self.prefix + rel)
+            self.store.delete(partial)
+            self.stats.uploads += 1
+            self.stats.bytes += info.size
+            self.stats.last_upload_at = time.time()
+        finally:
+            try:
+                os.unlink(snap)
+            except FileNotFoundError:
+                pass
+
+
+class BackgroundSync:
+    """Runs ``DirectorySync.sync_once`` every ``interval`` seconds in a daemon thread."""
+
+    def __init__(self, sync: DirectorySync, interval: float) -> None:
+        self.sync = sync
+        self.interval = interval
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="checkpoint-sync", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self.sync.sync_once()
+
+    def stop(self, timeout: float | None = None) -> None:
+        self._stop.set()
+        self._thread.join(timeout)
+
+
+def restore(store: Store, prefix: str, local_dir: str) -> list[str]:
+    """Download every public checkpoint object into ``local_dir``, each CRC32C-verified.
+
+    Returns the names restored. A file that fails verification is not left in ``local_dir``;
+    the error propagates, because resuming from a wrong checkpoint is worse than not starting.
+    """
+    os.makedirs(local_dir, exist_ok=True)
+    restored = []
+    for name in store.list(prefix):
+        rel = name[len(prefix):]
+        if rel.startswith(PARTIAL) or not _is_syncable(rel):
+            continue
+        dest = os.path.join(local_dir, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        store.download_file(name, dest)  # verifies CRC32C; lands via temp file + rename
+        restored.append(name)
+    return restored

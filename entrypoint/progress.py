@@ -1,0 +1,87 @@
+"""How a job tells the agent how far it got.
+
+Two ways, use either:
+- print a line ``RUNNER_PROGRESS step=120 total=1000 loss=0.25`` on stdout or stderr
+  (``key=value`` pairs; numbers are parsed, anything else kept as text), or
+- write a small JSON object to the file named by ``$RUNNER_PROGRESS_FILE``
+  (e.g. ``{"step": 120, "total": 1000}``), replacing it atomically.
+
+The stall watchdog looks at *changes* of this progress, not only at the heartbeat, so a job
+that is alive but stuck is still caught.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from typing import Any
+
+PREFIX = "RUNNER_PROGRESS"
+
+
+def parse_progress_line(line: str) -> dict[str, Any] | None:
+    """The key=value pairs of a ``RUNNER_PROGRESS`` line, or None if it is not one."""
+    line = line.strip()
+    if not line.startswith(PREFIX):
+        return None
+    out: dict[str, Any] = {}
+    for part in line[len(PREFIX):].split():
+        key, sep, value = part.partition("=")
+        if not sep or not key:
+            continue
+        out[key] = _number(value)
+    return out or None
+
+
+def _number(v: str) -> Any:
+    for conv in (int, float):
+        try:
+            return conv(v)
+        except ValueError:
+            pass
+    return v
+
+
+class ProgressTracker:
+    """The latest progress and when it last changed; safe to update from several threads."""
+
+    def __init__(self, progress_file: str | None = None) -> None:
+        self.progress_file = progress_file
+        self._lock = threading.Lock()
+        self._progress: dict[str, Any] = {}
+        self._changed_at: float | None = None
+        self._file_mtime: int | None = None
+
+    def update(self, values: dict[str, Any]) -> None:
+        with self._lock:
+            merged = {**self._progress, **values}
+            if merged != self._progress:
+                self._progress = merged
+                self._changed_at = time.time()
+
+    def feed_line(self, line: str) -> None:
+        values = parse_progress_line(line)
+        if values:
+            self.update(values)
+
+    def poll_file(self) -> None:
+        """Pick up the JSON progress file if the job rewrote it."""
+        if not self.progress_file:
+            return
+        try:
+            mtime = os.stat(self.progress_file).st_mtime_ns
+            if mtime == self._file_mtime:
+                return
+            with open(self.progress_file) as f:
+                values = json.load(f)
+            self._file_mtime = mtime
+        except (OSError, ValueError):
+            return
+        if isinstance(values, dict):
+            self.update(values)
+
+    def snapshot(self) -> tuple[dict[str, Any], float | None]:
+        with self._lock:
+            return dict(self._progress), self._changed_at

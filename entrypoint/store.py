@@ -1,0 +1,133 @@
+"""The store interface: a bucket of named objects with conditional writes.
+
+Two implementations share it: ``gs://BUCKET[/PREFIX]`` (google-cloud-storage) and
+``file:///DIR`` (a local directory, the default for the local backend). The guarantees below are
+what the run record and the checkpoint sync rely on; ``tests/test_store_conformance.py`` checks
+them against both.
+"""
+
+from __future__ import annotations
+
+import base64
+import os
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import BinaryIO
+
+
+class StoreError(Exception):
+    """A store operation failed; the message says what to do about it."""
+
+
+class PreconditionFailed(StoreError):
+    """A conditional write lost: the object's generation was not the one expected (HTTP 412)."""
+
+
+class StoreNotFound(StoreError):
+    """The bucket or directory behind the store does not exist."""
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    name: str
+    size: int
+    generation: int
+    crc32c: str  # base64 of the big-endian CRC32C, the form GCS reports
+
+
+@dataclass(frozen=True)
+class Blob:
+    data: bytes
+    generation: int
+
+
+def crc32c_of_bytes(data: bytes) -> str:
+    import google_crc32c
+
+    return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
+
+
+def crc32c_of_stream(f: BinaryIO, chunk: int = 1 << 20) -> str:
+    import google_crc32c
+
+    c = google_crc32c.Checksum()
+    while True:
+        buf = f.read(chunk)
+        if not buf:
+            break
+        c.update(buf)
+    return base64.b64encode(c.digest()).decode()
+
+
+def crc32c_of_file(path: str | os.PathLike[str]) -> str:
+    with open(path, "rb") as f:
+        return crc32c_of_stream(f)
+
+
+class Store(ABC):
+    """A flat namespace of objects with generations.
+
+    Behaviours every implementation guarantees:
+    - ``read``/``stat`` of a missing object return ``None`` (never raise).
+    - ``write(..., if_generation_match=0)`` creates only: it raises ``PreconditionFailed`` if the
+      object exists. ``if_generation_match=G`` replaces only generation G (compare-and-swap).
+    - A reader sees either the old or the new content of an object, never a mix.
+    - ``upload_file`` verifies the CRC32C of what was stored against the local file and raises
+      ``StoreError`` on mismatch, so a stored object is never silently torn.
+    - ``delete`` of a missing object does nothing.
+    - ``list`` is recursive under a prefix; ``list_prefixes`` is one delimiter level.
+    """
+
+    url: str
+
+    @abstractmethod
+    def read(self, name: str) -> Blob | None: ...
+
+    @abstractmethod
+    def write(self, name: str, data: bytes, if_generation_match: int | None = None) -> int:
+        """Store ``data``; returns the new generation."""
+
+    @abstractmethod
+    def stat(self, name: str) -> ObjectInfo | None: ...
+
+    @abstractmethod
+    def delete(self, name: str) -> None: ...
+
+    @abstractmethod
+    def list(self, prefix: str) -> list[str]: ...
+
+    @abstractmethod
+    def list_prefixes(self, prefix: str) -> list[str]:
+        """The 'directories' directly below ``prefix`` (each ends in '/')."""
+
+    @abstractmethod
+    def upload_file(self, name: str, path: str, crc32c: str | None = None) -> ObjectInfo:
+        """Upload a local file; ``crc32c`` (if known) is what the stored object must match."""
+
+    @abstractmethod
+    def download_file(self, name: str, path: str) -> ObjectInfo:
+        """Download to ``path`` (written via a temp file + rename) and verify its CRC32C."""
+
+    @abstractmethod
+    def copy(self, src: str, dst: str) -> ObjectInfo:
+        """Server-side copy; ``dst`` is replaced atomically."""
+
+    def exists(self, name: str) -> bool:
+        return self.stat(name) is not None
+
+
+def open_store(url: str) -> Store:
+    """Open ``gs://BUCKET[/PREFIX]`` or ``file:///DIR`` (a bare path means a directory)."""
+    if url.startswith("gs://"):
+        from entrypoint.store_gcs import GcsStore
+
+        return GcsStore(url)
+    if url.startswith("file://"):
+        path = url[len("file://"):]
+    elif "://" in url:
+        raise StoreError(f"unsupported store URL {url!r}: use gs://BUCKET or file:///DIR")
+    else:
+        path = url
+    from entrypoint.store_local import LocalStore
+
+    return LocalStore(path)

@@ -1,0 +1,370 @@
+"""``gs://BUCKET[/PREFIX]``: the store on Google Cloud Storage.
+
+How each guarantee of ``entrypoint.store.Store`` is kept:
+
+- Conditional writes use GCS's own ``ifGenerationMatch``; a 412 becomes ``PreconditionFailed``.
+  GCS objects are replaced atomically, so readers see old or new content, never a mix.
+- ``read`` is one request: the media download carries ``x-goog-generation``, so data and
+  generation come from the same response and cannot belong to different writes.
+- Uploads declare the CRC32C computed locally *before* sending (in the object metadata, for
+  multipart and resumable uploads alike). GCS checks the received bytes against it and refuses to
+  commit on a mismatch, so a torn upload never replaces a good object. The library's own
+  client-side upload check is off on purpose: on a mismatch it deletes the object it just wrote,
+  which could be someone else's newer write.
+- Downloads are checked by the library against ``x-goog-hash`` while streaming, and again from
+  the finished temp file before it is renamed into place.
+
+google-cloud-storage is imported lazily: this module is only loaded for ``gs://`` URLs, and the
+local backend must not need it. With ``STORAGE_EMULATOR_HOST`` set the client talks to that
+emulator with anonymous credentials. Retries are the library's defaults; conditional writes are
+safe to retry, with one caveat noted on ``write``.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Any, Iterator, NoReturn
+
+from entrypoint.store import (
+    Blob,
+    ObjectInfo,
+    PreconditionFailed,
+    Store,
+    StoreError,
+    StoreNotFound,
+    crc32c_of_bytes,
+    crc32c_of_file,
+)
+
+if TYPE_CHECKING:
+    from google.cloud import storage as gcs
+
+_CONTENT_TYPE = "application/octet-stream"
+_OBJECT_ADMIN = "roles/storage.objectAdmin"
+
+
+def parse_gs_url(url: str) -> tuple[str, str]:
+    """Split ``gs://BUCKET[/PREFIX]`` into the bucket and a key prefix ('' or ending in '/')."""
+    if not url.startswith("gs://"):
+        raise StoreError(f"not a gs:// URL: {url!r}")
+    bucket, _, prefix = url[len("gs://"):].partition("/")
+    if not bucket:
+        raise StoreError(f"no bucket in {url!r}: use gs://BUCKET or gs://BUCKET/PREFIX")
+    prefix = prefix.strip("/")
+    return bucket, f"{prefix}/" if prefix else ""
+
+
+def make_client() -> "gcs.Client":
+    """A storage client: anonymous against an emulator, default credentials otherwise."""
+    from google.auth.exceptions import DefaultCredentialsError
+    from google.cloud import storage
+
+    if os.environ.get("STORAGE_EMULATOR_HOST"):
+        from google.auth.credentials import AnonymousCredentials
+
+        project = os.environ.get("GOOGLE_CLOUD_PROJECT", "local")
+        return storage.Client(project=project, credentials=AnonymousCredentials())
+    try:
+        return storage.Client()
+    except DefaultCredentialsError as err:
+        raise StoreError(
+            "no Google credentials found for the gs:// store: run "
+            "`gcloud auth application-default login`, set GOOGLE_APPLICATION_CREDENTIALS to a "
+            f"service-account key, or run on a VM with a service account ({err})"
+        ) from err
+
+
+def _data_corruption_errors() -> tuple[type[BaseException], ...]:
+    """The library's checksum-mismatch exception(s); the class moved in google-cloud-storage 3."""
+    found: list[type[BaseException]] = []
+    try:
+        from google.cloud.storage.exceptions import DataCorruption
+
+        found.append(DataCorruption)
+    except ImportError:
+        pass
+    try:
+        from google.resumable_media import DataCorruption as LegacyDataCorruption
+
+        found.append(LegacyDataCorruption)
+    except ImportError:
+        pass
+    return tuple(found)
+
+
+def _server_message(err: BaseException) -> str:
+    """The ``error.message`` GCS sent, without the URL and status the library wraps it in."""
+    response = getattr(err, "response", None)
+    try:
+        return str(response.json()["error"]["message"])
+    except Exception:  # not JSON, no response, or no message: fall back to the whole text
+        return str(getattr(err, "message", None) or err)
+
+
+def _is_bucket_missing(err: BaseException) -> bool:
+    """GCS answers 404 both for a missing object and a missing bucket; only the text differs."""
+    return "bucket does not exist" in str(err).lower()
+
+
+class GcsStore(Store):
+    def __init__(self, url: str, client: "gcs.Client | None" = None) -> None:
+        self.bucket_name, self.prefix = parse_gs_url(url)
+        self.url = f"gs://{self.bucket_name}" + (f"/{self.prefix.rstrip('/')}" if self.prefix else "")
+        self._client = client or make_client()
+        self._bucket = self._client.bucket(self.bucket_name)  # no request: bucket may be unreadable
+
+    # -- names ---------------------------------------------------------------------------------
+
+    def _key(self, name: str) -> str:
+        # Same rules as LocalStore, so a name that works here also works on the local backend.
+        if not name or name.startswith("/") or ".." in name.split("/"):
+            raise StoreError(f"invalid object name {name!r}")
+        return self.prefix + name
+
+    def _name(self, key: str) -> str:
+        return key[len(self.prefix):]
+
+    def _blob(self, name: str) -> Any:
+        return self._bucket.blob(self._key(name))
+
+    def _where(self, name: str) -> str:
+        return f"gs://{self.bucket_name}/{self.prefix}{name}"
+
+    # -- errors --------------------------------------------------------------------------------
+
+    def _project(self) -> str:
+        project = getattr(self._client, "project", None)
+        return project if project and project != "<none>" else "YOUR_PROJECT"
+
+    def _member(self) -> str | None:
+        """The IAM member of the credentials in use, when they say (``gcloud`` ADC often don't)."""
+        creds = getattr(self._client, "_credentials", None)
+        email = getattr(creds, "service_account_email", None)
+        if isinstance(email, str) and "@" in email:
+            return f"serviceAccount:{email}"
+        account = getattr(creds, "account", None)
+        return f"user:{account}" if isinstance(account, str) and "@" in account else None
+
+    def _bucket_missing(self, err: BaseException) -> NoReturn:
+        raise StoreNotFound(
+            f"bucket {self.bucket_name} does not exist: create it with "
+            f"`gcloud storage buckets create gs://{self.bucket_name} --project {self._project()}` "
+            "or point the store URL at an existing bucket"
+        ) from err
+
+    def _raise_if_bucket_missing(self, err: BaseException) -> None:
+        if _is_bucket_missing(err):
+            self._bucket_missing(err)
+
+    def _forbidden(self, what: str, err: BaseException) -> NoReturn:
+        member = self._member()
+        who = member or "the principal in use (see `gcloud auth list`, or the VM's service account)"
+        member = member or "PRINCIPAL"
+        raise StoreError(
+            f"permission denied to {what}: grant {_OBJECT_ADMIN} on bucket gs://{self.bucket_name} "
+            f"to {who}: `gcloud storage buckets add-iam-policy-binding gs://{self.bucket_name} "
+            f"--member={member} --role={_OBJECT_ADMIN}` (GCS said: {_server_message(err)})"
+        ) from err
+
+    @contextmanager
+    def _translated(self, what: str) -> Iterator[None]:
+        """Turn library exceptions into store errors that say what to do.
+
+        A 404 that is not about the bucket passes through untouched: only the caller knows
+        whether a missing object is normal (``read``) or an error (``copy``).
+        """
+        from google.api_core import exceptions as gexc
+        from google.auth.exceptions import GoogleAuthError
+        from requests.exceptions import RequestException
+
+        try:
+            yield
+        except gexc.PreconditionFailed as err:
+            raise PreconditionFailed(
+                f"{what}: the object's generation is not the one expected (another writer got "
+                "there first); re-read it and decide again"
+            ) from err
+        except gexc.NotFound as err:
+            self._raise_if_bucket_missing(err)
+            raise
+        except gexc.Forbidden as err:
+            self._forbidden(what, err)
+        except gexc.Unauthorized as err:
+            raise StoreError(
+                f"{what}: credentials were rejected: run `gcloud auth application-default login` "
+                f"or check GOOGLE_APPLICATION_CREDENTIALS (GCS said: {_server_message(err)})"
+            ) from err
+        except gexc.BadRequest as err:
+            said = _server_message(err)
+            if "crc32c" in said.lower() or "md5" in said.lower():
+                raise StoreError(
+                    f"{what}: the bytes GCS received do not match the CRC32C computed before "
+                    f"sending (the file changed during the upload, or was corrupted in transit); "
+                    f"nothing was replaced: retry (GCS said: {said})"
+                ) from err
+            raise StoreError(f"{what}: GCS refused the request, nothing was changed: {said}") from err
+        except gexc.GoogleAPIError as err:
+            raise StoreError(f"{what}: GCS request failed after retries: {err}") from err
+        except GoogleAuthError as err:
+            raise StoreError(
+                f"{what}: could not obtain credentials ({err}): run "
+                "`gcloud auth application-default login` or check the VM's service account"
+            ) from err
+        except RequestException as err:
+            raise StoreError(f"{what}: cannot reach GCS ({err}); check the network and retry") from err
+        except _data_corruption_errors() as err:
+            raise StoreError(f"{what}: checksum mismatch in transfer ({err}); retry") from err
+
+    # -- Store ---------------------------------------------------------------------------------
+
+    def read(self, name: str) -> Blob | None:
+        from google.api_core.exceptions import NotFound
+
+        blob = self._blob(name)
+        with self._translated(f"read {self._where(name)}"):
+            try:
+                data = blob.download_as_bytes(checksum="crc32c")
+            except NotFound as err:
+                self._raise_if_bucket_missing(err)
+                return None
+        return Blob(data, self._generation(blob, name))
+
+    def write(self, name: str, data: bytes, if_generation_match: int | None = None) -> int:
+        """Store ``data``; returns the new generation.
+
+        Caveat of any conditional write over HTTP: if a conditional write lands but its response
+        is lost, the library's retry of it meets a 412 and this raises ``PreconditionFailed``
+        although our write won. Callers that must tell the two apart should write payloads
+        that identify the writer and re-read after a ``PreconditionFailed``.
+        """
+        blob = self._blob(name)
+        blob.crc32c = crc32c_of_bytes(data)  # GCS verifies this before committing
+        with self._translated(f"write {self._where(name)}"):
+            blob.upload_from_string(
+                data,
+                content_type=_CONTENT_TYPE,
+                if_generation_match=if_generation_match,
+                checksum=None,
+            )
+        return self._generation(blob, name)
+
+    def stat(self, name: str) -> ObjectInfo | None:
+        from google.api_core.exceptions import NotFound
+
+        blob = self._blob(name)
+        with self._translated(f"stat {self._where(name)}"):
+            try:
+                blob.reload()
+            except NotFound as err:
+                self._raise_if_bucket_missing(err)
+                return None
+        return self._info(name, blob)
+
+    def delete(self, name: str) -> None:
+        from google.api_core.exceptions import NotFound
+
+        blob = self._blob(name)
+        with self._translated(f"delete {self._where(name)}"):
+            try:
+                blob.delete()
+            except NotFound as err:
+                self._raise_if_bucket_missing(err)
+
+    def list(self, prefix: str) -> list[str]:
+        with self._translated(f"list gs://{self.bucket_name}/{self.prefix}{prefix}"):
+            blobs = self._client.list_blobs(
+                self._bucket, prefix=self.prefix + prefix, fields="items(name),nextPageToken"
+            )
+            return sorted(self._name(b.name) for b in blobs)
+
+    def list_prefixes(self, prefix: str) -> list[str]:
+        with self._translated(f"list gs://{self.bucket_name}/{self.prefix}{prefix}"):
+            it = self._client.list_blobs(
+                self._bucket,
+                prefix=self.prefix + prefix,
+                delimiter="/",
+                fields="prefixes,nextPageToken",
+            )
+            for _page in it.pages:  # prefixes accumulate as pages are read
+                pass
+            return sorted(self._name(p) for p in it.prefixes)
+
+    def upload_file(self, name: str, path: str, crc32c: str | None = None) -> ObjectInfo:
+        local = crc32c_of_file(path)
+        if crc32c is not None and local != crc32c:
+            raise StoreError(
+                f"not uploading {path} to {self._where(name)}: its CRC32C is {local}, expected "
+                f"{crc32c}; the file changed or is corrupt"
+            )
+        blob = self._blob(name)
+        blob.crc32c = local  # declared up front: GCS refuses to commit different bytes
+        with self._translated(f"upload {path} to {self._where(name)}"):
+            blob.upload_from_filename(path, content_type=_CONTENT_TYPE, checksum=None)
+        info = self._info(name, blob)
+        if info.crc32c != local:  # GCS checked already; this guards against a server that didn't
+            raise StoreError(
+                f"{self._where(name)}: CRC32C mismatch after upload (local {local}, stored "
+                f"{info.crc32c}): upload it again"
+            )
+        return info
+
+    def download_file(self, name: str, path: str) -> ObjectInfo:
+        from google.api_core.exceptions import NotFound
+
+        blob = self._blob(name)
+        tmp = f"{path}.part-{uuid.uuid4().hex[:8]}"
+        try:
+            with self._translated(f"download {self._where(name)} to {path}"):
+                try:
+                    with open(tmp, "wb") as f:
+                        blob.download_to_file(f, checksum="crc32c")
+                        f.flush()
+                        os.fsync(f.fileno())
+                except NotFound as err:
+                    self._raise_if_bucket_missing(err)
+                    raise StoreError(f"{self._where(name)}: no such object") from err
+            info = ObjectInfo(name, os.path.getsize(tmp), self._generation(blob, name),
+                              crc32c_of_file(tmp))
+            if info.crc32c != blob.crc32c:
+                raise StoreError(
+                    f"{self._where(name)}: downloaded CRC32C {info.crc32c} does not match the "
+                    f"stored {blob.crc32c}: download it again"
+                )
+            os.replace(tmp, path)
+            return info
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+
+    def copy(self, src: str, dst: str) -> ObjectInfo:
+        from google.api_core.exceptions import NotFound
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        source, target = self._blob(src), self._blob(dst)
+        with self._translated(f"copy {self._where(src)} to {self._where(dst)}"):
+            try:
+                token = None
+                while True:  # rewrite may need several calls for large objects
+                    # An unconditional copy of the same source is idempotent: safe to retry.
+                    token, _, _ = target.rewrite(source, token=token, retry=DEFAULT_RETRY)
+                    if token is None:
+                        break
+            except NotFound as err:
+                self._raise_if_bucket_missing(err)
+                raise StoreError(f"{self._where(src)}: no such object") from err
+        return self._info(dst, target)
+
+    # -- helpers -------------------------------------------------------------------------------
+
+    def _generation(self, blob: Any, name: str) -> int:
+        if blob.generation is None:
+            raise StoreError(
+                f"{self._where(name)}: the server reported no generation (x-goog-generation); "
+                "is STORAGE_EMULATOR_HOST pointing at a GCS-compatible server?"
+            )
+        return int(blob.generation)
+
+    def _info(self, name: str, blob: Any) -> ObjectInfo:
+        return ObjectInfo(name, int(blob.size or 0), self._generation(blob, name), blob.crc32c or "")

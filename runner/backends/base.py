@@ -1,0 +1,85 @@
+"""The compute backend interface: one per place a run's "VM" can live (GCE, local Docker).
+
+Plan, then act: ``plan()`` is pure and returns the exact request the backend would send
+(``runner submit --dry-run`` prints it, and most tests assert on it); ``create()`` is the only
+step that sends it.
+"""
+
+from __future__ import annotations
+
+import enum
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
+from typing import Any
+
+from entrypoint.record import RunSpec
+
+LABEL_RUNNER = "runner"
+LABEL_RUN_ID = "run-id"
+LABEL_ATTEMPT = "attempt"
+RUNNER_LABEL_VALUE = "cos-spot-runner"
+
+
+class InstanceStatus(str, enum.Enum):
+    STARTING = "STARTING"
+    RUNNING = "RUNNING"
+    STOPPING = "STOPPING"
+    TERMINATED = "TERMINATED"  # exists but no longer runs (exited container, TERMINATED VM)
+
+
+@dataclass(frozen=True)
+class Instance:
+    name: str
+    run_label: str
+    attempt: int
+    status: InstanceStatus
+    zone: str = "local"
+    exit_code: int | None = None
+
+    @property
+    def alive(self) -> bool:
+        return self.status in (InstanceStatus.STARTING, InstanceStatus.RUNNING)
+
+
+class BackendError(Exception):
+    """The backend could not do what was asked; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class LaunchContext:
+    """What a plan needs besides the spec: which attempt, and where the store is."""
+
+    attempt: int
+    store_url: str
+    heartbeat_interval: float
+    sync_interval: float
+    grace_period: float
+    shm_size: str
+
+
+class ComputeBackend(ABC):
+    name: str
+
+    @abstractmethod
+    def plan(self, spec: RunSpec, ctx: LaunchContext) -> Any:
+        """The request that ``create`` would send. Pure: no I/O."""
+
+    @abstractmethod
+    def create(self, plan: Any) -> Instance:
+        """Create the instance. Idempotent: if one of that name exists, returns it (409)."""
+
+    @abstractmethod
+    def list(self, run_id: str | None = None) -> list[Instance]:
+        """Every instance this tool made (or only one run's), in a single backend call."""
+
+    @abstractmethod
+    def delete(self, name: str, grace_period: float = 0) -> None:
+        """Stop (SIGTERM, then kill after ``grace_period``) and remove. Missing: does nothing."""
+
+    @abstractmethod
+    def preempt(self, name: str, grace_period: float) -> None:
+        """Do what a spot preemption does: SIGTERM, ``grace_period`` seconds, kill, remove."""
+
+    def logs(self, name: str, tail: int = 100) -> str:
+        """The instance's console output (serial console or container logs), if it has one."""
+        return ""

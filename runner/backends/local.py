@@ -1,0 +1,202 @@
+"""The embedded local backend: a run's "VM" is a Docker container on this machine.
+
+It mirrors what the COS startup script does on GCE: the same image (pinned by id), the same
+agent environment, the store bind-mounted where a VM would reach the bucket. Containers get no
+network: the local store is a directory, and a job that needs the network is not a local one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from entrypoint.record import RunSpec
+from runner.backends.base import (
+    LABEL_ATTEMPT,
+    LABEL_RUN_ID,
+    LABEL_RUNNER,
+    RUNNER_LABEL_VALUE,
+    BackendError,
+    ComputeBackend,
+    Instance,
+    InstanceStatus,
+    LaunchContext,
+)
+from runner.naming import label_value, resource_name
+
+STORE_MOUNT = "/var/lib/runner/store"
+
+_STATUS = {
+    "created": InstanceStatus.STARTING,
+    "restarting": InstanceStatus.STARTING,
+    "running": InstanceStatus.RUNNING,
+    "paused": InstanceStatus.RUNNING,
+    "removing": InstanceStatus.STOPPING,
+    "exited": InstanceStatus.TERMINATED,
+    "dead": InstanceStatus.TERMINATED,
+}
+
+
+@dataclass(frozen=True)
+class ContainerPlan:
+    """Exactly the arguments of ``docker run`` (``containers.run`` in the SDK)."""
+
+    name: str
+    image: str
+    command: list[str]
+    environment: dict[str, str]
+    labels: dict[str, str]
+    volumes: dict[str, dict[str, str]]
+    shm_size: str
+    stop_timeout: int
+    network_mode: str = "none"
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def docker_cli(self) -> list[str]:
+        """The same plan as a ``docker run`` command line, for ``--dry-run``."""
+        args = ["docker", "run", "-d", "--name", self.name, "--network", self.network_mode,
+                "--shm-size", self.shm_size, "--stop-timeout", str(self.stop_timeout)]
+        for k, v in sorted(self.labels.items()):
+            args += ["--label", f"{k}={v}"]
+        for k, v in sorted(self.environment.items()):
+            args += ["-e", f"{k}={v}"]
+        for host, m in self.volumes.items():
+            args += ["-v", f"{host}:{m['bind']}:{m['mode']}"]
+        return args + [self.image, *self.command]
+
+
+def _store_dir(store_url: str) -> str:
+    if not store_url.startswith("file://"):
+        raise BackendError(
+            f"the local backend needs a local directory store (file:///DIR), not {store_url}: "
+            "its containers have no network. Use --backend gce for a gs:// store."
+        )
+    return store_url[len("file://"):]
+
+
+class LocalBackend(ComputeBackend):
+    name = "local"
+
+    def __init__(self, client: Any | None = None) -> None:
+        self._client = client
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            import docker
+            from docker.errors import DockerException
+
+            try:
+                self._client = docker.from_env()
+                self._client.ping()
+            except DockerException as e:
+                raise BackendError(
+                    f"Docker is not reachable ({e}). Start it (`sudo dockerd &`, or run "
+                    "`make setup` which installs and starts it), or set DOCKER_HOST."
+                ) from None
+        return self._client
+
+    def plan(self, spec: RunSpec, ctx: LaunchContext) -> ContainerPlan:
+        name = resource_name(spec.run_id, ctx.attempt)
+        env = {
+            **spec.env,
+            "RUNNER_RUN_ID": spec.run_id,
+            "RUNNER_STORE": "file://" + STORE_MOUNT,
+            "RUNNER_ATTEMPT": str(ctx.attempt),
+            "RUNNER_CHECKPOINT_DIR": spec.checkpoint_dir,
+            "RUNNER_RESULTS_DIR": spec.results_dir,
+            "RUNNER_HEARTBEAT_INTERVAL": str(ctx.heartbeat_interval),
+            "RUNNER_SYNC_INTERVAL": str(ctx.sync_interval),
+            "RUNNER_GRACE_PERIOD": str(ctx.grace_period),
+            "RUNNER_INSTANCE": name,
+            "RUNNER_ZONE": "local",
+            "RUNNER_IMAGE": spec.image,
+        }
+        return ContainerPlan(
+            name=name,
+            image=spec.image,
+            command=list(spec.command),
+            environment=env,
+            labels={
+                LABEL_RUNNER: RUNNER_LABEL_VALUE,
+                LABEL_RUN_ID: label_value(spec.run_id),
+                "run-id-full": spec.run_id,
+                LABEL_ATTEMPT: str(ctx.attempt),
+            },
+            volumes={_store_dir(ctx.store_url): {"bind": STORE_MOUNT, "mode": "rw"}},
+            shm_size=ctx.shm_size,
+            stop_timeout=max(1, int(round(ctx.grace_period))),
+        )
+
+    def create(self, plan: ContainerPlan) -> Instance:
+        from docker.errors import APIError, ImageNotFound
+
+        try:
+            c = self.client.containers.run(
+                plan.image,
+                plan.command,
+                name=plan.name,
+                detach=True,
+                environment=plan.environment,
+                labels=plan.labels,
+                volumes=plan.volumes,
+                shm_size=plan.shm_size,
+                stop_signal="SIGTERM",
+                network_mode=plan.network_mode,
+                **plan.extra,
+            )
+        except ImageNotFound:
+            raise BackendError(
+                f"image {plan.image} is not in the local Docker engine: build it first "
+                "(`make image`, or `docker build -t NAME .`) and pass --image NAME"
+            ) from None
+        except APIError as e:
+            if e.status_code == 409:  # a container of that name exists: creation is idempotent
+                c = self.client.containers.get(plan.name)
+            else:
+                raise BackendError(f"docker could not start {plan.name}: {e.explanation or e}") from None
+        return self._instance(c)
+
+    @staticmethod
+    def _instance(c: Any) -> Instance:
+        labels = c.labels or {}
+        state = c.attrs.get("State", {})
+        return Instance(
+            name=c.name,
+            run_label=labels.get(LABEL_RUN_ID, ""),
+            attempt=int(labels.get(LABEL_ATTEMPT, "0")),
+            status=_STATUS.get(c.status, InstanceStatus.TERMINATED),
+            exit_code=state.get("ExitCode") if c.status in ("exited", "dead") else None,
+        )
+
+    def list(self, run_id: str | None = None) -> list[Instance]:
+        filters = {"label": [f"{LABEL_RUNNER}={RUNNER_LABEL_VALUE}"]}
+        if run_id is not None:
+            filters["label"].append(f"{LABEL_RUN_ID}={label_value(run_id)}")
+        return [self._instance(c) for c in self.client.containers.list(all=True, filters=filters)]
+
+    def delete(self, name: str, grace_period: float = 0) -> None:
+        from docker.errors import APIError, NotFound
+
+        try:
+            c = self.client.containers.get(name)
+            if c.status in ("running", "restarting", "paused", "created"):
+                c.stop(timeout=max(0, int(round(grace_period))))
+            c.remove(force=True)
+        except NotFound:
+            pass
+        except APIError as e:
+            if e.status_code not in (404, 409):  # 409: removal already in progress
+                raise BackendError(f"docker could not remove {name}: {e.explanation or e}") from None
+
+    def preempt(self, name: str, grace_period: float) -> None:
+        # A spot VM with terminationAction=DELETE: notice, grace, hard stop, gone.
+        self.delete(name, grace_period)
+
+    def logs(self, name: str, tail: int = 100) -> str:
+        from docker.errors import NotFound
+
+        try:
+            return self.client.containers.get(name).logs(tail=tail).decode("utf-8", "replace")
+        except NotFound:
+            return ""

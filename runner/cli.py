@@ -1,0 +1,314 @@
+"""The ``runner`` command line.
+
+Cloud libraries and Docker are imported inside the commands that use them, so ``runner --help``
+stays fast. Data goes to stdout (``--json`` for scripts), progress and errors to stderr.
+Exit codes: 0 ok, 1 the run failed (or an operation failed), 2 usage or config error, 3 not found.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import time
+from typing import Any, Callable
+
+import click
+
+EXIT_FAILED, EXIT_USAGE, EXIT_NOT_FOUND = 1, 2, 3
+
+
+def _err(msg: str, code: int) -> None:
+    click.echo(f"runner: {msg}", err=True)
+    sys.exit(code)
+
+
+def _note(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def config_options(f: Callable[..., Any]) -> Callable[..., Any]:
+    """--config/--store/--backend, shared by every command that touches runs."""
+
+    @click.option("--config", "config_path", type=click.Path(dir_okay=False),
+                  help="runner.toml to use (default: found by walking up from the current directory).")
+    @click.option("--store", help="Where run records live: gs://BUCKET[/PREFIX] or file:///DIR.")
+    @click.option("--backend", type=click.Choice(["local", "gce"]),
+                  help="Where runs execute (default from config: local).")
+    @functools.wraps(f)
+    def wrapper(*args: Any, config_path: str | None, store: str | None, backend: str | None, **kw: Any) -> Any:
+        return f(*args, cli_config={"store": store, "backend": backend}, config_path=config_path, **kw)
+
+    return wrapper
+
+
+def _load(cli_config: dict[str, Any], config_path: str | None, create_store: bool = False):  # type: ignore[no-untyped-def]
+    """Config, store and backend; every user error becomes a one-line message and exit 2/1."""
+    from entrypoint.store import StoreError
+    from runner.backends.base import BackendError
+    from runner.config import ConfigError, load_config
+    from runner.context import make_context
+
+    try:
+        cfg = load_config(cli={k: v for k, v in cli_config.items() if v is not None}, config_path=config_path)
+    except ConfigError as e:
+        _err(str(e), EXIT_USAGE)
+    try:
+        return make_context(cfg, create_default_store=create_store)
+    except StoreError as e:
+        _err(str(e), EXIT_USAGE)
+    except BackendError as e:
+        _err(str(e), EXIT_FAILED)
+
+
+def _guard(f: Callable[..., Any]) -> Callable[..., Any]:
+    """Turn the product's own exceptions into one-line errors with the right exit code."""
+
+    @functools.wraps(f)
+    def wrapper(*args: Any, **kw: Any) -> Any:
+        from entrypoint.store import StoreError
+        from runner.backends.base import BackendError
+        from runner.naming import InvalidRunId
+        from runner.ops import RunNotFound
+        from runner.submit import SubmitRefused
+
+        try:
+            return f(*args, **kw)
+        except InvalidRunId as e:
+            _err(str(e), EXIT_USAGE)
+        except SubmitRefused as e:
+            _err(str(e), EXIT_USAGE)
+        except RunNotFound as e:
+            _err(str(e), EXIT_NOT_FOUND)
+        except (BackendError, StoreError) as e:
+            _err(str(e), EXIT_FAILED)
+
+    return wrapper
+
+
+def _run_id(value: str) -> str:
+    from runner.naming import validate_run_id
+
+    return validate_run_id(value)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+def main() -> None:
+    """Run containerized jobs on GCE spot VMs (Container-Optimized OS) through preemptions.
+
+    \b
+    Quick start (local backend: Docker on this machine, a directory as the bucket):
+      make demo                                   # the whole cycle, preemption included
+      runner submit --run-id exp-1 --image cos-spot-runner/workload:dev \\
+          -- python3 -m examples.trainer --steps 100
+      runner ops status --run-id exp-1
+    """
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.option("--run-id", required=True, help="Your name for the run; re-using it resumes the run.")
+@click.option("--image", help="Image to run (local: a Docker image name; pinned to its id/digest).")
+@click.option("--restart", is_flag=True, help="Run a finished, failed or stopped run again (resumes from its last checkpoint).")
+@click.option("--detach", is_flag=True, help="Return after submitting; `runner supervise` keeps it going.")
+@click.option("--dry-run", is_flag=True, help="Print exactly what would be created, and create nothing.")
+@click.option("--max-restarts", type=int, help="Preemption/stall restarts before giving up (default 10).")
+@click.option("--retry-on-failure", type=int, help="Re-run a job that exits non-zero up to N times (default 0).")
+@click.option("--poll-interval", type=float, help="Seconds between supervisor checks.")
+@click.option("--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Environment for the job (not for secrets).")
+@config_options
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@_guard
+def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run: bool,
+           max_restarts: int | None, retry_on_failure: int | None, poll_interval: float | None,
+           env_pairs: tuple[str, ...], command: tuple[str, ...], cli_config: dict[str, Any],
+           config_path: str | None) -> None:
+    """Submit a run and follow it until it ends (unless --detach).
+
+    The job's command comes after `--` and is passed as an argument list, never re-parsed by a
+    shell:
+
+        runner submit --run-id exp-1 --image cos-spot-runner/workload:dev -- python3 -m examples.trainer --steps 100
+
+    Re-submitting an existing run id resumes it from its last checkpoint.
+    """
+    from runner import submit as submit_mod
+
+    run_id = _run_id(run_id)
+    env = {}
+    for pair in env_pairs:
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            _err(f"--env {pair!r} is not KEY=VALUE", EXIT_USAGE)
+        env[k] = v
+    cli_config = {**cli_config, "poll_interval": poll_interval}
+    ctx = _load(cli_config, config_path, create_store=not dry_run)
+    if dry_run:
+        plan = submit_mod.dry_run(ctx, run_id, list(command), image,
+                                  max_restarts=max_restarts, retry_on_failure=retry_on_failure)
+        cli = getattr(plan, "docker_cli", None)
+        click.echo(" ".join(cli()) if cli else json.dumps(plan, default=str, indent=1))
+        return
+    result = submit_mod.submit(ctx, run_id, list(command), image=image, restart=restart,
+                               max_restarts=max_restarts, retry_on_failure=retry_on_failure, env=env)
+    _note(f"{result.message} (store {ctx.store.url}, backend {ctx.cfg.backend}, image {result.spec.image[:19]})")
+    sup = ctx.supervisor()
+    if detach:
+        sup.reconcile(run_id)
+        _note(f"detached; keep it supervised with: runner supervise   (status: runner ops status --run-id {run_id})")
+        return
+    from runner.follow import follow_run
+
+    final = follow_run(sup, run_id, ctx.cfg.poll_interval, _note)
+    click.echo(f"{run_id}: {final.state.value} after {final.attempt} attempt(s)"
+               + (f" — {final.reason}" if final.reason else ""))
+    sys.exit(0 if final.state.value == "SUCCEEDED" else EXIT_FAILED)
+
+
+@main.command()
+@click.option("--run-id", help="Supervise only this run (default: every unfinished run).")
+@click.option("--once", is_flag=True, help="One reconcile pass, then exit.")
+@click.option("--poll-interval", type=float, help="Seconds between passes.")
+@config_options
+@_guard
+def supervise(run_id: str | None, once: bool, poll_interval: float | None,
+              cli_config: dict[str, Any], config_path: str | None) -> None:
+    """Keep runs alive: restart preempted or stalled ones, stop stopped ones, clean up.
+
+    Safe to run more than once at the same time: state changes are compare-and-swap writes.
+    """
+    ctx = _load({**cli_config, "poll_interval": poll_interval}, config_path)
+    sup = ctx.supervisor()
+    if run_id:
+        from runner.follow import follow_run
+
+        final = follow_run(sup, _run_id(run_id), ctx.cfg.poll_interval, _note, once=once)
+        click.echo(f"{run_id}: {final.state.value}")
+        return
+    while True:
+        states = sup.reconcile_all()
+        live = {k: v for k, v in states.items() if not v.state.terminal}
+        _note(f"{time.strftime('%H:%M:%S')} supervised {len(states)} run(s), {len(live)} unfinished")
+        if once:
+            return
+        time.sleep(ctx.cfg.poll_interval)
+
+
+@main.group()
+def ops() -> None:
+    """Show and control runs: status, list, logs, delete, preempt."""
+
+
+@ops.command()
+@click.option("--run-id", required=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@config_options
+@_guard
+def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
+    """State, attempt, heartbeat age, progress and the last event of one run."""
+    from runner.ops import ago, run_status
+
+    ctx = _load(cli_config, config_path)
+    s = run_status(ctx.store, _run_id(run_id), ctx.backend)
+    if as_json:
+        click.echo(json.dumps(s, indent=1, default=str))
+        return
+    hb = "-" if s["heartbeat_age_s"] is None else f"{s['heartbeat_age_s']:.0f}s ago"
+    prog = " ".join(f"{k}={v}" for k, v in s["progress"].items()) or "-"
+    ev = s["last_event"]
+    click.echo(f"run        {s['run_id']}")
+    click.echo(f"state      {s['state']}" + (f" ({s['reason']})" if s["reason"] else ""))
+    click.echo(f"attempt    {s['attempt']}  instance {s['instance'] or '-'}  zone {s['zone'] or '-'}")
+    click.echo(f"heartbeat  {hb}")
+    click.echo(f"progress   {prog}")
+    if s.get("instances"):
+        click.echo("instances  " + ", ".join(f"{i['name']} ({i['status']})" for i in s["instances"]))
+    if ev:
+        click.echo(f"last event {ago(ev['time'])}: {ev['actor']} {ev['from']} -> {ev['to']}"
+                   + (f" ({ev['reason']})" if ev.get("reason") else ""))
+    if s["stop_requested"]:
+        click.echo("stop       requested (.stop): this run is never restarted")
+
+
+@ops.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of runs.")
+@config_options
+@_guard
+def list_cmd(as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
+    """All runs in the store, one line each."""
+    from runner.ops import list_runs
+
+    ctx = _load(cli_config, config_path)
+    rows = list_runs(ctx.store)
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    if not rows:
+        _note(f"no runs in {ctx.store.url}")
+        return
+    click.echo(f"{'RUN':<28} {'STATE':<13} {'ATTEMPT':>7}  {'PROGRESS':<18} UPDATED")
+    for r in rows:
+        p = r["progress"]
+        prog = f"{p.get('step', '-')}/{p.get('total', '-')}" if p else "-"
+        click.echo(f"{r['run_id']:<28} {r['state']:<13} {r['attempt']:>7}  {prog:<18} {r['updated_at']}")
+
+
+@ops.command()
+@click.option("--run-id", required=True)
+@click.option("--grace-period", type=float, help="Seconds the job gets to checkpoint before it is killed.")
+@config_options
+@_guard
+def delete(run_id: str, grace_period: float | None, cli_config: dict[str, Any], config_path: str | None) -> None:
+    """Stop a run for good: writes .stop (nothing will restart it), then removes its VM/container."""
+    from runner.ops import delete_run
+
+    ctx = _load(cli_config, config_path)
+    g = ctx.cfg.grace_period if grace_period is None else grace_period
+    out = delete_run(ctx.store, ctx.backend, _run_id(run_id), g)
+    click.echo(f"{out['run_id']}: {out['state']}; removed {', '.join(out['removed']) or 'no instance'}")
+
+
+@ops.command()
+@click.option("--run-id", required=True)
+@click.option("--grace-period", type=float, help="Seconds between SIGTERM and kill (default: config grace_period).")
+@config_options
+@_guard
+def preempt(run_id: str, grace_period: float | None, cli_config: dict[str, Any], config_path: str | None) -> None:
+    """Simulate a spot preemption: SIGTERM, grace period, kill. The supervisor restarts the run."""
+    from runner.ops import preempt_run
+
+    ctx = _load(cli_config, config_path)
+    g = ctx.cfg.grace_period if grace_period is None else grace_period
+    out = preempt_run(ctx.store, ctx.backend, _run_id(run_id), g)
+    click.echo(f"{run_id}: preempted {', '.join(out['preempted'])}")
+
+
+@ops.command()
+@click.option("--run-id", required=True)
+@click.option("--attempt", type=int, help="Only this attempt (default: all, with separators).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the run ends.")
+@config_options
+@_guard
+def logs(run_id: str, attempt: int | None, follow: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
+    """The job's output, from the store, across attempts."""
+    from runner.ops import attempt_logs, follow_logs
+
+    ctx = _load(cli_config, config_path)
+    run_id = _run_id(run_id)
+    out = sys.stdout.buffer
+    if follow:
+        shown = None
+        for a, chunk in follow_logs(ctx.store, run_id):
+            if a != shown:
+                out.write(f"===== attempt {a} =====\n".encode())
+                shown = a
+            out.write(chunk)
+            out.flush()
+        return
+    for a, data in attempt_logs(ctx.store, run_id, attempt):
+        out.write(f"===== attempt {a} =====\n".encode())
+        out.write(data)
+    out.flush()
+
+
+if __name__ == "__main__":
+    main()

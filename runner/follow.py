@@ -1,0 +1,32 @@
+"""Attached supervision: reconcile one run every poll and print its transitions as they happen."""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+from entrypoint.record import RunRecord, RunState, iso
+from runner.supervisor import Supervisor
+
+
+def format_event(ev: dict) -> str:
+    src = ev.get("from") or "-"
+    line = f"{iso(ev['time'])}  attempt {ev.get('attempt') or '-'}  {src:>12} -> {ev.get('to') or '-':<12} [{ev['actor']}]"
+    return line + (f"  {ev['reason']}" if ev.get("reason") else "")
+
+
+def follow_run(sup: Supervisor, run_id: str, poll_interval: float, say: Callable[[str], None],
+               once: bool = False) -> RunState:
+    """Supervise ``run_id`` until it reaches a terminal state; returns that state."""
+    rec = RunRecord(sup.store, run_id)
+    seen: str | None = None
+    while True:
+        st = sup.reconcile(run_id)
+        for name, ev in rec.events(after=seen):
+            say(format_event(ev))
+            seen = name
+        if st is None:
+            raise LookupError(f"run {run_id} vanished from the store")
+        if st.state.terminal or once:
+            return st
+        time.sleep(poll_interval)

@@ -1,0 +1,169 @@
+"""What ``runner ops`` shows and does: status, list, delete, preempt, logs.
+
+Each function returns data (dicts, ready for ``--json``); the CLI decides how to print it.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Iterator
+
+from entrypoint.record import PreconditionFailed, RunRecord, State, iso, list_run_ids
+from entrypoint.store import Store
+from runner.backends.base import ComputeBackend
+from runner.naming import label_value
+
+
+class RunNotFound(Exception):
+    pass
+
+
+def ago(ts: float | None, now: float | None = None) -> str:
+    if ts is None:
+        return "-"
+    s = max(0, int((now or time.time()) - ts))
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s // n}{unit} ago"
+    return f"{s}s ago"
+
+
+def _record(store: Store, run_id: str) -> RunRecord:
+    rec = RunRecord(store, run_id)
+    if rec.read_state() is None:
+        raise RunNotFound(f"no run {run_id!r} in {store.url} (see `runner ops list`)")
+    return rec
+
+
+def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None) -> dict[str, Any]:
+    rec = _record(store, run_id)
+    cur = rec.read_state()
+    assert cur is not None
+    st = cur[0]
+    hb = rec.read_heartbeat()
+    last_event = None
+    names = store.list(rec.name(RunRecord.EVENTS))
+    if names:
+        blob = store.read(sorted(names)[-1])
+        if blob is not None:
+            import json
+
+            last_event = json.loads(blob.data)
+    out: dict[str, Any] = {
+        "run_id": run_id,
+        "state": st.state.value,
+        "attempt": st.attempt,
+        "instance": st.instance,
+        "zone": st.zone,
+        "reason": st.reason,
+        "exit_code": st.exit_code,
+        "updated_at": iso(st.updated_at),
+        "heartbeat_at": iso(hb.time) if hb else None,
+        "heartbeat_age_s": round(time.time() - hb.time, 1) if hb else None,
+        "progress": hb.progress if hb else {},
+        "sync": hb.sync if hb else {},
+        "stop_requested": rec.stop_requested(),
+        "last_event": last_event,
+    }
+    if backend is not None:
+        out["instances"] = [
+            {"name": i.name, "attempt": i.attempt, "status": i.status.value, "exit_code": i.exit_code}
+            for i in backend.list(run_id)
+        ]
+    return out
+
+
+def list_runs(store: Store) -> list[dict[str, Any]]:
+    rows = []
+    for run_id in list_run_ids(store):
+        rec = RunRecord(store, run_id)
+        cur = rec.read_state()
+        if cur is None:
+            continue
+        st = cur[0]
+        hb = rec.read_heartbeat()
+        rows.append({
+            "run_id": run_id,
+            "state": st.state.value,
+            "attempt": st.attempt,
+            "progress": hb.progress if hb else {},
+            "heartbeat_at": iso(hb.time) if hb else None,
+            "updated_at": iso(st.updated_at),
+            "reason": st.reason,
+        })
+    return rows
+
+
+def delete_run(store: Store, backend: ComputeBackend, run_id: str, grace_period: float,
+               actor: str = "ops-delete") -> dict[str, Any]:
+    """Stop a run for good: ``.stop`` first (so nothing resurrects it), then its instances."""
+    rec = _record(store, run_id)
+    rec.request_stop(actor)
+    removed = []
+    for inst in backend.list(run_id):
+        backend.delete(inst.name, grace_period)
+        removed.append(inst.name)
+    for _ in range(10):
+        cur = rec.read_state()
+        assert cur is not None
+        if cur[0].state.terminal:
+            break
+        try:
+            rec.transition(State.STOPPED, actor, expected=cur, reason="deleted by user")
+            break
+        except PreconditionFailed:
+            continue
+    # A supervisor that checked .stop just before we wrote it may have created one more.
+    for inst in backend.list(run_id):
+        backend.delete(inst.name)
+        removed.append(inst.name)
+    final = rec.read_state()
+    return {"run_id": run_id, "state": final[0].state.value if final else None, "removed": removed}
+
+
+def preempt_run(store: Store, backend: ComputeBackend, run_id: str, grace_period: float) -> dict[str, Any]:
+    """Simulate a spot preemption of the run's live instance: SIGTERM, grace period, kill."""
+    _record(store, run_id)
+    live = [i for i in backend.list(run_id) if i.alive]
+    if not live:
+        raise RunNotFound(f"run {run_id} has no live instance to preempt")
+    for inst in live:
+        backend.preempt(inst.name, grace_period)
+    return {"run_id": run_id, "preempted": [i.name for i in live], "grace_period": grace_period}
+
+
+def attempt_logs(store: Store, run_id: str, attempt: int | None = None) -> list[tuple[int, bytes]]:
+    rec = _record(store, run_id)
+    cur = rec.read_state()
+    assert cur is not None
+    attempts = [attempt] if attempt is not None else list(range(1, cur[0].attempt + 1))
+    out = []
+    for a in attempts:
+        blob = store.read(rec.name(RunRecord.log_name(a)))
+        out.append((a, blob.data if blob else b""))
+    return out
+
+
+def follow_logs(store: Store, run_id: str, poll: float = 1.0) -> Iterator[tuple[int, bytes]]:
+    """New log bytes as they reach the store, across attempts, until the run ends."""
+    rec = _record(store, run_id)
+    sent: dict[int, int] = {}
+    while True:
+        cur = rec.read_state()
+        assert cur is not None
+        st = cur[0]
+        for a in range(1, st.attempt + 1):
+            blob = store.read(rec.name(RunRecord.log_name(a)))
+            if blob is None:
+                continue
+            done = sent.get(a, 0)
+            if len(blob.data) > done:
+                yield a, blob.data[done:]
+                sent[a] = len(blob.data)
+        if st.state.terminal:
+            return
+        time.sleep(poll)
+
+
+__all__ = ["RunNotFound", "run_status", "list_runs", "delete_run", "preempt_run", "attempt_logs",
+           "follow_logs", "ago", "label_value"]

@@ -1,0 +1,114 @@
+"""Submitting a run: write its spec and first state, or decide what a re-submit means.
+
+Re-submitting an existing run id resumes it (same record, next attempt, restored from
+``last.pt``); a finished or stopped run is only started again with ``restart=True``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from entrypoint.record import RunRecord, RunSpec, State
+from runner.backends.base import BackendError, LaunchContext
+from runner.context import Context
+
+
+class SubmitRefused(Exception):
+    """The run exists in a state that a plain submit must not touch; the message says why."""
+
+
+@dataclass
+class SubmitResult:
+    run_id: str
+    spec: RunSpec
+    resumed: bool
+    message: str
+
+
+def resolve_image(ctx: Context, image: str | None) -> str:
+    """Pin the image: restarts must run exactly what the first attempt ran (DESIGN §4)."""
+    image = image or ctx.cfg.image
+    if not image:
+        raise BackendError("no image given: pass --image NAME (build it with `make image`) or set image in runner.toml")
+    if ctx.cfg.backend == "local":
+        from docker.errors import ImageNotFound
+
+        from runner.backends.local import LocalBackend
+
+        assert isinstance(ctx.backend, LocalBackend)
+        try:
+            return ctx.backend.client.images.get(image).id
+        except ImageNotFound:
+            raise BackendError(
+                f"image {image!r} is not in the local Docker engine: build it first "
+                "(`make image` builds cos-spot-runner/workload:dev) and pass --image NAME"
+            ) from None
+    return image
+
+
+def build_spec(ctx: Context, run_id: str, command: list[str], image: str, *,
+               max_restarts: int | None, retry_on_failure: int | None, env: dict[str, str]) -> RunSpec:
+    cfg = ctx.cfg
+    return RunSpec(
+        run_id=run_id,
+        image=image,
+        command=command,
+        backend=cfg.backend,
+        max_restarts=cfg.max_restarts if max_restarts is None else max_restarts,
+        retry_on_failure=cfg.retry_on_failure if retry_on_failure is None else retry_on_failure,
+        checkpoint_dir=cfg.checkpoint_dir,
+        results_dir=cfg.results_dir,
+        env=env,
+        machine_type=cfg.machine_type if cfg.backend == "gce" else None,
+        gpu=cfg.gpu if cfg.backend == "gce" else None,
+        zones=list(cfg.zones),
+        timeouts={"gpu_timeout": cfg.gpu_timeout, "stall_window": cfg.stall_window,
+                  "grace_period": cfg.grace_period},
+    )
+
+
+def launch_context(ctx: Context, attempt: int) -> LaunchContext:
+    cfg = ctx.cfg
+    return LaunchContext(attempt, cfg.store_url, cfg.heartbeat_interval, cfg.sync_interval,
+                         cfg.grace_period, cfg.shm_size)
+
+
+def submit(ctx: Context, run_id: str, command: list[str], *, image: str | None, restart: bool,
+           max_restarts: int | None = None, retry_on_failure: int | None = None,
+           env: dict[str, str] | None = None, actor: str = "submit") -> SubmitResult:
+    rec = RunRecord(ctx.store, run_id)
+    cur = rec.read_state()
+    if cur is not None:
+        st = cur[0]
+        spec = rec.read_spec()
+        if spec is None:
+            raise SubmitRefused(f"run {run_id} has a state but no spec.json; the record is damaged")
+        stopped = rec.stop_requested()
+        if (st.state.terminal or stopped) and not restart:
+            what = "was stopped" if stopped and not st.state.terminal else f"is {st.state.value}"
+            raise SubmitRefused(
+                f"run {run_id} {what} (attempt {st.attempt}): pass --restart to run it again "
+                "from its last checkpoint, or choose another --run-id"
+            )
+        if st.state.terminal or stopped:
+            rec.reopen(actor, "restart requested by user")
+            return SubmitResult(run_id, spec, True, f"run {run_id} restarted from {st.state.value}")
+        note = "" if not command or command == spec.command else " (its recorded command is kept)"
+        return SubmitResult(run_id, spec, True, f"run {run_id} exists ({st.state.value}, attempt {st.attempt}): resuming it{note}")
+    if not command:
+        raise SubmitRefused("no command given: runner submit --run-id ID -- CMD ARGS...")
+    spec = build_spec(ctx, run_id, command, resolve_image(ctx, image),
+                      max_restarts=max_restarts, retry_on_failure=retry_on_failure, env=env or {})
+    rec.write_spec(spec)
+    rec.create_state(actor)
+    return SubmitResult(run_id, spec, False, f"run {run_id} submitted")
+
+
+def dry_run(ctx: Context, run_id: str, command: list[str], image: str | None, **kw: object) -> object:
+    """The exact request the first attempt would send, without writing or creating anything."""
+    spec = build_spec(ctx, run_id, command, image or ctx.cfg.image or "IMAGE", env={},
+                      max_restarts=kw.get("max_restarts"), retry_on_failure=kw.get("retry_on_failure"))  # type: ignore[arg-type]
+    return ctx.backend.plan(spec, launch_context(ctx, 1))
+
+
+__all__ = ["SubmitRefused", "SubmitResult", "submit", "dry_run", "State"]

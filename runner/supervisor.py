@@ -1,0 +1,218 @@
+"""The supervisor: a reconcile loop that brings each run's instance in line with its record.
+
+One pass reads the run record from the store and the instances from the backend (one list call
+for all runs), then for each run takes at most one step: start an attempt, restart after a
+preemption or stall, end a run whose stop was requested, or clean up after a finished one.
+
+Safety rules, each tied to a property in DESIGN.md §3:
+- Every state change is a compare-and-swap against the state the decision was based on, so two
+  supervisors on one run cannot both restart it ("one VM per run").
+- ``.stop`` is checked before every create and again after it; a run with ``.stop`` is never
+  restarted ("stop means stop").
+- Instances of older attempts and of finished runs are deleted ("no VM left billing").
+- Stall detection looks at when the job's reported progress last changed, falling back to the
+  heartbeat only for jobs that report no progress ("progress, not just liveness").
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import time
+from dataclasses import dataclass
+from typing import Callable
+
+from entrypoint.record import IllegalTransition, RunRecord, RunState, State, list_run_ids
+from entrypoint.store import PreconditionFailed, Store
+from runner.backends.base import ComputeBackend, Instance, LaunchContext
+from runner.naming import label_value, resource_name
+
+
+@dataclass(frozen=True)
+class SupervisorSettings:
+    poll_interval: float
+    stall_window: float
+    heartbeat_interval: float
+    sync_interval: float
+    grace_period: float
+    shm_size: str
+    store_url: str
+
+    @classmethod
+    def from_config(cls, cfg: object) -> "SupervisorSettings":
+        return cls(
+            poll_interval=cfg.poll_interval,  # type: ignore[attr-defined]
+            stall_window=cfg.stall_window,  # type: ignore[attr-defined]
+            heartbeat_interval=cfg.heartbeat_interval,  # type: ignore[attr-defined]
+            sync_interval=cfg.sync_interval,  # type: ignore[attr-defined]
+            grace_period=cfg.grace_period,  # type: ignore[attr-defined]
+            shm_size=cfg.shm_size,  # type: ignore[attr-defined]
+            store_url=cfg.store_url,  # type: ignore[attr-defined]
+        )
+
+
+def default_actor() -> str:
+    return f"supervisor@{socket.gethostname()}.{os.getpid()}"
+
+
+class Supervisor:
+    def __init__(
+        self,
+        store: Store,
+        backend: ComputeBackend,
+        settings: SupervisorSettings,
+        actor: str | None = None,
+        now: Callable[[], float] = time.time,
+    ) -> None:
+        self.store = store
+        self.backend = backend
+        self.settings = settings
+        self.actor = actor or default_actor()
+        self.now = now
+
+    # ---- passes ----
+    def reconcile_all(self) -> dict[str, RunState]:
+        """One pass over every run in the store; one backend list call in all."""
+        by_label: dict[str, list[Instance]] = {}
+        for inst in self.backend.list():
+            by_label.setdefault(inst.run_label, []).append(inst)
+        out = {}
+        for run_id in list_run_ids(self.store):
+            st = self.reconcile(run_id, by_label.get(label_value(run_id), []))
+            if st is not None:
+                out[run_id] = st
+        return out
+
+    def reconcile(self, run_id: str, instances: list[Instance] | None = None) -> RunState | None:
+        """One step for one run. Returns its state after the step (None: no such run)."""
+        rec = RunRecord(self.store, run_id)
+        cur = rec.read_state()
+        if cur is None:
+            return None
+        if instances is None:
+            instances = self.backend.list(run_id)
+        try:
+            self._step(rec, cur, instances)
+        except (PreconditionFailed, IllegalTransition):
+            pass  # another actor wrote first; the next pass decides on fresh state
+        after = rec.read_state()
+        return after[0] if after else None
+
+    # ---- one step ----
+    def _step(self, rec: RunRecord, cur: tuple[RunState, int], instances: list[Instance]) -> None:
+        st, _ = cur
+        if st.state.terminal:
+            for inst in instances:
+                self.backend.delete(inst.name)
+            return
+        if rec.stop_requested():
+            for inst in instances:
+                self.backend.delete(inst.name, self.settings.grace_period)
+            rec.transition(State.STOPPED, self.actor, expected=cur, reason="stop requested")
+            return
+        # An instance of an older attempt must never run beside the current one.
+        for inst in instances:
+            if inst.attempt < st.attempt:
+                self.backend.delete(inst.name)
+        current = next((i for i in instances if i.attempt == st.attempt), None)
+
+        if st.state == State.PENDING:
+            self._start_attempt(rec, cur, "first attempt")
+        elif st.state in (State.PROVISIONING, State.BOOTING):
+            self._check_provisioning(rec, cur, current)
+        elif st.state == State.RUNNING:
+            self._check_running(rec, cur, current)
+        elif st.state.needs_restart:
+            self._restart(rec, cur, current)
+
+    def _check_provisioning(self, rec: RunRecord, cur: tuple[RunState, int], inst: Instance | None) -> None:
+        st, _ = cur
+        if inst is None:
+            self._create(rec, st.attempt)  # idempotent: covers a crash between state write and create
+        elif not inst.alive:
+            tail = self.backend.logs(inst.name, tail=5).strip().replace("\n", " | ")
+            new = rec.transition(
+                State.PREEMPTED, self.actor, expected=cur,
+                reason=f"instance ended before the job started (exit {inst.exit_code}): {tail[-300:]}",
+            )
+            self._restart(rec, new, inst)
+
+    def _check_running(self, rec: RunRecord, cur: tuple[RunState, int], inst: Instance | None) -> None:
+        st, _ = cur
+        if inst is None or not inst.alive:
+            what = "gone" if inst is None else f"exited with {inst.exit_code}"
+            new = rec.transition(
+                State.PREEMPTED, self.actor, expected=cur,
+                reason=f"instance {what} without recording an outcome (preempted or lost)",
+            )
+            self._restart(rec, new, inst)
+            return
+        stalled_for = self._stalled_for(rec, st)
+        if stalled_for is not None:
+            new = rec.transition(
+                State.STALLED, self.actor, expected=cur,
+                reason=f"no progress for {stalled_for:.0f}s (window {self.settings.stall_window:.0f}s)",
+            )
+            self._restart(rec, new, inst)
+
+    def _stalled_for(self, rec: RunRecord, st: RunState) -> float | None:
+        """Seconds without progress, if that exceeds the stall window; else None."""
+        now = self.now()
+        ref = st.updated_at
+        hb = rec.read_heartbeat()
+        if hb is not None and hb.attempt == st.attempt:
+            if hb.progress and hb.progress_changed_at:
+                ref = max(ref, hb.progress_changed_at)
+            else:
+                ref = max(ref, hb.time)  # the job reports no progress: liveness is all we have
+        idle = now - ref
+        return idle if idle > self.settings.stall_window else None
+
+    def _restart(self, rec: RunRecord, cur: tuple[RunState, int], inst: Instance | None) -> None:
+        st, _ = cur
+        if inst is not None:
+            # Let an agent that is still in its final sync finish it, then remove the instance.
+            self.backend.delete(inst.name, self.settings.grace_period if inst.alive else 0)
+        spec = rec.read_spec()
+        max_restarts = spec.max_restarts if spec else 0
+        restarts = st.attempt - 1 - st.failures
+        if st.state != State.ERRORED and restarts >= max_restarts:
+            rec.transition(
+                State.FAILED, self.actor, expected=cur,
+                reason=f"gave up after {restarts} restarts (max_restarts={max_restarts}); last: {st.reason}",
+            )
+            return
+        self._start_attempt(rec, cur, f"restart after {st.state.value.lower()}: {st.reason}")
+
+    def _start_attempt(self, rec: RunRecord, cur: tuple[RunState, int], reason: str) -> None:
+        st, _ = cur
+        if rec.stop_requested():
+            rec.transition(State.STOPPED, self.actor, expected=cur, reason="stop requested")
+            return
+        attempt = st.attempt + 1
+        rec.transition(
+            State.PROVISIONING, self.actor, expected=cur, reason=reason,
+            attempt=attempt, instance=resource_name(rec.run_id, attempt), exit_code=None,
+        )
+        self._create(rec, attempt)
+
+    def _create(self, rec: RunRecord, attempt: int) -> None:
+        spec = rec.read_spec()
+        if spec is None:
+            raise IllegalTransition(f"run {rec.run_id} has no spec.json")
+        if rec.stop_requested():
+            return  # the next pass records STOPPED
+        ctx = LaunchContext(
+            attempt=attempt,
+            store_url=self.settings.store_url,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            sync_interval=self.settings.sync_interval,
+            grace_period=self.settings.grace_period,
+            shm_size=self.settings.shm_size,
+        )
+        inst = self.backend.create(self.backend.plan(spec, ctx))
+        # Re-check after creating: a stop, or another supervisor moving the run on, may have
+        # landed between our checks and the create. Then what we made must go at once.
+        after = rec.read_state()
+        if rec.stop_requested() or after is None or after[0].attempt != attempt:
+            self.backend.delete(inst.name)

@@ -1,0 +1,379 @@
+"""An in-process GCS emulator that keeps the promises our store relies on.
+
+``gcp-storage-emulator`` speaks enough of the JSON API for google-cloud-storage, but it ignores
+``ifGenerationMatch``: a second create-only write and a stale compare-and-swap both succeed. Every
+guarantee of ``entrypoint.store`` rests on that precondition, so tests against the bare emulator
+would pass while proving nothing. This module serves the emulator's own handlers through a router
+of ours that adds, without touching the library's module state:
+
+- ``ifGenerationMatch`` (query parameter, or ``x-goog-if-generation-match`` on the XML upload) on
+  media, multipart and resumable uploads and on copy/rewrite/compose destinations, checked at the
+  moment the object is committed; ``0`` means "must not exist". A failure answers 412 with the JSON
+  error GCS sends (reason ``conditionNotMet``) and leaves the object as it was.
+- The same precondition, and ``generation=``, on object GET/DELETE/PATCH and media downloads.
+- Generations that strictly increase across writes (the emulator uses ``time.time_ns()``, which
+  can repeat or go backwards), and ``crc32c``/``md5Hash``/``size`` computed from the stored bytes.
+- ``x-goog-generation``/``x-goog-metageneration`` on downloads, as GCS sends them, so a client gets
+  data and generation from one response.
+- GCS-shaped 404 bodies that say whether the bucket or the object is missing, and an optional
+  ``deny`` set of buckets that answer 403, so error translation can be tested.
+
+One lock serializes all handlers: the emulator's ``Storage`` is not thread-safe, and holding it
+across check-and-commit is what makes the precondition atomic.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import logging
+import re
+import threading
+import time
+from contextlib import contextmanager
+from functools import partial
+from http import HTTPStatus
+from http.server import ThreadingHTTPServer
+from typing import Any, Callable, Iterable, Iterator
+
+import google_crc32c
+from gcp_storage_emulator import server as emu_server
+from gcp_storage_emulator.exceptions import NotFound
+from gcp_storage_emulator.handlers import buckets as emu_buckets
+from gcp_storage_emulator.handlers import objects as emu_objects
+from gcp_storage_emulator.storage import Storage
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[emu_server.Request, emu_server.Response, "StrictStorage"], None]
+
+# Handlers that commit an object: their precondition is checked inside StrictStorage.create_file.
+_WRITES = {
+    emu_objects.insert,
+    emu_objects.upload_partial,
+    emu_objects.copy,
+    emu_objects.rewrite,
+    emu_objects.compose,
+    emu_objects.xml_upload,
+}
+# Handlers that address one existing object: their precondition is checked before they run.
+_OBJECT_ACCESS = {emu_objects.get, emu_objects.download, emu_objects.delete, emu_objects.patch}
+_DOWNLOADS = {emu_objects.download}
+
+
+class ConditionNotMet(Exception):
+    """Raised inside a handler when ifGenerationMatch does not hold; answered as HTTP 412."""
+
+
+def _crc32c(data: bytes) -> str:
+    return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
+
+
+def _md5(data: bytes) -> str:
+    return base64.b64encode(hashlib.md5(data).digest()).decode()
+
+
+def _gcs_error(code: int, message: str, reason: str) -> dict[str, Any]:
+    """The JSON body GCS sends with an error, which google-api-core turns into exceptions."""
+    return {
+        "error": {
+            "code": code,
+            "message": message,
+            "errors": [{"domain": "global", "reason": reason, "message": message}],
+        }
+    }
+
+
+class StrictStorage(Storage):
+    """In-memory emulator storage with generation preconditions enforced at commit time.
+
+    The precondition of the request being handled travels in a thread-local, because the
+    emulator's handlers call ``create_file`` without passing request details along. A resumable
+    upload carries its precondition from the initiating POST to the final PUT.
+    """
+
+    def __init__(self, deny: Iterable[str] = ()) -> None:
+        super().__init__(use_memory_fs=True)
+        self.lock = threading.RLock()
+        self.denied_buckets = frozenset(deny)
+        self._request = threading.local()
+        self._last_generation = 0
+        self._resumable_expected: dict[str, int] = {}
+
+    # -- request-scoped precondition ---------------------------------------------------------
+
+    @contextmanager
+    def expecting(self, generation: int | None) -> Iterator[None]:
+        self._request.expected = generation
+        try:
+            yield
+        finally:
+            self._request.expected = None
+
+    def _expected(self) -> int | None:
+        return getattr(self._request, "expected", None)
+
+    def current_generation(self, bucket: str, name: str) -> int:
+        """The live generation of ``bucket/name``, or 0 when there is none (GCS's convention)."""
+        obj = self.objects.get(bucket, {}).get(name)
+        return int(obj["generation"]) if obj else 0
+
+    def check(self, bucket: str, name: str, expected: int | None) -> None:
+        if expected is None:
+            return
+        current = self.current_generation(bucket, name)
+        if current != expected:
+            raise ConditionNotMet(
+                f"At least one of the pre-conditions you specified did not hold "
+                f"(conditionNotMet): {bucket}/{name} is at generation {current}, "
+                f"ifGenerationMatch={expected}."
+            )
+
+    # -- hooks into the emulator's Storage ---------------------------------------------------
+
+    def create_resumable_upload(self, bucket_name: str, file_name: str, file_obj: dict) -> str:
+        expected = self._expected()
+        self.check(bucket_name, file_name, expected)  # fail early, as GCS does
+        file_id = super().create_resumable_upload(bucket_name, file_name, file_obj)
+        if expected is not None:
+            self._resumable_expected[file_id] = expected
+        return file_id
+
+    def create_file(
+        self,
+        bucket_name: str,
+        file_name: str,
+        content: bytes,
+        file_obj: dict,
+        file_id: str | None = None,
+    ) -> None:
+        if bucket_name not in self.buckets:
+            raise NotFound
+        expected = self._resumable_expected.pop(file_id, None) if file_id else self._expected()
+        try:
+            self.check(bucket_name, file_name, expected)
+        except ConditionNotMet:
+            if file_id:  # the session is spent, as on GCS; drop its buffered bytes
+                self.resumable.pop(file_id, None)
+                self._delete_file("_resumable", self.safe_id(file_id))
+            raise
+        self._stamp(bucket_name, file_name, content, file_obj)
+        super().create_file(bucket_name, file_name, content, file_obj, file_id)
+
+    def _stamp(self, bucket: str, name: str, content: bytes, obj: dict) -> None:
+        """Give ``obj`` a fresh, strictly larger generation and hashes of what is stored.
+
+        ``obj`` is the dict the handler serializes into its response after this call, so the
+        client sees the same values.
+        """
+        generation = max(time.time_ns(), self._last_generation + 1)
+        self._last_generation = generation
+        obj["generation"] = str(generation)
+        obj["metageneration"] = "1"
+        obj["id"] = f"{bucket}/{name}/{generation}"
+        if isinstance(obj.get("mediaLink"), str):
+            base = obj["mediaLink"].split("?")[0]
+            obj["mediaLink"] = f"{base}?generation={generation}&alt=media"
+        obj["size"] = str(len(content))
+        obj["crc32c"] = _crc32c(content)
+        obj["md5Hash"] = _md5(content)
+        obj["etag"] = obj["md5Hash"]
+
+
+# -- request handling --------------------------------------------------------------------------
+
+
+def _query_int(request: emu_server.Request, key: str) -> int | None:
+    values = request.query.get(key)
+    return int(values[0]) if values else None
+
+
+def _requested_generation(request: emu_server.Request) -> int | None:
+    value = _query_int(request, "ifGenerationMatch")
+    header = request.get_header("x-goog-if-generation-match")
+    return int(header) if value is None and header is not None else value
+
+
+def _check_object_access(request: emu_server.Request, storage: StrictStorage) -> None:
+    """Preconditions of reads/deletes/patches, which need no hook: they act on the live object."""
+    params = request.params or {}
+    bucket, name = params.get("bucket_name"), params.get("object_id")
+    if not bucket or not name:
+        return
+    storage.check(bucket, name, _requested_generation(request))
+    pinned = _query_int(request, "generation")
+    soft_deleted = (request.query.get("softDeleted") or [""])[0].lower() in ("1", "true", "yes")
+    if pinned is not None and not soft_deleted and pinned != storage.current_generation(bucket, name):
+        # No versioning here: any generation but the live one is gone.
+        raise NotFound
+
+
+def _add_download_headers(request: emu_server.Request, response: emu_server.Response,
+                          storage: StrictStorage) -> None:
+    if response.status not in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
+        return
+    params = request.params or {}
+    obj = storage.objects.get(params.get("bucket_name"), {}).get(params.get("object_id"))
+    if obj:
+        response["x-goog-generation"] = obj["generation"]
+        response["x-goog-metageneration"] = obj["metageneration"]
+        response["x-goog-stored-content-length"] = obj["size"]
+        response["x-goog-stored-content-encoding"] = "identity"
+
+
+def _fill_not_found(request: emu_server.Request, response: emu_server.Response,
+                    storage: StrictStorage) -> None:
+    """Give bare 404s the body GCS sends, which is how a client tells bucket from object."""
+    if response.status != HTTPStatus.NOT_FOUND or response._content:
+        return
+    params = request.params or {}
+    bucket, name = params.get("bucket_name"), params.get("object_id")
+    if bucket and bucket not in storage.buckets:
+        message = "The specified bucket does not exist."
+    else:
+        message = f"No such object: {bucket}/{name}"
+    response.json(_gcs_error(404, message, "notFound"))
+
+
+def _reply_error(response: emu_server.Response, status: HTTPStatus, message: str, reason: str) -> None:
+    response._headers = {}
+    response.status = status
+    response.json(_gcs_error(status.value, message, reason))
+
+
+def _strict(handler: Handler) -> Handler:
+    """Wrap one emulator handler with the lock, preconditions and GCS-shaped answers."""
+    is_write = handler in _WRITES
+    is_object_access = handler in _OBJECT_ACCESS
+
+    def wrapped(request: emu_server.Request, response: emu_server.Response,
+                storage: StrictStorage) -> None:
+        bucket = (request.params or {}).get("bucket_name")
+        if bucket in storage.denied_buckets:
+            _reply_error(response, HTTPStatus.FORBIDDEN,
+                         f"anonymous caller does not have storage.objects access to the Google "
+                         f"Cloud Storage bucket {bucket}. Permission denied.", "forbidden")
+            return
+        try:
+            expected = _requested_generation(request)
+        except ValueError:
+            _reply_error(response, HTTPStatus.BAD_REQUEST, "Invalid ifGenerationMatch", "invalid")
+            return
+        with storage.lock:
+            try:
+                if is_object_access:
+                    _check_object_access(request, storage)
+                with storage.expecting(expected if is_write else None):
+                    handler(request, response, storage)
+            except ConditionNotMet as err:
+                _reply_error(response, HTTPStatus.PRECONDITION_FAILED, str(err), "conditionNotMet")
+                return
+            except NotFound:
+                response.status = HTTPStatus.NOT_FOUND
+            is_media = handler in _DOWNLOADS or (request.query.get("alt") or [""])[0] == "media"
+            if is_media and handler in _OBJECT_ACCESS:
+                _add_download_headers(request, response, storage)
+            _fill_not_found(request, response, storage)
+
+    wrapped.__name__ = f"strict_{handler.__name__}"
+    return wrapped
+
+
+def _build_routes() -> list[tuple[re.Pattern[str], dict[str, Handler]]]:
+    return [
+        (re.compile(regex), {method: _strict(fn) for method, fn in handlers.items()})
+        for regex, handlers in emu_server.HANDLERS
+    ]
+
+
+class _RequestHandler(emu_server.RequestHandler):
+    """The emulator's HTTP handler with our routing table instead of the module-level one."""
+
+    routes: list[tuple[re.Pattern[str], dict[str, Handler]]] = []
+
+    def _route(self, method: str) -> None:
+        method = self.headers.get("x-http-method-override") or method
+        request = emu_server.Request(self, method)
+        response = emu_server.Response(self)
+        handler = self._find(request, method)
+        if handler is None:
+            response.status = HTTPStatus.NOT_IMPLEMENTED
+        else:
+            try:
+                handler(request, response, self.storage)
+            except Exception as err:  # a bug in a handler: answer 500 rather than hang up
+                logger.exception("emulator handler failed for %s %s", method, request.path)
+                _reply_error(response, HTTPStatus.INTERNAL_SERVER_ERROR, repr(err), "backendError")
+        response.close()
+
+    def _find(self, request: emu_server.Request, method: str) -> Handler | None:
+        for pattern, handlers in self.routes:
+            match = pattern.fullmatch(request.path)
+            if not match:
+                continue
+            request.set_match(match)
+            handler = handlers.get(method)
+            if handler is None and method == "POST" and request.query.get("uploadType") \
+                    and request.path.endswith("/o"):
+                handler = _strict(emu_objects.insert)  # uploads posted without /upload
+            return handler
+        return None
+
+    def do_GET(self) -> None:
+        self._route("GET")
+
+    def do_POST(self) -> None:
+        self._route("POST")
+
+    def do_PUT(self) -> None:
+        self._route("PUT")
+
+    def do_DELETE(self) -> None:
+        self._route("DELETE")
+
+    def do_PATCH(self) -> None:
+        self._route("PATCH")
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+@contextmanager
+def _serving(httpd: ThreadingHTTPServer) -> Iterator[str]:
+    thread = threading.Thread(target=httpd.serve_forever, name="gcs-emulator", daemon=True)
+    thread.start()
+    try:
+        host, port = httpd.server_address[:2]
+        yield f"{host}:{port}"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+@contextmanager
+def run_emulator(bucket: str, deny: Iterable[str] = ()) -> Iterator[str]:
+    """Serve a strict in-memory emulator with ``bucket`` created; yields ``host:port``.
+
+    Binds port 0 so the kernel picks a free port with no race. Buckets in ``deny`` (created too)
+    answer every request with 403. Touches no environment variable: point a client at
+    ``http://HOST:PORT`` through ``STORAGE_EMULATOR_HOST`` or ``client_options``.
+    """
+    storage = StrictStorage(deny=deny)
+    for name in {bucket, *deny}:
+        emu_buckets.create_bucket(name, storage)
+    handler_cls = type("StrictRequestHandler", (_RequestHandler,), {"routes": _build_routes()})
+    httpd = _Server(("127.0.0.1", 0), partial(handler_cls, storage))
+    with _serving(httpd) as hostport:
+        yield hostport
+
+
+@contextmanager
+def run_raw_emulator(bucket: str) -> Iterator[str]:
+    """Serve the unpatched emulator, to show what ``run_emulator`` fixes; yields ``host:port``."""
+    storage = Storage(use_memory_fs=True)
+    emu_buckets.create_bucket(bucket, storage)
+    httpd = _Server(("127.0.0.1", 0), partial(emu_server.RequestHandler, storage))
+    with _serving(httpd) as hostport:
+        yield hostport

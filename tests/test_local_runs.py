@@ -1,0 +1,133 @@
+"""Runs on the local backend through the CLI: failures, retries, re-submits, stop, supervisors.
+
+Real Docker, the real workload image; every assertion is on the store or on the containers.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from tests.conftest import IMAGE, trainer
+
+pytestmark = pytest.mark.docker
+
+
+def submit(runner, run_id, *cmd, extra=(), **env):
+    return runner("submit", "--run-id", run_id, "--image", IMAGE, *extra, "--", *cmd, **env)
+
+
+def test_a_job_that_exits_nonzero_fails_with_its_exit_code_and_is_not_restarted(runner, run_id):
+    out = submit(runner, run_id, *trainer(20, 5, 0.01, "--fail-at", "7"))
+    assert out.returncode == 1, out.stderr
+    st = runner.state(run_id)
+    assert (st["state"], st["exit_code"], st["attempt"]) == ("FAILED", 3, 1)
+    assert "exited with code 3" in out.stdout
+    assert runner.containers(run_id) == []
+
+
+def test_retry_on_failure_runs_the_job_again_up_to_n_times(runner, run_id):
+    out = submit(runner, run_id, *trainer(20, 5, 0.01, "--fail-at", "7"), extra=("--retry-on-failure", "1"))
+    assert out.returncode == 1, out.stderr
+    st = runner.state(run_id)
+    assert (st["state"], st["attempt"], st["failures"]) == ("FAILED", 2, 1)
+    # The retry resumed from the checkpoint at step 5, not from zero.
+    assert "starting at step 5" in (runner.run_dir(run_id) / "logs/2.log").read_text()
+
+
+def test_resubmitting_a_finished_run_is_refused_unless_restart(runner, run_id):
+    assert submit(runner, run_id, *trainer(5, 5, 0.01)).returncode == 0
+    again = submit(runner, run_id, *trainer(5, 5, 0.01))
+    assert again.returncode == 2
+    assert "is SUCCEEDED" in again.stderr and "--restart" in again.stderr
+    restarted = submit(runner, run_id, *trainer(5, 5, 0.01), extra=("--restart",))
+    assert restarted.returncode == 0, restarted.stderr
+    st = runner.state(run_id)
+    assert (st["state"], st["attempt"]) == ("SUCCEEDED", 2)
+
+
+def test_resubmitting_a_detached_unfinished_run_resumes_it(runner, run_id):
+    out = submit(runner, run_id, *trainer(40, 5, 0.1), extra=("--detach",))
+    assert out.returncode == 0, out.stderr
+    runner.wait_for(lambda: runner.step(run_id) >= 12, desc="progress")
+    for c in runner.containers(run_id):
+        c.kill()  # the "VM" vanishes with nobody supervising
+    out = submit(runner, run_id)
+    assert out.returncode == 0, out.stderr
+    assert "resuming" in out.stderr
+    st = runner.state(run_id)
+    assert (st["state"], st["attempt"]) == ("SUCCEEDED", 2)
+    starts = runner.read_json(run_id, "results/summary.json")["starts"]
+    assert starts[0] == 0 and 10 <= starts[1] <= 12
+
+
+def test_delete_while_restarting_is_never_resurrected(runner, run_id):
+    assert submit(runner, run_id, *trainer(200, 5, 0.1), extra=("--detach",)).returncode == 0
+    sup = runner.popen("supervise", "--run-id", run_id)
+    runner.wait_for(lambda: runner.step(run_id) >= 3, desc="progress")
+    runner("ops", "preempt", "--run-id", run_id, "--grace-period", "0")
+    runner.wait_for(lambda: runner.state(run_id).get("state") in ("PREEMPTED", "PROVISIONING"),
+                    desc="the supervisor to notice")
+    out = runner("ops", "delete", "--run-id", run_id)
+    assert out.returncode == 0, out.stderr
+    sup.wait(timeout=30)
+    time.sleep(1.5)  # several more supervisor passes' worth
+    assert runner("supervise", "--once").returncode == 0
+    st = runner.state(run_id)
+    assert st["state"] == "STOPPED"
+    assert runner.containers(run_id) == []
+    again = submit(runner, run_id)
+    assert again.returncode == 2 and "stopped" in again.stderr.lower() or "STOPPED" in again.stderr
+
+
+def test_two_supervisors_never_run_two_containers_for_one_run(runner, run_id):
+    assert submit(runner, run_id, *trainer(60, 5, 0.1), extra=("--detach",)).returncode == 0
+    sups = [runner.popen("supervise", "--run-id", run_id, "--poll-interval", "0.2") for _ in range(2)]
+    most, stop = [0], threading.Event()
+
+    def sample() -> None:
+        while not stop.is_set():
+            running = [c for c in runner.containers(run_id) if c.status == "running"]
+            most[0] = max(most[0], len(running))
+            time.sleep(0.05)
+
+    sampler = threading.Thread(target=sample)
+    sampler.start()
+    try:
+        for attempt, point in ((1, 10), (2, 25)):
+            runner.wait_for(lambda: runner.state(run_id).get("attempt") == attempt
+                            and runner.step(run_id) >= point, desc=f"step {point}")
+            runner("ops", "preempt", "--run-id", run_id)
+        for s in sups:
+            s.wait(timeout=120)
+    finally:
+        stop.set()
+        sampler.join()
+    st = runner.state(run_id)
+    assert (st["state"], st["attempt"]) == ("SUCCEEDED", 3)
+    assert most[0] == 1
+    provisioned = [ev for ev in _events(runner, run_id) if ev["to"] == "PROVISIONING"]
+    assert len(provisioned) == 3  # one per attempt: no double restart
+
+
+def _events(runner, run_id):
+    import json
+
+    d = runner.run_dir(run_id) / "events"
+    return [json.loads(p.read_text()) for p in sorted(d.iterdir())]
+
+
+def test_a_stalled_job_is_killed_and_restarted(runner, run_id):
+    # A job that reports progress once and then hangs: alive, heartbeating, going nowhere.
+    hang = ["python3", "-c", "import time; print('RUNNER_PROGRESS step=1', flush=True); time.sleep(600)"]
+    sub = runner.popen("submit", "--run-id", run_id, "--image", IMAGE, "--max-restarts", "1", "--", *hang,
+                       RUNNER_STALL_POLLS="6", RUNNER_POLL_INTERVAL="0.5", RUNNER_GPU_TIMEOUT="3")
+    sub.wait(timeout=90)
+    st = runner.state(run_id)
+    assert st["state"] == "FAILED" and st["attempt"] == 2, st
+    assert "max_restarts" in st["reason"]
+    stalled = [ev for ev in _events(runner, run_id) if ev["to"] == "STALLED"]
+    assert len(stalled) == 2
+    assert runner.containers(run_id) == []
