@@ -22,7 +22,9 @@ env: setup  ## Docker engine, dockerd, and the bootstrapped base image
 	RUNNER_BASE_IMAGE=$(BASE) bash scripts/setup-test-env.sh
 
 image: env  ## the workload image (entrypoint + examples), built from the local base
-	docker build -q -t $(IMAGE) --build-arg BASE_IMAGE=$(BASE) . >/dev/null
+	@mkdir -p .cache
+	@docker build -t $(IMAGE) --build-arg BASE_IMAGE=$(BASE) . >.cache/image-build.log 2>&1 \
+	  || { cat .cache/image-build.log; exit 1; }
 	@echo "built $(IMAGE)" >&2
 
 demo: image  ## submit → preempt → resume → finish, on the local backend

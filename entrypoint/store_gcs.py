@@ -172,8 +172,8 @@ class GcsStore(Store):
     def _translated(self, what: str) -> Iterator[None]:
         """Turn library exceptions into store errors that say what to do.
 
-        A 404 that is not about the bucket passes through untouched: only the caller knows
-        whether a missing object is normal (``read``) or an error (``copy``).
+        Callers that expect a missing object (``read``, ``stat``...) catch ``NotFound`` inside
+        the block; what reaches here is an error.
         """
         from google.api_core import exceptions as gexc
         from google.auth.exceptions import GoogleAuthError
@@ -188,7 +188,7 @@ class GcsStore(Store):
             ) from err
         except gexc.NotFound as err:
             self._raise_if_bucket_missing(err)
-            raise
+            raise StoreError(f"{what}: not found (GCS said: {_server_message(err)})") from err
         except gexc.Forbidden as err:
             self._forbidden(what, err)
         except gexc.Unauthorized as err:

@@ -9,7 +9,6 @@ forced to grow strictly on every write.
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import hashlib
 import os
@@ -26,7 +25,6 @@ from entrypoint.store import (
     Store,
     StoreError,
     StoreNotFound,
-    crc32c_of_bytes,
     crc32c_of_file,
 )
 
@@ -121,10 +119,19 @@ class LocalStore(Store):
             return None
 
     def delete(self, name: str) -> None:
+        path = self._path(name)
         try:
-            os.unlink(self._path(name))
+            os.unlink(path)
         except (FileNotFoundError, IsADirectoryError):
-            pass
+            return
+        # Like GCS, a "directory" exists only while objects are under it.
+        parent = os.path.dirname(path)
+        while parent != self.root:
+            try:
+                os.rmdir(parent)
+            except OSError:
+                break
+            parent = os.path.dirname(parent)
 
     def list(self, prefix: str) -> list[str]:
         out: list[str] = []
@@ -142,22 +149,27 @@ class LocalStore(Store):
         return sorted(out)
 
     def list_prefixes(self, prefix: str) -> list[str]:
-        d = os.path.join(self.root, prefix)
+        base_dir, _, stem = prefix.rpartition("/")
+        d = os.path.join(self.root, base_dir) if base_dir else self.root
+        head = f"{base_dir}/" if base_dir else ""
         try:
             entries = os.listdir(d)
-        except FileNotFoundError:
+        except (FileNotFoundError, NotADirectoryError):
             return []
         return sorted(
-            f"{prefix}{e}/" for e in entries
-            if os.path.isdir(os.path.join(d, e)) and not (prefix == "" and e in _INTERNAL)
+            f"{head}{e}/" for e in entries
+            if e.startswith(stem) and os.path.isdir(os.path.join(d, e))
+            and not (not base_dir and e in _INTERNAL)
         )
 
     def upload_file(self, name: str, path: str, crc32c: str | None = None) -> ObjectInfo:
         dst = self._path(name)
         tmp = self._tmp()
+        if crc32c is None:
+            crc32c = crc32c_of_file(path)  # so a file that changes while we copy is caught
         shutil.copyfile(path, tmp)
         got = crc32c_of_file(tmp)
-        if crc32c is not None and got != crc32c:
+        if got != crc32c:
             os.unlink(tmp)
             raise StoreError(f"{name}: CRC32C mismatch after upload (local {crc32c}, stored {got})")
         size = os.path.getsize(tmp)

@@ -10,6 +10,8 @@ export RUNNER_POLL_INTERVAL=${RUNNER_POLL_INTERVAL:-1}
 export RUNNER_SYNC_INTERVAL=${RUNNER_SYNC_INTERVAL:-1}
 export RUNNER_HEARTBEAT_INTERVAL=${RUNNER_HEARTBEAT_INTERVAL:-1}
 export RUNNER_GRACE_PERIOD=${RUNNER_GRACE_PERIOD:-10}
+# Local runs wait for no GPU; keep the stall window (poll x polls) above the GPU wait all the same.
+export RUNNER_STALL_POLLS=${RUNNER_STALL_POLLS:-600}
 mkdir -p "${RUNNER_STORE#file://}"
 
 step() { runner ops status --run-id "$RUN" --json 2>/dev/null \
@@ -31,5 +33,7 @@ runner ops preempt --run-id "$RUN"
 wait "$submit_pid"
 echo "== runner ops status --run-id $RUN" >&2
 runner ops status --run-id "$RUN"
+echo "== what the job itself said (runner ops logs)" >&2
+runner ops logs --run-id "$RUN" | grep -E "^(=====|trainer:)"
 echo "== results/summary.json" >&2
 cat "${RUNNER_STORE#file://}/runs/$RUN/results/summary.json"; echo

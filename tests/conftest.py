@@ -59,7 +59,7 @@ class Runner:
             "RUNNER_HEARTBEAT_INTERVAL": "0.5",
             "RUNNER_SYNC_INTERVAL": "0.5",
             "RUNNER_GRACE_PERIOD": "10",
-            "RUNNER_STALL_POLLS": "1200",
+            "RUNNER_STALL_POLLS": "100000",
             "PYTHONPATH": str(ROOT),
         }
         self.procs: list[subprocess.Popen[str]] = []
