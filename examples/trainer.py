@@ -62,6 +62,17 @@ def load_checkpoint(path: str) -> dict | None:
         return None
 
 
+def do_work(kind: str, seconds: float) -> None:
+    if kind == "sleep":
+        time.sleep(seconds)
+        return
+    # A fixed amount of arithmetic (about `seconds` on an idle core), so contention shows up
+    # as longer steps.
+    x = 0.0
+    for i in range(int(seconds * 8_000_000)):
+        x += i * 0.5
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=100)
@@ -69,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--step-time", type=float, default=0.1, help="seconds of 'work' per step")
     p.add_argument("--checkpoint-bytes", type=int, default=0, help="padding to make checkpoints big")
     p.add_argument("--fail-at", type=int, default=-1, help="exit 3 at this step (to test failures)")
+    p.add_argument("--work", choices=["sleep", "cpu"], default="sleep",
+                   help="how a step spends --step-time: sleeping, or computing (for benchmarks)")
     args = p.parse_args(argv)
 
     ckpt_dir = os.environ.get("RUNNER_CHECKPOINT_DIR", "./checkpoints")
@@ -85,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
 
     rng = random.Random(start)
+    loop_start = time.perf_counter()
     while state["step"] < args.steps:
         if stop["flag"]:
             save_checkpoint(path, state, args.checkpoint_bytes)
@@ -93,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
         if state["step"] == args.fail_at:
             print(f"trainer: failing on purpose at step {state['step']}", flush=True)
             return 3
-        time.sleep(args.step_time)
+        do_work(args.work, args.step_time)
         state["weight"] += rng.uniform(-1, 1) / (1 + state["step"])
         state["step"] += 1
         print(f"RUNNER_PROGRESS step={state['step']} total={args.steps}", flush=True)
@@ -102,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
 
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, "summary.json"), "w") as f:
-        json.dump({"steps": state["step"], "starts": state["starts"], "weight": state["weight"]}, f)
+        json.dump({"steps": state["step"], "starts": state["starts"], "weight": state["weight"],
+                   "loop_seconds": time.perf_counter() - loop_start}, f)
     print(f"trainer: done at step {state['step']}", flush=True)
     return 0
 

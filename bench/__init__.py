@@ -1,0 +1,1 @@
+"""Benchmarks: each prints its measurement and the ratio to its target, measured in one run."""

@@ -1,0 +1,22 @@
+"""``python -m bench [NAME...]``: run the benchmarks (all by default) and print their ratios."""
+
+from __future__ import annotations
+
+import sys
+
+from bench import cli_startup, restart_latency, sync_overhead
+
+ALL = {"sync_overhead": sync_overhead.main, "restart_latency": restart_latency.main,
+       "cli_startup": cli_startup.main}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(ALL)
+    for name in names:
+        print(f"== {name}", flush=True)
+        ALL[name]()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,58 @@
+"""Job step time with background checkpoint sync vs without (target ratio >= 0.97).
+
+The same CPU-bound trainer runs twice under the real agent on this machine, writing a 32 MiB
+checkpoint every 10 steps: once with sync passes every 0.2 s (every checkpoint is uploaded while
+training goes on), once with sync effectively off. The trainer times its own loop, so the ratio
+is pure training speed: without / with.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from entrypoint.record import RunRecord, RunSpec, State
+from entrypoint.store_local import LocalStore
+
+ROOT = Path(__file__).resolve().parent.parent
+TARGET = 0.97
+
+
+def run_once(sync_interval: float, steps: int, padding: int) -> tuple[float, int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        store_dir = Path(tmp) / "store"
+        store_dir.mkdir()
+        rec = RunRecord(LocalStore(str(store_dir)), "bench")
+        rec.write_spec(RunSpec(run_id="bench", image="-", command=[], backend="local"))
+        rec.create_state("bench")
+        rec.transition(State.PROVISIONING, "bench", attempt=1)
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "RUNNER_RUN_ID": "bench",
+               "RUNNER_STORE": f"file://{store_dir}", "RUNNER_ATTEMPT": "1",
+               "RUNNER_CHECKPOINT_DIR": f"{tmp}/ckpt", "RUNNER_RESULTS_DIR": f"{tmp}/results",
+               "RUNNER_SYNC_INTERVAL": str(sync_interval), "RUNNER_HEARTBEAT_INTERVAL": "1"}
+        subprocess.run([sys.executable, "-m", "entrypoint", "--", sys.executable, "-m", "examples.trainer",
+                        "--steps", str(steps), "--checkpoint-every", "10", "--step-time", "0.05",
+                        "--work", "cpu", "--checkpoint-bytes", str(padding)],
+                       env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        summary = json.loads((Path(tmp) / "results/summary.json").read_text())
+        hb = json.loads((store_dir / "runs/bench/heartbeat.json").read_text())
+        return summary["loop_seconds"] / steps, hb["sync"]["uploads"]
+
+
+def main(steps: int = 200, padding: int = 32 << 20, rounds: int = 3) -> float:
+    without, with_sync, uploads = [], [], 0
+    for _ in range(rounds):  # interleaved, so drift in machine load hits both sides alike
+        without.append(run_once(3600, steps, padding)[0])
+        t, n = run_once(0.2, steps, padding)
+        with_sync.append(t)
+        uploads = max(uploads, n)
+    a, b = min(without), min(with_sync)
+    ratio = a / b
+    print(f"step time without sync {a * 1000:.1f} ms, with background sync {b * 1000:.1f} ms "
+          f"({uploads} checkpoint uploads of {padding >> 20} MiB during {steps} steps); "
+          f"ratio without/with = {ratio:.3f} (target >= {TARGET})")
+    return ratio
