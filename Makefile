@@ -6,7 +6,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 IMAGE  ?= cos-spot-runner/workload:dev
-BASE   ?= cos-spot-runner/base:bookworm
+BASE   ?= cos-spot-runner/base:bookworm-2
 
 .PHONY: setup env image demo test test-fast bench clean
 

@@ -452,16 +452,20 @@ def _check_store(cfg: Config) -> list[str]:
 
 def min_stall_polls(poll_interval: float, gpu_timeout: float) -> int:
     """The fewest polls whose window covers ``gpu_timeout`` (tolerating float rounding)."""
+    if not (poll_interval > 0 and gpu_timeout > 0):
+        raise ValueError("poll_interval and gpu_timeout must be positive")
     n = max(1, math.ceil(gpu_timeout / poll_interval))
-    while n > 1 and _covers(poll_interval, n - 1, gpu_timeout):
-        n -= 1
-    while not _covers(poll_interval, n, gpu_timeout):
-        n += 1
-    return n
+    # ceil() of a rounded quotient is off by at most one in either direction.
+    if n > 1 and _covers(poll_interval, n - 1, gpu_timeout):
+        return n - 1
+    return n if _covers(poll_interval, n, gpu_timeout) else n + 1
 
 
 def _covers(poll_interval: float, stall_polls: int, gpu_timeout: float) -> bool:
-    return poll_interval * stall_polls >= gpu_timeout * (1 - 1e-9)
+    try:
+        return poll_interval * stall_polls >= gpu_timeout * (1 - 1e-9)
+    except OverflowError:  # a stall_polls too big for a float covers any timeout
+        return True
 
 
 def _check_stall_window(cfg: Config) -> list[str]:
@@ -471,13 +475,18 @@ def _check_stall_window(cfg: Config) -> list[str]:
     slow to boot, and a run could loop forever without starting.
     """
     p, s, g = cfg.poll_interval, cfg.stall_polls, cfg.gpu_timeout
+    if not (math.isfinite(p) and p > 0 and math.isfinite(g) and g > 0 and s >= 1):
+        return []  # already reported by _check_positive / _check_counts
     if _covers(p, s, g):
         return []
+    try:
+        raise_polls = f"raise stall_polls to at least {min_stall_polls(p, g)}"
+    except OverflowError:
+        raise_polls = "raise poll_interval"
     return [
         f"the stall window poll_interval * stall_polls = {p:g} s * {s} = {p * s:g} s is shorter "
         f"than gpu_timeout = {g:g} s, so a VM still waiting for its GPU driver would be declared "
         f"stalled and restarted (poll_interval from {_src(cfg, 'poll_interval')}, stall_polls "
-        f"from {_src(cfg, 'stall_polls')}, gpu_timeout from {_src(cfg, 'gpu_timeout')}); raise "
-        f"stall_polls to at least {min_stall_polls(p, g)} or lower gpu_timeout to at most "
-        f"{p * s:g}"
+        f"from {_src(cfg, 'stall_polls')}, gpu_timeout from {_src(cfg, 'gpu_timeout')}); "
+        f"{raise_polls} or lower gpu_timeout to at most {p * s:g}"
     ]

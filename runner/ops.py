@@ -101,7 +101,7 @@ def delete_run(store: Store, backend: ComputeBackend, run_id: str, grace_period:
     rec.request_stop(actor)
     removed = []
     for inst in backend.list(run_id):
-        backend.delete(inst.name, grace_period)
+        backend.delete(inst, grace_period)
         removed.append(inst.name)
     for _ in range(10):
         cur = rec.read_state()
@@ -115,7 +115,7 @@ def delete_run(store: Store, backend: ComputeBackend, run_id: str, grace_period:
             continue
     # A supervisor that checked .stop just before we wrote it may have created one more.
     for inst in backend.list(run_id):
-        backend.delete(inst.name)
+        backend.delete(inst)
         removed.append(inst.name)
     final = rec.read_state()
     return {"run_id": run_id, "state": final[0].state.value if final else None, "removed": removed}
@@ -128,7 +128,7 @@ def preempt_run(store: Store, backend: ComputeBackend, run_id: str, grace_period
     if not live:
         raise RunNotFound(f"run {run_id} has no live instance to preempt")
     for inst in live:
-        backend.preempt(inst.name, grace_period)
+        backend.preempt(inst, grace_period)
     return {"run_id": run_id, "preempted": [i.name for i in live], "grace_period": grace_period}
 
 

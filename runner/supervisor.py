@@ -103,17 +103,17 @@ class Supervisor:
         st, _ = cur
         if st.state.terminal:
             for inst in instances:
-                self.backend.delete(inst.name)
+                self.backend.delete(inst)
             return
         if rec.stop_requested():
             for inst in instances:
-                self.backend.delete(inst.name, self.settings.grace_period)
+                self.backend.delete(inst, self.settings.grace_period)
             rec.transition(State.STOPPED, self.actor, expected=cur, reason="stop requested")
             return
         # An instance of an older attempt must never run beside the current one.
         for inst in instances:
             if inst.attempt < st.attempt:
-                self.backend.delete(inst.name)
+                self.backend.delete(inst)
         current = next((i for i in instances if i.attempt == st.attempt), None)
 
         if st.state == State.PENDING:
@@ -130,7 +130,7 @@ class Supervisor:
         if inst is None:
             self._create(rec, st.attempt)  # idempotent: covers a crash between state write and create
         elif not inst.alive:
-            tail = self.backend.logs(inst.name, tail=5).strip().replace("\n", " | ")
+            tail = self.backend.logs(inst, tail=5).strip().replace("\n", " | ")
             new = rec.transition(
                 State.PREEMPTED, self.actor, expected=cur,
                 reason=f"instance ended before the job started (exit {inst.exit_code}): {tail[-300:]}",
@@ -172,7 +172,7 @@ class Supervisor:
         st, _ = cur
         if inst is not None:
             # Let an agent that is still in its final sync finish it, then remove the instance.
-            self.backend.delete(inst.name, self.settings.grace_period if inst.alive else 0)
+            self.backend.delete(inst, self.settings.grace_period if inst.alive else 0)
         spec = rec.read_spec()
         max_restarts = spec.max_restarts if spec else 0
         restarts = st.attempt - 1 - st.failures
@@ -215,4 +215,4 @@ class Supervisor:
         # landed between our checks and the create. Then what we made must go at once.
         after = rec.read_state()
         if rec.stop_requested() or after is None or after[0].attempt != attempt:
-            self.backend.delete(inst.name)
+            self.backend.delete(inst)

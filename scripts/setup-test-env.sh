@@ -6,7 +6,7 @@
 #      (no image registry is needed) and cached as a Docker image.
 set -euo pipefail
 
-BASE_IMAGE=${RUNNER_BASE_IMAGE:-cos-spot-runner/base:bookworm}
+BASE_IMAGE=${RUNNER_BASE_IMAGE:-cos-spot-runner/base:bookworm-2}
 SUITE=${RUNNER_DEBIAN_SUITE:-bookworm}
 MIRROR=${RUNNER_DEBIAN_MIRROR:-http://deb.debian.org/debian}
 here=$(cd "$(dirname "$0")/.." && pwd)
@@ -43,8 +43,8 @@ fi
 need_root "bootstrapping the base image" "debootstrap needs root"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
-say "bootstrapping Debian $SUITE with Python into $work/rootfs (about a minute)"
-debootstrap --variant=minbase --include=python3,python3-pip,ca-certificates \
+say "bootstrapping Debian $SUITE with Python and curl into $work/rootfs (about a minute)"
+debootstrap --variant=minbase --include=python3,python3-pip,ca-certificates,curl \
   "$SUITE" "$work/rootfs" "$MIRROR" >"$work/debootstrap.log" 2>&1 \
   || { tail -20 "$work/debootstrap.log" >&2; say "debootstrap failed"; exit 1; }
 rm -rf "$work/rootfs/var/cache/apt/archives/"*.deb "$work/rootfs/var/lib/apt/lists/"*

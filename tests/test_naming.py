@@ -50,7 +50,10 @@ def _assert_gce_name(name: str) -> None:
 
 @pytest.mark.parametrize(
     "run_id",
-    ["demo-1", "Run_1", "run 1", "v1.2.3", "...", ".hidden", "日本語の実験", "Café", "a" * 128, "x"],
+    [
+        "demo-1", "Run_1", "run 1", "v1.2.3", "...", ".hidden", "日本語の実験", "Café",
+        "a" * 128, "x",
+    ],
 )
 def test_ordinary_ids_are_accepted_and_returned_unchanged(run_id: str) -> None:
     assert validate_run_id(run_id) == run_id
@@ -227,7 +230,9 @@ def test_no_id_without_an_attempt_names_like_an_attempt_of_another(stem: str, n:
         ("2024-sweep", 1, "runner-2024-sweep-a1"),
     ],
 )
-def test_simple_ids_map_readably_without_a_hash(run_id: str, attempt: int | None, name: str) -> None:
+def test_simple_ids_map_readably_without_a_hash(
+    run_id: str, attempt: int | None, name: str
+) -> None:
     assert resource_name(run_id, attempt) == name
 
 

@@ -73,13 +73,13 @@ class ComputeBackend(ABC):
         """Every instance this tool made (or only one run's), in a single backend call."""
 
     @abstractmethod
-    def delete(self, name: str, grace_period: float = 0) -> None:
+    def delete(self, instance: Instance, grace_period: float = 0) -> None:
         """Stop (SIGTERM, then kill after ``grace_period``) and remove. Missing: does nothing."""
 
     @abstractmethod
-    def preempt(self, name: str, grace_period: float) -> None:
+    def preempt(self, instance: Instance, grace_period: float) -> None:
         """Do what a spot preemption does: SIGTERM, ``grace_period`` seconds, kill, remove."""
 
-    def logs(self, name: str, tail: int = 100) -> str:
+    def logs(self, instance: Instance, tail: int = 100) -> str:
         """The instance's console output (serial console or container logs), if it has one."""
         return ""

@@ -175,9 +175,10 @@ class LocalBackend(ComputeBackend):
             filters["label"].append(f"{LABEL_RUN_ID}={label_value(run_id)}")
         return [self._instance(c) for c in self.client.containers.list(all=True, filters=filters)]
 
-    def delete(self, name: str, grace_period: float = 0) -> None:
+    def delete(self, instance: Instance, grace_period: float = 0) -> None:
         from docker.errors import APIError, NotFound
 
+        name = instance.name
         try:
             c = self.client.containers.get(name)
             if c.status in ("running", "restarting", "paused", "created"):
@@ -189,14 +190,14 @@ class LocalBackend(ComputeBackend):
             if e.status_code not in (404, 409):  # 409: removal already in progress
                 raise BackendError(f"docker could not remove {name}: {e.explanation or e}") from None
 
-    def preempt(self, name: str, grace_period: float) -> None:
+    def preempt(self, instance: Instance, grace_period: float) -> None:
         # A spot VM with terminationAction=DELETE: notice, grace, hard stop, gone.
-        self.delete(name, grace_period)
+        self.delete(instance, grace_period)
 
-    def logs(self, name: str, tail: int = 100) -> str:
+    def logs(self, instance: Instance, tail: int = 100) -> str:
         from docker.errors import NotFound
 
         try:
-            return self.client.containers.get(name).logs(tail=tail).decode("utf-8", "replace")
+            return self.client.containers.get(instance.name).logs(tail=tail).decode("utf-8", "replace")
         except NotFound:
             return ""

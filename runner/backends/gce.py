@@ -1,0 +1,328 @@
+"""The GCE backend: a run's attempt is a COS spot VM whose startup script starts the container.
+
+``plan()`` builds the exact ``compute_v1.Instance`` for each candidate zone from ``spec.json``
+alone, so a restart recreates the same VM. ``create()`` walks the zones in order and moves on
+when a zone is out of capacity or quota (``ZoneFallback``). ``list()`` is one
+``aggregatedList`` call for every run, whatever their number.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from importlib import resources
+from typing import Any
+
+from entrypoint.record import RunSpec
+from runner.backends import vm_metadata as md
+from runner.backends.base import (
+    LABEL_ATTEMPT,
+    LABEL_RUN_ID,
+    LABEL_RUNNER,
+    RUNNER_LABEL_VALUE,
+    BackendError,
+    ComputeBackend,
+    Instance,
+    InstanceStatus,
+    LaunchContext,
+)
+from runner.backends.gce_shapes import resolve_gpu
+from runner.gcp_clients import ComputeClients, api_retry
+from runner.naming import label_value, resource_name
+
+_STATUS = {
+    "PROVISIONING": InstanceStatus.STARTING,
+    "STAGING": InstanceStatus.STARTING,
+    "RUNNING": InstanceStatus.RUNNING,
+    "REPAIRING": InstanceStatus.RUNNING,
+    "STOPPING": InstanceStatus.STOPPING,
+    "SUSPENDING": InstanceStatus.STOPPING,
+    "STOPPED": InstanceStatus.TERMINATED,
+    "SUSPENDED": InstanceStatus.TERMINATED,
+    "TERMINATED": InstanceStatus.TERMINATED,
+}
+# Errors after which the next zone may well succeed.
+ZONE_RETRYABLE = {
+    "ZONE_RESOURCE_POOL_EXHAUSTED",
+    "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
+    "QUOTA_EXCEEDED",
+    "quotaExceeded",
+    "resourcePoolExhausted",
+    "STOCKOUT",
+    "UNSUPPORTED_OPERATION",  # e.g. the GPU type is not offered in that zone
+}
+DEFAULT_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+
+
+def vm_options_defaults() -> dict[str, Any]:
+    """The GCE-only part of ``spec.json`` (``spec.vm``), with its defaults."""
+    return {
+        "project": None,
+        "vm_image": "projects/cos-cloud/global/images/family/cos-stable",
+        "termination_action": "DELETE",
+        "max_run_duration_s": None,
+        "boot_disk_gb": 50,
+        "boot_disk_type": "pd-balanced",
+        "data_disk": None,           # an existing disk's name: pins the run to that disk's zone
+        "data_disk_gb": None,        # or a per-run disk of this size, deleted with the VM
+        "data_mount": "/var/lib/runner/data",
+        "service_account": None,     # None: the project's default compute service account
+        "scopes": list(DEFAULT_SCOPES),
+        "network": "global/networks/default",
+        "subnetwork": None,
+        "external_ip": True,
+        "no_gpu": False,
+        "gpu_driver_version": "",
+    }
+
+
+@dataclass(frozen=True)
+class GcePlan:
+    """The requests ``create`` will send: one candidate instance per zone, tried in order."""
+
+    name: str
+    project: str
+    candidates: list[tuple[str, Any]] = field(default_factory=list)  # (zone, compute_v1.Instance)
+
+    def to_dict(self) -> list[dict[str, Any]]:
+        from google.cloud import compute_v1
+
+        return [{"zone": z, "instance": compute_v1.Instance.to_dict(i)} for z, i in self.candidates]
+
+
+class ZoneExhausted(BackendError):
+    """Every zone refused for capacity or quota; the message lists each zone's reason."""
+
+
+def _startup_scripts() -> tuple[str, str]:
+    base = resources.files("gcp")
+    return (base / "startup.sh").read_text(), (base / "shutdown.sh").read_text()
+
+
+def _zone_of(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _error_reasons(exc_or_op: Any) -> list[str]:
+    """The GCE error codes/reasons carried by an API exception or a failed operation."""
+    out: list[str] = []
+    errors = getattr(getattr(exc_or_op, "error", None), "errors", None)
+    if errors:
+        out += [e.code for e in errors if getattr(e, "code", None)]
+    for e in getattr(exc_or_op, "errors", None) or []:
+        if isinstance(e, dict):
+            out += [v for k, v in e.items() if k in ("reason", "code") and v]
+    msg = str(getattr(exc_or_op, "message", "") or "")
+    out += [code for code in ZONE_RETRYABLE if code in msg]
+    return out
+
+
+class GceBackend(ComputeBackend):
+    name = "gce"
+
+    def __init__(self, clients: ComputeClients, project: str) -> None:
+        self.c = clients
+        self.project = project
+
+    # ---- plan (pure) ----
+    def plan(self, spec: RunSpec, ctx: LaunchContext) -> GcePlan:
+        from google.cloud import compute_v1
+
+        vm = {**vm_options_defaults(), **(getattr(spec, "vm", None) or {})}
+        project = vm["project"] or self.project
+        name = resource_name(spec.run_id, ctx.attempt)
+        gpu = resolve_gpu(spec.machine_type or "n1-standard-4", spec.gpu, no_gpu=vm["no_gpu"])
+        meta = md.VmMetadata(
+            run_id=spec.run_id, attempt=ctx.attempt, store=ctx.store_url, image=spec.image,
+            command=list(spec.command), env=dict(spec.env), gpu_count=gpu.count,
+            gpu_timeout=spec.timeouts.get("gpu_timeout", 600), gpu_driver_version=vm["gpu_driver_version"],
+            checkpoint_dir=spec.checkpoint_dir, results_dir=spec.results_dir,
+            heartbeat_interval=ctx.heartbeat_interval, sync_interval=ctx.sync_interval,
+            grace_period=ctx.grace_period, shm_size=ctx.shm_size,
+            data_disk="data" if (vm["data_disk"] or vm["data_disk_gb"]) else "", data_mount=vm["data_mount"],
+        )
+        startup, shutdown = _startup_scripts()
+        items = {**meta.items(), md.STARTUP_SCRIPT: startup, md.SHUTDOWN_SCRIPT: shutdown}
+        zones = list(spec.zones) or ["us-central1-a"]
+        if vm["data_disk"]:
+            zones = zones[:1]  # an existing zonal disk pins the run to its zone
+        candidates = []
+        for zone in zones:
+            scheduling = compute_v1.Scheduling(
+                provisioning_model="SPOT",
+                instance_termination_action=vm["termination_action"],
+                on_host_maintenance="TERMINATE",
+                automatic_restart=False,
+            )
+            if vm["max_run_duration_s"]:
+                scheduling.max_run_duration = compute_v1.Duration(seconds=int(vm["max_run_duration_s"]))
+            disks = [compute_v1.AttachedDisk(
+                boot=True, auto_delete=True, device_name="boot",
+                initialize_params=compute_v1.AttachedDiskInitializeParams(
+                    source_image=vm["vm_image"], disk_size_gb=int(vm["boot_disk_gb"]),
+                    disk_type=f"zones/{zone}/diskTypes/{vm['boot_disk_type']}"),
+            )]
+            if vm["data_disk"]:
+                disks.append(compute_v1.AttachedDisk(
+                    boot=False, auto_delete=False, device_name="data", mode="READ_WRITE",
+                    source=f"projects/{project}/zones/{zone}/disks/{vm['data_disk']}"))
+            elif vm["data_disk_gb"]:
+                disks.append(compute_v1.AttachedDisk(
+                    boot=False, auto_delete=True, device_name="data",
+                    initialize_params=compute_v1.AttachedDiskInitializeParams(
+                        disk_size_gb=int(vm["data_disk_gb"]),
+                        disk_type=f"zones/{zone}/diskTypes/{vm['boot_disk_type']}")))
+            nic = compute_v1.NetworkInterface(network=vm["network"])
+            if vm["subnetwork"]:
+                nic.subnetwork = vm["subnetwork"]
+            if vm["external_ip"]:
+                nic.access_configs = [compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")]
+            inst = compute_v1.Instance(
+                name=name,
+                machine_type=f"zones/{zone}/machineTypes/{spec.machine_type}",
+                scheduling=scheduling,
+                disks=disks,
+                network_interfaces=[nic],
+                labels={
+                    LABEL_RUNNER: RUNNER_LABEL_VALUE,
+                    LABEL_RUN_ID: label_value(spec.run_id),
+                    LABEL_ATTEMPT: str(ctx.attempt),
+                },
+                metadata=compute_v1.Metadata(items=[compute_v1.Items(key=k, value=v) for k, v in items.items()]),
+                service_accounts=[compute_v1.ServiceAccount(
+                    email=vm["service_account"] or "default", scopes=list(vm["scopes"]))],
+            )
+            if gpu.type:
+                inst.guest_accelerators = [compute_v1.AcceleratorConfig(
+                    accelerator_type=f"zones/{zone}/acceleratorTypes/{gpu.type}",
+                    accelerator_count=gpu.count)]
+            candidates.append((zone, inst))
+        return GcePlan(name=name, project=project, candidates=candidates)
+
+    # ---- act ----
+    def create(self, plan: GcePlan) -> Instance:
+        from google.api_core import exceptions as gexc
+
+        refusals = []
+        for zone, body in plan.candidates:
+            try:
+                op = self.c.instances.insert_unary(
+                    project=plan.project, zone=zone, instance_resource=body,
+                    request_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{plan.project}/{zone}/{plan.name}")),
+                    retry=api_retry())
+                op = self._wait(plan.project, zone, op)
+            except gexc.Conflict:
+                return self._get(plan.project, zone, plan.name)
+            except gexc.GoogleAPICallError as e:
+                reasons = _error_reasons(e)
+                if any(r in ZONE_RETRYABLE for r in reasons):
+                    refusals.append(f"{zone}: {', '.join(sorted(set(reasons)))}")
+                    continue
+                raise BackendError(_explain(e, plan.project)) from None
+            if op.error and op.error.errors:
+                reasons = _error_reasons(op)
+                if any(r in ZONE_RETRYABLE for r in reasons):
+                    refusals.append(f"{zone}: {', '.join(sorted(set(reasons)))}")
+                    continue
+                if "RESOURCE_ALREADY_EXISTS" in reasons:
+                    return self._get(plan.project, zone, plan.name)
+                raise BackendError(f"creating {plan.name} in {zone} failed: "
+                                   + "; ".join(f"{e.code}: {e.message}" for e in op.error.errors))
+            return self._get(plan.project, zone, plan.name)
+        raise ZoneExhausted(
+            f"no zone could take {plan.name} ({'; '.join(refusals)}): add zones (--zones / zones in "
+            "runner.toml) or try again later; the supervisor retries on its next pass"
+        )
+
+    def _wait(self, project: str, zone: str, op: Any) -> Any:
+        # Our own operations client: the library's extended operation would poll the default
+        # endpoint, whatever endpoint the instances client was given.
+        while _status_name(op.status) != "DONE":
+            op = self.c.zone_operations.wait(project=project, zone=zone, operation=op.name, retry=api_retry())
+        return op
+
+    def _get(self, project: str, zone: str, name: str) -> Instance:
+        return self._instance(self.c.instances.get(project=project, zone=zone, instance=name, retry=api_retry()))
+
+    @staticmethod
+    def _instance(i: Any) -> Instance:
+        labels = dict(i.labels)
+        return Instance(
+            name=i.name,
+            run_label=labels.get(LABEL_RUN_ID, ""),
+            attempt=int(labels.get(LABEL_ATTEMPT, "0") or 0),
+            status=_STATUS.get(_status_name(i.status), InstanceStatus.STARTING),
+            zone=_zone_of(i.zone),
+        )
+
+    def list(self, run_id: str | None = None) -> list[Instance]:
+        flt = f'labels.{LABEL_RUNNER} = "{RUNNER_LABEL_VALUE}"'
+        if run_id is not None:
+            flt += f' AND labels.{LABEL_RUN_ID} = "{label_value(run_id)}"'
+        out = []
+        pages = self.c.instances.aggregated_list(
+            request={"project": self.project, "filter": flt, "return_partial_success": True},
+            retry=api_retry())
+        for _zone, scoped in pages:
+            out += [self._instance(i) for i in scoped.instances]
+        return out
+
+    def delete(self, instance: Instance, grace_period: float = 0) -> None:
+        # The VM's shutdown script gives the container its grace period; we do not wait here.
+        from google.api_core import exceptions as gexc
+
+        try:
+            self.c.instances.delete_unary(project=self.project, zone=instance.zone,
+                                          instance=instance.name, retry=api_retry())
+        except gexc.NotFound:
+            pass
+
+    def preempt(self, instance: Instance, grace_period: float) -> None:
+        # On a spot VM a simulated maintenance event is a real preemption (30 s notice, then
+        # stop or delete per the termination action).
+        self.c.instances.simulate_maintenance_event_unary(
+            project=self.project, zone=instance.zone, instance=instance.name, retry=api_retry())
+
+    def logs(self, instance: Instance, tail: int = 100) -> str:
+        from google.api_core import exceptions as gexc
+
+        try:
+            out = self.c.instances.get_serial_port_output(
+                project=self.project, zone=instance.zone, instance=instance.name, port=1, retry=api_retry())
+        except gexc.NotFound:
+            return ""
+        return "\n".join(out.contents.splitlines()[-tail:])
+
+    def serial_output(self, instance: Instance, start: int = 0) -> tuple[str, int]:
+        """Serial console text from byte ``start``; returns (text, next offset)."""
+        out = self.c.instances.get_serial_port_output(
+            project=self.project, zone=instance.zone, instance=instance.name, port=1, start=start,
+            retry=api_retry())
+        return out.contents, int(out.next_)
+
+    def preempted_instances(self, zones: list[str], since_rfc3339: str | None = None) -> set[str]:
+        """Names of instances GCE preempted, from each zone's ``compute.instances.preempted`` ops."""
+        names: set[str] = set()
+        flt = 'operationType = "compute.instances.preempted"'
+        for zone in zones:
+            for op in self.c.zone_operations.list(request={"project": self.project, "zone": zone, "filter": flt},
+                                                   retry=api_retry()):
+                if since_rfc3339 and op.insert_time and op.insert_time < since_rfc3339:
+                    continue
+                names.add(op.target_link.rstrip("/").rsplit("/", 1)[-1])
+        return names
+
+
+def _status_name(status: Any) -> str:
+    return getattr(status, "name", None) or str(status)
+
+
+def _explain(e: Any, project: str) -> str:
+    code = getattr(e, "code", None)
+    msg = getattr(e, "message", str(e))
+    if code == 403:
+        return (f"permission denied in project {project}: {msg}. Grant the caller roles/compute.instanceAdmin.v1 "
+                "(and roles/iam.serviceAccountUser on the VM's service account)")
+    if code == 404:
+        return f"not found in project {project}: {msg} (check --zones, --machine-type, --gpu and the project)"
+    return f"Compute Engine refused the request ({code}): {msg}"

@@ -1,0 +1,61 @@
+"""Every Google Cloud client the control plane uses, built in one place from config.
+
+Why one place: an ``InstancesClient`` pointed at a custom endpoint still polls its extended
+operations through an internal ``ZoneOperationsClient`` on the *default* endpoint. So we wait on
+operations with our own operations client, configured exactly like the others, and a test (or a
+private endpoint) reaches every call through ``compute_endpoint`` alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+def retryable_api_errors() -> tuple[type[Exception], ...]:
+    from google.api_core import exceptions as gexc
+
+    return (gexc.TooManyRequests, gexc.ServiceUnavailable, gexc.InternalServerError,
+            gexc.GatewayTimeout, gexc.BadGateway)
+
+
+def api_retry(timeout: float = 120.0) -> Any:
+    """429 and 5xx are retried with exponential backoff; anything else surfaces at once."""
+    from google.api_core import retry as gretry
+
+    return gretry.Retry(predicate=gretry.if_exception_type(*retryable_api_errors()),
+                        initial=0.5, maximum=16.0, multiplier=2.0, timeout=timeout)
+
+
+@dataclass
+class ComputeClients:
+    instances: Any
+    zone_operations: Any
+    images: Any
+    machine_types: Any
+    accelerator_types: Any
+    zones: Any
+    disks: Any
+
+
+def compute_clients(endpoint: str | None = None) -> ComputeClients:
+    from google.api_core.client_options import ClientOptions
+    from google.cloud import compute_v1
+
+    kwargs: dict[str, Any] = {}
+    if endpoint:
+        kwargs["client_options"] = ClientOptions(api_endpoint=endpoint)
+        if endpoint.startswith("http://"):
+            # A local stand-in (tests, an emulator): never look for real credentials.
+            from google.auth.credentials import AnonymousCredentials
+
+            kwargs["credentials"] = AnonymousCredentials()
+    return ComputeClients(
+        instances=compute_v1.InstancesClient(**kwargs),
+        zone_operations=compute_v1.ZoneOperationsClient(**kwargs),
+        images=compute_v1.ImagesClient(**kwargs),
+        machine_types=compute_v1.MachineTypesClient(**kwargs),
+        accelerator_types=compute_v1.AcceleratorTypesClient(**kwargs),
+        zones=compute_v1.ZonesClient(**kwargs),
+        disks=compute_v1.DisksClient(**kwargs),
+    )
