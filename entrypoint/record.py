@@ -105,6 +105,7 @@ class RunSpec:
     gpu: str | None = None
     zones: list[str] = field(default_factory=list)
     timeouts: dict[str, float] = field(default_factory=dict)
+    vm: dict[str, Any] = field(default_factory=dict)  # backend-specific options (GCE: disks, VM image...)
     created_at: float = field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION
 
@@ -198,6 +199,11 @@ class RunRecord:
     @staticmethod
     def log_name(attempt: int) -> str:
         return f"logs/{attempt}.log"
+
+    @staticmethod
+    def startup_name(attempt: int) -> str:
+        """Written by the VM's startup script (plain JSON, no CAS): how far boot got, or why it failed."""
+        return f"attempts/{attempt}/startup.json"
 
     # ---- spec ----
     def read_spec(self) -> RunSpec | None:
@@ -337,6 +343,16 @@ class RunRecord:
     def read_manifest(self, attempt: int) -> dict[str, Any] | None:
         blob = self.store.read(self.name(self.manifest_name(attempt)))
         return None if blob is None else json.loads(blob.data)
+
+    def read_startup(self, attempt: int) -> dict[str, Any] | None:
+        blob = self.store.read(self.name(self.startup_name(attempt)))
+        if blob is None:
+            return None
+        try:
+            doc = json.loads(blob.data)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
 
     def request_stop(self, actor: str, reason: str = "stopped by user") -> None:
         self.store.write(self.name(self.STOP), _dump({"time": utcnow(), "actor": actor, "reason": reason}))

@@ -115,13 +115,21 @@ def main() -> None:
 @click.option("--retry-on-failure", type=int, help="Re-run a job that exits non-zero up to N times (default 0).")
 @click.option("--poll-interval", type=float, help="Seconds between supervisor checks.")
 @click.option("--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Environment for the job (not for secrets).")
+@click.option("--project", help="GCE: the project (always explicit; gcloud's active project is never assumed).")
+@click.option("--zones", help="GCE: zones to try in order, comma-separated (next zone on stockout/quota).")
+@click.option("--machine-type", help="GCE: e.g. n1-standard-8, g2-standard-8 (g2/a2/a3 carry their GPUs).")
+@click.option("--gpu", help="GCE: TYPE[:COUNT] for N1 machines, e.g. nvidia-tesla-t4:1.")
+@click.option("--no-gpu", is_flag=True, default=None, help="GCE: CPU only; skips the driver install entirely.")
+@click.option("--termination-action", type=click.Choice(["DELETE", "STOP"]),
+              help="GCE: what preemption does to the VM (default DELETE).")
 @config_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @_guard
 def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run: bool,
            max_restarts: int | None, retry_on_failure: int | None, poll_interval: float | None,
-           env_pairs: tuple[str, ...], command: tuple[str, ...], cli_config: dict[str, Any],
-           config_path: str | None) -> None:
+           env_pairs: tuple[str, ...], project: str | None, zones: str | None, machine_type: str | None,
+           gpu: str | None, no_gpu: bool | None, termination_action: str | None,
+           command: tuple[str, ...], cli_config: dict[str, Any], config_path: str | None) -> None:
     """Submit a run and follow it until it ends (unless --detach).
 
     The job's command comes after `--` and is passed as an argument list, never re-parsed by a
@@ -140,13 +148,15 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
         if not sep or not k:
             _err(f"--env {pair!r} is not KEY=VALUE", EXIT_USAGE)
         env[k] = v
-    cli_config = {**cli_config, "poll_interval": poll_interval}
+    cli_config = {**cli_config, "poll_interval": poll_interval, "project": project, "zones": zones,
+                  "machine_type": machine_type, "gpu": gpu, "no_gpu": no_gpu,
+                  "termination_action": termination_action}
     ctx = _load(cli_config, config_path, create_store=not dry_run)
     if dry_run:
         plan = submit_mod.dry_run(ctx, run_id, list(command), image,
                                   max_restarts=max_restarts, retry_on_failure=retry_on_failure)
         cli = getattr(plan, "docker_cli", None)
-        click.echo(" ".join(cli()) if cli else json.dumps(plan, default=str, indent=1))
+        click.echo(" ".join(cli()) if cli else json.dumps(plan.to_dict(), default=str, indent=1))
         return
     result = submit_mod.submit(ctx, run_id, list(command), image=image, restart=restart,
                                max_restarts=max_restarts, retry_on_failure=retry_on_failure, env=env)
@@ -195,7 +205,7 @@ def supervise(run_id: str | None, once: bool, poll_interval: float | None,
 
 @main.group()
 def ops() -> None:
-    """Show and control runs: status, list, logs, delete, preempt."""
+    """Show and control runs: status, list, logs, serial, events, delete, preempt."""
 
 
 @ops.command()
@@ -219,6 +229,8 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
     click.echo(f"state      {s['state']}" + (f" ({s['reason']})" if s["reason"] else ""))
     click.echo(f"attempt    {s['attempt']}  instance {s['instance'] or '-'}  zone {s['zone'] or '-'}")
     click.echo(f"heartbeat  {hb}")
+    if s.get("startup_phase"):
+        click.echo(f"startup    {s['startup_phase']}")
     click.echo(f"progress   {prog}")
     if s.get("instances"):
         click.echo("instances  " + ", ".join(f"{i['name']} ({i['status']})" for i in s["instances"]))
@@ -231,13 +243,25 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
 
 @ops.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of runs.")
+@click.option("--orphans", is_flag=True, help="Instead: VMs/containers whose run is finished or unknown (still billing).")
 @config_options
 @_guard
-def list_cmd(as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
+def list_cmd(as_json: bool, orphans: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
     """All runs in the store, one line each."""
     from runner.ops import list_runs
 
     ctx = _load(cli_config, config_path)
+    if orphans:
+        from runner.ops import orphans as find_orphans
+
+        found = find_orphans(ctx.store, ctx.backend)
+        if as_json:
+            click.echo(json.dumps(found, indent=1))
+        for o in [] if as_json else found:
+            click.echo(f"{o['name']:<40} {o['zone']:<16} {o['status']:<11} {o['why']}")
+        if not found and not as_json:
+            _note("no orphans: every instance belongs to a live run")
+        return
     rows = list_runs(ctx.store)
     if as_json:
         click.echo(json.dumps(rows, indent=1))
@@ -280,6 +304,57 @@ def preempt(run_id: str, grace_period: float | None, cli_config: dict[str, Any],
     g = ctx.cfg.grace_period if grace_period is None else grace_period
     out = preempt_run(ctx.store, ctx.backend, _run_id(run_id), g)
     click.echo(f"{run_id}: preempted {', '.join(out['preempted'])}")
+
+
+@ops.command()
+@click.option("--run-id", required=True)
+@click.option("--tail", type=int, default=100, show_default=True, help="Lines to show first.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing as the console grows.")
+@config_options
+@_guard
+def serial(run_id: str, tail: int, follow: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
+    """The current VM's serial console (startup phases, driver install, container output).
+
+    Where to look when a run has no heartbeat and no manifest: it died before its container started.
+    """
+    from runner.ops import RunNotFound, current_instance
+
+    ctx = _load(cli_config, config_path)
+    inst = current_instance(ctx.store, ctx.backend, _run_id(run_id))
+    if inst is None:
+        raise RunNotFound(f"run {run_id} has no VM right now (see `runner ops events --run-id {run_id}`)")
+    text, offset = ctx.backend.console(inst, 0)
+    click.echo("\n".join(text.splitlines()[-tail:]))
+    while follow:
+        time.sleep(2)
+        more, offset = ctx.backend.console(inst, offset)
+        if more:
+            click.echo(more, nl=False)
+
+
+@ops.command()
+@click.option("--run-id", required=True)
+@click.option("--since", default="24h", show_default=True, help="How far back: 30m, 24h, 7d.")
+@click.option("--json", "as_json", is_flag=True)
+@config_options
+@_guard
+def events(run_id: str, since: str, as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
+    """Our run events and the provider's operations on the run's VMs (preempted, stop, delete), in time order."""
+    from runner.follow import format_event
+    from runner.ops import run_events
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        seconds = float(since[:-1]) * units[since[-1]]
+    except (KeyError, ValueError, IndexError):
+        _err(f"--since {since!r}: use a number and a unit, as in 30m, 24h or 7d", EXIT_USAGE)
+    ctx = _load(cli_config, config_path)
+    evs = run_events(ctx.store, ctx.backend, _run_id(run_id), time.time() - seconds)
+    if as_json:
+        click.echo(json.dumps(evs, indent=1, default=str))
+        return
+    for ev in evs:
+        click.echo(format_event(ev))
 
 
 @ops.command()

@@ -64,6 +64,23 @@ class Config:
     checkpoint_dir: str = _key("/var/lib/runner/checkpoints", "str", "an absolute container path")
     results_dir: str = _key("/var/lib/runner/results", "str", "an absolute container path")
     shm_size: str = _key("2g", "str", "a Docker size such as 512m or 2g")
+    # --- GCE only (recorded in spec.json at submit, so restarts recreate the same VM) ---
+    compute_endpoint: str | None = _key(None, "optional_str", "a Compute API URL (tests, private endpoints)")
+    vm_image: str = _key("projects/cos-cloud/global/images/family/cos-stable", "str",
+                         "a COS image or image family URL, e.g. projects/cos-cloud/global/images/family/cos-stable")
+    termination_action: str = _key("DELETE", "str", "DELETE or STOP")
+    max_run_duration: float = _key(0.0, "float", "seconds after which GCE ends the VM (0 = no limit)")
+    boot_disk_gb: int = _key(50, "int", "a boot disk size in GB, e.g. 50")
+    boot_disk_type: str = _key("pd-balanced", "str", "a disk type, e.g. pd-balanced or pd-ssd")
+    data_disk: str | None = _key(None, "optional_str", "the name of an existing zonal disk")
+    data_disk_gb: int = _key(0, "int", "size in GB of a per-run data disk (0 = none)")
+    data_mount: str = _key("/var/lib/runner/data", "str", "a host path under /var/lib")
+    service_account: str | None = _key(None, "optional_str", "a service account email")
+    network: str = _key("global/networks/default", "str", "a VPC network URL")
+    subnetwork: str | None = _key(None, "optional_str", "a subnetwork URL")
+    external_ip: bool = _key(True, "bool", "true or false")
+    no_gpu: bool = _key(False, "bool", "true or false")
+    gpu_driver_version: str | None = _key(None, "optional_str", "a cos-extensions driver version, e.g. latest")
     source: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -354,7 +371,7 @@ def _problems(cfg: Config) -> list[str]:
         return problems
     checks: list[Callable[[Config], list[str]]] = [
         _check_backend, _check_positive, _check_counts, _check_grace_period, _check_paths,
-        _check_shm_size, _check_zones, _check_store, _check_stall_window,
+        _check_shm_size, _check_zones, _check_store, _check_stall_window, _check_vm,
     ]
     return [problem for check in checks for problem in check(cfg)]
 
@@ -403,6 +420,23 @@ def _check_counts(cfg: Config) -> list[str]:
     if cfg.stall_polls < 1:
         problems.append(_bad(cfg, "stall_polls", "must be at least 1",
                              f"set it to e.g. {_default('stall_polls')}"))
+    return problems
+
+
+def _check_vm(cfg: Config) -> list[str]:
+    problems = []
+    if cfg.termination_action not in ("DELETE", "STOP"):
+        problems.append(_bad(cfg, "termination_action", "is not DELETE or STOP",
+                             "use DELETE (nothing left behind) or STOP (keeps the boot disk: "
+                             "a restart skips the driver install and the image pull)"))
+    if not cfg.data_mount.startswith("/var/lib/"):
+        problems.append(_bad(cfg, "data_mount", "is not under /var/lib",
+                             "use e.g. /var/lib/runner/data: on COS / and /mnt are read-only"))
+    for key in ("boot_disk_gb", "data_disk_gb"):
+        if getattr(cfg, key) < 0:
+            problems.append(_bad(cfg, key, "must not be negative", "set a size in GB"))
+    if cfg.max_run_duration < 0:
+        problems.append(_bad(cfg, "max_run_duration", "must not be negative", "use 0 for no limit"))
     return problems
 
 

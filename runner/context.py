@@ -28,9 +28,42 @@ def make_backend(cfg: Config) -> ComputeBackend:
         from runner.backends.local import LocalBackend
 
         return LocalBackend()
-    raise BackendError(
-        f"backend {cfg.backend!r} is not available in this version; use --backend local"
-    )
+    from runner.backends.gce import GceBackend
+    from runner.gcp_clients import compute_clients
+
+    return GceBackend(compute_clients(cfg.compute_endpoint), require_project(cfg))
+
+
+def require_project(cfg: Config) -> str:
+    """The project, always explicit (DESIGN §4: gcloud's active project may be another one)."""
+    active = gcloud_active_project()
+    if not cfg.project:
+        hint = f" (gcloud's active project is {active!r}; runs never use it implicitly)" if active else ""
+        raise BackendError(f"no GCP project: pass --project ID or set project in runner.toml{hint}")
+    if active and active != cfg.project:
+        import sys
+
+        print(f"runner: warning: using project {cfg.project!r} (from {cfg.source.get('project')}), "
+              f"but gcloud's active project is {active!r}", file=sys.stderr)
+    return cfg.project
+
+
+def gcloud_active_project() -> str | None:
+    """gcloud's active project from its config files, without running gcloud (it may be absent)."""
+    import configparser
+
+    base = os.environ.get("CLOUDSDK_CONFIG") or os.path.expanduser("~/.config/gcloud")
+    if os.environ.get("CLOUDSDK_CORE_PROJECT"):
+        return os.environ["CLOUDSDK_CORE_PROJECT"]
+    try:
+        with open(os.path.join(base, "active_config")) as f:
+            name = f.read().strip() or "default"
+    except OSError:
+        name = "default"
+    parser = configparser.ConfigParser()
+    if not parser.read(os.path.join(base, "configurations", f"config_{name}")):
+        return None
+    return parser.get("core", "project", fallback=None)
 
 
 @dataclass

@@ -10,8 +10,10 @@ from runner.supervisor import Supervisor
 
 
 def format_event(ev: dict) -> str:
-    src = ev.get("from") or "-"
-    line = f"{iso(ev['time'])}  attempt {ev.get('attempt') or '-'}  {src:>12} -> {ev.get('to') or '-':<12} [{ev['actor']}]"
+    head = f"{iso(ev['time'])}  attempt {ev.get('attempt') or '-'}"
+    if ev.get("from") is None and ev.get("to") is None:  # a note or a provider operation
+        return f"{head}  {'':>12}    {'':<12} [{ev['actor']}]  {ev.get('reason') or ''}"
+    line = f"{head}  {ev.get('from') or '-':>12} -> {ev.get('to') or '-':<12} [{ev['actor']}]"
     return line + (f"  {ev['reason']}" if ev.get("reason") else "")
 
 

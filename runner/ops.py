@@ -65,9 +65,18 @@ def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None)
         "stop_requested": rec.stop_requested(),
         "last_event": last_event,
     }
+    startup = rec.read_startup(st.attempt) if st.attempt else None
+    out["startup_phase"] = startup.get("phase") if startup else None
     if backend is not None:
+        inst = current_instance(store, backend, run_id)
+        if inst is not None and inst.alive:
+            phases = [ln.split("runner-phase:", 1)[1].strip()
+                      for ln in backend.logs(inst, tail=300).splitlines() if "runner-phase:" in ln]
+            if phases:
+                out["startup_phase"] = phases[-1]
         out["instances"] = [
-            {"name": i.name, "attempt": i.attempt, "status": i.status.value, "exit_code": i.exit_code}
+            {"name": i.name, "attempt": i.attempt, "status": i.status.value, "exit_code": i.exit_code,
+             "zone": i.zone}
             for i in backend.list(run_id)
         ]
     return out
@@ -130,6 +139,53 @@ def preempt_run(store: Store, backend: ComputeBackend, run_id: str, grace_period
     for inst in live:
         backend.preempt(inst, grace_period)
     return {"run_id": run_id, "preempted": [i.name for i in live], "grace_period": grace_period}
+
+
+def orphans(store: Store, backend: ComputeBackend) -> list[dict[str, Any]]:
+    """Instances this tool made whose run is finished, stopped or unknown: billing for nothing."""
+    by_label: dict[str, str] = {label_value(r): r for r in list_run_ids(store)}
+    out = []
+    for inst in backend.list():
+        run_id = by_label.get(inst.run_label)
+        cur = RunRecord(store, run_id).read_state() if run_id else None
+        why = None
+        if cur is None:
+            why = "no run record in this store"
+        elif cur[0].state.terminal:
+            why = f"run is {cur[0].state.value}"
+        elif inst.attempt < cur[0].attempt:
+            why = f"belongs to attempt {inst.attempt}, run is at attempt {cur[0].attempt}"
+        if why:
+            out.append({"name": inst.name, "zone": inst.zone, "status": inst.status.value,
+                        "run_id": run_id, "why": why})
+    return out
+
+
+def run_events(store: Store, backend: ComputeBackend, run_id: str, since: float | None = None) -> list[dict[str, Any]]:
+    """Our journal and the provider's operations on the run's instances, in time order."""
+    rec = _record(store, run_id)
+    ours = [ev for _, ev in rec.events()]
+    names = sorted({ev.get("instance") for ev in ours if ev.get("instance")} |
+                   {i.name for i in backend.list(run_id)} | _instance_names(rec))
+    zones = sorted({z for z in (rec.read_spec().zones if rec.read_spec() else [])})
+    theirs = backend.provider_events(names, zones) if names and zones else []
+    merged = sorted(ours + theirs, key=lambda e: e["time"])
+    return [e for e in merged if since is None or e["time"] >= since]
+
+
+def _instance_names(rec: RunRecord) -> set[str]:
+    from runner.naming import resource_name
+
+    cur = rec.read_state()
+    return {resource_name(rec.run_id, a) for a in range(1, (cur[0].attempt if cur else 0) + 1)}
+
+
+def current_instance(store: Store, backend: ComputeBackend, run_id: str):  # type: ignore[no-untyped-def]
+    rec = _record(store, run_id)
+    cur = rec.read_state()
+    assert cur is not None
+    live = sorted(backend.list(run_id), key=lambda i: i.attempt)
+    return next((i for i in reversed(live) if i.attempt == cur[0].attempt), live[-1] if live else None)
 
 
 def attempt_logs(store: Store, run_id: str, attempt: int | None = None) -> list[tuple[int, bytes]]:

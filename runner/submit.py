@@ -10,6 +10,7 @@ from dataclasses import dataclass
 
 from entrypoint.record import RunRecord, RunSpec, State
 from runner.backends.base import BackendError, LaunchContext
+from runner.config import Config
 from runner.context import Context
 
 
@@ -64,7 +65,29 @@ def build_spec(ctx: Context, run_id: str, command: list[str], image: str, *,
         zones=list(cfg.zones),
         timeouts={"gpu_timeout": cfg.gpu_timeout, "stall_window": cfg.stall_window,
                   "grace_period": cfg.grace_period},
+        vm=vm_options(cfg) if cfg.backend == "gce" else {},
     )
+
+
+def vm_options(cfg: Config) -> dict[str, object]:
+    """The GCE-only options, pinned in spec.json so every attempt gets the same VM."""
+    return {
+        "project": cfg.project,
+        "vm_image": cfg.vm_image,
+        "termination_action": cfg.termination_action,
+        "max_run_duration_s": cfg.max_run_duration or None,
+        "boot_disk_gb": cfg.boot_disk_gb,
+        "boot_disk_type": cfg.boot_disk_type,
+        "data_disk": cfg.data_disk,
+        "data_disk_gb": cfg.data_disk_gb or None,
+        "data_mount": cfg.data_mount,
+        "service_account": cfg.service_account,
+        "network": cfg.network,
+        "subnetwork": cfg.subnetwork,
+        "external_ip": cfg.external_ip,
+        "no_gpu": cfg.no_gpu,
+        "gpu_driver_version": cfg.gpu_driver_version or "",
+    }
 
 
 def launch_context(ctx: Context, attempt: int) -> LaunchContext:
@@ -99,6 +122,7 @@ def submit(ctx: Context, run_id: str, command: list[str], *, image: str | None, 
         raise SubmitRefused("no command given: runner submit --run-id ID -- CMD ARGS...")
     spec = build_spec(ctx, run_id, command, resolve_image(ctx, image),
                       max_restarts=max_restarts, retry_on_failure=retry_on_failure, env=env or {})
+    spec = ctx.backend.prepare(spec)
     rec.write_spec(spec)
     rec.create_state(actor)
     return SubmitResult(run_id, spec, False, f"run {run_id} submitted")

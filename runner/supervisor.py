@@ -24,7 +24,7 @@ from typing import Callable
 
 from entrypoint.record import IllegalTransition, RunRecord, RunState, State, list_run_ids
 from entrypoint.store import PreconditionFailed, Store
-from runner.backends.base import ComputeBackend, Instance, LaunchContext
+from runner.backends.base import BackendError, ComputeBackend, Instance, InstanceStatus, LaunchContext
 from runner.naming import label_value, resource_name
 
 
@@ -69,6 +69,13 @@ class Supervisor:
         self.settings = settings
         self.actor = actor or default_actor()
         self.now = now
+        self._backoff: dict[str, float] = {}  # run id -> time before which no create is tried
+        self._delays: dict[str, float] = {}
+
+    def _next_delay(self, run_id: str) -> float:
+        delay = min(300.0, max(self.settings.poll_interval, self._delays.get(run_id, 0) * 2))
+        self._delays[run_id] = delay
+        return delay
 
     # ---- passes ----
     def reconcile_all(self) -> dict[str, RunState]:
@@ -95,6 +102,12 @@ class Supervisor:
             self._step(rec, cur, instances)
         except (PreconditionFailed, IllegalTransition):
             pass  # another actor wrote first; the next pass decides on fresh state
+        except BackendError as e:
+            # Out of capacity in every zone, a transient API failure...: the run keeps its
+            # state, the journal says why, and the next pass (after a backoff) tries again.
+            self._backoff[run_id] = self.now() + self._next_delay(run_id)
+            rec.event(self.actor, None, None, f"create failed, retrying in {self._delays[run_id]:.0f}s: {e}",
+                      attempt=cur[0].attempt)
         after = rec.read_state()
         return after[0] if after else None
 
@@ -127,6 +140,18 @@ class Supervisor:
 
     def _check_provisioning(self, rec: RunRecord, cur: tuple[RunState, int], inst: Instance | None) -> None:
         st, _ = cur
+        startup = rec.read_startup(st.attempt)
+        if startup and startup.get("status") == "failed":
+            # The VM's startup script gave up (GPU never came, image never pulled): no restart
+            # would do better, so the run fails with the script's reason.
+            if inst is not None:
+                self.backend.delete(inst)
+            rec.transition(
+                State.FAILED, self.actor, expected=cur,
+                reason=f"startup failed in phase {startup.get('phase')}: {startup.get('reason')}"
+                       + (f" ({startup['detail']})" if startup.get("detail") else ""),
+            )
+            return
         if inst is None:
             self._create(rec, st.attempt)  # idempotent: covers a crash between state write and create
         elif not inst.alive:
@@ -139,8 +164,13 @@ class Supervisor:
 
     def _check_running(self, rec: RunRecord, cur: tuple[RunState, int], inst: Instance | None) -> None:
         st, _ = cur
+        if inst is not None and inst.status == InstanceStatus.STOPPING:
+            return  # the preemption notice is running: let the agent finish its final sync first
         if inst is None or not inst.alive:
-            what = "gone" if inst is None else f"exited with {inst.exit_code}"
+            what = "gone" if inst is None else (
+                f"exited with {inst.exit_code}" if inst.exit_code is not None else inst.status.value.lower())
+            if self.backend.was_preempted(st.instance or "", st.zone):
+                what += " after a GCE preemption"
             new = rec.transition(
                 State.PREEMPTED, self.actor, expected=cur,
                 reason=f"instance {what} without recording an outcome (preempted or lost)",
@@ -197,6 +227,8 @@ class Supervisor:
         self._create(rec, attempt)
 
     def _create(self, rec: RunRecord, attempt: int) -> None:
+        if self.now() < self._backoff.get(rec.run_id, 0):
+            return
         spec = rec.read_spec()
         if spec is None:
             raise IllegalTransition(f"run {rec.run_id} has no spec.json")
@@ -211,6 +243,8 @@ class Supervisor:
             shm_size=self.settings.shm_size,
         )
         inst = self.backend.create(self.backend.plan(spec, ctx))
+        self._backoff.pop(rec.run_id, None)
+        self._delays.pop(rec.run_id, None)
         # Re-check after creating: a stop, or another supervisor moving the run on, may have
         # landed between our checks and the create. Then what we made must go at once.
         after = rec.read_state()

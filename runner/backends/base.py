@@ -60,6 +60,14 @@ class LaunchContext:
 class ComputeBackend(ABC):
     name: str
 
+    def prepare(self, spec: RunSpec) -> RunSpec:
+        """Check the spec against the provider and pin moving references, once, at submit.
+
+        May call the provider's API. Returns the spec to record; raises ``BackendError`` with
+        the fix when the spec cannot work (unknown zone, impossible machine/GPU shape...).
+        """
+        return spec
+
     @abstractmethod
     def plan(self, spec: RunSpec, ctx: LaunchContext) -> Any:
         """The request that ``create`` would send. Pure: no I/O."""
@@ -80,6 +88,20 @@ class ComputeBackend(ABC):
     def preempt(self, instance: Instance, grace_period: float) -> None:
         """Do what a spot preemption does: SIGTERM, ``grace_period`` seconds, kill, remove."""
 
+    def was_preempted(self, name: str, zone: str | None) -> bool:
+        """Whether the provider itself preempted this instance (for the journal's reason)."""
+        return False
+
     def logs(self, instance: Instance, tail: int = 100) -> str:
         """The instance's console output (serial console or container logs), if it has one."""
         return ""
+
+    def console(self, instance: Instance, start: int = 0) -> tuple[str, int]:
+        """Console output from byte offset ``start``; returns (text, next offset) for --follow."""
+        text = self.logs(instance, tail=1_000_000)
+        data = text.encode()
+        return data[start:].decode("utf-8", "replace"), len(data)
+
+    def provider_events(self, instances: list[str], zones: list[str]) -> list[dict[str, Any]]:
+        """What the provider itself recorded about these instances (GCE: zone operations)."""
+        return []

@@ -26,7 +26,7 @@ from runner.backends.base import (
     InstanceStatus,
     LaunchContext,
 )
-from runner.backends.gce_shapes import resolve_gpu
+from runner.backends.gce_shapes import ShapeError, resolve_gpu
 from runner.gcp_clients import ComputeClients, api_retry
 from runner.naming import label_value, resource_name
 
@@ -124,6 +124,72 @@ class GceBackend(ComputeBackend):
         self.c = clients
         self.project = project
 
+    # ---- submit-time checks ----
+    def prepare(self, spec: RunSpec) -> RunSpec:
+        """Refuse impossible shapes before any API call, then check zones/types and pin the VM image."""
+        import dataclasses
+        import sys
+
+        from google.api_core import exceptions as gexc
+
+        vm = {**vm_options_defaults(), **spec.vm}
+        machine_type = spec.machine_type or "n1-standard-4"
+        try:
+            gpu = resolve_gpu(machine_type, spec.gpu, no_gpu=vm["no_gpu"])
+        except ShapeError as e:
+            raise BackendError(str(e)) from None
+        if not spec.zones:
+            raise BackendError("no zones: pass --zones us-central1-a,us-central1-b or set zones in runner.toml")
+        project = vm["project"] or self.project
+        usable = []
+        for zone in spec.zones:
+            try:
+                self.c.zones.get(project=project, zone=zone, retry=api_retry())
+            except gexc.NotFound:
+                raise BackendError(f"unknown zone {zone!r} in project {project} (see `gcloud compute zones list`)") from None
+            except gexc.GoogleAPICallError as e:
+                raise BackendError(_explain(e, project)) from None
+            missing = []
+            try:
+                self.c.machine_types.get(project=project, zone=zone, machine_type=machine_type, retry=api_retry())
+            except gexc.NotFound:
+                missing.append(f"machine type {machine_type}")
+            if gpu.type:
+                try:
+                    self.c.accelerator_types.get(project=project, zone=zone, accelerator_type=gpu.type,
+                                                 retry=api_retry())
+                except gexc.NotFound:
+                    missing.append(f"GPU {gpu.type}")
+            if missing:
+                print(f"runner: warning: zone {zone} has no {' and no '.join(missing)}; skipping it", file=sys.stderr)
+            else:
+                usable.append(zone)
+        if not usable:
+            raise BackendError(
+                f"none of the zones {', '.join(spec.zones)} offers {machine_type}"
+                + (f" with {gpu.type}" if gpu.type else "")
+                + " (see `gcloud compute machine-types list` / `gcloud compute accelerator-types list`)")
+        if vm["data_disk"] and len(usable) > 1:
+            print(f"runner: note: data disk {vm['data_disk']} is zonal: the run stays in {usable[0]}", file=sys.stderr)
+            usable = usable[:1]
+        vm["vm_image"] = self._pin_image(vm["vm_image"])
+        vm["project"] = project
+        return dataclasses.replace(spec, zones=usable, vm=vm, machine_type=machine_type)
+
+    def _pin_image(self, ref: str) -> str:
+        """``projects/P/global/images/family/F`` → the concrete image it points at today."""
+        from google.api_core import exceptions as gexc
+
+        parts = ref.strip("/").split("/")
+        if "family" not in parts:
+            return ref
+        project, family = parts[parts.index("projects") + 1], parts[-1]
+        try:
+            img = self.c.images.get_from_family(project=project, family=family, retry=api_retry())
+        except gexc.NotFound:
+            raise BackendError(f"no image family {family!r} in project {project} (COS families: cos-stable, cos-beta, cos-dev, cos-NNN-lts)") from None
+        return f"projects/{project}/global/images/{img.name}"
+
     # ---- plan (pure) ----
     def plan(self, spec: RunSpec, ctx: LaunchContext) -> GcePlan:
         from google.cloud import compute_v1
@@ -131,7 +197,10 @@ class GceBackend(ComputeBackend):
         vm = {**vm_options_defaults(), **(getattr(spec, "vm", None) or {})}
         project = vm["project"] or self.project
         name = resource_name(spec.run_id, ctx.attempt)
-        gpu = resolve_gpu(spec.machine_type or "n1-standard-4", spec.gpu, no_gpu=vm["no_gpu"])
+        try:
+            gpu = resolve_gpu(spec.machine_type or "n1-standard-4", spec.gpu, no_gpu=vm["no_gpu"])
+        except ShapeError as e:
+            raise BackendError(str(e)) from None
         meta = md.VmMetadata(
             run_id=spec.run_id, attempt=ctx.attempt, store=ctx.store_url, image=spec.image,
             command=list(spec.command), env=dict(spec.env), gpu_count=gpu.count,
@@ -293,24 +362,42 @@ class GceBackend(ComputeBackend):
             return ""
         return "\n".join(out.contents.splitlines()[-tail:])
 
-    def serial_output(self, instance: Instance, start: int = 0) -> tuple[str, int]:
+    def console(self, instance: Instance, start: int = 0) -> tuple[str, int]:
         """Serial console text from byte ``start``; returns (text, next offset)."""
         out = self.c.instances.get_serial_port_output(
             project=self.project, zone=instance.zone, instance=instance.name, port=1, start=start,
             retry=api_retry())
         return out.contents, int(out.next_)
 
-    def preempted_instances(self, zones: list[str], since_rfc3339: str | None = None) -> set[str]:
-        """Names of instances GCE preempted, from each zone's ``compute.instances.preempted`` ops."""
-        names: set[str] = set()
-        flt = 'operationType = "compute.instances.preempted"'
-        for zone in zones:
-            for op in self.c.zone_operations.list(request={"project": self.project, "zone": zone, "filter": flt},
-                                                   retry=api_retry()):
-                if since_rfc3339 and op.insert_time and op.insert_time < since_rfc3339:
+    def provider_events(self, instances: list[str], zones: list[str]) -> list[dict[str, Any]]:
+        """Zone operations on these instances (insert, delete, stop, preempted...), oldest first."""
+        import datetime as dt
+
+        wanted = set(instances)
+        out = []
+        for zone in sorted(set(zones)):
+            for op in self.c.zone_operations.list(request={"project": self.project, "zone": zone},
+                                                  retry=api_retry()):
+                target = op.target_link.rstrip("/").rsplit("/", 1)[-1]
+                if target not in wanted:
                     continue
-                names.add(op.target_link.rstrip("/").rsplit("/", 1)[-1])
-        return names
+                t = dt.datetime.fromisoformat(op.insert_time.replace("Z", "+00:00")).timestamp() if op.insert_time else 0.0
+                out.append({"time": t, "actor": "gce", "from": None, "to": None, "attempt": None,
+                            "reason": f"{op.operation_type} {target} ({_status_name(op.status).lower()})"
+                                      + (f": {op.status_message}" if op.status_message else ""),
+                            "zone": zone})
+        return sorted(out, key=lambda e: e["time"])
+
+    def was_preempted(self, name: str, zone: str | None) -> bool:
+        """One zone-operations list call, made only when an instance went missing."""
+        if not name or not zone:
+            return False
+        flt = 'operationType = "compute.instances.preempted"'
+        for op in self.c.zone_operations.list(request={"project": self.project, "zone": zone, "filter": flt},
+                                              retry=api_retry()):
+            if op.target_link.rstrip("/").rsplit("/", 1)[-1] == name:
+                return True
+        return False
 
 
 def _status_name(status: Any) -> str:
