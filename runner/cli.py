@@ -35,9 +35,12 @@ def config_options(f: Callable[..., Any]) -> Callable[..., Any]:
     @click.option("--store", help="Where run records live: gs://BUCKET[/PREFIX] or file:///DIR.")
     @click.option("--backend", type=click.Choice(["local", "gce"]),
                   help="Where runs execute (default from config: local).")
+    @click.option("--project", help="GCE: the project (always explicit; gcloud's active project is never assumed).")
     @functools.wraps(f)
-    def wrapper(*args: Any, config_path: str | None, store: str | None, backend: str | None, **kw: Any) -> Any:
-        return f(*args, cli_config={"store": store, "backend": backend}, config_path=config_path, **kw)
+    def wrapper(*args: Any, config_path: str | None, store: str | None, backend: str | None,
+                project: str | None, **kw: Any) -> Any:
+        return f(*args, cli_config={"store": store, "backend": backend, "project": project},
+                 config_path=config_path, **kw)
 
     return wrapper
 
@@ -115,7 +118,6 @@ def main() -> None:
 @click.option("--retry-on-failure", type=int, help="Re-run a job that exits non-zero up to N times (default 0).")
 @click.option("--poll-interval", type=float, help="Seconds between supervisor checks.")
 @click.option("--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Environment for the job (not for secrets).")
-@click.option("--project", help="GCE: the project (always explicit; gcloud's active project is never assumed).")
 @click.option("--zones", help="GCE: zones to try in order, comma-separated (next zone on stockout/quota).")
 @click.option("--machine-type", help="GCE: e.g. n1-standard-8, g2-standard-8 (g2/a2/a3 carry their GPUs).")
 @click.option("--gpu", help="GCE: TYPE[:COUNT] for N1 machines, e.g. nvidia-tesla-t4:1.")
@@ -127,7 +129,7 @@ def main() -> None:
 @_guard
 def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run: bool,
            max_restarts: int | None, retry_on_failure: int | None, poll_interval: float | None,
-           env_pairs: tuple[str, ...], project: str | None, zones: str | None, machine_type: str | None,
+           env_pairs: tuple[str, ...], zones: str | None, machine_type: str | None,
            gpu: str | None, no_gpu: bool | None, termination_action: str | None,
            command: tuple[str, ...], cli_config: dict[str, Any], config_path: str | None) -> None:
     """Submit a run and follow it until it ends (unless --detach).
@@ -148,7 +150,7 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
         if not sep or not k:
             _err(f"--env {pair!r} is not KEY=VALUE", EXIT_USAGE)
         env[k] = v
-    cli_config = {**cli_config, "poll_interval": poll_interval, "project": project, "zones": zones,
+    cli_config = {**cli_config, "poll_interval": poll_interval, "zones": zones,
                   "machine_type": machine_type, "gpu": gpu, "no_gpu": no_gpu,
                   "termination_action": termination_action}
     ctx = _load(cli_config, config_path, create_store=not dry_run)

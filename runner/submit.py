@@ -44,6 +44,11 @@ def resolve_image(ctx: Context, image: str | None) -> str:
                 f"image {image!r} is not in the local Docker engine: build it first "
                 "(`make image` builds cos-spot-runner/workload:dev) and pass --image NAME"
             ) from None
+    if "@sha256:" not in image:
+        raise BackendError(
+            f"image {image!r} is not pinned to a digest: pass REPO/NAME@sha256:DIGEST (`runner build` "
+            "prints it), so every restart runs exactly the same image"
+        )
     return image
 
 

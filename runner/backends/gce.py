@@ -271,13 +271,18 @@ class GceBackend(ComputeBackend):
     # ---- act ----
     def create(self, plan: GcePlan) -> Instance:
         from google.api_core import exceptions as gexc
+        from google.cloud import compute_v1
 
         refusals = []
         for zone, body in plan.candidates:
             try:
                 op = self.c.instances.insert_unary(
-                    project=plan.project, zone=zone, instance_resource=body,
-                    request_id=str(uuid.uuid5(uuid.NAMESPACE_URL, f"{plan.project}/{zone}/{plan.name}")),
+                    request=compute_v1.InsertInstanceRequest(
+                        project=plan.project, zone=zone, instance_resource=body,
+                        # One id per try: the library's HTTP retries resend it, so GCE answers a
+                        # retried insert with the first operation instead of a second VM. A later
+                        # try (after a stockout) needs a fresh id, or GCE replays the failure.
+                        request_id=str(uuid.uuid4())),
                     retry=api_retry())
                 op = self._wait(plan.project, zone, op)
             except gexc.Conflict:
@@ -330,7 +335,7 @@ class GceBackend(ComputeBackend):
             flt += f' AND labels.{LABEL_RUN_ID} = "{label_value(run_id)}"'
         out = []
         pages = self.c.instances.aggregated_list(
-            request={"project": self.project, "filter": flt, "return_partial_success": True},
+            request={"project": self.project, "filter": flt, "max_results": 500},
             retry=api_retry())
         for _zone, scoped in pages:
             out += [self._instance(i) for i in scoped.instances]
@@ -356,18 +361,23 @@ class GceBackend(ComputeBackend):
         from google.api_core import exceptions as gexc
 
         try:
-            out = self.c.instances.get_serial_port_output(
-                project=self.project, zone=instance.zone, instance=instance.name, port=1, retry=api_retry())
+            out = self._serial(instance, 0)
         except gexc.NotFound:
             return ""
         return "\n".join(out.contents.splitlines()[-tail:])
 
     def console(self, instance: Instance, start: int = 0) -> tuple[str, int]:
         """Serial console text from byte ``start``; returns (text, next offset)."""
-        out = self.c.instances.get_serial_port_output(
-            project=self.project, zone=instance.zone, instance=instance.name, port=1, start=start,
-            retry=api_retry())
+        out = self._serial(instance, start)
         return out.contents, int(out.next_)
+
+    def _serial(self, instance: Instance, start: int) -> Any:
+        from google.cloud import compute_v1
+
+        return self.c.instances.get_serial_port_output(
+            request=compute_v1.GetSerialPortOutputInstanceRequest(
+                project=self.project, zone=instance.zone, instance=instance.name, port=1, start=start),
+            retry=api_retry())
 
     def provider_events(self, instances: list[str], zones: list[str]) -> list[dict[str, Any]]:
         """Zone operations on these instances (insert, delete, stop, preempted...), oldest first."""

@@ -1,0 +1,1460 @@
+"""A local Compute Engine fake that the real ``google-cloud-compute`` REST clients can talk to.
+
+Why a fake server rather than mocks: the supervisor's bugs live in how it *uses* the Compute API
+(which filter it sends, how many calls a pass costs, whether it waits on the right operation,
+whether it recognises a stockout that arrives as an operation error rather than an exception).
+Mocking ``InstancesClient`` methods would test our assumptions about the library instead of the
+library. So this module serves the compute v1 REST paths on ``127.0.0.1`` and lets product code
+point its real clients at it::
+
+    from google.api_core.client_options import ClientOptions
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import compute_v1
+
+    opts = ClientOptions(api_endpoint=fake.endpoint)          # "http://127.0.0.1:PORT"
+    instances = compute_v1.InstancesClient(client_options=opts, credentials=AnonymousCredentials())
+    zone_ops = compute_v1.ZoneOperationsClient(client_options=opts, credentials=AnonymousCredentials())
+
+Every response body is a message type of the library itself (``compute_v1.Instance``,
+``compute_v1.Operation``, ...) serialized with ``type(msg).to_json``; request bodies are parsed
+with ``compute_v1.Instance.from_json``. The fake therefore cannot drift from what the client
+parses, and what it stores is exactly what the product sent plus the fields GCE fills in.
+
+Behaviour kept from GCE because product code depends on it:
+
+- Mutations answer with a ``compute#operation``. Insert failures caused by capacity
+  (``ZONE_RESOURCE_POOL_EXHAUSTED``) arrive as an *operation error*, the way GCE reports them;
+  ``stockout_as_http`` switches to an HTTP 503 instead. Quota failures are HTTP 403.
+- Spot VMs are preempted by ``simulateMaintenanceEvent`` (or ``preempt``/``preempt_after``): they
+  go ``TERMINATED`` (or are deleted with ``instanceTerminationAction=DELETE``) and a zone
+  operation of type ``compute.instances.preempted`` is recorded, which is how a supervisor tells
+  preemption from a crash.
+- The serial console keeps the last 1 MiB; ``start`` offsets older than that are moved forward
+  and the response's ``start`` says so, so log followers can detect the gap.
+- ``requestId`` makes mutations idempotent, so retried inserts do not create two VMs.
+- Validation that real GCE does and that catches real bugs (``strict=True``): instance and label
+  names, machine/accelerator types given as zonal URLs that exist in that zone, GPUs requiring
+  ``onHostMaintenance=TERMINATE``, spot VMs not being auto-restarted, metadata size limits.
+
+Known simplifications: operations finish instantly unless ``operation_seconds`` is set; GET
+echoes ``disks[].initializeParams`` (real GCE drops it); filters implement the common subset
+(``=``, ``!=``, ``:``, ``<``/``>``, ``eq``/``ne`` regex, ``AND``/``OR``/``NOT``, parentheses)
+and ``:`` on a string means "contains". Unimplemented paths answer HTTP 501 so gaps are loud.
+"""
+
+from __future__ import annotations
+
+import base64
+import fnmatch
+import itertools
+import json
+import os
+import random
+import re
+import socket
+import threading
+import time
+import zlib
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import pytest
+from google.api_core.client_options import ClientOptions
+from google.auth.credentials import AnonymousCredentials
+from google.cloud import compute_v1
+
+API = "https://www.googleapis.com/compute/v1"
+SERIAL_RETAIN_BYTES = 1 << 20
+MAX_RESULTS = 500
+_PACIFIC = timezone(timedelta(hours=-7))  # GCE timestamps carry the US/Pacific offset
+
+InstancePredicate = Callable[[compute_v1.Instance], bool]
+
+
+# ---------------------------------------------------------------------------------------------
+# Seed catalogue: small, but shaped like the real thing (zones differ in what they offer).
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _MachineSpec:
+    cpus: int
+    memory_mb: int
+    description: str
+    accelerator: Optional[tuple[str, int]] = None  # bundled GPU: (type, count)
+    cpu_platform: str = "Intel Broadwell"
+
+
+MACHINE_TYPES: dict[str, _MachineSpec] = {
+    "n1-standard-4": _MachineSpec(4, 15360, "4 vCPUs, 15 GB RAM"),
+    "n1-standard-8": _MachineSpec(8, 30720, "8 vCPUs, 30 GB RAM"),
+    "e2-standard-4": _MachineSpec(4, 16384, "Efficient Instance, 4 vCPUs, 16 GB RAM", None,
+                                  "AMD Rome"),
+    "g2-standard-8": _MachineSpec(8, 32768, "8 vCPUs, 32 GB RAM, 1 GPU", ("nvidia-l4", 1),
+                                  "Intel Cascade Lake"),
+    "a2-highgpu-1g": _MachineSpec(12, 87040, "Accelerator Optimized: 1 NVIDIA Tesla A100 GPU, "
+                                  "12 vCPUs, 85GB RAM", ("nvidia-tesla-a100", 1),
+                                  "Intel Cascade Lake"),
+    "a3-highgpu-8g": _MachineSpec(208, 1916928, "Accelerator Optimized: 8 NVIDIA H100 80GB GPUs, "
+                                  "208 vCPUs, 1872GB RAM", ("nvidia-h100-80gb", 8),
+                                  "Intel Sapphire Rapids"),
+}
+
+ACCELERATOR_TYPES: dict[str, tuple[str, int]] = {  # name -> (description, max cards)
+    "nvidia-tesla-t4": ("NVIDIA T4", 4),
+    "nvidia-l4": ("NVIDIA L4", 8),
+    "nvidia-tesla-a100": ("NVIDIA A100 40GB", 16),
+    "nvidia-h100-80gb": ("NVIDIA H100 80GB", 8),
+}
+
+# What each zone offers. europe-west4-a has no T4 and us-central1-b no A3/H100, on purpose:
+# zone-selection code must consult the catalogue instead of assuming.
+ZONES: dict[str, dict[str, tuple[str, ...]]] = {
+    "us-central1-a": {"machine_types": tuple(MACHINE_TYPES),
+                      "accelerators": tuple(ACCELERATOR_TYPES)},
+    "us-central1-b": {"machine_types": ("n1-standard-4", "n1-standard-8", "e2-standard-4",
+                                        "g2-standard-8", "a2-highgpu-1g"),
+                      "accelerators": ("nvidia-tesla-t4", "nvidia-l4", "nvidia-tesla-a100")},
+    "us-central1-c": {"machine_types": ("n1-standard-4", "n1-standard-8", "e2-standard-4",
+                                        "g2-standard-8", "a2-highgpu-1g"),
+                      "accelerators": ("nvidia-tesla-t4", "nvidia-l4", "nvidia-tesla-a100")},
+    "europe-west4-a": {"machine_types": tuple(MACHINE_TYPES),
+                       "accelerators": ("nvidia-l4", "nvidia-tesla-a100", "nvidia-h100-80gb")},
+}
+
+# (family, image name) in release order; the last non-deprecated one is what the family serves.
+COS_IMAGES: list[tuple[str, str]] = [
+    ("cos-stable", "cos-stable-117-18613-164-4"),
+    ("cos-stable", "cos-stable-121-18867-90-38"),
+    ("cos-beta", "cos-beta-125-19216-0-40"),
+    ("cos-121-lts", "cos-121-18867-90-38"),
+    ("cos-117-lts", "cos-117-18613-164-4"),
+]
+
+_QUOTA_METRICS = {
+    "nvidia-tesla-t4": "NVIDIA_T4_GPUS",
+    "nvidia-l4": "NVIDIA_L4_GPUS",
+    "nvidia-tesla-a100": "NVIDIA_A100_GPUS",
+    "nvidia-h100-80gb": "NVIDIA_H100_GPUS",
+}
+
+_NAME_RE = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
+_LABEL_KEY_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
+_LABEL_VALUE_RE = re.compile(r"[a-z0-9_-]{0,63}")
+_METADATA_KEY_RE = re.compile(r"[a-zA-Z0-9_-]{1,128}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Serialization and errors
+# ---------------------------------------------------------------------------------------------
+
+def to_json(msg: Any) -> str:
+    """Serialize a compute_v1 message the way GCE writes it: camelCase, enum names, no empties.
+
+    ``to_json``'s defaults (integer enums, every empty repeated field printed) also parse, but
+    GCE sends ``"status": "DONE"`` and omits empty fields, and product code that inspects raw
+    JSON or checks field presence should see the same.
+    """
+    try:
+        return type(msg).to_json(msg, use_integers_for_enums=False,
+                                 always_print_fields_with_no_presence=False)
+    except TypeError:  # proto-plus < 1.24 names the option differently
+        return type(msg).to_json(msg, use_integers_for_enums=False,
+                                 including_default_value_fields=False)
+
+
+def _as_dict(msg: Any) -> dict[str, Any]:
+    return json.loads(to_json(msg))
+
+
+def _copy(msg: Any) -> Any:
+    """A detached copy, so callers of the inspection helpers cannot mutate the fake's state."""
+    cls = type(msg)
+    return cls.deserialize(cls.serialize(msg))
+
+
+class ApiError(Exception):
+    """An HTTP error answered with a GCE JSON error body (api_core maps it to an exception)."""
+
+    def __init__(self, code: int, reason: str, message: str, domain: str = "global") -> None:
+        super().__init__(f"{code} {reason}: {message}")
+        self.code, self.reason, self.message, self.domain = code, reason, message, domain
+
+    def body(self) -> dict[str, Any]:
+        return {"error": {"code": self.code, "message": self.message,
+                          "errors": [{"reason": self.reason, "message": self.message,
+                                      "domain": self.domain}]}}
+
+
+def _not_found(resource: str) -> ApiError:
+    return ApiError(404, "notFound", f"The resource '{resource}' was not found")
+
+
+def _invalid(field_name: str, value: Any, why: str) -> ApiError:
+    return ApiError(400, "invalid", f"Invalid value for field '{field_name}': '{value}'. {why}")
+
+
+_RETRYABLE = {
+    429: ("rateLimitExceeded", "Rate Limit Exceeded"),
+    500: ("backendError", "Internal error. Please try again or contact Google Support."),
+    502: ("backendError", "Bad Gateway"),
+    503: ("backendError", "The service is currently unavailable."),
+    504: ("backendError", "Deadline exceeded."),
+}
+
+
+def _retryable_error(code: int) -> ApiError:
+    reason, message = _RETRYABLE.get(code, ("backendError", HTTPStatus(code).phrase))
+    return ApiError(code, reason, message)
+
+
+def _now_ts() -> str:
+    return datetime.now(_PACIFIC).isoformat(timespec="milliseconds")
+
+
+# ---------------------------------------------------------------------------------------------
+# List filters
+# ---------------------------------------------------------------------------------------------
+
+class FilterError(ValueError):
+    """The filter string is not one the fake (or GCE) understands; answered as HTTP 400."""
+
+
+_OPS = ("!=", "<=", ">=", "=", ":", "<", ">")
+
+
+class _FilterParser:
+    """Recursive-descent parser for the GCE list ``filter`` syntax (the commonly used subset).
+
+    Grammar: ``expr := and (OR and)*``, ``and := unary ([AND] unary)*``,
+    ``unary := NOT unary | '(' expr ')' | FIELD OP VALUE``. Adjacent terms are ANDed, as in
+    ``(labels.a = x) (status = RUNNING)``.
+    """
+
+    def __init__(self, text: str) -> None:
+        self.text, self.pos = text, 0
+
+    def parse(self) -> Callable[[dict[str, Any]], bool]:
+        node = self._or()
+        self._ws()
+        if self.pos != len(self.text):
+            raise FilterError(f"unexpected {self.text[self.pos:]!r}")
+        return node
+
+    def _ws(self) -> None:
+        while self.pos < len(self.text) and self.text[self.pos].isspace():
+            self.pos += 1
+
+    def _keyword(self, word: str) -> bool:
+        self._ws()
+        m = re.compile(rf"{word}(?=[\s(])").match(self.text, self.pos)
+        if m:
+            self.pos = m.end()
+            return True
+        return False
+
+    def _or(self) -> Callable[[dict[str, Any]], bool]:
+        parts = [self._and()]
+        while self._keyword("OR"):
+            parts.append(self._and())
+        return parts[0] if len(parts) == 1 else (lambda r: any(p(r) for p in parts))
+
+    def _and(self) -> Callable[[dict[str, Any]], bool]:
+        parts = [self._unary()]
+        while True:
+            self._ws()
+            if self.pos >= len(self.text) or self.text[self.pos] == ")":
+                break
+            if re.compile(r"OR(?=[\s(])").match(self.text, self.pos):
+                break
+            self._keyword("AND")
+            parts.append(self._unary())
+        return parts[0] if len(parts) == 1 else (lambda r: all(p(r) for p in parts))
+
+    def _unary(self) -> Callable[[dict[str, Any]], bool]:
+        self._ws()
+        if self._keyword("NOT"):
+            inner = self._unary()
+            return lambda r: not inner(r)
+        if self.text.startswith("(", self.pos):
+            self.pos += 1
+            node = self._or()
+            self._ws()
+            if not self.text.startswith(")", self.pos):
+                raise FilterError("missing ')'")
+            self.pos += 1
+            return node
+        return self._term()
+
+    def _term(self) -> Callable[[dict[str, Any]], bool]:
+        m = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]*").match(self.text, self.pos)
+        if not m:
+            raise FilterError(f"expected a field name at {self.text[self.pos:]!r}")
+        path, self.pos = m.group(), m.end()
+        self._ws()
+        op = next((o for o in _OPS if self.text.startswith(o, self.pos)), None)
+        if op is None:
+            m = re.compile(r"(eq|ne)\s+").match(self.text, self.pos)
+            if not m:
+                raise FilterError(f"expected an operator after {path!r}")
+            op = m.group(1)
+        self.pos += len(op)
+        self._ws()
+        value = self._value()
+        return _term_matcher(path, op, value)
+
+    def _value(self) -> str:
+        if self.pos < len(self.text) and self.text[self.pos] in "\"'":
+            quote = self.text[self.pos]
+            end = self.pos + 1
+            out = []
+            while end < len(self.text) and self.text[end] != quote:
+                if self.text[end] == "\\" and end + 1 < len(self.text):
+                    end += 1
+                out.append(self.text[end])
+                end += 1
+            if end >= len(self.text):
+                raise FilterError("unterminated string")
+            self.pos = end + 1
+            return "".join(out)
+        m = re.compile(r"[^\s()]+").match(self.text, self.pos)
+        if not m:
+            raise FilterError("expected a value")
+        self.pos = m.end()
+        return m.group()
+
+
+def _camel(name: str) -> str:
+    head, *rest = name.split("_")
+    return head + "".join(p[:1].upper() + p[1:] for p in rest)
+
+
+def _resolve(resource: Any, path: list[str]) -> list[Any]:
+    """All leaf values at ``path`` (lists fan out), accepting snake_case or camelCase names."""
+    if not path:
+        return resource if isinstance(resource, list) else [resource]
+    if isinstance(resource, list):
+        return [v for item in resource for v in _resolve(item, path)]
+    if not isinstance(resource, dict):
+        return []
+    key = path[0]
+    if key not in resource:
+        key = _camel(key)
+    if key not in resource:
+        return []
+    return _resolve(resource[key], path[1:])
+
+
+def _scalar(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    return str(v)
+
+
+def _term_matcher(path: str, op: str, value: str) -> Callable[[dict[str, Any]], bool]:
+    parts = path.split(".")
+    if op in ("eq", "ne"):
+        try:
+            rx = re.compile(value)
+        except re.error as e:
+            raise FilterError(f"bad regex {value!r}: {e}") from e
+
+    def compare(v: Any) -> bool:
+        s = _scalar(v)
+        if op == "=":
+            return fnmatch.fnmatchcase(s, value) if "*" in value else s == value
+        if op == ":":
+            if value == "*":
+                return v not in (None, "", [], {})
+            return value in s if isinstance(v, str) else s == value
+        if op == "eq":
+            return rx.fullmatch(s) is not None
+        try:
+            a, b = float(s), float(value)
+        except ValueError:
+            a, b = s, value  # type: ignore[assignment]
+        return {"<": a < b, ">": a > b, "<=": a <= b, ">=": a >= b}[op]  # type: ignore[operator]
+
+    def match(resource: dict[str, Any]) -> bool:
+        values = _resolve(resource, parts)
+        if op == "!=":
+            return not any(_scalar(v) == value or ("*" in value and fnmatch.fnmatchcase(
+                _scalar(v), value)) for v in values)
+        if op == "ne":
+            return not any(rx.fullmatch(_scalar(v)) for v in values)
+        if op == ":" and isinstance(values, list) and values and isinstance(values[0], dict):
+            return value == "*" or any(value in d for d in values)  # map key presence
+        return any(compare(v) for v in values)
+
+    return match
+
+
+def parse_filter(text: str) -> Callable[[dict[str, Any]], bool]:
+    """Compile a GCE list filter to a predicate over a resource's camelCase JSON dict."""
+    if not text or not text.strip():
+        return lambda _r: True
+    return _FilterParser(text.strip()).parse()
+
+
+# ---------------------------------------------------------------------------------------------
+# State
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class RecordedRequest:
+    """One request as it reached the fake, for asserting how many API calls a pass costs.
+
+    ``rpc`` names the logical method (``"instances.aggregatedList"``, ``"zoneOperations.wait"``,
+    ...) so tests need not pattern-match paths; ``status`` is the HTTP status answered
+    (an injected error shows here as 429/503, which is how retries become countable).
+    """
+
+    method: str
+    path: str
+    query: dict[str, str]
+    body: Optional[dict[str, Any]]
+    time: float
+    rpc: str
+    status: int
+    headers: dict[str, str] = field(default_factory=dict, repr=False)
+
+
+@dataclass
+class _Vm:
+    project: str
+    zone: str
+    instance: compute_v1.Instance
+    serial: bytearray = field(default_factory=bytearray)
+    serial_base: int = 0  # byte offset of serial[0] in the whole console history
+    boot_started: float = 0.0
+    boot_seconds: float = 0.0
+
+
+@dataclass
+class _Op:
+    project: str
+    zone: str
+    op: compute_v1.Operation
+    done_at: float  # monotonic time at which it reports DONE
+
+
+@dataclass
+class _Scheduled:
+    due: float
+    match: Union[str, InstancePredicate]
+    zone: Optional[str]
+    project: Optional[str]
+
+
+class ComputeFake:
+    """State and switches of the fake; served over HTTP by ``run_compute_fake``.
+
+    Switches are plain attributes, read under the fake's lock on every request, so a test can
+    flip them between (or during) supervisor passes:
+
+    - ``stockout_zones``: inserts (and starts) there fail with ZONE_RESOURCE_POOL_EXHAUSTED, as
+      an operation error, or as HTTP 503 when ``stockout_as_http`` is true.
+    - ``quota_zones``: inserts there fail with HTTP 403 ``quotaExceeded`` naming the GPU quota.
+    - ``error_rate``/``error_codes``: that fraction of requests first gets a retryable error
+      (seeded RNG, so a failing run replays identically); ``fail_next`` injects exact failures.
+    - ``boot_seconds``: new and restarted VMs pass PROVISIONING → STAGING → RUNNING over this long.
+    - ``operation_seconds``: operations report RUNNING for this long before DONE.
+    - ``serial_retain_bytes``: serial console history kept per VM (1 MiB, like GCE).
+    - ``strict``: validate insert bodies the way GCE does (on by default).
+    """
+
+    def __init__(self, project: str = "test-project", *, seed: int = 0) -> None:
+        self.project = project
+        self.stockout_zones: set[str] = set()
+        self.stockout_as_http = False
+        self.quota_zones: set[str] = set()
+        self.quota_metric = "NVIDIA_T4_GPUS"  # named when the request has no GPU to blame
+        self.error_rate = 0.0
+        self.error_codes: tuple[int, ...] = (429, 503)
+        self.boot_seconds = 0.0
+        self.operation_seconds = 0.0
+        self.wait_timeout = 120.0  # zoneOperations.wait returns early after this, like GCE's ~2 min
+        self.serial_retain_bytes = SERIAL_RETAIN_BYTES
+        self.strict = True
+        self.endpoint = ""  # set by run_compute_fake
+        self.internal_errors: list[str] = []  # crashes of the fake itself; the fixture fails on any
+        self.lock = threading.RLock()
+        self._rng = random.Random(seed)
+        self._ids = itertools.count(1_000_000_000_000_000_001, 7919)
+        self._op_seq = itertools.count(1)
+        self._vms: dict[tuple[str, str, str], _Vm] = {}
+        self._ops: dict[tuple[str, str, str], _Op] = {}
+        self._request_ids: dict[tuple[str, str], tuple[str, str]] = {}  # -> (zone, op name)
+        self._requests: list[RecordedRequest] = []
+        self._scheduled: list[_Scheduled] = []
+        self._fail_next: list[tuple[int, Optional[str]]] = []
+        self._images: dict[tuple[str, str], compute_v1.Image] = {}
+        for family, name in COS_IMAGES:
+            self.add_image("cos-cloud", name, family=family)
+
+    # ---- inspection -------------------------------------------------------------------------
+
+    @property
+    def requests(self) -> list[RecordedRequest]:
+        """A snapshot of every request received so far, oldest first."""
+        with self.lock:
+            return list(self._requests)
+
+    def reset_requests(self) -> None:
+        with self.lock:
+            self._requests.clear()
+
+    def calls(self, rpc: Optional[str] = None, *, ok: Optional[bool] = None) -> list[RecordedRequest]:
+        """Recorded requests for one logical method (all if None); ``ok`` filters on status<400."""
+        return [r for r in self.requests if (rpc is None or r.rpc == rpc)
+                and (ok is None or (r.status < 400) == ok)]
+
+    def instances(self, project: Optional[str] = None) -> list[compute_v1.Instance]:
+        """Copies of the stored instances (what the product sent plus GCE-filled fields)."""
+        with self.lock:
+            self._tick()
+            return [_copy(vm.instance) for key, vm in sorted(self._vms.items())
+                    if project is None or vm.project == project]
+
+    def instance(self, zone: str, name: str, project: Optional[str] = None
+                 ) -> Optional[compute_v1.Instance]:
+        with self.lock:
+            self._tick()
+            vm = self._vms.get((project or self.project, zone, name))
+            return _copy(vm.instance) if vm else None
+
+    def operations(self, zone: Optional[str] = None, project: Optional[str] = None
+                   ) -> list[compute_v1.Operation]:
+        """Copies of recorded zone operations, oldest first."""
+        with self.lock:
+            self._tick()
+            ops = [o for o in self._ops.values() if (zone is None or o.zone == zone)
+                   and (project is None or o.project == project)]
+            return [self._render_op(o) for o in sorted(ops, key=lambda o: o.op.name)]
+
+    def client_kwargs(self) -> dict[str, Any]:
+        """``client_options`` and ``credentials`` for any compute_v1 client: ``Client(**kw)``."""
+        return {"client_options": ClientOptions(api_endpoint=self.endpoint),
+                "credentials": AnonymousCredentials()}
+
+    # ---- switches that act ------------------------------------------------------------------
+
+    def fail_next(self, code: int = 503, times: int = 1, rpc: Optional[str] = None) -> None:
+        """The next ``times`` requests (to ``rpc`` only, if given) get HTTP ``code`` unprocessed."""
+        with self.lock:
+            self._fail_next.extend([(code, rpc)] * times)
+
+    def append_serial(self, zone: str, name: str, text: Union[str, bytes],
+                      project: Optional[str] = None) -> None:
+        """Write to a VM's serial port 1, as its startup script would."""
+        data = text.encode() if isinstance(text, str) else bytes(text)
+        with self.lock:
+            vm = self._vms.get((project or self.project, zone, name))
+            if vm is None:
+                raise KeyError(f"no instance {zone}/{name}")
+            vm.serial += data
+            excess = len(vm.serial) - self.serial_retain_bytes
+            if excess > 0:
+                del vm.serial[:excess]
+                vm.serial_base += excess
+
+    def preempt(self, zone: str, name: str, project: Optional[str] = None) -> compute_v1.Operation:
+        """Preempt a running spot VM now, exactly as a GCE preemption looks to the API."""
+        with self.lock:
+            self._tick()
+            vm = self._vms.get((project or self.project, zone, name))
+            if vm is None:
+                raise KeyError(f"no instance {zone}/{name}")
+            if not _is_spot(vm.instance):
+                raise ValueError(f"{zone}/{name} is not a spot/preemptible VM")
+            if vm.instance.status not in ("PROVISIONING", "STAGING", "RUNNING"):
+                raise ValueError(f"{zone}/{name} is {vm.instance.status}; only a live VM can be "
+                                 "preempted")
+            return self._preempt(vm)
+
+    def preempt_after(self, name_or_predicate: Union[str, InstancePredicate], seconds: float,
+                      *, zone: Optional[str] = None, project: Optional[str] = None) -> None:
+        """In ``seconds``, preempt every running spot VM with that name (or matching predicate).
+
+        It takes effect at the first request (or inspection helper call) after the deadline, so
+        anything that can observe it sees it, and tests need no background timer.
+        """
+        with self.lock:
+            self._scheduled.append(_Scheduled(time.monotonic() + seconds, name_or_predicate,
+                                              zone, project))
+
+    def add_image(self, project: str, name: str, *, family: Optional[str] = None,
+                  deprecated: bool = False) -> compute_v1.Image:
+        """Register an image; the newest non-deprecated one of a family is what it resolves to."""
+        with self.lock:
+            image = compute_v1.Image(
+                kind="compute#image", id=next(self._ids), name=name,
+                self_link=f"{API}/projects/{project}/global/images/{name}",
+                creation_timestamp=_now_ts(), status="READY", architecture="X86_64",
+                disk_size_gb=10, archive_size_bytes=1_500_000_000,
+                description=f"{family or name} image", source_type="RAW",
+                labels={}, licenses=[f"{API}/projects/{project}/global/licenses/{family or name}"],
+            )
+            if family:
+                image.family = family
+            if deprecated:
+                image.deprecated = compute_v1.DeprecationStatus(state="DEPRECATED")
+            for (p, _n), older in self._images.items():  # a new release deprecates the old one
+                if p == project and family and older.family == family and not older.deprecated.state:
+                    older.deprecated = compute_v1.DeprecationStatus(
+                        state="DEPRECATED", replacement=image.self_link)
+            self._images[(project, name)] = image
+            return image
+
+    def seed_instance(self, zone: str, instance: compute_v1.Instance,
+                      project: Optional[str] = None) -> compute_v1.Instance:
+        """Store a VM directly (no request recorded, no validation): state that predates a test."""
+        with self.lock:
+            vm = self._create_vm(project or self.project, zone, _copy(instance))
+            return _copy(vm.instance)
+
+    # ---- internals: time-driven state --------------------------------------------------------
+
+    def _tick(self) -> None:
+        """Apply what time has made true: boots that finished, scheduled preemptions."""
+        now = time.monotonic()
+        for vm in self._vms.values():
+            self._boot_status(vm, now)
+        due = [s for s in self._scheduled if s.due <= now]
+        self._scheduled = [s for s in self._scheduled if s.due > now]
+        for s in due:
+            for vm in list(self._vms.values()):
+                if s.zone and vm.zone != s.zone or s.project and vm.project != s.project:
+                    continue
+                hit = (vm.instance.name == s.match if isinstance(s.match, str)
+                       else s.match(_copy(vm.instance)))
+                live = vm.instance.status in ("PROVISIONING", "STAGING", "RUNNING")
+                if hit and _is_spot(vm.instance) and live:
+                    self._preempt(vm)
+
+    def _boot_status(self, vm: _Vm, now: float) -> None:
+        if vm.instance.status not in ("PROVISIONING", "STAGING"):
+            return
+        elapsed = now - vm.boot_started
+        if elapsed >= vm.boot_seconds:
+            vm.instance.status = "RUNNING"
+        elif elapsed >= vm.boot_seconds / 2:
+            vm.instance.status = "STAGING"
+
+    def _boot(self, vm: _Vm) -> None:
+        vm.boot_started, vm.boot_seconds = time.monotonic(), self.boot_seconds
+        vm.instance.status = "PROVISIONING" if self.boot_seconds > 0 else "RUNNING"
+        vm.instance.last_start_timestamp = _now_ts()
+
+    def _preempt(self, vm: _Vm) -> compute_v1.Operation:
+        op = self._new_op(vm.project, vm.zone, "compute.instances.preempted", vm.instance,
+                          user="system", status_message="Instance was preempted.", immediate=True)
+        if vm.instance.scheduling.instance_termination_action == "DELETE":
+            del self._vms[(vm.project, vm.zone, vm.instance.name)]
+        else:
+            vm.instance.status = "TERMINATED"
+            vm.instance.last_stop_timestamp = _now_ts()
+        return op
+
+    # ---- internals: operations --------------------------------------------------------------
+
+    def _new_op(self, project: str, zone: str, op_type: str, target: compute_v1.Instance, *,
+                error: Optional[tuple[str, str, int, str]] = None, user: str = "",
+                status_message: str = "", immediate: bool = False) -> compute_v1.Operation:
+        seq = next(self._op_seq)
+        name = (f"operation-{int(time.time() * 1000)}-{seq:013x}-"
+                f"{self._rng.getrandbits(32):08x}-{self._rng.getrandbits(32):08x}")
+        zone_url = f"{API}/projects/{project}/zones/{zone}"
+        ts = _now_ts()
+        op = compute_v1.Operation(
+            kind="compute#operation", id=next(self._ids), name=name, zone=zone_url,
+            operation_type=op_type, target_link=target.self_link, target_id=target.id or None,
+            user=user or f"fake-user@{project}.iam.gserviceaccount.com", status="DONE",
+            progress=100, insert_time=ts, start_time=ts, end_time=ts,
+            self_link=f"{zone_url}/operations/{name}",
+        )
+        if status_message:
+            op.status_message = status_message
+        if error:
+            code, message, http_code, http_message = error
+            op.error = compute_v1.Error(errors=[compute_v1.Errors(code=code, message=message)])
+            op.http_error_status_code, op.http_error_message = http_code, http_message
+        done_at = time.monotonic() + (0 if immediate else self.operation_seconds)
+        self._ops[(project, zone, name)] = _Op(project, zone, op, done_at)
+        return self._render_op(self._ops[(project, zone, name)])
+
+    def _render_op(self, rec: _Op) -> compute_v1.Operation:
+        op = _copy(rec.op)
+        if time.monotonic() < rec.done_at:
+            op.status, op.progress = "RUNNING", 0
+            for name in ("end_time", "error", "http_error_status_code", "http_error_message"):
+                delattr(op, name)  # absent, not empty: errors show only once DONE
+        return op
+
+    # ---- internals: instances ---------------------------------------------------------------
+
+    def _create_vm(self, project: str, zone: str, inst: compute_v1.Instance) -> _Vm:
+        """Fill in what GCE fills in on insert, and store."""
+        spec = MACHINE_TYPES.get(_last(inst.machine_type))
+        zone_url = f"{API}/projects/{project}/zones/{zone}"
+        inst.kind = "compute#instance"
+        inst.id = next(self._ids)
+        inst.self_link = f"{zone_url}/instances/{inst.name}"
+        inst.zone = zone_url
+        inst.creation_timestamp = _now_ts()
+        inst.fingerprint = _fingerprint(self._rng)
+        inst.cpu_platform = spec.cpu_platform if spec else "Intel Broadwell"
+        inst.start_restricted = False
+        inst.deletion_protection = bool(inst.deletion_protection)
+        inst.can_ip_forward = bool(inst.can_ip_forward)
+        if inst.machine_type:
+            inst.machine_type = f"{zone_url}/machineTypes/{_last(inst.machine_type)}"
+        if spec and spec.accelerator and not inst.guest_accelerators:
+            inst.guest_accelerators = [compute_v1.AcceleratorConfig(
+                accelerator_type=spec.accelerator[0], accelerator_count=spec.accelerator[1])]
+        for acc in inst.guest_accelerators:
+            acc.accelerator_type = f"{zone_url}/acceleratorTypes/{_last(acc.accelerator_type)}"
+        _fill_scheduling(inst.scheduling)
+        inst.label_fingerprint = _fingerprint(self._rng)
+        inst.metadata.kind = "compute#metadata"
+        inst.metadata.fingerprint = _fingerprint(self._rng)
+        if inst.tags.items:
+            inst.tags.fingerprint = _fingerprint(self._rng)
+        for i, disk in enumerate(inst.disks):
+            disk.kind, disk.index = "compute#attachedDisk", i
+            disk.type_ = disk.type_ or "PERSISTENT"
+            disk.mode = disk.mode or "READ_WRITE"
+            disk.interface = disk.interface or "SCSI"
+            disk_name = disk.initialize_params.disk_name or (
+                inst.name if i == 0 else f"{inst.name}-{i}")
+            disk.device_name = disk.device_name or f"persistent-disk-{i}"
+            disk.source = disk.source or f"{zone_url}/disks/{disk_name}"
+            disk.disk_size_gb = disk.disk_size_gb or disk.initialize_params.disk_size_gb or 10
+        region = zone.rsplit("-", 1)[0]
+        for i, nic in enumerate(inst.network_interfaces):
+            nic.kind, nic.name = "compute#networkInterface", f"nic{i}"
+            nic.network = _full(nic.network or "global/networks/default", project)
+            nic.subnetwork = _full(nic.subnetwork or f"regions/{region}/subnetworks/"
+                                   f"{_last(nic.network)}", project)
+            n = len(self._vms) + 2
+            nic.network_i_p = nic.network_i_p or f"10.128.{n // 250}.{n % 250 + 2}"
+            nic.stack_type = nic.stack_type or "IPV4_ONLY"
+            nic.fingerprint = _fingerprint(self._rng)
+            for ac in nic.access_configs:
+                ac.kind = "compute#accessConfig"
+                ac.type_ = ac.type_ or "ONE_TO_ONE_NAT"
+                ac.name = ac.name or "External NAT"
+                ac.network_tier = ac.network_tier or "PREMIUM"
+                ac.nat_i_p = ac.nat_i_p or f"34.{n % 250}.{(n * 7) % 250}.{(n * 13) % 250 + 1}"
+        vm = _Vm(project, zone, inst)
+        self._boot(vm)
+        self._vms[(project, zone, inst.name)] = vm
+        return vm
+
+    def _validate_insert(self, project: str, zone: str, inst: compute_v1.Instance) -> None:
+        """Reject what GCE rejects synchronously (HTTP 400), so product bugs surface in tests."""
+        if not inst.name:
+            raise _invalid("resource.name", "", "Must be specified.")
+        if not _NAME_RE.fullmatch(inst.name):
+            raise _invalid("resource.name", inst.name,
+                           "Must be a match of regex '(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)'")
+        if not self.strict:
+            return
+        offered = ZONES[zone]
+        mt = _zonal_ref(inst.machine_type, "machineTypes")
+        if mt is None:
+            raise _invalid("resource.machineType", inst.machine_type,
+                           "Must be a full or partial URL: zones/ZONE/machineTypes/TYPE.")
+        if mt[0] != zone or mt[1] not in offered["machine_types"]:
+            raise _invalid("resource.machineType", inst.machine_type,
+                           f"Machine type with name '{mt[1]}' does not exist in zone '{zone}'.")
+        spec = MACHINE_TYPES[mt[1]]
+        gpus = 0
+        for acc in inst.guest_accelerators:
+            ref = _zonal_ref(acc.accelerator_type, "acceleratorTypes")
+            if ref is None or ref[0] != zone or ref[1] not in offered["accelerators"]:
+                raise _invalid("resource.guestAccelerators[0].acceleratorType",
+                               acc.accelerator_type,
+                               f"Accelerator type does not exist in zone '{zone}'.")
+            if spec.accelerator and (ref[1], acc.accelerator_count) != spec.accelerator:
+                raise _invalid("resource.guestAccelerators", acc.accelerator_type,
+                               f"Machine type {mt[1]} comes with {spec.accelerator[1]} x "
+                               f"{spec.accelerator[0]}.")
+            if not spec.accelerator and not mt[1].startswith("n1-"):
+                raise _invalid("resource.guestAccelerators", acc.accelerator_type,
+                               f"Accelerators are not supported for machine type {mt[1]}.")
+            gpus += acc.accelerator_count
+        gpus += spec.accelerator[1] if spec.accelerator else 0
+        sched = inst.scheduling
+        spot = _is_spot(inst)
+        if spot and "automatic_restart" in sched and sched.automatic_restart:
+            raise _invalid("resource.scheduling.automaticRestart", "true",
+                           "Spot and preemptible instances cannot be automatically restarted.")
+        on_maint = sched.on_host_maintenance or ("TERMINATE" if spot else "MIGRATE")
+        if on_maint == "MIGRATE" and (spot or gpus):
+            raise ApiError(400, "invalid", "Instances with guest accelerators do not support "
+                           "live migration." if gpus else "Spot instances cannot live-migrate; "
+                           "onHostMaintenance must be TERMINATE.")
+        if len(inst.labels) > 64:
+            raise _invalid("resource.labels", len(inst.labels), "At most 64 labels.")
+        for k, v in inst.labels.items():
+            if not _LABEL_KEY_RE.fullmatch(k) or not _LABEL_VALUE_RE.fullmatch(v):
+                raise _invalid("labels", f"{k}={v}", "Label keys must start with a lowercase "
+                               "letter; keys and values may contain only lowercase letters, "
+                               "digits, '_' and '-', at most 63 characters.")
+        seen: set[str] = set()
+        total = 0
+        for item in inst.metadata.items:
+            if not _METADATA_KEY_RE.fullmatch(item.key) or item.key in seen:
+                raise _invalid("resource.metadata", item.key, "Invalid or duplicate metadata key.")
+            seen.add(item.key)
+            size = len(item.key.encode()) + len(item.value.encode())
+            if len(item.value.encode()) > 256 * 1024:
+                raise _invalid("resource.metadata", item.key, "Metadata value exceeds 256 KB.")
+            total += size
+        if total > 512 * 1024:
+            raise _invalid("resource.metadata", "", "Metadata total size exceeds 512 KB.")
+        if inst.disks and sum(1 for d in inst.disks if d.boot) != 1:
+            raise _invalid("resource.disks", "", "Exactly one boot disk must be specified.")
+        for d in inst.disks:
+            src = d.initialize_params.source_image
+            m = re.search(r"projects/cos-cloud/global/images/(family/)?([^/]+)$", src or "")
+            if m and self._find_image("cos-cloud", m.group(2), family=bool(m.group(1))) is None:
+                raise _invalid("resource.disks[0].initializeParams.sourceImage", src,
+                               "The referenced image resource cannot be found.")
+
+    def _find_image(self, project: str, name: str, *, family: bool) -> Optional[compute_v1.Image]:
+        if not family:
+            return self._images.get((project, name))
+        candidates = [i for (p, _), i in self._images.items()
+                      if p == project and i.family == name and i.deprecated.state != "DEPRECATED"]
+        return candidates[-1] if candidates else None
+
+    def _vm(self, project: str, zone: str, name: str) -> _Vm:
+        vm = self._vms.get((project, zone, name))
+        if vm is None:
+            raise _not_found(f"projects/{project}/zones/{zone}/instances/{name}")
+        return vm
+
+    def _quota_error(self, zone: str, inst: compute_v1.Instance) -> ApiError:
+        types = [_last(a.accelerator_type) for a in inst.guest_accelerators]
+        spec = MACHINE_TYPES.get(_last(inst.machine_type))
+        if spec and spec.accelerator:
+            types.append(spec.accelerator[0])
+        metric = next((_QUOTA_METRICS[t] for t in types if t in _QUOTA_METRICS), self.quota_metric)
+        region = zone.rsplit("-", 1)[0]
+        return ApiError(403, "quotaExceeded",
+                        f"Quota '{metric}' exceeded.  Limit: 0.0 in region {region}.",
+                        domain="usageLimits")
+
+    def _stockout(self, project: str, zone: str, target: compute_v1.Instance,
+                  op_type: str) -> compute_v1.Operation:
+        message = (f"The zone 'projects/{project}/zones/{zone}' does not have enough resources "
+                   "available to fulfill the request.  Try a different zone, or try again later.")
+        if self.stockout_as_http:
+            raise ApiError(503, "ZONE_RESOURCE_POOL_EXHAUSTED", message)
+        return self._new_op(project, zone, op_type, target, error=(
+            "ZONE_RESOURCE_POOL_EXHAUSTED", message, 503, "SERVICE UNAVAILABLE"))
+
+    # ---- request handlers (called under the lock) -------------------------------------------
+
+    def _h_insert(self, p: str, zone: str, q: dict[str, str], body: bytes) -> Any:
+        try:
+            inst = compute_v1.Instance.from_json(body or b"{}", ignore_unknown_fields=True)
+        except Exception as e:  # noqa: BLE001 - any parse failure is the client's fault
+            raise ApiError(400, "parseError", f"Invalid JSON payload received. {e}") from e
+        self._validate_insert(p, zone, inst)
+        if (p, zone, inst.name) in self._vms:
+            raise ApiError(409, "alreadyExists",
+                           f"The resource 'projects/{p}/zones/{zone}/instances/{inst.name}' "
+                           "already exists")
+        if zone in self.quota_zones:  # membership, not iteration: safe while a test mutates
+            raise self._quota_error(zone, inst)
+        if zone in self.stockout_zones:
+            target = compute_v1.Instance(name=inst.name, id=next(self._ids),
+                                         self_link=f"{API}/projects/{p}/zones/{zone}/instances/"
+                                                   f"{inst.name}")
+            return self._stockout(p, zone, target, "insert")
+        vm = self._create_vm(p, zone, inst)
+        return self._new_op(p, zone, "insert", vm.instance)
+
+    def _h_get(self, p: str, zone: str, name: str) -> Any:
+        return self._vm(p, zone, name).instance
+
+    def _h_delete(self, p: str, zone: str, name: str) -> Any:
+        vm = self._vm(p, zone, name)
+        if vm.instance.deletion_protection:
+            raise ApiError(400, "resourceInUseByAnotherResource",
+                           f"Invalid resource usage: 'Resource cannot be deleted if it's "
+                           f"protected against deletion.'")
+        del self._vms[(p, zone, name)]
+        return self._new_op(p, zone, "delete", vm.instance)
+
+    def _h_stop(self, p: str, zone: str, name: str) -> Any:
+        vm = self._vm(p, zone, name)
+        if vm.instance.status != "TERMINATED":
+            vm.instance.status = "TERMINATED"
+            vm.instance.last_stop_timestamp = _now_ts()
+        return self._new_op(p, zone, "stop", vm.instance)
+
+    def _h_start(self, p: str, zone: str, name: str) -> Any:
+        vm = self._vm(p, zone, name)
+        if vm.instance.status == "TERMINATED":
+            if zone in self.stockout_zones:
+                return self._stockout(p, zone, vm.instance, "start")
+            self._boot(vm)
+        return self._new_op(p, zone, "start", vm.instance)
+
+    def _h_maintenance(self, p: str, zone: str, name: str) -> Any:
+        vm = self._vm(p, zone, name)
+        if vm.instance.status != "RUNNING":
+            raise ApiError(400, "resourceNotReady",
+                           f"The resource 'projects/{p}/zones/{zone}/instances/{name}' is not "
+                           "ready")
+        op = self._new_op(p, zone, "simulateMaintenanceEvent", vm.instance)
+        if _is_spot(vm.instance):
+            self._preempt(vm)
+        elif vm.instance.scheduling.on_host_maintenance == "TERMINATE":
+            self._new_op(p, zone, "compute.instances.terminateOnHostMaintenance", vm.instance,
+                         user="system", immediate=True)
+            self._boot(vm)  # automaticRestart brings it back
+        else:
+            self._new_op(p, zone, "compute.instances.migrateOnHostMaintenance", vm.instance,
+                         user="system", immediate=True)
+        return op
+
+    def _h_serial(self, p: str, zone: str, name: str, q: dict[str, str]) -> Any:
+        vm = self._vm(p, zone, name)
+        port = int(q.get("port", "1") or 1)
+        if port not in (1, 2, 3, 4):
+            raise _invalid("port", port, "Must be between 1 and 4.")
+        buf, base = (vm.serial, vm.serial_base) if port == 1 else (bytearray(), 0)
+        end = base + len(buf)
+        try:
+            start = int(q.get("start", "0") or 0)
+        except ValueError as e:
+            raise _invalid("start", q.get("start"), "Must be an integer.") from e
+        if start < 0:  # "-N": the most recent N bytes
+            start = max(end + start, base)
+        start = min(max(start, base), end)  # discarded output: moved to the oldest retained byte
+        contents = bytes(buf[start - base:]).decode("utf-8", errors="replace")
+        return compute_v1.SerialPortOutput(
+            kind="compute#serialPortOutput", contents=contents, start=start, next_=end,
+            self_link=f"{vm.instance.self_link}/serialPort?port={port}")
+
+    def _h_list(self, p: str, zone: str, q: dict[str, str]) -> Any:
+        vms = sorted((vm for (pp, z, _), vm in self._vms.items() if pp == p and z == zone),
+                     key=lambda vm: vm.instance.name)
+        items, token = _page([vm.instance for vm in vms], q)
+        return compute_v1.InstanceList(
+            kind="compute#instanceList", id=f"projects/{p}/zones/{zone}/instances", items=items,
+            self_link=f"{API}/projects/{p}/zones/{zone}/instances", next_page_token=token)
+
+    def _h_aggregated(self, p: str, q: dict[str, str]) -> Any:
+        vms = sorted((vm for (pp, _, _), vm in self._vms.items() if pp == p),
+                     key=lambda vm: (vm.zone, vm.instance.name))
+        zone_of = {id(vm.instance): vm.zone for vm in vms}
+        items, token = _page([vm.instance for vm in vms], q)
+        scoped = {f"zones/{z}": compute_v1.InstancesScopedList() for z in
+                  sorted(set(ZONES) | {vm.zone for vm in vms})}
+        for inst in items:
+            scoped[f"zones/{zone_of[id(inst)]}"].instances.append(inst)
+        for scope, lst in scoped.items():
+            if not lst.instances:
+                lst.warning = _no_results(scope)
+        return compute_v1.InstanceAggregatedList(
+            kind="compute#instanceAggregatedList", id=f"projects/{p}/aggregated/instances",
+            items=scoped, self_link=f"{API}/projects/{p}/aggregated/instances",
+            next_page_token=token)
+
+    def _h_op(self, p: str, zone: str, name: str) -> Any:
+        rec = self._ops.get((p, zone, name))
+        if rec is None:
+            raise _not_found(f"projects/{p}/zones/{zone}/operations/{name}")
+        return self._render_op(rec)
+
+    def _h_ops_list(self, p: str, zone: str, q: dict[str, str]) -> Any:
+        ops = sorted((o for o in self._ops.values() if o.project == p and o.zone == zone),
+                     key=lambda o: o.op.name)
+        items, token = _page([self._render_op(o) for o in ops], q)
+        return compute_v1.OperationList(
+            kind="compute#operationList", id=f"projects/{p}/zones/{zone}/operations",
+            items=items, self_link=f"{API}/projects/{p}/zones/{zone}/operations",
+            next_page_token=token)
+
+    def _h_op_delete(self, p: str, zone: str, name: str) -> Any:
+        if self._ops.pop((p, zone, name), None) is None:
+            raise _not_found(f"projects/{p}/zones/{zone}/operations/{name}")
+        return compute_v1.DeleteZoneOperationResponse()
+
+    def _h_image(self, p: str, name: str, family: bool) -> Any:
+        image = self._find_image(p, name, family=family)
+        if image is None:
+            what = f"family/{name}" if family else name
+            raise _not_found(f"projects/{p}/global/images/{what}")
+        return image
+
+    def _h_images_list(self, p: str, q: dict[str, str]) -> Any:
+        images = [i for (pp, _), i in self._images.items() if pp == p]
+        items, token = _page(images, q)
+        return compute_v1.ImageList(kind="compute#imageList", id=f"projects/{p}/global/images",
+                                    items=items, next_page_token=token,
+                                    self_link=f"{API}/projects/{p}/global/images")
+
+    # ---- dispatch ---------------------------------------------------------------------------
+
+    def _route(self, method: str, path: str) -> Optional[tuple[str, dict[str, str]]]:
+        m = re.fullmatch(r"/compute/v1/projects/([^/]+)(/.*)", path)
+        if not m:
+            return None
+        project, rest = unquote(m.group(1)), m.group(2)
+        for verb, pattern, rpc in _ROUTES:
+            if verb == method:
+                mm = re.fullmatch(pattern, rest)
+                if mm:
+                    return rpc, {"project": project,
+                                 **{k: unquote(v) for k, v in mm.groupdict().items()}}
+        return None
+
+    def handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes
+               ) -> tuple[int, str]:
+        """Serve one request; returns (HTTP status, JSON body). Thread-safe."""
+        started = time.time()
+        split = urlsplit(raw_path)
+        query = dict(parse_qsl(split.query, keep_blank_values=True))
+        routed = self._route(method, split.path)
+        rpc, args = routed if routed else ("unknown", {})
+        try:
+            parsed_body = json.loads(body) if body else None
+        except ValueError:
+            parsed_body = None
+        wait_for: Optional[_Op] = None
+        with self.lock:
+            self._tick()
+            try:
+                if routed is None:
+                    raise ApiError(501, "notImplemented",
+                                   f"compute fake: {method} {split.path} is not implemented")
+                self._inject_error(rpc)
+                result = self._dispatch(rpc, args, query, body)
+                if isinstance(result, _Op):  # zoneOperations.wait: sleep outside the lock
+                    wait_for = result
+                    status, payload = 200, ""
+                else:
+                    status, payload = 200, to_json(result)
+            except ApiError as e:
+                status, payload = e.code, json.dumps(e.body())
+            except FilterError as e:
+                err = _invalid("filter", query.get("filter", ""), f"Invalid list filter "
+                               f"expression: {e}")
+                status, payload = 400, json.dumps(err.body())
+            except Exception as e:  # noqa: BLE001 - a bug in the fake: answer, and remember it
+                self.internal_errors.append(f"{method} {split.path}: {e!r}")
+                err = ApiError(500, "internalError", f"compute fake crashed: {e!r}")
+                status, payload = 500, json.dumps(err.body())
+            self._requests.append(RecordedRequest(method, split.path, query, parsed_body,
+                                                  started, rpc, status, headers))
+        if wait_for is not None:
+            remaining = wait_for.done_at - time.monotonic()
+            if remaining > 0:
+                time.sleep(min(remaining, self.wait_timeout))
+            with self.lock:
+                payload = to_json(self._render_op(wait_for))
+        return status, payload
+
+    def _inject_error(self, rpc: str) -> None:
+        for i, (code, only) in enumerate(self._fail_next):
+            if only is None or only == rpc:
+                del self._fail_next[i]
+                raise _retryable_error(code)
+        if self.error_rate > 0 and self._rng.random() < self.error_rate:
+            raise _retryable_error(self._rng.choice(tuple(self.error_codes)))
+
+    def _dispatch(self, rpc: str, a: dict[str, str], q: dict[str, str], body: bytes) -> Any:
+        p = a["project"]
+        zone = a.get("zone")
+        if zone is not None and zone not in ZONES:
+            raise _not_found(f"projects/{p}/zones/{zone}")
+        op_name = a.get("operation")
+        name = a.get("instance", "")
+        # requestId makes retried mutations idempotent, as in GCE.
+        request_id = q.get("requestId")
+        if request_id and rpc in _MUTATIONS and (p, request_id) in self._request_ids:
+            z, op = self._request_ids[(p, request_id)]
+            return self._render_op(self._ops[(p, z, op)])
+        if rpc == "instances.insert":
+            result = self._h_insert(p, zone, q, body)  # type: ignore[arg-type]
+        elif rpc in _MUTATIONS:
+            result = getattr(self, _MUTATIONS[rpc])(p, zone, name)
+        elif rpc == "instances.get":
+            return self._h_get(p, zone, name)  # type: ignore[arg-type]
+        elif rpc == "instances.list":
+            return self._h_list(p, zone, q)  # type: ignore[arg-type]
+        elif rpc == "instances.aggregatedList":
+            return self._h_aggregated(p, q)
+        elif rpc == "instances.getSerialPortOutput":
+            return self._h_serial(p, zone, name, q)  # type: ignore[arg-type]
+        elif rpc == "zoneOperations.get":
+            return self._h_op(p, zone, op_name)  # type: ignore[arg-type]
+        elif rpc == "zoneOperations.wait":
+            self._h_op(p, zone, op_name)  # type: ignore[arg-type]
+            return self._ops[(p, zone, op_name)]  # type: ignore[index]
+        elif rpc == "zoneOperations.list":
+            return self._h_ops_list(p, zone, q)  # type: ignore[arg-type]
+        elif rpc == "zoneOperations.delete":
+            return self._h_op_delete(p, zone, op_name)  # type: ignore[arg-type]
+        elif rpc == "images.getFromFamily":
+            return self._h_image(p, a["family"], family=True)
+        elif rpc == "images.get":
+            return self._h_image(p, a["image"], family=False)
+        elif rpc == "images.list":
+            return self._h_images_list(p, q)
+        else:
+            return _catalogue(rpc, p, a, q)
+        if request_id and isinstance(result, compute_v1.Operation):
+            self._request_ids[(p, request_id)] = (zone, result.name)  # type: ignore[assignment]
+        return result
+
+
+_Z = r"/zones/(?P<zone>[^/]+)"
+_I = _Z + r"/instances/(?P<instance>[^/]+)"
+_O = _Z + r"/operations/(?P<operation>[^/]+)"
+_ROUTES: list[tuple[str, str, str]] = [
+    ("POST", _Z + "/instances", "instances.insert"),
+    ("GET", _Z + "/instances", "instances.list"),
+    ("GET", _I, "instances.get"),
+    ("DELETE", _I, "instances.delete"),
+    ("GET", _I + "/serialPort", "instances.getSerialPortOutput"),
+    ("POST", _I + "/simulateMaintenanceEvent", "instances.simulateMaintenanceEvent"),
+    ("POST", _I + "/start", "instances.start"),
+    ("POST", _I + "/stop", "instances.stop"),
+    ("GET", "/aggregated/instances", "instances.aggregatedList"),
+    ("GET", _Z + "/operations", "zoneOperations.list"),
+    ("GET", _O, "zoneOperations.get"),
+    ("DELETE", _O, "zoneOperations.delete"),
+    ("POST", _O + "/wait", "zoneOperations.wait"),
+    ("GET", "/global/images/family/(?P<family>[^/]+)", "images.getFromFamily"),
+    ("GET", "/global/images/(?P<image>[^/]+)", "images.get"),
+    ("GET", "/global/images", "images.list"),
+    ("GET", _Z + "/machineTypes", "machineTypes.list"),
+    ("GET", _Z + "/machineTypes/(?P<machine_type>[^/]+)", "machineTypes.get"),
+    ("GET", "/aggregated/machineTypes", "machineTypes.aggregatedList"),
+    ("GET", _Z + "/acceleratorTypes", "acceleratorTypes.list"),
+    ("GET", _Z + "/acceleratorTypes/(?P<accelerator_type>[^/]+)", "acceleratorTypes.get"),
+    ("GET", "/aggregated/acceleratorTypes", "acceleratorTypes.aggregatedList"),
+    ("GET", "/zones", "zones.list"),
+    ("GET", _Z, "zones.get"),
+]
+
+_MUTATIONS = {
+    "instances.delete": "_h_delete",
+    "instances.stop": "_h_stop",
+    "instances.start": "_h_start",
+    "instances.simulateMaintenanceEvent": "_h_maintenance",
+    "instances.insert": "_h_insert",
+}
+
+
+# ---------------------------------------------------------------------------------------------
+# Catalogue resources (stateless)
+# ---------------------------------------------------------------------------------------------
+
+def _machine_type(p: str, zone: str, name: str) -> compute_v1.MachineType:
+    spec = MACHINE_TYPES[name]
+    mt = compute_v1.MachineType(
+        kind="compute#machineType", id=zlib.crc32(name.encode()), name=name,
+        description=spec.description, guest_cpus=spec.cpus, memory_mb=spec.memory_mb,
+        image_space_gb=0, maximum_persistent_disks=128, maximum_persistent_disks_size_gb=263168,
+        zone=zone, is_shared_cpu=False, architecture="X86_64",
+        creation_timestamp="1969-12-31T16:00:00.000-08:00",
+        self_link=f"{API}/projects/{p}/zones/{zone}/machineTypes/{name}")
+    if spec.accelerator:
+        mt.accelerators = [compute_v1.Accelerators(guest_accelerator_type=spec.accelerator[0],
+                                                   guest_accelerator_count=spec.accelerator[1])]
+    return mt
+
+
+def _accelerator_type(p: str, zone: str, name: str) -> compute_v1.AcceleratorType:
+    desc, cards = ACCELERATOR_TYPES[name]
+    return compute_v1.AcceleratorType(
+        kind="compute#acceleratorType", id=zlib.crc32(name.encode()) % 10**5, name=name,
+        description=desc, maximum_cards_per_instance=cards,
+        creation_timestamp="1969-12-31T16:00:00.000-08:00",
+        zone=f"{API}/projects/{p}/zones/{zone}",
+        self_link=f"{API}/projects/{p}/zones/{zone}/acceleratorTypes/{name}")
+
+
+def _zone(p: str, zone: str) -> compute_v1.Zone:
+    region = zone.rsplit("-", 1)[0]
+    return compute_v1.Zone(
+        kind="compute#zone", id=2000 + sorted(ZONES).index(zone), name=zone,
+        description=zone, status="UP", supports_pzs=True,
+        region=f"{API}/projects/{p}/regions/{region}",
+        creation_timestamp="1969-12-31T16:00:00.000-08:00",
+        available_cpu_platforms=sorted({s.cpu_platform for s in MACHINE_TYPES.values()}),
+        self_link=f"{API}/projects/{p}/zones/{zone}")
+
+
+def _catalogue(rpc: str, p: str, a: dict[str, str], q: dict[str, str]) -> Any:
+    zone = a.get("zone", "")
+    if rpc == "machineTypes.get":
+        if a["machine_type"] not in ZONES[zone]["machine_types"]:
+            raise _not_found(f"projects/{p}/zones/{zone}/machineTypes/{a['machine_type']}")
+        return _machine_type(p, zone, a["machine_type"])
+    if rpc == "machineTypes.list":
+        items, token = _page([_machine_type(p, zone, n) for n in ZONES[zone]["machine_types"]], q)
+        return compute_v1.MachineTypeList(kind="compute#machineTypeList", items=items,
+                                          next_page_token=token,
+                                          id=f"projects/{p}/zones/{zone}/machineTypes",
+                                          self_link=f"{API}/projects/{p}/zones/{zone}/machineTypes")
+    if rpc == "machineTypes.aggregatedList":
+        pred = parse_filter(q.get("filter", ""))
+        return compute_v1.MachineTypeAggregatedList(
+            kind="compute#machineTypeAggregatedList", id=f"projects/{p}/aggregated/machineTypes",
+            items={f"zones/{z}": compute_v1.MachineTypesScopedList(machine_types=[
+                mt for mt in (_machine_type(p, z, n) for n in ZONES[z]["machine_types"])
+                if pred(_as_dict(mt))]) for z in ZONES})
+    if rpc == "acceleratorTypes.get":
+        if a["accelerator_type"] not in ZONES[zone]["accelerators"]:
+            raise _not_found(f"projects/{p}/zones/{zone}/acceleratorTypes/{a['accelerator_type']}")
+        return _accelerator_type(p, zone, a["accelerator_type"])
+    if rpc == "acceleratorTypes.list":
+        items, token = _page([_accelerator_type(p, zone, n) for n in ZONES[zone]["accelerators"]],
+                             q)
+        return compute_v1.AcceleratorTypeList(
+            kind="compute#acceleratorTypeList", items=items, next_page_token=token,
+            id=f"projects/{p}/zones/{zone}/acceleratorTypes",
+            self_link=f"{API}/projects/{p}/zones/{zone}/acceleratorTypes")
+    if rpc == "acceleratorTypes.aggregatedList":
+        pred = parse_filter(q.get("filter", ""))
+        return compute_v1.AcceleratorTypeAggregatedList(
+            kind="compute#acceleratorTypeAggregatedList",
+            id=f"projects/{p}/aggregated/acceleratorTypes",
+            items={f"zones/{z}": compute_v1.AcceleratorTypesScopedList(accelerator_types=[
+                at for at in (_accelerator_type(p, z, n) for n in ZONES[z]["accelerators"])
+                if pred(_as_dict(at))]) for z in ZONES})
+    if rpc == "zones.get":
+        return _zone(p, zone)
+    if rpc == "zones.list":
+        items, token = _page([_zone(p, z) for z in sorted(ZONES)], q)
+        return compute_v1.ZoneList(kind="compute#zoneList", items=items, next_page_token=token,
+                                   id=f"projects/{p}/zones", self_link=f"{API}/projects/{p}/zones")
+    raise ApiError(501, "notImplemented", f"compute fake: {rpc} is not implemented")
+
+
+# ---------------------------------------------------------------------------------------------
+# Small helpers
+# ---------------------------------------------------------------------------------------------
+
+def _page(items: list[Any], q: dict[str, str]) -> tuple[list[Any], str]:
+    """Filter, then cut one page; the page token is an opaque offset, like GCE's."""
+    pred = parse_filter(q.get("filter", ""))
+    matching = [i for i in items if pred(_as_dict(i))]
+    try:
+        size = int(q.get("maxResults") or MAX_RESULTS)
+    except ValueError as e:
+        raise _invalid("maxResults", q.get("maxResults"), "Must be an integer.") from e
+    if not 0 <= size <= MAX_RESULTS:
+        raise _invalid("maxResults", size, f"Must be between 0 and {MAX_RESULTS}.")
+    size = size or MAX_RESULTS
+    token = q.get("pageToken", "")
+    try:
+        offset = int(base64.urlsafe_b64decode(token.encode()).decode()[len("o:"):]) if token else 0
+    except (ValueError, UnicodeDecodeError) as e:
+        raise _invalid("pageToken", token, "Invalid page token.") from e
+    page = matching[offset:offset + size]
+    nxt = offset + size
+    next_token = base64.urlsafe_b64encode(f"o:{nxt}".encode()).decode() if nxt < len(matching) else ""
+    return page, next_token
+
+
+def _no_results(scope: str) -> compute_v1.Warning:
+    return compute_v1.Warning(
+        code="NO_RESULTS_ON_PAGE",
+        message=f"There are no results for scope '{scope}' on this page.",
+        data=[compute_v1.Data(key="scope", value=scope)])
+
+
+def _last(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1] if url else ""
+
+
+def _zonal_ref(url: str, collection: str) -> Optional[tuple[str, str]]:
+    """(zone, name) from a full or partial zonal URL; None for a bare name (GCE rejects it)."""
+    m = re.fullmatch(rf"(?:.*/)?zones/([^/]+)/{collection}/([^/]+)", url or "")
+    return (m.group(1), m.group(2)) if m else None
+
+
+def _full(url: str, project: str) -> str:
+    if url.startswith("https://"):
+        return url
+    if url.startswith("projects/"):
+        return f"{API}/{url}"
+    return f"{API}/projects/{project}/{url}"
+
+
+def _fingerprint(rng: random.Random) -> str:
+    return base64.b64encode(rng.getrandbits(64).to_bytes(8, "big")).decode()
+
+
+def _is_spot(inst: compute_v1.Instance) -> bool:
+    return inst.scheduling.provisioning_model == "SPOT" or bool(inst.scheduling.preemptible)
+
+
+def _fill_scheduling(s: compute_v1.Scheduling) -> None:
+    """The scheduling defaults GCE reports back for spot and standard VMs."""
+    spot = s.provisioning_model == "SPOT" or bool(s.preemptible)
+    if spot:
+        s.preemptible = True
+        s.automatic_restart = False
+        s.on_host_maintenance = s.on_host_maintenance or "TERMINATE"
+        s.provisioning_model = s.provisioning_model or "SPOT"
+        s.instance_termination_action = s.instance_termination_action or "STOP"
+    else:
+        s.preemptible = False
+        if "automatic_restart" not in s:
+            s.automatic_restart = True
+        s.on_host_maintenance = s.on_host_maintenance or "MIGRATE"
+        s.provisioning_model = s.provisioning_model or "STANDARD"
+
+
+# ---------------------------------------------------------------------------------------------
+# HTTP server
+# ---------------------------------------------------------------------------------------------
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as requests.Session expects
+    disable_nagle_algorithm = True  # headers and body go out in two writes: avoid 40 ms stalls
+    timeout = 30
+    fake: ComputeFake  # set on a per-server subclass
+
+    def _serve(self) -> None:
+        length = int(self.headers.get("Content-Length") or 0)
+        body = self.rfile.read(length) if length else b""
+        status, payload = self.fake.handle(self.command, self.path, dict(self.headers), body)
+        data = payload.encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json; charset=UTF-8")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _serve
+
+    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
+        pass
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
+        super().__init__(("127.0.0.1", 0), handler)
+        self.open_sockets: set[socket.socket] = set()
+        self.sockets_lock = threading.Lock()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        with self.sockets_lock:
+            self.open_sockets.add(request)
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self.sockets_lock:
+            self.open_sockets.discard(request)
+        super().shutdown_request(request)
+
+    def close_all(self) -> None:
+        """Cut kept-alive connections too, so no client reaches a stopped fake's state."""
+        with self.sockets_lock:
+            for s in list(self.open_sockets):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+
+@contextmanager
+def run_compute_fake(project: str = "test-project", *, seed: int = 0) -> Iterator[ComputeFake]:
+    """Serve a fresh ComputeFake on 127.0.0.1 (free port) for the duration of the block."""
+    fake = ComputeFake(project, seed=seed)
+    handler = type("Handler", (_Handler,), {"fake": fake})
+    server = _Server(handler)
+    fake.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
+                              name="compute-fake", daemon=True)
+    thread.start()
+    try:
+        yield fake
+    finally:
+        server.shutdown()
+        server.close_all()
+        server.server_close()
+        thread.join(timeout=5)
+
+
+# ---------------------------------------------------------------------------------------------
+# Guard against escaping to real Google endpoints
+# ---------------------------------------------------------------------------------------------
+
+class ExternalNetworkBlocked(RuntimeError):
+    """Something tried to resolve a non-loopback host while the compute fake was in use."""
+
+
+_LOOPBACK = {"localhost", "127.0.0.1", "::1", "ip6-localhost"}
+
+
+@contextmanager
+def block_external_network() -> Iterator[list[str]]:
+    """Refuse name resolution of anything but loopback; yields the list of blocked hosts.
+
+    Every TCP client (requests/urllib3, http.client, google.auth's metadata probe) resolves its
+    host through ``socket.getaddrinfo`` first, so this catches a client built with the default
+    endpoint (``compute.googleapis.com``), a metadata-server probe (169.254.169.254) and token
+    refreshes alike. The attempt raises, and is also recorded so a caller that swallows the
+    exception (retry loops, google.auth's "am I on GCE?" check) still fails the test.
+    Metadata env vars point at a closed loopback port so credential discovery fails fast.
+    """
+    blocked: list[str] = []
+    original = socket.getaddrinfo
+
+    def guarded(host: Any, *args: Any, **kwargs: Any) -> Any:
+        h = host.decode() if isinstance(host, bytes) else host
+        if h is not None and h not in _LOOPBACK and not str(h).startswith("127."):
+            blocked.append(str(h))
+            raise ExternalNetworkBlocked(f"test tried to reach {h!r}; only the local compute "
+                                         "fake (127.0.0.1) may be contacted")
+        return original(host, *args, **kwargs)
+
+    env = {"GCE_METADATA_HOST": "127.0.0.1:9", "GCE_METADATA_IP": "127.0.0.1:9",
+           "NO_GCE_CHECK": "True"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    socket.getaddrinfo = guarded  # type: ignore[assignment]
+    try:
+        yield blocked
+    finally:
+        socket.getaddrinfo = original  # type: ignore[assignment]
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@pytest.fixture
+def compute_fake() -> Iterator[ComputeFake]:
+    """A fresh fake per test, with external network blocked; fails the test on any escape.
+
+    Use through ``pytest_plugins = ["tests.compute_fake"]`` or ``from tests.compute_fake import
+    compute_fake``. Build clients with ``compute_v1.InstancesClient(**compute_fake.client_kwargs())``.
+    """
+    with block_external_network() as blocked, run_compute_fake() as fake:
+        yield fake
+    if blocked:
+        pytest.fail(f"requests escaped towards real endpoints: {sorted(set(blocked))}")
+    if fake.internal_errors:
+        pytest.fail(f"the compute fake crashed: {fake.internal_errors}")

@@ -1,0 +1,134 @@
+"""Boot a simulated COS VM: run gcp/startup.sh (or shutdown.sh) for real in a container."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+SIM = Path(__file__).resolve().parent
+# The bootstrapped Debian base: bash, curl, coreutils and util-linux, the tools COS has.
+BASE_IMAGE = os.environ.get("RUNNER_TEST_BASE_IMAGE", "cos-spot-runner/base:bookworm-2")
+SIM_PATH = "/opt/cos-sim/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+PHASE_RE = re.compile(r"^runner-phase: (\S+)$", re.M)
+
+
+@dataclass(frozen=True)
+class Call:
+    tool: str
+    argv: list[str]
+    time: float
+
+
+def read_calls(calls_dir: Path) -> list[Call]:
+    """Every shim invocation, in order: files named TOOL.EPOCH_NS.PID holding NUL-ended argv."""
+    calls = []
+    for f in calls_dir.iterdir():
+        if f.name.startswith("."):
+            continue
+        tool, ns, _pid = f.name.rsplit(".", 2)
+        data = f.read_bytes()
+        argv = [a.decode("utf-8", "surrogateescape") for a in data.split(b"\0")[:-1]]
+        calls.append(Call(tool, argv, int(ns) / 1e9))
+    return sorted(calls, key=lambda c: c.time)
+
+
+@dataclass
+class Boot:
+    """What one run of the script did, as seen from outside the VM."""
+
+    exit_code: int
+    stdout: str  # what the guest agent copies to the serial console
+    stderr: str
+    calls: list[Call]
+    seconds: float
+
+    @property
+    def phases(self) -> list[str]:
+        return PHASE_RE.findall(self.stdout)
+
+    def argv_of(self, tool: str, sub: str | None = None) -> list[list[str]]:
+        """The argv of each call of ``tool`` (only ``tool sub ...`` when ``sub`` is given)."""
+        return [c.argv for c in self.calls if c.tool == tool and (sub is None or c.argv[:1] == [sub])]
+
+
+@dataclass
+class CosVm:
+    """One simulated VM. Its work dir is mounted at the same path inside the script's container,
+    because the script passes host paths to the host's Docker (-v, --device)."""
+
+    work: Path
+    gpus: int = 0
+    name: str = field(default_factory=lambda: f"cos-sim-{uuid.uuid4().hex[:8]}")
+
+    def __post_init__(self) -> None:
+        self.calls_dir = self.work / "calls"
+        self.calls_dir.mkdir(parents=True, exist_ok=True)
+        self.calls_dir.chmod(0o777)
+        # Under a plain subdirectory, so the script's `mount --bind` of it really happens.
+        self.nvidia_root = self.work / "var-lib-nvidia"
+        (self.nvidia_root / "bin").mkdir(parents=True, exist_ok=True)
+        (self.nvidia_root / "lib64").mkdir(exist_ok=True)
+        shutil.copy(SIM / "nvidia-smi", self.nvidia_root / "bin" / "nvidia-smi")
+        self.dev_root = self.work / "dev"
+        self.dev_root.mkdir(exist_ok=True)
+        # Real character devices (1,3 is /dev/null's): docker --device refuses anything else.
+        # nvidia-uvm-tools is a decoy: the script must pass only nvidiaN, nvidiactl, nvidia-uvm.
+        names = [f"nvidia{i}" for i in range(self.gpus)] + ["nvidiactl", "nvidia-uvm", "nvidia-uvm-tools"]
+        for n in names if self.gpus else []:
+            path = self.dev_root / n
+            if not path.exists():
+                os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        self.serial = self.work / "serial.log"
+        self.container_name = f"{self.name}-job"
+
+    def boot(self, env: dict[str, str], script: str = "startup.sh", timeout: float = 90) -> Boot:
+        from testcontainers.core.config import testcontainers_config
+        from testcontainers.core.container import DockerContainer
+
+        # The reaper image cannot be pulled here (no registry); every container is removed below.
+        testcontainers_config.ryuk_disabled = True
+        docker_bin = os.path.realpath(shutil.which("docker") or "/usr/bin/docker")
+        before = {c.time for c in read_calls(self.calls_dir)}
+        container = (
+            DockerContainer(BASE_IMAGE)
+            .with_name(f"{self.name}-{script.split('.')[0]}-{uuid.uuid4().hex[:6]}")
+            .with_command(["bash", f"/opt/cos-sim/gcp/{script}"])
+            .with_volume_mapping("/var/run/docker.sock", "/var/run/docker.sock", "rw")
+            .with_volume_mapping(docker_bin, "/opt/cos-sim/real/docker", "ro")
+            .with_volume_mapping(str(REPO / "gcp"), "/opt/cos-sim/gcp", "ro")
+            .with_volume_mapping(str(SIM / "bin"), "/opt/cos-sim/bin", "ro")
+            .with_volume_mapping(str(self.work), str(self.work), "rw")
+            # Only what the script needs beyond a plain container: SYS_ADMIN for its bind mount of
+            # the nvidia root. (--privileged is refused here: this machine's Docker itself runs
+            # without CAP_SYS_RESOURCE, so it cannot grant every capability.)
+            .with_kwargs(cap_add=["SYS_ADMIN"], network_mode="host")
+        )
+        base_env = {
+            "PATH": SIM_PATH,
+            "RUNNER_NVIDIA_ROOT": str(self.nvidia_root),
+            "RUNNER_DEV_ROOT": str(self.dev_root),
+            "RUNNER_SERIAL": str(self.serial),  # never the host's /dev/console
+            "RUNNER_CONTAINER_NAME": self.container_name,
+            "COS_SIM_CALLS": str(self.calls_dir),
+        }
+        for k, v in {**base_env, **env}.items():
+            container.with_env(k, v)
+        t0 = time.monotonic()
+        try:
+            container.start()
+            wrapped = container.get_wrapped_container()
+            code = int(wrapped.wait(timeout=timeout)["StatusCode"])
+            seconds = time.monotonic() - t0
+            out = wrapped.logs(stdout=True, stderr=False).decode("utf-8", "replace")
+            err = wrapped.logs(stdout=False, stderr=True).decode("utf-8", "replace")
+        finally:
+            container.stop()
+        calls = [c for c in read_calls(self.calls_dir) if c.time not in before]
+        return Boot(code, out, err, calls, seconds)

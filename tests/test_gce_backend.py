@@ -1,0 +1,258 @@
+"""The GCE backend end to end against the Compute Engine fake and the GCS emulator.
+
+The product's real clients (``google-cloud-compute``, ``google-cloud-storage``) reach the fakes
+through config alone (``compute_endpoint``, ``STORAGE_EMULATOR_HOST``). The agent's side of the
+record (RUNNING, ...) is written here by hand, as a VM would: no VM really boots.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+from entrypoint.record import RunRecord, State
+from runner.config import Config
+from runner.context import make_context
+from tests.compute_fake import compute_fake  # noqa: F401 - fixture
+from tests.conftest import ROOT
+
+PROJECT = "test-project"
+IMAGE = "us-docker.pkg.dev/test-project/runs/trainer@sha256:" + "b" * 64
+ZONES = ["us-central1-a", "us-central1-b"]
+
+
+@pytest.fixture
+def gce(compute_fake, gcs_store, gcs_emulator):  # noqa: F811
+    cfg = Config(backend="gce", project=PROJECT, zones=list(ZONES), compute_endpoint=compute_fake.endpoint,
+                 store=gcs_store.url, machine_type="n1-standard-4", gpu="nvidia-tesla-t4",
+                 poll_interval=1.0, stall_polls=600, gpu_timeout=300)
+    ctx = make_context(cfg)
+    return ctx, compute_fake
+
+
+def submit(ctx, run_id="exp-1", command=("python3", "-m", "examples.trainer")):
+    from runner.submit import submit as do_submit
+
+    return do_submit(ctx, run_id, list(command), image=IMAGE, restart=False)
+
+
+def vms(fake):
+    return {i.name: i for i in fake.instances()}
+
+
+def agent_reports_running(ctx, run_id: str) -> None:
+    rec = RunRecord(ctx.store, run_id)
+    st, _ = rec.read_state()
+    rec.transition(State.RUNNING, "agent", expect_attempt=st.attempt, zone=vms_zone(ctx, st.instance))
+
+
+def vms_zone(ctx, name):
+    return next(i.zone for i in ctx.backend.list() if i.name == name)
+
+
+def test_submit_pins_the_cos_image_and_creates_one_spot_vm(gce):
+    ctx, fake = gce
+    submit(ctx)
+    spec = RunRecord(ctx.store, "exp-1").read_spec()
+    assert spec.vm["vm_image"] == "projects/cos-cloud/global/images/cos-stable-121-18867-90-38"
+    assert spec.image == IMAGE
+    ctx.supervisor().reconcile("exp-1")
+    (vm,) = fake.instances()
+    assert vm.name == "runner-exp-1-a1" and vm.zone.endswith("/us-central1-a")
+    assert vm.scheduling.provisioning_model == "SPOT"
+    assert vm.disks[0].initialize_params.source_image.endswith("cos-stable-121-18867-90-38")
+    assert RunRecord(ctx.store, "exp-1").read_state()[0].state == State.PROVISIONING
+
+
+def test_a_stockout_moves_the_vm_to_the_next_zone(gce):
+    ctx, fake = gce
+    fake.stockout_zones = {"us-central1-a"}
+    submit(ctx)
+    ctx.supervisor().reconcile("exp-1")
+    (vm,) = fake.instances()
+    assert vm.zone.endswith("/us-central1-b")
+
+
+def test_quota_errors_also_fall_back_to_the_next_zone(gce):
+    ctx, fake = gce
+    fake.quota_zones = {"us-central1-a"}
+    submit(ctx)
+    ctx.supervisor().reconcile("exp-1")
+    assert [v.zone.rsplit("/", 1)[-1] for v in fake.instances()] == ["us-central1-b"]
+
+
+def test_when_every_zone_is_out_of_stock_the_run_waits_and_says_why(gce):
+    ctx, fake = gce
+    fake.stockout_zones = set(ZONES)
+    submit(ctx)
+    clock = [1000.0]
+    sup = ctx.supervisor()
+    sup.now = lambda: clock[0]
+    sup.reconcile("exp-1")
+    rec = RunRecord(ctx.store, "exp-1")
+    assert rec.read_state()[0].state == State.PROVISIONING and fake.instances() == []
+    notes = [ev["reason"] for _, ev in rec.events() if ev["to"] is None]
+    assert "ZONE_RESOURCE_POOL_EXHAUSTED" in notes[-1] and "us-central1-b" in notes[-1]
+    fake.stockout_zones = set()
+    sup.reconcile("exp-1")  # still inside the backoff: no new insert
+    assert fake.instances() == []
+    clock[0] += 5
+    sup.reconcile("exp-1")
+    assert len(fake.instances()) == 1
+
+
+def test_a_preempted_vm_is_replaced_by_the_next_attempt(gce):
+    ctx, fake = gce
+    submit(ctx)
+    sup = ctx.supervisor()
+    sup.reconcile("exp-1")
+    agent_reports_running(ctx, "exp-1")
+    fake.preempt("us-central1-a", "runner-exp-1-a1")
+    sup.reconcile("exp-1")
+    rec = RunRecord(ctx.store, "exp-1")
+    st = rec.read_state()[0]
+    assert (st.state, st.attempt) == (State.PROVISIONING, 2)
+    preempted = [ev for _, ev in rec.events() if ev["to"] == "PREEMPTED"]
+    assert "GCE preemption" in preempted[0]["reason"]
+    assert set(vms(fake)) == {"runner-exp-1-a2"}  # DELETE termination: the old VM is gone
+
+
+def test_a_startup_failure_fails_the_run_and_leaves_no_vm(gce):
+    ctx, fake = gce
+    submit(ctx)
+    sup = ctx.supervisor()
+    sup.reconcile("exp-1")
+    rec = RunRecord(ctx.store, "exp-1")
+    ctx.store.write(rec.name(rec.startup_name(1)), json.dumps(
+        {"status": "failed", "phase": "gpu-wait", "reason": "gpu_timeout", "detail": "no nvidia-smi after 300s"}).encode())
+    sup.reconcile("exp-1")
+    st = rec.read_state()[0]
+    assert st.state == State.FAILED and "gpu_timeout" in st.reason
+    assert fake.instances() == []
+
+
+@pytest.mark.parametrize("n", [1, 5, 25])
+def test_one_supervisor_pass_costs_one_compute_call_whatever_the_number_of_runs(gce, n):
+    ctx, fake = gce
+    for i in range(n):
+        submit(ctx, run_id=f"r{i}")
+    sup = ctx.supervisor()
+    sup.reconcile_all()  # creates the VMs
+    for i in range(n):
+        agent_reports_running(ctx, f"r{i}")
+    fake.reset_requests()
+    sup.reconcile_all()
+    assert [r.rpc for r in fake.requests] == ["instances.aggregatedList"]
+
+
+def test_transient_429_and_503_are_retried(gce):
+    ctx, fake = gce
+    fake.error_rate = 0.4
+    submit(ctx)
+    ctx.supervisor().reconcile("exp-1")
+    assert len(fake.instances()) == 1
+    assert fake.calls(ok=False), "the fake injected no error: this test proved nothing"
+
+
+def test_delete_writes_stop_then_removes_the_vm(gce):
+    from runner.ops import delete_run
+
+    ctx, fake = gce
+    submit(ctx)
+    ctx.supervisor().reconcile("exp-1")
+    out = delete_run(ctx.store, ctx.backend, "exp-1", grace_period=0)
+    assert out["state"] == "STOPPED" and out["removed"] == ["runner-exp-1-a1"]
+    assert fake.instances() == [] and RunRecord(ctx.store, "exp-1").stop_requested()
+    ctx.supervisor().reconcile("exp-1")
+    assert fake.instances() == []
+
+
+def test_orphans_are_vms_whose_run_is_over_or_unknown(gce):
+    from google.cloud import compute_v1
+
+    from runner.ops import orphans
+
+    ctx, fake = gce
+    submit(ctx)
+    ctx.supervisor().reconcile("exp-1")
+    fake.seed_instance("us-central1-b", compute_v1.Instance(
+        name="runner-ghost-a1", labels={"runner": "cos-spot-runner", "run-id": "ghost", "attempt": "1"},
+        status="RUNNING"))
+    found = orphans(ctx.store, ctx.backend)
+    assert [(o["name"], o["why"]) for o in found] == [("runner-ghost-a1", "no run record in this store")]
+
+
+def test_serial_console_and_provider_events_are_shown(gce):
+    from runner.ops import current_instance, run_events
+
+    ctx, fake = gce
+    submit(ctx)
+    sup = ctx.supervisor()
+    sup.reconcile("exp-1")
+    fake.append_serial("us-central1-a", "runner-exp-1-a1", "runner-phase: gpu-driver\nrunner-phase: image-pull\n")
+    inst = current_instance(ctx.store, ctx.backend, "exp-1")
+    text, nxt = ctx.backend.console(inst, 0)
+    assert "runner-phase: image-pull" in text
+    more, _ = ctx.backend.console(inst, nxt)
+    assert more == ""
+    agent_reports_running(ctx, "exp-1")
+    fake.preempt("us-central1-a", "runner-exp-1-a1")
+    evs = run_events(ctx.store, ctx.backend, "exp-1")
+    kinds = [e["reason"] for e in evs if e["actor"] == "gce"]
+    assert any("compute.instances.preempted runner-exp-1-a1" in k for k in kinds)
+    assert [e["time"] for e in evs] == sorted(e["time"] for e in evs)
+
+
+# ---- through the CLI, as a user types it ----
+
+def cli(fake, gcs_emulator, store_url, *args):
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RUNNER_COMPUTE_ENDPOINT": fake.endpoint,
+           "STORAGE_EMULATOR_HOST": gcs_emulator, "GOOGLE_CLOUD_PROJECT": "local",
+           "RUNNER_STORE": store_url, "RUNNER_BACKEND": "gce", "CLOUDSDK_CONFIG": "/nonexistent"}
+    return subprocess.run([sys.executable, "-m", "runner.cli", *args], env=env, capture_output=True,
+                          text=True, timeout=60)
+
+
+def test_cli_refuses_a_g2_with_an_extra_gpu_before_any_api_call(compute_fake, gcs_store, gcs_emulator):  # noqa: F811
+    p = cli(compute_fake, gcs_emulator, gcs_store.url, "submit", "--run-id", "x", "--project", PROJECT,
+            "--zones", "us-central1-a", "--machine-type", "g2-standard-8", "--gpu", "nvidia-l4",
+            "--image", IMAGE, "--detach", "--", "true")
+    assert p.returncode == 1 and "drop --gpu" in p.stderr
+    assert compute_fake.requests == []
+
+
+@pytest.mark.parametrize("flags,says", [
+    (["--zones", "mars-central1-a"], "unknown zone 'mars-central1-a'"),
+    (["--zones", "us-central1-a", "--machine-type", "n1-mega-999"], "offers n1-mega-999"),
+    (["--zones", "us-central1-a"], "no GCP project"),
+])
+def test_cli_bad_gce_input_is_refused_with_the_fix_and_creates_nothing(compute_fake, gcs_store, gcs_emulator, flags, says):  # noqa: F811
+    project = [] if says == "no GCP project" else ["--project", PROJECT]
+    p = cli(compute_fake, gcs_emulator, gcs_store.url, "submit", "--run-id", "x", *project, *flags,
+            "--image", IMAGE, "--detach", "--", "true")
+    assert p.returncode == 1, p.stderr
+    assert says in p.stderr
+    assert compute_fake.instances() == []
+    assert not gcs_store.exists("runs/x/spec.json")
+
+
+def test_cli_refuses_an_image_not_pinned_to_a_digest(compute_fake, gcs_store, gcs_emulator):  # noqa: F811
+    p = cli(compute_fake, gcs_emulator, gcs_store.url, "submit", "--run-id", "x", "--project", PROJECT,
+            "--zones", "us-central1-a", "--image", "us-docker.pkg.dev/p/r/img:latest", "--detach", "--", "true")
+    assert p.returncode == 1 and "sha256" in p.stderr
+
+
+def test_cli_submit_detach_then_status_shows_the_vm(compute_fake, gcs_store, gcs_emulator):  # noqa: F811
+    p = cli(compute_fake, gcs_emulator, gcs_store.url, "submit", "--run-id", "exp-9", "--project", PROJECT,
+            "--zones", "us-central1-a", "--no-gpu", "--image", IMAGE, "--detach", "--", "python3", "-c", "print(1)")
+    assert p.returncode == 0, p.stderr
+    assert [v.name for v in compute_fake.instances()] == ["runner-exp-9-a1"]
+    s = cli(compute_fake, gcs_emulator, gcs_store.url, "ops", "status", "--run-id", "exp-9", "--project", PROJECT,
+            "--json")
+    assert s.returncode == 0, s.stderr
+    doc = json.loads(s.stdout)
+    assert doc["state"] == "PROVISIONING" and doc["instances"][0]["zone"] == "us-central1-a"
