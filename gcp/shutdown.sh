@@ -15,6 +15,9 @@ CONTAINER=${RUNNER_CONTAINER_NAME:-runner-job}
 MAX_GRACE=${RUNNER_SHUTDOWN_MAX_GRACE:-25}
 
 printf 'runner-phase: shutdown\n'
+# Tells the startup script's watcher that the job ends because the VM does: no self-delete.
+mkdir -p "${RUNNER_STATE_DIR:-/var/lib/runner}" && touch "${RUNNER_STATE_DIR:-/var/lib/runner}/shutting-down" \
+  || printf 'runner: could not mark the shutdown; the VM may delete itself after the job stops\n'
 
 grace=$(curl -sf --max-time 2 -H 'Metadata-Flavor: Google' \
   "$METADATA_URL/instance/attributes/runner-grace-period") || grace=""

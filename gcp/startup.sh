@@ -26,6 +26,7 @@ DISK_BY_ID=${RUNNER_DISK_BY_ID:-/dev/disk/by-id}
 STATE_DIR=${RUNNER_STATE_DIR:-/var/lib/runner}    # /var/lib is writable on COS; / and /mnt are not
 SERIAL=${RUNNER_SERIAL:-/dev/console}             # where the job's log is streamed
 CONTAINER=${RUNNER_CONTAINER_NAME:-runner-job}
+RELEASE_WAIT=${RUNNER_RELEASE_WAIT:-background}  # foreground: wait for the job here (tests)
 PULL_RETRIES=${PULL_RETRIES:-5}
 PULL_BACKOFF=${PULL_BACKOFF:-5}                   # seconds before the 2nd try, doubled each time
 GPU_POLL=${RUNNER_GPU_POLL:-5}                    # seconds between nvidia-smi checks
@@ -695,6 +696,22 @@ start_container() {
     log "warning: startup.json (ok) not written; the agent's manifest will show the start anyway"
 }
 
+# The attempt is over once the container exits: success, failure, or an agent that died. A VM
+# with nothing left to run must not keep billing, so it deletes itself, unless the exit came
+# from a shutdown in progress (preemption, stop, delete), which the shutdown script marks: with
+# terminationAction=STOP that VM is meant to be kept.
+release_when_done() {
+  local code
+  code=$(docker wait "$CONTAINER" 2>/dev/null) || code="?"
+  if [[ -e $STATE_DIR/shutting-down ]]; then
+    log "container exited ($code) during a shutdown; leaving the VM to it"
+    return 0
+  fi
+  printf 'runner-phase: finished\n'
+  log "container exited ($code); this attempt is over, releasing the VM"
+  self_delete
+}
+
 main() {
   set -E
   trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
@@ -714,7 +731,17 @@ main() {
   registry_auth
   pull_image
   if [[ -n $DATA_DISK ]]; then mount_data_disk; fi
+  rm -f "$STATE_DIR/shutting-down"  # left by the shutdown before a STOP/start cycle
   start_container
+  trap - ERR
+  if [[ $RELEASE_WAIT == foreground ]]; then
+    release_when_done
+  else
+    # Detached from this script: google-startup-scripts.service stops only its main process.
+    (trap - EXIT; WORK=$(mktemp -d /tmp/runner-release.XXXXXX); release_when_done) \
+      </dev/null >>"$SERIAL" 2>&1 &
+    disown
+  fi
 }
 
 # Sourced (by the tests, for the JSON decoder): define functions only.

@@ -552,3 +552,14 @@ def test_shutdown_script_sigterms_the_job_within_the_notice_and_the_agent_record
     state, _gen = sc.record.read_state()
     assert state.state == State.PREEMPTED, state
 
+
+
+@pytest.mark.docker
+def test_a_vm_whose_job_finished_deletes_itself(harness: Harness) -> None:
+    # Waited for in the foreground here: the simulated VM ends with its script, a real one does not.
+    sc = harness.run("finish", ["true"], vm_env={"RUNNER_RELEASE_WAIT": "foreground"})
+    assert sc.boot.exit_code == 0, explain(sc)
+    assert sc.boot.phases[-2:] == ["container-running", "finished"]
+    (delete,) = [r for r in sc.api_requests if r.method == "DELETE"]
+    assert delete.path == f"/compute/v1/projects/{PROJECT}/zones/{ZONE}/instances/{sc.vm.name}"
+    assert sc.record.read_state()[0].state == State.SUCCEEDED
