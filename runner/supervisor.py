@@ -200,10 +200,12 @@ class Supervisor:
 
     def _restart(self, rec: RunRecord, cur: tuple[RunState, int], inst: Instance | None) -> None:
         st, _ = cur
-        if inst is not None:
+        spec = rec.read_spec()
+        keep = (inst is not None and not inst.alive and spec is not None
+                and spec.vm.get("termination_action") == "STOP")
+        if inst is not None and not keep:
             # Let an agent that is still in its final sync finish it, then remove the instance.
             self.backend.delete(inst, self.settings.grace_period if inst.alive else 0)
-        spec = rec.read_spec()
         max_restarts = spec.max_restarts if spec else 0
         restarts = st.attempt - 1 - st.failures
         if st.state != State.ERRORED and restarts >= max_restarts:
@@ -212,19 +214,37 @@ class Supervisor:
                 reason=f"gave up after {restarts} restarts (max_restarts={max_restarts}); last: {st.reason}",
             )
             return
-        self._start_attempt(rec, cur, f"restart after {st.state.value.lower()}: {st.reason}")
+        self._start_attempt(rec, cur, f"restart after {st.state.value.lower()}: {st.reason}",
+                            reuse=inst if keep else None)
 
-    def _start_attempt(self, rec: RunRecord, cur: tuple[RunState, int], reason: str) -> None:
+    def _start_attempt(self, rec: RunRecord, cur: tuple[RunState, int], reason: str,
+                       reuse: Instance | None = None) -> None:
         st, _ = cur
         if rec.stop_requested():
             rec.transition(State.STOPPED, self.actor, expected=cur, reason="stop requested")
             return
         attempt = st.attempt + 1
         rec.transition(
-            State.PROVISIONING, self.actor, expected=cur, reason=reason,
-            attempt=attempt, instance=resource_name(rec.run_id, attempt), exit_code=None,
+            State.PROVISIONING, self.actor, expected=cur, reason=reason, attempt=attempt,
+            instance=reuse.name if reuse else resource_name(rec.run_id, attempt), exit_code=None,
         )
+        if reuse is not None:
+            spec = rec.read_spec()
+            assert spec is not None
+            if self.backend.restart_in_place(reuse, self.backend.plan(spec, self._launch_context(attempt))):
+                return
+            self.backend.delete(reuse)  # could not be restarted: a fresh VM, any zone
         self._create(rec, attempt)
+
+    def _launch_context(self, attempt: int) -> LaunchContext:
+        return LaunchContext(
+            attempt=attempt,
+            store_url=self.settings.store_url,
+            heartbeat_interval=self.settings.heartbeat_interval,
+            sync_interval=self.settings.sync_interval,
+            grace_period=self.settings.grace_period,
+            shm_size=self.settings.shm_size,
+        )
 
     def _create(self, rec: RunRecord, attempt: int) -> None:
         if self.now() < self._backoff.get(rec.run_id, 0):
@@ -234,15 +254,7 @@ class Supervisor:
             raise IllegalTransition(f"run {rec.run_id} has no spec.json")
         if rec.stop_requested():
             return  # the next pass records STOPPED
-        ctx = LaunchContext(
-            attempt=attempt,
-            store_url=self.settings.store_url,
-            heartbeat_interval=self.settings.heartbeat_interval,
-            sync_interval=self.settings.sync_interval,
-            grace_period=self.settings.grace_period,
-            shm_size=self.settings.shm_size,
-        )
-        inst = self.backend.create(self.backend.plan(spec, ctx))
+        inst = self.backend.create(self.backend.plan(spec, self._launch_context(attempt)))
         self._backoff.pop(rec.run_id, None)
         self._delays.pop(rec.run_id, None)
         # Re-check after creating: a stop, or another supervisor moving the run on, may have

@@ -909,6 +909,25 @@ class ComputeFake:
             self._boot(vm)
         return self._new_op(p, zone, "start", vm.instance)
 
+    def _h_set(self, rpc: str, p: str, zone: str, name: str, body: bytes) -> Any:
+        """setMetadata / setLabels, with GCE's fingerprint check (412 on a stale fingerprint)."""
+        vm = self._vm(p, zone, name)
+        inst = vm.instance
+        doc = json.loads(body or b"{}")
+        if rpc == "instances.setMetadata":
+            if doc.get("fingerprint") != inst.metadata.fingerprint:
+                raise ApiError(412, "conditionNotMet", "Supplied fingerprint does not match current metadata fingerprint.")
+            inst.metadata = compute_v1.Metadata(items=[compute_v1.Items(key=i["key"], value=i.get("value", ""))
+                                                       for i in doc.get("items", [])])
+            inst.metadata.fingerprint = _fingerprint(self._rng)
+            return self._new_op(p, zone, "setMetadata", inst)
+        if doc.get("labelFingerprint") != inst.label_fingerprint:
+            raise ApiError(412, "conditionNotMet", "Labels fingerprint either invalid or resource labels have changed")
+        inst.labels.clear()
+        inst.labels.update(doc.get("labels", {}))
+        inst.label_fingerprint = _fingerprint(self._rng)
+        return self._new_op(p, zone, "setLabels", inst)
+
     def _h_maintenance(self, p: str, zone: str, name: str) -> Any:
         vm = self._vm(p, zone, name)
         if vm.instance.status != "RUNNING":
@@ -1088,6 +1107,8 @@ class ComputeFake:
             return self._render_op(self._ops[(p, z, op)])
         if rpc == "instances.insert":
             result = self._h_insert(p, zone, q, body)  # type: ignore[arg-type]
+        elif rpc in ("instances.setMetadata", "instances.setLabels"):
+            result = self._h_set(rpc, p, zone, name, body)  # type: ignore[arg-type]
         elif rpc in _MUTATIONS:
             result = getattr(self, _MUTATIONS[rpc])(p, zone, name)
         elif rpc == "instances.get":
@@ -1132,6 +1153,8 @@ _ROUTES: list[tuple[str, str, str]] = [
     ("POST", _I + "/simulateMaintenanceEvent", "instances.simulateMaintenanceEvent"),
     ("POST", _I + "/start", "instances.start"),
     ("POST", _I + "/stop", "instances.stop"),
+    ("POST", _I + "/setMetadata", "instances.setMetadata"),
+    ("POST", _I + "/setLabels", "instances.setLabels"),
     ("GET", "/aggregated/instances", "instances.aggregatedList"),
     ("GET", _Z + "/operations", "zoneOperations.list"),
     ("GET", _O, "zoneOperations.get"),

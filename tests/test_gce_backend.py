@@ -256,3 +256,41 @@ def test_cli_submit_detach_then_status_shows_the_vm(compute_fake, gcs_store, gcs
     assert s.returncode == 0, s.stderr
     doc = json.loads(s.stdout)
     assert doc["state"] == "PROVISIONING" and doc["instances"][0]["zone"] == "us-central1-a"
+
+
+def test_with_stop_termination_a_preempted_vm_is_started_again_not_replaced(compute_fake, gcs_store, gcs_emulator):  # noqa: F811
+    cfg = Config(backend="gce", project=PROJECT, zones=list(ZONES), compute_endpoint=compute_fake.endpoint,
+                 store=gcs_store.url, no_gpu=True, termination_action="STOP")
+    ctx = make_context(cfg)
+    submit(ctx)
+    sup = ctx.supervisor()
+    sup.reconcile("exp-1")
+    agent_reports_running(ctx, "exp-1")
+    compute_fake.preempt("us-central1-a", "runner-exp-1-a1")
+    assert compute_fake.instance("us-central1-a", "runner-exp-1-a1").status == "TERMINATED"
+    compute_fake.reset_requests()
+    sup.reconcile("exp-1")
+    vm = compute_fake.instance("us-central1-a", "runner-exp-1-a1")
+    assert vm.status == "RUNNING" and vm.labels["attempt"] == "2"
+    assert {i.key: i.value for i in vm.metadata.items}["runner-attempt"] == "2"
+    rpcs = [r.rpc for r in compute_fake.requests]
+    assert "instances.insert" not in rpcs and "instances.start" in rpcs
+    st = RunRecord(ctx.store, "exp-1").read_state()[0]
+    assert (st.state, st.attempt, st.instance) == (State.PROVISIONING, 2, "runner-exp-1-a1")
+    sup.reconcile("exp-1")  # the next pass sees attempt 2's VM and leaves it alone
+    assert [v.name for v in compute_fake.instances()] == ["runner-exp-1-a1"]
+
+
+def test_project_mismatch_with_gcloud_is_warned_about_showing_both(compute_fake, gcs_store, gcs_emulator, tmp_path):  # noqa: F811
+    conf = tmp_path / "gcloud"
+    (conf / "configurations").mkdir(parents=True)
+    (conf / "active_config").write_text("default")
+    (conf / "configurations" / "config_default").write_text("[core]\nproject = someone-elses\n")
+    env_cfg = {**os.environ, "CLOUDSDK_CONFIG": str(conf)}
+    p = subprocess.run([sys.executable, "-m", "runner.cli", "ops", "list", "--orphans", "--backend", "gce",
+                        "--project", PROJECT, "--store", gcs_store.url],
+                       env={**env_cfg, "PYTHONPATH": str(ROOT), "RUNNER_COMPUTE_ENDPOINT": compute_fake.endpoint,
+                            "STORAGE_EMULATOR_HOST": gcs_emulator},
+                       capture_output=True, text=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert f"using project '{PROJECT}'" in p.stderr and "'someone-elses'" in p.stderr

@@ -88,6 +88,14 @@ class ComputeBackend(ABC):
     def preempt(self, instance: Instance, grace_period: float) -> None:
         """Do what a spot preemption does: SIGTERM, ``grace_period`` seconds, kill, remove."""
 
+    def restart_in_place(self, instance: Instance, plan: Any) -> Instance | None:
+        """Bring a stopped instance back as the attempt ``plan`` describes, keeping its disks.
+
+        Returns the instance, or None when this backend (or this instance) cannot, in which case
+        the caller deletes it and creates a fresh one.
+        """
+        return None
+
     def was_preempted(self, name: str, zone: str | None) -> bool:
         """Whether the provider itself preempted this instance (for the journal's reason)."""
         return False

@@ -308,6 +308,37 @@ class GceBackend(ComputeBackend):
             "runner.toml) or try again later; the supervisor retries on its next pass"
         )
 
+    def restart_in_place(self, instance: Instance, plan: GcePlan) -> Instance | None:
+        """terminationAction=STOP kept the VM and its boot disk (driver installed, image pulled):
+        start it again with the new attempt's metadata and labels instead of a fresh VM."""
+        from google.api_core import exceptions as gexc
+        from google.cloud import compute_v1
+
+        body = dict(plan.candidates).get(instance.zone)
+        if body is None or instance.status != InstanceStatus.TERMINATED:
+            return None
+        try:
+            cur = self.c.instances.get(project=plan.project, zone=instance.zone, instance=instance.name,
+                                       retry=api_retry())
+            if cur.scheduling.instance_termination_action != "STOP":
+                return None
+            md_body = compute_v1.Metadata(items=list(body.metadata.items), fingerprint=cur.metadata.fingerprint)
+            self._wait(plan.project, instance.zone, self.c.instances.set_metadata_unary(
+                project=plan.project, zone=instance.zone, instance=instance.name, metadata_resource=md_body,
+                retry=api_retry()))
+            labels = compute_v1.InstancesSetLabelsRequest(labels=dict(body.labels),
+                                                          label_fingerprint=cur.label_fingerprint)
+            self._wait(plan.project, instance.zone, self.c.instances.set_labels_unary(
+                project=plan.project, zone=instance.zone, instance=instance.name,
+                instances_set_labels_request_resource=labels, retry=api_retry()))
+            op = self._wait(plan.project, instance.zone, self.c.instances.start_unary(
+                project=plan.project, zone=instance.zone, instance=instance.name, retry=api_retry()))
+        except gexc.GoogleAPICallError:
+            return None  # e.g. a changed fingerprint or a stockout on start: a fresh VM instead
+        if op.error and op.error.errors:
+            return None
+        return self._get(plan.project, instance.zone, instance.name)
+
     def _wait(self, project: str, zone: str, op: Any) -> Any:
         # Our own operations client: the library's extended operation would poll the default
         # endpoint, whatever endpoint the instances client was given.
