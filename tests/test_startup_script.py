@@ -393,10 +393,10 @@ def test_gpu_run_installs_the_driver_then_waits_for_it(gpu: Scenario) -> None:
 def test_gpu_run_wires_driver_and_devices_the_cos_way(gpu: Scenario) -> None:
     host = gpu.job.attrs["HostConfig"]
     nv, dev = gpu.vm.nvidia_root, gpu.vm.dev_root
-    assert host["Binds"] == [f"{nv}/lib64:/usr/local/nvidia/lib64", f"{nv}/bin:/usr/local/nvidia/bin"]
-    assert [(d["PathOnHost"], d["PathInContainer"]) for d in host["Devices"]] == [
+    assert sorted(host["Binds"]) == sorted([f"{nv}/lib64:/usr/local/nvidia/lib64", f"{nv}/bin:/usr/local/nvidia/bin"])  # docker does not keep their order
+    assert sorted((d["PathOnHost"], d["PathInContainer"]) for d in host["Devices"]) == sorted([
         (f"{dev}/nvidia0", "/dev/nvidia0"), (f"{dev}/nvidia1", "/dev/nvidia1"),
-        (f"{dev}/nvidiactl", "/dev/nvidiactl"), (f"{dev}/nvidia-uvm", "/dev/nvidia-uvm")]
+        (f"{dev}/nvidiactl", "/dev/nvidiactl"), (f"{dev}/nvidia-uvm", "/dev/nvidia-uvm")])
     assert "LD_LIBRARY_PATH=/usr/local/nvidia/lib64" in gpu.job.attrs["Config"]["Env"]
     # Never --gpus (its CDI hook fails on COS) nor --runtime=nvidia (unknown on COS).
     assert not host.get("DeviceRequests") and host["Runtime"] == "runc"
