@@ -114,6 +114,7 @@ def main() -> None:
 @click.option("--restart", is_flag=True, help="Run a finished, failed or stopped run again (resumes from its last checkpoint).")
 @click.option("--detach", is_flag=True, help="Return after submitting; `runner supervise` keeps it going.")
 @click.option("--dry-run", is_flag=True, help="Print exactly what would be created, and create nothing.")
+@click.option("--skip-build", is_flag=True, help="Without --image: use the configured image as is, do not build it first.")
 @click.option("--max-restarts", type=int, help="Preemption/stall restarts before giving up (default 10).")
 @click.option("--retry-on-failure", type=int, help="Re-run a job that exits non-zero up to N times (default 0).")
 @click.option("--poll-interval", type=float, help="Seconds between supervisor checks.")
@@ -127,7 +128,7 @@ def main() -> None:
 @config_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @_guard
-def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run: bool,
+def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run: bool, skip_build: bool,
            max_restarts: int | None, retry_on_failure: int | None, poll_interval: float | None,
            env_pairs: tuple[str, ...], zones: str | None, machine_type: str | None,
            gpu: str | None, no_gpu: bool | None, termination_action: str | None,
@@ -160,6 +161,10 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
         cli = getattr(plan, "docker_cli", None)
         click.echo(" ".join(cli()) if cli else json.dumps(plan.to_dict(), default=str, indent=1))
         return
+    from entrypoint.record import RunRecord
+
+    if image is None and not skip_build and command and RunRecord(ctx.store, run_id).read_state() is None:
+        image = _build_for_submit(ctx)
     result = submit_mod.submit(ctx, run_id, list(command), image=image, restart=restart,
                                max_restarts=max_restarts, retry_on_failure=retry_on_failure, env=env)
     _note(f"{result.message} (store {ctx.store.url}, backend {ctx.cfg.backend}, image {result.spec.image[:19]})")
@@ -174,6 +179,83 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
     click.echo(f"{run_id}: {final.state.value} after {final.attempt} attempt(s)"
                + (f" — {final.reason}" if final.reason else ""))
     sys.exit(0 if final.state.value == "SUCCEEDED" else EXIT_FAILED)
+
+
+@main.command()
+@click.option("--context", "context_dir", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Directory to build; .gcloudignore decides what is uploaded.")
+@click.option("--image", help="REPO/NAME[:TAG] to push (default: image from config).")
+@click.option("--dockerfile", default="Dockerfile", show_default=True)
+@click.option("--base-image", help="BASE_IMAGE build arg (default: the Dockerfile's, python:3.11-slim).")
+@click.option("--local", "local_only", is_flag=True, help="Build with the local Docker daemon only, no push.")
+@click.option("--list-files", is_flag=True, help="Print exactly what would be uploaded, and stop.")
+@config_options
+@_guard
+def build(context_dir: str, image: str | None, dockerfile: str, base_image: str | None, local_only: bool,
+          list_files: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
+    """Build the workload image and print its pinned reference (REPO@sha256:...).
+
+    Routes, each tried when the one before fails, with the reason kept: Cloud Build from the
+    staged context; Cloud Build from a re-staged tarball; local `docker buildx --push`.
+
+    \b
+      runner build --project my-proj --store gs://my-bucket --image us-docker.pkg.dev/my-proj/runs/trainer
+      runner build --local --image cos-spot-runner/workload:dev     # for the local backend
+      runner build --list-files                                    # what would be uploaded
+    """
+    from runner.build import BuildError, BuildRequest, build_image, list_files as files_of
+    from runner.build_context import IgnoreFileError
+
+    if list_files:
+        try:
+            for path in files_of(context_dir):
+                click.echo(path)
+        except IgnoreFileError as e:
+            _err(str(e), EXIT_USAGE)
+        return
+    from runner.config import ConfigError, load_config
+
+    try:
+        cfg = load_config(cli={k: v for k, v in {**cli_config, "base_image": base_image}.items() if v is not None},
+                          config_path=config_path)
+    except ConfigError as e:
+        _err(str(e), EXIT_USAGE)
+    ref = image or cfg.image
+    if not ref:
+        _err("no image name: pass --image REPO/NAME[:TAG] or set image in runner.toml", EXIT_USAGE)
+    try:
+        result = _build(cfg, BuildRequest(context_dir, ref, dockerfile, cfg.base_image), local_only)
+    except (BuildError, IgnoreFileError) as e:
+        _err(str(e), EXIT_FAILED)
+    click.echo(result.image)
+
+
+def _build(cfg: Any, req: Any, local_only: bool) -> Any:
+    from runner.build import build_image
+    from runner.gcp_clients import cloudbuild_client
+
+    store = cfg.store_url
+    bucket = store[len("gs://"):].split("/", 1)[0] if store.startswith("gs://") else None
+    result = build_image(req, local_only=local_only, project=cfg.project, bucket=bucket,
+                         client_factory=lambda: cloudbuild_client(cfg.cloudbuild_endpoint), say=_note)
+    _note(f"built {result.image} via {result.route}")
+    return result
+
+
+def _build_for_submit(ctx: Any) -> str:
+    """No --image: build the configured image from the current directory, as `runner build` would."""
+    from runner.build import BuildError, BuildRequest
+
+    name = ctx.cfg.image or ("cos-spot-runner/workload:dev" if ctx.cfg.backend == "local" else None)
+    if not name:
+        _err("no image: pass --image, set image in runner.toml, or --skip-build", EXIT_USAGE)
+    _note(f"building {name} first (--skip-build to use it as it is)")
+    try:
+        return _build(ctx.cfg, BuildRequest(".", name, base_image=ctx.cfg.base_image),
+                      local_only=ctx.cfg.backend == "local").image
+    except BuildError as e:
+        _err(str(e), EXIT_FAILED)
+    raise AssertionError
 
 
 @main.command()

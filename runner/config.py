@@ -66,6 +66,8 @@ class Config:
     shm_size: str = _key("2g", "str", "a Docker size such as 512m or 2g")
     # --- GCE only (recorded in spec.json at submit, so restarts recreate the same VM) ---
     compute_endpoint: str | None = _key(None, "optional_str", "a Compute API URL (tests, private endpoints)")
+    cloudbuild_endpoint: str | None = _key(None, "optional_str", "a Cloud Build API URL (tests, private endpoints)")
+    base_image: str | None = _key(None, "optional_str", "the BASE_IMAGE build arg, e.g. python:3.11-slim")
     vm_image: str = _key("projects/cos-cloud/global/images/family/cos-stable", "str",
                          "a COS image or image family URL, e.g. projects/cos-cloud/global/images/family/cos-stable")
     termination_action: str = _key("DELETE", "str", "DELETE or STOP")

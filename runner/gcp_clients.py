@@ -59,3 +59,18 @@ def compute_clients(endpoint: str | None = None) -> ComputeClients:
         zones=compute_v1.ZonesClient(**kwargs),
         disks=compute_v1.DisksClient(**kwargs),
     )
+
+
+def cloudbuild_client(endpoint: str | None = None) -> Any:
+    """A Cloud Build client over REST, pointed at ``endpoint`` when given (a fake in tests)."""
+    from google.api_core.client_options import ClientOptions
+    from google.cloud.devtools import cloudbuild_v1
+
+    kwargs: dict[str, Any] = {"transport": "rest"}
+    if endpoint:
+        kwargs["client_options"] = ClientOptions(api_endpoint=endpoint)
+        if endpoint.startswith("http://"):
+            from google.auth.credentials import AnonymousCredentials
+
+            kwargs["credentials"] = AnonymousCredentials()
+    return cloudbuild_v1.CloudBuildClient(**kwargs)

@@ -1,0 +1,255 @@
+"""``runner build``: the workload image and its digest, by the first route that works.
+
+The fallback chain, each step announced and its failure kept for the final message:
+
+1. Cloud Build from the context packed here (``.gcloudignore`` honoured) and staged to
+   ``gs://BUCKET/cloudbuild/source/<ts>-<hash>.tgz``, with ``cloudbuild.yaml`` as the build;
+2. the same build from a freshly re-packed and re-staged tarball (what rescues the
+   "archive crashed" and "staged object unreadable" cases);
+3. a local ``docker buildx build --platform linux/amd64 --push`` (or ``docker build`` +
+   ``docker push`` without buildx), if a Docker daemon is reachable.
+
+``--local`` builds with the local daemon only (the local backend's route, and the tests').
+The result is always a pinned reference: ``REPO/NAME@sha256:…``, or a local image id.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import tempfile
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+Say = Callable[[str], None]
+
+
+class BuildError(Exception):
+    """No route produced an image; the message lists what each route said."""
+
+
+@dataclass(frozen=True)
+class BuildRequest:
+    context_dir: str
+    image: str                       # REPO/NAME[:TAG]; the digest is added by the build
+    dockerfile: str = "Dockerfile"
+    base_image: str | None = None    # BASE_IMAGE build arg; None: the Dockerfile's default
+    config_file: str = "cloudbuild.yaml"
+
+
+@dataclass
+class BuildResult:
+    image: str                       # pinned: REPO/NAME@sha256:... (or sha256:... for --local)
+    route: str
+    failures: list[str] = field(default_factory=list)
+
+
+def repo_of(image: str) -> str:
+    """``host/p/r/name:tag`` → ``host/p/r/name`` (a ``:`` in a registry port is kept)."""
+    name = image.split("@", 1)[0]
+    last = name.rsplit("/", 1)[-1]
+    return name[: len(name) - len(last)] + last.split(":", 1)[0]
+
+
+# ---- staging -----------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class StagedSource:
+    bucket: str
+    object: str
+    files: int
+    size: int
+
+
+def stage_source(req: BuildRequest, bucket: str, say: Say, tag: str = "") -> StagedSource:
+    """Pack the context and upload it; a 403 names the role that is missing."""
+    from entrypoint.store import StoreError
+    from entrypoint.store_gcs import GcsStore
+    from runner.build_context import IgnoreRules, collect, pack, summary
+
+    rules = IgnoreRules.from_dir(req.context_dir)
+    files = collect(req.context_dir, rules)
+    with tempfile.TemporaryDirectory(prefix="runner-build-") as tmp:
+        packed = pack(req.context_dir, files, os.path.join(tmp, "source.tgz"))
+        name = f"cloudbuild/source/{time.strftime('%Y%m%dT%H%M%SZ', time.gmtime())}-{packed.sha256[:12]}{tag}.tgz"
+        say(f"staging {summary(packed)} to gs://{bucket}/{name}")
+        try:
+            GcsStore(f"gs://{bucket}").upload_file(name, packed.path)
+        except StoreError as e:
+            raise BuildError(f"could not stage the source to gs://{bucket}: {e}") from None
+        return StagedSource(bucket, name, packed.count, packed.size_bytes)
+
+
+def list_files(context_dir: str) -> list[str]:
+    from runner.build_context import IgnoreRules, collect
+
+    from runner.build_context import DIR
+
+    return [f.path for f in collect(context_dir, IgnoreRules.from_dir(context_dir)) if f.kind != DIR]
+
+
+# ---- Cloud Build -------------------------------------------------------------------------
+
+def build_definition(req: BuildRequest, staged: StagedSource) -> Any:
+    """``cloudbuild.yaml`` as a ``cloudbuild_v1.Build`` with our source and substitutions."""
+    import yaml
+    from google.cloud.devtools import cloudbuild_v1
+
+    path = os.path.join(req.context_dir, req.config_file)
+    try:
+        with open(path) as f:
+            doc = yaml.safe_load(f)
+    except OSError as e:
+        raise BuildError(f"cannot read {path}: {e}") from None
+    build = cloudbuild_v1.Build.from_json(json.dumps(doc))
+    subs = dict(build.substitutions)
+    subs.update(_IMAGE=repo_of(req.image), _DOCKERFILE=req.dockerfile)
+    if req.base_image:
+        subs["_BASE_IMAGE"] = req.base_image
+    build.substitutions = subs
+    build.source = cloudbuild_v1.Source(
+        storage_source=cloudbuild_v1.StorageSource(bucket=staged.bucket, object_=staged.object))
+    return build
+
+
+_DONE = {"SUCCESS", "FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"}
+
+
+def run_cloud_build(client: Any, project: str, build: Any, say: Say, poll: float = 2.0,
+                    read_log: Callable[[str, str], bytes | None] | None = None) -> str:
+    """Create the build, follow its log and status, and return the pushed image's digest ref."""
+    from google.api_core import exceptions as gexc
+
+    from runner.gcp_clients import api_retry
+
+    try:
+        op = client.create_build(project_id=project, build=build, retry=api_retry())
+    except gexc.Forbidden as e:
+        raise BuildError(
+            f"Cloud Build refused the build in project {project}: {e.message}. Grant the caller "
+            "roles/cloudbuild.builds.editor, and check that the Cloud Build API is enabled"
+        ) from None
+    except gexc.GoogleAPICallError as e:
+        raise BuildError(f"Cloud Build could not create the build: {e.message}") from None
+    build_id = op.metadata.build.id
+    say(f"Cloud Build {build_id} started" + (f": {op.metadata.build.log_url}" if op.metadata.build.log_url else ""))
+    shown = 0
+    while True:
+        b = client.get_build(project_id=project, id=build_id, retry=api_retry())
+        status = b.status.name
+        if read_log and b.logs_bucket:
+            log = read_log(b.logs_bucket, f"log-{build_id}.txt") or b""
+            if len(log) > shown:
+                for line in log[shown:].decode("utf-8", "replace").splitlines():
+                    say(f"  | {line}")
+                shown = len(log)
+        if status in _DONE:
+            break
+        time.sleep(poll)
+    if status != "SUCCESS":
+        raise BuildError(_explain_build_failure(b, project))
+    want = build.substitutions["_IMAGE"]
+    for img in b.results.images:
+        if repo_of(img.name) == want and img.digest:
+            return f"{want}@{img.digest}"
+    raise BuildError(f"build {build_id} succeeded but reported no digest for {want}: is it in `images:`?")
+
+
+def _explain_build_failure(b: Any, project: str) -> str:
+    detail = b.status_detail or b.status.name
+    if "storage.objects.get" in detail or "403" in detail:
+        sa = next((w for w in detail.replace(",", " ").split() if w.endswith("@cloudbuild.gserviceaccount.com")),
+                  "PROJECT_NUMBER@cloudbuild.gserviceaccount.com")
+        return (f"build {b.id} could not read the staged source ({detail}). Grant {sa} "
+                f"roles/storage.objectViewer on the staging bucket: gcloud storage buckets "
+                f"add-iam-policy-binding gs://BUCKET --member=serviceAccount:{sa} --role=roles/storage.objectViewer")
+    return f"build {b.id} ended {b.status.name}: {detail}"
+
+
+# ---- local Docker ------------------------------------------------------------------------
+
+def docker_available() -> bool:
+    return shutil.which("docker") is not None and subprocess.run(
+        ["docker", "info"], capture_output=True, timeout=20).returncode == 0
+
+
+def _docker(args: list[str], say: Say) -> str:
+    p = subprocess.run(["docker", *args], capture_output=True, text=True)
+    if p.returncode != 0:
+        tail = (p.stderr or p.stdout).strip().splitlines()[-3:]
+        raise BuildError(f"docker {args[0]} failed: {' | '.join(tail)}")
+    return p.stdout.strip()
+
+
+def local_build(req: BuildRequest, say: Say, push: bool) -> str:
+    """Build with the local daemon; pushed → ``REPO@sha256:…``, else the local image id."""
+    if not docker_available():
+        raise BuildError("no Docker daemon is reachable (start dockerd, or set DOCKER_HOST)")
+    args = ["-f", os.path.join(req.context_dir, req.dockerfile), "-t", req.image]
+    if req.base_image:
+        args += ["--build-arg", f"BASE_IMAGE={req.base_image}"]
+    buildx = subprocess.run(["docker", "buildx", "version"], capture_output=True).returncode == 0
+    if push and buildx:
+        say(f"docker buildx build --platform linux/amd64 --push -t {req.image}")
+        _docker(["buildx", "build", "--platform", "linux/amd64", "--push", *args, req.context_dir], say)
+        _docker(["pull", "-q", req.image], say)
+    else:
+        say(f"docker build -t {req.image}")
+        _docker(["build", "-q", *args, req.context_dir], say)
+        if push:
+            say(f"docker push {req.image}")
+            _docker(["push", req.image], say)
+    if not push:
+        return _docker(["image", "inspect", "--format", "{{.Id}}", req.image], say)
+    digests = json.loads(_docker(["image", "inspect", "--format", "{{json .RepoDigests}}", req.image], say))
+    repo = repo_of(req.image)
+    ref = next((d for d in digests if d.startswith(repo + "@")), None)
+    if ref is None:
+        raise BuildError(f"pushed {req.image} but docker reports no digest for {repo}")
+    return ref
+
+
+# ---- the chain -----------------------------------------------------------------------------
+
+def build_image(req: BuildRequest, *, local_only: bool, project: str | None, bucket: str | None,
+                client_factory: Callable[[], Any] | None, say: Say, poll: float = 2.0) -> BuildResult:
+    if local_only:
+        return BuildResult(local_build(req, say, push=False), "local")
+    failures: list[str] = []
+    if project and bucket and client_factory:
+        read_log = _log_reader()
+        for route, tag in (("cloud-build", ""), ("cloud-build-restaged", "-r")):
+            say(f"[{route}] building {req.image} with Cloud Build in {project}")
+            try:
+                staged = stage_source(req, bucket, say, tag)
+                ref = run_cloud_build(client_factory(), project, build_definition(req, staged), say, poll, read_log)
+                return BuildResult(ref, route, failures)
+            except BuildError as e:
+                failures.append(f"{route}: {e}")
+                say(f"[{route}] failed: {e}")
+    else:
+        failures.append("cloud-build: skipped (needs --project and a gs:// store for staging)")
+    say("[local] building with the local Docker daemon and pushing")
+    try:
+        return BuildResult(local_build(req, say, push=True), "local-push", failures)
+    except BuildError as e:
+        failures.append(f"local-push: {e}")
+    raise BuildError("no route could build the image:\n  " + "\n  ".join(failures))
+
+
+def _log_reader() -> Callable[[str, str], bytes | None]:
+    def read(bucket_url: str, name: str) -> bytes | None:
+        from entrypoint.store import StoreError
+        from entrypoint.store_gcs import GcsStore
+
+        bucket = bucket_url.removeprefix("gs://").split("/", 1)[0]
+        try:
+            blob = GcsStore(f"gs://{bucket}").read(name)
+        except StoreError:
+            return None
+        return blob.data if blob else None
+
+    return read
