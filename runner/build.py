@@ -133,6 +133,8 @@ def run_cloud_build(client: Any, project: str, build: Any, say: Say, poll: float
             "roles/cloudbuild.builds.editor, and check that the Cloud Build API is enabled"
         ) from None
     except gexc.GoogleAPICallError as e:
+        if _source_unreadable(e.message or ""):
+            raise BuildError(_source_access_fix(e.message, "Cloud Build could not read the staged source")) from None
         raise BuildError(f"Cloud Build could not create the build: {e.message}") from None
     build_id = op.metadata.build.id
     say(f"Cloud Build {build_id} started" + (f": {op.metadata.build.log_url}" if op.metadata.build.log_url else ""))
@@ -158,14 +160,23 @@ def run_cloud_build(client: Any, project: str, build: Any, say: Say, poll: float
     raise BuildError(f"build {build_id} succeeded but reported no digest for {want}: is it in `images:`?")
 
 
+def _source_unreadable(detail: str) -> bool:
+    return "storage.objects.get" in detail or "could not resolve source" in detail
+
+
+def _source_access_fix(detail: str, what: str) -> str:
+    """The 403 on the staged object, turned into the grant that fixes it (DESIGN §4)."""
+    sa = next((w.strip(".:;'\"") for w in detail.replace(",", " ").split()
+               if "@cloudbuild.gserviceaccount.com" in w), "PROJECT_NUMBER@cloudbuild.gserviceaccount.com")
+    return (f"{what} ({detail}). Grant the Cloud Build service account {sa} roles/storage.objectViewer "
+            f"on the staging bucket: gcloud storage buckets add-iam-policy-binding gs://BUCKET "
+            f"--member=serviceAccount:{sa} --role=roles/storage.objectViewer")
+
+
 def _explain_build_failure(b: Any, project: str) -> str:
     detail = b.status_detail or b.status.name
-    if "storage.objects.get" in detail or "403" in detail:
-        sa = next((w for w in detail.replace(",", " ").split() if w.endswith("@cloudbuild.gserviceaccount.com")),
-                  "PROJECT_NUMBER@cloudbuild.gserviceaccount.com")
-        return (f"build {b.id} could not read the staged source ({detail}). Grant {sa} "
-                f"roles/storage.objectViewer on the staging bucket: gcloud storage buckets "
-                f"add-iam-policy-binding gs://BUCKET --member=serviceAccount:{sa} --role=roles/storage.objectViewer")
+    if _source_unreadable(detail):
+        return _source_access_fix(detail, f"build {b.id} could not read the staged source")
     return f"build {b.id} ended {b.status.name}: {detail}"
 
 

@@ -564,10 +564,24 @@ def test_a_gpu_the_zone_lacks_is_a_bad_request(instances: compute_v1.InstancesCl
 def test_unimplemented_methods_fail_loudly(instances: compute_v1.InstancesClient) -> None:
     insert(instances, spot_vm("trainer-1"))
     with pytest.raises(exceptions.MethodNotImplemented):
+        instances.set_tags_unary(
+            project=PROJECT, zone=ZONE, instance="trainer-1",
+            tags_resource=compute_v1.Tags(items=["a"]))
+
+
+def test_set_labels_needs_the_current_fingerprint(instances: compute_v1.InstancesClient) -> None:
+    insert(instances, spot_vm("trainer-1"))
+    with pytest.raises(exceptions.PreconditionFailed):
         instances.set_labels_unary(
             project=PROJECT, zone=ZONE, instance="trainer-1",
             instances_set_labels_request_resource=compute_v1.InstancesSetLabelsRequest(
-                labels={"a": "b"}))
+                labels={"a": "b"}, label_fingerprint="stale"))
+    fp = instances.get(project=PROJECT, zone=ZONE, instance="trainer-1").label_fingerprint
+    instances.set_labels_unary(
+        project=PROJECT, zone=ZONE, instance="trainer-1",
+        instances_set_labels_request_resource=compute_v1.InstancesSetLabelsRequest(
+            labels={"a": "b"}, label_fingerprint=fp))
+    assert dict(instances.get(project=PROJECT, zone=ZONE, instance="trainer-1").labels) == {"a": "b"}
 
 
 # ---- filter parser ---------------------------------------------------------------------------

@@ -1,0 +1,170 @@
+"""`runner build`: staging, Cloud Build, the fallback chain, and the local route.
+
+The real google-cloud-build and google-cloud-storage clients talk to the Cloud Build fake and
+the GCS emulator; the local route uses the real Docker daemon and the real Dockerfile.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from entrypoint.store_gcs import GcsStore
+from runner.build import BuildError, BuildRequest, build_image, list_files
+from tests.cloudbuild_fake import cloudbuild_fake  # noqa: F401 - fixture
+from tests.conftest import ROOT
+
+BUCKET = "test-bucket"  # created by tests/gcs_fixture.py
+REPO = "us-docker.pkg.dev/test-project/runs/trainer"
+
+
+@pytest.fixture
+def context(tmp_path: Path) -> Path:
+    """A project with an ignore file that exercises negation and nested directories."""
+    ctx = tmp_path / "proj"
+    (ctx / "src" / "pkg").mkdir(parents=True)
+    (ctx / "data" / "keep").mkdir(parents=True)
+    (ctx / ".venv" / "lib").mkdir(parents=True)
+    for rel, text in {
+        "Dockerfile": "FROM scratch\n", "cloudbuild.yaml": (ROOT / "cloudbuild.yaml").read_text(),
+        "src/pkg/a.py": "a = 1\n", "src/pkg/a.pyc": "junk", "data/big.bin": "x" * 1000,
+        "data/keep/small.txt": "keep me\n", ".venv/lib/site.py": "venv\n", "notes.md": "# notes\n",
+        ".gcloudignore": ".gcloudignore\n.venv/\n*.pyc\ndata/*\n!data/keep/\n*.md\n",
+    }.items():
+        (ctx / rel).write_text(text)
+    return ctx
+
+
+@pytest.fixture
+def cloud(cloudbuild_fake, gcs_emulator):  # noqa: F811
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    client = storage.Client(project="local", credentials=AnonymousCredentials())
+    logs_bucket = f"{cloudbuild_fake.project_number}.cloudbuild-logs.googleusercontent.com"
+    if client.lookup_bucket(logs_bucket) is None:
+        client.create_bucket(logs_bucket)  # Cloud Build's default logs bucket
+    staging = GcsStore(f"gs://{BUCKET}")
+    cloudbuild_fake.source_exists = lambda b, o: staging.exists(o)
+    cloudbuild_fake.write_log = lambda b, name, text: GcsStore(f"gs://{b.removeprefix('gs://').split('/')[0]}").write(
+        name, text.encode())
+    cloudbuild_fake.build_seconds = 0.2
+    return cloudbuild_fake
+
+
+def cloud_build(fake, ctx: Path, said: list[str], **kw):
+    req = BuildRequest(str(ctx), f"{REPO}:v1", base_image="python:3.11-slim")
+    return build_image(req, local_only=False, project=fake.project, bucket=BUCKET,
+                       client_factory=fake.client, say=said.append, poll=0.05, **kw)
+
+
+def staged_members(obj: str) -> list[str]:
+    data = GcsStore(f"gs://{BUCKET}").read(obj).data
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tar:
+        return sorted(m.name for m in tar.getmembers() if not m.isdir())
+
+
+def test_cloud_build_stages_exactly_what_gcloudignore_selects_and_returns_the_pushed_digest(cloud, context):
+    said: list[str] = []
+    result = cloud_build(cloud, context, said)
+    (sent,) = cloud.builds
+    obj = sent.source.storage_source.object_
+    assert obj.startswith("cloudbuild/source/") and obj.endswith(".tgz")
+    assert staged_members(obj) == sorted(list_files(str(context)))
+    assert staged_members(obj) == ["Dockerfile", "cloudbuild.yaml", "data/keep/small.txt", "src/pkg/a.py"]
+    assert result.route == "cloud-build" and result.failures == []
+    built = cloud.current(cloud.build_ids[0]).results.images
+    assert result.image in {f"{REPO}@{img.digest}" for img in built}
+    assert sent.substitutions["_IMAGE"] == REPO and sent.substitutions["_BASE_IMAGE"] == "python:3.11-slim"
+    assert [s.id for s in sent.steps] == ["cache", "build", "push", "submit"]
+    assert any("4 files" in s for s in said)  # the summary a user sees before the upload
+    assert any(s.startswith("  | ") for s in said)  # the build log, streamed
+
+
+def test_a_failed_first_build_is_retried_from_a_restaged_tarball(cloud, context):
+    cloud.fail_next_builds = 1
+    said: list[str] = []
+    result = cloud_build(cloud, context, said)
+    assert result.route == "cloud-build-restaged"
+    assert len(result.failures) == 1 and "archive crash" in result.failures[0]
+    first, second = (b.source.storage_source.object_ for b in cloud.builds)
+    assert first != second and staged_members(first) == staged_members(second)
+    assert [s for s in said if s.startswith("[")][:3] == [
+        f"[cloud-build] building {REPO}:v1 with Cloud Build in test-project",
+        f"[cloud-build] failed: {result.failures[0].split(': ', 1)[1]}",
+        f"[cloud-build-restaged] building {REPO}:v1 with Cloud Build in test-project"]
+
+
+def test_when_both_cloud_builds_fail_the_local_route_is_tried_and_every_reason_is_kept(cloud, context, monkeypatch):
+    cloud.fail_next_builds = 2
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(BuildError) as err:
+        cloud_build(cloud, context, [])
+    lines = str(err.value).splitlines()[1:]
+    assert [ln.strip().split(":")[0] for ln in lines] == ["cloud-build", "cloud-build-restaged", "local-push"]
+    assert "archive crash" in lines[0] and "archive crash" in lines[1]
+    assert "no Docker daemon is reachable" in lines[2]
+
+
+def test_an_unreadable_staged_source_names_the_role_and_the_cloud_build_account(cloud, context, monkeypatch):
+    cloud.source_exists = lambda b, o: False
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(BuildError) as err:
+        cloud_build(cloud, context, [])
+    msg = str(err.value)
+    assert "roles/storage.objectViewer" in msg
+    assert f"{cloud.project_number}@cloudbuild.gserviceaccount.com" in msg
+
+
+def test_list_files_prints_exactly_what_would_upload(context):
+    p = subprocess.run([sys.executable, "-m", "runner.cli", "build", "--list-files", "--context", str(context)],
+                       capture_output=True, text=True, env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert p.returncode == 0, p.stderr
+    assert p.stdout.split() == ["Dockerfile", "cloudbuild.yaml", "data/keep/small.txt", "src/pkg/a.py"]
+
+
+@pytest.mark.docker
+def test_local_build_builds_the_real_dockerfile_and_prints_the_image_id(docker_client, tmp_path):
+    ctx = tmp_path / "ctx"
+    shutil.copytree(ROOT, ctx, ignore=shutil.ignore_patterns(".venv", ".git", ".cache", ".runner", "tests"))
+    tag = "cos-spot-runner/test-build:local"
+    env = {**os.environ, "PYTHONPATH": str(ROOT),
+           "RUNNER_BASE_IMAGE": os.environ.get("RUNNER_BASE_IMAGE", "cos-spot-runner/base:bookworm-2")}
+    try:
+        p = subprocess.run([sys.executable, "-m", "runner.cli", "build", "--local", "--context", str(ctx),
+                            "--image", tag], capture_output=True, text=True, env=env, timeout=300)
+        assert p.returncode == 0, p.stderr
+        image_id = p.stdout.strip()
+        assert image_id.startswith("sha256:") and docker_client.images.get(tag).id == image_id
+        out = docker_client.containers.run(image_id, ["-c", "import entrypoint.agent; print('ok')"],
+                                           entrypoint=["python3"], remove=True, network_mode="none")
+        assert out.strip() == b"ok"
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+
+
+@pytest.mark.docker
+def test_submit_without_an_image_builds_first_and_pins_the_result(runner, run_id, tmp_path):
+    ctx = tmp_path / "project"
+    shutil.copytree(ROOT, ctx, ignore=shutil.ignore_patterns(".venv", ".git", ".cache", ".runner", "tests"))
+    tag = "cos-spot-runner/test-autobuild:dev"
+    env = {**runner.env, "RUNNER_IMAGE": tag,
+           "RUNNER_BASE_IMAGE": os.environ.get("RUNNER_BASE_IMAGE", "cos-spot-runner/base:bookworm-2")}
+    try:
+        p = subprocess.run(runner.cmd("submit", "--run-id", run_id, "--", "python3", "-m", "examples.trainer",
+                                      "--steps", "3", "--step-time", "0.01"),
+                           cwd=ctx, env=env, capture_output=True, text=True, timeout=300)
+        assert p.returncode == 0, p.stderr
+        assert "building cos-spot-runner/test-autobuild:dev first" in p.stderr
+        spec = runner.read_json(run_id, "spec.json")
+        assert spec["image"] == runner.docker.images.get(tag).id
+        assert runner.state(run_id)["state"] == "SUCCEEDED"
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
