@@ -105,7 +105,8 @@ class Runner:
         from runner.naming import label_value
 
         return self.docker.containers.list(
-            all=True, filters={"label": [f"run-id={label_value(run_id)}", "runner=cos-spot-runner"]})
+            all=True, ignore_removed=True,
+            filters={"label": [f"run-id={label_value(run_id)}", "runner=cos-spot-runner"]})
 
     def cleanup(self) -> None:
         for p in self.procs:

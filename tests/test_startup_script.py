@@ -222,7 +222,7 @@ class Harness:
         return sc
 
     def job_containers(self, run_id: str) -> list[Any]:
-        return self.docker.containers.list(all=True, filters={"label": f"cos-spot-runner.run-id={run_id}"})
+        return self.docker.containers.list(all=True, ignore_removed=True, filters={"label": f"cos-spot-runner.run-id={run_id}"})
 
     def cleanup(self) -> None:
         for run_id in self.run_ids:

@@ -173,7 +173,8 @@ class LocalBackend(ComputeBackend):
         filters = {"label": [f"{LABEL_RUNNER}={RUNNER_LABEL_VALUE}"]}
         if run_id is not None:
             filters["label"].append(f"{LABEL_RUN_ID}={label_value(run_id)}")
-        return [self._instance(c) for c in self.client.containers.list(all=True, filters=filters)]
+        # ignore_removed: a container removed between the listing and its inspection is simply gone.
+        return [self._instance(c) for c in self.client.containers.list(all=True, filters=filters, ignore_removed=True)]
 
     def delete(self, instance: Instance, grace_period: float = 0) -> None:
         from docker.errors import APIError, NotFound
