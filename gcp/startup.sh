@@ -510,7 +510,8 @@ gpu_diagnostics() {
 setup_gpu() {
   phase gpu-driver
   GPU_START=$SECONDS
-  local deadline=$((SECONDS + GPU_TIMEOUT)) try remaining rc args=(install gpu)
+  # +1: SECONDS ticks in whole seconds, and the wait must never give up before GPU_TIMEOUT.
+  local deadline=$((SECONDS + GPU_TIMEOUT + 1)) try remaining rc args=(install gpu)
   [[ -z $GPU_DRIVER_VERSION ]] || args+=(-- "-version=$GPU_DRIVER_VERSION")
   nvidia_exec_mount
   if gpu_ready; then
