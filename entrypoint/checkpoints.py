@@ -1,10 +1,11 @@
 """Checkpoint restore and background sync between a local directory and the store.
 
-The rule that makes resumes safe: a file is uploaded under a private ``.partial/`` name, its
-CRC32C is checked against the snapshot that was read, and only then is it copied over the
-public name (``checkpoints/last.pt``). A killed upload leaves at most a stray partial; the
-public object is always the previous complete one. Restore reads only public names and checks
-every byte it downloads.
+The rule that makes resumes safe: the public name (``checkpoints/last.pt``) only ever changes
+to a complete object whose CRC32C matches the snapshot that was read (``Store.publish_file``: on
+GCS an upload under a private ``.partial/`` name, checked, then copied over the public name; in
+a local directory a temp file, checked, then renamed). A killed upload leaves at most a stray
+partial; the public object is always the previous complete one. Restore reads only public names
+and checks every byte it downloads.
 
 Sync never blocks the job: it runs in its own thread and reads a snapshot (a hard link taken at
 scan time), so the job may keep writing ``last.pt.tmp`` and renaming it over ``last.pt``.
@@ -112,12 +113,7 @@ class DirectorySync:
             except OSError:
                 shutil.copyfile(src, snap)
             crc = crc32c_of_file(snap)
-            partial = f"{self.prefix}{PARTIAL}{rel}.{self.tag}"
-            info = self.store.upload_file(partial, snap, crc32c=crc)
-            if info.crc32c != crc:
-                raise StoreError(f"stored CRC32C {info.crc32c} != local {crc}")
-            self.store.copy(partial, self.prefix + rel)
-            self.store.delete(partial)
+            info = self.store.publish_file(self.prefix + rel, snap, crc, f"{self.prefix}{PARTIAL}{rel}.{self.tag}")
             self.stats.uploads += 1
             self.stats.bytes += info.size
             self.stats.last_upload_at = time.time()

@@ -115,6 +115,19 @@ class Store(ABC):
     def exists(self, name: str) -> bool:
         return self.stat(name) is not None
 
+    def publish_file(self, name: str, path: str, crc32c: str, partial_name: str) -> ObjectInfo:
+        """Make ``name`` hold exactly ``path``'s bytes, or leave the previous object untouched.
+
+        The default uploads to ``partial_name``, checks the stored CRC32C, then copies it over
+        ``name`` server-side, so ``name`` only ever changes to a verified, complete object.
+        """
+        info = self.upload_file(partial_name, path, crc32c=crc32c)
+        if info.crc32c != crc32c:
+            raise StoreError(f"{partial_name}: stored CRC32C {info.crc32c} != local {crc32c}")
+        self.copy(partial_name, name)
+        self.delete(partial_name)
+        return info
+
 
 def open_store(url: str) -> Store:
     """Open ``gs://BUCKET[/PREFIX]`` or ``file:///DIR`` (a bare path means a directory)."""

@@ -203,7 +203,7 @@ def build(context_dir: str, image: str | None, dockerfile: str, base_image: str 
       runner build --local --image cos-spot-runner/workload:dev     # for the local backend
       runner build --list-files                                    # what would be uploaded
     """
-    from runner.build import BuildError, BuildRequest, build_image, list_files as files_of
+    from runner.build import BuildError, BuildRequest, list_files as files_of
     from runner.build_context import IgnoreFileError
 
     if list_files:

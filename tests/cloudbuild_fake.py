@@ -70,7 +70,6 @@ import itertools
 import json
 import random
 import re
-import socket
 import threading
 import time
 import uuid
@@ -78,7 +77,6 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Iterator, Optional
 from urllib.parse import parse_qsl, unquote, urlsplit
 
@@ -91,6 +89,7 @@ from google.protobuf import json_format
 from google.rpc import code_pb2
 
 from tests.compute_fake import FilterError, RecordedRequest, block_external_network, parse_filter
+from tests.json_http_server import serve
 
 DEFAULT_FAIL_MESSAGE = "step 0 exited 1: archive crash"
 BUILD_FAILED_MESSAGE = "Build failed; check build logs for details"  # what .result() raises with
@@ -835,56 +834,6 @@ def _log_location(b: cloudbuild_v1.Build) -> tuple[str, str]:
 # HTTP server
 # ---------------------------------------------------------------------------------------------
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as requests.Session expects
-    disable_nagle_algorithm = True
-    timeout = 30
-    fake: CloudBuildFake  # set on a per-server subclass
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        status, payload = self.fake.handle(self.command, self.path, dict(self.headers), body)
-        data = payload.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        super().__init__(("127.0.0.1", 0), handler)
-        self.open_sockets: set[socket.socket] = set()
-        self.sockets_lock = threading.Lock()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.sockets_lock:
-            self.open_sockets.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.sockets_lock:
-            self.open_sockets.discard(request)
-        super().shutdown_request(request)
-
-    def close_all(self) -> None:
-        with self.sockets_lock:
-            for s in list(self.open_sockets):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
 @contextmanager
 def run_cloudbuild_fake(project: str = "test-project", *, project_number: int = 123456789012,
                         seed: int = 0) -> Iterator[CloudBuildFake]:
@@ -894,9 +843,6 @@ def run_cloudbuild_fake(project: str = "test-project", *, project_number: int = 
     time even if nothing polls it (a product that only tails the GCS log sees it grow).
     """
     fake = CloudBuildFake(project, project_number=project_number, seed=seed)
-    handler = type("Handler", (_Handler,), {"fake": fake})
-    server = _Server(handler)
-    fake.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
     stop = threading.Event()
 
     def tick() -> None:
@@ -906,20 +852,15 @@ def run_cloudbuild_fake(project: str = "test-project", *, project_number: int = 
             except Exception as e:  # noqa: BLE001
                 fake.internal_errors.append(f"ticker: {e!r}")
 
-    threads = [threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
-                                name="cloudbuild-fake", daemon=True),
-               threading.Thread(target=tick, name="cloudbuild-fake-ticker", daemon=True)]
-    for t in threads:
-        t.start()
-    try:
-        yield fake
-    finally:
-        stop.set()
-        server.shutdown()
-        server.close_all()
-        server.server_close()
-        for t in threads:
-            t.join(timeout=5)
+    ticker = threading.Thread(target=tick, name="cloudbuild-fake-ticker", daemon=True)
+    with serve(fake, "cloudbuild-fake") as endpoint:
+        fake.endpoint = endpoint
+        ticker.start()
+        try:
+            yield fake
+        finally:
+            stop.set()
+            ticker.join(timeout=5)
 
 
 @pytest.fixture

@@ -59,14 +59,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Callable, Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterator, Optional, Union
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
+
+from tests.json_http_server import serve
 
 API = "https://www.googleapis.com/compute/v1"
 SERIAL_RETAIN_BYTES = 1 << 20
@@ -889,8 +890,8 @@ class ComputeFake:
         vm = self._vm(p, zone, name)
         if vm.instance.deletion_protection:
             raise ApiError(400, "resourceInUseByAnotherResource",
-                           f"Invalid resource usage: 'Resource cannot be deleted if it's "
-                           f"protected against deletion.'")
+                           "Invalid resource usage: 'Resource cannot be deleted if it's "
+                           "protected against deletion.'")
         del self._vms[(p, zone, name)]
         return self._new_op(p, zone, "delete", vm.instance)
 
@@ -1349,74 +1350,13 @@ def _fill_scheduling(s: compute_v1.Scheduling) -> None:
 # HTTP server
 # ---------------------------------------------------------------------------------------------
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"  # keep-alive, as requests.Session expects
-    disable_nagle_algorithm = True  # headers and body go out in two writes: avoid 40 ms stalls
-    timeout = 30
-    fake: ComputeFake  # set on a per-server subclass
-
-    def _serve(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        body = self.rfile.read(length) if length else b""
-        status, payload = self.fake.handle(self.command, self.path, dict(self.headers), body)
-        data = payload.encode()
-        self.send_response(status)
-        self.send_header("Content-Type", "application/json; charset=UTF-8")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    do_GET = do_POST = do_DELETE = do_PUT = do_PATCH = _serve
-
-    def log_message(self, format: str, *args: Any) -> None:  # noqa: A002 - stdlib signature
-        pass
-
-
-class _Server(ThreadingHTTPServer):
-    daemon_threads = True
-
-    def __init__(self, handler: type[BaseHTTPRequestHandler]) -> None:
-        super().__init__(("127.0.0.1", 0), handler)
-        self.open_sockets: set[socket.socket] = set()
-        self.sockets_lock = threading.Lock()
-
-    def process_request(self, request: Any, client_address: Any) -> None:
-        with self.sockets_lock:
-            self.open_sockets.add(request)
-        super().process_request(request, client_address)
-
-    def shutdown_request(self, request: Any) -> None:
-        with self.sockets_lock:
-            self.open_sockets.discard(request)
-        super().shutdown_request(request)
-
-    def close_all(self) -> None:
-        """Cut kept-alive connections too, so no client reaches a stopped fake's state."""
-        with self.sockets_lock:
-            for s in list(self.open_sockets):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
-
-
 @contextmanager
 def run_compute_fake(project: str = "test-project", *, seed: int = 0) -> Iterator[ComputeFake]:
     """Serve a fresh ComputeFake on 127.0.0.1 (free port) for the duration of the block."""
     fake = ComputeFake(project, seed=seed)
-    handler = type("Handler", (_Handler,), {"fake": fake})
-    server = _Server(handler)
-    fake.endpoint = f"http://127.0.0.1:{server.server_address[1]}"
-    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.01},
-                              name="compute-fake", daemon=True)
-    thread.start()
-    try:
+    with serve(fake, "compute-fake") as endpoint:
+        fake.endpoint = endpoint
         yield fake
-    finally:
-        server.shutdown()
-        server.close_all()
-        server.server_close()
-        thread.join(timeout=5)
 
 
 # ---------------------------------------------------------------------------------------------

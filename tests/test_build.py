@@ -18,7 +18,6 @@ import pytest
 
 from entrypoint.store_gcs import GcsStore
 from runner.build import BuildError, BuildRequest, build_image, list_files
-from tests.cloudbuild_fake import cloudbuild_fake  # noqa: F401 - fixture
 from tests.conftest import ROOT
 
 BUCKET = "test-bucket"  # created by tests/gcs_fixture.py
@@ -43,7 +42,7 @@ def context(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def cloud(cloudbuild_fake, gcs_emulator):  # noqa: F811
+def cloud(cloudbuild_fake, gcs_emulator):
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 

@@ -16,7 +16,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
 
 from entrypoint.checkpoints import PARTIAL, restore
 from entrypoint.record import RunRecord, RunSpec, State
@@ -70,7 +69,12 @@ def kill_during_uploads(store, store_url: str, tmp_path: Path, padding: int, env
             deadline = time.time() + 60
             while store.stat(ckpt_name) is None and time.time() < deadline:
                 time.sleep(0.05)
-        time.sleep(rng.uniform(0.2, 1.5))
+        time.sleep(rng.uniform(0.2, 1.0))
+        # Aim inside an upload: wait until one is under way, then a random offset into it.
+        deadline = time.time() + 2
+        while not _upload_in_progress(store, rec) and time.time() < deadline:
+            time.sleep(0.001)
+        time.sleep(rng.uniform(0, 0.01))
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
 
@@ -87,6 +91,13 @@ def kill_during_uploads(store, store_url: str, tmp_path: Path, padding: int, env
     assert best_step > 0
     # The kills really did land inside uploads, or this test proves nothing.
     assert torn_seen >= KILLS // 4, f"only {torn_seen}/{KILLS} kills interrupted an upload (seed {seed})"
+
+
+def _upload_in_progress(store, rec: RunRecord) -> bool:
+    root = getattr(store, "root", None)
+    if root is not None:
+        return any((Path(root) / ".tmp").iterdir())
+    return any(PARTIAL in n for n in store.list(rec.name("checkpoints/")))
 
 
 def _local_temp_files(store) -> list[str]:

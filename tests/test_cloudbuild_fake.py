@@ -25,7 +25,6 @@ from tests.cloudbuild_fake import (
     BUILD_FAILED_MESSAGE,
     DEFAULT_FAIL_MESSAGE,
     CloudBuildFake,
-    cloudbuild_fake,  # noqa: F401 - pytest fixture
     substitute,
 )
 from tests.gcs_fixture import BUCKET

@@ -13,7 +13,7 @@ One library trap is documented by a test of its own: the extended operation retu
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import Any
 
 import pytest
 from google.api_core import exceptions, retry as retries
@@ -24,7 +24,6 @@ from tests.compute_fake import (
     ComputeFake,
     ExternalNetworkBlocked,
     block_external_network,
-    compute_fake,  # noqa: F401 - pytest fixture
     parse_filter,
     run_compute_fake,
 )

@@ -17,7 +17,6 @@ import pytest
 from entrypoint.record import RunRecord, State
 from runner.config import Config
 from runner.context import make_context
-from tests.compute_fake import compute_fake  # noqa: F401 - fixture
 from tests.conftest import ROOT
 
 PROJECT = "test-project"
@@ -26,7 +25,7 @@ ZONES = ["us-central1-a", "us-central1-b"]
 
 
 @pytest.fixture
-def gce(compute_fake, gcs_store, gcs_emulator):  # noqa: F811
+def gce(compute_fake, gcs_store, gcs_emulator):
     cfg = Config(backend="gce", project=PROJECT, zones=list(ZONES), compute_endpoint=compute_fake.endpoint,
                  store=gcs_store.url, machine_type="n1-standard-4", gpu="nvidia-tesla-t4",
                  poll_interval=1.0, stall_polls=600, gpu_timeout=300)
@@ -217,7 +216,7 @@ def cli(fake, gcs_emulator, store_url, *args):
                           text=True, timeout=60)
 
 
-def test_cli_refuses_a_g2_with_an_extra_gpu_before_any_api_call(compute_fake, gcs_store, gcs_emulator):  # noqa: F811
+def test_cli_refuses_a_g2_with_an_extra_gpu_before_any_api_call(compute_fake, gcs_store, gcs_emulator):
     p = cli(compute_fake, gcs_emulator, gcs_store.url, "submit", "--run-id", "x", "--project", PROJECT,
             "--zones", "us-central1-a", "--machine-type", "g2-standard-8", "--gpu", "nvidia-l4",
             "--image", IMAGE, "--detach", "--", "true")
@@ -230,7 +229,7 @@ def test_cli_refuses_a_g2_with_an_extra_gpu_before_any_api_call(compute_fake, gc
     (["--zones", "us-central1-a", "--machine-type", "n1-mega-999"], "offers n1-mega-999"),
     (["--zones", "us-central1-a"], "no GCP project"),
 ])
-def test_cli_bad_gce_input_is_refused_with_the_fix_and_creates_nothing(compute_fake, gcs_store, gcs_emulator, flags, says):  # noqa: F811
+def test_cli_bad_gce_input_is_refused_with_the_fix_and_creates_nothing(compute_fake, gcs_store, gcs_emulator, flags, says):
     project = [] if says == "no GCP project" else ["--project", PROJECT]
     p = cli(compute_fake, gcs_emulator, gcs_store.url, "submit", "--run-id", "x", *project, *flags,
             "--image", IMAGE, "--detach", "--", "true")
@@ -240,13 +239,13 @@ def test_cli_bad_gce_input_is_refused_with_the_fix_and_creates_nothing(compute_f
     assert not gcs_store.exists("runs/x/spec.json")
 
 
-def test_cli_refuses_an_image_not_pinned_to_a_digest(compute_fake, gcs_store, gcs_emulator):  # noqa: F811
+def test_cli_refuses_an_image_not_pinned_to_a_digest(compute_fake, gcs_store, gcs_emulator):
     p = cli(compute_fake, gcs_emulator, gcs_store.url, "submit", "--run-id", "x", "--project", PROJECT,
             "--zones", "us-central1-a", "--image", "us-docker.pkg.dev/p/r/img:latest", "--detach", "--", "true")
     assert p.returncode == 1 and "sha256" in p.stderr
 
 
-def test_cli_submit_detach_then_status_shows_the_vm(compute_fake, gcs_store, gcs_emulator):  # noqa: F811
+def test_cli_submit_detach_then_status_shows_the_vm(compute_fake, gcs_store, gcs_emulator):
     p = cli(compute_fake, gcs_emulator, gcs_store.url, "submit", "--run-id", "exp-9", "--project", PROJECT,
             "--zones", "us-central1-a", "--no-gpu", "--image", IMAGE, "--detach", "--", "python3", "-c", "print(1)")
     assert p.returncode == 0, p.stderr
@@ -258,7 +257,7 @@ def test_cli_submit_detach_then_status_shows_the_vm(compute_fake, gcs_store, gcs
     assert doc["state"] == "PROVISIONING" and doc["instances"][0]["zone"] == "us-central1-a"
 
 
-def test_with_stop_termination_a_preempted_vm_is_started_again_not_replaced(compute_fake, gcs_store, gcs_emulator):  # noqa: F811
+def test_with_stop_termination_a_preempted_vm_is_started_again_not_replaced(compute_fake, gcs_store, gcs_emulator):
     cfg = Config(backend="gce", project=PROJECT, zones=list(ZONES), compute_endpoint=compute_fake.endpoint,
                  store=gcs_store.url, no_gpu=True, termination_action="STOP")
     ctx = make_context(cfg)
@@ -281,7 +280,7 @@ def test_with_stop_termination_a_preempted_vm_is_started_again_not_replaced(comp
     assert [v.name for v in compute_fake.instances()] == ["runner-exp-1-a1"]
 
 
-def test_project_mismatch_with_gcloud_is_warned_about_showing_both(compute_fake, gcs_store, gcs_emulator, tmp_path):  # noqa: F811
+def test_project_mismatch_with_gcloud_is_warned_about_showing_both(compute_fake, gcs_store, gcs_emulator, tmp_path):
     conf = tmp_path / "gcloud"
     (conf / "configurations").mkdir(parents=True)
     (conf / "active_config").write_text("default")
