@@ -131,3 +131,30 @@ def test_a_stalled_job_is_killed_and_restarted(runner, run_id):
     stalled = [ev for ev in _events(runner, run_id) if ev["to"] == "STALLED"]
     assert len(stalled) == 2
     assert runner.containers(run_id) == []
+
+
+def test_status_list_and_logs_show_a_finished_run_across_attempts(runner, run_id):
+    import json
+
+    assert submit(runner, run_id, *trainer(30, 5, 0.05), extra=("--detach",)).returncode == 0
+    sup = runner.popen("supervise", "--run-id", run_id)
+    runner.wait_for(lambda: runner.step(run_id) >= 8, desc="progress")
+    assert runner("ops", "preempt", "--run-id", run_id).returncode == 0
+    follow = runner.popen("ops", "logs", "--run-id", run_id, "--follow")
+    sup.wait(timeout=60)
+    followed = follow.communicate(timeout=30)[0]
+
+    status = json.loads(runner("ops", "status", "--run-id", run_id, "--json").stdout)
+    assert (status["state"], status["attempt"], status["progress"]["step"]) == ("SUCCEEDED", 2, 30)
+    assert status["last_event"]["to"] == "SUCCEEDED" and status["instances"] == []
+    human = runner("ops", "status", "--run-id", run_id).stdout
+    assert "SUCCEEDED" in human and "step=30 total=30" in human
+
+    (row,) = [r for r in json.loads(runner("ops", "list", "--json").stdout) if r["run_id"] == run_id]
+    assert row["state"] == "SUCCEEDED"
+    assert run_id in runner("ops", "list").stdout
+
+    logs = runner("ops", "logs", "--run-id", run_id).stdout
+    assert logs.index("===== attempt 1 =====") < logs.index("===== attempt 2 =====")
+    assert "trainer: done at step 30" in logs.split("===== attempt 2 =====")[1]
+    assert "===== attempt 2 =====" in followed and "trainer: done at step 30" in followed
