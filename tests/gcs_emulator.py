@@ -44,6 +44,8 @@ from gcp_storage_emulator.handlers import objects as emu_objects
 from gcp_storage_emulator.storage import Storage
 
 logger = logging.getLogger(__name__)
+# The emulator logs every read of a missing object at ERROR; for us a miss is a normal answer.
+logging.getLogger("gcp_storage_emulator").setLevel(logging.CRITICAL)
 
 Handler = Callable[[emu_server.Request, emu_server.Response, "StrictStorage"], None]
 
