@@ -35,11 +35,12 @@ import tempfile
 import threading
 import time
 from dataclasses import dataclass
+from typing import Callable
 
 from entrypoint.checkpoints import BackgroundSync, DirectorySync, restore
 from entrypoint.progress import ProgressTracker
 from entrypoint.record import Heartbeat, IllegalTransition, RunRecord, State
-from entrypoint.store import PreconditionFailed, StoreError, open_store
+from entrypoint.store import PreconditionFailed, open_store
 
 log = logging.getLogger("entrypoint")
 ACTOR = "agent"
@@ -93,6 +94,8 @@ class Agent:
         self.phase = "starting"
         self.workdir = tempfile.mkdtemp(prefix="runner-agent-")
         self.progress = ProgressTracker(os.path.join(self.workdir, "progress.json"))
+        self.superseded = False
+        self._killed_at: float | None = None
         self.log_path = os.path.join(self.workdir, "job.log")
         self.checkpoints = DirectorySync(
             self.store, cfg.checkpoint_dir, self.record.name(RunRecord.CHECKPOINTS), f"a{cfg.attempt}"
@@ -109,7 +112,12 @@ class Agent:
                 )
                 return True
             except PreconditionFailed:
-                continue  # someone wrote in between (a supervisor); re-read and re-check
+                # Someone wrote in between (a supervisor), or our own write landed and only its
+                # response was lost (the retry then meets our new generation): look before retrying.
+                cur = self.record.read_state()
+                if cur and cur[0].state == new and cur[0].attempt == self.cfg.attempt and cur[0].updated_by == ACTOR:
+                    return True
+                continue
             except IllegalTransition as e:
                 log.warning("not recording %s: %s", new.value, e)
                 return False
@@ -159,17 +167,34 @@ class Agent:
         code = self._wait_for_job()
         self.phase = "finishing"
         bg.stop(timeout=0)  # the final pass below takes the sync lock after any pass in flight
-        sync_ok = self.checkpoints.sync_once()
-        results_ok = DirectorySync(
+        if self.superseded:
+            log.error("a newer attempt owns this run; not syncing or recording anything")
+            return code
+        # A job we had to SIGKILL may have been half-way through writing a checkpoint in place:
+        # files it touched after the kill order are not published (atomic renames are unaffected
+        # only if they landed before it).
+        sync_ok = self._best_effort("final checkpoint sync", lambda: self.checkpoints.sync_once(
+            modified_before=self._killed_at))
+        results_ok = self._best_effort("results sync", lambda: DirectorySync(
             self.store, cfg.results_dir, self.record.name(RunRecord.RESULTS), f"a{cfg.attempt}"
-        ).sync_once()
+        ).sync_once(modified_before=self._killed_at))
         hb_stop.set()
-        self._upload_log(force=True)
-        self._write_heartbeat()
+        self._best_effort("log upload", lambda: self._upload_log(force=True))
+        self._best_effort("heartbeat", self._write_heartbeat)
         manifest.update(finished_at=time.time(), exit_code=code)
-        self.record.write_manifest(cfg.attempt, manifest)
-        self._record_outcome(code, sync_ok and results_ok)
+        self._best_effort("manifest", lambda: self.record.write_manifest(cfg.attempt, manifest))
+        self._record_outcome(code, bool(sync_ok) and bool(results_ok))
         return code
+
+    @staticmethod
+    def _best_effort(what: str, step: Callable[[], object]) -> object:
+        """A finishing step that fails is logged and reported, never a reason to skip the outcome."""
+        try:
+            result = step()
+            return True if result is None else result
+        except Exception as e:  # noqa: BLE001 - the outcome must be recorded whatever broke here
+            log.error("%s failed: %s", what, e)
+            return False
 
     def _record_outcome(self, code: int, synced: bool) -> None:
         sync_err = self.checkpoints.stats.last_error
@@ -222,14 +247,25 @@ class Agent:
         threading.Thread(target=self._pump_output, daemon=True).start()
 
     def _pump_output(self) -> None:
+        """Drain the job's output whatever happens: a full pipe would stall the job itself."""
         assert self.job and self.job.stdout
-        with open(self.log_path, "ab") as logf:
-            for raw in iter(self.job.stdout.readline, b""):
+        logf = None
+        try:
+            logf = open(self.log_path, "ab")
+        except OSError as e:
+            log.error("cannot open the job log (%s); output goes to the console only", e)
+        for raw in iter(self.job.stdout.readline, b""):
+            try:
                 sys.stdout.buffer.write(raw)
                 sys.stdout.flush()
-                logf.write(raw)
-                logf.flush()
+                if logf is not None:
+                    logf.write(raw)
+                    logf.flush()
                 self.progress.feed_line(raw.decode("utf-8", "replace"))
+            except Exception as e:  # noqa: BLE001 - keep draining
+                log.warning("job output handling failed: %s", e)
+        if logf is not None:
+            logf.close()
 
     def _wait_for_job(self) -> int:
         assert self.job
@@ -242,8 +278,9 @@ class Agent:
             if self.terminating.is_set():
                 # Leave the final sync a share of the grace period before the container dies.
                 deadline = self._term_at + max(1.0, self.cfg.grace_period * 0.6)
-                if time.time() > deadline:
+                if time.time() > deadline and self._killed_at is None:
                     log.warning("job ignored SIGTERM; killing it to leave time for the final sync")
+                    self._killed_at = time.time()
                     self._signal_job(signal.SIGKILL)
         return 128 - code if code < 0 else code
 
@@ -272,8 +309,20 @@ class Agent:
             try:
                 self._write_heartbeat()
                 self._upload_log()
-            except StoreError as e:
+                self._check_still_owner()
+            except Exception as e:  # noqa: BLE001 - a dead heartbeat thread would look like a stall
                 log.warning("heartbeat failed: %s", e)
+
+    def _check_still_owner(self) -> None:
+        """Stop the job if a newer attempt took the run over (this VM was given up for lost)."""
+        cur = self.record.read_state()
+        if cur is not None and cur[0].attempt != self.cfg.attempt and not self.superseded:
+            log.error("run %s moved on to attempt %d; stopping this attempt's job",
+                      self.cfg.run_id, cur[0].attempt)
+            self.superseded = True
+            self._term_at = time.time()
+            self.terminating.set()
+            self._signal_job(signal.SIGTERM)
 
     def _write_heartbeat(self) -> None:
         self.progress.poll_file()

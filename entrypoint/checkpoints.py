@@ -85,12 +85,19 @@ class DirectorySync:
                 found[rel] = (st.st_ino, st.st_size, st.st_mtime_ns)
         return found
 
-    def sync_once(self) -> bool:
-        """Upload every new or changed file; returns True if all of them made it."""
+    def sync_once(self, modified_before: float | None = None) -> bool:
+        """Upload every new or changed file; returns True if all of them made it.
+
+        ``modified_before``: skip files changed at or after this time (a job killed mid-write
+        may have left them torn); the previous good copy in the store stays.
+        """
         with self._lock:
             ok = True
             for rel, sig in sorted(self._scan().items()):
                 if self._uploaded.get(rel) == sig:
+                    continue
+                if modified_before is not None and sig[2] >= modified_before * 1e9:
+                    log.warning("not publishing %s: written after the job was killed, maybe torn", rel)
                     continue
                 try:
                     self._upload(rel)

@@ -51,7 +51,7 @@ TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.STOPPED})
 # that wakes after its VM was replaced, say) cannot drag a run backwards.
 _ALLOWED: dict[State, frozenset[State]] = {
     State.PENDING: frozenset({State.PROVISIONING}),
-    State.PROVISIONING: frozenset({State.BOOTING, State.RUNNING, State.PREEMPTED}),
+    State.PROVISIONING: frozenset({State.BOOTING, State.RUNNING, State.PREEMPTED, State.STALLED}),
     State.BOOTING: frozenset({State.RUNNING, State.PREEMPTED, State.STALLED}),
     State.RUNNING: frozenset({State.PREEMPTED, State.STALLED, State.ERRORED}),
     State.PREEMPTED: frozenset({State.PROVISIONING}),
@@ -124,21 +124,28 @@ class RunState:
     reason: str | None = None
     exit_code: int | None = None
     failures: int = 0
+    restarts: int = 0  # restarts after preemption/stall since the run was (re)submitted
     updated_at: float = field(default_factory=utcnow)
     updated_by: str = ""
     schema_version: int = SCHEMA_VERSION
 
+    # Fields this version does not know, kept as they were. Images are pinned per run, so an
+    # older agent routinely rewrites state.json written by a newer runner: it must not drop
+    # (and so reset) what it does not understand, such as the restart counter.
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunState":
-        known = {f for f in cls.__dataclass_fields__}
-        d = {k: v for k, v in d.items() if k in known}
-        d["state"] = State(d["state"])
-        return cls(**d)
+        known = {f for f in cls.__dataclass_fields__} - {"extra"}
+        kw = {k: v for k, v in d.items() if k in known}
+        kw["state"] = State(kw["state"])
+        return cls(**kw, extra={k: v for k, v in d.items() if k not in known})
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
+        extra = d.pop("extra")
         d["state"] = self.state.value
-        return d
+        return {**extra, **d}
 
 
 @dataclass
@@ -211,7 +218,8 @@ class RunRecord:
         return None if blob is None else RunSpec.from_dict(json.loads(blob.data))
 
     def write_spec(self, spec: RunSpec) -> None:
-        self.store.write(self.name(self.SPEC), _dump(asdict(spec)))
+        """Create-only: two submits racing on a new run id cannot mix one's spec with the other's state."""
+        self.store.write(self.name(self.SPEC), _dump(asdict(spec)), if_generation_match=0)
 
     # ---- state ----
     def read_state(self) -> tuple[RunState, int] | None:
@@ -272,6 +280,9 @@ class RunRecord:
 
         Keeps the attempt counter (so instance names never repeat) and journals who did it.
         """
+        # .stop goes first, while the run is still terminal: a supervisor that saw PENDING and
+        # .stop together would end the run again.
+        self.store.delete(self.name(self.STOP))
         cur = self.read_state()
         if cur is None:
             raise IllegalTransition(f"run {self.run_id} has no state.json")
@@ -281,10 +292,10 @@ class RunRecord:
         st.reason = reason
         st.exit_code = None
         st.failures = 0
+        st.restarts = 0
         st.updated_at = utcnow()
         st.updated_by = actor
         self.store.write(self.name(self.STATE), _dump(st.to_dict()), if_generation_match=gen)
-        self.store.delete(self.name(self.STOP))
         self.event(actor, old, State.PENDING, reason, attempt=st.attempt)
         return st
 
@@ -343,6 +354,27 @@ class RunRecord:
     def read_manifest(self, attempt: int) -> dict[str, Any] | None:
         blob = self.store.read(self.name(self.manifest_name(attempt)))
         return None if blob is None else json.loads(blob.data)
+
+    @staticmethod
+    def claim_name(attempt: int) -> str:
+        return f"attempts/{attempt}/create.json"
+
+    def claim_create(self, attempt: int, actor: str) -> bool:
+        """Create-only claim on creating this attempt's instance: one creator per attempt, even
+        when two supervisors would pick different zones (GCE names are unique per zone only)."""
+        try:
+            self.store.write(self.name(self.claim_name(attempt)),
+                             _dump({"time": utcnow(), "actor": actor}), if_generation_match=0)
+            return True
+        except PreconditionFailed:
+            return False
+
+    def read_claim(self, attempt: int) -> dict[str, Any] | None:
+        blob = self.store.read(self.name(self.claim_name(attempt)))
+        return None if blob is None else json.loads(blob.data)
+
+    def release_claim(self, attempt: int) -> None:
+        self.store.delete(self.name(self.claim_name(attempt)))
 
     def read_startup(self, attempt: int) -> dict[str, Any] | None:
         blob = self.store.read(self.name(self.startup_name(attempt)))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from dataclasses import dataclass
 from typing import Callable
@@ -91,11 +92,26 @@ class Supervisor:
         return out
 
     def reconcile(self, run_id: str, instances: list[Instance] | None = None) -> RunState | None:
-        """One step for one run. Returns its state after the step (None: no such run)."""
+        """One step for one run. Returns its state after the step (None: no such run).
+
+        Never raises for one run's trouble (a damaged record, an API outage): that would stop
+        supervision of every other run, stops and clean-ups included. It says so on stderr.
+        """
+        try:
+            return self._reconcile(run_id, instances)
+        except Exception as e:  # noqa: BLE001 - deliberately broad, see above
+            print(f"runner: supervising {run_id} failed this pass ({type(e).__name__}: {e}); "
+                  "will try again next pass", file=sys.stderr)
+            return None
+
+    def _reconcile(self, run_id: str, instances: list[Instance] | None) -> RunState | None:
         rec = RunRecord(self.store, run_id)
         cur = rec.read_state()
         if cur is None:
             return None
+        spec = rec.read_spec()
+        if spec is not None and not self.backend.owns(spec):
+            return cur[0]  # made in another project: this supervisor must not touch it
         if instances is None:
             instances = self.backend.list(run_id)
         try:
@@ -153,7 +169,21 @@ class Supervisor:
             )
             return
         if inst is None:
-            self._create(rec, st.attempt)  # idempotent: covers a crash between state write and create
+            claim = rec.read_claim(st.attempt)
+            if claim is None:
+                self._create(rec, st.attempt)  # covers a crash between state write and create
+            elif self.now() - claim["time"] > self._create_grace():
+                # It was created and is gone before the job started (deleted, preempted while
+                # booting): a lost attempt, counted against max_restarts like any other.
+                new = rec.transition(State.PREEMPTED, self.actor, expected=cur,
+                                     reason="instance vanished before the job started")
+                self._restart(rec, new, None)
+            return
+        if inst.alive and self.now() - st.updated_at > self.settings.stall_window:
+            new = rec.transition(
+                State.STALLED, self.actor, expected=cur,
+                reason=f"still booting after {self.now() - st.updated_at:.0f}s (window {self.settings.stall_window:.0f}s)")
+            self._restart(rec, new, inst)
         elif not inst.alive:
             tail = self.backend.logs(inst, tail=5).strip().replace("\n", " | ")
             new = rec.transition(
@@ -191,7 +221,9 @@ class Supervisor:
         ref = st.updated_at
         hb = rec.read_heartbeat()
         if hb is not None and hb.attempt == st.attempt:
-            if hb.progress and hb.progress_changed_at:
+            if hb.phase in ("restoring", "finishing"):
+                ref = max(ref, hb.time)  # syncing, not training: no progress is expected
+            elif hb.progress and hb.progress_changed_at:
                 ref = max(ref, hb.progress_changed_at)
             else:
                 ref = max(ref, hb.time)  # the job reports no progress: liveness is all we have
@@ -207,7 +239,7 @@ class Supervisor:
             # Let an agent that is still in its final sync finish it, then remove the instance.
             self.backend.delete(inst, self.settings.grace_period if inst.alive else 0)
         max_restarts = spec.max_restarts if spec else 0
-        restarts = st.attempt - 1 - st.failures
+        restarts = st.restarts
         if st.state != State.ERRORED and restarts >= max_restarts:
             rec.transition(
                 State.FAILED, self.actor, expected=cur,
@@ -224,9 +256,11 @@ class Supervisor:
             rec.transition(State.STOPPED, self.actor, expected=cur, reason="stop requested")
             return
         attempt = st.attempt + 1
+        counted = st.state in (State.PREEMPTED, State.STALLED)
         rec.transition(
             State.PROVISIONING, self.actor, expected=cur, reason=reason, attempt=attempt,
             instance=reuse.name if reuse else resource_name(rec.run_id, attempt), exit_code=None,
+            restarts=st.restarts + (1 if counted else 0),
         )
         if reuse is not None:
             spec = rec.read_spec()
@@ -235,6 +269,10 @@ class Supervisor:
                 return
             self.backend.delete(reuse)  # could not be restarted: a fresh VM, any zone
         self._create(rec, attempt)
+
+    def _create_grace(self) -> float:
+        """How long a claimed attempt may go unlisted before its instance counts as lost."""
+        return max(60.0, 3 * self.settings.poll_interval)
 
     def _launch_context(self, attempt: int) -> LaunchContext:
         return LaunchContext(
@@ -254,7 +292,13 @@ class Supervisor:
             raise IllegalTransition(f"run {rec.run_id} has no spec.json")
         if rec.stop_requested():
             return  # the next pass records STOPPED
-        inst = self.backend.create(self.backend.plan(spec, self._launch_context(attempt)))
+        if not rec.claim_create(attempt, self.actor):
+            return  # another supervisor creates (or created) this attempt
+        try:
+            inst = self.backend.create(self.backend.plan(spec, self._launch_context(attempt)))
+        except BaseException:
+            rec.release_claim(attempt)  # nothing was created: the next try may claim again
+            raise
         self._backoff.pop(rec.run_id, None)
         self._delays.pop(rec.run_id, None)
         # Re-check after creating: a stop, or another supervisor moving the run on, may have

@@ -114,3 +114,48 @@ def test_missing_objects_read_as_none(local_store):
     r = RunRecord(local_store, "nope")
     assert r.read_state() is None and r.read_spec() is None and r.read_heartbeat() is None
     assert not r.stop_requested()
+
+
+def test_a_file_written_after_the_job_was_killed_is_not_published(local_store, tmp_path):
+    import os
+    import time
+
+    from entrypoint.checkpoints import DirectorySync
+
+    ckpt = tmp_path / "ckpt"
+    ckpt.mkdir()
+    (ckpt / "last.pt").write_bytes(b"good" * 100)
+    sync = DirectorySync(local_store, str(ckpt), "runs/r1/checkpoints/")
+    assert sync.sync_once()
+    killed_at = time.time()
+    time.sleep(0.01)
+    with open(ckpt / "last.pt", "r+b") as f:  # an in-place writer, killed half-way
+        f.write(b"torn")
+        f.truncate(50)
+    os.utime(ckpt / "last.pt")
+    sync.sync_once(modified_before=killed_at)
+    assert local_store.read("runs/r1/checkpoints/last.pt").data == b"good" * 100
+
+
+def test_a_restarted_run_gets_its_whole_restart_budget_back(rec):
+    rec.transition(State.PROVISIONING, "sup", attempt=1)
+    rec.transition(State.PREEMPTED, "sup")
+    rec.transition(State.PROVISIONING, "sup", attempt=2, restarts=1)
+    rec.transition(State.FAILED, "sup")
+    rec.reopen("user", "restart requested")
+    st, _ = rec.read_state()
+    assert (st.attempt, st.restarts) == (2, 0)
+
+
+def test_fields_unknown_to_an_older_writer_survive_its_rewrite(rec):
+    import json
+
+    rec.transition(State.PROVISIONING, "sup", attempt=1, restarts=3)
+    blob = rec.store.read(rec.name(RunRecord.STATE))
+    doc = json.loads(blob.data)
+    doc["added_in_a_later_version"] = {"x": 1}
+    rec.store.write(rec.name(RunRecord.STATE), json.dumps(doc).encode(), if_generation_match=blob.generation)
+    rec.transition(State.RUNNING, "agent", expect_attempt=1)
+    after = json.loads(rec.store.read(rec.name(RunRecord.STATE)).data)
+    assert after["added_in_a_later_version"] == {"x": 1} and after["restarts"] == 3
+    assert after["state"] == "RUNNING"

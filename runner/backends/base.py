@@ -60,6 +60,10 @@ class LaunchContext:
 class ComputeBackend(ABC):
     name: str
 
+    def owns(self, spec: RunSpec) -> bool:
+        """Whether this backend (its project, say) is where ``spec``'s instances live."""
+        return True
+
     def prepare(self, spec: RunSpec) -> RunSpec:
         """Check the spec against the provider and pin moving references, once, at submit.
 

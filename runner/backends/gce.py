@@ -124,6 +124,11 @@ class GceBackend(ComputeBackend):
         self.c = clients
         self.project = project
 
+    def owns(self, spec: RunSpec) -> bool:
+        # Listing and deleting happen in this backend's project: a run made in another one must
+        # not look "gone" (and be restarted) here.
+        return (spec.vm or {}).get("project") in (None, self.project)
+
     # ---- submit-time checks ----
     def prepare(self, spec: RunSpec) -> RunSpec:
         """Refuse impossible shapes before any API call, then check zones/types and pin the VM image."""
