@@ -289,7 +289,7 @@ def supervise(run_id: str | None, once: bool, poll_interval: float | None,
 
 @main.group()
 def ops() -> None:
-    """Show and control runs: status, list, logs, serial, events, delete, preempt."""
+    """Show and control runs: status, list, logs, serial, events, pull, delete, preempt."""
 
 
 @ops.command()
@@ -439,6 +439,28 @@ def events(run_id: str, since: str, as_json: bool, cli_config: dict[str, Any], c
         return
     for ev in evs:
         click.echo(format_event(ev))
+
+
+@ops.command()
+@click.option("--run-id", required=True)
+@click.option("--dest", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Local directory; files land in DEST/RUN_ID, and DEST/latest points there.")
+@click.option("--checkpoints", is_flag=True, help="Also pull checkpoints/ (results/ only by default).")
+@click.option("--json", "as_json", is_flag=True)
+@config_options
+@_guard
+def pull(run_id: str, dest: str, checkpoints: bool, as_json: bool, cli_config: dict[str, Any],
+         config_path: str | None) -> None:
+    """Copy a run's results (and checkpoints) here; a second pull transfers only what changed."""
+    from runner.ops import pull_run
+
+    ctx = _load(cli_config, config_path)
+    out = pull_run(ctx.store, _run_id(run_id), dest, checkpoints, say=_note)
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
+    click.echo(f"{run_id}: {len(out['copied'])} file(s) copied ({out['bytes']} bytes), "
+               f"{len(out['unchanged'])} unchanged, in {out['dest']}")
 
 
 @ops.command()

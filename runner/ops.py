@@ -6,7 +6,7 @@ Each function returns data (dicts, ready for ``--json``); the CLI decides how to
 from __future__ import annotations
 
 import time
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 from entrypoint.record import PreconditionFailed, RunRecord, State, iso, list_run_ids
 from entrypoint.store import Store
@@ -223,3 +223,42 @@ def follow_logs(store: Store, run_id: str, poll: float = 1.0) -> Iterator[tuple[
 
 __all__ = ["RunNotFound", "run_status", "list_runs", "delete_run", "preempt_run", "attempt_logs",
            "follow_logs", "ago", "label_value"]
+
+
+def pull_run(store: Store, run_id: str, dest: str, checkpoints: bool = False,
+             say: Callable[[str], None] | None = None) -> dict[str, Any]:
+    """Copy the run's ``results/`` (and ``checkpoints/``) to ``dest/RUN_ID``; ``dest/latest`` points there.
+
+    Files whose local CRC32C already matches the stored one are not transferred again, so a
+    repeated pull moves only what changed.
+    """
+    import os
+
+    from entrypoint.store import crc32c_of_file
+
+    rec = _record(store, run_id)
+    prefixes = [RunRecord.RESULTS] + ([RunRecord.CHECKPOINTS] if checkpoints else [])
+    names = [n for p in prefixes for n in store.list(rec.name(p)) if "/.partial/" not in n]
+    root = os.path.join(dest, run_id)
+    copied, skipped, moved = [], [], 0
+    for i, name in enumerate(names, 1):
+        rel = name[len(rec.prefix):]
+        local = os.path.join(root, rel)
+        info = store.stat(name)
+        if info is None:
+            continue
+        if os.path.isfile(local) and crc32c_of_file(local) == info.crc32c:
+            skipped.append(rel)
+            continue
+        os.makedirs(os.path.dirname(local), exist_ok=True)
+        store.download_file(name, local)
+        copied.append(rel)
+        moved += info.size
+        if say:
+            say(f"[{i}/{len(names)}] {rel} ({info.size} bytes)")
+    latest = os.path.join(dest, "latest")
+    if os.path.islink(latest) or not os.path.exists(latest):
+        tmp = f"{latest}.tmp-{os.getpid()}"
+        os.symlink(run_id, tmp)
+        os.replace(tmp, latest)
+    return {"run_id": run_id, "dest": root, "copied": copied, "unchanged": skipped, "bytes": moved}

@@ -159,3 +159,25 @@ def test_fields_unknown_to_an_older_writer_survive_its_rewrite(rec):
     after = json.loads(rec.store.read(rec.name(RunRecord.STATE)).data)
     assert after["added_in_a_later_version"] == {"x": 1} and after["restarts"] == 3
     assert after["state"] == "RUNNING"
+
+
+def test_pull_copies_results_once_and_then_only_what_changed(local_store, tmp_path):
+    import os
+
+    from runner.ops import pull_run
+
+    rec = RunRecord(local_store, "r9")
+    rec.create_state("t")
+    local_store.write("runs/r9/results/a.txt", b"alpha")
+    local_store.write("runs/r9/results/sub/b.bin", b"b" * 1000)
+    local_store.write("runs/r9/checkpoints/last.pt", b"ckpt")
+    dest = tmp_path / "pulled"
+    first = pull_run(local_store, "r9", str(dest))
+    assert sorted(first["copied"]) == ["results/a.txt", "results/sub/b.bin"] and first["bytes"] == 1005
+    assert (dest / "r9/results/sub/b.bin").read_bytes() == b"b" * 1000
+    assert os.readlink(dest / "latest") == "r9" and not (dest / "r9/checkpoints").exists()
+    local_store.write("runs/r9/results/a.txt", b"alpha, revised")
+    second = pull_run(local_store, "r9", str(dest), checkpoints=True)
+    assert sorted(second["copied"]) == ["checkpoints/last.pt", "results/a.txt"]
+    assert second["unchanged"] == ["results/sub/b.bin"]
+    assert (dest / "r9/results/a.txt").read_bytes() == b"alpha, revised"
