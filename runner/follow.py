@@ -27,8 +27,11 @@ def follow_run(sup: Supervisor, run_id: str, poll_interval: float, say: Callable
         for name, ev in rec.events(after=seen):
             say(format_event(ev))
             seen = name
-        if st is None:
-            raise LookupError(f"run {run_id} vanished from the store")
+        if st is None:  # a pass that failed (said on stderr), or a record that is gone
+            cur = rec.read_state()
+            if cur is None:
+                raise LookupError(f"run {run_id} vanished from the store")
+            st = cur[0]
         if st.state.terminal or once:
             return st
         time.sleep(poll_interval)
