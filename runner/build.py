@@ -256,9 +256,10 @@ def _log_reader() -> Callable[[str, str], bytes | None]:
         from entrypoint.store import StoreError
         from entrypoint.store_gcs import GcsStore
 
-        bucket = bucket_url.removeprefix("gs://").split("/", 1)[0]
+        # logsBucket may carry a prefix (gs://BUCKET/PREFIX); GcsStore names objects under it.
+        url = bucket_url if bucket_url.startswith("gs://") else f"gs://{bucket_url}"
         try:
-            blob = GcsStore(f"gs://{bucket}").read(name)
+            blob = GcsStore(url).read(name)
         except StoreError:
             return None
         return blob.data if blob else None

@@ -234,8 +234,10 @@ def _build(cfg: Any, req: Any, local_only: bool) -> Any:
     from runner.build import build_image
     from runner.gcp_clients import cloudbuild_client
 
+    from entrypoint.store_gcs import parse_gs_url
+
     store = cfg.store_url
-    bucket = store[len("gs://"):].split("/", 1)[0] if store.startswith("gs://") else None
+    bucket = parse_gs_url(store)[0] if store.startswith("gs://") else None
     result = build_image(req, local_only=local_only, project=cfg.project, bucket=bucket,
                          client_factory=lambda: cloudbuild_client(cfg.cloudbuild_endpoint), say=_note)
     _note(f"built {result.image} via {result.route}")

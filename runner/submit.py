@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from entrypoint.record import RunRecord, RunSpec, State
-from runner.backends.base import BackendError, LaunchContext
+from runner.backends.base import BackendError
 from runner.config import Config
 from runner.context import Context
 
@@ -95,12 +95,6 @@ def vm_options(cfg: Config) -> dict[str, object]:
     }
 
 
-def launch_context(ctx: Context, attempt: int) -> LaunchContext:
-    cfg = ctx.cfg
-    return LaunchContext(attempt, cfg.store_url, cfg.heartbeat_interval, cfg.sync_interval,
-                         cfg.grace_period, cfg.shm_size)
-
-
 def submit(ctx: Context, run_id: str, command: list[str], *, image: str | None, restart: bool,
            max_restarts: int | None = None, retry_on_failure: int | None = None,
            env: dict[str, str] | None = None, actor: str = "submit") -> SubmitResult:
@@ -137,7 +131,7 @@ def dry_run(ctx: Context, run_id: str, command: list[str], image: str | None, **
     """The exact request the first attempt would send, without writing or creating anything."""
     spec = build_spec(ctx, run_id, command, image or ctx.cfg.image or "IMAGE", env={},
                       max_restarts=kw.get("max_restarts"), retry_on_failure=kw.get("retry_on_failure"))  # type: ignore[arg-type]
-    return ctx.backend.plan(spec, launch_context(ctx, 1))
+    return ctx.backend.plan(spec, ctx.supervisor().launch_context(1))
 
 
 __all__ = ["SubmitRefused", "SubmitResult", "submit", "dry_run", "State"]

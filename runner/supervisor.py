@@ -265,7 +265,7 @@ class Supervisor:
         if reuse is not None:
             spec = rec.read_spec()
             assert spec is not None
-            if self.backend.restart_in_place(reuse, self.backend.plan(spec, self._launch_context(attempt))):
+            if self.backend.restart_in_place(reuse, self.backend.plan(spec, self.launch_context(attempt))):
                 return
             self.backend.delete(reuse)  # could not be restarted: a fresh VM, any zone
         self._create(rec, attempt)
@@ -274,7 +274,8 @@ class Supervisor:
         """How long a claimed attempt may go unlisted before its instance counts as lost."""
         return max(60.0, 3 * self.settings.poll_interval)
 
-    def _launch_context(self, attempt: int) -> LaunchContext:
+    def launch_context(self, attempt: int) -> LaunchContext:
+        """What a plan for ``attempt`` needs besides the spec (also what ``--dry-run`` shows)."""
         return LaunchContext(
             attempt=attempt,
             store_url=self.settings.store_url,
@@ -295,7 +296,7 @@ class Supervisor:
         if not rec.claim_create(attempt, self.actor):
             return  # another supervisor creates (or created) this attempt
         try:
-            inst = self.backend.create(self.backend.plan(spec, self._launch_context(attempt)))
+            inst = self.backend.create(self.backend.plan(spec, self.launch_context(attempt)))
         except BaseException:
             rec.release_claim(attempt)  # nothing was created: the next try may claim again
             raise
