@@ -67,6 +67,14 @@ class Config:
     # --- GCE only (recorded in spec.json at submit, so restarts recreate the same VM) ---
     compute_endpoint: str | None = _key(None, "optional_str", "a Compute API URL (tests, private endpoints)")
     cloudbuild_endpoint: str | None = _key(None, "optional_str", "a Cloud Build API URL (tests, private endpoints)")
+    serviceusage_endpoint: str | None = _key(None, "optional_str", "a Service Usage API URL (tests)")
+    resourcemanager_endpoint: str | None = _key(None, "optional_str", "a Resource Manager API URL (tests)")
+    iam_endpoint: str | None = _key(None, "optional_str", "an IAM API URL (tests)")
+    secretmanager_endpoint: str | None = _key(None, "optional_str", "a Secret Manager API URL (tests)")
+    # --- operations ---
+    webhook_secret: str | None = _key(None, "optional_str",
+                                      "a Secret Manager secret holding the webhook URL: NAME or projects/P/secrets/NAME")
+    price_table: str | None = _key(None, "optional_str", "a JSON spot price table to use instead of the shipped one")
     base_image: str | None = _key(None, "optional_str", "the BASE_IMAGE build arg, e.g. python:3.11-slim")
     vm_image: str = _key("projects/cos-cloud/global/images/family/cos-stable", "str",
                          "a COS image or image family URL, e.g. projects/cos-cloud/global/images/family/cos-stable")
