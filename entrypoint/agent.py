@@ -181,7 +181,9 @@ class Agent:
         hb_stop.set()
         self._best_effort("log upload", lambda: self._upload_log(force=True))
         self._best_effort("heartbeat", self._write_heartbeat)
-        manifest.update(finished_at=time.time(), exit_code=code)
+        # The progress reached, kept per attempt (heartbeat.json is overwritten by the next
+        # attempt): with the next attempt's resume point it tells how much work a preemption cost.
+        manifest.update(finished_at=time.time(), exit_code=code, progress=self.progress.snapshot()[0])
         self._best_effort("manifest", lambda: self.record.write_manifest(cfg.attempt, manifest))
         self._record_outcome(code, bool(sync_ok) and bool(results_ok))
         return code
@@ -335,6 +337,7 @@ class Agent:
                 progress=progress,
                 progress_changed_at=changed_at,
                 sync=self.checkpoints.stats.as_dict(),
+                rate=self.progress.rate(),
             )
         )
 

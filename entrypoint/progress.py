@@ -53,6 +53,8 @@ class ProgressTracker:
         self._progress: dict[str, Any] = {}
         self._changed_at: float | None = None
         self._file_mtime: int | None = None
+        self._first_step: tuple[float, float] | None = None  # (step, time) first seen this attempt
+
 
     def update(self, values: dict[str, Any]) -> None:
         with self._lock:
@@ -60,6 +62,9 @@ class ProgressTracker:
             if merged != self._progress:
                 self._progress = merged
                 self._changed_at = time.time()
+                step = merged.get("step")
+                if isinstance(step, (int, float)) and self._first_step is None:
+                    self._first_step = (step, self._changed_at)
 
     def feed_line(self, line: str) -> None:
         values = parse_progress_line(line)
@@ -85,3 +90,19 @@ class ProgressTracker:
     def snapshot(self) -> tuple[dict[str, Any], float | None]:
         with self._lock:
             return dict(self._progress), self._changed_at
+
+    def rate(self) -> float | None:
+        """Steps per second since the first step this attempt saw (None until two distinct steps).
+
+        Measured from this attempt's first report, not from zero: a resumed run did not do the
+        steps before its checkpoint here, and counting them would overstate the rate and so
+        understate the ETA.
+        """
+        with self._lock:
+            step = self._progress.get("step")
+            if self._first_step is None or not isinstance(step, (int, float)) or self._changed_at is None:
+                return None
+            s0, t0 = self._first_step
+            if step <= s0 or self._changed_at <= t0:
+                return None
+            return (step - s0) / (self._changed_at - t0)

@@ -159,6 +159,7 @@ class Heartbeat:
     progress_changed_at: float | None = None
     sync: dict[str, Any] = field(default_factory=dict)
     gpu_util: float | None = None
+    rate: float | None = None  # steps per second this attempt (for ETAs); None until measurable
     schema_version: int = SCHEMA_VERSION
 
     @classmethod

@@ -301,27 +301,33 @@ def ops() -> None:
 @_guard
 def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
     """State, attempt, heartbeat age, progress and the last event of one run."""
-    from runner.ops import ago, run_status
+    from runner.ops import ago, duration, run_status, when
 
     ctx = _load(cli_config, config_path)
     s = run_status(ctx.store, _run_id(run_id), ctx.backend)
+    _add_cost(ctx, s)
     if as_json:
         click.echo(json.dumps(s, indent=1, default=str))
         return
-    hb = "-" if s["heartbeat_age_s"] is None else f"{s['heartbeat_age_s']:.0f}s ago"
     prog = " ".join(f"{k}={v}" for k, v in s["progress"].items()) or "-"
+    if s.get("rate"):
+        prog += f"  ({s['rate']:.2f} steps/s" + (f", ETA {duration(s['eta_s'])}" if s.get("eta_s") else "") + ")"
     ev = s["last_event"]
     click.echo(f"run        {s['run_id']}")
     click.echo(f"state      {s['state']}" + (f" ({s['reason']})" if s["reason"] else ""))
-    click.echo(f"attempt    {s['attempt']}  instance {s['instance'] or '-'}  zone {s['zone'] or '-'}")
-    click.echo(f"heartbeat  {hb}")
+    click.echo(f"attempt    {s['attempt']}  instance {s['instance'] or '-'}  zone {s['zone'] or '-'}"
+               f"  restarts {s['restarts']}")
+    click.echo(f"updated    {when(s['updated_at'], s['updated_age_s'])}")
+    click.echo(f"heartbeat  {when(s['heartbeat_at'], s['heartbeat_age_s'])}")
     if s.get("startup_phase"):
         click.echo(f"startup    {s['startup_phase']}")
     click.echo(f"progress   {prog}")
+    if s.get("cost"):
+        click.echo(f"cost       {s['cost_text']}")
     if s.get("instances"):
         click.echo("instances  " + ", ".join(f"{i['name']} ({i['status']})" for i in s["instances"]))
     if ev:
-        click.echo(f"last event {ago(ev['time'])}: {ev['actor']} {ev['from']} -> {ev['to']}"
+        click.echo(f"last event {ev['at']} ({ago(ev['time'])}): {ev['actor']} {ev['from']} -> {ev['to']}"
                    + (f" ({ev['reason']})" if ev.get("reason") else ""))
     if s["stop_requested"]:
         click.echo("stop       requested (.stop): this run is never restarted")
@@ -333,8 +339,8 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
 @config_options
 @_guard
 def list_cmd(as_json: bool, orphans: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
-    """All runs in the store, one line each."""
-    from runner.ops import list_runs
+    """All runs in the store, one line each (UPDATED in UTC, and how long ago)."""
+    from runner.ops import duration, list_runs, when
 
     ctx = _load(cli_config, config_path)
     if orphans:
@@ -355,40 +361,105 @@ def list_cmd(as_json: bool, orphans: bool, cli_config: dict[str, Any], config_pa
     if not rows:
         _note(f"no runs in {ctx.store.url}")
         return
-    click.echo(f"{'RUN':<28} {'STATE':<13} {'ATTEMPT':>7}  {'PROGRESS':<18} UPDATED")
+    click.echo(f"{'RUN':<28} {'STATE':<13} {'ATT':>3} {'RESTARTS':>8}  {'PROGRESS':<16} {'ETA':>6}  UPDATED")
     for r in rows:
-        p = r["progress"]
-        prog = f"{p.get('step', '-')}/{p.get('total', '-')}" if p else "-"
-        click.echo(f"{r['run_id']:<28} {r['state']:<13} {r['attempt']:>7}  {prog:<18} {r['updated_at']}")
+        click.echo(f"{r['run_id']:<28} {r['state']:<13} {r['attempt']:>3} {r['restarts']:>8}  "
+                   f"{_progress_text(r['progress']):<16} {duration(r['eta_s']):>6}  "
+                   f"{when(r['updated_at'], r['updated_age_s'])}")
+
+
+def _progress_text(p: dict[str, Any]) -> str:
+    if not p or p.get("step") is None:
+        return "-"
+    return f"{p['step']}/{p['total']}" if p.get("total") else str(p["step"])
+
+
+def _add_cost(ctx: Any, row: dict[str, Any], live_only: bool = False) -> None:
+    """Put the run's cost estimate (``cost``, ``cost_text``) into ``row``; never fails the command."""
+
+
+@ops.command()
+@click.option("--run-id", "run_ids", multiple=True,
+              help="Watch only this run (repeatable); then watch ends when they do, exit 0 if all succeeded.")
+@click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--json", "as_json", is_flag=True, help="Instead of the table: one JSON line per run per change.")
+@config_options
+@_guard
+def watch(run_ids: tuple[str, ...], interval: float, as_json: bool, cli_config: dict[str, Any],
+          config_path: str | None) -> None:
+    """A live table of runs: state, attempt, zone, heartbeat, progress, rate, ETA, restarts, cost.
+
+    Redraws in place until Ctrl-C (or until the --run-id runs end). Read-only: watching never
+    changes a run; keep `runner supervise` (or an attached submit) running to keep them alive.
+
+    \b
+      runner ops watch
+      runner ops watch --run-id exp-1
+      runner ops watch --json | jq 'select(.state == "PREEMPTED")'
+    """
+    from entrypoint.record import RunRecord
+    from runner.ops import RunNotFound
+    from runner.watch import snapshots, watch_json, watch_table
+
+    if interval <= 0:
+        _err("--interval must be a positive number of seconds", EXIT_USAGE)
+    ctx = _load(cli_config, config_path)
+    ids = [_run_id(r) for r in run_ids] or None
+    for r in ids or []:
+        if RunRecord(ctx.store, r).read_state() is None:
+            raise RunNotFound(f"no run {r!r} in {ctx.store.url} (see `runner ops list`)")
+    frames = snapshots(ctx.store, ids, interval, enrich=lambda row: _add_cost(ctx, row, live_only=True))
+    try:
+        if as_json:
+            rows = watch_json(frames, ids, lambda line: click.echo(line))
+        else:
+            rows = watch_table(frames, ids, ctx.store.url)
+    except KeyboardInterrupt:
+        return
+    if ids:
+        sys.exit(0 if all(r["state"] == "SUCCEEDED" for r in rows) else EXIT_FAILED)
 
 
 @ops.command()
 @click.option("--run-id", required=True)
 @click.option("--grace-period", type=float, help="Seconds the job gets to checkpoint before it is killed.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @config_options
 @_guard
-def delete(run_id: str, grace_period: float | None, cli_config: dict[str, Any], config_path: str | None) -> None:
-    """Stop a run for good: writes .stop (nothing will restart it), then removes its VM/container."""
+def delete(run_id: str, grace_period: float | None, as_json: bool, cli_config: dict[str, Any],
+           config_path: str | None) -> None:
+    """Stop a run for good: writes .stop (nothing will restart it), then removes its VM/container.
+
+    The run's record (checkpoints, results, logs) stays in the store; `submit --restart` resumes it.
+    """
     from runner.ops import delete_run
 
     ctx = _load(cli_config, config_path)
     g = ctx.cfg.grace_period if grace_period is None else grace_period
     out = delete_run(ctx.store, ctx.backend, _run_id(run_id), g)
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
     click.echo(f"{out['run_id']}: {out['state']}; removed {', '.join(out['removed']) or 'no instance'}")
 
 
 @ops.command()
 @click.option("--run-id", required=True)
 @click.option("--grace-period", type=float, help="Seconds between SIGTERM and kill (default: config grace_period).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @config_options
 @_guard
-def preempt(run_id: str, grace_period: float | None, cli_config: dict[str, Any], config_path: str | None) -> None:
+def preempt(run_id: str, grace_period: float | None, as_json: bool, cli_config: dict[str, Any],
+            config_path: str | None) -> None:
     """Simulate a spot preemption: SIGTERM, grace period, kill. The supervisor restarts the run."""
     from runner.ops import preempt_run
 
     ctx = _load(cli_config, config_path)
     g = ctx.cfg.grace_period if grace_period is None else grace_period
     out = preempt_run(ctx.store, ctx.backend, _run_id(run_id), g)
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
     click.echo(f"{run_id}: preempted {', '.join(out['preempted'])}")
 
 
@@ -456,8 +527,11 @@ def pull(run_id: str, dest: str, checkpoints: bool, as_json: bool, cli_config: d
     """Copy a run's results (and checkpoints) here; a second pull transfers only what changed."""
     from runner.ops import pull_run
 
+    from runner.progress_bar import transfer_progress
+
     ctx = _load(cli_config, config_path)
-    out = pull_run(ctx.store, _run_id(run_id), dest, checkpoints, say=_note)
+    with transfer_progress(f"pulling {run_id}", enabled=not as_json) as (on_plan, on_file):
+        out = pull_run(ctx.store, _run_id(run_id), dest, checkpoints, on_plan=on_plan, on_file=on_file)
     if as_json:
         click.echo(json.dumps(out, indent=1))
         return
@@ -469,27 +543,55 @@ def pull(run_id: str, dest: str, checkpoints: bool, as_json: bool, cli_config: d
 @click.option("--run-id", required=True)
 @click.option("--attempt", type=int, help="Only this attempt (default: all, with separators).")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the run ends.")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON: one object per attempt (with --follow, one line per new chunk).")
 @config_options
 @_guard
-def logs(run_id: str, attempt: int | None, follow: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
-    """The job's output, from the store, across attempts."""
+def logs(run_id: str, attempt: int | None, follow: bool, as_json: bool, cli_config: dict[str, Any],
+         config_path: str | None) -> None:
+    """The job's output across attempts, from the store, with a separator per attempt.
+
+    On GCE each attempt starts with its VM's serial console up to the container start (driver
+    install, image pull): where to look when a run never got to its first line of output.
+    GCE keeps that console only while the VM exists.
+
+    \b
+      runner ops logs --run-id exp-1              # every attempt
+      runner ops logs --run-id exp-1 --attempt 2  # one attempt
+      runner ops logs --run-id exp-1 -f           # follow until the run ends
+    """
     from runner.ops import attempt_logs, follow_logs
 
     ctx = _load(cli_config, config_path)
     run_id = _run_id(run_id)
     out = sys.stdout.buffer
+
+    def separator(a: int, what: str) -> None:
+        out.write(f"===== attempt {a}: {what} =====\n".encode())
+
     if follow:
         shown = None
-        for a, chunk in follow_logs(ctx.store, run_id):
-            if a != shown:
-                out.write(f"===== attempt {a} =====\n".encode())
-                shown = a
-            out.write(chunk)
+        for a, kind, chunk in follow_logs(ctx.store, run_id, backend=ctx.backend):
+            if as_json:
+                out.write(json.dumps({"attempt": a, "kind": kind, "text": chunk.decode("utf-8", "replace")}).encode()
+                          + b"\n")
+            else:
+                if (a, kind) != shown:
+                    separator(a, "VM startup (serial console)" if kind == "startup" else "job output")
+                    shown = (a, kind)
+                out.write(chunk)
             out.flush()
         return
-    for a, data in attempt_logs(ctx.store, run_id, attempt):
-        out.write(f"===== attempt {a} =====\n".encode())
-        out.write(data)
+    parts = attempt_logs(ctx.store, run_id, attempt, backend=ctx.backend)
+    if as_json:
+        click.echo(json.dumps([{**p, "output": p["output"].decode("utf-8", "replace")} for p in parts], indent=1))
+        return
+    for p in parts:
+        if p["startup"]:
+            separator(p["attempt"], f"VM startup (serial console of {p['instance']})")
+            out.write(p["startup"].encode())
+        separator(p["attempt"], "job output")
+        out.write(p["output"] if p["output"] or p["startup"] else b"(no output stored for this attempt)\n")
     out.flush()
 
 

@@ -36,36 +36,27 @@ def _record(store: Store, run_id: str) -> RunRecord:
 
 
 def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None) -> dict[str, Any]:
+    """``run_row`` plus what one run's page shows: sync health, the last event, startup phase, VMs."""
+    import json
+
     rec = _record(store, run_id)
-    cur = rec.read_state()
-    assert cur is not None
-    st = cur[0]
+    out = run_row(store, run_id)
+    if out is None:
+        raise RunNotFound(f"no run {run_id!r} in {store.url} (see `runner ops list`)")
     hb = rec.read_heartbeat()
     last_event = None
     names = store.list(rec.name(RunRecord.EVENTS))
     if names:
         blob = store.read(sorted(names)[-1])
         if blob is not None:
-            import json
-
             last_event = json.loads(blob.data)
-    out: dict[str, Any] = {
-        "run_id": run_id,
-        "state": st.state.value,
-        "attempt": st.attempt,
-        "instance": st.instance,
-        "zone": st.zone,
-        "reason": st.reason,
-        "exit_code": st.exit_code,
-        "updated_at": iso(st.updated_at),
-        "heartbeat_at": iso(hb.time) if hb else None,
-        "heartbeat_age_s": round(time.time() - hb.time, 1) if hb else None,
-        "progress": hb.progress if hb else {},
+            last_event["at"] = iso(last_event["time"])
+    out.update({
         "sync": hb.sync if hb else {},
         "stop_requested": rec.stop_requested(),
         "last_event": last_event,
-    }
-    startup = rec.read_startup(st.attempt) if st.attempt else None
+    })
+    startup = rec.read_startup(out["attempt"]) if out["attempt"] else None
     out["startup_phase"] = startup.get("phase") if startup else None
     if backend is not None:
         inst = current_instance(store, backend, run_id)
@@ -82,25 +73,82 @@ def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None)
     return out
 
 
-def list_runs(store: Store) -> list[dict[str, Any]]:
-    rows = []
-    for run_id in list_run_ids(store):
-        rec = RunRecord(store, run_id)
-        cur = rec.read_state()
-        if cur is None:
-            continue
-        st = cur[0]
-        hb = rec.read_heartbeat()
-        rows.append({
-            "run_id": run_id,
-            "state": st.state.value,
-            "attempt": st.attempt,
-            "progress": hb.progress if hb else {},
-            "heartbeat_at": iso(hb.time) if hb else None,
-            "updated_at": iso(st.updated_at),
-            "reason": st.reason,
-        })
-    return rows
+def run_row(store: Store, run_id: str, now: float | None = None) -> dict[str, Any] | None:
+    """One run's line in ``ops list`` / ``ops watch``: two small reads (state, heartbeat).
+
+    ``rate`` is the agent's own measure for the current attempt (steps per second); the ETA is
+    only given while the run is live and the rate is known.
+    """
+    rec = RunRecord(store, run_id)
+    cur = rec.read_state()
+    if cur is None:
+        return None
+    st = cur[0]
+    now = time.time() if now is None else now
+    hb = rec.read_heartbeat()
+    live = not st.state.terminal
+    progress = hb.progress if hb else {}
+    rate = hb.rate if hb is not None and hb.attempt == st.attempt else None
+    step, total = progress.get("step"), progress.get("total")
+    eta = None
+    if live and rate and isinstance(step, (int, float)) and isinstance(total, (int, float)) and total > step:
+        eta = round((total - step) / rate, 1)
+    return {
+        "run_id": run_id,
+        "state": st.state.value,
+        "attempt": st.attempt,
+        "zone": st.zone,
+        "instance": st.instance,
+        "restarts": st.restarts,
+        "reason": st.reason,
+        "exit_code": st.exit_code,
+        "progress": progress,
+        "rate": round(rate, 4) if rate else None,
+        "eta_s": eta,
+        "heartbeat_at": iso(hb.time) if hb else None,
+        "heartbeat_age_s": round(now - hb.time, 1) if hb else None,
+        "updated_at": iso(st.updated_at),
+        "updated_age_s": round(now - st.updated_at, 1),
+    }
+
+
+def list_runs(store: Store, run_ids: list[str] | None = None, workers: int = 16) -> list[dict[str, Any]]:
+    """Every run (or ``run_ids``), in run-id order: one listing, then each run's reads in parallel.
+
+    On GCS each read is a round trip of tens of milliseconds; read one after another, 200 runs
+    would take seconds. The listing itself is a single delimiter call whatever the run count.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    ids = list_run_ids(store) if run_ids is None else run_ids
+    now = time.time()
+    if len(ids) <= 1:
+        rows = [run_row(store, r, now) for r in ids]
+    else:
+        with ThreadPoolExecutor(max_workers=min(workers, len(ids))) as pool:
+            rows = list(pool.map(lambda r: run_row(store, r, now), ids))
+    return [r for r in rows if r is not None]
+
+
+def duration(seconds: float | None) -> str:
+    """A short human duration: 45s, 12m, 3h05m, 2d04h."""
+    if seconds is None:
+        return "-"
+    s = int(max(0, seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s" if s < 600 else f"{s // 60}m"
+    if s < 86400:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
+
+
+def when(ts_iso: str | None, age_s: float | None) -> str:
+    """A timestamp as people read it here: UTC ISO-8601 and how long ago."""
+    if not ts_iso or age_s is None:
+        return "-"
+    return f"{ts_iso} ({ago(time.time() - age_s)})"
 
 
 def delete_run(store: Store, backend: ComputeBackend, run_id: str, grace_period: float,
@@ -188,49 +236,103 @@ def current_instance(store: Store, backend: ComputeBackend, run_id: str):  # typ
     return next((i for i in reversed(live) if i.attempt == cur[0].attempt), live[-1] if live else None)
 
 
-def attempt_logs(store: Store, run_id: str, attempt: int | None = None) -> list[tuple[int, bytes]]:
+STARTUP_DONE = "runner-phase: container-running"
+
+
+def startup_console(backend: ComputeBackend | None, inst: Any) -> str | None:
+    """The startup phase of a VM's serial console (up to the container start), or None.
+
+    None where there is no such console (the local backend, a VM already deleted: GCE keeps
+    serial output only while the VM exists). Best effort: an API error becomes a note, since
+    the job's own output in the store is still worth showing.
+    """
+    if backend is None or inst is None or not backend.has_startup_console:
+        return None
+    try:
+        text = backend.logs(inst, tail=5000)
+    except Exception as e:  # noqa: BLE001 - a console we cannot read must not hide the job output
+        return f"(serial console of {inst.name} unavailable: {e})\n"
+    if not text:
+        return None
+    lines = text.splitlines(keepends=True)
+    end = next((i for i, ln in enumerate(lines) if STARTUP_DONE in ln), len(lines) - 1)
+    return "".join(lines[:end + 1]).rstrip("\n") + "\n"
+
+
+def attempt_logs(store: Store, run_id: str, attempt: int | None = None,
+                 backend: ComputeBackend | None = None) -> list[dict[str, Any]]:
+    """Each attempt's job output from the store and, on GCE, its VM's startup console.
+
+    Returns ``[{"attempt", "instance", "startup": str | None, "output": bytes}]`` in attempt order.
+    """
     rec = _record(store, run_id)
     cur = rec.read_state()
     assert cur is not None
-    attempts = [attempt] if attempt is not None else list(range(1, cur[0].attempt + 1))
+    last = cur[0].attempt
+    if attempt is not None and not 1 <= attempt <= max(last, 1):
+        raise RunNotFound(f"run {run_id} has no attempt {attempt} (it is at attempt {last})")
+    attempts = [attempt] if attempt is not None else list(range(1, last + 1))
+    instances = {i.attempt: i for i in backend.list(run_id)} if backend is not None else {}
     out = []
     for a in attempts:
         blob = store.read(rec.name(RunRecord.log_name(a)))
-        out.append((a, blob.data if blob else b""))
+        inst = instances.get(a)
+        out.append({"attempt": a, "instance": inst.name if inst else None,
+                    "startup": startup_console(backend, inst), "output": blob.data if blob else b""})
     return out
 
 
-def follow_logs(store: Store, run_id: str, poll: float = 1.0) -> Iterator[tuple[int, bytes]]:
-    """New log bytes as they reach the store, across attempts, until the run ends."""
+def follow_logs(store: Store, run_id: str, poll: float = 1.0,
+                backend: ComputeBackend | None = None) -> Iterator[tuple[int, str, bytes]]:
+    """New output as it arrives, across attempts, until the run ends: ``(attempt, kind, bytes)``.
+
+    ``kind`` is ``"startup"`` for a VM's serial console before its container starts (GCE only),
+    then ``"output"`` for the job's log in the store.
+    """
     rec = _record(store, run_id)
     sent: dict[int, int] = {}
+    console: dict[int, int] = {}  # attempt -> serial offset; removed once the container started
     while True:
         cur = rec.read_state()
         assert cur is not None
         st = cur[0]
+        live = {i.attempt: i for i in backend.list(run_id)} if backend is not None and backend.has_startup_console else {}
         for a in range(1, st.attempt + 1):
             blob = store.read(rec.name(RunRecord.log_name(a)))
+            inst = live.get(a)
+            if inst is not None and not blob and console.get(a, 0) >= 0:
+                try:
+                    text, nxt = backend.console(inst, max(console.get(a, 0), 0))  # type: ignore[union-attr]
+                except Exception:  # noqa: BLE001 - try again next poll
+                    text, nxt = "", console.get(a, 0)
+                if STARTUP_DONE in text:
+                    text, nxt = text[:text.index(STARTUP_DONE)] + STARTUP_DONE + "\n", -1
+                if text:
+                    yield a, "startup", text.encode()
+                console[a] = nxt
             if blob is None:
                 continue
             done = sent.get(a, 0)
             if len(blob.data) > done:
-                yield a, blob.data[done:]
+                yield a, "output", blob.data[done:]
                 sent[a] = len(blob.data)
         if st.state.terminal:
             return
         time.sleep(poll)
 
 
-__all__ = ["RunNotFound", "run_status", "list_runs", "delete_run", "preempt_run", "attempt_logs",
-           "follow_logs", "ago", "label_value"]
+__all__ = ["RunNotFound", "run_status", "run_row", "list_runs", "duration", "when", "delete_run", "preempt_run", "attempt_logs",
+           "follow_logs", "startup_console", "ago", "label_value"]
 
 
 def pull_run(store: Store, run_id: str, dest: str, checkpoints: bool = False,
-             say: Callable[[str], None] | None = None) -> dict[str, Any]:
+             on_plan: Callable[[int, int], None] | None = None,
+             on_file: Callable[[str, int], None] | None = None) -> dict[str, Any]:
     """Copy the run's ``results/`` (and ``checkpoints/``) to ``dest/RUN_ID``; ``dest/latest`` points there.
 
     Files whose local CRC32C already matches the stored one are not transferred again, so a
-    repeated pull moves only what changed.
+    repeated pull moves only what changed. ``on_plan(files, bytes)`` is told what will move
+    before anything does (for a progress bar), ``on_file(name, bytes)`` after each file.
     """
     import os
 
@@ -240,22 +342,28 @@ def pull_run(store: Store, run_id: str, dest: str, checkpoints: bool = False,
     prefixes = [RunRecord.RESULTS] + ([RunRecord.CHECKPOINTS] if checkpoints else [])
     names = [n for p in prefixes for n in store.list(rec.name(p)) if "/.partial/" not in n]
     root = os.path.join(dest, run_id)
-    copied, skipped, moved = [], [], 0
-    for i, name in enumerate(names, 1):
+    todo, skipped = [], []
+    for name in names:
         rel = name[len(rec.prefix):]
         local = os.path.join(root, rel)
         info = store.stat(name)
         if info is None:
-            continue
+            continue  # deleted since the listing
         if os.path.isfile(local) and crc32c_of_file(local) == info.crc32c:
             skipped.append(rel)
-            continue
+        else:
+            todo.append((name, rel, local, info.size))
+    if on_plan:
+        on_plan(len(todo), sum(t[3] for t in todo))
+    copied, moved = [], 0
+    for name, rel, local, size in todo:
         os.makedirs(os.path.dirname(local), exist_ok=True)
         store.download_file(name, local)
         copied.append(rel)
-        moved += info.size
-        if say:
-            say(f"[{i}/{len(names)}] {rel} ({info.size} bytes)")
+        moved += size
+        if on_file:
+            on_file(rel, size)
+    os.makedirs(dest, exist_ok=True)
     latest = os.path.join(dest, "latest")
     if os.path.islink(latest) or not os.path.exists(latest):
         tmp = f"{latest}.tmp-{os.getpid()}"

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Prepares this machine for the demo and the tests, idempotently:
-#   1. Docker engine (Debian's docker.io) and debootstrap, installed when missing (needs root);
+#   1. Docker engine (Debian's docker.io), debootstrap and tmux (the watch test), installed when missing (needs root);
 #   2. dockerd started when it is not running;
 #   3. a Debian base image with Python and the agent's dependencies, bootstrapped locally once
 #      (no image registry is needed) and cached as a Docker image.

@@ -155,6 +155,11 @@ def test_status_list_and_logs_show_a_finished_run_across_attempts(runner, run_id
     assert run_id in runner("ops", "list").stdout
 
     logs = runner("ops", "logs", "--run-id", run_id).stdout
-    assert logs.index("===== attempt 1 =====") < logs.index("===== attempt 2 =====")
-    assert "trainer: done at step 30" in logs.split("===== attempt 2 =====")[1]
-    assert "===== attempt 2 =====" in followed and "trainer: done at step 30" in followed
+    first, second = "===== attempt 1: job output =====", "===== attempt 2: job output ====="
+    assert logs.index(first) < logs.index(second)
+    assert "trainer: done at step 30" in logs.split(second)[1]
+    assert "trainer: done at step 30" not in logs.split(second)[0]
+    assert second in followed and "trainer: done at step 30" in followed
+    only2 = runner("ops", "logs", "--run-id", run_id, "--attempt", "2").stdout
+    assert first not in only2 and "trainer: done at step 30" in only2
+    assert runner("ops", "logs", "--run-id", run_id, "--attempt", "7").returncode == 3

@@ -59,6 +59,9 @@ class LaunchContext:
 
 class ComputeBackend(ABC):
     name: str
+    # A VM's serial console shows what happened before the job started (driver install, image
+    # pull); a local container has no such phase, its console is the job's own output.
+    has_startup_console: bool = False
 
     def owns(self, spec: RunSpec) -> bool:
         """Whether this backend (its project, say) is where ``spec``'s instances live."""

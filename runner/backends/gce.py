@@ -119,6 +119,7 @@ def _error_reasons(exc_or_op: Any) -> list[str]:
 
 class GceBackend(ComputeBackend):
     name = "gce"
+    has_startup_console = True
 
     def __init__(self, clients: ComputeClients, project: str) -> None:
         self.c = clients

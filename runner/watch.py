@@ -1,0 +1,129 @@
+"""``runner ops watch``: a live table of runs, or a stream of JSON lines for scripts.
+
+The table is redrawn in place (rich's ``Live``), one render per poll, so the terminal never
+flickers and scroll-back is not flooded. The JSON stream prints a line only when something a
+script could act on changed (state, attempt, zone, progress, restarts...), never merely because
+a heartbeat got one second older.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Callable, Iterator
+
+from entrypoint.store import Store
+from runner.ops import duration, list_runs
+
+# What makes a row "changed" for --json: everything except values that move with the clock.
+_VOLATILE = ("heartbeat_age_s", "updated_age_s", "eta_s", "heartbeat_at", "cost")
+
+Row = dict[str, Any]
+Enrich = Callable[[Row], None]
+
+
+def snapshots(store: Store, run_ids: list[str] | None, interval: float,
+              enrich: Enrich | None = None) -> Iterator[list[Row]]:
+    """The runs' rows every ``interval`` seconds, forever (the caller decides when to stop)."""
+    while True:
+        rows = list_runs(store, run_ids)
+        for row in rows:
+            if enrich is not None:
+                enrich(row)
+        yield rows
+        time.sleep(interval)
+
+
+def changes(rows: list[Row], seen: dict[str, str]) -> list[Row]:
+    """The rows that differ from what was last emitted for their run (updates ``seen``)."""
+    out = []
+    for row in rows:
+        key = json.dumps({k: v for k, v in row.items() if k not in _VOLATILE}, sort_keys=True, default=str)
+        if seen.get(row["run_id"]) != key:
+            seen[row["run_id"]] = key
+            out.append(row)
+    return out
+
+
+def all_done(rows: list[Row], run_ids: list[str] | None) -> bool:
+    """With named runs: every one of them has reached a terminal state."""
+    terminal = {"SUCCEEDED", "FAILED", "STOPPED"}
+    return bool(run_ids) and len(rows) == len(run_ids) and all(r["state"] in terminal for r in rows)
+
+
+_STATE_STYLE = {
+    "RUNNING": "green", "SUCCEEDED": "bold green", "FAILED": "bold red", "STOPPED": "dim",
+    "PREEMPTED": "yellow", "STALLED": "red", "ERRORED": "red", "PENDING": "cyan",
+    "PROVISIONING": "cyan", "BOOTING": "cyan",
+}
+
+
+def _progress_cell(p: dict[str, Any]) -> str:
+    step, total = p.get("step"), p.get("total")
+    if step is None:
+        return "-"
+    if isinstance(total, (int, float)) and total:
+        return f"{step}/{total} {100 * step / total:.0f}%"
+    return str(step)
+
+
+def render_table(rows: list[Row], title: str) -> Any:
+    """The rich ``Table`` for ``rows`` (imported lazily: plain ``runner --help`` stays fast)."""
+    from rich.table import Table
+
+    t = Table(title=title, title_justify="left", expand=False, pad_edge=False)
+    for col, just in (("RUN", "left"), ("STATE", "left"), ("ATT", "right"), ("ZONE", "left"),
+                      ("HEARTBEAT", "right"), ("PROGRESS", "right"), ("RATE", "right"),
+                      ("ETA", "right"), ("RESTARTS", "right"), ("COST", "right")):
+        t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
+    for r in rows:
+        live = r["state"] not in ("SUCCEEDED", "FAILED", "STOPPED")
+        hb = duration(r["heartbeat_age_s"]) if live and r["heartbeat_age_s"] is not None else "-"
+        rate = f"{r['rate']:.2f}/s" if r.get("rate") else "-"
+        t.add_row(
+            r["run_id"], f"[{_STATE_STYLE.get(r['state'], '')}]{r['state']}[/]", str(r["attempt"]),
+            r.get("zone") or "-", hb, _progress_cell(r["progress"]), rate, duration(r.get("eta_s")),
+            str(r.get("restarts", 0)), r.get("cost_text", "-"),
+        )
+    if not rows:
+        t.add_row("(no runs yet)", "", "", "", "", "", "", "", "", "")
+    return t
+
+
+def watch_table(frames: Iterator[list[Row]], run_ids: list[str] | None, store_url: str,
+                console: Any = None) -> list[Row]:
+    """Draw ``frames`` in place until the named runs end (or forever); returns the last rows."""
+    from rich.console import Console
+    from rich.live import Live
+
+    console = console or Console()
+    rows: list[Row] = []
+    title = f"runs in {store_url} — Ctrl-C to quit"
+    if not console.is_terminal:
+        # No cursor control (a pipe, a log file): print a table only when something changed.
+        seen: dict[str, str] = {}
+        for rows in frames:
+            if changes(rows, seen):
+                console.print(render_table(rows, f"{time.strftime('%H:%M:%S')} {title}"))
+            if all_done(rows, run_ids):
+                break
+        return rows
+    with Live(console=console, auto_refresh=False, transient=False) as live:
+        for rows in frames:
+            live.update(render_table(rows, f"{time.strftime('%H:%M:%S')} {title}"), refresh=True)
+            if all_done(rows, run_ids):
+                break
+    return rows
+
+
+def watch_json(frames: Iterator[list[Row]], run_ids: list[str] | None, emit: Callable[[str], None]) -> list[Row]:
+    """One JSON line per run per change, with the time of the observation; returns the last rows."""
+    seen: dict[str, str] = {}
+    rows: list[Row] = []
+    for rows in frames:
+        now = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        for row in changes(rows, seen):
+            emit(json.dumps({"observed_at": now, **row}, default=str))
+        if all_done(rows, run_ids):
+            break
+    return rows
