@@ -181,12 +181,24 @@ class Agent:
         hb_stop.set()
         self._best_effort("log upload", lambda: self._upload_log(force=True))
         self._best_effort("heartbeat", self._write_heartbeat)
-        # The progress reached, kept per attempt (heartbeat.json is overwritten by the next
-        # attempt): with the next attempt's resume point it tells how much work a preemption cost.
-        manifest.update(finished_at=time.time(), exit_code=code, progress=self.progress.snapshot()[0])
+        manifest.update(finished_at=time.time(), exit_code=code, **self._work_done())
         self._best_effort("manifest", lambda: self.record.write_manifest(cfg.attempt, manifest))
         self._record_outcome(code, bool(sync_ok) and bool(results_ok))
         return code
+
+    def _work_done(self) -> dict[str, object]:
+        """How far this attempt got and what it saved, kept per attempt in its manifest.
+
+        heartbeat.json is overwritten by the next attempt; these let ``runner.cost`` tell how
+        much work a preemption threw away (steps after the last published checkpoint).
+        """
+        progress, changed_at = self.progress.snapshot()
+        first = self.progress.first_step()
+        return {
+            "first_progress": {"step": first[0], "time": first[1]} if first else None,
+            "last_progress": {"step": progress.get("step"), "time": changed_at} if "step" in progress else None,
+            "checkpoint_at": self.checkpoints.stats.newest_written_at,
+        }
 
     @staticmethod
     def _best_effort(what: str, step: Callable[[], object]) -> object:

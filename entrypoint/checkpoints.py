@@ -45,6 +45,9 @@ class SyncStats:
     failures: int = 0
     last_error: str | None = None
     last_upload_at: float | None = None
+    # When the job wrote the newest file published so far (its mtime): work done after this
+    # moment is lost if the VM goes now, which is what the cost of a preemption is made of.
+    newest_written_at: float | None = None
     pending: list[str] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, object]:
@@ -54,6 +57,7 @@ class SyncStats:
             "failures": self.failures,
             "last_error": self.last_error,
             "last_upload_at": self.last_upload_at,
+            "newest_written_at": self.newest_written_at,
         }
 
 
@@ -102,6 +106,7 @@ class DirectorySync:
                 try:
                     self._upload(rel)
                     self._uploaded[rel] = sig
+                    self.stats.newest_written_at = max(self.stats.newest_written_at or 0.0, sig[2] / 1e9)
                 except (OSError, StoreError) as e:
                     ok = False
                     self.stats.failures += 1

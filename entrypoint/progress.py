@@ -91,6 +91,11 @@ class ProgressTracker:
         with self._lock:
             return dict(self._progress), self._changed_at
 
+    def first_step(self) -> tuple[float, float] | None:
+        """(step, time) of the first step reported this attempt: where a resumed job picked up."""
+        with self._lock:
+            return self._first_step
+
     def rate(self) -> float | None:
         """Steps per second since the first step this attempt saw (None until two distinct steps).
 

@@ -289,9 +289,95 @@ def supervise(run_id: str | None, once: bool, poll_interval: float | None,
         time.sleep(ctx.cfg.poll_interval)
 
 
+@main.command()
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of checks.")
+@config_options
+def doctor(as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
+    """Check that runs can work here, each check with ✓/✗ and the exact fix.
+
+    \b
+    Checks: credentials (ADC); the project (config vs gcloud's active one); the compute,
+    storage, cloudbuild and artifactregistry APIs; the bucket exists and can be written and
+    read; the VM service account's roles; spot GPU quota in the configured zones' regions;
+    Docker (local backend); timeouts that work together. Exit 0 when all pass, 1 otherwise.
+
+    \b
+      runner doctor --backend gce --project my-proj --store gs://my-bucket
+    """
+    from dataclasses import asdict
+
+    from runner.config import ConfigError, load_config
+    from runner.doctor import exit_code, format_check, run_checks
+
+    try:
+        cfg = load_config(cli={k: v for k, v in cli_config.items() if v is not None}, config_path=config_path)
+    except ConfigError as e:
+        _err(str(e), EXIT_USAGE)
+    checks = run_checks(cfg)
+    if as_json:
+        click.echo(json.dumps([asdict(c) for c in checks], indent=1))
+    else:
+        for c in checks:
+            click.echo(format_check(c))
+    sys.exit(exit_code(checks))
+
+
+@main.command()
+@click.option("--region", help="Bucket location (default: the region of the first configured zone).")
+@click.option("--service-account-name", "sa_name", default="cos-spot-runner", show_default=True,
+              help="The VM service account to create (NAME@PROJECT.iam.gserviceaccount.com).")
+@click.option("--staging-days", type=int, default=7, show_default=True,
+              help="Delete Cloud Build's staged sources after this many days (a bucket lifecycle rule).")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of steps.")
+@config_options
+def init(region: str | None, sa_name: str, staging_days: int, as_json: bool, cli_config: dict[str, Any],
+         config_path: str | None) -> None:
+    """Create what GCE runs need, idempotently: bucket, lifecycle rule, service account, roles.
+
+    \b
+    - the bucket of --store (uniform bucket-level access), if missing;
+    - a lifecycle rule deleting staged build sources (cloudbuild/source/) after --staging-days;
+    - the VM service account, if missing;
+    - least-privilege roles for it: storage.objectAdmin on the bucket only; logging.logWriter,
+      monitoring.metricWriter and artifactregistry.reader on the project.
+    Running it again changes nothing. Needs a caller allowed to create buckets, service
+    accounts and IAM bindings (e.g. roles/owner, or storage.admin + iam.serviceAccountAdmin +
+    resourcemanager.projectIamAdmin).
+
+    \b
+      runner init --project my-proj --store gs://my-proj-runs --region us-central1
+    """
+    from dataclasses import asdict
+
+    from runner.config import ConfigError, load_config
+    from runner.gcp_rest import ApiError
+    from runner.project_setup import SetupError, init_project
+
+    try:
+        cfg = load_config(cli={k: v for k, v in cli_config.items() if v is not None}, config_path=config_path)
+    except ConfigError as e:
+        _err(str(e), EXIT_USAGE)
+    region = region or (cfg.zones[0].rsplit("-", 1)[0] if cfg.zones else None)
+    if not region:
+        _err("no region for the bucket: pass --region (e.g. us-central1) or set zones in runner.toml", EXIT_USAGE)
+    try:
+        steps = init_project(cfg, region=region, sa_name=sa_name, staging_days=staging_days,
+                             say=(lambda _: None) if as_json else click.echo)
+    except SetupError as e:
+        _err(str(e), EXIT_USAGE)
+    except ApiError as e:
+        _err(str(e), EXIT_FAILED)
+    if as_json:
+        click.echo(json.dumps([asdict(st) for st in steps], indent=1))
+
+
 @main.group()
 def ops() -> None:
-    """Show and control runs: status, list, logs, serial, events, pull, delete, preempt."""
+    """Show and control runs: status, list, watch, logs, serial, events, pull, delete, preempt.
+
+    Every command takes --json. Exit codes: 0 ok, 1 the run (or the operation) failed,
+    2 usage or config error, 3 no such run.
+    """
 
 
 @ops.command()
@@ -322,8 +408,7 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
     if s.get("startup_phase"):
         click.echo(f"startup    {s['startup_phase']}")
     click.echo(f"progress   {prog}")
-    if s.get("cost"):
-        click.echo(f"cost       {s['cost_text']}")
+    click.echo(f"cost       {s['cost_text']}" + _cost_detail(s["cost"]))
     if s.get("instances"):
         click.echo("instances  " + ", ".join(f"{i['name']} ({i['status']})" for i in s["instances"]))
     if ev:
@@ -368,14 +453,49 @@ def list_cmd(as_json: bool, orphans: bool, cli_config: dict[str, Any], config_pa
                    f"{when(r['updated_at'], r['updated_age_s'])}")
 
 
+def _cost_detail(c: dict[str, Any]) -> str:
+    """The small print under a cost: where the prices come from, or why there is no figure."""
+    if c.get("why_unknown"):
+        return f"  ({c['why_unknown']})"
+    if c.get("note"):
+        return f"  ({c['note']})"
+    return f"  (spot prices as of {c.get('as_of')}; an estimate: set price_table to use your own)"
+
+
 def _progress_text(p: dict[str, Any]) -> str:
     if not p or p.get("step") is None:
         return "-"
     return f"{p['step']}/{p['total']}" if p.get("total") else str(p["step"])
 
 
-def _add_cost(ctx: Any, row: dict[str, Any], live_only: bool = False) -> None:
-    """Put the run's cost estimate (``cost``, ``cost_text``) into ``row``; never fails the command."""
+_FINISHED_COSTS: dict[tuple[str, str], dict[str, Any]] = {}  # (run id, updated_at) -> estimate
+
+
+def _add_cost(ctx: Any, row: dict[str, Any]) -> None:
+    """Put the run's cost estimate (``cost``, ``cost_text``) into ``row``; never fails the command.
+
+    A finished run's estimate cannot change, so ``watch`` computes it once, not every refresh.
+    """
+    from entrypoint.record import RunRecord
+    from runner.cost import PriceTableError, cost_text, estimate_run_cost, load_prices
+
+    key = (row["run_id"], row["updated_at"])
+    if key in _FINISHED_COSTS:
+        row["cost"] = _FINISHED_COSTS[key]
+    else:
+        try:
+            if not hasattr(ctx, "_prices"):
+                ctx._prices = load_prices(ctx.cfg.price_table)
+            zones = {i["attempt"]: i["zone"] for i in row.get("instances", [])}
+            row["cost"] = estimate_run_cost(RunRecord(ctx.store, row["run_id"]), ctx._prices, time.time(),
+                                            instance_zones=zones or None)
+        except PriceTableError as e:
+            row["cost"] = {"so_far": None, "why_unknown": str(e)}
+        except Exception as e:  # noqa: BLE001 - an estimate must never break status or watch
+            row["cost"] = {"so_far": None, "why_unknown": f"cannot estimate ({type(e).__name__}: {e})"}
+        if row["state"] in ("SUCCEEDED", "FAILED", "STOPPED"):
+            _FINISHED_COSTS[key] = row["cost"]
+    row["cost_text"] = cost_text(row["cost"])
 
 
 @ops.command()
@@ -408,7 +528,7 @@ def watch(run_ids: tuple[str, ...], interval: float, as_json: bool, cli_config: 
     for r in ids or []:
         if RunRecord(ctx.store, r).read_state() is None:
             raise RunNotFound(f"no run {r!r} in {ctx.store.url} (see `runner ops list`)")
-    frames = snapshots(ctx.store, ids, interval, enrich=lambda row: _add_cost(ctx, row, live_only=True))
+    frames = snapshots(ctx.store, ids, interval, enrich=lambda row: _add_cost(ctx, row))
     try:
         if as_json:
             rows = watch_json(frames, ids, lambda line: click.echo(line))

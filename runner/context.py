@@ -73,7 +73,10 @@ class Context:
     backend: ComputeBackend
 
     def supervisor(self) -> Supervisor:
-        return Supervisor(self.store, self.backend, SupervisorSettings.from_config(self.cfg))
+        from runner.notify import notifier_from_config
+
+        return Supervisor(self.store, self.backend, SupervisorSettings.from_config(self.cfg),
+                          notifier=notifier_from_config(self.cfg))
 
 
 def make_context(cfg: Config, create_default_store: bool = False) -> Context:

@@ -21,12 +21,15 @@ import socket
 import sys
 import time
 from dataclasses import dataclass
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 from entrypoint.record import IllegalTransition, RunRecord, RunState, State, list_run_ids
 from entrypoint.store import PreconditionFailed, Store
 from runner.backends.base import BackendError, ComputeBackend, Instance, InstanceStatus, LaunchContext
 from runner.naming import label_value, resource_name
+
+if TYPE_CHECKING:
+    from runner.notify import TransitionNotifier
 
 
 @dataclass(frozen=True)
@@ -64,12 +67,14 @@ class Supervisor:
         settings: SupervisorSettings,
         actor: str | None = None,
         now: Callable[[], float] = time.time,
+        notifier: "TransitionNotifier | None" = None,
     ) -> None:
         self.store = store
         self.backend = backend
         self.settings = settings
         self.actor = actor or default_actor()
         self.now = now
+        self.notifier = notifier
         self._backoff: dict[str, float] = {}  # run id -> time before which no create is tried
         self._delays: dict[str, float] = {}
 
@@ -125,6 +130,10 @@ class Supervisor:
             rec.event(self.actor, None, None, f"create failed, retrying in {self._delays[run_id]:.0f}s: {e}",
                       attempt=cur[0].attempt)
         after = rec.read_state()
+        if after is not None and self.notifier is not None:
+            # After the step, so this pass's own transitions go out now. Never raises; the
+            # webhook is called from another thread, so a dead one cannot slow this pass.
+            self.notifier.observe(rec, *after)
         return after[0] if after else None
 
     # ---- one step ----

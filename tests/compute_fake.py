@@ -143,6 +143,12 @@ _QUOTA_METRICS = {
     "nvidia-h100-80gb": "NVIDIA_H100_GPUS",
 }
 
+DEFAULT_REGION_QUOTAS: dict[str, tuple[float, float]] = {
+    "CPUS": (24.0, 0.0), "PREEMPTIBLE_CPUS": (0.0, 0.0),
+    "NVIDIA_T4_GPUS": (1.0, 0.0), "PREEMPTIBLE_NVIDIA_T4_GPUS": (1.0, 0.0),
+    "NVIDIA_L4_GPUS": (1.0, 0.0), "PREEMPTIBLE_NVIDIA_L4_GPUS": (1.0, 0.0),
+}
+
 _NAME_RE = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_KEY_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE_RE = re.compile(r"[a-z0-9_-]{0,63}")
@@ -466,6 +472,8 @@ class ComputeFake:
     - ``operation_seconds``: operations report RUNNING for this long before DONE.
     - ``serial_retain_bytes``: serial console history kept per VM (1 MiB, like GCE).
     - ``strict``: validate insert bodies the way GCE does (on by default).
+    - ``region_quotas``: region -> {metric: (limit, usage)}, served by ``regions.get``
+      (``set_quota`` edits it); starts as a new project's: 1 T4 and 1 L4, spot and standard.
     """
 
     def __init__(self, project: str = "test-project", *, seed: int = 0) -> None:
@@ -481,6 +489,8 @@ class ComputeFake:
         self.wait_timeout = 120.0  # zoneOperations.wait returns early after this, like GCE's ~2 min
         self.serial_retain_bytes = SERIAL_RETAIN_BYTES
         self.strict = True
+        self.region_quotas: dict[str, dict[str, tuple[float, float]]] = {
+            region: dict(DEFAULT_REGION_QUOTAS) for region in {z.rsplit("-", 1)[0] for z in ZONES}}
         self.endpoint = ""  # set by run_compute_fake
         self.internal_errors: list[str] = []  # crashes of the fake itself; the fixture fails on any
         self.lock = threading.RLock()
@@ -587,6 +597,10 @@ class ComputeFake:
         with self.lock:
             self._scheduled.append(_Scheduled(time.monotonic() + seconds, name_or_predicate,
                                               zone, project))
+
+    def set_quota(self, region: str, metric: str, limit: float, usage: float = 0.0) -> None:
+        with self.lock:
+            self.region_quotas.setdefault(region, {})[metric] = (limit, usage)
 
     def add_image(self, project: str, name: str, *, family: Optional[str] = None,
                   deprecated: bool = False) -> compute_v1.Image:
@@ -1018,6 +1032,17 @@ class ComputeFake:
             raise _not_found(f"projects/{p}/global/images/{what}")
         return image
 
+    def _h_region(self, p: str, region: str) -> Any:
+        if region not in self.region_quotas:
+            raise _not_found(f"projects/{p}/regions/{region}")
+        return compute_v1.Region(
+            kind="compute#region", id=3000 + sorted(self.region_quotas).index(region),
+            name=region, description=region, status="UP",
+            zones=[f"{API}/projects/{p}/zones/{z}" for z in sorted(ZONES) if z.startswith(region + "-")],
+            quotas=[compute_v1.Quota(metric=m, limit=lim, usage=use)
+                    for m, (lim, use) in sorted(self.region_quotas[region].items())],
+            self_link=f"{API}/projects/{p}/regions/{region}")
+
     def _h_images_list(self, p: str, q: dict[str, str]) -> Any:
         images = [i for (pp, _), i in self._images.items() if pp == p]
         items, token = _page(images, q)
@@ -1135,6 +1160,8 @@ class ComputeFake:
             return self._h_image(p, a["image"], family=False)
         elif rpc == "images.list":
             return self._h_images_list(p, q)
+        elif rpc == "regions.get":
+            return self._h_region(p, a["region"])
         else:
             return _catalogue(rpc, p, a, q)
         if request_id and isinstance(result, compute_v1.Operation):
@@ -1172,6 +1199,7 @@ _ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/aggregated/acceleratorTypes", "acceleratorTypes.aggregatedList"),
     ("GET", "/zones", "zones.list"),
     ("GET", _Z, "zones.get"),
+    ("GET", "/regions/(?P<region>[^/]+)", "regions.get"),
 ]
 
 _MUTATIONS = {

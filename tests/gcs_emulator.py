@@ -15,6 +15,8 @@ of ours that adds, without touching the library's module state:
   can repeat or go backwards), and ``crc32c``/``md5Hash``/``size`` computed from the stored bytes.
 - ``x-goog-generation``/``x-goog-metageneration`` on downloads, as GCS sends them, so a client gets
   data and generation from one response.
+- Bucket inserts that keep what the request asked for (location, uniform bucket-level access,
+  lifecycle...) instead of the emulator's fixed defaults, so setup code can be checked.
 - GCS-shaped 404 bodies that say whether the bucket or the object is missing, and an optional
   ``deny`` set of buckets that answer 403, so error translation can be tested.
 
@@ -281,9 +283,28 @@ def _strict(handler: Handler) -> Handler:
     return wrapped
 
 
+def _insert_bucket(request: emu_server.Request, response: emu_server.Response,
+                   storage: StrictStorage) -> None:
+    """The emulator's bucket insert, then the request's writable fields applied, as GCS does."""
+    emu_buckets.insert(request, response, storage)
+    body = request.data if isinstance(request.data, dict) else {}
+    bucket = storage.buckets.get(body.get("name"))
+    if response.status != HTTPStatus.OK or bucket is None:
+        return
+    emu_buckets._patch_bucket(bucket, body)
+    bucket["metageneration"] = "1"
+    if isinstance(bucket.get("location"), str):
+        bucket["location"] = bucket["location"].upper()  # GCS reports locations upper-case
+    storage.create_bucket(bucket["name"], bucket)
+    response.json(bucket)
+
+
+_REPLACED = {emu_buckets.insert: _insert_bucket}
+
+
 def _build_routes() -> list[tuple[re.Pattern[str], dict[str, Handler]]]:
     return [
-        (re.compile(regex), {method: _strict(fn) for method, fn in handlers.items()})
+        (re.compile(regex), {method: _strict(_REPLACED.get(fn, fn)) for method, fn in handlers.items()})
         for regex, handlers in emu_server.HANDLERS
     ]
 

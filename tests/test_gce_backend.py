@@ -255,6 +255,11 @@ def test_cli_submit_detach_then_status_shows_the_vm(compute_fake, gcs_store, gcs
     assert s.returncode == 0, s.stderr
     doc = json.loads(s.stdout)
     assert doc["state"] == "PROVISIONING" and doc["instances"][0]["zone"] == "us-central1-a"
+    from runner.cost import load_prices
+
+    shipped = load_prices().machine_price("us-central1", "n1-standard-4")
+    assert doc["cost"]["hourly"] == pytest.approx(shipped) and doc["cost"]["so_far"] >= 0
+    assert doc["cost"]["as_of"] == load_prices().as_of
 
 
 def test_with_stop_termination_a_preempted_vm_is_started_again_not_replaced(compute_fake, gcs_store, gcs_emulator):
@@ -293,3 +298,24 @@ def test_project_mismatch_with_gcloud_is_warned_about_showing_both(compute_fake,
                        capture_output=True, text=True, timeout=60)
     assert p.returncode == 0, p.stderr
     assert f"using project '{PROJECT}'" in p.stderr and "'someone-elses'" in p.stderr
+
+
+def test_logs_show_each_attempts_vm_startup_then_the_job_output(compute_fake, gcs_store, gcs_emulator):
+    p = cli(compute_fake, gcs_emulator, gcs_store.url, "submit", "--run-id", "exp-7", "--project", PROJECT,
+            "--zones", "us-central1-a", "--no-gpu", "--image", IMAGE, "--detach", "--", "python3", "-c", "print(1)")
+    assert p.returncode == 0, p.stderr
+    compute_fake.append_serial("us-central1-a", "runner-exp-7-a1",
+                               "runner-phase: metadata\nrunner-phase: image-pull\nrunner-phase: container-start\n"
+                               "runner-phase: container-running\ncontainer chatter after the start\n")
+    gcs_store.write(RunRecord(gcs_store, "exp-7").name(RunRecord.log_name(1)), b"step 1\nstep 2\n")
+    out = cli(compute_fake, gcs_emulator, gcs_store.url, "ops", "logs", "--run-id", "exp-7", "--project", PROJECT)
+    assert out.returncode == 0, out.stderr
+    startup, job = out.stdout.split("===== attempt 1: job output =====\n")
+    assert "===== attempt 1: VM startup (serial console of runner-exp-7-a1) =====" in startup
+    assert startup.index("runner-phase: image-pull") < startup.index("runner-phase: container-running")
+    assert "container chatter" not in out.stdout  # after the start, the job's own log is the source
+    assert job == "step 1\nstep 2\n"
+    doc = json.loads(cli(compute_fake, gcs_emulator, gcs_store.url, "ops", "logs", "--run-id", "exp-7",
+                         "--project", PROJECT, "--json").stdout)
+    assert doc[0]["instance"] == "runner-exp-7-a1" and doc[0]["output"] == "step 1\nstep 2\n"
+    assert doc[0]["startup"].endswith("runner-phase: container-running\n")

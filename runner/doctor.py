@@ -1,0 +1,494 @@
+"""`runner doctor`: check, before the first run, everything a run will need, and say how to fix it.
+
+Each check is independent: one that fails (or crashes) never stops the others, because a user
+fixing a setup wants the whole list at once. A failed check carries the exact command that fixes
+it, with the project, bucket, service account and role filled in. What needs no check for this
+config (Docker for the GCE backend, GPU quota without a GPU) is reported as skipped, with why.
+
+Every call goes to the configured endpoints (``compute_endpoint``, ``serviceusage_endpoint``...),
+so tests run all of it against loopback fakes; the I/O entry points are also parameters of
+``run_checks`` for the parts that have no endpoint (credentials, gcloud's config, Docker).
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from runner.config import GCE_PREEMPTION_NOTICE, Config
+from runner.gcp_rest import AdminApis, ApiError, admin_apis, member_roles
+
+REQUIRED_APIS = ("compute.googleapis.com", "storage.googleapis.com",
+                 "cloudbuild.googleapis.com", "artifactregistry.googleapis.com")
+QUOTA_CONSOLE = "https://console.cloud.google.com/iam-admin/quotas?project={project}"
+STORE_ROLE = "roles/storage.objectAdmin"
+# Roles the VM's service account needs, each with the broader roles that also grant it.
+VM_ROLES: dict[str, frozenset[str]] = {
+    STORE_ROLE: frozenset({STORE_ROLE, "roles/storage.admin", "roles/editor", "roles/owner"}),
+    "roles/logging.logWriter": frozenset({"roles/logging.logWriter", "roles/logging.admin",
+                                          "roles/editor", "roles/owner"}),
+    "roles/artifactregistry.reader": frozenset({
+        "roles/artifactregistry.reader", "roles/artifactregistry.writer",
+        "roles/artifactregistry.repoAdmin", "roles/artifactregistry.admin",
+        "roles/editor", "roles/owner"}),
+}
+# Quota metric of each GPU type; spot VMs draw on PREEMPTIBLE_<metric> when the project has it.
+GPU_QUOTA_METRICS = {
+    "nvidia-tesla-t4": "NVIDIA_T4_GPUS",
+    "nvidia-tesla-v100": "NVIDIA_V100_GPUS",
+    "nvidia-tesla-p100": "NVIDIA_P100_GPUS",
+    "nvidia-tesla-p4": "NVIDIA_P4_GPUS",
+    "nvidia-tesla-k80": "NVIDIA_K80_GPUS",
+    "nvidia-l4": "NVIDIA_L4_GPUS",
+    "nvidia-tesla-a100": "NVIDIA_A100_GPUS",
+    "nvidia-a100-80gb": "NVIDIA_A100_80GB_GPUS",
+    "nvidia-h100-80gb": "NVIDIA_H100_GPUS",
+    "nvidia-b200": "NVIDIA_B200_GPUS",
+}
+# Time the shutdown script needs besides the workload's grace period (docker stop, last sync).
+SHUTDOWN_HEADROOM = 3.0
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of the report. ``ok``: True passed, False failed, None skipped (``detail`` says
+    why). A ``warning`` is a failure that does not stop runs but probably surprises the user."""
+
+    name: str
+    ok: bool | None
+    detail: str
+    fix: str = ""
+    warning: bool = False
+
+
+def format_check(check: Check) -> str:
+    """``✓ name: detail``, ``✗ name: detail`` plus an indented ``fix:``, or ``- name: skipped (why)``."""
+    if check.ok is None:
+        return f"- {check.name}: skipped ({check.detail})"
+    if check.ok:
+        return f"✓ {check.name}: {check.detail}"
+    label = f"{check.name} (warning)" if check.warning else check.name
+    text = f"✗ {label}: {check.detail}"
+    if check.fix:
+        lines = check.fix.splitlines()
+        text += "\n    fix: " + "\n         ".join(lines)
+    return text
+
+
+def exit_code(checks: list[Check]) -> int:
+    """0 when nothing failed (skips are fine), 1 when any check shows ✗, warnings included."""
+    return 1 if any(c.ok is False for c in checks) else 0
+
+
+def _skip(name: str, why: str) -> Check:
+    return Check(name, None, why)
+
+
+def _region(zone: str) -> str:
+    return zone.rsplit("-", 1)[0]
+
+
+def _uses_gcs(cfg: Config) -> bool:
+    return cfg.store_url.startswith("gs://")
+
+
+class _Doctor:
+    """The config and the I/O the checks share; clients are built on first use, once."""
+
+    def __init__(self, cfg: Config, *, load_credentials: Callable[[], tuple[Any, str | None]],
+                 active_project: Callable[[], str | None], apis: Callable[[Config], AdminApis],
+                 storage_client: Callable[[Config], Any], regions_client: Callable[[Config], Any],
+                 docker_ping: Callable[[], Any]) -> None:
+        self.cfg = cfg
+        self.load_credentials = load_credentials
+        self.active_project = active_project
+        self.docker_ping = docker_ping
+        self._factories = {"apis": apis, "storage": storage_client, "regions": regions_client}
+        self._made: dict[str, Any] = {}
+        self.credentials: Any = None
+
+    def client(self, kind: str) -> Any:
+        if kind not in self._made:
+            self._made[kind] = self._factories[kind](self.cfg)
+        return self._made[kind]
+
+    @property
+    def project(self) -> str:
+        return self.cfg.project or "PROJECT"
+
+    def caller(self) -> str:
+        """The IAM member running the doctor, when the credentials say; a placeholder otherwise."""
+        email = getattr(self.credentials, "service_account_email", None)
+        if isinstance(email, str) and "@" in email:
+            return f"serviceAccount:{email}"
+        account = getattr(self.credentials, "account", None)
+        if isinstance(account, str) and "@" in account:
+            return f"user:{account}"
+        return "user:YOUR_EMAIL"
+
+    # ---- the checks, in report order ----------------------------------------------------------
+
+    def credentials_check(self) -> Check:
+        name = "credentials"
+        cfg = self.cfg
+        if cfg.backend != "gce" and not _uses_gcs(cfg):
+            return _skip(name, "local backend and local store: no Google API is called")
+        stand_ins = self._stand_in_endpoints()
+        if stand_ins is not None:
+            return _skip(name, f"every API is a local stand-in ({stand_ins}), which takes no credentials")
+        try:
+            creds, adc_project = self.load_credentials()
+        except Exception as e:  # noqa: BLE001 - DefaultCredentialsError and friends: same fix
+            return Check(name, False, f"Application Default Credentials did not load: {e}",
+                         "gcloud auth application-default login\n"
+                         "(or set GOOGLE_APPLICATION_CREDENTIALS to a service-account key file)")
+        self.credentials = creds
+        who = self.caller()
+        who = who if who != "user:YOUR_EMAIL" else type(creds).__name__
+        extra = f", quota project {adc_project}" if adc_project else ""
+        return Check(name, True, f"Application Default Credentials load ({who}{extra})")
+
+    def _stand_in_endpoints(self) -> str | None:
+        """The endpoints this config calls, when all are http:// stand-ins; else None."""
+        import os
+
+        cfg = self.cfg
+        used = []
+        if cfg.backend == "gce":
+            used += [cfg.compute_endpoint, cfg.serviceusage_endpoint,
+                     cfg.resourcemanager_endpoint, cfg.iam_endpoint]
+        if _uses_gcs(cfg):
+            used.append(os.environ.get("STORAGE_EMULATOR_HOST"))
+        if all(e and e.startswith("http://") for e in used):
+            return ", ".join(sorted(set(used)))  # type: ignore[arg-type]
+        return None
+
+    def project_check(self) -> Check:
+        name = "project"
+        cfg = self.cfg
+        if cfg.backend != "gce" and not _uses_gcs(cfg):
+            return _skip(name, "local backend and local store: no project needed")
+        if cfg.backend != "gce" and not cfg.project:
+            return _skip(name, "the local backend needs no project; the store's bucket is named in its URL")
+        active = self.active_project()
+        if not cfg.project:
+            hint = f' (gcloud\'s active project is {active!r}; runs never use it implicitly)' if active else ""
+            example = active or "my-project"
+            return Check(name, False, f"no project configured{hint}",
+                         f'runner.toml: project = "{example}"  (or pass --project {example})')
+        where = cfg.source.get("project", "config")
+        if not active:
+            return Check(name, True, f"{cfg.project} (from {where}); gcloud has no active project")
+        if active == cfg.project:
+            return Check(name, True, f"{cfg.project} (from {where}), also gcloud's active project")
+        return Check(
+            name, False,
+            f"runner uses {cfg.project} (from {where}) but gcloud's active project is {active}: "
+            "gcloud commands typed by hand go to the other project",
+            f"gcloud config set project {cfg.project}\n"
+            f'(or, if {active} is the one you mean: runner.toml: project = "{active}")',
+            warning=True)
+
+    def apis_check(self) -> Check:
+        name = "APIs enabled"
+        cfg = self.cfg
+        if not cfg.project:
+            return _skip(name, "no project configured")
+        if cfg.backend == "gce":
+            wanted = REQUIRED_APIS
+        elif _uses_gcs(cfg):
+            wanted = ("storage.googleapis.com",)
+        else:
+            return _skip(name, "local backend and local store: no Google API is called")
+        p = cfg.project
+        apis = self.client("apis")
+        disabled = []
+        for service in wanted:
+            try:
+                state = apis.service_state(p, service)
+            except ApiError as e:
+                if e.disabled_service == "serviceusage.googleapis.com":
+                    return Check(name, False, f"the Service Usage API is disabled in {p}, so the "
+                                 f"state of {', '.join(wanted)} cannot be read",
+                                 f"gcloud services enable serviceusage.googleapis.com --project {p}")
+                if e.code == 403:
+                    return Check(name, False, f"not allowed to read which APIs are enabled in {p} ({e.message})",
+                                 f"gcloud projects add-iam-policy-binding {p} --member {self.caller()} "
+                                 "--role roles/serviceusage.serviceUsageViewer")
+                raise
+            if state != "ENABLED":
+                disabled.append(service)
+        if disabled:
+            return Check(name, False, f"disabled in {p}: {', '.join(disabled)}",
+                         f"gcloud services enable {' '.join(disabled)} --project {p}")
+        return Check(name, True, f"{', '.join(s.split('.')[0] for s in wanted)} enabled in {p}")
+
+    def bucket_check(self) -> Check:
+        name = "bucket"
+        cfg = self.cfg
+        if not _uses_gcs(cfg):
+            return _skip(name, f"the store is not a gs:// bucket ({cfg.store_url})")
+        from google.api_core import exceptions as gexc
+
+        from entrypoint.store_gcs import parse_gs_url
+
+        bucket_name, prefix = parse_gs_url(cfg.store_url)
+        gs = f"gs://{bucket_name}"
+        region = _region(cfg.zones[0]) if cfg.zones else "REGION"
+        missing = Check(name, False, f"{gs} does not exist",
+                        f"gcloud storage buckets create {gs} --project {self.project} "
+                        f"--location {region} --uniform-bucket-level-access")
+
+        def denied(what: str, e: Exception) -> Check:
+            message = getattr(e, "message", str(e))
+            return Check(name, False, f"no permission to {what} in {gs} ({message})",
+                         f"gcloud storage buckets add-iam-policy-binding {gs} "
+                         f"--member={self.caller()} --role={STORE_ROLE}")
+
+        bucket = self.client("storage").bucket(bucket_name)
+        notes = []
+        try:
+            bucket.reload()
+            notes.append(f"location {bucket.location}")
+        except gexc.NotFound:
+            return missing
+        except gexc.Forbidden:
+            # storage.buckets.get is not in objectAdmin; reading and writing objects is what counts
+            notes.append("bucket metadata not readable, which runs do not need")
+        probe = bucket.blob(f"{prefix}.doctor/probe-{uuid.uuid4().hex[:12]}")
+        data = b"runner doctor probe\n"
+        try:
+            probe.upload_from_string(data, if_generation_match=0)
+        except gexc.NotFound:
+            return missing
+        except gexc.Forbidden as e:
+            return denied("write objects", e)
+        try:
+            if probe.download_as_bytes() != data:
+                return Check(name, False, f"{gs}: the probe object read back different bytes",
+                             "check for a proxy or an object lifecycle/retention policy rewriting objects")
+        except gexc.Forbidden as e:
+            return denied("read objects", e)
+        finally:
+            try:
+                probe.delete()
+            except gexc.GoogleAPICallError:
+                pass  # a delete failure is reported below, from a second attempt's answer
+        if probe.exists():
+            return Check(name, False, f"{gs}: could write and read {probe.name} but not delete it",
+                         f"gcloud storage buckets add-iam-policy-binding {gs} "
+                         f"--member={self.caller()} --role={STORE_ROLE}")
+        where = f"{gs}/{prefix}" if prefix else gs
+        return Check(name, True, f"{where} is readable and writable ({'; '.join(notes)})")
+
+    def service_account_check(self) -> Check:
+        name = "VM service account roles"
+        cfg = self.cfg
+        if cfg.backend != "gce":
+            return _skip(name, "only GCE runs use a VM service account")
+        if not cfg.project:
+            return _skip(name, "no project configured")
+        p = cfg.project
+        apis = self.client("apis")
+        if cfg.service_account:
+            email = cfg.service_account
+            sa_project = email.split("@", 1)[1].removesuffix(".iam.gserviceaccount.com") \
+                if email.endswith(".iam.gserviceaccount.com") else None
+            if sa_project and apis.get_service_account(sa_project, email) is None:
+                account_id = email.split("@", 1)[0]
+                return Check(name, False, f"service account {email} does not exist",
+                             f"runner init --project {p}\n(or: gcloud iam service-accounts create "
+                             f"{account_id} --project {sa_project})")
+        else:
+            email = f"{apis.project_number(p)}-compute@developer.gserviceaccount.com"
+        member = f"serviceAccount:{email}"
+        held = member_roles(apis.get_iam_policy(p), member)
+        bucket_note = ""
+        on_bucket: set[str] = set()
+        gs = None
+        if _uses_gcs(cfg):
+            from entrypoint.store_gcs import parse_gs_url
+
+            gs = f"gs://{parse_gs_url(cfg.store_url)[0]}"
+            try:
+                policy = self.client("storage").bucket(gs[5:]).get_iam_policy(requested_policy_version=3)
+                on_bucket = {b["role"] for b in policy.bindings if member in b.get("members", ())}
+            except Exception as e:  # noqa: BLE001 - unreadable: judge from the project policy
+                bucket_note = f" (the policy of {gs} could not be read: {getattr(e, 'message', e)})"
+        missing, fixes = [], []
+        for role, granted_by in VM_ROLES.items():
+            if role == STORE_ROLE:
+                if granted_by & (held | on_bucket):
+                    continue
+                missing.append(role + (f" on {gs}" if gs else ""))
+                fixes.append(f"gcloud storage buckets add-iam-policy-binding {gs or 'gs://BUCKET'} "
+                             f"--member={member} --role={role}")
+            elif not granted_by & held:
+                missing.append(role)
+                fixes.append(f"gcloud projects add-iam-policy-binding {p} --member {member} --role {role}")
+        default = "" if cfg.service_account else " (the Compute default service account)"
+        if missing:
+            return Check(name, False, f"{email}{default} lacks {', '.join(missing)}{bucket_note}",
+                         "\n".join(fixes))
+        return Check(name, True, f"{email}{default} has {', '.join(VM_ROLES)}")
+
+    def gpu_quota_check(self) -> Check:
+        name = "GPU quota"
+        cfg = self.cfg
+        if cfg.backend != "gce":
+            return _skip(name, "quota applies to GCE runs only")
+        from runner.backends.gce_shapes import GPU_FAMILIES, ShapeError, family, resolve_gpu
+
+        try:
+            req = resolve_gpu(cfg.machine_type, cfg.gpu, cfg.no_gpu)
+        except ShapeError as e:
+            return Check(name, False, str(e), "fix machine_type / gpu in runner.toml or the flags")
+        if req.count == 0:
+            return _skip(name, f"no GPU on {cfg.machine_type}")
+        if not cfg.project:
+            return _skip(name, "no project configured")
+        if not cfg.zones:
+            return _skip(name, "no zones configured, so no region to check")
+        gpu = req.type or GPU_FAMILIES[family(cfg.machine_type)]
+        if cfg.machine_type.startswith("a2-ultragpu"):
+            gpu = "nvidia-a100-80gb"
+        metric = GPU_QUOTA_METRICS.get(gpu)
+        if metric is None:
+            return _skip(name, f"no known quota metric for {gpu}")
+        client = self.client("regions")
+        ok_parts, short = [], []
+        for region in sorted({_region(z) for z in cfg.zones}):
+            quotas = {q.metric: q for q in client.get(project=cfg.project, region=region).quotas}
+            spot = quotas.get("PREEMPTIBLE_" + metric)
+            used = spot if spot is not None and spot.limit > 0 else quotas.get(metric)
+            free = (used.limit - used.usage) if used is not None else 0.0
+            label = used.metric if used is not None else "PREEMPTIBLE_" + metric
+            text = f"{region}: {label} {free:g} free of {used.limit if used else 0:g}"
+            (ok_parts if free >= req.count else short).append((region, text))
+        if short:
+            regions = ", ".join(r for r, _ in short)
+            return Check(
+                name, False,
+                f"{req.count} x {gpu} needed per VM; " + "; ".join(t for _, t in short + ok_parts),
+                f"request PREEMPTIBLE_{metric} >= {req.count} in {regions} at "
+                f"{QUOTA_CONSOLE.format(project=cfg.project)}")
+        return Check(name, True, f"{req.count} x {gpu} per VM fits: " + "; ".join(t for _, t in ok_parts))
+
+    def docker_check(self) -> Check:
+        name = "Docker"
+        if self.cfg.backend != "local":
+            return _skip(name, "the gce backend runs containers on the VMs, not here")
+        try:
+            self.docker_ping()
+        except Exception as e:  # noqa: BLE001 - any reason means the same fix
+            return Check(name, False, f"the Docker daemon is not reachable ({e})",
+                         "start Docker (sudo systemctl start docker) and let your user reach it "
+                         "(sudo usermod -aG docker $USER, then log in again), or set DOCKER_HOST")
+        return Check(name, True, "the Docker daemon answers")
+
+    def timeouts_check(self) -> Check:
+        """Cross-checks Config does not reject (it already refuses a stall window shorter than
+        gpu_timeout and a grace period of 30 s or more): combinations that work but misbehave."""
+        cfg = self.cfg
+        window = cfg.stall_window
+        problems, fixes = [], []
+        if cfg.heartbeat_interval * 3 > window:
+            problems.append(f"heartbeat_interval {cfg.heartbeat_interval:g} s is more than a third of the "
+                            f"stall window {window:g} s: two late heartbeats would restart a healthy run")
+            fixes.append(f"heartbeat_interval = {window / 10:g}")
+        if cfg.sync_interval > window:
+            problems.append(f"sync_interval {cfg.sync_interval:g} s is longer than the stall window "
+                            f"{window:g} s: a restarted run would resume from a checkpoint that old")
+            fixes.append(f"sync_interval = {min(window / 2, 60.0):g}")
+        if GCE_PREEMPTION_NOTICE - cfg.grace_period < SHUTDOWN_HEADROOM:
+            problems.append(f"grace_period {cfg.grace_period:g} s leaves under {SHUTDOWN_HEADROOM:g} s of "
+                            f"the {GCE_PREEMPTION_NOTICE:g} s preemption notice for docker stop and the last sync")
+            fixes.append(f"grace_period = {GCE_PREEMPTION_NOTICE - 5:g}")
+        name = "timeouts"
+        if problems:
+            return Check(name, False, "; ".join(problems), "runner.toml: " + ", ".join(fixes), warning=True)
+        return Check(name, True, f"stall window {window:g} s covers gpu_timeout {cfg.gpu_timeout:g} s; "
+                     f"heartbeat every {cfg.heartbeat_interval:g} s, sync every {cfg.sync_interval:g} s, "
+                     f"grace period {cfg.grace_period:g} s")
+
+
+def _storage_client(cfg: Config) -> Any:
+    from entrypoint.store_gcs import make_client
+
+    return make_client()
+
+
+def regions_client(cfg: Config) -> Any:
+    """A Compute ``RegionsClient`` at ``compute_endpoint``, anonymous for http:// stand-ins."""
+    from google.api_core.client_options import ClientOptions
+    from google.cloud import compute_v1
+
+    kwargs: dict[str, Any] = {}
+    if cfg.compute_endpoint:
+        kwargs["client_options"] = ClientOptions(api_endpoint=cfg.compute_endpoint)
+        if cfg.compute_endpoint.startswith("http://"):
+            from google.auth.credentials import AnonymousCredentials
+
+            kwargs["credentials"] = AnonymousCredentials()
+    return compute_v1.RegionsClient(**kwargs)
+
+
+def _load_adc() -> tuple[Any, str | None]:
+    import google.auth
+
+    return google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
+
+
+def _ping_docker() -> Any:
+    import docker
+
+    return docker.from_env(timeout=10).ping()
+
+
+def run_checks(
+    cfg: Config,
+    *,
+    load_credentials: Callable[[], tuple[Any, str | None]] = _load_adc,
+    active_project: Callable[[], str | None] | None = None,
+    apis: Callable[[Config], AdminApis] = admin_apis,
+    storage_client: Callable[[Config], Any] = _storage_client,
+    regions: Callable[[Config], Any] = regions_client,
+    docker_ping: Callable[[], Any] = _ping_docker,
+) -> list[Check]:
+    """Run every check and return them in report order; never raises for a failing check.
+
+    A check that raises is reported as ✗ with the exception, so a bug or an unexpected API
+    answer in one check still lets the others report.
+    """
+    if active_project is None:
+        from runner.context import gcloud_active_project as active_project
+    doctor = _Doctor(cfg, load_credentials=load_credentials, active_project=active_project,
+                     apis=apis, storage_client=storage_client, regions_client=regions,
+                     docker_ping=docker_ping)
+    checks = [
+        ("credentials", doctor.credentials_check),
+        ("project", doctor.project_check),
+        ("APIs enabled", doctor.apis_check),
+        ("bucket", doctor.bucket_check),
+        ("VM service account roles", doctor.service_account_check),
+        ("GPU quota", doctor.gpu_quota_check),
+        ("Docker", doctor.docker_check),
+        ("timeouts", doctor.timeouts_check),
+    ]
+    results = []
+    for name, check in checks:
+        try:
+            results.append(check())
+        except Exception as e:  # noqa: BLE001 - one broken check must not hide the others
+            results.append(Check(name, False, f"the check itself failed: {type(e).__name__}: {e}",
+                                 _generic_fix(e, cfg.project or "PROJECT")))
+    return results
+
+
+def _generic_fix(e: Exception, project: str) -> str:
+    if isinstance(e, ApiError) and e.disabled_service:
+        return f"gcloud services enable {e.disabled_service} --project {project}"
+    if getattr(e, "code", None) == 403 or type(e).__name__ == "Forbidden":
+        return "the caller lacks a permission named above; grant it, or run as a project owner"
+    return ""

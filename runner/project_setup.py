@@ -1,0 +1,251 @@
+"""`runner init`: the one-time project setup a run needs, done idempotently.
+
+Creates what is missing and leaves what exists: the bucket (uniform bucket-level access, in the
+run region), a lifecycle rule that deletes Cloud Build's staged sources after a few days, the VM
+service account, and the least-privilege roles it needs. Running it again changes nothing and
+says so step by step ("exists", "already granted"), so it is safe in a setup script.
+
+Least privilege: the store role (``roles/storage.objectAdmin``) is granted on the bucket, not the
+project; only what has no narrower scope (writing logs and metrics, pulling images) is granted on
+the project. The project IAM policy is changed by read-modify-write with its etag, retried when
+another writer got there first (409 ABORTED), so concurrent edits are never lost.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+from runner.config import Config
+from runner.gcp_rest import AdminApis, ApiError, admin_apis
+
+# Where runner/build.py stages Cloud Build sources, at the root of the store's bucket.
+STAGED_SOURCE_PREFIX = "cloudbuild/source/"
+BUCKET_ROLE = "roles/storage.objectAdmin"
+PROJECT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter",
+                 "roles/artifactregistry.reader")
+SA_DISPLAY_NAME = "cos-spot-runner VMs"
+_POLICY_ATTEMPTS = 6
+
+
+class SetupError(RuntimeError):
+    """Setup cannot go on; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class Step:
+    """One thing init ensured: ``changed`` is False when it was already so."""
+
+    name: str
+    changed: bool
+    detail: str
+
+
+def format_step(step: Step) -> str:
+    return f"{'+' if step.changed else '✓'} {step.name}: {step.detail}"
+
+
+def service_account_email(project: str, sa_name: str) -> str:
+    return f"{sa_name}@{project}.iam.gserviceaccount.com"
+
+
+def init_project(
+    cfg: Config,
+    *,
+    region: str,
+    sa_name: str = "cos-spot-runner",
+    staging_days: int = 7,
+    say: Callable[[str], None] = print,
+    apis: AdminApis | None = None,
+    storage_client: Any = None,
+    sleep: Callable[[float], None] = time.sleep,
+) -> list[Step]:
+    """Ensure bucket, lifecycle rule, service account and roles exist; returns what it did.
+
+    Idempotent: a second run returns the same steps with ``changed=False``. Raises
+    ``SetupError`` (nothing half-explained) when the config lacks a project or a gs:// store,
+    or when the bucket name belongs to someone else. ``say`` gets one line per step as it ends.
+    """
+    from entrypoint.store_gcs import make_client, parse_gs_url
+
+    if not cfg.project:
+        raise SetupError("no GCP project: pass --project ID or set project in runner.toml")
+    if not cfg.store or not cfg.store.startswith("gs://"):
+        raise SetupError("init needs a gs:// store for runs: pass --store gs://BUCKET[/PREFIX] "
+                         "or set store in runner.toml")
+    if staging_days < 1:
+        raise SetupError(f"staging_days must be at least 1, not {staging_days}")
+    project = cfg.project
+    bucket_name = parse_gs_url(cfg.store)[0]
+    apis = apis if apis is not None else admin_apis(cfg)
+    client = storage_client if storage_client is not None else make_client()
+    email = service_account_email(project, sa_name)
+    member = f"serviceAccount:{email}"
+
+    steps: list[Step] = []
+
+    def record(step: Step) -> None:
+        steps.append(step)
+        say(format_step(step))
+
+    bucket, step = ensure_bucket(client, bucket_name, project, region)
+    record(step)
+    record(ensure_lifecycle_rule(bucket, STAGED_SOURCE_PREFIX, staging_days))
+    record(ensure_service_account(apis, project, sa_name))
+    record(ensure_bucket_role(bucket, member, BUCKET_ROLE, sleep=sleep))
+    record(ensure_project_roles(apis, project, member, PROJECT_ROLES, sleep=sleep))
+    if cfg.service_account != email:
+        say(f'next: set service_account = "{email}" in runner.toml so VMs run as it')
+    return steps
+
+
+def ensure_bucket(client: Any, name: str, project: str, region: str) -> tuple[Any, Step]:
+    """The bucket, created with uniform bucket-level access in ``region`` when missing."""
+    from google.api_core import exceptions as gexc
+
+    gs = f"gs://{name}"
+    bucket = client.bucket(name)
+    try:
+        bucket.reload()
+        return bucket, Step(f"bucket {gs}", False, f"exists ({_bucket_notes(bucket, region)})")
+    except gexc.NotFound:
+        pass
+    except gexc.Forbidden as e:
+        raise SetupError(_not_ours(gs, project, e)) from None
+    bucket.iam_configuration.uniform_bucket_level_access_enabled = True
+    try:
+        bucket = client.create_bucket(bucket, project=project, location=region)
+    except gexc.Conflict:  # created meanwhile (by us, fine) or a name taken by another project
+        try:
+            bucket = client.get_bucket(name)
+        except gexc.Forbidden as e:
+            raise SetupError(_not_ours(gs, project, e)) from None
+        return bucket, Step(f"bucket {gs}", False, f"exists ({_bucket_notes(bucket, region)})")
+    return bucket, Step(f"bucket {gs}", True,
+                        f"created in {region.upper()} with uniform bucket-level access")
+
+
+def _not_ours(gs: str, project: str, e: Exception) -> str:
+    return (f"{gs} exists but this account cannot manage it ({getattr(e, 'message', e)}): bucket "
+            f"names are global, so another project may own it; use another --store, or get "
+            f"roles/storage.admin on it for the account running init in {project}")
+
+
+def _bucket_notes(bucket: Any, region: str) -> str:
+    notes = [f"location {bucket.location}"]
+    if (bucket.location or "").upper() != region.upper():
+        notes.append(f"not {region.upper()}: VMs there pay for cross-region traffic")
+    if not bucket.iam_configuration.uniform_bucket_level_access_enabled:
+        notes.append("uniform bucket-level access is off; turn it on with `gcloud storage buckets "
+                     f"update gs://{bucket.name} --uniform-bucket-level-access` once no ACL is needed")
+    return "; ".join(notes)
+
+
+def ensure_lifecycle_rule(bucket: Any, prefix: str, days: int) -> Step:
+    """A Delete rule for objects under ``prefix`` older than ``days``; other rules are kept.
+
+    An existing Delete rule for exactly that prefix is reused (its age corrected if different)
+    rather than duplicated.
+    """
+    name = f"lifecycle rule {prefix}"
+    rules = [dict(r) for r in bucket.lifecycle_rules]
+    for rule in rules:
+        cond = rule.get("condition") or {}
+        if (rule.get("action") or {}).get("type") == "Delete" and cond.get("matchesPrefix") == [prefix]:
+            if cond.get("age") == days:
+                return Step(name, False, f"exists (delete after {days} days)")
+            old = cond.get("age")
+            rule["condition"] = {**cond, "age": days}
+            bucket.lifecycle_rules = rules
+            bucket.patch(if_metageneration_match=bucket.metageneration)
+            return Step(name, True, f"delete after {days} days (was {old})")
+    rules.append({"action": {"type": "Delete"}, "condition": {"age": days, "matchesPrefix": [prefix]}})
+    bucket.lifecycle_rules = rules
+    bucket.patch(if_metageneration_match=bucket.metageneration)
+    kept = f"; {len(rules) - 1} existing rule(s) kept" if len(rules) > 1 else ""
+    return Step(name, True, f"added: delete staged sources after {days} days{kept}")
+
+
+def ensure_service_account(apis: AdminApis, project: str, sa_name: str) -> Step:
+    email = service_account_email(project, sa_name)
+    name = f"service account {email}"
+    if apis.get_service_account(project, email) is not None:
+        return Step(name, False, "exists")
+    try:
+        apis.create_service_account(project, sa_name, SA_DISPLAY_NAME,
+                                    "Runs cos-spot-runner jobs on spot VMs")
+    except ApiError as e:
+        if e.code == 409:  # created by a concurrent init
+            return Step(name, False, "exists")
+        raise
+    return Step(name, True, "created")
+
+
+def _not_yet_visible(e: Exception) -> bool:
+    """A service account created seconds ago is not yet known to IAM policies (400)."""
+    return getattr(e, "code", None) == 400 and "does not exist" in str(e)
+
+
+def ensure_bucket_role(bucket: Any, member: str, role: str, *,
+                       sleep: Callable[[float], None] = time.sleep) -> Step:
+    """``member`` holds ``role`` on the bucket (its IAM policy, written with its etag)."""
+    from google.api_core import exceptions as gexc
+
+    name = f"{role} on gs://{bucket.name}"
+    delay = 1.0
+    for attempt in range(_POLICY_ATTEMPTS):
+        policy = bucket.get_iam_policy(requested_policy_version=3)
+        if any(b["role"] == role and member in b.get("members", ()) and not b.get("condition")
+               for b in policy.bindings):
+            return Step(name, False, f"already granted to {member}")
+        binding = next((b for b in policy.bindings if b["role"] == role and not b.get("condition")), None)
+        if binding is None:
+            policy.bindings.append({"role": role, "members": {member}})
+        else:
+            binding["members"] = set(binding.get("members", ())) | {member}
+        try:
+            bucket.set_iam_policy(policy)
+            return Step(name, True, f"granted to {member}")
+        except (gexc.PreconditionFailed, gexc.Conflict, gexc.BadRequest) as e:
+            retry = not isinstance(e, gexc.BadRequest) or _not_yet_visible(e)
+            if not retry or attempt == _POLICY_ATTEMPTS - 1:
+                raise
+        sleep(delay)
+        delay = min(delay * 2, 16.0)
+    raise AssertionError("unreachable")
+
+
+def ensure_project_roles(apis: AdminApis, project: str, member: str, roles: tuple[str, ...], *,
+                         sleep: Callable[[float], None] = time.sleep) -> Step:
+    """``member`` holds every role in ``roles`` on the project; one policy write adds all missing.
+
+    Read-modify-write with the policy's etag: when someone else wrote in between, the write fails
+    with 409 ABORTED and the whole cycle is redone on the fresh policy, keeping their change.
+    """
+    name = f"project roles in {project}"
+    delay = 1.0
+    for attempt in range(_POLICY_ATTEMPTS):
+        policy = apis.get_iam_policy(project)
+        bindings = policy.setdefault("bindings", [])
+        missing = [r for r in roles if not any(
+            b.get("role") == r and member in (b.get("members") or []) and not b.get("condition")
+            for b in bindings)]
+        if not missing:
+            return Step(name, False, f"already granted to {member}: {', '.join(roles)}")
+        for role in missing:
+            binding = next((b for b in bindings if b.get("role") == role and not b.get("condition")), None)
+            if binding is None:
+                bindings.append({"role": role, "members": [member]})
+            else:
+                binding["members"] = [*(binding.get("members") or []), member]
+        try:
+            apis.set_iam_policy(project, policy)
+            return Step(name, True, f"granted to {member}: {', '.join(missing)}")
+        except ApiError as e:
+            retry = e.code == 409 or _not_yet_visible(e)
+            if not retry or attempt == _POLICY_ATTEMPTS - 1:
+                raise
+        sleep(delay)
+        delay = min(delay * 2, 16.0)
+    raise AssertionError("unreachable")
