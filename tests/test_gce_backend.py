@@ -319,3 +319,38 @@ def test_logs_show_each_attempts_vm_startup_then_the_job_output(compute_fake, gc
                          "--project", PROJECT, "--json").stdout)
     assert doc[0]["instance"] == "runner-exp-7-a1" and doc[0]["output"] == "step 1\nstep 2\n"
     assert doc[0]["startup"].endswith("runner-phase: container-running\n")
+
+
+def test_every_ops_command_works_against_the_gce_fakes_with_json(compute_fake, gcs_store, gcs_emulator, tmp_path):
+    def ops(*args):
+        p = cli(compute_fake, gcs_emulator, gcs_store.url, "ops", *args, "--project", PROJECT)
+        return p.returncode, (json.loads(p.stdout) if "--json" in args and p.stdout.strip() else p.stdout), p.stderr
+
+    for run_id in ("exp-a", "exp-b"):
+        p = cli(compute_fake, gcs_emulator, gcs_store.url, "submit", "--run-id", run_id, "--project", PROJECT,
+                "--zones", "us-central1-a", "--no-gpu", "--image", IMAGE, "--detach", "--", "true")
+        assert p.returncode == 0, p.stderr
+    rec = RunRecord(gcs_store, "exp-a")
+    st, _ = rec.read_state()
+    rec.transition(State.RUNNING, "agent", expect_attempt=st.attempt, zone="us-central1-a")
+    compute_fake.append_serial("us-central1-a", "runner-exp-a-a1", "runner-phase: container-running\n")
+    gcs_store.write(rec.name("results/metrics.json"), b'{"acc": 0.9}')
+
+    code, rows, _ = ops("list", "--json")
+    assert code == 0 and {r["run_id"]: r["state"] for r in rows} == {"exp-a": "RUNNING", "exp-b": "PROVISIONING"}
+    code, out, _ = ops("serial", "--run-id", "exp-a")
+    assert code == 0 and "runner-phase: container-running" in out
+    code, doc, _ = ops("preempt", "--run-id", "exp-a", "--json")
+    assert code == 0 and doc["preempted"] == ["runner-exp-a-a1"]
+    code, evs, _ = ops("events", "--run-id", "exp-a", "--json")
+    assert any(e["actor"] == "gce" and "preempted" in (e["reason"] or "") for e in evs)
+    code, doc, _ = ops("pull", "--run-id", "exp-a", "--dest", str(tmp_path / "pulled"), "--json")
+    assert code == 0 and doc["copied"] == ["results/metrics.json"]
+    assert (tmp_path / "pulled" / "latest" / "results" / "metrics.json").read_bytes() == b'{"acc": 0.9}'
+    code, doc, _ = ops("delete", "--run-id", "exp-b", "--json")
+    assert code == 0 and doc == {"run_id": "exp-b", "state": "STOPPED", "removed": ["runner-exp-b-a1"]}
+    assert "runner-exp-b-a1" not in vms(compute_fake)
+    code, lines, _ = ops("watch", "--run-id", "exp-b", "--json")
+    assert code == 1 and lines["state"] == "STOPPED"  # watch ends with its runs; not SUCCEEDED: 1
+    code, _, err = ops("status", "--run-id", "nope", "--json")
+    assert code == 3 and "no run 'nope'" in err

@@ -133,22 +133,50 @@ def test_a_stalled_job_is_killed_and_restarted(runner, run_id):
     assert runner.containers(run_id) == []
 
 
-def test_status_list_and_logs_show_a_finished_run_across_attempts(runner, run_id):
-    import json
-
-    assert submit(runner, run_id, *trainer(30, 5, 0.05), extra=("--detach",)).returncode == 0
-    sup = runner.popen("supervise", "--run-id", run_id)
+def _preempt_and_finish(runner, run_id, sup):
     runner.wait_for(lambda: runner.step(run_id) >= 8, desc="progress")
     assert runner("ops", "preempt", "--run-id", run_id).returncode == 0
     follow = runner.popen("ops", "logs", "--run-id", run_id, "--follow")
     sup.wait(timeout=60)
-    followed = follow.communicate(timeout=30)[0]
+    runner.followed = follow.communicate(timeout=30)[0]
+
+
+def test_status_list_and_logs_show_a_finished_run_across_attempts(runner, run_id):
+    import json
+
+    from tests.json_http_server import serve
+    from tests.test_notify import Receiver
+
+    hook = Receiver()
+    with serve(hook, "webhook") as hook_url:
+        assert submit(runner, run_id, *trainer(30, 5, 0.05), extra=("--detach",)).returncode == 0
+        sup = runner.popen("supervise", "--run-id", run_id, RUNNER_WEBHOOK_URL=f"{hook_url}/hooks/T0KEN")
+        _preempt_and_finish(runner, run_id, sup)
+    # The supervisor posted the transitions it saw, once each, the agent's included.
+    posted = [(m["runner"]["from"], m["runner"]["to"]) for m in hook.received]
+    assert ("RUNNING", "PREEMPTED") in posted and ("RUNNING", "SUCCEEDED") in posted
+    assert len(posted) == len(set((m["runner"]["event"]) for m in hook.received))
+    assert all(m["text"] == m["content"] and run_id in m["text"] for m in hook.received)
+    assert not any(b"T0KEN" in p.read_bytes() for p in runner.run_dir(run_id).rglob("*") if p.is_file())
+
+    # Each attempt's manifest says how far it got and when it last saved: what the cost of the
+    # preemption is computed from.
+    m1 = runner.read_json(run_id, "attempts/1/manifest.json")
+    m2 = runner.read_json(run_id, "attempts/2/manifest.json")
+    assert m1["last_progress"]["step"] >= 8 and m1["checkpoint_at"] <= m1["finished_at"]
+    assert m2["first_progress"]["step"] > 0 and m2["last_progress"]["step"] == 30
+    followed = runner.followed
 
     status = json.loads(runner("ops", "status", "--run-id", run_id, "--json").stdout)
     assert (status["state"], status["attempt"], status["progress"]["step"]) == ("SUCCEEDED", 2, 30)
     assert status["last_event"]["to"] == "SUCCEEDED" and status["instances"] == []
     human = runner("ops", "status", "--run-id", run_id).stdout
     assert "SUCCEEDED" in human and "step=30 total=30" in human
+
+    cost = status["cost"]
+    assert cost["so_far"] == 0 and cost["note"] == "local: no cloud charge"
+    assert cost["lost_seconds"] > 0 and cost["billed_seconds"] > cost["lost_seconds"]
+    assert cost["attempts"][0]["lost_basis"] == "time since its last checkpoint"
 
     (row,) = [r for r in json.loads(runner("ops", "list", "--json").stdout) if r["run_id"] == run_id]
     assert row["state"] == "SUCCEEDED"
