@@ -468,34 +468,10 @@ def _progress_text(p: dict[str, Any]) -> str:
     return f"{p['step']}/{p['total']}" if p.get("total") else str(p["step"])
 
 
-_FINISHED_COSTS: dict[tuple[str, str], dict[str, Any]] = {}  # (run id, updated_at) -> estimate
-
-
 def _add_cost(ctx: Any, row: dict[str, Any]) -> None:
-    """Put the run's cost estimate (``cost``, ``cost_text``) into ``row``; never fails the command.
+    from runner.cost import annotate_row
 
-    A finished run's estimate cannot change, so ``watch`` computes it once, not every refresh.
-    """
-    from entrypoint.record import RunRecord
-    from runner.cost import PriceTableError, cost_text, estimate_run_cost, load_prices
-
-    key = (row["run_id"], row["updated_at"])
-    if key in _FINISHED_COSTS:
-        row["cost"] = _FINISHED_COSTS[key]
-    else:
-        try:
-            if not hasattr(ctx, "_prices"):
-                ctx._prices = load_prices(ctx.cfg.price_table)
-            zones = {i["attempt"]: i["zone"] for i in row.get("instances", [])}
-            row["cost"] = estimate_run_cost(RunRecord(ctx.store, row["run_id"]), ctx._prices, time.time(),
-                                            instance_zones=zones or None)
-        except PriceTableError as e:
-            row["cost"] = {"so_far": None, "why_unknown": str(e)}
-        except Exception as e:  # noqa: BLE001 - an estimate must never break status or watch
-            row["cost"] = {"so_far": None, "why_unknown": f"cannot estimate ({type(e).__name__}: {e})"}
-        if row["state"] in ("SUCCEEDED", "FAILED", "STOPPED"):
-            _FINISHED_COSTS[key] = row["cost"]
-    row["cost_text"] = cost_text(row["cost"])
+    annotate_row(row, ctx.store, ctx.cfg.price_table)
 
 
 @ops.command()

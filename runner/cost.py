@@ -12,7 +12,9 @@ live or finished.
 
 from __future__ import annotations
 
+import functools
 import json
+import time
 from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
@@ -452,3 +454,42 @@ def estimate_run_cost(rec: RunRecord, prices: PriceTable, now: float,
     if last_price[0] is None:
         out["why_unknown"] = out["why_unknown"] or last_price[1]
     return out
+
+
+# ---------------------------------------------------------------- for ops status / watch
+
+_ESTIMATES: dict[tuple[str, str, str], tuple[float, dict[str, Any]]] = {}  # (store, run, updated_at)
+LIVE_ESTIMATE_TTL = 30.0
+
+
+@functools.lru_cache(maxsize=4)
+def _prices(path: str | None) -> PriceTable:
+    return load_prices(path)
+
+
+def annotate_row(row: dict[str, Any], store: Any, price_table: str | None, now: float | None = None) -> None:
+    """Put the run's estimate (``cost``) and its one-line form (``cost_text``) into ``row``.
+
+    Never raises: a broken price table or a damaged record gives ``?`` with ``why_unknown``,
+    since an estimate must never break ``ops status`` or ``ops watch``. An estimate reads the
+    run's whole journal, so it is kept: a finished run's cannot change, and a live run's is
+    refreshed every ``LIVE_ESTIMATE_TTL`` seconds rather than on every redraw of ``watch``.
+    ``row`` is an ``ops`` row (``run_id``, ``state``, ``updated_at``, optional ``instances``).
+    """
+    now = time.time() if now is None else now
+    key = (store.url, row["run_id"], row["updated_at"])
+    finished = row["state"] in (State.SUCCEEDED.value, State.FAILED.value, State.STOPPED.value)
+    cached = _ESTIMATES.get(key)
+    if cached is not None and (finished or now - cached[0] < LIVE_ESTIMATE_TTL):
+        row["cost"] = cached[1]
+    else:
+        try:
+            zones = {i["attempt"]: i["zone"] for i in row.get("instances", [])}
+            row["cost"] = estimate_run_cost(RunRecord(store, row["run_id"]), _prices(price_table), now,
+                                            instance_zones=zones or None)
+        except PriceTableError as e:
+            row["cost"] = {"so_far": None, "why_unknown": str(e)}
+        except Exception as e:  # noqa: BLE001 - see the docstring
+            row["cost"] = {"so_far": None, "why_unknown": f"cannot estimate ({type(e).__name__}: {e})"}
+        _ESTIMATES[key] = (now, row["cost"])
+    row["cost_text"] = cost_text(row["cost"])

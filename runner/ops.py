@@ -19,9 +19,13 @@ class RunNotFound(Exception):
 
 
 def ago(ts: float | None, now: float | None = None) -> str:
-    if ts is None:
-        return "-"
-    s = max(0, int((now or time.time()) - ts))
+    """``3m ago`` for a Unix time (``-`` for none)."""
+    return "-" if ts is None else age_text((now or time.time()) - ts)
+
+
+def age_text(seconds: float) -> str:
+    """``3m ago`` for an age in seconds: the largest whole unit."""
+    s = max(0, int(seconds))
     for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
         if s >= n:
             return f"{s // n}{unit} ago"
@@ -39,11 +43,10 @@ def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None)
     """``run_row`` plus what one run's page shows: sync health, the last event, startup phase, VMs."""
     import json
 
-    rec = _record(store, run_id)
+    rec = RunRecord(store, run_id)
     out = run_row(store, run_id)
     if out is None:
         raise RunNotFound(f"no run {run_id!r} in {store.url} (see `runner ops list`)")
-    hb = rec.read_heartbeat()
     last_event = None
     names = store.list(rec.name(RunRecord.EVENTS))
     if names:
@@ -51,11 +54,7 @@ def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None)
         if blob is not None:
             last_event = json.loads(blob.data)
             last_event["at"] = iso(last_event["time"])
-    out.update({
-        "sync": hb.sync if hb else {},
-        "stop_requested": rec.stop_requested(),
-        "last_event": last_event,
-    })
+    out.update({"stop_requested": rec.stop_requested(), "last_event": last_event})
     startup = rec.read_startup(out["attempt"]) if out["attempt"] else None
     out["startup_phase"] = startup.get("phase") if startup else None
     if backend is not None:
@@ -74,7 +73,8 @@ def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None)
 
 
 def run_row(store: Store, run_id: str, now: float | None = None) -> dict[str, Any] | None:
-    """One run's line in ``ops list`` / ``ops watch``: two small reads (state, heartbeat).
+    """One run's line in ``ops list`` / ``ops watch`` (and the core of ``ops status``): two small
+    reads, state and heartbeat.
 
     ``rate`` is the agent's own measure for the current attempt (steps per second); the ETA is
     only given while the run is live and the rate is known.
@@ -105,6 +105,7 @@ def run_row(store: Store, run_id: str, now: float | None = None) -> dict[str, An
         "progress": progress,
         "rate": round(rate, 4) if rate else None,
         "eta_s": eta,
+        "sync": hb.sync if hb else {},
         "heartbeat_at": iso(hb.time) if hb else None,
         "heartbeat_age_s": round(now - hb.time, 1) if hb else None,
         "updated_at": iso(st.updated_at),
@@ -148,7 +149,7 @@ def when(ts_iso: str | None, age_s: float | None) -> str:
     """A timestamp as people read it here: UTC ISO-8601 and how long ago."""
     if not ts_iso or age_s is None:
         return "-"
-    return f"{ts_iso} ({ago(time.time() - age_s)})"
+    return f"{ts_iso} ({age_text(age_s)})"
 
 
 def delete_run(store: Store, backend: ComputeBackend, run_id: str, grace_period: float,
@@ -320,9 +321,6 @@ def follow_logs(store: Store, run_id: str, poll: float = 1.0,
             return
         time.sleep(poll)
 
-
-__all__ = ["RunNotFound", "run_status", "run_row", "list_runs", "duration", "when", "delete_run", "preempt_run", "attempt_logs",
-           "follow_logs", "startup_console", "ago", "label_value"]
 
 
 def pull_run(store: Store, run_id: str, dest: str, checkpoints: bool = False,

@@ -16,7 +16,7 @@ from entrypoint.store import Store
 from runner.ops import duration, list_runs
 
 # What makes a row "changed" for --json: everything except values that move with the clock.
-_VOLATILE = ("heartbeat_age_s", "updated_age_s", "eta_s", "heartbeat_at", "cost")
+_VOLATILE = ("heartbeat_age_s", "updated_age_s", "eta_s", "heartbeat_at", "sync", "cost", "cost_text")
 
 Row = dict[str, Any]
 Enrich = Callable[[Row], None]

@@ -45,6 +45,16 @@ def docker_client() -> Any:
     return client
 
 
+def wait_for(what: Callable[[], bool], timeout: float = 60, desc: str = "") -> None:
+    """Poll ``what`` every 0.1 s until it holds; fail the test after ``timeout`` seconds."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if what():
+            return
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout}s waiting for {desc or what}")
+
+
 class Runner:
     """The `runner` CLI in a subprocess, with a private store and fast timings."""
 
@@ -94,12 +104,7 @@ class Runner:
         return int(hb.get("progress", {}).get("step", 0))
 
     def wait_for(self, what: Callable[[], bool], timeout: float = 60, desc: str = "") -> None:
-        deadline = time.time() + timeout
-        while time.time() < deadline:
-            if what():
-                return
-            time.sleep(0.1)
-        raise AssertionError(f"timed out after {timeout}s waiting for {desc or what}")
+        wait_for(what, timeout, desc)
 
     def containers(self, run_id: str) -> list[Any]:
         from runner.naming import label_value

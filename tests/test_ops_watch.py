@@ -15,14 +15,13 @@ import time
 import uuid
 from collections import Counter
 from pathlib import Path
-from typing import Callable
 from urllib.parse import urlparse
 
 import pytest
 
 from entrypoint.record import Heartbeat, RunRecord, RunSpec, State
 from entrypoint.store import Store, open_store
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 
 
 def make_run(store: Store, run_id: str, step: int | None = None, total: int = 100, rate: float | None = None) -> RunRecord:
@@ -43,15 +42,6 @@ def heartbeat(rec: RunRecord, step: int, total: int = 100, rate: float | None = 
 
 def cli_env(store_url: str) -> dict[str, str]:
     return {**os.environ, "RUNNER_STORE": store_url, "RUNNER_BACKEND": "local", "PYTHONPATH": str(ROOT)}
-
-
-def wait_for(what: Callable[[], bool], timeout: float = 20, desc: str = "") -> None:
-    end = time.time() + timeout
-    while time.time() < end:
-        if what():
-            return
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {desc}")
 
 
 @pytest.fixture
@@ -196,3 +186,15 @@ def test_listing_runs_on_gcs_costs_one_list_call_whatever_the_count(gcs_emulator
         assert [r["progress"]["step"] for r in rows] == list(range(n))
         counts[n] = seen["list"]
     assert counts == {3: 1, 30: 1}
+
+
+def test_a_broken_price_table_never_breaks_status(store_url: str, tmp_path: Path) -> None:
+    make_run(open_store(store_url), "eps", step=1)
+    bad = tmp_path / "prices.json"
+    bad.write_text("{not json")
+    p = subprocess.run([sys.executable, "-m", "runner.cli", "ops", "status", "--run-id", "eps"],
+                       env={**cli_env(store_url), "RUNNER_PRICE_TABLE": str(bad)}, capture_output=True,
+                       text=True, timeout=30)
+    assert p.returncode == 0, p.stderr
+    (line,) = [ln for ln in p.stdout.splitlines() if ln.startswith("cost")]
+    assert line.startswith("cost       ?") and str(bad) in line
