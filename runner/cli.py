@@ -563,9 +563,12 @@ def preempt(run_id: str, grace_period: float | None, as_json: bool, cli_config: 
 @click.option("--run-id", required=True)
 @click.option("--tail", type=int, default=100, show_default=True, help="Lines to show first.")
 @click.option("--follow", "-f", is_flag=True, help="Keep printing as the console grows.")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON: {instance, zone, text}; with --follow, one line per new chunk.")
 @config_options
 @_guard
-def serial(run_id: str, tail: int, follow: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
+def serial(run_id: str, tail: int, follow: bool, as_json: bool, cli_config: dict[str, Any],
+           config_path: str | None) -> None:
     """The current VM's serial console (startup phases, driver install, container output).
 
     Where to look when a run has no heartbeat and no manifest: it died before its container started.
@@ -576,13 +579,20 @@ def serial(run_id: str, tail: int, follow: bool, cli_config: dict[str, Any], con
     inst = current_instance(ctx.store, ctx.backend, _run_id(run_id))
     if inst is None:
         raise RunNotFound(f"run {run_id} has no VM right now (see `runner ops events --run-id {run_id}`)")
+    def show(text: str, first: bool) -> None:
+        if as_json:
+            click.echo(json.dumps({"instance": inst.name, "zone": inst.zone, "text": text},
+                                  indent=None if follow else 1))
+        elif text:
+            click.echo(text, nl=first)  # a followed chunk carries its own newlines
+
     text, offset = ctx.backend.console(inst, 0)
-    click.echo("\n".join(text.splitlines()[-tail:]))
+    show("\n".join(text.splitlines()[-tail:]), True)
     while follow:
         time.sleep(2)
         more, offset = ctx.backend.console(inst, offset)
         if more:
-            click.echo(more, nl=False)
+            show(more, False)
 
 
 @ops.command()

@@ -11,6 +11,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -340,6 +341,8 @@ def test_every_ops_command_works_against_the_gce_fakes_with_json(compute_fake, g
     assert code == 0 and {r["run_id"]: r["state"] for r in rows} == {"exp-a": "RUNNING", "exp-b": "PROVISIONING"}
     code, out, _ = ops("serial", "--run-id", "exp-a")
     assert code == 0 and "runner-phase: container-running" in out
+    code, doc, _ = ops("serial", "--run-id", "exp-a", "--json")
+    assert doc == {"instance": "runner-exp-a-a1", "zone": "us-central1-a", "text": "runner-phase: container-running"}
     code, doc, _ = ops("preempt", "--run-id", "exp-a", "--json")
     assert code == 0 and doc["preempted"] == ["runner-exp-a-a1"]
     code, evs, _ = ops("events", "--run-id", "exp-a", "--json")
@@ -354,3 +357,31 @@ def test_every_ops_command_works_against_the_gce_fakes_with_json(compute_fake, g
     assert code == 1 and lines["state"] == "STOPPED"  # watch ends with its runs; not SUCCEEDED: 1
     code, _, err = ops("status", "--run-id", "nope", "--json")
     assert code == 3 and "no run 'nope'" in err
+
+
+def test_following_logs_streams_the_vm_startup_then_the_job_output(gce):
+    import threading
+
+    from runner.ops import follow_logs
+
+    ctx, fake = gce
+    submit(ctx)
+    ctx.supervisor().reconcile("exp-1")
+    got: list[tuple[int, str, bytes]] = []
+    t = threading.Thread(target=lambda: got.extend(follow_logs(ctx.store, "exp-1", poll=0.1, backend=ctx.backend)))
+    t.start()
+    fake.append_serial("us-central1-a", "runner-exp-1-a1", "runner-phase: gpu-driver\n")
+    time.sleep(0.5)
+    fake.append_serial("us-central1-a", "runner-exp-1-a1", "runner-phase: container-running\nlater noise\n")
+    time.sleep(0.5)
+    rec = RunRecord(ctx.store, "exp-1")
+    agent_reports_running(ctx, "exp-1")
+    ctx.store.write(rec.name(RunRecord.log_name(1)), b"step 1\n")
+    time.sleep(0.5)
+    rec.transition(State.SUCCEEDED, "agent", exit_code=0)
+    t.join(timeout=20)
+    assert not t.is_alive()
+    startup = b"".join(c for a, kind, c in got if kind == "startup").decode()
+    assert startup == "runner-phase: gpu-driver\nrunner-phase: container-running\n"
+    assert [(a, kind) for a, kind, _ in got][-1] == (1, "output")
+    assert b"".join(c for a, kind, c in got if kind == "output") == b"step 1\n"

@@ -198,3 +198,23 @@ def test_a_broken_price_table_never_breaks_status(store_url: str, tmp_path: Path
     assert p.returncode == 0, p.stderr
     (line,) = [ln for ln in p.stdout.splitlines() if ln.startswith("cost")]
     assert line.startswith("cost       ?") and str(bad) in line
+
+
+def test_pull_draws_a_progress_bar_in_a_terminal_and_moves_only_changes(tmux: Tmux, store_url: str,
+                                                                         tmp_path: Path) -> None:
+    store = open_store(store_url)
+    rec = make_run(store, "zeta")
+    for i in range(3):
+        store.write(rec.name(f"results/part-{i}.bin"), bytes([i]) * 300_000)
+    dest = tmp_path / "pulled"
+    tmux.start(f"{sys.executable} -m runner.cli ops pull --run-id zeta --dest {dest}; echo PULL-EXIT=$?; sleep 60",
+               cli_env(store_url))
+    wait_for(lambda: "PULL-EXIT=0" in tmux.screen(), desc="the pull to finish")
+    screen = tmux.screen()
+    assert "pulling zeta (3 file(s))" in screen and "900.0/900.0 kB" in screen, screen
+    assert "zeta: 3 file(s) copied (900000 bytes), 0 unchanged" in screen
+    assert (dest / "latest" / "results" / "part-2.bin").read_bytes() == bytes([2]) * 300_000
+    store.write(rec.name("results/part-1.bin"), b"changed")
+    again = subprocess.run([sys.executable, "-m", "runner.cli", "ops", "pull", "--run-id", "zeta", "--dest",
+                            str(dest), "--json"], env=cli_env(store_url), capture_output=True, text=True, timeout=30)
+    assert json.loads(again.stdout)["copied"] == ["results/part-1.bin"]
