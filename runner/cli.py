@@ -290,9 +290,13 @@ def supervise(run_id: str | None, once: bool, poll_interval: float | None,
 
 
 @main.command()
+@click.option("--zones", help="GCE: zones whose regions' GPU quota to check (default from config).")
+@click.option("--machine-type", help="GCE: the machine type runs will use (default from config).")
+@click.option("--gpu", help="GCE: TYPE[:COUNT] runs will attach (default from config).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of checks.")
 @config_options
-def doctor(as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
+def doctor(zones: str | None, machine_type: str | None, gpu: str | None, as_json: bool,
+           cli_config: dict[str, Any], config_path: str | None) -> None:
     """Check that runs can work here, each check with ✓/✗ and the exact fix.
 
     \b
@@ -309,6 +313,7 @@ def doctor(as_json: bool, cli_config: dict[str, Any], config_path: str | None) -
     from runner.config import ConfigError, load_config
     from runner.doctor import exit_code, format_check, run_checks
 
+    cli_config = {**cli_config, "zones": zones, "machine_type": machine_type, "gpu": gpu}
     try:
         cfg = load_config(cli={k: v for k, v in cli_config.items() if v is not None}, config_path=config_path)
     except ConfigError as e:

@@ -476,14 +476,33 @@ def run_checks(
         ("Docker", doctor.docker_check),
         ("timeouts", doctor.timeouts_check),
     ]
-    results = []
+    needs_google = {"APIs enabled", "bucket", "VM service account roles", "GPU quota"}
+    results: list[Check] = []
     for name, check in checks:
+        if name in needs_google and results and results[0].ok is False:
+            # Each would try to load the credentials again (and, off GCE, wait on the metadata
+            # server each time) only to fail the same way: one failure, one fix.
+            results.append(_skip(name, NO_CREDENTIALS))
+            continue
         try:
             results.append(check())
         except Exception as e:  # noqa: BLE001 - one broken check must not hide the others
+            if _no_credentials(e):
+                results.append(_skip(name, NO_CREDENTIALS))
+                continue
             results.append(Check(name, False, f"the check itself failed: {type(e).__name__}: {e}",
                                  _generic_fix(e, cfg.project or "PROJECT")))
     return results
+
+
+NO_CREDENTIALS = "needs Google credentials: fix the credentials check first"
+
+
+def _no_credentials(e: BaseException) -> bool:
+    """The failure is only that no credentials loaded (the credentials check says so, with the fix)."""
+    from google.auth.exceptions import DefaultCredentialsError
+
+    return isinstance(e, DefaultCredentialsError) or isinstance(e.__cause__, DefaultCredentialsError)
 
 
 def _generic_fix(e: Exception, project: str) -> str:

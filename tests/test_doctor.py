@@ -361,3 +361,25 @@ def _anonymous() -> Any:
     from google.auth.credentials import AnonymousCredentials
 
     return AnonymousCredentials()
+
+
+def test_cli_without_credentials_names_the_fix_once_and_skips_what_needs_them(tmp_path: Any) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST") and not k.startswith("RUNNER_")}
+    env.update(PYTHONPATH=str(ROOT), HOME=str(tmp_path), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"),
+               NO_GCE_CHECK="true")  # never look for the real metadata server
+    p = subprocess.run([sys.executable, "-m", "runner.cli", "doctor", "--backend", "gce", "--project", P,
+                        "--store", "gs://some-bucket", "--zones", "us-central1-a", "--gpu", "nvidia-tesla-t4"],
+                       env=env, capture_output=True, text=True, timeout=120, cwd=tmp_path)
+    assert p.returncode == 1
+    lines = p.stdout.splitlines()
+    assert lines[0].startswith("✗ credentials:") and lines[1] == "    fix: gcloud auth application-default login"
+    for name in ("APIs enabled", "bucket", "VM service account roles", "GPU quota"):
+        assert f"- {name}: skipped (needs Google credentials: fix the credentials check first)" in lines
+    assert p.stdout.count("fix:") == 1
