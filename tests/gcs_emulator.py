@@ -360,6 +360,9 @@ class _RequestHandler(emu_server.RequestHandler):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    # socketserver's default backlog is 5: a client opening more connections at once has its
+    # extra SYNs dropped and retried a second later, a delay real GCS never adds.
+    request_queue_size = 128
 
 
 @contextmanager
