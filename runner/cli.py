@@ -45,17 +45,23 @@ def config_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
+def _config(cli_config: dict[str, Any], config_path: str | None):  # type: ignore[no-untyped-def]
+    """The layered config with these flags on top (None = not given); a bad one exits 2."""
+    from runner.config import ConfigError, load_config
+
+    try:
+        return load_config(cli={k: v for k, v in cli_config.items() if v is not None}, config_path=config_path)
+    except ConfigError as e:
+        _err(str(e), EXIT_USAGE)
+
+
 def _load(cli_config: dict[str, Any], config_path: str | None, create_store: bool = False):  # type: ignore[no-untyped-def]
     """Config, store and backend; every user error becomes a one-line message and exit 2/1."""
     from entrypoint.store import StoreError
     from runner.backends.base import BackendError
-    from runner.config import ConfigError, load_config
     from runner.context import make_context
 
-    try:
-        cfg = load_config(cli={k: v for k, v in cli_config.items() if v is not None}, config_path=config_path)
-    except ConfigError as e:
-        _err(str(e), EXIT_USAGE)
+    cfg = _config(cli_config, config_path)
     try:
         return make_context(cfg, create_default_store=create_store)
     except StoreError as e:
@@ -213,13 +219,7 @@ def build(context_dir: str, image: str | None, dockerfile: str, base_image: str 
         except IgnoreFileError as e:
             _err(str(e), EXIT_USAGE)
         return
-    from runner.config import ConfigError, load_config
-
-    try:
-        cfg = load_config(cli={k: v for k, v in {**cli_config, "base_image": base_image}.items() if v is not None},
-                          config_path=config_path)
-    except ConfigError as e:
-        _err(str(e), EXIT_USAGE)
+    cfg = _config({**cli_config, "base_image": base_image}, config_path)
     ref = image or cfg.image
     if not ref:
         _err("no image name: pass --image REPO/NAME[:TAG] or set image in runner.toml", EXIT_USAGE)
@@ -310,14 +310,9 @@ def doctor(zones: str | None, machine_type: str | None, gpu: str | None, as_json
     """
     from dataclasses import asdict
 
-    from runner.config import ConfigError, load_config
     from runner.doctor import exit_code, format_check, run_checks
 
-    cli_config = {**cli_config, "zones": zones, "machine_type": machine_type, "gpu": gpu}
-    try:
-        cfg = load_config(cli={k: v for k, v in cli_config.items() if v is not None}, config_path=config_path)
-    except ConfigError as e:
-        _err(str(e), EXIT_USAGE)
+    cfg = _config({**cli_config, "zones": zones, "machine_type": machine_type, "gpu": gpu}, config_path)
     checks = run_checks(cfg)
     if as_json:
         click.echo(json.dumps([asdict(c) for c in checks], indent=1))
@@ -354,14 +349,10 @@ def init(region: str | None, sa_name: str, staging_days: int, as_json: bool, cli
     """
     from dataclasses import asdict
 
-    from runner.config import ConfigError, load_config
     from runner.gcp_rest import ApiError
     from runner.project_setup import SetupError, init_project
 
-    try:
-        cfg = load_config(cli={k: v for k, v in cli_config.items() if v is not None}, config_path=config_path)
-    except ConfigError as e:
-        _err(str(e), EXIT_USAGE)
+    cfg = _config(cli_config, config_path)
     region = region or (cfg.zones[0].rsplit("-", 1)[0] if cfg.zones else None)
     if not region:
         _err("no region for the bucket: pass --region (e.g. us-central1) or set zones in runner.toml", EXIT_USAGE)
