@@ -353,7 +353,9 @@ def init(region: str | None, sa_name: str, staging_days: int, as_json: bool, cli
     from runner.project_setup import SetupError, init_project
 
     cfg = _config(cli_config, config_path)
-    region = region or (cfg.zones[0].rsplit("-", 1)[0] if cfg.zones else None)
+    from runner.naming import region_of
+
+    region = region or (region_of(cfg.zones[0]) if cfg.zones else None)
     if not region:
         _err("no region for the bucket: pass --region (e.g. us-central1) or set zones in runner.toml", EXIT_USAGE)
     try:

@@ -22,6 +22,7 @@ from typing import Any
 from entrypoint.progress import parse_progress_line
 from entrypoint.record import RunRecord, RunSpec, RunState, State
 from runner.backends.gce_shapes import ShapeError, resolve_gpu
+from runner.naming import region_of
 
 SHIPPED = "spot_prices.json"
 
@@ -133,11 +134,6 @@ def load_prices(path: str | None = None) -> PriceTable:
         source=str(doc.get("source", "")), note=str(doc.get("note", "")),
         regions=doc.get("regions", {}), override=path or None,
     )
-
-
-def region_of(zone: str) -> str:
-    """``us-central1-a`` → ``us-central1``."""
-    return zone.rsplit("-", 1)[0]
 
 
 def format_money(x: float | None, currency: str = "USD") -> str:

@@ -18,6 +18,7 @@ from typing import Any, Callable
 
 from runner.config import GCE_PREEMPTION_NOTICE, Config
 from runner.gcp_rest import AdminApis, ApiError, admin_apis, member_roles
+from runner.naming import region_of
 
 REQUIRED_APIS = ("compute.googleapis.com", "storage.googleapis.com",
                  "cloudbuild.googleapis.com", "artifactregistry.googleapis.com")
@@ -83,10 +84,6 @@ def exit_code(checks: list[Check]) -> int:
 
 def _skip(name: str, why: str) -> Check:
     return Check(name, None, why)
-
-
-def _region(zone: str) -> str:
-    return zone.rsplit("-", 1)[0]
 
 
 def _uses_gcs(cfg: Config) -> bool:
@@ -235,7 +232,7 @@ class _Doctor:
 
         bucket_name, prefix = parse_gs_url(cfg.store_url)
         gs = f"gs://{bucket_name}"
-        region = _region(cfg.zones[0]) if cfg.zones else "REGION"
+        region = region_of(cfg.zones[0]) if cfg.zones else "REGION"
         missing = Check(name, False, f"{gs} does not exist",
                         f"gcloud storage buckets create {gs} --project {self.project} "
                         f"--location {region} --uniform-bucket-level-access")
@@ -358,7 +355,7 @@ class _Doctor:
             return _skip(name, f"no known quota metric for {gpu}")
         client = self.client("regions")
         ok_parts, short = [], []
-        for region in sorted({_region(z) for z in cfg.zones}):
+        for region in sorted({region_of(z) for z in cfg.zones}):
             quotas = {q.metric: q for q in client.get(project=cfg.project, region=region).quotas}
             spot = quotas.get("PREEMPTIBLE_" + metric)
             used = spot if spot is not None and spot.limit > 0 else quotas.get(metric)
@@ -420,18 +417,9 @@ def _storage_client(cfg: Config) -> Any:
 
 
 def regions_client(cfg: Config) -> Any:
-    """A Compute ``RegionsClient`` at ``compute_endpoint``, anonymous for http:// stand-ins."""
-    from google.api_core.client_options import ClientOptions
-    from google.cloud import compute_v1
+    from runner.gcp_clients import regions_client as make
 
-    kwargs: dict[str, Any] = {}
-    if cfg.compute_endpoint:
-        kwargs["client_options"] = ClientOptions(api_endpoint=cfg.compute_endpoint)
-        if cfg.compute_endpoint.startswith("http://"):
-            from google.auth.credentials import AnonymousCredentials
-
-            kwargs["credentials"] = AnonymousCredentials()
-    return compute_v1.RegionsClient(**kwargs)
+    return make(cfg.compute_endpoint)
 
 
 def _load_adc() -> tuple[Any, str | None]:

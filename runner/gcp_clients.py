@@ -38,9 +38,9 @@ class ComputeClients:
     disks: Any
 
 
-def compute_clients(endpoint: str | None = None) -> ComputeClients:
+def _client_kwargs(endpoint: str | None) -> dict[str, Any]:
+    """Client options for ``endpoint`` (None: Google's); an http:// stand-in gets no credentials."""
     from google.api_core.client_options import ClientOptions
-    from google.cloud import compute_v1
 
     kwargs: dict[str, Any] = {}
     if endpoint:
@@ -50,6 +50,13 @@ def compute_clients(endpoint: str | None = None) -> ComputeClients:
             from google.auth.credentials import AnonymousCredentials
 
             kwargs["credentials"] = AnonymousCredentials()
+    return kwargs
+
+
+def compute_clients(endpoint: str | None = None) -> ComputeClients:
+    from google.cloud import compute_v1
+
+    kwargs = _client_kwargs(endpoint)
     return ComputeClients(
         instances=compute_v1.InstancesClient(**kwargs),
         zone_operations=compute_v1.ZoneOperationsClient(**kwargs),
@@ -63,14 +70,13 @@ def compute_clients(endpoint: str | None = None) -> ComputeClients:
 
 def cloudbuild_client(endpoint: str | None = None) -> Any:
     """A Cloud Build client over REST, pointed at ``endpoint`` when given (a fake in tests)."""
-    from google.api_core.client_options import ClientOptions
     from google.cloud.devtools import cloudbuild_v1
 
-    kwargs: dict[str, Any] = {"transport": "rest"}
-    if endpoint:
-        kwargs["client_options"] = ClientOptions(api_endpoint=endpoint)
-        if endpoint.startswith("http://"):
-            from google.auth.credentials import AnonymousCredentials
+    return cloudbuild_v1.CloudBuildClient(transport="rest", **_client_kwargs(endpoint))
 
-            kwargs["credentials"] = AnonymousCredentials()
-    return cloudbuild_v1.CloudBuildClient(**kwargs)
+
+def regions_client(endpoint: str | None = None) -> Any:
+    """A Compute ``RegionsClient`` (quotas, for ``runner doctor``) at ``endpoint``."""
+    from google.cloud import compute_v1
+
+    return compute_v1.RegionsClient(**_client_kwargs(endpoint))

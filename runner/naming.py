@@ -154,3 +154,8 @@ def _check_attempt(attempt: int) -> int:
     if isinstance(attempt, bool) or not isinstance(attempt, int) or attempt < 0:
         raise ValueError(f"attempt must be a non-negative integer, got {attempt!r}")
     return attempt
+
+
+def region_of(zone: str) -> str:
+    """``us-central1-a`` → ``us-central1``: a GCE zone's name is its region's plus ``-LETTER``."""
+    return zone.rsplit("-", 1)[0]

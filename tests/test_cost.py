@@ -12,7 +12,8 @@ import pytest
 
 import entrypoint.record as record_mod
 from entrypoint.record import RunRecord, RunSpec, State
-from runner.cost import PriceTableError, estimate_run_cost, format_money, load_prices, region_of
+from runner.cost import PriceTableError, estimate_run_cost, format_money, load_prices
+from runner.naming import region_of
 
 HOUR = 3600.0
 T4_BOX = 1.5  # n1-standard-4 (1.0) + one nvidia-tesla-t4 (0.5), in the test table
