@@ -27,11 +27,11 @@ def make_backend(cfg: Config) -> ComputeBackend:
     if cfg.backend == "local":
         from runner.backends.local import LocalBackend
 
-        return LocalBackend()
+        return LocalBackend().bind_store(cfg.store_url)
     from runner.backends.gce import GceBackend
     from runner.gcp_clients import compute_clients
 
-    return GceBackend(compute_clients(cfg.compute_endpoint), require_project(cfg))
+    return GceBackend(compute_clients(cfg.compute_endpoint), require_project(cfg)).bind_store(cfg.store_url)
 
 
 def require_project(cfg: Config) -> str:
