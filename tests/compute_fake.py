@@ -233,11 +233,30 @@ _RETRYABLE = {
     503: ("backendError", "The service is currently unavailable."),
     504: ("backendError", "Deadline exceeded."),
 }
+# Compute answers most rate limits with 403, not 429 (the "Queries per minute" quota of
+# compute.googleapis.com; "API rate limits" in the Compute docs), in the classic error shape
+# with domain usageLimits and reason rateLimitExceeded or userRateLimitExceeded (per user).
+_RATE_LIMITS = {
+    "rateLimitExceeded": "Quota exceeded for quota metric 'Queries' and limit 'Queries per "
+                         "minute' of service 'compute.googleapis.com'.",
+    "userRateLimitExceeded": "Quota exceeded for quota metric 'Queries' and limit 'Queries per "
+                             "minute per user' of service 'compute.googleapis.com'.",
+}
+# What an injected 403 is when no reason is given: a rate limit, the usual transient 403.
+_FORBIDDEN = ("forbidden", "Required 'compute.instances.list' permission for "
+              "'projects/{project}'")
 
 
-def _retryable_error(code: int) -> ApiError:
-    reason, message = _RETRYABLE.get(code, ("backendError", HTTPStatus(code).phrase))
-    return ApiError(code, reason, message)
+def _retryable_error(code: int, reason: Optional[str] = None) -> ApiError:
+    """An injected error in GCE's shape: 429/5xx, or 403 rate limits (``reason`` picks which;
+    ``reason="forbidden"`` makes a 403 a permission error instead)."""
+    if code == 403:
+        reason = reason or "rateLimitExceeded"
+        if reason in _RATE_LIMITS:
+            return ApiError(403, reason, _RATE_LIMITS[reason], domain="usageLimits")
+        return ApiError(403, reason, _FORBIDDEN[1].format(project="the project"))
+    default_reason, message = _RETRYABLE.get(code, ("backendError", HTTPStatus(code).phrase))
+    return ApiError(code, reason or default_reason, message)
 
 
 def _now_ts() -> str:
@@ -525,7 +544,8 @@ class ComputeFake:
       an operation error, or as HTTP 503 when ``stockout_as_http`` is true.
     - ``quota_zones``: inserts there fail with HTTP 403 ``quotaExceeded`` naming the GPU quota.
     - ``error_rate``/``error_codes``: that fraction of requests first gets a retryable error
-      (seeded RNG, so a failing run replays identically); ``fail_next`` injects exact failures.
+      (seeded RNG, so a failing run replays identically; 403 in ``error_codes`` is a
+      ``rateLimitExceeded``, as Compute sends); ``fail_next`` injects exact failures.
     - ``boot_seconds``: new and restarted VMs pass PROVISIONING → STAGING → RUNNING over this long.
     - ``operation_seconds``: operations report RUNNING for this long before DONE.
     - ``serial_retain_bytes``: serial console history kept per VM (1 MiB, like GCE).
@@ -565,7 +585,7 @@ class ComputeFake:
         self._request_ids: dict[tuple[str, str], tuple[str, str]] = {}  # -> (zone, op name)
         self._requests: list[RecordedRequest] = []
         self._scheduled: list[_Scheduled] = []
-        self._fail_next: list[tuple[int, Optional[str]]] = []
+        self._fail_next: list[tuple[int, Optional[str], Optional[str]]] = []
         self._images: dict[tuple[str, str], compute_v1.Image] = {}
         self._guest_events: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
         self._guest_thread: Optional[threading.Thread] = None
@@ -619,10 +639,15 @@ class ComputeFake:
 
     # ---- switches that act ------------------------------------------------------------------
 
-    def fail_next(self, code: int = 503, times: int = 1, rpc: Optional[str] = None) -> None:
-        """The next ``times`` requests (to ``rpc`` only, if given) get HTTP ``code`` unprocessed."""
+    def fail_next(self, code: int = 503, times: int = 1, rpc: Optional[str] = None,
+                  reason: Optional[str] = None) -> None:
+        """The next ``times`` requests (to ``rpc`` only, if given) get HTTP ``code`` unprocessed.
+
+        ``403`` is a rate limit in GCE's shape (``reason`` ``rateLimitExceeded``, the default,
+        or ``userRateLimitExceeded``); ``reason="forbidden"`` makes it a missing permission.
+        """
         with self.lock:
-            self._fail_next.extend([(code, rpc)] * times)
+            self._fail_next.extend([(code, rpc, reason)] * times)
 
     def append_serial(self, zone: str, name: str, text: Union[str, bytes],
                       project: Optional[str] = None) -> None:
@@ -1298,10 +1323,10 @@ class ComputeFake:
         return status, payload
 
     def _inject_error(self, rpc: str) -> None:
-        for i, (code, only) in enumerate(self._fail_next):
+        for i, (code, only, reason) in enumerate(self._fail_next):
             if only is None or only == rpc:
                 del self._fail_next[i]
-                raise _retryable_error(code)
+                raise _retryable_error(code, reason)
         if self.error_rate > 0 and self._rng.random() < self.error_rate:
             raise _retryable_error(self._rng.choice(tuple(self.error_codes)))
 

@@ -158,6 +158,45 @@ def test_transient_429_and_503_are_retried(gce):
     assert fake.calls(ok=False), "the fake injected no error: this test proved nothing"
 
 
+@pytest.mark.parametrize("reason", ["rateLimitExceeded", "userRateLimitExceeded"])
+def test_a_403_rate_limit_is_retried_not_read_as_permission_denied(gce, reason):
+    ctx, fake = gce
+    submit(ctx)
+    fake.fail_next(403, times=2, rpc="instances.insert", reason=reason)
+    ctx.supervisor().reconcile("exp-1")
+    assert [v.name for v in fake.instances()] == ["runner-exp-1-a1"]
+    notes = [ev["reason"] for _, ev in RunRecord(ctx.store, "exp-1").events()]
+    assert not any("permission" in (n or "") for n in notes), notes
+    assert len(fake.calls("instances.insert", ok=False)) == 2
+
+
+def test_a_real_permission_error_names_the_role_and_no_rate_limit(gce):
+    from runner.backends.gce import _explain
+    from google.api_core import exceptions as gexc
+
+    ctx, fake = gce
+    submit(ctx)
+    fake.fail_next(403, times=1, rpc="instances.insert", reason="forbidden")
+    ctx.supervisor().reconcile("exp-1")
+    notes = [ev["reason"] for _, ev in RunRecord(ctx.store, "exp-1").events() if ev["to"] is None]
+    assert "permission denied" in notes[-1] and "roles/compute.instanceAdmin.v1" in notes[-1]
+    limited = gexc.Forbidden("Quota exceeded for quota metric 'Queries'",
+                             errors=[{"reason": "rateLimitExceeded", "domain": "usageLimits"}])
+    assert "permission" not in _explain(limited, PROJECT)
+
+
+def test_a_supervisor_pass_survives_a_failing_list_and_the_next_pass_works(gce):
+    ctx, fake = gce
+    submit(ctx)
+    sup = ctx.supervisor()
+    fake.fail_next(403, times=1, rpc="instances.aggregatedList", reason="forbidden")
+    assert sup.reconcile_all() == {}  # the pass says why on stderr and ends; it does not raise
+    assert fake.instances() == []
+    states = sup.reconcile_all()
+    assert states["exp-1"].state == State.PROVISIONING
+    assert [v.name for v in fake.instances()] == ["runner-exp-1-a1"]
+
+
 def test_delete_writes_stop_then_removes_the_vm(gce):
     from runner.ops import delete_run
 

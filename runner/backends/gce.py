@@ -452,8 +452,14 @@ def _status_name(status: Any) -> str:
 
 
 def _explain(e: Any, project: str) -> str:
+    from runner.gcp_clients import is_rate_limited
+
     code = getattr(e, "code", None)
     msg = getattr(e, "message", str(e))
+    if is_rate_limited(e):
+        return (f"Compute Engine rate limit in project {project} (still refused after retrying for 2 "
+                f"minutes): {msg}. Wait and try again; if it persists, ask for a higher 'Queries per "
+                "minute' quota for compute.googleapis.com")
     if code == 403:
         return (f"permission denied in project {project}: {msg}. Grant the caller roles/compute.instanceAdmin.v1 "
                 "(and roles/iam.serviceAccountUser on the VM's service account)")
