@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from runner.config import GCE_PREEMPTION_NOTICE, Config
-from runner.gcp_rest import AdminApis, ApiError, admin_apis, member_roles
+from runner.gcp_rest import AdminApis, ApiError, admin_apis, member_conditional_roles, member_roles
 from runner.naming import region_of
 
 REQUIRED_APIS = ("compute.googleapis.com", "storage.googleapis.com",
@@ -34,6 +34,11 @@ VM_ROLES: dict[str, frozenset[str]] = {
         "roles/artifactregistry.repoAdmin", "roles/artifactregistry.admin",
         "roles/editor", "roles/owner"}),
 }
+# The VM deletes itself when its job is over (gcp/startup.sh): compute.instances.delete, which
+# `runner init` grants as a one-permission custom role limited to runner VMs, and which these
+# broader roles also carry.
+SELF_DELETE_GRANTED_BY = frozenset({"roles/compute.instanceAdmin.v1", "roles/compute.instanceAdmin",
+                                    "roles/compute.admin", "roles/editor", "roles/owner"})
 # Quota metric of each GPU type; spot VMs draw on PREEMPTIBLE_<metric> when the project has it.
 GPU_QUOTA_METRICS = {
     "nvidia-tesla-t4": "NVIDIA_T4_GPUS",
@@ -324,11 +329,18 @@ class _Doctor:
             elif not granted_by & held:
                 missing.append(role)
                 fixes.append(f"gcloud projects add-iam-policy-binding {p} --member {member} --role {role}")
+        from runner.project_setup import self_delete_role
+
+        own_role = self_delete_role(p)
+        if not (SELF_DELETE_GRANTED_BY | {own_role}) & held and \
+                own_role not in member_conditional_roles(apis.get_iam_policy(p), member):
+            missing.append("compute.instances.delete (to delete its own VM when the job is over)")
+            fixes.append(f"runner init --project {p}")
         default = "" if cfg.service_account else " (the Compute default service account)"
         if missing:
             return Check(name, False, f"{email}{default} lacks {', '.join(missing)}{bucket_note}",
                          "\n".join(fixes))
-        return Check(name, True, f"{email}{default} has {', '.join(VM_ROLES)}")
+        return Check(name, True, f"{email}{default} has {', '.join(VM_ROLES)} and may delete its own VM")
 
     def gpu_quota_check(self) -> Check:
         name = "GPU quota"

@@ -65,7 +65,7 @@ def test_init_creates_everything_and_a_second_run_changes_nothing(
         admin: GcpAdminFake, gcs: storage.Client, bucket_name: str) -> None:
     cfg = config(admin, f"gs://{bucket_name}/runs")
     first, said = init(cfg)
-    assert [s.changed for s in first] == [True] * 5
+    assert [s.changed for s in first] == [True] * 6
     assert said[-1] == f'next: set service_account = "{SA}" in runner.toml so VMs run as it'
 
     bucket = gcs.get_bucket(bucket_name)
@@ -84,8 +84,9 @@ def test_init_creates_everything_and_a_second_run_changes_nothing(
     sets_before = len(admin.calls("resourcemanager.projects.setIamPolicy"))
     second, said = init(cfg)
     assert [s.name for s in second] == [s.name for s in first]
-    assert [s.changed for s in second] == [False] * 5
-    assert [s.detail.split(" ")[0] for s in second] == ["exists", "exists", "exists", "already", "already"]
+    assert [s.changed for s in second] == [False] * 6
+    assert [s.detail.split(" ")[0] for s in second] == ["exists", "exists", "exists", "already", "exists",
+                                                        "already"]
     assert second[3].detail == f"already granted to {MEMBER}"
     assert len(admin.calls("resourcemanager.projects.setIamPolicy")) == sets_before
     assert admin.policy(P) == policy
@@ -133,7 +134,7 @@ def test_policy_write_is_retried_on_a_concurrent_change_and_keeps_it(
         admin: GcpAdminFake, gcs: storage.Client, bucket_name: str) -> None:
     admin.race_next_sets = 2
     steps, _ = init(config(admin, f"gs://{bucket_name}"))
-    assert steps[4].changed is True
+    assert steps[5].changed is True
     sets = admin.calls("resourcemanager.projects.setIamPolicy")
     assert [r.status for r in sets] == [409, 409, 200]
     bindings = admin.policy(P)["bindings"]
@@ -146,7 +147,7 @@ def test_a_service_account_not_yet_known_to_iam_is_retried(
         admin: GcpAdminFake, gcs: storage.Client, bucket_name: str) -> None:
     admin.propagation_sets = 2
     steps, _ = init(config(admin, f"gs://{bucket_name}"))
-    assert steps[4].changed is True
+    assert steps[5].changed is True
     assert [r.status for r in admin.calls("resourcemanager.projects.setIamPolicy")] == [400, 400, 200]
     assert all(members_of(admin.policy(P)["bindings"], role) == [MEMBER] for role in PROJECT_ROLES)
 
@@ -164,7 +165,8 @@ def test_members_already_bound_to_a_role_are_kept(
     admin.grant(P, "user:alice@example.com", "roles/logging.logWriter")
     admin.grant(P, MEMBER, "roles/monitoring.metricWriter")
     steps, _ = init(config(admin, f"gs://{bucket_name}"))
-    assert steps[4].detail == f"granted to {MEMBER}: roles/logging.logWriter, roles/artifactregistry.reader"
+    assert steps[5].detail == (f"granted to {MEMBER}: roles/logging.logWriter, roles/artifactregistry.reader, "
+                               f"projects/{P}/roles/cosSpotRunnerSelfDelete (if 'cos-spot-runner VMs only')")
     bindings = admin.policy(P)["bindings"]
     assert members_of(bindings, "roles/logging.logWriter") == ["user:alice@example.com", MEMBER]
     assert members_of(bindings, "roles/monitoring.metricWriter") == [MEMBER]
@@ -251,7 +253,7 @@ def test_cli_init_is_idempotent_and_then_doctor_passes(admin: GcpAdminFake, comp
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith(f"+ bucket gs://{bucket_name}: created in US-CENTRAL1")
     second = json.loads(runner("init", "--json").stdout)
-    assert [s["changed"] for s in second] == [False] * len(second) and len(second) == 5
+    assert [s["changed"] for s in second] == [False] * len(second) and len(second) == 6
 
     env["RUNNER_SERVICE_ACCOUNT"] = SA
     doc = runner("doctor")
