@@ -736,3 +736,43 @@ RESOURCE = {"name": "vm-1", "status": "RUNNING", "labels": {"run-id": "r1", "tea
 ])
 def test_filter_expressions(flt: str, expected: bool) -> None:
     assert parse_filter(flt)(RESOURCE) is expected
+
+
+# ---- authorization (opt-in) ------------------------------------------------------------------
+
+def test_with_iam_on_a_caller_without_the_role_is_refused_as_gce_refuses(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient) -> None:
+    from tests.gcp_admin_fake import GcpAdminFake
+
+    admin = GcpAdminFake()
+    admin.add_project(PROJECT)
+    compute_fake.iam = admin
+    with pytest.raises(exceptions.Forbidden, match="Required 'compute.instances.create' permission"):
+        insert(instances, spot_vm("trainer-1"))
+    admin.grant(PROJECT, compute_fake.operator, "roles/compute.instanceAdmin.v1")
+    vm = spot_vm("trainer-1")
+    vm.service_accounts = [compute_v1.ServiceAccount(email=f"vm@{PROJECT}.iam.gserviceaccount.com")]
+    with pytest.raises(exceptions.Forbidden, match="iam.serviceAccountUser"):
+        insert(instances, vm)  # running a VM as an account needs actAs on it
+    admin.grant(PROJECT, compute_fake.operator, "roles/iam.serviceAccountUser")
+    insert(instances, vm)
+    assert [i.name for i in compute_fake.instances()] == ["trainer-1"]
+
+
+def test_with_iam_on_a_token_names_its_member_and_an_unknown_token_is_401(
+        compute_fake: ComputeFake) -> None:
+    import requests
+
+    from tests.gcp_admin_fake import GcpAdminFake
+
+    admin = GcpAdminFake()
+    admin.add_project(PROJECT)
+    admin.grant(PROJECT, "serviceAccount:reader@x.iam.gserviceaccount.com", "roles/compute.viewer")
+    compute_fake.iam = admin
+    url = f"{compute_fake.endpoint}/compute/v1/projects/{PROJECT}/zones/{ZONE}/instances"
+    token = compute_fake.mint_token("serviceAccount:reader@x.iam.gserviceaccount.com")
+    assert requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code == 200
+    assert requests.get(url, headers={"Authorization": "Bearer nope"}, timeout=5).status_code == 401
+    denied = requests.post(url, json={"name": "x"}, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert denied.status_code == 403
+    assert denied.json()["error"]["errors"][0]["reason"] == "forbidden"

@@ -266,3 +266,33 @@ def test_cli_init_is_idempotent_and_then_doctor_passes(admin: GcpAdminFake, comp
     broken = runner("doctor")
     assert broken.returncode == 1
     assert f"fix: gcloud services enable cloudbuild.googleapis.com --project {P}" in broken.stdout
+
+
+def test_a_vm_running_as_inits_account_can_delete_itself_and_no_other_vm(
+        admin: GcpAdminFake, gcs: storage.Client, bucket_name: str, compute_fake: Any) -> None:
+    """What gcp/startup.sh does when its job is over: DELETE its own instance with the token the
+    metadata server gives its service account, against the Compute fake enforcing init's IAM."""
+    import requests
+    from google.cloud import compute_v1
+
+    init(config(admin, f"gs://{bucket_name}"))
+    admin.grant(P, "user:operator@example.com", "roles/compute.instanceAdmin.v1")
+    admin.grant(P, "user:operator@example.com", "roles/iam.serviceAccountUser")
+    compute_fake.iam = admin
+    instances = compute_v1.InstancesClient(**compute_fake.client_kwargs())  # the operator
+    zone = "us-central1-a"
+    for name in ("runner-exp-1-a1", "database-1"):
+        instances.insert_unary(project=P, zone=zone, instance_resource=compute_v1.Instance(
+            name=name, machine_type=f"zones/{zone}/machineTypes/n1-standard-4",
+            service_accounts=[compute_v1.ServiceAccount(email=SA)]))
+    vm_token = compute_fake.mint_token(MEMBER)
+
+    def delete_as_vm(name: str) -> requests.Response:
+        return requests.delete(f"{compute_fake.endpoint}/compute/v1/projects/{P}/zones/{zone}/instances/{name}",
+                               headers={"Authorization": f"Bearer {vm_token}"}, timeout=10)
+
+    other = delete_as_vm("database-1")
+    assert other.status_code == 403
+    assert other.json()["error"]["errors"][0]["reason"] == "forbidden"
+    assert delete_as_vm("runner-exp-1-a1").status_code == 200
+    assert [i.name for i in compute_fake.instances()] == ["database-1"]
