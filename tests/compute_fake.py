@@ -41,6 +41,13 @@ Behaviour kept from GCE because product code depends on it:
   request, as before this was modelled; tests of the timeline set e.g. ``time_scale = 0.02``.
 - The serial console keeps the last 1 MiB; ``start`` offsets older than that are moved forward
   and the response's ``start`` says so, so log followers can detect the gap.
+- Regional quotas are enforced from what ``regions.get`` reports (``region_quotas``: limit and
+  usage outside the fake, plus what the fake's own live VMs use). An ``insert`` or ``start`` that
+  would exceed ``CPUS`` or ``NVIDIA_*_GPUS`` (spot VMs: ``PREEMPTIBLE_*`` when the project has a
+  non-zero preemptible limit, the standard metric otherwise, as the Spot VMs quota docs say)
+  fails with the operation error ``QUOTA_EXCEEDED`` "Quota 'M' exceeded.  Limit: L in region R."
+  (HTTP status 403 in the operation), the way gcloud shows it. TERMINATED VMs use no CPU/GPU
+  quota. A metric the region does not list is not limited (a simplification: GCE has them all).
 - ``requestId`` makes mutations idempotent, so retried inserts do not create two VMs.
 - Validation that real GCE does and that catches real bugs (``strict=True``): instance and label
   names, machine/accelerator types given as zonal URLs that exist in that zone, GPUs requiring
@@ -1091,6 +1098,57 @@ class ComputeFake:
                         f"Quota '{metric}' exceeded.  Limit: 0.0 in region {region}.",
                         domain="usageLimits")
 
+    def _quota_needs(self, inst: compute_v1.Instance) -> dict[str, float]:
+        """The quota metrics (unprefixed) and amounts a running ``inst`` uses."""
+        spec = MACHINE_TYPES.get(_last(inst.machine_type))
+        needs: dict[str, float] = {"CPUS": float(spec.cpus if spec else 1)}
+        gpus = [(_last(a.accelerator_type), a.accelerator_count) for a in inst.guest_accelerators]
+        if spec and spec.accelerator and not gpus:
+            gpus.append(spec.accelerator)
+        for kind, count in gpus:
+            metric = _QUOTA_METRICS.get(kind)
+            if metric:
+                needs[metric] = needs.get(metric, 0.0) + count
+        return needs
+
+    def _metric_for(self, region: str, metric: str, spot: bool) -> str:
+        """Spot VMs draw on PREEMPTIBLE_<metric> when the project has a limit there."""
+        pre = f"PREEMPTIBLE_{metric}"
+        if spot and self.region_quotas.get(region, {}).get(pre, (0.0, 0.0))[0] > 0:
+            return pre
+        return metric
+
+    def _live_usage(self, project: str, region: str) -> dict[str, float]:
+        used: dict[str, float] = {}
+        for vm in self._vms.values():
+            if vm.project != project or _region(vm.zone) != region or \
+                    vm.instance.status in ("TERMINATED", "SUSPENDED"):
+                continue
+            for metric, amount in self._quota_needs(vm.instance).items():
+                m = self._metric_for(region, metric, _is_spot(vm.instance))
+                used[m] = used.get(m, 0.0) + amount
+        return used
+
+    def _quota_exceeded(self, project: str, zone: str, inst: compute_v1.Instance
+                        ) -> Optional[str]:
+        """The message of the first regional quota ``inst`` would exceed, or None."""
+        region = _region(zone)
+        quotas = self.region_quotas.get(region, {})
+        live = self._live_usage(project, region)
+        for metric, amount in self._quota_needs(inst).items():
+            m = self._metric_for(region, metric, _is_spot(inst))
+            if m not in quotas:
+                continue
+            limit, usage = quotas[m]
+            if usage + live.get(m, 0.0) + amount > limit:
+                return f"Quota '{m}' exceeded.  Limit: {limit:.1f} in region {region}."
+        return None
+
+    def _quota_op(self, project: str, zone: str, target: compute_v1.Instance, op_type: str,
+                  message: str) -> compute_v1.Operation:
+        return self._new_op(project, zone, op_type, target,
+                            error=("QUOTA_EXCEEDED", message, 403, "FORBIDDEN"))
+
     def _stockout(self, project: str, zone: str, target: compute_v1.Instance,
                   op_type: str) -> compute_v1.Operation:
         message = (f"The zone 'projects/{project}/zones/{zone}' does not have enough resources "
@@ -1114,10 +1172,13 @@ class ComputeFake:
                            "already exists")
         if zone in self.quota_zones:  # membership, not iteration: safe while a test mutates
             raise self._quota_error(zone, inst)
+        target = compute_v1.Instance(name=inst.name, id=next(self._ids),
+                                     self_link=f"{API}/projects/{p}/zones/{zone}/instances/"
+                                               f"{inst.name}")
+        over = self._quota_exceeded(p, zone, inst)
+        if over:
+            return self._quota_op(p, zone, target, "insert", over)
         if zone in self.stockout_zones:
-            target = compute_v1.Instance(name=inst.name, id=next(self._ids),
-                                         self_link=f"{API}/projects/{p}/zones/{zone}/instances/"
-                                                   f"{inst.name}")
             return self._stockout(p, zone, target, "insert")
         vm = self._create_vm(p, zone, inst)
         return self._new_op(p, zone, "insert", vm.instance)
@@ -1152,6 +1213,9 @@ class ComputeFake:
                            f"The resource 'projects/{p}/zones/{zone}/instances/{name}' is not "
                            "ready")
         if vm.instance.status == "TERMINATED":
+            over = self._quota_exceeded(p, zone, vm.instance)
+            if over:
+                return self._quota_op(p, zone, vm.instance, "start", over)
             if zone in self.stockout_zones:
                 return self._stockout(p, zone, vm.instance, "start")
             self._boot(vm)
@@ -1272,11 +1336,12 @@ class ComputeFake:
     def _h_region(self, p: str, region: str) -> Any:
         if region not in self.region_quotas:
             raise _not_found(f"projects/{p}/regions/{region}")
+        live = self._live_usage(p, region)
         return compute_v1.Region(
             kind="compute#region", id=3000 + sorted(self.region_quotas).index(region),
             name=region, description=region, status="UP",
             zones=[f"{API}/projects/{p}/zones/{z}" for z in sorted(ZONES) if z.startswith(region + "-")],
-            quotas=[compute_v1.Quota(metric=m, limit=lim, usage=use)
+            quotas=[compute_v1.Quota(metric=m, limit=lim, usage=use + live.get(m, 0.0))
                     for m, (lim, use) in sorted(self.region_quotas[region].items())],
             self_link=f"{API}/projects/{p}/regions/{region}")
 
@@ -1708,6 +1773,10 @@ def _no_results(scope: str) -> compute_v1.Warning:
         code="NO_RESULTS_ON_PAGE",
         message=f"There are no results for scope '{scope}' on this page.",
         data=[compute_v1.Data(key="scope", value=scope)])
+
+
+def _region(zone: str) -> str:
+    return zone.rsplit("-", 1)[0]
 
 
 def _last(url: str) -> str:

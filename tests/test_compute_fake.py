@@ -34,6 +34,14 @@ ZONE = "us-central1-a"
 
 # ---- helpers ---------------------------------------------------------------------------------
 
+@pytest.fixture(autouse=True)
+def roomy_quota(compute_fake: ComputeFake) -> None:
+    """Most tests here make several T4 VMs: a project whose quota was raised (a new project's
+    1 T4 would refuse the second). Quota tests set their own limits."""
+    compute_fake.set_quota("us-central1", "PREEMPTIBLE_NVIDIA_T4_GPUS", 64)
+    compute_fake.set_quota("us-central1", "CPUS", 512)
+
+
 @pytest.fixture
 def instances(compute_fake: ComputeFake) -> compute_v1.InstancesClient:
     return compute_v1.InstancesClient(**compute_fake.client_kwargs())
@@ -776,3 +784,38 @@ def test_with_iam_on_a_token_names_its_member_and_an_unknown_token_is_401(
     denied = requests.post(url, json={"name": "x"}, headers={"Authorization": f"Bearer {token}"}, timeout=5)
     assert denied.status_code == 403
     assert denied.json()["error"]["errors"][0]["reason"] == "forbidden"
+
+
+# ---- quotas ----------------------------------------------------------------------------------
+
+def test_an_insert_over_the_regional_gpu_quota_fails_with_quota_exceeded_in_the_operation(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient,
+        zone_ops: compute_v1.ZoneOperationsClient) -> None:
+    compute_fake.set_quota("us-central1", "PREEMPTIBLE_NVIDIA_T4_GPUS", 1)
+    regions = compute_v1.RegionsClient(**compute_fake.client_kwargs())
+    wait(zone_ops, insert(instances, spot_vm("trainer-1")))
+
+    op = wait(zone_ops, insert(instances, spot_vm("trainer-2", zone="us-central1-b"), zone="us-central1-b"),
+              "us-central1-b")
+
+    (err,) = op.error.errors
+    assert err.code == "QUOTA_EXCEEDED"
+    assert err.message == "Quota 'PREEMPTIBLE_NVIDIA_T4_GPUS' exceeded.  Limit: 1.0 in region us-central1."
+    assert op.http_error_status_code == 403
+    assert [i.name for i in compute_fake.instances()] == ["trainer-1"]
+    usage = {q.metric: q.usage for q in regions.get(project=PROJECT, region="us-central1").quotas}
+    assert usage["PREEMPTIBLE_NVIDIA_T4_GPUS"] == 1
+    instances.stop_unary(project=PROJECT, zone=ZONE, instance="trainer-1")  # stopped: no quota
+    assert not wait(zone_ops, insert(instances, spot_vm("trainer-2", zone="us-central1-b"), zone="us-central1-b"),
+              "us-central1-b").error.errors
+
+
+def test_spot_cpus_draw_on_cpus_when_the_project_has_no_preemptible_cpu_quota(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient,
+        zone_ops: compute_v1.ZoneOperationsClient) -> None:
+    compute_fake.set_quota("us-central1", "CPUS", 6)  # PREEMPTIBLE_CPUS stays 0: not granted
+    assert not wait(zone_ops, insert(instances, spot_vm("trainer-1"))).error.errors
+    op = wait(zone_ops, insert(instances, spot_vm("trainer-2")))
+    assert op.error.errors[0].message == "Quota 'CPUS' exceeded.  Limit: 6.0 in region us-central1."
+    compute_fake.set_quota("us-central1", "PREEMPTIBLE_CPUS", 8)
+    assert not wait(zone_ops, insert(instances, spot_vm("trainer-2"))).error.errors

@@ -31,6 +31,9 @@ def gce(compute_fake, gcs_store, gcs_emulator):
                  store=gcs_store.url, machine_type="n1-standard-4", gpu="nvidia-tesla-t4",
                  poll_interval=1.0, stall_polls=600, gpu_timeout=300)
     ctx = make_context(cfg)
+    # A project whose spot T4 quota was raised: some tests here run 25 GPU runs at once.
+    compute_fake.set_quota("us-central1", "PREEMPTIBLE_NVIDIA_T4_GPUS", 64)
+    compute_fake.set_quota("us-central1", "PREEMPTIBLE_CPUS", 512)
     return ctx, compute_fake
 
 
@@ -83,6 +86,18 @@ def test_quota_errors_also_fall_back_to_the_next_zone(gce):
     submit(ctx)
     ctx.supervisor().reconcile("exp-1")
     assert [v.zone.rsplit("/", 1)[-1] for v in fake.instances()] == ["us-central1-b"]
+
+
+def test_a_run_over_the_projects_gpu_quota_waits_and_says_which_quota(gce):
+    ctx, fake = gce
+    fake.set_quota("us-central1", "PREEMPTIBLE_NVIDIA_T4_GPUS", 1)  # a new project's quota
+    submit(ctx, run_id="first")
+    submit(ctx, run_id="second")
+    ctx.supervisor().reconcile_all()
+    assert [v.name for v in fake.instances()] == ["runner-first-a1"]
+    notes = [ev["reason"] for _, ev in RunRecord(ctx.store, "second").events() if ev["to"] is None]
+    assert "QUOTA_EXCEEDED" in notes[-1] and "us-central1-b" in notes[-1]
+    assert "Quota 'PREEMPTIBLE_NVIDIA_T4_GPUS' exceeded.  Limit: 1.0 in region us-central1." in notes[-1]
 
 
 def test_when_every_zone_is_out_of_stock_the_run_waits_and_says_why(gce):

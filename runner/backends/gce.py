@@ -302,7 +302,9 @@ class GceBackend(ComputeBackend):
             if op.error and op.error.errors:
                 reasons = _error_reasons(op)
                 if any(r in ZONE_RETRYABLE for r in reasons):
-                    refusals.append(f"{zone}: {', '.join(sorted(set(reasons)))}")
+                    # A quota error names the quota and its limit: what the user must raise.
+                    quota = "; ".join(e.message for e in op.error.errors if e.code == "QUOTA_EXCEEDED")
+                    refusals.append(f"{zone}: {', '.join(sorted(set(reasons)))}" + (f" ({quota})" if quota else ""))
                     continue
                 if "RESOURCE_ALREADY_EXISTS" in reasons:
                     return self._get(plan.project, zone, plan.name)
