@@ -48,6 +48,12 @@ Behaviour kept from GCE because product code depends on it:
   fails with the operation error ``QUOTA_EXCEEDED`` "Quota 'M' exceeded.  Limit: L in region R."
   (HTTP status 403 in the operation), the way gcloud shows it. TERMINATED VMs use no CPU/GPU
   quota. A metric the region does not list is not limited (a simplification: GCE has them all).
+- ``scheduling.maxRunDuration`` must lie between 30 seconds and 120 days and needs an
+  ``instanceTerminationAction`` (gcloud ``--max-run-duration``; "Limit the run time of a VM").
+  When a VM enters RUNNING, ``resourceStatus.scheduling.terminationTimestamp`` is set; when it is reached the VM is
+  stopped or deleted through the usual shutdown. Stopping clears it; a start counts afresh. The
+  duration runs scaled by ``time_scale`` (in real seconds when ``time_scale`` is 0). Not
+  modelled: ``terminationTime`` (an absolute time limit).
 - ``requestId`` makes mutations idempotent, so retried inserts do not create two VMs.
 - Validation that real GCE does and that catches real bugs (``strict=True``): instance and label
   names, machine/accelerator types given as zonal URLs that exist in that zone, GPUs requiring
@@ -544,6 +550,7 @@ class _Vm:
     boot_started: float = 0.0
     boot_seconds: float = 0.0
     shutdown: Optional[_Shutdown] = None
+    run_deadline: float = 0.0  # monotonic time maxRunDuration ends (0: none)
     guest_running: bool = False  # the guest was told on_running and not yet on_power_off
 
 
@@ -772,6 +779,10 @@ class ComputeFake:
             sd = vm.shutdown
             if sd is not None and (now >= sd.deadline or sd.halted.is_set()):
                 self._power_off(vm)
+            elif sd is None and vm.run_deadline and now >= vm.run_deadline and \
+                    vm.instance.status == "RUNNING":
+                action = vm.instance.scheduling.instance_termination_action or "STOP"
+                self._begin_shutdown(vm, "DELETE" if action == "DELETE" else "STOP")
         due = [s for s in self._scheduled if s.due <= now]
         self._scheduled = [s for s in self._scheduled if s.due > now]
         for s in due:
@@ -803,6 +814,13 @@ class ComputeFake:
 
     def _enter_running(self, vm: _Vm) -> None:
         vm.instance.status = "RUNNING"
+        mrd = vm.instance.scheduling.max_run_duration
+        if "max_run_duration" in vm.instance.scheduling and (mrd.seconds or mrd.nanos):
+            seconds = mrd.seconds + mrd.nanos / 1e9
+            vm.run_deadline = time.monotonic() + seconds * (self.time_scale or 1.0)
+            vm.instance.resource_status.scheduling.termination_timestamp = (
+                datetime.now(_PACIFIC) + timedelta(seconds=seconds)).isoformat(
+                timespec="milliseconds")
         if self.guest is not None:
             vm.guest_running = True
             guest, snap = self.guest, _copy(vm.instance)
@@ -872,6 +890,9 @@ class ComputeFake:
             guest = self.guest
             self._to_guest(lambda: guest.on_power_off(*key))
         vm.guest_running = False
+        vm.run_deadline = 0.0
+        if "resource_status" in vm.instance:
+            del vm.instance.resource_status  # terminationTimestamp: cleared when stopped
         if sd.action == "DELETE":
             self._vms.pop(key, None)
         else:
@@ -1041,6 +1062,15 @@ class ComputeFake:
         if spot and "automatic_restart" in sched and sched.automatic_restart:
             raise _invalid("resource.scheduling.automaticRestart", "true",
                            "Spot and preemptible instances cannot be automatically restarted.")
+        if "max_run_duration" in sched:
+            mrd = sched.max_run_duration
+            seconds = mrd.seconds + mrd.nanos / 1e9
+            if not 30 <= seconds <= 120 * 86400:
+                raise _invalid("resource.scheduling.maxRunDuration.seconds", mrd.seconds,
+                               "Must be between 30 seconds and 120 days (10368000 seconds).")
+            if not sched.instance_termination_action:
+                raise _invalid("resource.scheduling.instanceTerminationAction", "",
+                               "Must be specified when maxRunDuration is set.")
         on_maint = sched.on_host_maintenance or ("TERMINATE" if spot else "MIGRATE")
         if on_maint == "MIGRATE" and (spot or gpus):
             raise ApiError(400, "invalid", "Instances with guest accelerators do not support "

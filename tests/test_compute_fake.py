@@ -819,3 +819,26 @@ def test_spot_cpus_draw_on_cpus_when_the_project_has_no_preemptible_cpu_quota(
     assert op.error.errors[0].message == "Quota 'CPUS' exceeded.  Limit: 6.0 in region us-central1."
     compute_fake.set_quota("us-central1", "PREEMPTIBLE_CPUS", 8)
     assert not wait(zone_ops, insert(instances, spot_vm("trainer-2"))).error.errors
+
+
+# ---- maxRunDuration --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seconds", [29, 120 * 86400 + 1])
+def test_a_max_run_duration_outside_gces_range_is_refused(
+        instances: compute_v1.InstancesClient, seconds: int) -> None:
+    vm = spot_vm("trainer-1")
+    vm.scheduling.max_run_duration = compute_v1.Duration(seconds=seconds)
+    with pytest.raises(exceptions.BadRequest, match="between 30 seconds and 120 days"):
+        insert(instances, vm)
+
+
+def test_a_vm_is_terminated_by_its_action_when_its_max_run_duration_ends(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient) -> None:
+    compute_fake.time_scale = 0.02  # 30 s of run time → 0.6 s, the notice → 0.6 s
+    vm = spot_vm("trainer-1", action="DELETE")
+    vm.scheduling.max_run_duration = compute_v1.Duration(seconds=30)
+    insert(instances, vm)
+    got = instances.get(project=PROJECT, zone=ZONE, instance="trainer-1")
+    assert got.status == "RUNNING" and got.resource_status.scheduling.termination_timestamp
+
+    wait_for(lambda: compute_fake.instance(ZONE, "trainer-1") is None, timeout=5)

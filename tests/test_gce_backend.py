@@ -71,6 +71,18 @@ def test_submit_pins_the_cos_image_and_creates_one_spot_vm(gce):
     assert RunRecord(ctx.store, "exp-1").read_state()[0].state == State.PROVISIONING
 
 
+@pytest.mark.parametrize("seconds", [10, 121 * 86400])
+def test_a_max_run_duration_gce_would_refuse_is_refused_at_submit_with_the_fix(
+        compute_fake, gcs_store, gcs_emulator, seconds):
+    from runner.backends.base import BackendError
+
+    cfg = Config(backend="gce", project=PROJECT, zones=list(ZONES), compute_endpoint=compute_fake.endpoint,
+                 store=gcs_store.url, no_gpu=True, max_run_duration=seconds)
+    with pytest.raises(BackendError, match="max_run_duration .* between 30 seconds and 120 days"):
+        submit(make_context(cfg))
+    assert compute_fake.calls("instances.insert") == []
+
+
 def test_a_stockout_moves_the_vm_to_the_next_zone(gce):
     ctx, fake = gce
     fake.stockout_zones = {"us-central1-a"}

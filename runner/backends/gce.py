@@ -52,6 +52,9 @@ ZONE_RETRYABLE = {
     "UNSUPPORTED_OPERATION",  # e.g. the GPU type is not offered in that zone
 }
 DEFAULT_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+# scheduling.maxRunDuration's range (gcloud --max-run-duration; "Limit the run time of a VM").
+MIN_RUN_DURATION_S = 30
+MAX_RUN_DURATION_S = 120 * 86400
 
 
 def vm_options_defaults() -> dict[str, Any]:
@@ -144,6 +147,12 @@ class GceBackend(ComputeBackend):
             gpu = resolve_gpu(machine_type, spec.gpu, no_gpu=vm["no_gpu"])
         except ShapeError as e:
             raise BackendError(str(e)) from None
+        mrd = vm["max_run_duration_s"]
+        if mrd and not MIN_RUN_DURATION_S <= float(mrd) <= MAX_RUN_DURATION_S:
+            # GCE refuses the insert with a 400 otherwise, on every restart of the run.
+            raise BackendError(f"max_run_duration {mrd:g}s is not allowed: GCE accepts between 30 seconds and "
+                               f"120 days ({MAX_RUN_DURATION_S}s); set max_run_duration in runner.toml "
+                               "within that range, or 0 for no limit")
         if not spec.zones:
             raise BackendError("no zones: pass --zones us-central1-a,us-central1-b or set zones in runner.toml")
         project = vm["project"] or self.project
