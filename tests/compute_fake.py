@@ -54,7 +54,10 @@ Behaviour kept from GCE because product code depends on it:
   stopped or deleted through the usual shutdown. Stopping clears it; a start counts afresh. The
   duration runs scaled by ``time_scale`` (in real seconds when ``time_scale`` is 0). Not
   modelled: ``terminationTime`` (an absolute time limit).
-- ``requestId`` makes mutations idempotent, so retried inserts do not create two VMs.
+- ``requestId`` makes mutations idempotent, so retried inserts do not create two VMs. It must
+  be a UUID other than the zero UUID, is remembered per method and zone (the same id sent to
+  another zone or method is another request) for 60 minutes (``request_id_ttl``, scaled by
+  ``time_scale`` when that is set), as the compute v1 reference says of ``requestId``.
 - Validation that real GCE does and that catches real bugs (``strict=True``): instance and label
   names, machine/accelerator types given as zonal URLs that exist in that zone, GPUs requiring
   ``onHostMaintenance=TERMINATE``, spot VMs not being auto-restarted, metadata size limits.
@@ -197,6 +200,7 @@ DEFAULT_REGION_QUOTAS: dict[str, tuple[float, float]] = {
     "NVIDIA_L4_GPUS": (1.0, 0.0), "PREEMPTIBLE_NVIDIA_L4_GPUS": (1.0, 0.0),
 }
 
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
 _NAME_RE = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_KEY_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE_RE = re.compile(r"[a-z0-9_-]{0,63}")
@@ -621,7 +625,9 @@ class ComputeFake:
         self._op_seq = itertools.count(1)
         self._vms: dict[tuple[str, str, str], _Vm] = {}
         self._ops: dict[tuple[str, str, str], _Op] = {}
-        self._request_ids: dict[tuple[str, str], tuple[str, str]] = {}  # -> (zone, op name)
+        self.request_id_ttl = 3600.0
+        # (project, zone, rpc, requestId) -> (op name, monotonic time first seen)
+        self._request_ids: dict[tuple[str, str, str, str], tuple[str, float]] = {}
         self._requests: list[RecordedRequest] = []
         self._scheduled: list[_Scheduled] = []
         self._fail_next: list[tuple[int, Optional[str], Optional[str]]] = []
@@ -1529,9 +1535,16 @@ class ComputeFake:
         name = a.get("instance", "")
         # requestId makes retried mutations idempotent, as in GCE.
         request_id = q.get("requestId")
-        if request_id and rpc in _MUTATIONS and (p, request_id) in self._request_ids:
-            z, op = self._request_ids[(p, request_id)]
-            return self._render_op(self._ops[(p, z, op)])
+        rid_key = (p, zone or "", rpc, request_id or "")
+        if request_id and rpc in _MUTATIONS | {"instances.setMetadata": "", "instances.setLabels": ""}:
+            if not _UUID_RE.fullmatch(request_id) or set(request_id) <= {"0", "-"}:
+                raise _invalid("requestId", request_id, "Must be a valid UUID other than the "
+                               "zero UUID.")
+            seen = self._request_ids.get(rid_key)
+            ttl = self.request_id_ttl * (self.time_scale or 1.0)
+            if seen is not None and time.monotonic() - seen[1] < ttl and \
+                    (p, zone, seen[0]) in self._ops:
+                return self._render_op(self._ops[(p, zone, seen[0])])  # type: ignore[index]
         if rpc == "instances.insert":
             result = self._h_insert(p, zone, q, body)  # type: ignore[arg-type]
         elif rpc in ("instances.setMetadata", "instances.setLabels"):
@@ -1566,7 +1579,7 @@ class ComputeFake:
         else:
             return _catalogue(rpc, p, a, q)
         if request_id and isinstance(result, compute_v1.Operation):
-            self._request_ids[(p, request_id)] = (zone, result.name)  # type: ignore[assignment]
+            self._request_ids[rid_key] = (result.name, time.monotonic())
         return result
 
 

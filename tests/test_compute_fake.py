@@ -323,6 +323,33 @@ def test_a_request_id_makes_a_retried_insert_idempotent(
     assert len(compute_fake.instances()) == 1
 
 
+def test_a_request_id_is_scoped_to_method_and_zone_and_expires(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient,
+        zone_ops: compute_v1.ZoneOperationsClient) -> None:
+    rid = "0b9c8a2e-7d7f-4b9a-9f8e-1c2d3e4f5a6b"
+    for zone in (ZONE, "us-central1-b"):  # another zone: another request
+        instances.insert_unary(request=compute_v1.InsertInstanceRequest(
+            project=PROJECT, zone=zone, instance_resource=spot_vm("trainer-1", zone=zone), request_id=rid))
+    assert len(compute_fake.instances()) == 2
+    op = instances.delete_unary(request=compute_v1.DeleteInstanceRequest(  # another method
+        project=PROJECT, zone=ZONE, instance="trainer-1", request_id=rid))
+    assert op.operation_type == "delete"
+    assert compute_fake.instance(ZONE, "trainer-1") is None
+    compute_fake.time_scale = 0.0001  # the 60 min memory → 0.36 s
+    time.sleep(0.4)
+    again = compute_v1.InsertInstanceRequest(project=PROJECT, zone="us-central1-b", request_id=rid,
+                                             instance_resource=spot_vm("trainer-1", zone="us-central1-b"))
+    with pytest.raises(exceptions.Conflict):  # forgotten: a new insert of an existing VM
+        instances.insert_unary(request=again)
+
+
+@pytest.mark.parametrize("rid", ["retry-1", "00000000-0000-0000-0000-000000000000"])
+def test_a_request_id_must_be_a_non_zero_uuid(instances: compute_v1.InstancesClient, rid: str) -> None:
+    with pytest.raises(exceptions.BadRequest, match="requestId"):
+        instances.insert_unary(request=compute_v1.InsertInstanceRequest(
+            project=PROJECT, zone=ZONE, instance_resource=spot_vm("trainer-1"), request_id=rid))
+
+
 # ---- serial console --------------------------------------------------------------------------
 
 def test_serial_output_is_read_from_byte_offsets(
