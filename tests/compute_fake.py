@@ -54,6 +54,13 @@ Behaviour kept from GCE because product code depends on it:
   stopped or deleted through the usual shutdown. Stopping clears it; a start counts afresh. The
   duration runs scaled by ``time_scale`` (in real seconds when ``time_scale`` is 0). Not
   modelled: ``terminationTime`` (an absolute time limit).
+- Disks are resources of their own (``disks.insert/get/list/delete``, ``add_disk``, ``disks()``).
+  An instance's ``initializeParams`` disk is created with it (409 if a disk of that name exists
+  in the zone); a ``source`` disk must exist (404), be in the instance's zone (400), and a
+  ``READ_WRITE`` disk attaches to one instance only (400 ``resourceInUseByAnotherResource``),
+  as the disks docs say of read-write mode. ``autoDelete`` defaults to false in the API (gcloud
+  sets it for boot disks, the API does not): a deleted VM leaves such disks behind, with no
+  users, which is what ``disks()`` lets tests assert against. A disk in use cannot be deleted.
 - ``requestId`` makes mutations idempotent, so retried inserts do not create two VMs. It must
   be a UUID other than the zero UUID, is remembered per method and zone (the same id sent to
   another zone or method is another request) for 60 minutes (``request_id_ttl``, scaled by
@@ -632,6 +639,7 @@ class ComputeFake:
         self._scheduled: list[_Scheduled] = []
         self._fail_next: list[tuple[int, Optional[str], Optional[str]]] = []
         self._images: dict[tuple[str, str], compute_v1.Image] = {}
+        self._disks: dict[tuple[str, str, str], compute_v1.Disk] = {}
         self._guest_events: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
         self._guest_thread: Optional[threading.Thread] = None
         for family, name in COS_IMAGES:
@@ -676,6 +684,19 @@ class ComputeFake:
             ops = [o for o in self._ops.values() if (zone is None or o.zone == zone)
                    and (project is None or o.project == project)]
             return [self._render_op(o) for o in sorted(ops, key=lambda o: o.op.name)]
+
+    def disks(self, project: Optional[str] = None) -> list[compute_v1.Disk]:
+        """Copies of every disk, attached or not: a leaked disk shows here with no ``users``."""
+        with self.lock:
+            self._tick()
+            return [_copy(d) for (pp, _z, _n), d in sorted(self._disks.items())
+                    if project is None or pp == project]
+
+    def add_disk(self, zone: str, name: str, size_gb: int = 100,
+                 project: Optional[str] = None) -> compute_v1.Disk:
+        """Create a blank disk, as ``gcloud compute disks create`` would."""
+        with self.lock:
+            return _copy(self._new_disk(project or self.project, zone, name, size_gb, ""))
 
     def client_kwargs(self) -> dict[str, Any]:
         """``client_options`` and ``credentials`` for any compute_v1 client: ``Client(**kw)``."""
@@ -901,6 +922,7 @@ class ComputeFake:
             del vm.instance.resource_status  # terminationTimestamp: cleared when stopped
         if sd.action == "DELETE":
             self._vms.pop(key, None)
+            self._release_disks(vm)
         else:
             vm.instance.status = "TERMINATED"
             vm.instance.last_stop_timestamp = _now_ts()
@@ -1006,8 +1028,18 @@ class ComputeFake:
             disk_name = disk.initialize_params.disk_name or (
                 inst.name if i == 0 else f"{inst.name}-{i}")
             disk.device_name = disk.device_name or f"persistent-disk-{i}"
-            disk.source = disk.source or f"{zone_url}/disks/{disk_name}"
+            created = not disk.source
+            disk.source = _full(disk.source or f"zones/{zone}/disks/{disk_name}", project)
             disk.disk_size_gb = disk.disk_size_gb or disk.initialize_params.disk_size_gb or 10
+            ref = _disk_ref(disk.source, project)
+            rec = self._disks.get(ref) if ref else None
+            if rec is None and ref is not None and (created or ref[1] == zone):
+                rec = self._new_disk(ref[0], ref[1], ref[2], disk.disk_size_gb,
+                                     disk.initialize_params.source_image,
+                                     _last(disk.initialize_params.disk_type) or "pd-standard")
+            if rec is not None:
+                rec.users.append(inst.self_link)
+                rec.last_attach_timestamp = _now_ts()
         region = zone.rsplit("-", 1)[0]
         for i, nic in enumerate(inst.network_interfaces):
             nic.kind, nic.name = "compute#networkInterface", f"nic{i}"
@@ -1028,6 +1060,67 @@ class ComputeFake:
         self._boot(vm)
         self._vms[(project, zone, inst.name)] = vm
         return vm
+
+    def _new_disk(self, project: str, zone: str, name: str, size_gb: int, source_image: str,
+                  disk_type: str = "pd-standard") -> compute_v1.Disk:
+        zone_url = f"{API}/projects/{project}/zones/{zone}"
+        disk = compute_v1.Disk(
+            kind="compute#disk", id=next(self._ids), name=name, zone=zone_url,
+            size_gb=int(size_gb), status="READY", creation_timestamp=_now_ts(),
+            type_=f"{zone_url}/diskTypes/{disk_type}", self_link=f"{zone_url}/disks/{name}",
+            label_fingerprint=_fingerprint(self._rng))
+        if source_image:
+            disk.source_image = _full(source_image, project)
+        self._disks[(project, zone, name)] = disk
+        return disk
+
+    def _check_disks(self, project: str, zone: str, inst: compute_v1.Instance) -> None:
+        """What GCE refuses about an instance's disks, before anything is created."""
+        for i, d in enumerate(inst.disks):
+            if d.source:
+                ref = _disk_ref(d.source, project)
+                if ref is None:
+                    raise _invalid(f"resource.disks[{i}].source", d.source,
+                                   "Must be a full or partial URL: zones/ZONE/disks/NAME.")
+                if ref[1] != zone:
+                    raise _invalid(f"resource.disks[{i}].source", d.source, f"Disk must be in "
+                                   f"the same zone as the instance ('{zone}').")
+                disk = self._disks.get(ref)
+                if disk is None:
+                    raise _not_found(f"projects/{ref[0]}/zones/{ref[1]}/disks/{ref[2]}")
+                writers = [u for u in disk.users if self._attached_mode(u, disk) == "READ_WRITE"]
+                if disk.users and ((d.mode or "READ_WRITE") == "READ_WRITE" or writers):
+                    raise ApiError(400, "resourceInUseByAnotherResource",
+                                   f"The disk resource 'projects/{ref[0]}/zones/{ref[1]}/disks/"
+                                   f"{ref[2]}' is already being used by "
+                                   f"'{_path(disk.users[0])}'")
+            else:
+                name = d.initialize_params.disk_name or (
+                    inst.name if i == 0 else f"{inst.name}-{i}")
+                if (project, zone, name) in self._disks:
+                    raise ApiError(409, "alreadyExists", f"The resource 'projects/{project}/zones/"
+                                   f"{zone}/disks/{name}' already exists")
+
+    def _attached_mode(self, user: str, disk: compute_v1.Disk) -> str:
+        m = re.search(r"projects/([^/]+)/zones/([^/]+)/instances/([^/]+)$", user)
+        vm = self._vms.get((m.group(1), m.group(2), m.group(3))) if m else None
+        for d in vm.instance.disks if vm else []:
+            if d.source == disk.self_link:
+                return d.mode or "READ_WRITE"
+        return "READ_WRITE"
+
+    def _release_disks(self, vm: _Vm) -> None:
+        """The VM is deleted: detach its disks, and delete those marked ``autoDelete``."""
+        for d in vm.instance.disks:
+            ref = _disk_ref(d.source, vm.project)
+            disk = self._disks.get(ref) if ref else None
+            if disk is None:
+                continue
+            if vm.instance.self_link in disk.users:
+                disk.users.remove(vm.instance.self_link)
+            disk.last_detach_timestamp = _now_ts()
+            if d.auto_delete and not disk.users:
+                del self._disks[ref]  # type: ignore[arg-type]
 
     def _validate_insert(self, project: str, zone: str, inst: compute_v1.Instance) -> None:
         """Reject what GCE rejects synchronously (HTTP 400), so product bugs surface in tests."""
@@ -1206,6 +1299,7 @@ class ComputeFake:
             raise ApiError(409, "alreadyExists",
                            f"The resource 'projects/{p}/zones/{zone}/instances/{inst.name}' "
                            "already exists")
+        self._check_disks(p, zone, inst)
         if zone in self.quota_zones:  # membership, not iteration: safe while a test mutates
             raise self._quota_error(zone, inst)
         target = compute_v1.Instance(name=inst.name, id=next(self._ids),
@@ -1361,6 +1455,42 @@ class ComputeFake:
         if self._ops.pop((p, zone, name), None) is None:
             raise _not_found(f"projects/{p}/zones/{zone}/operations/{name}")
         return compute_v1.DeleteZoneOperationResponse()
+
+    def _h_disks(self, rpc: str, p: str, zone: str, name: str, q: dict[str, str],
+                 body: bytes) -> Any:
+        if rpc == "disks.list":
+            disks = [d for (pp, z, _), d in sorted(self._disks.items()) if pp == p and z == zone]
+            items, token = _page(disks, q)
+            return compute_v1.DiskList(kind="compute#diskList", items=items, next_page_token=token,
+                                       id=f"projects/{p}/zones/{zone}/disks",
+                                       self_link=f"{API}/projects/{p}/zones/{zone}/disks")
+        if rpc == "disks.insert":
+            try:
+                want = compute_v1.Disk.from_json(body or b"{}", ignore_unknown_fields=True)
+            except Exception as e:  # noqa: BLE001 - any parse failure is the client's fault
+                raise ApiError(400, "parseError", f"Invalid JSON payload received. {e}") from e
+            if not _NAME_RE.fullmatch(want.name or ""):
+                raise _invalid("resource.name", want.name, "Must be a match of regex "
+                               "'(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)'")
+            if (p, zone, want.name) in self._disks:
+                raise ApiError(409, "alreadyExists", f"The resource 'projects/{p}/zones/{zone}/"
+                               f"disks/{want.name}' already exists")
+            disk = self._new_disk(p, zone, want.name, want.size_gb or 10, want.source_image,
+                                  _last(want.type_) or "pd-standard")
+            return self._new_op(p, zone, "insert", compute_v1.Instance(
+                name=disk.name, id=disk.id, self_link=disk.self_link))
+        disk = self._disks.get((p, zone, name))
+        if disk is None:
+            raise _not_found(f"projects/{p}/zones/{zone}/disks/{name}")
+        if rpc == "disks.get":
+            return disk
+        if disk.users:  # disks.delete
+            raise ApiError(400, "resourceInUseByAnotherResource",
+                           f"The disk resource 'projects/{p}/zones/{zone}/disks/{name}' is already "
+                           f"being used by '{_path(disk.users[0])}'")
+        del self._disks[(p, zone, name)]
+        return self._new_op(p, zone, "delete", compute_v1.Instance(
+            name=disk.name, id=disk.id, self_link=disk.self_link))
 
     def _h_image(self, p: str, name: str, family: bool) -> Any:
         image = self._find_image(p, name, family=family)
@@ -1549,6 +1679,10 @@ class ComputeFake:
             result = self._h_insert(p, zone, q, body)  # type: ignore[arg-type]
         elif rpc in ("instances.setMetadata", "instances.setLabels"):
             result = self._h_set(rpc, p, zone, name, body)  # type: ignore[arg-type]
+        elif rpc.startswith("disks."):
+            result = self._h_disks(rpc, p, zone, a.get("disk", ""), q, body)  # type: ignore[arg-type]
+            if not isinstance(result, compute_v1.Operation):
+                return result
         elif rpc in _MUTATIONS:
             result = getattr(self, _MUTATIONS[rpc])(p, zone, name)
         elif rpc == "instances.get":
@@ -1598,6 +1732,10 @@ _ROUTES: list[tuple[str, str, str]] = [
     ("POST", _I + "/setMetadata", "instances.setMetadata"),
     ("POST", _I + "/setLabels", "instances.setLabels"),
     ("GET", "/aggregated/instances", "instances.aggregatedList"),
+    ("POST", _Z + "/disks", "disks.insert"),
+    ("GET", _Z + "/disks", "disks.list"),
+    ("GET", _Z + "/disks/(?P<disk>[^/]+)", "disks.get"),
+    ("DELETE", _Z + "/disks/(?P<disk>[^/]+)", "disks.delete"),
     ("GET", _Z + "/operations", "zoneOperations.list"),
     ("GET", _O, "zoneOperations.get"),
     ("DELETE", _O, "zoneOperations.delete"),
@@ -1622,6 +1760,8 @@ _MUTATIONS = {
     "instances.start": "_h_start",
     "instances.simulateMaintenanceEvent": "_h_maintenance",
     "instances.insert": "_h_insert",
+    "disks.insert": "_h_disks",
+    "disks.delete": "_h_disks",
 }
 
 
@@ -1654,6 +1794,10 @@ _PERMISSIONS: dict[str, str] = {
     "zones.get": "compute.zones.get",
     "zones.list": "compute.zones.list",
     "regions.get": "compute.regions.get",
+    "disks.insert": "compute.disks.create",
+    "disks.list": "compute.disks.list",
+    "disks.get": "compute.disks.get",
+    "disks.delete": "compute.disks.delete",
 }
 _PUBLIC_IMAGE_PROJECTS = {"cos-cloud"}
 # Predefined roles, by the permissions that matter here ("*" at the end: a prefix).
@@ -1816,6 +1960,18 @@ def _no_results(scope: str) -> compute_v1.Warning:
         code="NO_RESULTS_ON_PAGE",
         message=f"There are no results for scope '{scope}' on this page.",
         data=[compute_v1.Data(key="scope", value=scope)])
+
+
+def _disk_ref(url: str, project: str) -> Optional[tuple[str, str, str]]:
+    """(project, zone, name) from a full or partial disk URL."""
+    m = re.fullmatch(r"(?:.*/)?(?:projects/([^/]+)/)?zones/([^/]+)/disks/([^/]+)", url or "")
+    return (m.group(1) or project, m.group(2), m.group(3)) if m else None
+
+
+def _path(url: str) -> str:
+    """``projects/...`` from a full resource URL."""
+    i = url.find("projects/")
+    return url[i:] if i >= 0 else url
 
 
 def _region(zone: str) -> str:

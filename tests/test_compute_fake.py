@@ -869,3 +869,46 @@ def test_a_vm_is_terminated_by_its_action_when_its_max_run_duration_ends(
     assert got.status == "RUNNING" and got.resource_status.scheduling.termination_timestamp
 
     wait_for(lambda: compute_fake.instance(ZONE, "trainer-1") is None, timeout=5)
+
+
+# ---- disks -----------------------------------------------------------------------------------
+
+def with_data_disk(vm: compute_v1.Instance, source: str, mode: str = "READ_WRITE") -> compute_v1.Instance:
+    vm.disks.append(compute_v1.AttachedDisk(boot=False, source=source, mode=mode, device_name="data"))
+    return vm
+
+
+def test_a_read_write_disk_attaches_to_one_vm_only_and_in_its_own_zone(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient,
+        zone_ops: compute_v1.ZoneOperationsClient) -> None:
+    compute_fake.add_disk(ZONE, "dataset")
+    src = f"projects/{PROJECT}/zones/{ZONE}/disks/dataset"
+    wait(zone_ops, insert(instances, with_data_disk(spot_vm("trainer-1"), src)))
+    with pytest.raises(exceptions.BadRequest, match="already being used by"):
+        insert(instances, with_data_disk(spot_vm("trainer-2"), src))
+    with pytest.raises(exceptions.BadRequest, match="same zone"):
+        insert(instances, with_data_disk(spot_vm("trainer-3", zone="us-central1-b"), src), zone="us-central1-b")
+    with pytest.raises(exceptions.NotFound):
+        insert(instances, with_data_disk(spot_vm("trainer-4"), f"zones/{ZONE}/disks/nope"))
+    disks = compute_v1.DisksClient(**compute_fake.client_kwargs())
+    with pytest.raises(exceptions.BadRequest, match="already being used"):
+        disks.delete_unary(project=PROJECT, zone=ZONE, disk="dataset")
+    assert sorted(d.name for d in compute_fake.disks()) == ["dataset", "trainer-1"]  # boot disk too
+
+
+def test_a_deleted_vm_takes_its_auto_delete_disks_and_leaves_the_others_visible(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient,
+        zone_ops: compute_v1.ZoneOperationsClient) -> None:
+    vm = spot_vm("trainer-1")  # its boot disk has autoDelete
+    vm.disks.append(compute_v1.AttachedDisk(  # autoDelete unset: false in the API
+        boot=False, device_name="scratch",
+        initialize_params=compute_v1.AttachedDiskInitializeParams(disk_size_gb=20)))
+    wait(zone_ops, insert(instances, vm))
+    assert sorted(d.name for d in compute_fake.disks()) == ["trainer-1", "trainer-1-1"]
+
+    wait(zone_ops, instances.delete_unary(project=PROJECT, zone=ZONE, instance="trainer-1"))
+
+    (leaked,) = compute_fake.disks()
+    assert leaked.name == "trainer-1-1" and list(leaked.users) == []
+    with pytest.raises(exceptions.Conflict):  # a new VM of that name cannot recreate it
+        insert(instances, vm)

@@ -237,6 +237,25 @@ def test_delete_writes_stop_then_removes_the_vm(gce):
     assert fake.instances() == []
 
 
+def test_a_run_with_a_per_run_data_disk_leaves_no_disk_after_preemption_and_delete(
+        compute_fake, gcs_store, gcs_emulator):
+    from runner.ops import delete_run
+
+    cfg = Config(backend="gce", project=PROJECT, zones=list(ZONES), compute_endpoint=compute_fake.endpoint,
+                 store=gcs_store.url, no_gpu=True, data_disk_gb=200)
+    ctx = make_context(cfg)
+    submit(ctx)
+    sup = ctx.supervisor()
+    sup.reconcile("exp-1")
+    assert sorted(d.name for d in compute_fake.disks()) == ["runner-exp-1-a1", "runner-exp-1-a1-1"]
+    agent_reports_running(ctx, "exp-1")
+    compute_fake.preempt("us-central1-a", "runner-exp-1-a1")  # DELETE termination
+    sup.reconcile("exp-1")
+    assert sorted(d.name for d in compute_fake.disks()) == ["runner-exp-1-a2", "runner-exp-1-a2-1"]
+    delete_run(ctx.store, ctx.backend, "exp-1", grace_period=0)
+    assert compute_fake.instances() == [] and compute_fake.disks() == []
+
+
 def test_orphans_are_vms_whose_run_is_over_or_unknown(gce):
     from google.cloud import compute_v1
 
