@@ -590,6 +590,9 @@ class ComputeFake:
     - ``stockout_zones``: inserts (and starts) there fail with ZONE_RESOURCE_POOL_EXHAUSTED, as
       an operation error, or as HTTP 503 when ``stockout_as_http`` is true.
     - ``quota_zones``: inserts there fail with HTTP 403 ``quotaExceeded`` naming the GPU quota.
+    - ``queries_per_second``: above this many requests in any one-second window (0: no
+      limit), a request is refused with 403 ``rateLimitExceeded``, the way Compute enforces its
+      per-minute "Queries" quota; time to back off, not a missing permission.
     - ``error_rate``/``error_codes``: that fraction of requests first gets a retryable error
       (seeded RNG, so a failing run replays identically; 403 in ``error_codes`` is a
       ``rateLimitExceeded``, as Compute sends); ``fail_next`` injects exact failures.
@@ -611,6 +614,8 @@ class ComputeFake:
         self.quota_zones: set[str] = set()
         self.quota_metric = "NVIDIA_T4_GPUS"  # named when the request has no GPU to blame
         self.error_rate = 0.0
+        self.queries_per_second = 0.0
+        self._recent: list[float] = []  # monotonic times of requests in the last second
         self.error_codes: tuple[int, ...] = (429, 503)
         self.boot_seconds = 0.0
         self.operation_seconds = 0.0
@@ -1649,6 +1654,12 @@ class ComputeFake:
         return False
 
     def _inject_error(self, rpc: str) -> None:
+        if self.queries_per_second > 0:
+            now = time.monotonic()
+            self._recent = [t for t in self._recent if now - t < 1.0]
+            if len(self._recent) >= self.queries_per_second:
+                raise _retryable_error(403, "rateLimitExceeded")
+            self._recent.append(now)
         for i, (code, only, reason) in enumerate(self._fail_next):
             if only is None or only == rpc:
                 del self._fail_next[i]

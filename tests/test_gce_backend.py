@@ -197,6 +197,15 @@ def test_a_403_rate_limit_is_retried_not_read_as_permission_denied(gce, reason):
     assert len(fake.calls("instances.insert", ok=False)) == 2
 
 
+def test_a_project_at_its_api_rate_limit_still_gets_its_vm(gce):
+    ctx, fake = gce
+    submit(ctx)
+    fake.queries_per_second = 1  # every second call within a second: 403 rateLimitExceeded
+    ctx.supervisor().reconcile("exp-1")
+    assert [v.name for v in fake.instances()] == ["runner-exp-1-a1"]
+    assert any(r.status == 403 for r in fake.requests), "no rate limit was hit: this proved nothing"
+
+
 def test_a_real_permission_error_names_the_role_and_no_rate_limit(gce):
     from runner.backends.gce import _explain
     from google.api_core import exceptions as gexc
