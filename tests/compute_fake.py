@@ -54,7 +54,8 @@ Behaviour kept from GCE because product code depends on it:
   stopped or deleted through the usual shutdown. Stopping clears it; a start counts afresh. The
   duration runs scaled by ``time_scale`` (in real seconds when ``time_scale`` is 0). Not
   modelled: ``terminationTime`` (an absolute time limit).
-- Disks are resources of their own (``disks.insert/get/list/delete``, ``add_disk``, ``disks()``).
+- Disks are resources of their own (``disks.insert/get/list/delete``, ``add_disk``, ``disks()``,
+  ``instances.attachDisk/detachDisk``).
   An instance's ``initializeParams`` disk is created with it (409 if a disk of that name exists
   in the zone); a ``source`` disk must exist (404), be in the instance's zone (400), and a
   ``READ_WRITE`` disk attaches to one instance only (400 ``resourceInUseByAnotherResource``),
@@ -1079,9 +1080,12 @@ class ComputeFake:
         self._disks[(project, zone, name)] = disk
         return disk
 
-    def _check_disks(self, project: str, zone: str, inst: compute_v1.Instance) -> None:
-        """What GCE refuses about an instance's disks, before anything is created."""
+    def _check_disks(self, project: str, zone: str, inst: compute_v1.Instance,
+                     only: Optional[int] = None) -> None:
+        """What GCE refuses about an instance's disks (or disk ``only``), before any change."""
         for i, d in enumerate(inst.disks):
+            if only is not None and i != only:
+                continue
             if d.source:
                 ref = _disk_ref(d.source, project)
                 if ref is None:
@@ -1355,6 +1359,50 @@ class ComputeFake:
                 return self._stockout(p, zone, vm.instance, "start")
             self._boot(vm)
         return self._new_op(p, zone, "start", vm.instance)
+
+    def _h_attach(self, p: str, zone: str, name: str, q: dict[str, str], body: bytes) -> Any:
+        """attachDisk (an existing disk, by ``source``) and detachDisk (by ``deviceName``)."""
+        vm = self._vm(p, zone, name)
+        inst = vm.instance
+        if q.get("deviceName") is not None or body in (b"", b"{}"):  # detachDisk
+            device = q.get("deviceName", "")
+            att = next((d for d in inst.disks if d.device_name == device), None)
+            if att is None:
+                raise _invalid("deviceName", device, f"No attached disk found with device name "
+                               f"'{device}'.")
+            if att.boot:
+                raise ApiError(400, "invalid", "The boot disk cannot be detached while the "
+                               "instance exists.")
+            ref = _disk_ref(att.source, p)
+            disk = self._disks.get(ref) if ref else None
+            if disk is not None and inst.self_link in disk.users:
+                disk.users.remove(inst.self_link)
+                disk.last_detach_timestamp = _now_ts()
+            inst.disks = [d for d in inst.disks if d.device_name != device]
+            return self._new_op(p, zone, "detachDisk", inst)
+        try:
+            att = compute_v1.AttachedDisk.from_json(body, ignore_unknown_fields=True)
+        except Exception as e:  # noqa: BLE001 - any parse failure is the client's fault
+            raise ApiError(400, "parseError", f"Invalid JSON payload received. {e}") from e
+        if not att.source:
+            raise _invalid("resource.source", "", "Must be specified.")
+        probe = compute_v1.Instance(name=inst.name, disks=[att])
+        self._check_disks(p, zone, probe, only=0)
+        index = len(inst.disks)
+        att.kind, att.index = "compute#attachedDisk", index
+        att.type_, att.mode = att.type_ or "PERSISTENT", att.mode or "READ_WRITE"
+        att.device_name = att.device_name or f"persistent-disk-{index}"
+        if any(d.device_name == att.device_name for d in inst.disks):
+            raise _invalid("resource.deviceName", att.device_name, "Device name is already in "
+                           "use on this instance.")
+        att.source = _full(att.source, p)
+        ref = _disk_ref(att.source, p)
+        disk = self._disks[ref]  # type: ignore[index]
+        att.disk_size_gb = disk.size_gb
+        disk.users.append(inst.self_link)
+        disk.last_attach_timestamp = _now_ts()
+        inst.disks.append(att)
+        return self._new_op(p, zone, "attachDisk", inst)
 
     def _h_set(self, rpc: str, p: str, zone: str, name: str, body: bytes) -> Any:
         """setMetadata / setLabels, with GCE's fingerprint check (412 on a stale fingerprint)."""
@@ -1690,6 +1738,9 @@ class ComputeFake:
             result = self._h_insert(p, zone, q, body)  # type: ignore[arg-type]
         elif rpc in ("instances.setMetadata", "instances.setLabels"):
             result = self._h_set(rpc, p, zone, name, body)  # type: ignore[arg-type]
+        elif rpc in ("instances.attachDisk", "instances.detachDisk"):
+            result = self._h_attach(p, zone, name, q if rpc == "instances.detachDisk" else {},  # type: ignore[arg-type]
+                                    body if rpc == "instances.attachDisk" else b"")
         elif rpc.startswith("disks."):
             result = self._h_disks(rpc, p, zone, a.get("disk", ""), q, body)  # type: ignore[arg-type]
             if not isinstance(result, compute_v1.Operation):
@@ -1742,6 +1793,8 @@ _ROUTES: list[tuple[str, str, str]] = [
     ("POST", _I + "/stop", "instances.stop"),
     ("POST", _I + "/setMetadata", "instances.setMetadata"),
     ("POST", _I + "/setLabels", "instances.setLabels"),
+    ("POST", _I + "/attachDisk", "instances.attachDisk"),
+    ("POST", _I + "/detachDisk", "instances.detachDisk"),
     ("GET", "/aggregated/instances", "instances.aggregatedList"),
     ("POST", _Z + "/disks", "disks.insert"),
     ("GET", _Z + "/disks", "disks.list"),
@@ -1773,6 +1826,8 @@ _MUTATIONS = {
     "instances.insert": "_h_insert",
     "disks.insert": "_h_disks",
     "disks.delete": "_h_disks",
+    "instances.attachDisk": "_h_attach",
+    "instances.detachDisk": "_h_attach",
 }
 
 
@@ -1805,6 +1860,8 @@ _PERMISSIONS: dict[str, str] = {
     "zones.get": "compute.zones.get",
     "zones.list": "compute.zones.list",
     "regions.get": "compute.regions.get",
+    "instances.attachDisk": "compute.instances.attachDisk",
+    "instances.detachDisk": "compute.instances.detachDisk",
     "disks.insert": "compute.disks.create",
     "disks.list": "compute.disks.list",
     "disks.get": "compute.disks.get",

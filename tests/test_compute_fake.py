@@ -912,3 +912,24 @@ def test_a_deleted_vm_takes_its_auto_delete_disks_and_leaves_the_others_visible(
     assert leaked.name == "trainer-1-1" and list(leaked.users) == []
     with pytest.raises(exceptions.Conflict):  # a new VM of that name cannot recreate it
         insert(instances, vm)
+
+
+def test_attach_and_detach_follow_the_same_read_write_rule(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient,
+        zone_ops: compute_v1.ZoneOperationsClient) -> None:
+    compute_fake.add_disk(ZONE, "dataset")
+    wait(zone_ops, insert(instances, spot_vm("trainer-1")))
+    wait(zone_ops, insert(instances, spot_vm("trainer-2")))
+    src = f"zones/{ZONE}/disks/dataset"
+    wait(zone_ops, instances.attach_disk_unary(project=PROJECT, zone=ZONE, instance="trainer-1",
+                                               attached_disk_resource=compute_v1.AttachedDisk(
+                                                   source=src, device_name="data")))
+    with pytest.raises(exceptions.BadRequest, match="already being used by"):
+        instances.attach_disk_unary(project=PROJECT, zone=ZONE, instance="trainer-2",
+                                    attached_disk_resource=compute_v1.AttachedDisk(source=src))
+    wait(zone_ops, instances.detach_disk_unary(project=PROJECT, zone=ZONE, instance="trainer-1",
+                                               device_name="data"))
+    wait(zone_ops, instances.attach_disk_unary(project=PROJECT, zone=ZONE, instance="trainer-2",
+                                               attached_disk_resource=compute_v1.AttachedDisk(source=src)))
+    (dataset,) = [d for d in compute_fake.disks() if d.name == "dataset"]
+    assert [u.rsplit("/", 1)[-1] for u in dataset.users] == ["trainer-2"]
