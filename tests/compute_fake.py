@@ -760,8 +760,8 @@ class ComputeFake:
                       *, zone: Optional[str] = None, project: Optional[str] = None) -> None:
         """In ``seconds``, preempt every running spot VM with that name (or matching predicate).
 
-        It takes effect at the first request (or inspection helper call) after the deadline, so
-        anything that can observe it sees it, and tests need no background timer.
+        It takes effect at the fake's next clock tick (every 50 ms while served), or at the
+        first request or inspection helper call after the deadline, whichever comes first.
         """
         with self.lock:
             self._scheduled.append(_Scheduled(time.monotonic() + seconds, name_or_predicate,

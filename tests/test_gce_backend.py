@@ -424,6 +424,58 @@ def test_a_supervisor_that_looks_during_the_preemption_notice_waits_then_restart
         assert [v.name for v in compute_fake.instances()] == ["runner-exp-1-a2"]
 
 
+class AgentGuest:
+    """A stand-in VM whose shutdown does what the agent does on SIGTERM: records PREEMPTED."""
+
+    def __init__(self, ctx, run_id: str) -> None:
+        self.ctx, self.run_id = ctx, run_id
+        self.events: list[tuple[str, str]] = []
+
+    def on_running(self, project, zone, name, instance) -> None:
+        self.events.append(("running", name))
+
+    def on_shutdown(self, project, zone, name, notice_seconds) -> None:
+        self.events.append(("shutdown", name))
+        rec = RunRecord(self.ctx.store, self.run_id)
+        st = rec.read_state()[0]
+        if st.state == State.RUNNING:
+            rec.transition(State.PREEMPTED, "agent", expect_attempt=st.attempt, reason="SIGTERM: VM shutting down")
+        time.sleep(notice_seconds / 3)  # the final sync
+
+    def on_power_off(self, project, zone, name) -> None:
+        self.events.append(("power_off", name))
+
+
+def test_stop_mode_preemption_with_a_guest_resumes_on_the_same_vm_whatever_the_pass_timing(
+        compute_fake, gcs_store, gcs_emulator):
+    cfg = Config(backend="gce", project=PROJECT, zones=list(ZONES), compute_endpoint=compute_fake.endpoint,
+                 store=gcs_store.url, no_gpu=True, termination_action="STOP")
+    ctx = make_context(cfg)
+    guest = AgentGuest(ctx, "exp-1")
+    compute_fake.guest = guest
+    compute_fake.time_scale = 0.03  # a 0.9 s notice
+    submit(ctx)
+    sup = ctx.supervisor()
+    sup.reconcile("exp-1")
+    agent_reports_running(ctx, "exp-1")
+    compute_fake.preempt("us-central1-a", "runner-exp-1-a1")
+    deadline = time.monotonic() + 10
+    while RunRecord(ctx.store, "exp-1").read_state()[0].attempt < 2:  # passes every 0.1 s
+        assert time.monotonic() < deadline, guest.events
+        sup.reconcile("exp-1")
+        time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while guest.events[-1:] != [("running", "runner-exp-1-a1")]:
+        assert time.monotonic() < deadline, guest.events
+        time.sleep(0.05)
+    assert guest.events == [("running", "runner-exp-1-a1"), ("shutdown", "runner-exp-1-a1"),
+                            ("power_off", "runner-exp-1-a1"), ("running", "runner-exp-1-a1")]
+    assert compute_fake.calls("instances.insert") and len(compute_fake.calls("instances.insert")) == 1
+    assert compute_fake.calls("instances.delete") == []
+    reasons = [ev["reason"] for _, ev in RunRecord(ctx.store, "exp-1").events() if ev["to"] == "PREEMPTED"]
+    assert reasons == ["SIGTERM: VM shutting down"]  # the agent's own reason, once
+
+
 def test_project_mismatch_with_gcloud_is_warned_about_showing_both(compute_fake, gcs_store, gcs_emulator, tmp_path):
     conf = tmp_path / "gcloud"
     (conf / "configurations").mkdir(parents=True)
