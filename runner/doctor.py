@@ -329,11 +329,17 @@ class _Doctor:
             elif not granted_by & held:
                 missing.append(role)
                 fixes.append(f"gcloud projects add-iam-policy-binding {p} --member {member} --role {role}")
-        from runner.project_setup import self_delete_role
+        from runner.project_setup import SELF_DELETE_ROLE_ID, self_delete_role
 
         own_role = self_delete_role(p)
-        if not (SELF_DELETE_GRANTED_BY | {own_role}) & held and \
-                own_role not in member_conditional_roles(apis.get_iam_policy(p), member):
+        can_delete = bool(SELF_DELETE_GRANTED_BY & held)
+        if not can_delete and (own_role in held or own_role in member_conditional_roles(
+                apis.get_iam_policy(p), member)):
+            # Bound, but the custom role must also exist and hold the permission.
+            role = apis.get_role(p, SELF_DELETE_ROLE_ID) or {}
+            can_delete = not role.get("deleted") and \
+                "compute.instances.delete" in (role.get("includedPermissions") or [])
+        if not can_delete:
             missing.append("compute.instances.delete (to delete its own VM when the job is over)")
             fixes.append(f"runner init --project {p}")
         default = "" if cfg.service_account else " (the Compute default service account)"

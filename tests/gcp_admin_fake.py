@@ -157,6 +157,19 @@ class GcpAdminFake:
             sa = self._new_sa(project, account_id, account_id, "")
             return str(sa["email"])
 
+    def add_role(self, project: str, role_id: str, permissions: list[str]) -> str:
+        """Create custom role ``role_id`` (as a console edit would); returns its name."""
+        with self.lock:
+            name = f"projects/{project}/roles/{role_id}"
+            self.projects[project].roles[role_id] = {
+                "name": name, "title": role_id, "includedPermissions": sorted(permissions),
+                "stage": "GA", "etag": self._etag()}
+            return name
+
+    def delete_role(self, project: str, role_id: str) -> None:
+        with self.lock:
+            del self.projects[project].roles[role_id]
+
     def role_permissions(self, role: str) -> frozenset[str] | None:
         """The permissions of custom role ``projects/P/roles/ID``; None if it is not one."""
         m = re.fullmatch(r"projects/([^/]+)/roles/([^/]+)", role)

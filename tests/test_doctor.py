@@ -37,6 +37,7 @@ SELF_DELETE = f"projects/{P}/roles/cosSpotRunnerSelfDelete"
 def grant_all(admin: GcpAdminFake, email: str) -> None:
     for role in (OBJ, LOG, AR, SELF_DELETE):
         admin.grant(P, f"serviceAccount:{email}", role)
+    admin.add_role(P, "cosSpotRunnerSelfDelete", ["compute.instances.delete"])  # as `runner init` does
 
 
 def gce_config(admin: GcpAdminFake, compute: Any, **over: Any) -> Config:
@@ -250,6 +251,14 @@ def test_a_role_that_lets_the_vm_delete_itself_satisfies_doctor(
     assert doctor(gce_config(admin, compute_fake))["VM service account roles"].ok is True
 
 
+def test_a_binding_to_a_self_delete_role_that_does_not_exist_is_flagged(
+        admin: GcpAdminFake, compute_fake: Any, gcs_emulator: str) -> None:
+    grant_all(admin, default_sa(admin))
+    admin.delete_role(P, "cosSpotRunnerSelfDelete")
+    check = doctor(gce_config(admin, compute_fake))["VM service account roles"]
+    assert check.ok is False and "compute.instances.delete" in check.detail
+
+
 def test_object_admin_on_the_bucket_satisfies_the_store_role(admin: GcpAdminFake, compute_fake: Any,
                                                             gcs_emulator: str) -> None:
     sa = "vm@test-project.iam.gserviceaccount.com"
@@ -257,6 +266,7 @@ def test_object_admin_on_the_bucket_satisfies_the_store_role(admin: GcpAdminFake
     admin.grant(P, f"serviceAccount:{sa}", LOG)
     admin.grant(P, f"serviceAccount:{sa}", AR)
     admin.grant(P, f"serviceAccount:{sa}", SELF_DELETE)
+    admin.add_role(P, "cosSpotRunnerSelfDelete", ["compute.instances.delete"])
     bucket_name = f"doctor-{uuid.uuid4().hex[:8]}"
     client = storage.Client(project="local", credentials=_anonymous())
     bucket = client.create_bucket(bucket_name)
