@@ -24,7 +24,12 @@ Behaviour kept from GCE because product code depends on it:
 
 - Mutations answer with a ``compute#operation``. Insert failures caused by capacity
   (``ZONE_RESOURCE_POOL_EXHAUSTED``) arrive as an *operation error*, the way GCE reports them;
-  ``stockout_as_http`` switches to an HTTP 503 instead. Quota failures are HTTP 403.
+  ``stockout_as_http`` switches to an HTTP 503 instead. ``quota_zones`` forces an HTTP 403
+  ``quotaExceeded`` in a zone; real quota accounting is below.
+- Rate limits come in Compute's shape: 403 with reason ``rateLimitExceeded`` (or
+  ``userRateLimitExceeded``, domain ``usageLimits``) as well as 429 (``fail_next(403, ...)``,
+  ``error_codes``, ``queries_per_second``), so a client that reads every 403 as "permission
+  denied" is caught.
 - A preemption is a timeline, not an event. ``simulateMaintenanceEvent`` (or ``preempt``/
   ``preempt_after``) records a ``compute.instances.preempted`` zone operation (how a supervisor
   tells preemption from a crash), puts the VM in ``STOPPING`` and sends the guest an ACPI soft-off
@@ -50,10 +55,10 @@ Behaviour kept from GCE because product code depends on it:
   quota. A metric the region does not list is not limited (a simplification: GCE has them all).
 - ``scheduling.maxRunDuration`` must lie between 30 seconds and 120 days and needs an
   ``instanceTerminationAction`` (gcloud ``--max-run-duration``; "Limit the run time of a VM").
-  When a VM enters RUNNING, ``resourceStatus.scheduling.terminationTimestamp`` is set; when it is reached the VM is
-  stopped or deleted through the usual shutdown. Stopping clears it; a start counts afresh. The
-  duration runs scaled by ``time_scale`` (in real seconds when ``time_scale`` is 0). Not
-  modelled: ``terminationTime`` (an absolute time limit).
+  When a VM enters RUNNING, ``resourceStatus.scheduling.terminationTimestamp`` is set; when it
+  is reached the VM is stopped or deleted through the usual shutdown. Stopping clears it; a
+  start counts afresh. The duration runs scaled by ``time_scale`` (in real seconds when
+  ``time_scale`` is 0). Not modelled: ``terminationTime`` (an absolute time limit).
 - Disks are resources of their own (``disks.insert/get/list/delete``, ``add_disk``, ``disks()``,
   ``instances.attachDisk/detachDisk``).
   An instance's ``initializeParams`` disk is created with it (409 if a disk of that name exists
@@ -82,7 +87,7 @@ needs ``iam.serviceAccounts.actAs`` (``roles/iam.serviceAccountUser``). Predefin
 modelled by the compute permissions they carry (IAM "basic and predefined roles" reference),
 public images (``cos-cloud``) are readable by anyone, and conditions are evaluated for the
 subset ``runner init`` writes (``resource.type ==`` and ``resource.name[.extract(...)]
-.startsWith(...)`` joined by ``&&``); any other condition grants nothing, loudly enough to notice.
+.startsWith(...)`` joined by ``&&``); any other condition grants nothing (a 403 a test sees).
 
 A ``guest`` (see ``Guest``) lets a test run a simulated VM behind each instance: it is told when
 the VM enters RUNNING (after insert or start), when the soft-off comes, and when power is cut.
@@ -208,7 +213,7 @@ DEFAULT_REGION_QUOTAS: dict[str, tuple[float, float]] = {
     "NVIDIA_L4_GPUS": (1.0, 0.0), "PREEMPTIBLE_NVIDIA_L4_GPUS": (1.0, 0.0),
 }
 
-_UUID_RE = re.compile(r"[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}")
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 _NAME_RE = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_KEY_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE_RE = re.compile(r"[a-z0-9_-]{0,63}")
@@ -1725,7 +1730,7 @@ class ComputeFake:
         # requestId makes retried mutations idempotent, as in GCE.
         request_id = q.get("requestId")
         rid_key = (p, zone or "", rpc, request_id or "")
-        if request_id and rpc in _MUTATIONS | {"instances.setMetadata": "", "instances.setLabels": ""}:
+        if request_id and (rpc in _MUTATIONS or rpc in _SETTERS):
             if not _UUID_RE.fullmatch(request_id) or set(request_id) <= {"0", "-"}:
                 raise _invalid("requestId", request_id, "Must be a valid UUID other than the "
                                "zero UUID.")
@@ -1739,10 +1744,12 @@ class ComputeFake:
         elif rpc in ("instances.setMetadata", "instances.setLabels"):
             result = self._h_set(rpc, p, zone, name, body)  # type: ignore[arg-type]
         elif rpc in ("instances.attachDisk", "instances.detachDisk"):
-            result = self._h_attach(p, zone, name, q if rpc == "instances.detachDisk" else {},  # type: ignore[arg-type]
-                                    body if rpc == "instances.attachDisk" else b"")
+            detach = rpc == "instances.detachDisk"
+            result = self._h_attach(p, zone, name, q if detach else {},  # type: ignore[arg-type]
+                                    b"" if detach else body)
         elif rpc.startswith("disks."):
-            result = self._h_disks(rpc, p, zone, a.get("disk", ""), q, body)  # type: ignore[arg-type]
+            result = self._h_disks(rpc, p, zone, a.get("disk", ""), q,  # type: ignore[arg-type]
+                                   body)
             if not isinstance(result, compute_v1.Operation):
                 return result
         elif rpc in _MUTATIONS:
@@ -1818,6 +1825,7 @@ _ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/regions/(?P<region>[^/]+)", "regions.get"),
 ]
 
+_SETTERS = ("instances.setMetadata", "instances.setLabels")
 _MUTATIONS = {
     "instances.delete": "_h_delete",
     "instances.stop": "_h_stop",
