@@ -87,10 +87,17 @@ class Supervisor:
     def reconcile_all(self) -> dict[str, RunState]:
         """One pass over every run in the store; one backend list call in all."""
         by_label: dict[str, list[Instance]] = {}
-        for inst in self.backend.list():
+        try:
+            listed = self.backend.list()
+            run_ids = list_run_ids(self.store)
+        except Exception as e:  # noqa: BLE001 - one API error must not end supervision
+            print(f"runner: listing instances or runs failed this pass ({type(e).__name__}: {e}); "
+                  "will try again next pass", file=sys.stderr)
+            return {}
+        for inst in listed:
             by_label.setdefault(inst.run_label, []).append(inst)
         out = {}
-        for run_id in list_run_ids(self.store):
+        for run_id in run_ids:
             st = self.reconcile(run_id, by_label.get(label_value(run_id), []))
             if st is not None:
                 out[run_id] = st
@@ -241,6 +248,11 @@ class Supervisor:
 
     def _restart(self, rec: RunRecord, cur: tuple[RunState, int], inst: Instance | None) -> None:
         st, _ = cur
+        if inst is not None and inst.status == InstanceStatus.STOPPING:
+            # A preemption (or stop) is a timeline: the VM is still in its shutdown notice.
+            # Acting now would delete a VM that STOP keeps, or start a second beside it: the
+            # next pass, after the power-off, restarts in place or creates.
+            return
         spec = rec.read_spec()
         keep = (inst is not None and not inst.alive and spec is not None
                 and spec.vm.get("termination_action") == "STOP")
