@@ -483,7 +483,7 @@ def test_an_attempt_that_is_not_a_number_fails_the_boot_as_bad_metadata(harness:
     sc = harness.run("bad-attempt", ["true"], attributes={"runner-attempt": "1; rm -rf /"})
     assert sc.boot.exit_code == 1, explain(sc)
     assert sc.boot.phases == ["metadata", "failed:bad_metadata"]
-    assert "runner-attempt must be a number" in sc.boot.stdout
+    assert "runner-attempt must be a whole number" in sc.boot.stdout
     assert len([r for r in sc.api_requests if r.method == "DELETE"]) == 1
     assert harness.job_containers(sc.run_id) == []
 

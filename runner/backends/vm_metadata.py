@@ -67,7 +67,7 @@ class VmMetadata:
             RESULTS_DIR: self.results_dir,
             HEARTBEAT_INTERVAL: str(self.heartbeat_interval),
             SYNC_INTERVAL: str(self.sync_interval),
-            GRACE_PERIOD: str(self.grace_period),
+            GRACE_PERIOD: str(max(1, int(self.grace_period))),  # whole seconds: docker stop --time
             SHM_SIZE: self.shm_size,
             DATA_DISK: self.data_disk,
             DATA_MOUNT: self.data_mount,
