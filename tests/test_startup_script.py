@@ -11,13 +11,14 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -111,7 +112,8 @@ class Harness:
 
     def run(self, name: str, command: list[str], *, gpus: int = 0, vm_env: dict[str, str] | None = None,
             wait_for_job: bool = True, image: str | None = None, docker_ready_after: float = 0,
-            boot_timeout: float = 90, **meta: Any) -> Scenario:
+            boot_timeout: float = 90, during_boot: Callable[[CosVm, FakeMetadata, RunRecord], None] | None = None,
+            **meta: Any) -> Scenario:
         run_id = f"sim-{name}-{uuid.uuid4().hex[:6]}"
         self.run_ids.append(run_id)
         image = image or self.image
@@ -128,9 +130,15 @@ class Harness:
                           zone=ZONE, project=PROJECT, token=f"ya29.sim-{uuid.uuid4().hex}")
         seen = len(self.apis.requests)
         with md:
+            # Something that happens to the VM while its startup script runs (a preemption).
+            meanwhile = threading.Thread(target=during_boot, args=(vm, md, rec)) if during_boot else None
+            if meanwhile:
+                meanwhile.start()
             boot = vm.boot({**self.vm_env(md), "PULL_RETRIES": "3", "PULL_BACKOFF": "1",
                             "RUNNER_GPU_DIAG_INTERVAL": "1", **(vm_env or {})},
                            docker_ready_after=docker_ready_after, timeout=boot_timeout)
+            if meanwhile:
+                meanwhile.join(timeout=60)
             sc = Scenario(run_id, store, vm, md, boot, self.apis.requests[seen:])
             if wait_for_job and boot.exit_code == 0:
                 sc.job = self.docker.containers.get(vm.container_name)
@@ -254,9 +262,9 @@ def test_cpu_run_has_no_driver_step_and_no_gpu_wiring(cpu: Scenario) -> None:
 
 @pytest.mark.docker
 def test_cpu_run_configures_registry_auth_for_the_image_host(cpu: Scenario) -> None:
-    # DOCKER_CONFIG under /var/lib: /root is read-only on COS.
+    # DOCKER_CONFIG under /var/lib/runner (the VM's state dir): /root is read-only on COS.
     assert cpu.boot.argv_of("docker-credential-gcr") == [
-        ["configure-docker", "--registries=us-docker.pkg.dev", "DOCKER_CONFIG=/var/lib/runner/home/.docker"]]
+        ["configure-docker", "--registries=us-docker.pkg.dev", f"DOCKER_CONFIG={cpu.vm.state_dir}/home/.docker"]]
     assert cpu.boot.argv_of("docker", "pull") == [["pull", cpu.job.attrs["Config"]["Image"]]]
 
 
@@ -539,6 +547,27 @@ def test_shutdown_script_sigterms_the_job_within_the_notice_and_the_agent_record
     state, _gen = sc.record.read_state()
     assert state.state == State.PREEMPTED, state
 
+
+
+@pytest.mark.docker
+def test_a_job_stopped_by_a_shutdown_leaves_the_vm_to_it(harness: Harness) -> None:
+    # With terminationAction=STOP the VM is to be kept for a restart in place: the watcher that
+    # releases a VM whose job ended must not delete it when the job ended because the VM stops.
+    downs: list[Boot] = []
+
+    def preempt(vm: CosVm, md: FakeMetadata, rec: RunRecord) -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline and not ((st := rec.read_state()) and st[0].state == State.RUNNING):
+            time.sleep(0.2)
+        downs.append(vm.boot({"METADATA_URL": md.url}, script="shutdown.sh"))
+
+    sc = harness.run("stop-keep", ["python3", "-c", "import time; time.sleep(600)"], wait_for_job=False,
+                     vm_env={"RUNNER_RELEASE_WAIT": "foreground"}, during_boot=preempt)
+    assert sc.boot.exit_code == 0, explain(sc)
+    assert [d.exit_code for d in downs] == [0], [d.stdout for d in downs]
+    assert "finished" not in sc.boot.phases and "during a shutdown" in sc.boot.stdout, explain(sc)
+    assert [r for r in sc.api_requests if r.method == "DELETE"] == []
+    assert sc.record.read_state()[0].state == State.PREEMPTED
 
 
 @pytest.mark.docker
