@@ -404,12 +404,14 @@ def main(argv: list[str] | None = None) -> int:
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s entrypoint %(levelname)s %(message)s"
     )
     from_spec = os.environ.get(FROM_SPEC) == "1"
-    if bool(argv) == from_spec:
+    if not argv and not from_spec:
         print("usage: python -m entrypoint -- COMMAND [ARGS...]  (or no COMMAND with "
               f"{FROM_SPEC}=1: the run's spec.json says what to run)", file=sys.stderr)
         return 2
     cfg = AgentConfig.from_env()
     if from_spec:
+        if argv:  # docker run IMAGE with no arguments still passes the image's own CMD
+            log.warning("ignoring %s (the image's CMD?): %s=1, the command is spec.json's", argv, FROM_SPEC)
         argv, job_env = job_from_spec(cfg)
         os.environ.update(job_env)  # the job inherits the agent's environment
     agent = Agent(cfg, argv)

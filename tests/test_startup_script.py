@@ -27,7 +27,6 @@ from entrypoint.store_gcs import GcsStore, make_client
 from runner.backends.vm_metadata import VmMetadata
 from tests.cos_sim.fakes import FakeGoogleApis, FakeMetadata
 from tests.cos_sim.vm import Boot, CosVm
-from tests.cos_sim.vm import SIM as COS_SIM
 from tests.gcs_fixture import BUCKET
 
 STARTUP = Path(__file__).resolve().parent.parent / "gcp" / "startup.sh"
@@ -319,12 +318,13 @@ IMAGE_LIB_PATH = "/opt/ngc/lib:/usr/local/cuda/lib64"
 
 @pytest.fixture(scope="module")
 def ngc_like_image(docker_client: Any, pinned_image: str, harness: Harness) -> Iterator[str]:
-    """The workload image with its own LD_LIBRARY_PATH, as PyTorch/NGC images set one."""
+    """The workload image with its own LD_LIBRARY_PATH, as PyTorch/NGC images set one, and a CMD
+    (which `docker run IMAGE` passes on: the agent must still run spec.json's command)."""
     ref = pinned_image.rsplit(":", 1)[0] + f":ngc-{uuid.uuid4().hex[:8]}"
     base = docker_client.containers.create(pinned_image)
     try:
         repo, tag = ref.rsplit(":", 1)
-        base.commit(repository=repo, tag=tag, changes=[f"ENV LD_LIBRARY_PATH={IMAGE_LIB_PATH}"])
+        base.commit(repository=repo, tag=tag, changes=[f"ENV LD_LIBRARY_PATH={IMAGE_LIB_PATH}", 'CMD ["python3", "-c", "print(1)"]'])
     finally:
         base.remove(force=True)
     yield ref
@@ -381,6 +381,8 @@ def test_gpu_run_wires_driver_and_devices_the_cos_way(gpu: Scenario) -> None:
 @pytest.mark.docker
 def test_gpu_run_job_sees_the_devices_and_the_driver_libraries_path(gpu: Scenario) -> None:
     assert line_value(gpu.job_stdout, "DEV") == ["nvidia-uvm", "nvidia0", "nvidia1", "nvidiactl"]
+    # The image's own CMD reached the agent, which ran spec.json's command all the same.
+    assert gpu.job.attrs["Config"]["Cmd"] == ["python3", "-c", "print(1)"]
     assert line_value(gpu.job_stdout, "ARGV") == TRICKY_ARGS
 
 
@@ -615,10 +617,8 @@ def test_agent_takes_the_exact_argv_and_env_from_the_spec(local_store: Any, monk
     assert job_env == {**JOB_ENV, "LD_LIBRARY_PATH": "/usr/local/nvidia/lib64:/opt/mine"}
 
 
-def test_agent_refuses_a_command_both_in_argv_and_from_the_spec(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_agent_without_a_command_or_the_spec_to_read_it_from_prints_its_usage(monkeypatch: pytest.MonkeyPatch) -> None:
     from entrypoint.agent import main
 
-    monkeypatch.setenv("RUNNER_COMMAND_FROM_SPEC", "1")
-    assert main(["--", "echo", "hi"]) == 2
-    monkeypatch.delenv("RUNNER_COMMAND_FROM_SPEC")
+    monkeypatch.delenv("RUNNER_COMMAND_FROM_SPEC", raising=False)
     assert main(["--"]) == 2
