@@ -16,7 +16,10 @@ download) on CPU or CUDA, alone or under ``torchrun``, and follows the runner's 
   all-reduce of the flag each step), rank 0 saves, and every rank resumes at that step.
 
     python3 -m examples.torch_train --steps 300
-    torchrun --standalone --nproc-per-node 2 -m examples.torch_train --steps 300
+    torchrun --standalone --local-addr 127.0.0.1 --nproc-per-node 2 -m examples.torch_train --steps 300
+
+(``--local-addr 127.0.0.1``: torchrun advertises the hostname otherwise, which a container with
+no network, as on the local backend, cannot resolve.)
 
 At the end, rank 0 writes ``$RUNNER_RESULTS_DIR/final.pt`` (model and optimizer state) and
 ``summary.json``; ``python3 -m examples.torch_equal A B`` compares two final.pt files.
@@ -146,6 +149,11 @@ def main(argv: list[str] | None = None) -> int:
               "LD_LIBRARY_PATH set? see scripts/gpu-check.sh)", file=sys.stderr)
         return 2
     if distributed:
+        if os.environ.get("LOCAL_WORLD_SIZE") == os.environ.get("WORLD_SIZE"):
+            # Every rank on this machine: talk over loopback. Gloo otherwise looks for the
+            # interface of the hostname, which a container without a network (the local
+            # backend's) cannot resolve.
+            os.environ.setdefault("GLOO_SOCKET_IFNAME", "lo")
         dist.init_process_group("nccl" if want_cuda else "gloo")
     rank = dist.get_rank() if distributed else 0
     world = dist.get_world_size() if distributed else 1
