@@ -20,6 +20,7 @@ framework whose save function writes to a file object (``pickle.dump``, ``numpy.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import sys
@@ -64,10 +65,17 @@ class Checkpoint:
         """
         os.makedirs(self.directory, exist_ok=True)
         tmp = self.path + ".tmp"
-        with open(tmp, "wb") as f:
-            writer(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        try:
+            with open(tmp, "wb") as f:
+                writer(obj, f)
+                f.flush()
+                os.fsync(f.fileno())
+        except BaseException:
+            # The previous checkpoint is untouched; drop the partial one so that it is not
+            # mistaken for anything (the agent never uploads *.tmp either way).
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
+            raise
         os.replace(tmp, self.path)
         _fsync_dir(self.directory)  # the rename itself survives a power loss
         return self.path
