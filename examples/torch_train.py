@@ -221,6 +221,7 @@ def main(argv: list[str] | None = None) -> int:
             dist.barrier()  # no rank exits before last.pt is complete
 
     loss_fn = nn.CrossEntropyLoss()
+    loss: torch.Tensor | None = None  # stays None when resuming from the final step's checkpoint
     model.train()
     while step < args.steps:
         for x, y in loader:
@@ -266,7 +267,8 @@ def main(argv: list[str] | None = None) -> int:
             {"model": model.state_dict(), "optimizer": optimizer.state_dict()}, torch.save)
         with open(os.path.join(out, "summary.json"), "w") as f:
             json.dump({"steps": step, "starts": starts, "world_size": world,
-                       "device": str(device), "final_loss": loss.item()}, f)
+                       "device": str(device),
+                       "final_loss": None if loss is None else loss.item()}, f)
     say(f"done at step {step} (started at {starts})")
     if distributed:
         dist.destroy_process_group()
