@@ -50,12 +50,17 @@ def submit_detached(runner: Any, run_id: str, image: str, command: list[str]) ->
 
 
 def preempt_at(runner: Any, run_id: str, targets: list[int]) -> None:
-    """Preempt attempt i once it has reached targets[i]."""
+    """Preempt attempt i once it has reached targets[i] (by its own heartbeat, not the one the
+    previous attempt left behind)."""
+
+    def reached(attempt: int, target: int) -> bool:
+        hb = runner.read_json(run_id, "heartbeat.json") or {}
+        return (runner.state(run_id).get("state") == "RUNNING" and hb.get("attempt") == attempt
+                and int(hb.get("progress", {}).get("step", 0)) >= target)
+
     for attempt, target in enumerate(targets, start=1):
-        runner.wait_for(lambda: runner.state(run_id).get("attempt") == attempt
-                        and runner.state(run_id).get("state") == "RUNNING"
-                        and runner.step(run_id) >= target,
-                        timeout=180, desc=f"attempt {attempt} to reach step {target}")
+        runner.wait_for(lambda: reached(attempt, target), timeout=180,
+                        desc=f"attempt {attempt} to reach step {target}")
         out = runner("ops", "preempt", "--run-id", run_id)
         assert out.returncode == 0, out.stderr
 
@@ -87,7 +92,7 @@ def test_a_run_preempted_three_times_ends_bit_exact_with_an_uninterrupted_run(ru
     seed = int(os.environ.get("RUNNER_TEST_SEED", random.randrange(1 << 30)))
     rng = random.Random(seed)
     steps = 96
-    targets = [rng.randint(5, 20), rng.randint(35, 50), rng.randint(62, 78)]
+    targets = [rng.randint(5, 15), rng.randint(40, 50), rng.randint(70, 80)]
     why = f"(RUNNER_TEST_SEED={seed}, preempt targets {targets})"
     ref, run = f"{run_id}-ref", f"{run_id}-pre"
 
@@ -108,8 +113,8 @@ def test_a_run_preempted_three_times_ends_bit_exact_with_an_uninterrupted_run(ru
     stopped_at = [runner.read_json(run, f"attempts/{a}/manifest.json")["last_progress"]["step"]
                   for a in (1, 2, 3)]
     assert starts == [0, *stopped_at], why
-    assert all(s >= t for s, t in zip(stopped_at, targets)) and stopped_at == sorted(stopped_at), why
-    assert all(s < steps for s in stopped_at), why
+    assert all(s >= t for s, t in zip(stopped_at, targets)), why
+    assert stopped_at[0] < stopped_at[1] < stopped_at[2] < steps, why
 
     result = torch_equal(runner, torch_image, f"{ref}/results/final.pt", f"{run}/results/final.pt")
     assert result["equal"], (result["mismatches"][:10], why)
