@@ -8,8 +8,9 @@
 # Why the PyPI CPU wheel and not Debian's python3-torch: bookworm ships torch 1.13.1 (2022),
 # whose libtorch pulls in OpenCV, FFmpeg and a test library (234 MB to download, 992 MB
 # installed, measured 2026-12-01); the CPU wheel and its dependencies are 193 MB of a current
-# release (865 MB installed), the same major version users run on CUDA. The wheel cache lives under
-# .cache/torch-wheels, so a rebuild (after `docker rmi`) needs no download either.
+# release (936 MB installed, numpy included), the same major version users run on CUDA. The CPU
+# wheel comes from pip's find-links on this machine (PyPI's own Linux wheel is the CUDA build:
+# the script refuses it). The wheels are cached under .cache/torch-wheels.
 set -euo pipefail
 
 BASE_IMAGE=${RUNNER_BASE_IMAGE:-cos-spot-runner/base:bookworm-2}
