@@ -86,7 +86,10 @@ def test_slow_passes_racing_restarts_never_start_a_second_live_instance(tmp_path
     rng = random.Random(10)
     deadline = time.time() + 20 + target * 0.6
     try:
-        while sum(kills.values()) < target and time.time() < deadline:
+        def hung_restarted() -> bool:  # the slow steps happened: each neighbour was killed once
+            return min(recs[r].read_state()[0].attempt for r in HUNG) >= 2
+
+        while (sum(kills.values()) < target or not hung_restarted()) and time.time() < deadline:
             time.sleep(rng.uniform(0.05, 0.4))
             run_id = rng.choice(HEALTHY)
             st = recs[run_id].read_state()[0]
