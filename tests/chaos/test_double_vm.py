@@ -14,6 +14,7 @@ that stall and ignore SIGTERM, and random preemptions of three healthy runs.
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 
@@ -107,6 +108,8 @@ def test_slow_passes_racing_restarts_never_start_a_second_live_instance(tmp_path
             t.join(10)
         for s in sups + [attached]:
             s.drain()
+    print(f"chaos double_vm: {len(compute.doubles)} double(s), {sum(kills.values())} preemptions "
+          f"(cycles), {len(compute.created)} instances created", file=sys.stderr)
     assert sum(kills.values()) >= min(target, 10), f"the harness preempted too little to judge: {kills}"
     assert compute.doubles == [], f"{len(compute.doubles)} double(s) in {sum(kills.values())} cycles: {compute.doubles[:3]}"
     restarts = {r: recs[r].read_state()[0].restarts for r in HEALTHY}
