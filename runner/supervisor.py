@@ -96,11 +96,6 @@ class Reaper:
                 return
             self._inflight[inst.name] = self._pool.submit(self._run, inst, grace_period)
 
-    def busy(self, name: str) -> bool:
-        """Whether this reaper is still deleting the instance called ``name``."""
-        with self._lock:
-            return name in self._inflight
-
     def drain(self, timeout: float | None = None) -> bool:
         """Wait until every delete in flight has finished; False if ``timeout`` ran out first."""
         with self._lock:
