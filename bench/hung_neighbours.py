@@ -15,6 +15,7 @@ one pass per poll) is the supervisor measured; ``SUPERVISORS=3`` runs three at o
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import statistics
@@ -22,6 +23,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 import docker
 
@@ -65,7 +67,7 @@ def main(poll: float = 1.0, trials: int = 6, supervisors: int | None = None) -> 
                 nxt = _wait(lambda: _get(client, f"runner-{healthy}-a{attempt + 1}"), timeout=120)
                 latencies.append(_created(nxt) - gone)
                 attempt += 1
-            stalls = [_attempts(client, h) for h in hung]
+            stalls = [json.loads((Path(tmp) / "runs" / h / "state.json").read_text())["attempt"] for h in hung]
         finally:
             for s in sups:
                 s.kill()
@@ -88,7 +90,3 @@ def _running_attempt(client, run_id: str, at_least: int):
             return c
     return None
 
-
-def _attempts(client, run_id: str) -> int:
-    cs = client.containers.list(all=True, filters={"label": f"run-id-full={run_id}"})
-    return max((int(c.labels.get("attempt", 0)) for c in cs), default=0)
