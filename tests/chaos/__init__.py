@@ -8,6 +8,8 @@ One file per scenario family (``test_<family>.py``); shared stand-ins and knobs 
   a cycle count. Scenarios ask ``harness.cycles(short, long)`` how many to run.
 
 Families: ``test_double_vm`` (slow passes, racing supervisors: never two live instances of one
-run), ``test_hung_neighbours`` (jobs that ignore SIGTERM must not slow other runs' restarts).
+run), ``test_hung_neighbours`` (jobs that ignore SIGTERM must not slow other runs' restarts),
+``test_supervisor_chaos`` (real CLI and containers: supervisor kill -9s, hung jobs, preemptions;
+marked ``docker`` too, so ``make test-fast`` skips it).
 Planned by others: lost GCS replies through a fault proxy, permanent failures, hostile input.
 """
