@@ -1,6 +1,7 @@
 """The whole thing under a hostile operator: real ``runner supervise`` processes, real containers.
 
-Three supervisors over four runs (two healthy trainers, two jobs that hang and ignore SIGTERM),
+Three supervisors over four runs (two healthy trainers, two jobs that hang and ignore SIGTERM)
+and one attached follower per healthy run,
 while the harness preempts healthy containers hard (``docker rm -f``, a spot VM with
 terminationAction=DELETE) and kill -9s supervisors, starting fresh ones. Outcomes asserted:
 never two running containers of one run (sampled every 0.1 s), every healthy run SUCCEEDED with
@@ -56,6 +57,10 @@ def test_three_supervisors_kill_9s_hung_jobs_and_preemptions_never_double_a_run(
         assert runner("submit", "--run-id", r, "--image", IMAGE, "--detach", "--", "python3", "-c", HUNG_JOB,
                       **FAST).returncode == 0
     sups = [runner.popen("supervise", **FAST) for _ in range(3)]
+    # An attached actor per healthy run (as `runner submit` without --detach is): it restarts its
+    # run while the all-runs supervisors may be busy with the hung neighbours.
+    for r in healthy:
+        runner.popen("supervise", "--run-id", r, **FAST)
     sampler = _Sampler(runner.docker, healthy + hung)
     sampler.start()
     rng = random.Random(10)
