@@ -23,6 +23,7 @@ import pytest
 from entrypoint.store import PreconditionFailed, Store, StoreError, StoreNotFound
 from entrypoint.store_gcs import GcsStore
 from tests.gcs_emulator import run_emulator, run_raw_emulator
+from tests.gcs_fault_proxy import FaultProxy, FaultRule
 from tests.gcs_fixture import BUCKET, DENIED_BUCKET
 
 MiB = 1 << 20
@@ -68,6 +69,21 @@ def run_threads(n: int, target: Callable[[int], None]) -> None:
     assert not any(t.is_alive() for t in threads), "a worker thread hung"
     if errors:
         raise errors[0]
+
+
+@pytest.fixture(params=["local", "gcs"])
+def lossy(request: pytest.FixtureRequest) -> tuple[Store, "FaultProxy | None"]:
+    """A store whose transport can lose replies: GCS through the fault proxy; the local store has
+    no transport, so the same tests check it keeps the same promises with nothing to lose."""
+    if request.param == "local":
+        return request.getfixturevalue("local_store"), None
+    proxy = request.getfixturevalue("fault_proxy")
+    return request.getfixturevalue("faulty_gcs_store"), proxy
+
+
+def lose(proxy: "FaultProxy | None", match: str, action: str = "drop_reply") -> None:
+    if proxy is not None:
+        proxy.add(FaultRule(action=action, match=match, times=1))
 
 
 # -- missing objects -----------------------------------------------------------------------------
@@ -471,3 +487,43 @@ def test_strict_emulator_generations_strictly_increase_and_hashes_match(strict_b
         gens.append(blob.generation)
         assert blob.crc32c == crc32c(b"%d" % i)
     assert gens == sorted(gens) and len(set(gens)) == len(gens)
+
+
+# -- lost replies: a write that landed although its answer did not ----------------------------
+
+
+@pytest.mark.parametrize("action", ["drop_reply", "applied_503"])
+def test_a_create_only_write_whose_reply_is_lost_reports_its_own_success(lossy, action) -> None:
+    store, proxy = lossy
+    lose(proxy, "claim.json", action)
+    gen = store.write("claim.json", b"mine", if_generation_match=0)
+    blob = store.read("claim.json")
+    assert blob is not None and blob.data == b"mine" and blob.generation == gen
+    if proxy is not None:
+        assert proxy.stats.by_action == {action: 1}  # the fault really happened
+
+
+def test_a_compare_and_swap_whose_reply_is_lost_reports_its_own_success(lossy) -> None:
+    store, proxy = lossy
+    g1 = store.write("state.json", b"v1", if_generation_match=0)
+    lose(proxy, "state.json")
+    g2 = store.write("state.json", b"v2", if_generation_match=g1)
+    blob = store.read("state.json")
+    assert blob is not None and blob.data == b"v2" and blob.generation == g2 != g1
+
+
+def test_a_lost_reply_never_makes_someone_elses_write_ours(lossy) -> None:
+    store, proxy = lossy
+    store.write("claim.json", b"theirs", if_generation_match=0)
+    lose(proxy, "claim.json")
+    with pytest.raises(PreconditionFailed):
+        store.write("claim.json", b"mine", if_generation_match=0)
+    assert content(store, "claim.json") == b"theirs"
+
+
+@pytest.mark.parametrize("action", ["429", "503"])
+def test_a_conditional_write_refused_with_a_retryable_error_is_retried(lossy, action) -> None:
+    store, proxy = lossy
+    lose(proxy, "claim.json", action)
+    gen = store.write("claim.json", b"mine", if_generation_match=0)
+    assert store.read("claim.json").generation == gen
