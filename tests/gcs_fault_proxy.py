@@ -12,6 +12,8 @@ does one of the things the real service (or the network in between) does:
 - ``429`` / ``503``: answer ``rateLimitExceeded`` / ``backendError`` without forwarding
   (nothing applied), in the JSON error shape GCS sends
   (https://cloud.google.com/storage/docs/json_api/v1/status-codes).
+- ``400``: answer ``invalid`` without forwarding: a write that fails for good (not retried), which
+  stands for a writer that dies between two writes.
 
 What it does not model: latency, partial bodies, or faults in the middle of a resumable
 upload's chunks (a rule can still select a chunk's PUT as a whole request).
@@ -36,7 +38,7 @@ from typing import Iterator
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te",
                "trailer", "upgrade", "content-length"}
-ACTIONS = ("drop_reply", "applied_503", "429", "503")
+ACTIONS = ("drop_reply", "applied_503", "429", "503", "400")
 
 
 def is_write(method: str, target: str) -> bool:
@@ -167,9 +169,9 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         body = self._body()
         action = self.proxy.decide(self.command, self.path, body)
-        if action in ("429", "503"):
+        if action in ("429", "503", "400"):
             code = int(action)
-            reason = "rateLimitExceeded" if code == 429 else "backendError"
+            reason = {429: "rateLimitExceeded", 503: "backendError", 400: "invalid"}[code]
             self._answer(code, [("Content-Type", "application/json")],
                          _error_body(code, reason, "injected by the fault proxy"))
             return
