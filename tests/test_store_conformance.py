@@ -527,3 +527,132 @@ def test_a_conditional_write_refused_with_a_retryable_error_is_retried(lossy, ac
     lose(proxy, "claim.json", action)
     gen = store.write("claim.json", b"mine", if_generation_match=0)
     assert store.read("claim.json").generation == gen
+
+
+# -- local store: nothing left behind by writers that die (issue 10 §6) --------------------------
+
+_UPLOADER = """
+import sys
+from entrypoint.store_local import LocalStore
+LocalStore(sys.argv[1]).upload_file(sys.argv[2], sys.argv[3])
+"""
+
+
+def _start_uploader(root: Path, name: str, src: Path) -> "subprocess.Popen[bytes]":
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    return subprocess.Popen([sys.executable, "-c", _UPLOADER, str(root), name, str(src)],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def _caught_mid_upload(root: Path, name: str, src: Path, sig: int) -> "subprocess.Popen[bytes]":
+    """Start an upload and send ``sig`` once its temp file has bytes in it (retries if missed)."""
+    import time
+
+    tmp = root / ".tmp"
+    for _ in range(20):
+        before = set(tmp.iterdir())
+        proc = _start_uploader(root, name, src)
+        while proc.poll() is None:
+            fresh = [p for p in tmp.iterdir() if p not in before]
+            if fresh and fresh[0].exists() and fresh[0].stat().st_size > 0:
+                os.kill(proc.pid, sig)
+                return proc
+            time.sleep(0.0005)
+    raise AssertionError("never caught an upload in the middle")
+
+
+def _age(directory: Path, seconds: float) -> None:
+    import time
+
+    past = time.time() - seconds
+    for p in directory.iterdir():
+        os.utime(p, (past, past))
+
+
+def test_temp_files_of_killed_uploads_are_removed_and_a_live_writers_never(tmp_path: Path, files: Path) -> None:
+    import signal
+
+    from entrypoint.store_local import STALE_AFTER, LocalStore
+
+    root = tmp_path / "store"
+    root.mkdir()
+    LocalStore(str(root))
+    src = files / "ckpt.bin"
+    src.write_bytes(os.urandom(1 << 20) * 64)  # 64 MiB
+    for i in range(5):  # writers killed -9 mid-upload
+        proc = _caught_mid_upload(root, f"runs/r/checkpoints/k{i}.pt", src, signal.SIGKILL)
+        proc.wait()
+    live = _caught_mid_upload(root, "runs/r/checkpoints/last.pt", src, signal.SIGSTOP)
+    try:
+        left = list((root / ".tmp").iterdir())
+        assert len(left) == 6 and sum(p.stat().st_size for p in left) > 5 << 20
+        _age(root / ".tmp", STALE_AFTER + 60)  # long enough ago, for the dead and the stopped alike
+        LocalStore(str(root))  # opening the store cleans up
+        kept = list((root / ".tmp").iterdir())
+        assert len(kept) == 1, kept  # the stopped writer's, and only it
+    finally:
+        os.kill(live.pid, signal.SIGCONT)
+    assert live.wait(timeout=60) == 0
+    store = LocalStore(str(root))
+    assert store.stat("runs/r/checkpoints/last.pt").crc32c == crc32c(src.read_bytes())
+    assert list((root / ".tmp").iterdir()) == []
+
+
+def test_lock_files_do_not_pile_up_one_per_object(local_store: Store) -> None:
+    from entrypoint.store_local import STALE_AFTER, LocalStore
+
+    for i in range(200):
+        local_store.write(f"runs/r/events/{i:04d}.json", b"{}", if_generation_match=0)
+    locks = Path(local_store.root) / ".locks"
+    _age(locks, STALE_AFTER + 60)
+    LocalStore(local_store.root)
+    assert len(list(locks.iterdir())) == 0
+
+
+_INCREMENTER = """
+import sys
+from entrypoint.store import PreconditionFailed
+from entrypoint.store_local import LocalStore
+store = LocalStore(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    while True:
+        blob = store.read("n")
+        try:
+            store.write("n", str(int(blob.data) + 1).encode(), if_generation_match=blob.generation)
+            break
+        except PreconditionFailed:
+            continue
+"""
+
+_SWEEPER = """
+import sys
+from entrypoint.store_local import LocalStore
+store = LocalStore(sys.argv[1])
+while True:
+    store.sweep(min_age=-1)
+"""
+
+
+def test_sweeping_lock_files_while_writers_use_them_loses_no_update(local_store: Store) -> None:
+    """Writers in separate processes (as the agent, supervisors and ops are) increment a counter
+    by compare-and-swap while another process sweeps lock files as fast as it can."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    local_store.write("n", b"0")
+    sweeper = subprocess.Popen([sys.executable, "-c", _SWEEPER, local_store.root], env=env)
+    try:
+        writers = [subprocess.Popen([sys.executable, "-c", _INCREMENTER, local_store.root, "300"], env=env)
+                   for _ in range(4)]
+        assert [w.wait(timeout=120) for w in writers] == [0] * 4
+    finally:
+        sweeper.kill()
+        sweeper.wait()
+    assert content(local_store, "n") == b"1200"
