@@ -403,10 +403,12 @@ class RunRecord:
             return
         _remember_journaled(name)
 
-    def ensure_journaled(self, st: RunState) -> bool:
+    def ensure_journaled(self, st: RunState, strict: bool = True) -> bool:
         """Store ``st``'s own event if it is missing; True if this call had to store it.
 
         Idempotent and cheap: one stat per event per process, none once known stored.
+        ``strict=False`` (a supervisor's repair pass) says a store failure on stderr instead of
+        raising: the next pass tries again.
         """
         if not st.last_event:
             return False  # written by a version that journaled without it
@@ -414,12 +416,18 @@ class RunRecord:
         if name in _JOURNALED:
             return False
         wrote = False
-        if self.store.stat(name) is None:
-            try:
-                self.store.write(name, _dump(st.last_event["doc"]), if_generation_match=0)
-                wrote = True
-            except PreconditionFailed:
-                pass
+        try:
+            if self.store.stat(name) is None:
+                try:
+                    self.store.write(name, _dump(st.last_event["doc"]), if_generation_match=0)
+                    wrote = True
+                except PreconditionFailed:
+                    pass
+        except StoreError as e:
+            if strict:
+                raise
+            print(f"runner: {self.run_id}: could not journal {st.state.value} yet ({e})", file=sys.stderr)
+            return False
         _remember_journaled(name)
         return wrote
 

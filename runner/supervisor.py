@@ -117,6 +117,7 @@ class Supervisor:
         spec = rec.read_spec()
         if spec is not None and not self.backend.owns(spec):
             return cur[0]  # made in another project: this supervisor must not touch it
+        rec.ensure_journaled(cur[0], strict=False)  # its writer may have died before its event
         if instances is None:
             instances = self.backend.list(run_id)
         try:
