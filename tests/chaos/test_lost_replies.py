@@ -13,9 +13,9 @@ agent in a VM would. The run must end with:
   claim used to leave it uncreated for 60 s and then count a bogus restart);
 - as many restarts counted as preemptions happened.
 
-Short form (in ``make test``): one run. Long form: ``CHAOS_RUNS=20`` (each run a new seed from
-``CHAOS_SEED``), printing expected vs found per run; ``CHAOS_ACTIONS=drop_reply,applied_503,429,503``
-mixes in the other faults.
+Short form (in ``make test``): one run. Long form (``make chaos``): 5 runs, or
+``RUNNER_CHAOS_CYCLES=N``; each run a new seed from ``CHAOS_SEED``, printing expected vs found.
+``CHAOS_ACTIONS=drop_reply,applied_503,429,503`` mixes in the other faults.
 """
 
 from __future__ import annotations
@@ -30,11 +30,11 @@ import pytest
 from entrypoint.record import RunRecord, RunSpec, State
 from runner.notify import TransitionNotifier
 from runner.supervisor import Supervisor
-from tests.gcs_fault_proxy import FaultRule
+from tests.chaos.harness import cycles
 from tests.gcs_fixture import store_through
 from tests.test_notify import MemoryBackend, Receiver, fast_sender, settings
 
-RUNS = int(os.environ.get("CHAOS_RUNS", "1"))
+RUNS = cycles(short=1, long=5)
 DROP_RATE = float(os.environ.get("CHAOS_DROP_RATE", "0.3"))
 SEED = int(os.environ.get("CHAOS_SEED", "1"))
 # Which faults share the rate: drop_reply, applied_503 (both apply the write), 429, 503.
