@@ -9,19 +9,22 @@ forced to grow strictly on every write.
 Nothing is left behind by writers that die (kill -9 in the middle of a 1 GB checkpoint upload):
 
 - A temp file is ``flock``-ed by its writer from creation to commit. The kernel drops the lock
-  when the writer dies, so a temp file that can be locked and is older than ``STALE_AFTER``
-  belongs to no one and is removed; a live writer's never is, however long it takes.
-- Lock files are removed once idle for ``STALE_AFTER``. Removing one cannot break mutual
-  exclusion: a writer that got the lock checks that the file it locked is still the one at that
-  path (same inode), and otherwise locks again.
+  when the writer dies, so a temp file that can be locked and is unmodified for
+  ``TEMP_STALE_AFTER`` belongs to no one and is removed; a live writer's never is, however long
+  its upload takes.
+- Lock files are removed once idle (unheld, untouched) for ``LOCK_IDLE_AFTER``. Removing one
+  cannot break mutual exclusion: a writer that got the lock checks that the file it locked is
+  still the one at that path (same inode), and otherwise locks again.
 
-``sweep`` does both; it runs when a store is opened and then at most once per ``STALE_AFTER``
-from the write path. The age threshold is for writers of older versions, which neither lock
-their temp files nor re-check their lock's inode: they are never more than that idle while live.
+``sweep`` does both; it runs when a store is opened and then at most once per
+``TEMP_STALE_AFTER`` from the write path. The ages are for writers of older versions, which
+neither lock their temp files nor re-check their lock's inode: an old writer's temp file is
+modified while it copies, and a lock file idle that long is not one it is about to take.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
@@ -43,8 +46,9 @@ from entrypoint.store import (
 )
 
 _INTERNAL = (".tmp", ".locks")
-# How long an unlocked temp file or an idle lock file must have been left alone to be removed.
-STALE_AFTER = 600.0
+# How long an unlocked temp file, or an idle lock file, must have been left alone to be removed.
+TEMP_STALE_AFTER = 120.0
+LOCK_IDLE_AFTER = 600.0
 
 
 def _remove_if_unheld(path: str) -> int:
@@ -108,12 +112,14 @@ class LocalStore(Store):
 
     # -- clean-up of what dead writers left ------------------------------------------------------
 
-    def sweep(self, min_age: float = STALE_AFTER) -> dict[str, int]:
-        """Remove temp files no live writer holds and lock files no one holds, if older than
-        ``min_age`` seconds. Returns what was removed: temp files, their bytes, lock files."""
+    def sweep(self, temp_min_age: float = TEMP_STALE_AFTER,
+              lock_min_age: float = LOCK_IDLE_AFTER) -> dict[str, int]:
+        """Remove temp files no live writer holds and lock files no one holds, if unmodified
+        for the given seconds. Returns what was removed: temp files, their bytes, lock files."""
         out = {"temp_files": 0, "temp_bytes": 0, "lock_files": 0}
-        cutoff = time.time() - min_age
-        for sub, key in ((".tmp", "temp_files"), (".locks", "lock_files")):
+        now = time.time()
+        for sub, key, min_age in ((".tmp", "temp_files", temp_min_age), (".locks", "lock_files", lock_min_age)):
+            cutoff = now - min_age
             d = os.path.join(self.root, sub)
             try:
                 entries = list(os.scandir(d))
@@ -136,11 +142,14 @@ class LocalStore(Store):
         now = time.monotonic()
         if now < self._next_sweep:
             return
-        self._next_sweep = now + STALE_AFTER
+        self._next_sweep = now + TEMP_STALE_AFTER
         try:
             done = self.sweep()
-        except OSError as e:  # a read-only store, say: nothing to clean, and reads still work
-            print(f"runner: could not clean {self.root}/.tmp and .locks ({e})", file=sys.stderr)
+        except OSError as e:
+            # Clean-up is never worth failing for; a read-only store (read-only commands) cannot
+            # be cleaned and says nothing, any other trouble is said.
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                print(f"runner: could not clean {self.root}/.tmp and .locks ({e})", file=sys.stderr)
             return
         if done["temp_files"]:
             print(f"runner: removed {done['temp_files']} temp file(s) ({done['temp_bytes'] >> 20} MiB) "

@@ -575,8 +575,9 @@ def _age(directory: Path, seconds: float) -> None:
 
 def test_temp_files_of_killed_uploads_are_removed_and_a_live_writers_never(tmp_path: Path, files: Path) -> None:
     import signal
+    import sys
 
-    from entrypoint.store_local import STALE_AFTER, LocalStore
+    from entrypoint.store_local import LOCK_IDLE_AFTER, TEMP_STALE_AFTER, LocalStore
 
     root = tmp_path / "store"
     root.mkdir()
@@ -590,7 +591,9 @@ def test_temp_files_of_killed_uploads_are_removed_and_a_live_writers_never(tmp_p
     try:
         left = list((root / ".tmp").iterdir())
         assert len(left) == 6 and sum(p.stat().st_size for p in left) > 5 << 20
-        _age(root / ".tmp", STALE_AFTER + 60)  # long enough ago, for the dead and the stopped alike
+        print(f"\n.tmp after 5 kills -9 and 1 stopped writer: {len(left)} files, "
+              f"{sum(p.stat().st_size for p in left) >> 20} MiB", file=sys.stderr)
+        _age(root / ".tmp", TEMP_STALE_AFTER + 60)  # long enough ago, for the dead and the stopped alike
         LocalStore(str(root))  # opening the store cleans up
         kept = list((root / ".tmp").iterdir())
         assert len(kept) == 1, kept  # the stopped writer's, and only it
@@ -603,12 +606,12 @@ def test_temp_files_of_killed_uploads_are_removed_and_a_live_writers_never(tmp_p
 
 
 def test_lock_files_do_not_pile_up_one_per_object(local_store: Store) -> None:
-    from entrypoint.store_local import STALE_AFTER, LocalStore
+    from entrypoint.store_local import LOCK_IDLE_AFTER, LocalStore
 
     for i in range(200):
         local_store.write(f"runs/r/events/{i:04d}.json", b"{}", if_generation_match=0)
     locks = Path(local_store.root) / ".locks"
-    _age(locks, STALE_AFTER + 60)
+    _age(locks, LOCK_IDLE_AFTER + 60)
     LocalStore(local_store.root)
     assert len(list(locks.iterdir())) == 0
 
@@ -633,7 +636,7 @@ import sys
 from entrypoint.store_local import LocalStore
 store = LocalStore(sys.argv[1])
 while True:
-    store.sweep(min_age=-1)
+    store.sweep(temp_min_age=-1, lock_min_age=-1)
 """
 
 
