@@ -291,7 +291,7 @@ class RunRecord:
 
     def create_state(self, actor: str) -> RunState:
         st = RunState(state=State.PENDING, updated_by=actor)
-        st.last_event = self._event_for(st, actor, None, "submitted")
+        st.last_event = self._event_for(st, actor, None, "submitted", attempt=None)
         self.store.write(self.name(self.STATE), _dump(st.to_dict()), if_generation_match=0)
         self._journal(st.last_event)
         return st
@@ -364,10 +364,15 @@ class RunRecord:
         return st
 
     # ---- events (append-only journal) ----
-    def _event_for(self, st: RunState, actor: str, old: State | None, reason: str | None) -> dict[str, Any]:
-        """The event that journals ``st`` (stamps ``st.updated_at`` with the event's time)."""
+    _SAME = -1
+
+    def _event_for(self, st: RunState, actor: str, old: State | None, reason: str | None,
+                   attempt: int | None = _SAME) -> dict[str, Any]:
+        """The event that journals ``st`` (stamps ``st.updated_at`` with the event's time).
+        ``attempt``: what the event says (the state's attempt unless given)."""
         st.updated_at = utcnow()
-        doc = self._event_doc(st.updated_at, actor, old, st.state, reason, st.attempt)
+        doc = self._event_doc(st.updated_at, actor, old, st.state, reason,
+                              st.attempt if attempt == self._SAME else attempt)
         return {"name": _event_file(st.updated_at, actor), "doc": doc}
 
     @staticmethod

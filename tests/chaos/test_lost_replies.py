@@ -126,3 +126,29 @@ def test_a_run_through_lost_replies_is_journaled_and_announced_exactly_once(
     assert [(ev["from"], ev["to"]) for _, ev in rec.events() if ev["to"]] == journal
     assert posted == EXPECTED  # every transition after the supervisors started, once each
     assert len(backend.list(rec.run_id)) == 0 or all(i.attempt == 3 for i in backend.list(rec.run_id))
+
+
+def test_submit_through_lost_replies_on_spec_state_claim_and_event_creates_one_vm(
+    fault_proxy, compute_fake
+) -> None:
+    """The user's view, with real CLI processes: `runner submit --detach` on GCE while GCS loses
+    the reply of each of its record writes once. It used to exit 1 on spec.json and leave the
+    run id wedged; a lost claim reply left the VM uncreated."""
+    from tests.gcs_fault_proxy import FaultRule
+    from tests.test_gce_backend import IMAGE, PROJECT, cli
+
+    for what in ("spec.json", "state.json", "create.json", "/events/"):
+        fault_proxy.add(FaultRule(action="drop_reply", match=what, times=1))
+    store = store_through(fault_proxy, "chaos-submit")
+    emulator = f"http://{fault_proxy.address}"  # every request of the CLI goes through the proxy
+    p = cli(compute_fake, emulator, store.url, "submit", "--run-id", "exp-1", "--project", PROJECT,
+            "--zones", "us-central1-a", "--no-gpu", "--image", IMAGE, "--detach", "--", "true")
+    assert p.returncode == 0, p.stderr
+    assert fault_proxy.stats.by_action.get("drop_reply", 0) >= 4, fault_proxy.stats.matched
+    assert [v.name for v in compute_fake.instances()] == ["runner-exp-1-a1"]
+    listed = cli(compute_fake, emulator, store.url, "ops", "list", "--project", PROJECT, "--json")
+    assert listed.returncode == 0, listed.stderr
+    assert "exp-1" in listed.stdout
+    rec = RunRecord(store, "exp-1")
+    assert _stored_transitions(rec) == [(None, "PENDING"), ("PENDING", "PROVISIONING")]
+    assert rec.read_state()[0].restarts == 0
