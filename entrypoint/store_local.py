@@ -59,8 +59,8 @@ def _remove_if_unheld(path: str) -> int:
     """
     try:
         fd = os.open(path, os.O_RDONLY)
-    except (FileNotFoundError, IsADirectoryError):
-        return -1
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return -1  # gone already, or another user's that we could not remove anyway
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -73,7 +73,10 @@ def _remove_if_unheld(path: str) -> int:
             return -1
         if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
             return -1
-        os.unlink(path)
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return -1
         return held.st_size
     finally:
         os.close(fd)
