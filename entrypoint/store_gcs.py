@@ -17,8 +17,9 @@ How each guarantee of ``entrypoint.store.Store`` is kept:
 
 google-cloud-storage is imported lazily: this module is only loaded for ``gs://`` URLs, and the
 local backend must not need it. With ``STORAGE_EMULATOR_HOST`` set the client talks to that
-emulator with anonymous credentials. Retries are the library's defaults (conditional writes are
-retried, unconditional uploads are not: https://cloud.google.com/storage/docs/retry-strategy).
+emulator with anonymous credentials. Retries are the library's defaults (408, 429, 5xx and
+dropped connections, as https://cloud.google.com/storage/docs/retry-strategy advises;
+and every upload, with or without a precondition: see ``_upload_retry``).
 """
 
 from __future__ import annotations
@@ -104,6 +105,15 @@ def _server_message(err: BaseException) -> str:
         return str(response.json()["error"]["message"])
     except Exception:  # not JSON, no response, or no message: fall back to the whole text
         return str(getattr(err, "message", None) or err)
+
+
+def _upload_retry() -> Any:
+    """Retry every upload, with or without a precondition (google-cloud-storage 2.x retried only
+    conditional ones). Safe for an unconditional write too: last writer wins, and a retry of
+    ours is simply our write landing later, still within our call."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY
 
 
 def _is_bucket_missing(err: BaseException) -> bool:
@@ -256,6 +266,7 @@ class GcsStore(Store):
                     content_type=_CONTENT_TYPE,
                     if_generation_match=if_generation_match,
                     checksum=None,
+                    retry=_upload_retry(),
                 )
         except StoreError:
             landed = self._landed(name, token) if token is not None else None
@@ -331,7 +342,8 @@ class GcsStore(Store):
         blob = self._blob(name)
         blob.crc32c = local  # declared up front: GCS refuses to commit different bytes
         with self._translated(f"upload {path} to {self._where(name)}"):
-            blob.upload_from_filename(path, content_type=_CONTENT_TYPE, checksum=None)
+            blob.upload_from_filename(path, content_type=_CONTENT_TYPE, checksum=None,
+                                      retry=_upload_retry())
         info = self._info(name, blob)
         if info.crc32c != local:  # GCS checked already; this guards against a server that didn't
             raise StoreError(

@@ -636,7 +636,7 @@ import sys
 from entrypoint.store_local import LocalStore
 store = LocalStore(sys.argv[1])
 while True:
-    store.sweep(temp_min_age=-1, lock_min_age=-1)
+    store.sweep(lock_min_age=-1)  # temp files keep their age guard: it covers create-to-flock
 """
 
 
@@ -659,3 +659,24 @@ def test_sweeping_lock_files_while_writers_use_them_loses_no_update(local_store:
         sweeper.kill()
         sweeper.wait()
     assert content(local_store, "n") == b"1200"
+
+
+def test_an_unconditional_write_whose_reply_is_lost_is_retried_and_lands_once(lossy) -> None:
+    """Last writer wins, so sending it again is safe (our write's moment is simply the retry).
+    google-cloud-storage 3 retries every upload; this pins that down for our writes."""
+    store, proxy = lossy
+    lose(proxy, "heartbeat.json")
+    gen = store.write("heartbeat.json", b"beat")
+    assert proxy is None or proxy.stats.by_action == {"drop_reply": 1}
+    blob = store.read("heartbeat.json")
+    assert blob is not None and blob.data == b"beat" and blob.generation == gen
+
+
+def test_an_upload_whose_reply_is_lost_is_retried_and_verified(lossy, files: Path) -> None:
+    store, proxy = lossy
+    src = files / "last.pt"
+    src.write_bytes(os.urandom(300_000))
+    lose(proxy, "last.pt")
+    info = store.upload_file("checkpoints/last.pt", str(src))
+    assert proxy is None or proxy.stats.by_action == {"drop_reply": 1}
+    assert info.crc32c == crc32c(src.read_bytes()) == store.stat("checkpoints/last.pt").crc32c
