@@ -178,8 +178,8 @@ class LocalStore(Store):
             fcntl.flock(f.fileno(), fcntl.LOCK_EX)
             yield path, f
         except OSError as e:
-            raise StoreError(f"write {name} in {self.root}: {e.strerror or e}; check the store "
-                             "directory is writable and has space") from e
+            raise StoreError(f"write {name} to the store at {self.root} failed: {e} (is the "
+                             "directory writable, with space left?)") from e
         finally:
             f.close()
             try:
@@ -309,7 +309,7 @@ class LocalStore(Store):
         dst = self._path(name)
         if crc32c is None:
             crc32c = crc32c_of_file(path)  # so a file that changes while we copy is caught
-        with self._temp(name) as (tmp, f), open(path, "rb") as src:
+        with open(path, "rb") as src, self._temp(name) as (tmp, f):
             _copy(src, f)
             got = crc32c_of_file(tmp)
             if got != crc32c:
