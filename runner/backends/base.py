@@ -89,7 +89,11 @@ class ComputeBackend(ABC):
 
     @abstractmethod
     def delete(self, instance: Instance, grace_period: float = 0) -> None:
-        """Stop (SIGTERM, then kill after ``grace_period``) and remove. Missing: does nothing."""
+        """Stop (SIGTERM, then kill after ``grace_period``) and remove. Missing: does nothing.
+
+        May block for the whole grace period (a job that ignores SIGTERM): the supervisor calls
+        it from background workers, several at once, so it must be safe to call concurrently.
+        """
 
     @abstractmethod
     def preempt(self, instance: Instance, grace_period: float) -> None:

@@ -60,6 +60,8 @@ class RaceCompute(ComputeBackend):
         self.instances: dict[str, Instance] = {}
         self.doubles: list[Double] = []
         self.created: list[str] = []
+        self.stopping: set[str] = set()  # deletes in progress (the job is in its grace period)
+        self.deleted: list[tuple[str, float]] = []  # (name, grace period it was given)
 
     def plan(self, spec: RunSpec, ctx: LaunchContext) -> Any:
         return (spec.run_id, ctx.attempt)
@@ -92,10 +94,16 @@ class RaceCompute(ComputeBackend):
             cur = self.instances.get(instance.name)
         if cur is None:
             return
-        if cur.alive and grace_period > 0 and self._hung(cur):
-            time.sleep(grace_period)  # docker stop: SIGTERM ignored, SIGKILL after the grace period
         with self.lock:
-            self.instances.pop(instance.name, None)
+            self.stopping.add(instance.name)
+        try:
+            if cur.alive and grace_period > 0 and self._hung(cur):
+                time.sleep(grace_period)  # docker stop: SIGTERM ignored, SIGKILL after the grace period
+        finally:
+            with self.lock:
+                if self.instances.pop(instance.name, None) is not None:
+                    self.deleted.append((instance.name, grace_period))
+                self.stopping.discard(instance.name)
 
     def preempt(self, instance: Instance, grace_period: float = 0) -> None:
         with self.lock:
