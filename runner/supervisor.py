@@ -193,6 +193,7 @@ class Supervisor:
         spec = rec.read_spec()
         if spec is not None and not self.backend.owns(spec):
             return cur[0]  # made in another project: this supervisor must not touch it
+        rec.ensure_journaled(cur[0], strict=False)  # its writer may have died before its event
         # A listing made after the state was read can judge it; one from the start of the pass
         # (given by reconcile_all) may predate a restart by another actor: see _step.
         fresh = instances is None

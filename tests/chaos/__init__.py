@@ -10,6 +10,8 @@ One file per scenario family (``test_<family>.py``); shared stand-ins and knobs 
 Families: ``test_double_vm`` (slow passes, racing supervisors: never two live instances of one
 run), ``test_hung_neighbours`` (jobs that ignore SIGTERM must not slow other runs' restarts),
 ``test_supervisor_chaos`` (real CLI and containers: supervisor kill -9s, hung jobs, preemptions;
-marked ``docker`` too, so ``make test-fast`` skips it).
-Planned by others: lost GCS replies through a fault proxy, permanent failures, hostile input.
+marked ``docker`` too, so ``make test-fast`` skips it), ``test_lost_replies`` (GCS applies writes
+and loses their replies: journal and webhooks exactly once, no uncreated attempt, no bogus
+restart), ``test_hostile_input`` (generated hostile input: one line, the documented exit code,
+nothing written).
 """
