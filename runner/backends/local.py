@@ -65,13 +65,26 @@ class ContainerPlan:
         return args + [self.image, *self.command]
 
 
-def _store_dir(store_url: str) -> str:
+def store_dir(store_url: str) -> str:
+    """The host directory bind-mounted into every container; refused when Docker cannot mount it.
+
+    Checked at submit (before anything is written) as well as in every plan: a path Docker
+    refuses would otherwise fail every create of every pass, for ever.
+    """
     if not store_url.startswith("file://"):
         raise BackendError(
             f"the local backend needs a local directory store (file:///DIR), not {store_url}: "
             "its containers have no network. Use --backend gce for a gs:// store."
         )
-    return store_url[len("file://"):]
+    path = store_url[len("file://"):]
+    if ":" in path:
+        # A bind mount is spelled HOST:CONTAINER:MODE; Docker has no escape for ':' in HOST
+        # ("invalid volume specification").
+        raise BackendError(
+            f"the store path {path} contains ':', which Docker cannot bind-mount into the run's "
+            "container: use a store directory without ':' (--store or store in runner.toml)"
+        )
+    return path
 
 
 class LocalBackend(ComputeBackend):
@@ -123,7 +136,7 @@ class LocalBackend(ComputeBackend):
                 "run-id-full": spec.run_id,
                 LABEL_ATTEMPT: str(ctx.attempt),
             },
-            volumes={_store_dir(ctx.store_url): {"bind": STORE_MOUNT, "mode": "rw"}},
+            volumes={store_dir(ctx.store_url): {"bind": STORE_MOUNT, "mode": "rw"}},
             shm_size=ctx.shm_size,
             stop_timeout=max(1, int(round(ctx.grace_period))),
         )
