@@ -21,6 +21,7 @@ from runner.backends.base import (
     Instance,
     InstanceStatus,
     LaunchContext,
+    PermanentBackendError,
 )
 from runner.naming import label_value, resource_name
 
@@ -144,6 +145,12 @@ class LocalBackend(ComputeBackend):
     def create(self, plan: ContainerPlan) -> Instance:
         from docker.errors import APIError, ImageNotFound
 
+        # Look first: on a missing image `containers.run` pulls it, and a pinned id
+        # (sha256:...) would be asked of Docker Hub. A local image is never pulled.
+        try:
+            self.client.images.get(plan.image)
+        except ImageNotFound:
+            raise self._image_gone(plan.image) from None
         try:
             c = self.client.containers.run(
                 plan.image,
@@ -158,17 +165,24 @@ class LocalBackend(ComputeBackend):
                 network_mode=plan.network_mode,
                 **plan.extra,
             )
-        except ImageNotFound:
-            raise BackendError(
-                f"image {plan.image} is not in the local Docker engine: build it first "
-                "(`make image`, or `docker build -t NAME .`) and pass --image NAME"
-            ) from None
+        except ImageNotFound:  # removed between the look and the run
+            raise self._image_gone(plan.image) from None
         except APIError as e:
             if e.status_code == 409:  # a container of that name exists: creation is idempotent
                 c = self.client.containers.get(plan.name)
             else:
                 raise BackendError(f"docker could not start {plan.name}: {e.explanation or e}") from None
         return self._instance(c)
+
+    @staticmethod
+    def _image_gone(image: str) -> PermanentBackendError:
+        """The run pins its image by id: a rebuilt tag is another image, so this run cannot go on."""
+        shown = image if len(image) <= 24 else image[:19] + "..."
+        return PermanentBackendError(
+            f"image {shown} pinned by this run is no longer in the local Docker engine "
+            "(removed after submit?): `docker load` it back and `submit --restart` the run, or "
+            "submit a new --run-id with --image NAME of a current build"
+        )
 
     @staticmethod
     def _instance(c: Any) -> Instance:
