@@ -8,7 +8,7 @@ BIN    := $(VENV)/bin
 IMAGE  ?= cos-spot-runner/workload:dev
 BASE   ?= cos-spot-runner/base:bookworm-2
 
-.PHONY: setup env image demo test test-fast bench clean
+.PHONY: setup env image demo test test-fast chaos bench clean
 
 $(BIN)/runner: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,9 @@ test: image  ## the whole suite (unit, integration with real Docker, end to end)
 
 test-fast: setup  ## tests that need no Docker
 	$(BIN)/pytest -q -m "not docker"
+
+chaos: image  ## the chaos suite in its long form (RUNNER_CHAOS_CYCLES=N to choose the cycles)
+	RUNNER_TEST_IMAGE=$(IMAGE) RUNNER_CHAOS=long $(BIN)/pytest -q -m chaos tests/chaos
 
 bench: image  ## benchmarks, printed as ratios
 	RUNNER_TEST_IMAGE=$(IMAGE) $(BIN)/python -m bench

@@ -19,7 +19,19 @@ def format_event(ev: dict) -> str:
 
 def follow_run(sup: Supervisor, run_id: str, poll_interval: float, say: Callable[[str], None],
                once: bool = False) -> RunState:
-    """Supervise ``run_id`` until it reaches a terminal state; returns that state."""
+    """Supervise ``run_id`` until it reaches a terminal state; returns that state.
+
+    Returns only after the supervisor's background deletes finished, so a run that ended has no
+    instance left when the caller reports it.
+    """
+    try:
+        return _follow(sup, run_id, poll_interval, say, once)
+    finally:
+        sup.drain()
+
+
+def _follow(sup: Supervisor, run_id: str, poll_interval: float, say: Callable[[str], None],
+            once: bool) -> RunState:
     rec = RunRecord(sup.store, run_id)
     seen: str | None = None
     while True:

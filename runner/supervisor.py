@@ -12,6 +12,16 @@ Safety rules, each tied to a property in DESIGN.md §3:
 - Instances of older attempts and of finished runs are deleted ("no VM left billing").
 - Stall detection looks at when the job's reported progress last changed, falling back to the
   heartbeat only for jobs that report no progress ("progress, not just liveness").
+- An instance is never declared gone on a listing older than the state it is judged against:
+  a pass lists once for all runs, so before acting on an absent or ended instance the run's
+  instances are listed again, after its state was read. Otherwise a run that another actor
+  restarted while this pass was busy elsewhere would look "gone", and a second attempt would
+  start beside the live one ("one VM per run").
+- Deletes never block a pass: they run on a small pool of background workers (``Reaper``), so
+  the grace period of a job that ignores SIGTERM delays nobody else. The next attempt of a run
+  is only created once its previous instance no longer runs (a later pass checks), so a final
+  sync is still allowed and two live instances of one run never coexist. ``drain()`` waits for
+  the deletes in flight (and interpreter exit does too), so no instance is left billing.
 """
 
 from __future__ import annotations
@@ -19,7 +29,9 @@ from __future__ import annotations
 import os
 import socket
 import sys
+import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
@@ -59,6 +71,54 @@ def default_actor() -> str:
     return f"supervisor@{socket.gethostname()}.{os.getpid()}"
 
 
+class Reaper:
+    """Deletes instances in the background, at most ``workers`` at a time, each one once.
+
+    Why: a delete with a grace period blocks for as long as the job takes to exit (the whole
+    grace period for a job that ignores SIGTERM, as ``docker stop`` does); done inline it would
+    hold up every other run of the pass. A delete already in flight for an instance is not
+    queued again, so passes that see the instance still running only wait for it.
+    Failures are said on stderr; the instance is still listed, so a later pass deletes it again.
+    Worker threads are joined at interpreter exit after the queued deletes ran, so a process that
+    ends normally leaves nothing half-deleted; ``drain`` waits explicitly.
+    """
+
+    def __init__(self, backend: ComputeBackend, workers: int = 8) -> None:
+        self.backend = backend
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="runner-reaper")
+        self._lock = threading.Lock()
+        self._inflight: dict[str, Future[None]] = {}
+
+    def delete(self, inst: Instance, grace_period: float = 0) -> None:
+        """Start deleting ``inst`` unless a delete of it is already in flight. Never blocks."""
+        with self._lock:
+            if inst.name in self._inflight:
+                return
+            self._inflight[inst.name] = self._pool.submit(self._run, inst, grace_period)
+
+    def busy(self, name: str) -> bool:
+        """Whether this reaper is still deleting the instance called ``name``."""
+        with self._lock:
+            return name in self._inflight
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait until every delete in flight has finished; False if ``timeout`` ran out first."""
+        with self._lock:
+            pending = list(self._inflight.values())
+        done, not_done = wait(pending, timeout=timeout)
+        return not not_done
+
+    def _run(self, inst: Instance, grace_period: float) -> None:
+        try:
+            self.backend.delete(inst, grace_period)
+        except Exception as e:  # noqa: BLE001 - said, and retried by the next pass that lists it
+            print(f"runner: deleting {inst.name} failed ({type(e).__name__}: {e}); "
+                  "the next pass tries again", file=sys.stderr)
+        finally:
+            with self._lock:
+                self._inflight.pop(inst.name, None)
+
+
 class Supervisor:
     def __init__(
         self,
@@ -77,6 +137,11 @@ class Supervisor:
         self.notifier = notifier
         self._backoff: dict[str, float] = {}  # run id -> time before which no create is tried
         self._delays: dict[str, float] = {}
+        self.reaper = Reaper(backend)
+
+    def drain(self, timeout: float | None = None) -> bool:
+        """Wait for this supervisor's background deletes (call before exiting, or let exit do it)."""
+        return self.reaper.drain(timeout)
 
     def _next_delay(self, run_id: str) -> float:
         delay = min(300.0, max(self.settings.poll_interval, self._delays.get(run_id, 0) * 2))
@@ -85,13 +150,22 @@ class Supervisor:
 
     # ---- passes ----
     def reconcile_all(self) -> dict[str, RunState]:
-        """One pass over every run in the store; one backend list call in all."""
-        by_label: dict[str, list[Instance]] = {}
-        for inst in self.backend.list():
-            by_label.setdefault(inst.run_label, []).append(inst)
+        """One pass over every run in the store; one backend list call in all.
+
+        Deletes go to the background (see ``Reaper``), so the pass never waits on one; a
+        failed list call does not end the pass: each run then lists its own instances.
+        """
+        by_label: dict[str, list[Instance]] | None = {}
+        try:
+            for inst in self.backend.list():
+                by_label.setdefault(inst.run_label, []).append(inst)  # type: ignore[union-attr]
+        except Exception as e:  # noqa: BLE001 - one failed call must not stop supervision
+            print(f"runner: listing instances failed ({type(e).__name__}: {e}); "
+                  "listing per run this pass", file=sys.stderr)
+            by_label = None
         out = {}
         for run_id in list_run_ids(self.store):
-            st = self.reconcile(run_id, by_label.get(label_value(run_id), []))
+            st = self.reconcile(run_id, None if by_label is None else by_label.get(label_value(run_id), []))
             if st is not None:
                 out[run_id] = st
         return out
@@ -117,10 +191,13 @@ class Supervisor:
         spec = rec.read_spec()
         if spec is not None and not self.backend.owns(spec):
             return cur[0]  # made in another project: this supervisor must not touch it
+        # A listing made after the state was read can judge it; one from the start of the pass
+        # (given by reconcile_all) may predate a restart by another actor: see _step.
+        fresh = instances is None
         if instances is None:
             instances = self.backend.list(run_id)
         try:
-            self._step(rec, cur, instances)
+            self._step(rec, cur, instances, fresh)
         except (PreconditionFailed, IllegalTransition):
             pass  # another actor wrote first; the next pass decides on fresh state
         except PermanentBackendError as e:
@@ -145,22 +222,31 @@ class Supervisor:
         return after[0] if after else None
 
     # ---- one step ----
-    def _step(self, rec: RunRecord, cur: tuple[RunState, int], instances: list[Instance]) -> None:
+    def _step(self, rec: RunRecord, cur: tuple[RunState, int], instances: list[Instance],
+              fresh: bool = True) -> None:
         st, _ = cur
         if st.state.terminal:
             for inst in instances:
-                self.backend.delete(inst)
+                # Alive: its agent may still be finishing (or another actor's stop is giving it
+                # its grace period); a kill here would cut that short.
+                self._delete(inst, self.settings.grace_period if inst.alive else 0)
             return
         if rec.stop_requested():
             for inst in instances:
-                self.backend.delete(inst, self.settings.grace_period)
+                self._delete(inst, self.settings.grace_period)
             rec.transition(State.STOPPED, self.actor, expected=cur, reason="stop requested")
             return
+        current = next((i for i in instances if i.attempt == st.attempt), None)
+        if (not fresh and st.state != State.PENDING and (current is None or not current.alive)):
+            # About to judge the current attempt's instance absent or ended: only on a listing
+            # made after the state was read (this one may be older than a restart by another
+            # supervisor, whose new instance it cannot show).
+            instances = self.backend.list(rec.run_id)
+            current = next((i for i in instances if i.attempt == st.attempt), None)
         # An instance of an older attempt must never run beside the current one.
         for inst in instances:
             if inst.attempt < st.attempt:
-                self.backend.delete(inst)
-        current = next((i for i in instances if i.attempt == st.attempt), None)
+                self._delete(inst)
 
         if st.state == State.PENDING:
             self._start_attempt(rec, cur, "first attempt")
@@ -178,7 +264,7 @@ class Supervisor:
             # The VM's startup script gave up (GPU never came, image never pulled): no restart
             # would do better, so the run fails with the script's reason.
             if inst is not None:
-                self.backend.delete(inst)
+                self._delete(inst)
             rec.transition(
                 State.FAILED, self.actor, expected=cur,
                 reason=f"startup failed in phase {startup.get('phase')}: {startup.get('reason')}"
@@ -254,7 +340,11 @@ class Supervisor:
                 and spec.vm.get("termination_action") == "STOP")
         if inst is not None and not keep:
             # Let an agent that is still in its final sync finish it, then remove the instance.
-            self.backend.delete(inst, self.settings.grace_period if inst.alive else 0)
+            self._delete(inst, self.settings.grace_period if inst.alive else 0)
+            if inst.alive:
+                # The next attempt waits until this one no longer runs (a later pass sees it
+                # gone): never two live instances of one run, and the pass does not wait.
+                return
         max_restarts = spec.max_restarts if spec else 0
         restarts = st.restarts
         if st.state != State.ERRORED and restarts >= max_restarts:
@@ -284,7 +374,7 @@ class Supervisor:
             assert spec is not None
             if self.backend.restart_in_place(reuse, self.backend.plan(spec, self.launch_context(attempt))):
                 return
-            self.backend.delete(reuse)  # could not be restarted: a fresh VM, any zone
+            self._delete(reuse)  # could not be restarted: a fresh VM, any zone
         self._create(rec, attempt)
 
     def _create_grace(self) -> float:
@@ -323,4 +413,8 @@ class Supervisor:
         # landed between our checks and the create. Then what we made must go at once.
         after = rec.read_state()
         if rec.stop_requested() or after is None or after[0].attempt != attempt:
-            self.backend.delete(inst)
+            self._delete(inst)
+
+    def _delete(self, inst: Instance, grace_period: float = 0) -> None:
+        """Delete in the background (never blocks the pass); see ``Reaper``."""
+        self.reaper.delete(inst, grace_period)
