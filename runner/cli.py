@@ -92,10 +92,15 @@ def _guard(f: Callable[..., Any]) -> Callable[..., Any]:
         except (BackendError, StoreError) as e:
             _err(str(e), EXIT_FAILED)
         except OSError as e:
-            # The store directory (or a file we write) refused us: read-only, full, no permission.
+            # A file we write refused us (a read-only or full store, no permission): one line,
+            # not a traceback. Other OSErrors (network, pipes) are said as they are.
+            import errno
+
             where = f" ({e.filename})" if e.filename else ""
-            _err(f"{e.strerror or e}{where}: check that the store is writable and has space, "
-                 "or use a read-only command (ops status/list/logs)", EXIT_FAILED)
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+                _err(f"{e.strerror}{where}: this command writes to the store; make it writable "
+                     "(or free space), or use a read-only command (ops status/list/logs)", EXIT_FAILED)
+            _err(f"{type(e).__name__}: {e}", EXIT_FAILED)
 
     return wrapper
 
