@@ -37,7 +37,9 @@ from typing import TYPE_CHECKING, Callable
 
 from entrypoint.record import IllegalTransition, RunRecord, RunState, State, list_run_ids
 from entrypoint.store import PreconditionFailed, Store
-from runner.backends.base import BackendError, ComputeBackend, PermanentBackendError, Instance, InstanceStatus, LaunchContext
+from runner.backends.base import (
+    BackendError, ComputeBackend, Instance, InstanceStatus, LaunchContext, PermanentBackendError,
+)
 from runner.naming import label_value, resource_name
 
 if TYPE_CHECKING:
