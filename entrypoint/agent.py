@@ -261,7 +261,11 @@ class Agent:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=env,
-                start_new_session=True,  # its own process group, so signals reach all its children
+                # Its own process group, so signals reach all its children; but the agent's
+                # session: on kernels with autogroup, a new session is a new scheduling group
+                # that shares CPU with ours as an equal, and the sync thread's low priority
+                # (checkpoints.lower_thread_priority) would count for nothing against the job.
+                **_own_process_group(),
             )
         except OSError as e:
             return self._failed_start(e)
@@ -390,6 +394,13 @@ class Agent:
         shutil.copyfile(self.log_path, snap)
         self.store.upload_file(self.record.name(RunRecord.log_name(self.cfg.attempt)), snap)
         self._log_uploaded_size = size
+
+
+def _own_process_group() -> dict[str, object]:
+    """Popen arguments that put the job in a new process group of the agent's session."""
+    if sys.version_info >= (3, 11):
+        return {"process_group": 0}
+    return {"preexec_fn": os.setpgrp}  # 3.10; safe here: no other thread runs yet
 
 
 def main(argv: list[str] | None = None) -> int:

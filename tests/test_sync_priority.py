@@ -57,3 +57,16 @@ def test_the_sync_thread_runs_at_the_lowest_priority_and_still_uploads(tmp_path:
         bg.stop(timeout=5)
     # Only the sync thread: the agent's own thread (final sync, heartbeats) keeps its priority.
     assert _nice_of(os.getpid()) < 19
+
+
+def test_the_job_shares_the_agents_session_so_the_low_priority_counts(tmp_path: Path) -> None:
+    """With autogroup (most distributions), a new session is a new scheduling group that gets
+    as much CPU as the agent's whole group, whatever the sync thread's nice value: the job must
+    stay in the agent's session, in a process group of its own (signals reach all its children)."""
+    from tests.test_agent_start_failure import _agent
+
+    probe = ("import os; print('same-session', os.getsid(0) == os.getsid(os.getppid()), "
+             "'own-group', os.getpgid(0) == os.getpid())")
+    p, run = _agent(tmp_path, sys.executable, "-c", probe)
+    assert p.returncode == 0, p.stderr
+    assert "same-session True own-group True" in (run / "logs/1.log").read_text()
