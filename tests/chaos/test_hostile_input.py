@@ -23,7 +23,7 @@ from tests.chaos.harness import cycles
 from tests.conftest import ROOT
 
 _INVISIBLE = ["\u202e", "\u200b", "\u200d", "\ufeff", "\u2066", "\u00ad"]
-_CONTROL = ["\x00", "\x1b", "\n", "\t", "\x7f", "\x85"]
+_CONTROL = ["\x01", "\x1b", "\n", "\t", "\x7f", "\x85"]  # no NUL: argv cannot carry it
 _LETTERS = "abcXYZ019_-. éß日本"
 
 
