@@ -103,13 +103,24 @@ class LocalStore(Store):
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         self.url = "file://" + self.root
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise StoreNotFound(
+                f"store {self.root} is a file, not a directory: point RUNNER_STORE / --store at "
+                "a directory (or move the file away and mkdir it)"
+            )
         if not os.path.isdir(self.root):
             raise StoreNotFound(
                 f"store directory {self.root} does not exist: create it (mkdir -p {self.root}) "
                 "or point RUNNER_STORE / --store at an existing one"
             )
         for d in _INTERNAL:
-            os.makedirs(os.path.join(self.root, d), exist_ok=True)
+            try:
+                os.makedirs(os.path.join(self.root, d), exist_ok=True)
+            except OSError as e:
+                if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise
+                # A read-only store still serves reads (ops status/list/logs); a write fails
+                # later with the filesystem's own error.
         self._next_sweep = 0.0
         self._maybe_sweep()
 

@@ -91,6 +91,16 @@ def _guard(f: Callable[..., Any]) -> Callable[..., Any]:
             _err(str(e), EXIT_NOT_FOUND)
         except (BackendError, StoreError) as e:
             _err(str(e), EXIT_FAILED)
+        except OSError as e:
+            # A file we write refused us (a read-only or full store, no permission): one line,
+            # not a traceback. Other OSErrors (network, pipes) are said as they are.
+            import errno
+
+            where = f" ({e.filename})" if e.filename else ""
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+                _err(f"{e.strerror}{where}: this command writes to the store; make it writable "
+                     "(or free space), or use a read-only command (ops status/list/logs)", EXIT_FAILED)
+            _err(f"{type(e).__name__}: {e}", EXIT_FAILED)
 
     return wrapper
 
@@ -157,13 +167,16 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
         if not sep or not k:
             _err(f"--env {pair!r} is not KEY=VALUE", EXIT_USAGE)
         env[k] = v
+    # The counts go through the config layer like every other setting, so a flag is checked
+    # exactly as the same key in runner.toml or RUNNER_* would be (negative values refused).
     cli_config = {**cli_config, "poll_interval": poll_interval, "zones": zones,
                   "machine_type": machine_type, "gpu": gpu, "no_gpu": no_gpu,
-                  "termination_action": termination_action}
+                  "termination_action": termination_action, "max_restarts": max_restarts,
+                  "retry_on_failure": retry_on_failure}
     ctx = _load(cli_config, config_path, create_store=not dry_run)
     if dry_run:
         plan = submit_mod.dry_run(ctx, run_id, list(command), image,
-                                  max_restarts=max_restarts, retry_on_failure=retry_on_failure)
+                                  max_restarts=ctx.cfg.max_restarts, retry_on_failure=ctx.cfg.retry_on_failure)
         cli = getattr(plan, "docker_cli", None)
         click.echo(" ".join(cli()) if cli else json.dumps(plan.to_dict(), default=str, indent=1))
         return
@@ -172,7 +185,8 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
     if image is None and not skip_build and command and RunRecord(ctx.store, run_id).read_state() is None:
         image = _build_for_submit(ctx)
     result = submit_mod.submit(ctx, run_id, list(command), image=image, restart=restart,
-                               max_restarts=max_restarts, retry_on_failure=retry_on_failure, env=env)
+                               max_restarts=ctx.cfg.max_restarts, retry_on_failure=ctx.cfg.retry_on_failure,
+                               env=env)
     _note(f"{result.message} (store {ctx.store.url}, backend {ctx.cfg.backend}, image {result.spec.image[:19]})")
     sup = ctx.supervisor()
     if detach:
@@ -275,9 +289,13 @@ def supervise(run_id: str | None, once: bool, poll_interval: float | None,
     ctx = _load({**cli_config, "poll_interval": poll_interval}, config_path)
     sup = ctx.supervisor()
     if run_id:
+        from entrypoint.record import RunRecord
         from runner.follow import follow_run
+        from runner.ops import RunNotFound
 
-        final = follow_run(sup, _run_id(run_id), ctx.cfg.poll_interval, _note, once=once)
+        if RunRecord(ctx.store, _run_id(run_id)).read_state() is None:
+            raise RunNotFound(f"no run {run_id!r} in {ctx.store.url} (see `runner ops list`)")
+        final = follow_run(sup, run_id, ctx.cfg.poll_interval, _note, once=once)
         click.echo(f"{run_id}: {final.state.value}")
         return
     while True:

@@ -211,6 +211,12 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}; check its permissions")
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML ({e}); fix the syntax there")
+    except UnicodeDecodeError as e:
+        # TOML is UTF-8 text by definition; a binary or mis-encoded file is not a config.
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {e.start} is invalid): is it the right "
+            "file? Save it as UTF-8 TOML, or point --config at another file"
+        ) from None
 
 
 Layer = dict[str, tuple[Any, str]]

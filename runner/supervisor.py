@@ -37,7 +37,9 @@ from typing import TYPE_CHECKING, Callable
 
 from entrypoint.record import IllegalTransition, RunRecord, RunState, State, list_run_ids
 from entrypoint.store import PreconditionFailed, Store
-from runner.backends.base import BackendError, ComputeBackend, Instance, InstanceStatus, LaunchContext
+from runner.backends.base import (
+    BackendError, ComputeBackend, Instance, InstanceStatus, LaunchContext, PermanentBackendError,
+)
 from runner.naming import label_value, resource_name
 
 if TYPE_CHECKING:
@@ -203,6 +205,14 @@ class Supervisor:
             self._step(rec, cur, instances, fresh)
         except (PreconditionFailed, IllegalTransition):
             pass  # another actor wrote first; the next pass decides on fresh state
+        except PermanentBackendError as e:
+            # Retrying would fail the same way every pass, for ever: the run fails, with the fix.
+            now = rec.read_state()
+            if now is not None and not now[0].state.terminal:
+                try:
+                    rec.transition(State.FAILED, self.actor, expected=now, reason=str(e))
+                except (PreconditionFailed, IllegalTransition):
+                    pass  # another actor moved the run on; the next pass sees where it is
         except BackendError as e:
             # Out of capacity in every zone, a transient API failure...: the run keeps its
             # state, the journal says why, and the next pass (after a backoff) tries again.

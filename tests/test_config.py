@@ -195,6 +195,12 @@ def test_invalid_toml_is_reported_with_the_file_path(tmp_path: Path) -> None:
         _load(tmp_path, "poll_interval = = 3\n")
 
 
+def test_a_binary_config_file_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "runner.toml").write_bytes(b"poll_interval = 3\n\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="runner.toml is not UTF-8 text"):
+        _load(tmp_path)
+
+
 # --- the environment ------------------------------------------------------------------------
 
 

@@ -47,6 +47,10 @@ class BackendError(Exception):
     """The backend could not do what was asked; the message says what to do."""
 
 
+class PermanentBackendError(BackendError):
+    """No retry can succeed (e.g. the pinned image is gone): the run fails with this message."""
+
+
 @dataclass(frozen=True)
 class LaunchContext:
     """What a plan needs besides the spec: which attempt, and where the store is."""
