@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Callable
 
 from entrypoint.record import IllegalTransition, RunRecord, RunState, State, list_run_ids
 from entrypoint.store import PreconditionFailed, Store
+from runner.create_backoff import CreateBackoff
 from runner.backends.base import BackendError, ComputeBackend, Instance, InstanceStatus, LaunchContext
 from runner.naming import label_value, resource_name
 
@@ -75,16 +76,17 @@ class Supervisor:
         self.actor = actor or default_actor()
         self.now = now
         self.notifier = notifier
-        self._backoff: dict[str, float] = {}  # run id -> time before which no create is tried
-        self._delays: dict[str, float] = {}
-
-    def _next_delay(self, run_id: str) -> float:
-        delay = min(300.0, max(self.settings.poll_interval, self._delays.get(run_id, 0) * 2))
-        self._delays[run_id] = delay
-        return delay
+        self.pass_errors: list[str] = []  # this pass's per-run failures, for the heartbeat
+        self.pass_every: float | None = None  # seconds to the next pass (hosted: the schedule)
 
     # ---- passes ----
     def reconcile_all(self) -> dict[str, RunState]:
+        """One pass over every run in the store, recorded in ``supervisor/heartbeat.json``."""
+        from runner.supervisor_heartbeat import run_pass
+
+        return run_pass(self, self._reconcile_all)
+
+    def _reconcile_all(self) -> dict[str, RunState]:
         """One pass over every run in the store; one backend list call in all."""
         by_label: dict[str, list[Instance]] = {}
         for inst in self.backend.list():
@@ -107,6 +109,7 @@ class Supervisor:
         except Exception as e:  # noqa: BLE001 - deliberately broad, see above
             print(f"runner: supervising {run_id} failed this pass ({type(e).__name__}: {e}); "
                   "will try again next pass", file=sys.stderr)
+            self.pass_errors.append(f"{run_id}: {type(e).__name__}: {e}")
             return None
 
     def _reconcile(self, run_id: str, instances: list[Instance] | None) -> RunState | None:
@@ -126,8 +129,8 @@ class Supervisor:
         except BackendError as e:
             # Out of capacity in every zone, a transient API failure...: the run keeps its
             # state, the journal says why, and the next pass (after a backoff) tries again.
-            self._backoff[run_id] = self.now() + self._next_delay(run_id)
-            rec.event(self.actor, None, None, f"create failed, retrying in {self._delays[run_id]:.0f}s: {e}",
+            delay = CreateBackoff.read(self.store, run_id).push(self.now(), self.settings.poll_interval)
+            rec.event(self.actor, None, None, f"create failed, retrying in {delay:.0f}s: {e}",
                       attempt=cur[0].attempt)
         after = rec.read_state()
         if after is not None and self.notifier is not None:
@@ -295,7 +298,8 @@ class Supervisor:
         )
 
     def _create(self, rec: RunRecord, attempt: int) -> None:
-        if self.now() < self._backoff.get(rec.run_id, 0):
+        backoff = CreateBackoff.read(self.store, rec.run_id)  # in the record: one-shot passes too
+        if backoff.blocks(self.now()):
             return
         spec = rec.read_spec()
         if spec is None:
@@ -309,8 +313,7 @@ class Supervisor:
         except BaseException:
             rec.release_claim(attempt)  # nothing was created: the next try may claim again
             raise
-        self._backoff.pop(rec.run_id, None)
-        self._delays.pop(rec.run_id, None)
+        backoff.clear()
         # Re-check after creating: a stop, or another supervisor moving the run on, may have
         # landed between our checks and the create. Then what we made must go at once.
         after = rec.read_state()

@@ -1,0 +1,175 @@
+"""``supervisor/heartbeat.json``: who last supervised this store, where, when, and how it went.
+
+Why: a preempted run is restarted only while some supervisor passes over the store. When none
+does (the laptop slept, the hosted schedule was removed), the run sits PREEMPTED with nothing
+saying so. Every pass, wherever it runs (a laptop loop, a Cloud Run execution), overwrites this
+one object, and ``ops status``/``list``/``watch`` and ``submit --detach`` judge it: older than two
+of its own announced intervals means nobody is watching, said plainly with the fixing command.
+
+Each pass announces ``every``, the seconds until the next pass is due: ``poll_interval`` for a
+loop, the schedule period (60 s) for the hosted supervisor. The judgement uses that, not the
+reader's config, so a laptop with ``poll_interval = 3`` does not cry wolf at a hosted supervisor
+that passes once a minute.
+
+Concurrent supervisors overwrite each other (last writer wins); the newest pass is what matters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from entrypoint.record import iso
+from entrypoint.store import Store
+
+if TYPE_CHECKING:
+    from entrypoint.record import RunState
+    from runner.supervisor import Supervisor
+
+HEARTBEAT = "supervisor/heartbeat.json"
+SCHEMA_VERSION = 1
+# A pass older than this many announced intervals means nobody is supervising.
+STALE_INTERVALS = 2.0
+FIX_HOSTED = "runner supervise --deploy"
+FIX_LOCAL = "runner supervise"
+_MAX_ERRORS = 20  # keep the object small; the count says how many there were
+
+
+@dataclass
+class SupervisorPass:
+    """One pass as recorded in the store."""
+
+    actor: str
+    where: str
+    started_at: float
+    finished_at: float
+    every: float
+    runs_seen: int = 0
+    unfinished: int = 0
+    errors: list[str] = field(default_factory=list)
+    error_count: int = 0
+    hosted: bool = False
+    schema_version: int = SCHEMA_VERSION
+
+    def to_json(self) -> bytes:
+        return json.dumps(asdict(self), sort_keys=True).encode()
+
+
+def where_running(env: dict[str, str] | None = None) -> str:
+    """Where this process runs, as a person would look for it.
+
+    Cloud Run jobs set ``CLOUD_RUN_JOB`` and ``CLOUD_RUN_EXECUTION`` in every task's environment
+    (https://cloud.google.com/run/docs/container-contract#jobs-env-vars).
+    """
+    env = dict(os.environ) if env is None else env
+    if env.get("CLOUD_RUN_JOB"):
+        return f"Cloud Run job {env['CLOUD_RUN_JOB']} (execution {env.get('CLOUD_RUN_EXECUTION', '?')})"
+    return f"host {socket.gethostname()} (pid {os.getpid()})"
+
+
+def is_hosted(env: dict[str, str] | None = None) -> bool:
+    env = dict(os.environ) if env is None else env
+    return bool(env.get("CLOUD_RUN_JOB"))
+
+
+def write_pass(store: Store, p: SupervisorPass) -> None:
+    """Overwrite the heartbeat with this pass (last writer wins)."""
+    store.write(HEARTBEAT, p.to_json())
+
+
+def read_pass(store: Store) -> SupervisorPass | None:
+    """The last recorded pass, or None when no supervisor ever passed over this store."""
+    blob = store.read(HEARTBEAT)
+    if blob is None:
+        return None
+    try:
+        raw = json.loads(blob.data)
+        known = {k: raw[k] for k in SupervisorPass.__dataclass_fields__ if k in raw}
+        return SupervisorPass(**known)
+    except (ValueError, TypeError) as e:
+        print(f"runner: warning: {HEARTBEAT} in {store.url} is unreadable ({e}); treating it as absent",
+              file=sys.stderr)
+        return None
+
+
+def run_pass(sup: "Supervisor", body: Callable[[], dict[str, "RunState"]]) -> dict[str, "RunState"]:
+    """Run one reconcile pass (``body``) and record it, failed or not, in the heartbeat.
+
+    A pass that raises (the instance list failed) is recorded with that error, then re-raised:
+    the heartbeat then says "a supervisor runs but fails", which is a different fix from
+    "nobody runs". A heartbeat that cannot be written is a warning, never a failed pass.
+    """
+    started = time.time()
+    errors: list[str] = getattr(sup, "pass_errors", [])
+    errors.clear()
+    states: dict[str, Any] = {}
+    try:
+        states = body()
+        return states
+    except Exception as e:
+        errors.append(f"pass failed: {type(e).__name__}: {e}")
+        raise
+    finally:
+        p = SupervisorPass(
+            actor=sup.actor, where=where_running(), started_at=started, finished_at=time.time(),
+            every=float(getattr(sup, "pass_every", None) or sup.settings.poll_interval),
+            runs_seen=len(states), unfinished=sum(1 for s in states.values() if not s.state.terminal),
+            errors=[e[:300] for e in errors[:_MAX_ERRORS]], error_count=len(errors), hosted=is_hosted())
+        try:
+            write_pass(sup.store, p)
+        except Exception as e:  # noqa: BLE001 - supervising matters more than reporting it
+            print(f"runner: warning: could not write {HEARTBEAT} ({type(e).__name__}: {e}); "
+                  "ops status will say nobody supervises", file=sys.stderr)
+
+
+@dataclass(frozen=True)
+class Watchfulness:
+    """The judgement on the heartbeat: is anybody supervising, and what to do if not."""
+
+    alive: bool
+    text: str  # one line: who, where, when
+    warning: str = ""  # empty when alive
+    fix: str = ""
+    last: SupervisorPass | None = None
+    age_s: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"alive": self.alive, "text": self.text, "warning": self.warning, "fix": self.fix,
+                "age_s": self.age_s, "last": asdict(self.last) if self.last else None}
+
+
+def judge(p: SupervisorPass | None, now: float | None = None) -> Watchfulness:
+    """Alive when the last pass is younger than ``STALE_INTERVALS`` of its announced interval
+    (plus the pass's own duration, so a slow pass is not mistaken for a dead supervisor)."""
+    from runner.ops import age_text
+
+    now = time.time() if now is None else now
+    if p is None:
+        return Watchfulness(
+            False, "no supervisor has ever passed over this store",
+            "nobody is supervising: a preempted run will not be restarted",
+            f"{FIX_HOSTED}   (or keep `{FIX_LOCAL}` running)")
+    age = now - p.finished_at
+    took = max(0.0, p.finished_at - p.started_at)
+    errs = f", {p.error_count} error(s): {p.errors[0]}" if p.error_count else ""
+    text = (f"last pass {iso(p.finished_at)} ({age_text(age)}) by {p.actor} on {p.where}, "
+            f"{p.runs_seen} run(s) seen{errs}")
+    if age <= STALE_INTERVALS * p.every + took:
+        return Watchfulness(True, text, last=p, age_s=round(age, 1))
+    fix = FIX_HOSTED if p.hosted else f"{FIX_LOCAL}   (or `{FIX_HOSTED}` to supervise without a laptop)"
+    if p.hosted:
+        fix += "   (then `runner supervise --status` shows the job's last error)"
+    return Watchfulness(
+        False, text,
+        f"nobody is supervising: no pass for {age_text(age).removesuffix(' ago')} "
+        f"(expected every {p.every:g}s); a preempted run will not be restarted",
+        fix, p, round(age, 1))
+
+
+def watchfulness(store: Store, now: float | None = None) -> Watchfulness:
+    return judge(read_pass(store), now)
