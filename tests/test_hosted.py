@@ -1,0 +1,157 @@
+"""`runner supervise --deploy/--undeploy/--status` against the Cloud Run and Cloud Scheduler fakes.
+
+The product's real clients (``google-cloud-run``, ``google-cloud-scheduler``) reach the fakes
+through config alone (``run_endpoint``, ``scheduler_endpoint``); assertions are on what the fakes
+hold afterwards, and on what a scheduler tick does with it.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from entrypoint.record import RunRecord
+from runner.config import Config
+from runner.hosted import (JOB_ID, HostedError, daily_cost, deploy, hosted_clients, hosted_status, plan_job,
+                           supervisor_email, target, undeploy)
+
+PROJECT = "test-project"
+RUNNER_IMAGE = "us-central1-docker.pkg.dev/test-project/runs/runner@sha256:" + "a" * 64
+JOB = f"projects/{PROJECT}/locations/us-central1/jobs/{JOB_ID}"
+
+
+@pytest.fixture
+def hosted(cloudrun_fake, scheduler_fake, gcs_store, compute_fake):
+    cfg = Config(backend="gce", project=PROJECT, zones=["us-central1-a"], store=gcs_store.url,
+                 compute_endpoint=compute_fake.endpoint, run_endpoint=cloudrun_fake.endpoint,
+                 scheduler_endpoint=scheduler_fake.endpoint, supervisor_image=RUNNER_IMAGE,
+                 poll_interval=2.0, stall_polls=300, gpu_timeout=300)
+    scheduler_fake.route("https://run.googleapis.com", cloudrun_fake.endpoint)
+    return cfg, cloudrun_fake, scheduler_fake
+
+
+def _deploy(cfg, **kw):
+    return deploy(cfg, target(cfg, **kw), hosted_clients(cfg), say=lambda s: None)
+
+
+def test_deploy_creates_exactly_the_job_and_the_schedule(hosted):
+    cfg, run, sched = hosted
+    steps = _deploy(cfg)
+    assert [s.changed for s in steps] == [True, True, True]
+    (job,) = run.jobs.values()
+    assert job.name == JOB and job.generation == 1
+    tt = job.template.template
+    (c,) = tt.containers
+    assert c.image == RUNNER_IMAGE
+    assert list(c.command) + list(c.args) == ["python3", "-m", "runner.cli", "supervise", "--schedule-period",
+                                              "60", "--once"]
+    env = {e.name: e.value for e in c.env}
+    assert env["RUNNER_STORE"] == cfg.store_url and env["RUNNER_PROJECT"] == PROJECT
+    assert env["RUNNER_BACKEND"] == "gce" and env["RUNNER_POLL_INTERVAL"] == "2.0"
+    assert tt.service_account == supervisor_email(PROJECT) and tt.max_retries == 0
+    (s,) = sched.jobs.values()
+    assert s.name == f"projects/{PROJECT}/locations/us-central1/jobs/cos-spot-runner-supervisor"
+    assert s.schedule == "* * * * *" and s.time_zone == "Etc/UTC"
+    assert s.http_target.uri == f"https://run.googleapis.com/v2/{JOB}:run"
+    assert s.http_target.oauth_token.service_account_email == supervisor_email(PROJECT)
+    (binding,) = run.policies[JOB].bindings
+    assert binding.role == "roles/run.invoker" and list(binding.members) == [f"serviceAccount:{supervisor_email(PROJECT)}"]
+
+
+def test_deploying_twice_changes_nothing(hosted):
+    cfg, run, sched = hosted
+    _deploy(cfg)
+    before = (run.jobs[JOB].etag, run.jobs[JOB].generation, dict(sched.jobs))
+    steps = _deploy(cfg)
+    assert [s.changed for s in steps] == [False, False, False]
+    assert (run.jobs[JOB].etag, run.jobs[JOB].generation) == before[:2]
+    assert run.calls("jobs.patch") == [] and sched.calls("jobs.patch") == []
+    assert len(run.calls("jobs.create")) == 1 and len(sched.calls("jobs.create")) == 1
+
+
+def test_a_new_runner_version_updates_the_job_in_place(hosted):
+    cfg, run, _ = hosted
+    _deploy(cfg)
+    newer = RUNNER_IMAGE.replace("a" * 64, "b" * 64)
+    steps = _deploy(cfg, image=newer)
+    assert steps[0].changed and "image" in steps[0].detail
+    (job,) = run.jobs.values()
+    assert job.generation == 2 and job.template.template.containers[0].image == newer
+    assert len(run.calls("jobs.create")) == 1
+
+
+def test_undeploy_removes_job_and_schedule_and_leaves_runs_alone(hosted, gcs_store, compute_fake):
+    from runner.context import make_context
+    from runner.submit import submit
+
+    cfg, run, sched = hosted
+    ctx = make_context(cfg)
+    submit(ctx, "exp-1", ["python3", "-m", "examples.trainer"], image=RUNNER_IMAGE, restart=False)
+    ctx.supervisor().reconcile("exp-1")
+    vms = [i.name for i in compute_fake.instances()]
+    _deploy(cfg)
+    steps = undeploy(target(cfg, need_image=False), hosted_clients(cfg), say=lambda s: None)
+    assert [s.changed for s in steps] == [True, True]
+    assert run.jobs == {} and sched.jobs == {}
+    assert [i.name for i in compute_fake.instances()] == vms == ["runner-exp-1-a1"]
+    assert RunRecord(ctx.store, "exp-1").read_state() is not None
+    again = undeploy(target(cfg, need_image=False), hosted_clients(cfg), say=lambda s: None)
+    assert [s.changed for s in again] == [False, False]
+
+
+@pytest.mark.parametrize("permission,role", [("run.jobs.create", "roles/run.developer"),
+                                             ("iam.serviceAccounts.actAs", "roles/iam.serviceAccountUser")])
+def test_a_missing_role_is_an_error_naming_it(hosted, permission, role):
+    cfg, run, _ = hosted
+    run.denied = {permission}
+    with pytest.raises(HostedError, match=role.replace(".", r"\.")) as e:
+        _deploy(cfg)
+    assert permission in str(e.value) and run.jobs == {}
+
+
+def test_a_scheduler_tick_runs_the_job_as_the_schedules_identity(hosted):
+    cfg, run, sched = hosted
+    _deploy(cfg)
+    assert sched.tick() == [200]
+    run.wait_executions()
+    (ex,) = run.executions_of(JOB)
+    assert ex.succeeded_count == 1
+    assert sched.jobs[next(iter(sched.jobs))].status.code == 0
+
+
+def test_without_the_invoker_binding_the_tick_is_refused(hosted):
+    cfg, run, sched = hosted
+    _deploy(cfg)
+    run.policies.clear()  # what a deploy that forgot the binding would leave
+    assert sched.tick() == [403]
+    assert run.executions == {}
+    (s,) = sched.jobs.values()
+    assert s.status.code == 7 and "run.jobs.run" in s.status.message
+
+
+def test_an_image_not_pinned_by_digest_is_refused():
+    cfg = Config(backend="gce", project=PROJECT, zones=["us-central1-a"], store="gs://b",
+                 supervisor_image="us-docker.pkg.dev/p/r/runner:latest")
+    with pytest.raises(HostedError, match="pinned by digest"):
+        target(cfg)
+    with pytest.raises(HostedError, match="gs:// store"):
+        target(Config(project=PROJECT, zones=["us-central1-a"], store="file:///tmp/x", supervisor_image=RUNNER_IMAGE))
+
+
+def test_loop_mode_runs_a_bounded_loop():
+    cfg = Config(backend="gce", project=PROJECT, zones=["us-central1-a"], store="gs://b",
+                 supervisor_image=RUNNER_IMAGE, supervisor_mode="loop")
+    job = plan_job(cfg, target(cfg))
+    assert list(job.template.template.containers[0].args)[-2:] == ["--for", "50"]
+
+
+def test_status_shows_the_deployment_and_the_last_pass(hosted, gcs_store):
+    cfg, run, sched = hosted
+    _deploy(cfg)
+    out = hosted_status(target(cfg, need_image=False), hosted_clients(cfg), gcs_store)
+    assert out["job"]["image"] == RUNNER_IMAGE and out["schedule"]["schedule"] == "* * * * *"
+    assert out["supervisor"]["alive"] is False  # no pass has run yet
+
+
+def test_the_loop_costs_more_per_day_than_one_pass_a_minute():
+    once, loop = daily_cost("once", 3.0), daily_cost("loop", 3.0)
+    assert 0 < once < loop
