@@ -264,27 +264,48 @@ def _build_for_submit(ctx: Any) -> str:
 @click.option("--run-id", help="Supervise only this run (default: every unfinished run).")
 @click.option("--once", is_flag=True, help="One reconcile pass, then exit.")
 @click.option("--poll-interval", type=float, help="Seconds between passes.")
+@click.option("--for", "for_seconds", type=float, help="Pass every poll interval for this many seconds, then exit.")
+@click.option("--schedule-period", type=float, hidden=True,
+              help="Seconds until the next pass is due when this is not a loop (the hosted schedule's).")
+@click.option("--deploy", is_flag=True, help="Create or update the hosted supervisor (Cloud Run job + Cloud Scheduler).")
+@click.option("--undeploy", is_flag=True, help="Remove the hosted supervisor; runs are left as they are.")
+@click.option("--status", "show_status", is_flag=True, help="The hosted supervisor: image, schedule, last pass, last error.")
+@click.option("--image", help="--deploy: the runner image, REPO@sha256:... (with --build: REPO/NAME to build and push).")
+@click.option("--build", "build_first", is_flag=True, help="--deploy: build the runner image first (`runner build` chain).")
+@click.option("--json", "as_json", is_flag=True, help="--deploy/--undeploy/--status: machine-readable output.")
 @config_options
 @_guard
-def supervise(run_id: str | None, once: bool, poll_interval: float | None,
+def supervise(run_id: str | None, once: bool, poll_interval: float | None, for_seconds: float | None,
+              schedule_period: float | None, deploy: bool, undeploy: bool, show_status: bool,
+              image: str | None, build_first: bool, as_json: bool,
               cli_config: dict[str, Any], config_path: str | None) -> None:
     """Keep runs alive: restart preempted or stalled ones, stop stopped ones, clean up.
 
     Safe to run more than once at the same time: state changes are compare-and-swap writes.
+    With --deploy, the same passes run in Cloud Run every minute, with no process of yours.
     """
+    if deploy + undeploy + show_status > 1:
+        _err("choose one of --deploy, --undeploy, --status", EXIT_USAGE)
+    if deploy or undeploy or show_status:
+        from runner import hosted_command
+
+        action = "deploy" if deploy else "undeploy" if undeploy else "status"
+        sys.exit(hosted_command.run(_config(cli_config, config_path), action, image, build_first, as_json))
     ctx = _load({**cli_config, "poll_interval": poll_interval}, config_path)
     sup = ctx.supervisor()
+    sup.pass_every = schedule_period  # hosted: a pass is due at least every schedule period
     if run_id:
         from runner.follow import follow_run
 
         final = follow_run(sup, _run_id(run_id), ctx.cfg.poll_interval, _note, once=once)
         click.echo(f"{run_id}: {final.state.value}")
         return
+    started = time.time()
     while True:
         states = sup.reconcile_all()
         live = {k: v for k, v in states.items() if not v.state.terminal}
         _note(f"{time.strftime('%H:%M:%S')} supervised {len(states)} run(s), {len(live)} unfinished")
-        if once:
+        if once or (for_seconds is not None and time.time() - started + ctx.cfg.poll_interval > for_seconds):
             return
         time.sleep(ctx.cfg.poll_interval)
 
