@@ -178,6 +178,7 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
     if detach:
         sup.reconcile(run_id)
         _note(f"detached; keep it supervised with: runner supervise   (status: runner ops status --run-id {run_id})")
+        _warn_if_unsupervised(ctx.store)
         return
     from runner.follow import follow_run
 
@@ -407,6 +408,7 @@ def ops() -> None:
 def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
     """State, attempt, heartbeat age, progress and the last event of one run."""
     from runner.ops import ago, duration, run_status, when
+    from runner.supervisor_heartbeat import report_lines
 
     ctx = _load(cli_config, config_path)
     s = run_status(ctx.store, _run_id(run_id), ctx.backend)
@@ -435,6 +437,8 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
                    + (f" ({ev['reason']})" if ev.get("reason") else ""))
     if s["stop_requested"]:
         click.echo("stop       requested (.stop): this run is never restarted")
+    for line in report_lines(s["supervisor"]):
+        click.echo(line)
 
 
 @ops.command(name="list")
@@ -470,6 +474,10 @@ def list_cmd(as_json: bool, orphans: bool, cli_config: dict[str, Any], config_pa
         click.echo(f"{r['run_id']:<28} {r['state']:<13} {r['attempt']:>3} {r['restarts']:>8}  "
                    f"{_progress_text(r['progress']):<16} {duration(r['eta_s']):>6}  "
                    f"{when(r['updated_at'], r['updated_age_s'])}")
+    from runner.supervisor_heartbeat import report_lines, watchfulness
+
+    for line in report_lines(watchfulness(ctx.store).to_dict()):
+        click.echo(line)
 
 
 def _cost_detail(c: dict[str, Any]) -> str:
@@ -528,11 +536,27 @@ def watch(run_ids: tuple[str, ...], interval: float, as_json: bool, cli_config: 
         if as_json:
             rows = watch_json(frames, ids, lambda line: click.echo(line))
         else:
-            rows = watch_table(frames, ids, ctx.store.url)
+            rows = watch_table(frames, ids, ctx.store.url, caption=lambda: _supervision_caption(ctx.store))
     except KeyboardInterrupt:
         return
     if ids:
         sys.exit(0 if all(r["state"] == "SUCCEEDED" for r in rows) else EXIT_FAILED)
+
+
+def _warn_if_unsupervised(store: Any) -> None:
+    """submit --detach: a run nobody supervises is not restarted after a preemption; say so now."""
+    from runner.supervisor_heartbeat import watchfulness
+
+    w = watchfulness(store)
+    if not w.alive:
+        _note(f"runner: warning: {w.warning}\n    fix: {w.fix}")
+
+
+def _supervision_caption(store: Any) -> str:
+    from runner.supervisor_heartbeat import watchfulness
+
+    w = watchfulness(store)
+    return f"supervisor: {w.text}" + ("" if w.alive else f"\n[bold red]{w.warning}[/]\nfix: {w.fix}")
 
 
 @ops.command()

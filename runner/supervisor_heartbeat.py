@@ -173,3 +173,12 @@ def judge(p: SupervisorPass | None, now: float | None = None) -> Watchfulness:
 
 def watchfulness(store: Store, now: float | None = None) -> Watchfulness:
     return judge(read_pass(store), now)
+
+
+def report_lines(w: dict[str, Any]) -> list[str]:
+    """What ``ops status``/``ops list`` print about supervision (``Watchfulness.to_dict()``)."""
+    out = [f"supervisor {w['text']}"]
+    if not w["alive"]:
+        out.append(f"warning    {w['warning']}")
+        out.append(f"    fix:   {w['fix']}")
+    return out
