@@ -350,10 +350,11 @@ def doctor(zones: str | None, machine_type: str | None, gpu: str | None, as_json
               help="The VM service account to create (NAME@PROJECT.iam.gserviceaccount.com).")
 @click.option("--staging-days", type=int, default=7, show_default=True,
               help="Delete Cloud Build's staged sources after this many days (a bucket lifecycle rule).")
+@click.option("--hosted", is_flag=True, help="Also the hosted supervisor's service account and its roles.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of steps.")
 @config_options
-def init(region: str | None, sa_name: str, staging_days: int, as_json: bool, cli_config: dict[str, Any],
-         config_path: str | None) -> None:
+def init(region: str | None, sa_name: str, staging_days: int, hosted: bool, as_json: bool,
+         cli_config: dict[str, Any], config_path: str | None) -> None:
     """Create what GCE runs need, idempotently: bucket, lifecycle rule, service account, roles.
 
     \b
@@ -381,7 +382,7 @@ def init(region: str | None, sa_name: str, staging_days: int, as_json: bool, cli
     if not region:
         _err("no region for the bucket: pass --region (e.g. us-central1) or set zones in runner.toml", EXIT_USAGE)
     try:
-        steps = init_project(cfg, region=region, sa_name=sa_name, staging_days=staging_days,
+        steps = init_project(cfg, region=region, sa_name=sa_name, staging_days=staging_days, hosted=hosted,
                              say=(lambda _: None) if as_json else click.echo)
     except SetupError as e:
         _err(str(e), EXIT_USAGE)

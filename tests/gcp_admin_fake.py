@@ -57,6 +57,9 @@ _ROUTES = [
     ("POST", _P + r":setIamPolicy", "resourcemanager.projects.setIamPolicy"),
     ("GET", _P + r"/serviceAccounts/(?P<email>[^/]+)", "iam.serviceAccounts.get"),
     ("POST", _P + r"/serviceAccounts", "iam.serviceAccounts.create"),
+    # A service account's own policy (who may act as it): POST .../serviceAccounts/EMAIL:getIamPolicy
+    ("POST", _P + r"/serviceAccounts/(?P<email>[^/:]+):getIamPolicy", "iam.serviceAccounts.getIamPolicy"),
+    ("POST", _P + r"/serviceAccounts/(?P<email>[^/:]+):setIamPolicy", "iam.serviceAccounts.setIamPolicy"),
 ]
 
 
@@ -107,6 +110,7 @@ class GcpAdminFake:
         self._requests: list[Request] = []
         self._numbers = itertools.count(123456789012)
         self._etags = itertools.count(1)
+        self.sa_policies: dict[str, _PolicyHolder] = {}  # service account email -> its own policy
 
     # ---- setup and inspection ---------------------------------------------------------------
 
@@ -218,6 +222,13 @@ class GcpAdminFake:
             if sa is None:
                 raise FakeApiError(404, "NOT_FOUND", f"Unknown service account {a['email']}")
             return sa
+        if rpc in ("iam.serviceAccounts.getIamPolicy", "iam.serviceAccounts.setIamPolicy"):
+            if a["email"] not in proj.service_accounts:
+                raise FakeApiError(404, "NOT_FOUND", f"Unknown service account {a['email']}")
+            holder = self.sa_policies.setdefault(a["email"], _PolicyHolder({"version": 1, "etag": self._etag()}))
+            if rpc.endswith("getIamPolicy"):
+                return holder.policy
+            return self._set_policy(holder, (body or {}).get("policy") or {})  # type: ignore[arg-type]
         if rpc == "iam.serviceAccounts.create":
             body = body or {}
             account_id = body.get("accountId", "")
@@ -267,6 +278,13 @@ class GcpAdminFake:
 
     def _etag(self) -> str:
         return f"BwY{next(self._etags):08d}="
+
+
+@dataclass
+class _PolicyHolder:
+    """A resource's policy, shaped like ``_Project`` for ``_set_policy``."""
+
+    policy: dict[str, Any]
 
 
 @pytest.fixture
