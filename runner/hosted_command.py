@@ -60,6 +60,14 @@ def run(cfg: Config, action: str, image: str | None, build: bool, as_json: bool)
     except HostedError as e:
         click.echo(f"runner: {e}", err=True)
         return 1
+    except Exception as e:  # noqa: BLE001 - no credentials is the common one; say how to get them
+        from google.auth.exceptions import DefaultCredentialsError
+
+        if isinstance(e, DefaultCredentialsError):
+            click.echo("runner: no Google credentials for the Cloud Run and Cloud Scheduler APIs: run "
+                       "`gcloud auth application-default login`", err=True)
+            return 1
+        raise
 
 
 def _print_status(out: dict[str, Any]) -> None:

@@ -143,9 +143,11 @@ class Watchfulness:
                 "age_s": self.age_s, "last": asdict(self.last) if self.last else None}
 
 
-def judge(p: SupervisorPass | None, now: float | None = None) -> Watchfulness:
+def judge(p: SupervisorPass | None, now: float | None = None, can_host: bool = True) -> Watchfulness:
     """Alive when the last pass is younger than ``STALE_INTERVALS`` of its announced interval
-    (plus the pass's own duration, so a slow pass is not mistaken for a dead supervisor)."""
+    (plus the pass's own duration, so a slow pass is not mistaken for a dead supervisor).
+
+    ``can_host``: the store is one Cloud Run can reach (gs://), so the hosted fix is offered."""
     from runner.ops import age_text
 
     now = time.time() if now is None else now
@@ -153,7 +155,7 @@ def judge(p: SupervisorPass | None, now: float | None = None) -> Watchfulness:
         return Watchfulness(
             False, "no supervisor has ever passed over this store",
             "nobody is supervising: a preempted run will not be restarted",
-            f"{FIX_HOSTED}   (or keep `{FIX_LOCAL}` running)")
+            f"{FIX_HOSTED}   (or keep `{FIX_LOCAL}` running)" if can_host else f"keep `{FIX_LOCAL}` running")
     age = now - p.finished_at
     took = max(0.0, p.finished_at - p.started_at)
     errs = f", {p.error_count} error(s): {p.errors[0]}" if p.error_count else ""
@@ -161,7 +163,8 @@ def judge(p: SupervisorPass | None, now: float | None = None) -> Watchfulness:
             f"{p.runs_seen} run(s) seen{errs}")
     if age <= STALE_INTERVALS * p.every + took:
         return Watchfulness(True, text, last=p, age_s=round(age, 1))
-    fix = FIX_HOSTED if p.hosted else f"{FIX_LOCAL}   (or `{FIX_HOSTED}` to supervise without a laptop)"
+    fix = FIX_HOSTED if p.hosted else (f"{FIX_LOCAL}   (or `{FIX_HOSTED}` to supervise without a laptop)"
+                                       if can_host else FIX_LOCAL)
     if p.hosted:
         fix += "   (then `runner supervise --status` shows the job's last error)"
     return Watchfulness(
@@ -172,7 +175,7 @@ def judge(p: SupervisorPass | None, now: float | None = None) -> Watchfulness:
 
 
 def watchfulness(store: Store, now: float | None = None) -> Watchfulness:
-    return judge(read_pass(store), now)
+    return judge(read_pass(store), now, can_host=store.url.startswith("gs://"))
 
 
 def report_lines(w: dict[str, Any]) -> list[str]:

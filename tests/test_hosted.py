@@ -155,3 +155,34 @@ def test_status_shows_the_deployment_and_the_last_pass(hosted, gcs_store):
 def test_the_loop_costs_more_per_day_than_one_pass_a_minute():
     once, loop = daily_cost("once", 3.0), daily_cost("loop", 3.0)
     assert 0 < once < loop
+
+
+def test_the_cli_deploys_shows_and_removes_the_hosted_supervisor(hosted, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    cfg, run, sched = hosted
+    (tmp_path / "none.toml").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RUNNER_BACKEND": "gce", "RUNNER_PROJECT": PROJECT,
+           "RUNNER_STORE": cfg.store_url, "RUNNER_ZONES": "us-central1-a", "RUNNER_RUN_ENDPOINT": run.endpoint,
+           "RUNNER_SCHEDULER_ENDPOINT": sched.endpoint, "RUNNER_CONFIG": str(tmp_path / "none.toml")}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "runner.cli", "supervise", *args], env=env,
+                              capture_output=True, text=True, timeout=120)
+
+    unpinned = cli("--deploy", "--image", "us-docker.pkg.dev/p/r/runner:latest")
+    assert unpinned.returncode == 1 and "not pinned by digest" in unpinned.stderr and run.jobs == {}
+    out = cli("--deploy", "--image", RUNNER_IMAGE)
+    assert out.returncode == 0, out.stderr
+    assert "+ Cloud Run job" in out.stderr and "once mode" in out.stdout and "$" in out.stdout
+    status = cli("--status")
+    assert status.returncode == 1  # deployed, but no pass has run yet: nobody is watching
+    assert RUNNER_IMAGE in status.stdout and "'* * * * *'" in status.stdout
+    assert "nobody is supervising" in status.stdout
+    gone = cli("--undeploy")
+    assert gone.returncode == 0 and run.jobs == {} and sched.jobs == {}
+    assert cli("--deploy", "--undeploy").returncode == 2
