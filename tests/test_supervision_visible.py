@@ -79,3 +79,17 @@ def test_submit_detach_warns_when_no_supervisor_is_alive(cli):
     _stopped_supervisor(store, intervals=0.1)
     again = run("submit", "--run-id", "exp-2", "--image", IMAGE, "--detach", "--", "true")
     assert "nobody is supervising" not in again.stderr
+
+
+def test_a_bounded_loop_passes_for_its_time_then_exits_announcing_its_schedule(cli):
+    from runner.supervisor_heartbeat import read_pass
+
+    run, store = cli
+    t0 = time.time()
+    out = run("supervise", "--for", "2", "--poll-interval", "0.5", "--schedule-period", "60")
+    took = time.time() - t0
+    assert out.returncode == 0, out.stderr
+    passes = out.stderr.count("supervised 0 run(s)")
+    assert 3 <= passes <= 5 and took < 30
+    p = read_pass(store)
+    assert p is not None and p.every == 60
