@@ -137,8 +137,22 @@ def target(cfg: Config, image: str | None = None, need_image: bool = True) -> Ho
     return HostedTarget(cfg.project, region, supervisor_email(cfg.project), image, cfg.supervisor_mode)
 
 
+# A Secret Manager secret id is 1-255 of [A-Za-z0-9_-]
+# (https://cloud.google.com/secret-manager/docs/reference/rest/v1/projects.secrets/create).
+_SECRET_NAME = re.compile(r"(projects/[^/\s]+/secrets/)?[A-Za-z0-9_-]{1,255}(/versions/[A-Za-z0-9_-]+)?")
+
+
 def job_env(cfg: Config) -> dict[str, str]:
-    """The config a pass needs, as ``RUNNER_*`` variables (sorted: a redeploy compares equal)."""
+    """The config a pass needs, as ``RUNNER_*`` variables (sorted: a redeploy compares equal).
+
+    Anyone who may read the job (``run.jobs.get``) reads its env, so a credential must never go
+    there: ``webhook_secret`` is passed only when it is a secret's *name*; a webhook URL put in
+    its place is refused, without echoing it."""
+    if cfg.webhook_secret and not _SECRET_NAME.fullmatch(cfg.webhook_secret.strip()):
+        raise HostedError(f"webhook_secret (from {cfg.source.get('webhook_secret', 'config')}) is not a Secret "
+                          "Manager secret name; it looks like the webhook URL itself, which would be readable "
+                          "in the Cloud Run job. Store the URL in a secret (gcloud secrets create runner-webhook "
+                          "--data-file=-) and set webhook_secret = \"runner-webhook\"")
     out = {}
     for key in PASS_KEYS:
         value = getattr(cfg, key)
@@ -251,14 +265,23 @@ def explain(e: Exception, what: str, project: str) -> HostedError:
         m = re.search(r"Permission '([\w.]+)' denied", msg)
         perm = m.group(1) if m else None
         role = ROLE_FOR_PERMISSION.get(perm or "", "")
-        if "SERVICE_DISABLED" in msg or "has not been used" in msg or "is disabled" in msg:
-            api = "cloudscheduler.googleapis.com" if "scheduler" in what else "run.googleapis.com"
+        if getattr(e, "reason", None) == "SERVICE_DISABLED" or "has not been used" in msg or "is disabled" in msg:
+            api = _disabled_api(e, msg, what)
             return HostedError(f"{what}: the API is disabled ({msg}); fix: gcloud services enable {api} --project {project}")
         if role:
             return HostedError(f"{what}: permission {perm} denied; you need {role}. fix: gcloud projects "
                                f"add-iam-policy-binding {project} --member user:YOU --role {role}")
         return HostedError(f"{what}: permission denied ({msg})")
     return HostedError(f"{what} failed: {type(e).__name__}: {msg}")
+
+
+def _disabled_api(e: Exception, msg: str, what: str) -> str:
+    """The service a SERVICE_DISABLED error names: its ErrorInfo, else the console URL in the
+    message (older answers carry only a Help link), else the API the failing call belongs to."""
+    service = (getattr(e, "metadata", None) or {}).get("service")
+    m = re.search(r"/apis/api/([a-z0-9.-]+\.googleapis\.com)/", msg)
+    return service or (m.group(1) if m else
+                       "cloudscheduler.googleapis.com" if "scheduler" in what.lower() else "run.googleapis.com")
 
 
 def _call(what: str, project: str, fn: Callable[[], Any]) -> Any:

@@ -33,7 +33,8 @@ GRANTED_BY = {
     "roles/compute.instanceAdmin.v1": {"roles/compute.instanceAdmin.v1", "roles/compute.admin", "roles/editor",
                                        "roles/owner"},
     BUCKET_ROLE: {BUCKET_ROLE, "roles/storage.admin", "roles/editor", "roles/owner"},
-    ACT_AS_ROLE: {ACT_AS_ROLE, "roles/iam.serviceAccountAdmin", "roles/editor", "roles/owner"},
+    # Not roles/iam.serviceAccountAdmin: it manages accounts but lacks iam.serviceAccounts.actAs.
+    ACT_AS_ROLE: {ACT_AS_ROLE, "roles/editor", "roles/owner"},
 }
 _ATTEMPTS = 6
 

@@ -33,6 +33,12 @@ access token (``fake-oidc:...``, an OIDC ID token) is rejected with 401, as Goog
 ``:run`` creates an Execution named ``{job}/executions/{job}-{5 chars}`` and hands it to
 ``executor(job, execution, env) -> exit code`` on a thread (tests run the container for real);
 the Execution records ``succeededCount``/``failedCount`` and ``completionTime`` when it returns.
+``disabled = True`` is the API not enabled in the project: every call answers 403
+PERMISSION_DENIED "Cloud Run Admin API has not been used in project N before or it is disabled.
+Enable it by visiting https://console.developers.google.com/apis/api/run.googleapis.com/overview?project=N
+then retry." with an ErrorInfo ``SERVICE_DISABLED`` naming the service (the shape Google APIs
+answer, as tests/gcp_admin_fake.py models it).
+
 Not modelled: revisions of templates, task retries, VPC, volumes, Binary Authorization,
 ``validateOnly``; listing executions. Unknown paths answer 501.
 """
@@ -62,6 +68,7 @@ from google.protobuf import json_format
 
 from tests.cloudbuild_fake import ApiError, to_json
 from tests.compute_fake import RecordedRequest, block_external_network
+from tests.gcp_admin_fake import FakeApiError, disabled_api_error
 from tests.json_http_server import serve
 
 REGIONS = {"us-central1", "us-east1", "us-east4", "us-west1", "europe-west1", "europe-west4",
@@ -98,6 +105,7 @@ class CloudRunFake:
         self.policies: dict[str, policy_pb2.Policy] = {}
         self.project_roles: dict[str, set[str]] = {}  # member -> roles held on the project
         self.denied: set[str] = set()  # permissions the deploying caller lacks
+        self.disabled = False  # the Cloud Run Admin API is not enabled in the project
         self.executor: Optional[Executor] = None
         self.internal_errors: list[str] = []
         self._ops: dict[str, tuple[operations_pb2.Operation, Callable[[], bool]]] = {}
@@ -348,6 +356,8 @@ class CloudRunFake:
             try:
                 auth = headers.get("Authorization") or headers.get("authorization") or ""
                 caller = None
+                if self.disabled:
+                    raise disabled_api_error("Cloud Run Admin API", "run.googleapis.com", self.project_number)
                 if auth.startswith("Bearer fake-oidc:"):
                     raise ApiError(401, "Request had invalid authentication credentials. Expected OAuth 2 "
                                         "access token, login cookie or other valid authentication credential.")
@@ -359,7 +369,7 @@ class CloudRunFake:
                 else:
                     payload = to_json(result, int_enums=int_enums)
                 status = 200
-            except ApiError as e:
+            except (ApiError, FakeApiError) as e:
                 status, payload = e.code, json.dumps(e.body())
             except (ValueError, json_format.ParseError) as e:
                 status, payload = 400, json.dumps(ApiError(400, f"Invalid JSON payload received. {e}").body())

@@ -78,6 +78,17 @@ class FakeApiError(Exception):
         return {"error": err}
 
 
+def disabled_api_error(title: str, api: str, project_number: int) -> FakeApiError:
+    """What any Google API answers when it is not enabled in the caller's project."""
+    return FakeApiError(
+        403, "PERMISSION_DENIED",
+        f"{title} has not been used in project {project_number} before or it is disabled. Enable it by "
+        f"visiting https://console.developers.google.com/apis/api/{api}/overview?project={project_number} "
+        "then retry. If you enabled this API recently, wait a few minutes for the action to propagate "
+        "to our systems and retry.",
+        "SERVICE_DISABLED", metadata={"service": api, "consumer": f"projects/{project_number}"})
+
+
 @dataclass
 class Request:
     method: str

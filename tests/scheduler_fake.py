@@ -20,6 +20,11 @@ read 2026-12) and https://cloud.google.com/scheduler/docs/http-target-auth:
   ``fake-oidc:EMAIL`` for an ``oidcToken`` (an ID token: what Cloud Run *services* accept, and
   Google APIs refuse). The job's ``status`` (google.rpc.Status) and ``lastAttemptTime`` record
   the answer; a non-2xx answer is a failed attempt.
+- ``disabled = True``: the API is not enabled in the project; every call answers 403 "Cloud
+  Scheduler API has not been used in project N before or it is disabled. Enable it by visiting
+  https://console.developers.google.com/apis/api/cloudscheduler.googleapis.com/overview?project=N ..."
+  (the message users report, e.g. github.com/firebase/firebase-functions/issues/691) with an
+  ErrorInfo ``SERVICE_DISABLED``.
 Not modelled: retries with backoff, ``attemptDeadline`` enforcement, Pub/Sub and App Engine
 targets, schedules beyond the parsed cron subset. Unknown paths answer 501.
 """
@@ -46,6 +51,7 @@ from google.rpc import code_pb2
 
 from tests.cloudbuild_fake import ApiError, to_json
 from tests.compute_fake import RecordedRequest, block_external_network
+from tests.gcp_admin_fake import FakeApiError, disabled_api_error
 from tests.json_http_server import serve
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,500}")
@@ -76,6 +82,7 @@ class SchedulerFake:
         self.endpoint = ""
         self.lock = threading.RLock()
         self.jobs: dict[str, scheduler_v1.Job] = {}
+        self.disabled = False  # the Cloud Scheduler API is not enabled in the project
         self.deliveries: list[tuple[str, str, int]] = []  # (job name, uri, HTTP status)
         self.internal_errors: list[str] = []
         self._routes: dict[str, str] = {}
@@ -235,12 +242,15 @@ class SchedulerFake:
         started = time.time()
         with self.lock:
             try:
+                if self.disabled:
+                    raise disabled_api_error("Cloud Scheduler API", "cloudscheduler.googleapis.com",
+                                             self.project_number)
                 if rpc == "unknown":
                     raise ApiError(501, f"scheduler fake: {method} {path} is not implemented")
                 result = self._dispatch(rpc, args, q, body)
                 payload = json.dumps(result) if isinstance(result, dict) else to_json(result, int_enums=int_enums)
                 status = 200
-            except ApiError as e:
+            except (ApiError, FakeApiError) as e:
                 status, payload = e.code, json.dumps(e.body())
             except (ValueError, json_format.ParseError) as e:
                 status, payload = 400, json.dumps(ApiError(400, f"Invalid JSON payload received. {e}").body())

@@ -186,3 +186,35 @@ def test_the_cli_deploys_shows_and_removes_the_hosted_supervisor(hosted, tmp_pat
     gone = cli("--undeploy")
     assert gone.returncode == 0 and run.jobs == {} and sched.jobs == {}
     assert cli("--deploy", "--undeploy").returncode == 2
+
+
+@pytest.mark.parametrize("which,api", [("scheduler", "cloudscheduler.googleapis.com"), ("run", "run.googleapis.com")])
+def test_a_disabled_api_is_an_error_naming_that_api_and_the_command_that_enables_it(hosted, which, api):
+    cfg, run, sched = hosted
+    (sched if which == "scheduler" else run).disabled = True
+    with pytest.raises(HostedError) as e:
+        _deploy(cfg)
+    assert f"gcloud services enable {api} --project {PROJECT}" in str(e.value)
+
+
+@pytest.mark.parametrize("secret", ["https://hooks.slack.com/services/T000/B000/XXXXSECRET",
+                                    "hooks.slack.com/services/T000/B000/XXXXSECRET"])
+def test_a_webhook_url_given_as_webhook_secret_never_reaches_the_job(hosted, secret):
+    """The job's env is readable by anyone with run.jobs.get; only a secret *name* may go there."""
+    cfg, run, _ = hosted
+    import dataclasses
+
+    bad = dataclasses.replace(cfg, webhook_secret=secret)
+    with pytest.raises(HostedError) as e:
+        _deploy(bad)
+    assert "XXXXSECRET" not in str(e.value) and "webhook_secret" in str(e.value)
+    assert run.jobs == {}
+
+
+def test_a_webhook_secret_name_goes_to_the_job_as_a_name(hosted):
+    import dataclasses
+
+    cfg, run, _ = hosted
+    _deploy(dataclasses.replace(cfg, webhook_secret="projects/test-project/secrets/runner-webhook"))
+    env = {e.name: e.value for e in run.jobs[JOB].template.template.containers[0].env}
+    assert env["RUNNER_WEBHOOK_SECRET"] == "projects/test-project/secrets/runner-webhook"

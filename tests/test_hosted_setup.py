@@ -82,3 +82,14 @@ def test_doctor_passes_after_init_hosted_and_names_a_missing_role_with_its_fix(c
     c = _hosted_check(cfg)
     assert f"roles/iam.serviceAccountUser on {VM_SA}" in c.detail
     assert f"gcloud iam service-accounts add-iam-policy-binding {VM_SA}" in c.fix
+
+
+def test_doctor_does_not_take_service_account_admin_for_acting_as_the_vm_account(cfg, admin):
+    """roles/iam.serviceAccountAdmin manages accounts but lacks iam.serviceAccounts.actAs
+    (https://cloud.google.com/iam/docs/service-account-permissions): a pass holding only it
+    cannot create a VM that runs as the VM account, so doctor must not pass it."""
+    _init(cfg)
+    admin.sa_policies[VM_SA].policy["bindings"] = []
+    admin.projects[P].policy["bindings"].append({"role": "roles/iam.serviceAccountAdmin", "members": [SUP]})
+    c = _hosted_check(cfg)
+    assert c.ok is False and f"roles/iam.serviceAccountUser on {VM_SA}" in c.detail
