@@ -126,6 +126,11 @@ def target(cfg: Config, image: str | None = None, need_image: bool = True) -> Ho
     if not region:
         raise HostedError("no region for the hosted supervisor: set supervisor_region (e.g. us-central1) "
                           "or zones in runner.toml")
+    if not re.fullmatch(r"[a-z]+(-[a-z]+)+\d+", region):
+        hint = f"; {region} is a zone, use its region {region_of(region)}" if re.fullmatch(
+            r"[a-z]+(-[a-z]+)+\d+-[a-z]", region) else ""
+        raise HostedError(f"supervisor_region {region!r} (from {cfg.source.get('supervisor_region', 'config')}) "
+                          f"is not a region name such as us-central1{hint}")
     image = image or cfg.supervisor_image
     if need_image:
         if not image:

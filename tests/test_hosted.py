@@ -218,3 +218,10 @@ def test_a_webhook_secret_name_goes_to_the_job_as_a_name(hosted):
     _deploy(dataclasses.replace(cfg, webhook_secret="projects/test-project/secrets/runner-webhook"))
     env = {e.name: e.value for e in run.jobs[JOB].template.template.containers[0].env}
     assert env["RUNNER_WEBHOOK_SECRET"] == "projects/test-project/secrets/runner-webhook"
+
+
+def test_a_zone_given_as_the_supervisor_region_is_refused_with_the_region_to_use():
+    cfg = Config(backend="gce", project=PROJECT, zones=["us-central1-a"], store="gs://b",
+                 supervisor_image=RUNNER_IMAGE, supervisor_region="us-central1-a")
+    with pytest.raises(HostedError, match=r"supervisor_region 'us-central1-a' .*zone.*us-central1\b"):
+        target(cfg)
