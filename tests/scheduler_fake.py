@@ -10,7 +10,11 @@ read 2026-12) and https://cloud.google.com/scheduler/docs/http-target-auth:
   ``timeZone`` must be a tz database name (default ``Etc/UTC``); an http target needs an
   ``http://``/``https://`` ``uri``; an ``oauthToken``/``oidcToken`` needs
   ``serviceAccountEmail``, and the service account must belong to the job's project.
-  Output-only fields set by the client are refused. The job is ENABLED, with ``userUpdateTime``.
+  Output-only fields set by the client are refused. ``attemptDeadline`` of an HTTP target must
+  be in [15 s, 30 min], ``retryCount`` in 0..5, ``description`` at most 500 characters (the
+  ``Job`` reference); the location must be one the service runs in (the regions of
+  tests/cloudrun_fake.py; others answer 400 "is not a valid location", as Google's regional
+  APIs do). The job is ENABLED, with ``userUpdateTime``.
 - ``get``/``delete``/``patch``/``:run``/``:pause``/``:resume`` of a missing job: 404 NOT_FOUND.
   ``patch`` applies ``updateMask`` (every field when absent) and bumps ``userUpdateTime``.
 - ``tick()`` is one firing of every ENABLED job (the minute boundary); ``run`` forces one now.
@@ -36,7 +40,7 @@ import re
 import threading
 import time
 from contextlib import contextmanager
-from datetime import datetime, timezone
+from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator, Optional
 from urllib.parse import parse_qsl, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
@@ -50,6 +54,7 @@ from google.protobuf import json_format
 from google.rpc import code_pb2
 
 from tests.cloudbuild_fake import ApiError, to_json
+from tests.cloudrun_fake import REGIONS
 from tests.compute_fake import RecordedRequest, block_external_network
 from tests.gcp_admin_fake import FakeApiError, disabled_api_error
 from tests.json_http_server import serve
@@ -140,6 +145,12 @@ class SchedulerFake:
             for f in _OUTPUT_ONLY:
                 if f in job and getattr(job, f):
                     raise ApiError(400, f"job.{f} is output only")
+        if len(job.description) > 500:
+            raise ApiError(400, "job.description must not contain more than 500 characters")
+        if "attempt_deadline" in job and not timedelta(seconds=15) <= job.attempt_deadline <= timedelta(minutes=30):
+            raise ApiError(400, "attempt_deadline for an HTTP target must be in [15s, 30m]")
+        if "retry_config" in job and not 0 <= job.retry_config.retry_count <= 5:
+            raise ApiError(400, "retry_config.retry_count must be between 0 and 5")
         if not job.schedule or not valid_cron(job.schedule):
             raise ApiError(400, f"Schedule or time zone is invalid: {job.schedule!r}")
         try:
@@ -164,6 +175,9 @@ class SchedulerFake:
     def _name(self, a: dict[str, str]) -> str:
         if a["project"] not in (self.project, str(self.project_number)):
             raise ApiError(403, f"Permission denied on resource project {a['project']}.")
+        if a["location"] not in REGIONS:
+            raise ApiError(400, f"Location '{a['location']}' is not a valid location. Use ListLocations to list "
+                                "valid locations.")
         return f"projects/{self.project}/locations/{a['location']}/jobs/{a['job']}" if "job" in a else \
             f"projects/{self.project}/locations/{a['location']}"
 

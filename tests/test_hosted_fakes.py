@@ -85,3 +85,20 @@ def test_the_scheduler_refuses_a_token_of_another_projects_account(scheduler_fak
     with pytest.raises(gexc.BadRequest, match="must belong to project"):
         scheduler_fake.client().create_job(parent=PARENT, job=scheduler_v1.Job(
             name=f"{PARENT}/jobs/s", schedule="* * * * *", http_target=target))
+
+
+def _schedule(**over) -> scheduler_v1.Job:
+    fields = dict(name=f"{PARENT}/jobs/s", schedule="* * * * *",
+                  http_target=scheduler_v1.HttpTarget(uri="https://run.googleapis.com/x"))
+    return scheduler_v1.Job(**{**fields, **over})
+
+
+@pytest.mark.parametrize("over", [dict(attempt_deadline=timedelta(seconds=5)),
+                                  dict(attempt_deadline=timedelta(hours=1)),
+                                  dict(retry_config=scheduler_v1.RetryConfig(retry_count=6)),
+                                  dict(description="x" * 501),
+                                  dict(name="projects/test-project/locations/us-central1-a/jobs/s")])
+def test_the_scheduler_fake_refuses_what_the_job_reference_forbids(scheduler_fake, over):
+    parent = over["name"].rsplit("/jobs/", 1)[0] if "name" in over else PARENT
+    with pytest.raises(gexc.BadRequest):
+        scheduler_fake.client().create_job(parent=parent, job=_schedule(**over))
