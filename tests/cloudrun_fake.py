@@ -46,7 +46,6 @@ Not modelled: revisions of templates, task retries, VPC, volumes, Binary Authori
 from __future__ import annotations
 
 import itertools
-import json
 import random
 import re
 import string
@@ -56,7 +55,6 @@ import uuid
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable, Iterator, Optional
-from urllib.parse import parse_qsl, unquote, urlsplit
 
 import pytest
 from google.api_core.client_options import ClientOptions
@@ -67,8 +65,9 @@ from google.longrunning import operations_pb2
 from google.protobuf import json_format
 
 from tests.cloudbuild_fake import ApiError, to_json
-from tests.compute_fake import RecordedRequest, block_external_network
-from tests.gcp_admin_fake import FakeApiError, disabled_api_error
+from tests.compute_fake import block_external_network
+from tests.gcp_admin_fake import disabled_api_error
+from tests.rest_fake import RestFake
 from tests.json_http_server import serve
 
 REGIONS = {"us-central1", "us-east1", "us-east4", "us-west1", "europe-west1", "europe-west4",
@@ -83,6 +82,19 @@ _OUTPUT_ONLY = ("uid", "generation", "create_time", "update_time", "delete_time"
                 "latest_created_execution", "reconciling", "etag")
 Executor = Callable[[run_v2.Job, run_v2.Execution, dict[str, str]], int]
 
+_L = r"/v2/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
+_J = _L + r"/jobs/(?P<job>[^/:]+)"
+_ROUTES = [
+    ("POST", _L + r"/jobs", "jobs.create"),
+    ("GET", _J, "jobs.get"),
+    ("PATCH", _J, "jobs.patch"),
+    ("DELETE", _J, "jobs.delete"),
+    ("POST", _J + r":run", "jobs.run"),
+    ("GET", _J + r":getIamPolicy", "jobs.getIamPolicy"),
+    ("POST", _J + r":setIamPolicy", "jobs.setIamPolicy"),
+    ("GET", r"/v2/(?P<name>projects/[^/]+/locations/[^/]+/operations/[^/:]+)", "operations.get"),
+]
+
 
 def _now() -> datetime:
     return datetime.now(timezone.utc)
@@ -92,14 +104,17 @@ def _copy(msg: Any) -> Any:
     return type(msg).deserialize(type(msg).serialize(msg))
 
 
-class CloudRunFake:
-    """State and rules; ``handle`` serves one HTTP request. Thread-safe."""
+class CloudRunFake(RestFake):
+    """State and rules; ``handle`` (tests/rest_fake.py) serves one HTTP request. Thread-safe."""
+
+    NAME = "cloudrun fake"
+    ROUTES = _ROUTES
 
     def __init__(self, project: str = "test-project", project_number: int = 123456789012) -> None:
+        super().__init__()
         self.project = project
         self.project_number = project_number
         self.endpoint = ""
-        self.lock = threading.RLock()
         self.jobs: dict[str, run_v2.Job] = {}
         self.executions: dict[str, run_v2.Execution] = {}
         self.policies: dict[str, policy_pb2.Policy] = {}
@@ -107,18 +122,12 @@ class CloudRunFake:
         self.denied: set[str] = set()  # permissions the deploying caller lacks
         self.disabled = False  # the Cloud Run Admin API is not enabled in the project
         self.executor: Optional[Executor] = None
-        self.internal_errors: list[str] = []
         self._ops: dict[str, tuple[operations_pb2.Operation, Callable[[], bool]]] = {}
-        self._requests: list[RecordedRequest] = []
         self._threads: list[threading.Thread] = []
         self._rng = random.Random(0)
         self._seq = itertools.count(1)
 
     # ---- inspection ----
-    def calls(self, rpc: Optional[str] = None) -> list[RecordedRequest]:
-        with self.lock:
-            return [r for r in self._requests if rpc is None or r.rpc == rpc]
-
     def client(self) -> run_v2.JobsClient:
         return run_v2.JobsClient(transport="rest", credentials=AnonymousCredentials(),
                                  client_options=ClientOptions(api_endpoint=self.endpoint))
@@ -340,51 +349,24 @@ class CloudRunFake:
         return new
 
     # ---- HTTP ----
-    def handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
-        split = urlsplit(raw_path)
-        path = unquote(split.path)
-        q = dict(parse_qsl(split.query, keep_blank_values=True))
-        int_enums = "enum-encoding=int" in q.get("$alt", "")
-        started = time.time()
-        rpc, args = "unknown", {}
-        for verb, pattern, name in _ROUTES:
-            m = re.fullmatch(pattern, path)
-            if verb == method and m:
-                rpc, args = name, m.groupdict()
-                break
-        with self.lock:
-            try:
-                auth = headers.get("Authorization") or headers.get("authorization") or ""
-                caller = None
-                if self.disabled:
-                    raise disabled_api_error("Cloud Run Admin API", "run.googleapis.com", self.project_number)
-                if auth.startswith("Bearer fake-oidc:"):
-                    raise ApiError(401, "Request had invalid authentication credentials. Expected OAuth 2 "
-                                        "access token, login cookie or other valid authentication credential.")
-                if auth.startswith("Bearer fake-oauth:"):
-                    caller = auth.split(":", 1)[1]
-                result = self._dispatch(rpc, args, q, body, caller, method, path)
-                if isinstance(result, (operations_pb2.Operation, policy_pb2.Policy)):
-                    payload = json_format.MessageToJson(result, use_integers_for_enums=int_enums)
-                else:
-                    payload = to_json(result, int_enums=int_enums)
-                status = 200
-            except (ApiError, FakeApiError) as e:
-                status, payload = e.code, json.dumps(e.body())
-            except (ValueError, json_format.ParseError) as e:
-                status, payload = 400, json.dumps(ApiError(400, f"Invalid JSON payload received. {e}").body())
-            except Exception as e:  # noqa: BLE001 - a bug in the fake: answer, and remember it
-                self.internal_errors.append(f"{method} {path}: {e!r}")
-                status, payload = 500, json.dumps(ApiError(500, f"cloudrun fake crashed: {e!r}").body())
-            try:
-                parsed = json.loads(body) if body else None
-            except ValueError:
-                parsed = None
-            self._requests.append(RecordedRequest(method, path, q, parsed, started, rpc, status, headers))
-        return status, payload
+    def answer(self, rpc: str, args: dict[str, str], q: dict[str, str], body: bytes, headers: dict[str, str],
+               int_enums: bool) -> str:
+        if self.disabled:
+            raise disabled_api_error("Cloud Run Admin API", "run.googleapis.com", self.project_number)
+        auth = headers.get("Authorization") or headers.get("authorization") or ""
+        caller = None
+        if auth.startswith("Bearer fake-oidc:"):
+            raise ApiError(401, "Request had invalid authentication credentials. Expected OAuth 2 "
+                                "access token, login cookie or other valid authentication credential.")
+        if auth.startswith("Bearer fake-oauth:"):
+            caller = auth.split(":", 1)[1]
+        result = self._dispatch(rpc, args, q, body, caller)
+        if isinstance(result, (operations_pb2.Operation, policy_pb2.Policy)):
+            return json_format.MessageToJson(result, use_integers_for_enums=int_enums)
+        return to_json(result, int_enums=int_enums)
 
     def _dispatch(self, rpc: str, a: dict[str, str], q: dict[str, str], body: bytes,
-                  caller: Optional[str], method: str, path: str) -> Any:
+                  caller: Optional[str]) -> Any:
         if rpc == "jobs.create":
             return self._create(a, q, body)
         if rpc == "jobs.get":
@@ -410,21 +392,9 @@ class CloudRunFake:
             if not op.done:
                 is_done()
             return op
-        raise ApiError(501, f"cloudrun fake: {method} {path} is not implemented")
+        raise ApiError(501, f"cloudrun fake: {rpc} is not implemented")
 
 
-_L = r"/v2/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
-_J = _L + r"/jobs/(?P<job>[^/:]+)"
-_ROUTES = [
-    ("POST", _L + r"/jobs", "jobs.create"),
-    ("GET", _J, "jobs.get"),
-    ("PATCH", _J, "jobs.patch"),
-    ("DELETE", _J, "jobs.delete"),
-    ("POST", _J + r":run", "jobs.run"),
-    ("GET", _J + r":getIamPolicy", "jobs.getIamPolicy"),
-    ("POST", _J + r":setIamPolicy", "jobs.setIamPolicy"),
-    ("GET", r"/v2/(?P<name>projects/[^/]+/locations/[^/]+/operations/[^/:]+)", "operations.get"),
-]
 
 
 @contextmanager

@@ -38,11 +38,9 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from contextlib import contextmanager
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterator, Optional
-from urllib.parse import parse_qsl, unquote, urlsplit
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pytest
@@ -50,13 +48,13 @@ import requests
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import scheduler_v1
-from google.protobuf import json_format
 from google.rpc import code_pb2
 
 from tests.cloudbuild_fake import ApiError, to_json
 from tests.cloudrun_fake import REGIONS
-from tests.compute_fake import RecordedRequest, block_external_network
-from tests.gcp_admin_fake import FakeApiError, disabled_api_error
+from tests.compute_fake import block_external_network
+from tests.gcp_admin_fake import disabled_api_error
+from tests.rest_fake import RestFake
 from tests.json_http_server import serve
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,500}")
@@ -80,26 +78,38 @@ def valid_cron(schedule: str) -> bool:
     return len(fields) == 5 and all(_CRON_FIELD.fullmatch(f) for f in fields)
 
 
-class SchedulerFake:
+_L = r"/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
+_J = _L + r"/jobs/(?P<job>[^/:]+)"
+_ROUTES = [
+    ("POST", _L + r"/jobs", "jobs.create"),
+    ("GET", _J, "jobs.get"),
+    ("PATCH", _J, "jobs.patch"),
+    ("DELETE", _J, "jobs.delete"),
+    ("POST", _J + r":run", "jobs.run"),
+    ("POST", _J + r":pause", "jobs.pause"),
+    ("POST", _J + r":resume", "jobs.resume"),
+]
+
+
+class SchedulerFake(RestFake):
+    """State and rules; ``handle`` (tests/rest_fake.py) serves one HTTP request. Thread-safe."""
+
+    NAME = "scheduler fake"
+    ROUTES = _ROUTES
+
     def __init__(self, project: str = "test-project", project_number: int = 123456789012) -> None:
+        super().__init__()
         self.project = project
         self.project_number = project_number
         self.endpoint = ""
-        self.lock = threading.RLock()
         self.jobs: dict[str, scheduler_v1.Job] = {}
         self.disabled = False  # the Cloud Scheduler API is not enabled in the project
         self.deliveries: list[tuple[str, str, int]] = []  # (job name, uri, HTTP status)
-        self.internal_errors: list[str] = []
         self._routes: dict[str, str] = {}
-        self._requests: list[RecordedRequest] = []
 
     def client(self) -> scheduler_v1.CloudSchedulerClient:
         return scheduler_v1.CloudSchedulerClient(transport="rest", credentials=AnonymousCredentials(),
                                                  client_options=ClientOptions(api_endpoint=self.endpoint))
-
-    def calls(self, rpc: Optional[str] = None) -> list[RecordedRequest]:
-        with self.lock:
-            return [r for r in self._requests if rpc is None or r.rpc == rpc]
 
     def route(self, prefix: str, endpoint: str) -> None:
         """Deliver targets whose URI starts with ``prefix`` (``https://run.googleapis.com``) to ``endpoint``."""
@@ -242,54 +252,12 @@ class SchedulerFake:
             return self.jobs[name]
         raise ApiError(501, f"scheduler fake: {rpc} is not implemented")
 
-    def handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
-        split = urlsplit(raw_path)
-        path = unquote(split.path)
-        q = dict(parse_qsl(split.query, keep_blank_values=True))
-        int_enums = "enum-encoding=int" in q.get("$alt", "")
-        rpc, args = "unknown", {}
-        for verb, pattern, name in _ROUTES:
-            m = re.fullmatch(pattern, path)
-            if verb == method and m:
-                rpc, args = name, m.groupdict()
-                break
-        started = time.time()
-        with self.lock:
-            try:
-                if self.disabled:
-                    raise disabled_api_error("Cloud Scheduler API", "cloudscheduler.googleapis.com",
-                                             self.project_number)
-                if rpc == "unknown":
-                    raise ApiError(501, f"scheduler fake: {method} {path} is not implemented")
-                result = self._dispatch(rpc, args, q, body)
-                payload = json.dumps(result) if isinstance(result, dict) else to_json(result, int_enums=int_enums)
-                status = 200
-            except (ApiError, FakeApiError) as e:
-                status, payload = e.code, json.dumps(e.body())
-            except (ValueError, json_format.ParseError) as e:
-                status, payload = 400, json.dumps(ApiError(400, f"Invalid JSON payload received. {e}").body())
-            except Exception as e:  # noqa: BLE001
-                self.internal_errors.append(f"{method} {path}: {e!r}")
-                status, payload = 500, json.dumps(ApiError(500, f"scheduler fake crashed: {e!r}").body())
-            try:
-                parsed = json.loads(body) if body else None
-            except ValueError:
-                parsed = None
-            self._requests.append(RecordedRequest(method, path, q, parsed, started, rpc, status, headers))
-        return status, payload
-
-
-_L = r"/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
-_J = _L + r"/jobs/(?P<job>[^/:]+)"
-_ROUTES = [
-    ("POST", _L + r"/jobs", "jobs.create"),
-    ("GET", _J, "jobs.get"),
-    ("PATCH", _J, "jobs.patch"),
-    ("DELETE", _J, "jobs.delete"),
-    ("POST", _J + r":run", "jobs.run"),
-    ("POST", _J + r":pause", "jobs.pause"),
-    ("POST", _J + r":resume", "jobs.resume"),
-]
+    def answer(self, rpc: str, args: dict[str, str], q: dict[str, str], body: bytes, headers: dict[str, str],
+               int_enums: bool) -> str:
+        if self.disabled:
+            raise disabled_api_error("Cloud Scheduler API", "cloudscheduler.googleapis.com", self.project_number)
+        result = self._dispatch(rpc, args, q, body)
+        return json.dumps(result) if isinstance(result, dict) else to_json(result, int_enums=int_enums)
 
 
 @contextmanager
