@@ -32,6 +32,7 @@ from importlib import resources
 from typing import Any, Callable
 
 from runner.config import Config
+from runner.project_setup import Step, format_step, service_account_email
 
 JOB_ID = "cos-spot-runner-supervisor"
 SCHEDULER_JOB_ID = "cos-spot-runner-supervisor"
@@ -93,21 +94,8 @@ class HostedTarget:
         return f"{RUN_API}/v2/{self.job_name}:run"
 
 
-@dataclass(frozen=True)
-class Step:
-    """One thing deploy/undeploy did; ``changed`` False when it was already so."""
-
-    name: str
-    changed: bool
-    detail: str
-
-
-def format_step(step: Step) -> str:
-    return f"{'+' if step.changed else '✓'} {step.name}: {step.detail}"
-
-
 def supervisor_email(project: str) -> str:
-    return f"{SUPERVISOR_SA_NAME}@{project}.iam.gserviceaccount.com"
+    return service_account_email(project, SUPERVISOR_SA_NAME)
 
 
 def target(cfg: Config, image: str | None = None, need_image: bool = True) -> HostedTarget:

@@ -23,7 +23,7 @@ from runner.config import Config
 from runner.gcp_rest import AdminApis, ApiError, member_roles
 from runner.hosted import SUPERVISOR_SA_NAME, supervisor_email
 from runner.project_setup import (BUCKET_ROLE, Step, _not_yet_visible, ensure_bucket_role,
-                                  ensure_project_roles, service_account_email)
+                                  ensure_project_roles, format_step, service_account_email)
 
 PROJECT_ROLES = ("roles/compute.instanceAdmin.v1",)
 ACT_AS_ROLE = "roles/iam.serviceAccountUser"
@@ -56,7 +56,7 @@ def init_hosted(cfg: Config, *, apis: AdminApis, bucket: Any, say: Callable[[str
 
     def record(step: Step) -> None:
         steps.append(step)
-        say(f"{'+' if step.changed else '✓'} {step.name}: {step.detail}")
+        say(format_step(step))
 
     record(_ensure_account(apis, project, email))
     record(ensure_project_roles(apis, project, member, PROJECT_ROLES, sleep=sleep))
