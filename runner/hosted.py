@@ -99,12 +99,15 @@ def supervisor_email(project: str) -> str:
 
 
 def target(cfg: Config, image: str | None = None, need_image: bool = True) -> HostedTarget:
-    """The deployment's coordinates; refuses what cannot work, naming the fix."""
+    """The deployment's coordinates; refuses what cannot work, naming the fix.
+
+    ``need_image``: for a deploy, which also needs a pinned image and a gs:// store; removing or
+    showing the deployment needs neither (a user whose store moved off GCS can still undeploy)."""
     from runner.naming import region_of
 
     if not cfg.project:
         raise HostedError("no GCP project: pass --project ID or set project in runner.toml")
-    if not cfg.store_url.startswith("gs://"):
+    if need_image and not cfg.store_url.startswith("gs://"):
         raise HostedError(f"the hosted supervisor needs a gs:// store (it runs in Cloud Run, which cannot "
                           f"see {cfg.store_url}): pass --store gs://BUCKET or set store in runner.toml")
     if cfg.supervisor_mode not in MODES:

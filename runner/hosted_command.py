@@ -32,6 +32,7 @@ def run(cfg: Config, action: str, image: str | None, build: bool, as_json: bool)
         clients = hosted_clients(cfg)
         if action == "deploy":
             steps = deploy(cfg, t, clients, say=_note)
+            _warn_webhook_url_not_passed(cfg)
             if as_json:
                 click.echo(json.dumps([s.__dict__ for s in steps], indent=1))
             else:
@@ -68,6 +69,20 @@ def run(cfg: Config, action: str, image: str | None, build: bool, as_json: bool)
                        "`gcloud auth application-default login`", err=True)
             return 1
         raise
+
+
+def _warn_webhook_url_not_passed(cfg: Config) -> None:
+    """$RUNNER_WEBHOOK_URL notifies from this shell only: a URL in the job's env would be readable
+    by anyone who may read the job, so it is never passed. Say so, rather than go quiet."""
+    import os
+
+    from runner.notify import WEBHOOK_URL_ENV
+
+    if os.environ.get(WEBHOOK_URL_ENV, "").strip():
+        hint = ("the hosted supervisor notifies through webhook_secret" if cfg.webhook_secret else
+                "to get them, store the URL in Secret Manager and set webhook_secret (then runner init --hosted)")
+        _note(f"runner: note: ${WEBHOOK_URL_ENV} is not passed to the hosted supervisor, so its transitions "
+              f"are not posted from there; {hint}")
 
 
 def _print_status(out: dict[str, Any]) -> None:

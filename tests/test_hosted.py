@@ -225,3 +225,37 @@ def test_a_zone_given_as_the_supervisor_region_is_refused_with_the_region_to_use
                  supervisor_image=RUNNER_IMAGE, supervisor_region="us-central1-a")
     with pytest.raises(HostedError, match=r"supervisor_region 'us-central1-a' .*zone.*us-central1\b"):
         target(cfg)
+
+
+def test_undeploy_and_status_work_after_the_store_moved_off_gcs(hosted, tmp_path):
+    """Removing the hosted supervisor needs neither a gs:// store nor an image: a user who has
+    switched runner.toml to a local store must still be able to take it down."""
+    import dataclasses
+
+    cfg, run, sched = hosted
+    _deploy(cfg)
+    moved = dataclasses.replace(cfg, store=f"file://{tmp_path}", supervisor_image=None)
+    steps = undeploy(target(moved, need_image=False), hosted_clients(moved), say=lambda s: None)
+    assert [s.changed for s in steps] == [True, True] and run.jobs == {} and sched.jobs == {}
+
+
+def test_deploy_says_a_webhook_url_in_the_environment_is_not_passed_to_the_hosted_supervisor(hosted, tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    cfg, run, _ = hosted
+    (tmp_path / "none.toml").write_text("")
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "RUNNER_BACKEND": "gce", "RUNNER_PROJECT": PROJECT,
+           "RUNNER_STORE": cfg.store_url, "RUNNER_ZONES": "us-central1-a", "RUNNER_RUN_ENDPOINT": run.endpoint,
+           "RUNNER_SCHEDULER_ENDPOINT": cfg.scheduler_endpoint, "RUNNER_CONFIG": str(tmp_path / "none.toml"),
+           "RUNNER_WEBHOOK_URL": "https://hooks.slack.com/services/T0/B0/XXXXSECRET"}
+    out = subprocess.run([sys.executable, "-m", "runner.cli", "supervise", "--deploy", "--image", RUNNER_IMAGE],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert "RUNNER_WEBHOOK_URL" in out.stderr and "webhook_secret" in out.stderr
+    assert "XXXXSECRET" not in out.stderr + out.stdout
+    env_vars = {e.name: e.value for e in run.jobs[JOB].template.template.containers[0].env}
+    assert not any("XXXXSECRET" in v for v in env_vars.values())
