@@ -90,11 +90,23 @@ def read_pass(store: Store) -> SupervisorPass | None:
     try:
         raw = json.loads(blob.data)
         known = {k: raw[k] for k in SupervisorPass.__dataclass_fields__ if k in raw}
-        return SupervisorPass(**known)
+        p = SupervisorPass(**known)
+        _check_types(p)
+        return p
     except (ValueError, TypeError) as e:
         print(f"runner: warning: {HEARTBEAT} in {store.url} is unreadable ({e}); treating it as absent",
               file=sys.stderr)
         return None
+
+
+def _check_types(p: SupervisorPass) -> None:
+    """Anyone who can write the bucket can leave a heartbeat; judge only one of the right shape."""
+    numbers = (p.started_at, p.finished_at, p.every, p.runs_seen, p.unfinished, p.error_count)
+    if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers):
+        raise TypeError("a time, interval or count is not a number")
+    if not (isinstance(p.actor, str) and isinstance(p.where, str) and isinstance(p.errors, list)
+            and all(isinstance(e, str) for e in p.errors)):
+        raise TypeError("actor, where or errors has the wrong type")
 
 
 def run_pass(sup: "Supervisor", body: Callable[[], dict[str, "RunState"]]) -> dict[str, "RunState"]:

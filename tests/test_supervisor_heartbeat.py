@@ -141,3 +141,16 @@ def test_no_heartbeat_at_all_means_nobody_ever_supervised(local_store):
     write_pass(local_store, _pass(123.0))
     assert read_pass(local_store).actor == "supervisor@laptop.1"
     assert local_store.read(HEARTBEAT) is not None
+
+
+@pytest.mark.parametrize("bad", [{"finished_at": "yesterday"}, {"every": None}, {"errors": "boom"}])
+def test_a_heartbeat_with_fields_of_the_wrong_type_is_unreadable_not_a_crash(local_store, bad):
+    """Anyone who can write the bucket (or a future runner) can leave a heartbeat this runner
+    cannot judge; ops status/list/watch and submit --detach must still answer."""
+    from runner.supervisor_heartbeat import watchfulness
+
+    doc = json.loads(_pass(123.0).to_json()) | bad
+    local_store.write(HEARTBEAT, json.dumps(doc).encode())
+    assert read_pass(local_store) is None
+    w = watchfulness(local_store)
+    assert not w.alive and "nobody is supervising" in w.warning
