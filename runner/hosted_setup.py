@@ -63,7 +63,7 @@ def init_hosted(cfg: Config, *, apis: AdminApis, bucket: Any, say: Callable[[str
     record(ensure_bucket_role(bucket, member, BUCKET_ROLE, sleep=sleep))
     record(ensure_act_as(apis, project, vm_service_account(cfg, apis), member, sleep=sleep))
     if cfg.webhook_secret:
-        record(ensure_secret_access(cfg, member))
+        record(ensure_secret_access(cfg, member, sleep=sleep))
     say(f"next: runner supervise --deploy   (the job runs as {email})")
     return steps
 
@@ -88,24 +88,24 @@ def _sa_path(email: str) -> str:
     return f"/v1/projects/{quote(project)}/serviceAccounts/{quote(email)}"
 
 
-def ensure_act_as(apis: AdminApis, project: str, vm_email: str, member: str, *,
-                  sleep: Callable[[float], None] = time.sleep) -> Step:
-    """``member`` may act as ``vm_email`` (its own policy, read-modify-write with its etag)."""
-    name = f"{ACT_AS_ROLE} on {vm_email}"
+def _grant(api: Any, resource_path: str, role: str, member: str, sleep: Callable[[float], None]) -> bool:
+    """``member`` holds ``role`` in the IAM policy at ``resource_path`` (``…:getIamPolicy``);
+    read-modify-write with the policy's etag, retried when another writer got there first (409)
+    or a new account is not yet visible. Returns False when it was already so."""
     delay = 1.0
     for attempt in range(_ATTEMPTS):
-        policy = apis.iam.post(_sa_path(vm_email) + ":getIamPolicy", {})
+        policy = api.post(resource_path + ":getIamPolicy", {})
         bindings = policy.setdefault("bindings", [])
-        if ACT_AS_ROLE in member_roles(policy, member):
-            return Step(name, False, f"already granted to {member}")
-        b = next((b for b in bindings if b.get("role") == ACT_AS_ROLE and not b.get("condition")), None)
+        if role in member_roles(policy, member):
+            return False
+        b = next((b for b in bindings if b.get("role") == role and not b.get("condition")), None)
         if b is None:
-            bindings.append({"role": ACT_AS_ROLE, "members": [member]})
+            bindings.append({"role": role, "members": [member]})
         else:
             b["members"] = [*(b.get("members") or []), member]
         try:
-            apis.iam.post(_sa_path(vm_email) + ":setIamPolicy", {"policy": policy})
-            return Step(name, True, f"granted to {member} (it creates VMs that run as {vm_email})")
+            api.post(resource_path + ":setIamPolicy", {"policy": policy})
+            return True
         except ApiError as e:
             if not (e.code == 409 or _not_yet_visible(e)) or attempt == _ATTEMPTS - 1:
                 raise
@@ -114,20 +114,26 @@ def ensure_act_as(apis: AdminApis, project: str, vm_email: str, member: str, *,
     raise AssertionError("unreachable")
 
 
-def ensure_secret_access(cfg: Config, member: str) -> Step:
-    """``member`` may read the webhook secret (Secret Manager v1 secret policy)."""
-    from runner.gcp_rest import rest_api
+def ensure_act_as(apis: AdminApis, project: str, vm_email: str, member: str, *,
+                  sleep: Callable[[float], None] = time.sleep) -> Step:
+    """``member`` may act as ``vm_email`` (its own policy, not the project's)."""
+    name = f"{ACT_AS_ROLE} on {vm_email}"
+    if not _grant(apis.iam, _sa_path(vm_email), ACT_AS_ROLE, member, sleep):
+        return Step(name, False, f"already granted to {member}")
+    return Step(name, True, f"granted to {member} (it creates VMs that run as {vm_email})")
 
-    secret = cfg.webhook_secret or ""
-    if not secret.startswith("projects/"):
-        secret = f"projects/{cfg.project}/secrets/{secret}"
+
+def ensure_secret_access(cfg: Config, member: str, *, sleep: Callable[[float], None] = time.sleep) -> Step:
+    """``member`` may read the webhook secret (Secret Manager v1: IAM is on the secret, so a
+    ``webhook_secret`` naming a version is granted on its secret)."""
+    from runner.gcp_rest import rest_api
+    from runner.notify import secret_version_name
+
+    secret = secret_version_name(cfg.webhook_secret or "", cfg.project).split("/versions/", 1)[0]
     api = rest_api(cfg.secretmanager_endpoint, "https://secretmanager.googleapis.com")
     name = f"{SECRET_ROLE} on {secret}"
-    policy = api.post(f"/v1/{secret}:getIamPolicy", {})
-    if SECRET_ROLE in member_roles(policy, member):
+    if not _grant(api, f"/v1/{secret}", SECRET_ROLE, member, sleep):
         return Step(name, False, f"already granted to {member}")
-    policy.setdefault("bindings", []).append({"role": SECRET_ROLE, "members": [member]})
-    api.post(f"/v1/{secret}:setIamPolicy", {"policy": policy})
     return Step(name, True, f"granted to {member}")
 
 

@@ -93,3 +93,64 @@ def test_doctor_does_not_take_service_account_admin_for_acting_as_the_vm_account
     admin.projects[P].policy["bindings"].append({"role": "roles/iam.serviceAccountAdmin", "members": [SUP]})
     c = _hosted_check(cfg)
     assert c.ok is False and f"roles/iam.serviceAccountUser on {VM_SA}" in c.detail
+
+
+class SecretIam:
+    """Secret Manager's secret IAM (``projects.secrets.getIamPolicy/setIamPolicy``) for one secret.
+
+    From the REST reference (https://cloud.google.com/secret-manager/docs/reference/rest/v1/projects.secrets/getIamPolicy):
+    both are ``POST /v1/projects/P/secrets/S:{get,set}IamPolicy``; IAM lives on the secret, not on
+    its versions (any other path is 404); a stale ``etag`` on set answers 409 ABORTED."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.policy, self.sets = name, {"version": 1, "etag": "BwA="}, 0
+        self.race_next_set = False
+
+    def handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes) -> tuple[int, str]:
+        import json
+
+        if method == "POST" and raw_path == f"/v1/{self.name}:getIamPolicy":
+            return 200, json.dumps(self.policy)
+        if method == "POST" and raw_path == f"/v1/{self.name}:setIamPolicy":
+            sent = json.loads(body)["policy"]
+            if self.race_next_set:  # another writer lands first
+                self.race_next_set = False
+                self.policy = {**self.policy, "etag": "Bw" + str(self.sets) + "x=",
+                               "bindings": [*self.policy.get("bindings", []),
+                                            {"role": "roles/viewer", "members": ["user:other@example.com"]}]}
+            if sent.get("etag") != self.policy["etag"]:
+                return 409, json.dumps({"error": {"code": 409, "status": "ABORTED",
+                                                  "message": "There were concurrent policy changes."}})
+            self.sets += 1
+            self.policy = {**sent, "etag": f"Bw{self.sets}="}
+            return 200, json.dumps(self.policy)
+        return 404, json.dumps({"error": {"code": 404, "status": "NOT_FOUND", "message": f"{raw_path} not found"}})
+
+
+@pytest.mark.parametrize("given", ["hook", "projects/test-project/secrets/hook",
+                                   "projects/test-project/secrets/hook/versions/latest"])
+def test_init_hosted_grants_the_webhook_secret_on_the_secret_whatever_form_names_it(cfg, given):
+    """webhook_secret may name a version (runner/notify.py reads it so); access is granted on the secret."""
+    import dataclasses
+
+    from tests.json_http_server import serve
+
+    sm = SecretIam(f"projects/{P}/secrets/hook")
+    with serve(sm, "secret-iam") as endpoint:
+        with_secret = dataclasses.replace(cfg, webhook_secret=given, secretmanager_endpoint=endpoint)
+        steps = _init(with_secret)
+        assert steps[-1].changed and _roles(sm.policy["bindings"], SUP) == {"roles/secretmanager.secretAccessor"}
+        assert not _init(with_secret)[-1].changed and sm.sets == 1
+
+
+def test_init_hosted_keeps_a_concurrent_change_to_the_secrets_policy(cfg):
+    import dataclasses
+
+    from tests.json_http_server import serve
+
+    sm = SecretIam(f"projects/{P}/secrets/hook")
+    sm.race_next_set = True
+    with serve(sm, "secret-iam") as endpoint:
+        _init(dataclasses.replace(cfg, webhook_secret="hook", secretmanager_endpoint=endpoint))
+    assert _roles(sm.policy["bindings"], SUP) == {"roles/secretmanager.secretAccessor"}
+    assert _roles(sm.policy["bindings"], "user:other@example.com") == {"roles/viewer"}
