@@ -259,3 +259,17 @@ def test_deploy_says_a_webhook_url_in_the_environment_is_not_passed_to_the_hoste
     assert "XXXXSECRET" not in out.stderr + out.stdout
     env_vars = {e.name: e.value for e in run.jobs[JOB].template.template.containers[0].env}
     assert not any("XXXXSECRET" in v for v in env_vars.values())
+
+
+@pytest.mark.parametrize("gone", ["job", "schedule"])
+def test_half_deployed_is_completed_by_deploy_and_removed_by_undeploy(hosted, gone):
+    cfg, run, sched = hosted
+    _deploy(cfg)
+    (run.jobs if gone == "job" else sched.jobs).clear()
+    steps = _deploy(cfg)
+    assert [s.changed for s in steps][0 if gone == "job" else 2] is True
+    assert len(run.jobs) == 1 and len(sched.jobs) == 1 and sched.tick() == [200]
+    (run.jobs if gone == "job" else sched.jobs).clear()
+    steps = undeploy(target(cfg, need_image=False), hosted_clients(cfg), say=lambda s: None)
+    assert [s.changed for s in steps] == ([True, False] if gone == "job" else [False, True])
+    assert run.jobs == {} and sched.jobs == {}
