@@ -7,7 +7,8 @@ that has it:
   instances (instances have no narrower IAM scope that covers creating them);
 - ``roles/storage.objectAdmin`` on the run bucket only: read and write run records;
 - ``roles/iam.serviceAccountUser`` on the VM service account only: create VMs that run as it;
-- ``roles/secretmanager.secretAccessor`` on the webhook secret only, when ``webhook_secret`` is set.
+- ``roles/secretmanager.secretAccessor`` on the webhook secret only, when ``webhook_secret`` is set
+  (IAM is on the secret: a ``webhook_secret`` naming a version is granted on its secret).
 
 The schedule calls the job with this same account's OAuth token; ``supervise --deploy`` makes it
 ``roles/run.invoker`` on the one job (runner/hosted.py), so it needs nothing on Cloud Run here.
@@ -35,6 +36,7 @@ GRANTED_BY = {
     BUCKET_ROLE: {BUCKET_ROLE, "roles/storage.admin", "roles/editor", "roles/owner"},
     # Not roles/iam.serviceAccountAdmin: it manages accounts but lacks iam.serviceAccounts.actAs.
     ACT_AS_ROLE: {ACT_AS_ROLE, "roles/editor", "roles/owner"},
+    SECRET_ROLE: {SECRET_ROLE, "roles/secretmanager.admin", "roles/owner"},
 }
 _ATTEMPTS = 6
 
@@ -123,13 +125,19 @@ def ensure_act_as(apis: AdminApis, project: str, vm_email: str, member: str, *,
     return Step(name, True, f"granted to {member} (it creates VMs that run as {vm_email})")
 
 
+def _secret_of(cfg: Config) -> str:
+    """``projects/P/secrets/S`` of ``webhook_secret`` (which may be a bare name or name a version)."""
+    from runner.notify import secret_version_name
+
+    return secret_version_name(cfg.webhook_secret or "", cfg.project).split("/versions/", 1)[0]
+
+
 def ensure_secret_access(cfg: Config, member: str, *, sleep: Callable[[float], None] = time.sleep) -> Step:
     """``member`` may read the webhook secret (Secret Manager v1: IAM is on the secret, so a
     ``webhook_secret`` naming a version is granted on its secret)."""
     from runner.gcp_rest import rest_api
-    from runner.notify import secret_version_name
 
-    secret = secret_version_name(cfg.webhook_secret or "", cfg.project).split("/versions/", 1)[0]
+    secret = _secret_of(cfg)
     api = rest_api(cfg.secretmanager_endpoint, "https://secretmanager.googleapis.com")
     name = f"{SECRET_ROLE} on {secret}"
     if not _grant(api, f"/v1/{secret}", SECRET_ROLE, member, sleep):
@@ -169,6 +177,16 @@ def check_hosted(cfg: Config, apis: AdminApis, storage_client: Any) -> tuple[boo
         missing.append(f"{ACT_AS_ROLE} on {vm}")
         fixes.append(f"gcloud iam service-accounts add-iam-policy-binding {vm} --member={member} "
                      f"--role={ACT_AS_ROLE}")
+    if cfg.webhook_secret:
+        secret = _secret_of(cfg)
+        from runner.gcp_rest import rest_api
+
+        api = rest_api(cfg.secretmanager_endpoint, "https://secretmanager.googleapis.com")
+        if not GRANTED_BY[SECRET_ROLE] & (member_roles(api.post(f"/v1/{secret}:getIamPolicy", {}), member) | held):
+            missing.append(f"{SECRET_ROLE} on {secret}")
+            sp = secret.split("/")
+            fixes.append(f"gcloud secrets add-iam-policy-binding {sp[3]} --project {sp[1]} --member={member} "
+                         f"--role={SECRET_ROLE}")
     if missing:
         return False, f"{email} lacks {', '.join(missing)}", "\n".join(fixes) + "\n(or: runner init --hosted)"
     return True, f"{email} has what a supervisor pass needs", ""

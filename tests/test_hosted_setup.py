@@ -154,3 +154,20 @@ def test_init_hosted_keeps_a_concurrent_change_to_the_secrets_policy(cfg):
         _init(dataclasses.replace(cfg, webhook_secret="hook", secretmanager_endpoint=endpoint))
     assert _roles(sm.policy["bindings"], SUP) == {"roles/secretmanager.secretAccessor"}
     assert _roles(sm.policy["bindings"], "user:other@example.com") == {"roles/viewer"}
+
+
+def test_doctor_names_a_missing_webhook_secret_grant_with_its_fix(cfg):
+    import dataclasses
+
+    from tests.json_http_server import serve
+
+    sm = SecretIam(f"projects/{P}/secrets/hook")
+    with serve(sm, "secret-iam") as endpoint:
+        with_secret = dataclasses.replace(cfg, webhook_secret="hook", secretmanager_endpoint=endpoint)
+        _init(with_secret)
+        assert _hosted_check(with_secret).ok is True
+        sm.policy["bindings"] = []
+        c = _hosted_check(with_secret)
+    assert c.ok is False and f"roles/secretmanager.secretAccessor on projects/{P}/secrets/hook" in c.detail
+    assert (f"gcloud secrets add-iam-policy-binding hook --project {P} --member={SUP} "
+            "--role=roles/secretmanager.secretAccessor") in c.fix
