@@ -5,6 +5,10 @@ pass (``supervise --once`` every minute), and several supervisors may share a st
 memory, a fresh process would forget that every zone just refused and hammer the API each pass;
 kept here, one-shot passes back off exactly like a long-running loop. Writes are last-writer-wins:
 the value is advice on when to try next, not a lock (creation itself is guarded by the claim).
+
+The advice is for retrying the create of one *attempt*: a new attempt (a ``submit --restart`` the
+user asked for, a restart after a preemption) starts afresh, as it did when the backoff lived in
+a process's memory, instead of silently waiting out an old attempt's delay.
 """
 
 from __future__ import annotations
@@ -23,13 +27,14 @@ def _name(run_id: str) -> str:
 
 @dataclass
 class CreateBackoff:
-    """``until``: no create is tried before this time; ``delay``: the last wait (doubles)."""
+    """``until``: no create of ``attempt`` is tried before this time; ``delay``: the last wait (doubles)."""
 
     store: Store
     run_id: str
     until: float = 0.0
     delay: float = 0.0
     stored: bool = False
+    attempt: int | None = None
 
     @classmethod
     def read(cls, store: Store, run_id: str) -> "CreateBackoff":
@@ -38,18 +43,23 @@ class CreateBackoff:
             return cls(store, run_id)
         try:
             raw = json.loads(blob.data)
-            return cls(store, run_id, float(raw["until"]), float(raw["delay"]), True)
+            attempt = raw.get("attempt")
+            return cls(store, run_id, float(raw["until"]), float(raw["delay"]), True,
+                       None if attempt is None else int(attempt))
         except (ValueError, KeyError, TypeError):
             return cls(store, run_id, stored=True)  # damaged: no backoff, and clear() removes it
 
-    def blocks(self, now: float) -> bool:
-        return now < self.until
+    def blocks(self, now: float, attempt: int) -> bool:
+        return now < self.until and self.attempt in (attempt, None)
 
-    def push(self, now: float, poll_interval: float) -> float:
-        """Back off once more (double the delay, at least one poll, at most 5 min); returns it."""
-        self.delay = min(MAX_DELAY, max(poll_interval, self.delay * 2))
-        self.until = now + self.delay
-        self.store.write(_name(self.run_id), json.dumps({"until": self.until, "delay": self.delay}).encode())
+    def push(self, now: float, poll_interval: float, attempt: int) -> float:
+        """Back off once more (double the delay, at least one poll, at most 5 min); returns it.
+        A failure of another attempt than the stored one starts again from one poll."""
+        previous = self.delay if self.attempt == attempt else 0.0
+        self.delay = min(MAX_DELAY, max(poll_interval, previous * 2))
+        self.until, self.attempt = now + self.delay, attempt
+        self.store.write(_name(self.run_id), json.dumps({"until": self.until, "delay": self.delay,
+                                                         "attempt": attempt}).encode())
         self.stored = True
         return self.delay
 

@@ -129,9 +129,10 @@ class Supervisor:
         except BackendError as e:
             # Out of capacity in every zone, a transient API failure...: the run keeps its
             # state, the journal says why, and the next pass (after a backoff) tries again.
-            delay = CreateBackoff.read(self.store, run_id).push(self.now(), self.settings.poll_interval)
+            attempt = (rec.read_state() or cur)[0].attempt  # the one whose create failed
+            delay = CreateBackoff.read(self.store, run_id).push(self.now(), self.settings.poll_interval, attempt)
             rec.event(self.actor, None, None, f"create failed, retrying in {delay:.0f}s: {e}",
-                      attempt=cur[0].attempt)
+                      attempt=attempt)
         after = rec.read_state()
         if after is not None and self.notifier is not None:
             # After the step, so this pass's own transitions go out now. Never raises; the
@@ -299,7 +300,7 @@ class Supervisor:
 
     def _create(self, rec: RunRecord, attempt: int) -> None:
         backoff = CreateBackoff.read(self.store, rec.run_id)  # in the record: one-shot passes too
-        if backoff.blocks(self.now()):
+        if backoff.blocks(self.now(), attempt):
             return
         spec = rec.read_spec()
         if spec is None:

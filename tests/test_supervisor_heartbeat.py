@@ -154,3 +154,28 @@ def test_a_heartbeat_with_fields_of_the_wrong_type_is_unreadable_not_a_crash(loc
     assert read_pass(local_store) is None
     w = watchfulness(local_store)
     assert not w.alive and "nobody is supervising" in w.warning
+
+
+def test_a_restart_the_user_asks_for_is_not_held_back_by_the_backoff_of_an_earlier_attempt(gce):
+    """The backoff is advice for retrying *this* attempt's create; kept in the record, it must not
+    silently delay a new attempt (a `submit --restart` after the zones refused and the user stopped
+    the run), as the old in-memory backoff of a fresh process never did."""
+    from runner.ops import delete_run
+    from runner.submit import submit
+
+    ctx, fake = gce
+    fake.stockout_zones = set(ZONES)
+    _submit(ctx)
+    t = 1000.0
+    for _ in range(4):  # the delay grows to several seconds
+        sup = ctx.supervisor()
+        sup.now = lambda t=t: t
+        sup.reconcile_all()
+        last, t = t, json.loads(ctx.store.read("runs/exp-1/supervisor/backoff.json").data)["until"] + 0.1
+    delete_run(ctx.store, ctx.backend, "exp-1", grace_period=0)
+    fake.stockout_zones = set()
+    submit(ctx, "exp-1", [], image=IMAGE, restart=True)
+    fresh = ctx.supervisor()
+    fresh.now = lambda: last + 1.0  # well inside the last backoff (8 s)
+    fresh.reconcile("exp-1")
+    assert len(fake.instances()) == 1, "the restart waited out the previous attempt's backoff"
