@@ -280,12 +280,14 @@ def _disabled_api(e: Exception, msg: str, what: str) -> str:
                        "cloudscheduler.googleapis.com" if "scheduler" in what.lower() else "run.googleapis.com")
 
 
-def _call(what: str, project: str, fn: Callable[[], Any]) -> Any:
+def _call(what: str, project: str, fn: Callable[[], Any], passes: tuple[type, ...] | None = None) -> Any:
+    """``fn()``, with a Google API error turned into a ``HostedError`` saying what to do, except
+    those in ``passes`` (default: NotFound), which the caller handles."""
     from google.api_core import exceptions as gexc
 
     try:
         return fn()
-    except gexc.NotFound:
+    except passes if passes is not None else (gexc.NotFound,):
         raise
     except gexc.GoogleAPICallError as e:
         raise explain(e, what, project) from None
@@ -319,12 +321,13 @@ def _ensure_job(cfg: Config, t: HostedTarget, clients: HostedClients, timeout: f
         current = None
     if current is None:
         try:
-            op = _call("creating the Cloud Run job", t.project,
-                       lambda: clients.jobs.create_job(parent=t.parent, job=planned, job_id=JOB_ID))
-        except gexc.NotFound as e:
-            raise explain(e, "creating the Cloud Run job", t.project) from None
-        _call("creating the Cloud Run job", t.project, lambda: op.result(timeout=timeout))
-        return Step(name, True, f"created: {t.mode} mode, image {t.image}, as {t.service_account}")
+            op = _call("creating the Cloud Run job", t.project, passes=(gexc.Conflict,),
+                       fn=lambda: clients.jobs.create_job(parent=t.parent, job=planned, job_id=JOB_ID))
+            _call("creating the Cloud Run job", t.project, lambda: op.result(timeout=timeout), passes=(gexc.Conflict,))
+            return Step(name, True, f"created: {t.mode} mode, image {t.image}, as {t.service_account}")
+        except gexc.Conflict:  # a concurrent deploy created it first: compare with what it made
+            current = _call("reading the Cloud Run job", t.project, passes=(),
+                            fn=lambda: clients.jobs.get_job(name=t.job_name))
     changed = differences(_job_view(planned), _job_view(current))
     if not changed:
         return Step(name, False, f"up to date (image {t.image}, {t.mode} mode)")
@@ -366,9 +369,13 @@ def _ensure_schedule(t: HostedTarget, clients: HostedClients) -> Step:
     except gexc.NotFound:
         current = None
     if current is None:
-        _call("creating the Cloud Scheduler job", t.project,
-              lambda: clients.scheduler.create_job(parent=t.parent, job=planned))
-        return Step(name, True, f"created: '{SCHEDULE}' (every minute, UTC) → POST {t.run_url}")
+        try:
+            _call("creating the Cloud Scheduler job", t.project, passes=(gexc.Conflict,),
+                  fn=lambda: clients.scheduler.create_job(parent=t.parent, job=planned))
+            return Step(name, True, f"created: '{SCHEDULE}' (every minute, UTC) → POST {t.run_url}")
+        except gexc.Conflict:  # a concurrent deploy created it first: compare with what it made
+            current = _call("reading the Cloud Scheduler job", t.project, passes=(),
+                            fn=lambda: clients.scheduler.get_job(name=t.schedule_name))
     changed = differences(_schedule_view(planned), _schedule_view(current))
     if not changed:
         return Step(name, False, f"up to date ('{SCHEDULE}')")

@@ -121,6 +121,7 @@ class CloudRunFake(RestFake):
         self.project_roles: dict[str, set[str]] = {}  # member -> roles held on the project
         self.denied: set[str] = set()  # permissions the deploying caller lacks
         self.disabled = False  # the Cloud Run Admin API is not enabled in the project
+        self.race_next_create = False  # the next create loses to a concurrent one of the same job (409)
         self.executor: Optional[Executor] = None
         self._ops: dict[str, tuple[operations_pb2.Operation, Callable[[], bool]]] = {}
         self._threads: list[threading.Thread] = []
@@ -237,6 +238,9 @@ class CloudRunFake(RestFake):
         if job.name and job.name != name:
             raise ApiError(400, f"job.name must be empty or {name}, not {job.name}")
         self._validate(job, name)
+        if self.race_next_create and name not in self.jobs:
+            self.race_next_create = False
+            self._create(a, q, body)  # another deployer, with the same plan, lands first
         if name in self.jobs:
             raise ApiError(409, f"Resource '{jid}' already exists.")
         job.name = name

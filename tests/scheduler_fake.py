@@ -104,6 +104,7 @@ class SchedulerFake(RestFake):
         self.endpoint = ""
         self.jobs: dict[str, scheduler_v1.Job] = {}
         self.disabled = False  # the Cloud Scheduler API is not enabled in the project
+        self.race_next_create = False  # the next create loses to a concurrent one of the same job (409)
         self.deliveries: list[tuple[str, str, int]] = []  # (job name, uri, HTTP status)
         self._routes: dict[str, str] = {}
 
@@ -209,6 +210,9 @@ class SchedulerFake(RestFake):
                 raise ApiError(400, f"Job name {job.name} is not under parent {parent}")
             self._validate(job, job.name, creating=True)
             name = f"{parent}/jobs/{m.group(2)}"
+            if self.race_next_create and name not in self.jobs:
+                self.race_next_create = False
+                self._dispatch(rpc, a, q, body)  # another deployer, with the same plan, lands first
             if name in self.jobs:
                 raise ApiError(409, f"Job {name} already exists.")
             job.name = name

@@ -273,3 +273,15 @@ def test_half_deployed_is_completed_by_deploy_and_removed_by_undeploy(hosted, go
     steps = undeploy(target(cfg, need_image=False), hosted_clients(cfg), say=lambda s: None)
     assert [s.changed for s in steps] == ([True, False] if gone == "job" else [False, True])
     assert run.jobs == {} and sched.jobs == {}
+
+
+@pytest.mark.parametrize("which", ["run", "scheduler"])
+def test_two_deploys_at_once_both_succeed_and_leave_one_job_and_one_schedule(hosted, which):
+    """A deploy from CI and one from a laptop: the loser of the create race (409) takes what the
+    winner made, compares it with its plan, and does not fail."""
+    cfg, run, sched = hosted
+    (run if which == "run" else sched).race_next_create = True
+    steps = _deploy(cfg)
+    assert len(run.jobs) == 1 and len(sched.jobs) == 1
+    assert steps[0 if which == "run" else 2].changed is False
+    assert _deploy(cfg) and [s.changed for s in _deploy(cfg)] == [False, False, False]
