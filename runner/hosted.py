@@ -338,23 +338,33 @@ def _ensure_job(cfg: Config, t: HostedTarget, clients: HostedClients, timeout: f
     return Step(name, True, f"updated in place: {', '.join(changed)}")
 
 
-def _ensure_invoker(t: HostedTarget, clients: HostedClients) -> Step:
+def _ensure_invoker(t: HostedTarget, clients: HostedClients, attempts: int = 5) -> Step:
+    """The schedule's identity may run this job (the job's own policy, read-modify-write with its
+    etag; retried when another writer changed the policy in between, so neither change is lost)."""
+    from google.api_core import exceptions as gexc
     from google.iam.v1 import iam_policy_pb2
 
     member = f"serviceAccount:{t.service_account}"
     name = f"{INVOKER_ROLE} on {JOB_ID}"
-    policy = _call("reading the job's IAM policy", t.project,
-                   lambda: clients.jobs.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(resource=t.job_name)))
-    for b in policy.bindings:
-        if b.role == INVOKER_ROLE and member in b.members:
-            return Step(name, False, f"already granted to {member}")
-    binding = next((b for b in policy.bindings if b.role == INVOKER_ROLE), None)
-    if binding is None:
-        binding = policy.bindings.add(role=INVOKER_ROLE)
-    binding.members.append(member)
-    _call("granting the schedule the right to run the job", t.project,
-          lambda: clients.jobs.set_iam_policy(request=iam_policy_pb2.SetIamPolicyRequest(resource=t.job_name, policy=policy)))
-    return Step(name, True, f"granted to {member} (the schedule's identity), on this job only")
+    for attempt in range(attempts):
+        policy = _call("reading the job's IAM policy", t.project,
+                       lambda: clients.jobs.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(resource=t.job_name)))
+        for b in policy.bindings:
+            if b.role == INVOKER_ROLE and member in b.members:
+                return Step(name, False, f"already granted to {member}")
+        binding = next((b for b in policy.bindings if b.role == INVOKER_ROLE), None)
+        if binding is None:
+            binding = policy.bindings.add(role=INVOKER_ROLE)
+        binding.members.append(member)
+        try:
+            _call("granting the schedule the right to run the job", t.project,
+                  passes=(gexc.Conflict, gexc.Aborted) if attempt < attempts - 1 else None,
+                  fn=lambda: clients.jobs.set_iam_policy(
+                      request=iam_policy_pb2.SetIamPolicyRequest(resource=t.job_name, policy=policy)))
+            return Step(name, True, f"granted to {member} (the schedule's identity), on this job only")
+        except (gexc.Conflict, gexc.Aborted):
+            continue
+    raise AssertionError("unreachable")
 
 
 def _ensure_schedule(t: HostedTarget, clients: HostedClients) -> Step:

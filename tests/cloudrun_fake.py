@@ -122,6 +122,7 @@ class CloudRunFake(RestFake):
         self.denied: set[str] = set()  # permissions the deploying caller lacks
         self.disabled = False  # the Cloud Run Admin API is not enabled in the project
         self.race_next_create = False  # the next create loses to a concurrent one of the same job (409)
+        self.race_next_set_policy = False  # the next setIamPolicy loses to another writer's (409 ABORTED)
         self.executor: Optional[Executor] = None
         self._ops: dict[str, tuple[operations_pb2.Operation, Callable[[], bool]]] = {}
         self._threads: list[threading.Thread] = []
@@ -343,6 +344,13 @@ class CloudRunFake(RestFake):
         req = iam_policy_pb2.SetIamPolicyRequest()
         json_format.Parse(body or b"{}", req, ignore_unknown_fields=False)
         cur = self.policies.get(name) or policy_pb2.Policy(version=1, etag=b"\x00")
+        if self.race_next_set_policy:  # another writer's change lands first
+            self.race_next_set_policy = False
+            cur = policy_pb2.Policy()
+            cur.CopyFrom(self.policies.get(name) or policy_pb2.Policy(version=1))
+            cur.bindings.add(role="roles/run.viewer", members=["user:other@example.com"])
+            cur.etag = str(next(self._seq)).encode()
+            self.policies[name] = cur
         if req.policy.etag and req.policy.etag != cur.etag:
             raise ApiError(409, "There were concurrent policy changes. Please retry the whole "
                                 "read-modify-write with exponential backoff.")

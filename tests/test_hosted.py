@@ -285,3 +285,13 @@ def test_two_deploys_at_once_both_succeed_and_leave_one_job_and_one_schedule(hos
     assert len(run.jobs) == 1 and len(sched.jobs) == 1
     assert steps[0 if which == "run" else 2].changed is False
     assert _deploy(cfg) and [s.changed for s in _deploy(cfg)] == [False, False, False]
+
+
+def test_granting_the_invoker_survives_a_concurrent_change_to_the_jobs_policy(hosted):
+    cfg, run, sched = hosted
+    run.race_next_set_policy = True
+    _deploy(cfg)
+    roles = {(b.role, m) for b in run.policies[JOB].bindings for m in b.members}
+    assert ("roles/run.invoker", f"serviceAccount:{supervisor_email(PROJECT)}") in roles
+    assert ("roles/run.viewer", "user:other@example.com") in roles  # the other writer's change is kept
+    assert sched.tick() == [200]
