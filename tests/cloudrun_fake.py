@@ -407,8 +407,6 @@ class CloudRunFake(RestFake):
         raise ApiError(501, f"cloudrun fake: {rpc} is not implemented")
 
 
-
-
 @contextmanager
 def run_cloudrun_fake(project: str = "test-project") -> Iterator[CloudRunFake]:
     fake = CloudRunFake(project)
