@@ -179,3 +179,33 @@ def test_a_restart_the_user_asks_for_is_not_held_back_by_the_backoff_of_an_earli
     fresh.now = lambda: last + 1.0  # well inside the last backoff (8 s)
     fresh.reconcile("exp-1")
     assert len(fake.instances()) == 1, "the restart waited out the previous attempt's backoff"
+
+
+def test_supervisors_racing_on_the_heartbeat_lose_no_run_and_do_not_crash(gce):
+    """Two supervisors (a laptop loop and a hosted pass) write the one heartbeat object at once:
+    last writer wins, every run still gets exactly one VM, and the heartbeat stays readable."""
+    import threading
+
+    ctx, fake = gce
+    for i in range(4):
+        _submit(ctx, f"exp-{i}")
+    errors: list[BaseException] = []
+
+    def passes() -> None:
+        sup = ctx.supervisor()
+        try:
+            for _ in range(3):
+                sup.reconcile_all()
+        except BaseException as e:  # noqa: BLE001 - the assertion below reports it
+            errors.append(e)
+
+    threads = [threading.Thread(target=passes) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    names = sorted(i.name for i in fake.instances())
+    assert names == [f"runner-exp-{i}-a1" for i in range(4)]
+    p = read_pass(ctx.store)
+    assert p is not None and p.runs_seen == 4 and p.error_count == 0
