@@ -28,6 +28,7 @@ from runner.project_setup import (BUCKET_ROLE, Step, _not_yet_visible, ensure_bu
 
 PROJECT_ROLES = ("roles/compute.instanceAdmin.v1",)
 ACT_AS_ROLE = "roles/iam.serviceAccountUser"
+HOSTED_APIS = ("run.googleapis.com", "cloudscheduler.googleapis.com")
 SECRET_ROLE = "roles/secretmanager.secretAccessor"
 # Broader roles that also grant each of the above (what doctor accepts).
 GRANTED_BY = {
@@ -157,6 +158,10 @@ def check_hosted(cfg: Config, apis: AdminApis, storage_client: Any) -> tuple[boo
                       f"create it with `runner init --hosted`)"), ""
     held = member_roles(apis.get_iam_policy(project), member)
     missing, fixes = [], []
+    for api in HOSTED_APIS:  # what `supervise --deploy` calls
+        if apis.service_state(project, api) != "ENABLED":
+            missing.append(f"the {api} API (disabled)")
+            fixes.append(f"gcloud services enable {api} --project {project}")
     for role in PROJECT_ROLES:
         if not GRANTED_BY[role] & held:
             missing.append(role)

@@ -25,6 +25,8 @@ VM_SA = f"cos-spot-runner@{P}.iam.gserviceaccount.com"
 @pytest.fixture
 def admin(gcp_admin_fake: GcpAdminFake) -> GcpAdminFake:
     gcp_admin_fake.add_project(P)
+    for api in ("run.googleapis.com", "cloudscheduler.googleapis.com"):  # what deploy uses
+        gcp_admin_fake.projects[P].services[api] = "ENABLED"
     return gcp_admin_fake
 
 
@@ -171,3 +173,15 @@ def test_doctor_names_a_missing_webhook_secret_grant_with_its_fix(cfg):
     assert c.ok is False and f"roles/secretmanager.secretAccessor on projects/{P}/secrets/hook" in c.detail
     assert (f"gcloud secrets add-iam-policy-binding hook --project {P} --member={SUP} "
             "--role=roles/secretmanager.secretAccessor") in c.fix
+
+
+def test_doctor_names_the_cloud_run_and_scheduler_apis_when_they_are_disabled(cfg, admin):
+    _init(cfg)
+    services = admin.projects[P].services
+    services.pop("run.googleapis.com", None)
+    services["cloudscheduler.googleapis.com"] = "ENABLED"
+    c = _hosted_check(cfg)
+    assert c.ok is False and "run.googleapis.com" in c.detail
+    assert f"gcloud services enable run.googleapis.com --project {P}" in c.fix
+    services["run.googleapis.com"] = "ENABLED"
+    assert _hosted_check(cfg).ok is True
