@@ -56,6 +56,9 @@ class SupervisorSettings:
         )
 
 
+KEPT_ERRORS = 20  # error texts kept per pass (the heartbeat object stays small)
+
+
 def default_actor() -> str:
     return f"supervisor@{socket.gethostname()}.{os.getpid()}"
 
@@ -76,7 +79,10 @@ class Supervisor:
         self.actor = actor or default_actor()
         self.now = now
         self.notifier = notifier
-        self.pass_errors: list[str] = []  # this pass's per-run failures, for the heartbeat
+        # This pass's per-run failures, for the heartbeat: the first few, and how many in all
+        # (bounded: an attached supervisor steps one run for days without a store-wide pass).
+        self.pass_errors: list[str] = []
+        self.pass_error_count = 0
         self.pass_every: float | None = None  # seconds to the next pass (hosted: the schedule)
 
     # ---- passes ----
@@ -109,8 +115,14 @@ class Supervisor:
         except Exception as e:  # noqa: BLE001 - deliberately broad, see above
             print(f"runner: supervising {run_id} failed this pass ({type(e).__name__}: {e}); "
                   "will try again next pass", file=sys.stderr)
-            self.pass_errors.append(f"{run_id}: {type(e).__name__}: {e}")
+            self.note_error(f"{run_id}: {type(e).__name__}: {e}")
             return None
+
+    def note_error(self, what: str) -> None:
+        """Count a failure of this pass; keep the text of the first ``KEPT_ERRORS``."""
+        self.pass_error_count += 1
+        if len(self.pass_errors) < KEPT_ERRORS:
+            self.pass_errors.append(what[:300])
 
     def _reconcile(self, run_id: str, instances: list[Instance] | None) -> RunState | None:
         rec = RunRecord(self.store, run_id)

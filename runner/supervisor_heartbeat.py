@@ -37,7 +37,6 @@ SCHEMA_VERSION = 1
 STALE_INTERVALS = 2.0
 FIX_HOSTED = "runner supervise --deploy"
 FIX_LOCAL = "runner supervise"
-_MAX_ERRORS = 20  # keep the object small; the count says how many there were
 
 
 @dataclass
@@ -117,21 +116,21 @@ def run_pass(sup: "Supervisor", body: Callable[[], dict[str, "RunState"]]) -> di
     "nobody runs". A heartbeat that cannot be written is a warning, never a failed pass.
     """
     started = time.time()
-    errors: list[str] = getattr(sup, "pass_errors", [])
-    errors.clear()
+    sup.pass_errors.clear()
+    sup.pass_error_count = 0
     states: dict[str, Any] = {}
     try:
         states = body()
         return states
     except Exception as e:
-        errors.append(f"pass failed: {type(e).__name__}: {e}")
+        sup.note_error(f"pass failed: {type(e).__name__}: {e}")
         raise
     finally:
         p = SupervisorPass(
             actor=sup.actor, where=where_running(), started_at=started, finished_at=time.time(),
             every=float(getattr(sup, "pass_every", None) or sup.settings.poll_interval),
             runs_seen=len(states), unfinished=sum(1 for s in states.values() if not s.state.terminal),
-            errors=[e[:300] for e in errors[:_MAX_ERRORS]], error_count=len(errors), hosted=is_hosted())
+            errors=list(sup.pass_errors), error_count=sup.pass_error_count, hosted=is_hosted())
         try:
             write_pass(sup.store, p)
         except Exception as e:  # noqa: BLE001 - supervising matters more than reporting it

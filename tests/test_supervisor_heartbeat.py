@@ -209,3 +209,18 @@ def test_supervisors_racing_on_the_heartbeat_lose_no_run_and_do_not_crash(gce):
     assert names == [f"runner-exp-{i}-a1" for i in range(4)]
     p = read_pass(ctx.store)
     assert p is not None and p.runs_seen == 4 and p.error_count == 0
+
+
+def test_an_attached_supervisor_failing_for_days_keeps_a_bounded_error_list(gce):
+    """`runner submit` (attached) and `supervise --run-id` step one run for days without a
+    store-wide pass; their per-run failures must not pile up in memory, nor leak into the next
+    pass's heartbeat."""
+    ctx, _ = gce
+    _submit(ctx, "exp-1")
+    ctx.store.write("runs/exp-1/spec.json", b"{not json")
+    sup = ctx.supervisor()
+    for _ in range(500):
+        sup.reconcile("exp-1")
+    assert len(sup.pass_errors) <= 20
+    sup.reconcile_all()
+    assert read_pass(ctx.store).error_count == 1
