@@ -22,8 +22,14 @@ def follow_run(sup: Supervisor, run_id: str, poll_interval: float, say: Callable
     """Supervise ``run_id`` until it reaches a terminal state; returns that state."""
     rec = RunRecord(sup.store, run_id)
     seen: str | None = None
+    from runner.supervisor_heartbeat import run_pass
+
+    def step() -> dict[str, RunState]:
+        one = sup.reconcile(run_id)
+        return {run_id: one} if one is not None else {}
+
     while True:
-        st = sup.reconcile(run_id)
+        st = run_pass(sup, step, run_id=run_id).get(run_id)  # recorded: ops status sees it supervised
         for name, ev in rec.events(after=seen):
             say(format_event(ev))
             seen = name

@@ -12,6 +12,10 @@ reader's config, so a laptop with ``poll_interval = 3`` does not cry wolf at a h
 that passes once a minute.
 
 Concurrent supervisors overwrite each other (last writer wins); the newest pass is what matters.
+
+A supervisor that steps one run only (an attached ``runner submit``, ``supervise --run-id``)
+writes ``runs/ID/supervisor/heartbeat.json`` instead: it keeps that run alive, and no other, so
+``ops status`` of that run counts it while the store-wide judgement (``ops list``) does not.
 """
 
 from __future__ import annotations
@@ -53,6 +57,7 @@ class SupervisorPass:
     errors: list[str] = field(default_factory=list)
     error_count: int = 0
     hosted: bool = False
+    run_id: str | None = None  # set when the pass stepped this one run only
     schema_version: int = SCHEMA_VERSION
 
     def to_json(self) -> bytes:
@@ -76,14 +81,18 @@ def is_hosted(env: dict[str, str] | None = None) -> bool:
     return bool(env.get("CLOUD_RUN_JOB"))
 
 
+def heartbeat_name(run_id: str | None = None) -> str:
+    return HEARTBEAT if run_id is None else f"runs/{run_id}/supervisor/heartbeat.json"
+
+
 def write_pass(store: Store, p: SupervisorPass) -> None:
-    """Overwrite the heartbeat with this pass (last writer wins)."""
-    store.write(HEARTBEAT, p.to_json())
+    """Overwrite the heartbeat (the run's own for a one-run pass) with this pass (last writer wins)."""
+    store.write(heartbeat_name(p.run_id), p.to_json())
 
 
-def read_pass(store: Store) -> SupervisorPass | None:
-    """The last recorded pass, or None when no supervisor ever passed over this store."""
-    blob = store.read(HEARTBEAT)
+def read_pass(store: Store, run_id: str | None = None) -> SupervisorPass | None:
+    """The last recorded pass (over the store, or over ``run_id`` alone), or None when none was."""
+    blob = store.read(heartbeat_name(run_id))
     if blob is None:
         return None
     try:
@@ -104,12 +113,14 @@ def _check_types(p: SupervisorPass) -> None:
     if not all(isinstance(x, (int, float)) and not isinstance(x, bool) for x in numbers):
         raise TypeError("a time, interval or count is not a number")
     if not (isinstance(p.actor, str) and isinstance(p.where, str) and isinstance(p.errors, list)
-            and all(isinstance(e, str) for e in p.errors)):
+            and all(isinstance(e, str) for e in p.errors) and isinstance(p.run_id, (str, type(None)))):
         raise TypeError("actor, where or errors has the wrong type")
 
 
-def run_pass(sup: "Supervisor", body: Callable[[], dict[str, "RunState"]]) -> dict[str, "RunState"]:
-    """Run one reconcile pass (``body``) and record it, failed or not, in the heartbeat.
+def run_pass(sup: "Supervisor", body: Callable[[], dict[str, "RunState"]],
+             run_id: str | None = None) -> dict[str, "RunState"]:
+    """Run one reconcile pass (``body``; over ``run_id`` alone when given) and record it, failed
+    or not, in the heartbeat.
 
     A pass that raises (the instance list failed) is recorded with that error, then re-raised:
     the heartbeat then says "a supervisor runs but fails", which is a different fix from
@@ -130,7 +141,7 @@ def run_pass(sup: "Supervisor", body: Callable[[], dict[str, "RunState"]]) -> di
             actor=sup.actor, where=where_running(), started_at=started, finished_at=time.time(),
             every=float(getattr(sup, "pass_every", None) or sup.settings.poll_interval),
             runs_seen=len(states), unfinished=sum(1 for s in states.values() if not s.state.terminal),
-            errors=list(sup.pass_errors), error_count=sup.pass_error_count, hosted=is_hosted())
+            errors=list(sup.pass_errors), error_count=sup.pass_error_count, hosted=is_hosted(), run_id=run_id)
         try:
             write_pass(sup.store, p)
         except Exception as e:  # noqa: BLE001 - supervising matters more than reporting it
@@ -170,8 +181,8 @@ def judge(p: SupervisorPass | None, now: float | None = None, can_host: bool = T
     age = now - p.finished_at
     took = max(0.0, p.finished_at - p.started_at)
     errs = f", {p.error_count} error(s): {p.errors[0]}" if p.error_count else ""
-    text = (f"last pass {iso(p.finished_at)} ({age_text(age)}) by {p.actor} on {p.where}, "
-            f"{p.runs_seen} run(s) seen{errs}")
+    seen = f"following {p.run_id} only" if p.run_id else f"{p.runs_seen} run(s) seen"
+    text = f"last pass {iso(p.finished_at)} ({age_text(age)}) by {p.actor} on {p.where}, {seen}{errs}"
     if age <= STALE_INTERVALS * p.every + took:
         return Watchfulness(True, text, last=p, age_s=round(age, 1))
     fix = FIX_HOSTED if p.hosted else (f"{FIX_LOCAL}   (or `{FIX_HOSTED}` to supervise without a laptop)"
@@ -185,8 +196,15 @@ def judge(p: SupervisorPass | None, now: float | None = None, can_host: bool = T
         fix, p, round(age, 1))
 
 
-def watchfulness(store: Store, now: float | None = None) -> Watchfulness:
-    return judge(read_pass(store), now, can_host=store.url.startswith("gs://"))
+def watchfulness(store: Store, now: float | None = None, run_id: str | None = None) -> Watchfulness:
+    """The store's judgement; for ``run_id``, a live supervisor of that run alone also counts."""
+    can_host = store.url.startswith("gs://")
+    overall = judge(read_pass(store), now, can_host=can_host)
+    if run_id is None or overall.alive:
+        return overall
+    own = read_pass(store, run_id)
+    mine = judge(own, now, can_host=can_host) if own is not None else None
+    return mine if mine is not None and mine.alive else overall
 
 
 def report_lines(w: dict[str, Any]) -> list[str]:

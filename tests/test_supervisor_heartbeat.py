@@ -224,3 +224,19 @@ def test_an_attached_supervisor_failing_for_days_keeps_a_bounded_error_list(gce)
     assert len(sup.pass_errors) <= 20
     sup.reconcile_all()
     assert read_pass(ctx.store).error_count == 1
+
+
+def test_an_attached_submit_counts_as_supervising_its_own_run_and_only_that_one(gce):
+    """`runner submit` (attached) restarts its run after a preemption: `ops status` of that run
+    must not say nobody supervises it; another run, which nobody steps, still gets the warning."""
+    from runner.follow import follow_run
+    from runner.ops import run_status
+
+    ctx, _ = gce
+    _submit(ctx, "exp-1")
+    _submit(ctx, "exp-2")
+    follow_run(ctx.supervisor(), "exp-1", 1.0, lambda s: None, once=True)
+    mine = run_status(ctx.store, "exp-1")["supervisor"]
+    assert mine["alive"] is True and "exp-1" in mine["text"], mine
+    other = run_status(ctx.store, "exp-2")["supervisor"]
+    assert other["alive"] is False and "nobody is supervising" in other["warning"]
