@@ -258,12 +258,19 @@ def explain(e: Exception, what: str, project: str) -> HostedError:
 
     msg = getattr(e, "message", None) or str(e)
     if isinstance(e, gexc.Forbidden):
-        m = re.search(r"Permission '([\w.]+)' denied", msg)
-        perm = m.group(1) if m else None
+        # Cloud Run writes "Permission 'iam.serviceaccounts.actAs' denied ..." (lowercase), other
+        # APIs "lacks IAM permission \"X\"": match either, and the permission case-insensitively.
+        m = re.search(r"Permission '([\w.]+)' denied|lacks IAM permission \"([\w.]+)\"", msg)
+        perm = (m.group(1) or m.group(2)) if m else None
+        perm = next((p for p in ROLE_FOR_PERMISSION if perm and p.lower() == perm.lower()), perm)
         role = ROLE_FOR_PERMISSION.get(perm or "", "")
         if getattr(e, "reason", None) == "SERVICE_DISABLED" or "has not been used" in msg or "is disabled" in msg:
             api = _disabled_api(e, msg, what)
             return HostedError(f"{what}: the API is disabled ({msg}); fix: gcloud services enable {api} --project {project}")
+        if role == "roles/iam.serviceAccountUser":  # acting as the supervisor: grant it on that account only
+            return HostedError(f"{what}: permission {perm} denied; you need {role} on {supervisor_email(project)}. "
+                               f"fix: gcloud iam service-accounts add-iam-policy-binding {supervisor_email(project)} "
+                               f"--project {project} --member user:YOU --role {role}")
         if role:
             return HostedError(f"{what}: permission {perm} denied; you need {role}. fix: gcloud projects "
                                f"add-iam-policy-binding {project} --member user:YOU --role {role}")

@@ -191,8 +191,11 @@ class CloudRunFake(RestFake):
         if sa:
             if not re.fullmatch(r"[^@\s]+@[^@\s]+\.iam\.gserviceaccount\.com|\d+-compute@developer\.gserviceaccount\.com", sa):
                 raise ApiError(400, f"service account {sa!r} is not a service account email")
-            self._check("iam.serviceAccounts.actAs",
-                        f"projects/-/serviceAccounts/{sa}")
+            if "iam.serviceAccounts.actAs" in self.denied:
+                # Cloud Run's own words, lowercase "serviceaccounts" included (as users report it,
+                # e.g. github.com/GoogleCloudPlatform/cloud-run-release-manager/issues/81).
+                raise ApiError(403, f"Permission 'iam.serviceaccounts.actAs' denied on service account {sa} "
+                                    "(or it may not exist).")
 
     @staticmethod
     def _fill_defaults(job: run_v2.Job) -> None:

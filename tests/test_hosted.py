@@ -295,3 +295,14 @@ def test_granting_the_invoker_survives_a_concurrent_change_to_the_jobs_policy(ho
     assert ("roles/run.invoker", f"serviceAccount:{supervisor_email(PROJECT)}") in roles
     assert ("roles/run.viewer", "user:other@example.com") in roles  # the other writer's change is kept
     assert sched.tick() == [200]
+
+
+def test_acting_as_the_supervisor_is_fixed_on_that_account_not_project_wide(hosted):
+    """Least privilege for the deployer too: actAs on the supervisor's account, not on every account."""
+    cfg, run, _ = hosted
+    run.denied = {"iam.serviceAccounts.actAs"}
+    with pytest.raises(HostedError) as e:
+        _deploy(cfg)
+    assert (f"gcloud iam service-accounts add-iam-policy-binding {supervisor_email(PROJECT)} "
+            f"--project {PROJECT}") in str(e.value)
+    assert "gcloud projects add-iam-policy-binding" not in str(e.value)
