@@ -17,6 +17,8 @@ read 2026-12) and https://cloud.google.com/scheduler/docs/http-target-auth:
   APIs do). The job is ENABLED, with ``userUpdateTime``.
 - ``get``/``delete``/``patch``/``:run``/``:pause``/``:resume`` of a missing job: 404 NOT_FOUND.
   ``patch`` applies ``updateMask`` (every field when absent) and bumps ``userUpdateTime``.
+- ``denied`` holds permissions the deploying caller lacks (``cloudscheduler.jobs.create``...): the
+  call answers 403 in IAM's words, ``lacks IAM permission "P" for the resource "R"``.
 - ``tick()`` is one firing of every ENABLED job (the minute boundary); ``run`` forces one now.
   Delivering an http target POSTs it for real, rewriting known Google hosts to local fakes
   (``route(host_prefix, endpoint)``), with ``Authorization: Bearer fake-oauth:EMAIL`` for an
@@ -105,6 +107,7 @@ class SchedulerFake(RestFake):
         self.jobs: dict[str, scheduler_v1.Job] = {}
         self.disabled = False  # the Cloud Scheduler API is not enabled in the project
         self.race_next_create = False  # the next create loses to a concurrent one of the same job (409)
+        self.denied: set[str] = set()  # permissions the deploying caller lacks (cloudscheduler.jobs.create...)
         self.deliveries: list[tuple[str, str, int]] = []  # (job name, uri, HTTP status)
         self._routes: dict[str, str] = {}
 
@@ -199,6 +202,10 @@ class SchedulerFake(RestFake):
         return job
 
     def _dispatch(self, rpc: str, a: dict[str, str], q: dict[str, str], body: bytes) -> Any:
+        permission = "cloudscheduler." + rpc.replace("jobs.patch", "jobs.update")
+        if permission in self.denied:
+            raise ApiError(403, f"The principal (user or service account) lacks IAM permission \"{permission}\" for "
+                                f"the resource \"{self._name(a)}\" (or the resource may not exist).")
         if rpc == "jobs.create":
             parent = self._name(a)
             job = scheduler_v1.Job.from_json(body or b"{}", ignore_unknown_fields=False)

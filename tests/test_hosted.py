@@ -306,3 +306,11 @@ def test_acting_as_the_supervisor_is_fixed_on_that_account_not_project_wide(host
     assert (f"gcloud iam service-accounts add-iam-policy-binding {supervisor_email(PROJECT)} "
             f"--project {PROJECT}") in str(e.value)
     assert "gcloud projects add-iam-policy-binding" not in str(e.value)
+
+
+def test_a_missing_scheduler_role_is_an_error_naming_it(hosted):
+    cfg, _, sched = hosted
+    sched.denied = {"cloudscheduler.jobs.create"}
+    with pytest.raises(HostedError, match=r"cloudscheduler\.jobs\.create.*roles/cloudscheduler\.admin"):
+        _deploy(cfg)
+    assert sched.jobs == {}
