@@ -82,6 +82,7 @@ _OUTPUT_ONLY = ("uid", "generation", "create_time", "update_time", "delete_time"
                 "latest_created_execution", "reconciling", "etag")
 Executor = Callable[[run_v2.Job, run_v2.Execution, dict[str, str]], int]
 
+
 _L = r"/v2/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
 _J = _L + r"/jobs/(?P<job>[^/:]+)"
 _ROUTES = [
