@@ -275,6 +275,9 @@ def explain(e: Exception, what: str, project: str) -> HostedError:
             return HostedError(f"{what}: permission {perm} denied; you need {role}. fix: gcloud projects "
                                f"add-iam-policy-binding {project} --member user:YOU --role {role}")
         return HostedError(f"{what}: permission denied ({msg})")
+    if isinstance(e, gexc.NotFound) and not what.startswith("creating"):
+        return HostedError(f"{what} failed: it is gone ({msg}); was it removed meanwhile (`runner supervise "
+                           "--undeploy` elsewhere)? Run `runner supervise --deploy` again")
     return HostedError(f"{what} failed: {type(e).__name__}: {msg}")
 
 
@@ -340,8 +343,8 @@ def _ensure_job(cfg: Config, t: HostedTarget, clients: HostedClients, timeout: f
         return Step(name, False, f"up to date (image {t.image}, {t.mode} mode)")
     planned.name = t.job_name
     planned.etag = current.etag  # a concurrent deploy makes this one fail, not silently lose
-    op = _call("updating the Cloud Run job", t.project, lambda: clients.jobs.update_job(job=planned))
-    _call("updating the Cloud Run job", t.project, lambda: op.result(timeout=timeout))
+    op = _call("updating the Cloud Run job", t.project, lambda: clients.jobs.update_job(job=planned), passes=())
+    _call("updating the Cloud Run job", t.project, lambda: op.result(timeout=timeout), passes=())
     return Step(name, True, f"updated in place: {', '.join(changed)}")
 
 
@@ -354,8 +357,8 @@ def _ensure_invoker(t: HostedTarget, clients: HostedClients, attempts: int = 5) 
     member = f"serviceAccount:{t.service_account}"
     name = f"{INVOKER_ROLE} on {JOB_ID}"
     for attempt in range(attempts):
-        policy = _call("reading the job's IAM policy", t.project,
-                       lambda: clients.jobs.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(resource=t.job_name)))
+        policy = _call("reading the job's IAM policy", t.project, passes=(),
+                       fn=lambda: clients.jobs.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(resource=t.job_name)))
         for b in policy.bindings:
             if b.role == INVOKER_ROLE and member in b.members:
                 return Step(name, False, f"already granted to {member}")
@@ -365,7 +368,7 @@ def _ensure_invoker(t: HostedTarget, clients: HostedClients, attempts: int = 5) 
         binding.members.append(member)
         try:
             _call("granting the schedule the right to run the job", t.project,
-                  passes=(gexc.Conflict, gexc.Aborted) if attempt < attempts - 1 else None,
+                  passes=(gexc.Conflict, gexc.Aborted) if attempt < attempts - 1 else (),
                   fn=lambda: clients.jobs.set_iam_policy(
                       request=iam_policy_pb2.SetIamPolicyRequest(resource=t.job_name, policy=policy)))
             return Step(name, True, f"granted to {member} (the schedule's identity), on this job only")
@@ -398,8 +401,8 @@ def _ensure_schedule(t: HostedTarget, clients: HostedClients) -> Step:
         return Step(name, False, f"up to date ('{SCHEDULE}')")
     mask = field_mask_pb2.FieldMask(paths=["description", "schedule", "time_zone", "http_target",
                                            "retry_config", "attempt_deadline"])
-    _call("updating the Cloud Scheduler job", t.project,
-          lambda: clients.scheduler.update_job(job=planned, update_mask=mask))
+    _call("updating the Cloud Scheduler job", t.project, passes=(),
+          fn=lambda: clients.scheduler.update_job(job=planned, update_mask=mask))
     return Step(name, True, f"updated: {', '.join(changed)}")
 
 

@@ -124,6 +124,7 @@ class CloudRunFake(RestFake):
         self.disabled = False  # the Cloud Run Admin API is not enabled in the project
         self.race_next_create = False  # the next create loses to a concurrent one of the same job (409)
         self.race_next_set_policy = False  # the next setIamPolicy loses to another writer's (409 ABORTED)
+        self.delete_before_next_patch = False  # a concurrent delete lands just before the next patch (404)
         self.executor: Optional[Executor] = None
         self._ops: dict[str, tuple[operations_pb2.Operation, Callable[[], bool]]] = {}
         self._threads: list[threading.Thread] = []
@@ -261,6 +262,10 @@ class CloudRunFake(RestFake):
         name = f"projects/{self.project}/locations/{a['location']}/jobs/{a['job']}"
         self._parent(a["project"], a["location"])
         self._check("run.jobs.update", name)
+        if self.delete_before_next_patch:  # a concurrent undeploy lands first
+            self.delete_before_next_patch = False
+            self.jobs.pop(name, None)
+            self.policies.pop(name, None)
         cur = self._job(name)
         job = run_v2.Job.from_json(body or b"{}", ignore_unknown_fields=False)
         etag = job.etag

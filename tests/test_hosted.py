@@ -314,3 +314,11 @@ def test_a_missing_scheduler_role_is_an_error_naming_it(hosted):
     with pytest.raises(HostedError, match=r"cloudscheduler\.jobs\.create.*roles/cloudscheduler\.admin"):
         _deploy(cfg)
     assert sched.jobs == {}
+
+
+def test_a_deploy_racing_an_undeploy_says_what_happened_instead_of_a_traceback(hosted):
+    cfg, run, _ = hosted
+    _deploy(cfg)
+    run.delete_before_next_patch = True
+    with pytest.raises(HostedError, match="updating the Cloud Run job.*runner supervise --deploy"):
+        _deploy(cfg, image=RUNNER_IMAGE.replace("a" * 64, "c" * 64))
