@@ -7,6 +7,7 @@ from typing import Callable
 
 from entrypoint.record import RunRecord, RunState, iso
 from runner.supervisor import Supervisor
+from runner.supervisor_heartbeat import run_pass
 
 
 def format_event(ev: dict) -> str:
@@ -22,7 +23,6 @@ def follow_run(sup: Supervisor, run_id: str, poll_interval: float, say: Callable
     """Supervise ``run_id`` until it reaches a terminal state; returns that state."""
     rec = RunRecord(sup.store, run_id)
     seen: str | None = None
-    from runner.supervisor_heartbeat import run_pass
 
     def step() -> dict[str, RunState]:
         one = sup.reconcile(run_id)
