@@ -71,6 +71,12 @@ class Config:
     resourcemanager_endpoint: str | None = _key(None, "optional_str", "a Resource Manager API URL (tests)")
     iam_endpoint: str | None = _key(None, "optional_str", "an IAM API URL (tests)")
     secretmanager_endpoint: str | None = _key(None, "optional_str", "a Secret Manager API URL (tests)")
+    # --- the hosted supervisor (runner/hosted.py: Cloud Run job + Cloud Scheduler) ---
+    run_endpoint: str | None = _key(None, "optional_str", "a Cloud Run Admin API URL (tests)")
+    scheduler_endpoint: str | None = _key(None, "optional_str", "a Cloud Scheduler API URL (tests)")
+    supervisor_image: str | None = _key(None, "optional_str", "the runner image for the hosted supervisor, REPO@sha256:...")
+    supervisor_region: str | None = _key(None, "optional_str", "the Cloud Run region, e.g. us-central1 (default: the first zone's)")
+    supervisor_mode: str = _key("once", "str", "once (a pass per minute) or loop (passes every poll_interval)")
     # --- operations ---
     webhook_secret: str | None = _key(None, "optional_str",
                                       "a Secret Manager secret holding the webhook URL: NAME or projects/P/secrets/NAME")

@@ -7,6 +7,7 @@ from typing import Callable
 
 from entrypoint.record import RunRecord, RunState, iso
 from runner.supervisor import Supervisor
+from runner.supervisor_heartbeat import run_pass
 
 
 def format_event(ev: dict) -> str:
@@ -34,8 +35,13 @@ def _follow(sup: Supervisor, run_id: str, poll_interval: float, say: Callable[[s
             once: bool) -> RunState:
     rec = RunRecord(sup.store, run_id)
     seen: str | None = None
+
+    def step() -> dict[str, RunState]:
+        one = sup.reconcile(run_id)
+        return {run_id: one} if one is not None else {}
+
     while True:
-        st = sup.reconcile(run_id)
+        st = run_pass(sup, step, run_id=run_id).get(run_id)  # recorded: ops status sees it supervised
         for name, ev in rec.events(after=seen):
             say(format_event(ev))
             seen = name

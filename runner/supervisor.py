@@ -40,6 +40,7 @@ from entrypoint.store import PreconditionFailed, Store
 from runner.backends.base import (
     BackendError, ComputeBackend, Instance, InstanceStatus, LaunchContext, PermanentBackendError,
 )
+from runner.create_backoff import CreateBackoff
 from runner.naming import label_value, resource_name
 
 if TYPE_CHECKING:
@@ -67,6 +68,9 @@ class SupervisorSettings:
             shm_size=cfg.shm_size,  # type: ignore[attr-defined]
             store_url=cfg.store_url,  # type: ignore[attr-defined]
         )
+
+
+KEPT_ERRORS = 20  # error texts kept per pass (the heartbeat object stays small)
 
 
 def default_actor() -> str:
@@ -132,21 +136,25 @@ class Supervisor:
         self.actor = actor or default_actor()
         self.now = now
         self.notifier = notifier
-        self._backoff: dict[str, float] = {}  # run id -> time before which no create is tried
-        self._delays: dict[str, float] = {}
         self.reaper = Reaper(backend)
+        # This pass's per-run failures, for the heartbeat: the first few, and how many in all
+        # (bounded: an attached supervisor steps one run for days without a store-wide pass).
+        self.pass_errors: list[str] = []
+        self.pass_error_count = 0
+        self.pass_every: float | None = None  # seconds to the next pass (hosted: the schedule)
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait for this supervisor's background deletes (call before exiting, or let exit do it)."""
         return self.reaper.drain(timeout)
 
-    def _next_delay(self, run_id: str) -> float:
-        delay = min(300.0, max(self.settings.poll_interval, self._delays.get(run_id, 0) * 2))
-        self._delays[run_id] = delay
-        return delay
-
     # ---- passes ----
     def reconcile_all(self) -> dict[str, RunState]:
+        """One pass over every run in the store, recorded in ``supervisor/heartbeat.json``."""
+        from runner.supervisor_heartbeat import run_pass
+
+        return run_pass(self, self._reconcile_all)
+
+    def _reconcile_all(self) -> dict[str, RunState]:
         """One pass over every run in the store; one backend list call in all.
 
         Deletes go to the background (see ``Reaper``), so the pass never waits on one; a
@@ -160,12 +168,14 @@ class Supervisor:
         except Exception as e:  # noqa: BLE001 - one failed call must not stop supervision
             print(f"runner: listing instances failed ({type(e).__name__}: {e}); "
                   "listing per run this pass", file=sys.stderr)
+            self.note_error(f"listing instances: {type(e).__name__}: {e}")
             by_label = None
         try:
             run_ids = list_run_ids(self.store)
         except Exception as e:  # noqa: BLE001 - one API error must not end supervision
             print(f"runner: listing runs failed this pass ({type(e).__name__}: {e}); "
                   "will try again next pass", file=sys.stderr)
+            self.note_error(f"listing runs: {type(e).__name__}: {e}")
             return {}
         out = {}
         for run_id in run_ids:
@@ -185,7 +195,14 @@ class Supervisor:
         except Exception as e:  # noqa: BLE001 - deliberately broad, see above
             print(f"runner: supervising {run_id} failed this pass ({type(e).__name__}: {e}); "
                   "will try again next pass", file=sys.stderr)
+            self.note_error(f"{run_id}: {type(e).__name__}: {e}")
             return None
+
+    def note_error(self, what: str) -> None:
+        """Count a failure of this pass; keep the text of the first ``KEPT_ERRORS``."""
+        self.pass_error_count += 1
+        if len(self.pass_errors) < KEPT_ERRORS:
+            self.pass_errors.append(what[:300])
 
     def _reconcile(self, run_id: str, instances: list[Instance] | None) -> RunState | None:
         rec = RunRecord(self.store, run_id)
@@ -216,9 +233,10 @@ class Supervisor:
         except BackendError as e:
             # Out of capacity in every zone, a transient API failure...: the run keeps its
             # state, the journal says why, and the next pass (after a backoff) tries again.
-            self._backoff[run_id] = self.now() + self._next_delay(run_id)
-            rec.event(self.actor, None, None, f"create failed, retrying in {self._delays[run_id]:.0f}s: {e}",
-                      attempt=cur[0].attempt)
+            attempt = (rec.read_state() or cur)[0].attempt  # the one whose create failed
+            delay = CreateBackoff.read(self.store, run_id).push(self.now(), self.settings.poll_interval, attempt)
+            rec.event(self.actor, None, None, f"create failed, retrying in {delay:.0f}s: {e}",
+                      attempt=attempt)
         after = rec.read_state()
         if after is not None and self.notifier is not None:
             # After the step, so this pass's own transitions go out now. Never raises; the
@@ -403,7 +421,8 @@ class Supervisor:
         )
 
     def _create(self, rec: RunRecord, attempt: int) -> None:
-        if self.now() < self._backoff.get(rec.run_id, 0):
+        backoff = CreateBackoff.read(self.store, rec.run_id)  # in the record: one-shot passes too
+        if backoff.blocks(self.now(), attempt):
             return
         spec = rec.read_spec()
         if spec is None:
@@ -417,8 +436,7 @@ class Supervisor:
         except BaseException:
             rec.release_claim(attempt)  # nothing was created: the next try may claim again
             raise
-        self._backoff.pop(rec.run_id, None)
-        self._delays.pop(rec.run_id, None)
+        backoff.clear()
         # Re-check after creating: a stop, or another supervisor moving the run on, may have
         # landed between our checks and the create. Then what we made must go at once.
         after = rec.read_state()
