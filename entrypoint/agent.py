@@ -126,6 +126,7 @@ class Agent:
         self.superseded = False
         self.start_error: str | None = None  # why the job could not start, if it could not
         self._killed_at: float | None = None
+        self._pump: threading.Thread | None = None  # copies the job's output to the log
         self.log_path = os.path.join(self.workdir, "job.log")
         self.checkpoints = DirectorySync(
             self.store, cfg.checkpoint_dir, self.record.name(RunRecord.CHECKPOINTS), f"a{cfg.attempt}"
@@ -195,6 +196,7 @@ class Agent:
         hb.start()
 
         code = start_code if start_code is not None else self._wait_for_job()
+        self._drain_output()
         self.phase = "finishing"
         bg.stop(timeout=0)  # the final pass below takes the sync lock after any pass in flight
         if self.superseded:
@@ -298,7 +300,8 @@ class Agent:
             )
         except OSError as e:
             return self._failed_start(e)
-        threading.Thread(target=self._pump_output, daemon=True).start()
+        self._pump = threading.Thread(target=self._pump_output, daemon=True)
+        self._pump.start()
         return None
 
     def _failed_start(self, e: OSError) -> int:
@@ -338,6 +341,13 @@ class Agent:
                 log.warning("job output handling failed: %s", e)
         if logf is not None:
             logf.close()
+
+    def _drain_output(self) -> None:
+        """Let the pump copy what the job left in its pipe (up to 64 KiB, often its traceback)
+        into the log before the final upload. Bounded: a child of the job that keeps the pipe
+        open must not hold up the final sync inside the preemption notice."""
+        if self._pump is not None:
+            self._pump.join(timeout=min(5.0, max(0.5, self.cfg.grace_period * 0.1)))
 
     def _wait_for_job(self) -> int:
         assert self.job
