@@ -530,6 +530,10 @@ def _check_stall_window(cfg: Config) -> list[str]:
     If the supervisor's stall window were shorter, it would restart every GPU VM that is merely
     slow to boot, and a run could loop forever without starting.
     """
+    from runner.backends.gce_shapes import waits_for_driver
+
+    if not waits_for_driver(cfg.backend, cfg.machine_type, cfg.gpu, cfg.no_gpu):
+        return []  # no GPU wait to cover (the supervisor still covers a GPU run's own wait)
     p, s, g = cfg.poll_interval, cfg.stall_polls, cfg.gpu_timeout
     if not (math.isfinite(p) and p > 0 and math.isfinite(g) and g > 0 and s >= 1):
         return []  # already reported by _check_positive / _check_counts

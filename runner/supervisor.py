@@ -35,7 +35,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from entrypoint.record import IllegalTransition, RunRecord, RunState, State, list_run_ids
+from entrypoint.record import IllegalTransition, RunRecord, RunSpec, RunState, State, list_run_ids
 from entrypoint.store import PreconditionFailed, Store
 from runner.backends.base import (
     BackendError, ComputeBackend, Instance, InstanceStatus, LaunchContext, PermanentBackendError,
@@ -305,10 +305,11 @@ class Supervisor:
                                      reason="instance vanished before the job started")
                 self._restart(rec, new, None)
             return
-        if inst.alive and self.now() - st.updated_at > self.settings.stall_window:
+        window = self._boot_window(rec.read_spec())
+        if inst.alive and self.now() - st.updated_at > window:
             new = rec.transition(
                 State.STALLED, self.actor, expected=cur,
-                reason=f"still booting after {self.now() - st.updated_at:.0f}s (window {self.settings.stall_window:.0f}s)")
+                reason=f"still booting after {self.now() - st.updated_at:.0f}s (window {window:.0f}s)")
             self._restart(rec, new, inst)
         elif not inst.alive:
             tail = self.backend.logs(inst, tail=5).strip().replace("\n", " | ")
@@ -340,6 +341,17 @@ class Supervisor:
                 reason=f"no progress for {stalled_for:.0f}s (window {self.settings.stall_window:.0f}s)",
             )
             self._restart(rec, new, inst)
+
+    def _boot_window(self, spec: RunSpec | None) -> float:
+        """How long an instance may boot before it counts as stalled: the stall window, and for a
+        VM that waits for its GPU driver at least that wait (pinned in its spec), whatever this
+        supervisor's own config says about GPUs (config checks it only where it has a GPU)."""
+        from runner.backends.gce_shapes import waits_for_driver
+
+        if spec is None or not waits_for_driver(spec.backend, spec.machine_type, spec.gpu,
+                                                bool(spec.vm.get("no_gpu"))):
+            return self.settings.stall_window
+        return max(self.settings.stall_window, float(spec.timeouts.get("gpu_timeout", 600)))
 
     def _stalled_for(self, rec: RunRecord, st: RunState) -> float | None:
         """Seconds without progress, if that exceeds the stall window; else None."""

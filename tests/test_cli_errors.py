@@ -50,10 +50,16 @@ def test_an_unknown_config_key_names_the_key_and_a_suggestion(store, tmp_path):
 
 def test_a_misaligned_stall_window_is_rejected_with_the_fix(store, tmp_path):
     p = runner("ops", "list", "--store", str(store), cwd=tmp_path,
-               RUNNER_POLL_INTERVAL="1", RUNNER_STALL_POLLS="10", RUNNER_GPU_TIMEOUT="60")
+               RUNNER_POLL_INTERVAL="1", RUNNER_STALL_POLLS="10", RUNNER_GPU_TIMEOUT="60",
+               RUNNER_BACKEND="gce", RUNNER_GPU="nvidia-tesla-t4")
     assert p.returncode == 2
     line = one_line_error(p)
     assert "stall_polls" in line and "at least 60" in line
+
+
+def test_a_short_stall_window_is_fine_where_no_gpu_wait_exists(store, tmp_path):
+    p = runner("ops", "list", "--store", str(store), cwd=tmp_path, RUNNER_POLL_INTERVAL="1")
+    assert p.returncode == 0, p.stderr
 
 
 def test_a_missing_store_directory_says_how_to_create_it(tmp_path):
