@@ -173,13 +173,10 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
                   "machine_type": machine_type, "gpu": gpu, "no_gpu": no_gpu,
                   "termination_action": termination_action, "max_restarts": max_restarts,
                   "retry_on_failure": retry_on_failure}
-    ctx = _load(cli_config, config_path, create_store=not dry_run)
     if dry_run:
-        plan = submit_mod.dry_run(ctx, run_id, list(command), image,
-                                  max_restarts=ctx.cfg.max_restarts, retry_on_failure=ctx.cfg.retry_on_failure)
-        cli = getattr(plan, "docker_cli", None)
-        click.echo(" ".join(cli()) if cli else json.dumps(plan.to_dict(), default=str, indent=1))
+        _dry_run(_config(cli_config, config_path), run_id, list(command), image)
         return
+    ctx = _load(cli_config, config_path, create_store=True)
     from entrypoint.record import RunRecord
 
     if image is None and not skip_build and command and RunRecord(ctx.store, run_id).read_state() is None:
@@ -257,6 +254,17 @@ def _build(cfg: Any, req: Any, local_only: bool) -> Any:
                          client_factory=lambda: cloudbuild_client(cfg.cloudbuild_endpoint), say=_note)
     _note(f"built {result.image} via {result.route}")
     return result
+
+
+def _dry_run(cfg: Any, run_id: str, command: list[str], image: str | None) -> None:
+    """Print the exact first request (stdout) and what was left unchecked (stderr)."""
+    from runner import submit as submit_mod
+
+    plan, skipped = submit_mod.dry_run(cfg, run_id, command, image, max_restarts=cfg.max_restarts,
+                                       retry_on_failure=cfg.retry_on_failure)
+    cli = getattr(plan, "docker_cli", None)
+    click.echo(" ".join(cli()) if cli else json.dumps(plan.to_dict(), default=str, indent=1))
+    _note("dry run: nothing written or created; not checked: " + "; ".join(skipped))
 
 
 def _build_for_submit(ctx: Any) -> str:

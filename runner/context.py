@@ -47,6 +47,17 @@ def make_backend(cfg: Config) -> ComputeBackend:
     return GceBackend(compute_clients(cfg.compute_endpoint), require_project(cfg)).bind_store(cfg.store_url)
 
 
+def make_plan_backend(cfg: Config) -> ComputeBackend:
+    """A backend that can only plan (``--dry-run``): no API client, so no credentials needed."""
+    if cfg.backend == "local":
+        from runner.backends.local import LocalBackend
+
+        return LocalBackend().bind_store(cfg.store_url)  # its Docker client is made on first use
+    from runner.backends.gce import GceBackend
+
+    return GceBackend(None, require_project(cfg)).bind_store(cfg.store_url)  # type: ignore[arg-type]
+
+
 def require_project(cfg: Config) -> str:
     """The project, always explicit (DESIGN §4: gcloud's active project may be another one)."""
     active = gcloud_active_project()

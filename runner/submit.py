@@ -52,9 +52,8 @@ def resolve_image(ctx: Context, image: str | None) -> str:
     return image
 
 
-def build_spec(ctx: Context, run_id: str, command: list[str], image: str, *,
+def build_spec(cfg: Config, run_id: str, command: list[str], image: str, *,
                max_restarts: int | None, retry_on_failure: int | None, env: dict[str, str]) -> RunSpec:
-    cfg = ctx.cfg
     return RunSpec(
         run_id=run_id,
         image=image,
@@ -127,8 +126,8 @@ def submit(ctx: Context, run_id: str, command: list[str], *, image: str | None, 
         return SubmitResult(run_id, spec, True, f"run {run_id} exists ({st.state.value}, attempt {st.attempt}): resuming it{note}")
     if not command:
         raise SubmitRefused("no command given: runner submit --run-id ID -- CMD ARGS...")
-    check_store_mountable(ctx)
-    spec = build_spec(ctx, run_id, command, resolve_image(ctx, image),
+    check_store_mountable(ctx.cfg.backend, ctx.store.url)
+    spec = build_spec(ctx.cfg, run_id, command, resolve_image(ctx, image),
                       max_restarts=max_restarts, retry_on_failure=retry_on_failure, env=env or {})
     spec = ctx.backend.prepare(spec)
     rec.write_spec(spec)
@@ -136,13 +135,13 @@ def submit(ctx: Context, run_id: str, command: list[str], *, image: str | None, 
     return SubmitResult(run_id, spec, False, f"run {run_id} submitted")
 
 
-def check_store_mountable(ctx: Context) -> None:
+def check_store_mountable(backend: str, store_url: str) -> None:
     """Refuse a store the backend could never give to the run's instance (before any write)."""
-    if ctx.cfg.backend == "local":
+    if backend == "local":
         from runner.backends.local import store_dir
 
         try:
-            store_dir(ctx.store.url)
+            store_dir(store_url)
         except BackendError as e:
             raise SubmitRefused(str(e)) from None
 
@@ -153,12 +152,29 @@ def _shell(command: list[str]) -> str:
     return shlex.join(command)
 
 
-def dry_run(ctx: Context, run_id: str, command: list[str], image: str | None, **kw: object) -> object:
-    """The exact request the first attempt would send, without writing or creating anything."""
-    check_store_mountable(ctx)
-    spec = build_spec(ctx, run_id, command, image or ctx.cfg.image or "IMAGE", env={},
+def dry_run(cfg: Config, run_id: str, command: list[str], image: str | None, **kw: object
+            ) -> tuple[object, list[str]]:
+    """The exact request the first attempt would send, and what was not checked to make it.
+
+    Writes, creates and contacts nothing: no store is opened and no API is called, so a dry run
+    needs no credentials (what submit checks against the provider is listed instead).
+    """
+    from runner.context import make_plan_backend
+    from runner.supervisor import SupervisorSettings, launch_context
+
+    check_store_mountable(cfg.backend, cfg.store_url)
+    spec = build_spec(cfg, run_id, command, image or cfg.image or "IMAGE", env={},
                       max_restarts=kw.get("max_restarts"), retry_on_failure=kw.get("retry_on_failure"))  # type: ignore[arg-type]
-    return ctx.backend.plan(spec, ctx.supervisor().launch_context(1))
+    plan = make_plan_backend(cfg).plan(spec, launch_context(SupervisorSettings.from_config(cfg), 1))
+    skipped = ["the store was not opened"]
+    if cfg.backend == "gce":
+        skipped += ["zones, machine type and GPU were not checked against the Compute API",
+                    f"the VM image {cfg.vm_image} was not pinned to a concrete image"]
+        if "@sha256:" not in spec.image:
+            skipped.append(f"the image {spec.image} is not pinned by digest, which submit refuses")
+    else:
+        skipped += ["the image was not looked up in Docker (submit pins it by id)"]
+    return plan, skipped
 
 
 __all__ = ["SubmitRefused", "SubmitResult", "submit", "dry_run", "State"]

@@ -73,6 +73,18 @@ class SupervisorSettings:
 KEPT_ERRORS = 20  # error texts kept per pass (the heartbeat object stays small)
 
 
+def launch_context(settings: SupervisorSettings, attempt: int) -> LaunchContext:
+    """What a plan for ``attempt`` needs besides the spec (also what ``--dry-run`` shows)."""
+    return LaunchContext(
+        attempt=attempt,
+        store_url=settings.store_url,
+        heartbeat_interval=settings.heartbeat_interval,
+        sync_interval=settings.sync_interval,
+        grace_period=settings.grace_period,
+        shm_size=settings.shm_size,
+    )
+
+
 def default_actor() -> str:
     return f"supervisor@{socket.gethostname()}.{os.getpid()}"
 
@@ -422,15 +434,8 @@ class Supervisor:
         return max(60.0, 3 * self.settings.poll_interval)
 
     def launch_context(self, attempt: int) -> LaunchContext:
-        """What a plan for ``attempt`` needs besides the spec (also what ``--dry-run`` shows)."""
-        return LaunchContext(
-            attempt=attempt,
-            store_url=self.settings.store_url,
-            heartbeat_interval=self.settings.heartbeat_interval,
-            sync_interval=self.settings.sync_interval,
-            grace_period=self.settings.grace_period,
-            shm_size=self.settings.shm_size,
-        )
+        """What a plan for ``attempt`` needs besides the spec."""
+        return launch_context(self.settings, attempt)
 
     def _create(self, rec: RunRecord, attempt: int) -> None:
         backoff = CreateBackoff.read(self.store, rec.run_id)  # in the record: one-shot passes too
