@@ -131,6 +131,8 @@ def main() -> None:
 @click.option("--detach", is_flag=True, help="Return after submitting; `runner supervise` keeps it going.")
 @click.option("--dry-run", is_flag=True, help="Print exactly what would be created, and create nothing.")
 @click.option("--skip-build", is_flag=True, help="Without --image: use the configured image as is, do not build it first.")
+@click.option("--pull", "pull_dest", metavar="DIR", type=click.Path(file_okay=False),
+              help="When the run succeeds, copy its results/ here (as `runner ops pull --dest DIR`).")
 @click.option("--max-restarts", type=int, help="Preemption/stall restarts before giving up (default 10).")
 @click.option("--retry-on-failure", type=int, help="Re-run a job that exits non-zero up to N times (default 0).")
 @click.option("--poll-interval", type=float, help="Seconds between supervisor checks.")
@@ -145,7 +147,7 @@ def main() -> None:
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @_guard
 def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run: bool, skip_build: bool,
-           max_restarts: int | None, retry_on_failure: int | None, poll_interval: float | None,
+           pull_dest: str | None, max_restarts: int | None, retry_on_failure: int | None, poll_interval: float | None,
            env_pairs: tuple[str, ...], zones: str | None, machine_type: str | None,
            gpu: str | None, no_gpu: bool | None, termination_action: str | None,
            command: tuple[str, ...], cli_config: dict[str, Any], config_path: str | None) -> None:
@@ -161,6 +163,9 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
     from runner import submit as submit_mod
 
     run_id = _run_id(run_id)
+    if pull_dest is not None and detach:
+        _err("--pull needs the run followed to its end: drop --detach, or pull later with "
+             f"`runner ops pull --run-id {run_id} --dest {pull_dest}`", EXIT_USAGE)
     env = {}
     for pair in env_pairs:
         k, sep, v = pair.partition("=")
@@ -196,7 +201,15 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
     final = follow_run(sup, run_id, ctx.cfg.poll_interval, _note)
     click.echo(f"{run_id}: {final.state.value} after {final.attempt} attempt(s)"
                + (f" — {final.reason}" if final.reason else ""))
-    sys.exit(0 if final.state.value == "SUCCEEDED" else EXIT_FAILED)
+    if final.state.value != "SUCCEEDED":
+        sys.exit(EXIT_FAILED)
+    if pull_dest is not None:
+        from runner.ops import pull_run
+        from runner.progress_bar import transfer_progress
+
+        with transfer_progress(f"pulling {run_id}", enabled=True) as (on_plan, on_file):
+            out = pull_run(ctx.store, run_id, pull_dest, False, on_plan=on_plan, on_file=on_file)
+        _note(f"pulled {len(out['copied'])} file(s) ({out['bytes']} bytes) into {out['dest']}")
 
 
 @main.command()
