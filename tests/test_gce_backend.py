@@ -226,11 +226,28 @@ def test_a_supervisor_pass_survives_a_failing_list_and_the_next_pass_works(gce):
     submit(ctx)
     sup = ctx.supervisor()
     fake.fail_next(403, times=1, rpc="instances.aggregatedList", reason="forbidden")
-    assert sup.reconcile_all() == {}  # the pass says why on stderr and ends; it does not raise
-    assert fake.instances() == []
+    # The pass says why on stderr and does not raise: each run lists its own instances instead.
     states = sup.reconcile_all()
     assert states["exp-1"].state == State.PROVISIONING
     assert [v.name for v in fake.instances()] == ["runner-exp-1-a1"]
+    states = sup.reconcile_all()
+    assert states["exp-1"].state == State.PROVISIONING
+    assert [v.name for v in fake.instances()] == ["runner-exp-1-a1"]
+
+
+def test_a_supervisor_pass_survives_a_failing_run_list(gce, monkeypatch):
+    ctx, fake = gce
+    submit(ctx)
+    sup = ctx.supervisor()
+    real_list = type(ctx.store).list_prefixes
+
+    def failing_once(self, prefix, *a, **kw):  # the store is unreachable for one call
+        monkeypatch.setattr(type(ctx.store), "list_prefixes", real_list)
+        raise ConnectionError("the store is unreachable")
+
+    monkeypatch.setattr(type(ctx.store), "list_prefixes", failing_once)
+    assert sup.reconcile_all() == {}  # ends this pass only
+    assert sup.reconcile_all()["exp-1"].state == State.PROVISIONING
 
 
 def test_delete_writes_stop_then_removes_the_vm(gce):

@@ -49,7 +49,7 @@ def _roles(bindings, member):
 def test_init_hosted_grants_exactly_what_a_pass_needs_and_a_second_run_changes_nothing(cfg, admin):
     said: list[str] = []
     steps = _init(cfg, said)
-    hosted = steps[5:]
+    hosted = steps[6:]  # after the bucket, lifecycle, VM account, its bucket role, self-delete role, project roles
     assert [s.changed for s in hosted] == [True, True, True, True]
     assert supervisor_email(P) in admin.service_accounts(P)
     assert _roles(admin.policy(P)["bindings"], SUP) == {"roles/compute.instanceAdmin.v1"}
@@ -58,7 +58,7 @@ def test_init_hosted_grants_exactly_what_a_pass_needs_and_a_second_run_changes_n
     assert _roles(admin.sa_policies[VM_SA].policy["bindings"], SUP) == {"roles/iam.serviceAccountUser"}
     assert said[-1].startswith("next: runner supervise --deploy")
     again = _init(cfg)
-    assert [s.changed for s in again[5:]] == [False] * 4
+    assert [s.changed for s in again[6:]] == [False] * 4
 
 
 def _hosted_check(cfg: Config):
