@@ -1,0 +1,331 @@
+"""The GCE path run whole, the way a user runs it (issue 9 §1).
+
+Every part is real except Google itself: the ``runner`` CLI in its own processes (``submit
+--backend gce --detach``, a separate ``runner supervise``), the real google-cloud clients talking
+to the Compute fake and the GCS emulator, a real image registry on loopback that ``runner
+build`` pushes to (its ``docker push`` fallback, Cloud Build failing first), and for every VM the
+fake runs a simulated COS VM (tests/cloud_sim.py) booted from the metadata the supervisor
+inserted: the real ``gcp/startup.sh`` pulls the image by digest from the registry, starts the real
+agent container, and the agent writes the run record to the emulator.
+
+The tests assert outcomes only: the state the run ends in, the VMs that exist, the bytes in the
+bucket, the step each attempt started at. One Compute fake serves the whole module so that a
+sampler can watch every VM the suite creates: never two live VMs for one run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from entrypoint.record import RunRecord, State
+from entrypoint.store_gcs import GcsStore
+from examples.trainer import decode_checkpoint
+from runner.backends.base import LABEL_RUN_ID
+from runner.naming import label_value
+from tests.cloud_sim import CosGuest
+from tests.cloudbuild_fake import run_cloudbuild_fake
+from tests.compute_fake import ComputeFake, block_external_network, run_compute_fake
+from tests.conftest import ROOT
+from tests.gcs_fixture import BUCKET
+from tests.registry_fixture import Registry
+
+pytestmark = pytest.mark.docker
+
+PROJECT = "test-project"
+REPOSITORY = "cos-spot-runner/cloud-path"
+STEPS, EVERY, STEP_TIME = 40, 5, 0.1
+CPU = ("--machine-type", "n1-standard-4", "--no-gpu")
+GPU = ("--machine-type", "n1-standard-4", "--gpu", "nvidia-tesla-t4:1")
+LIVE = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING")
+
+
+def trainer(steps: int = STEPS, every: int = EVERY, *extra: str) -> list[str]:
+    return ["python3", "-m", "examples.trainer", "--steps", str(steps), "--checkpoint-every", str(every),
+            "--step-time", str(STEP_TIME), *extra]
+
+
+def wait_for(what: Callable[[], Any], timeout: float, desc: str) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = what()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {desc}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The image: `runner build` falls back to `docker push` and the registry answers its digest
+# ---------------------------------------------------------------------------------------------
+
+def cli_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "CLOUDSDK_CONFIG": "/nonexistent",
+            "GOOGLE_CLOUD_PROJECT": "local", **extra}
+
+
+@pytest.fixture(scope="module")
+def pushed(registry: Registry, gcs_emulator: str, docker_client: Any) -> Iterator[dict[str, Any]]:
+    """``runner build`` with Cloud Build failing twice: its last route, ``docker build`` + ``docker
+    push`` to the loopback registry. The local tags are then dropped, so a VM that wants the image
+    must pull it from the registry by digest."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    tag = f"{registry.host}/{REPOSITORY}:b-{uuid.uuid4().hex[:8]}"
+    with block_external_network(), run_cloudbuild_fake() as cloudbuild:
+        client = storage.Client(project="local", credentials=AnonymousCredentials())
+        logs = f"{cloudbuild.project_number}.cloudbuild-logs.googleusercontent.com"
+        if client.lookup_bucket(logs) is None:
+            client.create_bucket(logs)
+        cloudbuild.build_seconds = 0.2
+        cloudbuild.fail_next_builds = 2  # the build and its re-staged retry
+        p = subprocess.run(
+            [sys.executable, "-m", "runner.cli", "build", "--image", tag, "--project", PROJECT,
+             "--store", f"gs://{BUCKET}/cloud-path-build", "--base-image", "cos-spot-runner/base:bookworm-2",
+             "--context", str(ROOT)],
+            env=cli_env(STORAGE_EMULATOR_HOST=gcs_emulator, RUNNER_CLOUDBUILD_ENDPOINT=cloudbuild.endpoint),
+            capture_output=True, text=True, timeout=300, cwd=ROOT)
+        builds = len(cloudbuild.builds)
+    ref = p.stdout.strip()
+    result = {"proc": p, "ref": ref, "tag": tag, "cloud_builds": builds}
+    if p.returncode == 0:
+        for local in (tag, ref):
+            try:
+                docker_client.images.remove(local, noprune=True)
+            except Exception:  # noqa: BLE001 - already untagged with the other name
+                pass
+    yield result
+
+
+def test_runner_build_falls_back_to_docker_push_and_pins_the_registry_digest(pushed: dict[str, Any],
+                                                                             registry: Registry) -> None:
+    p = pushed["proc"]
+    assert p.returncode == 0, p.stderr
+    assert pushed["cloud_builds"] == 2, p.stderr  # Cloud Build was tried, twice, and failed
+    assert "[local] building with the local Docker daemon and pushing" in p.stderr
+    assert "via local-push" in p.stderr
+    repo, _, digest = pushed["ref"].partition("@")
+    assert repo == f"{registry.host}/{REPOSITORY}" and re.fullmatch(r"sha256:[0-9a-f]{64}", digest), pushed["ref"]
+    # The registry itself serves that digest, under the tag that was pushed.
+    assert registry.manifest_digest(REPOSITORY, digest) == digest
+    assert registry.manifest_digest(REPOSITORY, pushed["tag"].rsplit(":", 1)[1]) == digest
+
+
+# ---------------------------------------------------------------------------------------------
+# The cloud: one Compute fake, its guest VMs, and a sampler of live VMs per run
+# ---------------------------------------------------------------------------------------------
+
+class LiveVmSampler:
+    """Counts, every 50 ms, the VMs of each run that the Compute API shows alive (any status but
+    TERMINATED) and the guest VMs actually booted; keeps the maximum of each per run."""
+
+    def __init__(self, fake: ComputeFake, guest: CosGuest) -> None:
+        self.fake, self.guest = fake, guest
+        self.api_max: Counter[str] = Counter()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="live-vm-sampler", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.05):
+            live = Counter(i.labels.get(LABEL_RUN_ID, "?") for i in self.fake.instances() if i.status in LIVE)
+            for run, n in live.items():
+                self.api_max[run] = max(self.api_max[run], n)
+            self.samples += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def cloud_parts(tmp_path_factory: pytest.TempPathFactory, gcs_emulator: str, docker_client: Any,
+                pushed: dict[str, Any]) -> Iterator[tuple[ComputeFake, CosGuest, LiveVmSampler]]:
+    with block_external_network() as blocked, run_compute_fake(PROJECT) as fake:
+        guest = CosGuest(tmp_path_factory.mktemp("cloud-vms"), gcs_api=gcs_emulator,
+                         compute_api=fake.endpoint, docker_client=docker_client)
+        guest.follow(fake)
+        sampler = LiveVmSampler(fake, guest)
+        try:
+            yield fake, guest, sampler
+        finally:
+            sampler.stop()
+            guest.close()
+    assert not blocked, f"requests escaped towards real endpoints: {sorted(set(blocked))}"
+    assert not fake.internal_errors, fake.internal_errors
+
+
+class Cloud:
+    """One test's view: its own store prefix, the CLI with the fakes' endpoints, its supervisor."""
+
+    def __init__(self, fake: ComputeFake, guest: CosGuest, emulator: str, image: str, name: str) -> None:
+        self.fake, self.guest, self.image = fake, guest, image
+        self.store_url = f"gs://{BUCKET}/cloud-{name[:40]}-{uuid.uuid4().hex[:6]}"
+        self.store = GcsStore(self.store_url)
+        self.env = cli_env(
+            STORAGE_EMULATOR_HOST=emulator, RUNNER_STORE=self.store_url, RUNNER_BACKEND="gce",
+            RUNNER_PROJECT=PROJECT, RUNNER_COMPUTE_ENDPOINT=fake.endpoint,
+            RUNNER_POLL_INTERVAL="0.5", RUNNER_HEARTBEAT_INTERVAL="0.5", RUNNER_SYNC_INTERVAL="0.5",
+            RUNNER_GRACE_PERIOD="8", RUNNER_STALL_POLLS="100000", RUNNER_GPU_TIMEOUT="60")
+        self.job_env = ["--env", f"STORAGE_EMULATOR_HOST={emulator}", "--env", "GOOGLE_CLOUD_PROJECT=local"]
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "runner.cli", *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout, cwd=ROOT)
+
+    def submit(self, run_id: str, *flags: str, command: list[str] | None = None,
+               zones: str = "us-central1-a,us-central1-b") -> None:
+        p = self.cli("submit", "--run-id", run_id, "--image", self.image, "--zones", zones, *flags,
+                     *self.job_env, "--detach", "--", *(command or trainer()))
+        assert p.returncode == 0, p.stderr
+
+    def supervise(self) -> subprocess.Popen[str]:
+        """A separate `runner supervise` process, as a user (or the hosted job) runs it."""
+        p = subprocess.Popen([sys.executable, "-m", "runner.cli", "supervise"], env=self.env, cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        return p
+
+    def record(self, run_id: str) -> RunRecord:
+        return RunRecord(self.store, run_id)
+
+    def state(self, run_id: str) -> Any:
+        got = self.record(run_id).read_state()
+        return got[0] if got else None
+
+    def step(self, run_id: str) -> int:
+        hb = self.record(run_id).read_heartbeat()
+        return int((hb.progress or {}).get("step", 0)) if hb else 0
+
+    def wait_state(self, run_id: str, *states: State, attempt: int | None = None, timeout: float = 90) -> Any:
+        def ok() -> Any:
+            st = self.state(run_id)
+            return st if st and st.state in states and (attempt is None or st.attempt == attempt) else None
+        return wait_for(ok, timeout, f"{run_id} to be {'/'.join(s.value for s in states)}"
+                        f"{f' in attempt {attempt}' if attempt else ''} (now {self.state(run_id)})")
+
+    def vms(self, run_id: str) -> list[Any]:
+        return [i for i in self.fake.instances() if i.labels.get(LABEL_RUN_ID) == label_value(run_id)]
+
+    def preempt(self, run_id: str) -> None:
+        p = self.cli("ops", "preempt", "--run-id", run_id)
+        assert p.returncode == 0, p.stderr
+
+    def journal(self, run_id: str) -> list[dict[str, Any]]:
+        return [doc for _name, doc in self.record(run_id).events()]
+
+    def text(self, run_id: str, rel: str) -> str:
+        blob = self.store.read(self.record(run_id).name(rel))
+        return blob.data.decode() if blob else ""
+
+    def close(self) -> str:
+        out = []
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            out.append(p.stderr.read() if p.stderr else "")
+        return "\n".join(out)
+
+
+@pytest.fixture
+def cloud(cloud_parts: tuple[ComputeFake, CosGuest, LiveVmSampler], gcs_emulator: str,
+          pushed: dict[str, Any], request: pytest.FixtureRequest) -> Iterator[Cloud]:
+    fake, guest, _sampler = cloud_parts
+    assert pushed["proc"].returncode == 0, pushed["proc"].stderr
+    fake.stockout_zones.clear()
+    fake.reset_requests()
+    c = Cloud(fake, guest, gcs_emulator, pushed["ref"], request.node.name.replace("_", "-").lower())
+    errors_before = len(guest.errors)
+    yield c
+    log = c.close()
+    assert guest.errors[errors_before:] == [], log[-3000:]
+
+
+def last_step_in_log(text: str) -> int:
+    return max((int(m) for m in re.findall(r"RUNNER_PROGRESS step=(\d+)", text)), default=0)
+
+
+def started_at(text: str) -> int:
+    (m,) = re.findall(r"trainer: starting at step (\d+)", text)
+    return int(m)
+
+
+def inserts_and_starts(fake: ComputeFake, run_id: str) -> tuple[list[str], list[str]]:
+    ins = [r.body["name"] for r in fake.calls("instances.insert", ok=True) if r.body
+           and r.body.get("labels", {}).get(LABEL_RUN_ID) == label_value(run_id)]
+    starts = [r.path.rsplit("/", 2)[-2] for r in fake.calls("instances.start", ok=True)]
+    return ins, starts
+
+
+def assert_succeeded_with_bounded_redo(c: Cloud, run_id: str, attempts: int) -> None:
+    st = c.state(run_id)
+    assert (st.state, st.attempt) == (State.SUCCEEDED, attempts), st
+    summary = json.loads(c.text(run_id, "results/summary.json"))
+    assert summary["steps"] == STEPS
+    assert len(summary["starts"]) == attempts and summary["starts"][0] == 0, summary
+    for a in range(1, attempts):
+        reached = last_step_in_log(c.text(run_id, f"logs/{a}.log"))
+        resumed = started_at(c.text(run_id, f"logs/{a + 1}.log"))
+        assert resumed == summary["starts"][a]
+        assert 0 <= reached - resumed <= EVERY, f"attempt {a + 1} resumed at {resumed}, attempt {a} reached {reached}"
+        manifest = c.record(run_id).read_manifest(a + 1)
+        assert manifest and manifest["resumed_from"], manifest  # restored last.pt before the job started
+    ckpt = decode_checkpoint(c.store.read(c.record(run_id).name("checkpoints/last.pt")).data)
+    assert ckpt["step"] == STEPS
+
+
+def agent_preempted(journal: list[dict[str, Any]], attempt: int) -> list[dict[str, Any]]:
+    return [e for e in journal if e["actor"] == "agent" and e["to"] == "PREEMPTED" and e["attempt"] == attempt]
+
+
+# ---------------------------------------------------------------------------------------------
+# Preempted by `runner ops preempt`, resumed from last.pt: DELETE and STOP, CPU and GPU
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("action", ["DELETE", "STOP"])
+@pytest.mark.parametrize("shape", ["cpu", "gpu"])
+def test_a_preempted_run_resumes_from_last_checkpoint_and_succeeds(cloud: Cloud, action: str, shape: str) -> None:
+    run_id = f"cp-{shape}-{action.lower()}-{uuid.uuid4().hex[:6]}"
+    cloud.submit(run_id, *(CPU if shape == "cpu" else GPU), "--termination-action", action)
+    cloud.supervise()
+    cloud.wait_state(run_id, State.RUNNING, attempt=1)
+    wait_for(lambda: cloud.step(run_id) >= 12, 60, "attempt 1 to reach step 12")
+    (first,) = cloud.vms(run_id)
+    cloud.preempt(run_id)
+
+    cloud.wait_state(run_id, State.SUCCEEDED, State.FAILED, timeout=120)
+    assert_succeeded_with_bounded_redo(cloud, run_id, attempts=2)
+    journal = cloud.journal(run_id)
+    assert agent_preempted(journal, 1), [(e["actor"], e["to"], e["reason"]) for e in journal]
+    assert "SIGTERM (preemption notice)" in agent_preempted(journal, 1)[0]["reason"]
+    # No VM is left, whatever the termination action (the last one deleted itself).
+    wait_for(lambda: cloud.vms(run_id) == [], 30, f"{run_id}'s VMs to be gone")
+    inserts, starts = inserts_and_starts(cloud.fake, run_id)
+    if action == "STOP":  # the kept VM was started again, not replaced
+        assert inserts == [first.name] and starts == [first.name]
+    else:
+        assert len(inserts) == 2 and starts == []
+    # Each attempt ran on a VM booted from the inserted metadata, in its zone.
+    assert [cloud.record(run_id).read_manifest(a)["zone"] for a in (1, 2)] == ["us-central1-a"] * 2
+    if shape == "gpu":
+        gvm = cloud.guest.vms[(PROJECT, "us-central1-a", first.name)]
+        assert gvm.cos.gpus == 1
