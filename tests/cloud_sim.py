@@ -147,8 +147,13 @@ class CosGuest:
         if vm is None:
             return
         vm.powered_off.set()
+        from docker.errors import NotFound
+
         for c in self.docker.containers.list(all=True, ignore_removed=True, filters={"name": vm.cos.name}):
-            c.remove(force=True)  # the startup script's container and the job's
+            try:
+                c.remove(force=True)  # the startup script's container and the job's
+            except NotFound:
+                pass  # it ended and was removed on its own meanwhile
         (vm.cos.nvidia_root / "bin" / ".driver-loaded").unlink(missing_ok=True)
         if vm.booting is not None:
             vm.booting.join(timeout=30)  # its metadata server stops with it
