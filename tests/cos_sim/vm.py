@@ -10,6 +10,10 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tests.cos_sim.fakes import FakeMetadata
 
 REPO = Path(__file__).resolve().parents[2]
 SIM = Path(__file__).resolve().parent
@@ -61,7 +65,13 @@ class Boot:
 @dataclass
 class CosVm:
     """One simulated VM. Its work dir is mounted at the same path inside the script's container,
-    because the script passes host paths to the host's Docker (-v, --device)."""
+    because the script passes host paths to the host's Docker (-v, --device).
+
+    What survives what, as on COS: the work dir (the stateful partition: /var/lib/nvidia with the
+    installed driver files, /var/lib/runner) and the host's Docker images (the kept boot disk)
+    survive a STOP/start; the loaded kernel modules (``kernel/``) do not (``power_cycle``), so
+    nvidia-smi fails again until ``cos-extensions install gpu`` runs in the new boot.
+    """
 
     work: Path
     gpus: int = 0
@@ -85,10 +95,37 @@ class CosVm:
             path = self.dev_root / n
             if not path.exists():
                 os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
+        self.kernel = self.work / "kernel"  # in-memory kernel state: cleared by power_cycle()
         self.serial = self.work / "serial.log"
         self.container_name = f"{self.name}-job"
+        self.scripts = self.work / "metadata-scripts"
 
-    def boot(self, env: dict[str, str], script: str = "startup.sh", timeout: float = 90) -> Boot:
+    def power_cycle(self) -> None:
+        """A STOP/start (or preemption with terminationAction=STOP, then start): the kernel
+        forgets the loaded driver modules; disks and Docker images are kept."""
+        shutil.rmtree(self.kernel, ignore_errors=True)
+
+    def containers(self) -> list[object]:
+        """Every container this VM's Docker holds (job, GPU installer), running or not."""
+        import docker
+
+        return docker.from_env().containers.list(all=True, ignore_removed=True,
+                                                  filters={"label": f"cos-sim.vm={self.name}"})
+
+    def boot_from_metadata(self, metadata: "FakeMetadata", env: dict[str, str] | None = None,
+                           key: str = "startup-script", timeout: float = 90) -> Boot:
+        """Run the script a GCE guest would: the text of metadata attribute ``key``
+        (``startup-script`` or ``shutdown-script``), against that metadata server (already
+        entered: ``with metadata: vm.boot_from_metadata(metadata, ...)``)."""
+        self.scripts.mkdir(exist_ok=True)
+        path = self.scripts / f"{key}.sh"
+        path.write_text(metadata.attributes[key])
+        return self.boot({"METADATA_URL": metadata.url, **(env or {})}, script=str(path), timeout=timeout)
+
+    def boot(self, env: dict[str, str], script: str = "startup.sh", timeout: float = 90,
+             docker_ready_after: float = 0) -> Boot:
+        """Run ``gcp/SCRIPT`` (or the file at an absolute path ``script`` under the work dir) as
+        the VM's boot would; ``docker_ready_after``: seconds before the Docker daemon answers."""
         from testcontainers.core.config import testcontainers_config
         from testcontainers.core.container import DockerContainer
 
@@ -98,8 +135,8 @@ class CosVm:
         before = {c.time for c in read_calls(self.calls_dir)}
         container = (
             DockerContainer(BASE_IMAGE)
-            .with_name(f"{self.name}-{script.split('.')[0]}-{uuid.uuid4().hex[:6]}")
-            .with_command(["bash", f"/opt/cos-sim/gcp/{script}"])
+            .with_name(f"{self.name}-{Path(script).name.split('.')[0]}-{uuid.uuid4().hex[:6]}")
+            .with_command(["bash", script if script.startswith("/") else f"/opt/cos-sim/gcp/{script}"])
             .with_volume_mapping("/var/run/docker.sock", "/var/run/docker.sock", "rw")
             .with_volume_mapping(docker_bin, "/opt/cos-sim/real/docker", "ro")
             .with_volume_mapping(str(REPO / "gcp"), "/opt/cos-sim/gcp", "ro")
@@ -117,7 +154,12 @@ class CosVm:
             "RUNNER_SERIAL": str(self.serial),  # never the host's /dev/console
             "RUNNER_CONTAINER_NAME": self.container_name,
             "COS_SIM_CALLS": str(self.calls_dir),
+            "COS_SIM_KERNEL": str(self.kernel),
+            "COS_SIM_VM": self.name,
+            "COS_SIM_BASE_IMAGE": BASE_IMAGE,
         }
+        if docker_ready_after:
+            base_env["COS_SIM_DOCKER_READY_AT"] = str(int(time.time() + docker_ready_after + 1))
         for k, v in {**base_env, **env}.items():
             container.with_env(k, v)
         t0 = time.monotonic()
