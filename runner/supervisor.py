@@ -241,6 +241,11 @@ class Supervisor:
 
     def _restart(self, rec: RunRecord, cur: tuple[RunState, int], inst: Instance | None) -> None:
         st, _ = cur
+        if inst is not None and inst.status == InstanceStatus.STOPPING:
+            # A preemption (or stop) is a timeline: the VM is still in its shutdown notice.
+            # Acting now would delete a VM that STOP keeps, or start a second beside it: the
+            # next pass, after the power-off, restarts in place or creates.
+            return
         spec = rec.read_spec()
         keep = (inst is not None and not inst.alive and spec is not None
                 and spec.vm.get("termination_action") == "STOP")

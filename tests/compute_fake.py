@@ -25,16 +25,30 @@ Behaviour kept from GCE because product code depends on it:
 - Mutations answer with a ``compute#operation``. Insert failures caused by capacity
   (``ZONE_RESOURCE_POOL_EXHAUSTED``) arrive as an *operation error*, the way GCE reports them;
   ``stockout_as_http`` switches to an HTTP 503 instead. Quota failures are HTTP 403.
-- Spot VMs are preempted by ``simulateMaintenanceEvent`` (or ``preempt``/``preempt_after``): they
-  go ``TERMINATED`` (or are deleted with ``instanceTerminationAction=DELETE``) and a zone
-  operation of type ``compute.instances.preempted`` is recorded, which is how a supervisor tells
-  preemption from a crash.
+- A preemption is a timeline, not an event. ``simulateMaintenanceEvent`` (or ``preempt``/
+  ``preempt_after``) records a ``compute.instances.preempted`` zone operation (how a supervisor
+  tells preemption from a crash), puts the VM in ``STOPPING`` and sends the guest an ACPI soft-off
+  (``Guest.on_shutdown``: the shutdown script runs); when the guest has halted, or at the latest
+  after the notice, the VM is powered off (``Guest.on_power_off``) and becomes ``TERMINATED``
+  (``instanceTerminationAction=STOP``) or is deleted (``DELETE``). ``stop`` and ``delete`` take
+  the same path, and their operation is DONE only once the VM is off (``stop``) or gone
+  (``delete``). The notice is GCE's: 30 s for spot VMs and 120 s for standard ones between ACPI
+  G2 soft off and G3 mechanical off (``Scheduling.skipGuestOsShutdown`` in the compute v1 API
+  reference; "preemption process" in the Spot VMs docs), multiplied by ``time_scale``.
+  ``STOPPING`` is "a temporary status; the instance moves to TERMINATED once it has stopped"
+  (instance lifecycle docs). Without a guest the fake assumes the shutdown script used the whole
+  notice. ``time_scale = 0`` (the default) collapses the timeline: the VM is off within the
+  request, as before this was modelled; tests of the timeline set e.g. ``time_scale = 0.02``.
 - The serial console keeps the last 1 MiB; ``start`` offsets older than that are moved forward
   and the response's ``start`` says so, so log followers can detect the gap.
 - ``requestId`` makes mutations idempotent, so retried inserts do not create two VMs.
 - Validation that real GCE does and that catches real bugs (``strict=True``): instance and label
   names, machine/accelerator types given as zonal URLs that exist in that zone, GPUs requiring
   ``onHostMaintenance=TERMINATE``, spot VMs not being auto-restarted, metadata size limits.
+
+A ``guest`` (see ``Guest``) lets a test run a simulated VM behind each instance: it is told when
+the VM enters RUNNING (after insert or start), when the soft-off comes, and when power is cut.
+Callbacks run on the fake's own threads, never under its lock, in the order the events happened.
 
 Known simplifications: operations finish instantly unless ``operation_seconds`` is set; GET
 echoes ``disks[].initializeParams`` (real GCE drops it); filters implement the common subset
@@ -62,6 +76,9 @@ from http import HTTPStatus
 from typing import Any, Callable, Iterator, Optional, Union
 from urllib.parse import parse_qsl, unquote, urlsplit
 
+import queue
+from typing import Protocol
+
 import pytest
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
@@ -72,6 +89,10 @@ from tests.json_http_server import serve
 API = "https://www.googleapis.com/compute/v1"
 SERIAL_RETAIN_BYTES = 1 << 20
 MAX_RESULTS = 500
+# Seconds between ACPI G2 soft off and G3 mechanical off (Scheduling.skipGuestOsShutdown, compute
+# v1 reference): what a shutdown script gets before power is cut.
+SPOT_SHUTDOWN_NOTICE_S = 30.0
+STANDARD_SHUTDOWN_NOTICE_S = 120.0
 _PACIFIC = timezone(timedelta(hours=-7))  # GCE timestamps carry the US/Pacific offset
 
 InstancePredicate = Callable[[compute_v1.Instance], bool]
@@ -430,6 +451,41 @@ class RecordedRequest:
     headers: dict[str, str] = field(default_factory=dict, repr=False)
 
 
+class Guest(Protocol):
+    """What runs inside the fake's VMs: the hook a whole-path test uses to simulate COS VMs.
+
+    Set ``fake.guest`` to an object with these three methods (``None``, the default, means the
+    VMs run nothing). The fake calls them from its own dispatcher thread, never under its lock,
+    so a guest may call back into the fake (``append_serial``, HTTP requests) freely; events for
+    one VM arrive in the order they happened (running → shutdown → power off → running ...).
+    """
+
+    def on_running(self, project: str, zone: str, name: str,
+                   instance: compute_v1.Instance) -> None:
+        """The VM entered RUNNING after ``insert`` or ``start``: boot it from ``instance``'s
+        metadata (a copy: startup-script, shutdown-script, the runner's keys). Must not block:
+        start the simulated VM and return."""
+
+    def on_shutdown(self, project: str, zone: str, name: str, notice_seconds: float) -> None:
+        """ACPI soft off (preemption, ``stop``, ``delete``): run the shutdown script and return
+        when the guest has halted. Called on a thread of its own; the fake waits for it at
+        most ``notice_seconds`` and then cuts power whether or not it returned."""
+
+    def on_power_off(self, project: str, zone: str, name: str) -> None:
+        """Power is cut (G3 mechanical off): kill whatever still runs on this VM, at once.
+        Called after ``on_shutdown`` returned or its notice ran out, whichever came first."""
+
+
+@dataclass
+class _Shutdown:
+    """A VM in STOPPING: what happens at power off, and when that is at the latest."""
+
+    action: str  # "STOP" (→ TERMINATED) or "DELETE" (→ gone)
+    deadline: float  # monotonic time of the G3 mechanical off
+    halted: threading.Event  # set when the guest's shutdown finished (it halted early)
+    ops: list["_Op"] = field(default_factory=list)  # operations DONE only at power off
+
+
 @dataclass
 class _Vm:
     project: str
@@ -439,6 +495,8 @@ class _Vm:
     serial_base: int = 0  # byte offset of serial[0] in the whole console history
     boot_started: float = 0.0
     boot_seconds: float = 0.0
+    shutdown: Optional[_Shutdown] = None
+    guest_running: bool = False  # the guest was told on_running and not yet on_power_off
 
 
 @dataclass
@@ -474,6 +532,9 @@ class ComputeFake:
     - ``strict``: validate insert bodies the way GCE does (on by default).
     - ``region_quotas``: region -> {metric: (limit, usage)}, served by ``regions.get``
       (``set_quota`` edits it); starts as a new project's: 1 T4 and 1 L4, spot and standard.
+    - ``time_scale``: the one factor applied to GCE's own durations (the 30 s / 120 s shutdown
+      notice); 0 collapses them (the default, for tests that do not look at the timeline).
+    - ``guest``: a ``Guest`` run behind every VM (None: the VMs run nothing).
     """
 
     def __init__(self, project: str = "test-project", *, seed: int = 0) -> None:
@@ -489,6 +550,8 @@ class ComputeFake:
         self.wait_timeout = 120.0  # zoneOperations.wait returns early after this, like GCE's ~2 min
         self.serial_retain_bytes = SERIAL_RETAIN_BYTES
         self.strict = True
+        self.time_scale = 0.0
+        self.guest: Optional[Guest] = None
         self.region_quotas: dict[str, dict[str, tuple[float, float]]] = {
             region: dict(DEFAULT_REGION_QUOTAS) for region in {z.rsplit("-", 1)[0] for z in ZONES}}
         self.endpoint = ""  # set by run_compute_fake
@@ -504,6 +567,8 @@ class ComputeFake:
         self._scheduled: list[_Scheduled] = []
         self._fail_next: list[tuple[int, Optional[str]]] = []
         self._images: dict[tuple[str, str], compute_v1.Image] = {}
+        self._guest_events: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
+        self._guest_thread: Optional[threading.Thread] = None
         for family, name in COS_IMAGES:
             self.add_image("cos-cloud", name, family=family)
 
@@ -635,10 +700,14 @@ class ComputeFake:
     # ---- internals: time-driven state --------------------------------------------------------
 
     def _tick(self) -> None:
-        """Apply what time has made true: boots that finished, scheduled preemptions."""
+        """Apply what time has made true: boots that finished, shutdowns whose guest halted or
+        whose notice ran out, scheduled preemptions."""
         now = time.monotonic()
-        for vm in self._vms.values():
+        for vm in list(self._vms.values()):
             self._boot_status(vm, now)
+            sd = vm.shutdown
+            if sd is not None and (now >= sd.deadline or sd.halted.is_set()):
+                self._power_off(vm)
         due = [s for s in self._scheduled if s.due <= now]
         self._scheduled = [s for s in self._scheduled if s.due > now]
         for s in due:
@@ -656,24 +725,123 @@ class ComputeFake:
             return
         elapsed = now - vm.boot_started
         if elapsed >= vm.boot_seconds:
-            vm.instance.status = "RUNNING"
+            self._enter_running(vm)
         elif elapsed >= vm.boot_seconds / 2:
             vm.instance.status = "STAGING"
 
     def _boot(self, vm: _Vm) -> None:
         vm.boot_started, vm.boot_seconds = time.monotonic(), self.boot_seconds
-        vm.instance.status = "PROVISIONING" if self.boot_seconds > 0 else "RUNNING"
         vm.instance.last_start_timestamp = _now_ts()
+        if self.boot_seconds > 0:
+            vm.instance.status = "PROVISIONING"
+        else:
+            self._enter_running(vm)
+
+    def _enter_running(self, vm: _Vm) -> None:
+        vm.instance.status = "RUNNING"
+        if self.guest is not None:
+            vm.guest_running = True
+            guest, snap = self.guest, _copy(vm.instance)
+            key = (vm.project, vm.zone, vm.instance.name)
+            self._to_guest(lambda: guest.on_running(*key, snap))
 
     def _preempt(self, vm: _Vm) -> compute_v1.Operation:
         op = self._new_op(vm.project, vm.zone, "compute.instances.preempted", vm.instance,
                           user="system", status_message="Instance was preempted.", immediate=True)
-        if vm.instance.scheduling.instance_termination_action == "DELETE":
-            del self._vms[(vm.project, vm.zone, vm.instance.name)]
+        action = vm.instance.scheduling.instance_termination_action or "STOP"
+        self._begin_shutdown(vm, "DELETE" if action == "DELETE" else "STOP")
+        return op
+
+    def _notice_seconds(self, vm: _Vm) -> float:
+        base = SPOT_SHUTDOWN_NOTICE_S if _is_spot(vm.instance) else STANDARD_SHUTDOWN_NOTICE_S
+        return base * self.time_scale
+
+    def _begin_shutdown(self, vm: _Vm, action: str, op: Optional["_Op"] = None) -> None:
+        """ACPI soft off: STOPPING now, power off when the guest halts or the notice runs out.
+
+        A second stop/delete while STOPPING joins the shutdown in progress (a delete upgrades
+        a stop); a TERMINATED VM has nothing to shut down, so a delete removes it at once.
+        """
+        if op is not None:
+            op.done_at = float("inf")  # DONE when the power goes off, not before
+        sd = vm.shutdown
+        if sd is not None:
+            if action == "DELETE":
+                sd.action = "DELETE"
+            if op is not None:
+                sd.ops.append(op)
+            return
+        if vm.instance.status == "TERMINATED":
+            vm.shutdown = _Shutdown(action, time.monotonic(), threading.Event(),
+                                    [op] if op else [])
+            self._power_off(vm)
+            return
+        notice = self._notice_seconds(vm) if vm.guest_running or self.guest is None else 0.0
+        sd = _Shutdown(action, time.monotonic() + notice, threading.Event(), [op] if op else [])
+        vm.shutdown = sd
+        vm.instance.status = "STOPPING"
+        if self.guest is not None and vm.guest_running:
+            guest, key = self.guest, (vm.project, vm.zone, vm.instance.name)
+
+            def soft_off() -> None:
+                def script() -> None:
+                    try:
+                        guest.on_shutdown(*key, notice)
+                    finally:
+                        sd.halted.set()
+                threading.Thread(target=script, name=f"guest-shutdown-{key[2]}",
+                                 daemon=True).start()
+            self._to_guest(soft_off)
+        self._power_off_if_due(vm)
+
+    def _power_off_if_due(self, vm: _Vm) -> None:
+        sd = vm.shutdown
+        if sd is not None and (time.monotonic() >= sd.deadline or sd.halted.is_set()):
+            self._power_off(vm)
+
+    def _power_off(self, vm: _Vm) -> None:
+        """G3 mechanical off: the guest is killed, then the VM is TERMINATED or deleted."""
+        sd, vm.shutdown = vm.shutdown, None
+        assert sd is not None
+        key = (vm.project, vm.zone, vm.instance.name)
+        if vm.guest_running and self.guest is not None:
+            guest = self.guest
+            self._to_guest(lambda: guest.on_power_off(*key))
+        vm.guest_running = False
+        if sd.action == "DELETE":
+            self._vms.pop(key, None)
         else:
             vm.instance.status = "TERMINATED"
             vm.instance.last_stop_timestamp = _now_ts()
-        return op
+        now = time.monotonic()
+        for op in sd.ops:
+            op.done_at = now
+
+    # ---- internals: the guest's dispatcher -----------------------------------------------
+
+    def _to_guest(self, call: Callable[[], None]) -> None:
+        """Queue a guest callback; one daemon thread delivers them in order, outside the lock."""
+        if self._guest_thread is None or not self._guest_thread.is_alive():
+            self._guest_thread = threading.Thread(target=self._deliver, name="compute-fake-guest",
+                                                  daemon=True)
+            self._guest_thread.start()
+        self._guest_events.put(call)
+
+    def _deliver(self) -> None:
+        while True:
+            call = self._guest_events.get()
+            if call is None:
+                return
+            try:
+                call()
+            except Exception as e:  # noqa: BLE001 - a broken guest must fail the test, loudly
+                self.internal_errors.append(f"guest callback failed: {e!r}")
+
+    def close(self) -> None:
+        """Stop the guest dispatcher (after delivering what is queued)."""
+        if self._guest_thread is not None and self._guest_thread.is_alive():
+            self._guest_events.put(None)
+            self._guest_thread.join(timeout=30)
 
     # ---- internals: operations --------------------------------------------------------------
 
@@ -906,18 +1074,26 @@ class ComputeFake:
             raise ApiError(400, "resourceInUseByAnotherResource",
                            "Invalid resource usage: 'Resource cannot be deleted if it's "
                            "protected against deletion.'")
-        del self._vms[(p, zone, name)]
-        return self._new_op(p, zone, "delete", vm.instance)
+        rec = self._op_record(p, zone, self._new_op(p, zone, "delete", vm.instance))
+        self._begin_shutdown(vm, "DELETE", rec)
+        return self._render_op(rec)
 
     def _h_stop(self, p: str, zone: str, name: str) -> Any:
         vm = self._vm(p, zone, name)
-        if vm.instance.status != "TERMINATED":
-            vm.instance.status = "TERMINATED"
-            vm.instance.last_stop_timestamp = _now_ts()
-        return self._new_op(p, zone, "stop", vm.instance)
+        rec = self._op_record(p, zone, self._new_op(p, zone, "stop", vm.instance))
+        if vm.instance.status != "TERMINATED" or vm.shutdown is not None:
+            self._begin_shutdown(vm, "STOP", rec)
+        return self._render_op(rec)
+
+    def _op_record(self, p: str, zone: str, op: compute_v1.Operation) -> _Op:
+        return self._ops[(p, zone, op.name)]
 
     def _h_start(self, p: str, zone: str, name: str) -> Any:
         vm = self._vm(p, zone, name)
+        if vm.instance.status == "STOPPING":
+            raise ApiError(400, "resourceNotReady",
+                           f"The resource 'projects/{p}/zones/{zone}/instances/{name}' is not "
+                           "ready")
         if vm.instance.status == "TERMINATED":
             if zone in self.stockout_zones:
                 return self._stockout(p, zone, vm.instance, "start")
@@ -955,6 +1131,10 @@ class ComputeFake:
         elif vm.instance.scheduling.on_host_maintenance == "TERMINATE":
             self._new_op(p, zone, "compute.instances.terminateOnHostMaintenance", vm.instance,
                          user="system", immediate=True)
+            if vm.guest_running and self.guest is not None:
+                guest, key = self.guest, (p, zone, name)
+                self._to_guest(lambda: guest.on_power_off(*key))
+                vm.guest_running = False
             self._boot(vm)  # automaticRestart brings it back
         else:
             self._new_op(p, zone, "compute.instances.migrateOnHostMaintenance", vm.instance,
@@ -1104,11 +1284,17 @@ class ComputeFake:
             self._requests.append(RecordedRequest(method, split.path, query, parsed_body,
                                                   started, rpc, status, headers))
         if wait_for is not None:
-            remaining = wait_for.done_at - time.monotonic()
-            if remaining > 0:
-                time.sleep(min(remaining, self.wait_timeout))
-            with self.lock:
-                payload = to_json(self._render_op(wait_for))
+            # Until DONE or GCE's ~2 min cap; polled because a shutdown ends the operation at a
+            # time nobody scheduled (when the guest halts).
+            give_up = time.monotonic() + self.wait_timeout
+            while True:
+                with self.lock:
+                    self._tick()
+                    done = time.monotonic() >= wait_for.done_at
+                    if done or time.monotonic() >= give_up:
+                        payload = to_json(self._render_op(wait_for))
+                        break
+                time.sleep(min(0.02, max(0.0, wait_for.done_at - time.monotonic())))
         return status, payload
 
     def _inject_error(self, rpc: str) -> None:
@@ -1382,9 +1568,27 @@ def _fill_scheduling(s: compute_v1.Scheduling) -> None:
 def run_compute_fake(project: str = "test-project", *, seed: int = 0) -> Iterator[ComputeFake]:
     """Serve a fresh ComputeFake on 127.0.0.1 (free port) for the duration of the block."""
     fake = ComputeFake(project, seed=seed)
+    stop = threading.Event()
+
+    def clock() -> None:
+        # Time moves without requests too: a notice runs out, and the guest is powered off, even
+        # while nobody asks (as on GCE). Requests still tick first, so what they see is current.
+        while not stop.wait(0.05):
+            with fake.lock:
+                try:
+                    fake._tick()
+                except Exception as e:  # noqa: BLE001 - a bug in the fake: the fixture fails on it
+                    fake.internal_errors.append(f"clock: {e!r}")
+    ticker = threading.Thread(target=clock, name="compute-fake-clock", daemon=True)
     with serve(fake, "compute-fake") as endpoint:
         fake.endpoint = endpoint
-        yield fake
+        ticker.start()
+        try:
+            yield fake
+        finally:
+            stop.set()
+            ticker.join(timeout=5)
+            fake.close()
 
 
 # ---------------------------------------------------------------------------------------------

@@ -427,6 +427,127 @@ def test_stop_and_start_drive_status_and_boot_seconds_stage_the_boot(
     assert status() == "RUNNING"
 
 
+class RecordingGuest:
+    """A guest that records the events it gets and takes ``shutdown_s`` to run its script."""
+
+    def __init__(self, shutdown_s: float = 0.0) -> None:
+        self.shutdown_s = shutdown_s
+        self.events: list[tuple[str, str, float]] = []  # (event, name, monotonic time)
+        self.metadata: dict[str, dict[str, str]] = {}
+
+    def on_running(self, project: str, zone: str, name: str,
+                   instance: compute_v1.Instance) -> None:
+        self.metadata[name] = {i.key: i.value for i in instance.metadata.items}
+        self.events.append(("running", name, time.monotonic()))
+
+    def on_shutdown(self, project: str, zone: str, name: str, notice_seconds: float) -> None:
+        self.events.append(("shutdown", name, time.monotonic()))
+        time.sleep(self.shutdown_s)
+        self.events.append(("halted", name, time.monotonic()))
+
+    def on_power_off(self, project: str, zone: str, name: str) -> None:
+        self.events.append(("power_off", name, time.monotonic()))
+
+    def kinds(self, name: str) -> list[str]:
+        return [e for e, n, _ in self.events if n == name]
+
+
+def wait_for(predicate: Any, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("action,after", [("STOP", "TERMINATED"), ("DELETE", None)])
+def test_a_preemption_is_a_timeline_stopping_then_off_after_the_notice(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient,
+        action: str, after: str | None) -> None:
+    compute_fake.time_scale = 0.02  # the 30 s spot notice becomes 0.6 s
+    insert(instances, spot_vm("trainer-1", action=action))
+
+    def status() -> str | None:
+        try:
+            return instances.get(project=PROJECT, zone=ZONE, instance="trainer-1").status
+        except exceptions.NotFound:
+            return None
+
+    started = time.monotonic()
+    instances.simulate_maintenance_event_unary(project=PROJECT, zone=ZONE, instance="trainer-1")
+    assert status() == "STOPPING"  # what a supervisor that looks now sees
+    wait_for(lambda: status() != "STOPPING")
+    assert time.monotonic() - started >= 0.6 * 0.9
+    assert status() == after
+
+
+def test_the_guest_is_booted_shut_down_and_powered_off_in_order(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient,
+        zone_ops: compute_v1.ZoneOperationsClient) -> None:
+    guest = RecordingGuest(shutdown_s=0.1)
+    compute_fake.guest = guest
+    compute_fake.time_scale = 0.1  # a 3 s notice: the guest halts well before it
+    insert(instances, spot_vm("trainer-1"))
+    wait_for(lambda: guest.kinds("trainer-1") == ["running"])
+    assert guest.metadata["trainer-1"]["startup-script"] == "#!/bin/bash\necho hello\n"
+
+    started = time.monotonic()
+    compute_fake.preempt(ZONE, "trainer-1")
+    wait_for(lambda: "power_off" in guest.kinds("trainer-1"))
+
+    assert guest.kinds("trainer-1") == ["running", "shutdown", "halted", "power_off"]
+    assert time.monotonic() - started < 2.0  # a guest that halts early is off early
+    assert instances.get(project=PROJECT, zone=ZONE, instance="trainer-1").status == "TERMINATED"
+    op = instances.start_unary(project=PROJECT, zone=ZONE, instance="trainer-1")
+    wait(zone_ops, op)
+    wait_for(lambda: guest.kinds("trainer-1")[-1:] == ["running"])
+
+
+def test_a_guest_that_overruns_its_notice_is_powered_off_anyway(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient) -> None:
+    guest = RecordingGuest(shutdown_s=2.0)
+    compute_fake.guest = guest
+    compute_fake.time_scale = 0.01  # 0.3 s notice
+    insert(instances, spot_vm("trainer-1"))
+    wait_for(lambda: guest.kinds("trainer-1") == ["running"])
+
+    compute_fake.preempt(ZONE, "trainer-1")
+    wait_for(lambda: "power_off" in guest.kinds("trainer-1"), timeout=1.5)
+
+    assert guest.kinds("trainer-1") == ["running", "shutdown", "power_off"]  # not halted yet
+    assert instances.get(project=PROJECT, zone=ZONE, instance="trainer-1").status == "TERMINATED"
+
+
+def test_delete_goes_through_stopping_and_its_operation_is_done_only_when_the_vm_is_gone(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient,
+        zone_ops: compute_v1.ZoneOperationsClient) -> None:
+    compute_fake.time_scale = 0.02
+    insert(instances, spot_vm("trainer-1"))
+
+    op = instances.delete_unary(project=PROJECT, zone=ZONE, instance="trainer-1")
+
+    assert op.status == compute_v1.Operation.Status.RUNNING
+    assert instances.get(project=PROJECT, zone=ZONE, instance="trainer-1").status == "STOPPING"
+    done = wait(zone_ops, op)
+    assert done.status == compute_v1.Operation.Status.DONE
+    with pytest.raises(exceptions.NotFound):
+        instances.get(project=PROJECT, zone=ZONE, instance="trainer-1")
+
+
+def test_stop_goes_through_stopping_and_a_stopping_vm_cannot_be_started(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient,
+        zone_ops: compute_v1.ZoneOperationsClient) -> None:
+    compute_fake.time_scale = 0.02
+    insert(instances, spot_vm("trainer-1"))
+
+    op = instances.stop_unary(project=PROJECT, zone=ZONE, instance="trainer-1")
+    assert instances.get(project=PROJECT, zone=ZONE, instance="trainer-1").status == "STOPPING"
+    with pytest.raises(exceptions.BadRequest, match="not ready"):
+        instances.start_unary(project=PROJECT, zone=ZONE, instance="trainer-1")
+
+    wait(zone_ops, op)
+    assert instances.get(project=PROJECT, zone=ZONE, instance="trainer-1").status == "TERMINATED"
+
+
 def test_operations_can_stay_running_until_wait_returns_them_done(
         compute_fake: ComputeFake, instances: compute_v1.InstancesClient,
         zone_ops: compute_v1.ZoneOperationsClient) -> None:

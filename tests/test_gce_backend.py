@@ -286,6 +286,50 @@ def test_with_stop_termination_a_preempted_vm_is_started_again_not_replaced(comp
     assert [v.name for v in compute_fake.instances()] == ["runner-exp-1-a1"]
 
 
+@pytest.mark.parametrize("action", ["STOP", "DELETE"])
+def test_a_supervisor_that_looks_during_the_preemption_notice_waits_then_restarts(
+        compute_fake, gcs_store, gcs_emulator, action):
+    """A real preemption: the agent records PREEMPTED while the VM is still STOPPING.
+
+    Acting then would delete the kept VM (STOP) or put a second VM beside a live one (DELETE).
+    The supervisor waits for the power-off: STOP restarts the same VM in place, DELETE inserts
+    attempt 2 only once attempt 1's VM is gone.
+    """
+    cfg = Config(backend="gce", project=PROJECT, zones=list(ZONES), compute_endpoint=compute_fake.endpoint,
+                 store=gcs_store.url, no_gpu=True, termination_action=action)
+    ctx = make_context(cfg)
+    submit(ctx)
+    sup = ctx.supervisor()
+    sup.reconcile("exp-1")
+    agent_reports_running(ctx, "exp-1")
+    compute_fake.time_scale = 0.05  # a 1.5 s notice
+    compute_fake.preempt("us-central1-a", "runner-exp-1-a1")
+    rec = RunRecord(ctx.store, "exp-1")
+    rec.transition(State.PREEMPTED, "agent", expect_attempt=1, reason="SIGTERM from the VM shutdown")
+    compute_fake.reset_requests()
+
+    sup.reconcile("exp-1")  # during STOPPING
+    assert compute_fake.instance("us-central1-a", "runner-exp-1-a1").status == "STOPPING"
+    assert [r.rpc for r in compute_fake.requests if r.method != "GET"] == []
+
+    deadline = time.monotonic() + 10
+    while compute_fake.instance("us-central1-a", "runner-exp-1-a1") is not None and \
+            compute_fake.instance("us-central1-a", "runner-exp-1-a1").status == "STOPPING":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    sup.reconcile("exp-1")
+    rpcs = [r.rpc for r in compute_fake.requests]
+    st = rec.read_state()[0]
+    assert (st.state, st.attempt) == (State.PROVISIONING, 2)
+    if action == "STOP":
+        assert "instances.insert" not in rpcs and "instances.start" in rpcs
+        assert [v.name for v in compute_fake.instances()] == ["runner-exp-1-a1"]
+        assert compute_fake.instance("us-central1-a", "runner-exp-1-a1").labels["attempt"] == "2"
+    else:
+        assert "instances.delete" not in rpcs
+        assert [v.name for v in compute_fake.instances()] == ["runner-exp-1-a2"]
+
+
 def test_project_mismatch_with_gcloud_is_warned_about_showing_both(compute_fake, gcs_store, gcs_emulator, tmp_path):
     conf = tmp_path / "gcloud"
     (conf / "configurations").mkdir(parents=True)
