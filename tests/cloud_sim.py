@@ -37,7 +37,7 @@ import uuid
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 from tests.cos_sim.fakes import FakeMetadata
 from tests.cos_sim.vm import REPO, SIM_PATH, Boot, CosVm
@@ -97,6 +97,9 @@ class CosGuest:
         self.docker = docker_client
         self.vm_env = dict(vm_env or {})
         self.boot_timeout = boot_timeout
+        # Per-boot extras chosen from the VM's metadata (e.g. a driver install that hangs in
+        # attempt 1 only): a test sets it, and clears it after.
+        self.env_for: Optional[Callable[[dict[str, str]], dict[str, str]]] = None
         self.errors: list[str] = []
         self.vms: dict[tuple[str, str, str], GuestVm] = {}
         self.lock = threading.RLock()
@@ -135,7 +138,8 @@ class CosGuest:
         if vm is None or not vm.alive or vm.metadata is None:
             return  # never booted, or its job already ended and the boot is over
         try:
-            shutdown = vm.cos.boot(self._env(vm), script="shutdown.sh", timeout=max(notice_seconds, 1))
+            shutdown = vm.cos.boot_from_metadata(vm.metadata, self._env(vm), key="shutdown-script",
+                                                 timeout=max(notice_seconds, 1))
             vm.shutdowns.append(shutdown)
             self._serial(vm, shutdown.stdout)
         except Exception as e:  # noqa: BLE001 - the notice ran out (or docker failed): GCE powers off anyway
@@ -147,16 +151,21 @@ class CosGuest:
         if vm is None:
             return
         vm.powered_off.set()
-        from docker.errors import NotFound
+        from docker.errors import APIError, NotFound
 
-        for c in self.docker.containers.list(all=True, ignore_removed=True, filters={"name": vm.cos.name}):
+        # The startup script's container, the job's, a GPU installer's: everything of this VM.
+        named = self.docker.containers.list(all=True, ignore_removed=True, filters={"name": vm.cos.name})
+        for c in {c.id: c for c in [*named, *vm.cos.containers()]}.values():
             try:
-                c.remove(force=True)  # the startup script's container and the job's
+                c.remove(force=True)
             except NotFound:
                 pass  # it ended and was removed on its own meanwhile
-        (vm.cos.nvidia_root / "bin" / ".driver-loaded").unlink(missing_ok=True)
+            except APIError as e:
+                if e.status_code != 409:  # 409: its removal is already in progress
+                    raise
+        vm.cos.power_cycle()  # the driver's kernel modules are gone; the disk is kept
         if vm.booting is not None:
-            vm.booting.join(timeout=30)  # its metadata server stops with it
+            vm.booting.join(timeout=10)  # its metadata server stops with it
         self._count_live()
 
     # ---- booting ------------------------------------------------------------------------------
@@ -172,6 +181,7 @@ class CosGuest:
             "RUNNER_RELEASE_WAIT": "foreground",
             "PULL_RETRIES": "3", "PULL_BACKOFF": "1", "RUNNER_GPU_POLL": "0.2", "RUNNER_GPU_DIAG_INTERVAL": "2",
             **self.vm_env,
+            **(self.env_for(dict(vm.metadata.attributes)) if self.env_for else {}),
         }
 
     @staticmethod
@@ -190,7 +200,7 @@ class CosGuest:
         assert vm.metadata is not None
         try:
             with vm.metadata:
-                boot = vm.cos.boot(self._env(vm), timeout=self.boot_timeout)
+                boot = vm.cos.boot_from_metadata(vm.metadata, self._env(vm), timeout=self.boot_timeout)
             vm.boots.append(boot)
             self._serial(vm, boot.stdout)
             if boot.exit_code != 0 and not vm.powered_off.is_set():
