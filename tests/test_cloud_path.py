@@ -225,10 +225,6 @@ class Cloud:
 
     def preempt(self, run_id: str) -> None:
         p = self.cli("ops", "preempt", "--run-id", run_id)
-        if p.returncode != 0:
-            Path("/tmp/h4-debug.txt").write_text("\n".join(
-                f"{r.time:.2f} {r.rpc} {r.status} {r.path} {r.headers}" for r in self.fake.requests
-                if r.rpc not in ("instances.aggregatedList", "instances.get")))
         assert p.returncode == 0, p.stderr
 
     def journal(self, run_id: str) -> list[dict[str, Any]]:
@@ -249,7 +245,6 @@ class Cloud:
                     p.kill()
                     p.wait()
             out.append(p.stderr.read() if p.stderr else "")
-        Path("/tmp/h4-sup.txt").write_text("\n".join(out))
         return "\n".join(out)
 
 
@@ -336,3 +331,119 @@ def test_a_preempted_run_resumes_from_last_checkpoint_and_succeeds(cloud: Cloud,
     if shape == "gpu":
         gvm = cloud.guest.vms[(PROJECT, "us-central1-a", first.name)]
         assert gvm.cos.gpus == 1
+
+
+# ---------------------------------------------------------------------------------------------
+# Zones, and preemptions at the awkward moments
+# ---------------------------------------------------------------------------------------------
+
+SHORT = trainer(10, EVERY)  # 2 s of work: for the cases that are not about resuming
+
+
+def test_a_stockout_in_the_first_zone_runs_the_job_in_the_second(cloud: Cloud) -> None:
+    run_id = f"cp-stockout-{uuid.uuid4().hex[:6]}"
+    cloud.fake.stockout_zones.add("us-central1-a")
+    cloud.submit(run_id, *CPU, command=SHORT)
+    cloud.supervise()
+    st = cloud.wait_state(run_id, State.SUCCEEDED, State.FAILED, timeout=90)
+    assert (st.state, st.attempt) == (State.SUCCEEDED, 1), st
+    assert cloud.record(run_id).read_manifest(1)["zone"] == "us-central1-b"
+    tried = [r.path.split("/zones/")[1].split("/")[0] for r in cloud.fake.calls("instances.insert", ok=True)]
+    assert tried == ["us-central1-a", "us-central1-b"]  # refused (an operation error) in a, created in b
+    assert json.loads(cloud.text(run_id, "results/summary.json"))["steps"] == 10
+    wait_for(lambda: cloud.vms(run_id) == [], 30, f"{run_id}'s VM to delete itself")
+
+
+def test_a_preemption_during_the_driver_install_restarts_the_run_on_a_new_vm(cloud: Cloud) -> None:
+    run_id = f"cp-driver-{uuid.uuid4().hex[:6]}"
+    # Attempt 1's installer never finishes (a real installer container that hangs); attempt 2's works.
+    cloud.guest.env_for = lambda attrs: {"COS_SIM_DRIVER": "hang"} if attrs.get("runner-attempt") == "1" else {}
+    try:
+        cloud.submit(run_id, *GPU, command=SHORT)
+        cloud.supervise()
+        first = f"runner-{run_id}-a1"
+        installing = lambda: [c for vm in cloud.guest.vms.values() if vm.name == first  # noqa: E731
+                              for c in vm.cos.containers() if "cos-gpu-installer" in str(c.attrs["Config"]["Image"])]
+        (installer,) = wait_for(installing, 60, "attempt 1's GPU installer container to run")
+        assert cloud.state(run_id).state in (State.PROVISIONING, State.BOOTING)
+        cloud.preempt(run_id)
+        st = cloud.wait_state(run_id, State.SUCCEEDED, State.FAILED, timeout=120)
+    finally:
+        cloud.guest.env_for = None
+    assert (st.state, st.attempt) == (State.SUCCEEDED, 2), st
+    assert cloud.record(run_id).read_manifest(1) is None  # the job never started on the first VM
+    summary = json.loads(cloud.text(run_id, "results/summary.json"))
+    assert summary["starts"] == [0] and summary["steps"] == 10
+    # Power off took the hung installer with it; the second VM installed the driver again.
+    gvm = next(vm for vm in cloud.guest.vms.values() if vm.name == first)
+    assert gvm.cos.containers() == []
+    wait_for(lambda: cloud.vms(run_id) == [], 30, f"{run_id}'s VMs to be gone")
+
+
+def test_a_preemption_during_the_final_sync_loses_nothing(cloud: Cloud, docker_client: Any) -> None:
+    run_id = f"cp-finalsync-{uuid.uuid4().hex[:6]}"
+    # A 30 MB checkpoint makes the agent's final sync long enough for the notice to land in it.
+    cloud.submit(run_id, *CPU, "--termination-action", "STOP",
+                 command=trainer(10, EVERY, "--checkpoint-bytes", str(30 << 20)))
+    cloud.supervise()
+    name = f"runner-{run_id}-a1"
+
+    def job_done() -> bool:
+        for vm in cloud.guest.vms.values():
+            if vm.name == name:
+                for c in vm.cos.containers():
+                    if c.name == vm.cos.container_name and b"trainer: done" in c.logs():
+                        return True
+        return False
+
+    wait_for(job_done, 90, "the job to finish (the agent then syncs)")
+    cloud.fake.preempt("us-central1-a", name)  # GCE's own preemption, at once
+    st = cloud.wait_state(run_id, State.SUCCEEDED, State.FAILED, timeout=120)
+    assert st.state == State.SUCCEEDED, st
+    summary = json.loads(cloud.text(run_id, "results/summary.json"))
+    assert summary["steps"] == 10
+    ckpt = decode_checkpoint(cloud.store.read(cloud.record(run_id).name("checkpoints/last.pt")).data)
+    assert ckpt["step"] == 10
+    journal = cloud.journal(run_id)
+    if agent_preempted(journal, 1):  # the notice landed in the sync: attempt 2 had nothing left to do
+        assert st.attempt == 2 and summary["starts"] == [0, 10], summary
+        print(f"\n{run_id}: the notice landed in the final sync; attempt 2 resumed at step 10")
+    else:  # the sync finished inside the notice: the outcome stood
+        assert st.attempt == 1
+        print(f"\n{run_id}: the final sync finished inside the notice; SUCCEEDED stood")
+    wait_for(lambda: cloud.vms(run_id) == [], 30, f"{run_id}'s VM to be gone")
+
+
+def test_a_delete_during_the_restart_is_final(cloud: Cloud) -> None:
+    run_id = f"cp-delete-{uuid.uuid4().hex[:6]}"
+    cloud.submit(run_id, *CPU)
+    cloud.supervise()
+    cloud.wait_state(run_id, State.RUNNING, attempt=1)
+    wait_for(lambda: cloud.step(run_id) >= 5, 60, "attempt 1 to reach step 5")
+    cloud.preempt(run_id)
+    cloud.wait_state(run_id, State.PROVISIONING, State.BOOTING, attempt=2, timeout=60)
+    p = cloud.cli("ops", "delete", "--run-id", run_id)
+    assert p.returncode == 0, p.stderr
+    st = cloud.wait_state(run_id, State.STOPPED, timeout=60)
+    wait_for(lambda: cloud.vms(run_id) == [], 60, f"{run_id}'s VMs to be gone")
+    inserts, _ = inserts_and_starts(cloud.fake, run_id)
+    time.sleep(4)  # eight supervisor passes: none may bring the run back
+    assert cloud.vms(run_id) == []
+    assert inserts_and_starts(cloud.fake, run_id)[0] == inserts and len(inserts) <= 2
+    assert cloud.state(run_id).state == State.STOPPED and st.attempt <= 2
+    assert not [vm for vm in cloud.guest.vms.values() if vm.run_id == run_id and vm.alive]
+
+
+# ---------------------------------------------------------------------------------------------
+# Over the whole module: never two live VMs for one run
+# ---------------------------------------------------------------------------------------------
+
+def test_never_two_live_vms_for_one_run_over_the_whole_suite(
+        cloud_parts: tuple[ComputeFake, CosGuest, LiveVmSampler]) -> None:
+    """Runs last in this module (pytest keeps file order): the sampler has seen every case."""
+    _fake, guest, sampler = cloud_parts
+    assert sampler.samples > 100 and sampler.api_max, "the sampler saw nothing"
+    report = {run: (n, guest.max_live_per_run.get(run, 0)) for run, n in sorted(sampler.api_max.items())}
+    print(f"\nmax live VMs per run (Compute API, booted guests) over {sampler.samples} samples: {report}")
+    assert max(sampler.api_max.values()) == 1, report
+    assert max(guest.max_live_per_run.values()) == 1, report
