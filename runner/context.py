@@ -16,10 +16,23 @@ from runner.supervisor import Supervisor, SupervisorSettings
 
 
 def make_store(cfg: Config, create_default: bool = False) -> Store:
-    """Open the configured store; the default local directory is created on first use."""
+    """Open the configured store; with ``create_default`` (commands that write, like submit) a
+    missing local directory is made on first use.
+
+    The default store's parents are made too (``~/.local/share`` may not exist yet). A store the
+    user named gets only its last component: a missing parent is more likely a typo in the path
+    than a wish for a new tree, so that one is still refused with the fix.
+    """
     url = cfg.store_url
-    if create_default and cfg.store is None and url.startswith("file://"):
-        os.makedirs(url[len("file://"):], exist_ok=True)
+    if create_default and url.startswith("file://"):
+        path = os.path.abspath(os.path.expanduser(url[len("file://"):]))
+        if cfg.store is None:
+            os.makedirs(path, exist_ok=True)
+        elif not os.path.exists(path) and os.path.isdir(os.path.dirname(path)):
+            try:
+                os.mkdir(path)
+            except OSError:
+                pass  # unwritable parent (or a race): the store's own error below says what to do
     return open_store(url)
 
 
@@ -27,11 +40,11 @@ def make_backend(cfg: Config) -> ComputeBackend:
     if cfg.backend == "local":
         from runner.backends.local import LocalBackend
 
-        return LocalBackend()
+        return LocalBackend().bind_store(cfg.store_url)
     from runner.backends.gce import GceBackend
     from runner.gcp_clients import compute_clients
 
-    return GceBackend(compute_clients(cfg.compute_endpoint), require_project(cfg))
+    return GceBackend(compute_clients(cfg.compute_endpoint), require_project(cfg)).bind_store(cfg.store_url)
 
 
 def require_project(cfg: Config) -> str:

@@ -159,3 +159,20 @@ def _check_attempt(attempt: int) -> int:
 def region_of(zone: str) -> str:
     """``us-central1-a`` → ``us-central1``: a GCE zone's name is its region's plus ``-LETTER``."""
     return zone.rsplit("-", 1)[0]
+
+
+def store_label(store_url: str) -> str:
+    """A label value naming the store a run lives in: ``s`` and 16 hex digits of its URL's sha256.
+
+    Why: run ids are unique within one store only. Two stores (two buckets in one project, two
+    directories on one Docker host) may both have a run ``exp-1``; every instance carries this
+    label and each backend keeps only its own store's, so ``ops delete`` in one store can never
+    stop the other's job. The URL is normalised first (trailing ``/``; a ``file://`` path made
+    absolute and resolved), so two spellings of one store get one label.
+    """
+    url = store_url.rstrip("/")
+    if url.startswith("file://"):
+        import os
+
+        url = "file://" + os.path.realpath(url[len("file://"):] or "/")
+    return "s" + hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:16]

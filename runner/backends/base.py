@@ -17,6 +17,7 @@ from entrypoint.record import RunSpec
 LABEL_RUNNER = "runner"
 LABEL_RUN_ID = "run-id"
 LABEL_ATTEMPT = "attempt"
+LABEL_STORE = "runner-store"  # runner.naming.store_label of the store the run lives in
 RUNNER_LABEL_VALUE = "cos-spot-runner"
 
 
@@ -35,6 +36,7 @@ class Instance:
     status: InstanceStatus
     zone: str = "local"
     exit_code: int | None = None
+    store: str = ""  # its LABEL_STORE value; "" on instances made before stores were labelled
 
     @property
     def alive(self) -> bool:
@@ -62,6 +64,33 @@ class ComputeBackend(ABC):
     # A VM's serial console shows what happened before the job started (driver install, image
     # pull); a local container has no such phase, its console is the job's own output.
     has_startup_console: bool = False
+    # The store whose instances this backend lists and deletes (runner.naming.store_label);
+    # None: every runner instance, whatever its store (tests that own the whole host or project).
+    store_label: str | None = None
+
+    def bind_store(self, store_url: str) -> "ComputeBackend":
+        """Keep to ``store_url``'s instances: other stores may reuse our run ids on this host/project."""
+        from runner.naming import store_label
+
+        self.store_label = store_label(store_url)
+        return self
+
+    def _ours(self, instances: list[Instance]) -> list[Instance]:
+        """The instances of this backend's store. Unlabelled ones (made before instances carried
+        their store) count as ours, as they did then, so an upgrade never orphans a live run."""
+        if self.store_label is None:
+            return instances
+        return [i for i in instances if i.store in ("", self.store_label)]
+
+    def foreign(self, instance: Instance) -> bool:
+        """Whether ``instance`` (found by name, e.g. on a create that hit 409) is another store's."""
+        return self.store_label is not None and instance.store not in ("", self.store_label)
+
+    def name_taken(self, instance: Instance) -> BackendError:
+        return BackendError(
+            f"instance {instance.name} already exists and belongs to a run of another store "
+            f"(label {LABEL_STORE}={instance.store}); run ids must be unique per Docker host / GCE "
+            "project across stores: delete or finish that run, or submit this one under another id")
 
     def owns(self, spec: RunSpec) -> bool:
         """Whether this backend (its project, say) is where ``spec``'s instances live."""

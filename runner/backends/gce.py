@@ -19,6 +19,7 @@ from runner.backends.base import (
     LABEL_ATTEMPT,
     LABEL_RUN_ID,
     LABEL_RUNNER,
+    LABEL_STORE,
     RUNNER_LABEL_VALUE,
     BackendError,
     ComputeBackend,
@@ -28,7 +29,7 @@ from runner.backends.base import (
 )
 from runner.backends.gce_shapes import ShapeError, resolve_gpu
 from runner.gcp_clients import ComputeClients, api_retry
-from runner.naming import label_value, resource_name
+from runner.naming import label_value, resource_name, store_label
 
 _STATUS = {
     "PROVISIONING": InstanceStatus.STARTING,
@@ -262,6 +263,7 @@ class GceBackend(ComputeBackend):
                     LABEL_RUNNER: RUNNER_LABEL_VALUE,
                     LABEL_RUN_ID: label_value(spec.run_id),
                     LABEL_ATTEMPT: str(ctx.attempt),
+                    LABEL_STORE: store_label(ctx.store_url),
                 },
                 metadata=compute_v1.Metadata(items=[compute_v1.Items(key=k, value=v) for k, v in items.items()]),
                 service_accounts=[compute_v1.ServiceAccount(
@@ -292,7 +294,7 @@ class GceBackend(ComputeBackend):
                     retry=api_retry())
                 op = self._wait(plan.project, zone, op)
             except gexc.Conflict:
-                return self._get(plan.project, zone, plan.name)
+                return self._existing(plan.project, zone, plan.name)
             except gexc.GoogleAPICallError as e:
                 reasons = _error_reasons(e)
                 if any(r in ZONE_RETRYABLE for r in reasons):
@@ -305,7 +307,7 @@ class GceBackend(ComputeBackend):
                     refusals.append(f"{zone}: {', '.join(sorted(set(reasons)))}")
                     continue
                 if "RESOURCE_ALREADY_EXISTS" in reasons:
-                    return self._get(plan.project, zone, plan.name)
+                    return self._existing(plan.project, zone, plan.name)
                 raise BackendError(f"creating {plan.name} in {zone} failed: "
                                    + "; ".join(f"{e.code}: {e.message}" for e in op.error.errors))
             return self._get(plan.project, zone, plan.name)
@@ -352,6 +354,13 @@ class GceBackend(ComputeBackend):
             op = self.c.zone_operations.wait(project=project, zone=zone, operation=op.name, retry=api_retry())
         return op
 
+    def _existing(self, project: str, zone: str, name: str) -> Instance:
+        """The VM a create found already there (409): ours to adopt, unless another store's."""
+        inst = self._get(project, zone, name)
+        if self.foreign(inst):
+            raise self.name_taken(inst)
+        return inst
+
     def _get(self, project: str, zone: str, name: str) -> Instance:
         return self._instance(self.c.instances.get(project=project, zone=zone, instance=name, retry=api_retry()))
 
@@ -364,6 +373,7 @@ class GceBackend(ComputeBackend):
             attempt=int(labels.get(LABEL_ATTEMPT, "0") or 0),
             status=_STATUS.get(_status_name(i.status), InstanceStatus.STARTING),
             zone=_zone_of(i.zone),
+            store=labels.get(LABEL_STORE, ""),
         )
 
     def list(self, run_id: str | None = None) -> list[Instance]:
@@ -376,7 +386,7 @@ class GceBackend(ComputeBackend):
             retry=api_retry())
         for _zone, scoped in pages:
             out += [self._instance(i) for i in scoped.instances]
-        return out
+        return self._ours(out)
 
     def delete(self, instance: Instance, grace_period: float = 0) -> None:
         # The VM's shutdown script gives the container its grace period; we do not wait here.

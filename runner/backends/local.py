@@ -15,6 +15,7 @@ from runner.backends.base import (
     LABEL_ATTEMPT,
     LABEL_RUN_ID,
     LABEL_RUNNER,
+    LABEL_STORE,
     RUNNER_LABEL_VALUE,
     BackendError,
     ComputeBackend,
@@ -22,7 +23,7 @@ from runner.backends.base import (
     InstanceStatus,
     LaunchContext,
 )
-from runner.naming import label_value, resource_name
+from runner.naming import label_value, resource_name, store_label
 
 STORE_MOUNT = "/var/lib/runner/store"
 
@@ -122,6 +123,7 @@ class LocalBackend(ComputeBackend):
                 LABEL_RUN_ID: label_value(spec.run_id),
                 "run-id-full": spec.run_id,
                 LABEL_ATTEMPT: str(ctx.attempt),
+                LABEL_STORE: store_label(ctx.store_url),
             },
             volumes={_store_dir(ctx.store_url): {"bind": STORE_MOUNT, "mode": "rw"}},
             shm_size=ctx.shm_size,
@@ -153,6 +155,8 @@ class LocalBackend(ComputeBackend):
         except APIError as e:
             if e.status_code == 409:  # a container of that name exists: creation is idempotent
                 c = self.client.containers.get(plan.name)
+                if self.foreign(self._instance(c)):
+                    raise self.name_taken(self._instance(c)) from None
             else:
                 raise BackendError(f"docker could not start {plan.name}: {e.explanation or e}") from None
         return self._instance(c)
@@ -167,6 +171,7 @@ class LocalBackend(ComputeBackend):
             attempt=int(labels.get(LABEL_ATTEMPT, "0")),
             status=_STATUS.get(c.status, InstanceStatus.TERMINATED),
             exit_code=state.get("ExitCode") if c.status in ("exited", "dead") else None,
+            store=labels.get(LABEL_STORE, ""),
         )
 
     def list(self, run_id: str | None = None) -> list[Instance]:
@@ -174,7 +179,8 @@ class LocalBackend(ComputeBackend):
         if run_id is not None:
             filters["label"].append(f"{LABEL_RUN_ID}={label_value(run_id)}")
         # ignore_removed: a container removed between the listing and its inspection is simply gone.
-        return [self._instance(c) for c in self.client.containers.list(all=True, filters=filters, ignore_removed=True)]
+        return self._ours([self._instance(c)
+                           for c in self.client.containers.list(all=True, filters=filters, ignore_removed=True)])
 
     def delete(self, instance: Instance, grace_period: float = 0) -> None:
         from docker.errors import APIError, NotFound
