@@ -367,6 +367,35 @@ class Agent:
         self._log_uploaded_size = size
 
 
+FROM_SPEC = "RUNNER_COMMAND_FROM_SPEC"  # set by gcp/startup.sh: the job is spec.json's command
+
+
+def job_from_spec(cfg: AgentConfig) -> tuple[list[str], dict[str, str]]:
+    """The job's argv and env from ``spec.json``.
+
+    On a VM the startup script passes only scalars through metadata (COS has no JSON decoder, and
+    guessing at an encoding is how arguments get mangled: DESIGN §4); the structured part of the
+    run stays in the spec ``runner submit`` wrote, decoded here by Python's json.
+    """
+    spec = RunRecord(open_store(cfg.store_url), cfg.run_id).read_spec()
+    if spec is None:
+        raise SystemExit(f"entrypoint: {cfg.store_url} has no spec.json for run {cfg.run_id}; "
+                         "was the run submitted to this store?")
+    if not spec.command or not all(isinstance(a, str) for a in spec.command):
+        raise SystemExit(f"entrypoint: spec.json of {cfg.run_id} has no command (a list of strings): {spec.command!r}")
+    env: dict[str, str] = {}
+    for k, v in (spec.env or {}).items():
+        if not isinstance(k, str) or not isinstance(v, str) or not k or "=" in k or "\0" in k + v:
+            raise SystemExit(f"entrypoint: spec.json of {cfg.run_id} has an invalid env entry {k!r}={v!r}")
+        if k.startswith("RUNNER_") and k in os.environ:
+            log.warning("ignoring %s from the run's env: the runner sets it", k)
+            continue
+        if k == "LD_LIBRARY_PATH" and os.environ.get("RUNNER_GPU_LIB_DIR"):
+            v = f"{os.environ['RUNNER_GPU_LIB_DIR']}:{v}"  # the driver first, never replaced
+        env[k] = v
+    return list(spec.command), env
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "--":
@@ -374,8 +403,16 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=logging.INFO, stream=sys.stderr, format="%(asctime)s entrypoint %(levelname)s %(message)s"
     )
-    if not argv:
-        print("usage: python -m entrypoint -- COMMAND [ARGS...]", file=sys.stderr)
+    from_spec = os.environ.get(FROM_SPEC) == "1"
+    if not argv and not from_spec:
+        print("usage: python -m entrypoint -- COMMAND [ARGS...]  (or no COMMAND with "
+              f"{FROM_SPEC}=1: the run's spec.json says what to run)", file=sys.stderr)
         return 2
-    agent = Agent(AgentConfig.from_env(), argv)
+    cfg = AgentConfig.from_env()
+    if from_spec:
+        if argv:  # docker run IMAGE with no arguments still passes the image's own CMD
+            log.warning("ignoring %s (the image's CMD?): %s=1, the command is spec.json's", argv, FROM_SPEC)
+        argv, job_env = job_from_spec(cfg)
+        os.environ.update(job_env)  # the job inherits the agent's environment
+    agent = Agent(cfg, argv)
     return agent.run()

@@ -1,20 +1,12 @@
 #!/bin/bash
-# cos-spot-runner: the COS startup script. Runs as root at every boot of a run's VM.
-#
-# Reads the run from instance metadata (runner/backends/vm_metadata.py is the contract), installs
-# the GPU driver when the run has GPUs, pulls the pinned image and starts the job container with
-# the COS GPU wiring (DESIGN §4). Each phase prints one `runner-phase: NAME` line on stdout, which
-# the guest agent copies to the serial console: a VM that never wrote a heartbeat is diagnosed
-# from those lines. A boot that cannot succeed writes runs/ID/attempts/N/startup.json
-# (status "failed") to the store and deletes its own VM, so nothing is left billing.
-#
-# COS has bash, curl, base64 and docker but no python or jq, so the base64(JSON) command and env
-# are decoded here by a strict JSON string parser (json_* below), never guessed.
-#
-# Every endpoint and root path can be overridden from the environment (tests run this script for
-# real against fakes); the defaults are production's.
+# cos-spot-runner: the COS startup script, run as root at every boot of a run's VM. It reads the
+# run's scalars from metadata (runner/backends/vm_metadata.py), waits for Docker, installs the GPU
+# driver, pulls the pinned image and starts the agent, which reads the job's command and env from
+# spec.json (DESIGN §4). One `runner-phase: NAME` line per phase goes to the serial console, where
+# a VM that never wrote a heartbeat is diagnosed; the job's output goes to the bucket, only its
+# tail to the console (GCE keeps 1 MiB). A boot that cannot succeed writes attempts/N/startup.json
+# and deletes its own VM. Endpoints and roots can be overridden from the environment (tests/cos_sim).
 set -euo pipefail
-# Byte semantics for the JSON parser and URL encoding, whatever the VM's locale.
 export LC_ALL=C
 
 METADATA_URL=${METADATA_URL:-http://metadata.google.internal/computeMetadata/v1}
@@ -24,527 +16,212 @@ NVIDIA_ROOT=${RUNNER_NVIDIA_ROOT:-/var/lib/nvidia}
 DEV_ROOT=${RUNNER_DEV_ROOT:-/dev}
 DISK_BY_ID=${RUNNER_DISK_BY_ID:-/dev/disk/by-id}
 STATE_DIR=${RUNNER_STATE_DIR:-/var/lib/runner}    # /var/lib is writable on COS; / and /mnt are not
-SERIAL=${RUNNER_SERIAL:-/dev/console}             # where the job's log is streamed
+SERIAL=${RUNNER_SERIAL:-/dev/console}             # where the detached watcher writes
 CONTAINER=${RUNNER_CONTAINER_NAME:-runner-job}
-RELEASE_WAIT=${RUNNER_RELEASE_WAIT:-background}  # foreground: wait for the job here (tests)
+RELEASE_WAIT=${RUNNER_RELEASE_WAIT:-background}   # foreground: wait for the job here (tests)
 PULL_RETRIES=${PULL_RETRIES:-5}
 PULL_BACKOFF=${PULL_BACKOFF:-5}                   # seconds before the 2nd try, doubled each time
 GPU_POLL=${RUNNER_GPU_POLL:-5}                    # seconds between nvidia-smi checks
 GPU_DIAG_INTERVAL=${RUNNER_GPU_DIAG_INTERVAL:-30} # seconds between diagnostics while waiting
 GPU_INSTALL_TRIES=${RUNNER_GPU_INSTALL_TRIES:-3}
 DOCKER_WAIT=${RUNNER_DOCKER_WAIT:-120}            # docker.service may start after this script
+DRIVER_LIBS=/usr/local/nvidia/lib64               # where the container finds the driver's libraries
 
-PHASE=starting
-FAILED=""
-WORK=""
-TOKEN=""
-RUN_ID="" ATTEMPT="" STORE="" BUCKET="" OBJ_PREFIX="" INSTANCE="" ZONE="" PROJECT=""
+PHASE=starting FAILED="" WORK="" TOKEN=""
+RUN_ID="" ATTEMPT="" BUCKET="" OBJ_PREFIX="" INSTANCE="" ZONE="" PROJECT=""
 
 log() { printf 'runner: %s\n' "$*"; }
-
-phase() {
-  PHASE=$1
-  printf 'runner-phase: %s\n' "$1"
-}
-
-# ---------------------------------------------------------------------------------------------
-# Strict JSON decoding for the two shapes the contract uses: an array of strings (the command)
-# and an object of string -> string (the env). Anything else is refused. Non-ASCII arrives as
-# \uXXXX (Python's json.dumps) and is re-encoded as UTF-8 bytes; a lone surrogate \udc80-\udcff is
-# the raw byte Python's surrogateescape stands for (a non-UTF-8 argv byte), as os.fsencode does.
-# NUL cannot be in an argv or env string, so \u0000 is refused rather than truncated.
-# ---------------------------------------------------------------------------------------------
-_JS=""   # the text not yet consumed
-_JV=""   # the last string decoded
-_JERR=""
-
-_json_fail() { _JERR=$1; return 1; }
-
-_json_ws() { _JS=${_JS#"${_JS%%[!$' \t\n\r']*}"}; }
-
-# UTF-8 bytes of code point $1 into _JU.
-_json_utf8() {
-  local cp=$1 fmt
-  if ((cp < 0x80)); then
-    printf -v fmt '\\x%02x' "$cp"
-  elif ((cp < 0x800)); then
-    printf -v fmt '\\x%02x\\x%02x' $((0xC0 | cp >> 6)) $((0x80 | (cp & 0x3F)))
-  elif ((cp < 0x10000)); then
-    printf -v fmt '\\x%02x\\x%02x\\x%02x' $((0xE0 | cp >> 12)) $((0x80 | (cp >> 6 & 0x3F))) \
-      $((0x80 | (cp & 0x3F)))
-  else
-    printf -v fmt '\\x%02x\\x%02x\\x%02x\\x%02x' $((0xF0 | cp >> 18)) $((0x80 | (cp >> 12 & 0x3F))) \
-      $((0x80 | (cp >> 6 & 0x3F))) $((0x80 | (cp & 0x3F)))
-  fi
-  printf -v _JU %b "$fmt"
-}
-
-# After "\u": four hex digits (and a low surrogate after a high one) into _JU.
-_json_unicode() {
-  local hex=${_JS:0:4} cp lo
-  if ! [[ $hex =~ ^[0-9A-Fa-f]{4}$ ]]; then _json_fail "bad \\u escape"; return 1; fi
-  _JS=${_JS:4}
-  cp=$((16#$hex))
-  if ((cp >= 0xD800 && cp <= 0xDBFF)); then
-    if [[ ${_JS:0:2} == '\u' && ${_JS:2:4} =~ ^[dD][c-fC-F][0-9A-Fa-f]{2}$ ]]; then
-      lo=$((16#${_JS:2:4}))
-      _JS=${_JS:6}
-      cp=$((0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00)))
-    else
-      _json_fail "unpaired surrogate \\u$hex"; return 1
-    fi
-  elif ((cp >= 0xDC80 && cp <= 0xDCFF)); then
-    printf -v hex '\\x%02x' $((cp - 0xDC00))
-    printf -v _JU %b "$hex"
-    return 0
-  elif ((cp >= 0xDC00 && cp <= 0xDFFF)); then
-    _json_fail "unpaired surrogate \\u$hex"; return 1
-  fi
-  if ((cp == 0)); then _json_fail "NUL (\\u0000) cannot be passed in argv or env"; return 1; fi
-  _json_utf8 "$cp"
-}
-
-# One JSON string at the head of _JS into _JV.
-_json_string() {
-  local out="" chunk esc re='^([^"\]*)'
-  if [[ ${_JS:0:1} != '"' ]]; then _json_fail "expected a string"; return 1; fi
-  _JS=${_JS:1}
-  while :; do
-    [[ $_JS =~ $re ]]
-    chunk=${BASH_REMATCH[1]}
-    if [[ $chunk == *[$'\x01'-$'\x1f']* ]]; then _json_fail "raw control character in a string"; return 1; fi
-    out+=$chunk
-    _JS=${_JS:${#chunk}}
-    case ${_JS:0:1} in
-      '"') _JS=${_JS:1}; _JV=$out; return 0 ;;
-      '') _json_fail "unterminated string"; return 1 ;;
-    esac
-    esc=${_JS:1:1}
-    _JS=${_JS:2}
-    case $esc in
-      '"') out+='"' ;;
-      \\) out+=\\ ;;
-      '/') out+='/' ;;
-      b) out+=$'\b' ;;
-      f) out+=$'\f' ;;
-      n) out+=$'\n' ;;
-      r) out+=$'\r' ;;
-      t) out+=$'\t' ;;
-      u) _json_unicode || return 1; out+=$_JU ;;
-      *) _json_fail "bad escape \\$esc"; return 1 ;;
-    esac
-  done
-}
-
-# $1: JSON text of an array of strings -> JSON_ARRAY.
-json_string_array() {
-  JSON_ARRAY=()
-  _JS=$1
-  _json_ws
-  if [[ ${_JS:0:1} != '[' ]]; then _json_fail "expected a JSON array"; return 1; fi
-  _JS=${_JS:1}
-  _json_ws
-  if [[ ${_JS:0:1} == ']' ]]; then
-    _JS=${_JS:1}
-  else
-    while :; do
-      _json_ws
-      _json_string || return 1
-      JSON_ARRAY+=("$_JV")
-      _json_ws
-      case ${_JS:0:1} in
-        ,) _JS=${_JS:1} ;;
-        ']') _JS=${_JS:1}; break ;;
-        *) _json_fail "expected , or ] in the array (only strings are allowed)"; return 1 ;;
-      esac
-    done
-  fi
-  _json_ws
-  if [[ -n $_JS ]]; then _json_fail "trailing data after the array"; return 1; fi
-}
-
-# $1: JSON text of an object of string -> string -> JSON_KEYS, JSON_VALUES (same order).
-json_string_object() {
-  JSON_KEYS=()
-  JSON_VALUES=()
-  local k seen
-  _JS=$1
-  _json_ws
-  if [[ ${_JS:0:1} != '{' ]]; then _json_fail "expected a JSON object"; return 1; fi
-  _JS=${_JS:1}
-  _json_ws
-  if [[ ${_JS:0:1} == '}' ]]; then
-    _JS=${_JS:1}
-  else
-    while :; do
-      _json_ws
-      _json_string || return 1
-      k=$_JV
-      for seen in "${JSON_KEYS[@]}"; do
-        if [[ $seen == "$k" ]]; then _json_fail "duplicate key $k"; return 1; fi
-      done
-      _json_ws
-      if [[ ${_JS:0:1} != : ]]; then _json_fail "expected : after key $k"; return 1; fi
-      _JS=${_JS:1}
-      _json_ws
-      _json_string || { _JERR="value of $k: $_JERR (only strings are allowed)"; return 1; }
-      JSON_KEYS+=("$k")
-      JSON_VALUES+=("$_JV")
-      _json_ws
-      case ${_JS:0:1} in
-        ,) _JS=${_JS:1} ;;
-        '}') _JS=${_JS:1}; break ;;
-        *) _json_fail "expected , or } in the object"; return 1 ;;
-      esac
-    done
-  fi
-  _json_ws
-  if [[ -n $_JS ]]; then _json_fail "trailing data after the object"; return 1; fi
-}
-
-# $1: base64 -> the decoded bytes in _JTEXT. Refuses bad base64 and NUL bytes (which bash
-# would silently drop).
-b64_text() {
-  local n
-  if ! _JTEXT=$(printf '%s' "$1" | base64 -d 2>/dev/null && printf x); then
-    _json_fail "not valid base64"; return 1
-  fi
-  _JTEXT=${_JTEXT%x}
-  n=$(printf '%s' "$1" | base64 -d | wc -c)
-  if ((n != ${#_JTEXT})); then _json_fail "decoded text contains NUL bytes"; return 1; fi
-}
-
-decode_command_b64() { b64_text "$1" && json_string_array "$_JTEXT"; }   # -> JSON_ARRAY
-decode_env_b64() { b64_text "$1" && json_string_object "$_JTEXT"; }      # -> JSON_KEYS/VALUES
-
-# ---------------------------------------------------------------------------------------------
-# Small helpers
-# ---------------------------------------------------------------------------------------------
-
-# printf -v "$1" with $2 as a JSON string literal (quotes included).
-json_quote() {
-  local s=$2 i c hx
-  s=${s//\\/\\\\}
-  s=${s//\"/\\\"}
-  for ((i = 1; i < 32; i++)); do
-    printf -v hx '%02x' "$i"
-    printf -v c %b "\\x$hx"
-    if [[ $s == *"$c"* ]]; then
-      printf -v hx '\\u%04x' "$i"
-      s=${s//"$c"/$hx}
-    fi
-  done
-  printf -v "$1" '"%s"' "$s"
-}
-
-urlencode() {
-  local s=$1 out="" c i
-  for ((i = 0; i < ${#s}; i++)); do
-    c=${s:i:1}
-    case $c in
-      [A-Za-z0-9._~-]) out+=$c ;;
-      *) printf -v c '%%%02X' "'$c"; out+=$c ;;
-    esac
-  done
-  printf '%s' "$out"
-}
-
-last_line() {  # the last non-blank line of file $1
-  local line="" l
-  while IFS= read -r l || [[ -n $l ]]; do
-    if [[ $l == *[![:space:]]* ]]; then line=$l; fi
-  done <"$1"
-  printf '%s' "$line"
-}
-
+phase() { PHASE=$1; printf 'runner-phase: %s\n' "$1"; }
 is_uint() { [[ $1 =~ ^[0-9]+$ ]]; }
+last_line() { grep -v '^[[:space:]]*$' "$1" 2>/dev/null | tail -n 1 || true; }
 
-# Seconds as an integer (metadata may say "25.0"): the integer part, at least $2.
-to_int() {
-  local v=${1%%.*}
-  is_uint "$v" || v=$2
-  ((v >= $2)) || v=$2
-  printf '%s' "$v"
+must() {  # must REASON CMD...: run CMD, its output aside; if it fails, fail REASON with its last line
+  "${@:2}" >"$WORK/out" 2>&1 || fail "$1" "${*:2}: $(last_line "$WORK/out")"
 }
 
-# ---------------------------------------------------------------------------------------------
-# Metadata server
-# ---------------------------------------------------------------------------------------------
+poll() {  # poll SECONDS CMD...: CMD once a second until it succeeds; 1 if it did not in time
+  local end=$((SECONDS + $1))
+  until "${@:2}"; do ((SECONDS < end)) || return 1; sleep 1; done
+}
 
-# GET $METADATA_URL/$1 into file $2. Returns 0 (found), 4 (404) or 1 (anything else).
-md_fetch() {
+json_str() {  # $1 as a JSON string literal; control characters become spaces
+  local s=${1//\\/\\\\}
+  s=${s//\"/\\\"}
+  printf '"%s"' "${s//[$'\x01'-$'\x1f']/ }"
+}
+
+# Every byte percent-encoded: always valid in a URL query, whatever the run id or store prefix.
+urlencode() { printf '%s' "$1" | od -An -v -tx1 | tr -d ' \n' | sed 's/../%&/g'; }
+
+md_get() {  # md_get VAR PATH [DEFAULT]: a metadata value; a 404 is an error unless a default is given
   local code
-  # --retry covers the metadata server being briefly unreachable early in boot.
-  code=$(curl -sS -o "$2" -w '%{http_code}' -H 'Metadata-Flavor: Google' --max-time 10 \
-    --retry 5 --retry-connrefused --retry-delay 1 "$METADATA_URL/$1") || code=000
-  case $code in
-    200) return 0 ;;
-    404) return 4 ;;
-    *) log "metadata $1: HTTP $code $(last_line "$2" 2>/dev/null || true)"; return 1 ;;
-  esac
-}
-
-# md_attr VAR KEY [DEFAULT]: an instance attribute; required unless a default is given.
-md_attr() {
-  local rc=0 _mdv
-  md_fetch "instance/attributes/$2" "$WORK/md" || rc=$?
-  if ((rc == 0)); then
-    _mdv=$(cat "$WORK/md" && printf x)   # the value exactly, trailing newlines included
-    printf -v "$1" '%s' "${_mdv%x}"
-  elif ((rc == 4 && $# >= 3)); then
-    printf -v "$1" '%s' "$3"
-  elif ((rc == 4)); then
-    fail bad_metadata "instance attribute $2 is missing"
-  else
-    fail bad_metadata "could not read instance attribute $2 from the metadata server"
+  code=$(curl -sS -o "$WORK/md" -w '%{http_code}' -H 'Metadata-Flavor: Google' --max-time 10 \
+    --retry 5 --retry-connrefused --retry-delay 1 "$METADATA_URL/$2") || code=000
+  if [[ $code == 200 ]]; then printf -v "$1" '%s' "$(<"$WORK/md")"
+  elif [[ $code == 404 && $# -ge 3 ]]; then printf -v "$1" '%s' "$3"
+  elif [[ $code == 404 ]]; then fail bad_metadata "metadata $2 is missing"
+  else fail bad_metadata "could not read metadata $2: HTTP $code $(last_line "$WORK/md")"
   fi
 }
 
-md_value() {  # md_value VAR PATH: a required non-attribute value (name, zone, project)
-  if ! md_fetch "$2" "$WORK/md"; then fail bad_metadata "could not read $2 from the metadata server"; fi
-  printf -v "$1" '%s' "$(<"$WORK/md")"
-}
+md_attr() { md_get "$1" "instance/attributes/$2" "${@:3}"; }
 
-# The VM service account's access token into TOKEN. Never printed.
-get_token() {
+get_token() {  # the VM service account's access token into TOKEN; never printed
   [[ -n $TOKEN ]] && return 0
-  local body re='"access_token"[[:space:]]*:[[:space:]]*"([^"]+)"'
-  md_fetch instance/service-accounts/default/token "$WORK/token" || return 1
-  body=$(<"$WORK/token")
-  rm -f "$WORK/token"
+  local re='"access_token"[[:space:]]*:[[:space:]]*"([^"]+)"' body
+  body=$(curl -sSf -H 'Metadata-Flavor: Google' --max-time 10 --retry 3 \
+    "$METADATA_URL/instance/service-accounts/default/token") || { log "no access token from the metadata server"; return 1; }
   [[ $body =~ $re ]] || { log "token response has no access_token"; return 1; }
   TOKEN=${BASH_REMATCH[1]}
 }
 
-# curl with the bearer token as a header read from a pipe: the token never appears in argv
-# (visible in /proc) or in the output.
-curl_auth() {
-  curl -H @<(printf 'Authorization: Bearer %s\n' "$TOKEN") "$@"
-}
+# The token goes in a header read from a pipe: never in argv (visible in /proc) nor the output.
+curl_auth() { curl -H @<(printf 'Authorization: Bearer %s\n' "$TOKEN") "$@"; }
 
-# ---------------------------------------------------------------------------------------------
-# Reporting and self-deletion
-# ---------------------------------------------------------------------------------------------
-
-# write_startup_record STATUS REASON DETAIL: create/overwrite runs/ID/attempts/N/startup.json.
-write_startup_record() {
-  local status=$1 reason=$2 detail=${3:0:2000} now name code q_phase q_reason q_detail q_inst q_zone
-  if [[ -z $BUCKET || -z $RUN_ID ]] || ! is_uint "$ATTEMPT"; then
-    log "cannot write startup.json: run id, attempt or store unknown"
-    return 1
-  fi
-  get_token || { log "cannot write startup.json: no access token"; return 1; }
-  printf -v now '%(%s)T' -1
-  json_quote q_phase "$PHASE"
-  if [[ -n $reason ]]; then json_quote q_reason "$reason"; else q_reason=null; fi
-  json_quote q_detail "$detail"
-  json_quote q_inst "$INSTANCE"
-  json_quote q_zone "$ZONE"
-  printf '{"schema_version":1,"attempt":%d,"phase":%s,"status":"%s","reason":%s,"detail":%s,"instance":%s,"zone":%s,"time":%d}\n' \
-    "$((10#$ATTEMPT))" "$q_phase" "$status" "$q_reason" "$q_detail" "$q_inst" "$q_zone" "$now" >"$WORK/startup.json"
-  name="${OBJ_PREFIX}runs/$RUN_ID/attempts/$((10#$ATTEMPT))/startup.json"
-  code=$(curl_auth -sS -o "$WORK/upload.out" -w '%{http_code}' --max-time 30 \
-    --retry 3 --retry-connrefused --retry-delay 1 -X POST -H 'Content-Type: application/json' \
-    --data-binary @"$WORK/startup.json" \
+write_startup_record() {  # STATUS REASON DETAIL -> runs/ID/attempts/N/startup.json
+  local name code reason=null
+  [[ -n $BUCKET ]] && is_uint "$ATTEMPT" || { log "cannot write startup.json: store or attempt unknown"; return 1; }
+  get_token || return 1
+  [[ -z $2 ]] || reason=$(json_str "$2")
+  printf '{"schema_version":1,"attempt":%d,"phase":%s,"status":"%s","reason":%s,"detail":%s,"instance":%s,"zone":%s,"time":%(%s)T}\n' \
+    "$ATTEMPT" "$(json_str "$PHASE")" "$1" "$reason" "$(json_str "${3:0:2000}")" \
+    "$(json_str "$INSTANCE")" "$(json_str "$ZONE")" -1 >"$WORK/startup.json"
+  name="${OBJ_PREFIX}runs/$RUN_ID/attempts/$ATTEMPT/startup.json"
+  code=$(curl_auth -sS -o "$WORK/upload.out" -w '%{http_code}' --max-time 30 --retry 3 --retry-connrefused \
+    -X POST -H 'Content-Type: application/json' --data-binary @"$WORK/startup.json" \
     "$GCS_API/upload/storage/v1/b/$BUCKET/o?uploadType=media&name=$(urlencode "$name")") || code=000
-  if [[ $code != 200 ]]; then
-    log "startup.json upload to gs://$BUCKET/$name failed: HTTP $code $(last_line "$WORK/upload.out" 2>/dev/null || true)"
-    return 1
-  fi
-  log "wrote gs://$BUCKET/$name ($status)"
+  [[ $code == 200 ]] || { log "startup.json upload to gs://$BUCKET/$name: HTTP $code $(last_line "$WORK/upload.out")"; return 1; }
+  log "wrote gs://$BUCKET/$name ($1)"
 }
 
-self_delete() {
-  local code url
+self_delete() {  # a VM with nothing left to run must not keep billing
+  local code
   if [[ -n $PROJECT && -n $ZONE && -n $INSTANCE ]] && get_token; then
-    url="$COMPUTE_API/compute/v1/projects/$PROJECT/zones/$ZONE/instances/$INSTANCE"
-    code=$(curl_auth -sS -o "$WORK/delete.out" -w '%{http_code}' --max-time 30 \
-      --retry 3 --retry-connrefused --retry-delay 2 -X DELETE "$url") || code=000
-    if [[ $code == 200 ]]; then
-      log "requested deletion of this VM ($INSTANCE in $ZONE)"
-      return 0
-    fi
-    log "deleting this VM failed: HTTP $code $(last_line "$WORK/delete.out" 2>/dev/null || true)"
+    code=$(curl_auth -sS -o "$WORK/delete.out" -w '%{http_code}' --max-time 30 --retry 3 --retry-connrefused \
+      -X DELETE "$COMPUTE_API/compute/v1/projects/$PROJECT/zones/$ZONE/instances/$INSTANCE") || code=000
+    [[ $code == 200 ]] && { log "requested deletion of this VM ($INSTANCE in $ZONE)"; return 0; }
+    log "deleting this VM failed: HTTP $code $(last_line "$WORK/delete.out")"
   fi
-  # A stopped spot VM bills for its disks only, not for CPUs and GPUs.
-  log "powering off instead of deleting"
+  log "powering off instead of deleting"   # a stopped spot VM bills for its disks only
   poweroff || log "poweroff failed; this VM may keep billing until the supervisor deletes it"
 }
 
-# fail REASON DETAIL: marker, failure record, self-delete, exit. Never returns.
-fail() {
-  trap - ERR
-  set +e
-  if [[ -n $FAILED ]]; then exit 1; fi
+fail() {  # fail REASON DETAIL: marker, failure record, self-delete, exit. Never returns.
+  trap - ERR && set +e
+  [[ -z $FAILED ]] || exit 1   # a failure while failing: the first one is what counts
   FAILED=$1
   printf 'runner-phase: failed:%s\n' "$1"
   log "boot failed in phase $PHASE: $1: $2"
-  # Identity for the record and the delete, if the failure came before we read it.
-  [[ -n $INSTANCE ]] || { md_fetch instance/name "$WORK/md" && INSTANCE=$(<"$WORK/md"); }
-  [[ -n $ZONE ]] || { md_fetch instance/zone "$WORK/md" && ZONE=$(<"$WORK/md") && ZONE=${ZONE##*/}; }
-  [[ -n $PROJECT ]] || { md_fetch project/project-id "$WORK/md" && PROJECT=$(<"$WORK/md"); }
   write_startup_record failed "$1" "$2" || log "WARNING: the failure is not recorded in the store"
   self_delete
   exit 1
 }
 
-# An unexpected error anywhere still ends in a record and a deleted VM, never a silent idle VM.
-on_error() {
-  local rc=$1
-  if [[ $BASHPID != "$$" ]]; then exit "$rc"; fi   # in a subshell: let the parent handle it
-  fail startup_error "unexpected failure (exit $rc) at line $2: $3"
+on_error() {  # an unexpected error still ends in a record and a deleted VM, never an idle VM
+  [[ $BASHPID == "$$" ]] || exit "$1"   # in a subshell: let the parent handle it
+  fail startup_error "unexpected failure (exit $1) at line $2: $3"
 }
-
-# ---------------------------------------------------------------------------------------------
-# Phases
-# ---------------------------------------------------------------------------------------------
 
 read_metadata() {
   phase metadata
-  local cmd_b64 env_b64 zone_path store_rest
-  md_attr RUN_ID runner-run-id
-  md_attr ATTEMPT runner-attempt
-  md_attr STORE runner-store
-  md_value INSTANCE instance/name
-  md_value zone_path instance/zone
-  ZONE=${zone_path##*/}                     # projects/NUM/zones/ZONE
-  md_value PROJECT project/project-id
-  if [[ $STORE =~ ^gs://([^/]+)(/(.*))?$ ]]; then
-    BUCKET=${BASH_REMATCH[1]}
-    store_rest=${BASH_REMATCH[3]}
-    store_rest=${store_rest#/}
-    store_rest=${store_rest%/}
-    OBJ_PREFIX=${store_rest:+$store_rest/}  # same rule as entrypoint.store_gcs.parse_gs_url
-  else
-    fail bad_metadata "runner-store must be gs://BUCKET[/PREFIX], not $STORE"
-  fi
-  is_uint "$ATTEMPT" || fail bad_metadata "runner-attempt must be a number, not $ATTEMPT"
-  md_attr IMAGE runner-image
-  md_attr cmd_b64 runner-command-b64
-  md_attr env_b64 runner-env-b64 e30=          # base64("{}")
-  md_attr GPU_COUNT runner-gpu-count 0
-  md_attr GPU_TIMEOUT runner-gpu-timeout 600
-  md_attr GPU_DRIVER_VERSION runner-gpu-driver-version ""
-  md_attr CHECKPOINT_DIR runner-checkpoint-dir /var/lib/runner/checkpoints
-  md_attr RESULTS_DIR runner-results-dir /var/lib/runner/results
-  md_attr HEARTBEAT_INTERVAL runner-heartbeat-interval 5
-  md_attr SYNC_INTERVAL runner-sync-interval 10
-  md_attr GRACE_PERIOD runner-grace-period 25
-  md_attr SHM_SIZE runner-shm-size 2g
-  md_attr DATA_DISK runner-data-disk ""
-  md_attr DATA_MOUNT runner-data-mount /var/lib/runner/data
-
-  decode_command_b64 "$cmd_b64" || fail bad_metadata "runner-command-b64: $_JERR"
-  ((${#JSON_ARRAY[@]} > 0)) || fail bad_metadata "runner-command-b64 is an empty command"
-  COMMAND=("${JSON_ARRAY[@]}")
-  decode_env_b64 "$env_b64" || fail bad_metadata "runner-env-b64: $_JERR"
-  ENV_KEYS=("${JSON_KEYS[@]}")
-  ENV_VALUES=("${JSON_VALUES[@]}")
-  local k
-  for k in "${ENV_KEYS[@]}"; do
-    [[ -n $k && $k != *=* ]] || fail bad_metadata "runner-env-b64: invalid variable name '$k'"
+  local key name
+  # Who we are first: a failure from here on can still delete this VM.
+  md_get INSTANCE instance/name
+  md_get ZONE instance/zone
+  ZONE=${ZONE##*/}                          # projects/NUM/zones/ZONE
+  md_get PROJECT project/project-id
+  # runner-KEY into the variable KEY in upper snake case (runner-gpu-count: GPU_COUNT).
+  for key in run-id attempt store image gpu-count gpu-timeout grace-period shm-size data-mount; do
+    name=${key//-/_} && md_attr "${name^^}" "runner-$key"
   done
-  is_uint "$GPU_COUNT" || fail bad_metadata "runner-gpu-count must be a number, not $GPU_COUNT"
-  GPU_COUNT=$((10#$GPU_COUNT))
-  GPU_TIMEOUT=$(to_int "$GPU_TIMEOUT" 1)
-  GRACE=$(to_int "$GRACE_PERIOD" 1)
-  # What docker's --shm-size parser accepts (2g, 512m, 1.5GB, 2GiB); checked here to fail early.
-  [[ $SHM_SIZE =~ ^[0-9]+(\.[0-9]+)?[kKmMgGtTpP]?[iI]?[bB]?$ ]] ||
-    fail bad_metadata "runner-shm-size must look like 2g, not $SHM_SIZE"
+  for key in gpu-driver-version data-disk checkpoint-dir results-dir heartbeat-interval sync-interval; do
+    name=${key//-/_} && md_attr "${name^^}" "runner-$key" ""   # optional
+  done
+  [[ $STORE =~ ^gs://([^/]+)/*(.*[^/])?/*$ ]] || fail bad_metadata "runner-store must be gs://BUCKET[/PREFIX], not $STORE"
+  BUCKET=${BASH_REMATCH[1]}
+  OBJ_PREFIX=${BASH_REMATCH[2]:+${BASH_REMATCH[2]}/}   # same rule as entrypoint.store_gcs.parse_gs_url
+  for key in ATTEMPT GPU_COUNT GPU_TIMEOUT GRACE_PERIOD; do   # whole numbers, as vm_metadata writes them
+    name=${key//_/-}
+    is_uint "${!key}" || fail bad_metadata "runner-${name,,} must be a whole number, not ${!key}"
+    printf -v "$key" '%d' "$((10#${!key}))"
+  done
   if [[ -n $DATA_DISK ]]; then
-    # /mnt is read-only on COS (DESIGN §4); a mount anywhere but /var/lib fails or is lost.
     [[ $DATA_DISK =~ ^[A-Za-z0-9_-]+$ ]] || fail data_disk_failed "invalid data disk device name '$DATA_DISK'"
-    if ! [[ $DATA_MOUNT =~ ^/var/lib/[A-Za-z0-9._/-]+$ ]] || [[ /$DATA_MOUNT/ == */../* || /$DATA_MOUNT/ == */./* ]]; then
+    # /mnt is read-only on COS (DESIGN §4); a mount anywhere but /var/lib fails or is lost.
+    [[ $DATA_MOUNT =~ ^/var/lib/[A-Za-z0-9._/-]+$ && /$DATA_MOUNT/ != */../* && /$DATA_MOUNT/ != */./* ]] ||
       fail data_disk_failed "runner-data-mount must be a path under /var/lib (COS: / and /mnt are read-only), not $DATA_MOUNT"
-    fi
   fi
   [[ $IMAGE == *@sha256:* ]] || log "warning: image $IMAGE is not pinned by digest; a restart may run other code"
-  log "run $RUN_ID attempt $ATTEMPT on $INSTANCE ($ZONE, project $PROJECT): image $IMAGE, ${GPU_COUNT} GPU(s)"
+  log "run $RUN_ID attempt $ATTEMPT on $INSTANCE ($ZONE, project $PROJECT): image $IMAGE, $GPU_COUNT GPU(s)"
 }
 
-# The devices a GPU run needs exist and nvidia-smi works. Sets GPU_DEVICES, or GPU_WHY on failure.
-gpu_ready() {
+wait_for_docker() {  # before the driver: `cos-extensions install gpu` runs its installer in Docker
+  phase docker
+  poll "$DOCKER_WAIT" docker info >/dev/null 2>&1 || fail docker_unavailable "the Docker daemon did not answer within ${DOCKER_WAIT}s"
+}
+
+gpu_ready() {  # nvidia-smi works and the device nodes exist: GPU_DEVICES, or why not in GPU_WHY
   local d
-  GPU_WHY=""
-  GPU_DEVICES=()
-  if ! timeout 30 "$NVIDIA_ROOT/bin/nvidia-smi" >"$WORK/nvidia-smi.out" 2>&1; then
-    GPU_WHY="nvidia-smi failed: $(last_line "$WORK/nvidia-smi.out")"
-    return 1
-  fi
+  GPU_WHY="" GPU_DEVICES=()
+  timeout 30 "$NVIDIA_ROOT/bin/nvidia-smi" >"$WORK/nvidia-smi.out" 2>&1 ||
+    { GPU_WHY="nvidia-smi failed: $(last_line "$WORK/nvidia-smi.out")"; return 1; }
   for d in "$DEV_ROOT"/nvidia[0-9]*; do
     if [[ ${d##*/} =~ ^nvidia[0-9]+$ && -c $d ]]; then GPU_DEVICES+=("$d"); fi
   done
-  if ((${#GPU_DEVICES[@]} < GPU_COUNT)); then
-    GPU_WHY="${#GPU_DEVICES[@]} of $GPU_COUNT GPU device nodes in $DEV_ROOT"
-    return 1
-  fi
+  ((${#GPU_DEVICES[@]} >= GPU_COUNT)) || { GPU_WHY="${#GPU_DEVICES[@]} of $GPU_COUNT GPU device nodes in $DEV_ROOT"; return 1; }
   for d in nvidiactl nvidia-uvm; do
-    if [[ ! -c $DEV_ROOT/$d ]]; then GPU_WHY="$DEV_ROOT/$d is missing"; return 1; fi
+    [[ -c $DEV_ROOT/$d ]] || { GPU_WHY="$DEV_ROOT/$d is missing"; return 1; }
   done
 }
 
 # The driver tree is on /var, which COS mounts noexec: bind it onto itself and make that one
-# mount executable. "remount,bind" changes only this mount's flags, not the filesystem's.
+# mount executable ("remount,bind" changes only this mount's flags, not the filesystem's).
 nvidia_exec_mount() {
   [[ -d $NVIDIA_ROOT ]] || return 0
-  if ! mountpoint -q "$NVIDIA_ROOT"; then
-    mount --bind "$NVIDIA_ROOT" "$NVIDIA_ROOT" || fail gpu_driver_failed "mount --bind $NVIDIA_ROOT failed"
-  fi
-  if ! mount -o remount,bind,exec "$NVIDIA_ROOT"; then
-    mount -o remount,exec "$NVIDIA_ROOT" || fail gpu_driver_failed "could not remount $NVIDIA_ROOT exec"
-  fi
-  log "$NVIDIA_ROOT is bind-mounted with exec"
+  mountpoint -q "$NVIDIA_ROOT" || must gpu_driver_failed mount --bind "$NVIDIA_ROOT" "$NVIDIA_ROOT"
+  mount -o remount,bind,exec "$NVIDIA_ROOT" 2>/dev/null || must gpu_driver_failed mount -o remount,exec "$NVIDIA_ROOT"
 }
 
-gpu_diagnostics() {
-  # Best effort by design: a diagnostic that fails must not end the wait.
-  log "gpu-wait diagnostics after $((SECONDS - GPU_START))s: ${GPU_WHY}"
-  { dmesg 2>&1 | grep -iE 'nvidia|nvrm|xid' | tail -n 20 | sed 's/^/runner:   dmesg: /'; } || true
-  grep -i nvidia /proc/modules | sed 's/^/runner:   module: /' || log "  no nvidia kernel module loaded"
-  # shellcheck disable=SC2012  # ls -l shows what matters here: char device, major, minor
-  { ls -l "$DEV_ROOT"/nvidia* 2>&1 | sed 's/^/runner:   /'; } || true
+kill_installer() {  # killing cos-extensions leaves its installer container running: remove that too
+  local id image
+  while read -r id image; do
+    if [[ $image == *cos-gpu-installer* ]]; then log "removing the GPU installer container $id"; docker rm -f "$id" >/dev/null || log "could not remove $id"; fi
+  done < <(docker ps --no-trunc --format '{{.ID}} {{.Image}}')
 }
 
-# The whole GPU phase (install and wait) fits in runner-gpu-timeout, so the supervisor's stall
-# window, which config validation keeps >= gpu_timeout, never fires first.
+# At every boot: after a STOP/start the kernel has forgotten the modules. Install and wait fit in
+# gpu-timeout, so the supervisor's stall window (config keeps it >= gpu_timeout) never fires first.
 setup_gpu() {
   phase gpu-driver
-  GPU_START=$SECONDS
-  # +1: SECONDS ticks in whole seconds, and the wait must never give up before GPU_TIMEOUT.
-  local deadline=$((SECONDS + GPU_TIMEOUT + 1)) try remaining rc args=(install gpu)
+  local start=$SECONDS deadline=$((SECONDS + GPU_TIMEOUT + 1)) try rc args=(install gpu)  # +1: whole seconds
   [[ -z $GPU_DRIVER_VERSION ]] || args+=(-- "-version=$GPU_DRIVER_VERSION")
   nvidia_exec_mount
-  if gpu_ready; then
-    log "GPU driver already loaded (a reboot of this VM); not reinstalling"
-  else
-    for ((try = 1; ; try++)); do
-      remaining=$((deadline - SECONDS))
-      ((remaining > 0)) || fail gpu_timeout "no GPU within ${GPU_TIMEOUT}s: cos-extensions install gpu did not finish"
-      log "cos-extensions ${args[*]} (try $try of $GPU_INSTALL_TRIES)"
-      if timeout -k 10 "$remaining" cos-extensions "${args[@]}" 2>&1 | tee "$WORK/install.log"; then
-        break
-      else
-        rc=$?
-      fi
-      if ((try >= GPU_INSTALL_TRIES)); then
-        fail gpu_driver_failed "cos-extensions ${args[*]} failed $try times (exit $rc): $(last_line "$WORK/install.log")"
-      fi
-      sleep 10
-    done
-    nvidia_exec_mount
-  fi
+  for ((try = 1; ; try++)); do
+    log "cos-extensions ${args[*]} (try $try of $GPU_INSTALL_TRIES)"
+    rc=0
+    timeout -k 5 $((deadline - SECONDS)) cos-extensions "${args[@]}" >"$WORK/install.log" 2>&1 </dev/null || rc=$?
+    tail -n 20 "$WORK/install.log"
+    ((rc != 0)) || break
+    if ((rc == 124 || rc == 137)); then
+      kill_installer
+      fail gpu_timeout "no GPU within ${GPU_TIMEOUT}s: cos-extensions ${args[*]} did not finish"
+    fi
+    ((try < GPU_INSTALL_TRIES)) || fail gpu_driver_failed "cos-extensions ${args[*]} failed $try times (exit $rc): $(last_line "$WORK/install.log")"
+    ((deadline - SECONDS > 10)) || fail gpu_timeout "no GPU within ${GPU_TIMEOUT}s: cos-extensions ${args[*]} failed (exit $rc)"
+    sleep 10
+  done
+  nvidia_exec_mount
 
   phase gpu-wait
   local next_diag=$((SECONDS + GPU_DIAG_INTERVAL))
   until gpu_ready; do
-    if ((SECONDS >= deadline)); then
-      gpu_diagnostics
-      fail gpu_timeout "no usable GPU within ${GPU_TIMEOUT}s (driver install and wait): $GPU_WHY"
-    fi
-    if ((SECONDS >= next_diag)); then
-      gpu_diagnostics
+    if ((SECONDS >= deadline || SECONDS >= next_diag)); then   # best effort: diagnostics never end the wait
+      log "gpu-wait diagnostics after $((SECONDS - start))s: $GPU_WHY"
+      { dmesg 2>&1 | grep -iE 'nvidia|nvrm|xid' | tail -n 20 | sed 's/^/runner:   dmesg: /'; } || true
+      grep -i nvidia /proc/modules | sed 's/^/runner:   module: /' || log "  no nvidia kernel module loaded"
       next_diag=$((SECONDS + GPU_DIAG_INTERVAL))
     fi
+    ((SECONDS < deadline)) || fail gpu_timeout "no usable GPU within ${GPU_TIMEOUT}s (driver install and wait): $GPU_WHY"
     sleep "$GPU_POLL"
   done
   log "GPU ready: ${GPU_DEVICES[*]}"
@@ -553,163 +230,93 @@ setup_gpu() {
 registry_auth() {
   phase registry-auth
   local host=${IMAGE%%/*}
-  # A first component without "." or ":" (and not localhost) is a Docker Hub namespace.
-  if [[ $IMAGE != */* || ($host != *.* && $host != *:* && $host != localhost) ]]; then
-    log "image $IMAGE is on Docker Hub; no Google credentials needed"
-    return 0
+  if [[ $host == gcr.io || $host == *.gcr.io || $host == *docker.pkg.dev ]]; then   # else no credentials
+    must registry_auth_failed docker-credential-gcr configure-docker --registries="$host"
   fi
-  case $host in
-    gcr.io | *.gcr.io | *-docker.pkg.dev | docker.pkg.dev)
-      # /root is read-only on COS: the docker config lives under /var/lib.
-      docker-credential-gcr configure-docker --registries="$host" >"$WORK/cred.log" 2>&1 ||
-        fail registry_auth_failed "docker-credential-gcr configure-docker --registries=$host: $(last_line "$WORK/cred.log")"
-      log "docker authenticates to $host with the VM's service account"
-      ;;
-    *) log "registry $host is not Google's; pulling without credentials" ;;
-  esac
 }
 
+# On a kept disk (STOP/start) the image is already there: this is what a restart in place saves.
 pull_image() {
   phase image-pull
-  local try delay=$PULL_BACKOFF waited=0 err=""
-  until docker info >/dev/null 2>&1; do
-    ((waited < DOCKER_WAIT)) || fail image_pull_failed "docker daemon not ready after ${DOCKER_WAIT}s"
-    sleep 1
-    waited=$((waited + 1))
-  done
+  local try delay=$PULL_BACKOFF err=""
   for ((try = 1; try <= PULL_RETRIES; try++)); do
-    if docker pull "$IMAGE" >"$WORK/pull.log" 2>&1; then
-      log "pulled $IMAGE"
-      return 0
-    fi
+    docker pull "$IMAGE" >"$WORK/pull.log" 2>&1 && { log "pulled $IMAGE: $(last_line "$WORK/pull.log")"; return 0; }
     err=$(last_line "$WORK/pull.log")
     log "docker pull $IMAGE failed (try $try of $PULL_RETRIES): $err"
-    if ((try < PULL_RETRIES)); then
-      log "retrying in ${delay}s"
-      sleep "$delay"
-      delay=$((delay * 2 > 60 ? 60 : delay * 2))
-    fi
+    ((try == PULL_RETRIES)) || { log "retrying in ${delay}s"; sleep "$delay"; delay=$((delay * 2 > 60 ? 60 : delay * 2)); }
   done
   fail image_pull_failed "docker pull $IMAGE failed $PULL_RETRIES times: $err"
 }
 
 mount_data_disk() {
   phase data-disk
-  local dev="$DISK_BY_ID/google-$DATA_DISK" waited=0 rc=0
-  until [[ -b $dev ]]; do   # an attached disk can show up a little after boot
-    ((waited < 60)) || fail data_disk_failed "data disk $dev did not appear"
-    sleep 1
-    waited=$((waited + 1))
-  done
-  if mountpoint -q "$DATA_MOUNT"; then
-    log "$DATA_MOUNT is already mounted"
-    return 0
-  fi
+  local dev="$DISK_BY_ID/google-$DATA_DISK" rc=0
+  poll 60 test -b "$dev" || fail data_disk_failed "data disk $dev did not appear"   # it can show up late
+  if mountpoint -q "$DATA_MOUNT"; then log "$DATA_MOUNT is already mounted"; return 0; fi
   blkid "$dev" >/dev/null 2>&1 || rc=$?
+  ((rc == 0 || rc == 2)) || fail data_disk_failed "blkid $dev failed (exit $rc)"
   if ((rc == 2)); then   # blkid: no filesystem signature at all, so a new disk
     log "formatting $dev (ext4)"
-    mkfs.ext4 -q -F -m 0 -E lazy_itable_init=0,lazy_journal_init=0,discard "$dev" >"$WORK/mkfs.log" 2>&1 ||
-      fail data_disk_failed "mkfs.ext4 $dev: $(last_line "$WORK/mkfs.log")"
-  elif ((rc != 0)); then
-    fail data_disk_failed "blkid $dev failed (exit $rc)"
+    must data_disk_failed mkfs.ext4 -q -F -m 0 -E lazy_itable_init=0,lazy_journal_init=0,discard "$dev"
   fi
-  mkdir -p "$DATA_MOUNT" || fail data_disk_failed "cannot create $DATA_MOUNT"
-  mount -o discard,defaults "$dev" "$DATA_MOUNT" >"$WORK/mount.log" 2>&1 ||
-    fail data_disk_failed "mount $dev $DATA_MOUNT: $(last_line "$WORK/mount.log")"
+  must data_disk_failed mkdir -p "$DATA_MOUNT"
+  must data_disk_failed mount -o discard,defaults "$dev" "$DATA_MOUNT"
   log "mounted $dev at $DATA_MOUNT"
 }
 
-is_reserved() {
-  local r
-  for r in "${RESERVED_ENV[@]}"; do [[ $r != "$1" ]] || return 0; done
-  return 1
+gpu_args() {  # COS GPU wiring (DESIGN §4): never --gpus (its CDI hook fails) nor --runtime=nvidia
+  local d image_path
+  args+=(-v "$NVIDIA_ROOT/lib64:$DRIVER_LIBS" -v "$NVIDIA_ROOT/bin:/usr/local/nvidia/bin")
+  for d in "${GPU_DEVICES[@]}" "$DEV_ROOT/nvidiactl" "$DEV_ROOT/nvidia-uvm"; do args+=(--device "$d:/dev/${d##*/}"); done
+  # Prepend, never replace: PyTorch/NGC images find CUDA through their own LD_LIBRARY_PATH.
+  image_path=$(docker image inspect -f '{{range .Config.Env}}{{println .}}{{end}}' "$IMAGE" | sed -n 's/^LD_LIBRARY_PATH=//p')
+  args+=(-e "LD_LIBRARY_PATH=$DRIVER_LIBS${image_path:+:$image_path}" -e "RUNNER_GPU_LIB_DIR=$DRIVER_LIBS")
 }
 
 start_container() {
   phase container-start
-  local i k d status args
+  local status args key
   # A reboot (terminationAction=STOP) finds the previous attempt's container: stop it with its
   # grace period (a final sync if it still runs), remove it, start fresh from the checkpoints.
   if docker container inspect "$CONTAINER" >/dev/null 2>&1; then
-    log "removing the existing $CONTAINER container"
-    docker stop --time "$GRACE" "$CONTAINER" >/dev/null 2>&1 || true   # rm -f below is what counts
-    docker rm -f "$CONTAINER" >"$WORK/rm.log" 2>&1 ||
-      fail container_start_failed "cannot remove the old $CONTAINER: $(last_line "$WORK/rm.log")"
+    docker stop --time "$GRACE_PERIOD" "$CONTAINER" >/dev/null 2>&1 || log "docker stop $CONTAINER failed; removing it anyway"
+    must container_start_failed docker rm -f "$CONTAINER"
   fi
-
-  args=(run -d --name "$CONTAINER" --restart no
-    # Host network is the COS norm: no docker0 NAT in the path of checkpoint uploads and no
-    # MTU mismatch with the VPC (1460), and the metadata server answers the agent's credentials.
-    --network host
-    --pull never                # exactly the image pulled above, never an implicit re-pull
+  # Host network is the COS norm: no docker0 NAT in the path of checkpoint uploads, no MTU
+  # mismatch with the VPC (1460), and the metadata server answers the agent's credentials.
+  args=(run -d --name "$CONTAINER" --restart no --network host --pull never
     --shm-size "$SHM_SIZE"      # docker's 64 MB /dev/shm crashes data loaders with "Bus error"
-    --stop-timeout "$GRACE"
-    --log-driver json-file --log-opt max-size=100m --log-opt max-file=3
-    --label "cos-spot-runner.run-id=$RUN_ID" --label "cos-spot-runner.attempt=$ATTEMPT")
-
-  RESERVED_ENV=(RUNNER_RUN_ID RUNNER_STORE RUNNER_ATTEMPT RUNNER_CHECKPOINT_DIR RUNNER_RESULTS_DIR
-    RUNNER_HEARTBEAT_INTERVAL RUNNER_SYNC_INTERVAL RUNNER_GRACE_PERIOD RUNNER_INSTANCE RUNNER_ZONE
-    RUNNER_IMAGE)
-  if ((GPU_COUNT > 0)); then
-    RESERVED_ENV+=(LD_LIBRARY_PATH)
-    # COS GPU wiring (DESIGN §4): never --gpus (its CDI hook fails) nor --runtime=nvidia (unknown).
-    args+=(-v "$NVIDIA_ROOT/lib64:/usr/local/nvidia/lib64" -v "$NVIDIA_ROOT/bin:/usr/local/nvidia/bin")
-    for d in "${GPU_DEVICES[@]}" "$DEV_ROOT/nvidiactl" "$DEV_ROOT/nvidia-uvm"; do
-      if [[ $DEV_ROOT == /dev ]]; then args+=(--device "$d"); else args+=(--device "$d:/dev/${d##*/}"); fi
-    done
-    args+=(-e LD_LIBRARY_PATH=/usr/local/nvidia/lib64)
-  fi
-  if [[ -n $DATA_DISK ]]; then args+=(-v "$DATA_MOUNT:$DATA_MOUNT"); fi
-
-  for i in "${!ENV_KEYS[@]}"; do
-    k=${ENV_KEYS[i]}
-    if is_reserved "$k"; then
-      log "ignoring $k from the job's env: the runner sets it"
-    else
-      args+=(-e "$k=${ENV_VALUES[i]}")
-    fi
-  done
-  args+=(-e "RUNNER_RUN_ID=$RUN_ID" -e "RUNNER_STORE=$STORE" -e "RUNNER_ATTEMPT=$ATTEMPT"
-    -e "RUNNER_CHECKPOINT_DIR=$CHECKPOINT_DIR" -e "RUNNER_RESULTS_DIR=$RESULTS_DIR"
-    -e "RUNNER_HEARTBEAT_INTERVAL=$HEARTBEAT_INTERVAL" -e "RUNNER_SYNC_INTERVAL=$SYNC_INTERVAL"
+    --stop-timeout "$GRACE_PERIOD" --log-driver json-file --log-opt max-size=100m --log-opt max-file=3
+    --label "cos-spot-runner.run-id=$RUN_ID" --label "cos-spot-runner.attempt=$ATTEMPT"
+    -e "RUNNER_RUN_ID=$RUN_ID" -e "RUNNER_STORE=$STORE" -e "RUNNER_ATTEMPT=$ATTEMPT"
     -e "RUNNER_GRACE_PERIOD=$GRACE_PERIOD" -e "RUNNER_INSTANCE=$INSTANCE" -e "RUNNER_ZONE=$ZONE"
-    -e "RUNNER_IMAGE=$IMAGE")
-  # The image's ENTRYPOINT is `python3 -m entrypoint --`: what follows the image is the job argv,
-  # passed as separate words, so no shell ever re-parses it.
-  args+=("$IMAGE" "${COMMAND[@]}")
-
-  docker "${args[@]}" >"$WORK/run.log" 2>&1 ||
-    fail container_start_failed "docker run: $(last_line "$WORK/run.log")"
-  status=$(docker container inspect -f '{{.State.Status}}' "$CONTAINER" 2>"$WORK/inspect.log") ||
-    fail container_start_failed "docker inspect $CONTAINER: $(last_line "$WORK/inspect.log")"
-  case $status in
-    running | exited) ;;   # a quick job may already be done: the agent recorded it
-    *) fail container_start_failed "container $CONTAINER is $status after docker run" ;;
-  esac
-
-  # The job's output on the serial console too (the bucket log is the durable copy). setsid so
-  # it outlives this script; the serial port is slow, but it only delays this follower, never
-  # the job (the json-file driver buffers).
-  setsid docker logs -f "$CONTAINER" >"$SERIAL" 2>&1 </dev/null &
-
+    -e "RUNNER_IMAGE=$IMAGE" -e RUNNER_COMMAND_FROM_SPEC=1)
+  for key in CHECKPOINT_DIR RESULTS_DIR HEARTBEAT_INTERVAL SYNC_INTERVAL; do   # unset: the agent's default
+    [[ -z ${!key} ]] || args+=(-e "RUNNER_$key=${!key}")
+  done
+  # Set only in tests (the GCS emulator): the agent must reach the same store as this script.
+  [[ -z ${STORAGE_EMULATOR_HOST:-} ]] || args+=(-e "STORAGE_EMULATOR_HOST=$STORAGE_EMULATOR_HOST")
+  if ((GPU_COUNT > 0)); then gpu_args; fi
+  [[ -z $DATA_DISK ]] || args+=(-v "$DATA_MOUNT:$DATA_MOUNT")
+  # The image's ENTRYPOINT is `python3 -m entrypoint --`; with nothing after it, spec.json's command.
+  docker "${args[@]}" "$IMAGE" >"$WORK/run.log" 2>&1 || fail container_start_failed "docker run: $(last_line "$WORK/run.log")"
+  status=$(docker container inspect -f '{{.State.Status}}' "$CONTAINER" 2>&1) || fail container_start_failed "docker inspect: $status"
+  [[ $status == running || $status == exited ]] ||   # exited: a quick job, which the agent recorded
+    fail container_start_failed "container $CONTAINER is $status after docker run"
   phase container-running
   write_startup_record ok "" "container $(last_line "$WORK/run.log") started" ||
     log "warning: startup.json (ok) not written; the agent's manifest will show the start anyway"
 }
 
-# The attempt is over once the container exits: success, failure, or an agent that died. A VM
-# with nothing left to run must not keep billing, so it deletes itself, unless the exit came
-# from a shutdown in progress (preemption, stop, delete), which the shutdown script marks: with
-# terminationAction=STOP that VM is meant to be kept.
+# The attempt is over once the container exits, and the VM deletes itself, unless the exit came
+# from a shutdown (preemption, stop, delete; marked by shutdown.sh): a STOP VM is to be kept.
 release_when_done() {
   local code
   code=$(docker wait "$CONTAINER" 2>/dev/null) || code="?"
-  if [[ -e $STATE_DIR/shutting-down ]]; then
-    log "container exited ($code) during a shutdown; leaving the VM to it"
-    return 0
-  fi
+  log "container exited ($code); the end of the job's output (all of it: gs://$BUCKET/${OBJ_PREFIX}runs/$RUN_ID/logs/$ATTEMPT.log):"
+  docker logs --tail 40 "$CONTAINER" 2>&1 | tail -c 8192 | sed 's/^/job: /' || log "docker logs failed"
+  if [[ -e $STATE_DIR/shutting-down ]]; then log "stopped during a shutdown; leaving the VM to it"; return 0; fi
   printf 'runner-phase: finished\n'
-  log "container exited ($code); this attempt is over, releasing the VM"
   self_delete
 }
 
@@ -718,15 +325,10 @@ main() {
   trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
   WORK=$(mktemp -d /tmp/runner-startup.XXXXXX)
   trap 'rm -rf "$WORK"' EXIT
-  local knob
-  for knob in PULL_RETRIES PULL_BACKOFF GPU_DIAG_INTERVAL GPU_INSTALL_TRIES DOCKER_WAIT; do
-    is_uint "${!knob}" || fail startup_error "$knob must be a whole number of seconds/tries, not ${!knob}"
-  done
-
   read_metadata
-  if ((GPU_COUNT > 0)); then setup_gpu; fi
-  # The docker CLI and docker-credential-gcr keep their config in $HOME/.docker, and /root is
-  # read-only on COS. (Set only now: the driver step runs as COS documents it.)
+  wait_for_docker
+  if ((GPU_COUNT > 0)); then setup_gpu; fi   # not `||`: that would turn off -e inside it
+  # docker and docker-credential-gcr keep their config in $HOME/.docker; /root is read-only on COS.
   mkdir -p "$STATE_DIR/home"
   export HOME="$STATE_DIR/home" DOCKER_CONFIG="$STATE_DIR/home/.docker"
   registry_auth
@@ -739,13 +341,9 @@ main() {
     release_when_done
   else
     # Detached from this script: google-startup-scripts.service stops only its main process.
-    (trap - EXIT; WORK=$(mktemp -d /tmp/runner-release.XXXXXX); release_when_done) \
-      </dev/null >>"$SERIAL" 2>&1 &
+    (trap - EXIT; WORK=$(mktemp -d /tmp/runner-release.XXXXXX); release_when_done) </dev/null >>"$SERIAL" 2>&1 &
     disown
   fi
 }
 
-# Sourced (by the tests, for the JSON decoder): define functions only.
-if ! (return 0 2>/dev/null); then
-  main "$@"
-fi
+main "$@"

@@ -3,30 +3,28 @@
 Each scenario boots the VM once (module-scoped fixtures) and the tests read what it left behind:
 the job container as Docker reports it, the run record in the GCS emulator, the requests the fake
 metadata server and Google APIs received, the shims' recorded argv and the serial console output.
-The JSON decoder the script uses instead of python/jq is checked on its own first.
+The VM's metadata holds scalars only: the agent reads the job's command and env from spec.json.
 """
 
 from __future__ import annotations
 
-import base64
 import json
 import os
 import subprocess
+import threading
 import time
 import urllib.error
 import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
-from hypothesis import given, settings
-from hypothesis import strategies as st
 
 from entrypoint.record import RunRecord, RunSpec, State
 from entrypoint.store_gcs import GcsStore, make_client
-from runner.backends.vm_metadata import VmMetadata, encode_json_b64
+from runner.backends.vm_metadata import VmMetadata
 from tests.cos_sim.fakes import FakeGoogleApis, FakeMetadata
 from tests.cos_sim.vm import Boot, CosVm
 from tests.gcs_fixture import BUCKET
@@ -35,84 +33,6 @@ STARTUP = Path(__file__).resolve().parent.parent / "gcp" / "startup.sh"
 WORKLOAD = os.environ.get("RUNNER_TEST_IMAGE", "cos-spot-runner/workload:dev")
 PROJECT = "cos-sim-project"
 ZONE = "us-central1-b"
-
-# ---------------------------------------------------------------------------------------------
-# The bash JSON decoder (COS has no python or jq)
-# ---------------------------------------------------------------------------------------------
-
-
-def bash_decode(func: str, b64: str) -> subprocess.CompletedProcess[bytes]:
-    """Run one decoder function of startup.sh; the values come back NUL-separated."""
-    out = 'printf "%s\\0" "${JSON_ARRAY[@]}"' if func == "decode_command_b64" else \
-        'for i in "${!JSON_KEYS[@]}"; do printf "%s\\0%s\\0" "${JSON_KEYS[i]}" "${JSON_VALUES[i]}"; done'
-    script = f'source "$0" && {func} "$1" || {{ printf "%s" "$_JERR" >&2; exit 3; }}; {out}'
-    return subprocess.run(["bash", "-c", script, str(STARTUP), b64], capture_output=True, timeout=30)
-
-
-def argv_bytes(values: list[str]) -> bytes:
-    # What exec() would receive: UTF-8, with surrogateescape for non-UTF-8 bytes (as os.fsencode).
-    return b"".join(v.encode("utf-8", "surrogateescape") + b"\0" for v in values)
-
-
-# Any Unicode except NUL (impossible in argv), plus the surrogates Python uses for raw bytes.
-ARG_TEXT = st.text(st.one_of(
-    st.characters(exclude_categories=("Cs",), exclude_characters="\x00"),
-    st.sampled_from([chr(c) for c in range(0xDC80, 0xDD00)]),
-    st.sampled_from(list("\"\\'$`{}[],: \t\n\r/")),
-))
-
-
-@settings(max_examples=60, deadline=None)
-@given(st.lists(ARG_TEXT, min_size=1, max_size=6))
-def test_command_decoder_returns_exactly_the_argv_that_was_encoded(argv: list[str]) -> None:
-    r = bash_decode("decode_command_b64", encode_json_b64(argv))
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == argv_bytes(argv)
-
-
-@settings(max_examples=30, deadline=None)
-@given(st.dictionaries(ARG_TEXT.filter(lambda k: k and "=" not in k), ARG_TEXT, max_size=5))
-def test_env_decoder_returns_exactly_the_pairs_that_were_encoded(env: dict[str, str]) -> None:
-    r = bash_decode("decode_env_b64", encode_json_b64(env))
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == argv_bytes([x for kv in env.items() for x in kv])
-
-
-def test_decoder_accepts_json_whitespace_and_every_escape() -> None:
-    text = ' [ "a\\/b\\b\\f\\n\\r\\t" , "\\u00e9\\ud83d\\ude80" ]\n'
-    r = bash_decode("decode_command_b64", base64.b64encode(text.encode()).decode())
-    assert r.returncode == 0, r.stderr
-    assert r.stdout == argv_bytes(json.loads(text))
-
-
-@pytest.mark.parametrize("text, why", [
-    ("", "expected a JSON array"),
-    ("[1]", "expected a string"),
-    ('{"a":"b"}', "expected a JSON array"),
-    ('["a"', "expected , or ]"),
-    ('["a"] ["b"]', "trailing data"),
-    ('["a\\u0000b"]', "NUL"),
-    ('["\\ud800"]', "unpaired surrogate"),
-    ('["a\tb"]', "raw control character"),
-    ('["\\x41"]', "bad escape"),
-    ('["unterminated]', "unterminated string"),
-])
-def test_decoder_refuses_anything_but_a_list_of_strings(text: str, why: str) -> None:
-    r = bash_decode("decode_command_b64", base64.b64encode(text.encode()).decode())
-    assert r.returncode == 3
-    assert why in r.stderr.decode()
-
-
-def test_decoder_refuses_text_that_is_not_base64() -> None:
-    r = bash_decode("decode_command_b64", "not base64!")
-    assert (r.returncode, r.stderr) == (3, b"not valid base64")
-
-
-def test_env_decoder_refuses_non_string_values_and_duplicate_keys() -> None:
-    for text, why in [('{"A":1}', "only strings"), ('{"A":"1","A":"2"}', "duplicate key A")]:
-        r = bash_decode("decode_env_b64", base64.b64encode(text.encode()).decode())
-        assert r.returncode == 3 and why in r.stderr.decode(), (text, r.stderr)
-
 
 # ---------------------------------------------------------------------------------------------
 # Booting the simulated VM
@@ -170,7 +90,8 @@ class Scenario:
         return RunRecord(self.store, self.run_id)
 
     def docker_run_argv(self) -> list[str]:
-        (argv,) = self.boot.argv_of("docker", "run")
+        # The job's; cos-extensions runs its installer with `docker run` too.
+        (argv,) = [a for a in self.boot.argv_of("docker", "run") if self.vm.container_name in a]
         return argv
 
 
@@ -180,36 +101,43 @@ class Harness:
     def __init__(self, tmp: Path, docker_client: Any, apis: FakeGoogleApis, image: str, emulator: str) -> None:
         self.tmp, self.docker, self.apis, self.image, self.emulator = tmp, docker_client, apis, image, emulator
         self.run_ids: list[str] = []
+        self.vms: list[CosVm] = []
 
-    def metadata_for(self, run_id: str, store_url: str, command: list[str], **overrides: Any) -> dict[str, str]:
+    def metadata_for(self, run_id: str, store_url: str, image: str, **overrides: Any) -> dict[str, str]:
         attrs = overrides.pop("attributes", {})
-        meta = VmMetadata(
-            run_id=run_id, attempt=1, store=store_url, image=self.image, command=command,
-            # The agent in the job container reaches the emulator over the host network.
-            env={**JOB_ENV, "STORAGE_EMULATOR_HOST": self.emulator, "GOOGLE_CLOUD_PROJECT": "local"},
-            heartbeat_interval=0.5, sync_interval=0.5, grace_period=10, shm_size="1g", **overrides)
+        meta = VmMetadata(run_id=run_id, attempt=1, store=store_url, image=image, heartbeat_interval=0.5,
+                          sync_interval=0.5, grace_period=10, shm_size="1g", **overrides)
         return {**meta.items(), **attrs}
 
     def run(self, name: str, command: list[str], *, gpus: int = 0, vm_env: dict[str, str] | None = None,
-            wait_for_job: bool = True, **meta: Any) -> Scenario:
+            wait_for_job: bool = True, image: str | None = None, docker_ready_after: float = 0,
+            boot_timeout: float = 90, during_boot: Callable[[CosVm, FakeMetadata, RunRecord], None] | None = None,
+            **meta: Any) -> Scenario:
         run_id = f"sim-{name}-{uuid.uuid4().hex[:6]}"
         self.run_ids.append(run_id)
+        image = image or self.image
         store_url = f"gs://{BUCKET}/cos-sim/{run_id}"
         store = GcsStore(store_url)
         rec = RunRecord(store, run_id)
-        rec.write_spec(RunSpec(run_id=run_id, image=self.image, command=command, backend="gce"))
+        # The command and env reach the VM only through spec.json, as `runner submit` writes it.
+        rec.write_spec(RunSpec(run_id=run_id, image=image, command=command, backend="gce", env=JOB_ENV))
         rec.create_state("test")
         rec.transition(State.PROVISIONING, "test", attempt=1)
         vm = CosVm(self.tmp / run_id, gpus=gpus, name=f"cos-sim-{uuid.uuid4().hex[:8]}")
-        md = FakeMetadata(attributes=self.metadata_for(run_id, store_url, command, **meta), instance=vm.name,
+        self.vms.append(vm)
+        md = FakeMetadata(attributes=self.metadata_for(run_id, store_url, image, **meta), instance=vm.name,
                           zone=ZONE, project=PROJECT, token=f"ya29.sim-{uuid.uuid4().hex}")
         seen = len(self.apis.requests)
         with md:
-            boot = vm.boot({
-                "METADATA_URL": md.url, "GCS_API": self.apis.url, "COMPUTE_API": self.apis.url,
-                "PULL_RETRIES": "3", "PULL_BACKOFF": "1", "RUNNER_GPU_POLL": "0.2",
-                "RUNNER_GPU_DIAG_INTERVAL": "1", **(vm_env or {}),
-            })
+            # Something that happens to the VM while its startup script runs (a preemption).
+            meanwhile = threading.Thread(target=during_boot, args=(vm, md, rec)) if during_boot else None
+            if meanwhile:
+                meanwhile.start()
+            boot = vm.boot({**self.vm_env(md), "PULL_RETRIES": "3", "PULL_BACKOFF": "1",
+                            "RUNNER_GPU_DIAG_INTERVAL": "1", **(vm_env or {})},
+                           docker_ready_after=docker_ready_after, timeout=boot_timeout)
+            if meanwhile:
+                meanwhile.join(timeout=60)
             sc = Scenario(run_id, store, vm, md, boot, self.apis.requests[seen:])
             if wait_for_job and boot.exit_code == 0:
                 sc.job = self.docker.containers.get(vm.container_name)
@@ -221,6 +149,11 @@ class Harness:
                 sc.job_stdout = sc.job.logs(stdout=True, stderr=False).decode()
         return sc
 
+    def vm_env(self, md: FakeMetadata) -> dict[str, str]:
+        """Where the simulated VM finds Google: the fakes, and the emulator for the agent."""
+        return {"METADATA_URL": md.url, "GCS_API": self.apis.url, "COMPUTE_API": self.apis.url,
+                "STORAGE_EMULATOR_HOST": self.emulator, "RUNNER_GPU_POLL": "0.2"}
+
     def job_containers(self, run_id: str) -> list[Any]:
         return self.docker.containers.list(all=True, ignore_removed=True, filters={"label": f"cos-spot-runner.run-id={run_id}"})
 
@@ -228,6 +161,9 @@ class Harness:
         for run_id in self.run_ids:
             for c in self.job_containers(run_id):
                 c.remove(force=True)
+        for vm in self.vms:
+            for c in vm.containers():
+                c.remove(force=True)  # type: ignore[attr-defined]
 
 
 @pytest.fixture(scope="module")
@@ -261,7 +197,7 @@ def cpu(harness: Harness) -> Scenario:
 @pytest.mark.docker
 def test_cpu_run_boots_cleanly_through_every_phase_in_order(cpu: Scenario) -> None:
     assert cpu.boot.exit_code == 0, explain(cpu)
-    assert cpu.boot.phases == ["metadata", "registry-auth", "image-pull", "container-start", "container-running"]
+    assert cpu.boot.phases == ["metadata", "docker", "registry-auth", "image-pull", "container-start", "container-running"]
 
 
 @pytest.mark.docker
@@ -270,21 +206,31 @@ def test_cpu_run_starts_the_pinned_image_with_the_exact_argv(cpu: Scenario, harn
     assert cpu.job.attrs["Config"]["Image"] == harness.image
     assert cpu.job.attrs["Image"] == docker_client.images.get(harness.image).id
     assert cpu.job.attrs["Config"]["Entrypoint"] == ["python3", "-m", "entrypoint", "--"]
-    assert cpu.job.attrs["Config"]["Cmd"] == PRINT_ARGV_JOB
-    # ... and the job itself received it, byte for byte, through the agent.
+    # No argv through metadata or docker: the agent reads it from spec.json ...
+    assert not cpu.job.attrs["Config"]["Cmd"]
+    # ... and the job itself received it, byte for byte.
     assert line_value(cpu.job_stdout, "ARGV") == TRICKY_ARGS
+
+
+def test_vm_metadata_holds_scalars_only_and_no_job_command_or_env() -> None:
+    items = VmMetadata(run_id="r", attempt=1, store="gs://b", image="i@sha256:0", gpu_count=1).items()
+    assert all(k.startswith("runner-") for k in items)
+    assert not any(k.endswith("-b64") or "command" in k or k.endswith("-env") for k in items)
+    assert all("\n" not in v and not v.startswith(("[", "{")) for v in items.values())
 
 
 @pytest.mark.docker
 def test_cpu_run_gives_the_agent_its_environment_and_the_job_its_env(cpu: Scenario, harness: Harness) -> None:
     env = dict(e.split("=", 1) for e in cpu.job.attrs["Config"]["Env"])
     assert {k: env[k] for k in env if k.startswith("RUNNER_")} == {
+        "RUNNER_COMMAND_FROM_SPEC": "1",
         "RUNNER_RUN_ID": cpu.run_id, "RUNNER_STORE": cpu.store.url, "RUNNER_ATTEMPT": "1",
         "RUNNER_CHECKPOINT_DIR": "/var/lib/runner/checkpoints", "RUNNER_RESULTS_DIR": "/var/lib/runner/results",
         "RUNNER_HEARTBEAT_INTERVAL": "0.5", "RUNNER_SYNC_INTERVAL": "0.5", "RUNNER_GRACE_PERIOD": "10",
         "RUNNER_INSTANCE": cpu.vm.name, "RUNNER_ZONE": ZONE, "RUNNER_IMAGE": harness.image,
     }
     assert line_value(cpu.job_stdout, "ENV") == {**JOB_ENV, "LD_LIBRARY_PATH": None}
+    assert not any(e.startswith("JOB_") for e in env)  # the job's env came from spec.json
     # The agent ran the job to completion against the bucket and recorded where it ran.
     state, _gen = cpu.record.read_state()
     assert state.state == State.SUCCEEDED, state
@@ -301,8 +247,6 @@ def test_cpu_run_container_has_the_cos_runtime_settings(cpu: Scenario) -> None:
     assert host["LogConfig"]["Type"] == "json-file"
     assert cpu.job.attrs["Config"]["StopTimeout"] == 10
     assert cpu.job.attrs["Config"]["Labels"]["cos-spot-runner.run-id"] == cpu.run_id
-    # The job's output is followed onto the serial console.
-    assert ["logs", "-f", cpu.vm.container_name] in cpu.boot.argv_of("docker", "logs")
 
 
 @pytest.mark.docker
@@ -317,9 +261,9 @@ def test_cpu_run_has_no_driver_step_and_no_gpu_wiring(cpu: Scenario) -> None:
 
 @pytest.mark.docker
 def test_cpu_run_configures_registry_auth_for_the_image_host(cpu: Scenario) -> None:
-    # DOCKER_CONFIG under /var/lib: /root is read-only on COS.
+    # DOCKER_CONFIG under /var/lib/runner (the VM's state dir): /root is read-only on COS.
     assert cpu.boot.argv_of("docker-credential-gcr") == [
-        ["configure-docker", "--registries=us-docker.pkg.dev", "DOCKER_CONFIG=/var/lib/runner/home/.docker"]]
+        ["configure-docker", "--registries=us-docker.pkg.dev", f"DOCKER_CONFIG={cpu.vm.state_dir}/home/.docker"]]
     assert cpu.boot.argv_of("docker", "pull") == [["pull", cpu.job.attrs["Config"]["Image"]]]
 
 
@@ -354,7 +298,7 @@ def test_metadata_server_refuses_requests_without_the_flavor_header_and_the_scri
     assert cpu.boot.exit_code == 0
     assert cpu.metadata.refused == []
     paths = {r.path for r in cpu.metadata.requests}
-    assert {"/computeMetadata/v1/instance/attributes/runner-command-b64", "/computeMetadata/v1/instance/name",
+    assert {"/computeMetadata/v1/instance/attributes/runner-run-id", "/computeMetadata/v1/instance/name",
             "/computeMetadata/v1/instance/service-accounts/default/token"} <= paths
     assert all(r.headers.get("metadata-flavor") == "Google" for r in cpu.metadata.requests)
 
@@ -369,14 +313,39 @@ def test_the_access_token_is_never_printed_or_passed_to_the_job(cpu: Scenario) -
 
 # ---- (b) a GPU run ----
 
+IMAGE_LIB_PATH = "/opt/ngc/lib:/usr/local/cuda/lib64"
+
+
 @pytest.fixture(scope="module")
-def gpu(harness: Harness) -> Scenario:
-    sc = harness.run("gpu", PRINT_ARGV_JOB, gpus=2, gpu_count=2, gpu_driver_version="535.183.01")
-    # A reboot of the same VM (terminationAction=STOP): same metadata, same disks.
+def ngc_like_image(docker_client: Any, pinned_image: str, harness: Harness) -> Iterator[str]:
+    """The workload image with its own LD_LIBRARY_PATH, as PyTorch/NGC images set one, and a CMD
+    (which `docker run IMAGE` passes on: the agent must still run spec.json's command)."""
+    ref = pinned_image.rsplit(":", 1)[0] + f":ngc-{uuid.uuid4().hex[:8]}"
+    base = docker_client.containers.create(pinned_image)
+    try:
+        repo, tag = ref.rsplit(":", 1)
+        base.commit(repository=repo, tag=tag, changes=[f"ENV LD_LIBRARY_PATH={IMAGE_LIB_PATH}", 'CMD ["python3", "-c", "print(1)"]'])
+    finally:
+        base.remove(force=True)
+    yield ref
+    harness.cleanup()  # its containers first: an image in use cannot be removed
+    docker_client.images.remove(ref, noprune=True)
+
+
+@pytest.fixture(scope="module")
+def gpu(harness: Harness, ngc_like_image: str) -> Scenario:
+    # docker.service comes up 2 s after the startup script starts, as it may on COS.
+    sc = harness.run("gpu", PRINT_ARGV_JOB, gpus=2, gpu_count=2, gpu_driver_version="535.183.01",
+                     image=ngc_like_image, docker_ready_after=2)
     if sc.boot.exit_code == 0:
+        # A STOP/start of the same VM (terminationAction=STOP): same metadata and disks, but the
+        # kernel lost the driver's modules.
+        sc.vm.power_cycle()
+        smi = subprocess.run([str(sc.vm.nvidia_root / "bin" / "nvidia-smi")], capture_output=True, text=True,
+                             env={"COS_SIM_KERNEL": str(sc.vm.kernel), "PATH": os.environ["PATH"]})
+        sc.extra["nvidia_smi_after_stop"] = smi.returncode
         with sc.metadata:
-            sc.extra["reboot"] = sc.vm.boot({"METADATA_URL": sc.metadata.url, "GCS_API": harness.apis.url,
-                                            "COMPUTE_API": harness.apis.url, "RUNNER_GPU_POLL": "0.2"})
+            sc.extra["reboot"] = sc.vm.boot(harness.vm_env(sc.metadata))
         sc.extra["after_reboot"] = harness.docker.containers.get(sc.vm.container_name)
     return sc
 
@@ -384,9 +353,16 @@ def gpu(harness: Harness) -> Scenario:
 @pytest.mark.docker
 def test_gpu_run_installs_the_driver_then_waits_for_it(gpu: Scenario) -> None:
     assert gpu.boot.exit_code == 0, explain(gpu)
-    assert gpu.boot.argv_of("cos-extensions") == [["install", "gpu", "--", "-version=535.183.01"]]
-    assert gpu.boot.phases == ["metadata", "gpu-driver", "gpu-wait", "registry-auth", "image-pull",
+    assert gpu.boot.phases == ["metadata", "docker", "gpu-driver", "gpu-wait", "registry-auth", "image-pull",
                                "container-start", "container-running"]
+
+
+@pytest.mark.docker
+def test_gpu_driver_install_waits_for_docker_and_succeeds_first_time(gpu: Scenario) -> None:
+    # cos-extensions runs its installer in Docker: started before the daemon is up, it fails
+    # and the boot loses a retry (10 s) or, with too few tries, the whole run.
+    assert gpu.boot.argv_of("cos-extensions") == [["install", "gpu", "--", "-version=535.183.01"]], explain(gpu)
+    assert "failed" not in gpu.boot.stdout
 
 
 @pytest.mark.docker
@@ -397,7 +373,6 @@ def test_gpu_run_wires_driver_and_devices_the_cos_way(gpu: Scenario) -> None:
     assert sorted((d["PathOnHost"], d["PathInContainer"]) for d in host["Devices"]) == sorted([
         (f"{dev}/nvidia0", "/dev/nvidia0"), (f"{dev}/nvidia1", "/dev/nvidia1"),
         (f"{dev}/nvidiactl", "/dev/nvidiactl"), (f"{dev}/nvidia-uvm", "/dev/nvidia-uvm")])
-    assert "LD_LIBRARY_PATH=/usr/local/nvidia/lib64" in gpu.job.attrs["Config"]["Env"]
     # Never --gpus (its CDI hook fails on COS) nor --runtime=nvidia (unknown on COS).
     assert not host.get("DeviceRequests") and host["Runtime"] == "runc"
     assert no_gpu_flags(gpu.docker_run_argv())
@@ -406,18 +381,42 @@ def test_gpu_run_wires_driver_and_devices_the_cos_way(gpu: Scenario) -> None:
 @pytest.mark.docker
 def test_gpu_run_job_sees_the_devices_and_the_driver_libraries_path(gpu: Scenario) -> None:
     assert line_value(gpu.job_stdout, "DEV") == ["nvidia-uvm", "nvidia0", "nvidia1", "nvidiactl"]
-    assert line_value(gpu.job_stdout, "ENV")["LD_LIBRARY_PATH"] == "/usr/local/nvidia/lib64"
+    # The image's own CMD reached the agent, which ran spec.json's command all the same.
+    assert gpu.job.attrs["Config"]["Cmd"] == ["python3", "-c", "print(1)"]
     assert line_value(gpu.job_stdout, "ARGV") == TRICKY_ARGS
 
 
 @pytest.mark.docker
-def test_reboot_skips_the_loaded_driver_and_replaces_the_old_container(gpu: Scenario) -> None:
+def test_gpu_run_prepends_the_driver_path_to_the_images_own_library_path(gpu: Scenario) -> None:
+    # PyTorch/NGC images set LD_LIBRARY_PATH for CUDA; replacing it breaks them.
+    assert line_value(gpu.job_stdout, "ENV")["LD_LIBRARY_PATH"] == f"/usr/local/nvidia/lib64:{IMAGE_LIB_PATH}"
+
+
+@pytest.mark.docker
+def test_after_a_stop_start_the_driver_installs_again_and_the_old_container_is_replaced(gpu: Scenario) -> None:
+    # COS forgets the kernel modules at power-off: nvidia-smi fails until the installer runs again.
+    assert gpu.extra["nvidia_smi_after_stop"] == 9
     reboot: Boot = gpu.extra["reboot"]
     assert reboot.exit_code == 0, reboot.stdout + reboot.stderr
-    assert reboot.argv_of("cos-extensions") == []
-    assert "already loaded" in reboot.stdout
+    assert reboot.argv_of("cos-extensions") == [["install", "gpu", "--", "-version=535.183.01"]]
+    assert "gpu-driver" in reboot.phases
+    # What the kept disk saves is the image: the pull finds it already there.
+    assert reboot.argv_of("docker", "pull") == [["pull", gpu.job.attrs["Config"]["Image"]]]
     assert ["rm", "-f", gpu.vm.container_name] in reboot.argv_of("docker", "rm")
     assert gpu.extra["after_reboot"].id != gpu.job.id
+
+
+@pytest.mark.docker
+def test_a_driver_install_that_times_out_leaves_no_installer_container(harness: Harness) -> None:
+    # The installer runs in a container: killing cos-extensions alone leaves it running (and
+    # holding the driver files) on a VM that then deletes itself or, with STOP, boots again.
+    sc = harness.run("gpu-hang", ["true"], gpus=1, gpu_count=1, gpu_timeout=4,
+                     vm_env={"COS_SIM_DRIVER": "hang"}, boot_timeout=40)
+    assert sc.boot.exit_code == 1, explain(sc)
+    assert sc.boot.phases[-1] == "failed:gpu_timeout", explain(sc)
+    running = [c.name for c in sc.vm.containers() if c.status == "running"]  # type: ignore[attr-defined]
+    assert running == [], explain(sc)
+    assert len([r for r in sc.api_requests if r.method == "DELETE"]) == 1
 
 
 # ---- (c) the GPU never appears ----
@@ -432,7 +431,7 @@ def gpu_never(harness: Harness) -> Scenario:
 def test_gpu_that_never_appears_fails_the_boot_with_gpu_timeout(gpu_never: Scenario) -> None:
     sc = gpu_never
     assert sc.boot.exit_code == 1, explain(sc)
-    assert sc.boot.phases == ["metadata", "gpu-driver", "gpu-wait", "failed:gpu_timeout"]
+    assert sc.boot.phases == ["metadata", "docker", "gpu-driver", "gpu-wait", "failed:gpu_timeout"]
     assert 3 <= sc.boot.seconds < 15
     assert "gpu-wait diagnostics" in sc.boot.stdout
     doc = sc.record.read_startup(1)
@@ -450,7 +449,8 @@ def test_gpu_timeout_deletes_the_vm_and_starts_no_container(gpu_never: Scenario,
     assert delete.path == f"/compute/v1/projects/{PROJECT}/zones/{ZONE}/instances/{sc.vm.name}"
     assert delete.headers["authorization"] == f"Bearer {sc.metadata.token}"
     assert harness.job_containers(sc.run_id) == []
-    assert sc.boot.argv_of("docker", "run") == [] and sc.boot.argv_of("docker", "pull") == []
+    assert sc.boot.argv_of("docker", "pull") == []
+    assert not any(sc.vm.container_name in a for a in sc.boot.argv_of("docker", "run"))
     assert sc.boot.argv_of("poweroff") == [], explain(sc)
 
 
@@ -465,7 +465,7 @@ def pull_fails(harness: Harness) -> Scenario:
 def test_image_pull_is_retried_with_backoff_then_the_failure_is_recorded(pull_fails: Scenario) -> None:
     sc = pull_fails
     assert sc.boot.exit_code == 1, explain(sc)
-    assert sc.boot.phases == ["metadata", "registry-auth", "image-pull", "failed:image_pull_failed"]
+    assert sc.boot.phases == ["metadata", "docker", "registry-auth", "image-pull", "failed:image_pull_failed"]
     pulls = [c for c in sc.boot.calls if c.tool == "docker" and c.argv[:1] == ["pull"]]
     assert len(pulls) == 3  # PULL_RETRIES
     gaps = [b.time - a.time for a, b in zip(pulls, pulls[1:])]
@@ -486,17 +486,14 @@ def test_image_pull_failure_deletes_the_vm_and_starts_no_container(pull_fails: S
     assert harness.job_containers(sc.run_id) == []
 
 
-# ---- metadata that does not decode ----
+# ---- metadata that is not usable ----
 
 @pytest.mark.docker
-def test_a_command_that_is_not_a_list_of_strings_fails_the_boot_as_bad_metadata(harness: Harness) -> None:
-    bad = base64.b64encode(b'["python3", 1]').decode()
-    sc = harness.run("bad-cmd", ["true"], attributes={"runner-command-b64": bad})
+def test_an_attempt_that_is_not_a_number_fails_the_boot_as_bad_metadata(harness: Harness) -> None:
+    sc = harness.run("bad-attempt", ["true"], attributes={"runner-attempt": "1; rm -rf /"})
     assert sc.boot.exit_code == 1, explain(sc)
     assert sc.boot.phases == ["metadata", "failed:bad_metadata"]
-    doc = sc.record.read_startup(1)
-    assert (doc["reason"], doc["phase"]) == ("bad_metadata", "metadata")
-    assert doc["detail"].startswith("runner-command-b64: expected a string")
+    assert "runner-attempt must be a whole number" in sc.boot.stdout
     assert len([r for r in sc.api_requests if r.method == "DELETE"]) == 1
     assert harness.job_containers(sc.run_id) == []
 
@@ -555,6 +552,27 @@ def test_shutdown_script_sigterms_the_job_within_the_notice_and_the_agent_record
 
 
 @pytest.mark.docker
+def test_a_job_stopped_by_a_shutdown_leaves_the_vm_to_it(harness: Harness) -> None:
+    # With terminationAction=STOP the VM is to be kept for a restart in place: the watcher that
+    # releases a VM whose job ended must not delete it when the job ended because the VM stops.
+    downs: list[Boot] = []
+
+    def preempt(vm: CosVm, md: FakeMetadata, rec: RunRecord) -> None:
+        deadline = time.time() + 60
+        while time.time() < deadline and not ((st := rec.read_state()) and st[0].state == State.RUNNING):
+            time.sleep(0.2)
+        downs.append(vm.boot({"METADATA_URL": md.url}, script="shutdown.sh"))
+
+    sc = harness.run("stop-keep", ["python3", "-c", "import time; time.sleep(600)"], wait_for_job=False,
+                     vm_env={"RUNNER_RELEASE_WAIT": "foreground"}, during_boot=preempt)
+    assert sc.boot.exit_code == 0, explain(sc)
+    assert [d.exit_code for d in downs] == [0], [d.stdout for d in downs]
+    assert "finished" not in sc.boot.phases and "during a shutdown" in sc.boot.stdout, explain(sc)
+    assert [r for r in sc.api_requests if r.method == "DELETE"] == []
+    assert sc.record.read_state()[0].state == State.PREEMPTED
+
+
+@pytest.mark.docker
 def test_a_vm_whose_job_finished_deletes_itself(harness: Harness) -> None:
     # Waited for in the foreground here: the simulated VM ends with its script, a real one does not.
     sc = harness.run("finish", ["true"], vm_env={"RUNNER_RELEASE_WAIT": "foreground"})
@@ -563,3 +581,44 @@ def test_a_vm_whose_job_finished_deletes_itself(harness: Harness) -> None:
     (delete,) = [r for r in sc.api_requests if r.method == "DELETE"]
     assert delete.path == f"/compute/v1/projects/{PROJECT}/zones/{ZONE}/instances/{sc.vm.name}"
     assert sc.record.read_state()[0].state == State.SUCCEEDED
+
+
+@pytest.mark.docker
+def test_job_output_does_not_flood_the_serial_console(harness: Harness) -> None:
+    # GCE keeps 1 MiB of serial output; `ops logs` reads the runner-phase lines from it. The job's
+    # log goes to the bucket; the console gets only a bounded tail of it when the job ends.
+    chatty = ["python3", "-c", "import sys\nfor i in range(40000): print(f'job line {i:06d} ' + 'x' * 40)\n"
+              "print('THE LAST LINE', flush=True)"]
+    sc = harness.run("chatty", chatty, vm_env={"RUNNER_RELEASE_WAIT": "foreground"})
+    assert sc.boot.exit_code == 0, explain(sc)
+    serial = sc.vm.serial.read_bytes() if sc.vm.serial.exists() else b""
+    console = serial + sc.boot.stdout.encode()
+    assert len(console) < 64 * 1024, len(console)
+    assert sc.boot.phases[-2:] == ["container-running", "finished"]
+    assert b"THE LAST LINE" in console
+    log = sc.store.read(sc.record.name(RunRecord.log_name(1)))
+    assert log is not None and b"job line 039999" in log.data  # the whole output is in the bucket
+
+
+# ---- the agent's side: the command and env come from spec.json ----
+
+def test_agent_takes_the_exact_argv_and_env_from_the_spec(local_store: Any, monkeypatch: pytest.MonkeyPatch) -> None:
+    from entrypoint.agent import AgentConfig, job_from_spec
+
+    env = {**JOB_ENV, "LD_LIBRARY_PATH": "/opt/mine", "RUNNER_RUN_ID": "hijack"}
+    RunRecord(local_store, "r1").write_spec(RunSpec(run_id="r1", image="i", command=PRINT_ARGV_JOB, backend="gce", env=env))
+    monkeypatch.setenv("RUNNER_RUN_ID", "r1")
+    monkeypatch.setenv("RUNNER_STORE", local_store.url)
+    monkeypatch.setenv("RUNNER_ATTEMPT", "1")
+    monkeypatch.setenv("RUNNER_GPU_LIB_DIR", "/usr/local/nvidia/lib64")
+    argv, job_env = job_from_spec(AgentConfig.from_env())
+    assert argv == PRINT_ARGV_JOB
+    # The runner's own variables are not the job's to set; the driver stays first on the path.
+    assert job_env == {**JOB_ENV, "LD_LIBRARY_PATH": "/usr/local/nvidia/lib64:/opt/mine"}
+
+
+def test_agent_without_a_command_or_the_spec_to_read_it_from_prints_its_usage(monkeypatch: pytest.MonkeyPatch) -> None:
+    from entrypoint.agent import main
+
+    monkeypatch.delenv("RUNNER_COMMAND_FROM_SPEC", raising=False)
+    assert main(["--"]) == 2

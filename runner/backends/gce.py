@@ -210,7 +210,7 @@ class GceBackend(ComputeBackend):
             raise BackendError(str(e)) from None
         meta = md.VmMetadata(
             run_id=spec.run_id, attempt=ctx.attempt, store=ctx.store_url, image=spec.image,
-            command=list(spec.command), env=dict(spec.env), gpu_count=gpu.count,
+            gpu_count=gpu.count,  # command and env: the agent reads spec.json
             gpu_timeout=spec.timeouts.get("gpu_timeout", 600), gpu_driver_version=vm["gpu_driver_version"],
             checkpoint_dir=spec.checkpoint_dir, results_dir=spec.results_dir,
             heartbeat_interval=ctx.heartbeat_interval, sync_interval=ctx.sync_interval,

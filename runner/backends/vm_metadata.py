@@ -1,16 +1,16 @@
 """The VM metadata contract between the GCE backend and ``gcp/startup.sh``.
 
-One prefix for every key, values always plain strings. Anything that is not a plain token (the
-command, the job's environment) is base64 of JSON, always: the startup script never guesses
-whether a value is encoded (DESIGN §4). Secrets never go here: metadata is readable by anyone
-with ``compute.instances.get`` on the project, and by every process on the VM.
+One prefix for every key, values always plain scalars (a number, a path, a gs:// URL, an image
+reference): COS has bash but no python or jq, so the startup script reads nothing it would have
+to parse. Anything structured -- the job's command and env -- stays in ``spec.json`` in the
+store, where the agent in the container reads it (``RUNNER_COMMAND_FROM_SPEC``): one encoding,
+JSON, decoded by Python, never guessed (DESIGN §4). Secrets never go here: metadata is readable
+by anyone with ``compute.instances.get`` on the project, and by every process on the VM.
 """
 
 from __future__ import annotations
 
-import base64
-import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 PREFIX = "runner-"
 
@@ -18,10 +18,8 @@ RUN_ID = PREFIX + "run-id"                  # the run id in full (labels only ho
 ATTEMPT = PREFIX + "attempt"
 STORE = PREFIX + "store"                    # gs://BUCKET[/PREFIX]
 IMAGE = PREFIX + "image"                    # pinned: REPO@sha256:...
-COMMAND_B64 = PREFIX + "command-b64"        # base64(JSON list of argv strings)
-ENV_B64 = PREFIX + "env-b64"                # base64(JSON object of str -> str)
 GPU_COUNT = PREFIX + "gpu-count"            # "0" = CPU only: no driver step at all
-GPU_TIMEOUT = PREFIX + "gpu-timeout"        # seconds to wait for nvidia-smi
+GPU_TIMEOUT = PREFIX + "gpu-timeout"        # seconds for the driver install and the GPU wait
 GPU_DRIVER_VERSION = PREFIX + "gpu-driver-version"  # passed to cos-extensions ("" = default)
 CHECKPOINT_DIR = PREFIX + "checkpoint-dir"
 RESULTS_DIR = PREFIX + "results-dir"
@@ -35,22 +33,14 @@ STARTUP_SCRIPT = "startup-script"
 SHUTDOWN_SCRIPT = "shutdown-script"
 
 
-def encode_json_b64(value: object) -> str:
-    return base64.b64encode(json.dumps(value, separators=(",", ":")).encode()).decode()
-
-
-def decode_json_b64(value: str) -> object:
-    return json.loads(base64.b64decode(value, validate=True))
-
-
 @dataclass(frozen=True)
 class VmMetadata:
+    """The scalars one attempt's VM needs to boot: identity, store, image and host settings."""
+
     run_id: str
     attempt: int
     store: str
     image: str
-    command: list[str]
-    env: dict[str, str] = field(default_factory=dict)
     gpu_count: int = 0
     gpu_timeout: float = 600
     gpu_driver_version: str = ""
@@ -70,8 +60,6 @@ class VmMetadata:
             ATTEMPT: str(self.attempt),
             STORE: self.store,
             IMAGE: self.image,
-            COMMAND_B64: encode_json_b64(list(self.command)),
-            ENV_B64: encode_json_b64(dict(self.env)),
             GPU_COUNT: str(self.gpu_count),
             GPU_TIMEOUT: str(int(self.gpu_timeout)),
             GPU_DRIVER_VERSION: self.gpu_driver_version,
@@ -79,7 +67,7 @@ class VmMetadata:
             RESULTS_DIR: self.results_dir,
             HEARTBEAT_INTERVAL: str(self.heartbeat_interval),
             SYNC_INTERVAL: str(self.sync_interval),
-            GRACE_PERIOD: str(self.grace_period),
+            GRACE_PERIOD: str(max(1, int(self.grace_period))),  # whole seconds: docker stop --time
             SHM_SIZE: self.shm_size,
             DATA_DISK: self.data_disk,
             DATA_MOUNT: self.data_mount,

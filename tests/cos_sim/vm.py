@@ -96,6 +96,9 @@ class CosVm:
             if not path.exists():
                 os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
         self.kernel = self.work / "kernel"  # in-memory kernel state: cleared by power_cycle()
+        # /var/lib/runner on the VM's disk: shared by every boot and shutdown of this VM (the
+        # shutdown script's marker must reach the startup script's watcher), kept by power_cycle().
+        self.state_dir = self.work / "var-lib-runner"
         self.serial = self.work / "serial.log"
         self.container_name = f"{self.name}-job"
         self.scripts = self.work / "metadata-scripts"
@@ -154,6 +157,7 @@ class CosVm:
             "RUNNER_SERIAL": str(self.serial),  # never the host's /dev/console
             "RUNNER_CONTAINER_NAME": self.container_name,
             "COS_SIM_CALLS": str(self.calls_dir),
+            "RUNNER_STATE_DIR": str(self.state_dir),
             "COS_SIM_KERNEL": str(self.kernel),
             "COS_SIM_VM": self.name,
             "COS_SIM_BASE_IMAGE": BASE_IMAGE,
