@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from runner.config import GCE_PREEMPTION_NOTICE, Config
-from runner.gcp_rest import AdminApis, ApiError, admin_apis, member_roles
+from runner.gcp_rest import AdminApis, ApiError, admin_apis, member_conditional_roles, member_roles
 from runner.naming import region_of
 
 REQUIRED_APIS = ("compute.googleapis.com", "storage.googleapis.com",
@@ -34,6 +34,11 @@ VM_ROLES: dict[str, frozenset[str]] = {
         "roles/artifactregistry.repoAdmin", "roles/artifactregistry.admin",
         "roles/editor", "roles/owner"}),
 }
+# The VM deletes itself when its job is over (gcp/startup.sh): compute.instances.delete, which
+# `runner init` grants as a one-permission custom role limited to runner VMs, and which these
+# broader roles also carry.
+SELF_DELETE_GRANTED_BY = frozenset({"roles/compute.instanceAdmin.v1", "roles/compute.instanceAdmin",
+                                    "roles/compute.admin", "roles/editor", "roles/owner"})
 # Quota metric of each GPU type; spot VMs draw on PREEMPTIBLE_<metric> when the project has it.
 GPU_QUOTA_METRICS = {
     "nvidia-tesla-t4": "NVIDIA_T4_GPUS",
@@ -324,11 +329,24 @@ class _Doctor:
             elif not granted_by & held:
                 missing.append(role)
                 fixes.append(f"gcloud projects add-iam-policy-binding {p} --member {member} --role {role}")
+        from runner.project_setup import SELF_DELETE_ROLE_ID, self_delete_role
+
+        own_role = self_delete_role(p)
+        can_delete = bool(SELF_DELETE_GRANTED_BY & held)
+        if not can_delete and (own_role in held or own_role in member_conditional_roles(
+                apis.get_iam_policy(p), member)):
+            # Bound, but the custom role must also exist and hold the permission.
+            role = apis.get_role(p, SELF_DELETE_ROLE_ID) or {}
+            can_delete = not role.get("deleted") and \
+                "compute.instances.delete" in (role.get("includedPermissions") or [])
+        if not can_delete:
+            missing.append("compute.instances.delete (to delete its own VM when the job is over)")
+            fixes.append(f"runner init --project {p}")
         default = "" if cfg.service_account else " (the Compute default service account)"
         if missing:
             return Check(name, False, f"{email}{default} lacks {', '.join(missing)}{bucket_note}",
                          "\n".join(fixes))
-        return Check(name, True, f"{email}{default} has {', '.join(VM_ROLES)}")
+        return Check(name, True, f"{email}{default} has {', '.join(VM_ROLES)} and may delete its own VM")
 
     def gpu_quota_check(self) -> Check:
         name = "GPU quota"

@@ -19,12 +19,32 @@ def retryable_api_errors() -> tuple[type[Exception], ...]:
             gexc.GatewayTimeout, gexc.BadGateway)
 
 
+# Compute (and the other classic JSON APIs) answer a rate limit with 403 and one of these
+# reasons, not only with 429 ("API rate limits", Compute Engine docs). Such a 403 is a reason to
+# wait and retry, never a missing permission.
+RATE_LIMIT_REASONS = frozenset({"rateLimitExceeded", "userRateLimitExceeded"})
+
+
+def is_rate_limited(exc: BaseException) -> bool:
+    """Whether ``exc`` is a 403 (or 429) that says "too many requests", by its error reasons."""
+    for err in getattr(exc, "errors", None) or []:
+        if isinstance(err, dict) and err.get("reason") in RATE_LIMIT_REASONS:
+            return True
+    return getattr(exc, "reason", None) in RATE_LIMIT_REASONS
+
+
+def is_retryable(exc: BaseException) -> bool:
+    """429, 5xx, and a 403 that is a rate limit: worth the same backoff."""
+    return isinstance(exc, retryable_api_errors()) or is_rate_limited(exc)
+
+
 def api_retry(timeout: float = 120.0) -> Any:
-    """429 and 5xx are retried with exponential backoff; anything else surfaces at once."""
+    """429, 5xx and 403 rate limits are retried with exponential backoff; anything else
+    surfaces at once."""
     from google.api_core import retry as gretry
 
-    return gretry.Retry(predicate=gretry.if_exception_type(*retryable_api_errors()),
-                        initial=0.5, maximum=16.0, multiplier=2.0, timeout=timeout)
+    return gretry.Retry(predicate=is_retryable, initial=0.5, maximum=16.0, multiplier=2.0,
+                        timeout=timeout)
 
 
 @dataclass

@@ -79,6 +79,10 @@ class RestApi:
     def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
         return self._call("POST", path, json=body)
 
+    def patch(self, path: str, body: dict[str, Any], params: dict[str, Any] | None = None
+              ) -> dict[str, Any]:
+        return self._call("PATCH", path, json=body, params=params)
+
     def _call(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         delay = 0.5
         for attempt in range(self.attempts):
@@ -150,6 +154,25 @@ class AdminApis:
         })
 
 
+    def get_role(self, project: str, role_id: str) -> dict[str, Any] | None:
+        """The project's custom role ``role_id``, or None when it does not exist."""
+        try:
+            return self.iam.get(f"/v1/projects/{quote(project)}/roles/{quote(role_id)}")
+        except ApiError as e:
+            if e.code == 404:
+                return None
+            raise
+
+    def create_role(self, project: str, role_id: str, role: dict[str, Any]) -> dict[str, Any]:
+        return self.iam.post(f"/v1/projects/{quote(project)}/roles", {"roleId": role_id, "role": role})
+
+    def update_role_permissions(self, project: str, role_id: str, permissions: list[str]
+                                ) -> dict[str, Any]:
+        return self.iam.patch(f"/v1/projects/{quote(project)}/roles/{quote(role_id)}",
+                              {"includedPermissions": permissions},
+                              params={"updateMask": "includedPermissions"})
+
+
 def admin_apis(cfg: Any, credentials: Any = None) -> AdminApis:
     """The admin APIs at the configured endpoints (``*_endpoint`` keys), else Google's."""
     endpoints = (cfg.serviceusage_endpoint, cfg.resourcemanager_endpoint, cfg.iam_endpoint)
@@ -168,6 +191,15 @@ def admin_apis(cfg: Any, credentials: Any = None) -> AdminApis:
         resourcemanager=rest_api(cfg.resourcemanager_endpoint, RESOURCEMANAGER, credentials),
         iam=rest_api(cfg.iam_endpoint, IAM, credentials),
     )
+
+
+def member_conditional_roles(policy: dict[str, Any], member: str) -> dict[str, list[str]]:
+    """role -> the condition expressions under which ``member`` holds it (conditional only)."""
+    out: dict[str, list[str]] = {}
+    for b in policy.get("bindings") or []:
+        if member in (b.get("members") or []) and b.get("condition"):
+            out.setdefault(b["role"], []).append(str(b["condition"].get("expression", "")))
+    return out
 
 
 def member_roles(policy: dict[str, Any], member: str) -> set[str]:

@@ -7,7 +7,11 @@ says so step by step ("exists", "already granted"), so it is safe in a setup scr
 
 Least privilege: the store role (``roles/storage.objectAdmin``) is granted on the bucket, not the
 project; only what has no narrower scope (writing logs and metrics, pulling images) is granted on
-the project. The project IAM policy is changed by read-modify-write with its etag, retried when
+the project. A VM deletes itself when its job ends or its startup fails (``gcp/startup.sh``), so
+its account also holds a custom role with the single permission ``compute.instances.delete``,
+bound with an IAM condition to instances named ``runner-*``: it cannot create, start, read or
+modify any VM, nor delete one that is not a runner VM. ("Itself" exactly would need an IAM
+policy on every instance, set by whoever creates it; a condition cannot name the caller.) The project IAM policy is changed by read-modify-write with its etag, retried when
 another writer got there first (409 ABORTED), so concurrent edits are never lost.
 """
 
@@ -26,6 +30,19 @@ BUCKET_ROLE = "roles/storage.objectAdmin"
 PROJECT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter",
                  "roles/artifactregistry.reader")
 SA_DISPLAY_NAME = "cos-spot-runner VMs"
+SELF_DELETE_ROLE_ID = "cosSpotRunnerSelfDelete"
+SELF_DELETE_PERMISSIONS = ("compute.instances.delete",)
+# Instance names come from runner.naming.resource_name, whose prefix is "runner".
+SELF_DELETE_CONDITION = {
+    "title": "cos-spot-runner VMs only",
+    "description": "A runner VM may delete runner VMs (itself, when its job is over), nothing else.",
+    "expression": 'resource.type == "compute.googleapis.com/Instance" && '
+                  'resource.name.extract("/instances/{name}").startsWith("runner-")',
+}
+
+
+def self_delete_role(project: str) -> str:
+    return f"projects/{project}/roles/{SELF_DELETE_ROLE_ID}"
 _POLICY_ATTEMPTS = 6
 
 
@@ -94,7 +111,9 @@ def init_project(
     record(ensure_lifecycle_rule(bucket, STAGED_SOURCE_PREFIX, staging_days))
     record(ensure_service_account(apis, project, sa_name))
     record(ensure_bucket_role(bucket, member, BUCKET_ROLE, sleep=sleep))
-    record(ensure_project_roles(apis, project, member, PROJECT_ROLES, sleep=sleep))
+    record(ensure_self_delete_role(apis, project))
+    record(ensure_project_roles(apis, project, member, PROJECT_ROLES, sleep=sleep,
+                                conditional=((self_delete_role(project), SELF_DELETE_CONDITION),)))
     if cfg.service_account != email:
         say(f'next: set service_account = "{email}" in runner.toml so VMs run as it')
     return steps
@@ -217,28 +236,44 @@ def ensure_bucket_role(bucket: Any, member: str, role: str, *,
 
 
 def ensure_project_roles(apis: AdminApis, project: str, member: str, roles: tuple[str, ...], *,
-                         sleep: Callable[[float], None] = time.sleep) -> Step:
-    """``member`` holds every role in ``roles`` on the project; one policy write adds all missing.
+                         sleep: Callable[[float], None] = time.sleep,
+                         conditional: tuple[tuple[str, dict[str, str]], ...] = ()) -> Step:
+    """``member`` holds every role in ``roles`` (and each of ``conditional``'s roles under its
+    condition) on the project; one policy write adds all missing.
 
     Read-modify-write with the policy's etag: when someone else wrote in between, the write fails
-    with 409 ABORTED and the whole cycle is redone on the fresh policy, keeping their change.
+    with 409 ABORTED and the whole cycle is redone on the fresh policy, keeping their change. A
+    conditional binding is one role under one condition, and a policy holding one must be
+    written as version 3, or Resource Manager refuses it.
     """
     name = f"project roles in {project}"
+    wanted = [*roles, *(f"{r} (if {c['title']!r})" for r, c in conditional)]
     delay = 1.0
     for attempt in range(_POLICY_ATTEMPTS):
         policy = apis.get_iam_policy(project)
         bindings = policy.setdefault("bindings", [])
-        missing = [r for r in roles if not any(
-            b.get("role") == r and member in (b.get("members") or []) and not b.get("condition")
-            for b in bindings)]
-        if not missing:
-            return Step(name, False, f"already granted to {member}: {', '.join(roles)}")
-        for role in missing:
-            binding = next((b for b in bindings if b.get("role") == role and not b.get("condition")), None)
+        added = []
+        for role, cond in [*((r, None) for r in roles), *conditional]:
+            expr = cond["expression"] if cond else None
+
+            def same(b: dict[str, Any]) -> bool:
+                return b.get("role") == role and (b.get("condition") or {}).get("expression") == expr
+
+            if any(same(b) and member in (b.get("members") or []) for b in bindings):
+                continue
+            binding = next((b for b in bindings if same(b)), None)
             if binding is None:
-                bindings.append({"role": role, "members": [member]})
-            else:
-                binding["members"] = [*(binding.get("members") or []), member]
+                binding = {"role": role, "members": []}
+                if cond:
+                    binding["condition"] = dict(cond)
+                bindings.append(binding)
+            binding["members"] = [*(binding.get("members") or []), member]
+            added.append(role if cond is None else f"{role} (if {cond['title']!r})")
+        if not added:
+            return Step(name, False, f"already granted to {member}: {', '.join(wanted)}")
+        if conditional or any(b.get("condition") for b in bindings):
+            policy["version"] = 3
+        missing = added
         try:
             apis.set_iam_policy(project, policy)
             return Step(name, True, f"granted to {member}: {', '.join(missing)}")
@@ -249,3 +284,26 @@ def ensure_project_roles(apis: AdminApis, project: str, member: str, roles: tupl
         sleep(delay)
         delay = min(delay * 2, 16.0)
     raise AssertionError("unreachable")
+
+
+def ensure_self_delete_role(apis: AdminApis, project: str) -> Step:
+    """The custom role that lets a VM delete itself exists with exactly its one permission."""
+    name = f"custom role {SELF_DELETE_ROLE_ID}"
+    want = sorted(SELF_DELETE_PERMISSIONS)
+    role = apis.get_role(project, SELF_DELETE_ROLE_ID)
+    if role is None:
+        try:
+            apis.create_role(project, SELF_DELETE_ROLE_ID, {
+                "title": "cos-spot-runner VM self-delete",
+                "description": "Lets a runner VM delete itself when its job is over.",
+                "includedPermissions": want, "stage": "GA"})
+            return Step(name, True, f"created with {', '.join(want)}")
+        except ApiError as e:
+            if e.code != 409:  # 409: created meanwhile by another init; check it below
+                raise
+            role = apis.get_role(project, SELF_DELETE_ROLE_ID) or {}
+    if sorted(role.get("includedPermissions") or []) == want:
+        return Step(name, False, f"exists with {', '.join(want)}")
+    apis.update_role_permissions(project, SELF_DELETE_ROLE_ID, want)
+    return Step(name, True, f"permissions set to {', '.join(want)}")
+

@@ -87,10 +87,17 @@ class Supervisor:
     def reconcile_all(self) -> dict[str, RunState]:
         """One pass over every run in the store; one backend list call in all."""
         by_label: dict[str, list[Instance]] = {}
-        for inst in self.backend.list():
+        try:
+            listed = self.backend.list()
+            run_ids = list_run_ids(self.store)
+        except Exception as e:  # noqa: BLE001 - one API error must not end supervision
+            print(f"runner: listing instances or runs failed this pass ({type(e).__name__}: {e}); "
+                  "will try again next pass", file=sys.stderr)
+            return {}
+        for inst in listed:
             by_label.setdefault(inst.run_label, []).append(inst)
         out = {}
-        for run_id in list_run_ids(self.store):
+        for run_id in run_ids:
             st = self.reconcile(run_id, by_label.get(label_value(run_id), []))
             if st is not None:
                 out[run_id] = st

@@ -24,7 +24,12 @@ Behaviour kept from GCE because product code depends on it:
 
 - Mutations answer with a ``compute#operation``. Insert failures caused by capacity
   (``ZONE_RESOURCE_POOL_EXHAUSTED``) arrive as an *operation error*, the way GCE reports them;
-  ``stockout_as_http`` switches to an HTTP 503 instead. Quota failures are HTTP 403.
+  ``stockout_as_http`` switches to an HTTP 503 instead. ``quota_zones`` forces an HTTP 403
+  ``quotaExceeded`` in a zone; real quota accounting is below.
+- Rate limits come in Compute's shape: 403 with reason ``rateLimitExceeded`` (or
+  ``userRateLimitExceeded``, domain ``usageLimits``) as well as 429 (``fail_next(403, ...)``,
+  ``error_codes``, ``queries_per_second``), so a client that reads every 403 as "permission
+  denied" is caught.
 - A preemption is a timeline, not an event. ``simulateMaintenanceEvent`` (or ``preempt``/
   ``preempt_after``) records a ``compute.instances.preempted`` zone operation (how a supervisor
   tells preemption from a crash), puts the VM in ``STOPPING`` and sends the guest an ACPI soft-off
@@ -41,10 +46,48 @@ Behaviour kept from GCE because product code depends on it:
   request, as before this was modelled; tests of the timeline set e.g. ``time_scale = 0.02``.
 - The serial console keeps the last 1 MiB; ``start`` offsets older than that are moved forward
   and the response's ``start`` says so, so log followers can detect the gap.
-- ``requestId`` makes mutations idempotent, so retried inserts do not create two VMs.
+- Regional quotas are enforced from what ``regions.get`` reports (``region_quotas``: limit and
+  usage outside the fake, plus what the fake's own live VMs use). An ``insert`` or ``start`` that
+  would exceed ``CPUS`` or ``NVIDIA_*_GPUS`` (spot VMs: ``PREEMPTIBLE_*`` when the project has a
+  non-zero preemptible limit, the standard metric otherwise, as the Spot VMs quota docs say)
+  fails with the operation error ``QUOTA_EXCEEDED`` "Quota 'M' exceeded.  Limit: L in region R."
+  (HTTP status 403 in the operation), the way gcloud shows it. TERMINATED VMs use no CPU/GPU
+  quota. A metric the region does not list is not limited (a simplification: GCE has them all).
+- ``scheduling.maxRunDuration`` must lie between 30 seconds and 120 days and needs an
+  ``instanceTerminationAction`` (gcloud ``--max-run-duration``; "Limit the run time of a VM").
+  When a VM enters RUNNING, ``resourceStatus.scheduling.terminationTimestamp`` is set; when it
+  is reached the VM is stopped or deleted through the usual shutdown. Stopping clears it; a
+  start counts afresh. The duration runs scaled by ``time_scale`` (in real seconds when
+  ``time_scale`` is 0). Not modelled: ``terminationTime`` (an absolute time limit).
+- Disks are resources of their own (``disks.insert/get/list/delete``, ``add_disk``, ``disks()``,
+  ``instances.attachDisk/detachDisk``).
+  An instance's ``initializeParams`` disk is created with it (409 if a disk of that name exists
+  in the zone); a ``source`` disk must exist (404), be in the instance's zone (400), and a
+  ``READ_WRITE`` disk attaches to one instance only (400 ``resourceInUseByAnotherResource``),
+  as the disks docs say of read-write mode. ``autoDelete`` defaults to false in the API (gcloud
+  sets it for boot disks, the API does not): a deleted VM leaves such disks behind, with no
+  users, which is what ``disks()`` lets tests assert against. A disk in use cannot be deleted.
+- ``requestId`` makes mutations idempotent, so retried inserts do not create two VMs. It must
+  be a UUID other than the zero UUID, is remembered per method and zone (the same id sent to
+  another zone or method is another request) for 60 minutes (``request_id_ttl``, scaled by
+  ``time_scale`` when that is set), as the compute v1 reference says of ``requestId``.
 - Validation that real GCE does and that catches real bugs (``strict=True``): instance and label
   names, machine/accelerator types given as zonal URLs that exist in that zone, GPUs requiring
   ``onHostMaintenance=TERMINATE``, spot VMs not being auto-restarted, metadata size limits.
+
+Authorization (opt-in: set ``iam``): every request carries an identity, the bearer token of its
+``Authorization`` header looked up in ``tokens`` (``mint_token``: e.g. what a VM's metadata
+server hands its service account), or ``operator`` when there is none (the product's clients
+use anonymous credentials against an http:// endpoint). The identity's roles come from the IAM
+policy ``iam.policy(project)`` (the admin fake that ``runner init`` writes to), custom roles
+from ``iam.role_permissions``; a request whose permission none of them carries is answered as
+GCE does: 403 ``forbidden``, "Required 'compute.instances.delete' permission for 'projects/...'"
+(an unknown token: 401 ``authError``). Inserting a VM that runs as a service account also
+needs ``iam.serviceAccounts.actAs`` (``roles/iam.serviceAccountUser``). Predefined roles are
+modelled by the compute permissions they carry (IAM "basic and predefined roles" reference),
+public images (``cos-cloud``) are readable by anyone, and conditions are evaluated for the
+subset ``runner init`` writes (``resource.type ==`` and ``resource.name[.extract(...)]
+.startsWith(...)`` joined by ``&&``); any other condition grants nothing (a 403 a test sees).
 
 A ``guest`` (see ``Guest``) lets a test run a simulated VM behind each instance: it is told when
 the VM enters RUNNING (after insert or start), when the soft-off comes, and when power is cut.
@@ -170,6 +213,7 @@ DEFAULT_REGION_QUOTAS: dict[str, tuple[float, float]] = {
     "NVIDIA_L4_GPUS": (1.0, 0.0), "PREEMPTIBLE_NVIDIA_L4_GPUS": (1.0, 0.0),
 }
 
+_UUID_RE = re.compile(r"[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-fA-F]{12}")
 _NAME_RE = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_KEY_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE_RE = re.compile(r"[a-z0-9_-]{0,63}")
@@ -233,11 +277,30 @@ _RETRYABLE = {
     503: ("backendError", "The service is currently unavailable."),
     504: ("backendError", "Deadline exceeded."),
 }
+# Compute answers most rate limits with 403, not 429 (the "Queries per minute" quota of
+# compute.googleapis.com; "API rate limits" in the Compute docs), in the classic error shape
+# with domain usageLimits and reason rateLimitExceeded or userRateLimitExceeded (per user).
+_RATE_LIMITS = {
+    "rateLimitExceeded": "Quota exceeded for quota metric 'Queries' and limit 'Queries per "
+                         "minute' of service 'compute.googleapis.com'.",
+    "userRateLimitExceeded": "Quota exceeded for quota metric 'Queries' and limit 'Queries per "
+                             "minute per user' of service 'compute.googleapis.com'.",
+}
+# What an injected 403 is when no reason is given: a rate limit, the usual transient 403.
+_FORBIDDEN = ("forbidden", "Required 'compute.instances.list' permission for "
+              "'projects/{project}'")
 
 
-def _retryable_error(code: int) -> ApiError:
-    reason, message = _RETRYABLE.get(code, ("backendError", HTTPStatus(code).phrase))
-    return ApiError(code, reason, message)
+def _retryable_error(code: int, reason: Optional[str] = None) -> ApiError:
+    """An injected error in GCE's shape: 429/5xx, or 403 rate limits (``reason`` picks which;
+    ``reason="forbidden"`` makes a 403 a permission error instead)."""
+    if code == 403:
+        reason = reason or "rateLimitExceeded"
+        if reason in _RATE_LIMITS:
+            return ApiError(403, reason, _RATE_LIMITS[reason], domain="usageLimits")
+        return ApiError(403, reason, _FORBIDDEN[1].format(project="the project"))
+    default_reason, message = _RETRYABLE.get(code, ("backendError", HTTPStatus(code).phrase))
+    return ApiError(code, reason or default_reason, message)
 
 
 def _now_ts() -> str:
@@ -451,6 +514,14 @@ class RecordedRequest:
     headers: dict[str, str] = field(default_factory=dict, repr=False)
 
 
+class IamPolicySource(Protocol):
+    """Where the fake reads IAM from: ``tests.gcp_admin_fake.GcpAdminFake`` is one."""
+
+    def policy(self, project: str) -> dict[str, Any]: ...
+
+    def role_permissions(self, role: str) -> Optional[frozenset[str]]: ...
+
+
 class Guest(Protocol):
     """What runs inside the fake's VMs: the hook a whole-path test uses to simulate COS VMs.
 
@@ -496,6 +567,7 @@ class _Vm:
     boot_started: float = 0.0
     boot_seconds: float = 0.0
     shutdown: Optional[_Shutdown] = None
+    run_deadline: float = 0.0  # monotonic time maxRunDuration ends (0: none)
     guest_running: bool = False  # the guest was told on_running and not yet on_power_off
 
 
@@ -524,8 +596,12 @@ class ComputeFake:
     - ``stockout_zones``: inserts (and starts) there fail with ZONE_RESOURCE_POOL_EXHAUSTED, as
       an operation error, or as HTTP 503 when ``stockout_as_http`` is true.
     - ``quota_zones``: inserts there fail with HTTP 403 ``quotaExceeded`` naming the GPU quota.
+    - ``queries_per_second``: above this many requests in any one-second window (0: no
+      limit), a request is refused with 403 ``rateLimitExceeded``, the way Compute enforces its
+      per-minute "Queries" quota; time to back off, not a missing permission.
     - ``error_rate``/``error_codes``: that fraction of requests first gets a retryable error
-      (seeded RNG, so a failing run replays identically); ``fail_next`` injects exact failures.
+      (seeded RNG, so a failing run replays identically; 403 in ``error_codes`` is a
+      ``rateLimitExceeded``, as Compute sends); ``fail_next`` injects exact failures.
     - ``boot_seconds``: new and restarted VMs pass PROVISIONING → STAGING → RUNNING over this long.
     - ``operation_seconds``: operations report RUNNING for this long before DONE.
     - ``serial_retain_bytes``: serial console history kept per VM (1 MiB, like GCE).
@@ -544,6 +620,8 @@ class ComputeFake:
         self.quota_zones: set[str] = set()
         self.quota_metric = "NVIDIA_T4_GPUS"  # named when the request has no GPU to blame
         self.error_rate = 0.0
+        self.queries_per_second = 0.0
+        self._recent: list[float] = []  # monotonic times of requests in the last second
         self.error_codes: tuple[int, ...] = (429, 503)
         self.boot_seconds = 0.0
         self.operation_seconds = 0.0
@@ -552,6 +630,9 @@ class ComputeFake:
         self.strict = True
         self.time_scale = 0.0
         self.guest: Optional[Guest] = None
+        self.iam: Optional[IamPolicySource] = None  # None: every request is allowed
+        self.operator = "user:operator@example.com"
+        self.tokens: dict[str, str] = {}
         self.region_quotas: dict[str, dict[str, tuple[float, float]]] = {
             region: dict(DEFAULT_REGION_QUOTAS) for region in {z.rsplit("-", 1)[0] for z in ZONES}}
         self.endpoint = ""  # set by run_compute_fake
@@ -562,11 +643,14 @@ class ComputeFake:
         self._op_seq = itertools.count(1)
         self._vms: dict[tuple[str, str, str], _Vm] = {}
         self._ops: dict[tuple[str, str, str], _Op] = {}
-        self._request_ids: dict[tuple[str, str], tuple[str, str]] = {}  # -> (zone, op name)
+        self.request_id_ttl = 3600.0
+        # (project, zone, rpc, requestId) -> (op name, monotonic time first seen)
+        self._request_ids: dict[tuple[str, str, str, str], tuple[str, float]] = {}
         self._requests: list[RecordedRequest] = []
         self._scheduled: list[_Scheduled] = []
-        self._fail_next: list[tuple[int, Optional[str]]] = []
+        self._fail_next: list[tuple[int, Optional[str], Optional[str]]] = []
         self._images: dict[tuple[str, str], compute_v1.Image] = {}
+        self._disks: dict[tuple[str, str, str], compute_v1.Disk] = {}
         self._guest_events: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
         self._guest_thread: Optional[threading.Thread] = None
         for family, name in COS_IMAGES:
@@ -612,6 +696,19 @@ class ComputeFake:
                    and (project is None or o.project == project)]
             return [self._render_op(o) for o in sorted(ops, key=lambda o: o.op.name)]
 
+    def disks(self, project: Optional[str] = None) -> list[compute_v1.Disk]:
+        """Copies of every disk, attached or not: a leaked disk shows here with no ``users``."""
+        with self.lock:
+            self._tick()
+            return [_copy(d) for (pp, _z, _n), d in sorted(self._disks.items())
+                    if project is None or pp == project]
+
+    def add_disk(self, zone: str, name: str, size_gb: int = 100,
+                 project: Optional[str] = None) -> compute_v1.Disk:
+        """Create a blank disk, as ``gcloud compute disks create`` would."""
+        with self.lock:
+            return _copy(self._new_disk(project or self.project, zone, name, size_gb, ""))
+
     def client_kwargs(self) -> dict[str, Any]:
         """``client_options`` and ``credentials`` for any compute_v1 client: ``Client(**kw)``."""
         return {"client_options": ClientOptions(api_endpoint=self.endpoint),
@@ -619,10 +716,22 @@ class ComputeFake:
 
     # ---- switches that act ------------------------------------------------------------------
 
-    def fail_next(self, code: int = 503, times: int = 1, rpc: Optional[str] = None) -> None:
-        """The next ``times`` requests (to ``rpc`` only, if given) get HTTP ``code`` unprocessed."""
+    def mint_token(self, member: str) -> str:
+        """A bearer token that identifies ``member`` (``serviceAccount:EMAIL``) to this fake."""
+        token = f"ya29.fake-{self._rng.getrandbits(64):016x}"
         with self.lock:
-            self._fail_next.extend([(code, rpc)] * times)
+            self.tokens[token] = member
+        return token
+
+    def fail_next(self, code: int = 503, times: int = 1, rpc: Optional[str] = None,
+                  reason: Optional[str] = None) -> None:
+        """The next ``times`` requests (to ``rpc`` only, if given) get HTTP ``code`` unprocessed.
+
+        ``403`` is a rate limit in GCE's shape (``reason`` ``rateLimitExceeded``, the default,
+        or ``userRateLimitExceeded``); ``reason="forbidden"`` makes it a missing permission.
+        """
+        with self.lock:
+            self._fail_next.extend([(code, rpc, reason)] * times)
 
     def append_serial(self, zone: str, name: str, text: Union[str, bytes],
                       project: Optional[str] = None) -> None:
@@ -656,8 +765,8 @@ class ComputeFake:
                       *, zone: Optional[str] = None, project: Optional[str] = None) -> None:
         """In ``seconds``, preempt every running spot VM with that name (or matching predicate).
 
-        It takes effect at the first request (or inspection helper call) after the deadline, so
-        anything that can observe it sees it, and tests need no background timer.
+        It takes effect at the fake's next clock tick (every 50 ms while served), or at the
+        first request or inspection helper call after the deadline, whichever comes first.
         """
         with self.lock:
             self._scheduled.append(_Scheduled(time.monotonic() + seconds, name_or_predicate,
@@ -708,6 +817,10 @@ class ComputeFake:
             sd = vm.shutdown
             if sd is not None and (now >= sd.deadline or sd.halted.is_set()):
                 self._power_off(vm)
+            elif sd is None and vm.run_deadline and now >= vm.run_deadline and \
+                    vm.instance.status == "RUNNING":
+                action = vm.instance.scheduling.instance_termination_action or "STOP"
+                self._begin_shutdown(vm, "DELETE" if action == "DELETE" else "STOP")
         due = [s for s in self._scheduled if s.due <= now]
         self._scheduled = [s for s in self._scheduled if s.due > now]
         for s in due:
@@ -739,6 +852,13 @@ class ComputeFake:
 
     def _enter_running(self, vm: _Vm) -> None:
         vm.instance.status = "RUNNING"
+        mrd = vm.instance.scheduling.max_run_duration
+        if "max_run_duration" in vm.instance.scheduling and (mrd.seconds or mrd.nanos):
+            seconds = mrd.seconds + mrd.nanos / 1e9
+            vm.run_deadline = time.monotonic() + seconds * (self.time_scale or 1.0)
+            vm.instance.resource_status.scheduling.termination_timestamp = (
+                datetime.now(_PACIFIC) + timedelta(seconds=seconds)).isoformat(
+                timespec="milliseconds")
         if self.guest is not None:
             vm.guest_running = True
             guest, snap = self.guest, _copy(vm.instance)
@@ -808,8 +928,12 @@ class ComputeFake:
             guest = self.guest
             self._to_guest(lambda: guest.on_power_off(*key))
         vm.guest_running = False
+        vm.run_deadline = 0.0
+        if "resource_status" in vm.instance:
+            del vm.instance.resource_status  # terminationTimestamp: cleared when stopped
         if sd.action == "DELETE":
             self._vms.pop(key, None)
+            self._release_disks(vm)
         else:
             vm.instance.status = "TERMINATED"
             vm.instance.last_stop_timestamp = _now_ts()
@@ -915,8 +1039,18 @@ class ComputeFake:
             disk_name = disk.initialize_params.disk_name or (
                 inst.name if i == 0 else f"{inst.name}-{i}")
             disk.device_name = disk.device_name or f"persistent-disk-{i}"
-            disk.source = disk.source or f"{zone_url}/disks/{disk_name}"
+            created = not disk.source
+            disk.source = _full(disk.source or f"zones/{zone}/disks/{disk_name}", project)
             disk.disk_size_gb = disk.disk_size_gb or disk.initialize_params.disk_size_gb or 10
+            ref = _disk_ref(disk.source, project)
+            rec = self._disks.get(ref) if ref else None
+            if rec is None and ref is not None and (created or ref[1] == zone):
+                rec = self._new_disk(ref[0], ref[1], ref[2], disk.disk_size_gb,
+                                     disk.initialize_params.source_image,
+                                     _last(disk.initialize_params.disk_type) or "pd-standard")
+            if rec is not None:
+                rec.users.append(inst.self_link)
+                rec.last_attach_timestamp = _now_ts()
         region = zone.rsplit("-", 1)[0]
         for i, nic in enumerate(inst.network_interfaces):
             nic.kind, nic.name = "compute#networkInterface", f"nic{i}"
@@ -937,6 +1071,70 @@ class ComputeFake:
         self._boot(vm)
         self._vms[(project, zone, inst.name)] = vm
         return vm
+
+    def _new_disk(self, project: str, zone: str, name: str, size_gb: int, source_image: str,
+                  disk_type: str = "pd-standard") -> compute_v1.Disk:
+        zone_url = f"{API}/projects/{project}/zones/{zone}"
+        disk = compute_v1.Disk(
+            kind="compute#disk", id=next(self._ids), name=name, zone=zone_url,
+            size_gb=int(size_gb), status="READY", creation_timestamp=_now_ts(),
+            type_=f"{zone_url}/diskTypes/{disk_type}", self_link=f"{zone_url}/disks/{name}",
+            label_fingerprint=_fingerprint(self._rng))
+        if source_image:
+            disk.source_image = _full(source_image, project)
+        self._disks[(project, zone, name)] = disk
+        return disk
+
+    def _check_disks(self, project: str, zone: str, inst: compute_v1.Instance,
+                     only: Optional[int] = None) -> None:
+        """What GCE refuses about an instance's disks (or disk ``only``), before any change."""
+        for i, d in enumerate(inst.disks):
+            if only is not None and i != only:
+                continue
+            if d.source:
+                ref = _disk_ref(d.source, project)
+                if ref is None:
+                    raise _invalid(f"resource.disks[{i}].source", d.source,
+                                   "Must be a full or partial URL: zones/ZONE/disks/NAME.")
+                if ref[1] != zone:
+                    raise _invalid(f"resource.disks[{i}].source", d.source, f"Disk must be in "
+                                   f"the same zone as the instance ('{zone}').")
+                disk = self._disks.get(ref)
+                if disk is None:
+                    raise _not_found(f"projects/{ref[0]}/zones/{ref[1]}/disks/{ref[2]}")
+                writers = [u for u in disk.users if self._attached_mode(u, disk) == "READ_WRITE"]
+                if disk.users and ((d.mode or "READ_WRITE") == "READ_WRITE" or writers):
+                    raise ApiError(400, "resourceInUseByAnotherResource",
+                                   f"The disk resource 'projects/{ref[0]}/zones/{ref[1]}/disks/"
+                                   f"{ref[2]}' is already being used by "
+                                   f"'{_path(disk.users[0])}'")
+            else:
+                name = d.initialize_params.disk_name or (
+                    inst.name if i == 0 else f"{inst.name}-{i}")
+                if (project, zone, name) in self._disks:
+                    raise ApiError(409, "alreadyExists", f"The resource 'projects/{project}/zones/"
+                                   f"{zone}/disks/{name}' already exists")
+
+    def _attached_mode(self, user: str, disk: compute_v1.Disk) -> str:
+        m = re.search(r"projects/([^/]+)/zones/([^/]+)/instances/([^/]+)$", user)
+        vm = self._vms.get((m.group(1), m.group(2), m.group(3))) if m else None
+        for d in vm.instance.disks if vm else []:
+            if d.source == disk.self_link:
+                return d.mode or "READ_WRITE"
+        return "READ_WRITE"
+
+    def _release_disks(self, vm: _Vm) -> None:
+        """The VM is deleted: detach its disks, and delete those marked ``autoDelete``."""
+        for d in vm.instance.disks:
+            ref = _disk_ref(d.source, vm.project)
+            disk = self._disks.get(ref) if ref else None
+            if disk is None:
+                continue
+            if vm.instance.self_link in disk.users:
+                disk.users.remove(vm.instance.self_link)
+            disk.last_detach_timestamp = _now_ts()
+            if d.auto_delete and not disk.users:
+                del self._disks[ref]  # type: ignore[arg-type]
 
     def _validate_insert(self, project: str, zone: str, inst: compute_v1.Instance) -> None:
         """Reject what GCE rejects synchronously (HTTP 400), so product bugs surface in tests."""
@@ -977,6 +1175,15 @@ class ComputeFake:
         if spot and "automatic_restart" in sched and sched.automatic_restart:
             raise _invalid("resource.scheduling.automaticRestart", "true",
                            "Spot and preemptible instances cannot be automatically restarted.")
+        if "max_run_duration" in sched:
+            mrd = sched.max_run_duration
+            seconds = mrd.seconds + mrd.nanos / 1e9
+            if not 30 <= seconds <= 120 * 86400:
+                raise _invalid("resource.scheduling.maxRunDuration.seconds", mrd.seconds,
+                               "Must be between 30 seconds and 120 days (10368000 seconds).")
+            if not sched.instance_termination_action:
+                raise _invalid("resource.scheduling.instanceTerminationAction", "",
+                               "Must be specified when maxRunDuration is set.")
         on_maint = sched.on_host_maintenance or ("TERMINATE" if spot else "MIGRATE")
         if on_maint == "MIGRATE" and (spot or gpus):
             raise ApiError(400, "invalid", "Instances with guest accelerators do not support "
@@ -1034,6 +1241,57 @@ class ComputeFake:
                         f"Quota '{metric}' exceeded.  Limit: 0.0 in region {region}.",
                         domain="usageLimits")
 
+    def _quota_needs(self, inst: compute_v1.Instance) -> dict[str, float]:
+        """The quota metrics (unprefixed) and amounts a running ``inst`` uses."""
+        spec = MACHINE_TYPES.get(_last(inst.machine_type))
+        needs: dict[str, float] = {"CPUS": float(spec.cpus if spec else 1)}
+        gpus = [(_last(a.accelerator_type), a.accelerator_count) for a in inst.guest_accelerators]
+        if spec and spec.accelerator and not gpus:
+            gpus.append(spec.accelerator)
+        for kind, count in gpus:
+            metric = _QUOTA_METRICS.get(kind)
+            if metric:
+                needs[metric] = needs.get(metric, 0.0) + count
+        return needs
+
+    def _metric_for(self, region: str, metric: str, spot: bool) -> str:
+        """Spot VMs draw on PREEMPTIBLE_<metric> when the project has a limit there."""
+        pre = f"PREEMPTIBLE_{metric}"
+        if spot and self.region_quotas.get(region, {}).get(pre, (0.0, 0.0))[0] > 0:
+            return pre
+        return metric
+
+    def _live_usage(self, project: str, region: str) -> dict[str, float]:
+        used: dict[str, float] = {}
+        for vm in self._vms.values():
+            if vm.project != project or _region(vm.zone) != region or \
+                    vm.instance.status in ("TERMINATED", "SUSPENDED"):
+                continue
+            for metric, amount in self._quota_needs(vm.instance).items():
+                m = self._metric_for(region, metric, _is_spot(vm.instance))
+                used[m] = used.get(m, 0.0) + amount
+        return used
+
+    def _quota_exceeded(self, project: str, zone: str, inst: compute_v1.Instance
+                        ) -> Optional[str]:
+        """The message of the first regional quota ``inst`` would exceed, or None."""
+        region = _region(zone)
+        quotas = self.region_quotas.get(region, {})
+        live = self._live_usage(project, region)
+        for metric, amount in self._quota_needs(inst).items():
+            m = self._metric_for(region, metric, _is_spot(inst))
+            if m not in quotas:
+                continue
+            limit, usage = quotas[m]
+            if usage + live.get(m, 0.0) + amount > limit:
+                return f"Quota '{m}' exceeded.  Limit: {limit:.1f} in region {region}."
+        return None
+
+    def _quota_op(self, project: str, zone: str, target: compute_v1.Instance, op_type: str,
+                  message: str) -> compute_v1.Operation:
+        return self._new_op(project, zone, op_type, target,
+                            error=("QUOTA_EXCEEDED", message, 403, "FORBIDDEN"))
+
     def _stockout(self, project: str, zone: str, target: compute_v1.Instance,
                   op_type: str) -> compute_v1.Operation:
         message = (f"The zone 'projects/{project}/zones/{zone}' does not have enough resources "
@@ -1055,12 +1313,16 @@ class ComputeFake:
             raise ApiError(409, "alreadyExists",
                            f"The resource 'projects/{p}/zones/{zone}/instances/{inst.name}' "
                            "already exists")
+        self._check_disks(p, zone, inst)
         if zone in self.quota_zones:  # membership, not iteration: safe while a test mutates
             raise self._quota_error(zone, inst)
+        target = compute_v1.Instance(name=inst.name, id=next(self._ids),
+                                     self_link=f"{API}/projects/{p}/zones/{zone}/instances/"
+                                               f"{inst.name}")
+        over = self._quota_exceeded(p, zone, inst)
+        if over:
+            return self._quota_op(p, zone, target, "insert", over)
         if zone in self.stockout_zones:
-            target = compute_v1.Instance(name=inst.name, id=next(self._ids),
-                                         self_link=f"{API}/projects/{p}/zones/{zone}/instances/"
-                                                   f"{inst.name}")
             return self._stockout(p, zone, target, "insert")
         vm = self._create_vm(p, zone, inst)
         return self._new_op(p, zone, "insert", vm.instance)
@@ -1095,10 +1357,57 @@ class ComputeFake:
                            f"The resource 'projects/{p}/zones/{zone}/instances/{name}' is not "
                            "ready")
         if vm.instance.status == "TERMINATED":
+            over = self._quota_exceeded(p, zone, vm.instance)
+            if over:
+                return self._quota_op(p, zone, vm.instance, "start", over)
             if zone in self.stockout_zones:
                 return self._stockout(p, zone, vm.instance, "start")
             self._boot(vm)
         return self._new_op(p, zone, "start", vm.instance)
+
+    def _h_attach(self, p: str, zone: str, name: str, q: dict[str, str], body: bytes) -> Any:
+        """attachDisk (an existing disk, by ``source``) and detachDisk (by ``deviceName``)."""
+        vm = self._vm(p, zone, name)
+        inst = vm.instance
+        if q.get("deviceName") is not None or body in (b"", b"{}"):  # detachDisk
+            device = q.get("deviceName", "")
+            att = next((d for d in inst.disks if d.device_name == device), None)
+            if att is None:
+                raise _invalid("deviceName", device, f"No attached disk found with device name "
+                               f"'{device}'.")
+            if att.boot:
+                raise ApiError(400, "invalid", "The boot disk cannot be detached while the "
+                               "instance exists.")
+            ref = _disk_ref(att.source, p)
+            disk = self._disks.get(ref) if ref else None
+            if disk is not None and inst.self_link in disk.users:
+                disk.users.remove(inst.self_link)
+                disk.last_detach_timestamp = _now_ts()
+            inst.disks = [d for d in inst.disks if d.device_name != device]
+            return self._new_op(p, zone, "detachDisk", inst)
+        try:
+            att = compute_v1.AttachedDisk.from_json(body, ignore_unknown_fields=True)
+        except Exception as e:  # noqa: BLE001 - any parse failure is the client's fault
+            raise ApiError(400, "parseError", f"Invalid JSON payload received. {e}") from e
+        if not att.source:
+            raise _invalid("resource.source", "", "Must be specified.")
+        probe = compute_v1.Instance(name=inst.name, disks=[att])
+        self._check_disks(p, zone, probe, only=0)
+        index = len(inst.disks)
+        att.kind, att.index = "compute#attachedDisk", index
+        att.type_, att.mode = att.type_ or "PERSISTENT", att.mode or "READ_WRITE"
+        att.device_name = att.device_name or f"persistent-disk-{index}"
+        if any(d.device_name == att.device_name for d in inst.disks):
+            raise _invalid("resource.deviceName", att.device_name, "Device name is already in "
+                           "use on this instance.")
+        att.source = _full(att.source, p)
+        ref = _disk_ref(att.source, p)
+        disk = self._disks[ref]  # type: ignore[index]
+        att.disk_size_gb = disk.size_gb
+        disk.users.append(inst.self_link)
+        disk.last_attach_timestamp = _now_ts()
+        inst.disks.append(att)
+        return self._new_op(p, zone, "attachDisk", inst)
 
     def _h_set(self, rpc: str, p: str, zone: str, name: str, body: bytes) -> Any:
         """setMetadata / setLabels, with GCE's fingerprint check (412 on a stale fingerprint)."""
@@ -1205,6 +1514,42 @@ class ComputeFake:
             raise _not_found(f"projects/{p}/zones/{zone}/operations/{name}")
         return compute_v1.DeleteZoneOperationResponse()
 
+    def _h_disks(self, rpc: str, p: str, zone: str, name: str, q: dict[str, str],
+                 body: bytes) -> Any:
+        if rpc == "disks.list":
+            disks = [d for (pp, z, _), d in sorted(self._disks.items()) if pp == p and z == zone]
+            items, token = _page(disks, q)
+            return compute_v1.DiskList(kind="compute#diskList", items=items, next_page_token=token,
+                                       id=f"projects/{p}/zones/{zone}/disks",
+                                       self_link=f"{API}/projects/{p}/zones/{zone}/disks")
+        if rpc == "disks.insert":
+            try:
+                want = compute_v1.Disk.from_json(body or b"{}", ignore_unknown_fields=True)
+            except Exception as e:  # noqa: BLE001 - any parse failure is the client's fault
+                raise ApiError(400, "parseError", f"Invalid JSON payload received. {e}") from e
+            if not _NAME_RE.fullmatch(want.name or ""):
+                raise _invalid("resource.name", want.name, "Must be a match of regex "
+                               "'(?:[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?)'")
+            if (p, zone, want.name) in self._disks:
+                raise ApiError(409, "alreadyExists", f"The resource 'projects/{p}/zones/{zone}/"
+                               f"disks/{want.name}' already exists")
+            disk = self._new_disk(p, zone, want.name, want.size_gb or 10, want.source_image,
+                                  _last(want.type_) or "pd-standard")
+            return self._new_op(p, zone, "insert", compute_v1.Instance(
+                name=disk.name, id=disk.id, self_link=disk.self_link))
+        disk = self._disks.get((p, zone, name))
+        if disk is None:
+            raise _not_found(f"projects/{p}/zones/{zone}/disks/{name}")
+        if rpc == "disks.get":
+            return disk
+        if disk.users:  # disks.delete
+            raise ApiError(400, "resourceInUseByAnotherResource",
+                           f"The disk resource 'projects/{p}/zones/{zone}/disks/{name}' is already "
+                           f"being used by '{_path(disk.users[0])}'")
+        del self._disks[(p, zone, name)]
+        return self._new_op(p, zone, "delete", compute_v1.Instance(
+            name=disk.name, id=disk.id, self_link=disk.self_link))
+
     def _h_image(self, p: str, name: str, family: bool) -> Any:
         image = self._find_image(p, name, family=family)
         if image is None:
@@ -1215,11 +1560,12 @@ class ComputeFake:
     def _h_region(self, p: str, region: str) -> Any:
         if region not in self.region_quotas:
             raise _not_found(f"projects/{p}/regions/{region}")
+        live = self._live_usage(p, region)
         return compute_v1.Region(
             kind="compute#region", id=3000 + sorted(self.region_quotas).index(region),
             name=region, description=region, status="UP",
             zones=[f"{API}/projects/{p}/zones/{z}" for z in sorted(ZONES) if z.startswith(region + "-")],
-            quotas=[compute_v1.Quota(metric=m, limit=lim, usage=use)
+            quotas=[compute_v1.Quota(metric=m, limit=lim, usage=use + live.get(m, 0.0))
                     for m, (lim, use) in sorted(self.region_quotas[region].items())],
             self_link=f"{API}/projects/{p}/regions/{region}")
 
@@ -1264,6 +1610,7 @@ class ComputeFake:
                 if routed is None:
                     raise ApiError(501, "notImplemented",
                                    f"compute fake: {method} {split.path} is not implemented")
+                self._authorize(rpc, args, headers, body)
                 self._inject_error(rpc)
                 result = self._dispatch(rpc, args, query, body)
                 if isinstance(result, _Op):  # zoneOperations.wait: sleep outside the lock
@@ -1297,11 +1644,79 @@ class ComputeFake:
                 time.sleep(min(0.02, max(0.0, wait_for.done_at - time.monotonic())))
         return status, payload
 
+    def _authorize(self, rpc: str, a: dict[str, str], headers: dict[str, str], body: bytes) -> None:
+        """Refuse, as GCE does, a request whose identity lacks the permission (``iam`` set)."""
+        if self.iam is None or rpc not in _PERMISSIONS:
+            return
+        p = a.get("project", "")
+        if rpc.startswith("images.") and p in _PUBLIC_IMAGE_PROJECTS:
+            return
+        auth = next((v for k, v in headers.items() if k.lower() == "authorization"), "")
+        if auth:
+            member = self.tokens.get(auth.removeprefix("Bearer ").strip())
+            if member is None:
+                raise ApiError(401, "authError", "Invalid Credentials")
+        else:
+            member = self.operator
+        if "instance" in a:
+            resource = f"projects/{p}/zones/{a.get('zone')}/instances/{a['instance']}"
+        elif "zone" in a and rpc.startswith("instances."):
+            name = ""
+            if rpc == "instances.insert":
+                try:
+                    name = json.loads(body or b"{}").get("name", "")
+                except ValueError:
+                    name = ""
+            resource = f"projects/{p}/zones/{a['zone']}/instances/{name}"
+        else:
+            resource = f"projects/{p}"
+        permission = _PERMISSIONS[rpc]
+        if not self._allowed(p, member, permission, resource):
+            raise ApiError(403, "forbidden", f"Required '{permission}' permission for '{resource}'")
+        if rpc == "instances.insert":
+            try:
+                accounts = [sa.get("email", "") for sa in json.loads(body or b"{}")
+                            .get("serviceAccounts", [])]
+            except (ValueError, AttributeError):
+                accounts = []
+            for email in accounts:
+                if not self._allowed(p, member, "iam.serviceAccounts.actAs", f"projects/{p}"):
+                    raise ApiError(403, "forbidden", f"The user does not have access to service "
+                                   f"account '{email}'.  User: '{member.split(':', 1)[-1]}'.  Ask "
+                                   "a project owner to grant you the iam.serviceAccountUser role "
+                                   "on the service account")
+
+    def _allowed(self, project: str, member: str, permission: str, resource: str) -> bool:
+        assert self.iam is not None
+        try:
+            policy = self.iam.policy(project)
+        except KeyError:
+            return False
+        for b in policy.get("bindings") or []:
+            if member not in (b.get("members") or []):
+                continue
+            cond = b.get("condition")
+            if cond and not _condition_holds(str(cond.get("expression", "")), resource):
+                continue
+            perms = _ROLE_PERMISSIONS.get(b["role"])
+            if perms is None:
+                perms = self.iam.role_permissions(b["role"]) or frozenset()
+            if any(permission == g or (g.endswith("*") and permission.startswith(g[:-1]))
+                   for g in perms):
+                return True
+        return False
+
     def _inject_error(self, rpc: str) -> None:
-        for i, (code, only) in enumerate(self._fail_next):
+        if self.queries_per_second > 0:
+            now = time.monotonic()
+            self._recent = [t for t in self._recent if now - t < 1.0]
+            if len(self._recent) >= self.queries_per_second:
+                raise _retryable_error(403, "rateLimitExceeded")
+            self._recent.append(now)
+        for i, (code, only, reason) in enumerate(self._fail_next):
             if only is None or only == rpc:
                 del self._fail_next[i]
-                raise _retryable_error(code)
+                raise _retryable_error(code, reason)
         if self.error_rate > 0 and self._rng.random() < self.error_rate:
             raise _retryable_error(self._rng.choice(tuple(self.error_codes)))
 
@@ -1314,13 +1729,29 @@ class ComputeFake:
         name = a.get("instance", "")
         # requestId makes retried mutations idempotent, as in GCE.
         request_id = q.get("requestId")
-        if request_id and rpc in _MUTATIONS and (p, request_id) in self._request_ids:
-            z, op = self._request_ids[(p, request_id)]
-            return self._render_op(self._ops[(p, z, op)])
+        rid_key = (p, zone or "", rpc, request_id or "")
+        if request_id and (rpc in _MUTATIONS or rpc in _SETTERS):
+            if not _UUID_RE.fullmatch(request_id) or set(request_id) <= {"0", "-"}:
+                raise _invalid("requestId", request_id, "Must be a valid UUID other than the "
+                               "zero UUID.")
+            seen = self._request_ids.get(rid_key)
+            ttl = self.request_id_ttl * (self.time_scale or 1.0)
+            if seen is not None and time.monotonic() - seen[1] < ttl and \
+                    (p, zone, seen[0]) in self._ops:
+                return self._render_op(self._ops[(p, zone, seen[0])])  # type: ignore[index]
         if rpc == "instances.insert":
             result = self._h_insert(p, zone, q, body)  # type: ignore[arg-type]
         elif rpc in ("instances.setMetadata", "instances.setLabels"):
             result = self._h_set(rpc, p, zone, name, body)  # type: ignore[arg-type]
+        elif rpc in ("instances.attachDisk", "instances.detachDisk"):
+            detach = rpc == "instances.detachDisk"
+            result = self._h_attach(p, zone, name, q if detach else {},  # type: ignore[arg-type]
+                                    b"" if detach else body)
+        elif rpc.startswith("disks."):
+            result = self._h_disks(rpc, p, zone, a.get("disk", ""), q,  # type: ignore[arg-type]
+                                   body)
+            if not isinstance(result, compute_v1.Operation):
+                return result
         elif rpc in _MUTATIONS:
             result = getattr(self, _MUTATIONS[rpc])(p, zone, name)
         elif rpc == "instances.get":
@@ -1351,7 +1782,7 @@ class ComputeFake:
         else:
             return _catalogue(rpc, p, a, q)
         if request_id and isinstance(result, compute_v1.Operation):
-            self._request_ids[(p, request_id)] = (zone, result.name)  # type: ignore[assignment]
+            self._request_ids[rid_key] = (result.name, time.monotonic())
         return result
 
 
@@ -1369,7 +1800,13 @@ _ROUTES: list[tuple[str, str, str]] = [
     ("POST", _I + "/stop", "instances.stop"),
     ("POST", _I + "/setMetadata", "instances.setMetadata"),
     ("POST", _I + "/setLabels", "instances.setLabels"),
+    ("POST", _I + "/attachDisk", "instances.attachDisk"),
+    ("POST", _I + "/detachDisk", "instances.detachDisk"),
     ("GET", "/aggregated/instances", "instances.aggregatedList"),
+    ("POST", _Z + "/disks", "disks.insert"),
+    ("GET", _Z + "/disks", "disks.list"),
+    ("GET", _Z + "/disks/(?P<disk>[^/]+)", "disks.get"),
+    ("DELETE", _Z + "/disks/(?P<disk>[^/]+)", "disks.delete"),
     ("GET", _Z + "/operations", "zoneOperations.list"),
     ("GET", _O, "zoneOperations.get"),
     ("DELETE", _O, "zoneOperations.delete"),
@@ -1388,13 +1825,97 @@ _ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/regions/(?P<region>[^/]+)", "regions.get"),
 ]
 
+_SETTERS = ("instances.setMetadata", "instances.setLabels")
 _MUTATIONS = {
     "instances.delete": "_h_delete",
     "instances.stop": "_h_stop",
     "instances.start": "_h_start",
     "instances.simulateMaintenanceEvent": "_h_maintenance",
     "instances.insert": "_h_insert",
+    "disks.insert": "_h_disks",
+    "disks.delete": "_h_disks",
+    "instances.attachDisk": "_h_attach",
+    "instances.detachDisk": "_h_attach",
 }
+
+
+# The permission each method needs (the compute v1 reference names it per method).
+_PERMISSIONS: dict[str, str] = {
+    "instances.insert": "compute.instances.create",
+    "instances.list": "compute.instances.list",
+    "instances.aggregatedList": "compute.instances.list",
+    "instances.get": "compute.instances.get",
+    "instances.delete": "compute.instances.delete",
+    "instances.getSerialPortOutput": "compute.instances.getSerialPortOutput",
+    "instances.simulateMaintenanceEvent": "compute.instances.simulateMaintenanceEvent",
+    "instances.start": "compute.instances.start",
+    "instances.stop": "compute.instances.stop",
+    "instances.setMetadata": "compute.instances.setMetadata",
+    "instances.setLabels": "compute.instances.setLabels",
+    "zoneOperations.get": "compute.zoneOperations.get",
+    "zoneOperations.wait": "compute.zoneOperations.get",
+    "zoneOperations.list": "compute.zoneOperations.list",
+    "zoneOperations.delete": "compute.zoneOperations.delete",
+    "images.getFromFamily": "compute.images.getFromFamily",
+    "images.get": "compute.images.get",
+    "images.list": "compute.images.list",
+    "machineTypes.get": "compute.machineTypes.get",
+    "machineTypes.list": "compute.machineTypes.list",
+    "machineTypes.aggregatedList": "compute.machineTypes.list",
+    "acceleratorTypes.get": "compute.acceleratorTypes.get",
+    "acceleratorTypes.list": "compute.acceleratorTypes.list",
+    "acceleratorTypes.aggregatedList": "compute.acceleratorTypes.list",
+    "zones.get": "compute.zones.get",
+    "zones.list": "compute.zones.list",
+    "regions.get": "compute.regions.get",
+    "instances.attachDisk": "compute.instances.attachDisk",
+    "instances.detachDisk": "compute.instances.detachDisk",
+    "disks.insert": "compute.disks.create",
+    "disks.list": "compute.disks.list",
+    "disks.get": "compute.disks.get",
+    "disks.delete": "compute.disks.delete",
+}
+_PUBLIC_IMAGE_PROJECTS = {"cos-cloud"}
+# Predefined roles, by the permissions that matter here ("*" at the end: a prefix).
+_ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
+    "roles/owner": frozenset({"compute.*", "iam.serviceAccounts.actAs"}),
+    "roles/editor": frozenset({"compute.*", "iam.serviceAccounts.actAs"}),
+    "roles/compute.admin": frozenset({"compute.*"}),
+    "roles/compute.instanceAdmin.v1": frozenset({
+        "compute.instances.*", "compute.zoneOperations.*", "compute.disks.*",
+        "compute.images.get", "compute.images.getFromFamily", "compute.images.list",
+        "compute.machineTypes.*", "compute.acceleratorTypes.*", "compute.zones.*",
+        "compute.regions.*"}),
+    "roles/compute.viewer": frozenset({
+        f"compute.{r}.{v}" for r in ("instances", "zoneOperations", "images", "machineTypes",
+                                     "acceleratorTypes", "zones", "regions", "disks")
+        for v in ("get", "list")} | {"compute.images.getFromFamily"}),
+    "roles/iam.serviceAccountUser": frozenset({"iam.serviceAccounts.actAs"}),
+}
+_ROLE_PERMISSIONS["roles/viewer"] = _ROLE_PERMISSIONS["roles/compute.viewer"]
+
+
+def _condition_holds(expression: str, resource: str) -> bool:
+    """Evaluate the CEL subset ``runner init`` writes; anything else does not hold."""
+    for clause in (c.strip() for c in expression.split("&&")):
+        m = re.fullmatch(r'resource\.type\s*==\s*"([^"]+)"', clause)
+        if m:
+            kind = "compute.googleapis.com/Instance" if "/instances/" in resource else "project"
+            if m.group(1) != kind:
+                return False
+            continue
+        m = re.fullmatch(r'resource\.name(?:\.extract\("([^"]*)\{name\}"\))?'
+                         r'\.startsWith\("([^"]*)"\)', clause)
+        if m:
+            value = resource
+            if m.group(1) is not None:
+                i = resource.find(m.group(1))
+                value = resource[i + len(m.group(1)):] if i >= 0 else ""
+            if not value.startswith(m.group(2)):
+                return False
+            continue
+        return False
+    return True
 
 
 # ---------------------------------------------------------------------------------------------
@@ -1515,6 +2036,22 @@ def _no_results(scope: str) -> compute_v1.Warning:
         code="NO_RESULTS_ON_PAGE",
         message=f"There are no results for scope '{scope}' on this page.",
         data=[compute_v1.Data(key="scope", value=scope)])
+
+
+def _disk_ref(url: str, project: str) -> Optional[tuple[str, str, str]]:
+    """(project, zone, name) from a full or partial disk URL."""
+    m = re.fullmatch(r"(?:.*/)?(?:projects/([^/]+)/)?zones/([^/]+)/disks/([^/]+)", url or "")
+    return (m.group(1) or project, m.group(2), m.group(3)) if m else None
+
+
+def _path(url: str) -> str:
+    """``projects/...`` from a full resource URL."""
+    i = url.find("projects/")
+    return url[i:] if i >= 0 else url
+
+
+def _region(zone: str) -> str:
+    return zone.rsplit("-", 1)[0]
 
 
 def _last(url: str) -> str:

@@ -7,7 +7,13 @@ One server answers the v1 paths of three APIs (they do not overlap, so one port 
   ``POST /v1/projects/P:getIamPolicy`` and ``:setIamPolicy`` with etags: a set whose ``etag`` is
   not the current one fails with 409 ``ABORTED``, as the real API does on concurrent changes.
 - IAM: ``GET /v1/projects/P/serviceAccounts/EMAIL`` (404 when missing) and
-  ``POST /v1/projects/P/serviceAccounts`` (409 ``ALREADY_EXISTS`` when present).
+  ``POST /v1/projects/P/serviceAccounts`` (409 ``ALREADY_EXISTS`` when present); custom roles:
+  ``GET /v1/projects/P/roles/ID``, ``POST /v1/projects/P/roles`` (``roleId`` + ``role``, 409
+  when it exists) and ``PATCH`` with ``updateMask`` (IAM ``projects.roles`` reference).
+
+A binding with a ``condition`` is accepted only in a policy of ``version`` 3, as Resource
+Manager requires ("Policy versions", IAM docs); ``role_permissions`` tells the Compute fake what
+a custom role includes, so the two fakes enforce one policy.
 
 Errors have the real shape, ``{"error": {code, message, status, details: [ErrorInfo]}}``. The
 services map is also the switch for "API disabled": when a project's
@@ -57,6 +63,9 @@ _ROUTES = [
     ("POST", _P + r":setIamPolicy", "resourcemanager.projects.setIamPolicy"),
     ("GET", _P + r"/serviceAccounts/(?P<email>[^/]+)", "iam.serviceAccounts.get"),
     ("POST", _P + r"/serviceAccounts", "iam.serviceAccounts.create"),
+    ("GET", _P + r"/roles/(?P<role>[^/]+)", "iam.roles.get"),
+    ("POST", _P + r"/roles", "iam.roles.create"),
+    ("PATCH", _P + r"/roles/(?P<role>[^/]+)", "iam.roles.patch"),
 ]
 
 
@@ -90,6 +99,7 @@ class _Project:
     services: dict[str, str]
     policy: dict[str, Any]
     service_accounts: dict[str, dict[str, Any]] = field(default_factory=dict)
+    roles: dict[str, dict[str, Any]] = field(default_factory=dict)  # custom roles, by role id
 
 
 class GcpAdminFake:
@@ -146,6 +156,29 @@ class GcpAdminFake:
         with self.lock:
             sa = self._new_sa(project, account_id, account_id, "")
             return str(sa["email"])
+
+    def add_role(self, project: str, role_id: str, permissions: list[str]) -> str:
+        """Create custom role ``role_id`` (as a console edit would); returns its name."""
+        with self.lock:
+            name = f"projects/{project}/roles/{role_id}"
+            self.projects[project].roles[role_id] = {
+                "name": name, "title": role_id, "includedPermissions": sorted(permissions),
+                "stage": "GA", "etag": self._etag()}
+            return name
+
+    def delete_role(self, project: str, role_id: str) -> None:
+        with self.lock:
+            del self.projects[project].roles[role_id]
+
+    def role_permissions(self, role: str) -> frozenset[str] | None:
+        """The permissions of custom role ``projects/P/roles/ID``; None if it is not one."""
+        m = re.fullmatch(r"projects/([^/]+)/roles/([^/]+)", role)
+        with self.lock:
+            proj = self.projects.get(m.group(1)) if m else None
+            got = proj.roles.get(m.group(2)) if proj and m else None
+            if got is None or got.get("deleted"):
+                return None
+            return frozenset(got.get("includedPermissions") or [])
 
     def calls(self, rpc: str | None = None) -> list[Request]:
         with self.lock:
@@ -225,6 +258,37 @@ class GcpAdminFake:
                 raise FakeApiError(400, "INVALID_ARGUMENT", f"Invalid accountId {account_id!r}")
             info = body.get("serviceAccount") or {}
             return self._new_sa(p, account_id, info.get("displayName", ""), info.get("description", ""))
+        if rpc == "iam.roles.get":
+            role = proj.roles.get(a["role"])
+            if role is None:
+                raise FakeApiError(404, "NOT_FOUND", f"The role named projects/{p}/roles/{a['role']} "
+                                   "was not found.")
+            return role
+        if rpc == "iam.roles.create":
+            body = body or {}
+            role_id = body.get("roleId", "")
+            if not re.fullmatch(r"[a-zA-Z0-9_.]{3,64}", role_id):
+                raise FakeApiError(400, "INVALID_ARGUMENT", f"Invalid roleId {role_id!r}")
+            if role_id in proj.roles:
+                raise FakeApiError(409, "ALREADY_EXISTS", f"A role named {role_id} in projects/{p} "
+                                   "already exists.")
+            info = body.get("role") or {}
+            proj.roles[role_id] = {"name": f"projects/{p}/roles/{role_id}",
+                                   "title": info.get("title", ""),
+                                   "description": info.get("description", ""),
+                                   "includedPermissions": sorted(info.get("includedPermissions") or []),
+                                   "stage": info.get("stage", "GA"), "etag": self._etag()}
+            return proj.roles[role_id]
+        if rpc == "iam.roles.patch":
+            role = proj.roles.get(a["role"])
+            if role is None:
+                raise FakeApiError(404, "NOT_FOUND", f"The role named projects/{p}/roles/{a['role']} "
+                                   "was not found.")
+            for key in ("title", "description", "includedPermissions", "stage"):
+                if key in (body or {}):
+                    role[key] = sorted(body[key]) if key == "includedPermissions" else body[key]
+            role["etag"] = self._etag()
+            return role
         raise FakeApiError(501, "UNIMPLEMENTED", rpc)
 
     def _set_policy(self, proj: _Project, policy: dict[str, Any]) -> dict[str, Any]:
@@ -236,6 +300,9 @@ class GcpAdminFake:
             raise FakeApiError(409, "ABORTED", "There were concurrent policy changes. Please retry "
                                "the whole read-modify-write with exponential backoff.")
         for b in policy.get("bindings") or []:
+            if b.get("condition") and policy.get("version", 1) < 3:
+                raise FakeApiError(400, "INVALID_ARGUMENT", "Policies with conditional role "
+                                   "bindings must set version 3.")
             if not b.get("members"):
                 raise FakeApiError(400, "INVALID_ARGUMENT", f"binding for {b.get('role')} has no members")
             for m in b["members"]:

@@ -11,6 +11,14 @@ of ours that adds, without touching the library's module state:
   moment the object is committed; ``0`` means "must not exist". A failure answers 412 with the JSON
   error GCS sends (reason ``conditionNotMet``) and leaves the object as it was.
 - The same precondition, and ``generation=``, on object GET/DELETE/PATCH and media downloads.
+- ``ifGenerationNotMatch``, ``ifMetagenerationMatch`` and ``ifMetagenerationNotMatch`` (query, or
+  ``x-goog-if-metageneration-match``) on the same requests, as "Request preconditions" in the GCS
+  docs describes them: a failed one is 412 ``conditionNotMet``, except a failed ``*NotMatch`` on
+  a read, which is 304 Not Modified; a metageneration condition on a missing object fails (the
+  emulator's metadata PATCH already increments ``metageneration``).
+- Single-request (``uploadType=media``) uploads store the body exactly as sent, whatever its
+  Content-Type (the emulator parsed an ``application/json`` body as JSON and failed): that is
+  what ``gcp/startup.sh`` sends with curl, and GCS keeps the header as the ``contentType``.
 - Generations that strictly increase across writes (the emulator uses ``time.time_ns()``, which
   can repeat or go backwards), and ``crc32c``/``md5Hash``/``size`` computed from the stored bytes.
 - ``x-goog-generation``/``x-goog-metageneration`` on downloads, as GCS sends them, so a client gets
@@ -69,6 +77,40 @@ class ConditionNotMet(Exception):
     """Raised inside a handler when ifGenerationMatch does not hold; answered as HTTP 412."""
 
 
+class NotModified(Exception):
+    """A read whose ``*NotMatch`` precondition failed: answered 304, as GCS does."""
+
+
+class _Conditions:
+    """The generation/metageneration preconditions of one request (None: not given)."""
+
+    def __init__(self, gen_match: int | None = None, gen_not: int | None = None,
+                 meta_match: int | None = None, meta_not: int | None = None) -> None:
+        self.gen_match, self.gen_not = gen_match, gen_not
+        self.meta_match, self.meta_not = meta_match, meta_not
+
+    def __bool__(self) -> bool:
+        return any(v is not None for v in (self.gen_match, self.gen_not, self.meta_match, self.meta_not))
+
+    def failure(self, obj: dict | None) -> str | None:
+        """Which condition ``obj`` (None: no live object) fails, or None when all hold."""
+        gen = int(obj["generation"]) if obj else 0
+        meta = int(obj.get("metageneration", 1)) if obj else None
+        if self.gen_match is not None and gen != self.gen_match:
+            return f"ifGenerationMatch={self.gen_match}"
+        if self.gen_not is not None and gen == self.gen_not:
+            return f"ifGenerationNotMatch={self.gen_not}"
+        if self.meta_match is not None and meta != self.meta_match:
+            return f"ifMetagenerationMatch={self.meta_match}"
+        if self.meta_not is not None and meta == self.meta_not:
+            return f"ifMetagenerationNotMatch={self.meta_not}"
+        return None
+
+    @property
+    def only_not_match(self) -> bool:
+        return self.gen_match is None and self.meta_match is None
+
+
 def _crc32c(data: bytes) -> str:
     return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
 
@@ -107,14 +149,14 @@ class StrictStorage(Storage):
     # -- request-scoped precondition ---------------------------------------------------------
 
     @contextmanager
-    def expecting(self, generation: int | None) -> Iterator[None]:
+    def expecting(self, generation: "int | _Conditions | None") -> Iterator[None]:
         self._request.expected = generation
         try:
             yield
         finally:
             self._request.expected = None
 
-    def _expected(self) -> int | None:
+    def _expected(self) -> "int | _Conditions | None":
         return getattr(self._request, "expected", None)
 
     def current_generation(self, bucket: str, name: str) -> int:
@@ -122,9 +164,23 @@ class StrictStorage(Storage):
         obj = self.objects.get(bucket, {}).get(name)
         return int(obj["generation"]) if obj else 0
 
-    def check(self, bucket: str, name: str, expected: int | None) -> None:
+    def check(self, bucket: str, name: str, expected: "int | _Conditions | None",
+              read: bool = False) -> None:
         if expected is None:
             return
+        if isinstance(expected, _Conditions):
+            obj = self.objects.get(bucket, {}).get(name)
+            failed = expected.failure(obj)
+            if failed is None:
+                return
+            if read and expected.only_not_match:
+                raise NotModified(failed)
+            current = int(obj["generation"]) if obj else 0
+            raise ConditionNotMet(
+                f"At least one of the pre-conditions you specified did not hold "
+                f"(conditionNotMet): {bucket}/{name} is at generation {current}, "
+                f"metageneration {obj.get('metageneration') if obj else None}, {failed}."
+            )
         current = self.current_generation(bucket, name)
         if current != expected:
             raise ConditionNotMet(
@@ -140,7 +196,7 @@ class StrictStorage(Storage):
         self.check(bucket_name, file_name, expected)  # fail early, as GCS does
         file_id = super().create_resumable_upload(bucket_name, file_name, file_obj)
         if expected is not None:
-            self._resumable_expected[file_id] = expected
+            self._resumable_expected[file_id] = expected  # type: ignore[assignment]
         return file_id
 
     def create_file(
@@ -198,13 +254,26 @@ def _requested_generation(request: emu_server.Request) -> int | None:
     return int(header) if value is None and header is not None else value
 
 
+def _requested_conditions(request: emu_server.Request) -> "int | _Conditions | None":
+    """ifGenerationMatch alone stays an int (the common case); any other condition: all four."""
+    gen = _requested_generation(request)
+    meta_header = request.get_header("x-goog-if-metageneration-match")
+    meta = _query_int(request, "ifMetagenerationMatch")
+    cond = _Conditions(gen, _query_int(request, "ifGenerationNotMatch"),
+                       int(meta_header) if meta is None and meta_header is not None else meta,
+                       _query_int(request, "ifMetagenerationNotMatch"))
+    if cond.gen_not is None and cond.meta_match is None and cond.meta_not is None:
+        return gen
+    return cond
+
+
 def _check_object_access(request: emu_server.Request, storage: StrictStorage) -> None:
     """Preconditions of reads/deletes/patches, which need no hook: they act on the live object."""
     params = request.params or {}
     bucket, name = params.get("bucket_name"), params.get("object_id")
     if not bucket or not name:
         return
-    storage.check(bucket, name, _requested_generation(request))
+    storage.check(bucket, name, _requested_conditions(request), read=request.method == "GET")
     pinned = _query_int(request, "generation")
     soft_deleted = (request.query.get("softDeleted") or [""])[0].lower() in ("1", "true", "yes")
     if pinned is not None and not soft_deleted and pinned != storage.current_generation(bucket, name):
@@ -259,10 +328,15 @@ def _strict(handler: Handler) -> Handler:
                          f"Cloud Storage bucket {bucket}. Permission denied.", "forbidden")
             return
         try:
-            expected = _requested_generation(request)
+            expected = _requested_conditions(request)
         except ValueError:
-            _reply_error(response, HTTPStatus.BAD_REQUEST, "Invalid ifGenerationMatch", "invalid")
+            _reply_error(response, HTTPStatus.BAD_REQUEST, "Invalid precondition", "invalid")
             return
+        if is_write and (request.query.get("uploadType") or [""])[0] == "media":
+            # The body is the object, whatever its Content-Type (GCS keeps that as contentType);
+            # the emulator would parse an application/json body as JSON.
+            raw = emu_server._read_raw_data(request._request_handler)
+            request._data = emu_server._decode_raw_data(raw, request._request_handler) or b""
         with storage.lock:
             try:
                 if is_object_access:
@@ -271,6 +345,11 @@ def _strict(handler: Handler) -> Handler:
                     handler(request, response, storage)
             except ConditionNotMet as err:
                 _reply_error(response, HTTPStatus.PRECONDITION_FAILED, str(err), "conditionNotMet")
+                return
+            except NotModified:
+                response._headers = {}
+                response.status = HTTPStatus.NOT_MODIFIED
+                response._content = ""
                 return
             except NotFound:
                 response.status = HTTPStatus.NOT_FOUND

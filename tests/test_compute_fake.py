@@ -34,6 +34,14 @@ ZONE = "us-central1-a"
 
 # ---- helpers ---------------------------------------------------------------------------------
 
+@pytest.fixture(autouse=True)
+def roomy_quota(compute_fake: ComputeFake) -> None:
+    """Most tests here make several T4 VMs: a project whose quota was raised (a new project's
+    1 T4 would refuse the second). Quota tests set their own limits."""
+    compute_fake.set_quota("us-central1", "PREEMPTIBLE_NVIDIA_T4_GPUS", 64)
+    compute_fake.set_quota("us-central1", "CPUS", 512)
+
+
 @pytest.fixture
 def instances(compute_fake: ComputeFake) -> compute_v1.InstancesClient:
     return compute_v1.InstancesClient(**compute_fake.client_kwargs())
@@ -313,6 +321,33 @@ def test_a_request_id_makes_a_retried_insert_idempotent(
     again = instances.insert_unary(request=req)  # a retry after a lost response: no 409
     assert again.name == first.name
     assert len(compute_fake.instances()) == 1
+
+
+def test_a_request_id_is_scoped_to_method_and_zone_and_expires(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient,
+        zone_ops: compute_v1.ZoneOperationsClient) -> None:
+    rid = "0b9c8a2e-7d7f-4b9a-9f8e-1c2d3e4f5a6b"
+    for zone in (ZONE, "us-central1-b"):  # another zone: another request
+        instances.insert_unary(request=compute_v1.InsertInstanceRequest(
+            project=PROJECT, zone=zone, instance_resource=spot_vm("trainer-1", zone=zone), request_id=rid))
+    assert len(compute_fake.instances()) == 2
+    op = instances.delete_unary(request=compute_v1.DeleteInstanceRequest(  # another method
+        project=PROJECT, zone=ZONE, instance="trainer-1", request_id=rid))
+    assert op.operation_type == "delete"
+    assert compute_fake.instance(ZONE, "trainer-1") is None
+    compute_fake.time_scale = 0.0001  # the 60 min memory → 0.36 s
+    time.sleep(0.4)
+    again = compute_v1.InsertInstanceRequest(project=PROJECT, zone="us-central1-b", request_id=rid,
+                                             instance_resource=spot_vm("trainer-1", zone="us-central1-b"))
+    with pytest.raises(exceptions.Conflict):  # forgotten: a new insert of an existing VM
+        instances.insert_unary(request=again)
+
+
+@pytest.mark.parametrize("rid", ["retry-1", "00000000-0000-0000-0000-000000000000"])
+def test_a_request_id_must_be_a_non_zero_uuid(instances: compute_v1.InstancesClient, rid: str) -> None:
+    with pytest.raises(exceptions.BadRequest, match="requestId"):
+        instances.insert_unary(request=compute_v1.InsertInstanceRequest(
+            project=PROJECT, zone=ZONE, instance_resource=spot_vm("trainer-1"), request_id=rid))
 
 
 # ---- serial console --------------------------------------------------------------------------
@@ -736,3 +771,165 @@ RESOURCE = {"name": "vm-1", "status": "RUNNING", "labels": {"run-id": "r1", "tea
 ])
 def test_filter_expressions(flt: str, expected: bool) -> None:
     assert parse_filter(flt)(RESOURCE) is expected
+
+
+# ---- authorization (opt-in) ------------------------------------------------------------------
+
+def test_with_iam_on_a_caller_without_the_role_is_refused_as_gce_refuses(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient) -> None:
+    from tests.gcp_admin_fake import GcpAdminFake
+
+    admin = GcpAdminFake()
+    admin.add_project(PROJECT)
+    compute_fake.iam = admin
+    with pytest.raises(exceptions.Forbidden, match="Required 'compute.instances.create' permission"):
+        insert(instances, spot_vm("trainer-1"))
+    admin.grant(PROJECT, compute_fake.operator, "roles/compute.instanceAdmin.v1")
+    vm = spot_vm("trainer-1")
+    vm.service_accounts = [compute_v1.ServiceAccount(email=f"vm@{PROJECT}.iam.gserviceaccount.com")]
+    with pytest.raises(exceptions.Forbidden, match="iam.serviceAccountUser"):
+        insert(instances, vm)  # running a VM as an account needs actAs on it
+    admin.grant(PROJECT, compute_fake.operator, "roles/iam.serviceAccountUser")
+    insert(instances, vm)
+    assert [i.name for i in compute_fake.instances()] == ["trainer-1"]
+
+
+def test_with_iam_on_a_token_names_its_member_and_an_unknown_token_is_401(
+        compute_fake: ComputeFake) -> None:
+    import requests
+
+    from tests.gcp_admin_fake import GcpAdminFake
+
+    admin = GcpAdminFake()
+    admin.add_project(PROJECT)
+    admin.grant(PROJECT, "serviceAccount:reader@x.iam.gserviceaccount.com", "roles/compute.viewer")
+    compute_fake.iam = admin
+    url = f"{compute_fake.endpoint}/compute/v1/projects/{PROJECT}/zones/{ZONE}/instances"
+    token = compute_fake.mint_token("serviceAccount:reader@x.iam.gserviceaccount.com")
+    assert requests.get(url, headers={"Authorization": f"Bearer {token}"}, timeout=5).status_code == 200
+    assert requests.get(url, headers={"Authorization": "Bearer nope"}, timeout=5).status_code == 401
+    denied = requests.post(url, json={"name": "x"}, headers={"Authorization": f"Bearer {token}"}, timeout=5)
+    assert denied.status_code == 403
+    assert denied.json()["error"]["errors"][0]["reason"] == "forbidden"
+
+
+# ---- quotas ----------------------------------------------------------------------------------
+
+def test_an_insert_over_the_regional_gpu_quota_fails_with_quota_exceeded_in_the_operation(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient,
+        zone_ops: compute_v1.ZoneOperationsClient) -> None:
+    compute_fake.set_quota("us-central1", "PREEMPTIBLE_NVIDIA_T4_GPUS", 1)
+    regions = compute_v1.RegionsClient(**compute_fake.client_kwargs())
+    wait(zone_ops, insert(instances, spot_vm("trainer-1")))
+
+    op = wait(zone_ops, insert(instances, spot_vm("trainer-2", zone="us-central1-b"), zone="us-central1-b"),
+              "us-central1-b")
+
+    (err,) = op.error.errors
+    assert err.code == "QUOTA_EXCEEDED"
+    assert err.message == "Quota 'PREEMPTIBLE_NVIDIA_T4_GPUS' exceeded.  Limit: 1.0 in region us-central1."
+    assert op.http_error_status_code == 403
+    assert [i.name for i in compute_fake.instances()] == ["trainer-1"]
+    usage = {q.metric: q.usage for q in regions.get(project=PROJECT, region="us-central1").quotas}
+    assert usage["PREEMPTIBLE_NVIDIA_T4_GPUS"] == 1
+    instances.stop_unary(project=PROJECT, zone=ZONE, instance="trainer-1")  # stopped: no quota
+    assert not wait(zone_ops, insert(instances, spot_vm("trainer-2", zone="us-central1-b"), zone="us-central1-b"),
+              "us-central1-b").error.errors
+
+
+def test_spot_cpus_draw_on_cpus_when_the_project_has_no_preemptible_cpu_quota(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient,
+        zone_ops: compute_v1.ZoneOperationsClient) -> None:
+    compute_fake.set_quota("us-central1", "CPUS", 6)  # PREEMPTIBLE_CPUS stays 0: not granted
+    assert not wait(zone_ops, insert(instances, spot_vm("trainer-1"))).error.errors
+    op = wait(zone_ops, insert(instances, spot_vm("trainer-2")))
+    assert op.error.errors[0].message == "Quota 'CPUS' exceeded.  Limit: 6.0 in region us-central1."
+    compute_fake.set_quota("us-central1", "PREEMPTIBLE_CPUS", 8)
+    assert not wait(zone_ops, insert(instances, spot_vm("trainer-2"))).error.errors
+
+
+# ---- maxRunDuration --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("seconds", [29, 120 * 86400 + 1])
+def test_a_max_run_duration_outside_gces_range_is_refused(
+        instances: compute_v1.InstancesClient, seconds: int) -> None:
+    vm = spot_vm("trainer-1")
+    vm.scheduling.max_run_duration = compute_v1.Duration(seconds=seconds)
+    with pytest.raises(exceptions.BadRequest, match="between 30 seconds and 120 days"):
+        insert(instances, vm)
+
+
+def test_a_vm_is_terminated_by_its_action_when_its_max_run_duration_ends(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient) -> None:
+    compute_fake.time_scale = 0.02  # 30 s of run time → 0.6 s, the notice → 0.6 s
+    vm = spot_vm("trainer-1", action="DELETE")
+    vm.scheduling.max_run_duration = compute_v1.Duration(seconds=30)
+    insert(instances, vm)
+    got = instances.get(project=PROJECT, zone=ZONE, instance="trainer-1")
+    assert got.status == "RUNNING" and got.resource_status.scheduling.termination_timestamp
+
+    wait_for(lambda: compute_fake.instance(ZONE, "trainer-1") is None, timeout=5)
+
+
+# ---- disks -----------------------------------------------------------------------------------
+
+def with_data_disk(vm: compute_v1.Instance, source: str, mode: str = "READ_WRITE") -> compute_v1.Instance:
+    vm.disks.append(compute_v1.AttachedDisk(boot=False, source=source, mode=mode, device_name="data"))
+    return vm
+
+
+def test_a_read_write_disk_attaches_to_one_vm_only_and_in_its_own_zone(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient,
+        zone_ops: compute_v1.ZoneOperationsClient) -> None:
+    compute_fake.add_disk(ZONE, "dataset")
+    src = f"projects/{PROJECT}/zones/{ZONE}/disks/dataset"
+    wait(zone_ops, insert(instances, with_data_disk(spot_vm("trainer-1"), src)))
+    with pytest.raises(exceptions.BadRequest, match="already being used by"):
+        insert(instances, with_data_disk(spot_vm("trainer-2"), src))
+    with pytest.raises(exceptions.BadRequest, match="same zone"):
+        insert(instances, with_data_disk(spot_vm("trainer-3", zone="us-central1-b"), src), zone="us-central1-b")
+    with pytest.raises(exceptions.NotFound):
+        insert(instances, with_data_disk(spot_vm("trainer-4"), f"zones/{ZONE}/disks/nope"))
+    disks = compute_v1.DisksClient(**compute_fake.client_kwargs())
+    with pytest.raises(exceptions.BadRequest, match="already being used"):
+        disks.delete_unary(project=PROJECT, zone=ZONE, disk="dataset")
+    assert sorted(d.name for d in compute_fake.disks()) == ["dataset", "trainer-1"]  # boot disk too
+
+
+def test_a_deleted_vm_takes_its_auto_delete_disks_and_leaves_the_others_visible(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient,
+        zone_ops: compute_v1.ZoneOperationsClient) -> None:
+    vm = spot_vm("trainer-1")  # its boot disk has autoDelete
+    vm.disks.append(compute_v1.AttachedDisk(  # autoDelete unset: false in the API
+        boot=False, device_name="scratch",
+        initialize_params=compute_v1.AttachedDiskInitializeParams(disk_size_gb=20)))
+    wait(zone_ops, insert(instances, vm))
+    assert sorted(d.name for d in compute_fake.disks()) == ["trainer-1", "trainer-1-1"]
+
+    wait(zone_ops, instances.delete_unary(project=PROJECT, zone=ZONE, instance="trainer-1"))
+
+    (leaked,) = compute_fake.disks()
+    assert leaked.name == "trainer-1-1" and list(leaked.users) == []
+    with pytest.raises(exceptions.Conflict):  # a new VM of that name cannot recreate it
+        insert(instances, vm)
+
+
+def test_attach_and_detach_follow_the_same_read_write_rule(
+        compute_fake: ComputeFake, instances: compute_v1.InstancesClient,
+        zone_ops: compute_v1.ZoneOperationsClient) -> None:
+    compute_fake.add_disk(ZONE, "dataset")
+    wait(zone_ops, insert(instances, spot_vm("trainer-1")))
+    wait(zone_ops, insert(instances, spot_vm("trainer-2")))
+    src = f"zones/{ZONE}/disks/dataset"
+    wait(zone_ops, instances.attach_disk_unary(project=PROJECT, zone=ZONE, instance="trainer-1",
+                                               attached_disk_resource=compute_v1.AttachedDisk(
+                                                   source=src, device_name="data")))
+    with pytest.raises(exceptions.BadRequest, match="already being used by"):
+        instances.attach_disk_unary(project=PROJECT, zone=ZONE, instance="trainer-2",
+                                    attached_disk_resource=compute_v1.AttachedDisk(source=src))
+    wait(zone_ops, instances.detach_disk_unary(project=PROJECT, zone=ZONE, instance="trainer-1",
+                                               device_name="data"))
+    wait(zone_ops, instances.attach_disk_unary(project=PROJECT, zone=ZONE, instance="trainer-2",
+                                               attached_disk_resource=compute_v1.AttachedDisk(source=src)))
+    (dataset,) = [d for d in compute_fake.disks() if d.name == "dataset"]
+    assert [u.rsplit("/", 1)[-1] for u in dataset.users] == ["trainer-2"]

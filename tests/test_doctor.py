@@ -31,9 +31,13 @@ def default_sa(admin: GcpAdminFake) -> str:
     return f"{admin.projects[P].number}-compute@developer.gserviceaccount.com"
 
 
+SELF_DELETE = f"projects/{P}/roles/cosSpotRunnerSelfDelete"
+
+
 def grant_all(admin: GcpAdminFake, email: str) -> None:
-    for role in (OBJ, LOG, AR):
+    for role in (OBJ, LOG, AR, SELF_DELETE):
         admin.grant(P, f"serviceAccount:{email}", role)
+    admin.add_role(P, "cosSpotRunnerSelfDelete", ["compute.instances.delete"])  # as `runner init` does
 
 
 def gce_config(admin: GcpAdminFake, compute: Any, **over: Any) -> Config:
@@ -223,7 +227,36 @@ def test_each_missing_vm_role_gets_its_grant_command(admin: GcpAdminFake, comput
         "--role=roles/storage.objectAdmin",
         f"gcloud projects add-iam-policy-binding test-project --member serviceAccount:{sa} "
         "--role roles/artifactregistry.reader",
+        "runner init --project test-project",
     ]
+
+
+def test_a_vm_account_that_cannot_delete_its_own_vm_is_flagged_with_init_as_the_fix(
+        admin: GcpAdminFake, compute_fake: Any, gcs_emulator: str) -> None:
+    """The VM deletes itself when its job ends; without compute.instances.delete it keeps billing."""
+    sa = default_sa(admin)
+    for role in (OBJ, LOG, AR):
+        admin.grant(P, f"serviceAccount:{sa}", role)
+    check = doctor(gce_config(admin, compute_fake))["VM service account roles"]
+    assert check.ok is False
+    assert "compute.instances.delete" in check.detail
+    assert check.fix.splitlines()[-1] == f"runner init --project {P}"
+
+
+@pytest.mark.parametrize("role", ["roles/compute.instanceAdmin.v1", f"projects/{P}/roles/cosSpotRunnerSelfDelete"])
+def test_a_role_that_lets_the_vm_delete_itself_satisfies_doctor(
+        admin: GcpAdminFake, compute_fake: Any, gcs_emulator: str, role: str) -> None:
+    grant_all(admin, default_sa(admin))
+    admin.grant(P, f"serviceAccount:{default_sa(admin)}", role)
+    assert doctor(gce_config(admin, compute_fake))["VM service account roles"].ok is True
+
+
+def test_a_binding_to_a_self_delete_role_that_does_not_exist_is_flagged(
+        admin: GcpAdminFake, compute_fake: Any, gcs_emulator: str) -> None:
+    grant_all(admin, default_sa(admin))
+    admin.delete_role(P, "cosSpotRunnerSelfDelete")
+    check = doctor(gce_config(admin, compute_fake))["VM service account roles"]
+    assert check.ok is False and "compute.instances.delete" in check.detail
 
 
 def test_object_admin_on_the_bucket_satisfies_the_store_role(admin: GcpAdminFake, compute_fake: Any,
@@ -232,6 +265,8 @@ def test_object_admin_on_the_bucket_satisfies_the_store_role(admin: GcpAdminFake
     admin.add_service_account(P, "vm")
     admin.grant(P, f"serviceAccount:{sa}", LOG)
     admin.grant(P, f"serviceAccount:{sa}", AR)
+    admin.grant(P, f"serviceAccount:{sa}", SELF_DELETE)
+    admin.add_role(P, "cosSpotRunnerSelfDelete", ["compute.instances.delete"])
     bucket_name = f"doctor-{uuid.uuid4().hex[:8]}"
     client = storage.Client(project="local", credentials=_anonymous())
     bucket = client.create_bucket(bucket_name)
@@ -241,7 +276,7 @@ def test_object_admin_on_the_bucket_satisfies_the_store_role(admin: GcpAdminFake
     cfg = gce_config(admin, compute_fake, store=f"gs://{bucket_name}", service_account=sa)
     check = doctor(cfg)["VM service account roles"]
     assert check.ok is True, check
-    assert check.detail == f"{sa} has {OBJ}, {LOG}, {AR}"
+    assert check.detail == f"{sa} has {OBJ}, {LOG}, {AR} and may delete its own VM"
 
 
 def test_editor_role_covers_every_vm_role(admin: GcpAdminFake, compute_fake: Any, gcs_emulator: str) -> None:

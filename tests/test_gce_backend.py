@@ -31,6 +31,9 @@ def gce(compute_fake, gcs_store, gcs_emulator):
                  store=gcs_store.url, machine_type="n1-standard-4", gpu="nvidia-tesla-t4",
                  poll_interval=1.0, stall_polls=600, gpu_timeout=300)
     ctx = make_context(cfg)
+    # A project whose spot T4 quota was raised: some tests here run 25 GPU runs at once.
+    compute_fake.set_quota("us-central1", "PREEMPTIBLE_NVIDIA_T4_GPUS", 64)
+    compute_fake.set_quota("us-central1", "PREEMPTIBLE_CPUS", 512)
     return ctx, compute_fake
 
 
@@ -68,6 +71,18 @@ def test_submit_pins_the_cos_image_and_creates_one_spot_vm(gce):
     assert RunRecord(ctx.store, "exp-1").read_state()[0].state == State.PROVISIONING
 
 
+@pytest.mark.parametrize("seconds", [10, 121 * 86400])
+def test_a_max_run_duration_gce_would_refuse_is_refused_at_submit_with_the_fix(
+        compute_fake, gcs_store, gcs_emulator, seconds):
+    from runner.backends.base import BackendError
+
+    cfg = Config(backend="gce", project=PROJECT, zones=list(ZONES), compute_endpoint=compute_fake.endpoint,
+                 store=gcs_store.url, no_gpu=True, max_run_duration=seconds)
+    with pytest.raises(BackendError, match="max_run_duration .* between 30 seconds and 120 days"):
+        submit(make_context(cfg))
+    assert compute_fake.calls("instances.insert") == []
+
+
 def test_a_stockout_moves_the_vm_to_the_next_zone(gce):
     ctx, fake = gce
     fake.stockout_zones = {"us-central1-a"}
@@ -83,6 +98,18 @@ def test_quota_errors_also_fall_back_to_the_next_zone(gce):
     submit(ctx)
     ctx.supervisor().reconcile("exp-1")
     assert [v.zone.rsplit("/", 1)[-1] for v in fake.instances()] == ["us-central1-b"]
+
+
+def test_a_run_over_the_projects_gpu_quota_waits_and_says_which_quota(gce):
+    ctx, fake = gce
+    fake.set_quota("us-central1", "PREEMPTIBLE_NVIDIA_T4_GPUS", 1)  # a new project's quota
+    submit(ctx, run_id="first")
+    submit(ctx, run_id="second")
+    ctx.supervisor().reconcile_all()
+    assert [v.name for v in fake.instances()] == ["runner-first-a1"]
+    notes = [ev["reason"] for _, ev in RunRecord(ctx.store, "second").events() if ev["to"] is None]
+    assert "QUOTA_EXCEEDED" in notes[-1] and "us-central1-b" in notes[-1]
+    assert "Quota 'PREEMPTIBLE_NVIDIA_T4_GPUS' exceeded.  Limit: 1.0 in region us-central1." in notes[-1]
 
 
 def test_when_every_zone_is_out_of_stock_the_run_waits_and_says_why(gce):
@@ -158,6 +185,54 @@ def test_transient_429_and_503_are_retried(gce):
     assert fake.calls(ok=False), "the fake injected no error: this test proved nothing"
 
 
+@pytest.mark.parametrize("reason", ["rateLimitExceeded", "userRateLimitExceeded"])
+def test_a_403_rate_limit_is_retried_not_read_as_permission_denied(gce, reason):
+    ctx, fake = gce
+    submit(ctx)
+    fake.fail_next(403, times=2, rpc="instances.insert", reason=reason)
+    ctx.supervisor().reconcile("exp-1")
+    assert [v.name for v in fake.instances()] == ["runner-exp-1-a1"]
+    notes = [ev["reason"] for _, ev in RunRecord(ctx.store, "exp-1").events()]
+    assert not any("permission" in (n or "") for n in notes), notes
+    assert len(fake.calls("instances.insert", ok=False)) == 2
+
+
+def test_a_project_at_its_api_rate_limit_still_gets_its_vm(gce):
+    ctx, fake = gce
+    submit(ctx)
+    fake.queries_per_second = 1  # every second call within a second: 403 rateLimitExceeded
+    ctx.supervisor().reconcile("exp-1")
+    assert [v.name for v in fake.instances()] == ["runner-exp-1-a1"]
+    assert any(r.status == 403 for r in fake.requests), "no rate limit was hit: this proved nothing"
+
+
+def test_a_real_permission_error_names_the_role_and_no_rate_limit(gce):
+    from runner.backends.gce import _explain
+    from google.api_core import exceptions as gexc
+
+    ctx, fake = gce
+    submit(ctx)
+    fake.fail_next(403, times=1, rpc="instances.insert", reason="forbidden")
+    ctx.supervisor().reconcile("exp-1")
+    notes = [ev["reason"] for _, ev in RunRecord(ctx.store, "exp-1").events() if ev["to"] is None]
+    assert "permission denied" in notes[-1] and "roles/compute.instanceAdmin.v1" in notes[-1]
+    limited = gexc.Forbidden("Quota exceeded for quota metric 'Queries'",
+                             errors=[{"reason": "rateLimitExceeded", "domain": "usageLimits"}])
+    assert "permission" not in _explain(limited, PROJECT)
+
+
+def test_a_supervisor_pass_survives_a_failing_list_and_the_next_pass_works(gce):
+    ctx, fake = gce
+    submit(ctx)
+    sup = ctx.supervisor()
+    fake.fail_next(403, times=1, rpc="instances.aggregatedList", reason="forbidden")
+    assert sup.reconcile_all() == {}  # the pass says why on stderr and ends; it does not raise
+    assert fake.instances() == []
+    states = sup.reconcile_all()
+    assert states["exp-1"].state == State.PROVISIONING
+    assert [v.name for v in fake.instances()] == ["runner-exp-1-a1"]
+
+
 def test_delete_writes_stop_then_removes_the_vm(gce):
     from runner.ops import delete_run
 
@@ -169,6 +244,25 @@ def test_delete_writes_stop_then_removes_the_vm(gce):
     assert fake.instances() == [] and RunRecord(ctx.store, "exp-1").stop_requested()
     ctx.supervisor().reconcile("exp-1")
     assert fake.instances() == []
+
+
+def test_a_run_with_a_per_run_data_disk_leaves_no_disk_after_preemption_and_delete(
+        compute_fake, gcs_store, gcs_emulator):
+    from runner.ops import delete_run
+
+    cfg = Config(backend="gce", project=PROJECT, zones=list(ZONES), compute_endpoint=compute_fake.endpoint,
+                 store=gcs_store.url, no_gpu=True, data_disk_gb=200)
+    ctx = make_context(cfg)
+    submit(ctx)
+    sup = ctx.supervisor()
+    sup.reconcile("exp-1")
+    assert sorted(d.name for d in compute_fake.disks()) == ["runner-exp-1-a1", "runner-exp-1-a1-1"]
+    agent_reports_running(ctx, "exp-1")
+    compute_fake.preempt("us-central1-a", "runner-exp-1-a1")  # DELETE termination
+    sup.reconcile("exp-1")
+    assert sorted(d.name for d in compute_fake.disks()) == ["runner-exp-1-a2", "runner-exp-1-a2-1"]
+    delete_run(ctx.store, ctx.backend, "exp-1", grace_period=0)
+    assert compute_fake.instances() == [] and compute_fake.disks() == []
 
 
 def test_orphans_are_vms_whose_run_is_over_or_unknown(gce):
@@ -328,6 +422,58 @@ def test_a_supervisor_that_looks_during_the_preemption_notice_waits_then_restart
     else:
         assert "instances.delete" not in rpcs
         assert [v.name for v in compute_fake.instances()] == ["runner-exp-1-a2"]
+
+
+class AgentGuest:
+    """A stand-in VM whose shutdown does what the agent does on SIGTERM: records PREEMPTED."""
+
+    def __init__(self, ctx, run_id: str) -> None:
+        self.ctx, self.run_id = ctx, run_id
+        self.events: list[tuple[str, str]] = []
+
+    def on_running(self, project, zone, name, instance) -> None:
+        self.events.append(("running", name))
+
+    def on_shutdown(self, project, zone, name, notice_seconds) -> None:
+        self.events.append(("shutdown", name))
+        rec = RunRecord(self.ctx.store, self.run_id)
+        st = rec.read_state()[0]
+        if st.state == State.RUNNING:
+            rec.transition(State.PREEMPTED, "agent", expect_attempt=st.attempt, reason="SIGTERM: VM shutting down")
+        time.sleep(notice_seconds / 3)  # the final sync
+
+    def on_power_off(self, project, zone, name) -> None:
+        self.events.append(("power_off", name))
+
+
+def test_stop_mode_preemption_with_a_guest_resumes_on_the_same_vm_whatever_the_pass_timing(
+        compute_fake, gcs_store, gcs_emulator):
+    cfg = Config(backend="gce", project=PROJECT, zones=list(ZONES), compute_endpoint=compute_fake.endpoint,
+                 store=gcs_store.url, no_gpu=True, termination_action="STOP")
+    ctx = make_context(cfg)
+    guest = AgentGuest(ctx, "exp-1")
+    compute_fake.guest = guest
+    compute_fake.time_scale = 0.03  # a 0.9 s notice
+    submit(ctx)
+    sup = ctx.supervisor()
+    sup.reconcile("exp-1")
+    agent_reports_running(ctx, "exp-1")
+    compute_fake.preempt("us-central1-a", "runner-exp-1-a1")
+    deadline = time.monotonic() + 10
+    while RunRecord(ctx.store, "exp-1").read_state()[0].attempt < 2:  # passes every 0.1 s
+        assert time.monotonic() < deadline, guest.events
+        sup.reconcile("exp-1")
+        time.sleep(0.1)
+    deadline = time.monotonic() + 5
+    while guest.events[-1:] != [("running", "runner-exp-1-a1")]:
+        assert time.monotonic() < deadline, guest.events
+        time.sleep(0.05)
+    assert guest.events == [("running", "runner-exp-1-a1"), ("shutdown", "runner-exp-1-a1"),
+                            ("power_off", "runner-exp-1-a1"), ("running", "runner-exp-1-a1")]
+    assert compute_fake.calls("instances.insert") and len(compute_fake.calls("instances.insert")) == 1
+    assert compute_fake.calls("instances.delete") == []
+    reasons = [ev["reason"] for _, ev in RunRecord(ctx.store, "exp-1").events() if ev["to"] == "PREEMPTED"]
+    assert reasons == ["SIGTERM: VM shutting down"]  # the agent's own reason, once
 
 
 def test_project_mismatch_with_gcloud_is_warned_about_showing_both(compute_fake, gcs_store, gcs_emulator, tmp_path):

@@ -65,7 +65,7 @@ def test_init_creates_everything_and_a_second_run_changes_nothing(
         admin: GcpAdminFake, gcs: storage.Client, bucket_name: str) -> None:
     cfg = config(admin, f"gs://{bucket_name}/runs")
     first, said = init(cfg)
-    assert [s.changed for s in first] == [True] * 5
+    assert [s.changed for s in first] == [True] * 6
     assert said[-1] == f'next: set service_account = "{SA}" in runner.toml so VMs run as it'
 
     bucket = gcs.get_bucket(bucket_name)
@@ -84,8 +84,9 @@ def test_init_creates_everything_and_a_second_run_changes_nothing(
     sets_before = len(admin.calls("resourcemanager.projects.setIamPolicy"))
     second, said = init(cfg)
     assert [s.name for s in second] == [s.name for s in first]
-    assert [s.changed for s in second] == [False] * 5
-    assert [s.detail.split(" ")[0] for s in second] == ["exists", "exists", "exists", "already", "already"]
+    assert [s.changed for s in second] == [False] * 6
+    assert [s.detail.split(" ")[0] for s in second] == ["exists", "exists", "exists", "already", "exists",
+                                                        "already"]
     assert second[3].detail == f"already granted to {MEMBER}"
     assert len(admin.calls("resourcemanager.projects.setIamPolicy")) == sets_before
     assert admin.policy(P) == policy
@@ -133,7 +134,7 @@ def test_policy_write_is_retried_on_a_concurrent_change_and_keeps_it(
         admin: GcpAdminFake, gcs: storage.Client, bucket_name: str) -> None:
     admin.race_next_sets = 2
     steps, _ = init(config(admin, f"gs://{bucket_name}"))
-    assert steps[4].changed is True
+    assert steps[5].changed is True
     sets = admin.calls("resourcemanager.projects.setIamPolicy")
     assert [r.status for r in sets] == [409, 409, 200]
     bindings = admin.policy(P)["bindings"]
@@ -146,7 +147,7 @@ def test_a_service_account_not_yet_known_to_iam_is_retried(
         admin: GcpAdminFake, gcs: storage.Client, bucket_name: str) -> None:
     admin.propagation_sets = 2
     steps, _ = init(config(admin, f"gs://{bucket_name}"))
-    assert steps[4].changed is True
+    assert steps[5].changed is True
     assert [r.status for r in admin.calls("resourcemanager.projects.setIamPolicy")] == [400, 400, 200]
     assert all(members_of(admin.policy(P)["bindings"], role) == [MEMBER] for role in PROJECT_ROLES)
 
@@ -164,7 +165,8 @@ def test_members_already_bound_to_a_role_are_kept(
     admin.grant(P, "user:alice@example.com", "roles/logging.logWriter")
     admin.grant(P, MEMBER, "roles/monitoring.metricWriter")
     steps, _ = init(config(admin, f"gs://{bucket_name}"))
-    assert steps[4].detail == f"granted to {MEMBER}: roles/logging.logWriter, roles/artifactregistry.reader"
+    assert steps[5].detail == (f"granted to {MEMBER}: roles/logging.logWriter, roles/artifactregistry.reader, "
+                               f"projects/{P}/roles/cosSpotRunnerSelfDelete (if 'cos-spot-runner VMs only')")
     bindings = admin.policy(P)["bindings"]
     assert members_of(bindings, "roles/logging.logWriter") == ["user:alice@example.com", MEMBER]
     assert members_of(bindings, "roles/monitoring.metricWriter") == [MEMBER]
@@ -251,7 +253,7 @@ def test_cli_init_is_idempotent_and_then_doctor_passes(admin: GcpAdminFake, comp
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith(f"+ bucket gs://{bucket_name}: created in US-CENTRAL1")
     second = json.loads(runner("init", "--json").stdout)
-    assert [s["changed"] for s in second] == [False] * len(second) and len(second) == 5
+    assert [s["changed"] for s in second] == [False] * len(second) and len(second) == 6
 
     env["RUNNER_SERVICE_ACCOUNT"] = SA
     doc = runner("doctor")
@@ -264,3 +266,33 @@ def test_cli_init_is_idempotent_and_then_doctor_passes(admin: GcpAdminFake, comp
     broken = runner("doctor")
     assert broken.returncode == 1
     assert f"fix: gcloud services enable cloudbuild.googleapis.com --project {P}" in broken.stdout
+
+
+def test_a_vm_running_as_inits_account_can_delete_itself_and_no_other_vm(
+        admin: GcpAdminFake, gcs: storage.Client, bucket_name: str, compute_fake: Any) -> None:
+    """What gcp/startup.sh does when its job is over: DELETE its own instance with the token the
+    metadata server gives its service account, against the Compute fake enforcing init's IAM."""
+    import requests
+    from google.cloud import compute_v1
+
+    init(config(admin, f"gs://{bucket_name}"))
+    admin.grant(P, "user:operator@example.com", "roles/compute.instanceAdmin.v1")
+    admin.grant(P, "user:operator@example.com", "roles/iam.serviceAccountUser")
+    compute_fake.iam = admin
+    instances = compute_v1.InstancesClient(**compute_fake.client_kwargs())  # the operator
+    zone = "us-central1-a"
+    for name in ("runner-exp-1-a1", "database-1"):
+        instances.insert_unary(project=P, zone=zone, instance_resource=compute_v1.Instance(
+            name=name, machine_type=f"zones/{zone}/machineTypes/n1-standard-4",
+            service_accounts=[compute_v1.ServiceAccount(email=SA)]))
+    vm_token = compute_fake.mint_token(MEMBER)
+
+    def delete_as_vm(name: str) -> requests.Response:
+        return requests.delete(f"{compute_fake.endpoint}/compute/v1/projects/{P}/zones/{zone}/instances/{name}",
+                               headers={"Authorization": f"Bearer {vm_token}"}, timeout=10)
+
+    other = delete_as_vm("database-1")
+    assert other.status_code == 403
+    assert other.json()["error"]["errors"][0]["reason"] == "forbidden"
+    assert delete_as_vm("runner-exp-1-a1").status_code == 200
+    assert [i.name for i in compute_fake.instances()] == ["database-1"]

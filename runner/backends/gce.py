@@ -53,6 +53,9 @@ ZONE_RETRYABLE = {
     "UNSUPPORTED_OPERATION",  # e.g. the GPU type is not offered in that zone
 }
 DEFAULT_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
+# scheduling.maxRunDuration's range (gcloud --max-run-duration; "Limit the run time of a VM").
+MIN_RUN_DURATION_S = 30
+MAX_RUN_DURATION_S = 120 * 86400
 
 
 def vm_options_defaults() -> dict[str, Any]:
@@ -145,6 +148,12 @@ class GceBackend(ComputeBackend):
             gpu = resolve_gpu(machine_type, spec.gpu, no_gpu=vm["no_gpu"])
         except ShapeError as e:
             raise BackendError(str(e)) from None
+        mrd = vm["max_run_duration_s"]
+        if mrd and not MIN_RUN_DURATION_S <= float(mrd) <= MAX_RUN_DURATION_S:
+            # GCE refuses the insert with a 400 otherwise, on every restart of the run.
+            raise BackendError(f"max_run_duration {mrd:g}s is not allowed: GCE accepts between 30 seconds and "
+                               f"120 days ({MAX_RUN_DURATION_S}s); set max_run_duration in runner.toml "
+                               "within that range, or 0 for no limit")
         if not spec.zones:
             raise BackendError("no zones: pass --zones us-central1-a,us-central1-b or set zones in runner.toml")
         project = vm["project"] or self.project
@@ -304,7 +313,9 @@ class GceBackend(ComputeBackend):
             if op.error and op.error.errors:
                 reasons = _error_reasons(op)
                 if any(r in ZONE_RETRYABLE for r in reasons):
-                    refusals.append(f"{zone}: {', '.join(sorted(set(reasons)))}")
+                    # A quota error names the quota and its limit: what the user must raise.
+                    quota = "; ".join(e.message for e in op.error.errors if e.code == "QUOTA_EXCEEDED")
+                    refusals.append(f"{zone}: {', '.join(sorted(set(reasons)))}" + (f" ({quota})" if quota else ""))
                     continue
                 if "RESOURCE_ALREADY_EXISTS" in reasons:
                     return self._existing(plan.project, zone, plan.name)
@@ -462,8 +473,14 @@ def _status_name(status: Any) -> str:
 
 
 def _explain(e: Any, project: str) -> str:
+    from runner.gcp_clients import is_rate_limited
+
     code = getattr(e, "code", None)
     msg = getattr(e, "message", str(e))
+    if is_rate_limited(e):
+        return (f"Compute Engine rate limit in project {project} (still refused after retrying for 2 "
+                f"minutes): {msg}. Wait and try again; if it persists, ask for a higher 'Queries per "
+                "minute' quota for compute.googleapis.com")
     if code == 403:
         return (f"permission denied in project {project}: {msg}. Grant the caller roles/compute.instanceAdmin.v1 "
                 "(and roles/iam.serviceAccountUser on the VM's service account)")
