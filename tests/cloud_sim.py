@@ -175,8 +175,8 @@ class CosGuest:
         return {
             "PATH": f"{self._pull_shim(vm)}:{SIM_PATH}",
             "METADATA_URL": vm.metadata.url, "GCS_API": self.gcs_api, "COMPUTE_API": self.compute_api,
-            # One VM is two containers here (startup, shutdown): they share its /var/lib/runner.
-            "RUNNER_STATE_DIR": str(vm.cos.work / "var-lib-runner"),
+            # The agent's own google-cloud-storage client reaches GCS here (startup.sh passes it on).
+            "STORAGE_EMULATOR_HOST": self.gcs_api,
             # The script waits for the job in the foreground: its container is the VM's lifetime.
             "RUNNER_RELEASE_WAIT": "foreground",
             "PULL_RETRIES": "3", "PULL_BACKOFF": "1", "RUNNER_GPU_POLL": "0.2", "RUNNER_GPU_DIAG_INTERVAL": "2",

@@ -182,7 +182,6 @@ class Cloud:
             RUNNER_PROJECT=PROJECT, RUNNER_COMPUTE_ENDPOINT=fake.endpoint,
             RUNNER_POLL_INTERVAL="0.5", RUNNER_HEARTBEAT_INTERVAL="0.5", RUNNER_SYNC_INTERVAL="0.5",
             RUNNER_GRACE_PERIOD="8", RUNNER_STALL_POLLS="100000", RUNNER_GPU_TIMEOUT="60")
-        self.job_env = ["--env", f"STORAGE_EMULATOR_HOST={emulator}", "--env", "GOOGLE_CLOUD_PROJECT=local"]
         self.procs: list[subprocess.Popen[str]] = []
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
@@ -192,7 +191,7 @@ class Cloud:
     def submit(self, run_id: str, *flags: str, command: list[str] | None = None,
                zones: str = "us-central1-a,us-central1-b") -> None:
         p = self.cli("submit", "--run-id", run_id, "--image", self.image, "--zones", zones, *flags,
-                     *self.job_env, "--detach", "--", *(command or trainer()))
+                     "--detach", "--", *(command or trainer()))
         assert p.returncode == 0, p.stderr
 
     def supervise(self) -> subprocess.Popen[str]:
