@@ -91,12 +91,16 @@ class CosGuest:
     """
 
     def __init__(self, work: Path, *, gcs_api: str, compute_api: str, docker_client: Any,
-                 vm_env: Optional[dict[str, str]] = None, boot_timeout: float = 600) -> None:
+                 vm_env: Optional[dict[str, str]] = None, boot_timeout: float = 600,
+                 halt_seconds: float = 2.0) -> None:
         self.work = work
         self.gcs_api, self.compute_api = gcs_api, compute_api
         self.docker = docker_client
         self.vm_env = dict(vm_env or {})
         self.boot_timeout = boot_timeout
+        # The OS goes on shutting down after the shutdown script (services stop, disks unmount)
+        # before the VM halts; the VM stays STOPPING meanwhile, which a supervisor must wait out.
+        self.halt_seconds = halt_seconds
         # Per-boot extras chosen from the VM's metadata (e.g. a driver install that hangs in
         # attempt 1 only): a test sets it, and clears it after.
         self.env_for: Optional[Callable[[dict[str, str]], dict[str, str]]] = None
@@ -137,6 +141,7 @@ class CosGuest:
         vm = self.vms.get((project, zone, name))
         if vm is None or not vm.alive or vm.metadata is None:
             return  # never booted, or its job already ended and the boot is over
+        deadline = time.monotonic() + notice_seconds
         try:
             shutdown = vm.cos.boot_from_metadata(vm.metadata, self._env(vm), key="shutdown-script",
                                                  timeout=max(notice_seconds, 1))
@@ -144,6 +149,8 @@ class CosGuest:
             self._serial(vm, shutdown.stdout)
         except Exception as e:  # noqa: BLE001 - the notice ran out (or docker failed): GCE powers off anyway
             vm.shutdowns.append(Boot(-1, "", repr(e), [], notice_seconds))
+            return
+        time.sleep(max(0.0, min(self.halt_seconds, deadline - time.monotonic())))
 
     def on_power_off(self, project: str, zone: str, name: str) -> None:
         """Hard off: whatever still runs on the VM is killed; the driver modules are unloaded."""
