@@ -35,6 +35,7 @@ from examples.trainer import decode_checkpoint
 from runner.backends.base import LABEL_RUN_ID
 from runner.naming import label_value
 from tests.cloud_sim import CosGuest
+from tests.cos_sim.vm import read_calls
 from tests.cloudbuild_fake import run_cloudbuild_fake
 from tests.compute_fake import ComputeFake, block_external_network, run_compute_fake
 from tests.conftest import ROOT
@@ -222,6 +223,13 @@ class Cloud:
     def vms(self, run_id: str) -> list[Any]:
         return [i for i in self.fake.instances() if i.labels.get(LABEL_RUN_ID) == label_value(run_id)]
 
+    def disks(self, run_id: str) -> list[str]:
+        """The run's disks that still exist (boot disks are named after their VM)."""
+        return [d.name for d in self.fake.disks() if d.name.startswith(f"runner-{run_id}-")]
+
+    def nothing_left(self, run_id: str) -> bool:
+        return self.vms(run_id) == [] and self.disks(run_id) == []
+
     def preempt(self, run_id: str) -> None:
         p = self.cli("ops", "preempt", "--run-id", run_id)
         assert p.returncode == 0, p.stderr
@@ -319,7 +327,7 @@ def test_a_preempted_run_resumes_from_last_checkpoint_and_succeeds(cloud: Cloud,
     assert agent_preempted(journal, 1), [(e["actor"], e["to"], e["reason"]) for e in journal]
     assert "SIGTERM (preemption notice)" in agent_preempted(journal, 1)[0]["reason"]
     # No VM is left, whatever the termination action (the last one deleted itself).
-    wait_for(lambda: cloud.vms(run_id) == [], 30, f"{run_id}'s VMs to be gone")
+    wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VMs and disks to be gone")
     inserts, starts = inserts_and_starts(cloud.fake, run_id)
     if action == "STOP":  # the kept VM was started again, not replaced
         assert inserts == [first.name] and starts == [first.name]
@@ -327,9 +335,11 @@ def test_a_preempted_run_resumes_from_last_checkpoint_and_succeeds(cloud: Cloud,
         assert len(inserts) == 2 and starts == []
     # Each attempt ran on a VM booted from the inserted metadata, in its zone.
     assert [cloud.record(run_id).read_manifest(a)["zone"] for a in (1, 2)] == ["us-central1-a"] * 2
-    if shape == "gpu":
-        gvm = cloud.guest.vms[(PROJECT, "us-central1-a", first.name)]
-        assert gvm.cos.gpus == 1
+    if shape == "gpu":  # every boot installed the driver, a STOP/start's too (COS forgets modules)
+        for name in {*inserts, *starts}:
+            gvm = cloud.guest.vms[(PROJECT, "us-central1-a", name)]
+            installs = [c.argv[:2] for c in read_calls(gvm.cos.calls_dir) if c.tool == "cos-extensions"]
+            assert gvm.cos.gpus == 1 and installs == [["install", "gpu"]] * (1 + starts.count(name))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -350,7 +360,7 @@ def test_a_stockout_in_the_first_zone_runs_the_job_in_the_second(cloud: Cloud) -
     tried = [r.path.split("/zones/")[1].split("/")[0] for r in cloud.fake.calls("instances.insert", ok=True)]
     assert tried == ["us-central1-a", "us-central1-b"]  # refused (an operation error) in a, created in b
     assert json.loads(cloud.text(run_id, "results/summary.json"))["steps"] == 10
-    wait_for(lambda: cloud.vms(run_id) == [], 30, f"{run_id}'s VM to delete itself")
+    wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VM (and disk) to delete itself")
 
 
 def test_a_preemption_during_the_driver_install_restarts_the_run_on_a_new_vm(cloud: Cloud) -> None:
@@ -376,7 +386,7 @@ def test_a_preemption_during_the_driver_install_restarts_the_run_on_a_new_vm(clo
     # Power off took the hung installer with it; the second VM installed the driver again.
     gvm = next(vm for vm in cloud.guest.vms.values() if vm.name == first)
     assert gvm.cos.containers() == []
-    wait_for(lambda: cloud.vms(run_id) == [], 30, f"{run_id}'s VMs to be gone")
+    wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VMs and disks to be gone")
 
 
 def test_a_preemption_during_the_final_sync_loses_nothing(cloud: Cloud, docker_client: Any) -> None:
@@ -410,7 +420,7 @@ def test_a_preemption_during_the_final_sync_loses_nothing(cloud: Cloud, docker_c
     else:  # the sync finished inside the notice: the outcome stood
         assert st.attempt == 1
         print(f"\n{run_id}: the final sync finished inside the notice; SUCCEEDED stood")
-    wait_for(lambda: cloud.vms(run_id) == [], 30, f"{run_id}'s VM to be gone")
+    wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VM and disk to be gone")
 
 
 def test_a_delete_during_the_restart_is_final(cloud: Cloud) -> None:
@@ -424,10 +434,10 @@ def test_a_delete_during_the_restart_is_final(cloud: Cloud) -> None:
     p = cloud.cli("ops", "delete", "--run-id", run_id)
     assert p.returncode == 0, p.stderr
     st = cloud.wait_state(run_id, State.STOPPED, timeout=60)
-    wait_for(lambda: cloud.vms(run_id) == [], 60, f"{run_id}'s VMs to be gone")
+    wait_for(lambda: cloud.nothing_left(run_id), 60, f"{run_id}'s VMs and disks to be gone")
     inserts, _ = inserts_and_starts(cloud.fake, run_id)
     time.sleep(4)  # eight supervisor passes: none may bring the run back
-    assert cloud.vms(run_id) == []
+    assert cloud.nothing_left(run_id)
     assert inserts_and_starts(cloud.fake, run_id)[0] == inserts and len(inserts) <= 2
     assert cloud.state(run_id).state == State.STOPPED and st.attempt <= 2
     assert not [vm for vm in cloud.guest.vms.values() if vm.run_id == run_id and vm.alive]
