@@ -83,6 +83,35 @@ class AgentConfig:
         )
 
 
+FROM_SPEC = "RUNNER_COMMAND_FROM_SPEC"  # set by gcp/startup.sh: the job is spec.json's command
+
+
+def job_from_spec(cfg: AgentConfig) -> tuple[list[str], dict[str, str]]:
+    """The job's argv and env from ``spec.json``.
+
+    On a VM the startup script passes only scalars through metadata (COS has no JSON decoder, and
+    guessing at an encoding is how arguments get mangled: DESIGN §4); the structured part of the
+    run stays in the spec ``runner submit`` wrote, decoded here by Python's json.
+    """
+    spec = RunRecord(open_store(cfg.store_url), cfg.run_id).read_spec()
+    if spec is None:
+        raise SystemExit(f"entrypoint: {cfg.store_url} has no spec.json for run {cfg.run_id}; "
+                         "was the run submitted to this store?")
+    if not spec.command or not all(isinstance(a, str) for a in spec.command):
+        raise SystemExit(f"entrypoint: spec.json of {cfg.run_id} has no command (a list of strings): {spec.command!r}")
+    env: dict[str, str] = {}
+    for k, v in (spec.env or {}).items():
+        if not isinstance(k, str) or not isinstance(v, str) or not k or "=" in k or "\0" in k + v:
+            raise SystemExit(f"entrypoint: spec.json of {cfg.run_id} has an invalid env entry {k!r}={v!r}")
+        if k.startswith("RUNNER_") and k in os.environ:
+            log.warning("ignoring %s from the run's env: the runner sets it", k)
+            continue
+        if k == "LD_LIBRARY_PATH" and os.environ.get("RUNNER_GPU_LIB_DIR"):
+            v = f"{os.environ['RUNNER_GPU_LIB_DIR']}:{v}"  # the driver first, never replaced
+        env[k] = v
+    return list(spec.command), env
+
+
 class Agent:
     def __init__(self, cfg: AgentConfig, command: list[str]) -> None:
         self.cfg = cfg
@@ -365,35 +394,6 @@ class Agent:
         shutil.copyfile(self.log_path, snap)
         self.store.upload_file(self.record.name(RunRecord.log_name(self.cfg.attempt)), snap)
         self._log_uploaded_size = size
-
-
-FROM_SPEC = "RUNNER_COMMAND_FROM_SPEC"  # set by gcp/startup.sh: the job is spec.json's command
-
-
-def job_from_spec(cfg: AgentConfig) -> tuple[list[str], dict[str, str]]:
-    """The job's argv and env from ``spec.json``.
-
-    On a VM the startup script passes only scalars through metadata (COS has no JSON decoder, and
-    guessing at an encoding is how arguments get mangled: DESIGN §4); the structured part of the
-    run stays in the spec ``runner submit`` wrote, decoded here by Python's json.
-    """
-    spec = RunRecord(open_store(cfg.store_url), cfg.run_id).read_spec()
-    if spec is None:
-        raise SystemExit(f"entrypoint: {cfg.store_url} has no spec.json for run {cfg.run_id}; "
-                         "was the run submitted to this store?")
-    if not spec.command or not all(isinstance(a, str) for a in spec.command):
-        raise SystemExit(f"entrypoint: spec.json of {cfg.run_id} has no command (a list of strings): {spec.command!r}")
-    env: dict[str, str] = {}
-    for k, v in (spec.env or {}).items():
-        if not isinstance(k, str) or not isinstance(v, str) or not k or "=" in k or "\0" in k + v:
-            raise SystemExit(f"entrypoint: spec.json of {cfg.run_id} has an invalid env entry {k!r}={v!r}")
-        if k.startswith("RUNNER_") and k in os.environ:
-            log.warning("ignoring %s from the run's env: the runner sets it", k)
-            continue
-        if k == "LD_LIBRARY_PATH" and os.environ.get("RUNNER_GPU_LIB_DIR"):
-            v = f"{os.environ['RUNNER_GPU_LIB_DIR']}:{v}"  # the driver first, never replaced
-        env[k] = v
-    return list(spec.command), env
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -80,7 +80,7 @@ curl_auth() { curl -H @<(printf 'Authorization: Bearer %s\n' "$TOKEN") "$@"; }
 
 write_startup_record() {  # STATUS REASON DETAIL -> runs/ID/attempts/N/startup.json
   local name code reason=null
-  [[ -n $BUCKET ]] && is_uint "$ATTEMPT" || { log "cannot write startup.json: store or attempt unknown"; return 1; }
+  if [[ -z $BUCKET ]] || ! is_uint "$ATTEMPT"; then log "cannot write startup.json: store or attempt unknown"; return 1; fi
   get_token || return 1
   [[ -z $2 ]] || reason=$(json_str "$2")
   printf '{"schema_version":1,"attempt":%d,"phase":%s,"status":"%s","reason":%s,"detail":%s,"instance":%s,"zone":%s,"time":%(%s)T}\n' \

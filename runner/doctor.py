@@ -19,6 +19,7 @@ from typing import Any, Callable
 from runner.config import GCE_PREEMPTION_NOTICE, Config
 from runner.gcp_rest import AdminApis, ApiError, admin_apis, member_conditional_roles, member_roles
 from runner.naming import region_of
+from runner.project_setup import SELF_DELETE_ROLE_ID, self_delete_role
 
 REQUIRED_APIS = ("compute.googleapis.com", "storage.googleapis.com",
                  "cloudbuild.googleapis.com", "artifactregistry.googleapis.com")
@@ -329,8 +330,6 @@ class _Doctor:
             elif not granted_by & held:
                 missing.append(role)
                 fixes.append(f"gcloud projects add-iam-policy-binding {p} --member {member} --role {role}")
-        from runner.project_setup import SELF_DELETE_ROLE_ID, self_delete_role
-
         own_role = self_delete_role(p)
         can_delete = bool(SELF_DELETE_GRANTED_BY & held)
         if not can_delete and (own_role in held or own_role in member_conditional_roles(

@@ -153,7 +153,6 @@ class AdminApis:
             "serviceAccount": {"displayName": display_name, "description": description},
         })
 
-
     def get_role(self, project: str, role_id: str) -> dict[str, Any] | None:
         """The project's custom role ``role_id``, or None when it does not exist."""
         try:

@@ -11,8 +11,10 @@ the project. A VM deletes itself when its job ends or its startup fails (``gcp/s
 its account also holds a custom role with the single permission ``compute.instances.delete``,
 bound with an IAM condition to instances named ``runner-*``: it cannot create, start, read or
 modify any VM, nor delete one that is not a runner VM. ("Itself" exactly would need an IAM
-policy on every instance, set by whoever creates it; a condition cannot name the caller.) The project IAM policy is changed by read-modify-write with its etag, retried when
-another writer got there first (409 ABORTED), so concurrent edits are never lost.
+policy on every instance, set by whoever creates it; a condition cannot name the caller.)
+
+The project IAM policy is changed by read-modify-write with its etag, retried when another
+writer got there first (409 ABORTED), so concurrent edits are never lost.
 """
 
 from __future__ import annotations
@@ -41,9 +43,12 @@ SELF_DELETE_CONDITION = {
 }
 
 
-def self_delete_role(project: str) -> str:
-    return f"projects/{project}/roles/{SELF_DELETE_ROLE_ID}"
 _POLICY_ATTEMPTS = 6
+
+
+def self_delete_role(project: str) -> str:
+    """The full name of the custom role ``runner init`` creates for VMs to delete themselves."""
+    return f"projects/{project}/roles/{SELF_DELETE_ROLE_ID}"
 
 
 class SetupError(RuntimeError):
@@ -273,10 +278,9 @@ def ensure_project_roles(apis: AdminApis, project: str, member: str, roles: tupl
             return Step(name, False, f"already granted to {member}: {', '.join(wanted)}")
         if conditional or any(b.get("condition") for b in bindings):
             policy["version"] = 3
-        missing = added
         try:
             apis.set_iam_policy(project, policy)
-            return Step(name, True, f"granted to {member}: {', '.join(missing)}")
+            return Step(name, True, f"granted to {member}: {', '.join(added)}")
         except ApiError as e:
             retry = e.code == 409 or _not_yet_visible(e)
             if not retry or attempt == _POLICY_ATTEMPTS - 1:
@@ -306,4 +310,3 @@ def ensure_self_delete_role(apis: AdminApis, project: str) -> Step:
         return Step(name, False, f"exists with {', '.join(want)}")
     apis.update_role_permissions(project, SELF_DELETE_ROLE_ID, want)
     return Step(name, True, f"permissions set to {', '.join(want)}")
-

@@ -907,6 +907,8 @@ class ComputeFake:
                 def script() -> None:
                     try:
                         guest.on_shutdown(*key, notice)
+                    except Exception as e:  # noqa: BLE001 - a broken guest fails the test
+                        self.internal_errors.append(f"guest on_shutdown failed: {e!r}")
                     finally:
                         sd.halted.set()
                 threading.Thread(target=script, name=f"guest-shutdown-{key[2]}",
