@@ -92,7 +92,7 @@ class CosGuest:
 
     def __init__(self, work: Path, *, gcs_api: str, compute_api: str, docker_client: Any,
                  vm_env: Optional[dict[str, str]] = None, boot_timeout: float = 600,
-                 halt_seconds: float = 2.0) -> None:
+                 halt_seconds: float = 2.0, token_for: Optional[Callable[[Any], str]] = None) -> None:
         self.work = work
         self.gcs_api, self.compute_api = gcs_api, compute_api
         self.docker = docker_client
@@ -101,6 +101,9 @@ class CosGuest:
         # The OS goes on shutting down after the shutdown script (services stop, disks unmount)
         # before the VM halts; the VM stays STOPPING meanwhile, which a supervisor must wait out.
         self.halt_seconds = halt_seconds
+        # The access token the VM's metadata server hands out for the instance's service account
+        # (e.g. one the Compute fake maps to that account, to enforce its IAM roles).
+        self.token_for = token_for or (lambda _instance: f"ya29.cos-sim-{uuid.uuid4().hex}")
         # Per-boot extras chosen from the VM's metadata (e.g. a driver install that hangs in
         # attempt 1 only): a test sets it, and clears it after.
         self.env_for: Optional[Callable[[dict[str, str]], dict[str, str]]] = None
@@ -131,7 +134,7 @@ class CosGuest:
                     self.errors.append(f"{zone}/{name}: metadata {key} is not {path.relative_to(REPO)}")
             vm.powered_off.clear()
             vm.metadata = FakeMetadata(attributes=attrs, instance=name, zone=zone, project=project,
-                                       token=f"ya29.cos-sim-{uuid.uuid4().hex}")
+                                       token=self.token_for(instance))
             vm.booting = threading.Thread(target=self._boot, args=(vm,), name=f"guest-{name}", daemon=True)
             vm.booting.start()
             self._count_live()

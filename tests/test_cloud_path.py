@@ -6,7 +6,9 @@ to the Compute fake and the GCS emulator, a real image registry on loopback that
 build`` pushes to (its ``docker push`` fallback, Cloud Build failing first), and for every VM the
 fake runs a simulated COS VM (tests/cloud_sim.py) booted from the metadata the supervisor
 inserted: the real ``gcp/startup.sh`` pulls the image by digest from the registry, starts the real
-agent container, and the agent writes the run record to the emulator.
+agent container, and the agent writes the run record to the emulator. The project is set up by
+``runner init`` (bucket, the VM's service account and its roles) against the admin fake, and the
+Compute fake enforces those roles: the operator's for the CLI, the VM's token for its self-delete.
 
 The tests assert outcomes only: the state the run ends in, the VMs that exist, the bytes in the
 bucket, the step each attempt started at. One Compute fake serves the whole module so that a
@@ -39,12 +41,16 @@ from tests.cos_sim.vm import read_calls
 from tests.cloudbuild_fake import run_cloudbuild_fake
 from tests.compute_fake import ComputeFake, block_external_network, run_compute_fake
 from tests.conftest import ROOT
+from tests.gcp_admin_fake import GcpAdminFake
 from tests.gcs_fixture import BUCKET
+from tests.json_http_server import serve
 from tests.registry_fixture import Registry
 
 pytestmark = pytest.mark.docker
 
 PROJECT = "test-project"
+CLOUD_BUCKET = f"cloud-path-{uuid.uuid4().hex[:8]}"  # created by `runner init`
+VM_ACCOUNT = f"cos-spot-runner@{PROJECT}.iam.gserviceaccount.com"  # what `runner init` creates
 REPOSITORY = "cos-spot-runner/cloud-path"
 STEPS, EVERY, STEP_TIME = 50, 5, 0.2  # 10 s of work: room for a preemption to land mid-job
 CPU = ("--machine-type", "n1-standard-4", "--no-gpu")
@@ -155,11 +161,29 @@ class LiveVmSampler:
 @pytest.fixture(scope="module")
 def cloud_parts(tmp_path_factory: pytest.TempPathFactory, gcs_emulator: str, docker_client: Any,
                 pushed: dict[str, Any]) -> Iterator[tuple[ComputeFake, CosGuest, LiveVmSampler]]:
-    with block_external_network() as blocked, run_compute_fake(PROJECT) as fake:
+    admin = GcpAdminFake()
+    admin.add_project(PROJECT)
+    with block_external_network() as blocked, run_compute_fake(PROJECT) as fake, \
+            serve(admin, "gcp-admin-fake") as admin_endpoint:
+        admin.endpoint = admin_endpoint
         # GCE's 30 s preemption notice, halved: the shutdown script (8 s grace) fits well inside.
         fake.time_scale = 0.5
+        # The project as a user sets it up: `runner init` (bucket, VM service account and its
+        # roles), an operator with the roles the README asks for, and the Compute fake enforcing
+        # them, so each VM deletes itself with its own service account's token.
+        p = subprocess.run([sys.executable, "-m", "runner.cli", "init"], env=cli_env(
+            STORAGE_EMULATOR_HOST=gcs_emulator, RUNNER_BACKEND="gce", RUNNER_PROJECT=PROJECT,
+            RUNNER_STORE=f"gs://{CLOUD_BUCKET}", RUNNER_ZONES="us-central1-a",
+            RUNNER_COMPUTE_ENDPOINT=fake.endpoint, RUNNER_SERVICEUSAGE_ENDPOINT=admin_endpoint,
+            RUNNER_RESOURCEMANAGER_ENDPOINT=admin_endpoint, RUNNER_IAM_ENDPOINT=admin_endpoint),
+            capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert p.returncode == 0, p.stderr
+        for role in ("roles/compute.instanceAdmin.v1", "roles/iam.serviceAccountUser"):
+            admin.grant(PROJECT, fake.operator, role)
+        fake.iam = admin
         guest = CosGuest(tmp_path_factory.mktemp("cloud-vms"), gcs_api=gcs_emulator,
-                         compute_api=fake.endpoint, docker_client=docker_client)
+                         compute_api=fake.endpoint, docker_client=docker_client,
+                         token_for=lambda inst: fake.mint_token(f"serviceAccount:{inst.service_accounts[0].email}"))
         guest.follow(fake)
         sampler = LiveVmSampler(fake, guest)
         try:
@@ -176,11 +200,11 @@ class Cloud:
 
     def __init__(self, fake: ComputeFake, guest: CosGuest, emulator: str, image: str, name: str) -> None:
         self.fake, self.guest, self.image = fake, guest, image
-        self.store_url = f"gs://{BUCKET}/cloud-{name[:40]}-{uuid.uuid4().hex[:6]}"
+        self.store_url = f"gs://{CLOUD_BUCKET}/cloud-{name[:40]}-{uuid.uuid4().hex[:6]}"
         self.store = GcsStore(self.store_url)
         self.env = cli_env(
             STORAGE_EMULATOR_HOST=emulator, RUNNER_STORE=self.store_url, RUNNER_BACKEND="gce",
-            RUNNER_PROJECT=PROJECT, RUNNER_COMPUTE_ENDPOINT=fake.endpoint,
+            RUNNER_PROJECT=PROJECT, RUNNER_COMPUTE_ENDPOINT=fake.endpoint, RUNNER_SERVICE_ACCOUNT=VM_ACCOUNT,
             RUNNER_POLL_INTERVAL="0.5", RUNNER_HEARTBEAT_INTERVAL="0.5", RUNNER_SYNC_INTERVAL="0.5",
             RUNNER_GRACE_PERIOD="8", RUNNER_STALL_POLLS="100000", RUNNER_GPU_TIMEOUT="60")
         self.procs: list[subprocess.Popen[str]] = []
@@ -361,6 +385,11 @@ def test_a_stockout_in_the_first_zone_runs_the_job_in_the_second(cloud: Cloud) -
     assert tried == ["us-central1-a", "us-central1-b"]  # refused (an operation error) in a, created in b
     assert json.loads(cloud.text(run_id, "results/summary.json"))["steps"] == 10
     wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VM (and disk) to delete itself")
+    # The VM asked for its own deletion with its service account's token, and init's roles let it.
+    own = [r.status for r in cloud.fake.calls("instances.delete") if r.path.endswith(f"/runner-{run_id}-a1")
+           and cloud.fake.tokens.get(r.headers.get("Authorization", "").removeprefix("Bearer ")) ==
+           f"serviceAccount:{VM_ACCOUNT}"]
+    assert own and all(code not in (401, 403) for code in own), own
 
 
 def test_a_preemption_during_the_driver_install_restarts_the_run_on_a_new_vm(cloud: Cloud) -> None:
