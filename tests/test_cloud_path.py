@@ -114,6 +114,12 @@ def pushed(registry: Registry, gcs_emulator: str, docker_client: Any) -> Iterato
             except Exception:  # noqa: BLE001 - already untagged with the other name
                 pass
     yield result
+    # The VMs' pulls left the digest reference on this Docker host: drop it (and the image, unless
+    # something else still uses it), so runs do not pile up one reference per registry port.
+    try:
+        docker_client.images.remove(ref)
+    except Exception:  # noqa: BLE001 - never pulled (the build failed), or still in use
+        pass
 
 
 def test_runner_build_falls_back_to_docker_push_and_pins_the_registry_digest(pushed: dict[str, Any],
