@@ -7,8 +7,10 @@ VENV   ?= .venv
 BIN    := $(VENV)/bin
 IMAGE  ?= cos-spot-runner/workload:dev
 BASE   ?= cos-spot-runner/base:bookworm-2
+TORCH_IMAGE   ?= cos-spot-runner/workload-torch:dev
+TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup env image demo test test-fast bench clean
+.PHONY: setup env image image-torch demo test test-fast bench clean
 
 $(BIN)/runner: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,11 +29,17 @@ image: env  ## the workload image (entrypoint + examples), built from the local 
 	  || { cat .cache/image-build.log; exit 1; }
 	@echo "built $(IMAGE)" >&2
 
+image-torch: env  ## the workload image on PyTorch (CPU): the torch base is built once, then code layers only
+	@TORCH_VERSION=$(TORCH_VERSION) RUNNER_BASE_IMAGE=$(BASE) bash scripts/build-torch-base.sh
+	@docker build -t $(TORCH_IMAGE) --build-arg BASE_IMAGE=cos-spot-runner/torch-base:$(TORCH_VERSION) . \
+	  >.cache/image-torch-build.log 2>&1 || { cat .cache/image-torch-build.log; exit 1; }
+	@echo "built $(TORCH_IMAGE)" >&2
+
 demo: image  ## submit → preempt → resume → finish, on the local backend
 	PATH=$(CURDIR)/$(BIN):$$PATH IMAGE=$(IMAGE) bash scripts/demo.sh
 
-test: image  ## the whole suite (unit, integration with real Docker, end to end)
-	RUNNER_TEST_IMAGE=$(IMAGE) $(BIN)/pytest -q
+test: image image-torch  ## the whole suite (unit, integration with real Docker, end to end)
+	RUNNER_TEST_IMAGE=$(IMAGE) RUNNER_TEST_TORCH_IMAGE=$(TORCH_IMAGE) $(BIN)/pytest -q
 
 test-fast: setup  ## tests that need no Docker
 	$(BIN)/pytest -q -m "not docker"
