@@ -52,20 +52,27 @@ class Registry:
                 return None
             raise
 
-    def pulls_of(self, repository: str) -> list[str]:
-        """The manifest GETs the registry served for ``repository`` (its access log), oldest first:
-        proof that something really pulled, not that an image happened to be local."""
+    def requests(self) -> list[tuple[str, str, int, str]]:
+        """Every request the registry answered (its access log), oldest first, as
+        (method, path, status, user agent): proof that a client really talked to it."""
         out = []
         for line in self.log.read_text(errors="replace").splitlines():
+            if not line.startswith("{"):
+                continue
             try:
                 doc = json.loads(line)
             except ValueError:
                 continue
-            uri = str(doc.get("http.request.uri", ""))
-            if doc.get("http.request.method") == "GET" and uri.startswith(f"/v2/{repository}/manifests/") \
-                    and int(doc.get("http.response.status", 0) or 0) == 200:
-                out.append(uri.rsplit("/", 1)[-1])
+            if doc.get("msg") == "response completed":
+                out.append((str(doc.get("http.request.method")), str(doc.get("http.request.uri")),
+                            int(doc.get("http.response.status", 0) or 0), str(doc.get("http.request.useragent"))))
         return out
+
+    def docker_pulls(self) -> int:
+        """How many times a Docker daemon started a pull or push here: each begins by pinging
+        ``GET /v2/``; a pull of an image whose digest the host already holds stops there."""
+        return sum(1 for m, path, code, agent in self.requests()
+                   if m == "GET" and path == "/v2/" and code == 200 and agent.startswith("docker/"))
 
 
 def _free_port() -> int:

@@ -342,8 +342,10 @@ def agent_preempted(journal: list[dict[str, Any]], attempt: int) -> list[dict[st
 
 @pytest.mark.parametrize("action", ["DELETE", "STOP"])
 @pytest.mark.parametrize("shape", ["cpu", "gpu"])
-def test_a_preempted_run_resumes_from_last_checkpoint_and_succeeds(cloud: Cloud, action: str, shape: str) -> None:
+def test_a_preempted_run_resumes_from_last_checkpoint_and_succeeds(cloud: Cloud, registry: Registry,
+                                                                   action: str, shape: str) -> None:
     run_id = f"cp-{shape}-{action.lower()}-{uuid.uuid4().hex[:6]}"
+    pulls_before = registry.docker_pulls()
     cloud.submit(run_id, *(CPU if shape == "cpu" else GPU), "--termination-action", action)
     cloud.supervise()
     cloud.wait_state(run_id, State.RUNNING, attempt=1)
@@ -363,6 +365,9 @@ def test_a_preempted_run_resumes_from_last_checkpoint_and_succeeds(cloud: Cloud,
         assert inserts == [first.name] and starts == [first.name]
     else:
         assert len(inserts) == 2 and starts == []
+    # Every boot pulled the pinned image from the registry (the VMs share this host's Docker, so
+    # only the first transfers the layers; every pull still asks the registry).
+    assert registry.docker_pulls() - pulls_before == len(inserts) + len(starts)
     # Each attempt ran on a VM booted from the inserted metadata, in its zone.
     assert [cloud.record(run_id).read_manifest(a)["zone"] for a in (1, 2)] == ["us-central1-a"] * 2
     if shape == "gpu":  # every boot installed the driver, a STOP/start's too (COS forgets modules)
@@ -483,10 +488,15 @@ def test_a_delete_during_the_restart_is_final(cloud: Cloud) -> None:
 # ---------------------------------------------------------------------------------------------
 
 def test_never_two_live_vms_for_one_run_over_the_whole_suite(
-        cloud_parts: tuple[ComputeFake, CosGuest, LiveVmSampler]) -> None:
+        cloud_parts: tuple[ComputeFake, CosGuest, LiveVmSampler], registry: Registry,
+        pushed: dict[str, Any]) -> None:
     """Runs last in this module (pytest keeps file order): the sampler has seen every case."""
     _fake, guest, sampler = cloud_parts
     assert sampler.samples > 100 and sampler.api_max, "the sampler saw nothing"
+    digest = pushed["ref"].rsplit("@", 1)[1]
+    resolved = [r for r in registry.requests() if r[0] in ("GET", "HEAD") and r[2] == 200
+                and r[1] == f"/v2/{REPOSITORY}/manifests/{digest}" and r[3].startswith("docker/")]
+    assert resolved, "no VM resolved the pinned digest at the registry"
     report = {run: (n, guest.max_live_per_run.get(run, 0)) for run, n in sorted(sampler.api_max.items())}
     print(f"\nmax live VMs per run (Compute API, booted guests) over {sampler.samples} samples: {report}")
     assert max(sampler.api_max.values()) == 1, report
