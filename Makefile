@@ -10,7 +10,7 @@ BASE   ?= cos-spot-runner/base:bookworm-2
 TORCH_IMAGE   ?= cos-spot-runner/workload-torch:dev
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup env image image-torch demo test test-fast bench clean
+.PHONY: setup env image image-torch demo test test-fast chaos bench clean
 
 $(BIN)/runner: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,9 @@ test: image image-torch  ## the whole suite (unit, integration with real Docker,
 
 test-fast: setup  ## tests that need no Docker
 	$(BIN)/pytest -q -m "not docker"
+
+chaos: image  ## the chaos suite in its long form (RUNNER_CHAOS_CYCLES=N to choose the cycles)
+	RUNNER_TEST_IMAGE=$(IMAGE) RUNNER_CHAOS=long $(BIN)/pytest -q -m chaos tests/chaos
 
 bench: image  ## benchmarks, printed as ratios
 	RUNNER_TEST_IMAGE=$(IMAGE) $(BIN)/python -m bench

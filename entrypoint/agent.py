@@ -124,7 +124,9 @@ class Agent:
         self.workdir = tempfile.mkdtemp(prefix="runner-agent-")
         self.progress = ProgressTracker(os.path.join(self.workdir, "progress.json"))
         self.superseded = False
+        self.start_error: str | None = None  # why the job could not start, if it could not
         self._killed_at: float | None = None
+        self._pump: threading.Thread | None = None  # copies the job's output to the log
         self.log_path = os.path.join(self.workdir, "job.log")
         self.checkpoints = DirectorySync(
             self.store, cfg.checkpoint_dir, self.record.name(RunRecord.CHECKPOINTS), f"a{cfg.attempt}"
@@ -186,14 +188,15 @@ class Agent:
 
         self.phase = "running"
         self._install_signal_handlers()
-        self._start_job(resumed=bool(restored))
+        start_code = self._start_job(resumed=bool(restored))
         bg = BackgroundSync(self.checkpoints, cfg.sync_interval)
         bg.start()
         hb_stop = threading.Event()
         hb = threading.Thread(target=self._heartbeat_loop, args=(hb_stop,), daemon=True)
         hb.start()
 
-        code = self._wait_for_job()
+        code = start_code if start_code is not None else self._wait_for_job()
+        self._drain_output()
         self.phase = "finishing"
         bg.stop(timeout=0)  # the final pass below takes the sync lock after any pass in flight
         if self.superseded:
@@ -241,7 +244,12 @@ class Agent:
 
     def _record_outcome(self, code: int, synced: bool) -> None:
         sync_err = self.checkpoints.stats.last_error
-        if self.terminating.is_set():
+        if self.start_error is not None:
+            # Permanent: the same image and command fail the same way on every VM, so neither
+            # a restart nor retry_on_failure can help. The run ends now, with the reason.
+            self._transition(State.FAILED, f"{self.start_error} (exit {code}); fix the command "
+                             "or the image and submit again", exit_code=code)
+        elif self.terminating.is_set():
             if self.record.stop_requested():
                 self._transition(State.STOPPED, "stopped by user", exit_code=code)
             else:
@@ -265,7 +273,8 @@ class Agent:
             else:
                 self._transition(State.FAILED, f"job exited with code {code}", exit_code=code)
 
-    def _start_job(self, resumed: bool) -> None:
+    def _start_job(self, resumed: bool) -> int | None:
+        """Start the job; None when it runs, else the exit code of a start that failed."""
         env = dict(os.environ)
         env.update(
             RUNNER_CHECKPOINT_DIR=self.cfg.checkpoint_dir,
@@ -283,11 +292,34 @@ class Agent:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 env=env,
-                start_new_session=True,  # its own process group, so signals reach all its children
+                # Its own process group, so signals reach all its children; but the agent's
+                # session: on kernels with autogroup, a new session is a new scheduling group
+                # that shares CPU with ours as an equal, and the sync thread's low priority
+                # (checkpoints.lower_thread_priority) would count for nothing against the job.
+                **_own_process_group(),
             )
         except OSError as e:
-            raise SystemExit(f"entrypoint: cannot start {self.command[0]!r}: {e}") from None
-        threading.Thread(target=self._pump_output, daemon=True).start()
+            return self._failed_start(e)
+        self._pump = threading.Thread(target=self._pump_output, daemon=True)
+        self._pump.start()
+        return None
+
+    def _failed_start(self, e: OSError) -> int:
+        """The job could not even start: keep the reason in its log and say which exit code.
+
+        The codes are the shell's: 127 for a program that is not there, 126 for one that
+        cannot be executed. Exiting here instead (as before) left RUNNING with no outcome, so
+        the supervisor took the run for lost and restarted it until max_restarts.
+        """
+        self.start_error = f"cannot start {self.command[0]!r}: {e.strerror or e}"
+        code = 127 if isinstance(e, FileNotFoundError) else 126
+        log.error("%s", self.start_error)
+        try:
+            with open(self.log_path, "ab") as f:
+                f.write(f"runner: {self.start_error} ({e}); exit code {code}\n".encode())
+        except OSError as log_err:
+            log.error("cannot write the job log (%s)", log_err)
+        return code
 
     def _pump_output(self) -> None:
         """Drain the job's output whatever happens: a full pipe would stall the job itself."""
@@ -309,6 +341,13 @@ class Agent:
                 log.warning("job output handling failed: %s", e)
         if logf is not None:
             logf.close()
+
+    def _drain_output(self) -> None:
+        """Let the pump copy what the job left in its pipe (up to 64 KiB, often its traceback)
+        into the log before the final upload. Bounded: a child of the job that keeps the pipe
+        open must not hold up the final sync inside the preemption notice."""
+        if self._pump is not None:
+            self._pump.join(timeout=min(5.0, max(0.5, self.cfg.grace_period * 0.1)))
 
     def _wait_for_job(self) -> int:
         assert self.job
@@ -394,6 +433,13 @@ class Agent:
         shutil.copyfile(self.log_path, snap)
         self.store.upload_file(self.record.name(RunRecord.log_name(self.cfg.attempt)), snap)
         self._log_uploaded_size = size
+
+
+def _own_process_group() -> dict[str, object]:
+    """Popen arguments that put the job in a new process group of the agent's session."""
+    if sys.version_info >= (3, 11):
+        return {"process_group": 0}
+    return {"preexec_fn": os.setpgrp}  # 3.10; safe here: no other thread runs yet
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -136,8 +136,50 @@ class DirectorySync:
                 pass
 
 
+# ioprio_set(2): not wrapped by Python's os module. Syscall numbers per architecture.
+_IOPRIO_SET = {"x86_64": 251, "aarch64": 30, "i686": 289, "armv7l": 314, "ppc64le": 273, "s390x": 282}
+_IOPRIO_WHO_PROCESS = 1  # with a thread id: that thread only
+_IOPRIO_CLASS_BE, _IOPRIO_CLASS_SHIFT = 2, 13
+
+
+def lower_thread_priority() -> list[str]:
+    """Give the calling thread the lowest CPU and I/O priority the kernel offers a normal user.
+
+    Training first (DESIGN §3): when the job keeps every core busy, the uploader should only
+    get what the job leaves. On Linux nice values and I/O priorities belong to threads, so this
+    touches the sync thread alone, not the agent's final sync or its heartbeats. CPU: nice 19
+    (CFS weight 15 against the job's 1024), not SCHED_IDLE, which could starve uploads for as
+    long as the job computes. I/O: best-effort level 7, the lowest that is never starved
+    (the idle class would wait behind a job that streams its dataset). Returns what could not
+    be set (containers may forbid it); the sync works either way.
+    """
+    failed = []
+    tid = threading.get_native_id()
+    try:
+        os.setpriority(os.PRIO_PROCESS, tid, 19)
+    except (OSError, AttributeError) as e:
+        failed.append(f"nice: {e}")
+    nr = _IOPRIO_SET.get(os.uname().machine)
+    if nr is None:
+        return failed + [f"ionice: unknown syscall number on {os.uname().machine}"]
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        value = (_IOPRIO_CLASS_BE << _IOPRIO_CLASS_SHIFT) | 7
+        if libc.syscall(nr, _IOPRIO_WHO_PROCESS, tid, value) != 0:
+            failed.append(f"ionice: {os.strerror(ctypes.get_errno())}")
+    except OSError as e:
+        failed.append(f"ionice: {e}")
+    return failed
+
+
 class BackgroundSync:
-    """Runs ``DirectorySync.sync_once`` every ``interval`` seconds in a daemon thread."""
+    """Runs ``DirectorySync.sync_once`` every ``interval`` seconds in a daemon thread.
+
+    The thread runs at the lowest CPU and I/O priority (``lower_thread_priority``): uploads
+    slow down when the machine is busy, training does not.
+    """
 
     def __init__(self, sync: DirectorySync, interval: float) -> None:
         self.sync = sync
@@ -149,6 +191,8 @@ class BackgroundSync:
         self._thread.start()
 
     def _run(self) -> None:
+        for problem in lower_thread_priority():
+            log.info("checkpoint sync keeps its normal priority (%s)", problem)
         while not self._stop.wait(self.interval):
             self.sync.sync_once()
 

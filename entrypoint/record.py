@@ -10,15 +10,16 @@ it into any image.
 from __future__ import annotations
 
 import enum
-import itertools
 import json
-import os
 import socket
+import sys
 import time
+import uuid
+from collections import OrderedDict
 from dataclasses import asdict, dataclass, field
 from typing import Any, Iterator
 
-from entrypoint.store import PreconditionFailed, Store
+from entrypoint.store import PreconditionFailed, Store, StoreError
 
 SCHEMA_VERSION = 1
 
@@ -127,6 +128,10 @@ class RunState:
     restarts: int = 0  # restarts after preemption/stall since the run was (re)submitted
     updated_at: float = field(default_factory=utcnow)
     updated_by: str = ""
+    # The event that journals this state: {"name": file name under events/, "doc": its JSON}.
+    # Carried in the state so that whoever reads the state can write a missing event under the
+    # same name (create-only: never twice), after its writer died between the two writes.
+    last_event: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     # Fields this version does not know, kept as they were. Images are pinned per run, so an
@@ -172,7 +177,27 @@ def _dump(doc: Any) -> bytes:
     return json.dumps(doc, indent=1, sort_keys=True).encode()
 
 
-_event_seq = itertools.count()
+# Event names this process knows are stored: ``ensure_journaled`` then costs no request.
+_JOURNALED: "OrderedDict[str, None]" = OrderedDict()
+_JOURNALED_MAX = 4096
+
+
+def _remember_journaled(name: str) -> None:
+    _JOURNALED[name] = None
+    _JOURNALED.move_to_end(name)
+    while len(_JOURNALED) > _JOURNALED_MAX:
+        _JOURNALED.popitem(last=False)
+
+
+def _event_file(ts: float, actor: str) -> str:
+    """``<ts>-<actor>-<random>.json``: sorts by time, and unique, so a create-only write of it
+    that meets an existing object met itself (or the same event written by a repair)."""
+    return f"{ts:017.6f}-{actor}-{uuid.uuid4().hex[:12]}.json"
+
+
+# A submit writes spec.json and then state.json within a second; a spec.json alone for this long
+# belongs to a submit that died, and a new submit may replace it.
+ABANDONED_SPEC_AFTER = 600.0
 
 
 class RunRecord:
@@ -181,6 +206,12 @@ class RunRecord:
     Guarantees: ``transition`` is compare-and-swap on ``state.json`` (two actors racing on the
     same run: exactly one wins, the other gets ``PreconditionFailed`` or ``IllegalTransition``);
     events are create-only and never rewritten; missing objects read as ``None``.
+
+    The journal holds every transition exactly once, even when a writer dies between writing
+    the state and its event: the state carries its own event (``last_event``), every
+    transition first makes sure the event of the state it replaces is stored, ``events()``
+    shows a missing latest one from the state, and ``ensure_journaled`` stores it (the
+    supervisor calls it each pass, for terminal states that no one transitions again).
     """
 
     def __init__(self, store: Store, run_id: str) -> None:
@@ -219,8 +250,36 @@ class RunRecord:
         return None if blob is None else RunSpec.from_dict(json.loads(blob.data))
 
     def write_spec(self, spec: RunSpec) -> None:
-        """Create-only: two submits racing on a new run id cannot mix one's spec with the other's state."""
-        self.store.write(self.name(self.SPEC), _dump(asdict(spec)), if_generation_match=0)
+        """Create-only: two submits racing on a new run id cannot mix one's spec with the other's state.
+
+        A spec.json without a state.json is a submit that has not finished: the same submit
+        run again completes it (an equal spec is adopted), and one that died long ago
+        (``ABANDONED_SPEC_AFTER``) no longer holds the run id. Anything else is
+        ``PreconditionFailed`` with what to do.
+        """
+        doc = asdict(spec)
+        try:
+            self.store.write(self.name(self.SPEC), _dump(doc), if_generation_match=0)
+            return
+        except PreconditionFailed:
+            blob = self.store.read(self.name(self.SPEC))
+            if blob is None or self.read_state() is not None:
+                raise PreconditionFailed(
+                    f"run {self.run_id} already has a spec.json: submit it with --restart, or "
+                    "choose another --run-id"
+                ) from None
+        theirs = json.loads(blob.data)
+        if _same_spec(theirs, doc):
+            return  # the same submit, again, after it died or lost its reply: carry on
+        age = utcnow() - float(theirs.get("created_at") or 0)
+        if age > ABANDONED_SPEC_AFTER:
+            self.store.write(self.name(self.SPEC), _dump(doc), if_generation_match=blob.generation)
+            return
+        raise PreconditionFailed(
+            f"run {self.run_id}: another submit wrote its spec.json {age:.0f}s ago with a different "
+            "command or settings and has not created the run yet; choose another --run-id, or "
+            f"submit again after {ABANDONED_SPEC_AFTER:.0f}s if that submit died"
+        )
 
     # ---- state ----
     def read_state(self) -> tuple[RunState, int] | None:
@@ -232,8 +291,9 @@ class RunRecord:
 
     def create_state(self, actor: str) -> RunState:
         st = RunState(state=State.PENDING, updated_by=actor)
+        st.last_event = self._event_for(st, actor, None, "submitted", attempt=None)
         self.store.write(self.name(self.STATE), _dump(st.to_dict()), if_generation_match=0)
-        self.event(actor, None, State.PENDING, "submitted")
+        self._journal(st.last_event)
         return st
 
     def transition(
@@ -265,15 +325,17 @@ class RunRecord:
                 f"state belongs to attempt {st.attempt}, writer is attempt {expect_attempt}"
             )
         check_transition(st.state, new)
+        # The state we replace must be in the journal before it is gone from state.json.
+        self.ensure_journaled(st)
         old = st.state
         st.state = new
         st.reason = reason
-        st.updated_at = utcnow()
         st.updated_by = actor
         for k, v in changes.items():
             setattr(st, k, v)
+        st.last_event = self._event_for(st, actor, old, reason)
         new_gen = self.store.write(self.name(self.STATE), _dump(st.to_dict()), if_generation_match=gen)
-        self.event(actor, old, new, reason, attempt=st.attempt)
+        self._journal(st.last_event)
         return st, new_gen
 
     def reopen(self, actor: str, reason: str) -> RunState:
@@ -288,30 +350,35 @@ class RunRecord:
         if cur is None:
             raise IllegalTransition(f"run {self.run_id} has no state.json")
         st, gen = cur
+        self.ensure_journaled(st)
         old = st.state
         st.state = State.PENDING
         st.reason = reason
         st.exit_code = None
         st.failures = 0
         st.restarts = 0
-        st.updated_at = utcnow()
         st.updated_by = actor
+        st.last_event = self._event_for(st, actor, old, reason)
         self.store.write(self.name(self.STATE), _dump(st.to_dict()), if_generation_match=gen)
-        self.event(actor, old, State.PENDING, reason, attempt=st.attempt)
+        self._journal(st.last_event)
         return st
 
     # ---- events (append-only journal) ----
-    def event(
-        self,
-        actor: str,
-        old: State | None,
-        new: State | None,
-        reason: str | None,
-        attempt: int | None = None,
-        **extra: Any,
-    ) -> None:
-        ts = utcnow()
-        doc = {
+    _SAME = -1
+
+    def _event_for(self, st: RunState, actor: str, old: State | None, reason: str | None,
+                   attempt: int | None = _SAME) -> dict[str, Any]:
+        """The event that journals ``st`` (stamps ``st.updated_at`` with the event's time).
+        ``attempt``: what the event says (the state's attempt unless given)."""
+        st.updated_at = utcnow()
+        doc = self._event_doc(st.updated_at, actor, old, st.state, reason,
+                              st.attempt if attempt == self._SAME else attempt)
+        return {"name": _event_file(st.updated_at, actor), "doc": doc}
+
+    @staticmethod
+    def _event_doc(ts: float, actor: str, old: State | None, new: State | None, reason: str | None,
+                   attempt: int | None, **extra: Any) -> dict[str, Any]:
+        return {
             "time": ts,
             "actor": actor,
             "from": old.value if old else None,
@@ -322,19 +389,90 @@ class RunRecord:
             "schema_version": SCHEMA_VERSION,
             **extra,
         }
-        for _ in range(5):
-            n = f"{os.getpid()}{next(_event_seq):04d}"
-            name = self.name(f"{self.EVENTS}{ts:017.6f}-{actor}-{n}.json")
-            try:
-                self.store.write(name, _dump(doc), if_generation_match=0)
-                return
-            except PreconditionFailed:
-                continue
+
+    def _journal(self, event: dict[str, Any]) -> None:
+        """Store a state's event after the state itself landed.
+
+        A failure here is not the transition's failure (the state is the truth and it is
+        written): it is said on stderr, and the next transition or ``ensure_journaled`` stores
+        the event under the same name.
+        """
+        name = self.name(self.EVENTS + event["name"])
+        try:
+            self.store.write(name, _dump(event["doc"]), if_generation_match=0)
+        except PreconditionFailed:
+            pass  # a repair stored it first: the same event, under the same name
+        except StoreError as e:
+            print(f"runner: {self.run_id}: state {event['doc'].get('to')} written, its journal entry "
+                  f"not yet ({e}); the next writer or supervisor pass adds it", file=sys.stderr)
+            return
+        _remember_journaled(name)
+
+    def ensure_journaled(self, st: RunState, strict: bool = True) -> bool:
+        """Store ``st``'s own event if it is missing; True if this call had to store it.
+
+        Idempotent and cheap: one stat per event per process, none once known stored.
+        ``strict=False`` (a supervisor's repair pass) says a store failure on stderr instead of
+        raising: the next pass tries again.
+        """
+        if not st.last_event:
+            return False  # written by a version that journaled without it
+        name = self.name(self.EVENTS + st.last_event["name"])
+        if name in _JOURNALED:
+            return False
+        wrote = False
+        try:
+            if self.store.stat(name) is None:
+                try:
+                    self.store.write(name, _dump(st.last_event["doc"]), if_generation_match=0)
+                    wrote = True
+                except PreconditionFailed:
+                    pass
+        except StoreError as e:
+            if strict:
+                raise
+            print(f"runner: {self.run_id}: could not journal {st.state.value} yet ({e})", file=sys.stderr)
+            return False
+        _remember_journaled(name)
+        return wrote
+
+    def event(
+        self,
+        actor: str,
+        old: State | None,
+        new: State | None,
+        reason: str | None,
+        attempt: int | None = None,
+        **extra: Any,
+    ) -> None:
+        """A journal entry that is not a state change (a note such as "create failed")."""
+        ts = utcnow()
+        name = self.name(self.EVENTS + _event_file(ts, actor))
+        doc = self._event_doc(ts, actor, old, new, reason, attempt, **extra)
+        try:
+            self.store.write(name, _dump(doc), if_generation_match=0)
+        except PreconditionFailed:
+            pass  # the name is unique to this call: what is there is this very event
 
     def events(self, after: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Events in time order (the names sort by timestamp). ``after``: a name already seen."""
-        for name in sorted(self.store.list(self.name(self.EVENTS))):
+        """Events in time order (the names sort by timestamp). ``after``: a name already seen.
+
+        The current state's own event is included even if its writer died before storing it
+        (read-only: it is taken from state.json, under the name it will be stored as). The
+        state is read before the listing, so an event stored in between is listed, not lost.
+        """
+        cur = self.read_state()
+        listed = set(self.store.list(self.name(self.EVENTS)))
+        pending: dict[str, dict[str, Any]] = {}
+        if cur is not None and cur[0].last_event:
+            name = self.name(self.EVENTS + cur[0].last_event["name"])
+            if name not in listed:
+                pending[name] = cur[0].last_event["doc"]
+        for name in sorted(listed | set(pending)):
             if after is not None and name <= after:
+                continue
+            if name in pending:
+                yield name, pending[name]
                 continue
             blob = self.store.read(name)
             if blob is not None:
@@ -392,6 +530,12 @@ class RunRecord:
 
     def stop_requested(self) -> bool:
         return self.store.exists(self.name(self.STOP))
+
+
+def _same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two specs describe the same run (when they were written does not matter)."""
+    skip = {"created_at"}
+    return {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
 
 
 def list_run_ids(store: Store) -> list[str]:

@@ -71,6 +71,9 @@ class Store(ABC):
     - ``read``/``stat`` of a missing object return ``None`` (never raise).
     - ``write(..., if_generation_match=0)`` creates only: it raises ``PreconditionFailed`` if the
       object exists. ``if_generation_match=G`` replaces only generation G (compare-and-swap).
+    - A conditional write recognises its own success: if it landed but its reply was lost and
+      a retry met the precondition it had itself changed, it still returns its generation.
+      ``PreconditionFailed`` always means another writer's object is in the way.
     - A reader sees either the old or the new content of an object, never a mix.
     - ``upload_file`` verifies the CRC32C of what was stored against the local file and raises
       ``StoreError`` on mismatch, so a stored object is never silently torn.

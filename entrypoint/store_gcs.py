@@ -13,11 +13,13 @@ How each guarantee of ``entrypoint.store.Store`` is kept:
   which could be someone else's newer write.
 - Downloads are checked by the library against ``x-goog-hash`` while streaming, and again from
   the finished temp file before it is renamed into place.
+- A conditional write whose reply is lost recognises itself: see ``write``.
 
 google-cloud-storage is imported lazily: this module is only loaded for ``gs://`` URLs, and the
 local backend must not need it. With ``STORAGE_EMULATOR_HOST`` set the client talks to that
-emulator with anonymous credentials. Retries are the library's defaults; conditional writes are
-safe to retry, with one caveat noted on ``write``.
+emulator with anonymous credentials. Retries are the library's defaults (408, 429, 5xx and
+dropped connections, as https://cloud.google.com/storage/docs/retry-strategy advises;
+and every upload, with or without a precondition: see ``_upload_retry``).
 """
 
 from __future__ import annotations
@@ -43,6 +45,8 @@ if TYPE_CHECKING:
 
 _CONTENT_TYPE = "application/octet-stream"
 _OBJECT_ADMIN = "roles/storage.objectAdmin"
+# Custom metadata key of the per-write token that lets a conditional write recognise itself.
+WRITE_TOKEN_KEY = "cos-spot-runner-write"
 
 
 def parse_gs_url(url: str) -> tuple[str, str]:
@@ -101,6 +105,15 @@ def _server_message(err: BaseException) -> str:
         return str(response.json()["error"]["message"])
     except Exception:  # not JSON, no response, or no message: fall back to the whole text
         return str(getattr(err, "message", None) or err)
+
+
+def _upload_retry() -> Any:
+    """Retry every upload, with or without a precondition (google-cloud-storage 2.x retried only
+    conditional ones). Safe for an unconditional write too: last writer wins, and a retry of
+    ours is simply our write landing later, still within our call."""
+    from google.cloud.storage.retry import DEFAULT_RETRY
+
+    return DEFAULT_RETRY
 
 
 def _is_bucket_missing(err: BaseException) -> bool:
@@ -234,21 +247,49 @@ class GcsStore(Store):
     def write(self, name: str, data: bytes, if_generation_match: int | None = None) -> int:
         """Store ``data``; returns the new generation.
 
-        Caveat of any conditional write over HTTP: if a conditional write lands but its response
-        is lost, the library's retry of it meets a 412 and this raises ``PreconditionFailed``
-        although our write won. Callers that must tell the two apart should write payloads
-        that identify the writer and re-read after a ``PreconditionFailed``.
+        A conditional write can land while its reply is lost (a dropped connection, a 503 sent
+        after the commit); the library then retries it, and the retry meets a 412 caused by our
+        own write. So every conditional write carries a random token in its custom metadata,
+        and on a 412 (or a failure after retries) the object is read back: if it holds our
+        token, the write is ours and its generation is returned. Someone else's write never
+        carries our token, so a real conflict still raises ``PreconditionFailed``.
         """
         blob = self._blob(name)
         blob.crc32c = crc32c_of_bytes(data)  # GCS verifies this before committing
-        with self._translated(f"write {self._where(name)}"):
-            blob.upload_from_string(
-                data,
-                content_type=_CONTENT_TYPE,
-                if_generation_match=if_generation_match,
-                checksum=None,
-            )
+        token = uuid.uuid4().hex if if_generation_match is not None else None
+        if token is not None:
+            blob.metadata = {WRITE_TOKEN_KEY: token}
+        try:
+            with self._translated(f"write {self._where(name)}"):
+                blob.upload_from_string(
+                    data,
+                    content_type=_CONTENT_TYPE,
+                    if_generation_match=if_generation_match,
+                    checksum=None,
+                    retry=_upload_retry(),
+                )
+        except StoreError:
+            landed = self._landed(name, token) if token is not None else None
+            if landed is None:
+                raise
+            return landed
         return self._generation(blob, name)
+
+    def _landed(self, name: str, token: str) -> int | None:
+        """The generation of ``name`` if it is the write that carried ``token``, else None.
+
+        Best effort by design: it runs after a write already failed, so if this check cannot
+        reach GCS either, the write's own error is the one worth raising.
+        """
+        blob = self._blob(name)
+        try:
+            with self._translated(f"read back {self._where(name)}"):
+                blob.reload()
+        except StoreError:
+            return None
+        if (blob.metadata or {}).get(WRITE_TOKEN_KEY) != token or blob.generation is None:
+            return None
+        return int(blob.generation)
 
     def stat(self, name: str) -> ObjectInfo | None:
         from google.api_core.exceptions import NotFound
@@ -301,7 +342,8 @@ class GcsStore(Store):
         blob = self._blob(name)
         blob.crc32c = local  # declared up front: GCS refuses to commit different bytes
         with self._translated(f"upload {path} to {self._where(name)}"):
-            blob.upload_from_filename(path, content_type=_CONTENT_TYPE, checksum=None)
+            blob.upload_from_filename(path, content_type=_CONTENT_TYPE, checksum=None,
+                                      retry=_upload_retry())
         info = self._info(name, blob)
         if info.crc32c != local:  # GCS checked already; this guards against a server that didn't
             raise StoreError(

@@ -5,18 +5,35 @@ into place, so a reader never sees a half-written object. Conditional writes hol
 on a per-object lock file, which works across processes and across containers that bind-mount
 the same directory (they share the host kernel). The generation is the file's ``st_mtime_ns``,
 forced to grow strictly on every write.
+
+Nothing is left behind by writers that die (kill -9 in the middle of a 1 GB checkpoint upload):
+
+- A temp file is ``flock``-ed by its writer from creation to commit. The kernel drops the lock
+  when the writer dies, so a temp file that can be locked and is unmodified for
+  ``TEMP_STALE_AFTER`` belongs to no one and is removed; a live writer's never is, however long
+  its upload takes.
+- Lock files are removed once idle (unheld, untouched) for ``LOCK_IDLE_AFTER``. Removing one
+  cannot break mutual exclusion: a writer that got the lock checks that the file it locked is
+  still the one at that path (same inode), and otherwise locks again.
+
+``sweep`` does both; it runs when a store is opened and then at most once per
+``TEMP_STALE_AFTER`` from the write path. The ages are for writers of older versions, which
+neither lock their temp files nor re-check their lock's inode: an old writer's temp file is
+modified while it copies, and a lock file idle that long is not one it is about to take.
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import hashlib
 import os
 import shutil
+import sys
 import time
 import uuid
 from contextlib import contextmanager
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from entrypoint.store import (
     Blob,
@@ -29,34 +46,174 @@ from entrypoint.store import (
 )
 
 _INTERNAL = (".tmp", ".locks")
+# How long an unlocked temp file, or an idle lock file, must have been left alone to be removed.
+TEMP_STALE_AFTER = 120.0
+LOCK_IDLE_AFTER = 600.0
+
+
+def _remove_if_unheld(path: str) -> int:
+    """Remove ``path`` if no process holds an flock on it; returns the bytes freed (-1: kept).
+
+    The lock is taken before unlinking and the inode re-checked, so a file renamed into an
+    object (a temp file that just committed) or replaced meanwhile is never touched.
+    """
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except (FileNotFoundError, IsADirectoryError, PermissionError):
+        return -1  # gone already, or another user's that we could not remove anyway
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return -1  # its writer is alive
+        held = os.fstat(fd)
+        try:
+            now = os.stat(path)
+        except FileNotFoundError:
+            return -1
+        if (held.st_dev, held.st_ino) != (now.st_dev, now.st_ino):
+            return -1
+        try:
+            os.unlink(path)
+        except FileNotFoundError:
+            return -1
+        return held.st_size
+    finally:
+        os.close(fd)
+
+
+def _copy(src: BinaryIO, dst: BinaryIO) -> None:
+    """Copy a whole file in the kernel (sendfile), as ``shutil.copyfile`` does."""
+    dst.flush()
+    offset = 0
+    try:
+        while True:
+            sent = os.sendfile(dst.fileno(), src.fileno(), offset, 1 << 30)
+            if sent == 0:
+                return
+            offset += sent
+    except OSError:
+        if offset:
+            raise
+        shutil.copyfileobj(src, dst, 1 << 20)  # a file system without sendfile
+        dst.flush()
 
 
 class LocalStore(Store):
     def __init__(self, root: str) -> None:
         self.root = os.path.abspath(os.path.expanduser(root))
         self.url = "file://" + self.root
+        if os.path.exists(self.root) and not os.path.isdir(self.root):
+            raise StoreNotFound(
+                f"store {self.root} is a file, not a directory: point RUNNER_STORE / --store at "
+                "a directory (or move the file away and mkdir it)"
+            )
         if not os.path.isdir(self.root):
             raise StoreNotFound(
                 f"store directory {self.root} does not exist: create it (mkdir -p {self.root}) "
                 "or point RUNNER_STORE / --store at an existing one"
             )
         for d in _INTERNAL:
-            os.makedirs(os.path.join(self.root, d), exist_ok=True)
+            try:
+                os.makedirs(os.path.join(self.root, d), exist_ok=True)
+            except OSError as e:
+                if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                    raise
+                # A read-only store still serves reads (ops status/list/logs); a write fails
+                # later with the filesystem's own error.
+        self._next_sweep = 0.0
+        self._maybe_sweep()
+
+    # -- clean-up of what dead writers left ------------------------------------------------------
+
+    def sweep(self, temp_min_age: float = TEMP_STALE_AFTER,
+              lock_min_age: float = LOCK_IDLE_AFTER) -> dict[str, int]:
+        """Remove temp files no live writer holds and lock files no one holds, if unmodified
+        for the given seconds. Returns what was removed: temp files, their bytes, lock files."""
+        out = {"temp_files": 0, "temp_bytes": 0, "lock_files": 0}
+        now = time.time()
+        for sub, key, min_age in ((".tmp", "temp_files", temp_min_age), (".locks", "lock_files", lock_min_age)):
+            cutoff = now - min_age
+            d = os.path.join(self.root, sub)
+            try:
+                entries = list(os.scandir(d))
+            except FileNotFoundError:
+                continue
+            for e in entries:
+                try:
+                    if not e.is_file(follow_symlinks=False) or e.stat().st_mtime > cutoff:
+                        continue
+                except FileNotFoundError:
+                    continue
+                freed = _remove_if_unheld(e.path)
+                if freed >= 0:
+                    out[key] += 1
+                    if key == "temp_files":
+                        out["temp_bytes"] += freed
+        return out
+
+    def _maybe_sweep(self) -> None:
+        now = time.monotonic()
+        if now < self._next_sweep:
+            return
+        self._next_sweep = now + TEMP_STALE_AFTER
+        try:
+            done = self.sweep()
+        except OSError as e:
+            # Clean-up is never worth failing for; a read-only store (read-only commands) cannot
+            # be cleaned and says nothing, any other trouble is said.
+            if e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                print(f"runner: could not clean {self.root}/.tmp and .locks ({e})", file=sys.stderr)
+            return
+        if done["temp_files"]:
+            print(f"runner: removed {done['temp_files']} temp file(s) ({done['temp_bytes'] >> 20} MiB) "
+                  f"left in {self.root}/.tmp by writers that died", file=sys.stderr)
 
     def _path(self, name: str) -> str:
         if not name or name.startswith("/") or ".." in name.split("/") or name.split("/")[0] in _INTERNAL:
             raise StoreError(f"invalid object name {name!r}")
         return os.path.join(self.root, name)
 
-    def _tmp(self) -> str:
-        return os.path.join(self.root, ".tmp", uuid.uuid4().hex)
+    @contextmanager
+    def _temp(self, name: str) -> Iterator[tuple[str, BinaryIO]]:
+        """A new temp file under .tmp, flock-ed until the block ends, and gone after it unless
+        it was committed (renamed) inside it. OS errors become ``StoreError``."""
+        self._maybe_sweep()
+        path = os.path.join(self.root, ".tmp", uuid.uuid4().hex)
+        try:
+            f = open(path, "xb")
+        except OSError as e:
+            raise StoreError(f"write {name}: cannot create a temp file in {self.root}/.tmp "
+                             f"({e.strerror}); check the store directory is writable") from e
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX)
+            yield path, f
+        except OSError as e:
+            raise StoreError(f"write {name} to the store at {self.root} failed: {e} (is the "
+                             "directory writable, with space left?)") from e
+        finally:
+            f.close()
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass  # committed
 
     @contextmanager
     def _locked(self, name: str) -> Iterator[None]:
         lock = os.path.join(self.root, ".locks", hashlib.sha1(name.encode()).hexdigest())
-        fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
-        try:
+        while True:
+            fd = os.open(lock, os.O_CREAT | os.O_RDWR, 0o644)
             fcntl.flock(fd, fcntl.LOCK_EX)
+            held = os.fstat(fd)
+            try:
+                now = os.stat(lock)
+                if (held.st_dev, held.st_ino) == (now.st_dev, now.st_ino):
+                    break
+            except FileNotFoundError:
+                pass
+            os.close(fd)  # swept while we waited for it: lock the file that is there now
+        try:
+            os.utime(fd)  # in use: not idle, so not swept
             yield
         finally:
             os.close(fd)
@@ -74,7 +231,6 @@ class LocalStore(Store):
         with self._locked(name):
             old = self._generation(path)
             if if_generation_match is not None and old != if_generation_match:
-                os.unlink(tmp)
                 raise PreconditionFailed(
                     f"{name}: generation is {old}, expected {if_generation_match}"
                 )
@@ -87,8 +243,6 @@ class LocalStore(Store):
                     os.link(tmp, path)
                 except FileExistsError:
                     raise PreconditionFailed(f"{name}: already exists") from None
-                finally:
-                    os.unlink(tmp)
             else:
                 os.replace(tmp, path)
             return new
@@ -103,10 +257,10 @@ class LocalStore(Store):
 
     def write(self, name: str, data: bytes, if_generation_match: int | None = None) -> int:
         path = self._path(name)
-        tmp = self._tmp()
-        with open(tmp, "wb") as f:
+        with self._temp(name) as (tmp, f):
             f.write(data)
-        return self._commit(tmp, path, if_generation_match, name)
+            f.flush()
+            return self._commit(tmp, path, if_generation_match, name)
 
     def stat(self, name: str) -> ObjectInfo | None:
         path = self._path(name)
@@ -164,16 +318,15 @@ class LocalStore(Store):
 
     def upload_file(self, name: str, path: str, crc32c: str | None = None) -> ObjectInfo:
         dst = self._path(name)
-        tmp = self._tmp()
         if crc32c is None:
             crc32c = crc32c_of_file(path)  # so a file that changes while we copy is caught
-        shutil.copyfile(path, tmp)
-        got = crc32c_of_file(tmp)
-        if got != crc32c:
-            os.unlink(tmp)
-            raise StoreError(f"{name}: CRC32C mismatch after upload (local {crc32c}, stored {got})")
-        size = os.path.getsize(tmp)
-        gen = self._commit(tmp, dst, None, name)
+        with open(path, "rb") as src, self._temp(name) as (tmp, f):
+            _copy(src, f)
+            got = crc32c_of_file(tmp)
+            if got != crc32c:
+                raise StoreError(f"{name}: CRC32C mismatch after upload (local {crc32c}, stored {got})")
+            size = os.path.getsize(tmp)
+            gen = self._commit(tmp, dst, None, name)
         return ObjectInfo(name, size, gen, got)
 
     def publish_file(self, name: str, path: str, crc32c: str, partial_name: str) -> ObjectInfo:

@@ -91,6 +91,16 @@ def _guard(f: Callable[..., Any]) -> Callable[..., Any]:
             _err(str(e), EXIT_NOT_FOUND)
         except (BackendError, StoreError) as e:
             _err(str(e), EXIT_FAILED)
+        except OSError as e:
+            # A file we write refused us (a read-only or full store, no permission): one line,
+            # not a traceback. Other OSErrors (network, pipes) are said as they are.
+            import errno
+
+            where = f" ({e.filename})" if e.filename else ""
+            if e.errno in (errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOSPC, errno.EDQUOT):
+                _err(f"{e.strerror}{where}: this command writes to the store; make it writable "
+                     "(or free space), or use a read-only command (ops status/list/logs)", EXIT_FAILED)
+            _err(f"{type(e).__name__}: {e}", EXIT_FAILED)
 
     return wrapper
 
@@ -157,13 +167,16 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
         if not sep or not k:
             _err(f"--env {pair!r} is not KEY=VALUE", EXIT_USAGE)
         env[k] = v
+    # The counts go through the config layer like every other setting, so a flag is checked
+    # exactly as the same key in runner.toml or RUNNER_* would be (negative values refused).
     cli_config = {**cli_config, "poll_interval": poll_interval, "zones": zones,
                   "machine_type": machine_type, "gpu": gpu, "no_gpu": no_gpu,
-                  "termination_action": termination_action}
+                  "termination_action": termination_action, "max_restarts": max_restarts,
+                  "retry_on_failure": retry_on_failure}
     ctx = _load(cli_config, config_path, create_store=not dry_run)
     if dry_run:
         plan = submit_mod.dry_run(ctx, run_id, list(command), image,
-                                  max_restarts=max_restarts, retry_on_failure=retry_on_failure)
+                                  max_restarts=ctx.cfg.max_restarts, retry_on_failure=ctx.cfg.retry_on_failure)
         cli = getattr(plan, "docker_cli", None)
         click.echo(" ".join(cli()) if cli else json.dumps(plan.to_dict(), default=str, indent=1))
         return
@@ -172,12 +185,14 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
     if image is None and not skip_build and command and RunRecord(ctx.store, run_id).read_state() is None:
         image = _build_for_submit(ctx)
     result = submit_mod.submit(ctx, run_id, list(command), image=image, restart=restart,
-                               max_restarts=max_restarts, retry_on_failure=retry_on_failure, env=env)
+                               max_restarts=ctx.cfg.max_restarts, retry_on_failure=ctx.cfg.retry_on_failure,
+                               env=env)
     _note(f"{result.message} (store {ctx.store.url}, backend {ctx.cfg.backend}, image {result.spec.image[:19]})")
     sup = ctx.supervisor()
     if detach:
         sup.reconcile(run_id)
         _note(f"detached; keep it supervised with: runner supervise   (status: runner ops status --run-id {run_id})")
+        _warn_if_unsupervised(ctx.store)
         return
     from runner.follow import follow_run
 
@@ -264,27 +279,52 @@ def _build_for_submit(ctx: Any) -> str:
 @click.option("--run-id", help="Supervise only this run (default: every unfinished run).")
 @click.option("--once", is_flag=True, help="One reconcile pass, then exit.")
 @click.option("--poll-interval", type=float, help="Seconds between passes.")
+@click.option("--for", "for_seconds", type=float, help="Pass every poll interval for this many seconds, then exit.")
+@click.option("--schedule-period", type=float, hidden=True,
+              help="Seconds until the next pass is due when this is not a loop (the hosted schedule's).")
+@click.option("--deploy", is_flag=True, help="Create or update the hosted supervisor (Cloud Run job + Cloud Scheduler).")
+@click.option("--undeploy", is_flag=True, help="Remove the hosted supervisor; runs are left as they are.")
+@click.option("--status", "show_status", is_flag=True, help="The hosted supervisor: image, schedule, last pass, last error.")
+@click.option("--image", help="--deploy: the runner image, REPO@sha256:... (with --build: REPO/NAME to build and push).")
+@click.option("--build", "build_first", is_flag=True, help="--deploy: build the runner image first (`runner build` chain).")
+@click.option("--json", "as_json", is_flag=True, help="--deploy/--undeploy/--status: machine-readable output.")
 @config_options
 @_guard
-def supervise(run_id: str | None, once: bool, poll_interval: float | None,
+def supervise(run_id: str | None, once: bool, poll_interval: float | None, for_seconds: float | None,
+              schedule_period: float | None, deploy: bool, undeploy: bool, show_status: bool,
+              image: str | None, build_first: bool, as_json: bool,
               cli_config: dict[str, Any], config_path: str | None) -> None:
     """Keep runs alive: restart preempted or stalled ones, stop stopped ones, clean up.
 
     Safe to run more than once at the same time: state changes are compare-and-swap writes.
+    With --deploy, the same passes run in Cloud Run every minute, with no process of yours.
     """
+    if deploy + undeploy + show_status > 1:
+        _err("choose one of --deploy, --undeploy, --status", EXIT_USAGE)
+    if deploy or undeploy or show_status:
+        from runner import hosted_command
+
+        action = "deploy" if deploy else "undeploy" if undeploy else "status"
+        sys.exit(hosted_command.run(_config(cli_config, config_path), action, image, build_first, as_json))
     ctx = _load({**cli_config, "poll_interval": poll_interval}, config_path)
     sup = ctx.supervisor()
+    sup.pass_every = schedule_period  # hosted: a pass is due at least every schedule period
     if run_id:
+        from entrypoint.record import RunRecord
         from runner.follow import follow_run
+        from runner.ops import RunNotFound
 
-        final = follow_run(sup, _run_id(run_id), ctx.cfg.poll_interval, _note, once=once)
+        if RunRecord(ctx.store, _run_id(run_id)).read_state() is None:
+            raise RunNotFound(f"no run {run_id!r} in {ctx.store.url} (see `runner ops list`)")
+        final = follow_run(sup, run_id, ctx.cfg.poll_interval, _note, once=once)
         click.echo(f"{run_id}: {final.state.value}")
         return
+    started = time.time()
     while True:
         states = sup.reconcile_all()
         live = {k: v for k, v in states.items() if not v.state.terminal}
         _note(f"{time.strftime('%H:%M:%S')} supervised {len(states)} run(s), {len(live)} unfinished")
-        if once:
+        if once or (for_seconds is not None and time.time() - started + ctx.cfg.poll_interval > for_seconds):
             return
         time.sleep(ctx.cfg.poll_interval)
 
@@ -328,10 +368,11 @@ def doctor(zones: str | None, machine_type: str | None, gpu: str | None, as_json
               help="The VM service account to create (NAME@PROJECT.iam.gserviceaccount.com).")
 @click.option("--staging-days", type=int, default=7, show_default=True,
               help="Delete Cloud Build's staged sources after this many days (a bucket lifecycle rule).")
+@click.option("--hosted", is_flag=True, help="Also the hosted supervisor's service account and its roles.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of steps.")
 @config_options
-def init(region: str | None, sa_name: str, staging_days: int, as_json: bool, cli_config: dict[str, Any],
-         config_path: str | None) -> None:
+def init(region: str | None, sa_name: str, staging_days: int, hosted: bool, as_json: bool,
+         cli_config: dict[str, Any], config_path: str | None) -> None:
     """Create what GCE runs need, idempotently: bucket, lifecycle rule, service account, roles.
 
     \b
@@ -359,7 +400,7 @@ def init(region: str | None, sa_name: str, staging_days: int, as_json: bool, cli
     if not region:
         _err("no region for the bucket: pass --region (e.g. us-central1) or set zones in runner.toml", EXIT_USAGE)
     try:
-        steps = init_project(cfg, region=region, sa_name=sa_name, staging_days=staging_days,
+        steps = init_project(cfg, region=region, sa_name=sa_name, staging_days=staging_days, hosted=hosted,
                              say=(lambda _: None) if as_json else click.echo)
     except SetupError as e:
         _err(str(e), EXIT_USAGE)
@@ -386,6 +427,7 @@ def ops() -> None:
 def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
     """State, attempt, heartbeat age, progress and the last event of one run."""
     from runner.ops import ago, duration, run_status, when
+    from runner.supervisor_heartbeat import report_lines
 
     ctx = _load(cli_config, config_path)
     s = run_status(ctx.store, _run_id(run_id), ctx.backend)
@@ -414,6 +456,8 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
                    + (f" ({ev['reason']})" if ev.get("reason") else ""))
     if s["stop_requested"]:
         click.echo("stop       requested (.stop): this run is never restarted")
+    for line in report_lines(s["supervisor"]):
+        click.echo(line)
 
 
 @ops.command(name="list")
@@ -449,6 +493,10 @@ def list_cmd(as_json: bool, orphans: bool, cli_config: dict[str, Any], config_pa
         click.echo(f"{r['run_id']:<28} {r['state']:<13} {r['attempt']:>3} {r['restarts']:>8}  "
                    f"{_progress_text(r['progress']):<16} {duration(r['eta_s']):>6}  "
                    f"{when(r['updated_at'], r['updated_age_s'])}")
+    from runner.supervisor_heartbeat import report_lines, watchfulness
+
+    for line in report_lines(watchfulness(ctx.store).to_dict()):
+        click.echo(line)
 
 
 def _cost_detail(c: dict[str, Any]) -> str:
@@ -507,11 +555,27 @@ def watch(run_ids: tuple[str, ...], interval: float, as_json: bool, cli_config: 
         if as_json:
             rows = watch_json(frames, ids, lambda line: click.echo(line))
         else:
-            rows = watch_table(frames, ids, ctx.store.url)
+            rows = watch_table(frames, ids, ctx.store.url, caption=lambda: _supervision_caption(ctx.store))
     except KeyboardInterrupt:
         return
     if ids:
         sys.exit(0 if all(r["state"] == "SUCCEEDED" for r in rows) else EXIT_FAILED)
+
+
+def _warn_if_unsupervised(store: Any) -> None:
+    """submit --detach: a run nobody supervises is not restarted after a preemption; say so now."""
+    from runner.supervisor_heartbeat import watchfulness
+
+    w = watchfulness(store)
+    if not w.alive:
+        _note(f"runner: warning: {w.warning}\n    fix: {w.fix}")
+
+
+def _supervision_caption(store: Any) -> str:
+    from runner.supervisor_heartbeat import watchfulness
+
+    w = watchfulness(store)
+    return f"supervisor: {w.text}" + ("" if w.alive else f"\n[bold red]{w.warning}[/]\nfix: {w.fix}")
 
 
 @ops.command()

@@ -71,6 +71,12 @@ class Config:
     resourcemanager_endpoint: str | None = _key(None, "optional_str", "a Resource Manager API URL (tests)")
     iam_endpoint: str | None = _key(None, "optional_str", "an IAM API URL (tests)")
     secretmanager_endpoint: str | None = _key(None, "optional_str", "a Secret Manager API URL (tests)")
+    # --- the hosted supervisor (runner/hosted.py: Cloud Run job + Cloud Scheduler) ---
+    run_endpoint: str | None = _key(None, "optional_str", "a Cloud Run Admin API URL (tests)")
+    scheduler_endpoint: str | None = _key(None, "optional_str", "a Cloud Scheduler API URL (tests)")
+    supervisor_image: str | None = _key(None, "optional_str", "the runner image for the hosted supervisor, REPO@sha256:...")
+    supervisor_region: str | None = _key(None, "optional_str", "the Cloud Run region, e.g. us-central1 (default: the first zone's)")
+    supervisor_mode: str = _key("once", "str", "once (a pass per minute) or loop (passes every poll_interval)")
     # --- operations ---
     webhook_secret: str | None = _key(None, "optional_str",
                                       "a Secret Manager secret holding the webhook URL: NAME or projects/P/secrets/NAME")
@@ -211,6 +217,12 @@ def _read_toml(path: str) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {e.strerror}; check its permissions")
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(f"config file {path} is not valid TOML ({e}); fix the syntax there")
+    except UnicodeDecodeError as e:
+        # TOML is UTF-8 text by definition; a binary or mis-encoded file is not a config.
+        raise ConfigError(
+            f"config file {path} is not UTF-8 text (byte {e.start} is invalid): is it the right "
+            "file? Save it as UTF-8 TOML, or point --config at another file"
+        ) from None
 
 
 Layer = dict[str, tuple[Any, str]]
@@ -518,6 +530,10 @@ def _check_stall_window(cfg: Config) -> list[str]:
     If the supervisor's stall window were shorter, it would restart every GPU VM that is merely
     slow to boot, and a run could loop forever without starting.
     """
+    from runner.backends.gce_shapes import waits_for_driver
+
+    if not waits_for_driver(cfg.backend, cfg.machine_type, cfg.gpu, cfg.no_gpu):
+        return []  # no GPU wait to cover (the supervisor still covers a GPU run's own wait)
     p, s, g = cfg.poll_interval, cfg.stall_polls, cfg.gpu_timeout
     if not (math.isfinite(p) and p > 0 and math.isfinite(g) and g > 0 and s >= 1):
         return []  # already reported by _check_positive / _check_counts

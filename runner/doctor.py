@@ -347,6 +347,15 @@ class _Doctor:
                          "\n".join(fixes))
         return Check(name, True, f"{email}{default} has {', '.join(VM_ROLES)} and may delete its own VM")
 
+    def hosted_check(self) -> Check:
+        """The hosted supervisor's account (runner/hosted_setup.py), when one was set up."""
+        from runner.hosted_setup import check_hosted
+
+        if self.cfg.backend != "gce":
+            return _skip("hosted supervisor roles", "only GCE runs are supervised in Cloud Run")
+        ok, detail, fix = check_hosted(self.cfg, self.client("apis"), self.client("storage"))
+        return _skip("hosted supervisor roles", detail) if ok is None else Check("hosted supervisor roles", ok, detail, fix)
+
     def gpu_quota_check(self) -> Check:
         name = "GPU quota"
         cfg = self.cfg
@@ -477,11 +486,12 @@ def run_checks(
         ("APIs enabled", doctor.apis_check),
         ("bucket", doctor.bucket_check),
         ("VM service account roles", doctor.service_account_check),
+        ("hosted supervisor roles", doctor.hosted_check),
         ("GPU quota", doctor.gpu_quota_check),
         ("Docker", doctor.docker_check),
         ("timeouts", doctor.timeouts_check),
     ]
-    needs_google = {"APIs enabled", "bucket", "VM service account roles", "GPU quota"}
+    needs_google = {"APIs enabled", "bucket", "VM service account roles", "hosted supervisor roles", "GPU quota"}
     results: list[Check] = []
     for name, check in checks:
         if name in needs_google and results and results[0].ok is False:

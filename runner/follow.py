@@ -7,6 +7,7 @@ from typing import Callable
 
 from entrypoint.record import RunRecord, RunState, iso
 from runner.supervisor import Supervisor
+from runner.supervisor_heartbeat import run_pass
 
 
 def format_event(ev: dict) -> str:
@@ -19,11 +20,28 @@ def format_event(ev: dict) -> str:
 
 def follow_run(sup: Supervisor, run_id: str, poll_interval: float, say: Callable[[str], None],
                once: bool = False) -> RunState:
-    """Supervise ``run_id`` until it reaches a terminal state; returns that state."""
+    """Supervise ``run_id`` until it reaches a terminal state; returns that state.
+
+    Returns only after the supervisor's background deletes finished, so a run that ended has no
+    instance left when the caller reports it.
+    """
+    try:
+        return _follow(sup, run_id, poll_interval, say, once)
+    finally:
+        sup.drain()
+
+
+def _follow(sup: Supervisor, run_id: str, poll_interval: float, say: Callable[[str], None],
+            once: bool) -> RunState:
     rec = RunRecord(sup.store, run_id)
     seen: str | None = None
+
+    def step() -> dict[str, RunState]:
+        one = sup.reconcile(run_id)
+        return {run_id: one} if one is not None else {}
+
     while True:
-        st = sup.reconcile(run_id)
+        st = run_pass(sup, step, run_id=run_id).get(run_id)  # recorded: ops status sees it supervised
         for name, ev in rec.events(after=seen):
             say(format_event(ev))
             seen = name

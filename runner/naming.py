@@ -20,6 +20,9 @@ import re
 import unicodedata
 
 MAX_RUN_ID_LENGTH = 128
+# The id is one directory name in the store and under `ops pull --dest`: filesystems refuse
+# names over 255 bytes (NAME_MAX), and an id of 128 emoji is 512. Leave room for suffixes.
+MAX_RUN_ID_BYTES = 200
 GCE_NAME_MAX = 63
 LABEL_VALUE_MAX = 63
 HASH_LENGTH = 8
@@ -32,6 +35,19 @@ _ATTEMPT_TAIL = re.compile(r"-a[0-9]+$")
 
 _ALLOWED = "letters (any script), digits, spaces inside the id, '_', '-', '.'"
 
+# Unicode categories that are invisible or not text at all: format characters (U+202E, which
+# reverses what a terminal shows; U+200B, zero width; U+FEFF), surrogates, private use,
+# unassigned, and line/paragraph separators. Two ids that look identical must not be two runs.
+_REFUSED_CATEGORIES = {
+    "Cc": "the control character",
+    "Cf": "the invisible formatting character",
+    "Cs": "the surrogate",
+    "Co": "the private-use character",
+    "Cn": "the unassigned code point",
+    "Zl": "the line separator",
+    "Zp": "the paragraph separator",
+}
+
 
 class InvalidRunId(ValueError):
     """A run id that cannot be used as a directory name in the store."""
@@ -41,8 +57,10 @@ def validate_run_id(run_id: str) -> str:
     """Return ``run_id`` unchanged if it is usable, else raise :class:`InvalidRunId`.
 
     The id becomes one path segment in the store (``runs/<ID>/``) and appears in logs and
-    labels, so only what breaks those is refused: path separators, ``.``/``..``, control
-    characters (they corrupt logs and terminals), blank ids and ids too long to show.
+    labels, so only what breaks those is refused: path separators, ``.``/``..``, control and
+    invisible characters (they corrupt logs and terminals, or make two ids look the same),
+    blank ids, spaces at either end (invisible in a listing), and ids too long to show or to
+    be a file name (characters and UTF-8 bytes).
     """
     if not isinstance(run_id, str):
         raise TypeError(f"run id must be a string, not {type(run_id).__name__}")
@@ -58,13 +76,20 @@ def _run_id_problem(run_id: str) -> str | None:
         return "it is empty"
     if len(run_id) > MAX_RUN_ID_LENGTH:
         return f"it is {len(run_id)} characters long, the limit is {MAX_RUN_ID_LENGTH}"
+    size = len(run_id.encode("utf-8", "surrogatepass"))
+    if size > MAX_RUN_ID_BYTES:
+        return (f"it is {size} bytes in UTF-8, the limit is {MAX_RUN_ID_BYTES} (a directory "
+                "name must fit the filesystem): use a shorter id")
     if "/" in run_id:
         return "it contains '/', which would make it a nested path in the store"
-    bad = next((c for c in run_id if unicodedata.category(c) == "Cc"), None)
-    if bad is not None:
-        return f"it contains the control character {bad!r}"
+    for c in run_id:
+        what = _REFUSED_CATEGORIES.get(unicodedata.category(c))
+        if what is not None:
+            return f"it contains {what} U+{ord(c):04X} ({unicodedata.name(c, 'unnamed')})"
     if run_id.isspace():
         return "it is only whitespace"
+    if run_id != run_id.strip():
+        return "it starts or ends with whitespace"
     if run_id in (".", ".."):
         return f"{run_id!r} is a special path name"
     return None

@@ -12,6 +12,7 @@ from entrypoint.record import PreconditionFailed, RunRecord, State, iso, list_ru
 from entrypoint.store import Store
 from runner.backends.base import ComputeBackend
 from runner.naming import label_value
+from runner.supervisor_heartbeat import watchfulness
 
 
 class RunNotFound(Exception):
@@ -55,6 +56,7 @@ def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None)
             last_event = json.loads(blob.data)
             last_event["at"] = iso(last_event["time"])
     out.update({"stop_requested": rec.stop_requested(), "last_event": last_event})
+    out["supervisor"] = watchfulness(store, run_id=run_id).to_dict()  # who last supervised, is anyone now
     startup = rec.read_startup(out["attempt"]) if out["attempt"] else None
     out["startup_phase"] = startup.get("phase") if startup else None
     if backend is not None:

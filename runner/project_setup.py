@@ -78,6 +78,7 @@ def init_project(
     region: str,
     sa_name: str = "cos-spot-runner",
     staging_days: int = 7,
+    hosted: bool = False,
     say: Callable[[str], None] = print,
     apis: AdminApis | None = None,
     storage_client: Any = None,
@@ -121,7 +122,19 @@ def init_project(
                                 conditional=((self_delete_role(project), SELF_DELETE_CONDITION),)))
     if cfg.service_account != email:
         say(f'next: set service_account = "{email}" in runner.toml so VMs run as it')
+    if hosted:  # the hosted supervisor's own account and roles (runner/hosted_setup.py)
+        from runner.hosted_setup import init_hosted
+
+        steps += init_hosted(cfg if cfg.service_account else _with_vm_account(cfg, email), apis=apis,
+                             bucket=bucket, say=say, sleep=sleep)
     return steps
+
+
+def _with_vm_account(cfg: Config, email: str) -> Config:
+    """The config as runs will have it once ``service_account`` names the account init made."""
+    import dataclasses
+
+    return dataclasses.replace(cfg, service_account=email)
 
 
 def ensure_bucket(client: Any, name: str, project: str, region: str) -> tuple[Any, Step]:

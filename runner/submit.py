@@ -112,6 +112,14 @@ def submit(ctx: Context, run_id: str, command: list[str], *, image: str | None, 
                 f"run {run_id} {what} (attempt {st.attempt}): pass --restart to run it again "
                 "from its last checkpoint, or choose another --run-id"
             )
+        if command and command != spec.command and (st.state.terminal or stopped):
+            # A restart resumes the recorded run; running another command under its id would
+            # mix two jobs' checkpoints. Refuse rather than silently run the old command.
+            raise SubmitRefused(
+                f"run {run_id} was submitted with the command {_shell(spec.command)}; --restart runs "
+                f"that command again, not {_shell(command)}: drop the command after --restart, "
+                "or choose another --run-id for the new command"
+            )
         if st.state.terminal or stopped:
             rec.reopen(actor, "restart requested by user")
             return SubmitResult(run_id, spec, True, f"run {run_id} restarted from {st.state.value}")
@@ -119,6 +127,7 @@ def submit(ctx: Context, run_id: str, command: list[str], *, image: str | None, 
         return SubmitResult(run_id, spec, True, f"run {run_id} exists ({st.state.value}, attempt {st.attempt}): resuming it{note}")
     if not command:
         raise SubmitRefused("no command given: runner submit --run-id ID -- CMD ARGS...")
+    check_store_mountable(ctx)
     spec = build_spec(ctx, run_id, command, resolve_image(ctx, image),
                       max_restarts=max_restarts, retry_on_failure=retry_on_failure, env=env or {})
     spec = ctx.backend.prepare(spec)
@@ -127,8 +136,26 @@ def submit(ctx: Context, run_id: str, command: list[str], *, image: str | None, 
     return SubmitResult(run_id, spec, False, f"run {run_id} submitted")
 
 
+def check_store_mountable(ctx: Context) -> None:
+    """Refuse a store the backend could never give to the run's instance (before any write)."""
+    if ctx.cfg.backend == "local":
+        from runner.backends.local import store_dir
+
+        try:
+            store_dir(ctx.store.url)
+        except BackendError as e:
+            raise SubmitRefused(str(e)) from None
+
+
+def _shell(command: list[str]) -> str:
+    import shlex
+
+    return shlex.join(command)
+
+
 def dry_run(ctx: Context, run_id: str, command: list[str], image: str | None, **kw: object) -> object:
     """The exact request the first attempt would send, without writing or creating anything."""
+    check_store_mountable(ctx)
     spec = build_spec(ctx, run_id, command, image or ctx.cfg.image or "IMAGE", env={},
                       max_restarts=kw.get("max_restarts"), retry_on_failure=kw.get("retry_on_failure"))  # type: ignore[arg-type]
     return ctx.backend.plan(spec, ctx.supervisor().launch_context(1))

@@ -91,8 +91,10 @@ def render_table(rows: list[Row], title: str) -> Any:
 
 
 def watch_table(frames: Iterator[list[Row]], run_ids: list[str] | None, store_url: str,
-                console: Any = None) -> list[Row]:
-    """Draw ``frames`` in place until the named runs end (or forever); returns the last rows."""
+                console: Any = None, caption: Callable[[], str] | None = None) -> list[Row]:
+    """Draw ``frames`` in place until the named runs end (or forever); returns the last rows.
+
+    ``caption`` (read each frame) goes under the table: who last supervised, and any warning."""
     from rich.console import Console
     from rich.live import Live
 
@@ -104,16 +106,23 @@ def watch_table(frames: Iterator[list[Row]], run_ids: list[str] | None, store_ur
         seen: dict[str, str] = {}
         for rows in frames:
             if changes(rows, seen):
-                console.print(render_table(rows, f"{time.strftime('%H:%M:%S')} {title}"))
+                console.print(_captioned(render_table(rows, f"{time.strftime('%H:%M:%S')} {title}"), caption))
             if all_done(rows, run_ids):
                 break
         return rows
     with Live(console=console, auto_refresh=False, transient=False) as live:
         for rows in frames:
-            live.update(render_table(rows, f"{time.strftime('%H:%M:%S')} {title}"), refresh=True)
+            live.update(_captioned(render_table(rows, f"{time.strftime('%H:%M:%S')} {title}"), caption),
+                        refresh=True)
             if all_done(rows, run_ids):
                 break
     return rows
+
+
+def _captioned(table: Any, caption: Callable[[], str] | None) -> Any:
+    if caption is not None:
+        table.caption, table.caption_justify = caption(), "left"
+    return table
 
 
 def watch_json(frames: Iterator[list[Row]], run_ids: list[str] | None, emit: Callable[[str], None]) -> list[Row]:

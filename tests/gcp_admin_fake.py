@@ -66,6 +66,9 @@ _ROUTES = [
     ("GET", _P + r"/roles/(?P<role>[^/]+)", "iam.roles.get"),
     ("POST", _P + r"/roles", "iam.roles.create"),
     ("PATCH", _P + r"/roles/(?P<role>[^/]+)", "iam.roles.patch"),
+    # A service account's own policy (who may act as it): POST .../serviceAccounts/EMAIL:getIamPolicy
+    ("POST", _P + r"/serviceAccounts/(?P<email>[^/:]+):getIamPolicy", "iam.serviceAccounts.getIamPolicy"),
+    ("POST", _P + r"/serviceAccounts/(?P<email>[^/:]+):setIamPolicy", "iam.serviceAccounts.setIamPolicy"),
 ]
 
 
@@ -82,6 +85,17 @@ class FakeApiError(Exception):
             err["details"] = [{"@type": ERROR_INFO, "reason": self.reason, "domain": self.domain,
                                "metadata": self.metadata}]
         return {"error": err}
+
+
+def disabled_api_error(title: str, api: str, project_number: int) -> FakeApiError:
+    """What any Google API answers when it is not enabled in the caller's project."""
+    return FakeApiError(
+        403, "PERMISSION_DENIED",
+        f"{title} has not been used in project {project_number} before or it is disabled. Enable it by "
+        f"visiting https://console.developers.google.com/apis/api/{api}/overview?project={project_number} "
+        "then retry. If you enabled this API recently, wait a few minutes for the action to propagate "
+        "to our systems and retry.",
+        "SERVICE_DISABLED", metadata={"service": api, "consumer": f"projects/{project_number}"})
 
 
 @dataclass
@@ -117,6 +131,7 @@ class GcpAdminFake:
         self._requests: list[Request] = []
         self._numbers = itertools.count(123456789012)
         self._etags = itertools.count(1)
+        self.sa_policies: dict[str, _PolicyHolder] = {}  # service account email -> its own policy
 
     # ---- setup and inspection ---------------------------------------------------------------
 
@@ -251,6 +266,13 @@ class GcpAdminFake:
             if sa is None:
                 raise FakeApiError(404, "NOT_FOUND", f"Unknown service account {a['email']}")
             return sa
+        if rpc in ("iam.serviceAccounts.getIamPolicy", "iam.serviceAccounts.setIamPolicy"):
+            if a["email"] not in proj.service_accounts:
+                raise FakeApiError(404, "NOT_FOUND", f"Unknown service account {a['email']}")
+            holder = self.sa_policies.setdefault(a["email"], _PolicyHolder({"version": 1, "etag": self._etag()}))
+            if rpc.endswith("getIamPolicy"):
+                return holder.policy
+            return self._set_policy(holder, (body or {}).get("policy") or {})  # type: ignore[arg-type]
         if rpc == "iam.serviceAccounts.create":
             body = body or {}
             account_id = body.get("accountId", "")
@@ -334,6 +356,13 @@ class GcpAdminFake:
 
     def _etag(self) -> str:
         return f"BwY{next(self._etags):08d}="
+
+
+@dataclass
+class _PolicyHolder:
+    """A resource's policy, shaped like ``_Project`` for ``_set_policy``."""
+
+    policy: dict[str, Any]
 
 
 @pytest.fixture

@@ -9,12 +9,15 @@ import os
 import re
 import uuid
 from contextlib import contextmanager
-from typing import Iterator
+from typing import TYPE_CHECKING, Iterator
 
 import pytest
 
 from entrypoint.store_gcs import GcsStore
 from tests.gcs_emulator import run_emulator
+
+if TYPE_CHECKING:
+    from tests.gcs_fault_proxy import FaultProxy
 
 BUCKET = "test-bucket"
 DENIED_BUCKET = "denied-bucket"
@@ -54,3 +57,29 @@ def gcs_store(gcs_emulator: str, request: pytest.FixtureRequest) -> GcsStore:
     """A GcsStore under a prefix of its own, so tests sharing the bucket cannot see each other."""
     test = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)[:60]
     return GcsStore(f"gs://{BUCKET}/{test}-{uuid.uuid4().hex[:8]}")
+
+
+@pytest.fixture
+def fault_proxy(gcs_emulator: str) -> Iterator["FaultProxy"]:
+    """A fault-injecting proxy in front of the session's emulator (no rules: it only forwards)."""
+    from tests.gcs_fault_proxy import run_fault_proxy
+
+    with run_fault_proxy(gcs_emulator.split("//", 1)[1], seed=int(os.environ.get("FAULT_SEED", "7"))) as proxy:
+        yield proxy
+
+
+def store_through(proxy: "FaultProxy", prefix: str) -> GcsStore:
+    """A GcsStore whose every request goes through ``proxy`` (the real client, its own retries)."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    with _environ(STORAGE_EMULATOR_HOST=f"http://{proxy.address}"):
+        client = storage.Client(project="local", credentials=AnonymousCredentials())
+    return GcsStore(f"gs://{BUCKET}/{prefix}-{uuid.uuid4().hex[:8]}", client=client)
+
+
+@pytest.fixture
+def faulty_gcs_store(fault_proxy: "FaultProxy", request: pytest.FixtureRequest) -> GcsStore:
+    """A GcsStore under its own prefix, through ``fault_proxy``: add rules to lose its replies."""
+    test = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.name)[:60]
+    return store_through(fault_proxy, test)

@@ -195,6 +195,12 @@ def test_invalid_toml_is_reported_with_the_file_path(tmp_path: Path) -> None:
         _load(tmp_path, "poll_interval = = 3\n")
 
 
+def test_a_binary_config_file_is_a_config_error_naming_the_file(tmp_path: Path) -> None:
+    (tmp_path / "runner.toml").write_bytes(b"poll_interval = 3\n\xff\xfe\x00")
+    with pytest.raises(ConfigError, match="runner.toml is not UTF-8 text"):
+        _load(tmp_path)
+
+
 # --- the environment ------------------------------------------------------------------------
 
 
@@ -362,12 +368,15 @@ def test_several_problems_are_reported_together(tmp_path: Path) -> None:
 
 # --- the stall window must cover the GPU timeout --------------------------------------------
 
+GPU_CLI = {"backend": "gce", "gpu": "nvidia-tesla-t4"}  # where a VM waits for its GPU driver
+GPU_ENV = {"RUNNER_BACKEND": "gce", "RUNNER_GPU": "nvidia-tesla-t4"}
+
 
 def test_a_stall_window_shorter_than_the_gpu_timeout_is_rejected_with_the_fix(
     tmp_path: Path,
 ) -> None:
     with pytest.raises(ConfigError) as err:
-        _load(tmp_path, "stall_polls = 40\n")
+        _load(tmp_path, "backend = 'gce'\ngpu = 'nvidia-tesla-t4'\nstall_polls = 40\n")
     message = str(err.value)
     assert "poll_interval * stall_polls = 3 s * 40 = 120 s" in message
     assert "shorter than gpu_timeout = 600 s" in message
@@ -378,13 +387,29 @@ def test_a_stall_window_shorter_than_the_gpu_timeout_is_rejected_with_the_fix(
 
 def test_a_stall_window_exactly_equal_to_the_gpu_timeout_is_accepted(tmp_path: Path) -> None:
     cfg = _load(tmp_path, env={"RUNNER_POLL_INTERVAL": "0.1", "RUNNER_STALL_POLLS": "3",
-                               "RUNNER_GPU_TIMEOUT": "0.3"})
+                               "RUNNER_GPU_TIMEOUT": "0.3", **GPU_ENV})
     assert cfg.stall_window == pytest.approx(0.3)
 
 
 def test_lowering_the_gpu_timeout_also_satisfies_the_rule(tmp_path: Path) -> None:
-    cfg = _load(tmp_path, cli={"stall_polls": 40, "gpu_timeout": 120.0})
+    cfg = _load(tmp_path, cli={"stall_polls": 40, "gpu_timeout": 120.0, **GPU_CLI})
     assert cfg.stall_window == 120.0
+
+
+@pytest.mark.parametrize("where", [
+    {},  # the local backend: containers have no GPU wait
+    {"backend": "gce", "no_gpu": True},
+    {"backend": "gce", "machine_type": "n2-standard-8"},
+])
+def test_the_stall_rule_applies_only_where_a_gpu_wait_exists(tmp_path: Path, where: dict) -> None:
+    cfg = _load(tmp_path, env={"RUNNER_POLL_INTERVAL": "1"}, cli=where)
+    assert cfg.stall_window == 200.0 < cfg.gpu_timeout
+
+
+@pytest.mark.parametrize("gpu", [{"gpu": "nvidia-tesla-t4"}, {"machine_type": "g2-standard-8"}])
+def test_the_stall_rule_applies_to_gce_vms_with_attached_or_built_in_gpus(tmp_path: Path, gpu: dict) -> None:
+    with pytest.raises(ConfigError, match="shorter than gpu_timeout"):
+        _load(tmp_path, env={"RUNNER_POLL_INTERVAL": "1"}, cli={"backend": "gce", **gpu})
 
 
 _seconds = st.floats(min_value=0.01, max_value=10_000, allow_nan=False)
@@ -396,7 +421,7 @@ def test_the_stall_rule_accepts_exactly_the_windows_that_cover_the_gpu_timeout(
 ) -> None:
     window_ok = poll * stall_polls >= gpu_timeout * (1 - 1e-9)
     try:
-        Config(poll_interval=poll, stall_polls=stall_polls, gpu_timeout=gpu_timeout)
+        Config(poll_interval=poll, stall_polls=stall_polls, gpu_timeout=gpu_timeout, **GPU_CLI)
     except ConfigError as err:
         assert not window_ok
         assert f"at least {min_stall_polls(poll, gpu_timeout)}" in str(err)
@@ -409,10 +434,10 @@ def test_the_suggested_stall_polls_is_the_smallest_that_works(
     poll: float, gpu_timeout: float
 ) -> None:
     n = min_stall_polls(poll, gpu_timeout)
-    Config(poll_interval=poll, stall_polls=n, gpu_timeout=gpu_timeout)  # does not raise
+    Config(poll_interval=poll, stall_polls=n, gpu_timeout=gpu_timeout, **GPU_CLI)  # does not raise
     if n > 1:
         with pytest.raises(ConfigError):
-            Config(poll_interval=poll, stall_polls=n - 1, gpu_timeout=gpu_timeout)
+            Config(poll_interval=poll, stall_polls=n - 1, gpu_timeout=gpu_timeout, **GPU_CLI)
 
 
 # --- the store ------------------------------------------------------------------------------

@@ -191,3 +191,49 @@ def test_status_list_and_logs_show_a_finished_run_across_attempts(runner, run_id
     only2 = runner("ops", "logs", "--run-id", run_id, "--attempt", "2").stdout
     assert first not in only2 and "trainer: done at step 30" in only2
     assert runner("ops", "logs", "--run-id", run_id, "--attempt", "7").returncode == 3
+
+
+# --- permanent failures are not preemptions (issue 10 §4) ------------------------------------
+
+
+@pytest.mark.parametrize("retries", ["0", "2"])
+def test_a_command_that_does_not_exist_fails_at_once_with_the_error_stored(runner, run_id, retries):
+    out = submit(runner, run_id, "no-such-command-h7", "--flag", extra=("--retry-on-failure", retries))
+    assert out.returncode == 1, out.stderr
+    st = runner.state(run_id)
+    # Failed on the first attempt: not restarted as "preempted or lost", not retried either
+    # (no retry can make a missing program appear).
+    assert (st["state"], st["attempt"], st["restarts"], st["exit_code"]) == ("FAILED", 1, 0, 127), st
+    assert "no-such-command-h7" in st["reason"]
+    assert runner.read_json(run_id, "attempts/1/manifest.json")["exit_code"] == 127
+    logs = runner("ops", "logs", "--run-id", run_id)
+    assert logs.returncode == 0, logs.stderr
+    assert "no output stored" not in logs.stdout
+    assert "cannot start 'no-such-command-h7'" in logs.stdout and "No such file" in logs.stdout
+    assert runner.containers(run_id) == []
+
+
+def test_a_command_that_is_not_executable_fails_at_once_with_126(runner, run_id):
+    out = submit(runner, run_id, "/etc/hostname")
+    assert out.returncode == 1, out.stderr
+    st = runner.state(run_id)
+    assert (st["state"], st["attempt"], st["restarts"], st["exit_code"]) == ("FAILED", 1, 0, 126), st
+    assert "Permission denied" in (runner.run_dir(run_id) / "logs/1.log").read_text()
+
+
+def test_a_pinned_image_missing_from_docker_fails_the_run_with_the_fix(runner, run_id):
+    """The image pinned at submit was removed since: no pass can create the container."""
+    from entrypoint.record import RunRecord, RunSpec
+    from entrypoint.store_local import LocalStore
+
+    gone = "sha256:" + "0" * 63 + "1"  # pinned by id, and no such image in the engine
+    rec = RunRecord(LocalStore(str(runner.store_dir)), run_id)
+    rec.write_spec(RunSpec(run_id=run_id, image=gone, command=["true"], backend="local"))
+    rec.create_state("test")
+    for _ in range(3):
+        p = runner("supervise", "--run-id", run_id, "--once", timeout=60)
+        assert p.returncode == 0, p.stderr
+    st = runner.state(run_id)
+    assert st["state"] == "FAILED", st
+    assert gone[:19] in st["reason"] and "--image" in st["reason"], st["reason"]
+    assert runner.containers(run_id) == []

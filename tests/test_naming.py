@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import unicodedata
+
 import re
 import string
 
@@ -74,6 +76,16 @@ def test_ordinary_ids_are_accepted_and_returned_unchanged(run_id: str) -> None:
         (".", "special path name"),
         ("..", "special path name"),
         ("a" * 129, "129 characters long, the limit is 128"),
+        ("\U0001F600" * 100, "400 bytes in UTF-8, the limit is 200"),
+        ("\u00e9" * 128, "256 bytes in UTF-8"),
+        ("a\u202eb", "U+202E (RIGHT-TO-LEFT OVERRIDE)"),
+        ("zero\u200bwidth", "U+200B"),
+        ("\ufeffbom", "U+FEFF"),
+        ("line\u2028sep", "line separator"),
+        ("private\ue000", "private-use"),
+        (" leading", "starts or ends with whitespace"),
+        ("trailing ", "starts or ends with whitespace"),
+        ("trailing\u3000", "starts or ends with whitespace"),
     ],
 )
 def test_unusable_ids_are_rejected_with_a_one_line_reason(run_id: str, complaint: str) -> None:
@@ -99,8 +111,9 @@ def test_validation_accepts_exactly_the_documented_ids(run_id: str) -> None:
     expected_ok = (
         0 < len(run_id) <= 128
         and "/" not in run_id
-        and not any(ord(c) < 0x20 or 0x7F <= ord(c) <= 0x9F for c in run_id)
-        and not run_id.isspace()
+        and len(run_id.encode("utf-8", "surrogatepass")) <= 200
+        and not any(unicodedata.category(c) in ("Cc", "Cf", "Cs", "Co", "Cn", "Zl", "Zp") for c in run_id)
+        and run_id == run_id.strip()
         and run_id not in (".", "..")
     )
     assert _is_valid(run_id) == expected_ok

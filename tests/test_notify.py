@@ -208,6 +208,10 @@ def test_supervisors_racing_in_threads_still_deliver_each_transition_once(local_
         deadline = time.time() + 20
         while rec.read_state()[0].state != State.PROVISIONING and time.time() < deadline:
             time.sleep(0.01)
+        # The agent runs inside its instance: it cannot report RUNNING before the instance
+        # exists (writing it earlier made a supervisor rightly see a RUNNING run with no instance).
+        while not backend.list("exp-1") and time.time() < deadline:
+            time.sleep(0.01)
         agent(rec, State.RUNNING)
         time.sleep(0.2)
         agent(rec, State.SUCCEEDED, exit_code=0)

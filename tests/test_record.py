@@ -181,3 +181,170 @@ def test_pull_copies_results_once_and_then_only_what_changed(local_store, tmp_pa
     assert sorted(second["copied"]) == ["checkpoints/last.pt", "results/a.txt"]
     assert second["unchanged"] == ["results/sub/b.bin"]
     assert (dest / "r9/results/a.txt").read_bytes() == b"alpha, revised"
+
+
+# ---- lost replies and interrupted writers (issue 10 §3) ----------------------------------------
+# Each runs on the local store and on GCS through the fault proxy (tests/gcs_fault_proxy.py),
+# which lets the emulator apply a write and then loses its reply, as GCS sometimes does.
+
+TRANSITIONS = [  # (state, actor, changes): two preempted attempts, a stall, then success
+    (State.PROVISIONING, "sup", {"attempt": 1}),
+    (State.RUNNING, "agent", {}),
+    (State.PREEMPTED, "sup", {}),
+    (State.PROVISIONING, "sup", {"attempt": 2, "restarts": 1}),
+    (State.BOOTING, "sup", {}),
+    (State.RUNNING, "agent", {}),
+    (State.STALLED, "sup", {}),
+    (State.PROVISIONING, "sup", {"attempt": 3, "restarts": 2}),
+    (State.RUNNING, "agent", {}),
+    (State.PREEMPTED, "sup", {}),
+    (State.PROVISIONING, "sup", {"attempt": 4, "restarts": 3}),
+    (State.RUNNING, "agent", {}),
+    (State.SUCCEEDED, "agent", {"exit_code": 0}),
+]
+
+
+@pytest.fixture(params=["local", "gcs"])
+def lossy(request):
+    """(store, proxy): GCS through the fault proxy, or the local store (proxy None)."""
+    if request.param == "local":
+        return request.getfixturevalue("local_store"), None
+    return request.getfixturevalue("faulty_gcs_store"), request.getfixturevalue("fault_proxy")
+
+
+def _spec(run_id: str = "r1", command: tuple[str, ...] = ("true",)) -> RunSpec:
+    return RunSpec(run_id=run_id, image="sha256:abc", command=list(command), backend="local")
+
+
+def _stored_events(rec: RunRecord) -> list[str]:
+    """The transitions actually stored (not what ``events()`` may add from state.json)."""
+    import json
+
+    return [json.loads(rec.store.read(n).data)["to"] for n in rec.store.list(rec.name(rec.EVENTS))]
+
+
+def test_every_transition_is_journaled_exactly_once_when_a_third_of_replies_are_lost(lossy):
+    from tests.gcs_fault_proxy import FaultRule
+
+    store, proxy = lossy
+    rec = RunRecord(store, "r1")
+    if proxy is not None:
+        proxy.add(FaultRule(action="drop_reply", rate=0.3))
+    rec.write_spec(_spec())
+    rec.create_state("submit")
+    for state, actor, changes in TRANSITIONS:
+        rec.transition(state, actor, **changes)
+    expected = ["PENDING"] + [s.value for s, _, _ in TRANSITIONS]
+    assert [ev["to"] for _, ev in rec.events()] == expected
+    assert sorted(_stored_events(rec)) == sorted(expected)  # stored, once each
+    if proxy is not None:
+        assert proxy.stats.by_action.get("drop_reply", 0) >= 3, proxy.stats
+
+
+def test_a_lost_reply_on_the_create_claim_still_wins_it_and_only_once(lossy):
+    store, proxy = lossy
+    rec = RunRecord(store, "r1")
+    if proxy is not None:
+        from tests.gcs_fault_proxy import FaultRule
+
+        proxy.add(FaultRule(action="drop_reply", match="create.json", times=1))
+    assert rec.claim_create(1, "sup-a") is True
+    assert rec.claim_create(1, "sup-b") is False
+    assert rec.read_claim(1)["actor"] == "sup-a"
+
+
+def test_a_lost_reply_on_spec_json_does_not_wedge_the_run_id(lossy):
+    store, proxy = lossy
+    rec = RunRecord(store, "r1")
+    if proxy is not None:
+        from tests.gcs_fault_proxy import FaultRule
+
+        proxy.add(FaultRule(action="drop_reply", match="spec.json", times=1))
+    rec.write_spec(_spec())
+    rec.create_state("submit")
+    assert rec.read_spec().command == ["true"] and rec.read_state()[0].state == State.PENDING
+    assert list_run_ids(store) == ["r1"]
+
+
+def test_a_submit_that_died_after_spec_json_can_be_completed_by_the_same_submit(lossy):
+    store, _ = lossy
+    RunRecord(store, "r1").write_spec(_spec())  # ... and the process died here
+    again = RunRecord(store, "r1")
+    again.write_spec(_spec())  # the user runs the same submit again
+    again.create_state("submit")
+    assert again.read_state()[0].state == State.PENDING
+    with pytest.raises(PreconditionFailed, match="spec.json"):
+        RunRecord(store, "r1").write_spec(_spec(command=("other",)))  # the run exists now
+
+
+def test_a_different_submit_racing_on_a_fresh_run_id_is_refused(lossy):
+    store, _ = lossy
+    RunRecord(store, "r1").write_spec(_spec())
+    with pytest.raises(PreconditionFailed, match="another submit"):
+        RunRecord(store, "r1").write_spec(_spec(command=("other",)))
+    assert RunRecord(store, "r1").read_spec().command == ["true"]
+
+
+def _block_event_writes(store, proxy, rec):
+    """Make the next event write fail for good, as if its writer died after writing the state."""
+    if proxy is not None:
+        from tests.gcs_fault_proxy import FaultRule
+
+        proxy.add(FaultRule(action="400", match="/events/", times=1))
+        return lambda: None
+    import os
+    import shutil
+
+    events = os.path.join(store.root, rec.name(rec.EVENTS))
+    moved = events.rstrip("/") + ".saved"
+    shutil.move(events, moved)
+    open(events.rstrip("/"), "w").close()  # a file where the directory was: every write fails
+
+    def unblock() -> None:
+        os.unlink(events.rstrip("/"))
+        shutil.move(moved, events)
+
+    return unblock
+
+
+def test_a_writer_that_dies_between_state_and_event_loses_no_transition(lossy):
+    store, proxy = lossy
+    rec = RunRecord(store, "r1")
+    rec.write_spec(_spec())
+    rec.create_state("submit")
+    rec.transition(State.PROVISIONING, "sup", attempt=1)
+    unblock = _block_event_writes(store, proxy, rec)
+    rec.transition(State.RUNNING, "agent")  # state lands, its event does not
+    unblock()
+    assert "RUNNING" not in _stored_events(rec)
+    assert [ev["to"] for _, ev in rec.events()] == ["PENDING", "PROVISIONING", "RUNNING"]
+    RunRecord(store, "r1").transition(State.SUCCEEDED, "sup")  # the next writer repairs it
+    assert sorted(_stored_events(rec)) == sorted(["PENDING", "PROVISIONING", "RUNNING", "SUCCEEDED"])
+    assert [ev["to"] for _, ev in rec.events()] == ["PENDING", "PROVISIONING", "RUNNING", "SUCCEEDED"]
+
+
+def test_a_terminal_state_whose_event_was_lost_is_journaled_by_the_next_reader_that_may_write(lossy):
+    store, proxy = lossy
+    rec = RunRecord(store, "r1")
+    rec.write_spec(_spec())
+    rec.create_state("submit")
+    rec.transition(State.PROVISIONING, "sup", attempt=1)
+    unblock = _block_event_writes(store, proxy, rec)
+    rec.transition(State.SUCCEEDED, "agent", exit_code=0)
+    unblock()
+    assert "SUCCEEDED" not in _stored_events(rec)
+    st, _ = RunRecord(store, "r1").read_state()
+    assert RunRecord(store, "r1").ensure_journaled(st) is True
+    assert RunRecord(store, "r1").ensure_journaled(st) is False  # once
+    assert sorted(_stored_events(rec)) == sorted(["PENDING", "PROVISIONING", "SUCCEEDED"])
+
+
+def test_a_note_whose_reply_is_lost_is_stored_once(lossy):
+    store, proxy = lossy
+    rec = RunRecord(store, "r1")
+    if proxy is not None:
+        from tests.gcs_fault_proxy import FaultRule
+
+        proxy.add(FaultRule(action="drop_reply", match="/events/", times=1))
+    rec.event("sup", None, None, "create failed, retrying in 5s", attempt=1)
+    assert len(store.list(rec.name(rec.EVENTS))) == 1

@@ -23,6 +23,7 @@ import pytest
 from entrypoint.store import PreconditionFailed, Store, StoreError, StoreNotFound
 from entrypoint.store_gcs import GcsStore
 from tests.gcs_emulator import run_emulator, run_raw_emulator
+from tests.gcs_fault_proxy import FaultProxy, FaultRule
 from tests.gcs_fixture import BUCKET, DENIED_BUCKET
 
 MiB = 1 << 20
@@ -68,6 +69,21 @@ def run_threads(n: int, target: Callable[[int], None]) -> None:
     assert not any(t.is_alive() for t in threads), "a worker thread hung"
     if errors:
         raise errors[0]
+
+
+@pytest.fixture(params=["local", "gcs"])
+def lossy(request: pytest.FixtureRequest) -> tuple[Store, "FaultProxy | None"]:
+    """A store whose transport can lose replies: GCS through the fault proxy; the local store has
+    no transport, so the same tests check it keeps the same promises with nothing to lose."""
+    if request.param == "local":
+        return request.getfixturevalue("local_store"), None
+    proxy = request.getfixturevalue("fault_proxy")
+    return request.getfixturevalue("faulty_gcs_store"), proxy
+
+
+def lose(proxy: "FaultProxy | None", match: str, action: str = "drop_reply") -> None:
+    if proxy is not None:
+        proxy.add(FaultRule(action=action, match=match, times=1))
 
 
 # -- missing objects -----------------------------------------------------------------------------
@@ -471,3 +487,196 @@ def test_strict_emulator_generations_strictly_increase_and_hashes_match(strict_b
         gens.append(blob.generation)
         assert blob.crc32c == crc32c(b"%d" % i)
     assert gens == sorted(gens) and len(set(gens)) == len(gens)
+
+
+# -- lost replies: a write that landed although its answer did not ----------------------------
+
+
+@pytest.mark.parametrize("action", ["drop_reply", "applied_503"])
+def test_a_create_only_write_whose_reply_is_lost_reports_its_own_success(lossy, action) -> None:
+    store, proxy = lossy
+    lose(proxy, "claim.json", action)
+    gen = store.write("claim.json", b"mine", if_generation_match=0)
+    blob = store.read("claim.json")
+    assert blob is not None and blob.data == b"mine" and blob.generation == gen
+    if proxy is not None:
+        assert proxy.stats.by_action == {action: 1}  # the fault really happened
+
+
+def test_a_compare_and_swap_whose_reply_is_lost_reports_its_own_success(lossy) -> None:
+    store, proxy = lossy
+    g1 = store.write("state.json", b"v1", if_generation_match=0)
+    lose(proxy, "state.json")
+    g2 = store.write("state.json", b"v2", if_generation_match=g1)
+    blob = store.read("state.json")
+    assert blob is not None and blob.data == b"v2" and blob.generation == g2 != g1
+
+
+def test_a_lost_reply_never_makes_someone_elses_write_ours(lossy) -> None:
+    store, proxy = lossy
+    store.write("claim.json", b"theirs", if_generation_match=0)
+    lose(proxy, "claim.json")
+    with pytest.raises(PreconditionFailed):
+        store.write("claim.json", b"mine", if_generation_match=0)
+    assert content(store, "claim.json") == b"theirs"
+
+
+@pytest.mark.parametrize("action", ["429", "503"])
+def test_a_conditional_write_refused_with_a_retryable_error_is_retried(lossy, action) -> None:
+    store, proxy = lossy
+    lose(proxy, "claim.json", action)
+    gen = store.write("claim.json", b"mine", if_generation_match=0)
+    assert store.read("claim.json").generation == gen
+
+
+# -- local store: nothing left behind by writers that die (issue 10 §6) --------------------------
+
+_UPLOADER = """
+import sys
+from entrypoint.store_local import LocalStore
+LocalStore(sys.argv[1]).upload_file(sys.argv[2], sys.argv[3])
+"""
+
+
+def _start_uploader(root: Path, name: str, src: Path) -> "subprocess.Popen[bytes]":
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    return subprocess.Popen([sys.executable, "-c", _UPLOADER, str(root), name, str(src)],
+                            env={**os.environ, "PYTHONPATH": str(ROOT)})
+
+
+def _caught_mid_upload(root: Path, name: str, src: Path, sig: int) -> "subprocess.Popen[bytes]":
+    """Start an upload and send ``sig`` once its temp file has bytes in it (retries if missed)."""
+    import time
+
+    tmp = root / ".tmp"
+    for _ in range(20):
+        before = set(tmp.iterdir())
+        proc = _start_uploader(root, name, src)
+        while proc.poll() is None:
+            fresh = [p for p in tmp.iterdir() if p not in before]
+            if fresh and fresh[0].exists() and fresh[0].stat().st_size > 0:
+                os.kill(proc.pid, sig)
+                return proc
+            time.sleep(0.0005)
+    raise AssertionError("never caught an upload in the middle")
+
+
+def _age(directory: Path, seconds: float) -> None:
+    import time
+
+    past = time.time() - seconds
+    for p in directory.iterdir():
+        os.utime(p, (past, past))
+
+
+def test_temp_files_of_killed_uploads_are_removed_and_a_live_writers_never(tmp_path: Path, files: Path) -> None:
+    import signal
+    import sys
+
+    from entrypoint.store_local import LOCK_IDLE_AFTER, TEMP_STALE_AFTER, LocalStore
+
+    root = tmp_path / "store"
+    root.mkdir()
+    LocalStore(str(root))
+    src = files / "ckpt.bin"
+    src.write_bytes(os.urandom(1 << 20) * 64)  # 64 MiB
+    for i in range(5):  # writers killed -9 mid-upload
+        proc = _caught_mid_upload(root, f"runs/r/checkpoints/k{i}.pt", src, signal.SIGKILL)
+        proc.wait()
+    live = _caught_mid_upload(root, "runs/r/checkpoints/last.pt", src, signal.SIGSTOP)
+    try:
+        left = list((root / ".tmp").iterdir())
+        assert len(left) == 6 and sum(p.stat().st_size for p in left) > 5 << 20
+        print(f"\n.tmp after 5 kills -9 and 1 stopped writer: {len(left)} files, "
+              f"{sum(p.stat().st_size for p in left) >> 20} MiB", file=sys.stderr)
+        _age(root / ".tmp", TEMP_STALE_AFTER + 60)  # long enough ago, for the dead and the stopped alike
+        LocalStore(str(root))  # opening the store cleans up
+        kept = list((root / ".tmp").iterdir())
+        assert len(kept) == 1, kept  # the stopped writer's, and only it
+    finally:
+        os.kill(live.pid, signal.SIGCONT)
+    assert live.wait(timeout=60) == 0
+    store = LocalStore(str(root))
+    assert store.stat("runs/r/checkpoints/last.pt").crc32c == crc32c(src.read_bytes())
+    assert list((root / ".tmp").iterdir()) == []
+
+
+def test_lock_files_do_not_pile_up_one_per_object(local_store: Store) -> None:
+    from entrypoint.store_local import LOCK_IDLE_AFTER, LocalStore
+
+    for i in range(200):
+        local_store.write(f"runs/r/events/{i:04d}.json", b"{}", if_generation_match=0)
+    locks = Path(local_store.root) / ".locks"
+    _age(locks, LOCK_IDLE_AFTER + 60)
+    LocalStore(local_store.root)
+    assert len(list(locks.iterdir())) == 0
+
+
+_INCREMENTER = """
+import sys
+from entrypoint.store import PreconditionFailed
+from entrypoint.store_local import LocalStore
+store = LocalStore(sys.argv[1])
+for _ in range(int(sys.argv[2])):
+    while True:
+        blob = store.read("n")
+        try:
+            store.write("n", str(int(blob.data) + 1).encode(), if_generation_match=blob.generation)
+            break
+        except PreconditionFailed:
+            continue
+"""
+
+_SWEEPER = """
+import sys
+from entrypoint.store_local import LocalStore
+store = LocalStore(sys.argv[1])
+while True:
+    store.sweep(lock_min_age=-1)  # temp files keep their age guard: it covers create-to-flock
+"""
+
+
+def test_sweeping_lock_files_while_writers_use_them_loses_no_update(local_store: Store) -> None:
+    """Writers in separate processes (as the agent, supervisors and ops are) increment a counter
+    by compare-and-swap while another process sweeps lock files as fast as it can."""
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    local_store.write("n", b"0")
+    sweeper = subprocess.Popen([sys.executable, "-c", _SWEEPER, local_store.root], env=env)
+    try:
+        writers = [subprocess.Popen([sys.executable, "-c", _INCREMENTER, local_store.root, "300"], env=env)
+                   for _ in range(4)]
+        assert [w.wait(timeout=120) for w in writers] == [0] * 4
+    finally:
+        sweeper.kill()
+        sweeper.wait()
+    assert content(local_store, "n") == b"1200"
+
+
+def test_an_unconditional_write_whose_reply_is_lost_is_retried_and_lands_once(lossy) -> None:
+    """Last writer wins, so sending it again is safe (our write's moment is simply the retry).
+    google-cloud-storage 3 retries every upload; this pins that down for our writes."""
+    store, proxy = lossy
+    lose(proxy, "heartbeat.json")
+    gen = store.write("heartbeat.json", b"beat")
+    assert proxy is None or proxy.stats.by_action == {"drop_reply": 1}
+    blob = store.read("heartbeat.json")
+    assert blob is not None and blob.data == b"beat" and blob.generation == gen
+
+
+def test_an_upload_whose_reply_is_lost_is_retried_and_verified(lossy, files: Path) -> None:
+    store, proxy = lossy
+    src = files / "last.pt"
+    src.write_bytes(os.urandom(300_000))
+    lose(proxy, "last.pt")
+    info = store.upload_file("checkpoints/last.pt", str(src))
+    assert proxy is None or proxy.stats.by_action == {"drop_reply": 1}
+    assert info.crc32c == crc32c(src.read_bytes()) == store.stat("checkpoints/last.pt").crc32c

@@ -47,6 +47,10 @@ class BackendError(Exception):
     """The backend could not do what was asked; the message says what to do."""
 
 
+class PermanentBackendError(BackendError):
+    """No retry can succeed (e.g. the pinned image is gone): the run fails with this message."""
+
+
 @dataclass(frozen=True)
 class LaunchContext:
     """What a plan needs besides the spec: which attempt, and where the store is."""
@@ -118,7 +122,11 @@ class ComputeBackend(ABC):
 
     @abstractmethod
     def delete(self, instance: Instance, grace_period: float = 0) -> None:
-        """Stop (SIGTERM, then kill after ``grace_period``) and remove. Missing: does nothing."""
+        """Stop (SIGTERM, then kill after ``grace_period``) and remove. Missing: does nothing.
+
+        May block for the whole grace period (a job that ignores SIGTERM): the supervisor calls
+        it from background workers, several at once, so it must be safe to call concurrently.
+        """
 
     @abstractmethod
     def preempt(self, instance: Instance, grace_period: float) -> None:

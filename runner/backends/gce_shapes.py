@@ -95,3 +95,12 @@ def _count_from_name(machine_type: str) -> int:
     if last.endswith("g") and last[:-1].isdigit():
         return int(last[:-1])
     return 1
+
+
+def waits_for_driver(backend: str, machine_type: str | None, gpu: str | None, no_gpu: bool) -> bool:
+    """Whether an instance of this shape waits (up to gpu_timeout) for its GPU driver before the
+    job can start: GCE VMs with a GPU, attached or built in. Local containers and CPU VMs do not,
+    so the rule that the stall window must cover that wait does not apply to them."""
+    if backend != "gce" or no_gpu:
+        return False
+    return bool(gpu) or family(machine_type or "") in GPU_FAMILIES

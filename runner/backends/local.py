@@ -22,6 +22,7 @@ from runner.backends.base import (
     Instance,
     InstanceStatus,
     LaunchContext,
+    PermanentBackendError,
 )
 from runner.naming import label_value, resource_name, store_label
 
@@ -66,13 +67,26 @@ class ContainerPlan:
         return args + [self.image, *self.command]
 
 
-def _store_dir(store_url: str) -> str:
+def store_dir(store_url: str) -> str:
+    """The host directory bind-mounted into every container; refused when Docker cannot mount it.
+
+    Checked at submit (before anything is written) as well as in every plan: a path Docker
+    refuses would otherwise fail every create of every pass, for ever.
+    """
     if not store_url.startswith("file://"):
         raise BackendError(
             f"the local backend needs a local directory store (file:///DIR), not {store_url}: "
             "its containers have no network. Use --backend gce for a gs:// store."
         )
-    return store_url[len("file://"):]
+    path = store_url[len("file://"):]
+    if ":" in path:
+        # A bind mount is spelled HOST:CONTAINER:MODE; Docker has no escape for ':' in HOST
+        # ("invalid volume specification").
+        raise BackendError(
+            f"the store path {path} contains ':', which Docker cannot bind-mount into the run's "
+            "container: use a store directory without ':' (--store or store in runner.toml)"
+        )
+    return path
 
 
 class LocalBackend(ComputeBackend):
@@ -125,7 +139,7 @@ class LocalBackend(ComputeBackend):
                 LABEL_ATTEMPT: str(ctx.attempt),
                 LABEL_STORE: store_label(ctx.store_url),
             },
-            volumes={_store_dir(ctx.store_url): {"bind": STORE_MOUNT, "mode": "rw"}},
+            volumes={store_dir(ctx.store_url): {"bind": STORE_MOUNT, "mode": "rw"}},
             shm_size=ctx.shm_size,
             stop_timeout=max(1, int(round(ctx.grace_period))),
         )
@@ -133,6 +147,12 @@ class LocalBackend(ComputeBackend):
     def create(self, plan: ContainerPlan) -> Instance:
         from docker.errors import APIError, ImageNotFound
 
+        # Look first: on a missing image `containers.run` pulls it, and a pinned id
+        # (sha256:...) would be asked of Docker Hub. A local image is never pulled.
+        try:
+            self.client.images.get(plan.image)
+        except ImageNotFound:
+            raise self._image_gone(plan.image) from None
         try:
             c = self.client.containers.run(
                 plan.image,
@@ -147,11 +167,8 @@ class LocalBackend(ComputeBackend):
                 network_mode=plan.network_mode,
                 **plan.extra,
             )
-        except ImageNotFound:
-            raise BackendError(
-                f"image {plan.image} is not in the local Docker engine: build it first "
-                "(`make image`, or `docker build -t NAME .`) and pass --image NAME"
-            ) from None
+        except ImageNotFound:  # removed between the look and the run
+            raise self._image_gone(plan.image) from None
         except APIError as e:
             if e.status_code == 409:  # a container of that name exists: creation is idempotent
                 c = self.client.containers.get(plan.name)
@@ -160,6 +177,16 @@ class LocalBackend(ComputeBackend):
             else:
                 raise BackendError(f"docker could not start {plan.name}: {e.explanation or e}") from None
         return self._instance(c)
+
+    @staticmethod
+    def _image_gone(image: str) -> PermanentBackendError:
+        """The run pins its image by id: a rebuilt tag is another image, so this run cannot go on."""
+        shown = image if len(image) <= 24 else image[:19] + "..."
+        return PermanentBackendError(
+            f"image {shown} pinned by this run is no longer in the local Docker engine "
+            "(removed after submit?): `docker load` it back and `submit --restart` the run, or "
+            "submit a new --run-id with --image NAME of a current build"
+        )
 
     @staticmethod
     def _instance(c: Any) -> Instance:

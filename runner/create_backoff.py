@@ -1,0 +1,70 @@
+"""The create backoff of one run, kept in the run record (``runs/ID/supervisor/backoff.json``).
+
+Why in the store and not in the supervisor's memory: the hosted supervisor is one process per
+pass (``supervise --once`` every minute), and several supervisors may share a store. Kept in
+memory, a fresh process would forget that every zone just refused and hammer the API each pass;
+kept here, one-shot passes back off exactly like a long-running loop. Writes are last-writer-wins:
+the value is advice on when to try next, not a lock (creation itself is guarded by the claim).
+
+The advice is for retrying the create of one *attempt*: a new attempt (a ``submit --restart`` the
+user asked for, a restart after a preemption) starts afresh, as it did when the backoff lived in
+a process's memory, instead of silently waiting out an old attempt's delay.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from entrypoint.store import Store
+
+MAX_DELAY = 300.0
+
+
+def _name(run_id: str) -> str:
+    return f"runs/{run_id}/supervisor/backoff.json"
+
+
+@dataclass
+class CreateBackoff:
+    """``until``: no create of ``attempt`` is tried before this time; ``delay``: the last wait (doubles)."""
+
+    store: Store
+    run_id: str
+    until: float = 0.0
+    delay: float = 0.0
+    stored: bool = False
+    attempt: int | None = None
+
+    @classmethod
+    def read(cls, store: Store, run_id: str) -> "CreateBackoff":
+        blob = store.read(_name(run_id))
+        if blob is None:
+            return cls(store, run_id)
+        try:
+            raw = json.loads(blob.data)
+            attempt = raw.get("attempt")
+            return cls(store, run_id, float(raw["until"]), float(raw["delay"]), True,
+                       None if attempt is None else int(attempt))
+        except (ValueError, KeyError, TypeError):
+            return cls(store, run_id, stored=True)  # damaged: no backoff, and clear() removes it
+
+    def blocks(self, now: float, attempt: int) -> bool:
+        return now < self.until and self.attempt in (attempt, None)
+
+    def push(self, now: float, poll_interval: float, attempt: int) -> float:
+        """Back off once more (double the delay, at least one poll, at most 5 min); returns it.
+        A failure of another attempt than the stored one starts again from one poll."""
+        previous = self.delay if self.attempt == attempt else 0.0
+        self.delay = min(MAX_DELAY, max(poll_interval, previous * 2))
+        self.until, self.attempt = now + self.delay, attempt
+        self.store.write(_name(self.run_id), json.dumps({"until": self.until, "delay": self.delay,
+                                                         "attempt": attempt}).encode())
+        self.stored = True
+        return self.delay
+
+    def clear(self) -> None:
+        """A create succeeded: the next failure starts from one poll again."""
+        if self.stored:
+            self.store.delete(_name(self.run_id))
+            self.stored = False

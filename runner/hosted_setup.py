@@ -1,0 +1,200 @@
+"""``runner init --hosted`` and its ``runner doctor`` check: the hosted supervisor's identity.
+
+The supervisor's service account gets exactly what one pass does, each on the narrowest scope
+that has it:
+
+- ``roles/compute.instanceAdmin.v1`` on the project: list, create, start and delete the runs'
+  instances (instances have no narrower IAM scope that covers creating them);
+- ``roles/storage.objectAdmin`` on the run bucket only: read and write run records;
+- ``roles/iam.serviceAccountUser`` on the VM service account only: create VMs that run as it;
+- ``roles/secretmanager.secretAccessor`` on the webhook secret only, when ``webhook_secret`` is set
+  (IAM is on the secret: a ``webhook_secret`` naming a version is granted on its secret).
+
+The schedule calls the job with this same account's OAuth token; ``supervise --deploy`` makes it
+``roles/run.invoker`` on the one job (runner/hosted.py), so it needs nothing on Cloud Run here.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Callable
+from urllib.parse import quote
+
+from runner.config import Config
+from runner.gcp_rest import AdminApis, ApiError, member_roles
+from runner.hosted import SUPERVISOR_SA_NAME, supervisor_email
+from runner.project_setup import (BUCKET_ROLE, Step, _not_yet_visible, ensure_bucket_role,
+                                  ensure_project_roles, format_step, service_account_email)
+
+PROJECT_ROLES = ("roles/compute.instanceAdmin.v1",)
+ACT_AS_ROLE = "roles/iam.serviceAccountUser"
+HOSTED_APIS = ("run.googleapis.com", "cloudscheduler.googleapis.com")
+SECRET_ROLE = "roles/secretmanager.secretAccessor"
+# Broader roles that also grant each of the above (what doctor accepts).
+GRANTED_BY = {
+    "roles/compute.instanceAdmin.v1": {"roles/compute.instanceAdmin.v1", "roles/compute.admin", "roles/editor",
+                                       "roles/owner"},
+    BUCKET_ROLE: {BUCKET_ROLE, "roles/storage.admin", "roles/editor", "roles/owner"},
+    # Not roles/iam.serviceAccountAdmin: it manages accounts but lacks iam.serviceAccounts.actAs.
+    ACT_AS_ROLE: {ACT_AS_ROLE, "roles/editor", "roles/owner"},
+    SECRET_ROLE: {SECRET_ROLE, "roles/secretmanager.admin", "roles/owner"},
+}
+_ATTEMPTS = 6
+
+
+def vm_service_account(cfg: Config, apis: AdminApis) -> str:
+    """The account the runs' VMs use: the configured one, else the Compute default."""
+    if cfg.service_account:
+        return cfg.service_account
+    return f"{apis.project_number(cfg.project or '')}-compute@developer.gserviceaccount.com"
+
+
+def init_hosted(cfg: Config, *, apis: AdminApis, bucket: Any, say: Callable[[str], None],
+                sleep: Callable[[float], None] = time.sleep) -> list[Step]:
+    """Create the supervisor's service account and grant it what a pass needs; idempotent."""
+    project = cfg.project or ""
+    email = supervisor_email(project)
+    member = f"serviceAccount:{email}"
+    steps: list[Step] = []
+
+    def record(step: Step) -> None:
+        steps.append(step)
+        say(format_step(step))
+
+    record(_ensure_account(apis, project, email))
+    record(ensure_project_roles(apis, project, member, PROJECT_ROLES, sleep=sleep))
+    record(ensure_bucket_role(bucket, member, BUCKET_ROLE, sleep=sleep))
+    record(ensure_act_as(apis, project, vm_service_account(cfg, apis), member, sleep=sleep))
+    if cfg.webhook_secret:
+        record(ensure_secret_access(cfg, member, sleep=sleep))
+    say(f"next: runner supervise --deploy   (the job runs as {email})")
+    return steps
+
+
+def _ensure_account(apis: AdminApis, project: str, email: str) -> Step:
+    name = f"service account {email}"
+    if apis.get_service_account(project, email) is not None:
+        return Step(name, False, "exists")
+    try:
+        apis.create_service_account(project, SUPERVISOR_SA_NAME, "cos-spot-runner supervisor",
+                                    "Runs the hosted supervisor (Cloud Run job) of cos-spot-runner")
+    except ApiError as e:
+        if e.code != 409:
+            raise
+        return Step(name, False, "exists")
+    return Step(name, True, "created")
+
+
+def _sa_path(email: str) -> str:
+    """IAM's path for a service account; ``-`` lets IAM find the project (the Compute default's)."""
+    project = email.split("@", 1)[1].split(".", 1)[0] if email.endswith(".iam.gserviceaccount.com") else "-"
+    return f"/v1/projects/{quote(project)}/serviceAccounts/{quote(email)}"
+
+
+def _grant(api: Any, resource_path: str, role: str, member: str, sleep: Callable[[float], None]) -> bool:
+    """``member`` holds ``role`` in the IAM policy at ``resource_path`` (``…:getIamPolicy``);
+    read-modify-write with the policy's etag, retried when another writer got there first (409)
+    or a new account is not yet visible. Returns False when it was already so."""
+    delay = 1.0
+    for attempt in range(_ATTEMPTS):
+        policy = api.post(resource_path + ":getIamPolicy", {})
+        bindings = policy.setdefault("bindings", [])
+        if role in member_roles(policy, member):
+            return False
+        b = next((b for b in bindings if b.get("role") == role and not b.get("condition")), None)
+        if b is None:
+            bindings.append({"role": role, "members": [member]})
+        else:
+            b["members"] = [*(b.get("members") or []), member]
+        try:
+            api.post(resource_path + ":setIamPolicy", {"policy": policy})
+            return True
+        except ApiError as e:
+            if not (e.code == 409 or _not_yet_visible(e)) or attempt == _ATTEMPTS - 1:
+                raise
+        sleep(delay)
+        delay = min(delay * 2, 16.0)
+    raise AssertionError("unreachable")
+
+
+def ensure_act_as(apis: AdminApis, project: str, vm_email: str, member: str, *,
+                  sleep: Callable[[float], None] = time.sleep) -> Step:
+    """``member`` may act as ``vm_email`` (its own policy, not the project's)."""
+    name = f"{ACT_AS_ROLE} on {vm_email}"
+    if not _grant(apis.iam, _sa_path(vm_email), ACT_AS_ROLE, member, sleep):
+        return Step(name, False, f"already granted to {member}")
+    return Step(name, True, f"granted to {member} (it creates VMs that run as {vm_email})")
+
+
+def _secret_of(cfg: Config) -> str:
+    """``projects/P/secrets/S`` of ``webhook_secret`` (which may be a bare name or name a version)."""
+    from runner.notify import secret_version_name
+
+    return secret_version_name(cfg.webhook_secret or "", cfg.project).split("/versions/", 1)[0]
+
+
+def ensure_secret_access(cfg: Config, member: str, *, sleep: Callable[[float], None] = time.sleep) -> Step:
+    """``member`` may read the webhook secret (Secret Manager v1: IAM is on the secret, so a
+    ``webhook_secret`` naming a version is granted on its secret)."""
+    from runner.gcp_rest import rest_api
+
+    secret = _secret_of(cfg)
+    api = rest_api(cfg.secretmanager_endpoint, "https://secretmanager.googleapis.com")
+    name = f"{SECRET_ROLE} on {secret}"
+    if not _grant(api, f"/v1/{secret}", SECRET_ROLE, member, sleep):
+        return Step(name, False, f"already granted to {member}")
+    return Step(name, True, f"granted to {member}")
+
+
+def check_hosted(cfg: Config, apis: AdminApis, storage_client: Any) -> tuple[bool | None, str, str]:
+    """Doctor: (ok, detail, fix) for the supervisor account; None = not set up (a skip)."""
+    project = cfg.project
+    if not project:
+        return None, "no project configured", ""
+    email = supervisor_email(project)
+    member = f"serviceAccount:{email}"
+    if apis.get_service_account(project, email) is None:
+        return None, (f"no hosted supervisor account {email} (only needed for `runner supervise --deploy`; "
+                      f"create it with `runner init --hosted`)"), ""
+    held = member_roles(apis.get_iam_policy(project), member)
+    missing, fixes = [], []
+    for api in HOSTED_APIS:  # what `supervise --deploy` calls
+        if apis.service_state(project, api) != "ENABLED":
+            missing.append(f"the {api} API (disabled)")
+            fixes.append(f"gcloud services enable {api} --project {project}")
+    for role in PROJECT_ROLES:
+        if not GRANTED_BY[role] & held:
+            missing.append(role)
+            fixes.append(f"gcloud projects add-iam-policy-binding {project} --member {member} --role {role}")
+    if cfg.store_url.startswith("gs://"):
+        from entrypoint.store_gcs import parse_gs_url
+
+        bucket = parse_gs_url(cfg.store_url)[0]
+        policy = storage_client.bucket(bucket).get_iam_policy(requested_policy_version=3)
+        on_bucket = {b["role"] for b in policy.bindings if member in b.get("members", ())}
+        if not GRANTED_BY[BUCKET_ROLE] & (held | on_bucket):
+            missing.append(f"{BUCKET_ROLE} on gs://{bucket}")
+            fixes.append(f"gcloud storage buckets add-iam-policy-binding gs://{bucket} --member={member} "
+                         f"--role={BUCKET_ROLE}")
+    vm = vm_service_account(cfg, apis)
+    on_sa = member_roles(apis.iam.post(_sa_path(vm) + ":getIamPolicy", {}), member)
+    if not GRANTED_BY[ACT_AS_ROLE] & (held | on_sa):
+        missing.append(f"{ACT_AS_ROLE} on {vm}")
+        fixes.append(f"gcloud iam service-accounts add-iam-policy-binding {vm} --member={member} "
+                     f"--role={ACT_AS_ROLE}")
+    if cfg.webhook_secret:
+        secret = _secret_of(cfg)
+        from runner.gcp_rest import rest_api
+
+        api = rest_api(cfg.secretmanager_endpoint, "https://secretmanager.googleapis.com")
+        if not GRANTED_BY[SECRET_ROLE] & (member_roles(api.post(f"/v1/{secret}:getIamPolicy", {}), member) | held):
+            missing.append(f"{SECRET_ROLE} on {secret}")
+            sp = secret.split("/")
+            fixes.append(f"gcloud secrets add-iam-policy-binding {sp[3]} --project {sp[1]} --member={member} "
+                         f"--role={SECRET_ROLE}")
+    if missing:
+        return False, f"{email} lacks {', '.join(missing)}", "\n".join(fixes) + "\n(or: runner init --hosted)"
+    return True, f"{email} has what a supervisor pass needs", ""
+
+
+__all__ = ["init_hosted", "check_hosted", "service_account_email"]
