@@ -9,7 +9,7 @@ import pytest
 from entrypoint.store_local import LocalStore
 
 pytest_plugins = ["tests.gcs_fixture", "tests.compute_fake", "tests.cloudbuild_fake", "tests.gcp_admin_fake",
-                  "tests.cloudrun_fake", "tests.scheduler_fake"]
+                  "tests.cloudrun_fake", "tests.scheduler_fake", "tests.registry_fixture"]
 
 
 @pytest.fixture

@@ -1,0 +1,503 @@
+"""The GCE path run whole, the way a user runs it (issue 9 §1).
+
+Every part is real except Google itself: the ``runner`` CLI in its own processes (``submit
+--backend gce --detach``, a separate ``runner supervise``), the real google-cloud clients talking
+to the Compute fake and the GCS emulator, a real image registry on loopback that ``runner
+build`` pushes to (its ``docker push`` fallback, Cloud Build failing first), and for every VM the
+fake runs a simulated COS VM (tests/cloud_sim.py) booted from the metadata the supervisor
+inserted: the real ``gcp/startup.sh`` pulls the image by digest from the registry, starts the real
+agent container, and the agent writes the run record to the emulator. The project is set up by
+``runner init`` (bucket, the VM's service account and its roles) against the admin fake, and the
+Compute fake enforces those roles: the operator's for the CLI, the VM's token for its self-delete.
+
+The tests assert outcomes only: the state the run ends in, the VMs that exist, the bytes in the
+bucket, the step each attempt started at. One Compute fake serves the whole module so that a
+sampler can watch every VM the suite creates: never two live VMs for one run.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from collections import Counter
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import pytest
+
+from entrypoint.record import RunRecord, State
+from entrypoint.store_gcs import GcsStore
+from examples.trainer import decode_checkpoint
+from runner.backends.base import LABEL_RUN_ID
+from runner.naming import label_value
+from tests.cloud_sim import CosGuest
+from tests.cos_sim.vm import read_calls
+from tests.cloudbuild_fake import run_cloudbuild_fake
+from tests.compute_fake import ComputeFake, block_external_network, run_compute_fake
+from tests.conftest import ROOT
+from tests.gcp_admin_fake import GcpAdminFake
+from tests.gcs_fixture import BUCKET
+from tests.json_http_server import serve
+from tests.registry_fixture import Registry
+
+pytestmark = pytest.mark.docker
+
+PROJECT = "test-project"
+CLOUD_BUCKET = f"cloud-path-{uuid.uuid4().hex[:8]}"  # created by `runner init`
+VM_ACCOUNT = f"cos-spot-runner@{PROJECT}.iam.gserviceaccount.com"  # what `runner init` creates
+REPOSITORY = "cos-spot-runner/cloud-path"
+STEPS, EVERY, STEP_TIME = 50, 5, 0.2  # 10 s of work: room for a preemption to land mid-job
+CPU = ("--machine-type", "n1-standard-4", "--no-gpu")
+GPU = ("--machine-type", "n1-standard-4", "--gpu", "nvidia-tesla-t4:1")
+LIVE = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING")
+
+
+def trainer(steps: int = STEPS, every: int = EVERY, *extra: str) -> list[str]:
+    return ["python3", "-m", "examples.trainer", "--steps", str(steps), "--checkpoint-every", str(every),
+            "--step-time", str(STEP_TIME), *extra]
+
+
+def wait_for(what: Callable[[], Any], timeout: float, desc: str) -> Any:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        got = what()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {desc}")
+
+
+# ---------------------------------------------------------------------------------------------
+# The image: `runner build` falls back to `docker push` and the registry answers its digest
+# ---------------------------------------------------------------------------------------------
+
+def cli_env(**extra: str) -> dict[str, str]:
+    return {**os.environ, "PYTHONPATH": str(ROOT), "CLOUDSDK_CONFIG": "/nonexistent",
+            "GOOGLE_CLOUD_PROJECT": "local", **extra}
+
+
+@pytest.fixture(scope="module")
+def pushed(registry: Registry, gcs_emulator: str, docker_client: Any) -> Iterator[dict[str, Any]]:
+    """``runner build`` with Cloud Build failing twice: its last route, ``docker build`` + ``docker
+    push`` to the loopback registry. The local tags are then dropped, so a VM that wants the image
+    must pull it from the registry by digest."""
+    from google.auth.credentials import AnonymousCredentials
+    from google.cloud import storage
+
+    tag = f"{registry.host}/{REPOSITORY}:b-{uuid.uuid4().hex[:8]}"
+    with block_external_network(), run_cloudbuild_fake() as cloudbuild:
+        client = storage.Client(project="local", credentials=AnonymousCredentials())
+        logs = f"{cloudbuild.project_number}.cloudbuild-logs.googleusercontent.com"
+        if client.lookup_bucket(logs) is None:
+            client.create_bucket(logs)
+        cloudbuild.build_seconds = 0.2
+        cloudbuild.fail_next_builds = 2  # the build and its re-staged retry
+        p = subprocess.run(
+            [sys.executable, "-m", "runner.cli", "build", "--image", tag, "--project", PROJECT,
+             "--store", f"gs://{BUCKET}/cloud-path-build", "--base-image", "cos-spot-runner/base:bookworm-2",
+             "--context", str(ROOT)],
+            env=cli_env(STORAGE_EMULATOR_HOST=gcs_emulator, RUNNER_CLOUDBUILD_ENDPOINT=cloudbuild.endpoint),
+            capture_output=True, text=True, timeout=300, cwd=ROOT)
+        builds = len(cloudbuild.builds)
+    ref = p.stdout.strip()
+    result = {"proc": p, "ref": ref, "tag": tag, "cloud_builds": builds}
+    if p.returncode == 0:
+        for local in (tag, ref):
+            try:
+                docker_client.images.remove(local, noprune=True)
+            except Exception:  # noqa: BLE001 - already untagged with the other name
+                pass
+    yield result
+    # The VMs' pulls left the digest reference on this Docker host: drop it (and the image, unless
+    # something else still uses it), so runs do not pile up one reference per registry port.
+    try:
+        docker_client.images.remove(ref)
+    except Exception:  # noqa: BLE001 - never pulled (the build failed), or still in use
+        pass
+
+
+def test_runner_build_falls_back_to_docker_push_and_pins_the_registry_digest(pushed: dict[str, Any],
+                                                                             registry: Registry) -> None:
+    p = pushed["proc"]
+    assert p.returncode == 0, p.stderr
+    assert pushed["cloud_builds"] == 2, p.stderr  # Cloud Build was tried, twice, and failed
+    assert "[local] building with the local Docker daemon and pushing" in p.stderr
+    assert "via local-push" in p.stderr
+    repo, _, digest = pushed["ref"].partition("@")
+    assert repo == f"{registry.host}/{REPOSITORY}" and re.fullmatch(r"sha256:[0-9a-f]{64}", digest), pushed["ref"]
+    # The registry itself serves that digest, under the tag that was pushed.
+    assert registry.manifest_digest(REPOSITORY, digest) == digest
+    assert registry.manifest_digest(REPOSITORY, pushed["tag"].rsplit(":", 1)[1]) == digest
+
+
+# ---------------------------------------------------------------------------------------------
+# The cloud: one Compute fake, its guest VMs, and a sampler of live VMs per run
+# ---------------------------------------------------------------------------------------------
+
+class LiveVmSampler:
+    """Counts, every 50 ms, the VMs of each run that the Compute API shows alive (any status but
+    TERMINATED) and the guest VMs actually booted; keeps the maximum of each per run."""
+
+    def __init__(self, fake: ComputeFake, guest: CosGuest) -> None:
+        self.fake, self.guest = fake, guest
+        self.api_max: Counter[str] = Counter()
+        self.samples = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, name="live-vm-sampler", daemon=True)
+        self._thread.start()
+
+    def _loop(self) -> None:
+        while not self._stop.wait(0.05):
+            live = Counter(i.labels.get(LABEL_RUN_ID, "?") for i in self.fake.instances() if i.status in LIVE)
+            for run, n in live.items():
+                self.api_max[run] = max(self.api_max[run], n)
+            self.samples += 1
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(timeout=5)
+
+
+@pytest.fixture(scope="module")
+def cloud_parts(tmp_path_factory: pytest.TempPathFactory, gcs_emulator: str, docker_client: Any,
+                pushed: dict[str, Any]) -> Iterator[tuple[ComputeFake, CosGuest, LiveVmSampler]]:
+    admin = GcpAdminFake()
+    admin.add_project(PROJECT)
+    with block_external_network() as blocked, run_compute_fake(PROJECT) as fake, \
+            serve(admin, "gcp-admin-fake") as admin_endpoint:
+        admin.endpoint = admin_endpoint
+        # GCE's 30 s preemption notice, halved: the shutdown script (8 s grace) fits well inside.
+        fake.time_scale = 0.5
+        # The project as a user sets it up: `runner init` (bucket, VM service account and its
+        # roles), an operator with the roles the README asks for, and the Compute fake enforcing
+        # them, so each VM deletes itself with its own service account's token.
+        p = subprocess.run([sys.executable, "-m", "runner.cli", "init"], env=cli_env(
+            STORAGE_EMULATOR_HOST=gcs_emulator, RUNNER_BACKEND="gce", RUNNER_PROJECT=PROJECT,
+            RUNNER_STORE=f"gs://{CLOUD_BUCKET}", RUNNER_ZONES="us-central1-a",
+            RUNNER_COMPUTE_ENDPOINT=fake.endpoint, RUNNER_SERVICEUSAGE_ENDPOINT=admin_endpoint,
+            RUNNER_RESOURCEMANAGER_ENDPOINT=admin_endpoint, RUNNER_IAM_ENDPOINT=admin_endpoint),
+            capture_output=True, text=True, timeout=120, cwd=ROOT)
+        assert p.returncode == 0, p.stderr
+        for role in ("roles/compute.instanceAdmin.v1", "roles/iam.serviceAccountUser"):
+            admin.grant(PROJECT, fake.operator, role)
+        fake.iam = admin
+        guest = CosGuest(tmp_path_factory.mktemp("cloud-vms"), gcs_api=gcs_emulator,
+                         compute_api=fake.endpoint, docker_client=docker_client,
+                         token_for=lambda inst: fake.mint_token(f"serviceAccount:{inst.service_accounts[0].email}"))
+        guest.follow(fake)
+        sampler = LiveVmSampler(fake, guest)
+        try:
+            yield fake, guest, sampler
+        finally:
+            sampler.stop()
+            guest.close()
+    assert not blocked, f"requests escaped towards real endpoints: {sorted(set(blocked))}"
+    assert not fake.internal_errors, fake.internal_errors
+
+
+class Cloud:
+    """One test's view: its own store prefix, the CLI with the fakes' endpoints, its supervisor."""
+
+    def __init__(self, fake: ComputeFake, guest: CosGuest, emulator: str, image: str, name: str) -> None:
+        self.fake, self.guest, self.image = fake, guest, image
+        self.store_url = f"gs://{CLOUD_BUCKET}/cloud-{name[:40]}-{uuid.uuid4().hex[:6]}"
+        self.store = GcsStore(self.store_url)
+        self.env = cli_env(
+            STORAGE_EMULATOR_HOST=emulator, RUNNER_STORE=self.store_url, RUNNER_BACKEND="gce",
+            RUNNER_PROJECT=PROJECT, RUNNER_COMPUTE_ENDPOINT=fake.endpoint, RUNNER_SERVICE_ACCOUNT=VM_ACCOUNT,
+            RUNNER_POLL_INTERVAL="0.5", RUNNER_HEARTBEAT_INTERVAL="0.5", RUNNER_SYNC_INTERVAL="0.5",
+            RUNNER_GRACE_PERIOD="8", RUNNER_STALL_POLLS="100000", RUNNER_GPU_TIMEOUT="60")
+        self.procs: list[subprocess.Popen[str]] = []
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "runner.cli", *args], env=self.env, capture_output=True,
+                              text=True, timeout=timeout, cwd=ROOT)
+
+    def submit(self, run_id: str, *flags: str, command: list[str] | None = None,
+               zones: str = "us-central1-a,us-central1-b") -> None:
+        p = self.cli("submit", "--run-id", run_id, "--image", self.image, "--zones", zones, *flags,
+                     "--detach", "--", *(command or trainer()))
+        assert p.returncode == 0, p.stderr
+
+    def supervise(self) -> subprocess.Popen[str]:
+        """A separate `runner supervise` process, as a user (or the hosted job) runs it."""
+        p = subprocess.Popen([sys.executable, "-m", "runner.cli", "supervise"], env=self.env, cwd=ROOT,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        self.procs.append(p)
+        return p
+
+    def record(self, run_id: str) -> RunRecord:
+        return RunRecord(self.store, run_id)
+
+    def state(self, run_id: str) -> Any:
+        got = self.record(run_id).read_state()
+        return got[0] if got else None
+
+    def step(self, run_id: str) -> int:
+        hb = self.record(run_id).read_heartbeat()
+        return int((hb.progress or {}).get("step", 0)) if hb else 0
+
+    def wait_state(self, run_id: str, *states: State, attempt: int | None = None, timeout: float = 90) -> Any:
+        def ok() -> Any:
+            st = self.state(run_id)
+            return st if st and st.state in states and (attempt is None or st.attempt == attempt) else None
+        return wait_for(ok, timeout, f"{run_id} to be {'/'.join(s.value for s in states)}"
+                        f"{f' in attempt {attempt}' if attempt else ''} (now {self.state(run_id)})")
+
+    def vms(self, run_id: str) -> list[Any]:
+        return [i for i in self.fake.instances() if i.labels.get(LABEL_RUN_ID) == label_value(run_id)]
+
+    def disks(self, run_id: str) -> list[str]:
+        """The run's disks that still exist (boot disks are named after their VM)."""
+        return [d.name for d in self.fake.disks() if d.name.startswith(f"runner-{run_id}-")]
+
+    def nothing_left(self, run_id: str) -> bool:
+        return self.vms(run_id) == [] and self.disks(run_id) == []
+
+    def preempt(self, run_id: str) -> None:
+        p = self.cli("ops", "preempt", "--run-id", run_id)
+        assert p.returncode == 0, p.stderr
+
+    def journal(self, run_id: str) -> list[dict[str, Any]]:
+        return [doc for _name, doc in self.record(run_id).events()]
+
+    def text(self, run_id: str, rel: str) -> str:
+        blob = self.store.read(self.record(run_id).name(rel))
+        return blob.data.decode() if blob else ""
+
+    def close(self) -> str:
+        out = []
+        for p in self.procs:
+            if p.poll() is None:
+                p.terminate()
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+            out.append(p.stderr.read() if p.stderr else "")
+        return "\n".join(out)
+
+
+@pytest.fixture
+def cloud(cloud_parts: tuple[ComputeFake, CosGuest, LiveVmSampler], gcs_emulator: str,
+          pushed: dict[str, Any], request: pytest.FixtureRequest) -> Iterator[Cloud]:
+    fake, guest, _sampler = cloud_parts
+    assert pushed["proc"].returncode == 0, pushed["proc"].stderr
+    fake.stockout_zones.clear()
+    fake.reset_requests()
+    c = Cloud(fake, guest, gcs_emulator, pushed["ref"], request.node.name.replace("_", "-").lower())
+    errors_before = len(guest.errors)
+    yield c
+    log = c.close()
+    assert guest.errors[errors_before:] == [], log[-3000:]
+
+
+def last_step_in_log(text: str) -> int:
+    return max((int(m) for m in re.findall(r"RUNNER_PROGRESS step=(\d+)", text)), default=0)
+
+
+def started_at(text: str) -> int:
+    (m,) = re.findall(r"trainer: starting at step (\d+)", text)
+    return int(m)
+
+
+def inserts_and_starts(fake: ComputeFake, run_id: str) -> tuple[list[str], list[str]]:
+    ins = [r.body["name"] for r in fake.calls("instances.insert", ok=True) if r.body
+           and r.body.get("labels", {}).get(LABEL_RUN_ID) == label_value(run_id)]
+    starts = [r.path.rsplit("/", 2)[-2] for r in fake.calls("instances.start", ok=True)]
+    return ins, starts
+
+
+def assert_succeeded_with_bounded_redo(c: Cloud, run_id: str, attempts: int) -> None:
+    st = c.state(run_id)
+    assert (st.state, st.attempt) == (State.SUCCEEDED, attempts), st
+    summary = json.loads(c.text(run_id, "results/summary.json"))
+    assert summary["steps"] == STEPS
+    assert len(summary["starts"]) == attempts and summary["starts"][0] == 0, summary
+    for a in range(1, attempts):
+        reached = last_step_in_log(c.text(run_id, f"logs/{a}.log"))
+        resumed = started_at(c.text(run_id, f"logs/{a + 1}.log"))
+        assert resumed == summary["starts"][a]
+        assert 0 <= reached - resumed <= EVERY, f"attempt {a + 1} resumed at {resumed}, attempt {a} reached {reached}"
+        manifest = c.record(run_id).read_manifest(a + 1)
+        assert manifest and manifest["resumed_from"], manifest  # restored last.pt before the job started
+    ckpt = decode_checkpoint(c.store.read(c.record(run_id).name("checkpoints/last.pt")).data)
+    assert ckpt["step"] == STEPS
+
+
+def agent_preempted(journal: list[dict[str, Any]], attempt: int) -> list[dict[str, Any]]:
+    return [e for e in journal if e["actor"] == "agent" and e["to"] == "PREEMPTED" and e["attempt"] == attempt]
+
+
+# ---------------------------------------------------------------------------------------------
+# Preempted by `runner ops preempt`, resumed from last.pt: DELETE and STOP, CPU and GPU
+# ---------------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("action", ["DELETE", "STOP"])
+@pytest.mark.parametrize("shape", ["cpu", "gpu"])
+def test_a_preempted_run_resumes_from_last_checkpoint_and_succeeds(cloud: Cloud, registry: Registry,
+                                                                   action: str, shape: str) -> None:
+    run_id = f"cp-{shape}-{action.lower()}-{uuid.uuid4().hex[:6]}"
+    pulls_before = registry.docker_pulls()
+    cloud.submit(run_id, *(CPU if shape == "cpu" else GPU), "--termination-action", action)
+    cloud.supervise()
+    cloud.wait_state(run_id, State.RUNNING, attempt=1)
+    wait_for(lambda: cloud.step(run_id) >= 8, 60, "attempt 1 to reach step 8")
+    (first,) = cloud.vms(run_id)
+    cloud.preempt(run_id)
+
+    cloud.wait_state(run_id, State.SUCCEEDED, State.FAILED, timeout=120)
+    assert_succeeded_with_bounded_redo(cloud, run_id, attempts=2)
+    journal = cloud.journal(run_id)
+    assert agent_preempted(journal, 1), [(e["actor"], e["to"], e["reason"]) for e in journal]
+    assert "SIGTERM (preemption notice)" in agent_preempted(journal, 1)[0]["reason"]
+    # No VM is left, whatever the termination action (the last one deleted itself).
+    wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VMs and disks to be gone")
+    inserts, starts = inserts_and_starts(cloud.fake, run_id)
+    if action == "STOP":  # the kept VM was started again, not replaced
+        assert inserts == [first.name] and starts == [first.name]
+    else:
+        assert len(inserts) == 2 and starts == []
+    # Every boot pulled the pinned image from the registry (the VMs share this host's Docker, so
+    # only the first transfers the layers; every pull still asks the registry).
+    assert registry.docker_pulls() - pulls_before == len(inserts) + len(starts)
+    # Each attempt ran on a VM booted from the inserted metadata, in its zone.
+    assert [cloud.record(run_id).read_manifest(a)["zone"] for a in (1, 2)] == ["us-central1-a"] * 2
+    if shape == "gpu":  # every boot installed the driver, a STOP/start's too (COS forgets modules)
+        for name in {*inserts, *starts}:
+            gvm = cloud.guest.vms[(PROJECT, "us-central1-a", name)]
+            installs = [c.argv[:2] for c in read_calls(gvm.cos.calls_dir) if c.tool == "cos-extensions"]
+            assert gvm.cos.gpus == 1 and installs == [["install", "gpu"]] * (1 + starts.count(name))
+
+
+# ---------------------------------------------------------------------------------------------
+# Zones, and preemptions at the awkward moments
+# ---------------------------------------------------------------------------------------------
+
+SHORT = trainer(10, EVERY)  # 2 s of work: for the cases that are not about resuming
+
+
+def test_a_stockout_in_the_first_zone_runs_the_job_in_the_second(cloud: Cloud) -> None:
+    run_id = f"cp-stockout-{uuid.uuid4().hex[:6]}"
+    cloud.fake.stockout_zones.add("us-central1-a")
+    cloud.submit(run_id, *CPU, command=SHORT)
+    cloud.supervise()
+    st = cloud.wait_state(run_id, State.SUCCEEDED, State.FAILED, timeout=90)
+    assert (st.state, st.attempt) == (State.SUCCEEDED, 1), st
+    assert cloud.record(run_id).read_manifest(1)["zone"] == "us-central1-b"
+    tried = [r.path.split("/zones/")[1].split("/")[0] for r in cloud.fake.calls("instances.insert", ok=True)]
+    assert tried == ["us-central1-a", "us-central1-b"]  # refused (an operation error) in a, created in b
+    assert json.loads(cloud.text(run_id, "results/summary.json"))["steps"] == 10
+    wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VM (and disk) to delete itself")
+    # The VM asked for its own deletion with its service account's token, and init's roles let it.
+    own = [r.status for r in cloud.fake.calls("instances.delete") if r.path.endswith(f"/runner-{run_id}-a1")
+           and cloud.fake.tokens.get(r.headers.get("Authorization", "").removeprefix("Bearer ")) ==
+           f"serviceAccount:{VM_ACCOUNT}"]
+    assert own and all(code not in (401, 403) for code in own), own
+
+
+def test_a_preemption_during_the_driver_install_restarts_the_run_on_a_new_vm(cloud: Cloud) -> None:
+    run_id = f"cp-driver-{uuid.uuid4().hex[:6]}"
+    # Attempt 1's installer never finishes (a real installer container that hangs); attempt 2's works.
+    cloud.guest.env_for = lambda attrs: {"COS_SIM_DRIVER": "hang"} if attrs.get("runner-attempt") == "1" else {}
+    try:
+        cloud.submit(run_id, *GPU, command=SHORT)
+        cloud.supervise()
+        first = f"runner-{run_id}-a1"
+        installing = lambda: [c for vm in cloud.guest.vms.values() if vm.name == first  # noqa: E731
+                              for c in vm.cos.containers() if "cos-gpu-installer" in str(c.attrs["Config"]["Image"])]
+        (installer,) = wait_for(installing, 60, "attempt 1's GPU installer container to run")
+        assert cloud.state(run_id).state in (State.PROVISIONING, State.BOOTING)
+        cloud.preempt(run_id)
+        st = cloud.wait_state(run_id, State.SUCCEEDED, State.FAILED, timeout=120)
+    finally:
+        cloud.guest.env_for = None
+    assert (st.state, st.attempt) == (State.SUCCEEDED, 2), st
+    assert cloud.record(run_id).read_manifest(1) is None  # the job never started on the first VM
+    summary = json.loads(cloud.text(run_id, "results/summary.json"))
+    assert summary["starts"] == [0] and summary["steps"] == 10
+    # Power off took the hung installer with it; the second VM installed the driver again.
+    gvm = next(vm for vm in cloud.guest.vms.values() if vm.name == first)
+    assert gvm.cos.containers() == []
+    wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VMs and disks to be gone")
+
+
+def test_a_preemption_during_the_final_sync_loses_nothing(cloud: Cloud, docker_client: Any) -> None:
+    run_id = f"cp-finalsync-{uuid.uuid4().hex[:6]}"
+    # A 30 MB checkpoint makes the agent's final sync long enough for the notice to land in it.
+    cloud.submit(run_id, *CPU, "--termination-action", "STOP",
+                 command=trainer(10, EVERY, "--checkpoint-bytes", str(30 << 20)))
+    cloud.supervise()
+    name = f"runner-{run_id}-a1"
+
+    def job_done() -> bool:
+        for vm in cloud.guest.vms.values():
+            if vm.name == name:
+                for c in vm.cos.containers():
+                    if c.name == vm.cos.container_name and b"trainer: done" in c.logs():
+                        return True
+        return False
+
+    wait_for(job_done, 90, "the job to finish (the agent then syncs)")
+    cloud.fake.preempt("us-central1-a", name)  # GCE's own preemption, at once
+    st = cloud.wait_state(run_id, State.SUCCEEDED, State.FAILED, timeout=120)
+    assert st.state == State.SUCCEEDED, st
+    summary = json.loads(cloud.text(run_id, "results/summary.json"))
+    assert summary["steps"] == 10
+    ckpt = decode_checkpoint(cloud.store.read(cloud.record(run_id).name("checkpoints/last.pt")).data)
+    assert ckpt["step"] == 10
+    journal = cloud.journal(run_id)
+    if agent_preempted(journal, 1):  # the notice landed in the sync: attempt 2 had nothing left to do
+        assert st.attempt == 2 and summary["starts"] == [0, 10], summary
+        print(f"\n{run_id}: the notice landed in the final sync; attempt 2 resumed at step 10")
+    else:  # the sync finished inside the notice: the outcome stood
+        assert st.attempt == 1
+        print(f"\n{run_id}: the final sync finished inside the notice; SUCCEEDED stood")
+    wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VM and disk to be gone")
+
+
+def test_a_delete_during_the_restart_is_final(cloud: Cloud) -> None:
+    run_id = f"cp-delete-{uuid.uuid4().hex[:6]}"
+    cloud.submit(run_id, *CPU)
+    cloud.supervise()
+    cloud.wait_state(run_id, State.RUNNING, attempt=1)
+    wait_for(lambda: cloud.step(run_id) >= 5, 60, "attempt 1 to reach step 5")
+    cloud.preempt(run_id)
+    cloud.wait_state(run_id, State.PROVISIONING, State.BOOTING, attempt=2, timeout=60)
+    p = cloud.cli("ops", "delete", "--run-id", run_id)
+    assert p.returncode == 0, p.stderr
+    st = cloud.wait_state(run_id, State.STOPPED, timeout=60)
+    wait_for(lambda: cloud.nothing_left(run_id), 60, f"{run_id}'s VMs and disks to be gone")
+    inserts, _ = inserts_and_starts(cloud.fake, run_id)
+    time.sleep(4)  # eight supervisor passes: none may bring the run back
+    assert cloud.nothing_left(run_id)
+    assert inserts_and_starts(cloud.fake, run_id)[0] == inserts and len(inserts) <= 2
+    assert cloud.state(run_id).state == State.STOPPED and st.attempt <= 2
+    assert not [vm for vm in cloud.guest.vms.values() if vm.run_id == run_id and vm.alive]
+
+
+# ---------------------------------------------------------------------------------------------
+# Over the whole module: never two live VMs for one run
+# ---------------------------------------------------------------------------------------------
+
+def test_never_two_live_vms_for_one_run_over_the_whole_suite(
+        cloud_parts: tuple[ComputeFake, CosGuest, LiveVmSampler], registry: Registry,
+        pushed: dict[str, Any]) -> None:
+    """Runs last in this module (pytest keeps file order): the sampler has seen every case."""
+    _fake, guest, sampler = cloud_parts
+    assert sampler.samples > 100 and sampler.api_max, "the sampler saw nothing"
+    digest = pushed["ref"].rsplit("@", 1)[1]
+    resolved = [r for r in registry.requests() if r[0] in ("GET", "HEAD") and r[2] == 200
+                and r[1] == f"/v2/{REPOSITORY}/manifests/{digest}" and r[3].startswith("docker/")]
+    assert resolved, "no VM resolved the pinned digest at the registry"
+    report = {run: (n, guest.max_live_per_run.get(run, 0)) for run, n in sorted(sampler.api_max.items())}
+    print(f"\nmax live VMs per run (Compute API, booted guests) over {sampler.samples} samples: {report}")
+    assert max(sampler.api_max.values()) == 1, report
+    assert max(guest.max_live_per_run.values()) == 1, report
