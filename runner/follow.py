@@ -50,6 +50,11 @@ def _follow(sup: Supervisor, run_id: str, poll_interval: float, say: Callable[[s
             if cur is None:
                 raise LookupError(f"run {run_id} vanished from the store")
             st = cur[0]
-        if st.state.terminal or once:
+        if st.state.terminal:
+            # The step may have judged the run live just before its agent recorded the end: one
+            # more step removes what is left (drained before we return), so nothing bills.
+            sup.reconcile(run_id)
+            return st
+        if once:
             return st
         time.sleep(poll_interval)

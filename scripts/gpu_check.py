@@ -115,7 +115,9 @@ def main(argv: list[str] | None = None) -> int:
 
     dev = args.train_device
     for run_id, cmd, at in ((ref, train_command(args.steps, dev), None),
-                            (run, train_command(args.steps, dev, "--step-delay", "0.05"), args.preempt_at)):
+                            # The delay leaves the supervisor (1 s heartbeat, 1 s poll) time to
+                            # preempt mid-run, even on a loaded machine.
+                            (run, train_command(args.steps, dev, "--step-delay", "0.25"), args.preempt_at)):
         res = submit(ctx, run_id, cmd, image=args.image, restart=False)
         say(res.message)
         rec = follow(run_id, at)
