@@ -8,30 +8,18 @@ job exits. Here the agent's stdout is read slowly on purpose to reproduce that.
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
 import threading
 import time
 
-from entrypoint.record import RunRecord, RunSpec, State
-from entrypoint.store_local import LocalStore
-from tests.conftest import ROOT
+from tests.test_agent_start_failure import agent_env
 
 
 def test_the_stored_log_ends_with_the_jobs_last_line_even_behind_a_slow_console(tmp_path):
-    store_dir = tmp_path / "store"
-    store_dir.mkdir()
     script = ("import sys\nw=sys.stdout.write\nfor i in range(20000): w(f'line {i:06d} ' + 'x'*40 + '\\n')\n"
               "w('LAST LINE\\n')")
-    rec = RunRecord(LocalStore(str(store_dir)), "r")
-    rec.write_spec(RunSpec(run_id="r", image="-", command=[sys.executable, "-c", script], backend="local"))
-    rec.create_state("test")
-    rec.transition(State.PROVISIONING, "test", attempt=1)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RUNNER_RUN_ID": "r", "RUNNER_STORE": f"file://{store_dir}",
-           "RUNNER_ATTEMPT": "1", "RUNNER_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
-           "RUNNER_RESULTS_DIR": str(tmp_path / "results"), "RUNNER_HEARTBEAT_INTERVAL": "0.2",
-           "RUNNER_SYNC_INTERVAL": "0.2"}
+    env = agent_env(tmp_path, sys.executable, "-c", script, retries=0)
     p = subprocess.Popen([sys.executable, "-m", "entrypoint", "--", sys.executable, "-c", script], env=env,
                          stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
 
@@ -44,6 +32,6 @@ def test_the_stored_log_ends_with_the_jobs_last_line_even_behind_a_slow_console(
     reader.start()
     assert p.wait(timeout=120) == 0
     reader.join()
-    stored = (store_dir / "runs/r/logs/1.log").read_text()
+    stored = (tmp_path / "store/runs/r/logs/1.log").read_text()
     assert stored.endswith("LAST LINE\n"), stored[-120:]
     assert stored.count("\n") == 20001

@@ -20,7 +20,9 @@ from entrypoint.store_local import LocalStore
 from tests.conftest import ROOT
 
 
-def _agent(tmp_path: Path, *command: str, retries: int = 3) -> tuple[subprocess.CompletedProcess[str], Path]:
+def agent_env(tmp_path: Path, *command: str, retries: int = 3) -> dict[str, str]:
+    """A run ``r`` in a new local store under ``tmp_path``, at attempt 1, and the environment
+    its agent gets (the real agent then runs as a process, as the bench does)."""
     store_dir = tmp_path / "store"
     store_dir.mkdir()
     rec = RunRecord(LocalStore(str(store_dir)), "r")
@@ -28,13 +30,17 @@ def _agent(tmp_path: Path, *command: str, retries: int = 3) -> tuple[subprocess.
                            retry_on_failure=retries))
     rec.create_state("test")
     rec.transition(State.PROVISIONING, "test", attempt=1)
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RUNNER_RUN_ID": "r", "RUNNER_STORE": f"file://{store_dir}",
-           "RUNNER_ATTEMPT": "1", "RUNNER_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
-           "RUNNER_RESULTS_DIR": str(tmp_path / "results"), "RUNNER_HEARTBEAT_INTERVAL": "0.2",
-           "RUNNER_SYNC_INTERVAL": "0.2"}
+    return {**os.environ, "PYTHONPATH": str(ROOT), "RUNNER_RUN_ID": "r", "RUNNER_STORE": f"file://{store_dir}",
+            "RUNNER_ATTEMPT": "1", "RUNNER_CHECKPOINT_DIR": str(tmp_path / "ckpt"),
+            "RUNNER_RESULTS_DIR": str(tmp_path / "results"), "RUNNER_HEARTBEAT_INTERVAL": "0.2",
+            "RUNNER_SYNC_INTERVAL": "0.2"}
+
+
+def _agent(tmp_path: Path, *command: str, retries: int = 3) -> tuple[subprocess.CompletedProcess[str], Path]:
+    env = agent_env(tmp_path, *command, retries=retries)
     p = subprocess.run([sys.executable, "-m", "entrypoint", "--", *command], env=env, capture_output=True,
                        text=True, timeout=60)
-    return p, store_dir / "runs" / "r"
+    return p, tmp_path / "store" / "runs" / "r"
 
 
 @pytest.mark.parametrize(("command", "code", "why"), [
