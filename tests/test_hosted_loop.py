@@ -3,28 +3,39 @@
 local Docker, against the Compute fake and the GCS emulator; a preempted run is restarted and
 reaches SUCCEEDED.
 
-What is real: the CLI (`submit --detach`, `supervise --deploy`) in subprocesses; the deployed job
-as stored by the Cloud Run fake; the scheduler fake's delivery (HTTP POST to the job's ``:run``
-with the schedule's OAuth identity, authorized by the invoker binding deploy made); the runner
-image built from ``runner.supervisor_image`` through the ``runner build`` chain's local route.
-What stands in: the registry (the deployed ``REPO@sha256:ID`` is resolved to the local image ID,
-as a pull by digest would give the same bytes); the VM's agent, whose part in the record
-(RUNNING, SUCCEEDED) the test writes, as tests/test_gce_backend.py does.
+Nothing in the loop is played by hand. The CLI (`supervise --deploy`, `submit --detach`, `ops
+preempt`) runs in subprocesses; every VM the Compute fake runs is a simulated COS VM
+(tests/cloud_sim.py) booted from the metadata the product inserted: the real ``gcp/startup.sh``
+pulls the workload image by digest from a real registry on loopback (tests/registry_fixture.py)
+and starts the real agent container, which writes RUNNING, checkpoints, PREEMPTED and SUCCEEDED
+to the GCS emulator. The deployed job is stored by the Cloud Run fake and delivered by the
+scheduler fake (HTTP POST to the job's ``:run`` with the schedule's OAuth identity, authorized by
+the invoker binding deploy made); the runner image is built from ``runner.supervisor_image``
+through the ``runner build`` chain's local route.
+
+What stands in: the runner image's registry (the deployed ``REPO@sha256:ID`` is resolved to the
+local image ID, as a pull by digest would give the same bytes), and the network: the job's
+container runs with the host's network so that ``127.0.0.1`` is where the fakes are, as
+``*.googleapis.com`` is from a real Cloud Run job.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import re
 import subprocess
 import sys
 import threading
+import time
+import uuid
 from pathlib import Path
 
 import pytest
 
 from entrypoint.record import RunRecord, State
 from runner.supervisor_heartbeat import read_pass
-from tests.conftest import ROOT
+from tests.conftest import IMAGE, ROOT
 
 pytestmark = pytest.mark.docker
 
@@ -87,42 +98,126 @@ def _cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
                           text=True, timeout=120, cwd=ROOT)
 
 
+STEPS, EVERY, STEP_TIME = 40, 5, 0.2  # 8 s of work: room for a preemption to land mid-job
+
+
+def _push(docker_client, registry, image: str, repository: str) -> str:
+    """Push ``image`` to the loopback registry; returns ``HOST/REPOSITORY@sha256:…`` as the
+    registry answered it, the reference a VM pulls by digest."""
+    tag = f"{registry.host}/{repository}:t-{uuid.uuid4().hex[:8]}"
+    docker_client.images.get(image).tag(tag)
+    digest = ""
+    try:
+        for line in docker_client.images.push(tag, stream=True, decode=True):
+            if "error" in line:
+                pytest.fail(f"pushing {image} to {registry.host} failed: {line['error']}")
+            digest = (line.get("aux") or {}).get("Digest", digest)
+    finally:
+        docker_client.images.remove(tag, noprune=True)
+    assert digest.startswith("sha256:"), "the registry answered no digest for the push"
+    return f"{registry.host}/{repository}@{digest}"
+
+
+def _wait(what, timeout: float, desc: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = what()
+        if got:
+            return got
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout}s waiting for {desc}")
+
+
 def test_a_preempted_run_is_restarted_by_the_hosted_supervisor_alone(
-        runner_image_id, docker_client, compute_fake, gcs_emulator, gcs_store, cloudrun_fake, scheduler_fake,
-        tmp_path: Path):
-    pinned = f"{REPO}@{runner_image_id}"
-    env = _env(compute_fake, gcs_store, cloudrun_fake, scheduler_fake, tmp_path)
+        runner_image_id, docker_client, registry, compute_fake, gcs_emulator, gcs_store, cloudrun_fake,
+        scheduler_fake, tmp_path: Path):
+    """submit --detach, the VM runs the real agent, `ops preempt`, a tick restarts, the run succeeds."""
+    from examples.trainer import decode_checkpoint
+    from runner.backends.base import LABEL_RUN_ID
+    from tests.cloud_sim import CosGuest, LiveVmSampler
+
+    run_id = "hosted-loop-1"
+    workload = _push(docker_client, registry, IMAGE, "cos-spot-runner/hosted-loop")
+    env = _env(compute_fake, gcs_store, cloudrun_fake, scheduler_fake, tmp_path) | {
+        "RUNNER_ZONES": "us-central1-a", "RUNNER_HEARTBEAT_INTERVAL": "0.5", "RUNNER_SYNC_INTERVAL": "0.5",
+        "RUNNER_GRACE_PERIOD": "8", "RUNNER_POLL_INTERVAL": "0.5"}
     scheduler_fake.route("https://run.googleapis.com", cloudrun_fake.endpoint)
     containers: list[str] = []
     logs: list[str] = []
     cloudrun_fake.executor = _executor(docker_client, gcs_emulator, containers, logs)
+    compute_fake.time_scale = 0.5  # GCE's 30 s preemption notice, halved: the 8 s grace fits inside
+    guest = CosGuest(tmp_path / "vms", gcs_api=gcs_emulator, compute_api=compute_fake.endpoint,
+                     docker_client=docker_client)
+    guest.follow(compute_fake)
+    sampler = LiveVmSampler(compute_fake, label=LABEL_RUN_ID)
+    store, rec = gcs_store, RunRecord(gcs_store, run_id)
+
+    def state():
+        got = rec.read_state()
+        return got[0] if got else None
+
+    def step() -> int:
+        hb = rec.read_heartbeat()
+        return int((hb.progress or {}).get("step", 0)) if hb else 0
+
+    def text(rel: str) -> str:
+        blob = store.read(rec.name(rel))
+        return blob.data.decode() if blob else ""
+
+    def tick_until(done, ticks: int, desc: str) -> int:
+        """Minute after minute (no waiting between them: time is the test's): a tick, its pass."""
+        for n in range(1, ticks + 1):
+            assert scheduler_fake.tick() == [200]
+            cloudrun_fake.wait_executions(timeout=120)
+            if done():
+                return n
+        raise AssertionError(f"{desc} not after {ticks} ticks; now {state()}; job logs: {logs[-1:]}")
+
     try:
-        deployed = _cli(env, "supervise", "--deploy", "--image", pinned)
+        deployed = _cli(env, "supervise", "--deploy", "--image", f"{REPO}@{runner_image_id}")
         assert deployed.returncode == 0, deployed.stderr
-        sub = _cli(env, "submit", "--run-id", "exp-1", "--image", WORKLOAD, "--detach", "--",
-                   "python3", "-m", "examples.trainer")
+        sub = _cli(env, "submit", "--run-id", run_id, "--image", workload, "--detach", "--",
+                   "python3", "-m", "examples.trainer", "--steps", str(STEPS), "--checkpoint-every", str(EVERY),
+                   "--step-time", str(STEP_TIME))
         assert sub.returncode == 0, sub.stderr
-        store = gcs_store
-        rec = RunRecord(store, "exp-1")
-        (vm,) = compute_fake.instances()
-        assert vm.name == "runner-exp-1-a1"
-        zone = vm.zone.rsplit("/", 1)[-1]
-        rec.transition(State.RUNNING, "agent", expect_attempt=1, zone=zone)  # the VM's agent
-        compute_fake.preempt(zone, "runner-exp-1-a1")
 
-        # No supervisor of ours runs: the next minute's tick is what notices.
-        assert scheduler_fake.tick() == [200]
-        cloudrun_fake.wait_executions()
-        st = rec.read_state()[0]
-        assert (st.state, st.attempt) == (State.PROVISIONING, 2), logs
-        assert [v.name for v in compute_fake.instances() if v.status != "TERMINATED"] == ["runner-exp-1-a2"]
+        # The VM booted from its metadata runs the job; nobody but its agent writes the record.
+        _wait(lambda: (s := state()) and s.state == State.RUNNING and s.attempt == 1, 60,
+              f"attempt 1 RUNNING (now {state()}; guest errors {guest.errors})")
+        _wait(lambda: step() >= 8, 60, "attempt 1 to reach step 8")
+        pre = _cli(env, "ops", "preempt", "--run-id", run_id)
+        assert pre.returncode == 0, pre.stderr
+        _wait(lambda: state().state == State.PREEMPTED, 60, f"the agent to record PREEMPTED (now {state()})")
+        _wait(lambda: all(v.status == "TERMINATED" for v in compute_fake.instances()), 60,
+              "the preempted VM to be off")
+        # No supervisor of ours runs: the run stays PREEMPTED until a tick's pass notices.
+        time.sleep(1)
+        assert (state().state, state().attempt) == (State.PREEMPTED, 1)
 
-        rec.transition(State.RUNNING, "agent", expect_attempt=2, zone=zone)
-        rec.transition(State.SUCCEEDED, "agent", exit_code=0)
-        assert scheduler_fake.tick() == [200]
-        cloudrun_fake.wait_executions()
-        assert rec.read_state()[0].state == State.SUCCEEDED
-        assert compute_fake.instances() == [], "the finished run's VM was left billing"
+        tick_until(lambda: state().attempt == 2, 3, "attempt 2 created by a hosted pass")
+        _wait(lambda: state().state in (State.SUCCEEDED, State.FAILED), 90,
+              f"attempt 2 to finish (now {state()}; guest errors {guest.errors})")
+        st = state()
+        assert (st.state, st.attempt) == (State.SUCCEEDED, 2), st
+
+        # The work: every step done once more at most since the last checkpoint, the rest resumed.
+        summary = json.loads(text("results/summary.json"))
+        assert summary["steps"] == STEPS
+        reached = max(int(m) for m in re.findall(r"RUNNER_PROGRESS step=(\d+)", text("logs/1.log")))
+        (resumed,) = (int(m) for m in re.findall(r"trainer: starting at step (\d+)", text("logs/2.log")))
+        assert summary["starts"] == [0, resumed] and 0 < resumed and 0 <= reached - resumed <= EVERY, \
+            (summary, reached)
+        assert rec.read_manifest(2)["resumed_from"], "attempt 2 did not restore last.pt before starting"
+        assert decode_checkpoint(store.read(rec.name("checkpoints/last.pt")).data)["step"] == STEPS
+
+        # Nothing left billing: the finished VM deleted itself, and a later pass cleans the rest.
+        tick_until(lambda: compute_fake.instances() == [] and not [
+            d for d in compute_fake.disks() if d.name.startswith(f"runner-{run_id}-")], 3,
+            "no VM or disk of the run left")
+        assert guest.errors == [], guest.errors
+        assert sampler.samples > 100 and sampler.api_max[run_id] == 1, dict(sampler.api_max)
+        assert guest.max_live_per_run[run_id] == 1, dict(guest.max_live_per_run)
+
         p = read_pass(store)
         assert p.hosted and "Cloud Run job cos-spot-runner-supervisor" in p.where and p.every == 60
         assert all(ex.succeeded_count == 1 for ex in cloudrun_fake.executions_of(
@@ -130,11 +225,17 @@ def test_a_preempted_run_is_restarted_by_the_hosted_supervisor_alone(
         status = _cli(env, "supervise", "--status")
         assert status.returncode == 0 and "last pass" in status.stdout, status.stdout + status.stderr
     finally:
+        sampler.stop()
+        guest.close()
         for cid in containers:
             try:
                 docker_client.containers.get(cid).remove(force=True)
             except Exception:  # noqa: BLE001 - already removed
                 pass
+        try:
+            docker_client.images.remove(workload)
+        except Exception:  # noqa: BLE001 - never pulled, or still in use
+            pass
 
 
 def test_overlapping_ticks_still_make_one_vm_per_run(runner_image_id, docker_client, compute_fake, gcs_emulator,
