@@ -22,10 +22,8 @@ import os
 import re
 import subprocess
 import sys
-import threading
 import time
 import uuid
-from collections import Counter
 from pathlib import Path
 from typing import Any, Callable, Iterator
 
@@ -36,7 +34,7 @@ from entrypoint.store_gcs import GcsStore
 from examples.trainer import decode_checkpoint
 from runner.backends.base import LABEL_RUN_ID
 from runner.naming import label_value
-from tests.cloud_sim import CosGuest
+from tests.cloud_sim import CosGuest, LiveVmSampler
 from tests.cos_sim.vm import read_calls
 from tests.cloudbuild_fake import run_cloudbuild_fake
 from tests.compute_fake import ComputeFake, block_external_network, run_compute_fake
@@ -55,7 +53,6 @@ REPOSITORY = "cos-spot-runner/cloud-path"
 STEPS, EVERY, STEP_TIME = 50, 5, 0.2  # 10 s of work: room for a preemption to land mid-job
 CPU = ("--machine-type", "n1-standard-4", "--no-gpu")
 GPU = ("--machine-type", "n1-standard-4", "--gpu", "nvidia-tesla-t4:1")
-LIVE = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING")
 
 
 def trainer(steps: int = STEPS, every: int = EVERY, *extra: str) -> list[str]:
@@ -140,30 +137,6 @@ def test_runner_build_falls_back_to_docker_push_and_pins_the_registry_digest(pus
 # The cloud: one Compute fake, its guest VMs, and a sampler of live VMs per run
 # ---------------------------------------------------------------------------------------------
 
-class LiveVmSampler:
-    """Counts, every 50 ms, the VMs of each run that the Compute API shows alive (any status but
-    TERMINATED) and the guest VMs actually booted; keeps the maximum of each per run."""
-
-    def __init__(self, fake: ComputeFake, guest: CosGuest) -> None:
-        self.fake, self.guest = fake, guest
-        self.api_max: Counter[str] = Counter()
-        self.samples = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, name="live-vm-sampler", daemon=True)
-        self._thread.start()
-
-    def _loop(self) -> None:
-        while not self._stop.wait(0.05):
-            live = Counter(i.labels.get(LABEL_RUN_ID, "?") for i in self.fake.instances() if i.status in LIVE)
-            for run, n in live.items():
-                self.api_max[run] = max(self.api_max[run], n)
-            self.samples += 1
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join(timeout=5)
-
-
 @pytest.fixture(scope="module")
 def cloud_parts(tmp_path_factory: pytest.TempPathFactory, gcs_emulator: str, docker_client: Any,
                 pushed: dict[str, Any]) -> Iterator[tuple[ComputeFake, CosGuest, LiveVmSampler]]:
@@ -191,7 +164,7 @@ def cloud_parts(tmp_path_factory: pytest.TempPathFactory, gcs_emulator: str, doc
                          compute_api=fake.endpoint, docker_client=docker_client,
                          token_for=lambda inst: fake.mint_token(f"serviceAccount:{inst.service_accounts[0].email}"))
         guest.follow(fake)
-        sampler = LiveVmSampler(fake, guest)
+        sampler = LiveVmSampler(fake, label=LABEL_RUN_ID)
         try:
             yield fake, guest, sampler
         finally:

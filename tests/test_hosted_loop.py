@@ -192,6 +192,7 @@ def test_a_preempted_run_is_restarted_by_the_hosted_supervisor_alone(
         assert [v.status for v in compute_fake.instances()] == ["STOPPING"]
         assert scheduler_fake.tick() == [200]
         cloudrun_fake.wait_executions(timeout=120)
+        assert len(compute_fake.instances()) == 1 and state().attempt == 1, "a pass doubled a STOPPING run"
         _wait(lambda: state().state != State.RUNNING, 60, f"the agent to record PREEMPTED (now {state()})")
         journal = [doc for _name, doc in rec.events()]
         assert [e for e in journal if e["actor"] == "agent" and e["to"] == "PREEMPTED" and e["attempt"] == 1], \
