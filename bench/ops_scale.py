@@ -62,7 +62,7 @@ def local_wall_times() -> dict[str, float]:
 def gcs_requests(sizes: tuple[int, ...] = (20, N_RUNS)) -> dict[int, Counter]:
     from tests.gcs_emulator import run_emulator
 
-    from runner.ops import list_runs
+    from runner.ops.runs import list_runs
 
     out: dict[int, Counter] = {}
     with run_emulator("bench-ops") as host:

@@ -6,7 +6,7 @@ reaches SUCCEEDED.
 What is real: the CLI (`submit --detach`, `supervise --deploy`) in subprocesses; the deployed job
 as stored by the Cloud Run fake; the scheduler fake's delivery (HTTP POST to the job's ``:run``
 with the schedule's OAuth identity, authorized by the invoker binding deploy made); the runner
-image built from ``runner.supervisor_image`` through the ``runner build`` chain's local route.
+image built from ``runner.build.supervisor_image`` through the ``runner build`` chain's local route.
 What stands in: the registry (the deployed ``REPO@sha256:ID`` is resolved to the local image ID,
 as a pull by digest would give the same bytes); the VM's agent, whose part in the record
 (RUNNING, SUCCEEDED) the test writes, as tests/test_gce_backend.py does.
@@ -23,7 +23,7 @@ from pathlib import Path
 import pytest
 
 from entrypoint.record import RunRecord, State
-from runner.supervisor_heartbeat import read_pass
+from runner.launch.supervisor_heartbeat import read_pass
 from tests.conftest import ROOT
 
 pytestmark = pytest.mark.docker
@@ -38,7 +38,7 @@ WHEELS = ROOT / ".cache" / "runner-wheels"
 def runner_image_id(docker_client) -> str:
     """The runner image, built once per session from this checkout (offline, from cached wheels)."""
     from runner.config import Config
-    from runner.supervisor_image import build_runner_image, requirements
+    from runner.build.supervisor_image import build_runner_image, requirements
 
     WHEELS.mkdir(parents=True, exist_ok=True)
     if not list(WHEELS.glob("*.whl")):
@@ -141,8 +141,8 @@ def test_overlapping_ticks_still_make_one_vm_per_run(runner_image_id, docker_cli
                                                      gcs_store, cloudrun_fake, scheduler_fake, tmp_path: Path):
     """A slow pass and the next minute's overlap (Cloud Run starts both executions): one VM per run."""
     from runner.config import Config
-    from runner.context import make_context
-    from runner.submit import submit
+    from runner.launch.context import make_context
+    from runner.launch.submit import submit
 
     env = _env(compute_fake, gcs_store, cloudrun_fake, scheduler_fake, tmp_path)
     scheduler_fake.route("https://run.googleapis.com", cloudrun_fake.endpoint)

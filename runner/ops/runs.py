@@ -10,9 +10,9 @@ from typing import Any, Callable, Iterator
 
 from entrypoint.record import PreconditionFailed, RunRecord, State, iso, list_run_ids
 from entrypoint.store import Store
-from runner.backends.base import ComputeBackend
+from runner.launch.backends.base import ComputeBackend
 from runner.naming import label_value
-from runner.supervisor_heartbeat import watchfulness
+from runner.launch.supervisor_heartbeat import watchfulness
 
 
 class RunNotFound(Exception):

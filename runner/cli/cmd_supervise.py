@@ -1,4 +1,4 @@
-"""``runner supervise --deploy | --undeploy | --status``: parse-call-print over ``runner.hosted``.
+"""``runner supervise --deploy | --undeploy | --status``: parse-call-print over ``runner.cloud.hosted``.
 
 Data (the status, ``--json``) goes to stdout; each step of a deploy is a line on stderr as it ends.
 """
@@ -20,12 +20,12 @@ def _note(msg: str) -> None:
 
 def run(cfg: Config, action: str, image: str | None, build: bool, as_json: bool) -> int:
     """Do ``action`` (deploy, undeploy, status); returns the exit code (0, 1 failed, 2 usage)."""
-    from runner.hosted import (PERIOD_S, HostedError, daily_cost, deploy, hosted_clients, hosted_status,
+    from runner.cloud.hosted import (PERIOD_S, HostedError, daily_cost, deploy, hosted_clients, hosted_status,
                                target, undeploy)
 
     try:
         if action == "deploy" and build:
-            from runner.supervisor_image import build_runner_image
+            from runner.build.supervisor_image import build_runner_image
 
             image = build_runner_image(cfg, image, say=_note)
         t = target(cfg, image, need_image=action == "deploy")
@@ -50,7 +50,7 @@ def run(cfg: Config, action: str, image: str | None, build: bool, as_json: bool)
                 click.echo("hosted supervisor removed; runs and their VMs are left as they are "
                            "(keep them alive with `runner supervise`)")
             return 0
-        from runner.context import make_store
+        from runner.launch.context import make_store
 
         out = hosted_status(t, clients, make_store(cfg))
         if as_json:
@@ -76,7 +76,7 @@ def _warn_webhook_url_not_passed(cfg: Config) -> None:
     by anyone who may read the job, so it is never passed. Say so, rather than go quiet."""
     import os
 
-    from runner.notify import WEBHOOK_URL_ENV
+    from runner.ops.notify import WEBHOOK_URL_ENV
 
     if os.environ.get(WEBHOOK_URL_ENV, "").strip():
         hint = ("the hosted supervisor notifies through webhook_secret" if cfg.webhook_secret else

@@ -58,8 +58,8 @@ def _config(cli_config: dict[str, Any], config_path: str | None):  # type: ignor
 def _load(cli_config: dict[str, Any], config_path: str | None, create_store: bool = False):  # type: ignore[no-untyped-def]
     """Config, store and backend; every user error becomes a one-line message and exit 2/1."""
     from entrypoint.store import StoreError
-    from runner.backends.base import BackendError
-    from runner.context import make_context
+    from runner.launch.backends.base import BackendError
+    from runner.launch.context import make_context
 
     cfg = _config(cli_config, config_path)
     try:
@@ -76,10 +76,10 @@ def _guard(f: Callable[..., Any]) -> Callable[..., Any]:
     @functools.wraps(f)
     def wrapper(*args: Any, **kw: Any) -> Any:
         from entrypoint.store import StoreError
-        from runner.backends.base import BackendError
+        from runner.launch.backends.base import BackendError
         from runner.naming import InvalidRunId
-        from runner.ops import RunNotFound
-        from runner.submit import SubmitRefused
+        from runner.ops.runs import RunNotFound
+        from runner.launch.submit import SubmitRefused
 
         try:
             return f(*args, **kw)
@@ -160,7 +160,7 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
 
     Re-submitting an existing run id resumes it from its last checkpoint.
     """
-    from runner import submit as submit_mod
+    from runner.launch import submit as submit_mod
 
     run_id = _run_id(run_id)
     if pull_dest is not None and detach:
@@ -196,7 +196,7 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
         _note(f"detached; keep it supervised with: runner supervise   (status: runner ops status --run-id {run_id})")
         _warn_if_unsupervised(ctx.store)
         return
-    from runner.follow import follow_run
+    from runner.launch.follow import follow_run
 
     final = follow_run(sup, run_id, ctx.cfg.poll_interval, _note)
     click.echo(f"{run_id}: {final.state.value} after {final.attempt} attempt(s)"
@@ -204,8 +204,8 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
     if final.state.value != "SUCCEEDED":
         sys.exit(EXIT_FAILED)
     if pull_dest is not None:
-        from runner.ops import pull_run
-        from runner.progress_bar import transfer_progress
+        from runner.ops.runs import pull_run
+        from runner.ops.progress_bar import transfer_progress
 
         with transfer_progress(f"pulling {run_id}", enabled=True) as (on_plan, on_file):
             out = pull_run(ctx.store, run_id, pull_dest, False, on_plan=on_plan, on_file=on_file)
@@ -234,8 +234,8 @@ def build(context_dir: str, image: str | None, dockerfile: str, base_image: str 
       runner build --local --image cos-spot-runner/workload:dev     # for the local backend
       runner build --list-files                                    # what would be uploaded
     """
-    from runner.build import BuildError, BuildRequest, list_files as files_of
-    from runner.build_context import IgnoreFileError
+    from runner.build.image import BuildError, BuildRequest, list_files as files_of
+    from runner.build.build_context import IgnoreFileError
 
     if list_files:
         try:
@@ -256,8 +256,8 @@ def build(context_dir: str, image: str | None, dockerfile: str, base_image: str 
 
 
 def _build(cfg: Any, req: Any, local_only: bool) -> Any:
-    from runner.build import build_image
-    from runner.gcp_clients import cloudbuild_client
+    from runner.build.image import build_image
+    from runner.cloud.gcp_clients import cloudbuild_client
 
     from entrypoint.store_gcs import parse_gs_url
 
@@ -271,7 +271,7 @@ def _build(cfg: Any, req: Any, local_only: bool) -> Any:
 
 def _dry_run(cfg: Any, run_id: str, command: list[str], image: str | None) -> None:
     """Print the exact first request (stdout) and what was left unchecked (stderr)."""
-    from runner import submit as submit_mod
+    from runner.launch import submit as submit_mod
 
     plan, skipped = submit_mod.dry_run(cfg, run_id, command, image, max_restarts=cfg.max_restarts,
                                        retry_on_failure=cfg.retry_on_failure)
@@ -282,7 +282,7 @@ def _dry_run(cfg: Any, run_id: str, command: list[str], image: str | None) -> No
 
 def _build_for_submit(ctx: Any) -> str:
     """No --image: build the configured image from the current directory, as `runner build` would."""
-    from runner.build import BuildError, BuildRequest
+    from runner.build.image import BuildError, BuildRequest
 
     name = ctx.cfg.image or ("cos-spot-runner/workload:dev" if ctx.cfg.backend == "local" else None)
     if not name:
@@ -323,7 +323,7 @@ def supervise(run_id: str | None, once: bool, poll_interval: float | None, for_s
     if deploy + undeploy + show_status > 1:
         _err("choose one of --deploy, --undeploy, --status", EXIT_USAGE)
     if deploy or undeploy or show_status:
-        from runner import hosted_command
+        from runner.cli import cmd_supervise as hosted_command
 
         action = "deploy" if deploy else "undeploy" if undeploy else "status"
         sys.exit(hosted_command.run(_config(cli_config, config_path), action, image, build_first, as_json))
@@ -332,8 +332,8 @@ def supervise(run_id: str | None, once: bool, poll_interval: float | None, for_s
     sup.pass_every = schedule_period  # hosted: a pass is due at least every schedule period
     if run_id:
         from entrypoint.record import RunRecord
-        from runner.follow import follow_run
-        from runner.ops import RunNotFound
+        from runner.launch.follow import follow_run
+        from runner.ops.runs import RunNotFound
 
         if RunRecord(ctx.store, _run_id(run_id)).read_state() is None:
             raise RunNotFound(f"no run {run_id!r} in {ctx.store.url} (see `runner ops list`)")
@@ -371,7 +371,7 @@ def doctor(zones: str | None, machine_type: str | None, gpu: str | None, as_json
     """
     from dataclasses import asdict
 
-    from runner.doctor import exit_code, format_check, run_checks
+    from runner.cloud.doctor import exit_code, format_check, run_checks
 
     cfg = _config({**cli_config, "zones": zones, "machine_type": machine_type, "gpu": gpu}, config_path)
     checks = run_checks(cfg)
@@ -411,8 +411,8 @@ def init(region: str | None, sa_name: str, staging_days: int, hosted: bool, as_j
     """
     from dataclasses import asdict
 
-    from runner.gcp_rest import ApiError
-    from runner.project_setup import SetupError, init_project
+    from runner.cloud.gcp_rest import ApiError
+    from runner.cloud.project_setup import SetupError, init_project
 
     cfg = _config(cli_config, config_path)
     from runner.naming import region_of
@@ -447,8 +447,8 @@ def ops() -> None:
 @_guard
 def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
     """State, attempt, heartbeat age, progress and the last event of one run."""
-    from runner.ops import ago, duration, run_status, when
-    from runner.supervisor_heartbeat import report_lines
+    from runner.ops.runs import ago, duration, run_status, when
+    from runner.launch.supervisor_heartbeat import report_lines
 
     ctx = _load(cli_config, config_path)
     s = run_status(ctx.store, _run_id(run_id), ctx.backend)
@@ -488,11 +488,11 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
 @_guard
 def list_cmd(as_json: bool, orphans: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
     """All runs in the store, one line each (UPDATED in UTC, and how long ago)."""
-    from runner.ops import duration, list_runs, when
+    from runner.ops.runs import duration, list_runs, when
 
     ctx = _load(cli_config, config_path)
     if orphans:
-        from runner.ops import orphans as find_orphans
+        from runner.ops.runs import orphans as find_orphans
 
         found = find_orphans(ctx.store, ctx.backend)
         if as_json:
@@ -514,7 +514,7 @@ def list_cmd(as_json: bool, orphans: bool, cli_config: dict[str, Any], config_pa
         click.echo(f"{r['run_id']:<28} {r['state']:<13} {r['attempt']:>3} {r['restarts']:>8}  "
                    f"{_progress_text(r['progress']):<16} {duration(r['eta_s']):>6}  "
                    f"{when(r['updated_at'], r['updated_age_s'])}")
-    from runner.supervisor_heartbeat import report_lines, watchfulness
+    from runner.launch.supervisor_heartbeat import report_lines, watchfulness
 
     for line in report_lines(watchfulness(ctx.store).to_dict()):
         click.echo(line)
@@ -536,7 +536,7 @@ def _progress_text(p: dict[str, Any]) -> str:
 
 
 def _add_cost(ctx: Any, row: dict[str, Any]) -> None:
-    from runner.cost import annotate_row
+    from runner.ops.cost import annotate_row
 
     annotate_row(row, ctx.store, ctx.cfg.price_table)
 
@@ -561,8 +561,8 @@ def watch(run_ids: tuple[str, ...], interval: float, as_json: bool, cli_config: 
       runner ops watch --json | jq 'select(.state == "PREEMPTED")'
     """
     from entrypoint.record import RunRecord
-    from runner.ops import RunNotFound
-    from runner.watch import snapshots, watch_json, watch_table
+    from runner.ops.runs import RunNotFound
+    from runner.ops.watch import snapshots, watch_json, watch_table
 
     if interval <= 0:
         _err("--interval must be a positive number of seconds", EXIT_USAGE)
@@ -585,7 +585,7 @@ def watch(run_ids: tuple[str, ...], interval: float, as_json: bool, cli_config: 
 
 def _warn_if_unsupervised(store: Any) -> None:
     """submit --detach: a run nobody supervises is not restarted after a preemption; say so now."""
-    from runner.supervisor_heartbeat import watchfulness
+    from runner.launch.supervisor_heartbeat import watchfulness
 
     w = watchfulness(store)
     if not w.alive:
@@ -593,7 +593,7 @@ def _warn_if_unsupervised(store: Any) -> None:
 
 
 def _supervision_caption(store: Any) -> str:
-    from runner.supervisor_heartbeat import watchfulness
+    from runner.launch.supervisor_heartbeat import watchfulness
 
     w = watchfulness(store)
     return f"supervisor: {w.text}" + ("" if w.alive else f"\n[bold red]{w.warning}[/]\nfix: {w.fix}")
@@ -611,7 +611,7 @@ def delete(run_id: str, grace_period: float | None, as_json: bool, cli_config: d
 
     The run's record (checkpoints, results, logs) stays in the store; `submit --restart` resumes it.
     """
-    from runner.ops import delete_run
+    from runner.ops.runs import delete_run
 
     ctx = _load(cli_config, config_path)
     g = ctx.cfg.grace_period if grace_period is None else grace_period
@@ -631,7 +631,7 @@ def delete(run_id: str, grace_period: float | None, as_json: bool, cli_config: d
 def preempt(run_id: str, grace_period: float | None, as_json: bool, cli_config: dict[str, Any],
             config_path: str | None) -> None:
     """Simulate a spot preemption: SIGTERM, grace period, kill. The supervisor restarts the run."""
-    from runner.ops import preempt_run
+    from runner.ops.runs import preempt_run
 
     ctx = _load(cli_config, config_path)
     g = ctx.cfg.grace_period if grace_period is None else grace_period
@@ -656,7 +656,7 @@ def serial(run_id: str, tail: int, follow: bool, as_json: bool, cli_config: dict
 
     Where to look when a run has no heartbeat and no manifest: it died before its container started.
     """
-    from runner.ops import RunNotFound, current_instance
+    from runner.ops.runs import RunNotFound, current_instance
 
     ctx = _load(cli_config, config_path)
     inst = current_instance(ctx.store, ctx.backend, _run_id(run_id))
@@ -686,8 +686,8 @@ def serial(run_id: str, tail: int, follow: bool, as_json: bool, cli_config: dict
 @_guard
 def events(run_id: str, since: str, as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
     """Our run events and the provider's operations on the run's VMs (preempted, stop, delete), in time order."""
-    from runner.follow import format_event
-    from runner.ops import run_events
+    from runner.launch.follow import format_event
+    from runner.ops.runs import run_events
 
     units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
     try:
@@ -714,9 +714,9 @@ def events(run_id: str, since: str, as_json: bool, cli_config: dict[str, Any], c
 def pull(run_id: str, dest: str, checkpoints: bool, as_json: bool, cli_config: dict[str, Any],
          config_path: str | None) -> None:
     """Copy a run's results (and checkpoints) here; a second pull transfers only what changed."""
-    from runner.ops import pull_run
+    from runner.ops.runs import pull_run
 
-    from runner.progress_bar import transfer_progress
+    from runner.ops.progress_bar import transfer_progress
 
     ctx = _load(cli_config, config_path)
     with transfer_progress(f"pulling {run_id}", enabled=not as_json) as (on_plan, on_file):
@@ -749,7 +749,7 @@ def logs(run_id: str, attempt: int | None, follow: bool, as_json: bool, cli_conf
       runner ops logs --run-id exp-1 --attempt 2  # one attempt
       runner ops logs --run-id exp-1 -f           # follow until the run ends
     """
-    from runner.ops import attempt_logs, follow_logs
+    from runner.ops.runs import attempt_logs, follow_logs
 
     ctx = _load(cli_config, config_path)
     run_id = _run_id(run_id)
@@ -783,6 +783,3 @@ def logs(run_id: str, attempt: int | None, follow: bool, as_json: bool, cli_conf
         out.write(p["output"] if p["output"] or p["startup"] else b"(no output stored for this attempt)\n")
     out.flush()
 
-
-if __name__ == "__main__":
-    main()

@@ -93,7 +93,7 @@ def read_secret_url(secret: str, project: str | None, endpoint: str | None = Non
     import requests
     from google.auth.exceptions import DefaultCredentialsError
 
-    from runner.gcp_rest import ApiError, rest_api
+    from runner.cloud.gcp_rest import ApiError, rest_api
 
     name = secret_version_name(secret, project)
     try:
@@ -322,7 +322,7 @@ class TransitionNotifier:
     def __init__(self, url_source: Callable[[], str], *, since: float | None = None,
                  actor: str | None = None, lag_window: float = 60.0,
                  sender_factory: Callable[[str], WebhookSender] = WebhookSender) -> None:
-        from runner.supervisor import default_actor
+        from runner.launch.supervisor import default_actor
 
         self.since = time.time() if since is None else since
         self.actor = actor or default_actor()

@@ -33,7 +33,7 @@ from entrypoint.store import Store
 
 if TYPE_CHECKING:
     from entrypoint.record import RunState
-    from runner.supervisor import Supervisor
+    from runner.launch.supervisor import Supervisor
 
 HEARTBEAT = "supervisor/heartbeat.json"
 SCHEMA_VERSION = 1
@@ -170,7 +170,7 @@ def judge(p: SupervisorPass | None, now: float | None = None, can_host: bool = T
     (plus the pass's own duration, so a slow pass is not mistaken for a dead supervisor).
 
     ``can_host``: the store is one Cloud Run can reach (gs://), so the hosted fix is offered."""
-    from runner.ops import age_text
+    from runner.ops.runs import age_text
 
     now = time.time() if now is None else now
     if p is None:

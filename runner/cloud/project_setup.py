@@ -24,9 +24,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from runner.config import Config
-from runner.gcp_rest import AdminApis, ApiError, admin_apis
+from runner.cloud.gcp_rest import AdminApis, ApiError, admin_apis
 
-# Where runner/build.py stages Cloud Build sources, at the root of the store's bucket.
+# Where runner/build/image.py stages Cloud Build sources, at the root of the store's bucket.
 STAGED_SOURCE_PREFIX = "cloudbuild/source/"
 BUCKET_ROLE = "roles/storage.objectAdmin"
 PROJECT_ROLES = ("roles/logging.logWriter", "roles/monitoring.metricWriter",
@@ -122,8 +122,8 @@ def init_project(
                                 conditional=((self_delete_role(project), SELF_DELETE_CONDITION),)))
     if cfg.service_account != email:
         say(f'next: set service_account = "{email}" in runner.toml so VMs run as it')
-    if hosted:  # the hosted supervisor's own account and roles (runner/hosted_setup.py)
-        from runner.hosted_setup import init_hosted
+    if hosted:  # the hosted supervisor's own account and roles (runner/cloud/hosted_setup.py)
+        from runner.cloud.hosted_setup import init_hosted
 
         steps += init_hosted(cfg if cfg.service_account else _with_vm_account(cfg, email), apis=apis,
                              bucket=bucket, say=say, sleep=sleep)
