@@ -18,7 +18,8 @@ from collections import Counter
 from urllib.parse import urlparse
 
 from entrypoint.record import Heartbeat, RunRecord, RunSpec, State
-from entrypoint.store import Store, open_store
+from entrypoint.store import Store
+from entrypoint.stores import open_store
 
 N_RUNS = 200
 TARGET_S = 1.0

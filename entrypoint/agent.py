@@ -40,7 +40,8 @@ from typing import Callable
 from entrypoint.checkpoints import BackgroundSync, DirectorySync, restore
 from entrypoint.progress import ProgressTracker
 from entrypoint.record import Heartbeat, IllegalTransition, RunRecord, State
-from entrypoint.store import PreconditionFailed, open_store
+from entrypoint.store import PreconditionFailed
+from entrypoint.stores import open_store
 
 log = logging.getLogger("entrypoint")
 ACTOR = "agent"

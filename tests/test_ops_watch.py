@@ -20,7 +20,8 @@ from urllib.parse import urlparse
 import pytest
 
 from entrypoint.record import Heartbeat, RunRecord, RunSpec, State
-from entrypoint.store import Store, open_store
+from entrypoint.store import Store
+from entrypoint.stores import open_store
 from tests.conftest import ROOT, wait_for
 
 

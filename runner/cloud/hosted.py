@@ -32,7 +32,7 @@ from importlib import resources
 from typing import Any, Callable
 
 from runner.config import Config
-from runner.cloud.project_setup import Step, format_step, service_account_email
+from runner.cloud.iam_grants import Step, format_step, service_account_email
 
 JOB_ID = "cos-spot-runner-supervisor"
 SCHEDULER_JOB_ID = "cos-spot-runner-supervisor"

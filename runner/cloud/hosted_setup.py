@@ -23,8 +23,8 @@ from urllib.parse import quote
 from runner.config import Config
 from runner.cloud.gcp_rest import AdminApis, ApiError, member_roles
 from runner.cloud.hosted import SUPERVISOR_SA_NAME, supervisor_email
-from runner.cloud.project_setup import (BUCKET_ROLE, Step, _not_yet_visible, ensure_bucket_role,
-                                  ensure_project_roles, format_step, service_account_email)
+from runner.cloud.iam_grants import (BUCKET_ROLE, Step, ensure_bucket_role, ensure_project_roles, format_step,
+                                     not_yet_visible, service_account_email)
 
 PROJECT_ROLES = ("roles/compute.instanceAdmin.v1",)
 ACT_AS_ROLE = "roles/iam.serviceAccountUser"
@@ -110,7 +110,7 @@ def _grant(api: Any, resource_path: str, role: str, member: str, sleep: Callable
             api.post(resource_path + ":setIamPolicy", {"policy": policy})
             return True
         except ApiError as e:
-            if not (e.code == 409 or _not_yet_visible(e)) or attempt == _ATTEMPTS - 1:
+            if not (e.code == 409 or not_yet_visible(e)) or attempt == _ATTEMPTS - 1:
                 raise
         sleep(delay)
         delay = min(delay * 2, 16.0)

@@ -9,7 +9,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from entrypoint.store import Store, open_store
+from entrypoint.store import Store
+from entrypoint.stores import open_store
 from runner.launch.backends.base import BackendError, ComputeBackend
 from runner.config import Config
 from runner.launch.supervisor import Supervisor, SupervisorSettings

@@ -26,8 +26,6 @@ Safety rules, each tied to a property in DESIGN.md §3:
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
 import threading
 import time
@@ -41,7 +39,8 @@ from runner.launch.backends.base import (
     BackendError, ComputeBackend, Instance, InstanceStatus, LaunchContext, PermanentBackendError,
 )
 from runner.launch.create_backoff import CreateBackoff
-from runner.naming import label_value, resource_name
+from runner.launch.supervisor_heartbeat import run_pass
+from runner.naming import default_actor, label_value, resource_name
 
 if TYPE_CHECKING:
     from runner.ops.notify import TransitionNotifier
@@ -83,10 +82,6 @@ def launch_context(settings: SupervisorSettings, attempt: int) -> LaunchContext:
         grace_period=settings.grace_period,
         shm_size=settings.shm_size,
     )
-
-
-def default_actor() -> str:
-    return f"supervisor@{socket.gethostname()}.{os.getpid()}"
 
 
 class Reaper:
@@ -162,8 +157,6 @@ class Supervisor:
     # ---- passes ----
     def reconcile_all(self) -> dict[str, RunState]:
         """One pass over every run in the store, recorded in ``supervisor/heartbeat.json``."""
-        from runner.launch.supervisor_heartbeat import run_pass
-
         return run_pass(self, self._reconcile_all)
 
     def _reconcile_all(self) -> dict[str, RunState]:
