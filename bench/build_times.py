@@ -11,7 +11,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from runner.build_context import IgnoreRules, collect, pack, summary
+from runner.build.build_context import IgnoreRules, collect, pack, summary
 
 ROOT = Path(__file__).resolve().parent.parent
 BASE = os.environ.get("RUNNER_BASE_IMAGE", "cos-spot-runner/base:bookworm-2")

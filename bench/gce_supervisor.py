@@ -14,8 +14,8 @@ import time
 
 from entrypoint.record import RunRecord, State
 from runner.config import Config
-from runner.context import make_context
-from runner.submit import submit
+from runner.launch.context import make_context
+from runner.launch.submit import submit
 from tests.compute_fake import run_compute_fake
 from tests.gcs_emulator import run_emulator
 

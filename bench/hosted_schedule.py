@@ -19,9 +19,9 @@ import time
 
 from entrypoint.record import RunRecord, State
 from runner.config import Config
-from runner.context import make_context
-from runner.hosted import LOOP_SECONDS, PERIOD_S, cloud_run_prices, daily_cost
-from runner.submit import submit
+from runner.launch.context import make_context
+from runner.cloud.hosted import LOOP_SECONDS, PERIOD_S, cloud_run_prices, daily_cost
+from runner.launch.submit import submit
 from tests.compute_fake import run_compute_fake
 from tests.gcs_emulator import run_emulator
 

@@ -18,7 +18,8 @@ from collections import Counter
 from urllib.parse import urlparse
 
 from entrypoint.record import Heartbeat, RunRecord, RunSpec, State
-from entrypoint.store import Store, open_store
+from entrypoint.store import Store
+from entrypoint.stores import open_store
 
 N_RUNS = 200
 TARGET_S = 1.0
@@ -62,7 +63,7 @@ def local_wall_times() -> dict[str, float]:
 def gcs_requests(sizes: tuple[int, ...] = (20, N_RUNS)) -> dict[int, Counter]:
     from tests.gcs_emulator import run_emulator
 
-    from runner.ops import list_runs
+    from runner.ops.runs import list_runs
 
     out: dict[int, Counter] = {}
     with run_emulator("bench-ops") as host:

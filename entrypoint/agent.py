@@ -40,7 +40,8 @@ from typing import Callable
 from entrypoint.checkpoints import BackgroundSync, DirectorySync, restore
 from entrypoint.progress import ProgressTracker
 from entrypoint.record import Heartbeat, IllegalTransition, RunRecord, State
-from entrypoint.store import PreconditionFailed, open_store
+from entrypoint.store import PreconditionFailed
+from entrypoint.stores import open_store
 
 log = logging.getLogger("entrypoint")
 ACTOR = "agent"
@@ -221,7 +222,7 @@ class Agent:
     def _work_done(self) -> dict[str, object]:
         """How far this attempt got and what it saved, kept per attempt in its manifest.
 
-        heartbeat.json is overwritten by the next attempt; these let ``runner.cost`` tell how
+        heartbeat.json is overwritten by the next attempt; these let ``runner.ops.cost`` tell how
         much work a preemption threw away (steps after the last published checkpoint).
         """
         progress, changed_at = self.progress.snapshot()

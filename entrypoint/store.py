@@ -130,20 +130,3 @@ class Store(ABC):
         self.copy(partial_name, name)
         self.delete(partial_name)
         return info
-
-
-def open_store(url: str) -> Store:
-    """Open ``gs://BUCKET[/PREFIX]`` or ``file:///DIR`` (a bare path means a directory)."""
-    if url.startswith("gs://"):
-        from entrypoint.store_gcs import GcsStore
-
-        return GcsStore(url)
-    if url.startswith("file://"):
-        path = url[len("file://"):]
-    elif "://" in url:
-        raise StoreError(f"unsupported store URL {url!r}: use gs://BUCKET or file:///DIR")
-    else:
-        path = url
-    from entrypoint.store_local import LocalStore
-
-    return LocalStore(path)

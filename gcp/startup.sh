@@ -1,6 +1,6 @@
 #!/bin/bash
 # cos-spot-runner: the COS startup script, run as root at every boot of a run's VM. It reads the
-# run's scalars from metadata (runner/backends/vm_metadata.py), waits for Docker, installs the GPU
+# run's scalars from metadata (runner/launch/backends/vm_metadata.py), waits for Docker, installs the GPU
 # driver, pulls the pinned image and starts the agent, which reads the job's command and env from
 # spec.json (DESIGN §4). One `runner-phase: NAME` line per phase goes to the serial console, where
 # a VM that never wrote a heartbeat is diagnosed; the job's output goes to the bucket, only its

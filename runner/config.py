@@ -71,7 +71,7 @@ class Config:
     resourcemanager_endpoint: str | None = _key(None, "optional_str", "a Resource Manager API URL (tests)")
     iam_endpoint: str | None = _key(None, "optional_str", "an IAM API URL (tests)")
     secretmanager_endpoint: str | None = _key(None, "optional_str", "a Secret Manager API URL (tests)")
-    # --- the hosted supervisor (runner/hosted.py: Cloud Run job + Cloud Scheduler) ---
+    # --- the hosted supervisor (runner/cloud/hosted.py: Cloud Run job + Cloud Scheduler) ---
     run_endpoint: str | None = _key(None, "optional_str", "a Cloud Run Admin API URL (tests)")
     scheduler_endpoint: str | None = _key(None, "optional_str", "a Cloud Scheduler API URL (tests)")
     supervisor_image: str | None = _key(None, "optional_str", "the runner image for the hosted supervisor, REPO@sha256:...")
@@ -530,7 +530,7 @@ def _check_stall_window(cfg: Config) -> list[str]:
     If the supervisor's stall window were shorter, it would restart every GPU VM that is merely
     slow to boot, and a run could loop forever without starting.
     """
-    from runner.backends.gce_shapes import waits_for_driver
+    from runner.launch.backends.gce_shapes import waits_for_driver
 
     if not waits_for_driver(cfg.backend, cfg.machine_type, cfg.gpu, cfg.no_gpu):
         return []  # no GPU wait to cover (the supervisor still covers a GPU run's own wait)

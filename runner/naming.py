@@ -16,7 +16,9 @@ hashed names are equal only if their hashes are.
 from __future__ import annotations
 
 import hashlib
+import os
 import re
+import socket
 import unicodedata
 
 MAX_RUN_ID_LENGTH = 128
@@ -201,3 +203,9 @@ def store_label(store_url: str) -> str:
 
         url = "file://" + os.path.realpath(url[len("file://"):] or "/")
     return "s" + hashlib.sha256(url.encode("utf-8", "surrogatepass")).hexdigest()[:16]
+
+
+def default_actor() -> str:
+    """Who a supervisor process says it is, in the journal and the heartbeat: host and pid, so two
+    supervisors over one store can be told apart."""
+    return f"supervisor@{socket.gethostname()}.{os.getpid()}"

@@ -2,7 +2,7 @@
 run examples.torch_train on CUDA through the agent, with the driver wired the COS way, preempt it
 once, and check that the resumed run ends bit-exact with an uninterrupted one.
 
-It drives the product's own code (runner.submit, the Supervisor, runner.ops.preempt_run) with a
+It drives the product's own code (runner.launch.submit, the Supervisor, runner.ops.runs.preempt_run) with a
 local backend whose containers get the GPU the way gcp/startup.sh gives it on COS: the driver's
 lib64 and bin directories bind-mounted under /usr/local/nvidia, the /dev/nvidia* devices passed
 one by one, LD_LIBRARY_PATH prepended; never ``--gpus`` nor ``--runtime=nvidia`` (DESIGN §4).
@@ -25,8 +25,8 @@ sys.path.insert(0, ROOT)
 
 from entrypoint.record import RunRecord  # noqa: E402
 from entrypoint.record import RunSpec  # noqa: E402
-from runner.backends.base import LaunchContext  # noqa: E402
-from runner.backends.local import STORE_MOUNT, ContainerPlan, LocalBackend  # noqa: E402
+from runner.launch.backends.base import LaunchContext  # noqa: E402
+from runner.launch.backends.local import STORE_MOUNT, ContainerPlan, LocalBackend  # noqa: E402
 
 DRIVER_LIB = "/usr/local/nvidia/lib64"
 DRIVER_BIN = "/usr/local/nvidia/bin"
@@ -74,9 +74,9 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from runner.config import load_config
-    from runner.context import Context, make_store
-    from runner.ops import preempt_run
-    from runner.submit import submit
+    from runner.launch.context import Context, make_store
+    from runner.ops.runs import preempt_run
+    from runner.launch.submit import submit
 
     store_dir = args.store or tempfile.mkdtemp(prefix="gpu-check-store-")
     cfg = load_config(cli={"backend": "local", "store": f"file://{store_dir}", "poll_interval": 1.0,

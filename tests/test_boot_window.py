@@ -9,8 +9,8 @@ import uuid
 
 from entrypoint.record import RunRecord, State
 from runner.config import Config
-from runner.context import make_context
-from runner.submit import submit
+from runner.launch.context import make_context
+from runner.launch.submit import submit
 
 IMAGE = "us-docker.pkg.dev/test-project/runs/trainer@sha256:" + "b" * 64
 

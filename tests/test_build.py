@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from entrypoint.store_gcs import GcsStore
-from runner.build import BuildError, BuildRequest, build_image, list_files
+from runner.build.image import BuildError, BuildRequest, build_image, list_files
 from tests.conftest import ROOT
 
 BUCKET = "test-bucket"  # created by tests/gcs_fixture.py

@@ -17,7 +17,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from runner.build_context import (
+from runner.build.build_context import (
     DIR,
     FILE,
     SYMLINK,

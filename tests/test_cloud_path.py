@@ -32,7 +32,7 @@ import pytest
 from entrypoint.record import RunRecord, State
 from entrypoint.store_gcs import GcsStore
 from examples.trainer import decode_checkpoint
-from runner.backends.base import LABEL_RUN_ID
+from runner.launch.backends.base import LABEL_RUN_ID
 from runner.naming import label_value
 from tests.cloud_sim import CosGuest, LiveVmSampler
 from tests.cos_sim.vm import read_calls

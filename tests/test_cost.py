@@ -12,7 +12,7 @@ import pytest
 
 import entrypoint.record as record_mod
 from entrypoint.record import RunRecord, RunSpec, State
-from runner.cost import PriceTableError, estimate_run_cost, format_money, load_prices
+from runner.ops.cost import PriceTableError, estimate_run_cost, format_money, load_prices
 from runner.naming import region_of
 
 HOUR = 3600.0

@@ -10,7 +10,7 @@ from google.auth.exceptions import DefaultCredentialsError
 from google.cloud import storage
 
 from runner.config import Config
-from runner.doctor import Check, exit_code, format_check, run_checks
+from runner.cloud.doctor import Check, exit_code, format_check, run_checks
 from tests.compute_fake import block_external_network
 from tests.gcp_admin_fake import GcpAdminFake
 from tests.gcs_fixture import BUCKET, DENIED_BUCKET

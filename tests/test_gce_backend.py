@@ -17,7 +17,7 @@ import pytest
 
 from entrypoint.record import RunRecord, State
 from runner.config import Config
-from runner.context import make_context
+from runner.launch.context import make_context
 from tests.conftest import ROOT
 
 PROJECT = "test-project"
@@ -38,7 +38,7 @@ def gce(compute_fake, gcs_store, gcs_emulator):
 
 
 def submit(ctx, run_id="exp-1", command=("python3", "-m", "examples.trainer")):
-    from runner.submit import submit as do_submit
+    from runner.launch.submit import submit as do_submit
 
     return do_submit(ctx, run_id, list(command), image=IMAGE, restart=False)
 
@@ -74,7 +74,7 @@ def test_submit_pins_the_cos_image_and_creates_one_spot_vm(gce):
 @pytest.mark.parametrize("seconds", [10, 121 * 86400])
 def test_a_max_run_duration_gce_would_refuse_is_refused_at_submit_with_the_fix(
         compute_fake, gcs_store, gcs_emulator, seconds):
-    from runner.backends.base import BackendError
+    from runner.launch.backends.base import BackendError
 
     cfg = Config(backend="gce", project=PROJECT, zones=list(ZONES), compute_endpoint=compute_fake.endpoint,
                  store=gcs_store.url, no_gpu=True, max_run_duration=seconds)
@@ -207,7 +207,7 @@ def test_a_project_at_its_api_rate_limit_still_gets_its_vm(gce):
 
 
 def test_a_real_permission_error_names_the_role_and_no_rate_limit(gce):
-    from runner.backends.gce import _explain
+    from runner.launch.backends.gce import _explain
     from google.api_core import exceptions as gexc
 
     ctx, fake = gce
@@ -251,7 +251,7 @@ def test_a_supervisor_pass_survives_a_failing_run_list(gce, monkeypatch):
 
 
 def test_delete_writes_stop_then_removes_the_vm(gce):
-    from runner.ops import delete_run
+    from runner.ops.runs import delete_run
 
     ctx, fake = gce
     submit(ctx)
@@ -265,7 +265,7 @@ def test_delete_writes_stop_then_removes_the_vm(gce):
 
 def test_a_run_with_a_per_run_data_disk_leaves_no_disk_after_preemption_and_delete(
         compute_fake, gcs_store, gcs_emulator):
-    from runner.ops import delete_run
+    from runner.ops.runs import delete_run
 
     cfg = Config(backend="gce", project=PROJECT, zones=list(ZONES), compute_endpoint=compute_fake.endpoint,
                  store=gcs_store.url, no_gpu=True, data_disk_gb=200)
@@ -285,7 +285,7 @@ def test_a_run_with_a_per_run_data_disk_leaves_no_disk_after_preemption_and_dele
 def test_orphans_are_vms_whose_run_is_over_or_unknown(gce):
     from google.cloud import compute_v1
 
-    from runner.ops import orphans
+    from runner.ops.runs import orphans
 
     ctx, fake = gce
     submit(ctx)
@@ -298,7 +298,7 @@ def test_orphans_are_vms_whose_run_is_over_or_unknown(gce):
 
 
 def test_serial_console_and_provider_events_are_shown(gce):
-    from runner.ops import current_instance, run_events
+    from runner.ops.runs import current_instance, run_events
 
     ctx, fake = gce
     submit(ctx)
@@ -367,7 +367,7 @@ def test_cli_submit_detach_then_status_shows_the_vm(compute_fake, gcs_store, gcs
     assert s.returncode == 0, s.stderr
     doc = json.loads(s.stdout)
     assert doc["state"] == "PROVISIONING" and doc["instances"][0]["zone"] == "us-central1-a"
-    from runner.cost import load_prices
+    from runner.ops.cost import load_prices
 
     shipped = load_prices().machine_price("us-central1", "n1-standard-4")
     assert doc["cost"]["hourly"] == pytest.approx(shipped) and doc["cost"]["so_far"] >= 0
@@ -569,7 +569,7 @@ def test_every_ops_command_works_against_the_gce_fakes_with_json(compute_fake, g
 def test_following_logs_streams_the_vm_startup_then_the_job_output(gce):
     import threading
 
-    from runner.ops import follow_logs
+    from runner.ops.runs import follow_logs
 
     ctx, fake = gce
     submit(ctx)

@@ -7,10 +7,10 @@ import json
 import pytest
 
 from entrypoint.record import RunSpec
-from runner.backends import vm_metadata as md
-from runner.backends.base import BackendError, LaunchContext
-from runner.backends.gce import GceBackend, vm_options_defaults
-from runner.backends.gce_shapes import ShapeError, resolve_gpu
+from runner.launch.backends import vm_metadata as md
+from runner.launch.backends.base import BackendError, LaunchContext
+from runner.launch.backends.gce import GceBackend, vm_options_defaults
+from runner.launch.backends.gce_shapes import ShapeError, resolve_gpu
 
 CTX = LaunchContext(attempt=3, store_url="gs://bucket/prefix", heartbeat_interval=5, sync_interval=10,
                     grace_period=25, shm_size="8g")

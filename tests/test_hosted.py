@@ -11,7 +11,7 @@ import pytest
 
 from entrypoint.record import RunRecord
 from runner.config import Config
-from runner.hosted import (JOB_ID, HostedError, daily_cost, deploy, hosted_clients, hosted_status, plan_job,
+from runner.cloud.hosted import (JOB_ID, HostedError, daily_cost, deploy, hosted_clients, hosted_status, plan_job,
                            supervisor_email, target, undeploy)
 
 PROJECT = "test-project"
@@ -80,8 +80,8 @@ def test_a_new_runner_version_updates_the_job_in_place(hosted):
 
 
 def test_undeploy_removes_job_and_schedule_and_leaves_runs_alone(hosted, gcs_store, compute_fake):
-    from runner.context import make_context
-    from runner.submit import submit
+    from runner.launch.context import make_context
+    from runner.launch.submit import submit
 
     cfg, run, sched = hosted
     ctx = make_context(cfg)

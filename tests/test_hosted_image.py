@@ -9,13 +9,13 @@ from pathlib import Path
 import yaml
 
 from runner.config import Config
-from runner.supervisor_image import DOCKERFILE, build_runner_image, default_repo, requirements, stage_context
+from runner.build.supervisor_image import DOCKERFILE, build_runner_image, default_repo, requirements, stage_context
 from tests.conftest import ROOT
 
 
 def test_the_context_holds_this_runner_and_its_dependencies(tmp_path: Path):
     ctx = Path(stage_context(str(tmp_path / "ctx")))
-    assert (ctx / "runner" / "hosted.py").read_text() == (ROOT / "runner" / "hosted.py").read_text()
+    assert (ctx / "runner" / "cloud" / "hosted.py").read_text() == (ROOT / "runner" / "cloud" / "hosted.py").read_text()
     assert (ctx / "entrypoint" / "record.py").is_file() and (ctx / "gcp" / "startup.sh").is_file()
     assert not list(ctx.rglob("__pycache__"))
     reqs = (ctx / "requirements.txt").read_text().splitlines()

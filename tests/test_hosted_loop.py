@@ -10,7 +10,7 @@ pulls the workload image by digest from a real registry on loopback (tests/regis
 and starts the real agent container, which writes RUNNING, checkpoints, PREEMPTED and SUCCEEDED
 to the GCS emulator. The deployed job is stored by the Cloud Run fake and delivered by the
 scheduler fake (HTTP POST to the job's ``:run`` with the schedule's OAuth identity, authorized by
-the invoker binding deploy made); the runner image is built from ``runner.supervisor_image``
+the invoker binding deploy made); the runner image is built from ``runner.build.supervisor_image``
 through the ``runner build`` chain's local route.
 
 What stands in: the runner image's registry (the deployed ``REPO@sha256:ID`` is resolved to the
@@ -34,7 +34,7 @@ from pathlib import Path
 import pytest
 
 from entrypoint.record import RunRecord, State
-from runner.supervisor_heartbeat import read_pass
+from runner.launch.supervisor_heartbeat import read_pass
 from tests.conftest import IMAGE, ROOT
 
 pytestmark = pytest.mark.docker
@@ -49,7 +49,7 @@ WHEELS = ROOT / ".cache" / "runner-wheels"
 def runner_image_id(docker_client) -> str:
     """The runner image, built once per session from this checkout (offline, from cached wheels)."""
     from runner.config import Config
-    from runner.supervisor_image import build_runner_image, requirements
+    from runner.build.supervisor_image import build_runner_image, requirements
 
     WHEELS.mkdir(parents=True, exist_ok=True)
     if not list(WHEELS.glob("*.whl")):
@@ -254,8 +254,8 @@ def test_overlapping_ticks_still_make_one_vm_per_run(runner_image_id, docker_cli
                                                      gcs_store, cloudrun_fake, scheduler_fake, tmp_path: Path):
     """A slow pass and the next minute's overlap (Cloud Run starts both executions): one VM per run."""
     from runner.config import Config
-    from runner.context import make_context
-    from runner.submit import submit
+    from runner.launch.context import make_context
+    from runner.launch.submit import submit
 
     env = _env(compute_fake, gcs_store, cloudrun_fake, scheduler_fake, tmp_path)
     scheduler_fake.route("https://run.googleapis.com", cloudrun_fake.endpoint)

@@ -12,9 +12,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from runner.config import Config
-from runner.doctor import run_checks
-from runner.hosted import supervisor_email
-from runner.project_setup import init_project
+from runner.cloud.doctor import run_checks
+from runner.cloud.hosted import supervisor_email
+from runner.cloud.project_setup import init_project
 from tests.gcp_admin_fake import GcpAdminFake
 
 P = "test-project"
@@ -132,7 +132,7 @@ class SecretIam:
 @pytest.mark.parametrize("given", ["hook", "projects/test-project/secrets/hook",
                                    "projects/test-project/secrets/hook/versions/latest"])
 def test_init_hosted_grants_the_webhook_secret_on_the_secret_whatever_form_names_it(cfg, given):
-    """webhook_secret may name a version (runner/notify.py reads it so); access is granted on the secret."""
+    """webhook_secret may name a version (runner/ops/notify.py reads it so); access is granted on the secret."""
     import dataclasses
 
     from tests.json_http_server import serve

@@ -21,12 +21,12 @@ import pytest
 
 from entrypoint.record import RunRecord, RunSpec, State
 from entrypoint.store_local import LocalStore
-from runner.backends.base import ComputeBackend, Instance, InstanceStatus, LaunchContext
+from runner.launch.backends.base import ComputeBackend, Instance, InstanceStatus, LaunchContext
 from runner.config import Config
-from runner.context import Context
+from runner.launch.context import Context
 from runner.naming import label_value, resource_name
-from runner.notify import NOTIFIED, TransitionNotifier, WebhookSender, notifier_from_config
-from runner.supervisor import Supervisor, SupervisorSettings
+from runner.ops.notify import NOTIFIED, TransitionNotifier, WebhookSender, notifier_from_config
+from runner.launch.supervisor import Supervisor, SupervisorSettings
 from tests.json_http_server import serve
 
 TOKEN = "T0KEN-s3cr3t-9f8e7d"  # the secret part of every webhook URL here

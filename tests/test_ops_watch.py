@@ -20,7 +20,8 @@ from urllib.parse import urlparse
 import pytest
 
 from entrypoint.record import Heartbeat, RunRecord, RunSpec, State
-from entrypoint.store import Store, open_store
+from entrypoint.store import Store
+from entrypoint.stores import open_store
 from tests.conftest import ROOT, wait_for
 
 
@@ -167,7 +168,7 @@ def test_list_and_status_show_utc_and_relative_times(store_url: str) -> None:
 # ---- at scale on GCS: one listing whatever the number of runs ----
 
 def test_listing_runs_on_gcs_costs_one_list_call_whatever_the_count(gcs_emulator: str) -> None:
-    from runner.ops import list_runs
+    from runner.ops.runs import list_runs
 
     counts = {}
     for n in (3, 30):

@@ -11,9 +11,9 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
 from runner.config import Config
-from runner.doctor import run_checks
-from runner.gcp_rest import ApiError, admin_apis
-from runner.project_setup import (
+from runner.cloud.doctor import run_checks
+from runner.cloud.gcp_rest import ApiError, admin_apis
+from runner.cloud.project_setup import (
     PROJECT_ROLES,
     STAGED_SOURCE_PREFIX,
     SetupError,

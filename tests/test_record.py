@@ -164,7 +164,7 @@ def test_fields_unknown_to_an_older_writer_survive_its_rewrite(rec):
 def test_pull_copies_results_once_and_then_only_what_changed(local_store, tmp_path):
     import os
 
-    from runner.ops import pull_run
+    from runner.ops.runs import pull_run
 
     rec = RunRecord(local_store, "r9")
     rec.create_state("t")

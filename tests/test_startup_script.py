@@ -24,7 +24,7 @@ import pytest
 
 from entrypoint.record import RunRecord, RunSpec, State
 from entrypoint.store_gcs import GcsStore, make_client
-from runner.backends.vm_metadata import SHUTDOWN_SCRIPT, STARTUP_SCRIPT, VmMetadata
+from runner.launch.backends.vm_metadata import SHUTDOWN_SCRIPT, STARTUP_SCRIPT, VmMetadata
 from tests.cos_sim.fakes import FakeGoogleApis, FakeMetadata
 from tests.cos_sim.vm import Boot, CosVm
 from tests.gcs_fixture import BUCKET

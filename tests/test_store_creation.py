@@ -10,7 +10,7 @@ import pytest
 
 from entrypoint.store import StoreNotFound
 from runner.config import Config
-from runner.context import make_store
+from runner.launch.context import make_store
 from tests.conftest import ROOT
 
 

@@ -13,9 +13,9 @@ import uuid
 import pytest
 
 from entrypoint.record import RunRecord, State
-from runner.backends.base import LABEL_STORE
+from runner.launch.backends.base import LABEL_STORE
 from runner.config import Config
-from runner.context import make_context
+from runner.launch.context import make_context
 from runner.naming import LABEL_VALUE_RE, store_label
 from tests.conftest import Runner, trainer
 
@@ -47,13 +47,13 @@ def two_gce_stores(compute_fake, gcs_emulator):
 
 
 def _submit(ctx, run_id: str) -> None:
-    from runner.submit import submit
+    from runner.launch.submit import submit
 
     submit(ctx, run_id, ["python3", "-m", "examples.trainer"], image=IMAGE, restart=False)
 
 
 def test_gce_a_second_bucket_reusing_a_run_id_never_touches_the_first_ones_vm(two_gce_stores):
-    from runner.ops import delete_run, orphans
+    from runner.ops.runs import delete_run, orphans
 
     a, b, fake = two_gce_stores
     _submit(a, "twin")

@@ -14,7 +14,7 @@ import time
 import pytest
 
 from entrypoint.record import RunRecord, State
-from runner.supervisor_heartbeat import SupervisorPass, write_pass
+from runner.launch.supervisor_heartbeat import SupervisorPass, write_pass
 from tests.conftest import ROOT
 
 PROJECT = "test-project"
@@ -82,7 +82,7 @@ def test_submit_detach_warns_when_no_supervisor_is_alive(cli):
 
 
 def test_a_bounded_loop_passes_for_its_time_then_exits_announcing_its_schedule(cli):
-    from runner.supervisor_heartbeat import read_pass
+    from runner.launch.supervisor_heartbeat import read_pass
 
     run, store = cli
     t0 = time.time()

@@ -12,8 +12,8 @@ import pytest
 
 from entrypoint.record import RunRecord, State
 from runner.config import Config
-from runner.context import make_context
-from runner.supervisor_heartbeat import HEARTBEAT, SupervisorPass, judge, read_pass, write_pass
+from runner.launch.context import make_context
+from runner.launch.supervisor_heartbeat import HEARTBEAT, SupervisorPass, judge, read_pass, write_pass
 
 PROJECT = "test-project"
 IMAGE = "us-docker.pkg.dev/test-project/runs/trainer@sha256:" + "b" * 64
@@ -29,7 +29,7 @@ def gce(compute_fake, gcs_store, gcs_emulator):
 
 
 def _submit(ctx, run_id="exp-1"):
-    from runner.submit import submit
+    from runner.launch.submit import submit
 
     return submit(ctx, run_id, ["python3", "-m", "examples.trainer"], image=IMAGE, restart=False)
 
@@ -146,7 +146,7 @@ def test_no_heartbeat_at_all_means_nobody_ever_supervised(local_store):
 def test_a_heartbeat_with_fields_of_the_wrong_type_is_unreadable_not_a_crash(local_store, bad):
     """Anyone who can write the bucket (or a future runner) can leave a heartbeat this runner
     cannot judge; ops status/list/watch and submit --detach must still answer."""
-    from runner.supervisor_heartbeat import watchfulness
+    from runner.launch.supervisor_heartbeat import watchfulness
 
     doc = json.loads(_pass(123.0).to_json()) | bad
     local_store.write(HEARTBEAT, json.dumps(doc).encode())
@@ -159,8 +159,8 @@ def test_a_restart_the_user_asks_for_is_not_held_back_by_the_backoff_of_an_earli
     """The backoff is advice for retrying *this* attempt's create; kept in the record, it must not
     silently delay a new attempt (a `submit --restart` after the zones refused and the user stopped
     the run), as the old in-memory backoff of a fresh process never did."""
-    from runner.ops import delete_run
-    from runner.submit import submit
+    from runner.ops.runs import delete_run
+    from runner.launch.submit import submit
 
     ctx, fake = gce
     fake.stockout_zones = set(ZONES)
@@ -228,8 +228,8 @@ def test_an_attached_supervisor_failing_for_days_keeps_a_bounded_error_list(gce)
 def test_an_attached_submit_counts_as_supervising_its_own_run_and_only_that_one(gce):
     """`runner submit` (attached) restarts its run after a preemption: `ops status` of that run
     must not say nobody supervises it; another run, which nobody steps, still gets the warning."""
-    from runner.follow import follow_run
-    from runner.ops import run_status
+    from runner.launch.follow import follow_run
+    from runner.ops.runs import run_status
 
     ctx, _ = gce
     _submit(ctx, "exp-1")

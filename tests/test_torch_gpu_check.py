@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from entrypoint.record import RunSpec
-from runner.backends.base import LaunchContext
+from runner.launch.backends.base import LaunchContext
 from tests.conftest import ROOT
 
 SCRIPT = ROOT / "scripts" / "gpu-check.sh"
@@ -117,7 +117,7 @@ def test_the_gpu_checks_orchestration_preempts_resumes_and_compares_on_cpu(tmp_p
         assert verdict["equal"] and verdict["attempts"] == 2 and verdict["tensors_compared"] >= 35, verdict
         assert verdict["starts"][0] == 0 and 12 <= verdict["starts"][1] < 40, verdict
     finally:
-        from runner.backends.base import LABEL_STORE
+        from runner.launch.backends.base import LABEL_STORE
         from runner.naming import store_label
 
         mine = f"{LABEL_STORE}={store_label(f'file://{store}')}"

@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from runner.backends.local import STORE_MOUNT
+from runner.launch.backends.local import STORE_MOUNT
 
 pytestmark = [pytest.mark.docker, pytest.mark.torch]
 

@@ -1,7 +1,7 @@
 """Shared pieces of the chaos suite: how long to run, and a compute stand-in that sees doubles.
 
 The stand-in (``RaceCompute``) models only what the supervisor's races depend on, each from the
-local backend's real behaviour (runner/backends/local.py, Docker's documented semantics):
+local backend's real behaviour (runner/launch/backends/local.py, Docker's documented semantics):
 - ``create`` takes API time (``create_delay``, as a GCE insert or a ``docker run`` does), is
   idempotent by name (409 → the existing instance), and the instance's agent then reports
   RUNNING for its own attempt (``expect_attempt``), as the entrypoint does when it starts;
@@ -27,7 +27,7 @@ from typing import Any
 
 from entrypoint.record import IllegalTransition, RunRecord, RunSpec, State
 from entrypoint.store import PreconditionFailed, Store
-from runner.backends.base import ComputeBackend, Instance, InstanceStatus, LaunchContext
+from runner.launch.backends.base import ComputeBackend, Instance, InstanceStatus, LaunchContext
 from runner.naming import label_value, resource_name
 
 

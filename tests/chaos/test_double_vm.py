@@ -20,7 +20,7 @@ import time
 
 from entrypoint.record import Heartbeat, RunRecord, RunSpec, State
 from entrypoint.store_local import LocalStore
-from runner.supervisor import Supervisor, SupervisorSettings
+from runner.launch.supervisor import Supervisor, SupervisorSettings
 from tests.chaos.harness import RaceCompute, cycles
 
 HUNG = ["aa-hung-1", "aa-hung-2"]  # sorted first: every pass meets them before the healthy runs

@@ -14,7 +14,7 @@ import time
 
 from entrypoint.record import Heartbeat, RunRecord, State
 from entrypoint.store_local import LocalStore
-from runner.supervisor import Supervisor, SupervisorSettings
+from runner.launch.supervisor import Supervisor, SupervisorSettings
 from tests.chaos.harness import RaceCompute, cycles
 from tests.chaos.test_double_vm import _submit
 

@@ -28,8 +28,8 @@ from typing import Any
 import pytest
 
 from entrypoint.record import RunRecord, RunSpec, State
-from runner.notify import TransitionNotifier
-from runner.supervisor import Supervisor
+from runner.ops.notify import TransitionNotifier
+from runner.launch.supervisor import Supervisor
 from tests.chaos.harness import cycles
 from tests.gcs_fixture import store_through
 from tests.test_notify import MemoryBackend, Receiver, fast_sender, settings

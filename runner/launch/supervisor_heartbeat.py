@@ -26,14 +26,13 @@ import socket
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from entrypoint.record import iso
 from entrypoint.store import Store
 
 if TYPE_CHECKING:
     from entrypoint.record import RunState
-    from runner.supervisor import Supervisor
 
 HEARTBEAT = "supervisor/heartbeat.json"
 SCHEMA_VERSION = 1
@@ -117,7 +116,20 @@ def _check_types(p: SupervisorPass) -> None:
         raise TypeError("actor, where or errors has the wrong type")
 
 
-def run_pass(sup: "Supervisor", body: Callable[[], dict[str, "RunState"]],
+class PassRunner(Protocol):
+    """What ``run_pass`` reads and resets on the supervisor (``runner.launch.supervisor.Supervisor``),
+    named here so this module need not import the supervisor that imports it."""
+
+    actor: str
+    store: Store
+    settings: Any  # SupervisorSettings: its poll_interval is the announced interval by default
+    pass_errors: list[str]
+    pass_error_count: int
+
+    def note_error(self, msg: str) -> None: ...
+
+
+def run_pass(sup: PassRunner, body: Callable[[], dict[str, "RunState"]],
              run_id: str | None = None) -> dict[str, "RunState"]:
     """Run one reconcile pass (``body``; over ``run_id`` alone when given) and record it, failed
     or not, in the heartbeat.
@@ -165,13 +177,20 @@ class Watchfulness:
                 "age_s": self.age_s, "last": asdict(self.last) if self.last else None}
 
 
+def age_text(seconds: float) -> str:
+    """``3m ago`` for an age in seconds: the largest whole unit."""
+    s = max(0, int(seconds))
+    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
+        if s >= n:
+            return f"{s // n}{unit} ago"
+    return f"{s}s ago"
+
+
 def judge(p: SupervisorPass | None, now: float | None = None, can_host: bool = True) -> Watchfulness:
     """Alive when the last pass is younger than ``STALE_INTERVALS`` of its announced interval
     (plus the pass's own duration, so a slow pass is not mistaken for a dead supervisor).
 
     ``can_host``: the store is one Cloud Run can reach (gs://), so the hosted fix is offered."""
-    from runner.ops import age_text
-
     now = time.time() if now is None else now
     if p is None:
         return Watchfulness(

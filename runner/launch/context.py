@@ -9,10 +9,11 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from entrypoint.store import Store, open_store
-from runner.backends.base import BackendError, ComputeBackend
+from entrypoint.store import Store
+from entrypoint.stores import open_store
+from runner.launch.backends.base import BackendError, ComputeBackend
 from runner.config import Config
-from runner.supervisor import Supervisor, SupervisorSettings
+from runner.launch.supervisor import Supervisor, SupervisorSettings
 
 
 def make_store(cfg: Config, create_default: bool = False) -> Store:
@@ -38,11 +39,11 @@ def make_store(cfg: Config, create_default: bool = False) -> Store:
 
 def make_backend(cfg: Config) -> ComputeBackend:
     if cfg.backend == "local":
-        from runner.backends.local import LocalBackend
+        from runner.launch.backends.local import LocalBackend
 
         return LocalBackend().bind_store(cfg.store_url)
-    from runner.backends.gce import GceBackend
-    from runner.gcp_clients import compute_clients
+    from runner.launch.backends.gce import GceBackend
+    from runner.cloud.gcp_clients import compute_clients
 
     return GceBackend(compute_clients(cfg.compute_endpoint), require_project(cfg)).bind_store(cfg.store_url)
 
@@ -50,10 +51,10 @@ def make_backend(cfg: Config) -> ComputeBackend:
 def make_plan_backend(cfg: Config) -> ComputeBackend:
     """A backend that can only plan (``--dry-run``): no API client, so no credentials needed."""
     if cfg.backend == "local":
-        from runner.backends.local import LocalBackend
+        from runner.launch.backends.local import LocalBackend
 
         return LocalBackend().bind_store(cfg.store_url)  # its Docker client is made on first use
-    from runner.backends.gce import GceBackend
+    from runner.launch.backends.gce import GceBackend
 
     return GceBackend(None, require_project(cfg)).bind_store(cfg.store_url)  # type: ignore[arg-type]
 
@@ -97,7 +98,7 @@ class Context:
     backend: ComputeBackend
 
     def supervisor(self) -> Supervisor:
-        from runner.notify import notifier_from_config
+        from runner.ops.notify import notifier_from_config
 
         return Supervisor(self.store, self.backend, SupervisorSettings.from_config(self.cfg),
                           notifier=notifier_from_config(self.cfg))

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from entrypoint.record import RunRecord, RunSpec, State
-from runner.backends.base import BackendError
+from runner.launch.backends.base import BackendError
 from runner.config import Config
-from runner.context import Context
+from runner.launch.context import Context
 
 
 class SubmitRefused(Exception):
@@ -34,7 +34,7 @@ def resolve_image(ctx: Context, image: str | None) -> str:
     if ctx.cfg.backend == "local":
         from docker.errors import ImageNotFound
 
-        from runner.backends.local import LocalBackend
+        from runner.launch.backends.local import LocalBackend
 
         assert isinstance(ctx.backend, LocalBackend)
         try:
@@ -138,7 +138,7 @@ def submit(ctx: Context, run_id: str, command: list[str], *, image: str | None, 
 def check_store_mountable(backend: str, store_url: str) -> None:
     """Refuse a store the backend could never give to the run's instance (before any write)."""
     if backend == "local":
-        from runner.backends.local import store_dir
+        from runner.launch.backends.local import store_dir
 
         try:
             store_dir(store_url)
@@ -159,8 +159,8 @@ def dry_run(cfg: Config, run_id: str, command: list[str], image: str | None, **k
     Writes, creates and contacts nothing: no store is opened and no API is called, so a dry run
     needs no credentials (what submit checks against the provider is listed instead).
     """
-    from runner.context import make_plan_backend
-    from runner.supervisor import SupervisorSettings, launch_context
+    from runner.launch.context import make_plan_backend
+    from runner.launch.supervisor import SupervisorSettings, launch_context
 
     check_store_mountable(cfg.backend, cfg.store_url)
     spec = build_spec(cfg, run_id, command, image or cfg.image or "IMAGE", env={},

@@ -10,9 +10,9 @@ from typing import Any, Callable, Iterator
 
 from entrypoint.record import PreconditionFailed, RunRecord, State, iso, list_run_ids
 from entrypoint.store import Store
-from runner.backends.base import ComputeBackend
+from runner.launch.backends.base import ComputeBackend
 from runner.naming import label_value
-from runner.supervisor_heartbeat import watchfulness
+from runner.launch.supervisor_heartbeat import age_text, watchfulness
 
 
 class RunNotFound(Exception):
@@ -22,15 +22,6 @@ class RunNotFound(Exception):
 def ago(ts: float | None, now: float | None = None) -> str:
     """``3m ago`` for a Unix time (``-`` for none)."""
     return "-" if ts is None else age_text((now or time.time()) - ts)
-
-
-def age_text(seconds: float) -> str:
-    """``3m ago`` for an age in seconds: the largest whole unit."""
-    s = max(0, int(seconds))
-    for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
-        if s >= n:
-            return f"{s // n}{unit} ago"
-    return f"{s}s ago"
 
 
 def _record(store: Store, run_id: str) -> RunRecord:

@@ -21,7 +21,7 @@ from typing import Any
 
 from entrypoint.progress import parse_progress_line
 from entrypoint.record import RunRecord, RunSpec, RunState, State
-from runner.backends.gce_shapes import ShapeError, resolve_gpu
+from runner.launch.backends.gce_shapes import ShapeError, resolve_gpu
 from runner.naming import region_of
 
 SHIPPED = "spot_prices.json"

@@ -68,7 +68,7 @@ def stage_source(req: BuildRequest, bucket: str, say: Say, tag: str = "") -> Sta
     """Pack the context and upload it; a 403 names the role that is missing."""
     from entrypoint.store import StoreError
     from entrypoint.store_gcs import GcsStore
-    from runner.build_context import IgnoreRules, collect, pack, summary
+    from runner.build.build_context import IgnoreRules, collect, pack, summary
 
     rules = IgnoreRules.from_dir(req.context_dir)
     files = collect(req.context_dir, rules)
@@ -84,9 +84,9 @@ def stage_source(req: BuildRequest, bucket: str, say: Say, tag: str = "") -> Sta
 
 
 def list_files(context_dir: str) -> list[str]:
-    from runner.build_context import IgnoreRules, collect
+    from runner.build.build_context import IgnoreRules, collect
 
-    from runner.build_context import DIR
+    from runner.build.build_context import DIR
 
     return [f.path for f in collect(context_dir, IgnoreRules.from_dir(context_dir)) if f.kind != DIR]
 
@@ -123,7 +123,7 @@ def run_cloud_build(client: Any, project: str, build: Any, say: Say, poll: float
     """Create the build, follow its log and status, and return the pushed image's digest ref."""
     from google.api_core import exceptions as gexc
 
-    from runner.gcp_clients import api_retry
+    from runner.cloud.gcp_clients import api_retry
 
     try:
         op = client.create_build(project_id=project, build=build, retry=api_retry())

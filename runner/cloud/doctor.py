@@ -17,9 +17,9 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from runner.config import GCE_PREEMPTION_NOTICE, Config
-from runner.gcp_rest import AdminApis, ApiError, admin_apis, member_conditional_roles, member_roles
+from runner.cloud.gcp_rest import AdminApis, ApiError, admin_apis, member_conditional_roles, member_roles
 from runner.naming import region_of
-from runner.project_setup import SELF_DELETE_ROLE_ID, self_delete_role
+from runner.cloud.project_setup import SELF_DELETE_ROLE_ID, self_delete_role
 
 REQUIRED_APIS = ("compute.googleapis.com", "storage.googleapis.com",
                  "cloudbuild.googleapis.com", "artifactregistry.googleapis.com")
@@ -348,8 +348,8 @@ class _Doctor:
         return Check(name, True, f"{email}{default} has {', '.join(VM_ROLES)} and may delete its own VM")
 
     def hosted_check(self) -> Check:
-        """The hosted supervisor's account (runner/hosted_setup.py), when one was set up."""
-        from runner.hosted_setup import check_hosted
+        """The hosted supervisor's account (runner/cloud/hosted_setup.py), when one was set up."""
+        from runner.cloud.hosted_setup import check_hosted
 
         if self.cfg.backend != "gce":
             return _skip("hosted supervisor roles", "only GCE runs are supervised in Cloud Run")
@@ -361,7 +361,7 @@ class _Doctor:
         cfg = self.cfg
         if cfg.backend != "gce":
             return _skip(name, "quota applies to GCE runs only")
-        from runner.backends.gce_shapes import GPU_FAMILIES, ShapeError, family, resolve_gpu
+        from runner.launch.backends.gce_shapes import GPU_FAMILIES, ShapeError, family, resolve_gpu
 
         try:
             req = resolve_gpu(cfg.machine_type, cfg.gpu, cfg.no_gpu)
@@ -443,7 +443,7 @@ def _storage_client(cfg: Config) -> Any:
 
 
 def regions_client(cfg: Config) -> Any:
-    from runner.gcp_clients import regions_client as make
+    from runner.cloud.gcp_clients import regions_client as make
 
     return make(cfg.compute_endpoint)
 
@@ -476,7 +476,7 @@ def run_checks(
     answer in one check still lets the others report.
     """
     if active_project is None:
-        from runner.context import gcloud_active_project as active_project
+        from runner.launch.context import gcloud_active_project as active_project
     doctor = _Doctor(cfg, load_credentials=load_credentials, active_project=active_project,
                      apis=apis, storage_client=storage_client, regions_client=regions,
                      docker_ping=docker_ping)

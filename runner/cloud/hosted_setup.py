@@ -11,7 +11,7 @@ that has it:
   (IAM is on the secret: a ``webhook_secret`` naming a version is granted on its secret).
 
 The schedule calls the job with this same account's OAuth token; ``supervise --deploy`` makes it
-``roles/run.invoker`` on the one job (runner/hosted.py), so it needs nothing on Cloud Run here.
+``roles/run.invoker`` on the one job (runner/cloud/hosted.py), so it needs nothing on Cloud Run here.
 """
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ from typing import Any, Callable
 from urllib.parse import quote
 
 from runner.config import Config
-from runner.gcp_rest import AdminApis, ApiError, member_roles
-from runner.hosted import SUPERVISOR_SA_NAME, supervisor_email
-from runner.project_setup import (BUCKET_ROLE, Step, _not_yet_visible, ensure_bucket_role,
-                                  ensure_project_roles, format_step, service_account_email)
+from runner.cloud.gcp_rest import AdminApis, ApiError, member_roles
+from runner.cloud.hosted import SUPERVISOR_SA_NAME, supervisor_email
+from runner.cloud.iam_grants import (BUCKET_ROLE, Step, ensure_bucket_role, ensure_project_roles, format_step,
+                                     not_yet_visible, service_account_email)
 
 PROJECT_ROLES = ("roles/compute.instanceAdmin.v1",)
 ACT_AS_ROLE = "roles/iam.serviceAccountUser"
@@ -110,7 +110,7 @@ def _grant(api: Any, resource_path: str, role: str, member: str, sleep: Callable
             api.post(resource_path + ":setIamPolicy", {"policy": policy})
             return True
         except ApiError as e:
-            if not (e.code == 409 or _not_yet_visible(e)) or attempt == _ATTEMPTS - 1:
+            if not (e.code == 409 or not_yet_visible(e)) or attempt == _ATTEMPTS - 1:
                 raise
         sleep(delay)
         delay = min(delay * 2, 16.0)
@@ -128,7 +128,7 @@ def ensure_act_as(apis: AdminApis, project: str, vm_email: str, member: str, *,
 
 def _secret_of(cfg: Config) -> str:
     """``projects/P/secrets/S`` of ``webhook_secret`` (which may be a bare name or name a version)."""
-    from runner.notify import secret_version_name
+    from runner.ops.notify import secret_version_name
 
     return secret_version_name(cfg.webhook_secret or "", cfg.project).split("/versions/", 1)[0]
 
@@ -136,7 +136,7 @@ def _secret_of(cfg: Config) -> str:
 def ensure_secret_access(cfg: Config, member: str, *, sleep: Callable[[float], None] = time.sleep) -> Step:
     """``member`` may read the webhook secret (Secret Manager v1: IAM is on the secret, so a
     ``webhook_secret`` naming a version is granted on its secret)."""
-    from runner.gcp_rest import rest_api
+    from runner.cloud.gcp_rest import rest_api
 
     secret = _secret_of(cfg)
     api = rest_api(cfg.secretmanager_endpoint, "https://secretmanager.googleapis.com")
@@ -184,7 +184,7 @@ def check_hosted(cfg: Config, apis: AdminApis, storage_client: Any) -> tuple[boo
                      f"--role={ACT_AS_ROLE}")
     if cfg.webhook_secret:
         secret = _secret_of(cfg)
-        from runner.gcp_rest import rest_api
+        from runner.cloud.gcp_rest import rest_api
 
         api = rest_api(cfg.secretmanager_endpoint, "https://secretmanager.googleapis.com")
         if not GRANTED_BY[SECRET_ROLE] & (member_roles(api.post(f"/v1/{secret}:getIamPolicy", {}), member) | held):

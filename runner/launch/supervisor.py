@@ -26,8 +26,6 @@ Safety rules, each tied to a property in DESIGN.md §3:
 
 from __future__ import annotations
 
-import os
-import socket
 import sys
 import threading
 import time
@@ -37,14 +35,15 @@ from typing import TYPE_CHECKING, Callable
 
 from entrypoint.record import IllegalTransition, RunRecord, RunSpec, RunState, State, list_run_ids
 from entrypoint.store import PreconditionFailed, Store
-from runner.backends.base import (
+from runner.launch.backends.base import (
     BackendError, ComputeBackend, Instance, InstanceStatus, LaunchContext, PermanentBackendError,
 )
-from runner.create_backoff import CreateBackoff
-from runner.naming import label_value, resource_name
+from runner.launch.create_backoff import CreateBackoff
+from runner.launch.supervisor_heartbeat import run_pass
+from runner.naming import default_actor, label_value, resource_name
 
 if TYPE_CHECKING:
-    from runner.notify import TransitionNotifier
+    from runner.ops.notify import TransitionNotifier
 
 
 @dataclass(frozen=True)
@@ -83,10 +82,6 @@ def launch_context(settings: SupervisorSettings, attempt: int) -> LaunchContext:
         grace_period=settings.grace_period,
         shm_size=settings.shm_size,
     )
-
-
-def default_actor() -> str:
-    return f"supervisor@{socket.gethostname()}.{os.getpid()}"
 
 
 class Reaper:
@@ -162,8 +157,6 @@ class Supervisor:
     # ---- passes ----
     def reconcile_all(self) -> dict[str, RunState]:
         """One pass over every run in the store, recorded in ``supervisor/heartbeat.json``."""
-        from runner.supervisor_heartbeat import run_pass
-
         return run_pass(self, self._reconcile_all)
 
     def _reconcile_all(self) -> dict[str, RunState]:
@@ -358,7 +351,7 @@ class Supervisor:
         """How long an instance may boot before it counts as stalled: the stall window, and for a
         VM that waits for its GPU driver at least that wait (pinned in its spec), whatever this
         supervisor's own config says about GPUs (config checks it only where it has a GPU)."""
-        from runner.backends.gce_shapes import waits_for_driver
+        from runner.launch.backends.gce_shapes import waits_for_driver
 
         if spec is None or not waits_for_driver(spec.backend, spec.machine_type, spec.gpu,
                                                 bool(spec.vm.get("no_gpu"))):

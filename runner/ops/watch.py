@@ -13,7 +13,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from entrypoint.store import Store
-from runner.ops import duration, list_runs
+from runner.ops.runs import duration, list_runs
 
 # What makes a row "changed" for --json: everything except values that move with the clock.
 _VOLATILE = ("heartbeat_age_s", "updated_age_s", "eta_s", "heartbeat_at", "sync", "cost", "cost_text")

@@ -42,6 +42,7 @@ from urllib.parse import urlsplit
 
 from entrypoint.record import RunRecord, RunState, State
 from entrypoint.store import PreconditionFailed
+from runner.naming import default_actor
 
 WEBHOOK_URL_ENV = "RUNNER_WEBHOOK_URL"
 SECRET_MANAGER = "https://secretmanager.googleapis.com"
@@ -93,7 +94,7 @@ def read_secret_url(secret: str, project: str | None, endpoint: str | None = Non
     import requests
     from google.auth.exceptions import DefaultCredentialsError
 
-    from runner.gcp_rest import ApiError, rest_api
+    from runner.cloud.gcp_rest import ApiError, rest_api
 
     name = secret_version_name(secret, project)
     try:
@@ -322,8 +323,6 @@ class TransitionNotifier:
     def __init__(self, url_source: Callable[[], str], *, since: float | None = None,
                  actor: str | None = None, lag_window: float = 60.0,
                  sender_factory: Callable[[str], WebhookSender] = WebhookSender) -> None:
-        from runner.supervisor import default_actor
-
         self.since = time.time() if since is None else since
         self.actor = actor or default_actor()
         self.lag_window = lag_window

@@ -14,8 +14,8 @@ from importlib import resources
 from typing import Any
 
 from entrypoint.record import RunSpec
-from runner.backends import vm_metadata as md
-from runner.backends.base import (
+from runner.launch.backends import vm_metadata as md
+from runner.launch.backends.base import (
     LABEL_ATTEMPT,
     LABEL_RUN_ID,
     LABEL_RUNNER,
@@ -27,8 +27,8 @@ from runner.backends.base import (
     InstanceStatus,
     LaunchContext,
 )
-from runner.backends.gce_shapes import ShapeError, resolve_gpu
-from runner.gcp_clients import ComputeClients, api_retry
+from runner.launch.backends.gce_shapes import ShapeError, resolve_gpu
+from runner.cloud.gcp_clients import ComputeClients, api_retry
 from runner.naming import label_value, resource_name, store_label
 
 _STATUS = {
@@ -473,7 +473,7 @@ def _status_name(status: Any) -> str:
 
 
 def _explain(e: Any, project: str) -> str:
-    from runner.gcp_clients import is_rate_limited
+    from runner.cloud.gcp_clients import is_rate_limited
 
     code = getattr(e, "code", None)
     msg = getattr(e, "message", str(e))

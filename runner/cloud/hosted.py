@@ -32,7 +32,7 @@ from importlib import resources
 from typing import Any, Callable
 
 from runner.config import Config
-from runner.project_setup import Step, format_step, service_account_email
+from runner.cloud.iam_grants import Step, format_step, service_account_email
 
 JOB_ID = "cos-spot-runner-supervisor"
 SCHEDULER_JOB_ID = "cos-spot-runner-supervisor"
@@ -245,7 +245,7 @@ def hosted_clients(cfg: Config) -> HostedClients:
     """Cloud Run v2 and Cloud Scheduler v1 clients over REST, at the configured endpoints."""
     from google.cloud import run_v2, scheduler_v1
 
-    from runner.gcp_clients import _client_kwargs
+    from runner.cloud.gcp_clients import _client_kwargs
 
     return HostedClients(
         jobs=run_v2.JobsClient(transport="rest", **_client_kwargs(cfg.run_endpoint)),
@@ -432,7 +432,7 @@ def hosted_status(t: HostedTarget, clients: HostedClients, store: Any) -> dict[s
     """What is deployed (image, mode, schedule, last execution) and the last pass from the heartbeat."""
     from google.api_core import exceptions as gexc
 
-    from runner.supervisor_heartbeat import watchfulness
+    from runner.launch.supervisor_heartbeat import watchfulness
 
     out: dict[str, Any] = {"job": None, "schedule": None}
     try:

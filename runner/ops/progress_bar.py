@@ -1,6 +1,6 @@
 """A transfer progress bar on stderr for ``ops pull``: a live bar on a terminal, lines otherwise.
 
-Kept apart from the transfer code (``runner.ops.pull_run`` reports through two callbacks), so
+Kept apart from the transfer code (``runner.ops.runs.pull_run`` reports through two callbacks), so
 the data path has no idea whether a person or a script is watching.
 """
 

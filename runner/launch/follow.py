@@ -6,8 +6,8 @@ import time
 from typing import Callable
 
 from entrypoint.record import RunRecord, RunState, iso
-from runner.supervisor import Supervisor
-from runner.supervisor_heartbeat import run_pass
+from runner.launch.supervisor import Supervisor
+from runner.launch.supervisor_heartbeat import run_pass
 
 
 def format_event(ev: dict) -> str:

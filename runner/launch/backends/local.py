@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from entrypoint.record import RunSpec
-from runner.backends.base import (
+from runner.launch.backends.base import (
     LABEL_ATTEMPT,
     LABEL_RUN_ID,
     LABEL_RUNNER,

@@ -1,0 +1,66 @@
+"""``runner build``: parse, build the image by the first route that works, print its pinned reference."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from runner.cli.common import EXIT_FAILED, EXIT_USAGE, config_of, config_options, fail, guard, note
+
+
+@click.command()
+@click.option("--context", "context_dir", default=".", show_default=True, type=click.Path(file_okay=False),
+              help="Directory to build; .gcloudignore decides what is uploaded.")
+@click.option("--image", help="REPO/NAME[:TAG] to push (default: image from config).")
+@click.option("--dockerfile", default="Dockerfile", show_default=True)
+@click.option("--base-image", help="BASE_IMAGE build arg (default: the Dockerfile's, python:3.11-slim).")
+@click.option("--local", "local_only", is_flag=True, help="Build with the local Docker daemon only, no push.")
+@click.option("--list-files", is_flag=True, help="Print exactly what would be uploaded, and stop.")
+@config_options
+@guard
+def build(context_dir: str, image: str | None, dockerfile: str, base_image: str | None, local_only: bool,
+          list_files: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
+    """Build the workload image and print its pinned reference (REPO@sha256:...).
+
+    Routes, each tried when the one before fails, with the reason kept: Cloud Build from the
+    staged context; Cloud Build from a re-staged tarball; local `docker buildx --push`.
+
+    \b
+      runner build --project my-proj --store gs://my-bucket --image us-docker.pkg.dev/my-proj/runs/trainer
+      runner build --local --image cos-spot-runner/workload:dev     # for the local backend
+      runner build --list-files                                    # what would be uploaded
+    """
+    from runner.build.image import BuildError, BuildRequest, list_files as files_of
+    from runner.build.build_context import IgnoreFileError
+
+    if list_files:
+        try:
+            for path in files_of(context_dir):
+                click.echo(path)
+        except IgnoreFileError as e:
+            fail(str(e), EXIT_USAGE)
+        return
+    cfg = config_of({**cli_config, "base_image": base_image}, config_path)
+    ref = image or cfg.image
+    if not ref:
+        fail("no image name: pass --image REPO/NAME[:TAG] or set image in runner.toml", EXIT_USAGE)
+    try:
+        result = run_build(cfg, BuildRequest(context_dir, ref, dockerfile, cfg.base_image), local_only)
+    except (BuildError, IgnoreFileError) as e:
+        fail(str(e), EXIT_FAILED)
+    click.echo(result.image)
+
+
+def run_build(cfg: Any, req: Any, local_only: bool) -> Any:
+    from runner.build.image import build_image
+    from runner.cloud.gcp_clients import cloudbuild_client
+
+    from entrypoint.store_gcs import parse_gs_url
+
+    store = cfg.store_url
+    bucket = parse_gs_url(store)[0] if store.startswith("gs://") else None
+    result = build_image(req, local_only=local_only, project=cfg.project, bucket=bucket,
+                         client_factory=lambda: cloudbuild_client(cfg.cloudbuild_endpoint), say=note)
+    note(f"built {result.image} via {result.route}")
+    return result

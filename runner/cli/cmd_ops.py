@@ -1,0 +1,366 @@
+"""``runner ops``: status, list, watch, delete, preempt, serial, events, pull, logs; each parses, calls
+``runner.ops`` and prints (data to stdout, ``--json`` for scripts)."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from typing import Any
+
+import click
+
+from runner.cli.common import EXIT_FAILED, EXIT_USAGE, checked_run_id, config_options, fail, guard, load, note
+
+
+@click.group()
+def ops() -> None:
+    """Show and control runs: status, list, watch, logs, serial, events, pull, delete, preempt.
+
+    Every command takes --json. Exit codes: 0 ok, 1 the run (or the operation) failed,
+    2 usage or config error, 3 no such run.
+    """
+
+
+@ops.command()
+@click.option("--run-id", required=True)
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@config_options
+@guard
+def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
+    """State, attempt, heartbeat age, progress and the last event of one run."""
+    from runner.ops.runs import ago, duration, run_status, when
+    from runner.launch.supervisor_heartbeat import report_lines
+
+    ctx = load(cli_config, config_path)
+    s = run_status(ctx.store, checked_run_id(run_id), ctx.backend)
+    _add_cost(ctx, s)
+    if as_json:
+        click.echo(json.dumps(s, indent=1, default=str))
+        return
+    prog = " ".join(f"{k}={v}" for k, v in s["progress"].items()) or "-"
+    if s.get("rate"):
+        prog += f"  ({s['rate']:.2f} steps/s" + (f", ETA {duration(s['eta_s'])}" if s.get("eta_s") else "") + ")"
+    ev = s["last_event"]
+    click.echo(f"run        {s['run_id']}")
+    click.echo(f"state      {s['state']}" + (f" ({s['reason']})" if s["reason"] else ""))
+    click.echo(f"attempt    {s['attempt']}  instance {s['instance'] or '-'}  zone {s['zone'] or '-'}"
+               f"  restarts {s['restarts']}")
+    click.echo(f"updated    {when(s['updated_at'], s['updated_age_s'])}")
+    click.echo(f"heartbeat  {when(s['heartbeat_at'], s['heartbeat_age_s'])}")
+    if s.get("startup_phase"):
+        click.echo(f"startup    {s['startup_phase']}")
+    click.echo(f"progress   {prog}")
+    click.echo(f"cost       {s['cost_text']}" + _cost_detail(s["cost"]))
+    if s.get("instances"):
+        click.echo("instances  " + ", ".join(f"{i['name']} ({i['status']})" for i in s["instances"]))
+    if ev:
+        click.echo(f"last event {ev['at']} ({ago(ev['time'])}): {ev['actor']} {ev['from']} -> {ev['to']}"
+                   + (f" ({ev['reason']})" if ev.get("reason") else ""))
+    if s["stop_requested"]:
+        click.echo("stop       requested (.stop): this run is never restarted")
+    for line in report_lines(s["supervisor"]):
+        click.echo(line)
+
+
+@ops.command(name="list")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array of runs.")
+@click.option("--orphans", is_flag=True, help="Instead: VMs/containers whose run is finished or unknown (still billing).")
+@config_options
+@guard
+def list_cmd(as_json: bool, orphans: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
+    """All runs in the store, one line each (UPDATED in UTC, and how long ago)."""
+    from runner.ops.runs import duration, list_runs, when
+
+    ctx = load(cli_config, config_path)
+    if orphans:
+        from runner.ops.runs import orphans as find_orphans
+
+        found = find_orphans(ctx.store, ctx.backend)
+        if as_json:
+            click.echo(json.dumps(found, indent=1))
+        for o in [] if as_json else found:
+            click.echo(f"{o['name']:<40} {o['zone']:<16} {o['status']:<11} {o['why']}")
+        if not found and not as_json:
+            note("no orphans: every instance belongs to a live run")
+        return
+    rows = list_runs(ctx.store)
+    if as_json:
+        click.echo(json.dumps(rows, indent=1))
+        return
+    if not rows:
+        note(f"no runs in {ctx.store.url}")
+        return
+    click.echo(f"{'RUN':<28} {'STATE':<13} {'ATT':>3} {'RESTARTS':>8}  {'PROGRESS':<16} {'ETA':>6}  UPDATED")
+    for r in rows:
+        click.echo(f"{r['run_id']:<28} {r['state']:<13} {r['attempt']:>3} {r['restarts']:>8}  "
+                   f"{_progress_text(r['progress']):<16} {duration(r['eta_s']):>6}  "
+                   f"{when(r['updated_at'], r['updated_age_s'])}")
+    from runner.launch.supervisor_heartbeat import report_lines, watchfulness
+
+    for line in report_lines(watchfulness(ctx.store).to_dict()):
+        click.echo(line)
+
+
+def _cost_detail(c: dict[str, Any]) -> str:
+    """The small print under a cost: where the prices come from, or why there is no figure."""
+    if c.get("why_unknown"):
+        return f"  ({c['why_unknown']})"
+    if c.get("note"):
+        return f"  ({c['note']})"
+    return f"  (spot prices as of {c.get('as_of')}; an estimate: set price_table to use your own)"
+
+
+def _progress_text(p: dict[str, Any]) -> str:
+    if not p or p.get("step") is None:
+        return "-"
+    return f"{p['step']}/{p['total']}" if p.get("total") else str(p["step"])
+
+
+def _add_cost(ctx: Any, row: dict[str, Any]) -> None:
+    from runner.ops.cost import annotate_row
+
+    annotate_row(row, ctx.store, ctx.cfg.price_table)
+
+
+@ops.command()
+@click.option("--run-id", "run_ids", multiple=True,
+              help="Watch only this run (repeatable); then watch ends when they do, exit 0 if all succeeded.")
+@click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between refreshes.")
+@click.option("--json", "as_json", is_flag=True, help="Instead of the table: one JSON line per run per change.")
+@config_options
+@guard
+def watch(run_ids: tuple[str, ...], interval: float, as_json: bool, cli_config: dict[str, Any],
+          config_path: str | None) -> None:
+    """A live table of runs: state, attempt, zone, heartbeat, progress, rate, ETA, restarts, cost.
+
+    Redraws in place until Ctrl-C (or until the --run-id runs end). Read-only: watching never
+    changes a run; keep `runner supervise` (or an attached submit) running to keep them alive.
+
+    \b
+      runner ops watch
+      runner ops watch --run-id exp-1
+      runner ops watch --json | jq 'select(.state == "PREEMPTED")'
+    """
+    from entrypoint.record import RunRecord
+    from runner.ops.runs import RunNotFound
+    from runner.ops.watch import snapshots, watch_json, watch_table
+
+    if interval <= 0:
+        fail("--interval must be a positive number of seconds", EXIT_USAGE)
+    ctx = load(cli_config, config_path)
+    ids = [checked_run_id(r) for r in run_ids] or None
+    for r in ids or []:
+        if RunRecord(ctx.store, r).read_state() is None:
+            raise RunNotFound(f"no run {r!r} in {ctx.store.url} (see `runner ops list`)")
+    frames = snapshots(ctx.store, ids, interval, enrich=lambda row: _add_cost(ctx, row))
+    try:
+        if as_json:
+            rows = watch_json(frames, ids, lambda line: click.echo(line))
+        else:
+            rows = watch_table(frames, ids, ctx.store.url, caption=lambda: _supervision_caption(ctx.store))
+    except KeyboardInterrupt:
+        return
+    if ids:
+        sys.exit(0 if all(r["state"] == "SUCCEEDED" for r in rows) else EXIT_FAILED)
+
+
+def warn_if_unsupervised(store: Any) -> None:
+    """submit --detach: a run nobody supervises is not restarted after a preemption; say so now."""
+    from runner.launch.supervisor_heartbeat import watchfulness
+
+    w = watchfulness(store)
+    if not w.alive:
+        note(f"runner: warning: {w.warning}\n    fix: {w.fix}")
+
+
+def _supervision_caption(store: Any) -> str:
+    from runner.launch.supervisor_heartbeat import watchfulness
+
+    w = watchfulness(store)
+    return f"supervisor: {w.text}" + ("" if w.alive else f"\n[bold red]{w.warning}[/]\nfix: {w.fix}")
+
+
+@ops.command()
+@click.option("--run-id", required=True)
+@click.option("--grace-period", type=float, help="Seconds the job gets to checkpoint before it is killed.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@config_options
+@guard
+def delete(run_id: str, grace_period: float | None, as_json: bool, cli_config: dict[str, Any],
+           config_path: str | None) -> None:
+    """Stop a run for good: writes .stop (nothing will restart it), then removes its VM/container.
+
+    The run's record (checkpoints, results, logs) stays in the store; `submit --restart` resumes it.
+    """
+    from runner.ops.runs import delete_run
+
+    ctx = load(cli_config, config_path)
+    g = ctx.cfg.grace_period if grace_period is None else grace_period
+    out = delete_run(ctx.store, ctx.backend, checked_run_id(run_id), g)
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
+    click.echo(f"{out['run_id']}: {out['state']}; removed {', '.join(out['removed']) or 'no instance'}")
+
+
+@ops.command()
+@click.option("--run-id", required=True)
+@click.option("--grace-period", type=float, help="Seconds between SIGTERM and kill (default: config grace_period).")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@config_options
+@guard
+def preempt(run_id: str, grace_period: float | None, as_json: bool, cli_config: dict[str, Any],
+            config_path: str | None) -> None:
+    """Simulate a spot preemption: SIGTERM, grace period, kill. The supervisor restarts the run."""
+    from runner.ops.runs import preempt_run
+
+    ctx = load(cli_config, config_path)
+    g = ctx.cfg.grace_period if grace_period is None else grace_period
+    out = preempt_run(ctx.store, ctx.backend, checked_run_id(run_id), g)
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
+    click.echo(f"{run_id}: preempted {', '.join(out['preempted'])}")
+
+
+@ops.command()
+@click.option("--run-id", required=True)
+@click.option("--tail", type=int, default=100, show_default=True, help="Lines to show first.")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing as the console grows.")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON: {instance, zone, text}; with --follow, one line per new chunk.")
+@config_options
+@guard
+def serial(run_id: str, tail: int, follow: bool, as_json: bool, cli_config: dict[str, Any],
+           config_path: str | None) -> None:
+    """The current VM's serial console (startup phases, driver install, container output).
+
+    Where to look when a run has no heartbeat and no manifest: it died before its container started.
+    """
+    from runner.ops.runs import RunNotFound, current_instance
+
+    ctx = load(cli_config, config_path)
+    inst = current_instance(ctx.store, ctx.backend, checked_run_id(run_id))
+    if inst is None:
+        raise RunNotFound(f"run {run_id} has no VM right now (see `runner ops events --run-id {run_id}`)")
+    def show(text: str, first: bool) -> None:
+        if as_json:
+            click.echo(json.dumps({"instance": inst.name, "zone": inst.zone, "text": text},
+                                  indent=None if follow else 1))
+        elif text:
+            click.echo(text, nl=first)  # a followed chunk carries its own newlines
+
+    text, offset = ctx.backend.console(inst, 0)
+    show("\n".join(text.splitlines()[-tail:]), True)
+    while follow:
+        time.sleep(2)
+        more, offset = ctx.backend.console(inst, offset)
+        if more:
+            show(more, False)
+
+
+@ops.command()
+@click.option("--run-id", required=True)
+@click.option("--since", default="24h", show_default=True, help="How far back: 30m, 24h, 7d.")
+@click.option("--json", "as_json", is_flag=True)
+@config_options
+@guard
+def events(run_id: str, since: str, as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
+    """Our run events and the provider's operations on the run's VMs (preempted, stop, delete), in time order."""
+    from runner.launch.follow import format_event
+    from runner.ops.runs import run_events
+
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    try:
+        seconds = float(since[:-1]) * units[since[-1]]
+    except (KeyError, ValueError, IndexError):
+        fail(f"--since {since!r}: use a number and a unit, as in 30m, 24h or 7d", EXIT_USAGE)
+    ctx = load(cli_config, config_path)
+    evs = run_events(ctx.store, ctx.backend, checked_run_id(run_id), time.time() - seconds)
+    if as_json:
+        click.echo(json.dumps(evs, indent=1, default=str))
+        return
+    for ev in evs:
+        click.echo(format_event(ev))
+
+
+@ops.command()
+@click.option("--run-id", required=True)
+@click.option("--dest", default="runs", show_default=True, type=click.Path(file_okay=False),
+              help="Local directory; files land in DEST/RUN_ID, and DEST/latest points there.")
+@click.option("--checkpoints", is_flag=True, help="Also pull checkpoints/ (results/ only by default).")
+@click.option("--json", "as_json", is_flag=True)
+@config_options
+@guard
+def pull(run_id: str, dest: str, checkpoints: bool, as_json: bool, cli_config: dict[str, Any],
+         config_path: str | None) -> None:
+    """Copy a run's results (and checkpoints) here; a second pull transfers only what changed."""
+    from runner.ops.runs import pull_run
+
+    from runner.ops.progress_bar import transfer_progress
+
+    ctx = load(cli_config, config_path)
+    with transfer_progress(f"pulling {run_id}", enabled=not as_json) as (on_plan, on_file):
+        out = pull_run(ctx.store, checked_run_id(run_id), dest, checkpoints, on_plan=on_plan, on_file=on_file)
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
+    click.echo(f"{run_id}: {len(out['copied'])} file(s) copied ({out['bytes']} bytes), "
+               f"{len(out['unchanged'])} unchanged, in {out['dest']}")
+
+
+@ops.command()
+@click.option("--run-id", required=True)
+@click.option("--attempt", type=int, help="Only this attempt (default: all, with separators).")
+@click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the run ends.")
+@click.option("--json", "as_json", is_flag=True,
+              help="JSON: one object per attempt (with --follow, one line per new chunk).")
+@config_options
+@guard
+def logs(run_id: str, attempt: int | None, follow: bool, as_json: bool, cli_config: dict[str, Any],
+         config_path: str | None) -> None:
+    """The job's output across attempts, from the store, with a separator per attempt.
+
+    On GCE each attempt starts with its VM's serial console up to the container start (driver
+    install, image pull): where to look when a run never got to its first line of output.
+    GCE keeps that console only while the VM exists.
+
+    \b
+      runner ops logs --run-id exp-1              # every attempt
+      runner ops logs --run-id exp-1 --attempt 2  # one attempt
+      runner ops logs --run-id exp-1 -f           # follow until the run ends
+    """
+    from runner.ops.runs import attempt_logs, follow_logs
+
+    ctx = load(cli_config, config_path)
+    run_id = checked_run_id(run_id)
+    out = sys.stdout.buffer
+
+    def separator(a: int, what: str) -> None:
+        out.write(f"===== attempt {a}: {what} =====\n".encode())
+
+    if follow:
+        shown = None
+        for a, kind, chunk in follow_logs(ctx.store, run_id, backend=ctx.backend):
+            if as_json:
+                out.write(json.dumps({"attempt": a, "kind": kind, "text": chunk.decode("utf-8", "replace")}).encode()
+                          + b"\n")
+            else:
+                if (a, kind) != shown:
+                    separator(a, "VM startup (serial console)" if kind == "startup" else "job output")
+                    shown = (a, kind)
+                out.write(chunk)
+            out.flush()
+        return
+    parts = attempt_logs(ctx.store, run_id, attempt, backend=ctx.backend)
+    if as_json:
+        click.echo(json.dumps([{**p, "output": p["output"].decode("utf-8", "replace")} for p in parts], indent=1))
+        return
+    for p in parts:
+        if p["startup"]:
+            separator(p["attempt"], f"VM startup (serial console of {p['instance']})")
+            out.write(p["startup"].encode())
+        separator(p["attempt"], "job output")
+        out.write(p["output"] if p["output"] or p["startup"] else b"(no output stored for this attempt)\n")
+    out.flush()

@@ -1,0 +1,128 @@
+"""``runner submit``: parse, submit (building the image first unless told not to), follow or detach, print."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Any
+
+import click
+
+from runner.cli.common import EXIT_FAILED, EXIT_USAGE, checked_run_id, config_of, config_options, fail, guard, load, note
+from runner.cli.cmd_build import run_build
+from runner.cli.cmd_ops import warn_if_unsupervised
+
+
+@click.command(context_settings={"ignore_unknown_options": True})
+@click.option("--run-id", required=True, help="Your name for the run; re-using it resumes the run.")
+@click.option("--image", help="Image to run (local: a Docker image name; pinned to its id/digest).")
+@click.option("--restart", is_flag=True, help="Run a finished, failed or stopped run again (resumes from its last checkpoint).")
+@click.option("--detach", is_flag=True, help="Return after submitting; `runner supervise` keeps it going.")
+@click.option("--dry-run", is_flag=True, help="Print exactly what would be created, and create nothing.")
+@click.option("--skip-build", is_flag=True, help="Without --image: use the configured image as is, do not build it first.")
+@click.option("--pull", "pull_dest", metavar="DIR", type=click.Path(file_okay=False),
+              help="When the run succeeds, copy its results/ here (as `runner ops pull --dest DIR`).")
+@click.option("--max-restarts", type=int, help="Preemption/stall restarts before giving up (default 10).")
+@click.option("--retry-on-failure", type=int, help="Re-run a job that exits non-zero up to N times (default 0).")
+@click.option("--poll-interval", type=float, help="Seconds between supervisor checks.")
+@click.option("--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Environment for the job (not for secrets).")
+@click.option("--zones", help="GCE: zones to try in order, comma-separated (next zone on stockout/quota).")
+@click.option("--machine-type", help="GCE: e.g. n1-standard-8, g2-standard-8 (g2/a2/a3 carry their GPUs).")
+@click.option("--gpu", help="GCE: TYPE[:COUNT] for N1 machines, e.g. nvidia-tesla-t4:1.")
+@click.option("--no-gpu", is_flag=True, default=None, help="GCE: CPU only; skips the driver install entirely.")
+@click.option("--termination-action", type=click.Choice(["DELETE", "STOP"]),
+              help="GCE: what preemption does to the VM (default DELETE).")
+@config_options
+@click.argument("command", nargs=-1, type=click.UNPROCESSED)
+@guard
+def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run: bool, skip_build: bool,
+           pull_dest: str | None, max_restarts: int | None, retry_on_failure: int | None, poll_interval: float | None,
+           env_pairs: tuple[str, ...], zones: str | None, machine_type: str | None,
+           gpu: str | None, no_gpu: bool | None, termination_action: str | None,
+           command: tuple[str, ...], cli_config: dict[str, Any], config_path: str | None) -> None:
+    """Submit a run and follow it until it ends (unless --detach).
+
+    The job's command comes after `--` and is passed as an argument list, never re-parsed by a
+    shell:
+
+        runner submit --run-id exp-1 --image cos-spot-runner/workload:dev -- python3 -m examples.trainer --steps 100
+
+    Re-submitting an existing run id resumes it from its last checkpoint.
+    """
+    from runner.launch import submit as submit_mod
+
+    run_id = checked_run_id(run_id)
+    if pull_dest is not None and detach:
+        fail("--pull needs the run followed to its end: drop --detach, or pull later with "
+             f"`runner ops pull --run-id {run_id} --dest {pull_dest}`", EXIT_USAGE)
+    env = {}
+    for pair in env_pairs:
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            fail(f"--env {pair!r} is not KEY=VALUE", EXIT_USAGE)
+        env[k] = v
+    # The counts go through the config layer like every other setting, so a flag is checked
+    # exactly as the same key in runner.toml or RUNNER_* would be (negative values refused).
+    cli_config = {**cli_config, "poll_interval": poll_interval, "zones": zones,
+                  "machine_type": machine_type, "gpu": gpu, "no_gpu": no_gpu,
+                  "termination_action": termination_action, "max_restarts": max_restarts,
+                  "retry_on_failure": retry_on_failure}
+    if dry_run:
+        _dry_run(config_of(cli_config, config_path), run_id, list(command), image)
+        return
+    ctx = load(cli_config, config_path, create_store=True)
+    from entrypoint.record import RunRecord
+
+    if image is None and not skip_build and command and RunRecord(ctx.store, run_id).read_state() is None:
+        image = _build_for_submit(ctx)
+    result = submit_mod.submit(ctx, run_id, list(command), image=image, restart=restart,
+                               max_restarts=ctx.cfg.max_restarts, retry_on_failure=ctx.cfg.retry_on_failure,
+                               env=env)
+    note(f"{result.message} (store {ctx.store.url}, backend {ctx.cfg.backend}, image {result.spec.image[:19]})")
+    sup = ctx.supervisor()
+    if detach:
+        sup.reconcile(run_id)
+        note(f"detached; keep it supervised with: runner supervise   (status: runner ops status --run-id {run_id})")
+        warn_if_unsupervised(ctx.store)
+        return
+    from runner.launch.follow import follow_run
+
+    final = follow_run(sup, run_id, ctx.cfg.poll_interval, note)
+    click.echo(f"{run_id}: {final.state.value} after {final.attempt} attempt(s)"
+               + (f" — {final.reason}" if final.reason else ""))
+    if final.state.value != "SUCCEEDED":
+        sys.exit(EXIT_FAILED)
+    if pull_dest is not None:
+        from runner.ops.runs import pull_run
+        from runner.ops.progress_bar import transfer_progress
+
+        with transfer_progress(f"pulling {run_id}", enabled=True) as (on_plan, on_file):
+            out = pull_run(ctx.store, run_id, pull_dest, False, on_plan=on_plan, on_file=on_file)
+        note(f"pulled {len(out['copied'])} file(s) ({out['bytes']} bytes) into {out['dest']}")
+
+
+def _dry_run(cfg: Any, run_id: str, command: list[str], image: str | None) -> None:
+    """Print the exact first request (stdout) and what was left unchecked (stderr)."""
+    from runner.launch import submit as submit_mod
+
+    plan, skipped = submit_mod.dry_run(cfg, run_id, command, image, max_restarts=cfg.max_restarts,
+                                       retry_on_failure=cfg.retry_on_failure)
+    cli = getattr(plan, "docker_cli", None)
+    click.echo(" ".join(cli()) if cli else json.dumps(plan.to_dict(), default=str, indent=1))
+    note("dry run: nothing written or created; not checked: " + "; ".join(skipped))
+
+
+def _build_for_submit(ctx: Any) -> str:
+    """No --image: build the configured image from the current directory, as `runner build` would."""
+    from runner.build.image import BuildError, BuildRequest
+
+    name = ctx.cfg.image or ("cos-spot-runner/workload:dev" if ctx.cfg.backend == "local" else None)
+    if not name:
+        fail("no image: pass --image, set image in runner.toml, or --skip-build", EXIT_USAGE)
+    note(f"building {name} first (--skip-build to use it as it is)")
+    try:
+        return run_build(ctx.cfg, BuildRequest(".", name, base_image=ctx.cfg.base_image),
+                      local_only=ctx.cfg.backend == "local").image
+    except BuildError as e:
+        fail(str(e), EXIT_FAILED)
+    raise AssertionError
