@@ -133,7 +133,7 @@ def test_a_preempted_run_is_restarted_by_the_hosted_supervisor_alone(
         scheduler_fake, tmp_path: Path):
     """submit --detach, the VM runs the real agent, `ops preempt`, a tick restarts, the run succeeds."""
     from examples.trainer import decode_checkpoint
-    from runner.backends.base import LABEL_RUN_ID
+    from runner.launch.backends.base import LABEL_RUN_ID
     from tests.cloud_sim import CosGuest, LiveVmSampler
 
     run_id = "hosted-loop-1"
@@ -192,7 +192,10 @@ def test_a_preempted_run_is_restarted_by_the_hosted_supervisor_alone(
         assert [v.status for v in compute_fake.instances()] == ["STOPPING"]
         assert scheduler_fake.tick() == [200]
         cloudrun_fake.wait_executions(timeout=120)
-        assert len(compute_fake.instances()) == 1 and state().attempt == 1, "a pass doubled a STOPPING run"
+        # (The notice may also end while the execution starts up: then that pass finds the VM gone
+        # and restarts the run itself, which the code below allows. Never two VMs either way; the
+        # sampler checks that at every 50 ms.)
+        assert len(compute_fake.instances()) <= 1, "a pass doubled a STOPPING run"
         _wait(lambda: state().state != State.RUNNING, 60, f"the agent to record PREEMPTED (now {state()})")
         journal = [doc for _name, doc in rec.events()]
         assert [e for e in journal if e["actor"] == "agent" and e["to"] == "PREEMPTED" and e["attempt"] == 1], \
