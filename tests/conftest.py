@@ -46,13 +46,15 @@ def docker_client() -> Any:
     return client
 
 
-def wait_for(what: Callable[[], bool], timeout: float = 60, desc: str = "") -> None:
-    """Poll ``what`` every 0.1 s until it holds; fail the test after ``timeout`` seconds."""
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        if what():
-            return
-        time.sleep(0.1)
+def wait_for(what: Callable[[], Any], timeout: float = 60, desc: str = "", every: float = 0.1) -> Any:
+    """Poll ``what`` every ``every`` s until it returns something true, and return that; fail the
+    test after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        got = what()
+        if got:
+            return got
+        time.sleep(every)
     raise AssertionError(f"timed out after {timeout}s waiting for {desc or what}")
 
 

@@ -38,7 +38,7 @@ from tests.cloud_sim import CosGuest, LiveVmSampler
 from tests.cos_sim.vm import read_calls
 from tests.cloudbuild_fake import run_cloudbuild_fake
 from tests.compute_fake import ComputeFake, block_external_network, run_compute_fake
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 from tests.gcp_admin_fake import GcpAdminFake
 from tests.gcs_fixture import BUCKET
 from tests.json_http_server import serve
@@ -58,16 +58,6 @@ GPU = ("--machine-type", "n1-standard-4", "--gpu", "nvidia-tesla-t4:1")
 def trainer(steps: int = STEPS, every: int = EVERY, *extra: str) -> list[str]:
     return ["python3", "-m", "examples.trainer", "--steps", str(steps), "--checkpoint-every", str(every),
             "--step-time", str(STEP_TIME), *extra]
-
-
-def wait_for(what: Callable[[], Any], timeout: float, desc: str) -> Any:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        got = what()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {desc}")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -221,7 +211,7 @@ class Cloud:
             st = self.state(run_id)
             return st if st and st.state in states and (attempt is None or st.attempt == attempt) else None
         return wait_for(ok, timeout, f"{run_id} to be {'/'.join(s.value for s in states)}"
-                        f"{f' in attempt {attempt}' if attempt else ''} (now {self.state(run_id)})")
+                        f"{f' in attempt {attempt}' if attempt else ''} (now {self.state(run_id)})", every=0.2)
 
     def vms(self, run_id: str) -> list[Any]:
         return [i for i in self.fake.instances() if i.labels.get(LABEL_RUN_ID) == label_value(run_id)]
@@ -322,7 +312,7 @@ def test_a_preempted_run_resumes_from_last_checkpoint_and_succeeds(cloud: Cloud,
     cloud.submit(run_id, *(CPU if shape == "cpu" else GPU), "--termination-action", action)
     cloud.supervise()
     cloud.wait_state(run_id, State.RUNNING, attempt=1)
-    wait_for(lambda: cloud.step(run_id) >= 8, 60, "attempt 1 to reach step 8")
+    wait_for(lambda: cloud.step(run_id) >= 8, 60, "attempt 1 to reach step 8", every=0.2)
     (first,) = cloud.vms(run_id)
     cloud.preempt(run_id)
 
@@ -332,7 +322,7 @@ def test_a_preempted_run_resumes_from_last_checkpoint_and_succeeds(cloud: Cloud,
     assert agent_preempted(journal, 1), [(e["actor"], e["to"], e["reason"]) for e in journal]
     assert "SIGTERM (preemption notice)" in agent_preempted(journal, 1)[0]["reason"]
     # No VM is left, whatever the termination action (the last one deleted itself).
-    wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VMs and disks to be gone")
+    wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VMs and disks to be gone", every=0.2)
     inserts, starts = inserts_and_starts(cloud.fake, run_id)
     if action == "STOP":  # the kept VM was started again, not replaced
         assert inserts == [first.name] and starts == [first.name]
@@ -368,7 +358,7 @@ def test_a_stockout_in_the_first_zone_runs_the_job_in_the_second(cloud: Cloud) -
     tried = [r.path.split("/zones/")[1].split("/")[0] for r in cloud.fake.calls("instances.insert", ok=True)]
     assert tried == ["us-central1-a", "us-central1-b"]  # refused (an operation error) in a, created in b
     assert json.loads(cloud.text(run_id, "results/summary.json"))["steps"] == 10
-    wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VM (and disk) to delete itself")
+    wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VM (and disk) to delete itself", every=0.2)
     # The VM asked for its own deletion with its service account's token, and init's roles let it.
     own = [r.status for r in cloud.fake.calls("instances.delete") if r.path.endswith(f"/runner-{run_id}-a1")
            and cloud.fake.tokens.get(r.headers.get("Authorization", "").removeprefix("Bearer ")) ==
@@ -386,7 +376,7 @@ def test_a_preemption_during_the_driver_install_restarts_the_run_on_a_new_vm(clo
         first = f"runner-{run_id}-a1"
         installing = lambda: [c for vm in cloud.guest.vms.values() if vm.name == first  # noqa: E731
                               for c in vm.cos.containers() if "cos-gpu-installer" in str(c.attrs["Config"]["Image"])]
-        (installer,) = wait_for(installing, 60, "attempt 1's GPU installer container to run")
+        (installer,) = wait_for(installing, 60, "attempt 1's GPU installer container to run", every=0.2)
         assert cloud.state(run_id).state in (State.PROVISIONING, State.BOOTING)
         cloud.preempt(run_id)
         st = cloud.wait_state(run_id, State.SUCCEEDED, State.FAILED, timeout=120)
@@ -399,7 +389,7 @@ def test_a_preemption_during_the_driver_install_restarts_the_run_on_a_new_vm(clo
     # Power off took the hung installer with it; the second VM installed the driver again.
     gvm = next(vm for vm in cloud.guest.vms.values() if vm.name == first)
     assert gvm.cos.containers() == []
-    wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VMs and disks to be gone")
+    wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VMs and disks to be gone", every=0.2)
 
 
 def test_a_preemption_during_the_final_sync_loses_nothing(cloud: Cloud, docker_client: Any) -> None:
@@ -418,7 +408,7 @@ def test_a_preemption_during_the_final_sync_loses_nothing(cloud: Cloud, docker_c
                         return True
         return False
 
-    wait_for(job_done, 90, "the job to finish (the agent then syncs)")
+    wait_for(job_done, 90, "the job to finish (the agent then syncs)", every=0.2)
     cloud.fake.preempt("us-central1-a", name)  # GCE's own preemption, at once
     st = cloud.wait_state(run_id, State.SUCCEEDED, State.FAILED, timeout=120)
     assert st.state == State.SUCCEEDED, st
@@ -433,7 +423,7 @@ def test_a_preemption_during_the_final_sync_loses_nothing(cloud: Cloud, docker_c
     else:  # the sync finished inside the notice: the outcome stood
         assert st.attempt == 1
         print(f"\n{run_id}: the final sync finished inside the notice; SUCCEEDED stood")
-    wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VM and disk to be gone")
+    wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VM and disk to be gone", every=0.2)
 
 
 def test_a_delete_during_the_restart_is_final(cloud: Cloud) -> None:
@@ -441,13 +431,13 @@ def test_a_delete_during_the_restart_is_final(cloud: Cloud) -> None:
     cloud.submit(run_id, *CPU)
     cloud.supervise()
     cloud.wait_state(run_id, State.RUNNING, attempt=1)
-    wait_for(lambda: cloud.step(run_id) >= 5, 60, "attempt 1 to reach step 5")
+    wait_for(lambda: cloud.step(run_id) >= 5, 60, "attempt 1 to reach step 5", every=0.2)
     cloud.preempt(run_id)
     cloud.wait_state(run_id, State.PROVISIONING, State.BOOTING, attempt=2, timeout=60)
     p = cloud.cli("ops", "delete", "--run-id", run_id)
     assert p.returncode == 0, p.stderr
     st = cloud.wait_state(run_id, State.STOPPED, timeout=60)
-    wait_for(lambda: cloud.nothing_left(run_id), 60, f"{run_id}'s VMs and disks to be gone")
+    wait_for(lambda: cloud.nothing_left(run_id), 60, f"{run_id}'s VMs and disks to be gone", every=0.2)
     inserts, _ = inserts_and_starts(cloud.fake, run_id)
     time.sleep(4)  # eight supervisor passes: none may bring the run back
     assert cloud.nothing_left(run_id)

@@ -35,7 +35,7 @@ import pytest
 
 from entrypoint.record import RunRecord, State
 from runner.launch.supervisor_heartbeat import read_pass
-from tests.conftest import IMAGE, ROOT
+from tests.conftest import IMAGE, ROOT, wait_for
 
 pytestmark = pytest.mark.docker
 
@@ -118,16 +118,6 @@ def _push(docker_client, registry, image: str, repository: str) -> str:
     return f"{registry.host}/{repository}@{digest}"
 
 
-def _wait(what, timeout: float, desc: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = what()
-        if got:
-            return got
-        time.sleep(0.2)
-    raise AssertionError(f"timed out after {timeout}s waiting for {desc}")
-
-
 def test_a_preempted_run_is_restarted_by_the_hosted_supervisor_alone(
         runner_image_id, docker_client, registry, compute_fake, gcs_emulator, gcs_store, cloudrun_fake,
         scheduler_fake, tmp_path: Path):
@@ -182,9 +172,9 @@ def test_a_preempted_run_is_restarted_by_the_hosted_supervisor_alone(
         assert sub.returncode == 0, sub.stderr
 
         # The VM booted from its metadata runs the job; nobody but its agent writes the record.
-        _wait(lambda: (s := state()) and s.state == State.RUNNING and s.attempt == 1, 60,
-              f"attempt 1 RUNNING (now {state()}; guest errors {guest.errors})")
-        _wait(lambda: step() >= 8, 60, "attempt 1 to reach step 8")
+        wait_for(lambda: (s := state()) and s.state == State.RUNNING and s.attempt == 1, 60,
+                 f"attempt 1 RUNNING (now {state()}; guest errors {guest.errors})", every=0.2)
+        wait_for(lambda: step() >= 8, 60, "attempt 1 to reach step 8", every=0.2)
         pre = _cli(env, "ops", "preempt", "--run-id", run_id)
         assert pre.returncode == 0, pre.stderr
         # A minute's tick lands inside the preemption notice: its pass sees the VM STOPPING (its
@@ -196,12 +186,12 @@ def test_a_preempted_run_is_restarted_by_the_hosted_supervisor_alone(
         # and restarts the run itself, which the code below allows. Never two VMs either way; the
         # sampler checks that at every 50 ms.)
         assert len(compute_fake.instances()) <= 1, "a pass doubled a STOPPING run"
-        _wait(lambda: state().state != State.RUNNING, 60, f"the agent to record PREEMPTED (now {state()})")
+        wait_for(lambda: state().state != State.RUNNING, 60, f"the agent to record PREEMPTED (now {state()})", every=0.2)
         journal = [doc for _name, doc in rec.events()]
         assert [e for e in journal if e["actor"] == "agent" and e["to"] == "PREEMPTED" and e["attempt"] == 1], \
             [(e["actor"], e["to"]) for e in journal]
-        _wait(lambda: all(v.status == "TERMINATED" for v in compute_fake.instances()), 60,
-              "the preempted VM to be off")
+        wait_for(lambda: all(v.status == "TERMINATED" for v in compute_fake.instances()), 60,
+                 "the preempted VM to be off", every=0.2)
         if state().attempt == 1:  # no supervisor of ours runs: it stays PREEMPTED until a tick's pass
             time.sleep(1)
             assert (state().state, state().attempt) == (State.PREEMPTED, 1)
@@ -209,8 +199,8 @@ def test_a_preempted_run_is_restarted_by_the_hosted_supervisor_alone(
         else:
             ticks = 0
         print(f"\n{run_id}: restarted by {'the pass during the notice' if ticks == 0 else f'tick {ticks} after it'}")
-        _wait(lambda: state().state in (State.SUCCEEDED, State.FAILED), 90,
-              f"attempt 2 to finish (now {state()}; guest errors {guest.errors})")
+        wait_for(lambda: state().state in (State.SUCCEEDED, State.FAILED), 90,
+                 f"attempt 2 to finish (now {state()}; guest errors {guest.errors})", every=0.2)
         st = state()
         assert (st.state, st.attempt) == (State.SUCCEEDED, 2), st
 

@@ -17,6 +17,7 @@ from entrypoint.store_local import LocalStore
 from runner.launch.supervisor import Supervisor, SupervisorSettings
 from tests.chaos.harness import RaceCompute, cycles
 from tests.chaos.test_double_vm import _submit
+from tests.conftest import wait_for
 
 GRACE = 3.0
 
@@ -24,16 +25,6 @@ GRACE = 3.0
 def _settings(store: LocalStore) -> SupervisorSettings:
     return SupervisorSettings(poll_interval=0.05, stall_window=0.5, heartbeat_interval=0.05, sync_interval=1,
                               grace_period=GRACE, shm_size="1g", store_url=store.url)
-
-
-def _wait(what, timeout: float, desc: str):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        v = what()
-        if v:
-            return v
-        time.sleep(0.01)
-    raise AssertionError(f"timed out after {timeout}s waiting for {desc}")
 
 
 def test_a_healthy_run_restarts_while_hung_neighbours_are_still_being_stopped(tmp_path):
@@ -57,21 +48,21 @@ def test_a_healthy_run_restarts_while_hung_neighbours_are_still_being_stopped(tm
     try:
         for cycle in range(cycles(short=1, long=5)):
             # A neighbour stalls and its delete begins (it takes the whole grace period).
-            hung_now = _wait(lambda: {n for n in compute.stopping if "hung" in n and n.endswith(f"-a{cycle + 1}")},
-                             10 + GRACE, "a hung neighbour to be in its grace period")
+            hung_now = wait_for(lambda: {n for n in compute.stopping if "hung" in n and n.endswith(f"-a{cycle + 1}")},
+                                10 + GRACE, "a hung neighbour to be in its grace period", every=0.01)
             healthy = recs["zz-healthy"].read_state()[0]
             live = [i for i in compute.alive("zz-healthy") if i.attempt == healthy.attempt]
             assert healthy.state == State.RUNNING and live, f"the healthy run is not running: {healthy}"
             compute.preempt(live[0])
-            _wait(lambda: any(i.attempt == healthy.attempt + 1 for i in compute.alive("zz-healthy")),
-                  3 * GRACE, "the healthy run's next attempt")
+            wait_for(lambda: any(i.attempt == healthy.attempt + 1 for i in compute.alive("zz-healthy")),
+                     3 * GRACE, "the healthy run's next attempt", every=0.01)
             assert hung_now <= compute.stopping, (
                 f"the healthy run was restarted only after the delete of {sorted(hung_now)} finished: "
                 "the pass waited on a hung neighbour")
             # The neighbours themselves restart only once their old instance is gone.
-            _wait(lambda: all(recs[r].read_state()[0].attempt == cycle + 2 and
-                              recs[r].read_state()[0].state == State.RUNNING for r in ("aa-hung-1", "aa-hung-2")),
-                  3 * GRACE, "the hung neighbours' next attempts")
+            wait_for(lambda: all(recs[r].read_state()[0].attempt == cycle + 2 and
+                                 recs[r].read_state()[0].state == State.RUNNING for r in ("aa-hung-1", "aa-hung-2")),
+                     3 * GRACE, "the hung neighbours' next attempts", every=0.01)
     finally:
         stop.set()
         loop.join(10)
