@@ -85,6 +85,32 @@ def iso(ts: float | None) -> str:
     return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(ts))
 
 
+@dataclass(frozen=True)
+class AttemptSettings:
+    """Everything that shapes each attempt of a run, pinned in its spec at submit.
+
+    Why pinned: a run is recreated by whichever supervisor notices its preemption (a laptop loop,
+    the hosted Cloud Run job, another operator's), each with its own config. The run's grace
+    period, intervals, shm size, stall window and recovery strategy must be the ones it was
+    submitted with, whoever restarts it; a supervisor's config shapes only the supervisor.
+    """
+
+    grace_period: float = 25.0
+    heartbeat_interval: float = 5.0
+    sync_interval: float = 10.0
+    shm_size: str = "2g"
+    stall_window: float = 600.0
+    gpu_timeout: float = 600.0
+    recovery: str = "in-order"  # runner.launch.recovery's strategy name: the zone order per attempt
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any], fallback: "AttemptSettings | None" = None) -> "AttemptSettings":
+        """Known keys from ``d``, the rest from ``fallback`` (or the defaults)."""
+        base = asdict(fallback or cls())
+        known = {f for f in cls.__dataclass_fields__}
+        return cls(**{**base, **{k: v for k, v in d.items() if k in known and v is not None}})
+
+
 @dataclass
 class RunSpec:
     """Everything needed to recreate the run's VM or container, written once at submit.
@@ -105,8 +131,11 @@ class RunSpec:
     machine_type: str | None = None
     gpu: str | None = None
     zones: list[str] = field(default_factory=list)
+    # Specs written before ``settings`` existed pinned only these three (gpu_timeout,
+    # stall_window, grace_period); ``attempt_settings`` still reads them there.
     timeouts: dict[str, float] = field(default_factory=dict)
     vm: dict[str, Any] = field(default_factory=dict)  # backend-specific options (GCE: disks, VM image...)
+    settings: dict[str, Any] = field(default_factory=dict)  # an AttemptSettings, as written at submit
     created_at: float = field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION
 
@@ -114,6 +143,11 @@ class RunSpec:
     def from_dict(cls, d: dict[str, Any]) -> "RunSpec":
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+    def attempt_settings(self, fallback: AttemptSettings | None = None) -> AttemptSettings:
+        """The settings every attempt of this run gets. ``fallback`` fills what an older spec did
+        not pin (its restarts used the restarting supervisor's config then, as they still do)."""
+        return AttemptSettings.from_dict({**self.timeouts, **self.settings}, fallback)
 
 
 @dataclass

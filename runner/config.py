@@ -15,7 +15,10 @@ import math
 import os
 import re
 from dataclasses import dataclass, field, fields
-from typing import Any, Callable, Mapping
+from typing import TYPE_CHECKING, Any, Callable, Mapping
+
+if TYPE_CHECKING:
+    from entrypoint.record import AttemptSettings
 
 CONFIG_FILENAME = "runner.toml"
 CONFIG_TABLE = "runner"
@@ -64,6 +67,7 @@ class Config:
     checkpoint_dir: str = _key("/var/lib/runner/checkpoints", "str", "an absolute container path")
     results_dir: str = _key("/var/lib/runner/results", "str", "an absolute container path")
     shm_size: str = _key("2g", "str", "a Docker size such as 512m or 2g")
+    recovery: str = _key("in-order", "str", "a recovery strategy: in-order, same-zone-first or next-zone-first")
     # --- GCE only (recorded in spec.json at submit, so restarts recreate the same VM) ---
     compute_endpoint: str | None = _key(None, "optional_str", "a Compute API URL (tests, private endpoints)")
     cloudbuild_endpoint: str | None = _key(None, "optional_str", "a Cloud Build API URL (tests, private endpoints)")
@@ -110,6 +114,16 @@ class Config:
     def stall_window(self) -> float:
         """Seconds without progress after which the supervisor declares a run stalled."""
         return self.poll_interval * self.stall_polls
+
+    def attempt_settings(self) -> "AttemptSettings":
+        """What a run submitted with this config pins for every attempt (its spec's ``settings``);
+        for a supervisor, what a spec that pinned nothing falls back to."""
+        from entrypoint.record import AttemptSettings
+
+        return AttemptSettings(
+            grace_period=self.grace_period, heartbeat_interval=self.heartbeat_interval,
+            sync_interval=self.sync_interval, shm_size=self.shm_size, stall_window=self.stall_window,
+            gpu_timeout=self.gpu_timeout, recovery=self.recovery)
 
     @property
     def store_url(self) -> str:
@@ -393,7 +407,7 @@ def _problems(cfg: Config) -> list[str]:
         return problems
     checks: list[Callable[[Config], list[str]]] = [
         _check_backend, _check_positive, _check_counts, _check_grace_period, _check_paths,
-        _check_shm_size, _check_zones, _check_store, _check_stall_window, _check_vm,
+        _check_shm_size, _check_zones, _check_store, _check_stall_window, _check_vm, _check_recovery,
     ]
     return [problem for check in checks for problem in check(cfg)]
 
@@ -488,6 +502,15 @@ def _check_shm_size(cfg: Config) -> list[str]:
         return []
     return [_bad(cfg, "shm_size", "is not a size Docker understands",
                  "write a whole number with an optional unit b, k, m or g, e.g. 512m or 2g")]
+
+
+def _check_recovery(cfg: Config) -> list[str]:
+    from runner.launch.recovery import STRATEGIES
+
+    if cfg.recovery in STRATEGIES:
+        return []
+    return [_bad(cfg, "recovery", "is not a known recovery strategy",
+                 "use " + "; ".join(f"{n} ({s.description})" for n, s in STRATEGIES.items()))]
 
 
 def _check_zones(cfg: Config) -> list[str]:

@@ -42,8 +42,8 @@ class CosGpuLocalBackend(LocalBackend):
         self.devices = devices
         self.image_ld_path = image_ld_path
 
-    def plan(self, spec: RunSpec, ctx: LaunchContext) -> ContainerPlan:
-        p = super().plan(spec, ctx)
+    def plan_instance(self, spec: RunSpec, ctx: LaunchContext, rank: int) -> ContainerPlan:
+        p = super().plan_instance(spec, ctx, rank)
         volumes = {**p.volumes,
                    os.path.join(self.nvidia_root, "lib64"): {"bind": DRIVER_LIB, "mode": "ro"},
                    os.path.join(self.nvidia_root, "bin"): {"bind": DRIVER_BIN, "mode": "ro"}}

@@ -20,7 +20,7 @@ def test_a_gpu_vm_booting_within_its_gpu_timeout_is_not_stalled_by_a_cpu_configu
     store = f"gs://test-bucket/boot-window-{uuid.uuid4().hex[:8]}"
     common = dict(backend="gce", project="test-project", zones=["us-central1-a"], store=store,
                   compute_endpoint=compute_fake.endpoint, poll_interval=1.0)
-    submitter = make_context(Config(**common, gpu="nvidia-tesla-t4", stall_polls=600, gpu_timeout=300))
+    submitter = make_context(Config(**common, gpu="nvidia-tesla-t4", stall_polls=300, gpu_timeout=300))
     submit(submitter, "gpu-run", ["python3", "train.py"], image=IMAGE, restart=False)
 
     # A supervisor configured without a GPU: its 10 s stall window is valid for its own config.

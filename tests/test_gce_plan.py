@@ -6,14 +6,15 @@ import json
 
 import pytest
 
-from entrypoint.record import RunSpec
+from entrypoint.record import AttemptSettings, RunSpec
 from runner.launch.backends import vm_metadata as md
 from runner.launch.backends.base import BackendError, LaunchContext
 from runner.launch.backends.gce import GceBackend, vm_options_defaults
 from runner.launch.backends.gce_shapes import ShapeError, resolve_gpu
 
-CTX = LaunchContext(attempt=3, store_url="gs://bucket/prefix", heartbeat_interval=5, sync_interval=10,
-                    grace_period=25, shm_size="8g")
+CTX = LaunchContext(attempt=3, store_url="gs://bucket/prefix",
+                    settings=AttemptSettings(heartbeat_interval=5, sync_interval=10, grace_period=25,
+                                             shm_size="8g", gpu_timeout=300))
 
 
 def spec(**kw) -> RunSpec:
@@ -26,7 +27,7 @@ def spec(**kw) -> RunSpec:
 
 
 def plan(s: RunSpec):
-    return GceBackend(clients=None, project="proj").plan(s, CTX)  # type: ignore[arg-type]
+    return GceBackend(clients=None, project="proj").plan(s, CTX).only  # type: ignore[arg-type]
 
 
 def meta(inst) -> dict[str, str]:

@@ -19,7 +19,7 @@ from typing import Any
 import google_crc32c
 import pytest
 
-from entrypoint.record import RunRecord, RunSpec, State
+from entrypoint.record import AttemptSettings, RunRecord, RunSpec, State
 from entrypoint.store_local import LocalStore
 from runner.launch.backends.base import ComputeBackend, Instance, InstanceStatus, LaunchContext
 from runner.config import Config
@@ -40,10 +40,10 @@ class MemoryBackend(ComputeBackend):
     def __init__(self) -> None:
         self.instances: dict[str, Instance] = {}
 
-    def plan(self, spec: RunSpec, ctx: LaunchContext) -> Any:
+    def plan_instance(self, spec: RunSpec, ctx: LaunchContext, rank: int) -> Any:
         return (spec.run_id, ctx.attempt)
 
-    def create(self, plan: Any) -> Instance:
+    def create_instance(self, plan: Any) -> Instance:
         run_id, attempt = plan
         inst = Instance(resource_name(run_id, attempt), label_value(run_id), attempt, InstanceStatus.RUNNING)
         return self.instances.setdefault(inst.name, inst)
@@ -104,8 +104,8 @@ def fast_sender(url: str) -> WebhookSender:
 
 
 def settings(store: LocalStore) -> SupervisorSettings:
-    return SupervisorSettings(poll_interval=0.1, stall_window=1000, heartbeat_interval=1, sync_interval=1,
-                              grace_period=0, shm_size="1g", store_url=store.url)
+    return SupervisorSettings(poll_interval=0.1, store_url=store.url,
+                              legacy_attempts=AttemptSettings(stall_window=1000, heartbeat_interval=1, sync_interval=1, grace_period=0, shm_size="1g"))
 
 
 def supervisor(store, backend, url: str | None = None, notifier: TransitionNotifier | None = None) -> Supervisor:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from entrypoint.record import RunSpec
+from entrypoint.record import AttemptSettings, RunSpec
 from runner.launch.backends.base import LaunchContext
 from tests.conftest import ROOT
 
@@ -82,8 +82,9 @@ def test_containers_get_the_gpu_the_cos_way_never_with_gpus(tmp_path):
     backend = mod.CosGpuLocalBackend("/var/lib/nvidia", ["/dev/nvidia0", "/dev/nvidiactl", "/dev/nvidia-uvm"],
                                      image_ld_path="/opt/lib")
     plan = backend.plan(RunSpec(run_id="g-1", image="img", command=["python3"], backend="local"),
-                        LaunchContext(attempt=1, store_url=f"file://{tmp_path}", heartbeat_interval=1,
-                                      sync_interval=1, grace_period=20, shm_size="2g"))
+                        LaunchContext(attempt=1, store_url=f"file://{tmp_path}",
+                                      settings=AttemptSettings(heartbeat_interval=1, sync_interval=1,
+                                                               grace_period=20, shm_size="2g"))).only
     assert plan.volumes["/var/lib/nvidia/lib64"] == {"bind": "/usr/local/nvidia/lib64", "mode": "ro"}
     assert plan.volumes["/var/lib/nvidia/bin"] == {"bind": "/usr/local/nvidia/bin", "mode": "ro"}
     assert plan.volumes[str(tmp_path)]["bind"] == "/var/lib/runner/store"  # the store is still there

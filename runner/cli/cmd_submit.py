@@ -107,8 +107,9 @@ def _dry_run(cfg: Any, run_id: str, command: list[str], image: str | None) -> No
 
     plan, skipped = submit_mod.dry_run(cfg, run_id, command, image, max_restarts=cfg.max_restarts,
                                        retry_on_failure=cfg.retry_on_failure)
-    cli = getattr(plan, "docker_cli", None)
-    click.echo(" ".join(cli()) if cli else json.dumps(plan.to_dict(), default=str, indent=1))
+    for node in plan.nodes:  # one request per instance of the attempt
+        cli = getattr(node, "docker_cli", None)
+        click.echo(" ".join(cli()) if cli else json.dumps(node.to_dict(), default=str, indent=1))
     note("dry run: nothing written or created; not checked: " + "; ".join(skipped))
 
 

@@ -6,9 +6,10 @@ Re-submitting an existing run id resumes it (same record, next attempt, restored
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 from entrypoint.record import RunRecord, RunSpec, State
+from runner.launch.backends import backend_type
 from runner.launch.backends.base import BackendError
 from runner.config import Config
 from runner.launch.context import Context
@@ -27,33 +28,19 @@ class SubmitResult:
 
 
 def resolve_image(ctx: Context, image: str | None) -> str:
-    """Pin the image: restarts must run exactly what the first attempt ran (DESIGN §4)."""
+    """Pin the image: restarts must run exactly what the first attempt ran (docs/architecture.md)."""
     image = image or ctx.cfg.image
     if not image:
         raise BackendError("no image given: pass --image NAME (build it with `make image`) or set image in runner.toml")
-    if ctx.cfg.backend == "local":
-        from docker.errors import ImageNotFound
-
-        from runner.launch.backends.local import LocalBackend
-
-        assert isinstance(ctx.backend, LocalBackend)
-        try:
-            return ctx.backend.client.images.get(image).id
-        except ImageNotFound:
-            raise BackendError(
-                f"image {image!r} is not in the local Docker engine: build it first "
-                "(`make image` builds cos-spot-runner/workload:dev) and pass --image NAME"
-            ) from None
-    if "@sha256:" not in image:
-        raise BackendError(
-            f"image {image!r} is not pinned to a digest: pass REPO/NAME@sha256:DIGEST (`runner build` "
-            "prints it), so every restart runs exactly the same image"
-        )
-    return image
+    return ctx.backend.pin_image(image)
 
 
 def build_spec(cfg: Config, run_id: str, command: list[str], image: str, *,
                max_restarts: int | None, retry_on_failure: int | None, env: dict[str, str]) -> RunSpec:
+    """The spec of a new run: everything that shapes its attempts, pinned now (so whichever
+    supervisor restarts it, with whatever config, recreates the same attempt)."""
+    kind = backend_type(cfg.backend)
+    machine_type, gpu = kind.spec_shape(cfg)
     return RunSpec(
         run_id=run_id,
         image=image,
@@ -64,34 +51,12 @@ def build_spec(cfg: Config, run_id: str, command: list[str], image: str, *,
         checkpoint_dir=cfg.checkpoint_dir,
         results_dir=cfg.results_dir,
         env=env,
-        machine_type=cfg.machine_type if cfg.backend == "gce" else None,
-        gpu=cfg.gpu if cfg.backend == "gce" else None,
+        machine_type=machine_type,
+        gpu=gpu,
         zones=list(cfg.zones),
-        timeouts={"gpu_timeout": cfg.gpu_timeout, "stall_window": cfg.stall_window,
-                  "grace_period": cfg.grace_period},
-        vm=vm_options(cfg) if cfg.backend == "gce" else {},
+        settings=asdict(cfg.attempt_settings()),
+        vm=kind.spec_options(cfg),
     )
-
-
-def vm_options(cfg: Config) -> dict[str, object]:
-    """The GCE-only options, pinned in spec.json so every attempt gets the same VM."""
-    return {
-        "project": cfg.project,
-        "vm_image": cfg.vm_image,
-        "termination_action": cfg.termination_action,
-        "max_run_duration_s": cfg.max_run_duration or None,
-        "boot_disk_gb": cfg.boot_disk_gb,
-        "boot_disk_type": cfg.boot_disk_type,
-        "data_disk": cfg.data_disk,
-        "data_disk_gb": cfg.data_disk_gb or None,
-        "data_mount": cfg.data_mount,
-        "service_account": cfg.service_account,
-        "network": cfg.network,
-        "subnetwork": cfg.subnetwork,
-        "external_ip": cfg.external_ip,
-        "no_gpu": cfg.no_gpu,
-        "gpu_driver_version": cfg.gpu_driver_version or "",
-    }
 
 
 def submit(ctx: Context, run_id: str, command: list[str], *, image: str | None, restart: bool,
@@ -160,12 +125,12 @@ def dry_run(cfg: Config, run_id: str, command: list[str], image: str | None, **k
     needs no credentials (what submit checks against the provider is listed instead).
     """
     from runner.launch.context import make_plan_backend
-    from runner.launch.supervisor import SupervisorSettings, launch_context
+    from runner.launch.supervisor import launch_context
 
     check_store_mountable(cfg.backend, cfg.store_url)
     spec = build_spec(cfg, run_id, command, image or cfg.image or "IMAGE", env={},
                       max_restarts=kw.get("max_restarts"), retry_on_failure=kw.get("retry_on_failure"))  # type: ignore[arg-type]
-    plan = make_plan_backend(cfg).plan(spec, launch_context(SupervisorSettings.from_config(cfg), 1))
+    plan = make_plan_backend(cfg).plan(spec, launch_context(spec, 1, cfg.store_url))
     skipped = ["the store was not opened"]
     if cfg.backend == "gce":
         skipped += ["zones, machine type and GPU were not checked against the Compute API",

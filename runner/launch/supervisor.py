@@ -33,55 +33,49 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from entrypoint.record import IllegalTransition, RunRecord, RunSpec, RunState, State, list_run_ids
-from entrypoint.store import PreconditionFailed, Store
-from runner.launch.backends.base import (
-    BackendError, ComputeBackend, Instance, InstanceStatus, LaunchContext, PermanentBackendError,
+from entrypoint.record import (
+    AttemptSettings, IllegalTransition, RunRecord, RunSpec, RunState, State, list_run_ids,
 )
-from runner.launch.create_backoff import CreateBackoff
+from entrypoint.store import PreconditionFailed, Store
+from runner.launch import recovery
+from runner.launch.backends.base import (
+    Attempt, BackendError, ComputeBackend, Instance, LaunchContext, PermanentBackendError, group_attempts,
+)
+from runner.launch.recovery import CreateBackoff, Recovery
 from runner.launch.supervisor_heartbeat import run_pass
 from runner.naming import default_actor, label_value, resource_name
 
 if TYPE_CHECKING:
+    from runner.config import Config
     from runner.ops.notify import TransitionNotifier
 
 
 @dataclass(frozen=True)
 class SupervisorSettings:
+    """What shapes the supervisor itself. What shapes a run's attempts (grace period, intervals,
+    shm size, stall window, recovery strategy) is pinned in the run's spec, whoever supervises it;
+    ``legacy_attempts`` only fills what a spec written before they were pinned lacks."""
+
     poll_interval: float
-    stall_window: float
-    heartbeat_interval: float
-    sync_interval: float
-    grace_period: float
-    shm_size: str
     store_url: str
+    legacy_attempts: AttemptSettings = AttemptSettings()
 
     @classmethod
-    def from_config(cls, cfg: object) -> "SupervisorSettings":
-        return cls(
-            poll_interval=cfg.poll_interval,  # type: ignore[attr-defined]
-            stall_window=cfg.stall_window,  # type: ignore[attr-defined]
-            heartbeat_interval=cfg.heartbeat_interval,  # type: ignore[attr-defined]
-            sync_interval=cfg.sync_interval,  # type: ignore[attr-defined]
-            grace_period=cfg.grace_period,  # type: ignore[attr-defined]
-            shm_size=cfg.shm_size,  # type: ignore[attr-defined]
-            store_url=cfg.store_url,  # type: ignore[attr-defined]
-        )
+    def from_config(cls, cfg: Config) -> "SupervisorSettings":
+        return cls(poll_interval=cfg.poll_interval, store_url=cfg.store_url,
+                   legacy_attempts=cfg.attempt_settings())
 
 
 KEPT_ERRORS = 20  # error texts kept per pass (the heartbeat object stays small)
 
 
-def launch_context(settings: SupervisorSettings, attempt: int) -> LaunchContext:
-    """What a plan for ``attempt`` needs besides the spec (also what ``--dry-run`` shows)."""
-    return LaunchContext(
-        attempt=attempt,
-        store_url=settings.store_url,
-        heartbeat_interval=settings.heartbeat_interval,
-        sync_interval=settings.sync_interval,
-        grace_period=settings.grace_period,
-        shm_size=settings.shm_size,
-    )
+def launch_context(spec: RunSpec, attempt: int, store_url: str, previous_zone: str | None = None,
+                   legacy: AttemptSettings | None = None) -> LaunchContext:
+    """What a plan for ``attempt`` needs besides the spec (also what ``--dry-run`` shows): the
+    run's own pinned settings, and its zones in the order its recovery strategy tries them."""
+    settings = spec.attempt_settings(legacy)
+    return LaunchContext(attempt=attempt, store_url=store_url, settings=settings,
+                         zones=recovery.strategy(settings.recovery).zones(spec.zones, previous_zone))
 
 
 class Reaper:
@@ -224,7 +218,7 @@ class Supervisor:
         if instances is None:
             instances = self.backend.list(run_id)
         try:
-            self._step(rec, cur, instances, fresh)
+            self._step(rec, cur, spec, group_attempts(instances), fresh)
         except (PreconditionFailed, IllegalTransition):
             pass  # another actor wrote first; the next pass decides on fresh state
         except PermanentBackendError as e:
@@ -249,116 +243,125 @@ class Supervisor:
             self.notifier.observe(rec, *after)
         return after[0] if after else None
 
+    def attempt_settings(self, spec: RunSpec | None) -> AttemptSettings:
+        """The run's pinned settings (this supervisor's config only fills what an old spec lacks)."""
+        legacy = self.settings.legacy_attempts
+        return legacy if spec is None else spec.attempt_settings(legacy)
+
     # ---- one step ----
-    def _step(self, rec: RunRecord, cur: tuple[RunState, int], instances: list[Instance],
-              fresh: bool = True) -> None:
+    def _step(self, rec: RunRecord, cur: tuple[RunState, int], spec: RunSpec | None,
+              attempts: dict[int, Attempt], fresh: bool = True) -> None:
         st, _ = cur
+        grace = self.attempt_settings(spec).grace_period
         if st.state.terminal:
-            for inst in instances:
-                # Alive: its agent may still be finishing (or another actor's stop is giving it
-                # its grace period); a kill here would cut that short.
-                self._delete(inst, self.settings.grace_period if inst.alive else 0)
+            for att in attempts.values():
+                for inst in att.instances:
+                    # Alive: its agent may still be finishing (or another actor's stop is giving
+                    # it its grace period); a kill here would cut that short.
+                    self._delete(inst, grace if inst.alive else 0)
             return
         if rec.stop_requested():
-            for inst in instances:
-                self._delete(inst, self.settings.grace_period)
+            for att in attempts.values():
+                self._delete_attempt(att, grace)
             rec.transition(State.STOPPED, self.actor, expected=cur, reason="stop requested")
             return
-        current = next((i for i in instances if i.attempt == st.attempt), None)
-        if (not fresh and st.state != State.PENDING and (current is None or not current.alive)):
-            # About to judge the current attempt's instance absent or ended: only on a listing
-            # made after the state was read (this one may be older than a restart by another
-            # supervisor, whose new instance it cannot show).
-            instances = self.backend.list(rec.run_id)
-            current = next((i for i in instances if i.attempt == st.attempt), None)
-        # An instance of an older attempt must never run beside the current one.
-        for inst in instances:
-            if inst.attempt < st.attempt:
-                self._delete(inst)
+        current = attempts.get(st.attempt)
+        if not fresh and st.state != State.PENDING and (current is None or not current.alive):
+            # About to judge the current attempt absent or ended: only on a listing made after
+            # the state was read (this one may be older than a restart by another supervisor,
+            # whose new attempt it cannot show).
+            attempts = self.backend.attempts(rec.run_id)
+            current = attempts.get(st.attempt)
+        # An older attempt must never run beside the current one.
+        for number, att in attempts.items():
+            if number < st.attempt:
+                self._delete_attempt(att)
 
         if st.state == State.PENDING:
-            self._start_attempt(rec, cur, "first attempt")
+            self._start_attempt(rec, cur, spec, "first attempt")
         elif st.state in (State.PROVISIONING, State.BOOTING):
-            self._check_provisioning(rec, cur, current)
+            self._check_provisioning(rec, cur, spec, current)
         elif st.state == State.RUNNING:
-            self._check_running(rec, cur, current)
+            self._check_running(rec, cur, spec, current)
         elif st.state.needs_restart:
-            self._restart(rec, cur, current)
+            self._restart(rec, cur, spec, current)
 
-    def _check_provisioning(self, rec: RunRecord, cur: tuple[RunState, int], inst: Instance | None) -> None:
+    def _check_provisioning(self, rec: RunRecord, cur: tuple[RunState, int], spec: RunSpec | None,
+                            att: Attempt | None) -> None:
         st, _ = cur
         startup = rec.read_startup(st.attempt)
         if startup and startup.get("status") == "failed":
             # The VM's startup script gave up (GPU never came, image never pulled): no restart
             # would do better, so the run fails with the script's reason.
-            if inst is not None:
-                self._delete(inst)
+            if att is not None:
+                self._delete_attempt(att)
             rec.transition(
                 State.FAILED, self.actor, expected=cur,
                 reason=f"startup failed in phase {startup.get('phase')}: {startup.get('reason')}"
                        + (f" ({startup['detail']})" if startup.get("detail") else ""),
             )
             return
-        if inst is None:
+        if att is None:
             claim = rec.read_claim(st.attempt)
             if claim is None:
-                self._create(rec, st.attempt)  # covers a crash between state write and create
-            elif self.now() - claim["time"] > self._create_grace():
+                self._create(rec, spec, st, previous_zone=st.zone)  # a crash between state write and create
+            elif self.now() - claim["time"] > recovery.create_grace(self.settings.poll_interval):
                 # It was created and is gone before the job started (deleted, preempted while
                 # booting): a lost attempt, counted against max_restarts like any other.
                 new = rec.transition(State.PREEMPTED, self.actor, expected=cur,
                                      reason="instance vanished before the job started")
-                self._restart(rec, new, None)
+                self._restart(rec, new, spec, None)
             return
-        window = self._boot_window(rec.read_spec())
-        if inst.alive and self.now() - st.updated_at > window:
+        window = self._boot_window(spec)
+        if att.alive and self.now() - st.updated_at > window:
             new = rec.transition(
                 State.STALLED, self.actor, expected=cur,
                 reason=f"still booting after {self.now() - st.updated_at:.0f}s (window {window:.0f}s)")
-            self._restart(rec, new, inst)
-        elif not inst.alive:
-            tail = self.backend.logs(inst, tail=5).strip().replace("\n", " | ")
+            self._restart(rec, new, spec, att)
+        elif not att.alive:
+            tail = self.backend.logs(att.lead, tail=5).strip().replace("\n", " | ")
             new = rec.transition(
                 State.PREEMPTED, self.actor, expected=cur,
-                reason=f"instance ended before the job started (exit {inst.exit_code}): {tail[-300:]}",
+                reason=f"instance ended before the job started (exit {att.exit_code}): {tail[-300:]}",
             )
-            self._restart(rec, new, inst)
+            self._restart(rec, new, spec, att)
 
-    def _check_running(self, rec: RunRecord, cur: tuple[RunState, int], inst: Instance | None) -> None:
+    def _check_running(self, rec: RunRecord, cur: tuple[RunState, int], spec: RunSpec | None,
+                       att: Attempt | None) -> None:
         st, _ = cur
-        if inst is not None and inst.status == InstanceStatus.STOPPING:
+        if att is not None and att.going_away:
             return  # the preemption notice is running: let the agent finish its final sync first
-        if inst is None or not inst.alive:
-            what = "gone" if inst is None else (
-                f"exited with {inst.exit_code}" if inst.exit_code is not None else inst.status.value.lower())
+        if att is None or not att.alive:
+            what = "gone" if att is None else att.status_text()
             if self.backend.was_preempted(st.instance or "", st.zone):
                 what += " after a GCE preemption"
             new = rec.transition(
                 State.PREEMPTED, self.actor, expected=cur,
                 reason=f"instance {what} without recording an outcome (preempted or lost)",
             )
-            self._restart(rec, new, inst)
+            self._restart(rec, new, spec, att)
             return
-        stalled_for = self._stalled_for(rec, st)
+        window = self.attempt_settings(spec).stall_window
+        stalled_for = self._stalled_for(rec, st, window)
         if stalled_for is not None:
             new = rec.transition(
                 State.STALLED, self.actor, expected=cur,
-                reason=f"no progress for {stalled_for:.0f}s (window {self.settings.stall_window:.0f}s)",
+                reason=f"no progress for {stalled_for:.0f}s (window {window:.0f}s)",
             )
-            self._restart(rec, new, inst)
+            self._restart(rec, new, spec, att)
 
     def _boot_window(self, spec: RunSpec | None) -> float:
-        """How long an instance may boot before it counts as stalled: the stall window, and for a
-        VM that waits for its GPU driver at least that wait (pinned in its spec), whatever this
-        supervisor's own config says about GPUs (config checks it only where it has a GPU)."""
-        from runner.launch.backends.gce_shapes import waits_for_driver
+        """How long an attempt may boot before it counts as stalled: the run's stall window, and for
+        an instance that waits for something before its job starts (a GCE GPU driver) at least that
+        wait, both as pinned in its spec, whatever this supervisor's own config says."""
+        window = self.attempt_settings(spec).stall_window
+        if spec is None:
+            return window
+        from runner.launch.backends import backend_type
 
-        if spec is None or not waits_for_driver(spec.backend, spec.machine_type, spec.gpu,
-                                                bool(spec.vm.get("no_gpu"))):
-            return self.settings.stall_window
-        return max(self.settings.stall_window, float(spec.timeouts.get("gpu_timeout", 600)))
+        return max(window, backend_type(spec.backend).boot_wait(spec))
 
-    def _stalled_for(self, rec: RunRecord, st: RunState) -> float | None:
+    def _stalled_for(self, rec: RunRecord, st: RunState, window: float) -> float | None:
         """Seconds without progress, if that exceeds the stall window; else None."""
         now = self.now()
         ref = st.updated_at
@@ -371,24 +374,24 @@ class Supervisor:
             else:
                 ref = max(ref, hb.time)  # the job reports no progress: liveness is all we have
         idle = now - ref
-        return idle if idle > self.settings.stall_window else None
+        return idle if idle > window else None
 
-    def _restart(self, rec: RunRecord, cur: tuple[RunState, int], inst: Instance | None) -> None:
+    def _restart(self, rec: RunRecord, cur: tuple[RunState, int], spec: RunSpec | None,
+                 att: Attempt | None) -> None:
         st, _ = cur
-        if inst is not None and inst.status == InstanceStatus.STOPPING:
+        step = recovery.decide(att, spec is not None and self.backend.keeps_stopped(spec))
+        if step is Recovery.WAIT:
             # A preemption (or stop) is a timeline: the VM is still in its shutdown notice.
             # Acting now would delete a VM that STOP keeps, or start a second beside it: the
             # next pass, after the power-off, restarts in place or creates.
             return
-        spec = rec.read_spec()
-        keep = (inst is not None and not inst.alive and spec is not None
-                and spec.vm.get("termination_action") == "STOP")
-        if inst is not None and not keep:
-            # Let an agent that is still in its final sync finish it, then remove the instance.
-            self._delete(inst, self.settings.grace_period if inst.alive else 0)
-            if inst.alive:
+        if att is not None and step in (Recovery.DELETE_THEN_CREATE, Recovery.DELETE_THEN_WAIT):
+            # Let an agent that is still in its final sync finish it, then remove the attempt.
+            for inst in att.instances:
+                self._delete(inst, self.attempt_settings(spec).grace_period if inst.alive else 0)
+            if step is Recovery.DELETE_THEN_WAIT:
                 # The next attempt waits until this one no longer runs (a later pass sees it
-                # gone): never two live instances of one run, and the pass does not wait.
+                # gone): never two live attempts of one run, and the pass does not wait.
                 return
         max_restarts = spec.max_restarts if spec else 0
         restarts = st.restarts
@@ -398,43 +401,41 @@ class Supervisor:
                 reason=f"gave up after {restarts} restarts (max_restarts={max_restarts}); last: {st.reason}",
             )
             return
-        self._start_attempt(rec, cur, f"restart after {st.state.value.lower()}: {st.reason}",
-                            reuse=inst if keep else None)
+        self._start_attempt(rec, cur, spec, f"restart after {st.state.value.lower()}: {st.reason}",
+                            reuse=att if step is Recovery.RESTART_IN_PLACE else None)
 
-    def _start_attempt(self, rec: RunRecord, cur: tuple[RunState, int], reason: str,
-                       reuse: Instance | None = None) -> None:
+    def _start_attempt(self, rec: RunRecord, cur: tuple[RunState, int], spec: RunSpec | None, reason: str,
+                       reuse: Attempt | None = None) -> None:
         st, _ = cur
         if rec.stop_requested():
             rec.transition(State.STOPPED, self.actor, expected=cur, reason="stop requested")
             return
         attempt = st.attempt + 1
         counted = st.state in (State.PREEMPTED, State.STALLED)
-        rec.transition(
+        new, _ = rec.transition(
             State.PROVISIONING, self.actor, expected=cur, reason=reason, attempt=attempt,
-            instance=reuse.name if reuse else resource_name(rec.run_id, attempt), exit_code=None,
+            instance=reuse.lead.name if reuse else resource_name(rec.run_id, attempt), exit_code=None,
             restarts=st.restarts + (1 if counted else 0),
         )
         if reuse is not None:
-            spec = rec.read_spec()
-            assert spec is not None
-            if self.backend.restart_in_place(reuse, self.backend.plan(spec, self.launch_context(attempt))):
+            if spec is None:
+                raise IllegalTransition(f"run {rec.run_id} has no spec.json")
+            if self.backend.restart_in_place(reuse, self.backend.plan(spec, self.launch_context(spec, attempt, st.zone))):
                 return
-            self._delete(reuse)  # could not be restarted: a fresh VM, any zone
-        self._create(rec, attempt)
+            self._delete_attempt(reuse)  # could not be restarted: a fresh attempt, any zone
+        self._create(rec, spec, new, previous_zone=st.zone)
 
-    def _create_grace(self) -> float:
-        """How long a claimed attempt may go unlisted before its instance counts as lost."""
-        return max(60.0, 3 * self.settings.poll_interval)
-
-    def launch_context(self, attempt: int) -> LaunchContext:
+    def launch_context(self, spec: RunSpec, attempt: int, previous_zone: str | None = None) -> LaunchContext:
         """What a plan for ``attempt`` needs besides the spec."""
-        return launch_context(self.settings, attempt)
+        return launch_context(spec, attempt, self.settings.store_url, previous_zone, self.settings.legacy_attempts)
 
-    def _create(self, rec: RunRecord, attempt: int) -> None:
+    def _create(self, rec: RunRecord, spec: RunSpec | None, st: RunState, previous_zone: str | None = None) -> None:
+        """Create the attempt ``st`` names, once: claimed in the record first, so two supervisors
+        never both create it, and deleted at once if a stop or another actor overtook it."""
+        attempt = st.attempt
         backoff = CreateBackoff.read(self.store, rec.run_id)  # in the record: one-shot passes too
         if backoff.blocks(self.now(), attempt):
             return
-        spec = rec.read_spec()
         if spec is None:
             raise IllegalTransition(f"run {rec.run_id} has no spec.json")
         if rec.stop_requested():
@@ -442,7 +443,7 @@ class Supervisor:
         if not rec.claim_create(attempt, self.actor):
             return  # another supervisor creates (or created) this attempt
         try:
-            inst = self.backend.create(self.backend.plan(spec, self.launch_context(attempt)))
+            made = self.backend.create(self.backend.plan(spec, self.launch_context(spec, attempt, previous_zone)))
         except BaseException:
             rec.release_claim(attempt)  # nothing was created: the next try may claim again
             raise
@@ -451,7 +452,12 @@ class Supervisor:
         # landed between our checks and the create. Then what we made must go at once.
         after = rec.read_state()
         if rec.stop_requested() or after is None or after[0].attempt != attempt:
-            self._delete(inst)
+            self._delete_attempt(made)
+
+    def _delete_attempt(self, att: Attempt, grace_period: float = 0) -> None:
+        """Delete every instance of ``att`` in the background (see ``Reaper``)."""
+        for inst in att.instances:
+            self._delete(inst, grace_period)
 
     def _delete(self, inst: Instance, grace_period: float = 0) -> None:
         """Delete in the background (never blocks the pass); see ``Reaper``."""

@@ -21,7 +21,8 @@ from typing import Any
 
 from entrypoint.progress import parse_progress_line
 from entrypoint.record import RunRecord, RunSpec, RunState, State
-from runner.launch.backends.gce_shapes import ShapeError, resolve_gpu
+from runner.launch.backends import backend_type
+from runner.launch.backends.gce_shapes import ShapeError
 from runner.naming import region_of
 
 SHIPPED = "spot_prices.json"
@@ -60,9 +61,11 @@ class PriceTable:
         if not spec.machine_type:
             return None, "spec.json records no machine_type"
         try:
-            gpu = resolve_gpu(spec.machine_type, spec.gpu, bool(spec.vm.get("no_gpu")))
-        except ShapeError as e:
+            gpu = backend_type(spec.backend).gpu_of(spec)
+        except (ShapeError, ValueError) as e:
             return None, f"unpriceable shape: {e}"
+        if gpu is None:
+            return None, f"the {spec.backend} backend has no priced machine shapes"
         base = self.machine_price(region, spec.machine_type)
         if base is None:
             return None, f"no price for {spec.machine_type} in {region}; add it to price_table"

@@ -63,10 +63,10 @@ class RaceCompute(ComputeBackend):
         self.stopping: set[str] = set()  # deletes in progress (the job is in its grace period)
         self.deleted: list[tuple[str, float]] = []  # (name, grace period it was given)
 
-    def plan(self, spec: RunSpec, ctx: LaunchContext) -> Any:
+    def plan_instance(self, spec: RunSpec, ctx: LaunchContext, rank: int) -> Any:
         return (spec.run_id, ctx.attempt)
 
-    def create(self, plan: Any) -> Instance:
+    def create_instance(self, plan: Any) -> Instance:
         run_id, attempt = plan
         time.sleep(self.create_delay)
         inst = Instance(resource_name(run_id, attempt), label_value(run_id), attempt, InstanceStatus.RUNNING)

@@ -18,7 +18,7 @@ import sys
 import threading
 import time
 
-from entrypoint.record import Heartbeat, RunRecord, RunSpec, State
+from entrypoint.record import AttemptSettings, Heartbeat, RunRecord, RunSpec, State
 from entrypoint.store_local import LocalStore
 from runner.launch.supervisor import Supervisor, SupervisorSettings
 from tests.chaos.harness import RaceCompute, cycles
@@ -36,8 +36,8 @@ def _submit(store: LocalStore, run_id: str) -> RunRecord:
 
 
 def _settings(store: LocalStore) -> SupervisorSettings:
-    return SupervisorSettings(poll_interval=0.05, stall_window=1.5, heartbeat_interval=0.05, sync_interval=1,
-                              grace_period=1.0, shm_size="1g", store_url=store.url)
+    return SupervisorSettings(poll_interval=0.05, store_url=store.url,
+                              legacy_attempts=AttemptSettings(stall_window=1.5, heartbeat_interval=0.05, sync_interval=1, grace_period=1.0, shm_size="1g"))
 
 
 class _Healthy(threading.Thread):

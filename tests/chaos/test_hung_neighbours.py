@@ -12,7 +12,7 @@ from __future__ import annotations
 import threading
 import time
 
-from entrypoint.record import Heartbeat, RunRecord, State
+from entrypoint.record import AttemptSettings, Heartbeat, RunRecord, State
 from entrypoint.store_local import LocalStore
 from runner.launch.supervisor import Supervisor, SupervisorSettings
 from tests.chaos.harness import RaceCompute, cycles
@@ -23,8 +23,8 @@ GRACE = 3.0
 
 
 def _settings(store: LocalStore) -> SupervisorSettings:
-    return SupervisorSettings(poll_interval=0.05, stall_window=0.5, heartbeat_interval=0.05, sync_interval=1,
-                              grace_period=GRACE, shm_size="1g", store_url=store.url)
+    return SupervisorSettings(poll_interval=0.05, store_url=store.url,
+                              legacy_attempts=AttemptSettings(stall_window=0.5, heartbeat_interval=0.05, sync_interval=1, grace_period=GRACE, shm_size="1g"))
 
 
 def test_a_healthy_run_restarts_while_hung_neighbours_are_still_being_stopped(tmp_path):

@@ -1,23 +1,33 @@
 """The compute backend interface: one per place a run's "VM" can live (GCE, local Docker).
 
-Plan, then act: ``plan()`` is pure and returns the exact request the backend would send
-(``runner submit --dry-run`` prints it, and most tests assert on it); ``create()`` is the only
-step that sends it.
+The unit is the *attempt*: one try at running the job, made of a set of instances (one per node;
+one today, N for a gang later). Each instance carries its run, attempt and rank in labels, so a
+single listing tells which attempt every instance belongs to.
+
+Plan, then act: ``plan()`` is pure and returns the exact requests the backend would send for an
+attempt (``runner submit --dry-run`` prints them, and most tests assert on them); ``create()`` is
+the only step that sends them.
+
+Whatever only one backend understands (GCE's machine shapes and termination action, the local
+backend's network mode) stays behind the backend: the rest of the runner asks the backend class
+(``spec_options``, ``boot_wait``, ``keeps_stopped``, ``pin_image``) instead of reading
+``spec.vm`` or checking which backend it holds.
 """
 
 from __future__ import annotations
 
 import enum
 from abc import ABC, abstractmethod
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import Any, Generic, Iterable, TypeVar
 
-from entrypoint.record import RunSpec
+from entrypoint.record import AttemptSettings, RunSpec
 
 LABEL_RUNNER = "runner"
 LABEL_RUN_ID = "run-id"
 LABEL_ATTEMPT = "attempt"
 LABEL_STORE = "runner-store"  # runner.naming.store_label of the store the run lives in
+LABEL_RANK = "rank"  # the instance's place in its attempt (0 for a single-instance attempt)
 RUNNER_LABEL_VALUE = "cos-spot-runner"
 
 
@@ -37,10 +47,94 @@ class Instance:
     zone: str = "local"
     exit_code: int | None = None
     store: str = ""  # its LABEL_STORE value; "" on instances made before stores were labelled
+    rank: int = 0  # its LABEL_RANK value; 0 on instances made before attempts had ranks
 
     @property
     def alive(self) -> bool:
         return self.status in (InstanceStatus.STARTING, InstanceStatus.RUNNING)
+
+    @property
+    def going_away(self) -> bool:
+        """In its shutdown notice (GCE STOPPING: the guest runs its shutdown script, the agent makes
+        its final sync). No one may act on it until it is gone or stopped: deleting it would cut
+        the final sync short, and a replacement would run beside it."""
+        return self.status == InstanceStatus.STOPPING
+
+
+@dataclass(frozen=True)
+class Attempt:
+    """One attempt of a run as the backend sees it: the instances that carry its number.
+
+    The supervisor judges attempts, not instances: an attempt runs only while every one of its
+    instances runs, is going away while any is in its shutdown notice, and has ended once none
+    runs (a lost node ends the whole attempt).
+    """
+
+    number: int
+    instances: tuple[Instance, ...]
+
+    @property
+    def alive(self) -> bool:
+        return bool(self.instances) and all(i.alive for i in self.instances)
+
+    @property
+    def going_away(self) -> bool:
+        return any(i.going_away for i in self.instances)
+
+    @property
+    def ended(self) -> bool:
+        """No instance runs or is in its notice: what is left can be deleted or restarted."""
+        return not any(i.alive or i.going_away for i in self.instances)
+
+    @property
+    def lead(self) -> Instance:
+        """Rank 0 (the instance whose console and zone describe the attempt)."""
+        return min(self.instances, key=lambda i: i.rank)
+
+    @property
+    def names(self) -> list[str]:
+        return [i.name for i in sorted(self.instances, key=lambda i: i.rank)]
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.lead.exit_code
+
+    def status_text(self) -> str:
+        """How the attempt ended or stands, for the journal ("exited with 137", "terminated")."""
+        lead = self.lead
+        if lead.exit_code is not None:
+            return f"exited with {lead.exit_code}"
+        return lead.status.value.lower()
+
+
+def group_attempts(instances: Iterable[Instance]) -> dict[int, Attempt]:
+    """Instances (of one run) grouped into their attempts, by attempt number."""
+    by_number: dict[int, list[Instance]] = {}
+    for inst in instances:
+        by_number.setdefault(inst.attempt, []).append(inst)
+    return {n: Attempt(n, tuple(sorted(insts, key=lambda i: i.rank))) for n, insts in by_number.items()}
+
+
+NodePlan = TypeVar("NodePlan")
+
+
+@dataclass(frozen=True)
+class AttemptPlan(Generic[NodePlan]):
+    """The exact requests that create an attempt: one backend-typed plan per instance (rank order).
+
+    Pure data (``plan`` makes it without I/O), so ``--dry-run`` prints it and tests assert on it.
+    """
+
+    run_id: str
+    attempt: int
+    nodes: tuple[NodePlan, ...] = field(default_factory=tuple)
+
+    @property
+    def only(self) -> NodePlan:
+        """The single instance's plan of a one-instance attempt (what every run is today)."""
+        if len(self.nodes) != 1:
+            raise ValueError(f"attempt {self.attempt} of {self.run_id} has {len(self.nodes)} instances")
+        return self.nodes[0]
 
 
 class BackendError(Exception):
@@ -53,17 +147,32 @@ class PermanentBackendError(BackendError):
 
 @dataclass(frozen=True)
 class LaunchContext:
-    """What a plan needs besides the spec: which attempt, and where the store is."""
+    """What a plan needs besides the spec: which attempt, where the store is, the zones to walk
+    (in the order the recovery strategy chose), and the run's pinned attempt settings."""
 
     attempt: int
     store_url: str
-    heartbeat_interval: float
-    sync_interval: float
-    grace_period: float
-    shm_size: str
+    settings: AttemptSettings
+    zones: tuple[str, ...] = ()  # empty: the spec's zones, in order
+
+    @property
+    def heartbeat_interval(self) -> float:
+        return self.settings.heartbeat_interval
+
+    @property
+    def sync_interval(self) -> float:
+        return self.settings.sync_interval
+
+    @property
+    def grace_period(self) -> float:
+        return self.settings.grace_period
+
+    @property
+    def shm_size(self) -> str:
+        return self.settings.shm_size
 
 
-class ComputeBackend(ABC):
+class ComputeBackend(ABC, Generic[NodePlan]):
     name: str
     # A VM's serial console shows what happened before the job started (driver install, image
     # pull); a local container has no such phase, its console is the job's own output.
@@ -100,6 +209,38 @@ class ComputeBackend(ABC):
         """Whether this backend (its project, say) is where ``spec``'s instances live."""
         return True
 
+    # ---- what only this backend understands (asked of the class: no client needed) ----
+    @classmethod
+    def spec_options(cls, cfg: Any) -> dict[str, Any]:
+        """The backend-specific part of a new run's spec (``RunSpec.vm``), from the config.
+
+        Pinned at submit, so every attempt of the run gets the same kind of instance.
+        """
+        return {}
+
+    @classmethod
+    def spec_shape(cls, cfg: Any) -> tuple[str | None, str | None]:
+        """(machine type, GPU) recorded in a new run's spec; (None, None) where there are none."""
+        return None, None
+
+    @classmethod
+    def boot_wait(cls, spec: RunSpec) -> float:
+        """Seconds an instance of ``spec`` may legitimately spend booting before its job starts
+        (a GCE GPU VM waits for its driver); the supervisor's boot window is at least this."""
+        return 0.0
+
+    @classmethod
+    def gpu_of(cls, spec: RunSpec) -> Any:
+        """The GPUs an instance of ``spec`` carries (``gce_shapes.GpuShape``), for pricing; None
+        where the backend has no machine shapes."""
+        return None
+
+    @classmethod
+    def keeps_stopped(cls, spec: RunSpec) -> bool:
+        """Whether a preempted instance of ``spec`` is kept, stopped, to be restarted in place
+        (GCE terminationAction=STOP) rather than replaced."""
+        return False
+
     def prepare(self, spec: RunSpec) -> RunSpec:
         """Check the spec against the provider and pin moving references, once, at submit.
 
@@ -108,17 +249,72 @@ class ComputeBackend(ABC):
         """
         return spec
 
-    @abstractmethod
-    def plan(self, spec: RunSpec, ctx: LaunchContext) -> Any:
-        """The request that ``create`` would send. Pure: no I/O."""
+    def pin_image(self, image: str) -> str:
+        """The image reference every attempt will run: pinned, never a moving tag (a restart must
+        run exactly what the first attempt ran). Raises ``BackendError`` with the fix."""
+        return image
+
+    # ---- plan (pure) ----
+    def plan(self, spec: RunSpec, ctx: LaunchContext) -> AttemptPlan[NodePlan]:
+        """The requests that ``create`` would send for attempt ``ctx.attempt``. Pure: no I/O."""
+        return AttemptPlan(spec.run_id, ctx.attempt,
+                           tuple(self.plan_instance(spec, ctx, rank) for rank in self.ranks(spec)))
+
+    def ranks(self, spec: RunSpec) -> range:
+        """The ranks of an attempt's instances: one instance per attempt today."""
+        return range(1)
 
     @abstractmethod
-    def create(self, plan: Any) -> Instance:
-        """Create the instance. Idempotent: if one of that name exists, returns it (409)."""
+    def plan_instance(self, spec: RunSpec, ctx: LaunchContext, rank: int) -> NodePlan:
+        """One instance's request (a ``GcePlan``, a ``ContainerPlan``). Pure: no I/O."""
+
+    # ---- act ----
+    def create(self, plan: AttemptPlan[NodePlan]) -> Attempt:
+        """Create every instance of the attempt, all or nothing: if one cannot be created, those
+        already made are deleted and the error is raised. Idempotent: an instance of that name that
+        exists already (409) is adopted, unless it belongs to another store."""
+        made: list[Instance] = []
+        try:
+            for node in plan.nodes:
+                made.append(self.create_instance(node))
+        except BaseException:
+            for inst in made:
+                try:
+                    self.delete(inst)
+                except Exception:  # noqa: BLE001 - still listed: the supervisor's next pass deletes it
+                    pass
+            raise
+        return Attempt(plan.attempt, tuple(made))
+
+    @abstractmethod
+    def create_instance(self, plan: NodePlan) -> Instance:
+        """Create one instance. Idempotent: if one of that name exists, returns it (409)."""
+
+    def restart_in_place(self, attempt: Attempt, plan: AttemptPlan[NodePlan]) -> Attempt | None:
+        """Bring a stopped attempt's instances back as the attempt ``plan`` describes, keeping their
+        disks. Returns the new attempt, or None when this backend (or an instance) cannot, in which
+        case the caller deletes what is left and creates a fresh attempt."""
+        if len(attempt.instances) != len(plan.nodes):
+            return None
+        out = []
+        for inst, node in zip(attempt.instances, plan.nodes):
+            again = self.restart_instance_in_place(inst, node)
+            if again is None:
+                return None
+            out.append(again)
+        return Attempt(plan.attempt, tuple(out))
+
+    def restart_instance_in_place(self, instance: Instance, plan: NodePlan) -> Instance | None:
+        """One instance of ``restart_in_place``; None: this backend cannot."""
+        return None
 
     @abstractmethod
     def list(self, run_id: str | None = None) -> list[Instance]:
         """Every instance this tool made (or only one run's), in a single backend call."""
+
+    def attempts(self, run_id: str) -> dict[int, Attempt]:
+        """The run's attempts that have instances, by number (one listing)."""
+        return group_attempts(self.list(run_id))
 
     @abstractmethod
     def delete(self, instance: Instance, grace_period: float = 0) -> None:
@@ -131,14 +327,6 @@ class ComputeBackend(ABC):
     @abstractmethod
     def preempt(self, instance: Instance, grace_period: float) -> None:
         """Do what a spot preemption does: SIGTERM, ``grace_period`` seconds, kill, remove."""
-
-    def restart_in_place(self, instance: Instance, plan: Any) -> Instance | None:
-        """Bring a stopped instance back as the attempt ``plan`` describes, keeping its disks.
-
-        Returns the instance, or None when this backend (or this instance) cannot, in which case
-        the caller deletes it and creates a fresh one.
-        """
-        return None
 
     def was_preempted(self, name: str, zone: str | None) -> bool:
         """Whether the provider itself preempted this instance (for the journal's reason)."""

@@ -17,6 +17,7 @@ from entrypoint.record import RunSpec
 from runner.launch.backends import vm_metadata as md
 from runner.launch.backends.base import (
     LABEL_ATTEMPT,
+    LABEL_RANK,
     LABEL_RUN_ID,
     LABEL_RUNNER,
     LABEL_STORE,
@@ -27,7 +28,7 @@ from runner.launch.backends.base import (
     InstanceStatus,
     LaunchContext,
 )
-from runner.launch.backends.gce_shapes import ShapeError, resolve_gpu
+from runner.launch.backends.gce_shapes import ShapeError, resolve_gpu, waits_for_driver
 from runner.cloud.gcp_clients import ComputeClients, api_retry
 from runner.naming import label_value, resource_name, store_label
 
@@ -121,9 +122,58 @@ def _error_reasons(exc_or_op: Any) -> list[str]:
     return out
 
 
-class GceBackend(ComputeBackend):
+class GceBackend(ComputeBackend[GcePlan]):
     name = "gce"
     has_startup_console = True
+
+    @classmethod
+    def spec_options(cls, cfg: Any) -> dict[str, Any]:
+        """The GCE-only options, pinned in spec.json so every attempt gets the same VM."""
+        return {
+            "project": cfg.project,
+            "vm_image": cfg.vm_image,
+            "termination_action": cfg.termination_action,
+            "max_run_duration_s": cfg.max_run_duration or None,
+            "boot_disk_gb": cfg.boot_disk_gb,
+            "boot_disk_type": cfg.boot_disk_type,
+            "data_disk": cfg.data_disk,
+            "data_disk_gb": cfg.data_disk_gb or None,
+            "data_mount": cfg.data_mount,
+            "service_account": cfg.service_account,
+            "network": cfg.network,
+            "subnetwork": cfg.subnetwork,
+            "external_ip": cfg.external_ip,
+            "no_gpu": cfg.no_gpu,
+            "gpu_driver_version": cfg.gpu_driver_version or "",
+        }
+
+    @classmethod
+    def spec_shape(cls, cfg: Any) -> tuple[str | None, str | None]:
+        return cfg.machine_type, cfg.gpu
+
+    @classmethod
+    def boot_wait(cls, spec: RunSpec) -> float:
+        """A VM with a GPU waits up to its pinned ``gpu_timeout`` for the driver before the job starts."""
+        if not waits_for_driver(spec.backend, spec.machine_type, spec.gpu, bool((spec.vm or {}).get("no_gpu"))):
+            return 0.0
+        return spec.attempt_settings().gpu_timeout
+
+    @classmethod
+    def gpu_of(cls, spec: RunSpec) -> Any:
+        """The GPUs a VM of ``spec`` carries (attached or built in); raises ``ShapeError``."""
+        return resolve_gpu(spec.machine_type or "n1-standard-4", spec.gpu, bool((spec.vm or {}).get("no_gpu")))
+
+    @classmethod
+    def keeps_stopped(cls, spec: RunSpec) -> bool:
+        return (spec.vm or {}).get("termination_action") == "STOP"
+
+    def pin_image(self, image: str) -> str:
+        if "@sha256:" not in image:
+            raise BackendError(
+                f"image {image!r} is not pinned to a digest: pass REPO/NAME@sha256:DIGEST (`runner build` "
+                "prints it), so every restart runs exactly the same image"
+            )
+        return image
 
     def __init__(self, clients: ComputeClients, project: str) -> None:
         self.c = clients
@@ -207,7 +257,7 @@ class GceBackend(ComputeBackend):
         return f"projects/{project}/global/images/{img.name}"
 
     # ---- plan (pure) ----
-    def plan(self, spec: RunSpec, ctx: LaunchContext) -> GcePlan:
+    def plan_instance(self, spec: RunSpec, ctx: LaunchContext, rank: int) -> GcePlan:
         from google.cloud import compute_v1
 
         vm = {**vm_options_defaults(), **(getattr(spec, "vm", None) or {})}
@@ -220,7 +270,7 @@ class GceBackend(ComputeBackend):
         meta = md.VmMetadata(
             run_id=spec.run_id, attempt=ctx.attempt, store=ctx.store_url, image=spec.image,
             gpu_count=gpu.count,  # command and env: the agent reads spec.json
-            gpu_timeout=spec.timeouts.get("gpu_timeout", 600), gpu_driver_version=vm["gpu_driver_version"],
+            gpu_timeout=ctx.settings.gpu_timeout, gpu_driver_version=vm["gpu_driver_version"],
             checkpoint_dir=spec.checkpoint_dir, results_dir=spec.results_dir,
             heartbeat_interval=ctx.heartbeat_interval, sync_interval=ctx.sync_interval,
             grace_period=ctx.grace_period, shm_size=ctx.shm_size,
@@ -228,7 +278,7 @@ class GceBackend(ComputeBackend):
         )
         startup, shutdown = _startup_scripts()
         items = {**meta.items(), md.STARTUP_SCRIPT: startup, md.SHUTDOWN_SCRIPT: shutdown}
-        zones = list(spec.zones) or ["us-central1-a"]
+        zones = list(ctx.zones or spec.zones) or ["us-central1-a"]
         if vm["data_disk"]:
             zones = zones[:1]  # an existing zonal disk pins the run to its zone
         candidates = []
@@ -272,6 +322,7 @@ class GceBackend(ComputeBackend):
                     LABEL_RUNNER: RUNNER_LABEL_VALUE,
                     LABEL_RUN_ID: label_value(spec.run_id),
                     LABEL_ATTEMPT: str(ctx.attempt),
+                    LABEL_RANK: str(rank),
                     LABEL_STORE: store_label(ctx.store_url),
                 },
                 metadata=compute_v1.Metadata(items=[compute_v1.Items(key=k, value=v) for k, v in items.items()]),
@@ -286,7 +337,7 @@ class GceBackend(ComputeBackend):
         return GcePlan(name=name, project=project, candidates=candidates)
 
     # ---- act ----
-    def create(self, plan: GcePlan) -> Instance:
+    def create_instance(self, plan: GcePlan) -> Instance:
         from google.api_core import exceptions as gexc
         from google.cloud import compute_v1
 
@@ -327,7 +378,7 @@ class GceBackend(ComputeBackend):
             "runner.toml) or try again later; the supervisor retries on its next pass"
         )
 
-    def restart_in_place(self, instance: Instance, plan: GcePlan) -> Instance | None:
+    def restart_instance_in_place(self, instance: Instance, plan: GcePlan) -> Instance | None:
         """terminationAction=STOP kept the VM and its boot disk (driver installed, image pulled):
         start it again with the new attempt's metadata and labels instead of a fresh VM."""
         from google.api_core import exceptions as gexc
@@ -385,6 +436,7 @@ class GceBackend(ComputeBackend):
             status=_STATUS.get(_status_name(i.status), InstanceStatus.STARTING),
             zone=_zone_of(i.zone),
             store=labels.get(LABEL_STORE, ""),
+            rank=int(labels.get(LABEL_RANK, "0") or 0),
         )
 
     def list(self, run_id: str | None = None) -> list[Instance]:

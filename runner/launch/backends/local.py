@@ -13,6 +13,7 @@ from typing import Any
 from entrypoint.record import RunSpec
 from runner.launch.backends.base import (
     LABEL_ATTEMPT,
+    LABEL_RANK,
     LABEL_RUN_ID,
     LABEL_RUNNER,
     LABEL_STORE,
@@ -89,8 +90,40 @@ def store_dir(store_url: str) -> str:
     return path
 
 
-class LocalBackend(ComputeBackend):
+# Docker network modes a run may ask for. "none" (the default): the store is a bind-mounted
+# directory and a local job needs no network. A gang's ranks will need one to rendezvous: that is
+# what the per-run mode is for.
+NETWORK_MODES = ("none", "bridge", "host")
+
+
+def network_mode(spec: RunSpec) -> str:
+    """The run's pinned Docker network mode ("none" for specs that predate the option)."""
+    mode = (spec.vm or {}).get("network_mode") or "none"
+    if mode not in NETWORK_MODES:
+        raise PermanentBackendError(f"network_mode {mode!r} in the spec of {spec.run_id} is not one of "
+                                    f"{', '.join(NETWORK_MODES)}")
+    return mode
+
+
+class LocalBackend(ComputeBackend[ContainerPlan]):
     name = "local"
+
+    @classmethod
+    def spec_options(cls, cfg: Any) -> dict[str, Any]:
+        """The local-only options, pinned in spec.json: the container's network mode."""
+        return {"network_mode": "none"}
+
+    def pin_image(self, image: str) -> str:
+        """The local image's id: a rebuilt tag is another image, and the run keeps this one."""
+        from docker.errors import ImageNotFound
+
+        try:
+            return self.client.images.get(image).id
+        except ImageNotFound:
+            raise BackendError(
+                f"image {image!r} is not in the local Docker engine: build it first "
+                "(`make image` builds cos-spot-runner/workload:dev) and pass --image NAME"
+            ) from None
 
     def __init__(self, client: Any | None = None) -> None:
         self._client = client
@@ -111,7 +144,7 @@ class LocalBackend(ComputeBackend):
                 ) from None
         return self._client
 
-    def plan(self, spec: RunSpec, ctx: LaunchContext) -> ContainerPlan:
+    def plan_instance(self, spec: RunSpec, ctx: LaunchContext, rank: int) -> ContainerPlan:
         name = resource_name(spec.run_id, ctx.attempt)
         env = {
             **spec.env,
@@ -137,14 +170,16 @@ class LocalBackend(ComputeBackend):
                 LABEL_RUN_ID: label_value(spec.run_id),
                 "run-id-full": spec.run_id,
                 LABEL_ATTEMPT: str(ctx.attempt),
+                LABEL_RANK: str(rank),
                 LABEL_STORE: store_label(ctx.store_url),
             },
             volumes={store_dir(ctx.store_url): {"bind": STORE_MOUNT, "mode": "rw"}},
             shm_size=ctx.shm_size,
             stop_timeout=max(1, int(round(ctx.grace_period))),
+            network_mode=network_mode(spec),
         )
 
-    def create(self, plan: ContainerPlan) -> Instance:
+    def create_instance(self, plan: ContainerPlan) -> Instance:
         from docker.errors import APIError, ImageNotFound
 
         # Look first: on a missing image `containers.run` pulls it, and a pinned id
@@ -199,6 +234,7 @@ class LocalBackend(ComputeBackend):
             status=_STATUS.get(c.status, InstanceStatus.TERMINATED),
             exit_code=state.get("ExitCode") if c.status in ("exited", "dead") else None,
             store=labels.get(LABEL_STORE, ""),
+            rank=int(labels.get(LABEL_RANK, "0") or 0),
         )
 
     def list(self, run_id: str | None = None) -> list[Instance]:
