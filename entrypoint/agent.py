@@ -91,7 +91,7 @@ def job_from_spec(cfg: AgentConfig) -> tuple[list[str], dict[str, str]]:
     """The job's argv and env from ``spec.json``.
 
     On a VM the startup script passes only scalars through metadata (COS has no JSON decoder, and
-    guessing at an encoding is how arguments get mangled: DESIGN §4); the structured part of the
+    guessing at an encoding is how arguments get mangled: docs/architecture.md#on-the-vm-cos); the structured part of the
     run stays in the spec ``runner submit`` wrote, decoded here by Python's json.
     """
     spec = RunRecord(open_store(cfg.store_url), cfg.run_id).read_spec()

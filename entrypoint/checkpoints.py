@@ -145,7 +145,7 @@ _IOPRIO_CLASS_BE, _IOPRIO_CLASS_SHIFT = 2, 13
 def lower_thread_priority() -> list[str]:
     """Give the calling thread the lowest CPU and I/O priority the kernel offers a normal user.
 
-    Training first (DESIGN §3): when the job keeps every core busy, the uploader should only
+    Training first (docs/architecture.md#properties-that-must-hold): when the job keeps every core busy, the uploader should only
     get what the job leaves. On Linux nice values and I/O priorities belong to threads, so this
     touches the sync thread alone, not the agent's final sync or its heartbeats. CPU: nice 19
     (CFS weight 15 against the job's 1024), not SCHED_IDLE, which could starve uploads for as

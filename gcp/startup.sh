@@ -2,7 +2,7 @@
 # cos-spot-runner: the COS startup script, run as root at every boot of a run's VM. It reads the
 # run's scalars from metadata (runner/launch/backends/vm_metadata.py), waits for Docker, installs the GPU
 # driver, pulls the pinned image and starts the agent, which reads the job's command and env from
-# spec.json (DESIGN §4). One `runner-phase: NAME` line per phase goes to the serial console, where
+# spec.json (docs/architecture.md#on-the-vm-cos). One `runner-phase: NAME` line per phase goes to the serial console, where
 # a VM that never wrote a heartbeat is diagnosed; the job's output goes to the bucket, only its
 # tail to the console (GCE keeps 1 MiB). A boot that cannot succeed writes attempts/N/startup.json
 # and deletes its own VM. Endpoints and roots can be overridden from the environment (tests/cos_sim).
@@ -147,7 +147,7 @@ read_metadata() {
   done
   if [[ -n $DATA_DISK ]]; then
     [[ $DATA_DISK =~ ^[A-Za-z0-9_-]+$ ]] || fail data_disk_failed "invalid data disk device name '$DATA_DISK'"
-    # /mnt is read-only on COS (DESIGN §4); a mount anywhere but /var/lib fails or is lost.
+    # /mnt is read-only on COS (docs/architecture.md#on-the-vm-cos); a mount anywhere but /var/lib fails or is lost.
     [[ $DATA_MOUNT =~ ^/var/lib/[A-Za-z0-9._/-]+$ && /$DATA_MOUNT/ != */../* && /$DATA_MOUNT/ != */./* ]] ||
       fail data_disk_failed "runner-data-mount must be a path under /var/lib (COS: / and /mnt are read-only), not $DATA_MOUNT"
   fi
@@ -264,7 +264,7 @@ mount_data_disk() {
   log "mounted $dev at $DATA_MOUNT"
 }
 
-gpu_args() {  # COS GPU wiring (DESIGN §4): never --gpus (its CDI hook fails) nor --runtime=nvidia
+gpu_args() {  # COS GPU wiring (docs/architecture.md#on-the-vm-cos): never --gpus (its CDI hook fails) nor --runtime=nvidia
   local d image_path
   args+=(-v "$NVIDIA_ROOT/lib64:$DRIVER_LIBS" -v "$NVIDIA_ROOT/bin:/usr/local/nvidia/bin")
   for d in "${GPU_DEVICES[@]}" "$DEV_ROOT/nvidiactl" "$DEV_ROOT/nvidia-uvm"; do args+=(--device "$d:/dev/${d##*/}"); done

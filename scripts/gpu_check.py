@@ -5,7 +5,7 @@ once, and check that the resumed run ends bit-exact with an uninterrupted one.
 It drives the product's own code (runner.launch.submit, the Supervisor, runner.ops.runs.preempt_run) with a
 local backend whose containers get the GPU the way gcp/startup.sh gives it on COS: the driver's
 lib64 and bin directories bind-mounted under /usr/local/nvidia, the /dev/nvidia* devices passed
-one by one, LD_LIBRARY_PATH prepended; never ``--gpus`` nor ``--runtime=nvidia`` (DESIGN §4).
+one by one, LD_LIBRARY_PATH prepended; never ``--gpus`` nor ``--runtime=nvidia`` (docs/architecture.md#on-the-vm-cos).
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ class CosGpuLocalBackend(LocalBackend):
         volumes = {**p.volumes,
                    os.path.join(self.nvidia_root, "lib64"): {"bind": DRIVER_LIB, "mode": "ro"},
                    os.path.join(self.nvidia_root, "bin"): {"bind": DRIVER_BIN, "mode": "ro"}}
-        # Prepend, never overwrite: the image may need its own library path (DESIGN §4).
+        # Prepend, never overwrite: the image may need its own library path (docs/architecture.md#on-the-vm-cos).
         ld = DRIVER_LIB + (f":{self.image_ld_path}" if self.image_ld_path else "")
         env = {**p.environment, "LD_LIBRARY_PATH": ld,
                "PATH": f"{DRIVER_BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"}

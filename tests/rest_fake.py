@@ -1,6 +1,6 @@
 """The HTTP half shared by the JSON REST fakes of Google APIs (Cloud Run, Cloud Scheduler).
 
-Template method (STYLE.md): ``RestFake.handle`` parses the request, finds its rpc in ``ROUTES``,
+Template method (docs/architecture.md#template-methods): ``RestFake.handle`` parses the request, finds its rpc in ``ROUTES``,
 calls the subclass's ``answer`` under the fake's lock, maps errors to Google's JSON error body
 (``ApiError``/``FakeApiError`` as raised; a body that does not parse is 400; anything else is a
 bug in the fake: 500, remembered in ``internal_errors`` so the test fails) and records the call.

@@ -1,5 +1,5 @@
 """`runner submit --backend gce --dry-run` prints the exact plan with no credentials at all,
-and says which checks against the API it skipped (the plan is pure: DESIGN's plan, then act)."""
+and says which checks against the API it skipped (the plan is pure: docs/architecture.md#plan-then-act)."""
 
 from __future__ import annotations
 

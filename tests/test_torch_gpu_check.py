@@ -90,7 +90,7 @@ def test_containers_get_the_gpu_the_cos_way_never_with_gpus(tmp_path):
     assert plan.volumes[str(tmp_path)]["bind"] == "/var/lib/runner/store"  # the store is still there
     assert plan.extra["devices"] == ["/dev/nvidia0:/dev/nvidia0:rwm", "/dev/nvidiactl:/dev/nvidiactl:rwm",
                                      "/dev/nvidia-uvm:/dev/nvidia-uvm:rwm"]
-    # Prepended, not overwritten (DESIGN §4).
+    # Prepended, not overwritten (docs/architecture.md#on-the-vm-cos).
     assert plan.environment["LD_LIBRARY_PATH"] == "/usr/local/nvidia/lib64:/opt/lib"
     assert not {"device_requests", "runtime"} & set(plan.extra)  # what --gpus / --runtime=nvidia become
 

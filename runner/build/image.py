@@ -165,7 +165,7 @@ def _source_unreadable(detail: str) -> bool:
 
 
 def _source_access_fix(detail: str, what: str) -> str:
-    """The 403 on the staged object, turned into the grant that fixes it (DESIGN §4)."""
+    """The 403 on the staged object, turned into the grant that fixes it (docs/architecture.md#projects-and-builds)."""
     sa = next((w.strip(".:;'\"") for w in detail.replace(",", " ").split()
                if "@cloudbuild.gserviceaccount.com" in w), "PROJECT_NUMBER@cloudbuild.gserviceaccount.com")
     return (f"{what} ({detail}). Grant the Cloud Build service account {sa} roles/storage.objectViewer "

@@ -1,7 +1,7 @@
 """The hosted supervisor: a Cloud Run job running ``runner supervise`` and a Cloud Scheduler job
 that runs it every minute, so runs survive preemptions while no laptop is awake.
 
-Plan, then act (STYLE.md): ``plan_job`` and ``plan_schedule`` build the exact
+Plan, then act (docs/architecture.md#plan-then-act): ``plan_job`` and ``plan_schedule`` build the exact
 ``run_v2.Job`` and ``scheduler_v1.Job`` from config, with no I/O; ``deploy`` compares them with
 what exists and creates, updates in place (a new runner image, new settings) or leaves alone
 (deploying twice changes nothing: no PATCH is sent, so the job's generation does not move).

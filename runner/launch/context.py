@@ -60,7 +60,7 @@ def make_plan_backend(cfg: Config) -> ComputeBackend:
 
 
 def require_project(cfg: Config) -> str:
-    """The project, always explicit (DESIGN §4: gcloud's active project may be another one)."""
+    """The project, always explicit (docs/architecture.md#projects-and-builds: gcloud's active project may be another one)."""
     active = gcloud_active_project()
     if not cfg.project:
         hint = f" (gcloud's active project is {active!r}; runs never use it implicitly)" if active else ""

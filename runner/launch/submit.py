@@ -28,7 +28,8 @@ class SubmitResult:
 
 
 def resolve_image(ctx: Context, image: str | None) -> str:
-    """Pin the image: restarts must run exactly what the first attempt ran (docs/architecture.md)."""
+    """Pin the image: restarts must run exactly what the first attempt ran
+    (docs/architecture.md#runs-and-restarts)."""
     image = image or ctx.cfg.image
     if not image:
         raise BackendError("no image given: pass --image NAME (build it with `make image`) or set image in runner.toml")

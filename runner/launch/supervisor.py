@@ -4,7 +4,7 @@ One pass reads the run record from the store and the instances from the backend 
 for all runs), then for each run takes at most one step: start an attempt, restart after a
 preemption or stall, end a run whose stop was requested, or clean up after a finished one.
 
-Safety rules, each tied to a property in DESIGN.md §3:
+Safety rules, each tied to a property in docs/architecture.md#properties-that-must-hold:
 - Every state change is a compare-and-swap against the state the decision was based on, so two
   supervisors on one run cannot both restart it ("one VM per run").
 - ``.stop`` is checked before every create and again after it; a run with ``.stop`` is never

@@ -4,7 +4,7 @@ One prefix for every key, values always plain scalars (a number, a path, a gs://
 reference): COS has bash but no python or jq, so the startup script reads nothing it would have
 to parse. Anything structured -- the job's command and env -- stays in ``spec.json`` in the
 store, where the agent in the container reads it (``RUNNER_COMMAND_FROM_SPEC``): one encoding,
-JSON, decoded by Python, never guessed (DESIGN §4). Secrets never go here: metadata is readable
+JSON, decoded by Python, never guessed (docs/architecture.md#on-the-vm-cos). Secrets never go here: metadata is readable
 by anyone with ``compute.instances.get`` on the project, and by every process on the VM.
 """
 
