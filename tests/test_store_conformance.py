@@ -549,7 +549,10 @@ def _start_uploader(root: Path, name: str, src: Path) -> "subprocess.Popen[bytes
 
 
 def _caught_mid_upload(root: Path, name: str, src: Path, sig: int) -> "subprocess.Popen[bytes]":
-    """Start an upload and send ``sig`` once its temp file has bytes in it (retries if missed)."""
+    """Start an upload and send ``sig`` once its temp file holds at least 1 MiB (retries if missed).
+
+    At least 1 MiB, not just any byte: on a loaded machine the first write seen can be a small
+    one, and the test weighs what the killed uploads left behind."""
     import time
 
     tmp = root / ".tmp"
@@ -558,7 +561,7 @@ def _caught_mid_upload(root: Path, name: str, src: Path, sig: int) -> "subproces
         proc = _start_uploader(root, name, src)
         while proc.poll() is None:
             fresh = [p for p in tmp.iterdir() if p not in before]
-            if fresh and fresh[0].exists() and fresh[0].stat().st_size > 0:
+            if fresh and fresh[0].exists() and fresh[0].stat().st_size >= 1 << 20:
                 os.kill(proc.pid, sig)
                 return proc
             time.sleep(0.0005)

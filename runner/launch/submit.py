@@ -103,13 +103,10 @@ def submit(ctx: Context, run_id: str, command: list[str], *, image: str | None, 
 
 def check_store_mountable(backend: str, store_url: str) -> None:
     """Refuse a store the backend could never give to the run's instance (before any write)."""
-    if backend == "local":
-        from runner.launch.backends.local import store_dir
-
-        try:
-            store_dir(store_url)
-        except BackendError as e:
-            raise SubmitRefused(str(e)) from None
+    try:
+        backend_type(backend).check_store(store_url)
+    except BackendError as e:
+        raise SubmitRefused(str(e)) from None
 
 
 def _shell(command: list[str]) -> str:
@@ -132,15 +129,7 @@ def dry_run(cfg: Config, run_id: str, command: list[str], image: str | None, **k
     spec = build_spec(cfg, run_id, command, image or cfg.image or "IMAGE", env={},
                       max_restarts=kw.get("max_restarts"), retry_on_failure=kw.get("retry_on_failure"))  # type: ignore[arg-type]
     plan = make_plan_backend(cfg).plan(spec, launch_context(spec, 1, cfg.store_url))
-    skipped = ["the store was not opened"]
-    if cfg.backend == "gce":
-        skipped += ["zones, machine type and GPU were not checked against the Compute API",
-                    f"the VM image {cfg.vm_image} was not pinned to a concrete image"]
-        if "@sha256:" not in spec.image:
-            skipped.append(f"the image {spec.image} is not pinned by digest, which submit refuses")
-    else:
-        skipped += ["the image was not looked up in Docker (submit pins it by id)"]
-    return plan, skipped
+    return plan, ["the store was not opened", *backend_type(cfg.backend).unchecked_by_dry_run(spec)]
 
 
 __all__ = ["SubmitRefused", "SubmitResult", "submit", "dry_run", "State"]

@@ -354,7 +354,7 @@ def estimate_run_cost(rec: RunRecord, prices: PriceTable, now: float,
     (``lost_note`` says why).
 
     Times come from the events and manifests, written by different machines: clock skew between
-    them goes straight into the estimate. Local runs (``spec.backend == "local"``) cost 0.
+    them goes straight into the estimate. Runs on an unbilled backend (local Docker) cost 0.
     Returns a dict; money is ``None`` (never a made-up 0) when a price is missing, with
     ``why_unknown`` saying which. Reads every event, manifest and claim of the run (and, for a
     preempted attempt with no checkpoint time, its log once per process).
@@ -373,7 +373,7 @@ def estimate_run_cost(rec: RunRecord, prices: PriceTable, now: float,
     st = cur[0]
     attempts = _timeline(rec)
     _bill(rec, st, attempts, now)
-    local = spec.backend == "local"
+    local = not backend_type(spec.backend).billed
     zones = instance_zones or {}
     spec_regions = {region_of(z) for z in spec.zones}
 

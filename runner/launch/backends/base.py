@@ -224,6 +224,20 @@ class ComputeBackend(ABC, Generic[NodePlan]):
         return None, None
 
     @classmethod
+    def check_store(cls, store_url: str) -> None:
+        """Raise ``BackendError`` (with the fix) for a store this backend's instances could never
+        reach; checked at submit, before anything is written."""
+
+    @classmethod
+    def unchecked_by_dry_run(cls, spec: RunSpec) -> list[str]:
+        """What ``submit`` would check against the provider that ``--dry-run`` (no credentials,
+        no API) leaves unchecked, one line each."""
+        return []
+
+    # Whether an instance of this backend costs money (``ops status`` prices a run's attempts).
+    billed: bool = True
+
+    @classmethod
     def boot_wait(cls, spec: RunSpec) -> float:
         """Seconds an instance of ``spec`` may legitimately spend booting before its job starts
         (a GCE GPU VM waits for its driver); the supervisor's boot window is at least this."""

@@ -148,6 +148,14 @@ class GceBackend(ComputeBackend[GcePlan]):
         }
 
     @classmethod
+    def unchecked_by_dry_run(cls, spec: RunSpec) -> list[str]:
+        out = ["zones, machine type and GPU were not checked against the Compute API",
+               f"the VM image {(spec.vm or {}).get('vm_image')} was not pinned to a concrete image"]
+        if "@sha256:" not in spec.image:
+            out.append(f"the image {spec.image} is not pinned by digest, which submit refuses")
+        return out
+
+    @classmethod
     def spec_shape(cls, cfg: Any) -> tuple[str | None, str | None]:
         return cfg.machine_type, cfg.gpu
 

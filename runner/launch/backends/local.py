@@ -108,10 +108,20 @@ def network_mode(spec: RunSpec) -> str:
 class LocalBackend(ComputeBackend[ContainerPlan]):
     name = "local"
 
+    billed = False  # this machine's Docker
+
     @classmethod
     def spec_options(cls, cfg: Any) -> dict[str, Any]:
         """The local-only options, pinned in spec.json: the container's network mode."""
         return {"network_mode": "none"}
+
+    @classmethod
+    def check_store(cls, store_url: str) -> None:
+        store_dir(store_url)
+
+    @classmethod
+    def unchecked_by_dry_run(cls, spec: RunSpec) -> list[str]:
+        return ["the image was not looked up in Docker (submit pins it by id)"]
 
     def pin_image(self, image: str) -> str:
         """The local image's id: a rebuilt tag is another image, and the run keeps this one."""
