@@ -192,7 +192,6 @@ TRANSITIONS = [  # (state, actor, changes): two preempted attempts, a stall, the
     (State.RUNNING, "agent", {}),
     (State.PREEMPTED, "sup", {}),
     (State.PROVISIONING, "sup", {"attempt": 2, "restarts": 1}),
-    (State.BOOTING, "sup", {}),
     (State.RUNNING, "agent", {}),
     (State.STALLED, "sup", {}),
     (State.PROVISIONING, "sup", {"attempt": 3, "restarts": 2}),
