@@ -33,7 +33,7 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
-from entrypoint.record import IllegalTransition, RunRecord, RunSpec, RunState, State, list_run_ids
+from entrypoint.record import IllegalTransition, Role, RunRecord, RunSpec, RunState, State, list_run_ids
 from entrypoint.store import PreconditionFailed, Store
 from runner.launch.backends.base import (
     BackendError, ComputeBackend, Instance, InstanceStatus, LaunchContext, PermanentBackendError,
@@ -225,16 +225,16 @@ class Supervisor:
             instances = self.backend.list(run_id)
         try:
             self._step(rec, cur, instances, fresh)
-        except (PreconditionFailed, IllegalTransition):
-            pass  # another actor wrote first; the next pass decides on fresh state
+        except (PreconditionFailed, IllegalTransition) as e:
+            rec.report_refused(self.actor, e)  # another actor wrote first; the next pass decides on fresh state
         except PermanentBackendError as e:
             # Retrying would fail the same way every pass, for ever: the run fails, with the fix.
             now = rec.read_state()
             if now is not None and not now[0].state.terminal:
                 try:
-                    rec.transition(State.FAILED, self.actor, expected=now, reason=str(e))
-                except (PreconditionFailed, IllegalTransition):
-                    pass  # another actor moved the run on; the next pass sees where it is
+                    rec.failed(Role.SUPERVISOR, self.actor, expected=now, reason=str(e))
+                except (PreconditionFailed, IllegalTransition) as refused:
+                    rec.report_refused(self.actor, refused)  # the next pass sees where it is
         except BackendError as e:
             # Out of capacity in every zone, a transient API failure...: the run keeps its
             # state, the journal says why, and the next pass (after a backoff) tries again.
@@ -262,7 +262,7 @@ class Supervisor:
         if rec.stop_requested():
             for inst in instances:
                 self._delete(inst, self.settings.grace_period)
-            rec.transition(State.STOPPED, self.actor, expected=cur, reason="stop requested")
+            rec.stopped(Role.SUPERVISOR, self.actor, expected=cur, reason="stop requested")
             return
         current = next((i for i in instances if i.attempt == st.attempt), None)
         if (not fresh and st.state != State.PENDING and (current is None or not current.alive)):
@@ -278,7 +278,7 @@ class Supervisor:
 
         if st.state == State.PENDING:
             self._start_attempt(rec, cur, "first attempt")
-        elif st.state in (State.PROVISIONING, State.BOOTING):
+        elif st.state == State.PROVISIONING:  # (an old record's BOOTING reads as PROVISIONING)
             self._check_provisioning(rec, cur, current)
         elif st.state == State.RUNNING:
             self._check_running(rec, cur, current)
@@ -293,8 +293,8 @@ class Supervisor:
             # would do better, so the run fails with the script's reason.
             if inst is not None:
                 self._delete(inst)
-            rec.transition(
-                State.FAILED, self.actor, expected=cur,
+            rec.failed(
+                Role.SUPERVISOR, self.actor, expected=cur,
                 reason=f"startup failed in phase {startup.get('phase')}: {startup.get('reason')}"
                        + (f" ({startup['detail']})" if startup.get("detail") else ""),
             )
@@ -306,20 +306,20 @@ class Supervisor:
             elif self.now() - claim["time"] > self._create_grace():
                 # It was created and is gone before the job started (deleted, preempted while
                 # booting): a lost attempt, counted against max_restarts like any other.
-                new = rec.transition(State.PREEMPTED, self.actor, expected=cur,
-                                     reason="instance vanished before the job started")
+                new = rec.preempted(Role.SUPERVISOR, self.actor, expected=cur,
+                                    reason="instance vanished before the job started")
                 self._restart(rec, new, None)
             return
         window = self._boot_window(rec.read_spec())
         if inst.alive and self.now() - st.updated_at > window:
-            new = rec.transition(
-                State.STALLED, self.actor, expected=cur,
+            new = rec.stalled(
+                Role.SUPERVISOR, self.actor, expected=cur,
                 reason=f"still booting after {self.now() - st.updated_at:.0f}s (window {window:.0f}s)")
             self._restart(rec, new, inst)
         elif not inst.alive:
             tail = self.backend.logs(inst, tail=5).strip().replace("\n", " | ")
-            new = rec.transition(
-                State.PREEMPTED, self.actor, expected=cur,
+            new = rec.preempted(
+                Role.SUPERVISOR, self.actor, expected=cur,
                 reason=f"instance ended before the job started (exit {inst.exit_code}): {tail[-300:]}",
             )
             self._restart(rec, new, inst)
@@ -333,16 +333,16 @@ class Supervisor:
                 f"exited with {inst.exit_code}" if inst.exit_code is not None else inst.status.value.lower())
             if self.backend.was_preempted(st.instance or "", st.zone):
                 what += " after a GCE preemption"
-            new = rec.transition(
-                State.PREEMPTED, self.actor, expected=cur,
+            new = rec.preempted(
+                Role.SUPERVISOR, self.actor, expected=cur,
                 reason=f"instance {what} without recording an outcome (preempted or lost)",
             )
             self._restart(rec, new, inst)
             return
         stalled_for = self._stalled_for(rec, st)
         if stalled_for is not None:
-            new = rec.transition(
-                State.STALLED, self.actor, expected=cur,
+            new = rec.stalled(
+                Role.SUPERVISOR, self.actor, expected=cur,
                 reason=f"no progress for {stalled_for:.0f}s (window {self.settings.stall_window:.0f}s)",
             )
             self._restart(rec, new, inst)
@@ -392,9 +392,9 @@ class Supervisor:
                 return
         max_restarts = spec.max_restarts if spec else 0
         restarts = st.restarts
-        if st.state != State.ERRORED and restarts >= max_restarts:
-            rec.transition(
-                State.FAILED, self.actor, expected=cur,
+        if st.restarts_exhausted(max_restarts):
+            rec.failed(
+                Role.SUPERVISOR, self.actor, expected=cur,
                 reason=f"gave up after {restarts} restarts (max_restarts={max_restarts}); last: {st.reason}",
             )
             return
@@ -405,14 +405,12 @@ class Supervisor:
                        reuse: Instance | None = None) -> None:
         st, _ = cur
         if rec.stop_requested():
-            rec.transition(State.STOPPED, self.actor, expected=cur, reason="stop requested")
+            rec.stopped(Role.SUPERVISOR, self.actor, expected=cur, reason="stop requested")
             return
         attempt = st.attempt + 1
-        counted = st.state in (State.PREEMPTED, State.STALLED)
-        rec.transition(
-            State.PROVISIONING, self.actor, expected=cur, reason=reason, attempt=attempt,
-            instance=reuse.name if reuse else resource_name(rec.run_id, attempt), exit_code=None,
-            restarts=st.restarts + (1 if counted else 0),
+        rec.begin_attempt(  # counts the restart when the attempt before was lost
+            Role.SUPERVISOR, self.actor, expected=cur, reason=reason,
+            instances=[reuse.name if reuse else resource_name(rec.run_id, attempt)],
         )
         if reuse is not None:
             spec = rec.read_spec()
