@@ -32,11 +32,17 @@ def _record(store: Store, run_id: str) -> RunRecord:
     return rec
 
 
-def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None) -> dict[str, Any]:
-    """``run_row`` plus what one run's page shows: sync health, the last event, startup phase, VMs."""
-    view = RunRecord(store, run_id).view(events=1, stop=True, startup=True)
+def _view(store: Store, run_id: str, **parts: Any) -> RunView:
+    """The run's view (state only unless ``parts`` asks for more), or RunNotFound."""
+    view = RunRecord(store, run_id).view(**{"heartbeat": False, **parts})
     if view is None:
         raise RunNotFound(f"no run {run_id!r} in {store.url} (see `runner ops list`)")
+    return view
+
+
+def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None) -> dict[str, Any]:
+    """``run_row`` plus what one run's page shows: sync health, the last event, startup phase, VMs."""
+    view = _view(store, run_id, events=1, stop=True, startup=True, heartbeat=True)
     out = row_of(view)
     last_event = dict(view.last_event) if view.last_event is not None else None
     if last_event is not None:
@@ -201,9 +207,7 @@ def orphans(store: Store, backend: ComputeBackend) -> list[dict[str, Any]]:
 
 def run_events(store: Store, backend: ComputeBackend, run_id: str, since: float | None = None) -> list[dict[str, Any]]:
     """Our journal and the provider's operations on the run's instances, in time order."""
-    view = RunRecord(store, run_id).view(events=ALL_EVENTS, spec=True, heartbeat=False)
-    if view is None:
-        raise RunNotFound(f"no run {run_id!r} in {store.url} (see `runner ops list`)")
+    view = _view(store, run_id, events=ALL_EVENTS, spec=True)
     ours = [ev for _, ev in view.events]
     names = sorted({ev.get("instance") for ev in ours if ev.get("instance")} |
                    {i.name for i in backend.list(run_id)} | _instance_names(view))
@@ -220,11 +224,9 @@ def _instance_names(view: RunView) -> set[str]:
 
 
 def current_instance(store: Store, backend: ComputeBackend, run_id: str):  # type: ignore[no-untyped-def]
-    rec = _record(store, run_id)
-    cur = rec.read_state()
-    assert cur is not None
+    view = _view(store, run_id)
     live = sorted(backend.list(run_id), key=lambda i: i.attempt)
-    return next((i for i in reversed(live) if i.attempt == cur[0].attempt), live[-1] if live else None)
+    return next((i for i in reversed(live) if i.attempt == view.state.attempt), live[-1] if live else None)
 
 
 STARTUP_DONE = phase_line(CONTAINER_RUNNING)
@@ -256,10 +258,8 @@ def attempt_logs(store: Store, run_id: str, attempt: int | None = None,
 
     Returns ``[{"attempt", "instance", "startup": str | None, "output": bytes}]`` in attempt order.
     """
-    rec = _record(store, run_id)
-    cur = rec.read_state()
-    assert cur is not None
-    last = cur[0].attempt
+    rec = RunRecord(store, run_id)
+    last = _view(store, run_id).state.attempt
     if attempt is not None and not 1 <= attempt <= max(last, 1):
         raise RunNotFound(f"run {run_id} has no attempt {attempt} (it is at attempt {last})")
     attempts = [attempt] if attempt is not None else list(range(1, last + 1))
@@ -284,9 +284,7 @@ def follow_logs(store: Store, run_id: str, poll: float = 1.0,
     sent: dict[int, int] = {}
     console: dict[int, int] = {}  # attempt -> serial offset; removed once the container started
     while True:
-        cur = rec.read_state()
-        assert cur is not None
-        st = cur[0]
+        st = _view(store, run_id).state
         live = {i.attempt: i for i in backend.list(run_id)} if backend is not None and backend.has_startup_console else {}
         for a in range(1, st.attempt + 1):
             blob = store.read(rec.name(RunRecord.log_name(a)))
