@@ -352,8 +352,8 @@ class RunRecord(RunPaths):
                 now = self.read_state()
                 won = (f"{now[0].updated_by or '?'} wrote {now[0].state.value} (attempt {now[0].attempt}) first"
                        if now else "state.json is gone")
-            except StoreError as e:
-                won = f"who won is unknown ({e})"
+            except Exception as e:  # noqa: BLE001 - a report must never change what the caller does next
+                won = f"who won is unknown ({type(e).__name__}: {e})"
         elif isinstance(err, IllegalTransition):
             what = f"{err.current.value if err.current else '?'} -> {err.new.value if err.new else '?'}"
             won = f"{err}; state written by {err.holder or '?'}"
