@@ -62,8 +62,11 @@ class RunRecord(RunPaths):
     """One run's objects in the store, with the write rules of the contract.
 
     Guarantees: ``transition`` is compare-and-swap on ``state.json`` (two actors racing on the
-    same run: exactly one wins, the other gets ``PreconditionFailed`` or ``IllegalTransition``);
-    events are create-only and never rewritten; missing objects read as ``None``.
+    same run: exactly one wins, the other gets ``TransitionLost`` (a ``PreconditionFailed``) or
+    ``IllegalTransition``); actors move the run through the named transitions built on it
+    (``begin_attempt``, ``job_started``, ``preempted``, ``stalled``, ``errored``, ``succeeded``,
+    ``failed``, ``stopped``, ``reopen``), each refused to a role ``states.MOVES`` does not name;
+    events and phase marks are create-only and never rewritten; missing objects read as ``None``.
 
     The journal holds every transition exactly once, even when a writer dies between writing
     the state and its event: the state carries its own event (``last_event``), every
