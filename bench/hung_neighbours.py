@@ -28,6 +28,7 @@ from pathlib import Path
 import docker
 
 from bench.restart_latency import IMAGE, ROOT, _created, _get, _wait
+from entrypoint.record import RunPaths, run_prefix
 
 HUNG_JOB = ("import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); "
             "print('RUNNER_PROGRESS step=1 total=2', flush=True); time.sleep(10**6)")
@@ -67,7 +68,7 @@ def main(poll: float = 1.0, trials: int = 6, supervisors: int | None = None) -> 
                 nxt = _wait(lambda: _get(client, f"runner-{healthy}-a{attempt + 1}"), timeout=120)
                 latencies.append(_created(nxt) - gone)
                 attempt += 1
-            stalls = [json.loads((Path(tmp) / "runs" / h / "state.json").read_text())["attempt"] for h in hung]
+            stalls = [json.loads((Path(tmp) / (run_prefix(h) + RunPaths.STATE)).read_text())["attempt"] for h in hung]
         finally:
             for s in sups:
                 s.kill()

@@ -21,7 +21,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from entrypoint.record import RunRecord, RunSpec, State
+from entrypoint.record import RunPaths, RunRecord, RunSpec, State, run_prefix
 from entrypoint.store_local import LocalStore
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -46,7 +46,7 @@ def run_once(sync_interval: float, steps: int, padding: int, cpus: set[int] | No
                        env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                        preexec_fn=(lambda: os.sched_setaffinity(0, cpus)) if cpus else None)
         summary = json.loads((Path(tmp) / "results/summary.json").read_text())
-        hb = json.loads((store_dir / "runs/bench/heartbeat.json").read_text())
+        hb = json.loads((store_dir / (run_prefix("bench") + RunPaths.HEARTBEAT)).read_text())
         return summary["loop_seconds"] / steps, hb["sync"]["uploads"]
 
 

@@ -39,7 +39,7 @@ from typing import Callable
 
 from entrypoint.checkpoints import BackgroundSync, DirectorySync, restore
 from entrypoint.progress import ProgressTracker
-from entrypoint.record import Heartbeat, IllegalTransition, RunRecord, State
+from entrypoint.record import MOVES, Heartbeat, IllegalTransition, Role, RunRecord, State
 from entrypoint.store import PreconditionFailed
 from entrypoint.stores import open_store
 
@@ -135,23 +135,29 @@ class Agent:
         self._log_uploaded_size = -1
 
     # ---- state helpers ----
-    def _transition(self, new: State, reason: str | None = None, **changes: object) -> bool:
-        """CAS write of our attempt's state; False if the run moved on without us."""
+    def _transition(self, move: str, reason: str | None = None, **changes: object) -> bool:
+        """Our attempt's named transition ``move`` (a ``RunRecord`` method: ``job_started``,
+        ``preempted``, ``errored``...), as the agent; False if the run moved on without us."""
+        new = MOVES[move].to
         for _ in range(5):
             try:
-                self.record.transition(
-                    new, ACTOR, expect_attempt=self.cfg.attempt, reason=reason, **changes
-                )
+                getattr(self.record, move)(Role.AGENT, ACTOR, reason=reason, **changes)
                 return True
-            except PreconditionFailed:
+            except PreconditionFailed as e:
                 # Someone wrote in between (a supervisor), or our own write landed and only its
                 # response was lost (the retry then meets our new generation): look before retrying.
                 cur = self.record.read_state()
                 if cur and cur[0].state == new and cur[0].attempt == self.cfg.attempt and cur[0].updated_by == ACTOR:
                     return True
+                if cur is not None:
+                    log.warning("recording %s lost to %s, who wrote %s (attempt %d); %s", new.value,
+                                cur[0].updated_by or "?", cur[0].state.value, cur[0].attempt,
+                                "trying again" if not cur[0].state.terminal else "the run has ended")
+                else:
+                    log.warning("recording %s lost: %s", new.value, e)
                 continue
             except IllegalTransition as e:
-                log.warning("not recording %s: %s", new.value, e)
+                log.warning("not recording %s: %s (state written by %s)", new.value, e, e.holder or "?")
                 return False
         return False
 
@@ -183,7 +189,7 @@ class Agent:
         }
         self.record.write_manifest(cfg.attempt, manifest)
         if cur[0].state != State.RUNNING and not self._transition(
-            State.RUNNING, "job started", instance=cfg.instance, zone=cfg.zone
+            "job_started", "job started", attempt=cfg.attempt, instance=cfg.instance, zone=cfg.zone
         ):
             return 0
 
@@ -248,31 +254,33 @@ class Agent:
         if self.start_error is not None:
             # Permanent: the same image and command fail the same way on every VM, so neither
             # a restart nor retry_on_failure can help. The run ends now, with the reason.
-            self._transition(State.FAILED, f"{self.start_error} (exit {code}); fix the command "
-                             "or the image and submit again", exit_code=code)
+            self._transition("failed", f"{self.start_error} (exit {code}); fix the command "
+                             "or the image and submit again", expect_attempt=self.cfg.attempt, exit_code=code)
         elif self.terminating.is_set():
             if self.record.stop_requested():
-                self._transition(State.STOPPED, "stopped by user", exit_code=code)
+                self._transition("stopped", "stopped by user", expect_attempt=self.cfg.attempt, exit_code=code)
             else:
                 note = "" if synced else f"; final sync incomplete: {sync_err}"
-                self._transition(State.PREEMPTED, f"SIGTERM (preemption notice){note}", exit_code=code)
+                self._transition("preempted", f"SIGTERM (preemption notice){note}",
+                                 expect_attempt=self.cfg.attempt, exit_code=code)
         elif code == 0 and synced:
-            self._transition(State.SUCCEEDED, "job exited 0", exit_code=0)
+            self._transition("succeeded", "job exited 0", attempt=self.cfg.attempt)
         elif code == 0:
-            self._transition(State.FAILED, f"job exited 0 but the final sync failed: {sync_err}", exit_code=0)
+            self._transition("failed", f"job exited 0 but the final sync failed: {sync_err}",
+                             expect_attempt=self.cfg.attempt, exit_code=0)
         else:
             spec = self.record.read_spec()
             cur = self.record.read_state()
             failures = cur[0].failures if cur else 0
-            if spec is not None and failures < spec.retry_on_failure:
+            if spec is not None and cur is not None and cur[0].may_retry_failure(spec.retry_on_failure):
                 self._transition(
-                    State.ERRORED,
+                    "errored",
                     f"job exited with code {code}; retry {failures + 1} of {spec.retry_on_failure}",
-                    exit_code=code,
-                    failures=failures + 1,
+                    attempt=self.cfg.attempt, exit_code=code,
                 )
             else:
-                self._transition(State.FAILED, f"job exited with code {code}", exit_code=code)
+                self._transition("failed", f"job exited with code {code}",
+                                 expect_attempt=self.cfg.attempt, exit_code=code)
 
     def _start_job(self, resumed: bool) -> int | None:
         """Start the job; None when it runs, else the exit code of a start that failed."""

@@ -28,6 +28,8 @@ import time
 from types import FrameType
 from typing import Any, Callable, TypeVar
 
+from entrypoint.markers import progress_line
+
 T = TypeVar("T")
 
 # Where the agent puts checkpoints when the job runs under it; a job run by hand (no agent) uses
@@ -142,6 +144,4 @@ def report_progress(step: int, total: int | None = None, **fields: object) -> No
 
     The stall watchdog restarts a run whose progress stops changing, so call it every step.
     """
-    parts = [f"step={step}"] + ([f"total={total}"] if total is not None else [])
-    parts += [f"{k}={v}" for k, v in fields.items()]
-    print("RUNNER_PROGRESS " + " ".join(parts), flush=True)
+    print(progress_line(step, total, **fields), flush=True)

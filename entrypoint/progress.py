@@ -18,7 +18,7 @@ import threading
 import time
 from typing import Any
 
-PREFIX = "RUNNER_PROGRESS"
+from entrypoint.markers import PROGRESS_PREFIX as PREFIX
 
 
 def parse_progress_line(line: str) -> dict[str, Any] | None:

@@ -10,7 +10,7 @@ import json
 
 import pytest
 
-import entrypoint.record as record_mod
+import entrypoint.record.run as record_mod  # where the record reads its clock
 from entrypoint.record import RunRecord, RunSpec, State
 from runner.ops.cost import PriceTableError, estimate_run_cost, format_money, load_prices
 from runner.naming import region_of

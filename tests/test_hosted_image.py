@@ -16,7 +16,7 @@ from tests.conftest import ROOT
 def test_the_context_holds_this_runner_and_its_dependencies(tmp_path: Path):
     ctx = Path(stage_context(str(tmp_path / "ctx")))
     assert (ctx / "runner" / "cloud" / "hosted.py").read_text() == (ROOT / "runner" / "cloud" / "hosted.py").read_text()
-    assert (ctx / "entrypoint" / "record.py").is_file() and (ctx / "gcp" / "startup.sh").is_file()
+    assert (ctx / "entrypoint" / "record" / "run.py").is_file() and (ctx / "gcp" / "startup.sh").is_file()
     assert not list(ctx.rglob("__pycache__"))
     reqs = (ctx / "requirements.txt").read_text().splitlines()
     assert any(r.startswith("google-cloud-run") for r in reqs) and not any("pytest" in r for r in reqs)

@@ -192,7 +192,6 @@ TRANSITIONS = [  # (state, actor, changes): two preempted attempts, a stall, the
     (State.RUNNING, "agent", {}),
     (State.PREEMPTED, "sup", {}),
     (State.PROVISIONING, "sup", {"attempt": 2, "restarts": 1}),
-    (State.BOOTING, "sup", {}),
     (State.RUNNING, "agent", {}),
     (State.STALLED, "sup", {}),
     (State.PROVISIONING, "sup", {"attempt": 3, "restarts": 2}),
@@ -348,3 +347,225 @@ def test_a_note_whose_reply_is_lost_is_stored_once(lossy):
         proxy.add(FaultRule(action="drop_reply", match="/events/", times=1))
     rec.event("sup", None, None, "create failed, retrying in 5s", attempt=1)
     assert len(store.list(rec.name(rec.EVENTS))) == 1
+
+
+# ---- named transitions: who may do what (issue 16 §3) ------------------------------------------
+
+from entrypoint.record import MOVES, Role, RunState, TransitionLost  # noqa: E402
+
+
+def _walk_to(rec: RunRecord, state: State) -> None:
+    """Bring a fresh run (PENDING) to ``state`` through the named transitions."""
+    if state == State.PENDING:
+        return
+    rec.begin_attempt(Role.SUPERVISOR, "sup", instances=["vm-1"])
+    if state == State.PROVISIONING:
+        return
+    rec.job_started(Role.AGENT, "agent", attempt=1, instance="vm-1", zone="z-a")
+    if state != State.RUNNING:
+        getattr(rec, {State.PREEMPTED: "preempted", State.STALLED: "stalled", State.ERRORED: "errored",
+                      State.SUCCEEDED: "succeeded", State.FAILED: "failed",
+                      State.STOPPED: "stopped"}[state])(
+            *(Role.AGENT if state in (State.ERRORED, State.SUCCEEDED) else Role.SUPERVISOR, "x"),
+            **({"attempt": 1} if state in (State.ERRORED, State.SUCCEEDED) else {}),
+            **({"reason": "r"} if state != State.SUCCEEDED else {}),
+            **({"exit_code": 1} if state == State.ERRORED else {}))
+    assert rec.read_state()[0].state == state
+
+
+_CALLS = {  # how each move is called, apart from role and actor
+    "begin_attempt": {"instances": ["vm-2"]},
+    "job_started": {"attempt": 1, "instance": "vm-1", "zone": "z-a"},
+    "preempted": {"reason": "r"},
+    "stalled": {"reason": "r"},
+    "errored": {"attempt": 1, "reason": "r", "exit_code": 1},
+    "succeeded": {"attempt": 1},
+    "failed": {"reason": "r"},
+    "stopped": {"reason": "r"},
+}
+
+
+@pytest.mark.parametrize("move", sorted(_CALLS))
+@pytest.mark.parametrize("role", list(Role))
+def test_a_role_the_table_does_not_name_may_not_make_a_move(rec, move, role):
+    start = State.PENDING if move == "begin_attempt" else (
+        State.PROVISIONING if move == "job_started" else State.RUNNING)
+    _walk_to(rec, start)
+    before = rec.read_state()
+    call = getattr(rec, move)
+    if role in MOVES[move].roles:
+        st, _ = call(role, "someone", **_CALLS[move])
+        assert st.state == MOVES[move].to and st.updated_by == "someone"
+    else:
+        with pytest.raises(IllegalTransition, match=f"{role.value} may not make {move}"):
+            call(role, "someone", **_CALLS[move])
+        assert rec.read_state() == before  # nothing written
+
+
+def test_the_table_gives_every_move_to_the_roles_that_see_it_happen():
+    assert {m: sorted(r.value for r in mv.roles) for m, mv in MOVES.items()} == {
+        "begin_attempt": ["supervisor"],
+        "job_started": ["agent"],
+        "preempted": ["agent", "supervisor"],
+        "stalled": ["supervisor"],
+        "errored": ["agent"],
+        "succeeded": ["agent"],
+        "failed": ["agent", "supervisor"],
+        "stopped": ["agent", "ops", "supervisor"],
+        "reopen": ["submit"],
+    }
+
+
+def test_a_move_from_a_state_it_does_not_leave_is_refused_with_who_wrote_that_state(rec):
+    _walk_to(rec, State.PROVISIONING)
+    with pytest.raises(IllegalTransition, match="errored cannot start from PROVISIONING") as e:
+        rec.errored(Role.AGENT, "agent", attempt=1, reason="r", exit_code=1)
+    assert (e.value.current, e.value.new, e.value.holder) == (State.PROVISIONING, State.ERRORED, "sup")
+
+
+def test_only_submit_may_reopen(rec):
+    _walk_to(rec, State.FAILED)
+    with pytest.raises(IllegalTransition):
+        rec.reopen("sup", "again", role=Role.SUPERVISOR)
+    assert rec.reopen("me", "again").state == State.PENDING
+
+
+def test_a_lost_attempt_spends_a_restart_and_a_failed_job_spends_a_failure_not_a_restart(rec):
+    _walk_to(rec, State.RUNNING)
+    rec.preempted(Role.SUPERVISOR, "sup", reason="gone")
+    st, _ = rec.begin_attempt(Role.SUPERVISOR, "sup", instances=["vm-2"])
+    assert (st.attempt, st.restarts, st.failures, st.instance) == (2, 1, 0, "vm-2")
+    rec.job_started(Role.AGENT, "agent", attempt=2, instance="vm-2", zone="z-b")
+    st, _ = rec.errored(Role.AGENT, "agent", attempt=2, reason="exit 3", exit_code=3)
+    assert (st.restarts, st.failures, st.exit_code) == (1, 1, 3)
+    assert not st.restarts_exhausted(1)  # a failed job is judged by the failure budget
+    assert st.may_retry_failure(2) and not st.may_retry_failure(1)
+    st, _ = rec.begin_attempt(Role.SUPERVISOR, "sup", instances=["vm-3"])
+    assert (st.attempt, st.restarts, st.failures, st.exit_code) == (3, 1, 1, None)
+    rec.job_started(Role.AGENT, "agent", attempt=3, instance="vm-3", zone="z-c")
+    st, _ = rec.stalled(Role.SUPERVISOR, "sup", reason="no progress")
+    assert st.restarts_exhausted(1) and not st.restarts_exhausted(2)
+
+
+def test_the_attempts_instances_are_recorded_and_mirrored_for_older_readers(rec):
+    st, _ = rec.begin_attempt(Role.SUPERVISOR, "sup", instances=["vm-1"])
+    assert st.instances == [{"name": "vm-1", "zone": None, "rank": 0}] and st.instance == "vm-1"
+    st, _ = rec.job_started(Role.AGENT, "agent", attempt=1, instance="vm-1", zone="z-a")
+    assert st.instances == [{"name": "vm-1", "zone": "z-a", "rank": 0}]
+    assert (st.instance, st.zone) == ("vm-1", "z-a")
+    assert RunState.from_dict(st.to_dict()).instances == st.instances
+
+
+def test_an_agent_of_an_older_attempt_is_refused_by_its_named_transition_too(rec):
+    _walk_to(rec, State.RUNNING)
+    rec.preempted(Role.SUPERVISOR, "sup", reason="gone")
+    rec.begin_attempt(Role.SUPERVISOR, "sup", instances=["vm-2"])
+    with pytest.raises(IllegalTransition, match="attempt 2, writer is attempt 1"):
+        rec.succeeded(Role.AGENT, "agent", attempt=1)
+
+
+# ---- BOOTING: gone from the state machine, still readable (issue 16 §3) -----------------------
+
+def _write_raw_state(rec: RunRecord, doc: dict) -> None:
+    import json
+
+    cur = rec.store.stat(rec.name(rec.STATE))
+    rec.store.write(rec.name(rec.STATE), json.dumps(doc).encode(),
+                    if_generation_match=cur.generation if cur else 0)
+
+
+def test_a_state_json_that_says_booting_loads_as_provisioning_and_moves_on(rec):
+    _walk_to(rec, State.PROVISIONING)
+    doc = rec.read_state()[0].to_dict()
+    doc["state"] = "BOOTING"
+    _write_raw_state(rec, doc)
+    assert rec.read_state()[0].state == State.PROVISIONING
+    assert "BOOTING" not in {s.value for s in State}
+    st, _ = rec.job_started(Role.AGENT, "agent", attempt=1, instance="vm-1", zone="z-a")
+    assert st.state == State.RUNNING
+
+
+def test_ops_and_cost_read_a_run_whose_old_journal_says_booting(rec):
+    import json
+
+    from runner.ops.cost import _timeline
+    from runner.ops.runs import run_row
+
+    _walk_to(rec, State.PROVISIONING)
+    name = rec.name(rec.EVENTS + "0000000000.000001-old-000000000000.json")
+    rec.store.write(name, json.dumps({"time": 1.0, "actor": "old", "from": "PROVISIONING", "to": "BOOTING",
+                                      "reason": None, "attempt": 5}).encode(), if_generation_match=0)
+    doc = rec.read_state()[0].to_dict()
+    doc["state"] = "BOOTING"
+    _write_raw_state(rec, doc)
+    assert run_row(rec.store, rec.run_id)["state"] == "PROVISIONING"
+    assert _timeline(list(rec.events()))[5].provisioned_at == 1.0
+
+
+def test_a_state_json_without_instances_or_counters_still_loads(rec):
+    _write_raw_state(rec, {"state": "RUNNING", "attempt": 2, "instance": "vm-2", "zone": "z"})
+    st = rec.read_state()[0]
+    assert (st.instances, st.restarts, st.failures, st.instance) == ([], 0, 0, "vm-2")
+
+
+# ---- a refused transition is reported, not swallowed (issue 16 §3) ----------------------------
+
+def test_a_lost_compare_and_swap_is_reported_with_the_winner(rec, capsys):
+    cur = rec.read_state()
+    rec.begin_attempt(Role.SUPERVISOR, "sup-b", expected=cur, instances=["vm-1"])
+    with pytest.raises(TransitionLost) as e:
+        rec.begin_attempt(Role.SUPERVISOR, "sup-a", expected=cur, instances=["vm-1"])
+    assert isinstance(e.value, PreconditionFailed)  # callers that catch the store's error still do
+    line = rec.report_refused("sup-a", e.value)
+    assert line == "runner: r1: sup-a's PENDING -> PROVISIONING refused: sup-b wrote PROVISIONING (attempt 1) first"
+    assert line in capsys.readouterr().err
+
+
+def test_a_supervisor_that_loses_a_race_says_so_on_stderr_and_leaves_one_attempt(local_store, capsys):
+    from runner.launch.supervisor import Supervisor
+    from tests.test_notify import MemoryBackend, settings
+
+    rec = RunRecord(local_store, "exp-1")
+    rec.write_spec(RunSpec(run_id="exp-1", image="img@sha256:" + "a" * 64, command=["true"], backend="memory"))
+    rec.create_state("submit")
+
+    class RacedBackend(MemoryBackend):
+        """Another supervisor begins the attempt between this one's read and its write."""
+
+        raced = False
+
+        def list(self, run_id=None):
+            if not self.raced:
+                self.raced = True
+                rec.begin_attempt(Role.SUPERVISOR, "sup-b", instances=["vm-b"])
+            return super().list(run_id)
+
+    Supervisor(local_store, RacedBackend(), settings(local_store), actor="sup-a").reconcile("exp-1")
+    err = capsys.readouterr().err
+    assert "exp-1: sup-a's PENDING -> PROVISIONING refused: sup-b wrote PROVISIONING (attempt 1) first" in err
+    st = rec.read_state()[0]
+    assert (st.attempt, st.updated_by, st.instance) == (1, "sup-b", "vm-b")
+
+
+# ---- the one typed read --------------------------------------------------------------------------
+
+def test_a_view_reads_what_it_is_asked_for_and_the_last_events(rec):
+    from entrypoint.record import ALL_EVENTS, Heartbeat
+
+    _walk_to(rec, State.RUNNING)
+    rec.write_heartbeat(Heartbeat(time=1.0, attempt=1, phase="running", progress={"step": 3}))
+    v = rec.view(events=2, stop=True)
+    assert v.state.state == State.RUNNING and v.expected == rec.read_state()
+    assert [ev["to"] for _, ev in v.events] == ["PROVISIONING", "RUNNING"]
+    assert v.last_event["to"] == "RUNNING" and v.stop_requested is False and v.spec is None
+    assert v.current_heartbeat.progress == {"step": 3} and v.attempts == [1]
+    assert [ev["to"] for _, ev in rec.view(events=ALL_EVENTS).events] == ["PENDING", "PROVISIONING", "RUNNING"]
+    assert RunRecord(rec.store, "nobody").view() is None
+
+
+def test_event_names_carry_their_time_and_actor():
+    from entrypoint.record import parse_event_name
+    from entrypoint.record.paths import event_file
+
+    name = "runs/r/events/" + event_file(1234.5, "sup@host-1")
+    assert parse_event_name(name).time == 1234.5 and parse_event_name(name).actor == "sup@host-1"

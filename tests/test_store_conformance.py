@@ -683,3 +683,46 @@ def test_an_upload_whose_reply_is_lost_is_retried_and_verified(lossy, files: Pat
     info = store.upload_file("checkpoints/last.pt", str(src))
     assert proxy is None or proxy.stats.by_action == {"drop_reply": 1}
     assert info.crc32c == crc32c(src.read_bytes()) == store.stat("checkpoints/last.pt").crc32c
+
+
+# -- the run record's phase marks (attempts/N/phases/<phase>.json), on every store ---------------
+
+
+def test_a_phase_mark_is_create_only_and_the_first_mark_stands(store: Store) -> None:
+    from entrypoint.record import RunRecord
+    from entrypoint.record.phases import CHECKPOINT_RESTORED, FIRST_STEP
+
+    rec = RunRecord(store, "r1")
+    assert rec.mark_phase(2, CHECKPOINT_RESTORED, "agent", at=10.0, tier="bucket") is True
+    assert rec.mark_phase(2, CHECKPOINT_RESTORED, "agent", at=10.0, tier="bucket") is True  # itself, again
+    assert rec.mark_phase(2, CHECKPOINT_RESTORED, "sup", at=11.0) is False  # someone else's: refused
+    assert rec.mark_phase(2, FIRST_STEP, "agent", at=12.0, step=501) is True
+    marks = rec.phases(2)
+    assert sorted(marks) == [CHECKPOINT_RESTORED, FIRST_STEP]
+    assert (marks[CHECKPOINT_RESTORED]["time"], marks[CHECKPOINT_RESTORED]["actor"],
+            marks[CHECKPOINT_RESTORED]["detail"]) == (10.0, "agent", {"tier": "bucket"})
+    assert marks[FIRST_STEP]["detail"] == {"step": 501} and marks[FIRST_STEP]["attempt"] == 2
+    assert rec.phases(1) == {} and rec.phases(3) == {}
+    assert store.read(rec.name("attempts/2/phases/first_step.json")) is not None  # the layout
+
+
+def test_a_phase_mark_whose_reply_is_lost_is_still_its_own_and_stored_once(lossy) -> None:
+    from entrypoint.record import RunRecord
+    from entrypoint.record.phases import VM_RUNNING
+
+    store, proxy = lossy
+    rec = RunRecord(store, "r1")
+    lose(proxy, "phases")
+    assert rec.mark_phase(1, VM_RUNNING, "sup", at=5.0) is True
+    assert rec.phases(1)[VM_RUNNING]["actor"] == "sup"
+    if proxy is not None:
+        assert proxy.stats.by_action == {"drop_reply": 1}
+
+
+def test_a_phase_name_must_be_one_plain_segment(store: Store) -> None:
+    from entrypoint.record import RunRecord
+
+    for bad in ("", "../state", "a/b", "Noticed"):
+        with pytest.raises(ValueError):
+            RunRecord(store, "r1").mark_phase(1, bad, "sup")
+    assert store.list("runs/r1/") == []

@@ -16,13 +16,14 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 
+from entrypoint.record import RunPaths, run_prefix
 from entrypoint.store import Store
 
 MAX_DELAY = 300.0
 
 
 def _name(run_id: str) -> str:
-    return f"runs/{run_id}/supervisor/backoff.json"
+    return run_prefix(run_id) + RunPaths.SUPERVISOR_BACKOFF
 
 
 @dataclass

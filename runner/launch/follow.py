@@ -46,10 +46,10 @@ def _follow(sup: Supervisor, run_id: str, poll_interval: float, say: Callable[[s
             say(format_event(ev))
             seen = name
         if st is None:  # a pass that failed (said on stderr), or a record that is gone
-            cur = rec.read_state()
-            if cur is None:
+            view = rec.view(heartbeat=False)
+            if view is None:
                 raise LookupError(f"run {run_id} vanished from the store")
-            st = cur[0]
+            st = view.state
         if st.state.terminal:
             # The step may have judged the run live just before its agent recorded the end: one
             # more step removes what is left (drained before we return), so nothing bills.

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from entrypoint.record import (
-    AttemptSettings, IllegalTransition, RunRecord, RunSpec, RunState, State, list_run_ids,
+    AttemptSettings, IllegalTransition, Role, RunRecord, RunSpec, RunState, State, list_run_ids,
 )
 from entrypoint.store import PreconditionFailed, Store
 from runner.launch import recovery
@@ -219,16 +219,16 @@ class Supervisor:
             instances = self.backend.list(run_id)
         try:
             self._step(rec, cur, spec, group_attempts(instances), fresh)
-        except (PreconditionFailed, IllegalTransition):
-            pass  # another actor wrote first; the next pass decides on fresh state
+        except (PreconditionFailed, IllegalTransition) as e:
+            rec.report_refused(self.actor, e)  # another actor wrote first; the next pass decides on fresh state
         except PermanentBackendError as e:
             # Retrying would fail the same way every pass, for ever: the run fails, with the fix.
             now = rec.read_state()
             if now is not None and not now[0].state.terminal:
                 try:
-                    rec.transition(State.FAILED, self.actor, expected=now, reason=str(e))
-                except (PreconditionFailed, IllegalTransition):
-                    pass  # another actor moved the run on; the next pass sees where it is
+                    rec.failed(Role.SUPERVISOR, self.actor, expected=now, reason=str(e))
+                except (PreconditionFailed, IllegalTransition) as refused:
+                    rec.report_refused(self.actor, refused)  # the next pass sees where it is
         except BackendError as e:
             # Out of capacity in every zone, a transient API failure...: the run keeps its
             # state, the journal says why, and the next pass (after a backoff) tries again.
@@ -263,7 +263,7 @@ class Supervisor:
         if rec.stop_requested():
             for att in attempts.values():
                 self._delete_attempt(att, grace)
-            rec.transition(State.STOPPED, self.actor, expected=cur, reason="stop requested")
+            rec.stopped(Role.SUPERVISOR, self.actor, expected=cur, reason="stop requested")
             return
         current = attempts.get(st.attempt)
         if not fresh and st.state != State.PENDING and (current is None or not current.alive):
@@ -279,7 +279,7 @@ class Supervisor:
 
         if st.state == State.PENDING:
             self._start_attempt(rec, cur, spec, "first attempt")
-        elif st.state in (State.PROVISIONING, State.BOOTING):
+        elif st.state == State.PROVISIONING:  # (an old record's BOOTING reads as PROVISIONING)
             self._check_provisioning(rec, cur, spec, current)
         elif st.state == State.RUNNING:
             self._check_running(rec, cur, spec, current)
@@ -295,8 +295,8 @@ class Supervisor:
             # would do better, so the run fails with the script's reason.
             if att is not None:
                 self._delete_attempt(att)
-            rec.transition(
-                State.FAILED, self.actor, expected=cur,
+            rec.failed(
+                Role.SUPERVISOR, self.actor, expected=cur,
                 reason=f"startup failed in phase {startup.get('phase')}: {startup.get('reason')}"
                        + (f" ({startup['detail']})" if startup.get("detail") else ""),
             )
@@ -308,20 +308,20 @@ class Supervisor:
             elif self.now() - claim["time"] > recovery.create_grace(self.settings.poll_interval):
                 # It was created and is gone before the job started (deleted, preempted while
                 # booting): a lost attempt, counted against max_restarts like any other.
-                new = rec.transition(State.PREEMPTED, self.actor, expected=cur,
-                                     reason="instance vanished before the job started")
+                new = rec.preempted(Role.SUPERVISOR, self.actor, expected=cur,
+                                    reason="instance vanished before the job started")
                 self._restart(rec, new, spec, None)
             return
         window = self._boot_window(spec)
         if att.alive and self.now() - st.updated_at > window:
-            new = rec.transition(
-                State.STALLED, self.actor, expected=cur,
+            new = rec.stalled(
+                Role.SUPERVISOR, self.actor, expected=cur,
                 reason=f"still booting after {self.now() - st.updated_at:.0f}s (window {window:.0f}s)")
             self._restart(rec, new, spec, att)
         elif not att.alive:
             tail = self.backend.logs(att.lead, tail=5).strip().replace("\n", " | ")
-            new = rec.transition(
-                State.PREEMPTED, self.actor, expected=cur,
+            new = rec.preempted(
+                Role.SUPERVISOR, self.actor, expected=cur,
                 reason=f"instance ended before the job started (exit {att.exit_code}): {tail[-300:]}",
             )
             self._restart(rec, new, spec, att)
@@ -335,8 +335,8 @@ class Supervisor:
             what = "gone" if att is None else att.status_text()
             if self.backend.was_preempted(st.instance or "", st.zone):
                 what += " after a GCE preemption"
-            new = rec.transition(
-                State.PREEMPTED, self.actor, expected=cur,
+            new = rec.preempted(
+                Role.SUPERVISOR, self.actor, expected=cur,
                 reason=f"instance {what} without recording an outcome (preempted or lost)",
             )
             self._restart(rec, new, spec, att)
@@ -344,8 +344,8 @@ class Supervisor:
         window = self.attempt_settings(spec).stall_window
         stalled_for = self._stalled_for(rec, st, window)
         if stalled_for is not None:
-            new = rec.transition(
-                State.STALLED, self.actor, expected=cur,
+            new = rec.stalled(
+                Role.SUPERVISOR, self.actor, expected=cur,
                 reason=f"no progress for {stalled_for:.0f}s (window {window:.0f}s)",
             )
             self._restart(rec, new, spec, att)
@@ -395,9 +395,9 @@ class Supervisor:
                 return
         max_restarts = spec.max_restarts if spec else 0
         restarts = st.restarts
-        if st.state != State.ERRORED and restarts >= max_restarts:
-            rec.transition(
-                State.FAILED, self.actor, expected=cur,
+        if st.restarts_exhausted(max_restarts):
+            rec.failed(
+                Role.SUPERVISOR, self.actor, expected=cur,
                 reason=f"gave up after {restarts} restarts (max_restarts={max_restarts}); last: {st.reason}",
             )
             return
@@ -408,14 +408,13 @@ class Supervisor:
                        reuse: Attempt | None = None) -> None:
         st, _ = cur
         if rec.stop_requested():
-            rec.transition(State.STOPPED, self.actor, expected=cur, reason="stop requested")
+            rec.stopped(Role.SUPERVISOR, self.actor, expected=cur, reason="stop requested")
             return
         attempt = st.attempt + 1
-        counted = st.state in (State.PREEMPTED, State.STALLED)
-        new, _ = rec.transition(
-            State.PROVISIONING, self.actor, expected=cur, reason=reason, attempt=attempt,
-            instance=reuse.lead.name if reuse else resource_name(rec.run_id, attempt), exit_code=None,
-            restarts=st.restarts + (1 if counted else 0),
+        new, _ = rec.begin_attempt(  # counts the restart when the attempt before was lost
+            Role.SUPERVISOR, self.actor, expected=cur, reason=reason,
+            instances=[{"name": i.name, "zone": i.zone, "rank": i.rank} for i in reuse.instances] if reuse
+            else [resource_name(rec.run_id, attempt)],
         )
         if reuse is not None:
             if spec is None:

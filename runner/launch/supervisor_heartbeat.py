@@ -28,13 +28,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from entrypoint.record import iso
+from entrypoint.record import STORE_SUPERVISOR_HEARTBEAT, RunPaths, iso, run_prefix
 from entrypoint.store import Store
 
 if TYPE_CHECKING:
     from entrypoint.record import RunState
 
-HEARTBEAT = "supervisor/heartbeat.json"
+HEARTBEAT = STORE_SUPERVISOR_HEARTBEAT
 SCHEMA_VERSION = 1
 # A pass older than this many announced intervals means nobody is supervising.
 STALE_INTERVALS = 2.0
@@ -81,7 +81,7 @@ def is_hosted(env: dict[str, str] | None = None) -> bool:
 
 
 def heartbeat_name(run_id: str | None = None) -> str:
-    return HEARTBEAT if run_id is None else f"runs/{run_id}/supervisor/heartbeat.json"
+    return HEARTBEAT if run_id is None else run_prefix(run_id) + RunPaths.SUPERVISOR_HEARTBEAT
 
 
 def write_pass(store: Store, p: SupervisorPass) -> None:

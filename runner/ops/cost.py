@@ -20,7 +20,7 @@ from importlib import resources
 from typing import Any
 
 from entrypoint.progress import parse_progress_line
-from entrypoint.record import RunRecord, RunSpec, RunState, State
+from entrypoint.record import ALL_EVENTS, LEGACY_STATES, RunRecord, RunSpec, RunState, State
 from runner.launch.backends import backend_type
 from runner.launch.backends.gce_shapes import ShapeError
 from runner.naming import region_of
@@ -28,7 +28,8 @@ from runner.naming import region_of
 SHIPPED = "spot_prices.json"
 
 # Transitions that open and close an attempt's time on a machine (events carry the attempt).
-_STARTS = {State.PROVISIONING.value, State.BOOTING.value}
+# (old journals may say BOOTING, never written by this version: it counts as PROVISIONING)
+_STARTS = {State.PROVISIONING.value} | {old for old, new in LEGACY_STATES.items() if new is State.PROVISIONING}
 _ENDS = {s.value for s in (State.PREEMPTED, State.STALLED, State.ERRORED,
                            State.SUCCEEDED, State.FAILED, State.STOPPED)}
 _LOST_TO_PREEMPTION = {State.PREEMPTED.value, State.STALLED.value}
@@ -176,9 +177,9 @@ class _Attempt:
     manifest: dict[str, Any] = field(default_factory=dict)
 
 
-def _timeline(rec: RunRecord) -> dict[int, _Attempt]:
+def _timeline(events: list[tuple[str, dict[str, Any]]]) -> dict[int, _Attempt]:
     attempts: dict[int, _Attempt] = {}
-    for _, ev in rec.events():
+    for _, ev in events:
         n, to, t = ev.get("attempt"), ev.get("to"), ev.get("time")
         if not isinstance(n, int) or n < 1 or to is None or not isinstance(t, (int, float)):
             continue
@@ -359,19 +360,19 @@ def estimate_run_cost(rec: RunRecord, prices: PriceTable, now: float,
     ``why_unknown`` saying which. Reads every event, manifest and claim of the run (and, for a
     preempted attempt with no checkpoint time, its log once per process).
     """
-    cur = rec.read_state()
-    spec = rec.read_spec()
+    view = rec.view(events=ALL_EVENTS, spec=True, heartbeat=False)
+    spec = view.spec if view is not None else None
     out: dict[str, Any] = {
         "currency": prices.currency, "as_of": prices.as_of, "source": prices.source,
         "hourly": None, "so_far": None, "lost_to_preemptions": None, "lost_is_lower_bound": False,
         "billed_seconds": 0.0, "lost_seconds": 0.0, "attempts": [], "why_unknown": None,
         "note": None, "lost_note": None,
     }
-    if cur is None or spec is None:
+    if view is None or spec is None:
         out["why_unknown"] = "the run has no state.json or spec.json"
         return out
-    st = cur[0]
-    attempts = _timeline(rec)
+    st = view.state
+    attempts = _timeline(view.events)
     _bill(rec, st, attempts, now)
     local = not backend_type(spec.backend).billed
     zones = instance_zones or {}

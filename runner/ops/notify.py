@@ -40,13 +40,12 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from entrypoint.record import RunRecord, RunState, State
-from entrypoint.store import PreconditionFailed
+from entrypoint.record import RunPaths, RunRecord, RunState, State, event_id as event_id_of, parse_event_name
 from runner.naming import default_actor
 
 WEBHOOK_URL_ENV = "RUNNER_WEBHOOK_URL"
 SECRET_MANAGER = "https://secretmanager.googleapis.com"
-NOTIFIED = "notified/"  # under runs/<ID>/: one create-only claim per announced event
+NOTIFIED = RunPaths.NOTIFIED  # under runs/<ID>/: one create-only claim per announced event
 MAX_TEXT = 1900  # Discord rejects content over 2000 characters
 
 
@@ -368,14 +367,13 @@ class TransitionNotifier:
         zones = dict(cur.zones) if cur else {}
         if st.state == State.RUNNING:
             zones[st.attempt] = st.zone
-        for name in sorted(rec.store.list(rec.name(rec.EVENTS))):
-            event_id = name.rsplit("/", 1)[-1]
-            if name in seen or _name_time(event_id) < max(horizon, self.since):
+        for name in rec.event_names():
+            event_id = event_id_of(name)
+            if name in seen or _name_time(name) < max(horizon, self.since):
                 continue  # looked at already, or before our time: not even read
-            blob = rec.store.read(name)
-            if blob is None:
+            ev = rec.read_event(name)
+            if ev is None:
                 continue  # listed, then gone: the journal is append-only, so this is a fluke
-            ev = json.loads(blob.data)
             seen.add(name)
             if not ev.get("to") or ev.get("from") == ev["to"]:
                 continue  # a note ("create failed, retrying..."), not a transition
@@ -393,26 +391,21 @@ class TransitionNotifier:
                      or time.time() - st.updated_at > self.lag_window)
         zones = {a: z for a, z in zones.items() if a >= st.attempt - 1}
         if seen:
-            horizon = max(horizon, max(_name_time(n.rsplit("/", 1)[-1]) for n in seen) - self.lag_window)
-            seen = {n for n in seen if _name_time(n.rsplit("/", 1)[-1]) >= horizon}
+            horizon = max(horizon, max(_name_time(n) for n in seen) - self.lag_window)
+            seen = {n for n in seen if _name_time(n) >= horizon}
         self._cursors[rec.run_id] = _Cursor(gen, seen, horizon, latest, caught_up, zones)
 
     def _claim(self, rec: RunRecord, event_id: str) -> bool:
-        doc = {"time": time.time(), "actor": self.actor}
-        try:
-            rec.store.write(rec.name(NOTIFIED + event_id), json.dumps(doc).encode(), if_generation_match=0)
-            return True
-        except PreconditionFailed:
-            return False  # another supervisor announces this one
+        return rec.claim_notified(event_id, self.actor)  # False: another supervisor announces this one
 
     def close(self, timeout: float = 5.0) -> None:
         if self.sender is not None:
             self.sender.close(timeout)
 
 
-def _name_time(event_id: str) -> float:
-    """The timestamp an event's name starts with (``<ts>-<actor>-<n>.json``)."""
+def _name_time(name: str) -> float:
+    """The timestamp an event's name carries."""
     try:
-        return float(event_id.split("-", 1)[0])
+        return parse_event_name(name).time
     except ValueError:
         return float("inf")  # an unexpected name: read it rather than skip it

@@ -8,7 +8,8 @@ from __future__ import annotations
 import time
 from typing import Any, Callable, Iterator
 
-from entrypoint.record import PreconditionFailed, RunRecord, State, iso, list_run_ids
+from entrypoint.markers import CONTAINER_RUNNING, phase_line, phases_in
+from entrypoint.record import ALL_EVENTS, PreconditionFailed, Role, RunRecord, RunView, iso, list_run_ids
 from entrypoint.store import Store
 from runner.launch.backends.base import ComputeBackend
 from runner.naming import label_value
@@ -31,30 +32,28 @@ def _record(store: Store, run_id: str) -> RunRecord:
     return rec
 
 
+def _view(store: Store, run_id: str, **parts: Any) -> RunView:
+    """The run's view (state only unless ``parts`` asks for more), or RunNotFound."""
+    view = RunRecord(store, run_id).view(**{"heartbeat": False, **parts})
+    if view is None:
+        raise RunNotFound(f"no run {run_id!r} in {store.url} (see `runner ops list`)")
+    return view
+
+
 def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None) -> dict[str, Any]:
     """``run_row`` plus what one run's page shows: sync health, the last event, startup phase, VMs."""
-    import json
-
-    rec = RunRecord(store, run_id)
-    out = run_row(store, run_id)
-    if out is None:
-        raise RunNotFound(f"no run {run_id!r} in {store.url} (see `runner ops list`)")
-    last_event = None
-    names = store.list(rec.name(RunRecord.EVENTS))
-    if names:
-        blob = store.read(sorted(names)[-1])
-        if blob is not None:
-            last_event = json.loads(blob.data)
-            last_event["at"] = iso(last_event["time"])
-    out.update({"stop_requested": rec.stop_requested(), "last_event": last_event})
+    view = _view(store, run_id, events=1, stop=True, startup=True, heartbeat=True)
+    out = row_of(view)
+    last_event = dict(view.last_event) if view.last_event is not None else None
+    if last_event is not None:
+        last_event["at"] = iso(last_event["time"])
+    out.update({"stop_requested": view.stop_requested, "last_event": last_event})
     out["supervisor"] = watchfulness(store, run_id=run_id).to_dict()  # who last supervised, is anyone now
-    startup = rec.read_startup(out["attempt"]) if out["attempt"] else None
-    out["startup_phase"] = startup.get("phase") if startup else None
+    out["startup_phase"] = view.startup.get("phase") if view.startup else None
     if backend is not None:
         inst = current_instance(store, backend, run_id)
         if inst is not None and inst.alive:
-            phases = [ln.split("runner-phase:", 1)[1].strip()
-                      for ln in backend.logs(inst, tail=300).splitlines() if "runner-phase:" in ln]
+            phases = phases_in(backend.logs(inst, tail=300))
             if phases:
                 out["startup_phase"] = phases[-1]
         out["instances"] = [
@@ -72,13 +71,14 @@ def run_row(store: Store, run_id: str, now: float | None = None) -> dict[str, An
     ``rate`` is the agent's own measure for the current attempt (steps per second); the ETA is
     only given while the run is live and the rate is known.
     """
-    rec = RunRecord(store, run_id)
-    cur = rec.read_state()
-    if cur is None:
-        return None
-    st = cur[0]
+    view = RunRecord(store, run_id).view()
+    return None if view is None else row_of(view, now)
+
+
+def row_of(view: RunView, now: float | None = None) -> dict[str, Any]:
+    """``run_row`` from a view read with its heartbeat."""
+    st, hb = view.state, view.heartbeat
     now = time.time() if now is None else now
-    hb = rec.read_heartbeat()
     live = not st.state.terminal
     progress = hb.progress if hb else {}
     rate = hb.rate if hb is not None and hb.attempt == st.attempt else None
@@ -87,7 +87,7 @@ def run_row(store: Store, run_id: str, now: float | None = None) -> dict[str, An
     if live and rate and isinstance(step, (int, float)) and isinstance(total, (int, float)) and total > step:
         eta = round((total - step) / rate, 1)
     return {
-        "run_id": run_id,
+        "run_id": view.run_id,
         "state": st.state.value,
         "attempt": st.attempt,
         "zone": st.zone,
@@ -162,10 +162,10 @@ def delete_run(store: Store, backend: ComputeBackend, run_id: str, grace_period:
         if cur[0].state.terminal:
             break
         try:
-            rec.transition(State.STOPPED, actor, expected=cur, reason="deleted by user")
+            rec.stopped(Role.OPS, actor, expected=cur, reason="deleted by user")
             break
         except PreconditionFailed:
-            continue
+            continue  # a supervisor or the agent wrote in between: look again
     # A supervisor that checked .stop just before we wrote it may have created one more.
     for inst in backend.list(run_id):
         backend.delete(inst)
@@ -207,32 +207,29 @@ def orphans(store: Store, backend: ComputeBackend) -> list[dict[str, Any]]:
 
 def run_events(store: Store, backend: ComputeBackend, run_id: str, since: float | None = None) -> list[dict[str, Any]]:
     """Our journal and the provider's operations on the run's instances, in time order."""
-    rec = _record(store, run_id)
-    ours = [ev for _, ev in rec.events()]
+    view = _view(store, run_id, events=ALL_EVENTS, spec=True)
+    ours = [ev for _, ev in view.events]
     names = sorted({ev.get("instance") for ev in ours if ev.get("instance")} |
-                   {i.name for i in backend.list(run_id)} | _instance_names(rec))
-    zones = sorted({z for z in (rec.read_spec().zones if rec.read_spec() else [])})
+                   {i.name for i in backend.list(run_id)} | _instance_names(view))
+    zones = sorted(set(view.spec.zones if view.spec else []))
     theirs = backend.provider_events(names, zones) if names and zones else []
     merged = sorted(ours + theirs, key=lambda e: e["time"])
     return [e for e in merged if since is None or e["time"] >= since]
 
 
-def _instance_names(rec: RunRecord) -> set[str]:
+def _instance_names(view: RunView) -> set[str]:
     from runner.naming import resource_name
 
-    cur = rec.read_state()
-    return {resource_name(rec.run_id, a) for a in range(1, (cur[0].attempt if cur else 0) + 1)}
+    return {resource_name(view.run_id, a) for a in view.attempts}
 
 
 def current_instance(store: Store, backend: ComputeBackend, run_id: str):  # type: ignore[no-untyped-def]
-    rec = _record(store, run_id)
-    cur = rec.read_state()
-    assert cur is not None
+    view = _view(store, run_id)
     live = sorted(backend.list(run_id), key=lambda i: i.attempt)
-    return next((i for i in reversed(live) if i.attempt == cur[0].attempt), live[-1] if live else None)
+    return next((i for i in reversed(live) if i.attempt == view.state.attempt), live[-1] if live else None)
 
 
-STARTUP_DONE = "runner-phase: container-running"
+STARTUP_DONE = phase_line(CONTAINER_RUNNING)
 
 
 def startup_console(backend: ComputeBackend | None, inst: Any) -> str | None:
@@ -261,10 +258,8 @@ def attempt_logs(store: Store, run_id: str, attempt: int | None = None,
 
     Returns ``[{"attempt", "instance", "startup": str | None, "output": bytes}]`` in attempt order.
     """
-    rec = _record(store, run_id)
-    cur = rec.read_state()
-    assert cur is not None
-    last = cur[0].attempt
+    rec = RunRecord(store, run_id)
+    last = _view(store, run_id).state.attempt
     if attempt is not None and not 1 <= attempt <= max(last, 1):
         raise RunNotFound(f"run {run_id} has no attempt {attempt} (it is at attempt {last})")
     attempts = [attempt] if attempt is not None else list(range(1, last + 1))
@@ -289,9 +284,7 @@ def follow_logs(store: Store, run_id: str, poll: float = 1.0,
     sent: dict[int, int] = {}
     console: dict[int, int] = {}  # attempt -> serial offset; removed once the container started
     while True:
-        cur = rec.read_state()
-        assert cur is not None
-        st = cur[0]
+        st = _view(store, run_id).state
         live = {i.attempt: i for i in backend.list(run_id)} if backend is not None and backend.has_startup_console else {}
         for a in range(1, st.attempt + 1):
             blob = store.read(rec.name(RunRecord.log_name(a)))

@@ -54,7 +54,7 @@ def all_done(rows: list[Row], run_ids: list[str] | None) -> bool:
 _STATE_STYLE = {
     "RUNNING": "green", "SUCCEEDED": "bold green", "FAILED": "bold red", "STOPPED": "dim",
     "PREEMPTED": "yellow", "STALLED": "red", "ERRORED": "red", "PENDING": "cyan",
-    "PROVISIONING": "cyan", "BOOTING": "cyan",
+    "PROVISIONING": "cyan",
 }
 
 

@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from entrypoint.markers import PHASE_MARKER
+
 if TYPE_CHECKING:
     from tests.cos_sim.fakes import FakeMetadata
 
@@ -20,7 +22,7 @@ SIM = Path(__file__).resolve().parent
 # The bootstrapped Debian base: bash, curl, coreutils and util-linux, the tools COS has.
 BASE_IMAGE = os.environ.get("RUNNER_TEST_BASE_IMAGE", "cos-spot-runner/base:bookworm-2")
 SIM_PATH = "/opt/cos-sim/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-PHASE_RE = re.compile(r"^runner-phase: (\S+)$", re.M)
+PHASE_RE = re.compile(rf"^{re.escape(PHASE_MARKER)} (\S+)$", re.M)
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,96 @@
+"""Every object name of the run record. Nothing else builds a path under ``runs/`` or parses a
+journal file name: the layout is part of the contract, and one module keeps it in one piece."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+
+RUNS = "runs/"
+# Store-wide: who last supervised the whole store (a one-run pass writes the run's own, below).
+STORE_SUPERVISOR_HEARTBEAT = "supervisor/heartbeat.json"
+
+
+def run_prefix(run_id: str) -> str:
+    return f"{RUNS}{run_id}/"
+
+
+def run_id_of_prefix(prefix: str) -> str:
+    """The run id of a ``runs/<ID>/`` prefix as a delimiter listing returns it."""
+    return prefix.rstrip("/").split("/")[-1]
+
+
+class RunPaths:
+    """Names relative to ``runs/<ID>/``, with who writes each."""
+
+    SPEC = "spec.json"  # submit, create-only
+    STATE = "state.json"  # every actor, compare-and-swap
+    HEARTBEAT = "heartbeat.json"  # agent, last writer wins
+    STOP = ".stop"  # ops delete / submit --restart removes it
+    EVENTS = "events/"  # every actor, create-only
+    CHECKPOINTS = "checkpoints/"  # agent
+    RESULTS = "results/"  # agent
+    SUPERVISOR_BACKOFF = "supervisor/backoff.json"  # supervisor, last writer wins (advice)
+    SUPERVISOR_HEARTBEAT = "supervisor/heartbeat.json"  # a supervisor that steps only this run
+    NOTIFIED = "notified/"  # supervisor's notifier, one create-only claim per announced event
+
+    @staticmethod
+    def manifest_name(attempt: int) -> str:
+        return f"attempts/{attempt}/manifest.json"
+
+    @staticmethod
+    def log_name(attempt: int) -> str:
+        return f"logs/{attempt}.log"
+
+    @staticmethod
+    def startup_name(attempt: int) -> str:
+        """Written by the VM's startup script (plain JSON, no CAS): how far boot got, or why it failed."""
+        return f"attempts/{attempt}/startup.json"
+
+    @staticmethod
+    def claim_name(attempt: int) -> str:
+        """The supervisor's create-only claim on creating this attempt's instance."""
+        return f"attempts/{attempt}/create.json"
+
+    @staticmethod
+    def phases_dir(attempt: int) -> str:
+        return f"attempts/{attempt}/phases/"
+
+    @staticmethod
+    def phase_name(attempt: int, phase: str) -> str:
+        """One mark of the attempt's recovery timeline, create-only (see ``entrypoint.record.phases``)."""
+        return f"attempts/{attempt}/phases/{phase}.json"
+
+    @staticmethod
+    def notified_name(event_id: str) -> str:
+        return f"{RunPaths.NOTIFIED}{event_id}"
+
+
+@dataclass(frozen=True)
+class EventName:
+    """What a journal file name says: ``<ts>-<actor>-<random>.json``."""
+
+    time: float
+    actor: str
+
+
+def event_file(ts: float, actor: str) -> str:
+    """``<ts>-<actor>-<random>.json``: sorts by time, and unique, so a create-only write of it
+    that meets an existing object met itself (or the same event written by a repair)."""
+    return f"{ts:017.6f}-{actor}-{uuid.uuid4().hex[:12]}.json"
+
+
+def event_id(name: str) -> str:
+    """The file name of an event (what ``notified/`` claims are named by) from its full object name."""
+    return name.rsplit("/", 1)[-1]
+
+
+def parse_event_name(name: str) -> EventName:
+    """The time and actor an event's name carries (full object name or bare file name).
+
+    The actor may contain dashes; the random suffix never does.
+    """
+    base = event_id(name)
+    ts, rest = base.split("-", 1)
+    actor = rest.rsplit("-", 1)[0] if "-" in rest else rest
+    return EventName(float(ts), actor)

@@ -1,0 +1,625 @@
+"""``RunRecord``: one run's objects in the store, with the write rules of the contract.
+
+The compare-and-swap primitive (``transition``), the named transitions each actor makes
+(``begin_attempt``, ``job_started``, ``preempted``...: see ``states.MOVES`` for who may make
+which), the journal, the attempts' phase marks, and ``view``, the one typed read of a run.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+from collections import OrderedDict
+from dataclasses import asdict
+from typing import Any, Iterator, Sequence
+
+from entrypoint.record.documents import (
+    SCHEMA_VERSION,
+    Heartbeat,
+    RunSpec,
+    RunState,
+    dump as _dump,
+    utcnow,
+)
+from entrypoint.record.paths import RUNS, RunPaths, event_file as _event_file, run_id_of_prefix, run_prefix
+from entrypoint.record.phases import valid_phase
+from entrypoint.record.states import MOVES, IllegalTransition, Role, State, check_move, check_transition
+from entrypoint.record.view import ALL_EVENTS, RunView
+from entrypoint.store import PreconditionFailed, Store, StoreError
+
+# Event names this process knows are stored: ``ensure_journaled`` then costs no request.
+_JOURNALED: "OrderedDict[str, None]" = OrderedDict()
+_JOURNALED_MAX = 4096
+
+
+def _remember_journaled(name: str) -> None:
+    _JOURNALED[name] = None
+    _JOURNALED.move_to_end(name)
+    while len(_JOURNALED) > _JOURNALED_MAX:
+        _JOURNALED.popitem(last=False)
+
+
+# A submit writes spec.json and then state.json within a second; a spec.json alone for this long
+# belongs to a submit that died, and a new submit may replace it.
+ABANDONED_SPEC_AFTER = 600.0
+
+
+class TransitionLost(PreconditionFailed):
+    """A transition's compare-and-swap lost: someone wrote ``state.json`` after the caller read it
+    (or the caller's own write landed and only its reply was lost). Says what was attempted."""
+
+    def __init__(self, run_id: str, actor: str, current: State, new: State) -> None:
+        super().__init__(f"run {run_id}: {actor}'s {current.value} -> {new.value} lost: "
+                         "state.json changed since it was read")
+        self.run_id = run_id
+        self.actor = actor
+        self.current = current
+        self.new = new
+
+
+class RunRecord(RunPaths):
+    """One run's objects in the store, with the write rules of the contract.
+
+    Guarantees: ``transition`` is compare-and-swap on ``state.json`` (two actors racing on the
+    same run: exactly one wins, the other gets ``TransitionLost`` (a ``PreconditionFailed``) or
+    ``IllegalTransition``); actors move the run through the named transitions built on it
+    (``begin_attempt``, ``job_started``, ``preempted``, ``stalled``, ``errored``, ``succeeded``,
+    ``failed``, ``stopped``, ``reopen``), each refused to a role ``states.MOVES`` does not name;
+    events and phase marks are create-only and never rewritten; missing objects read as ``None``.
+
+    The journal holds every transition exactly once, even when a writer dies between writing
+    the state and its event: the state carries its own event (``last_event``), every
+    transition first makes sure the event of the state it replaces is stored, ``events()``
+    shows a missing latest one from the state, and ``ensure_journaled`` stores it (the
+    supervisor calls it each pass, for terminal states that no one transitions again).
+    """
+
+    def __init__(self, store: Store, run_id: str) -> None:
+        self.store = store
+        self.run_id = run_id
+        self.prefix = run_prefix(run_id)
+
+    # ---- object names: relative ones are ``RunPaths``'s, this makes them whole ----
+    def name(self, rel: str) -> str:
+        return self.prefix + rel
+
+    # ---- spec ----
+    def read_spec(self) -> RunSpec | None:
+        blob = self.store.read(self.name(self.SPEC))
+        return None if blob is None else RunSpec.from_dict(json.loads(blob.data))
+
+    def write_spec(self, spec: RunSpec) -> None:
+        """Create-only: two submits racing on a new run id cannot mix one's spec with the other's state.
+
+        A spec.json without a state.json is a submit that has not finished: the same submit
+        run again completes it (an equal spec is adopted), and one that died long ago
+        (``ABANDONED_SPEC_AFTER``) no longer holds the run id. Anything else is
+        ``PreconditionFailed`` with what to do.
+        """
+        doc = asdict(spec)
+        try:
+            self.store.write(self.name(self.SPEC), _dump(doc), if_generation_match=0)
+            return
+        except PreconditionFailed:
+            blob = self.store.read(self.name(self.SPEC))
+            if blob is None or self.read_state() is not None:
+                raise PreconditionFailed(
+                    f"run {self.run_id} already has a spec.json: submit it with --restart, or "
+                    "choose another --run-id"
+                ) from None
+        theirs = json.loads(blob.data)
+        if _same_spec(theirs, doc):
+            return  # the same submit, again, after it died or lost its reply: carry on
+        age = utcnow() - float(theirs.get("created_at") or 0)
+        if age > ABANDONED_SPEC_AFTER:
+            self.store.write(self.name(self.SPEC), _dump(doc), if_generation_match=blob.generation)
+            return
+        raise PreconditionFailed(
+            f"run {self.run_id}: another submit wrote its spec.json {age:.0f}s ago with a different "
+            "command or settings and has not created the run yet; choose another --run-id, or "
+            f"submit again after {ABANDONED_SPEC_AFTER:.0f}s if that submit died"
+        )
+
+    # ---- state ----
+    def read_state(self) -> tuple[RunState, int] | None:
+        """The current state and the generation to pass back to ``transition``."""
+        blob = self.store.read(self.name(self.STATE))
+        if blob is None:
+            return None
+        return RunState.from_dict(json.loads(blob.data)), blob.generation
+
+    def create_state(self, actor: str) -> RunState:
+        st = RunState(state=State.PENDING, updated_by=actor)
+        st.last_event = self._event_for(st, actor, None, "submitted", attempt=None)
+        self.store.write(self.name(self.STATE), _dump(st.to_dict()), if_generation_match=0)
+        self._journal(st.last_event)
+        return st
+
+    def transition(
+        self,
+        new: State,
+        actor: str,
+        *,
+        expect_attempt: int | None = None,
+        expected: tuple[RunState, int] | None = None,
+        reason: str | None = None,
+        **changes: Any,
+    ) -> tuple[RunState, int]:
+        """Move the run to ``new`` with a compare-and-swap write, and journal it.
+
+        ``expected`` is the (state, generation) the caller based its decision on: the write
+        succeeds only if nobody wrote since, so a decision made on a stale read never lands.
+        Without it the state is re-read here. ``expect_attempt`` guards against a writer from an
+        older attempt: an agent of attempt 1 that wakes after attempt 2 began gets
+        ``IllegalTransition``, never overwrites.
+        Raises ``TransitionLost`` (a ``PreconditionFailed``) if someone else wrote in between;
+        callers re-read and decide. This is the one primitive under the named transitions below,
+        which also check who may make the move; actors call those, not this.
+        Returns the new state and its generation, ready to be the next ``expected``.
+        """
+        cur = expected if expected is not None else self.read_state()
+        if cur is None:
+            raise IllegalTransition(f"run {self.run_id} has no state.json; submit it first", new=new)
+        st, gen = RunState.from_dict(cur[0].to_dict()), cur[1]
+        if expect_attempt is not None and st.attempt != expect_attempt:
+            raise IllegalTransition(
+                f"state belongs to attempt {st.attempt}, writer is attempt {expect_attempt}",
+                current=st.state, new=new, holder=st.updated_by,
+            )
+        try:
+            check_transition(st.state, new)
+        except IllegalTransition as e:
+            e.holder = st.updated_by
+            raise
+        # The state we replace must be in the journal before it is gone from state.json.
+        self.ensure_journaled(st)
+        old = st.state
+        st.state = new
+        st.reason = reason
+        st.updated_by = actor
+        for k, v in changes.items():
+            setattr(st, k, v)
+        st.last_event = self._event_for(st, actor, old, reason)
+        try:
+            new_gen = self.store.write(self.name(self.STATE), _dump(st.to_dict()), if_generation_match=gen)
+        except TransitionLost:
+            raise
+        except PreconditionFailed:
+            raise TransitionLost(self.run_id, actor, old, new) from None
+        self._journal(st.last_event)
+        return st, new_gen
+
+    def reopen(self, actor: str, reason: str, role: Role = Role.SUBMIT) -> RunState:
+        """The one way out of a terminal state: an explicit user ``submit --restart``.
+
+        Who: submit only (``IllegalTransition`` for any other role). Keeps the attempt counter
+        (so instance names never repeat), gives both budgets back (restarts, failures), clears
+        ``.stop`` and journals who did it. Not a compare-and-swap on purpose: the user's restart
+        wins over whatever wrote last. Raises ``PreconditionFailed`` only if a writer slipped in
+        between its read and write.
+        """
+        check_move("reopen", role, State.PENDING)
+        # .stop goes first, while the run is still terminal: a supervisor that saw PENDING and
+        # .stop together would end the run again.
+        self.store.delete(self.name(self.STOP))
+        cur = self.read_state()
+        if cur is None:
+            raise IllegalTransition(f"run {self.run_id} has no state.json")
+        st, gen = cur
+        self.ensure_journaled(st)
+        old = st.state
+        st.state = State.PENDING
+        st.reason = reason
+        st.exit_code = None
+        st.failures = 0
+        st.restarts = 0
+        st.updated_by = actor
+        st.last_event = self._event_for(st, actor, old, reason)
+        self.store.write(self.name(self.STATE), _dump(st.to_dict()), if_generation_match=gen)
+        self._journal(st.last_event)
+        return st
+
+    # ---- named transitions: who may make which move is ``states.MOVES`` ----
+    def _move(self, move: str, role: Role, actor: str, cur: tuple[RunState, int] | None, *,
+              expect_attempt: int | None = None, reason: str | None = None,
+              **changes: Any) -> tuple[RunState, int]:
+        """Check that ``role`` may make ``move`` from the state in ``cur``, then ``transition``."""
+        if cur is None:
+            raise IllegalTransition(f"run {self.run_id} has no state.json; submit it first",
+                                    new=MOVES[move].to)
+        if expect_attempt is None or cur[0].attempt == expect_attempt:
+            # (an older attempt's writer is refused by ``transition``, with that reason)
+            try:
+                check_move(move, role, cur[0].state)
+            except IllegalTransition as e:
+                e.holder = cur[0].updated_by
+                raise
+        return self.transition(MOVES[move].to, actor, expected=cur, expect_attempt=expect_attempt,
+                               reason=reason, **changes)
+
+    def begin_attempt(self, role: Role, actor: str, *, expected: tuple[RunState, int] | None = None,
+                      reason: str | None = None,
+                      instances: Sequence[str | dict[str, Any]] = ()) -> tuple[RunState, int]:
+        """PENDING/PREEMPTED/STALLED/ERRORED -> PROVISIONING: the next attempt begins.
+
+        Who: the supervisor. Sets ``attempt`` to the next number, the attempt's ``instances``
+        (names, or {"name", "zone", "rank"}; ``instance`` mirrors the first; ``zone`` stays the
+        last known until the agent reports the new one), clears ``exit_code``, and spends one
+        restart when the attempt before was lost (PREEMPTED, STALLED; a retried job failure
+        spent a failure instead, see ``errored``).
+        Raises ``IllegalTransition`` (another role, another state) or ``TransitionLost``.
+        """
+        cur = expected if expected is not None else self.read_state()
+        changes: dict[str, Any] = {}
+        if cur is not None:
+            st = cur[0]
+            insts = [dict(i) if isinstance(i, dict) else {"name": i, "zone": None, "rank": n}
+                     for n, i in enumerate(instances)]
+            changes = dict(attempt=st.attempt + 1, instances=insts,
+                           instance=insts[0]["name"] if insts else None, exit_code=None,
+                           restarts=st.restarts + (1 if st.state in (State.PREEMPTED, State.STALLED) else 0))
+        return self._move("begin_attempt", role, actor, cur, reason=reason, **changes)
+
+    def job_started(self, role: Role, actor: str, *, attempt: int, instance: str | None,
+                    zone: str | None, rank: int = 0, reason: str | None = "job started") -> tuple[RunState, int]:
+        """PROVISIONING -> RUNNING: attempt ``attempt``'s job is running.
+
+        Who: the agent of that attempt (one of an older attempt gets ``IllegalTransition``).
+        Records its instance and zone (in ``instances`` at ``rank``, and as ``instance``/``zone``).
+        Raises ``IllegalTransition`` or ``TransitionLost``.
+        """
+        cur = self.read_state()
+        changes: dict[str, Any] = {}
+        if cur is not None:
+            insts = [dict(i) for i in cur[0].instances if i.get("rank") != rank]
+            insts.append({"name": instance, "zone": zone, "rank": rank})
+            insts.sort(key=lambda i: i.get("rank") or 0)
+            changes = dict(instances=insts, instance=insts[0]["name"], zone=insts[0]["zone"])
+        return self._move("job_started", role, actor, cur, expect_attempt=attempt, reason=reason, **changes)
+
+    def preempted(self, role: Role, actor: str, *, reason: str, expected: tuple[RunState, int] | None = None,
+                  expect_attempt: int | None = None, exit_code: int | None = None) -> tuple[RunState, int]:
+        """PROVISIONING/RUNNING -> PREEMPTED: the attempt was lost to the provider.
+
+        Who: the agent (SIGTERM of a preemption notice) or the supervisor (the instance ended or
+        vanished without an outcome). The supervisor then begins the next attempt.
+        Raises ``IllegalTransition`` or ``TransitionLost``.
+        """
+        changes = {} if exit_code is None else {"exit_code": exit_code}
+        return self._move("preempted", role, actor, expected if expected is not None else self.read_state(),
+                          expect_attempt=expect_attempt, reason=reason, **changes)
+
+    def stalled(self, role: Role, actor: str, *, reason: str,
+                expected: tuple[RunState, int] | None = None) -> tuple[RunState, int]:
+        """PROVISIONING/RUNNING -> STALLED: no progress (or still booting) past the window.
+
+        Who: the supervisor. Raises ``IllegalTransition`` or ``TransitionLost``.
+        """
+        return self._move("stalled", role, actor, expected if expected is not None else self.read_state(),
+                          reason=reason)
+
+    def errored(self, role: Role, actor: str, *, attempt: int, reason: str,
+                exit_code: int) -> tuple[RunState, int]:
+        """RUNNING -> ERRORED: the job failed and the failure budget allows another try.
+
+        Who: the agent of ``attempt``, after ``RunState.may_retry_failure`` said yes. Spends one
+        failure (counted from the state this write replaces). Raises ``IllegalTransition`` or
+        ``TransitionLost``.
+        """
+        cur = self.read_state()
+        changes: dict[str, Any] = {"exit_code": exit_code}
+        if cur is not None:
+            changes["failures"] = cur[0].failures + 1
+        return self._move("errored", role, actor, cur, expect_attempt=attempt, reason=reason, **changes)
+
+    def succeeded(self, role: Role, actor: str, *, attempt: int, reason: str = "job exited 0") -> tuple[RunState, int]:
+        """live -> SUCCEEDED (terminal). Who: the agent of ``attempt``, after its final sync.
+        Raises ``IllegalTransition`` or ``TransitionLost``."""
+        return self._move("succeeded", role, actor, self.read_state(), expect_attempt=attempt,
+                          reason=reason, exit_code=0)
+
+    def failed(self, role: Role, actor: str, *, reason: str, expected: tuple[RunState, int] | None = None,
+               expect_attempt: int | None = None, exit_code: int | None = None) -> tuple[RunState, int]:
+        """live -> FAILED (terminal): no further attempt can help.
+
+        Who: the agent (the job failed past its budget, could not start, or its final sync
+        failed) or the supervisor (restarts exhausted, startup failed, a permanent backend error).
+        Raises ``IllegalTransition`` or ``TransitionLost``.
+        """
+        changes = {} if exit_code is None else {"exit_code": exit_code}
+        return self._move("failed", role, actor, expected if expected is not None else self.read_state(),
+                          expect_attempt=expect_attempt, reason=reason, **changes)
+
+    def stopped(self, role: Role, actor: str, *, reason: str, expected: tuple[RunState, int] | None = None,
+                expect_attempt: int | None = None, exit_code: int | None = None) -> tuple[RunState, int]:
+        """live -> STOPPED (terminal): a user asked (``.stop``).
+
+        Who: the agent (its job ended on a stop), the supervisor (saw ``.stop``) or ops delete.
+        Raises ``IllegalTransition`` or ``TransitionLost``.
+        """
+        changes = {} if exit_code is None else {"exit_code": exit_code}
+        return self._move("stopped", role, actor, expected if expected is not None else self.read_state(),
+                          expect_attempt=expect_attempt, reason=reason, **changes)
+
+    def report_refused(self, actor: str, err: Exception) -> str:
+        """Say on stderr that ``actor``'s transition was refused, from what to what and who holds
+        the run instead; returns the line. Nothing else changes: the caller goes on as it would.
+
+        Costs one state read for a lost compare-and-swap (the winner is not known otherwise),
+        none for an illegal move.
+        """
+        if isinstance(err, TransitionLost):
+            what = f"{err.current.value} -> {err.new.value}"
+            try:
+                now = self.read_state()
+                won = (f"{now[0].updated_by or '?'} wrote {now[0].state.value} (attempt {now[0].attempt}) first"
+                       if now else "state.json is gone")
+            except Exception as e:  # noqa: BLE001 - a report must never change what the caller does next
+                won = f"who won is unknown ({type(e).__name__}: {e})"
+        elif isinstance(err, IllegalTransition):
+            what = f"{err.current.value if err.current else '?'} -> {err.new.value if err.new else '?'}"
+            won = f"{err}; state written by {err.holder or '?'}"
+        else:
+            what, won = "a transition", str(err)
+        line = f"runner: {self.run_id}: {actor}'s {what} refused: {won}"
+        print(line, file=sys.stderr)
+        return line
+
+    # ---- an attempt's timeline: one create-only mark per phase (see ``entrypoint.record.phases``) ----
+    def mark_phase(self, attempt: int, phase: str, actor: str, at: float | None = None,
+                   **detail: Any) -> bool:
+        """Mark that ``phase`` of ``attempt`` happened at ``at`` (now by default).
+
+        Create-only: the first mark of a phase stands. True if the stored mark is this call's
+        (including a retry that meets its own write after a lost reply); False if another mark
+        was there first, which is left as it is.
+        """
+        if not valid_phase(phase):
+            raise ValueError(f"not a phase name: {phase!r}")
+        doc = {"phase": phase, "attempt": attempt, "time": utcnow() if at is None else at,
+               "actor": actor, "detail": detail, "schema_version": SCHEMA_VERSION}
+        name = self.name(self.phase_name(attempt, phase))
+        try:
+            self.store.write(name, _dump(doc), if_generation_match=0)
+            return True
+        except PreconditionFailed:
+            blob = self.store.read(name)
+            return blob is not None and blob.data == _dump(doc)
+
+    def phases(self, attempt: int) -> dict[str, dict[str, Any]]:
+        """The marked phases of ``attempt``, by phase name (one listing, one read per mark)."""
+        out: dict[str, dict[str, Any]] = {}
+        for name in sorted(self.store.list(self.name(self.phases_dir(attempt)))):
+            blob = self.store.read(name)
+            if blob is None:
+                continue
+            try:
+                doc = json.loads(blob.data)
+            except ValueError:
+                continue  # not ours to judge; the rest of the timeline still shows
+            out[name.rsplit("/", 1)[-1].removesuffix(".json")] = doc
+        return out
+
+    # ---- the one typed read of a run ----
+    def view(self, events: int = 0, *, spec: bool = False, heartbeat: bool = True, stop: bool = False,
+             startup: bool = False) -> RunView | None:
+        """What the run is now, read once for every reader (ops, the notifier, follow); None if
+        the run has no state.json.
+
+        Each part costs what it says, and only if asked: state (1 read), heartbeat (1),
+        ``spec`` (1), ``stop`` (1), ``startup`` (the current attempt's startup.json, 1),
+        ``events``: the last N journal entries (one listing plus a read per entry; the state's
+        own entry costs nothing when its writer has not stored it yet), ``ALL_EVENTS`` for all.
+        """
+        cur = self.read_state()
+        if cur is None:
+            return None
+        st, gen = cur
+        return RunView(
+            run_id=self.run_id, state=st, generation=gen,
+            heartbeat=self.read_heartbeat() if heartbeat else None,
+            spec=self.read_spec() if spec else None,
+            stop_requested=self.stop_requested() if stop else None,
+            startup=self.read_startup(st.attempt) if startup and st.attempt else None,
+            events=list(self._events(cur, last=None if events == ALL_EVENTS else events)) if events else [],
+        )
+
+    # ---- events (append-only journal) ----
+    _SAME = -1
+
+    def _event_for(self, st: RunState, actor: str, old: State | None, reason: str | None,
+                   attempt: int | None = _SAME) -> dict[str, Any]:
+        """The event that journals ``st`` (stamps ``st.updated_at`` with the event's time).
+        ``attempt``: what the event says (the state's attempt unless given)."""
+        st.updated_at = utcnow()
+        doc = self._event_doc(st.updated_at, actor, old, st.state, reason,
+                              st.attempt if attempt == self._SAME else attempt)
+        return {"name": _event_file(st.updated_at, actor), "doc": doc}
+
+    @staticmethod
+    def _event_doc(ts: float, actor: str, old: State | None, new: State | None, reason: str | None,
+                   attempt: int | None, **extra: Any) -> dict[str, Any]:
+        return {
+            "time": ts,
+            "actor": actor,
+            "from": old.value if old else None,
+            "to": new.value if new else None,
+            "reason": reason,
+            "attempt": attempt,
+            "host": socket.gethostname(),
+            "schema_version": SCHEMA_VERSION,
+            **extra,
+        }
+
+    def _journal(self, event: dict[str, Any]) -> None:
+        """Store a state's event after the state itself landed.
+
+        A failure here is not the transition's failure (the state is the truth and it is
+        written): it is said on stderr, and the next transition or ``ensure_journaled`` stores
+        the event under the same name.
+        """
+        name = self.name(self.EVENTS + event["name"])
+        try:
+            self.store.write(name, _dump(event["doc"]), if_generation_match=0)
+        except PreconditionFailed:
+            pass  # a repair stored it first: the same event, under the same name
+        except StoreError as e:
+            print(f"runner: {self.run_id}: state {event['doc'].get('to')} written, its journal entry "
+                  f"not yet ({e}); the next writer or supervisor pass adds it", file=sys.stderr)
+            return
+        _remember_journaled(name)
+
+    def ensure_journaled(self, st: RunState, strict: bool = True) -> bool:
+        """Store ``st``'s own event if it is missing; True if this call had to store it.
+
+        Idempotent and cheap: one stat per event per process, none once known stored.
+        ``strict=False`` (a supervisor's repair pass) says a store failure on stderr instead of
+        raising: the next pass tries again.
+        """
+        if not st.last_event:
+            return False  # written by a version that journaled without it
+        name = self.name(self.EVENTS + st.last_event["name"])
+        if name in _JOURNALED:
+            return False
+        wrote = False
+        try:
+            if self.store.stat(name) is None:
+                try:
+                    self.store.write(name, _dump(st.last_event["doc"]), if_generation_match=0)
+                    wrote = True
+                except PreconditionFailed:
+                    pass
+        except StoreError as e:
+            if strict:
+                raise
+            print(f"runner: {self.run_id}: could not journal {st.state.value} yet ({e})", file=sys.stderr)
+            return False
+        _remember_journaled(name)
+        return wrote
+
+    def event(
+        self,
+        actor: str,
+        old: State | None,
+        new: State | None,
+        reason: str | None,
+        attempt: int | None = None,
+        **extra: Any,
+    ) -> None:
+        """A journal entry that is not a state change (a note such as "create failed")."""
+        ts = utcnow()
+        name = self.name(self.EVENTS + _event_file(ts, actor))
+        doc = self._event_doc(ts, actor, old, new, reason, attempt, **extra)
+        try:
+            self.store.write(name, _dump(doc), if_generation_match=0)
+        except PreconditionFailed:
+            pass  # the name is unique to this call: what is there is this very event
+
+    def events(self, after: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Events in time order (the names sort by timestamp). ``after``: a name already seen.
+
+        The current state's own event is included even if its writer died before storing it
+        (read-only: it is taken from state.json, under the name it will be stored as). The
+        state is read before the listing, so an event stored in between is listed, not lost.
+        """
+        return self._events(self.read_state(), after=after)
+
+    def _events(self, cur: tuple[RunState, int] | None, after: str | None = None,
+                last: int | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``events`` given the state read before the listing; ``last``: only the newest N."""
+        listed = set(self.event_names())
+        pending: dict[str, dict[str, Any]] = {}
+        if cur is not None and cur[0].last_event:
+            name = self.name(self.EVENTS + cur[0].last_event["name"])
+            if name not in listed:
+                pending[name] = cur[0].last_event["doc"]
+        names = [n for n in sorted(listed | set(pending)) if after is None or n > after]
+        if last is not None:
+            names = names[-last:] if last > 0 else []
+        for name in names:
+            if name in pending:
+                yield name, pending[name]
+                continue
+            ev = self.read_event(name)
+            if ev is not None:
+                yield name, ev
+
+    def event_names(self) -> list[str]:
+        """The stored journal's object names, oldest first (one listing; nothing read)."""
+        return sorted(self.store.list(self.name(self.EVENTS)))
+
+    def read_event(self, name: str) -> dict[str, Any] | None:
+        """One journal entry by its object name (as ``event_names`` lists it); None if gone."""
+        blob = self.store.read(name)
+        return None if blob is None else json.loads(blob.data)
+
+    def claim_notified(self, event_id: str, actor: str) -> bool:
+        """Create-only claim on announcing one event (``notified/<event file name>``): True for
+        the one notifier that may send it, False for every other."""
+        try:
+            self.store.write(self.name(self.notified_name(event_id)),
+                             json.dumps({"time": utcnow(), "actor": actor}).encode(), if_generation_match=0)
+            return True
+        except PreconditionFailed:
+            return False
+
+    # ---- heartbeat, manifest, stop ----
+    def write_heartbeat(self, hb: Heartbeat) -> None:
+        self.store.write(self.name(self.HEARTBEAT), _dump(asdict(hb)))
+
+    def read_heartbeat(self) -> Heartbeat | None:
+        blob = self.store.read(self.name(self.HEARTBEAT))
+        return None if blob is None else Heartbeat.from_dict(json.loads(blob.data))
+
+    def write_manifest(self, attempt: int, doc: dict[str, Any]) -> None:
+        doc = {"schema_version": SCHEMA_VERSION, **doc}
+        self.store.write(self.name(self.manifest_name(attempt)), _dump(doc))
+
+    def read_manifest(self, attempt: int) -> dict[str, Any] | None:
+        blob = self.store.read(self.name(self.manifest_name(attempt)))
+        return None if blob is None else json.loads(blob.data)
+
+    def claim_create(self, attempt: int, actor: str) -> bool:
+        """Create-only claim on creating this attempt's instance: one creator per attempt, even
+        when two supervisors would pick different zones (GCE names are unique per zone only)."""
+        try:
+            self.store.write(self.name(self.claim_name(attempt)),
+                             _dump({"time": utcnow(), "actor": actor}), if_generation_match=0)
+            return True
+        except PreconditionFailed:
+            return False
+
+    def read_claim(self, attempt: int) -> dict[str, Any] | None:
+        blob = self.store.read(self.name(self.claim_name(attempt)))
+        return None if blob is None else json.loads(blob.data)
+
+    def release_claim(self, attempt: int) -> None:
+        self.store.delete(self.name(self.claim_name(attempt)))
+
+    def read_startup(self, attempt: int) -> dict[str, Any] | None:
+        blob = self.store.read(self.name(self.startup_name(attempt)))
+        if blob is None:
+            return None
+        try:
+            doc = json.loads(blob.data)
+        except ValueError:
+            return None
+        return doc if isinstance(doc, dict) else None
+
+    def request_stop(self, actor: str, reason: str = "stopped by user") -> None:
+        self.store.write(self.name(self.STOP), _dump({"time": utcnow(), "actor": actor, "reason": reason}))
+
+    def stop_requested(self) -> bool:
+        return self.store.exists(self.name(self.STOP))
+
+
+def _same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two specs describe the same run (when they were written does not matter)."""
+    skip = {"created_at"}
+    return {k: v for k, v in a.items() if k not in skip} == {k: v for k, v in b.items() if k not in skip}
+
+
+def list_run_ids(store: Store) -> list[str]:
+    """All run ids in the store, from one delimiter listing (one API call on GCS)."""
+    return sorted(run_id_of_prefix(p) for p in store.list_prefixes(RUNS))
