@@ -100,3 +100,18 @@ def test_a_spec_written_before_settings_were_pinned_keeps_what_it_pinned_and_bor
     assert (got.gpu_timeout, got.stall_window, got.grace_period) == (300, 900, 12)
     assert (got.heartbeat_interval, got.sync_interval, got.shm_size) == (7, 11, "8g")
     assert got.recovery == "in-order"
+
+
+def test_ops_delete_and_preempt_give_the_job_the_runs_own_grace_period_by_default(local_store):
+    from types import SimpleNamespace
+
+    from runner.cli.cmd_ops import _run_grace
+
+    cfg = Config(store=local_store.url, grace_period=25)
+    RunRecord(local_store, "mine").write_spec(RunSpec(run_id="mine", image="sha256:x", command=["x"], backend="local",
+                                                      settings={"grace_period": 8}))
+    ctx = SimpleNamespace(cfg=cfg, store=local_store)
+    assert _run_grace(ctx, "mine") == 8
+    assert _run_grace(ctx, "unknown") == 25  # no spec to read: the config's
+    local_store.write("runs/torn/spec.json", b'{"run_id": "torn", "ima')
+    assert _run_grace(ctx, "torn") == 25  # unreadable: the stop still goes ahead

@@ -181,9 +181,23 @@ def _supervision_caption(store: Any) -> str:
     return f"supervisor: {w.text}" + ("" if w.alive else f"\n[bold red]{w.warning}[/]\nfix: {w.fix}")
 
 
+def _run_grace(ctx: Any, run_id: str) -> float:
+    """The run's own grace period, pinned in its spec at submit (config's for an older spec that
+    did not pin one, or a spec that cannot be read: a stop must never wait on a readable record)."""
+    from entrypoint.record import RunRecord
+
+    legacy = ctx.cfg.attempt_settings()
+    try:
+        spec = RunRecord(ctx.store, checked_run_id(run_id)).read_spec()
+    except Exception:  # noqa: BLE001 - any unreadable spec means the same fallback
+        spec = None
+    return (legacy if spec is None else spec.attempt_settings(legacy)).grace_period
+
+
 @ops.command()
 @click.option("--run-id", required=True)
-@click.option("--grace-period", type=float, help="Seconds the job gets to checkpoint before it is killed.")
+@click.option("--grace-period", type=float,
+              help="Seconds the job gets to checkpoint before it is killed (default: the run's own, pinned at submit).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @config_options
 @guard
@@ -196,7 +210,7 @@ def delete(run_id: str, grace_period: float | None, as_json: bool, cli_config: d
     from runner.ops.runs import delete_run
 
     ctx = load(cli_config, config_path)
-    g = ctx.cfg.grace_period if grace_period is None else grace_period
+    g = _run_grace(ctx, run_id) if grace_period is None else grace_period
     out = delete_run(ctx.store, ctx.backend, checked_run_id(run_id), g)
     if as_json:
         click.echo(json.dumps(out, indent=1))
@@ -206,7 +220,8 @@ def delete(run_id: str, grace_period: float | None, as_json: bool, cli_config: d
 
 @ops.command()
 @click.option("--run-id", required=True)
-@click.option("--grace-period", type=float, help="Seconds between SIGTERM and kill (default: config grace_period).")
+@click.option("--grace-period", type=float,
+              help="Seconds between SIGTERM and kill (default: the run's own, pinned at submit).")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @config_options
 @guard
@@ -216,7 +231,7 @@ def preempt(run_id: str, grace_period: float | None, as_json: bool, cli_config: 
     from runner.ops.runs import preempt_run
 
     ctx = load(cli_config, config_path)
-    g = ctx.cfg.grace_period if grace_period is None else grace_period
+    g = _run_grace(ctx, run_id) if grace_period is None else grace_period
     out = preempt_run(ctx.store, ctx.backend, checked_run_id(run_id), g)
     if as_json:
         click.echo(json.dumps(out, indent=1))
