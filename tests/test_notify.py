@@ -27,7 +27,7 @@ from runner.launch.context import Context
 from runner.naming import label_value, resource_name
 from runner.ops.notify import NOTIFIED, TransitionNotifier, WebhookSender, notifier_from_config
 from runner.launch.supervisor import Supervisor, SupervisorSettings
-from tests.json_http_server import serve
+from tests.standins.json_http_server import serve
 
 TOKEN = "T0KEN-s3cr3t-9f8e7d"  # the secret part of every webhook URL here
 

@@ -1,4 +1,4 @@
-"""gcp/startup.sh and gcp/shutdown.sh, run for real on a simulated COS VM (tests/cos_sim).
+"""gcp/startup.sh and gcp/shutdown.sh, run for real on a simulated COS VM (tests/standins/cos_sim).
 
 Each scenario boots the VM once (module-scoped fixtures) and the tests read what it left behind:
 the job container as Docker reports it, the run record in the GCS emulator, the requests the fake
@@ -25,9 +25,9 @@ import pytest
 from entrypoint.record import RunRecord, RunSpec, State
 from entrypoint.store_gcs import GcsStore, make_client
 from runner.launch.backends.vm_metadata import SHUTDOWN_SCRIPT, STARTUP_SCRIPT, VmMetadata
-from tests.cos_sim.fakes import FakeGoogleApis, FakeMetadata
-from tests.cos_sim.vm import Boot, CosVm
-from tests.gcs_fixture import BUCKET
+from tests.standins.cos_sim.fakes import FakeGoogleApis, FakeMetadata
+from tests.standins.cos_sim.vm import Boot, CosVm
+from tests.standins.gcs_fixture import BUCKET
 
 STARTUP = Path(__file__).resolve().parent.parent / "gcp" / "startup.sh"
 WORKLOAD = os.environ.get("RUNNER_TEST_IMAGE", "cos-spot-runner/workload:dev")

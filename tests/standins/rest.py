@@ -17,9 +17,9 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 
 from google.protobuf import json_format
 
-from tests.cloudbuild_fake import ApiError
-from tests.compute_fake import RecordedRequest
-from tests.gcp_admin_fake import FakeApiError
+from tests.standins.cloudbuild import ApiError
+from tests.standins.compute import RecordedRequest
+from tests.standins.gcp_admin import FakeApiError
 
 
 class RestFake:

@@ -127,7 +127,7 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
-from tests.json_http_server import serve
+from tests.standins.json_http_server import serve
 
 API = "https://www.googleapis.com/compute/v1"
 SERIAL_RETAIN_BYTES = 1 << 20
@@ -515,7 +515,7 @@ class RecordedRequest:
 
 
 class IamPolicySource(Protocol):
-    """Where the fake reads IAM from: ``tests.gcp_admin_fake.GcpAdminFake`` is one."""
+    """Where the fake reads IAM from: ``tests.standins.gcp_admin.GcpAdminFake`` is one."""
 
     def policy(self, project: str) -> dict[str, Any]: ...
 
@@ -2183,7 +2183,7 @@ def block_external_network() -> Iterator[list[str]]:
 def compute_fake() -> Iterator[ComputeFake]:
     """A fresh fake per test, with external network blocked; fails the test on any escape.
 
-    Use through ``pytest_plugins = ["tests.compute_fake"]`` or ``from tests.compute_fake import
+    Use through ``pytest_plugins = ["tests.standins.compute"]`` or ``from tests.standins.compute import
     compute_fake``. Build clients with ``compute_v1.InstancesClient(**compute_fake.client_kwargs())``.
     """
     with block_external_network() as blocked, run_compute_fake() as fake:

@@ -41,7 +41,7 @@ from urllib.parse import unquote, urlsplit
 
 import pytest
 
-from tests.json_http_server import serve
+from tests.standins.json_http_server import serve
 
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 DEFAULT_ENABLED = ("compute.googleapis.com", "storage.googleapis.com", "cloudbuild.googleapis.com",

@@ -1,6 +1,6 @@
 """A local Cloud Build fake that the real ``google-cloud-build`` REST client can talk to.
 
-Same idea as ``tests/compute_fake.py``: product bugs live in how it *uses* the API (what Build it
+Same idea as ``tests/standins/compute/``: product bugs live in how it *uses* the API (what Build it
 sends, how it waits, whether it reads the failure detail, whether it survives a 503), so this
 serves the ``cloudbuild.googleapis.com/v1`` REST paths on ``127.0.0.1`` and the product points
 its real client at it::
@@ -88,8 +88,8 @@ from google.longrunning import operations_pb2
 from google.protobuf import json_format
 from google.rpc import code_pb2
 
-from tests.compute_fake import FilterError, RecordedRequest, block_external_network, parse_filter
-from tests.json_http_server import serve
+from tests.standins.compute import FilterError, RecordedRequest, block_external_network, parse_filter
+from tests.standins.json_http_server import serve
 
 DEFAULT_FAIL_MESSAGE = "step 0 exited 1: archive crash"
 BUILD_FAILED_MESSAGE = "Build failed; check build logs for details"  # what .result() raises with
@@ -867,7 +867,7 @@ def run_cloudbuild_fake(project: str = "test-project", *, project_number: int = 
 def cloudbuild_fake() -> Iterator[CloudBuildFake]:
     """A fresh fake per test, with external network blocked; fails the test on any escape.
 
-    Use through ``pytest_plugins = ["tests.cloudbuild_fake"]`` or ``from tests.cloudbuild_fake
+    Use through ``pytest_plugins = ["tests.standins.cloudbuild"]`` or ``from tests.standins.cloudbuild
     import cloudbuild_fake``. Build the client with ``cloudbuild_fake.client()``.
     """
     with block_external_network() as blocked, run_cloudbuild_fake() as fake:

@@ -13,9 +13,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from tests.cos_sim.fakes import FakeMetadata
+    from tests.standins.cos_sim.fakes import FakeMetadata
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SIM = Path(__file__).resolve().parent
 # The bootstrapped Debian base: bash, curl, coreutils and util-linux, the tools COS has.
 BASE_IMAGE = os.environ.get("RUNNER_TEST_BASE_IMAGE", "cos-spot-runner/base:bookworm-2")
