@@ -10,7 +10,7 @@ from entrypoint.store_local import LocalStore
 
 pytest_plugins = ["tests.standins.gcs_fixture", "tests.standins.compute", "tests.standins.cloudbuild",
                   "tests.standins.gcp_admin", "tests.standins.cloudrun", "tests.standins.scheduler",
-                  "tests.standins.registry"]
+                  "tests.standins.registry", "tests.standins.supervised_runs"]
 
 
 @pytest.fixture
