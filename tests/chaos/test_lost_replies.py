@@ -32,7 +32,8 @@ from runner.ops.notify import TransitionNotifier
 from runner.launch.supervisor import Supervisor
 from tests.chaos.harness import cycles
 from tests.standins.gcs_fixture import store_through
-from tests.test_notify import MemoryBackend, Receiver, fast_sender, settings
+from tests.standins.memory_backend import MemoryBackend
+from tests.test_notify import Receiver, fast_sender, settings
 
 RUNS = cycles(short=1, long=5)
 DROP_RATE = float(os.environ.get("CHAOS_DROP_RATE", "0.3"))
@@ -78,7 +79,7 @@ def test_a_run_through_lost_replies_is_journaled_and_announced_exactly_once(
     seed = SEED + run
     fault_proxy.random_writes(rate=DROP_RATE, seed=seed, actions=ACTIONS)
     store = store_through(fault_proxy, f"chaos-lost-replies-{seed}")
-    backend = MemoryBackend()
+    backend = MemoryBackend(notice_seconds=0)
     rec = RunRecord(store, "chaos-1")
     rec.write_spec(RunSpec(run_id="chaos-1", image="img@sha256:" + "a" * 64, command=["true"],
                            backend="memory", max_restarts=5))
