@@ -37,12 +37,13 @@ from runner.naming import label_value
 from tests.standins.cloud_sim import CosGuest, LiveVmSampler
 from tests.standins.cos_sim.vm import read_calls
 from tests.standins.cloudbuild import run_cloudbuild_fake
-from tests.standins.compute import ComputeFake, block_external_network, run_compute_fake
+from tests.standins.compute import ComputeFake, run_compute_fake
 from tests.conftest import ROOT, wait_for
 from tests.standins.gcp_admin import GcpAdminFake
 from tests.standins.gcs_fixture import BUCKET
 from tests.standins.json_http_server import serve
 from tests.standins.registry import Registry
+from tests.standins.network_guard import block_external_network
 
 pytestmark = pytest.mark.docker
 

@@ -11,7 +11,7 @@ from google.cloud import storage
 
 from runner.config import Config
 from runner.cloud.doctor import Check, exit_code, format_check, run_checks
-from tests.standins.compute import block_external_network
+from tests.standins.network_guard import block_external_network
 from tests.standins.gcp_admin import GcpAdminFake
 from tests.standins.gcs_fixture import BUCKET, DENIED_BUCKET
 

@@ -88,7 +88,9 @@ from google.longrunning import operations_pb2
 from google.protobuf import json_format
 from google.rpc import code_pb2
 
-from tests.standins.compute import FilterError, RecordedRequest, block_external_network, parse_filter
+from tests.standins.compute.filters import FilterError, parse_filter
+from tests.standins.compute.model import RecordedRequest
+from tests.standins.network_guard import block_external_network
 from tests.standins.json_http_server import serve
 
 DEFAULT_FAIL_MESSAGE = "step 0 exited 1: archive crash"

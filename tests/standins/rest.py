@@ -18,7 +18,7 @@ from urllib.parse import parse_qsl, unquote, urlsplit
 from google.protobuf import json_format
 
 from tests.standins.cloudbuild import ApiError
-from tests.standins.compute import RecordedRequest
+from tests.standins.compute.model import RecordedRequest
 from tests.standins.gcp_admin import FakeApiError
 
 

@@ -54,7 +54,7 @@ from google.rpc import code_pb2
 
 from tests.standins.cloudbuild import ApiError, to_json
 from tests.standins.cloudrun import REGIONS
-from tests.standins.compute import block_external_network
+from tests.standins.network_guard import block_external_network
 from tests.standins.gcp_admin import disabled_api_error
 from tests.standins.rest import RestFake
 from tests.standins.json_http_server import serve
