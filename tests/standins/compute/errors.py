@@ -1,4 +1,5 @@
-"""How the fake answers when it refuses: Google's error shape, and the JSON of the library's own types."""
+"""How the fake answers when it refuses (Compute's classic error shape, on the stand-ins' one
+``GoogleApiError``), and the JSON of the library's own types."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
 from typing import Any, Optional
 
+from tests.standins.google_api import GoogleApiError
 
 
 def to_json(msg: Any) -> str:
@@ -34,17 +36,14 @@ def _copy(msg: Any) -> Any:
     return cls.deserialize(cls.serialize(msg))
 
 
-class ApiError(Exception):
-    """An HTTP error answered with a GCE JSON error body (api_core maps it to an exception)."""
+class ApiError(GoogleApiError):
+    """An HTTP error answered with a GCE JSON error body, the classic ``errors`` list with its
+    ``reason`` and ``domain`` (api_core maps it to an exception)."""
 
     def __init__(self, code: int, reason: str, message: str, domain: str = "global") -> None:
-        super().__init__(f"{code} {reason}: {message}")
-        self.code, self.reason, self.message, self.domain = code, reason, message, domain
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message,
-                          "errors": [{"reason": self.reason, "message": self.message,
-                                      "domain": self.domain}]}}
+        super().__init__(code, message, errors=[{"reason": reason, "message": message, "domain": domain}],
+                         summary=f"{code} {reason}: {message}")
+        self.reason, self.domain = reason, domain
 
 
 def _not_found(resource: str) -> ApiError:

@@ -14,6 +14,7 @@ from google.cloud import compute_v1
 
 from tests.standins.compute.errors import _as_dict, _invalid
 from tests.standins.compute.filters import parse_filter
+from tests.standins.google_api import RecordedRequest  # noqa: F401 - re-exported: defined with the base
 
 
 API = "https://www.googleapis.com/compute/v1"
@@ -25,25 +26,6 @@ SPOT_SHUTDOWN_NOTICE_S = 30.0
 STANDARD_SHUTDOWN_NOTICE_S = 120.0
 
 InstancePredicate = Callable[[compute_v1.Instance], bool]
-
-
-@dataclass(frozen=True)
-class RecordedRequest:
-    """One request as it reached the fake, for asserting how many API calls a pass costs.
-
-    ``rpc`` names the logical method (``"instances.aggregatedList"``, ``"zoneOperations.wait"``,
-    ...) so tests need not pattern-match paths; ``status`` is the HTTP status answered
-    (an injected error shows here as 429/503, which is how retries become countable).
-    """
-
-    method: str
-    path: str
-    query: dict[str, str]
-    body: Optional[dict[str, Any]]
-    time: float
-    rpc: str
-    status: int
-    headers: dict[str, str] = field(default_factory=dict, repr=False)
 
 
 class IamPolicySource(Protocol):

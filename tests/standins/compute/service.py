@@ -5,14 +5,13 @@ resource, mixed in here."""
 from __future__ import annotations
 
 import itertools
-import json
 import queue
 import random
 import re
 import threading
 import time
 from typing import Any, Callable, Optional
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote
 
 from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
@@ -32,10 +31,11 @@ from tests.standins.compute.operations import OperationRecords
 from tests.standins.compute.quotas import QuotaRules
 from tests.standins.compute.routes import _MUTATIONS, _ROUTES, _SETTERS
 from tests.standins.compute.timeline import PreemptionTimeline
+from tests.standins.google_api import Answer, RoutedApi
 
 
-class ComputeFake(InstanceRecords, DiskRecords, OperationRecords, ImageRecords, QuotaRules, IamChecks,
-                  PreemptionTimeline):
+class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, ImageRecords, QuotaRules,
+                  IamChecks, PreemptionTimeline):
     """State and switches of the fake; served over HTTP by ``run_compute_fake``.
 
     Switches are plain attributes, read under the fake's lock on every request, so a test can
@@ -152,58 +152,48 @@ class ComputeFake(InstanceRecords, DiskRecords, OperationRecords, ImageRecords, 
                                  **{k: unquote(v) for k, v in mm.groupdict().items()}}
         return None
 
-    def handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes
-               ) -> tuple[int, str]:
-        """Serve one request; returns (HTTP status, JSON body). Thread-safe."""
-        started = time.time()
-        split = urlsplit(raw_path)
-        query = dict(parse_qsl(split.query, keep_blank_values=True))
-        routed = self._route(method, split.path)
-        rpc, args = routed if routed else ("unknown", {})
-        try:
-            parsed_body = json.loads(body) if body else None
-        except ValueError:
-            parsed_body = None
-        wait_for: Optional[_Op] = None
-        with self.lock:
-            self._tick()
-            try:
-                if routed is None:
-                    raise ApiError(501, "notImplemented",
-                                   f"compute fake: {method} {split.path} is not implemented")
-                self._authorize(rpc, args, headers, body)
-                self._inject_error(rpc)
-                result = self._dispatch(rpc, args, query, body)
-                if isinstance(result, _Op):  # zoneOperations.wait: sleep outside the lock
-                    wait_for = result
-                    status, payload = 200, ""
-                else:
-                    status, payload = 200, to_json(result)
-            except ApiError as e:
-                status, payload = e.code, json.dumps(e.body())
-            except FilterError as e:
-                err = _invalid("filter", query.get("filter", ""), f"Invalid list filter "
-                               f"expression: {e}")
-                status, payload = 400, json.dumps(err.body())
-            except Exception as e:  # noqa: BLE001 - a bug in the fake: answer, and remember it
-                self.internal_errors.append(f"{method} {split.path}: {e!r}")
-                err = ApiError(500, "internalError", f"compute fake crashed: {e!r}")
-                status, payload = 500, json.dumps(err.body())
-            self._requests.append(RecordedRequest(method, split.path, query, parsed_body,
-                                                  started, rpc, status, headers))
-        if wait_for is not None:
-            # Until DONE or GCE's ~2 min cap; polled because a shutdown ends the operation at a
-            # time nobody scheduled (when the guest halts).
-            give_up = time.monotonic() + self.wait_timeout
-            while True:
-                with self.lock:
-                    self._tick()
-                    done = time.monotonic() >= wait_for.done_at
-                    if done or time.monotonic() >= give_up:
-                        payload = to_json(self._render_op(wait_for))
-                        break
-                time.sleep(min(0.02, max(0.0, wait_for.done_at - time.monotonic())))
-        return status, payload
+    # ---- one request (the template is tests/standins/google_api.py's RoutedApi.handle) -------
+
+    def request_path(self, raw: str) -> str:
+        return raw  # routed as sent: path arguments are unquoted one by one (``_route``)
+
+    def find_route(self, method: str, path: str) -> Optional[tuple[str, dict[str, str]]]:
+        return self._route(method, path)
+
+    def before(self) -> None:
+        self._tick()
+
+    def not_implemented(self, method: str, path: str) -> ApiError:
+        return ApiError(501, "notImplemented", f"compute fake: {method} {path} is not implemented")
+
+    def client_error(self, e: Exception, query: dict[str, str]) -> Optional[ApiError]:
+        if isinstance(e, FilterError):
+            return _invalid("filter", query.get("filter", ""), f"Invalid list filter expression: {e}")
+        return None
+
+    def crashed(self, e: Exception) -> ApiError:
+        return ApiError(500, "internalError", f"compute fake crashed: {e!r}")
+
+    def respond(self, rpc: str, args: dict[str, str], query: dict[str, str], body: bytes,
+                headers: dict[str, str]) -> Answer:
+        self._authorize(rpc, args, headers, body)
+        self._inject_error(rpc)
+        result = self._dispatch(rpc, args, query, body)
+        if isinstance(result, _Op):  # zoneOperations.wait: sleep outside the lock
+            return lambda: self._wait(result)
+        return to_json(result)
+
+    def _wait(self, wait_for: _Op) -> str:
+        # Until DONE or GCE's ~2 min cap; polled because a shutdown ends the operation at a
+        # time nobody scheduled (when the guest halts).
+        give_up = time.monotonic() + self.wait_timeout
+        while True:
+            with self.lock:
+                self._tick()
+                done = time.monotonic() >= wait_for.done_at
+                if done or time.monotonic() >= give_up:
+                    return to_json(self._render_op(wait_for))
+            time.sleep(min(0.02, max(0.0, wait_for.done_at - time.monotonic())))
 
     def _inject_error(self, rpc: str) -> None:
         if self.queries_per_second > 0:
