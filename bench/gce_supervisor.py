@@ -16,8 +16,8 @@ from entrypoint.record import RunRecord, State
 from runner.config import Config
 from runner.launch.context import make_context
 from runner.launch.submit import submit
-from tests.compute_fake import run_compute_fake
-from tests.gcs_emulator import run_emulator
+from tests.standins.compute import run_compute_fake
+from tests.standins.gcs_emulator import run_emulator
 
 IMAGE = "us-docker.pkg.dev/p/r/img@sha256:" + "c" * 64
 

@@ -22,8 +22,8 @@ from runner.config import Config
 from runner.launch.context import make_context
 from runner.cloud.hosted import LOOP_SECONDS, PERIOD_S, cloud_run_prices, daily_cost
 from runner.launch.submit import submit
-from tests.compute_fake import run_compute_fake
-from tests.gcs_emulator import run_emulator
+from tests.standins.compute import run_compute_fake
+from tests.standins.gcs_emulator import run_emulator
 
 IMAGE = "us-docker.pkg.dev/p/r/img@sha256:" + "c" * 64
 STARTUP_S = 5.0  # a Cloud Run job execution's container start, assumed (not measured here)

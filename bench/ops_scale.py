@@ -61,7 +61,7 @@ def local_wall_times() -> dict[str, float]:
 
 
 def gcs_requests(sizes: tuple[int, ...] = (20, N_RUNS)) -> dict[int, Counter]:
-    from tests.gcs_emulator import run_emulator
+    from tests.standins.gcs_emulator import run_emulator
 
     from runner.ops.runs import list_runs
 

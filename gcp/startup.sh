@@ -5,7 +5,7 @@
 # spec.json (docs/architecture.md#on-the-vm-cos). One `runner-phase: NAME` line per phase goes to the serial console, where
 # a VM that never wrote a heartbeat is diagnosed; the job's output goes to the bucket, only its
 # tail to the console (GCE keeps 1 MiB). A boot that cannot succeed writes attempts/N/startup.json
-# and deletes its own VM. Endpoints and roots can be overridden from the environment (tests/cos_sim).
+# and deletes its own VM. Endpoints and roots can be overridden from the environment (tests/standins/cos_sim).
 set -euo pipefail
 export LC_ALL=C
 

@@ -1,4 +1,4 @@
-"""Shared fixtures: the local store here, the GCS emulator in tests/gcs_fixture.py."""
+"""Shared fixtures: the local store here, the GCS emulator in tests/standins/gcs_fixture.py."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ import pytest
 
 from entrypoint.store_local import LocalStore
 
-pytest_plugins = ["tests.gcs_fixture", "tests.compute_fake", "tests.cloudbuild_fake", "tests.gcp_admin_fake",
-                  "tests.cloudrun_fake", "tests.scheduler_fake", "tests.registry_fixture"]
+pytest_plugins = ["tests.standins.gcs_fixture", "tests.standins.compute", "tests.standins.cloudbuild",
+                  "tests.standins.gcp_admin", "tests.standins.cloudrun", "tests.standins.scheduler",
+                  "tests.standins.registry", "tests.standins.supervised_runs"]
 
 
 @pytest.fixture

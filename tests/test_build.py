@@ -20,7 +20,7 @@ from entrypoint.store_gcs import GcsStore
 from runner.build.image import BuildError, BuildRequest, build_image, list_files
 from tests.conftest import ROOT
 
-BUCKET = "test-bucket"  # created by tests/gcs_fixture.py
+BUCKET = "test-bucket"  # created by tests/standins/gcs_fixture.py
 REPO = "us-docker.pkg.dev/test-project/runs/trainer"
 
 

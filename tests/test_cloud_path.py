@@ -4,7 +4,7 @@ Every part is real except Google itself: the ``runner`` CLI in its own processes
 --backend gce --detach``, a separate ``runner supervise``), the real google-cloud clients talking
 to the Compute fake and the GCS emulator, a real image registry on loopback that ``runner
 build`` pushes to (its ``docker push`` fallback, Cloud Build failing first), and for every VM the
-fake runs a simulated COS VM (tests/cloud_sim.py) booted from the metadata the supervisor
+fake runs a simulated COS VM (tests/standins/cloud_sim.py) booted from the metadata the supervisor
 inserted: the real ``gcp/startup.sh`` pulls the image by digest from the registry, starts the real
 agent container, and the agent writes the run record to the emulator. The project is set up by
 ``runner init`` (bucket, the VM's service account and its roles) against the admin fake, and the
@@ -34,15 +34,16 @@ from entrypoint.store_gcs import GcsStore
 from examples.trainer import decode_checkpoint
 from runner.launch.backends.base import LABEL_RUN_ID
 from runner.naming import label_value
-from tests.cloud_sim import CosGuest, LiveVmSampler
-from tests.cos_sim.vm import read_calls
-from tests.cloudbuild_fake import run_cloudbuild_fake
-from tests.compute_fake import ComputeFake, block_external_network, run_compute_fake
+from tests.standins.cloud_sim import CosGuest, LiveVmSampler
+from tests.standins.cos_sim.vm import read_calls
+from tests.standins.cloudbuild import run_cloudbuild_fake
+from tests.standins.compute import ComputeFake, run_compute_fake
 from tests.conftest import ROOT, wait_for
-from tests.gcp_admin_fake import GcpAdminFake
-from tests.gcs_fixture import BUCKET
-from tests.json_http_server import serve
-from tests.registry_fixture import Registry
+from tests.standins.gcp_admin import GcpAdminFake
+from tests.standins.gcs_fixture import BUCKET
+from tests.standins.json_http_server import serve
+from tests.standins.registry import Registry
+from tests.standins.network_guard import block_external_network
 
 pytestmark = pytest.mark.docker
 

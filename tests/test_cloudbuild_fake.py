@@ -21,13 +21,13 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 from google.cloud.devtools import cloudbuild_v1 as cb
 
-from tests.cloudbuild_fake import (
+from tests.standins.cloudbuild import (
     BUILD_FAILED_MESSAGE,
     DEFAULT_FAIL_MESSAGE,
     CloudBuildFake,
     substitute,
 )
-from tests.gcs_fixture import BUCKET
+from tests.standins.gcs_fixture import BUCKET
 
 PROJECT = "test-project"
 SOURCE_BUCKET = "test-project_cloudbuild"

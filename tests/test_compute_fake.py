@@ -20,7 +20,7 @@ from google.api_core import exceptions, retry as retries
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
-from tests.compute_fake import (
+from tests.standins.compute import (
     ComputeFake,
     ExternalNetworkBlocked,
     block_external_network,
@@ -777,7 +777,7 @@ def test_filter_expressions(flt: str, expected: bool) -> None:
 
 def test_with_iam_on_a_caller_without_the_role_is_refused_as_gce_refuses(
         compute_fake: ComputeFake, instances: compute_v1.InstancesClient) -> None:
-    from tests.gcp_admin_fake import GcpAdminFake
+    from tests.standins.gcp_admin import GcpAdminFake
 
     admin = GcpAdminFake()
     admin.add_project(PROJECT)
@@ -798,7 +798,7 @@ def test_with_iam_on_a_token_names_its_member_and_an_unknown_token_is_401(
         compute_fake: ComputeFake) -> None:
     import requests
 
-    from tests.gcp_admin_fake import GcpAdminFake
+    from tests.standins.gcp_admin import GcpAdminFake
 
     admin = GcpAdminFake()
     admin.add_project(PROJECT)

@@ -11,9 +11,9 @@ from google.cloud import storage
 
 from runner.config import Config
 from runner.cloud.doctor import Check, exit_code, format_check, run_checks
-from tests.compute_fake import block_external_network
-from tests.gcp_admin_fake import GcpAdminFake
-from tests.gcs_fixture import BUCKET, DENIED_BUCKET
+from tests.standins.network_guard import block_external_network
+from tests.standins.gcp_admin import GcpAdminFake
+from tests.standins.gcs_fixture import BUCKET, DENIED_BUCKET
 
 P = "test-project"
 LOG = "roles/logging.logWriter"

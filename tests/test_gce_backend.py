@@ -235,21 +235,6 @@ def test_a_supervisor_pass_survives_a_failing_list_and_the_next_pass_works(gce):
     assert [v.name for v in fake.instances()] == ["runner-exp-1-a1"]
 
 
-def test_a_supervisor_pass_survives_a_failing_run_list(gce, monkeypatch):
-    ctx, fake = gce
-    submit(ctx)
-    sup = ctx.supervisor()
-    real_list = type(ctx.store).list_prefixes
-
-    def failing_once(self, prefix, *a, **kw):  # the store is unreachable for one call
-        monkeypatch.setattr(type(ctx.store), "list_prefixes", real_list)
-        raise ConnectionError("the store is unreachable")
-
-    monkeypatch.setattr(type(ctx.store), "list_prefixes", failing_once)
-    assert sup.reconcile_all() == {}  # ends this pass only
-    assert sup.reconcile_all()["exp-1"].state == State.PROVISIONING
-
-
 def test_delete_writes_stop_then_removes_the_vm(gce):
     from runner.ops.runs import delete_run
 

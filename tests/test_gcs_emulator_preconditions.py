@@ -17,7 +17,7 @@ from google.api_core import exceptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import storage
 
-from tests.gcs_fixture import BUCKET
+from tests.standins.gcs_fixture import BUCKET
 
 
 @pytest.fixture

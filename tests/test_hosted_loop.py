@@ -5,8 +5,8 @@ reaches SUCCEEDED.
 
 Nothing in the loop is played by hand. The CLI (`supervise --deploy`, `submit --detach`, `ops
 preempt`) runs in subprocesses; every VM the Compute fake runs is a simulated COS VM
-(tests/cloud_sim.py) booted from the metadata the product inserted: the real ``gcp/startup.sh``
-pulls the workload image by digest from a real registry on loopback (tests/registry_fixture.py)
+(tests/standins/cloud_sim.py) booted from the metadata the product inserted: the real ``gcp/startup.sh``
+pulls the workload image by digest from a real registry on loopback (tests/standins/registry.py)
 and starts the real agent container, which writes RUNNING, checkpoints, PREEMPTED and SUCCEEDED
 to the GCS emulator. The deployed job is stored by the Cloud Run fake and delivered by the
 scheduler fake (HTTP POST to the job's ``:run`` with the schedule's OAuth identity, authorized by
@@ -124,7 +124,7 @@ def test_a_preempted_run_is_restarted_by_the_hosted_supervisor_alone(
     """submit --detach, the VM runs the real agent, `ops preempt`, a tick restarts, the run succeeds."""
     from examples.trainer import decode_checkpoint
     from runner.launch.backends.base import LABEL_RUN_ID
-    from tests.cloud_sim import CosGuest, LiveVmSampler
+    from tests.standins.cloud_sim import CosGuest, LiveVmSampler
 
     run_id = "hosted-loop-1"
     workload = _push(docker_client, registry, IMAGE, "cos-spot-runner/hosted-loop")

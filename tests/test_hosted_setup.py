@@ -15,7 +15,7 @@ from runner.config import Config
 from runner.cloud.doctor import run_checks
 from runner.cloud.hosted import supervisor_email
 from runner.cloud.project_setup import init_project
-from tests.gcp_admin_fake import GcpAdminFake
+from tests.standins.gcp_admin import GcpAdminFake
 
 P = "test-project"
 SUP = f"serviceAccount:{supervisor_email(P)}"
@@ -135,7 +135,7 @@ def test_init_hosted_grants_the_webhook_secret_on_the_secret_whatever_form_names
     """webhook_secret may name a version (runner/ops/notify.py reads it so); access is granted on the secret."""
     import dataclasses
 
-    from tests.json_http_server import serve
+    from tests.standins.json_http_server import serve
 
     sm = SecretIam(f"projects/{P}/secrets/hook")
     with serve(sm, "secret-iam") as endpoint:
@@ -148,7 +148,7 @@ def test_init_hosted_grants_the_webhook_secret_on_the_secret_whatever_form_names
 def test_init_hosted_keeps_a_concurrent_change_to_the_secrets_policy(cfg):
     import dataclasses
 
-    from tests.json_http_server import serve
+    from tests.standins.json_http_server import serve
 
     sm = SecretIam(f"projects/{P}/secrets/hook")
     sm.race_next_set = True
@@ -161,7 +161,7 @@ def test_init_hosted_keeps_a_concurrent_change_to_the_secrets_policy(cfg):
 def test_doctor_names_a_missing_webhook_secret_grant_with_its_fix(cfg):
     import dataclasses
 
-    from tests.json_http_server import serve
+    from tests.standins.json_http_server import serve
 
     sm = SecretIam(f"projects/{P}/secrets/hook")
     with serve(sm, "secret-iam") as endpoint:

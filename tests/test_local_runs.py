@@ -144,7 +144,7 @@ def _preempt_and_finish(runner, run_id, sup):
 def test_status_list_and_logs_show_a_finished_run_across_attempts(runner, run_id):
     import json
 
-    from tests.json_http_server import serve
+    from tests.standins.json_http_server import serve
     from tests.test_notify import Receiver
 
     hook = Receiver()

@@ -1,8 +1,8 @@
 """Webhook notifications: runs driven through the real Supervisor, a loopback webhook receiver.
 
-The compute side is an in-memory backend (no Docker, no fake API): what matters here is the run
-record in a real local store, which both the supervisor and the agent write. The agent's
-transitions (RUNNING, SUCCEEDED) are written by hand, as an agent in a VM would.
+The compute side is the in-memory backend (tests/standins/memory_backend.py: no Docker, no fake
+API): what matters here is the run record in a real local store, which both the supervisor and
+the agent write. The agent's transitions (RUNNING, SUCCEEDED) are written by hand, as an agent in a VM would.
 """
 
 from __future__ import annotations
@@ -12,7 +12,6 @@ import json
 import socket
 import threading
 import time
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -21,41 +20,14 @@ import pytest
 
 from entrypoint.record import AttemptSettings, RunRecord, RunSpec, State
 from entrypoint.store_local import LocalStore
-from runner.launch.backends.base import ComputeBackend, Instance, InstanceStatus, LaunchContext
 from runner.config import Config
 from runner.launch.context import Context
-from runner.naming import label_value, resource_name
 from runner.ops.notify import NOTIFIED, TransitionNotifier, WebhookSender, notifier_from_config
 from runner.launch.supervisor import Supervisor, SupervisorSettings
-from tests.json_http_server import serve
+from tests.standins.json_http_server import serve
+from tests.standins.memory_backend import MemoryBackend
 
 TOKEN = "T0KEN-s3cr3t-9f8e7d"  # the secret part of every webhook URL here
-
-
-class MemoryBackend(ComputeBackend):
-    """Instances as a dict: create makes a RUNNING one, preempt ends it as GCE would."""
-
-    name = "memory"
-
-    def __init__(self) -> None:
-        self.instances: dict[str, Instance] = {}
-
-    def plan_instance(self, spec: RunSpec, ctx: LaunchContext, rank: int) -> Any:
-        return (spec.run_id, ctx.attempt)
-
-    def create_instance(self, plan: Any) -> Instance:
-        run_id, attempt = plan
-        inst = Instance(resource_name(run_id, attempt), label_value(run_id), attempt, InstanceStatus.RUNNING)
-        return self.instances.setdefault(inst.name, inst)
-
-    def list(self, run_id: str | None = None) -> list[Instance]:
-        return [i for i in self.instances.values() if run_id is None or i.run_label == label_value(run_id)]
-
-    def delete(self, instance: Instance, grace_period: float = 0) -> None:
-        self.instances.pop(instance.name, None)
-
-    def preempt(self, instance: Instance, grace_period: float = 0) -> None:
-        self.instances[instance.name] = replace(instance, status=InstanceStatus.TERMINATED)
 
 
 class Receiver:
@@ -165,7 +137,7 @@ EXPECTED = [
 
 
 def test_every_transition_of_a_run_reaches_the_webhook_in_order(local_store, receiver):
-    backend = MemoryBackend()
+    backend = MemoryBackend(notice_seconds=0)
     rec = submit(local_store)  # before the supervisor starts: "submitted" is history, not news
     sup = supervisor(local_store, backend, receiver.url)
     drive_with_preemption(rec, backend, [sup])
@@ -181,7 +153,7 @@ def test_every_transition_of_a_run_reaches_the_webhook_in_order(local_store, rec
 
 
 def test_two_supervisors_deliver_each_transition_once(local_store, receiver):
-    backend = MemoryBackend()
+    backend = MemoryBackend(notice_seconds=0)
     rec = submit(local_store)
     a, b = supervisor(local_store, backend, receiver.url), supervisor(local_store, backend, receiver.url)
     drive_with_preemption(rec, backend, [a, b])
@@ -192,7 +164,7 @@ def test_two_supervisors_deliver_each_transition_once(local_store, receiver):
 
 
 def test_supervisors_racing_in_threads_still_deliver_each_transition_once(local_store, receiver):
-    backend = MemoryBackend()
+    backend = MemoryBackend(notice_seconds=0)
     rec = submit(local_store)
     sups = [supervisor(local_store, backend, receiver.url) for _ in range(3)]
     stop = threading.Event()
@@ -226,7 +198,7 @@ def test_supervisors_racing_in_threads_still_deliver_each_transition_once(local_
 
 
 def test_a_supervisor_starting_later_does_not_replay_history(local_store, receiver):
-    backend = MemoryBackend()
+    backend = MemoryBackend(notice_seconds=0)
     rec = submit(local_store)
     Supervisor(local_store, backend, settings(local_store)).reconcile("exp-1")  # no notifier
     agent(rec, State.RUNNING)
@@ -248,7 +220,7 @@ def test_a_pass_without_a_state_change_does_not_read_the_journal(local_store, re
             return super().list(prefix)
 
     store = CountingStore(local_store.root)
-    backend = MemoryBackend()
+    backend = MemoryBackend(notice_seconds=0)
     rec = submit(store)
     sup = supervisor(store, backend, receiver.url)
     sup.reconcile("exp-1")
@@ -266,7 +238,7 @@ def test_a_pass_without_a_state_change_does_not_read_the_journal(local_store, re
 
 
 def test_an_event_written_after_its_state_is_still_announced(local_store, receiver):
-    backend = MemoryBackend()
+    backend = MemoryBackend(notice_seconds=0)
     rec = submit(local_store)
     sup = supervisor(local_store, backend, receiver.url)
     sup.reconcile("exp-1")
@@ -293,7 +265,7 @@ def test_a_dead_webhook_neither_slows_the_supervisor_nor_touches_the_run(local_s
             s.bind(("127.0.0.1", 0))
             port = s.getsockname()[1]
         url = f"http://127.0.0.1:{port}/hooks/{TOKEN}"
-    backend = MemoryBackend()
+    backend = MemoryBackend(notice_seconds=0)
     rec = submit(local_store)
     # The default 5 s timeout and 3 tries; only the backoff is shortened, to keep the test quick.
     sup = supervisor(local_store, backend, notifier=TransitionNotifier(
@@ -366,7 +338,7 @@ def test_the_url_comes_from_secret_manager_and_is_never_stored_or_printed(local_
     with serve(sm, "secretmanager") as endpoint:
         cfg = Config(store=local_store.url, project="test-project", webhook_secret="run-hook",
                      secretmanager_endpoint=endpoint)
-        backend = MemoryBackend()
+        backend = MemoryBackend(notice_seconds=0)
         rec = submit(local_store)
         sup = Context(cfg, local_store, backend).supervisor()
         assert sm.calls == []  # read on first use, not when the supervisor is made
@@ -388,7 +360,7 @@ def test_no_access_to_the_secret_says_which_role_to_grant_and_the_run_goes_on(lo
     with serve(sm, "secretmanager") as endpoint:
         cfg = Config(store=local_store.url, project="test-project", webhook_secret="run-hook",
                      secretmanager_endpoint=endpoint)
-        backend = MemoryBackend()
+        backend = MemoryBackend(notice_seconds=0)
         rec = submit(local_store)
         sup = Context(cfg, local_store, backend).supervisor()
         drive_with_preemption(rec, backend, [sup])
@@ -409,7 +381,7 @@ def test_the_environment_variable_comes_before_the_secret_and_nothing_means_no_n
 
 
 def test_a_malformed_url_turns_notifications_off_without_showing_it(local_store, capfd):
-    backend = MemoryBackend()
+    backend = MemoryBackend(notice_seconds=0)
     rec = submit(local_store)
     n = notifier_from_config(Config(), env={"RUNNER_WEBHOOK_URL": f"hooks.example.com/{TOKEN}"})
     sup = supervisor(local_store, backend, notifier=n)
@@ -421,7 +393,7 @@ def test_a_malformed_url_turns_notifications_off_without_showing_it(local_store,
 
 def test_an_event_named_before_one_already_seen_is_still_announced(local_store, receiver):
     """A VM clock running ahead names the agent's event after the supervisor's next one."""
-    backend = MemoryBackend()
+    backend = MemoryBackend(notice_seconds=0)
     rec = submit(local_store)
     sup = supervisor(local_store, backend, receiver.url)
     sup.reconcile("exp-1")

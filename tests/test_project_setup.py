@@ -20,8 +20,8 @@ from runner.cloud.project_setup import (
     Step,
     init_project,
 )
-from tests.gcp_admin_fake import RACING_BINDING, GcpAdminFake
-from tests.gcs_fixture import DENIED_BUCKET
+from tests.standins.gcp_admin import RACING_BINDING, GcpAdminFake
+from tests.standins.gcs_fixture import DENIED_BUCKET
 
 P = "test-project"
 SA = f"cos-spot-runner@{P}.iam.gserviceaccount.com"

@@ -184,7 +184,7 @@ def test_pull_copies_results_once_and_then_only_what_changed(local_store, tmp_pa
 
 
 # ---- lost replies and interrupted writers (issue 10 §3) ----------------------------------------
-# Each runs on the local store and on GCS through the fault proxy (tests/gcs_fault_proxy.py),
+# Each runs on the local store and on GCS through the fault proxy (tests/standins/gcs_fault_proxy.py),
 # which lets the emulator apply a write and then loses its reply, as GCS sometimes does.
 
 TRANSITIONS = [  # (state, actor, changes): two preempted attempts, a stall, then success
@@ -223,7 +223,7 @@ def _stored_events(rec: RunRecord) -> list[str]:
 
 
 def test_every_transition_is_journaled_exactly_once_when_a_third_of_replies_are_lost(lossy):
-    from tests.gcs_fault_proxy import FaultRule
+    from tests.standins.gcs_fault_proxy import FaultRule
 
     store, proxy = lossy
     rec = RunRecord(store, "r1")
@@ -244,7 +244,7 @@ def test_a_lost_reply_on_the_create_claim_still_wins_it_and_only_once(lossy):
     store, proxy = lossy
     rec = RunRecord(store, "r1")
     if proxy is not None:
-        from tests.gcs_fault_proxy import FaultRule
+        from tests.standins.gcs_fault_proxy import FaultRule
 
         proxy.add(FaultRule(action="drop_reply", match="create.json", times=1))
     assert rec.claim_create(1, "sup-a") is True
@@ -256,7 +256,7 @@ def test_a_lost_reply_on_spec_json_does_not_wedge_the_run_id(lossy):
     store, proxy = lossy
     rec = RunRecord(store, "r1")
     if proxy is not None:
-        from tests.gcs_fault_proxy import FaultRule
+        from tests.standins.gcs_fault_proxy import FaultRule
 
         proxy.add(FaultRule(action="drop_reply", match="spec.json", times=1))
     rec.write_spec(_spec())
@@ -287,7 +287,7 @@ def test_a_different_submit_racing_on_a_fresh_run_id_is_refused(lossy):
 def _block_event_writes(store, proxy, rec):
     """Make the next event write fail for good, as if its writer died after writing the state."""
     if proxy is not None:
-        from tests.gcs_fault_proxy import FaultRule
+        from tests.standins.gcs_fault_proxy import FaultRule
 
         proxy.add(FaultRule(action="400", match="/events/", times=1))
         return lambda: None
@@ -342,7 +342,7 @@ def test_a_note_whose_reply_is_lost_is_stored_once(lossy):
     store, proxy = lossy
     rec = RunRecord(store, "r1")
     if proxy is not None:
-        from tests.gcs_fault_proxy import FaultRule
+        from tests.standins.gcs_fault_proxy import FaultRule
 
         proxy.add(FaultRule(action="drop_reply", match="/events/", times=1))
     rec.event("sup", None, None, "create failed, retrying in 5s", attempt=1)

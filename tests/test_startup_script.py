@@ -1,8 +1,10 @@
-"""gcp/startup.sh and gcp/shutdown.sh, run for real on a simulated COS VM (tests/cos_sim).
+"""gcp/startup.sh and gcp/shutdown.sh, run for real on a simulated COS VM (tests/standins/cos_sim).
 
 Each scenario boots the VM once (module-scoped fixtures) and the tests read what it left behind:
 the job container as Docker reports it, the run record in the GCS emulator, the requests the fake
-metadata server and Google APIs received, the shims' recorded argv and the serial console output.
+metadata server received and the Google API calls the script made (recorded on their way to the GCS
+emulator and the Compute stand-in, the same stand-ins the cloud path uses), the shims' recorded
+argv and the serial console output.
 The VM's metadata holds scalars only: the agent reads the job's command and env from spec.json.
 """
 
@@ -21,13 +23,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from google.cloud import compute_v1
 
 from entrypoint.record import RunRecord, RunSpec, State
-from entrypoint.store_gcs import GcsStore, make_client
+from entrypoint.store_gcs import GcsStore
 from runner.launch.backends.vm_metadata import SHUTDOWN_SCRIPT, STARTUP_SCRIPT, VmMetadata
-from tests.cos_sim.fakes import FakeGoogleApis, FakeMetadata
-from tests.cos_sim.vm import Boot, CosVm
-from tests.gcs_fixture import BUCKET
+from tests.standins.compute import ComputeFake, run_compute_fake
+from tests.standins.cos_sim.fakes import FakeMetadata, GoogleApiTap
+from tests.standins.cos_sim.vm import Boot, CosVm
+from tests.standins.gcs_fixture import BUCKET
 
 STARTUP = Path(__file__).resolve().parent.parent / "gcp" / "startup.sh"
 WORKLOAD = os.environ.get("RUNNER_TEST_IMAGE", "cos-spot-runner/workload:dev")
@@ -61,14 +65,17 @@ def pinned_image(docker_client: Any) -> Iterator[str]:
 
 
 @pytest.fixture(scope="module")
-def apis(gcs_emulator: str) -> Iterator[FakeGoogleApis]:
-    client = make_client()
-
-    def store(bucket: str, name: str, data: bytes, content_type: str) -> None:
-        client.bucket(bucket).blob(name).upload_from_string(data, content_type=content_type or None)
-
-    with FakeGoogleApis(store_object=store) as fake:
+def compute() -> Iterator[ComputeFake]:
+    """The Compute stand-in the VMs delete themselves through (each scenario's VM is in it)."""
+    with run_compute_fake(PROJECT) as fake:
         yield fake
+    assert not fake.internal_errors, fake.internal_errors
+
+
+@pytest.fixture(scope="module")
+def apis(gcs_emulator: str, compute: ComputeFake) -> Iterator[GoogleApiTap]:
+    with GoogleApiTap(gcs_api=gcs_emulator, compute_api=compute.endpoint) as tap:
+        yield tap
 
 
 @dataclass
@@ -98,8 +105,10 @@ class Scenario:
 class Harness:
     """Builds scenarios: seeds the run in the emulator, serves its metadata, boots, collects."""
 
-    def __init__(self, tmp: Path, docker_client: Any, apis: FakeGoogleApis, image: str, emulator: str) -> None:
+    def __init__(self, tmp: Path, docker_client: Any, apis: GoogleApiTap, compute: ComputeFake, image: str,
+                 emulator: str) -> None:
         self.tmp, self.docker, self.apis, self.image, self.emulator = tmp, docker_client, apis, image, emulator
+        self.compute = compute
         self.run_ids: list[str] = []
         self.vms: list[CosVm] = []
 
@@ -125,6 +134,8 @@ class Harness:
         rec.transition(State.PROVISIONING, "test", attempt=1)
         vm = CosVm(self.tmp / run_id, gpus=gpus, name=f"cos-sim-{uuid.uuid4().hex[:8]}")
         self.vms.append(vm)
+        # The VM exists in Compute, as the GCE backend's insert left it: the script deletes it there.
+        self.compute.seed_instance(ZONE, compute_v1.Instance(name=vm.name, status="RUNNING"), project=PROJECT)
         attributes = self.metadata_for(run_id, store_url, image, **meta)
         if from_metadata:  # the scripts too, as the GCE backend inserts them
             attributes.update({STARTUP_SCRIPT: STARTUP.read_text(), SHUTDOWN_SCRIPT: STARTUP.with_name("shutdown.sh").read_text()})
@@ -156,7 +167,7 @@ class Harness:
         return sc
 
     def vm_env(self, md: FakeMetadata) -> dict[str, str]:
-        """Where the simulated VM finds Google: the fakes, and the emulator for the agent."""
+        """Where the simulated VM finds Google: the stand-ins through the tap, the emulator for the agent."""
         return {"METADATA_URL": md.url, "GCS_API": self.apis.url, "COMPUTE_API": self.apis.url,
                 "STORAGE_EMULATOR_HOST": self.emulator, "RUNNER_GPU_POLL": "0.2"}
 
@@ -173,9 +184,9 @@ class Harness:
 
 
 @pytest.fixture(scope="module")
-def harness(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, apis: FakeGoogleApis,
-            pinned_image: str, gcs_emulator: str) -> Iterator[Harness]:
-    h = Harness(tmp_path_factory.mktemp("cos-sim"), docker_client, apis, pinned_image, gcs_emulator)
+def harness(tmp_path_factory: pytest.TempPathFactory, docker_client: Any, apis: GoogleApiTap,
+            compute: ComputeFake, pinned_image: str, gcs_emulator: str) -> Iterator[Harness]:
+    h = Harness(tmp_path_factory.mktemp("cos-sim"), docker_client, apis, compute, pinned_image, gcs_emulator)
     yield h
     h.cleanup()
 
@@ -521,11 +532,8 @@ def test_data_mount_outside_var_lib_is_refused_before_driver_or_pull(harness: Ha
 @pytest.mark.docker
 def test_a_vm_that_cannot_delete_itself_powers_off(harness: Harness) -> None:
     # A stopped spot VM bills for its disks only; CPUs and GPUs stop billing.
-    harness.apis.delete_status = 403
-    try:
-        sc = harness.run("no-delete", ["true"], data_disk="data", data_mount="/mnt/data")
-    finally:
-        harness.apis.delete_status = 200
+    harness.compute.fail_next(403, rpc="instances.delete", reason="forbidden")
+    sc = harness.run("no-delete", ["true"], data_disk="data", data_mount="/mnt/data")
     assert sc.boot.exit_code == 1, explain(sc)
     assert len([r for r in sc.api_requests if r.method == "DELETE"]) == 1
     assert sc.boot.argv_of("poweroff") == [[]]
@@ -588,6 +596,7 @@ def test_a_vm_whose_job_finished_deletes_itself(harness: Harness) -> None:
     assert (sc.vm.scripts / "startup-script.sh").read_text() == STARTUP.read_text()
     (delete,) = [r for r in sc.api_requests if r.method == "DELETE"]
     assert delete.path == f"/compute/v1/projects/{PROJECT}/zones/{ZONE}/instances/{sc.vm.name}"
+    assert harness.compute.instance(ZONE, sc.vm.name, PROJECT) is None  # Compute took the delete
     assert sc.record.read_state()[0].state == State.SUCCEEDED
 
 

@@ -1,7 +1,7 @@
 """The guarantees of ``entrypoint.store.Store``, checked against every implementation.
 
 Each behaviour test runs against ``LocalStore`` and ``GcsStore`` (on the strict in-process
-emulator from tests/gcs_emulator.py), because the run record and checkpoint sync are written
+emulator from tests/standins/gcs_emulator.py), because the run record and checkpoint sync are written
 against the interface and must not care which backend they get. Assertions look at the bytes
 actually stored, not only at return values.
 
@@ -22,9 +22,9 @@ import pytest
 
 from entrypoint.store import PreconditionFailed, Store, StoreError, StoreNotFound
 from entrypoint.store_gcs import GcsStore
-from tests.gcs_emulator import run_emulator, run_raw_emulator
-from tests.gcs_fault_proxy import FaultProxy, FaultRule
-from tests.gcs_fixture import BUCKET, DENIED_BUCKET
+from tests.standins.gcs_emulator import run_emulator, run_raw_emulator
+from tests.standins.gcs_fault_proxy import FaultProxy, FaultRule
+from tests.standins.gcs_fixture import BUCKET, DENIED_BUCKET
 
 MiB = 1 << 20
 
@@ -433,7 +433,7 @@ def _client(hostport: str):  # noqa: ANN202 - google.cloud.storage.Client, impor
 
 
 def test_the_unpatched_emulator_ignores_if_generation_match() -> None:
-    """Why tests/gcs_emulator.py exists. If this fails, the emulator learned preconditions and
+    """Why tests/standins/gcs_emulator.py exists. If this fails, the emulator learned preconditions and
     the patch there may be retired."""
     with run_raw_emulator("raw") as hostport:
         blob = _client(hostport).bucket("raw").blob("x")

@@ -1,7 +1,7 @@
 """Chaos: a run supervised through a GCS that loses the replies of writes it applied.
 
 Every request of the supervisors, the "agent" and the notifier goes through the fault proxy
-(tests/gcs_fault_proxy.py) in front of the GCS emulator, which applies a write and then drops
+(tests/standins/gcs_fault_proxy.py) in front of the GCS emulator, which applies a write and then drops
 its reply for a share of writes (``CHAOS_DROP_RATE``, 0.3 by default: the rate of the field
 report in issue 10 §3). Two supervisors with webhooks drive the run through two preemptions to
 SUCCEEDED on an in-memory compute backend; the agent's transitions are written by hand as an
@@ -31,8 +31,9 @@ from entrypoint.record import RunRecord, RunSpec, State
 from runner.ops.notify import TransitionNotifier
 from runner.launch.supervisor import Supervisor
 from tests.chaos.harness import cycles
-from tests.gcs_fixture import store_through
-from tests.test_notify import MemoryBackend, Receiver, fast_sender, settings
+from tests.standins.gcs_fixture import store_through
+from tests.standins.memory_backend import MemoryBackend
+from tests.test_notify import Receiver, fast_sender, settings
 
 RUNS = cycles(short=1, long=5)
 DROP_RATE = float(os.environ.get("CHAOS_DROP_RATE", "0.3"))
@@ -49,7 +50,7 @@ EXPECTED = [
 
 @pytest.fixture
 def receiver():
-    from tests.json_http_server import serve
+    from tests.standins.json_http_server import serve
 
     r = Receiver()
     with serve(r, "webhook") as url:
@@ -78,7 +79,7 @@ def test_a_run_through_lost_replies_is_journaled_and_announced_exactly_once(
     seed = SEED + run
     fault_proxy.random_writes(rate=DROP_RATE, seed=seed, actions=ACTIONS)
     store = store_through(fault_proxy, f"chaos-lost-replies-{seed}")
-    backend = MemoryBackend()
+    backend = MemoryBackend(notice_seconds=0)
     rec = RunRecord(store, "chaos-1")
     rec.write_spec(RunSpec(run_id="chaos-1", image="img@sha256:" + "a" * 64, command=["true"],
                            backend="memory", max_restarts=5))
@@ -134,7 +135,7 @@ def test_submit_through_lost_replies_on_spec_state_claim_and_event_creates_one_v
     """The user's view, with real CLI processes: `runner submit --detach` on GCE while GCS loses
     the reply of each of its record writes once. It used to exit 1 on spec.json and leave the
     run id wedged; a lost claim reply left the VM uncreated."""
-    from tests.gcs_fault_proxy import FaultRule
+    from tests.standins.gcs_fault_proxy import FaultRule
     from tests.test_gce_backend import IMAGE, PROJECT, cli
 
     for what in ("spec.json", "state.json", "create.json", "/events/"):

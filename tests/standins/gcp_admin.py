@@ -37,11 +37,12 @@ import re
 import threading
 from dataclasses import dataclass, field
 from typing import Any, Iterator
-from urllib.parse import unquote, urlsplit
+from urllib.parse import unquote
 
 import pytest
 
-from tests.json_http_server import serve
+from tests.standins.google_api import GoogleApiError, RoutedApi
+from tests.standins.json_http_server import serve
 
 ERROR_INFO = "type.googleapis.com/google.rpc.ErrorInfo"
 DEFAULT_ENABLED = ("compute.googleapis.com", "storage.googleapis.com", "cloudbuild.googleapis.com",
@@ -72,19 +73,14 @@ _ROUTES = [
 ]
 
 
-class FakeApiError(Exception):
+class FakeApiError(GoogleApiError):
+    """The AIP-193 error the admin APIs send: ``status``, and an ``ErrorInfo`` when there is a reason."""
+
     def __init__(self, code: int, status: str, message: str, reason: str = "",
                  domain: str = "googleapis.com", metadata: dict[str, str] | None = None) -> None:
-        super().__init__(message)
-        self.code, self.status, self.message = code, status, message
         self.reason, self.domain, self.metadata = reason, domain, metadata or {}
-
-    def body(self) -> dict[str, Any]:
-        err: dict[str, Any] = {"code": self.code, "message": self.message, "status": self.status}
-        if self.reason:
-            err["details"] = [{"@type": ERROR_INFO, "reason": self.reason, "domain": self.domain,
-                               "metadata": self.metadata}]
-        return {"error": err}
+        super().__init__(code, message, status=status, summary=message, details=[
+            {"@type": ERROR_INFO, "reason": reason, "domain": domain, "metadata": self.metadata}] if reason else None)
 
 
 def disabled_api_error(title: str, api: str, project_number: int) -> FakeApiError:
@@ -116,7 +112,7 @@ class _Project:
     roles: dict[str, dict[str, Any]] = field(default_factory=dict)  # custom roles, by role id
 
 
-class GcpAdminFake:
+class GcpAdminFake(RoutedApi):
     """State and switches of the fake; served over HTTP by ``run_gcp_admin_fake``."""
 
     def __init__(self) -> None:
@@ -201,26 +197,32 @@ class GcpAdminFake:
 
     # ---- HTTP --------------------------------------------------------------------------------
 
-    def handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes
-               ) -> tuple[int, str]:
-        path = urlsplit(raw_path).path
+    # ---- one request (the template is tests/standins/google_api.py's RoutedApi.handle) -------
+
+    def request_path(self, raw: str) -> str:
+        return raw  # routed as sent: path arguments are unquoted one by one (``_route``)
+
+    def find_route(self, method: str, path: str) -> tuple[str, dict[str, str]] | None:
+        rpc, args = self._route(method, path)
+        return None if rpc is None else (rpc, args)
+
+    def not_implemented(self, method: str, path: str) -> FakeApiError:
+        return FakeApiError(501, "UNIMPLEMENTED", f"admin fake: {method} {path} is not implemented")
+
+    def crashed(self, e: Exception) -> FakeApiError:
+        return FakeApiError(500, "INTERNAL", repr(e))
+
+    def respond(self, rpc: str, args: dict[str, str], query: dict[str, str], body: bytes,
+                headers: dict[str, str]) -> str:
         try:
             parsed = json.loads(body) if body else None
         except ValueError:
             parsed = None
-        rpc, args = self._route(method, path)
-        with self.lock:
-            try:
-                if rpc is None:
-                    raise FakeApiError(501, "UNIMPLEMENTED", f"admin fake: {method} {path} is not implemented")
-                status, out = 200, self._dispatch(rpc, args, parsed)
-            except FakeApiError as e:
-                status, out = e.code, e.body()
-            except Exception as e:  # noqa: BLE001 - a bug in the fake: answer, and remember it
-                self.internal_errors.append(f"{method} {path}: {e!r}")
-                status, out = 500, FakeApiError(500, "INTERNAL", repr(e)).body()
-            self._requests.append(Request(method, path, rpc or "unknown", parsed, status))
-        return status, json.dumps(out)
+        return json.dumps(self._dispatch(rpc, args, parsed))
+
+    def record(self, method: str, path: str, query: dict[str, str], body: Any, started: float, rpc: str,
+               status: int, headers: dict[str, str]) -> None:
+        self._requests.append(Request(method, path, rpc, body, status))
 
     @staticmethod
     def _route(method: str, path: str) -> tuple[str | None, dict[str, str]]:

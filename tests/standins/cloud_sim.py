@@ -1,4 +1,4 @@
-"""The guest side of the Compute fake: every VM it runs is a simulated COS VM (tests/cos_sim).
+"""The guest side of the Compute fake: every VM it runs is a simulated COS VM (tests/standins/cos_sim).
 
 Why: the GCE path is only proven when the VM the supervisor created is the one that runs the job.
 So a VM here boots **from the metadata the product inserted**, not from metadata a test wrote:
@@ -39,14 +39,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Optional
 
-from tests.cos_sim.fakes import FakeMetadata
-from tests.cos_sim.vm import REPO, SIM_PATH, Boot, CosVm
+from tests.standins.cos_sim.fakes import FakeMetadata
+from tests.standins.cos_sim.vm import REPO, SIM_PATH, Boot, CosVm
 
 STARTUP_FILE = REPO / "gcp" / "startup.sh"
 SHUTDOWN_FILE = REPO / "gcp" / "shutdown.sh"
 LIVE = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING")
 _REAL_PULL_SHIM = """#!/bin/bash
-# docker on a cloud_sim VM: `pull` is real (tests/cloud_sim.py); everything else is cos_sim's shim.
+# docker on a cloud_sim VM: `pull` is real (tests/standins/cloud_sim.py); everything else is cos_sim's shim.
 if [[ ${1:-} == pull ]]; then
   for a in "$@"; do printf "%s\\0" "$a"; done >"$COS_SIM_CALLS/docker.$(date +%s%N).$$"
   exec /opt/cos-sim/real/docker "$@"

@@ -25,7 +25,7 @@ a container needs an image; ``timeout`` at most 168 h; ``maxRetries`` 0..10.
 IAM, modelled where a product can get it wrong: ``denied`` holds permissions the (anonymous)
 deploying caller lacks (``run.jobs.create``, ``iam.serviceAccounts.actAs``...): the call answers
 403 PERMISSION_DENIED naming the permission, as Cloud Run does. A request carrying
-``Authorization: Bearer fake-oauth:EMAIL`` (what ``tests/scheduler_fake.py`` sends for an
+``Authorization: Bearer fake-oauth:EMAIL`` (what ``tests/standins/scheduler.py`` sends for an
 ``oauthToken``) acts as that service account: ``:run`` needs ``roles/run.invoker`` (or developer,
 admin) for it on the job's policy or in ``project_roles``. A Bearer token that is not an OAuth
 access token (``fake-oidc:...``, an OIDC ID token) is rejected with 401, as Google APIs do.
@@ -37,7 +37,7 @@ the Execution records ``succeededCount``/``failedCount`` and ``completionTime`` 
 PERMISSION_DENIED "Cloud Run Admin API has not been used in project N before or it is disabled.
 Enable it by visiting https://console.developers.google.com/apis/api/run.googleapis.com/overview?project=N
 then retry." with an ErrorInfo ``SERVICE_DISABLED`` naming the service (the shape Google APIs
-answer, as tests/gcp_admin_fake.py models it).
+answer, as tests/standins/gcp_admin.py models it).
 
 Not modelled: revisions of templates, task retries, VPC, volumes, Binary Authorization,
 ``validateOnly``; listing executions. Unknown paths answer 501.
@@ -64,11 +64,11 @@ from google.iam.v1 import iam_policy_pb2, policy_pb2
 from google.longrunning import operations_pb2
 from google.protobuf import json_format
 
-from tests.cloudbuild_fake import ApiError, to_json
-from tests.compute_fake import block_external_network
-from tests.gcp_admin_fake import disabled_api_error
-from tests.rest_fake import RestFake
-from tests.json_http_server import serve
+from tests.standins.cloudbuild import ApiError, to_json
+from tests.standins.network_guard import block_external_network
+from tests.standins.gcp_admin import disabled_api_error
+from tests.standins.rest import RestFake
+from tests.standins.json_http_server import serve
 
 REGIONS = {"us-central1", "us-east1", "us-east4", "us-west1", "europe-west1", "europe-west4",
            "asia-northeast1", "asia-southeast1"}
@@ -106,7 +106,7 @@ def _copy(msg: Any) -> Any:
 
 
 class CloudRunFake(RestFake):
-    """State and rules; ``handle`` (tests/rest_fake.py) serves one HTTP request. Thread-safe."""
+    """State and rules; ``handle`` (tests/standins/rest.py) serves one HTTP request. Thread-safe."""
 
     NAME = "cloudrun fake"
     ROUTES = _ROUTES

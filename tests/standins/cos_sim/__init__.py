@@ -16,7 +16,8 @@ What a VM has and a test machine does not is stood in for:
 - One Docker host stands in for each VM's own daemon: the ``docker`` shim labels what it runs
   with the VM (``cos-sim.vm=NAME``) and ``docker ps`` sees only that VM's containers.
 - ``fakes.py``: the metadata server (403 without ``Metadata-Flavor: Google``, like the real one)
-  and the Google APIs the script calls (GCS media upload, Compute instance delete).
+  and a tap that records the Google API calls the script makes (GCS media upload, Compute
+  instance delete) on their way to the GCS emulator and the Compute stand-in.
 - ``vm.py``: boots the simulated VM and collects what it did: ``CosVm.boot(env)`` runs
   ``gcp/startup.sh``; ``CosVm.boot_from_metadata(fake_metadata, env)`` runs the
   ``startup-script`` (or ``shutdown-script``) text a GCE guest finds in its metadata.

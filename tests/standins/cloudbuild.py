@@ -1,6 +1,6 @@
 """A local Cloud Build fake that the real ``google-cloud-build`` REST client can talk to.
 
-Same idea as ``tests/compute_fake.py``: product bugs live in how it *uses* the API (what Build it
+Same idea as ``tests/standins/compute/``: product bugs live in how it *uses* the API (what Build it
 sends, how it waits, whether it reads the failure detail, whether it survives a 503), so this
 serves the ``cloudbuild.googleapis.com/v1`` REST paths on ``127.0.0.1`` and the product points
 its real client at it::
@@ -78,7 +78,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from http import HTTPStatus
 from typing import Any, Callable, Iterator, Optional
-from urllib.parse import parse_qsl, unquote, urlsplit
+from urllib.parse import unquote
 
 import pytest
 from google.api_core.client_options import ClientOptions
@@ -88,8 +88,10 @@ from google.longrunning import operations_pb2
 from google.protobuf import json_format
 from google.rpc import code_pb2
 
-from tests.compute_fake import FilterError, RecordedRequest, block_external_network, parse_filter
-from tests.json_http_server import serve
+from tests.standins.compute.filters import FilterError, parse_filter
+from tests.standins.google_api import GoogleApiError, RecordedRequest, RoutedApi
+from tests.standins.network_guard import block_external_network
+from tests.standins.json_http_server import serve
 
 DEFAULT_FAIL_MESSAGE = "step 0 exited 1: archive crash"
 BUILD_FAILED_MESSAGE = "Build failed; check build logs for details"  # what .result() raises with
@@ -145,17 +147,12 @@ _CANNED = {
 }
 
 
-class ApiError(Exception):
+class ApiError(GoogleApiError):
     """An HTTP error with the One Platform JSON body Cloud Build sends (``error.status``)."""
 
     def __init__(self, code: int, message: Optional[str] = None) -> None:
-        self.code = code
-        self.message = message or _CANNED.get(code) or HTTPStatus(code).phrase
-        super().__init__(f"{code}: {self.message}")
-
-    def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message,
-                          "status": _GRPC_STATUS.get(self.code, "UNKNOWN")}}
+        super().__init__(code, message or _CANNED.get(code) or HTTPStatus(code).phrase,
+                         status=_GRPC_STATUS.get(code, "UNKNOWN"))
 
 
 def _invalid(message: str) -> ApiError:
@@ -247,7 +244,7 @@ class _Rec:
     log_started: bool = False
 
 
-class CloudBuildFake:
+class CloudBuildFake(RoutedApi):
     """State and switches of the fake; served over HTTP by ``run_cloudbuild_fake``.
 
     Switches are plain attributes, read under the fake's lock on every request:
@@ -733,7 +730,9 @@ class CloudBuildFake:
         token = str(offset + size) if offset + size < len(matching) else ""
         return cloudbuild_v1.ListBuildsResponse(builds=page, next_page_token=token)
 
-    def _route(self, method: str, path: str) -> Optional[tuple[str, dict[str, str]]]:
+    # ---- one request (the template is tests/standins/google_api.py's RoutedApi.handle) -------
+
+    def find_route(self, method: str, path: str) -> Optional[tuple[str, dict[str, str]]]:
         for verb, pattern, rpc in _ROUTES:
             if verb == method:
                 m = re.fullmatch(pattern, path)
@@ -741,45 +740,28 @@ class CloudBuildFake:
                     return rpc, {k: unquote(v) for k, v in m.groupdict().items()}
         return None
 
-    def handle(self, method: str, raw_path: str, headers: dict[str, str], body: bytes
-               ) -> tuple[int, str]:
-        """Serve one request; returns (HTTP status, JSON body). Thread-safe."""
-        started = time.time()
-        split = urlsplit(raw_path)
-        path = unquote(split.path)
-        query = dict(parse_qsl(split.query, keep_blank_values=True))
+    def before(self) -> None:
+        self._tick()
+
+    def not_implemented(self, method: str, path: str) -> ApiError:
+        return ApiError(501, f"cloudbuild fake: {method} {path} is not implemented")
+
+    def client_error(self, e: Exception, query: dict[str, str]) -> Optional[ApiError]:
+        return _invalid(f"invalid filter: {e}") if isinstance(e, FilterError) else None
+
+    def crashed(self, e: Exception) -> ApiError:
+        return ApiError(500, f"cloudbuild fake crashed: {e!r}")
+
+    def respond(self, rpc: str, args: dict[str, str], query: dict[str, str], body: bytes,
+                headers: dict[str, str]) -> str:
         int_enums = "enum-encoding=int" in query.get("$alt", "")
-        routed = self._route(method, path)
-        rpc, args = routed if routed else ("unknown", {})
-        try:
-            parsed_body = json.loads(body) if body else None
-        except ValueError:
-            parsed_body = None
-        with self.lock:
-            self._tick()
-            try:
-                if routed is None:
-                    raise ApiError(501, f"cloudbuild fake: {method} {path} is not implemented")
-                self._inject_error(rpc)
-                result = self._dispatch(rpc, args, query, body)
-                if isinstance(result, operations_pb2.Operation):
-                    payload = json_format.MessageToJson(result, use_integers_for_enums=int_enums)
-                elif isinstance(result, dict):
-                    payload = json.dumps(result)
-                else:
-                    payload = to_json(result, int_enums=int_enums)
-                status = 200
-            except ApiError as e:
-                status, payload = e.code, json.dumps(e.body())
-            except FilterError as e:
-                status, payload = 400, json.dumps(_invalid(f"invalid filter: {e}").body())
-            except Exception as e:  # noqa: BLE001 - a bug in the fake: answer, and remember it
-                self.internal_errors.append(f"{method} {path}: {e!r}")
-                status, payload = 500, json.dumps(ApiError(500, f"cloudbuild fake crashed: "
-                                                                f"{e!r}").body())
-            self._requests.append(RecordedRequest(method, path, query, parsed_body, started, rpc,
-                                                  status, headers))
-        return status, payload
+        self._inject_error(rpc)
+        result = self._dispatch(rpc, args, query, body)
+        if isinstance(result, operations_pb2.Operation):
+            return json_format.MessageToJson(result, use_integers_for_enums=int_enums)
+        if isinstance(result, dict):
+            return json.dumps(result)
+        return to_json(result, int_enums=int_enums)
 
     def _inject_error(self, rpc: str) -> None:
         for i, (code, only) in enumerate(self._fail_next):
@@ -867,7 +849,7 @@ def run_cloudbuild_fake(project: str = "test-project", *, project_number: int = 
 def cloudbuild_fake() -> Iterator[CloudBuildFake]:
     """A fresh fake per test, with external network blocked; fails the test on any escape.
 
-    Use through ``pytest_plugins = ["tests.cloudbuild_fake"]`` or ``from tests.cloudbuild_fake
+    Use through ``pytest_plugins = ["tests.standins.cloudbuild"]`` or ``from tests.standins.cloudbuild
     import cloudbuild_fake``. Build the client with ``cloudbuild_fake.client()``.
     """
     with block_external_network() as blocked, run_cloudbuild_fake() as fake:

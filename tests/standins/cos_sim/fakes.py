@@ -1,10 +1,13 @@
-"""HTTP fakes for what a COS VM's startup script talks to: the metadata server and Google APIs."""
+"""What a COS VM's startup script talks to: the metadata server (faked here, strictly) and the
+Google APIs (the GCS emulator and the Compute stand-in, reached through a recording tap)."""
 
 from __future__ import annotations
 
 import json
 import threading
+import urllib.error
 import urllib.parse
+import urllib.request
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Callable
@@ -126,20 +129,20 @@ class FakeMetadata:
 
 
 @dataclass
-class FakeGoogleApis:
-    """The two Google APIs the startup script calls, recording every request.
+class GoogleApiTap:
+    """Where the startup script's Google calls go: a recording pass-through to the stand-ins.
 
-    - GCS ``POST /upload/storage/v1/b/BUCKET/o?uploadType=media&name=NAME``: the body is stored
-      as-is through ``store_object`` (the test hands it to the GCS emulator, where the run record
-      reader finds it). The emulator's own handler parses any ``application/json`` body instead of
-      storing its bytes, which real GCS never does, so the upload is served here.
-    - Compute ``DELETE /compute/v1/projects/P/zones/Z/instances/NAME``: answers with a pending
-      operation, like GCE.
+    The script uploads its phase markers to GCS (``POST /upload/storage/v1/b/B/o?uploadType=media``)
+    and deletes its own VM through Compute (``DELETE /compute/v1/projects/P/zones/Z/instances/N``).
+    Those APIs are faked once, by the GCS emulator and the Compute stand-in, the same ones the
+    cloud path boots its VMs against (tests/standins/cloud_sim.py); this tap only records each
+    request as the script sent it (headers included, which the stand-ins do not keep) and
+    forwards it unchanged, so a test can assert on the call and on what the stand-in made of it.
     """
 
-    store_object: Callable[[str, str, bytes, str], None]
+    gcs_api: str       # http://HOST:PORT of the GCS emulator
+    compute_api: str   # http://HOST:PORT of the Compute stand-in
     requests: list[Request] = field(default_factory=list)
-    delete_status: int = 200  # fault switch: what the instance delete answers
 
     def __post_init__(self) -> None:
         self._server = _Server(self._handle)
@@ -148,7 +151,7 @@ class FakeGoogleApis:
     def url(self) -> str:
         return f"http://127.0.0.1:{self._server.port}"
 
-    def __enter__(self) -> "FakeGoogleApis":
+    def __enter__(self) -> "GoogleApiTap":
         self._server.start()
         return self
 
@@ -164,17 +167,13 @@ class FakeGoogleApis:
     def _handle(self, h: BaseHTTPRequestHandler, method: str) -> None:
         req = _read(h, method)
         self.requests.append(req)
-        parts = req.path.strip("/").split("/")
-        if method == "POST" and parts[:4] == ["upload", "storage", "v1", "b"] and parts[5:] == ["o"]:
-            if req.query.get("uploadType") != "media" or not req.query.get("name"):
-                return _reply(h, 400, '{"error":{"code":400,"message":"only uploadType=media with name"}}')
-            self.store_object(parts[4], req.query["name"], req.body, req.headers.get("content-type", ""))
-            return _reply(h, 200, json.dumps({"kind": "storage#object", "bucket": parts[4],
-                                              "name": req.query["name"], "size": str(len(req.body))}))
-        if method == "DELETE" and len(parts) == 8 and parts[:3] == ["compute", "v1", "projects"]:
-            if self.delete_status != 200:
-                return _reply(h, self.delete_status, json.dumps({"error": {"code": self.delete_status,
-                                                                           "message": "injected by the test"}}))
-            return _reply(h, 200, json.dumps({"kind": "compute#operation", "operationType": "delete",
-                                              "status": "PENDING", "targetLink": req.path}))
-        return _reply(h, 404, '{"error":{"code":404,"message":"not faked"}}')
+        upstream = self.compute_api if req.path.startswith("/compute/") else self.gcs_api
+        forwarded = urllib.request.Request(
+            upstream + h.path, data=req.body if method != "GET" else None, method=method,
+            headers={k: v for k, v in h.headers.items() if k.lower() not in ("host", "content-length")})
+        try:
+            with urllib.request.urlopen(forwarded, timeout=30) as resp:
+                code, body, ctype = resp.status, resp.read(), resp.headers.get("Content-Type", "")
+        except urllib.error.HTTPError as e:
+            code, body, ctype = e.code, e.read(), e.headers.get("Content-Type", "")
+        return _reply(h, code, body, ctype or "application/json")

@@ -1,6 +1,6 @@
 """Pytest fixtures for the GCS backend against the strict in-process emulator.
 
-Loaded from tests/conftest.py through ``pytest_plugins = ["tests.gcs_fixture"]``.
+Loaded from tests/conftest.py through ``pytest_plugins = ["tests.standins.gcs_fixture"]``.
 """
 
 from __future__ import annotations
@@ -14,10 +14,10 @@ from typing import TYPE_CHECKING, Iterator
 import pytest
 
 from entrypoint.store_gcs import GcsStore
-from tests.gcs_emulator import run_emulator
+from tests.standins.gcs_emulator import run_emulator
 
 if TYPE_CHECKING:
-    from tests.gcs_fault_proxy import FaultProxy
+    from tests.standins.gcs_fault_proxy import FaultProxy
 
 BUCKET = "test-bucket"
 DENIED_BUCKET = "denied-bucket"
@@ -62,7 +62,7 @@ def gcs_store(gcs_emulator: str, request: pytest.FixtureRequest) -> GcsStore:
 @pytest.fixture
 def fault_proxy(gcs_emulator: str) -> Iterator["FaultProxy"]:
     """A fault-injecting proxy in front of the session's emulator (no rules: it only forwards)."""
-    from tests.gcs_fault_proxy import run_fault_proxy
+    from tests.standins.gcs_fault_proxy import run_fault_proxy
 
     with run_fault_proxy(gcs_emulator.split("//", 1)[1], seed=int(os.environ.get("FAULT_SEED", "7"))) as proxy:
         yield proxy

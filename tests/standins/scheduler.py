@@ -13,7 +13,7 @@ read 2026-12) and https://cloud.google.com/scheduler/docs/http-target-auth:
   Output-only fields set by the client are refused. ``attemptDeadline`` of an HTTP target must
   be in [15 s, 30 min], ``retryCount`` in 0..5, ``description`` at most 500 characters (the
   ``Job`` reference); the location must be one the service runs in (the regions of
-  tests/cloudrun_fake.py; others answer 400 "is not a valid location", as Google's regional
+  tests/standins/cloudrun.py; others answer 400 "is not a valid location", as Google's regional
   APIs do). The job is ENABLED, with ``userUpdateTime``.
 - ``get``/``delete``/``patch``/``:run``/``:pause``/``:resume`` of a missing job: 404 NOT_FOUND.
   ``patch`` applies ``updateMask`` (every field when absent) and bumps ``userUpdateTime``.
@@ -52,12 +52,12 @@ from google.auth.credentials import AnonymousCredentials
 from google.cloud import scheduler_v1
 from google.rpc import code_pb2
 
-from tests.cloudbuild_fake import ApiError, to_json
-from tests.cloudrun_fake import REGIONS
-from tests.compute_fake import block_external_network
-from tests.gcp_admin_fake import disabled_api_error
-from tests.rest_fake import RestFake
-from tests.json_http_server import serve
+from tests.standins.cloudbuild import ApiError, to_json
+from tests.standins.cloudrun import REGIONS
+from tests.standins.network_guard import block_external_network
+from tests.standins.gcp_admin import disabled_api_error
+from tests.standins.rest import RestFake
+from tests.standins.json_http_server import serve
 
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,500}")
 _CRON_FIELD = re.compile(r"(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*")
@@ -94,7 +94,7 @@ _ROUTES = [
 
 
 class SchedulerFake(RestFake):
-    """State and rules; ``handle`` (tests/rest_fake.py) serves one HTTP request. Thread-safe."""
+    """State and rules; ``handle`` (tests/standins/rest.py) serves one HTTP request. Thread-safe."""
 
     NAME = "scheduler fake"
     ROUTES = _ROUTES

@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING
 from entrypoint.markers import PHASE_MARKER
 
 if TYPE_CHECKING:
-    from tests.cos_sim.fakes import FakeMetadata
+    from tests.standins.cos_sim.fakes import FakeMetadata
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SIM = Path(__file__).resolve().parent
 # The bootstrapped Debian base: bash, curl, coreutils and util-linux, the tools COS has.
 BASE_IMAGE = os.environ.get("RUNNER_TEST_BASE_IMAGE", "cos-spot-runner/base:bookworm-2")

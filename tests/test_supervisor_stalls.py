@@ -1,0 +1,119 @@
+"""The supervisor's stall rules (runner/launch/supervisor.py): a running job is judged by when its
+reported progress last changed, not by its heartbeat alone; a job that reports no progress is
+judged by its heartbeat; syncing phases are not stalls; an instance still booting past its boot
+window is stalled (a GPU VM's window covers its driver wait). A stalled attempt is replaced only
+once its instance, given its grace period, no longer runs.
+
+World: the in-memory backend and a local store on the test's clock (tests/standins/
+supervised_runs.py).
+"""
+
+from __future__ import annotations
+
+from entrypoint.record import Heartbeat, State
+from tests.standins.supervised_runs import GRACE, STALL_WINDOW
+
+A1, A2 = "runner-exp-1-a1", "runner-exp-1-a2"
+
+
+def running_on_a1(w, **submit):
+    rec = w.submit(**submit)
+    sup = w.supervisor()
+    sup.reconcile("exp-1")
+    w.agent_running(rec)
+    return rec, sup
+
+
+def test_a_live_job_whose_progress_stopped_is_stalled_and_replaced_after_its_grace(supervised):
+    w = supervised
+    rec, sup = running_on_a1(w)
+    w.heartbeat(rec, step=5)
+    stuck_since = w.clock()
+    w.clock.advance(STALL_WINDOW + 1)
+    w.heartbeat(rec, step=5, progress_changed_at=stuck_since)  # alive, but no step for a minute
+    sup.reconcile("exp-1")
+    st = w.state(rec)
+    assert st.state == State.STALLED and st.reason.startswith("no progress for 61s")
+    w.settle()
+    # The stalled instance was given its grace period, and nothing was created beside it.
+    assert ("delete", A1, GRACE) in w.backend.calls and w.backend.creates() == [A1]
+    sup.reconcile("exp-1")
+    st = w.state(rec)
+    assert (st.state, st.attempt, st.restarts) == (State.PROVISIONING, 2, 1)
+    assert set(w.backend.instances()) == {A2}
+
+
+def test_a_job_making_progress_is_never_stalled_however_long_it_runs(supervised):
+    w = supervised
+    rec, sup = running_on_a1(w)
+    for step in range(1, 11):
+        w.clock.advance(STALL_WINDOW * 0.9)
+        w.heartbeat(rec, step=step)
+        sup.reconcile("exp-1")
+    assert w.state(rec).state == State.RUNNING and w.backend.creates() == [A1]
+
+
+def test_a_job_that_reports_no_progress_is_judged_by_its_heartbeat(supervised):
+    w = supervised
+    rec, sup = running_on_a1(w)
+    for _ in range(3):
+        w.clock.advance(STALL_WINDOW * 0.9)
+        w.heartbeat(rec, step=None)
+        sup.reconcile("exp-1")
+    assert w.state(rec).state == State.RUNNING
+    w.clock.advance(STALL_WINDOW + 1)  # the heartbeat stopped too
+    sup.reconcile("exp-1")
+    assert w.state(rec).state == State.STALLED
+
+
+def test_restoring_or_finishing_a_checkpoint_is_not_a_stall(supervised):
+    w = supervised
+    rec, sup = running_on_a1(w)
+    w.heartbeat(rec, step=5)
+    stuck_since = w.clock()
+    for phase in ("restoring", "finishing"):
+        w.clock.advance(STALL_WINDOW + 1)
+        w.heartbeat(rec, step=5, phase=phase, progress_changed_at=stuck_since)
+        sup.reconcile("exp-1")
+        assert w.state(rec).state == State.RUNNING, phase
+
+
+def test_a_heartbeat_of_an_older_attempt_does_not_keep_the_current_one_alive(supervised):
+    w = supervised
+    rec, sup = running_on_a1(w)
+    w.backend.begin_preemption(A1)
+    w.backend.finish_notice(A1)
+    sup.reconcile("exp-1")
+    w.agent_running(rec)  # attempt 2 started, then hung without a heartbeat of its own
+    w.clock.advance(STALL_WINDOW + 1)
+    # Attempt 1's agent, still syncing somewhere, writes a fresh heartbeat with fresh progress.
+    rec.write_heartbeat(Heartbeat(time=w.clock(), attempt=1, phase="running", progress={"step": 9},
+                                  progress_changed_at=w.clock()))
+    sup.reconcile("exp-1")
+    assert w.state(rec).state == State.STALLED
+
+
+def test_an_instance_still_booting_past_the_stall_window_is_stalled(supervised):
+    w = supervised
+    rec = w.submit()
+    sup = w.supervisor()
+    sup.reconcile("exp-1")
+    w.clock.advance(STALL_WINDOW - 1)
+    sup.reconcile("exp-1")
+    assert w.state(rec).state == State.PROVISIONING
+    w.clock.advance(2)
+    sup.reconcile("exp-1")
+    assert w.reasons(rec, "STALLED")[0].startswith("still booting after 61s (window 60s)")
+
+
+def test_a_gpu_vm_may_boot_for_its_whole_driver_wait_whatever_the_stall_window(supervised):
+    w = supervised
+    rec = w.submit(backend="gce", gpu="nvidia-tesla-t4", timeouts={"gpu_timeout": 300})
+    sup = w.supervisor()
+    sup.reconcile("exp-1")
+    w.clock.advance(290)
+    sup.reconcile("exp-1")
+    assert w.state(rec).state == State.PROVISIONING
+    w.clock.advance(20)
+    sup.reconcile("exp-1")
+    assert w.reasons(rec, "STALLED")[0].endswith("(window 300s)")
