@@ -148,7 +148,8 @@ def test_an_older_attempts_instance_never_runs_beside_the_current_one(supervised
     w.backend.finish_notice(A1)
     sup.reconcile("exp-1")
     # A late create of attempt 1 (a retried insert that landed after all) shows up again.
-    w.backend.create(w.backend.plan(rec.read_spec(), sup.launch_context(1)))
+    spec = rec.read_spec()
+    w.backend.create(w.backend.plan(spec, sup.launch_context(spec, 1)))
     sup.reconcile("exp-1")
     w.settle()
     assert set(w.backend.instances()) == {A2}

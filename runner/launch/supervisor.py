@@ -359,7 +359,8 @@ class Supervisor:
             return window
         from runner.launch.backends import backend_type
 
-        return max(window, backend_type(spec.backend).boot_wait(spec))
+        kind = type(self.backend) if spec.backend == self.backend.name else backend_type(spec.backend)
+        return max(window, kind.boot_wait(spec))
 
     def _stalled_for(self, rec: RunRecord, st: RunState, window: float) -> float | None:
         """Seconds without progress, if that exceeds the stall window; else None."""
