@@ -17,18 +17,9 @@ from runner.launch.backends.base import BackendError, InstanceStatus, PermanentB
 A1, A2, A3 = "runner-exp-1-a1", "runner-exp-1-a2", "runner-exp-1-a3"
 
 
-def running_on_a1(w, **submit):
-    """A run whose first attempt's job has started: what every restart begins from."""
-    rec = w.submit(**submit)
-    sup = w.supervisor()
-    sup.reconcile("exp-1")
-    w.agent_running(rec)
-    return rec, sup
-
-
 def test_a_preempted_run_restarts_as_the_next_attempt_once_its_vm_is_gone(supervised):
     w = supervised
-    rec, sup = running_on_a1(w)
+    rec, sup = w.running()
     w.backend.begin_preemption(A1)
     w.backend.finish_notice(A1)  # DELETE: the VM is gone at power-off
     sup.reconcile("exp-1")
@@ -45,7 +36,7 @@ def test_a_supervisor_that_looks_during_the_preemption_notice_waits_then_restart
     """Acting during STOPPING would delete the VM that STOP keeps, or start a second VM beside
     one whose agent is still in its final sync (DELETE)."""
     w = supervised
-    rec, sup = running_on_a1(w, termination_action=action)
+    rec, sup = w.running(termination_action=action)
     w.backend.begin_preemption(A1)
     if agent_recorded_it:
         w.agent_preempted(rec)
@@ -69,7 +60,7 @@ def test_a_supervisor_that_looks_during_the_preemption_notice_waits_then_restart
 
 def test_with_stop_termination_a_preempted_vm_is_started_again_in_place_not_replaced(supervised):
     w = supervised
-    rec, sup = running_on_a1(w, termination_action="STOP")
+    rec, sup = w.running(termination_action="STOP")
     w.backend.begin_preemption(A1)
     w.backend.finish_notice(A1)
     assert w.backend.instances()[A1].status == InstanceStatus.TERMINATED  # kept, with its disk
@@ -86,7 +77,7 @@ def test_with_stop_termination_a_preempted_vm_is_started_again_in_place_not_repl
 
 def test_a_kept_vm_that_cannot_be_started_again_is_replaced_by_a_fresh_one(supervised, monkeypatch):
     w = supervised
-    rec, sup = running_on_a1(w, termination_action="STOP")
+    rec, sup = w.running(termination_action="STOP")
     w.backend.begin_preemption(A1)
     w.backend.finish_notice(A1)
     monkeypatch.setattr(w.backend, "restart_in_place", lambda inst, plan: None)  # e.g. a stockout on start
@@ -97,7 +88,7 @@ def test_a_kept_vm_that_cannot_be_started_again_is_replaced_by_a_fresh_one(super
 
 def test_a_run_preempted_more_than_max_restarts_times_fails_saying_so(supervised):
     w = supervised
-    rec, sup = running_on_a1(w, max_restarts=2)
+    rec, sup = w.running(max_restarts=2)
     for attempt in (1, 2, 3):
         name = f"runner-exp-1-a{attempt}"
         w.backend.begin_preemption(name)
@@ -143,7 +134,7 @@ def test_an_instance_that_ended_before_its_job_started_is_replaced(supervised):
 
 def test_an_older_attempts_instance_never_runs_beside_the_current_one(supervised):
     w = supervised
-    rec, sup = running_on_a1(w)
+    rec, sup = w.running()
     w.backend.begin_preemption(A1)
     w.backend.finish_notice(A1)
     sup.reconcile("exp-1")

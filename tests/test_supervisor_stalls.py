@@ -16,17 +16,9 @@ from tests.standins.supervised_runs import GRACE, STALL_WINDOW
 A1, A2 = "runner-exp-1-a1", "runner-exp-1-a2"
 
 
-def running_on_a1(w, **submit):
-    rec = w.submit(**submit)
-    sup = w.supervisor()
-    sup.reconcile("exp-1")
-    w.agent_running(rec)
-    return rec, sup
-
-
 def test_a_live_job_whose_progress_stopped_is_stalled_and_replaced_after_its_grace(supervised):
     w = supervised
-    rec, sup = running_on_a1(w)
+    rec, sup = w.running()
     w.heartbeat(rec, step=5)
     stuck_since = w.clock()
     w.clock.advance(STALL_WINDOW + 1)
@@ -45,7 +37,7 @@ def test_a_live_job_whose_progress_stopped_is_stalled_and_replaced_after_its_gra
 
 def test_a_job_making_progress_is_never_stalled_however_long_it_runs(supervised):
     w = supervised
-    rec, sup = running_on_a1(w)
+    rec, sup = w.running()
     for step in range(1, 11):
         w.clock.advance(STALL_WINDOW * 0.9)
         w.heartbeat(rec, step=step)
@@ -55,7 +47,7 @@ def test_a_job_making_progress_is_never_stalled_however_long_it_runs(supervised)
 
 def test_a_job_that_reports_no_progress_is_judged_by_its_heartbeat(supervised):
     w = supervised
-    rec, sup = running_on_a1(w)
+    rec, sup = w.running()
     for _ in range(3):
         w.clock.advance(STALL_WINDOW * 0.9)
         w.heartbeat(rec, step=None)
@@ -68,7 +60,7 @@ def test_a_job_that_reports_no_progress_is_judged_by_its_heartbeat(supervised):
 
 def test_restoring_or_finishing_a_checkpoint_is_not_a_stall(supervised):
     w = supervised
-    rec, sup = running_on_a1(w)
+    rec, sup = w.running()
     w.heartbeat(rec, step=5)
     stuck_since = w.clock()
     for phase in ("restoring", "finishing"):
@@ -80,7 +72,7 @@ def test_restoring_or_finishing_a_checkpoint_is_not_a_stall(supervised):
 
 def test_a_heartbeat_of_an_older_attempt_does_not_keep_the_current_one_alive(supervised):
     w = supervised
-    rec, sup = running_on_a1(w)
+    rec, sup = w.running()
     w.backend.begin_preemption(A1)
     w.backend.finish_notice(A1)
     sup.reconcile("exp-1")

@@ -57,6 +57,15 @@ class SupervisedRuns:
         rec.create_state("user@test")
         return rec
 
+    def running(self, **submit: Any) -> tuple[RunRecord, Supervisor]:
+        """A run (exp-1) whose first attempt's job has started, and the supervisor that started
+        it: where every restart and stall rule begins."""
+        rec = self.submit(**submit)
+        sup = self.supervisor()
+        sup.reconcile("exp-1")
+        self.agent_running(rec)
+        return rec, sup
+
     # ---- what the agent on the instance writes ----
     def agent_running(self, rec: RunRecord) -> RunState:
         st = self.state(rec)
