@@ -160,7 +160,11 @@ def main(argv: list[str] | None = None) -> int:
     device = torch.device(f"cuda:{local_rank}" if want_cuda else "cpu")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    say = (lambda msg: print(f"torch_train[rank {rank}]: {msg}", flush=True))
+    def say(msg: str) -> None:
+        # One write per line: ranks share the job's output, and print() writes the text and its
+        # newline separately when stdout is unbuffered, so two ranks' lines could run together.
+        sys.stdout.write(f"torch_train[rank {rank}]: {msg}\n")
+        sys.stdout.flush()
 
     torch.manual_seed(args.seed)  # the same initial weights on every rank
     model = SmallCNN().to(device)

@@ -510,7 +510,7 @@ def _check_recovery(cfg: Config) -> list[str]:
     if cfg.recovery in STRATEGIES:
         return []
     return [_bad(cfg, "recovery", "is not a known recovery strategy",
-                 "use " + "; ".join(f"{n} ({s.description})" for n, s in STRATEGIES.items()))]
+                 "use one of: " + "; ".join(f"{n}: {s.description}" for n, s in STRATEGIES.items()))]
 
 
 def _check_zones(cfg: Config) -> list[str]:

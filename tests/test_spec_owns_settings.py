@@ -115,3 +115,24 @@ def test_ops_delete_and_preempt_give_the_job_the_runs_own_grace_period_by_defaul
     assert _run_grace(ctx, "unknown") == 25  # no spec to read: the config's
     local_store.write("runs/torn/spec.json", b'{"run_id": "torn", "ima')
     assert _run_grace(ctx, "torn") == 25  # unreadable: the stop still goes ahead
+
+
+def test_a_new_spec_still_tells_an_older_runner_the_three_settings_it_reads(local_store):
+    """An older hosted supervisor reads only ``timeouts``: a run submitted now must keep its own GPU
+    wait there, or that supervisor's restart would give its driver install only the default 600 s."""
+    from runner.launch.submit import build_spec
+
+    cfg = Config(store=local_store.url, backend="gce", project="p", zones=["us-central1-a"], gpu="nvidia-tesla-t4",
+                 gpu_timeout=1200, poll_interval=3.0, stall_polls=400, grace_period=12)
+    spec = build_spec(cfg, "r", ["x"], IMAGE, max_restarts=None, retry_on_failure=None, env={})
+    assert spec.timeouts == {"gpu_timeout": 1200, "stall_window": 1200, "grace_period": 12}
+    assert spec.attempt_settings().gpu_timeout == 1200
+
+
+def test_a_recovery_strategy_this_version_does_not_know_still_recovers_the_run_in_zone_order(capsys):
+    from runner.launch.supervisor import launch_context
+
+    spec = RunSpec(run_id="newer", image=IMAGE, command=["x"], backend="gce", zones=["a", "b", "c"],
+                   settings={"recovery": "capacity-ranked"})  # written by a newer runner
+    assert launch_context(spec, 2, "gs://b", previous_zone="b").zones == ("a", "b", "c")
+    assert "does not know" in capsys.readouterr().err

@@ -27,8 +27,11 @@ def test_a_live_job_whose_progress_stopped_is_stalled_and_replaced_after_its_gra
     st = w.state(rec)
     assert st.state == State.STALLED and st.reason.startswith("no progress for 61s")
     w.settle()
-    # The stalled instance was given its grace period, and nothing was created beside it.
+    # The stalled instance is given its grace period, and nothing is created beside it meanwhile.
     assert ("delete", A1, GRACE) in w.backend.calls and w.backend.creates() == [A1]
+    sup.reconcile("exp-1")
+    assert w.backend.creates() == [A1] and w.state(rec).state == State.STALLED
+    w.clock.advance(GRACE)  # the job ignored SIGTERM: killed at the end of its grace
     sup.reconcile("exp-1")
     st = w.state(rec)
     assert (st.state, st.attempt, st.restarts) == (State.PROVISIONING, 2, 1)

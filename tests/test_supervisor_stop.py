@@ -47,7 +47,9 @@ def test_a_stopped_running_run_gives_its_job_the_grace_period_then_ends_stopped(
     sup.reconcile("exp-1")
     w.settle()
     assert w.state(rec).state == State.STOPPED
-    assert ("delete", A1, GRACE) in w.backend.calls and w.backend.instances() == {}
+    assert ("delete", A1, GRACE) in w.backend.calls and set(w.backend.instances()) == {A1}  # its grace
+    w.clock.advance(GRACE)
+    assert w.backend.instances() == {}
 
 
 def test_a_preempted_run_that_was_stopped_is_never_restarted(supervised):
@@ -75,7 +77,9 @@ def test_a_finished_runs_instance_is_removed_a_live_one_after_its_grace(supervis
     rec.transition(outcome, "agent", expect_attempt=1, reason="the job exited")
     sup.reconcile("exp-1")  # the agent may still be finishing its final sync: grace
     w.settle()
-    assert ("delete", A1, GRACE) in w.backend.calls and w.backend.instances() == {}
+    assert ("delete", A1, GRACE) in w.backend.calls and set(w.backend.instances()) == {A1}
+    w.clock.advance(GRACE)
+    assert w.backend.instances() == {}
 
 
 def test_a_finished_runs_instance_that_no_longer_runs_is_removed_without_waiting(supervised):

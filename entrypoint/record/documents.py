@@ -91,8 +91,9 @@ class RunSpec:
         return cls(**{k: v for k, v in d.items() if k in known})
 
     def attempt_settings(self, fallback: AttemptSettings | None = None) -> AttemptSettings:
-        """The settings every attempt of this run gets. ``fallback`` fills what an older spec did
-        not pin (its restarts used the restarting supervisor's config then, as they still do)."""
+        """The settings every attempt of this run gets. ``fallback`` (the restarting supervisor's
+        config) fills what a spec written before ``settings`` existed did not pin: the heartbeat
+        and sync intervals and the shm size; its ``timeouts`` are its own."""
         return AttemptSettings.from_dict({**self.timeouts, **self.settings}, fallback)
 
 

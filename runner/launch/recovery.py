@@ -17,6 +17,7 @@ A preempted, stalled or vanished attempt is replaced by the next one. How, is de
 from __future__ import annotations
 
 import enum
+import sys
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -24,7 +25,7 @@ from runner.launch.backends.base import Attempt
 from runner.launch.create_backoff import CreateBackoff
 
 __all__ = ["CreateBackoff", "Recovery", "RecoveryStrategy", "STRATEGIES", "create_grace", "decide",
-           "strategy"]
+           "strategy", "strategy_of_run"]
 
 
 class Recovery(enum.Enum):
@@ -86,11 +87,11 @@ class NextZoneFirst(RecoveryStrategy):
 
 
 STRATEGIES: dict[str, RecoveryStrategy] = {s.name: s for s in (
-    RecoveryStrategy("in-order", "the run's zones in the order given, every attempt (the default)"),
-    SameZoneFirst("same-zone-first", "the zone the last attempt ran in first (its data and image "
-                                     "caches), then the others in order"),
-    NextZoneFirst("next-zone-first", "the zone after the last attempt's first (a zone that just "
-                                     "preempted is likely short of capacity), wrapping around"),
+    RecoveryStrategy("in-order", "the run's zones in the order given, every attempt; the default"),
+    SameZoneFirst("same-zone-first", "the zone the last attempt ran in first, where its data and "
+                                     "image caches are, then the others in order"),
+    NextZoneFirst("next-zone-first", "the zone after the last attempt's first, since a zone that "
+                                     "just preempted is likely short of capacity, wrapping around"),
 )}
 
 
@@ -101,3 +102,14 @@ def strategy(name: str) -> RecoveryStrategy:
     except KeyError:
         raise ValueError(f"unknown recovery strategy {name!r}: choose one of "
                          + ", ".join(STRATEGIES)) from None
+
+
+def strategy_of_run(name: str, run_id: str) -> RecoveryStrategy:
+    """The strategy a run's spec names, or ``in-order`` (said on stderr) for a name this version
+    does not know: a spec written by a newer runner must still be recovered, not stuck."""
+    try:
+        return strategy(name)
+    except ValueError:
+        print(f"runner: {run_id}: its spec names the recovery strategy {name!r}, which this version "
+              "does not know; trying its zones in order", file=sys.stderr)
+        return STRATEGIES["in-order"]

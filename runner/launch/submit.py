@@ -42,6 +42,7 @@ def build_spec(cfg: Config, run_id: str, command: list[str], image: str, *,
     supervisor restarts it, with whatever config, recreates the same attempt)."""
     kind = backend_type(cfg.backend)
     machine_type, gpu = kind.spec_shape(cfg)
+    settings = cfg.attempt_settings()
     return RunSpec(
         run_id=run_id,
         image=image,
@@ -55,7 +56,11 @@ def build_spec(cfg: Config, run_id: str, command: list[str], image: str, *,
         machine_type=machine_type,
         gpu=gpu,
         zones=list(cfg.zones),
-        settings=asdict(cfg.attempt_settings()),
+        settings=asdict(settings),
+        # What older runners read (they ignore ``settings``): a run submitted with this version
+        # and restarted by an older hosted supervisor still gets its own GPU wait.
+        timeouts={"gpu_timeout": settings.gpu_timeout, "stall_window": settings.stall_window,
+                  "grace_period": settings.grace_period},
         vm=kind.spec_options(cfg),
     )
 

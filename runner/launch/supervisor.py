@@ -75,7 +75,7 @@ def launch_context(spec: RunSpec, attempt: int, store_url: str, previous_zone: s
     run's own pinned settings, and its zones in the order its recovery strategy tries them."""
     settings = spec.attempt_settings(legacy)
     return LaunchContext(attempt=attempt, store_url=store_url, settings=settings,
-                         zones=recovery.strategy(settings.recovery).zones(spec.zones, previous_zone))
+                         zones=recovery.strategy_of_run(settings.recovery, spec.run_id).zones(spec.zones, previous_zone))
 
 
 class Reaper:
@@ -359,7 +359,10 @@ class Supervisor:
             return window
         from runner.launch.backends import backend_type
 
-        kind = type(self.backend) if spec.backend == self.backend.name else backend_type(spec.backend)
+        try:
+            kind = type(self.backend) if spec.backend == self.backend.name else backend_type(spec.backend)
+        except ValueError:
+            return window  # a backend this version does not know: no boot wait it could vouch for
         return max(window, kind.boot_wait(spec))
 
     def _stalled_for(self, rec: RunRecord, st: RunState, window: float) -> float | None:

@@ -79,6 +79,14 @@ class PriceTable:
         return base + gpu.count * each, None
 
 
+def _billed(backend: str) -> bool:
+    """Whether instances of ``backend`` cost money; one this version does not know is assumed to."""
+    try:
+        return backend_type(backend).billed
+    except ValueError:
+        return True
+
+
 def _read_table(text: str, where: str) -> dict[str, Any]:
     try:
         doc = json.loads(text)
@@ -374,7 +382,7 @@ def estimate_run_cost(rec: RunRecord, prices: PriceTable, now: float,
     st = view.state
     attempts = _timeline(view.events)
     _bill(rec, st, attempts, now)
-    local = not backend_type(spec.backend).billed
+    local = not _billed(spec.backend)
     zones = instance_zones or {}
     spec_regions = {region_of(z) for z in spec.zones}
 

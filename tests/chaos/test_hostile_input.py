@@ -117,4 +117,9 @@ def test_permanent_failures_side_by_side_each_fail_at_once(runner, run_id) -> No
         assert (st["state"], st["attempt"], st["restarts"], st["exit_code"]) == ("FAILED", 1, 0, code), (rid, st)
         if code in (126, 127):
             assert "cannot start" in (runner.run_dir(rid) / "logs/1.log").read_text()
+    # The pass that saw the last FAILED may have read its state just before the agent wrote it:
+    # the next pass removes what is left. No container may outlive that.
+    p = runner("supervise", "--once")
+    assert p.returncode == 0, p.stderr
+    for rid in ids:
         assert runner.containers(rid) == []

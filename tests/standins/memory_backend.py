@@ -14,8 +14,9 @@ What it models, as GCE does (docs/architecture.md#recovery-strategies, "an insta
   with ``finish_notice(name)``; ``notice_seconds=0`` powers off at once.
 - ``restart_instance_in_place`` starts a TERMINATED instance of a STOP plan again with the new attempt,
   keeping its name; anything else answers None (the caller then deletes and creates).
-- ``delete`` removes the instance and records the grace period it was given; a missing instance
-  is nothing to do.
+- ``delete`` records the grace period it was given. A live instance keeps running for that long
+  (a job that ignores SIGTERM, as ``docker stop`` and the VM's shutdown script allow it) and is
+  then gone; an ended one, or a grace of 0, is gone at once. A missing instance is nothing to do.
 - Faults: ``create_errors`` (each create pops one and raises it: a stockout is a
   ``BackendError``, a pinned image gone a ``PermanentBackendError``), ``list_failures`` (that many
   list calls raise), ``on_create`` (runs inside create before the instance exists: another actor
@@ -78,6 +79,7 @@ class _Vm:
     instance: Instance
     termination_action: str
     notice_ends: float | None = None  # set while STOPPING
+    deleted_at: float | None = None  # set while a delete gives the job its grace period
 
 
 class MemoryBackend(ComputeBackend[MemoryPlan]):
@@ -137,7 +139,14 @@ class MemoryBackend(ComputeBackend[MemoryPlan]):
     def delete(self, instance: Instance, grace_period: float = 0) -> None:
         with self._lock:
             self.calls.append(("delete", instance.name, grace_period))
-            self._vms.pop(instance.name, None)
+            vm = self._vms.get(instance.name)
+            if vm is None:
+                return
+            if grace_period > 0 and vm.instance.alive:
+                ends = self.clock() + grace_period
+                vm.deleted_at = ends if vm.deleted_at is None else min(vm.deleted_at, ends)
+            else:
+                del self._vms[instance.name]
 
     def preempt(self, instance: Instance, grace_period: float = 0) -> None:
         self.begin_preemption(instance.name)
@@ -198,6 +207,9 @@ class MemoryBackend(ComputeBackend[MemoryPlan]):
         """Power off every instance whose notice is over (called with the lock held)."""
         now = self.clock()
         for name, vm in list(self._vms.items()):
+            if vm.deleted_at is not None and now >= vm.deleted_at:
+                del self._vms[name]  # its grace period is over: killed and removed
+                continue
             if vm.notice_ends is None or now < vm.notice_ends:
                 continue
             vm.notice_ends = None
