@@ -90,7 +90,7 @@ from google.rpc import code_pb2
 
 from tests.standins.compute.filters import FilterError, parse_filter
 from tests.standins.google_api import GoogleApiError, RecordedRequest, RoutedApi
-from tests.standins.network_guard import block_external_network
+from tests.standins.network_guard import guarded_stand_in
 from tests.standins.json_http_server import serve
 
 DEFAULT_FAIL_MESSAGE = "step 0 exited 1: archive crash"
@@ -294,21 +294,8 @@ class CloudBuildFake(RoutedApi):
 
     # ---- inspection -------------------------------------------------------------------------
 
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        with self.lock:
-            return list(self._requests)
-
-    def reset_requests(self) -> None:
-        with self.lock:
-            self._requests.clear()
-
-    def calls(self, rpc: Optional[str] = None, *, ok: Optional[bool] = None
-              ) -> list[RecordedRequest]:
-        """Recorded requests for one rpc (``builds.create``, ``builds.get``, ``builds.cancel``,
-        ``builds.list``, ``operations.get``, ``operations.cancel``); ``ok``: status < 400."""
-        return [r for r in self.requests if (rpc is None or r.rpc == rpc)
-                and (ok is None or (r.status < 400) == ok)]
+    # ``requests``, ``reset_requests`` and ``calls(rpc, ok=)`` come from RoutedApi; the rpcs are
+    # builds.create, builds.get, builds.cancel, builds.list, operations.get, operations.cancel.
 
     @property
     def builds(self) -> list[cloudbuild_v1.Build]:
@@ -852,9 +839,5 @@ def cloudbuild_fake() -> Iterator[CloudBuildFake]:
     Use through ``pytest_plugins = ["tests.standins.cloudbuild"]`` or ``from tests.standins.cloudbuild
     import cloudbuild_fake``. Build the client with ``cloudbuild_fake.client()``.
     """
-    with block_external_network() as blocked, run_cloudbuild_fake() as fake:
+    with guarded_stand_in(run_cloudbuild_fake(), "cloudbuild fake") as fake:
         yield fake
-    if blocked:
-        pytest.fail(f"requests escaped towards real endpoints: {sorted(set(blocked))}")
-    if fake.internal_errors:
-        pytest.fail(f"the cloudbuild fake crashed: {fake.internal_errors}")

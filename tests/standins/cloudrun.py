@@ -65,7 +65,7 @@ from google.longrunning import operations_pb2
 from google.protobuf import json_format
 
 from tests.standins.cloudbuild import ApiError, to_json
-from tests.standins.network_guard import block_external_network
+from tests.standins.network_guard import guarded_stand_in
 from tests.standins.gcp_admin import disabled_api_error
 from tests.standins.rest import RestFake
 from tests.standins.json_http_server import serve
@@ -427,10 +427,6 @@ def run_cloudrun_fake(project: str = "test-project") -> Iterator[CloudRunFake]:
 @pytest.fixture
 def cloudrun_fake() -> Iterator[CloudRunFake]:
     """A fresh fake per test, external network blocked; fails the test on an escape or a crash."""
-    with block_external_network() as blocked, run_cloudrun_fake() as fake:
+    with guarded_stand_in(run_cloudrun_fake(), "cloudrun fake") as fake:
         yield fake
         fake.wait_executions(timeout=60)
-    if blocked:
-        pytest.fail(f"requests escaped towards real endpoints: {sorted(set(blocked))}")
-    if fake.internal_errors:
-        pytest.fail(f"the cloudrun fake crashed: {fake.internal_errors}")

@@ -82,6 +82,22 @@ class RoutedApi:
         self.internal_errors: list[str] = []  # crashes of the stand-in itself; fixtures fail on any
         self._requests: list[Any] = []
 
+    # ---- inspection ----
+    @property
+    def requests(self) -> list[Any]:
+        """A snapshot of every request received so far, oldest first."""
+        with self.lock:
+            return list(self._requests)
+
+    def reset_requests(self) -> None:
+        with self.lock:
+            self._requests.clear()
+
+    def calls(self, rpc: Optional[str] = None, *, ok: Optional[bool] = None) -> list[Any]:
+        """Recorded requests for one rpc (all if None); ``ok`` filters on status < 400."""
+        return [r for r in self.requests if (rpc is None or r.rpc == rpc)
+                and (ok is None or (r.status < 400) == ok)]
+
     # ---- what a subclass decides ----
     def find_route(self, method: str, path: str) -> Optional[tuple[str, dict[str, str]]]:
         """(rpc, path arguments) of a request, None when no route matches."""

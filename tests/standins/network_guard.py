@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import socket
 from contextlib import contextmanager
-from typing import Any, Iterator
+from typing import Any, ContextManager, Iterator, TypeVar
 
 
 
@@ -52,3 +52,23 @@ def block_external_network() -> Iterator[list[str]]:
                 os.environ.pop(k, None)
             else:
                 os.environ[k] = v
+
+
+StandIn = TypeVar("StandIn")
+
+
+@contextmanager
+def guarded_stand_in(running: ContextManager[StandIn], what: str) -> Iterator[StandIn]:
+    """A stand-in for one test, with the external network blocked; afterwards the test fails on any
+    request that tried to leave this machine, or any crash of the stand-in itself (its
+    ``internal_errors``), even where the code under test swallowed the error."""
+    with block_external_network() as blocked, running as stand_in:
+        yield stand_in
+    if blocked:
+        import pytest
+
+        pytest.fail(f"requests escaped towards real endpoints: {sorted(set(blocked))}")
+    if stand_in.internal_errors:  # type: ignore[attr-defined]
+        import pytest
+
+        pytest.fail(f"the {what} crashed: {stand_in.internal_errors}")  # type: ignore[attr-defined]

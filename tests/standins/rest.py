@@ -12,15 +12,11 @@ from typing import Optional
 from google.protobuf import json_format
 
 from tests.standins.cloudbuild import ApiError
-from tests.standins.google_api import RecordedRequest, RoutedApi
+from tests.standins.google_api import RoutedApi
 
 
 class RestFake(RoutedApi):
     """Subclasses set ``NAME`` and ``ROUTES`` ((verb, path regex, rpc) rows) and write ``answer``."""
-
-    def calls(self, rpc: str | None = None) -> list[RecordedRequest]:
-        with self.lock:
-            return [r for r in self._requests if rpc is None or r.rpc == rpc]
 
     def answer(self, rpc: str, args: dict[str, str], q: dict[str, str], body: bytes, headers: dict[str, str],
                int_enums: bool) -> str:

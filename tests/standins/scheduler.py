@@ -54,7 +54,7 @@ from google.rpc import code_pb2
 
 from tests.standins.cloudbuild import ApiError, to_json
 from tests.standins.cloudrun import REGIONS
-from tests.standins.network_guard import block_external_network
+from tests.standins.network_guard import guarded_stand_in
 from tests.standins.gcp_admin import disabled_api_error
 from tests.standins.rest import RestFake
 from tests.standins.json_http_server import serve
@@ -281,9 +281,5 @@ def run_scheduler_fake(project: str = "test-project") -> Iterator[SchedulerFake]
 
 @pytest.fixture
 def scheduler_fake() -> Iterator[SchedulerFake]:
-    with block_external_network() as blocked, run_scheduler_fake() as fake:
+    with guarded_stand_in(run_scheduler_fake(), "scheduler fake") as fake:
         yield fake
-    if blocked:
-        pytest.fail(f"requests escaped towards real endpoints: {sorted(set(blocked))}")
-    if fake.internal_errors:
-        pytest.fail(f"the scheduler fake crashed: {fake.internal_errors}")

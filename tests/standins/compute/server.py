@@ -10,7 +10,7 @@ import pytest
 
 from tests.standins.compute.service import ComputeFake
 from tests.standins.json_http_server import serve
-from tests.standins.network_guard import block_external_network
+from tests.standins.network_guard import guarded_stand_in
 
 
 @contextmanager
@@ -47,9 +47,5 @@ def compute_fake() -> Iterator[ComputeFake]:
     Use through ``pytest_plugins = ["tests.standins.compute"]`` or ``from tests.standins.compute import
     compute_fake``. Build clients with ``compute_v1.InstancesClient(**compute_fake.client_kwargs())``.
     """
-    with block_external_network() as blocked, run_compute_fake() as fake:
+    with guarded_stand_in(run_compute_fake(), "compute fake") as fake:
         yield fake
-    if blocked:
-        pytest.fail(f"requests escaped towards real endpoints: {sorted(set(blocked))}")
-    if fake.internal_errors:
-        pytest.fail(f"the compute fake crashed: {fake.internal_errors}")

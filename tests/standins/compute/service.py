@@ -107,20 +107,7 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
 
     # ---- inspection -------------------------------------------------------------------------
 
-    @property
-    def requests(self) -> list[RecordedRequest]:
-        """A snapshot of every request received so far, oldest first."""
-        with self.lock:
-            return list(self._requests)
-
-    def reset_requests(self) -> None:
-        with self.lock:
-            self._requests.clear()
-
-    def calls(self, rpc: Optional[str] = None, *, ok: Optional[bool] = None) -> list[RecordedRequest]:
-        """Recorded requests for one logical method (all if None); ``ok`` filters on status<400."""
-        return [r for r in self.requests if (rpc is None or r.rpc == rpc)
-                and (ok is None or (r.status < 400) == ok)]
+    # ``requests``, ``reset_requests`` and ``calls(rpc, ok=)`` come from RoutedApi.
 
     def client_kwargs(self) -> dict[str, Any]:
         """``client_options`` and ``credentials`` for any compute_v1 client: ``Client(**kw)``."""
