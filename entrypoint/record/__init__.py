@@ -24,6 +24,7 @@ from entrypoint.record.paths import (
 from entrypoint.record.run import (
     ABANDONED_SPEC_AFTER,
     RunRecord,
+    StopInProgress,
     TransitionLost,
     list_run_ids,
 )
@@ -46,6 +47,6 @@ __all__ = [
     "ABANDONED_SPEC_AFTER", "ALL_EVENTS", "AttemptSettings", "LEGACY_STATES", "LIVE", "MOVES", "RUNS", "SCHEMA_VERSION",
     "STORE_SUPERVISOR_HEARTBEAT", "TERMINAL", "EventName", "Heartbeat", "IllegalTransition", "Move",
     "PreconditionFailed", "Role", "RunPaths", "RunRecord", "RunSpec", "RunState", "RunView", "State",
-    "StoreError", "TransitionLost", "check_move", "check_transition", "event_id", "iso",
+    "StopInProgress", "StoreError", "TransitionLost", "check_move", "check_transition", "event_id", "iso",
     "list_run_ids", "parse_event_name", "run_prefix", "utcnow",
 ]

@@ -14,6 +14,7 @@ from collections import OrderedDict
 from dataclasses import asdict
 from typing import Any, Iterator, Sequence
 
+from entrypoint.record.create_claim import CreateClaim, CreateClaims
 from entrypoint.record.documents import (
     SCHEMA_VERSION,
     Heartbeat,
@@ -56,6 +57,19 @@ class TransitionLost(PreconditionFailed):
         self.actor = actor
         self.current = current
         self.new = new
+
+
+class StopInProgress(IllegalTransition):
+    """A restart asked while a delete is still stopping the run (``.stop`` in progress)."""
+
+    def __init__(self, run_id: str, stop: dict[str, Any]) -> None:
+        left = max(0.0, float(stop.get("in_progress_until") or 0) - utcnow())
+        super().__init__(
+            f"run {run_id} is being deleted by {stop.get('actor', '?')} (its job has up to "
+            f"{left:.0f}s more to exit); restart it once the delete has finished: "
+            f"`runner ops status --run-id {run_id}` shows STOPPED and no instance",
+        )
+        self.stop = stop
 
 
 class RunRecord(RunPaths):
@@ -193,6 +207,9 @@ class RunRecord(RunPaths):
     def reopen(self, actor: str, reason: str, role: Role = Role.SUBMIT) -> RunState:
         """The one way out of a terminal state: an explicit user ``submit --restart``.
 
+        Refused (``StopInProgress``) while a delete is still stopping the run: undoing it half-way
+        would let the next attempt start beside a job still in its grace period.
+
         Who: submit only (``IllegalTransition`` for any other role). Keeps the attempt counter
         (so instance names never repeat), gives both budgets back (restarts, failures), clears
         ``.stop`` and journals who did it. Not a compare-and-swap on purpose: the user's restart
@@ -200,6 +217,9 @@ class RunRecord(RunPaths):
         between its read and write.
         """
         check_move("reopen", role, State.PENDING)
+        busy = self.stop_in_progress()
+        if busy is not None:
+            raise StopInProgress(self.run_id, busy)
         # .stop goes first, while the run is still terminal: a supervisor that saw PENDING and
         # .stop together would end the run again.
         self.store.delete(self.name(self.STOP))
@@ -580,22 +600,19 @@ class RunRecord(RunPaths):
         blob = self.store.read(self.name(self.manifest_name(attempt)))
         return None if blob is None else json.loads(blob.data)
 
-    def claim_create(self, attempt: int, actor: str) -> bool:
-        """Create-only claim on creating this attempt's instance: one creator per attempt, even
-        when two supervisors would pick different zones (GCE names are unique per zone only)."""
-        try:
-            self.store.write(self.name(self.claim_name(attempt)),
-                             _dump({"time": utcnow(), "actor": actor}), if_generation_match=0)
-            return True
-        except PreconditionFailed:
-            return False
+    @property
+    def claims(self) -> CreateClaims:
+        """The attempts' create claims, each with the lease its creator renews (``create_claim``)."""
+        return CreateClaims(self.store, self.run_id)
 
-    def read_claim(self, attempt: int) -> dict[str, Any] | None:
-        blob = self.store.read(self.name(self.claim_name(attempt)))
-        return None if blob is None else json.loads(blob.data)
+    def claim_create(self, attempt: int, actor: str, lease_s: float = 120.0) -> CreateClaim | None:
+        """Claim creating this attempt's instances: one creator per attempt (and round), even when
+        two supervisors would pick different zones (GCE names are unique per zone only). None:
+        another actor holds the claim or its create finished. See ``create_claim``."""
+        return self.claims.take(attempt, actor, lease_s, now=utcnow())
 
-    def release_claim(self, attempt: int) -> None:
-        self.store.delete(self.name(self.claim_name(attempt)))
+    def read_claim(self, attempt: int) -> CreateClaim | None:
+        return self.claims.read(attempt)
 
     def read_startup(self, attempt: int) -> dict[str, Any] | None:
         blob = self.store.read(self.name(self.startup_name(attempt)))
@@ -607,8 +624,28 @@ class RunRecord(RunPaths):
             return None
         return doc if isinstance(doc, dict) else None
 
-    def request_stop(self, actor: str, reason: str = "stopped by user") -> None:
-        self.store.write(self.name(self.STOP), _dump({"time": utcnow(), "actor": actor, "reason": reason}))
+    def request_stop(self, actor: str, reason: str = "stopped by user", in_progress_for: float | None = None) -> None:
+        """Write ``.stop``. ``in_progress_for``: seconds the stopping actor may still be at work
+        (a delete giving the job its grace period); until then ``stop_in_progress`` says so and
+        ``reopen`` refuses, so a restart cannot undo a delete half-way. Written again without it
+        when the actor is done (or it lapses by itself if the actor died)."""
+        doc: dict[str, Any] = {"time": utcnow(), "actor": actor, "reason": reason}
+        if in_progress_for is not None:
+            doc["in_progress_until"] = doc["time"] + in_progress_for
+        self.store.write(self.name(self.STOP), _dump(doc))
+
+    def stop_in_progress(self, now: float | None = None) -> dict[str, Any] | None:
+        """The ``.stop`` document while the actor that wrote it is still stopping the run
+        (see ``request_stop``); None when there is no stop, or it is done or lapsed."""
+        blob = self.store.read(self.name(self.STOP))
+        if blob is None:
+            return None
+        try:
+            doc = json.loads(blob.data)
+            until = float(doc.get("in_progress_until") or 0)
+        except (ValueError, TypeError, AttributeError):
+            return None  # a torn .stop still stops the run; it just says nothing more
+        return doc if until > (utcnow() if now is None else now) else None
 
     def stop_requested(self) -> bool:
         return self.store.exists(self.name(self.STOP))

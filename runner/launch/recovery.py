@@ -10,8 +10,8 @@ A preempted, stalled or vanished attempt is replaced by the next one. How, is de
   tried. The strategy is pinned in the run's spec (``AttemptSettings.recovery``), so every
   supervisor recovers a run the same way. Capacity-ranked placement gets its room here too.
 - ``CreateBackoff`` (kept in the run record) paces the retries of a create that every zone
-  refused; ``create_grace`` says how long a claimed create may go unseen before its attempt
-  counts as lost.
+  refused; ``create_grace`` says how long a finished create may go unseen before its attempt
+  counts as lost, ``create_lease`` how long a create in flight may go without renewing its claim.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ from typing import Sequence
 from runner.launch.backends.base import Attempt
 from runner.launch.create_backoff import CreateBackoff
 
-__all__ = ["CreateBackoff", "Recovery", "RecoveryStrategy", "STRATEGIES", "create_grace", "decide",
+__all__ = ["CreateBackoff", "Recovery", "RecoveryStrategy", "STRATEGIES", "create_grace", "create_lease", "decide",
            "strategy", "strategy_of_run"]
 
 
@@ -55,8 +55,18 @@ def decide(lost: Attempt | None, keeps_stopped: bool) -> Recovery:
 
 
 def create_grace(poll_interval: float) -> float:
-    """How long a claimed attempt may go unlisted before its instance counts as lost."""
+    """How long an attempt whose create finished may go unlisted before its instance counts as
+    lost (a listing can lag an insert by a little). A create still in flight is never judged:
+    its claim's lease says so (``create_lease``)."""
     return max(60.0, 3 * poll_interval)
+
+
+def create_lease(poll_interval: float) -> float:
+    """How long a create claim's lease runs without a renewal before another supervisor may take
+    the create over (its holder renews it a few times per lease while its create runs). Minutes:
+    long enough for a store hiccup and modest clock skew between supervisors, short enough that
+    a run whose creator died waits one or two passes, not an hour."""
+    return max(120.0, 4 * poll_interval)
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from entrypoint.record import RunRecord, RunSpec, State
+from entrypoint.record import RunRecord, RunSpec, State, StopInProgress
 from runner.launch.backends import backend_type
 from runner.launch.backends.base import BackendError
 from runner.config import Config
@@ -91,7 +91,10 @@ def submit(ctx: Context, run_id: str, command: list[str], *, image: str | None, 
                 "or choose another --run-id for the new command"
             )
         if st.state.terminal or stopped:
-            rec.reopen(actor, "restart requested by user")
+            try:
+                rec.reopen(actor, "restart requested by user")
+            except StopInProgress as e:
+                raise SubmitRefused(str(e)) from None
             return SubmitResult(run_id, spec, True, f"run {run_id} restarted from {st.state.value}")
         note = "" if not command or command == spec.command else " (its recorded command is kept)"
         return SubmitResult(run_id, spec, True, f"run {run_id} exists ({st.state.value}, attempt {st.attempt}): resuming it{note}")

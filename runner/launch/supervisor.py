@@ -26,6 +26,7 @@ Safety rules, each tied to a property in docs/architecture.md#properties-that-mu
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 import threading
 import time
@@ -36,11 +37,14 @@ from typing import TYPE_CHECKING, Callable
 from entrypoint.record import (
     AttemptSettings, IllegalTransition, Role, RunRecord, RunSpec, RunState, State, list_run_ids,
 )
+from entrypoint.record.create_claim import CREATED, RELEASED
 from entrypoint.store import PreconditionFailed, Store
 from runner.launch import recovery
 from runner.launch.backends.base import (
-    Attempt, BackendError, ComputeBackend, Instance, LaunchContext, PermanentBackendError, group_attempts,
+    Attempt, BackendError, ComputeBackend, CreateClaimLost, Instance, LaunchContext, PermanentBackendError,
+    group_attempts,
 )
+from runner.launch.create_lease import CreateLease
 from runner.launch.recovery import CreateBackoff, Recovery
 from runner.launch.supervisor_heartbeat import run_pass
 from runner.naming import default_actor, label_value, resource_name
@@ -143,6 +147,8 @@ class Supervisor:
         self.pass_errors: list[str] = []
         self.pass_error_count = 0
         self.pass_every: float | None = None  # seconds to the next pass (hosted: the schedule)
+        # How often a create in flight renews its claim's lease (None: four times per lease).
+        self.lease_renew_every: float | None = None
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait for this supervisor's background deletes (call before exiting, or let exit do it)."""
@@ -272,10 +278,12 @@ class Supervisor:
             # whose new attempt it cannot show).
             attempts = self.backend.attempts(rec.run_id)
             current = attempts.get(st.attempt)
-        # An older attempt must never run beside the current one.
+        # An older attempt must never run beside the current one, nor a second copy of it.
         for number, att in attempts.items():
             if number < st.attempt:
                 self._delete_attempt(att)
+        if current is not None:
+            self._drop_unclaimed(rec, current)
 
         if st.state == State.PENDING:
             self._start_attempt(rec, cur, spec, "first attempt")
@@ -303,14 +311,22 @@ class Supervisor:
             return
         if att is None:
             claim = rec.read_claim(st.attempt)
-            if claim is None:
-                self._create(rec, spec, st, previous_zone=st.zone)  # a crash between state write and create
-            elif self.now() - claim["time"] > recovery.create_grace(self.settings.poll_interval):
-                # It was created and is gone before the job started (deleted, preempted while
-                # booting): a lost attempt, counted against max_restarts like any other.
-                new = rec.preempted(Role.SUPERVISOR, self.actor, expected=cur,
-                                    reason="instance vanished before the job started")
-                self._restart(rec, new, spec, None)
+            now = self.now()
+            if claim is None or claim.status == RELEASED or claim.abandoned(now):
+                # Nobody created it yet (a crash between state write and create), the last try
+                # made nothing, or its creator died mid-create: create (a takeover re-sends the
+                # dead creator's inserts with the same request ids, which GCE deduplicates).
+                self._create(rec, spec, st, previous_zone=st.zone)
+            elif claim.in_flight(now):
+                return  # its creator is still at work (a zone walk): nothing may judge it lost
+            else:
+                finished = claim.finished_at()
+                if finished is not None and now - finished > recovery.create_grace(self.settings.poll_interval):
+                    # It was created and is gone before the job started (deleted, preempted
+                    # while booting): a lost attempt, counted against max_restarts like any other.
+                    new = rec.preempted(Role.SUPERVISOR, self.actor, expected=cur,
+                                        reason="instance vanished before the job started")
+                    self._restart(rec, new, spec, None)
             return
         window = self._boot_window(spec)
         if att.alive and self.now() - st.updated_at > window:
@@ -414,6 +430,8 @@ class Supervisor:
         if rec.stop_requested():
             rec.stopped(Role.SUPERVISOR, self.actor, expected=cur, reason="stop requested")
             return
+        if reuse is None and self._still_running(rec, spec, st.attempt):
+            return  # the next pass starts it, once nothing of the run runs any more
         attempt = st.attempt + 1
         new, _ = rec.begin_attempt(  # counts the restart when the attempt before was lost
             Role.SUPERVISOR, self.actor, expected=cur, reason=reason,
@@ -428,13 +446,41 @@ class Supervisor:
             self._delete_attempt(reuse)  # could not be restarted: a fresh attempt, any zone
         self._create(rec, spec, new, previous_zone=st.zone)
 
+    def _still_running(self, rec: RunRecord, spec: RunSpec | None, attempt: int) -> bool:
+        """Whether an instance of the run still runs (or is in its shutdown notice), on a listing
+        made now; those of ``attempt`` and older are asked to go (with the run's grace period).
+
+        Every path that starts an attempt waits for this, the first attempt (PENDING) included:
+        a run restarted by the user while a delete still gives its job the grace period, or a
+        lost attempt whose instance is still being deleted, must never run beside the next one.
+        A newer attempt's instance (another actor started it after our state read) is never
+        touched: it is the run's current life, and our begin_attempt would be refused anyway.
+        """
+        live = {n: a for n, a in self.backend.attempts(rec.run_id).items() if not a.ended}
+        grace = self.attempt_settings(spec).grace_period
+        for number, att in live.items():
+            if number > attempt:
+                continue
+            for inst in att.instances:
+                if inst.alive:
+                    self._delete(inst, grace)  # (a delete already in flight is not queued twice)
+        return bool(live)
+
     def launch_context(self, spec: RunSpec, attempt: int, previous_zone: str | None = None) -> LaunchContext:
         """What a plan for ``attempt`` needs besides the spec."""
         return launch_context(spec, attempt, self.settings.store_url, previous_zone, self.settings.legacy_attempts)
 
     def _create(self, rec: RunRecord, spec: RunSpec | None, st: RunState, previous_zone: str | None = None) -> None:
         """Create the attempt ``st`` names, once: claimed in the record first, so two supervisors
-        never both create it, and deleted at once if a stop or another actor overtook it."""
+        never both create it, and deleted at once if a stop or another actor overtook it.
+
+        The claim's lease is renewed while the create runs (``CreateLease``), so a zone walk of
+        any length is never judged lost. It is released only when the backend says nothing was
+        made (a ``BackendError``: its create is all or nothing). Any other end (Ctrl-C, a crash,
+        an unknown error after the insert may have been accepted) keeps it: its lease lapses and
+        the next pass takes it over in the same round, so the same request ids find what was
+        made instead of making a second VM.
+        """
         attempt = st.attempt
         backoff = CreateBackoff.read(self.store, rec.run_id)  # in the record: one-shot passes too
         if backoff.blocks(self.now(), attempt):
@@ -443,19 +489,52 @@ class Supervisor:
             raise IllegalTransition(f"run {rec.run_id} has no spec.json")
         if rec.stop_requested():
             return  # the next pass records STOPPED
-        if not rec.claim_create(attempt, self.actor):
+        lease_s = recovery.create_lease(self.settings.poll_interval)
+        claim = rec.claims.take(attempt, self.actor, lease_s, now=self.now())
+        if claim is None:
             return  # another supervisor creates (or created) this attempt
+        lease = CreateLease(rec.claims, claim, self.now, self.lease_renew_every or lease_s / 4)
+        ctx = dataclasses.replace(self.launch_context(spec, attempt, previous_zone),
+                                  request_key=claim.request_key(self.store.url, rec.run_id), before_insert=lease.check)
         try:
-            made = self.backend.create(self.backend.plan(spec, self.launch_context(spec, attempt, previous_zone)))
-        except BaseException:
-            rec.release_claim(attempt)  # nothing was created: the next try may claim again
+            with lease:
+                made = self.backend.create(self.backend.plan(spec, ctx))
+        except CreateClaimLost as e:
+            print(f"runner: {e}", file=sys.stderr)
+            return
+        except BackendError:
+            rec.claims.release(lease.claim)  # nothing was made: the next try starts a new round
             raise
         backoff.clear()
+        done = rec.claims.mark_created(
+            lease.claim, [{"name": i.name, "zone": i.zone, "rank": i.rank} for i in made.instances], now=self.now())
         # Re-check after creating: a stop, or another supervisor moving the run on, may have
         # landed between our checks and the create. Then what we made must go at once.
         after = rec.read_state()
         if rec.stop_requested() or after is None or after[0].attempt != attempt:
             self._delete_attempt(made)
+        elif done is None:
+            # Our lease lapsed during the create and another supervisor took the claim over. In
+            # a zone we both tried, GCE answered us both with one VM (same request id); if ours
+            # is in another zone, it is a second one: ``_drop_unclaimed`` removes it once the
+            # new holder's claim names its own.
+            print(f"runner: the create claim of {rec.run_id} attempt {attempt} was taken over "
+                  "while this supervisor created it; the next pass keeps only what the claim names",
+                  file=sys.stderr)
+
+    def _drop_unclaimed(self, rec: RunRecord, att: Attempt) -> None:
+        """Two instances of one rank in one attempt (same name, two zones: a create whose claim
+        was taken over mid-walk): keep the one the finished claim names, delete the other."""
+        ranks = [i.rank for i in att.instances]
+        if len(ranks) == len(set(ranks)):
+            return
+        claim = rec.read_claim(att.number)
+        if claim is None or claim.status != CREATED:
+            return  # its create is still being decided: a later pass judges
+        named = {(i.get("name"), i.get("zone")) for i in claim.instances}
+        for inst in att.instances:
+            if (inst.name, inst.zone) not in named:
+                self._delete(inst)
 
     def _delete_attempt(self, att: Attempt, grace_period: float = 0) -> None:
         """Delete every instance of ``att`` in the background (see ``Reaper``)."""

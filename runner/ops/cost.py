@@ -21,6 +21,7 @@ from typing import Any
 
 from entrypoint.progress import parse_progress_line
 from entrypoint.record import ALL_EVENTS, LEGACY_STATES, RunRecord, RunSpec, RunState, State
+from entrypoint.record.create_claim import RELEASED
 from runner.launch.backends import backend_type
 from runner.launch.backends.gce_shapes import ShapeError
 from runner.naming import region_of
@@ -208,7 +209,8 @@ def _bill(rec: RunRecord, st: RunState, attempts: dict[int, _Attempt], now: floa
     for n, a in sorted(attempts.items()):
         a.manifest = rec.read_manifest(n) or {}
         claim = rec.read_claim(n)
-        claimed_at = claim.get("time") if claim else None
+        # A released claim is a create that failed with nothing made: nothing to bill from it.
+        claimed_at = claim.time if claim is not None and claim.status != RELEASED else None
         current = n == st.attempt
         # The create claim is written just before the successful create (a failed create
         # releases it), so it is when the machine began to exist; the PROVISIONING event can be

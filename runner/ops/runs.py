@@ -147,19 +147,37 @@ def when(ts_iso: str | None, age_s: float | None) -> str:
     return f"{ts_iso} ({age_text(age_s)})"
 
 
+# How long past its grace period a delete may still be at work (listing, the API's own delete
+# time) before its ``.stop`` stops saying "in progress": a delete that died lapses by itself.
+DELETE_MARGIN_S = 120.0
+
+
 def delete_run(store: Store, backend: ComputeBackend, run_id: str, grace_period: float,
                actor: str = "ops-delete") -> dict[str, Any]:
-    """Stop a run for good: ``.stop`` first (so nothing resurrects it), then its instances."""
-    rec = _record(store, run_id)
-    rec.request_stop(actor)
+    """Stop a run for good: ``.stop`` first, whatever else of the record can be read (so nothing
+    resurrects it, and a job whose state.json is torn can still be stopped), then its instances,
+    then its state.
+
+    While the job has its grace period, ``.stop`` says the delete is in progress: a
+    ``submit --restart`` meanwhile is refused rather than starting the next attempt beside a job
+    that is still running (or removing ``.stop`` under this delete's feet).
+    """
+    rec = RunRecord(store, run_id)
+    if not (store.exists(rec.name(RunRecord.STATE)) or store.exists(rec.name(RunRecord.SPEC))):
+        raise RunNotFound(f"no run {run_id!r} in {store.url} (see `runner ops list`)")
+    rec.request_stop(actor, "deleted by user", in_progress_for=grace_period + DELETE_MARGIN_S)
     removed = []
     for inst in backend.list(run_id):
         backend.delete(inst, grace_period)
         removed.append(inst.name)
+    unreadable = None
     for _ in range(10):
-        cur = rec.read_state()
-        assert cur is not None
-        if cur[0].state.terminal:
+        try:
+            cur = rec.read_state()
+        except (ValueError, TypeError, KeyError, AttributeError) as e:  # a torn state.json
+            unreadable = f"state.json unreadable ({type(e).__name__}: {e})"
+            break
+        if cur is None or cur[0].state.terminal:
             break
         try:
             rec.stopped(Role.OPS, actor, expected=cur, reason="deleted by user")
@@ -170,8 +188,16 @@ def delete_run(store: Store, backend: ComputeBackend, run_id: str, grace_period:
     for inst in backend.list(run_id):
         backend.delete(inst)
         removed.append(inst.name)
-    final = rec.read_state()
-    return {"run_id": run_id, "state": final[0].state.value if final else None, "removed": removed}
+    rec.request_stop(actor, "deleted by user")  # done: a restart may now reopen the run
+    try:
+        final = rec.read_state()
+        state = final[0].state.value if final else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        state = None
+    out: dict[str, Any] = {"run_id": run_id, "state": state, "removed": removed}
+    if unreadable:
+        out["error"] = unreadable + "; .stop is written, so no supervisor restarts it"
+    return out
 
 
 def preempt_run(store: Store, backend: ComputeBackend, run_id: str, grace_period: float) -> dict[str, Any]:

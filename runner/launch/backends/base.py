@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Generic, Iterable, TypeVar
+from typing import Any, Callable, Generic, Iterable, TypeVar
 
 from entrypoint.record import AttemptSettings, RunSpec
 
@@ -145,6 +145,11 @@ class PermanentBackendError(BackendError):
     """No retry can succeed (e.g. the pinned image is gone): the run fails with this message."""
 
 
+class CreateClaimLost(Exception):
+    """This process no longer holds the attempt's create claim (its lease lapsed and another
+    supervisor took it over): it must not insert anything more for that attempt."""
+
+
 @dataclass(frozen=True)
 class LaunchContext:
     """What a plan needs besides the spec: which attempt, where the store is, the zones to walk
@@ -154,6 +159,18 @@ class LaunchContext:
     store_url: str
     settings: AttemptSettings
     zones: tuple[str, ...] = ()  # empty: the spec's zones, in order
+    # Makes the create's request ids deterministic per (run, attempt, claim round): a create
+    # re-sent by another process (taking over a dead creator's claim) is deduplicated by the
+    # API itself. Empty (a dry run): random ids.
+    request_key: str = ""
+    # Called with the zone before each insert; raises ``CreateClaimLost`` once this process no
+    # longer holds the attempt's create claim, so a zone walk that outlived its lease stops.
+    before_insert: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+
+    def check_claim(self, zone: str) -> None:
+        """``before_insert``, if there is one."""
+        if self.before_insert is not None:
+            self.before_insert(zone)
 
     @property
     def heartbeat_interval(self) -> float:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import uuid
 from dataclasses import dataclass, field
 from importlib import resources
-from typing import Any
+from typing import Any, Callable
 
 from entrypoint.record import RunSpec
 from runner.launch.backends import vm_metadata as md
@@ -88,11 +88,27 @@ class GcePlan:
     name: str
     project: str
     candidates: list[tuple[str, Any]] = field(default_factory=list)  # (zone, compute_v1.Instance)
+    request_key: str = ""  # LaunchContext.request_key: deterministic request ids ("" → random)
+    before_insert: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+
+    def request_id(self, zone: str) -> str:
+        """The insert's ``requestId`` in ``zone``: the same for the same (run, attempt, claim
+        round, instance, zone), so an insert re-sent by whoever takes over a dead creator's
+        claim is answered by GCE with the first operation (for 60 minutes, "requestId" in the
+        compute v1 reference) instead of making a second VM; the library's own HTTP retries
+        resend it too. A new claim round (after a create that made nothing) gives new ids, or
+        GCE would replay that round's stockout instead of trying again."""
+        if not self.request_key:
+            return str(uuid.uuid4())
+        return str(uuid.uuid5(_REQUEST_NAMESPACE, f"{self.request_key}/{self.name}/{zone}"))
 
     def to_dict(self) -> list[dict[str, Any]]:
         from google.cloud import compute_v1
 
         return [{"zone": z, "instance": compute_v1.Instance.to_dict(i)} for z, i in self.candidates]
+
+
+_REQUEST_NAMESPACE = uuid.UUID("6f1c2a9e-5b7d-4c3e-9a51-0d2f8e4b7c10")  # cos-spot-runner's insert ids
 
 
 class ZoneExhausted(BackendError):
@@ -342,7 +358,8 @@ class GceBackend(ComputeBackend[GcePlan]):
                     accelerator_type=f"zones/{zone}/acceleratorTypes/{gpu.type}",
                     accelerator_count=gpu.count)]
             candidates.append((zone, inst))
-        return GcePlan(name=name, project=project, candidates=candidates)
+        return GcePlan(name=name, project=project, candidates=candidates, request_key=ctx.request_key,
+                       before_insert=ctx.before_insert)
 
     # ---- act ----
     def create_instance(self, plan: GcePlan) -> Instance:
@@ -351,14 +368,13 @@ class GceBackend(ComputeBackend[GcePlan]):
 
         refusals = []
         for zone, body in plan.candidates:
+            if plan.before_insert is not None:
+                plan.before_insert(zone)  # raises once the create claim is no longer ours
             try:
                 op = self.c.instances.insert_unary(
                     request=compute_v1.InsertInstanceRequest(
                         project=plan.project, zone=zone, instance_resource=body,
-                        # One id per try: the library's HTTP retries resend it, so GCE answers a
-                        # retried insert with the first operation instead of a second VM. A later
-                        # try (after a stockout) needs a fresh id, or GCE replays the failure.
-                        request_id=str(uuid.uuid4())),
+                        request_id=plan.request_id(zone)),
                     retry=api_retry())
                 op = self._wait(plan.project, zone, op)
             except gexc.Conflict:
