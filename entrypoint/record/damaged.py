@@ -6,7 +6,8 @@ types. Before this module each reader failed its own way (``JSONDecodeError``, `
 ``TypeError`` deep in a caller), so one torn object in one run broke every command that looked
 at the whole store. Now every reader raises this one type, whose message names the object and
 what is wrong with it, so callers catch one thing and turn it into a per-run error (an error
-row in ``ops list``, a line in the supervisor's heartbeat) while every other run reads normally.
+row in ``ops list``, a line in the supervisor's heartbeat) while every other run reads normally
+(docs/architecture.md#damaged-records).
 """
 
 from __future__ import annotations
@@ -35,9 +36,8 @@ def load_object(name: str, data: bytes) -> dict[str, Any]:
     except UnicodeDecodeError as e:
         raise DamagedRecord(name, f"not UTF-8 text (bad byte at {e.start})") from None
     except json.JSONDecodeError as e:
-        text = data.strip()
-        if text[:1] in (b"{", b"[") and text[-1:] not in (b"}", b"]"):
-            # What a cut-off upload or a full disk leaves: the start of a document.
+        if e.doc.strip() and (e.pos >= len(e.doc.rstrip()) or e.msg.startswith("Unterminated string")):
+            # The text ended inside the document: what a cut-off upload or a full disk leaves.
             raise DamagedRecord(name, f"not JSON (truncated at byte {len(data)})") from None
         raise DamagedRecord(name, f"not JSON ({e.msg} at byte {e.pos})") from None
     if not isinstance(doc, dict):

@@ -18,6 +18,7 @@ would be left with no job and no way on. So past the stall window the mark says 
 and the supervisor journals and says it once more with the fix: repair the object, or stop the
 run with ``runner ops delete``. Stop means stop, readable or not: a run whose ``.stop`` is there
 has its instances deleted (with the grace period pinned in its spec when that can be read).
+See docs/architecture.md#damaged-records.
 """
 
 from __future__ import annotations
@@ -104,10 +105,11 @@ class DamageWatch:
         if mark is not None and {k: mark.get(k) for k in doc if k != "actor"} == \
                 {k: v for k, v in doc.items() if k != "actor"}:
             return f"{run_id}: {err} (marked)"  # another supervisor (or our last life) said it already
-        line = self._say(rec, err, live, overdue, since)
+        said = self._say(rec, err, live, overdue, since)
+        line = f"{run_id}: {said}"
         try:
             self.store.write(rec.name(RunRecord.DAMAGED), json.dumps(doc, indent=1, sort_keys=True).encode())
-            rec.event(self.actor, None, None, line, attempt=None, damaged=err.name)
+            rec.event(self.actor, None, None, said, attempt=None, damaged=err.name)
         except Exception as e:  # noqa: BLE001 - a mark is advice; the next change says it again
             self._said.pop(run_id, None)
             print(f"runner: {run_id}: could not mark the damaged record ({type(e).__name__}: {e})",

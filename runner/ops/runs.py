@@ -217,8 +217,14 @@ def orphans(store: Store, backend: ComputeBackend) -> list[dict[str, Any]]:
     out = []
     for inst in backend.list():
         run_id = by_label.get(inst.run_label)
-        cur = RunRecord(store, run_id).read_state() if run_id else None
         why = None
+        try:
+            cur = RunRecord(store, run_id).read_state() if run_id else None
+        except DamagedRecord as e:
+            # Not judged: its run may be live. Listed, so that it is looked at, not deleted blindly.
+            out.append({"name": inst.name, "zone": inst.zone, "status": inst.status.value, "run_id": run_id,
+                        "why": f"not judged: its run's record cannot be read ({e}); check before deleting"})
+            continue
         if cur is None:
             why = "no run record in this store"
         elif cur[0].state.terminal:

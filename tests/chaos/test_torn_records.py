@@ -63,7 +63,8 @@ CASES = CASES[:cycles(short=len(_FIRST), long=len(CASES))]
 
 # Which commands read which object, and so must name it when it is damaged.
 READERS = {
-    "state.json": {"list", "list --json", "watch --once", "watch --once --json", "status", "events"},
+    "state.json": {"list", "list --json", "watch --once", "watch --once --json", "status", "events",
+                   "list --orphans"},  # its live instance: not judged an orphan, and why
     "heartbeat.json": {"list", "list --json", "watch --once", "watch --once --json", "status"},
     "spec.json": {"status", "events"},  # status: in its cost's "why unknown"
     "event": {"events"},
@@ -79,6 +80,7 @@ COMMANDS = {
     "status --json": (["ops", "status", "--run-id", TORN, "--json"], False),
     "events": (["ops", "events", "--run-id", TORN], False),
     "events --json": (["ops", "events", "--run-id", TORN, "--json"], False),
+    "list --orphans": (["ops", "list", "--orphans"], False),
 }
 
 
@@ -234,6 +236,7 @@ def test_stop_means_stop_for_a_run_whose_record_cannot_be_read(supervised) -> No
 
 
 def test_an_internal_error_is_one_line_that_says_what_to_report(cli, monkeypatch) -> None:
+    """The catch-all is for the bugs no one knows of yet, so the test plants one."""
     def boom(*a: Any, **k: Any) -> Any:
         raise KeyError("state")
 
