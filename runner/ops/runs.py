@@ -97,9 +97,6 @@ def error_row(store: Store, run_id: str, err: DamagedRecord) -> dict[str, Any]:
     return row
 
 
-def is_error_row(row: dict[str, Any]) -> bool:
-    return "error" in row
-
 
 def row_of(view: RunView, now: float | None = None) -> dict[str, Any]:
     """``run_row`` from a view read with its heartbeat."""

@@ -68,7 +68,8 @@ def _progress_cell(p: dict[str, Any]) -> str:
     step, total = p.get("step"), p.get("total")
     if step is None:
         return "-"
-    if isinstance(total, (int, float)) and total:
+    # The job's own progress file: free-form, so only numbers get a percentage.
+    if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total:
         return f"{step}/{total} {100 * step / total:.0f}%"
     return str(step)
 
