@@ -26,6 +26,7 @@ import json
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from entrypoint.record.damaged import build, load_object
 from entrypoint.record.documents import utcnow
 from entrypoint.record.paths import RunPaths, run_prefix
 from entrypoint.store import PreconditionFailed, Store
@@ -110,13 +111,9 @@ class CreateClaims:
         blob = self.store.read(self._name(attempt))
         if blob is None:
             return None
-        try:
-            doc = json.loads(blob.data)
-        except ValueError:
-            doc = {}
-        if not isinstance(doc, dict):
-            doc = {}
-        return CreateClaim.from_dict(attempt, doc, blob.generation)
+        name = self._name(attempt)
+        return build(name, load_object(name, blob.data),
+                     lambda doc: CreateClaim.from_dict(attempt, doc, blob.generation))
 
     def _write(self, claim: CreateClaim, if_generation_match: int) -> CreateClaim:
         gen = self.store.write(self._name(claim.attempt), json.dumps(claim.to_dict()).encode(),

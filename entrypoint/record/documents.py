@@ -11,7 +11,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from entrypoint.record.damaged import check_fields
 from entrypoint.record.states import State
+
+_NUM = (int, float)
+_OPT_NUM = (int, float, type(None))
+_OPT_STR = (str, type(None))
+_OPT_INT = (int, type(None))
 
 SCHEMA_VERSION = 1
 
@@ -87,6 +93,8 @@ class RunSpec:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunSpec":
+        """``ValueError``/``TypeError`` for a missing or wrong-typed field (the reader names the object)."""
+        check_fields(d, _SPEC_TYPES)
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
 
@@ -127,9 +135,16 @@ class RunState:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "RunState":
+        """``ValueError``/``KeyError`` for a missing, unknown or wrong-typed field (the reader names the object)."""
+        check_fields(d, _STATE_TYPES)
         known = {f for f in cls.__dataclass_fields__} - {"extra"}
         kw = {k: v for k, v in d.items() if k in known}
-        kw["state"] = State(kw["state"])
+        try:
+            kw["state"] = State(kw["state"])
+        except ValueError:
+            raise ValueError(f"field 'state' is {kw['state']!r}, not a state this version knows") from None
+        if not all(isinstance(i, dict) for i in kw.get("instances", [])):
+            raise ValueError("field 'instances' holds something other than objects")
         return cls(**kw, extra={k: v for k, v in d.items() if k not in known})
 
     def to_dict(self) -> dict[str, Any]:
@@ -174,5 +189,27 @@ class Heartbeat:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "Heartbeat":
+        """``ValueError``/``TypeError`` for a missing or wrong-typed field (the reader names the object)."""
+        check_fields(d, _HEARTBEAT_TYPES)
         known = {f for f in cls.__dataclass_fields__}
         return cls(**{k: v for k, v in d.items() if k in known})
+
+
+# The types each document's fields must have to be read at all. Checked at the read so that a
+# damaged document fails there, named, instead of in some caller's arithmetic (see
+# ``entrypoint.record.damaged``). Only what our code relies on; unknown fields are kept as they are.
+_SPEC_TYPES: dict[str, tuple[type, ...]] = {
+    "run_id": (str,), "image": (str,), "command": (list,), "backend": (str,), "max_restarts": (int,),
+    "retry_on_failure": (int,), "checkpoint_dir": (str,), "results_dir": (str,), "env": (dict,),
+    "machine_type": _OPT_STR, "gpu": _OPT_STR, "zones": (list,), "timeouts": (dict,), "vm": (dict,),
+    "settings": (dict,), "created_at": _NUM,
+}
+_STATE_TYPES: dict[str, tuple[type, ...]] = {
+    "state": (str,), "attempt": (int,), "instance": _OPT_STR, "zone": _OPT_STR, "reason": _OPT_STR,
+    "exit_code": _OPT_INT, "failures": (int,), "restarts": (int,), "instances": (list,),
+    "updated_at": _NUM, "updated_by": _OPT_STR, "last_event": (dict, type(None)),
+}
+_HEARTBEAT_TYPES: dict[str, tuple[type, ...]] = {
+    "time": _NUM, "attempt": (int,), "phase": (str,), "progress": (dict,), "progress_changed_at": _OPT_NUM,
+    "sync": (dict,), "gpu_util": _OPT_NUM, "rate": _OPT_NUM,
+}

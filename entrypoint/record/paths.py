@@ -33,6 +33,7 @@ class RunPaths:
     SUPERVISOR_BACKOFF = "supervisor/backoff.json"  # supervisor, last writer wins (advice)
     SUPERVISOR_HEARTBEAT = "supervisor/heartbeat.json"  # a supervisor that steps only this run
     NOTIFIED = "notified/"  # supervisor's notifier, one create-only claim per announced event
+    DAMAGED = "damaged.json"  # supervisor, last writer wins: the record cannot be read (advice, for ops)
 
     @staticmethod
     def manifest_name(attempt: int) -> str:

@@ -15,6 +15,7 @@ from dataclasses import asdict
 from typing import Any, Iterator, Sequence
 
 from entrypoint.record.create_claim import CreateClaim, CreateClaims
+from entrypoint.record.damaged import DamagedRecord, check_fields, load_object, parse
 from entrypoint.record.documents import (
     SCHEMA_VERSION,
     Heartbeat,
@@ -100,8 +101,9 @@ class RunRecord(RunPaths):
 
     # ---- spec ----
     def read_spec(self) -> RunSpec | None:
+        """The spec, None if there is none; ``DamagedRecord`` if it cannot be read."""
         blob = self.store.read(self.name(self.SPEC))
-        return None if blob is None else RunSpec.from_dict(json.loads(blob.data))
+        return None if blob is None else parse(self.name(self.SPEC), blob.data, RunSpec.from_dict)
 
     def write_spec(self, spec: RunSpec) -> None:
         """Create-only: two submits racing on a new run id cannot mix one's spec with the other's state.
@@ -137,11 +139,12 @@ class RunRecord(RunPaths):
 
     # ---- state ----
     def read_state(self) -> tuple[RunState, int] | None:
-        """The current state and the generation to pass back to ``transition``."""
+        """The current state and the generation to pass back to ``transition``; None if there is
+        none; ``DamagedRecord`` (naming the object and what is wrong) if it cannot be read."""
         blob = self.store.read(self.name(self.STATE))
         if blob is None:
             return None
-        return RunState.from_dict(json.loads(blob.data)), blob.generation
+        return parse(self.name(self.STATE), blob.data, RunState.from_dict), blob.generation
 
     def create_state(self, actor: str) -> RunState:
         st = RunState(state=State.PENDING, updated_by=actor)
@@ -431,18 +434,26 @@ class RunRecord(RunPaths):
         ``spec`` (1), ``stop`` (1), ``startup`` (the current attempt's startup.json, 1),
         ``events``: the last N journal entries (one listing plus a read per entry; the state's
         own entry costs nothing when its writer has not stored it yet), ``ALL_EVENTS`` for all.
+
+        ``DamagedRecord`` if the state, or a part asked for (heartbeat, spec), cannot be read:
+        those are what the run is, and a reader must not show a guess. A damaged journal entry
+        is left out and named in ``damaged`` instead: one torn line of history must not hide the
+        rest of it.
         """
         cur = self.read_state()
         if cur is None:
             return None
         st, gen = cur
+        damaged: list[DamagedRecord] = []
         return RunView(
             run_id=self.run_id, state=st, generation=gen,
             heartbeat=self.read_heartbeat() if heartbeat else None,
             spec=self.read_spec() if spec else None,
             stop_requested=self.stop_requested() if stop else None,
             startup=self.read_startup(st.attempt) if startup and st.attempt else None,
-            events=list(self._events(cur, last=None if events == ALL_EVENTS else events)) if events else [],
+            events=list(self._events(cur, last=None if events == ALL_EVENTS else events, damaged=damaged))
+            if events else [],
+            damaged=damaged,
         )
 
     # ---- events (append-only journal) ----
@@ -536,18 +547,23 @@ class RunRecord(RunPaths):
         except PreconditionFailed:
             pass  # the name is unique to this call: what is there is this very event
 
-    def events(self, after: str | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+    def events(self, after: str | None = None,
+               damaged: list[DamagedRecord] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
         """Events in time order (the names sort by timestamp). ``after``: a name already seen.
 
         The current state's own event is included even if its writer died before storing it
         (read-only: it is taken from state.json, under the name it will be stored as). The
         state is read before the listing, so an event stored in between is listed, not lost.
+        An entry that cannot be read is left out and appended to ``damaged`` (said on stderr
+        when no list is given): a follower must not stop at one torn line of history.
         """
-        return self._events(self.read_state(), after=after)
+        return self._events(self.read_state(), after=after, damaged=damaged)
 
     def _events(self, cur: tuple[RunState, int] | None, after: str | None = None,
-                last: int | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-        """``events`` given the state read before the listing; ``last``: only the newest N."""
+                last: int | None = None,
+                damaged: list[DamagedRecord] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """``events`` given the state read before the listing; ``last``: only the newest N
+        stored names (a damaged one among them is skipped, not replaced by an older one)."""
         listed = set(self.event_names())
         pending: dict[str, dict[str, Any]] = {}
         if cur is not None and cur[0].last_event:
@@ -561,7 +577,14 @@ class RunRecord(RunPaths):
             if name in pending:
                 yield name, pending[name]
                 continue
-            ev = self.read_event(name)
+            try:
+                ev = self.read_event(name)
+            except DamagedRecord as e:
+                if damaged is None:
+                    print(f"runner: {self.run_id}: journal entry skipped: {e}", file=sys.stderr)
+                else:
+                    damaged.append(e)
+                continue
             if ev is not None:
                 yield name, ev
 
@@ -570,9 +593,10 @@ class RunRecord(RunPaths):
         return sorted(self.store.list(self.name(self.EVENTS)))
 
     def read_event(self, name: str) -> dict[str, Any] | None:
-        """One journal entry by its object name (as ``event_names`` lists it); None if gone."""
+        """One journal entry by its object name (as ``event_names`` lists it); None if gone;
+        ``DamagedRecord`` if it is not a JSON object with a numeric ``time``."""
         blob = self.store.read(name)
-        return None if blob is None else json.loads(blob.data)
+        return None if blob is None else parse(name, blob.data, _event_doc)
 
     def claim_notified(self, event_id: str, actor: str) -> bool:
         """Create-only claim on announcing one event (``notified/<event file name>``): True for
@@ -589,16 +613,19 @@ class RunRecord(RunPaths):
         self.store.write(self.name(self.HEARTBEAT), _dump(asdict(hb)))
 
     def read_heartbeat(self) -> Heartbeat | None:
+        """The agent's last heartbeat, None if there is none; ``DamagedRecord`` if unreadable."""
         blob = self.store.read(self.name(self.HEARTBEAT))
-        return None if blob is None else Heartbeat.from_dict(json.loads(blob.data))
+        return None if blob is None else parse(self.name(self.HEARTBEAT), blob.data, Heartbeat.from_dict)
 
     def write_manifest(self, attempt: int, doc: dict[str, Any]) -> None:
         doc = {"schema_version": SCHEMA_VERSION, **doc}
         self.store.write(self.name(self.manifest_name(attempt)), _dump(doc))
 
     def read_manifest(self, attempt: int) -> dict[str, Any] | None:
-        blob = self.store.read(self.name(self.manifest_name(attempt)))
-        return None if blob is None else json.loads(blob.data)
+        """The attempt's manifest, None if there is none; ``DamagedRecord`` if not a JSON object."""
+        name = self.name(self.manifest_name(attempt))
+        blob = self.store.read(name)
+        return None if blob is None else load_object(name, blob.data)
 
     @property
     def claims(self) -> CreateClaims:
@@ -649,6 +676,16 @@ class RunRecord(RunPaths):
 
     def stop_requested(self) -> bool:
         return self.store.exists(self.name(self.STOP))
+
+
+def _event_doc(doc: dict[str, Any]) -> dict[str, Any]:
+    """A journal entry as readers use it: a numeric ``time`` (sorting, ``--since``) and a string
+    ``actor`` (every line shows it); every writer has stored both since the journal began."""
+    check_fields(doc, {"time": (int, float), "actor": (str,)})
+    for key in ("time", "actor"):
+        if key not in doc:
+            raise KeyError(key)
+    return doc
 
 
 def _same_spec(a: dict[str, Any], b: dict[str, Any]) -> bool:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from entrypoint.record.damaged import DamagedRecord
 from entrypoint.record.documents import Heartbeat, RunSpec, RunState
 
 ALL_EVENTS = -1  # ``RunRecord.view(events=ALL_EVENTS)``: the whole journal
@@ -26,6 +27,8 @@ class RunView:
     startup: dict[str, Any] | None = None  # the current attempt's startup.json, if asked and there
     # (object name, event document), oldest first.
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
+    # Journal entries asked for but unreadable: left out of ``events``, named here for the reader to say.
+    damaged: list[DamagedRecord] = field(default_factory=list)
 
     @property
     def expected(self) -> tuple[RunState, int]:

@@ -59,6 +59,8 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
                    + (f" ({ev['reason']})" if ev.get("reason") else ""))
     if s["stop_requested"]:
         click.echo("stop       requested (.stop): this run is never restarted")
+    for d in s.get("damaged", []):
+        click.echo(f"damaged    {d} (left out above)")
     for line in report_lines(s["supervisor"]):
         click.echo(line)
 
@@ -93,6 +95,10 @@ def list_cmd(as_json: bool, orphans: bool, cli_config: dict[str, Any], config_pa
         return
     click.echo(f"{'RUN':<28} {'STATE':<13} {'ATT':>3} {'RESTARTS':>8}  {'PROGRESS':<16} {'ETA':>6}  UPDATED")
     for r in rows:
+        if "error" in r:  # its record cannot be read: say which object, and go on with the others
+            click.echo(f"{r['run_id']:<28} {'DAMAGED':<13} {'-':>3} {'-':>8}  {r['error']}"
+                       + _mark_text(r.get("supervisor")))
+            continue
         click.echo(f"{r['run_id']:<28} {r['state']:<13} {r['attempt']:>3} {r['restarts']:>8}  "
                    f"{_progress_text(r['progress']):<16} {duration(r['eta_s']):>6}  "
                    f"{when(r['updated_at'], r['updated_age_s'])}")
@@ -100,6 +106,15 @@ def list_cmd(as_json: bool, orphans: bool, cli_config: dict[str, Any], config_pa
 
     for line in report_lines(watchfulness(ctx.store).to_dict()):
         click.echo(line)
+
+
+def _mark_text(mark: dict[str, Any] | None) -> str:
+    """What a supervisor marked about a damaged run (``damaged.json``), in a few words."""
+    if not mark:
+        return ""
+    live = mark.get("live_instances") or []
+    return (f"  (supervisor: unreadable since {mark.get('since_iso', '?')}"
+            + (f"; still running: {', '.join(map(str, live))}" if live else "") + ")")
 
 
 def _cost_detail(c: dict[str, Any]) -> str:
@@ -128,9 +143,10 @@ def _add_cost(ctx: Any, row: dict[str, Any]) -> None:
               help="Watch only this run (repeatable); then watch ends when they do, exit 0 if all succeeded.")
 @click.option("--interval", type=float, default=2.0, show_default=True, help="Seconds between refreshes.")
 @click.option("--json", "as_json", is_flag=True, help="Instead of the table: one JSON line per run per change.")
+@click.option("--once", is_flag=True, help="Show one frame and exit (for scripts and checks).")
 @config_options
 @guard
-def watch(run_ids: tuple[str, ...], interval: float, as_json: bool, cli_config: dict[str, Any],
+def watch(run_ids: tuple[str, ...], interval: float, as_json: bool, once: bool, cli_config: dict[str, Any],
           config_path: str | None) -> None:
     """A live table of runs: state, attempt, zone, heartbeat, progress, rate, ETA, restarts, cost.
 
@@ -142,7 +158,9 @@ def watch(run_ids: tuple[str, ...], interval: float, as_json: bool, cli_config: 
       runner ops watch --run-id exp-1
       runner ops watch --json | jq 'select(.state == "PREEMPTED")'
     """
-    from entrypoint.record import RunRecord
+    import itertools
+
+    from entrypoint.record import DamagedRecord, RunRecord
     from runner.ops.runs import RunNotFound
     from runner.ops.watch import snapshots, watch_json, watch_table
 
@@ -151,9 +169,15 @@ def watch(run_ids: tuple[str, ...], interval: float, as_json: bool, cli_config: 
     ctx = load(cli_config, config_path)
     ids = [checked_run_id(r) for r in run_ids] or None
     for r in ids or []:
-        if RunRecord(ctx.store, r).read_state() is None:
+        try:
+            found = RunRecord(ctx.store, r).read_state() is not None
+        except DamagedRecord:
+            found = True  # it exists; its row says what cannot be read
+        if not found:
             raise RunNotFound(f"no run {r!r} in {ctx.store.url} (see `runner ops list`)")
     frames = snapshots(ctx.store, ids, interval, enrich=lambda row: _add_cost(ctx, row))
+    if once:
+        frames = itertools.islice(frames, 1)
     try:
         if as_json:
             rows = watch_json(frames, ids, lambda line: click.echo(line))
@@ -161,8 +185,8 @@ def watch(run_ids: tuple[str, ...], interval: float, as_json: bool, cli_config: 
             rows = watch_table(frames, ids, ctx.store.url, caption=lambda: _supervision_caption(ctx.store))
     except KeyboardInterrupt:
         return
-    if ids:
-        sys.exit(0 if all(r["state"] == "SUCCEEDED" for r in rows) else EXIT_FAILED)
+    if ids and not once:
+        sys.exit(0 if all(r.get("state") == "SUCCEEDED" for r in rows) else EXIT_FAILED)
 
 
 def warn_if_unsupervised(store: Any) -> None:

@@ -68,10 +68,16 @@ def load(cli_config: dict[str, Any], config_path: str | None, create_store: bool
 
 
 def guard(f: Callable[..., Any]) -> Callable[..., Any]:
-    """Turn the product's own exceptions into one-line errors with the right exit code."""
+    """Turn the product's own exceptions into one-line errors with the right exit code.
+
+    Nothing gets past as a traceback: a damaged record object is named with what to do, and
+    anything else is an internal error, said in one line with what to report
+    (``RUNNER_DEBUG=1`` shows the traceback too).
+    """
 
     @functools.wraps(f)
     def wrapper(*args: Any, **kw: Any) -> Any:
+        from entrypoint.record import DamagedRecord
         from entrypoint.store import StoreError
         from runner.launch.backends.base import BackendError
         from runner.naming import InvalidRunId
@@ -86,6 +92,8 @@ def guard(f: Callable[..., Any]) -> Callable[..., Any]:
             fail(str(e), EXIT_USAGE)
         except RunNotFound as e:
             fail(str(e), EXIT_NOT_FOUND)
+        except DamagedRecord as e:
+            fail(damaged_message(e), EXIT_FAILED)
         except (BackendError, StoreError) as e:
             fail(str(e), EXIT_FAILED)
         except OSError as e:
@@ -98,8 +106,42 @@ def guard(f: Callable[..., Any]) -> Callable[..., Any]:
                 fail(f"{e.strerror}{where}: this command writes to the store; make it writable "
                      "(or free space), or use a read-only command (ops status/list/logs)", EXIT_FAILED)
             fail(f"{type(e).__name__}: {e}", EXIT_FAILED)
+        except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
+            raise  # click's own: usage errors, --help, Ctrl-C at a prompt
+        except Exception as e:  # noqa: BLE001 - the catch-all: a bug of ours, never a traceback
+            fail(internal_error_message(e), EXIT_FAILED)
 
     return wrapper
+
+
+def damaged_message(e: Any) -> str:
+    """What a user reads for a ``DamagedRecord``: the object, what is wrong, what still works."""
+    run = e.name.split("/")[1] if e.name.startswith("runs/") and e.name.count("/") >= 2 else None
+    stop = f"; `runner ops delete --run-id {run}` still stops the run" if run else ""
+    return (f"cannot read {e.name}: {e.why}. The object is damaged (a cut-off write, or an edit by "
+            f"hand); restore it from a copy, or remove the run's record once it is stopped{stop}")
+
+
+def internal_error_message(e: BaseException) -> str:
+    """The catch-all's one line: what happened, and what to report. With ``RUNNER_DEBUG=1``
+    the traceback goes to stderr first."""
+    import os
+    import traceback
+
+    if os.environ.get("RUNNER_DEBUG"):
+        traceback.print_exception(e)
+    how = "" if os.environ.get("RUNNER_DEBUG") else "; RUNNER_DEBUG=1 shows the traceback"
+    return (f"internal error ({type(e).__name__}: {e}); please report it with this message "
+            f"(cos-spot-runner {_version()}){how}")
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("cos-spot-runner")
+    except PackageNotFoundError:
+        return "(version unknown: not installed)"
 
 
 def checked_run_id(value: str) -> str:

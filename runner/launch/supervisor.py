@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from entrypoint.record import (
-    AttemptSettings, IllegalTransition, Role, RunRecord, RunSpec, RunState, State, list_run_ids,
+    AttemptSettings, DamagedRecord, IllegalTransition, Role, RunRecord, RunSpec, RunState, State, list_run_ids,
 )
 from entrypoint.record.create_claim import CREATED, RELEASED
 from entrypoint.store import PreconditionFailed, Store
@@ -46,6 +46,7 @@ from runner.launch.backends.base import (
 )
 from runner.launch.create_lease import CreateLease
 from runner.launch.recovery import CreateBackoff, Recovery
+from runner.launch.damaged_runs import DamageWatch
 from runner.launch.supervisor_heartbeat import run_pass
 from runner.naming import default_actor, label_value, resource_name
 
@@ -149,6 +150,7 @@ class Supervisor:
         self.pass_every: float | None = None  # seconds to the next pass (hosted: the schedule)
         # How often a create in flight renews its claim's lease (None: four times per lease).
         self.lease_renew_every: float | None = None
+        self.damage = DamageWatch(store, self.actor, now)  # runs whose record cannot be read
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait for this supervisor's background deletes (call before exiting, or let exit do it)."""
@@ -194,9 +196,16 @@ class Supervisor:
 
         Never raises for one run's trouble (a damaged record, an API outage): that would stop
         supervision of every other run, stops and clean-ups included. It says so on stderr.
+        A record that cannot be read (``DamagedRecord``) is said once and marked, its live
+        instance kept, not retried loudly every pass: see ``runner.launch.damaged_runs``.
         """
         try:
-            return self._reconcile(run_id, instances)
+            st = self._reconcile(run_id, instances)
+            self.damage.readable(run_id)
+            return st
+        except DamagedRecord as e:
+            self.note_error(self.damage.seen(self, run_id, e, instances))
+            return None
         except Exception as e:  # noqa: BLE001 - deliberately broad, see above
             print(f"runner: supervising {run_id} failed this pass ({type(e).__name__}: {e}); "
                   "will try again next pass", file=sys.stderr)

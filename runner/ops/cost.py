@@ -486,6 +486,10 @@ def annotate_row(row: dict[str, Any], store: Any, price_table: str | None, now: 
     refreshed every ``LIVE_ESTIMATE_TTL`` seconds rather than on every redraw of ``watch``.
     ``row`` is an ``ops`` row (``run_id``, ``state``, ``updated_at``, optional ``instances``).
     """
+    if "error" in row:  # an ops error row: the record itself cannot be read
+        row["cost"] = {"so_far": None, "why_unknown": "the run's record cannot be read"}
+        row["cost_text"] = cost_text(row["cost"])
+        return
     now = time.time() if now is None else now
     key = (store.url, row["run_id"], row["updated_at"])
     finished = row["state"] in (State.SUCCEEDED.value, State.FAILED.value, State.STOPPED.value)

@@ -40,7 +40,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Mapping
 from urllib.parse import urlsplit
 
-from entrypoint.record import RunPaths, RunRecord, RunState, State, event_id as event_id_of, parse_event_name
+from entrypoint.record import DamagedRecord, RunPaths, RunRecord, RunState, State, event_id as event_id_of, parse_event_name
 from runner.naming import default_actor
 
 WEBHOOK_URL_ENV = "RUNNER_WEBHOOK_URL"
@@ -371,7 +371,13 @@ class TransitionNotifier:
             event_id = event_id_of(name)
             if name in seen or _name_time(name) < max(horizon, self.since):
                 continue  # looked at already, or before our time: not even read
-            ev = rec.read_event(name)
+            try:
+                ev = rec.read_event(name)
+            except DamagedRecord as e:
+                # Torn: nothing to announce from it, and it will not mend; the rest still goes out.
+                print(f"runner: notify: {e}: not announced", file=sys.stderr)
+                seen.add(name)
+                continue
             if ev is None:
                 continue  # listed, then gone: the journal is append-only, so this is a fluke
             seen.add(name)

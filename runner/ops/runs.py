@@ -9,7 +9,9 @@ import time
 from typing import Any, Callable, Iterator
 
 from entrypoint.markers import CONTAINER_RUNNING, phase_line, phases_in
-from entrypoint.record import ALL_EVENTS, PreconditionFailed, Role, RunRecord, RunView, iso, list_run_ids
+from entrypoint.record import (
+    ALL_EVENTS, DamagedRecord, PreconditionFailed, Role, RunRecord, RunView, iso, list_run_ids,
+)
 from entrypoint.store import Store
 from runner.launch.backends.base import ComputeBackend
 from runner.naming import label_value
@@ -48,6 +50,8 @@ def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None)
     if last_event is not None:
         last_event["at"] = iso(last_event["time"])
     out.update({"stop_requested": view.stop_requested, "last_event": last_event})
+    # A torn journal entry is left out of the last event; say which, rather than hide it.
+    out["damaged"] = [str(e) for e in view.damaged]
     out["supervisor"] = watchfulness(store, run_id=run_id).to_dict()  # who last supervised, is anyone now
     out["startup_phase"] = view.startup.get("phase") if view.startup else None
     if backend is not None:
@@ -69,10 +73,29 @@ def run_row(store: Store, run_id: str, now: float | None = None) -> dict[str, An
     reads, state and heartbeat.
 
     ``rate`` is the agent's own measure for the current attempt (steps per second); the ETA is
-    only given while the run is live and the rate is known.
+    only given while the run is live and the rate is known. A run whose state or heartbeat
+    cannot be read is an ``error_row``: one torn object must not take the whole listing down.
     """
-    view = RunRecord(store, run_id).view()
+    try:
+        view = RunRecord(store, run_id).view()
+    except DamagedRecord as e:
+        return error_row(store, run_id, e)
     return None if view is None else row_of(view, now)
+
+
+def error_row(store: Store, run_id: str, err: DamagedRecord) -> dict[str, Any]:
+    """``{"run_id", "error"}`` for a run whose record cannot be read, plus what a supervisor
+    marked about it (``damaged.json``: since when, whether an instance still runs), if any.
+
+    Costs one more read, on this path only."""
+    from runner.launch.damaged_runs import read_mark
+
+    row: dict[str, Any] = {"run_id": run_id, "error": str(err)}
+    mark = read_mark(store, run_id)
+    if mark is not None:
+        row["supervisor"] = mark
+    return row
+
 
 
 def row_of(view: RunView, now: float | None = None) -> dict[str, Any]:
@@ -217,8 +240,14 @@ def orphans(store: Store, backend: ComputeBackend) -> list[dict[str, Any]]:
     out = []
     for inst in backend.list():
         run_id = by_label.get(inst.run_label)
-        cur = RunRecord(store, run_id).read_state() if run_id else None
         why = None
+        try:
+            cur = RunRecord(store, run_id).read_state() if run_id else None
+        except DamagedRecord as e:
+            # Not judged: its run may be live. Listed, so that it is looked at, not deleted blindly.
+            out.append({"name": inst.name, "zone": inst.zone, "status": inst.status.value, "run_id": run_id,
+                        "why": f"not judged: its run's record cannot be read ({e}); check before deleting"})
+            continue
         if cur is None:
             why = "no run record in this store"
         elif cur[0].state.terminal:
@@ -235,12 +264,25 @@ def run_events(store: Store, backend: ComputeBackend, run_id: str, since: float 
     """Our journal and the provider's operations on the run's instances, in time order."""
     view = _view(store, run_id, events=ALL_EVENTS, spec=True)
     ours = [ev for _, ev in view.events]
+    for e in view.damaged:  # said, not hidden; the rest of the journal still shows
+        ours.append({"time": _damaged_time(e.name), "actor": "runner", "from": None, "to": None,
+                     "reason": f"unreadable journal entry: {e}", "attempt": None, "damaged": e.name})
     names = sorted({ev.get("instance") for ev in ours if ev.get("instance")} |
                    {i.name for i in backend.list(run_id)} | _instance_names(view))
     zones = sorted(set(view.spec.zones if view.spec else []))
     theirs = backend.provider_events(names, zones) if names and zones else []
     merged = sorted(ours + theirs, key=lambda e: e["time"])
     return [e for e in merged if since is None or e["time"] >= since]
+
+
+def _damaged_time(name: str) -> float:
+    """Where an unreadable journal entry sorts: the time in its name (0 if even that is bad)."""
+    from entrypoint.record import parse_event_name
+
+    try:
+        return parse_event_name(name).time
+    except ValueError:
+        return 0.0
 
 
 def _instance_names(view: RunView) -> set[str]:

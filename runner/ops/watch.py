@@ -4,6 +4,10 @@ The table is redrawn in place (rich's ``Live``), one render per poll, so the ter
 flickers and scroll-back is not flooded. The JSON stream prints a line only when something a
 script could act on changed (state, attempt, zone, progress, restarts...), never merely because
 a heartbeat got one second older.
+
+A run whose record cannot be read is an error row (``runs.error_row``): shown as DAMAGED with
+the object it names under the table, or as its ``{"run_id", "error"}`` line; every other run
+shows as usual.
 """
 
 from __future__ import annotations
@@ -46,9 +50,11 @@ def changes(rows: list[Row], seen: dict[str, str]) -> list[Row]:
 
 
 def all_done(rows: list[Row], run_ids: list[str] | None) -> bool:
-    """With named runs: every one of them has reached a terminal state."""
+    """With named runs: every one of them has reached a terminal state, or cannot be read (a
+    damaged record does not mend itself while we watch: waiting on it would never end)."""
     terminal = {"SUCCEEDED", "FAILED", "STOPPED"}
-    return bool(run_ids) and len(rows) == len(run_ids) and all(r["state"] in terminal for r in rows)
+    return bool(run_ids) and len(rows) == len(run_ids) and all(
+        "error" in r or r["state"] in terminal for r in rows)
 
 
 _STATE_STYLE = {
@@ -62,7 +68,8 @@ def _progress_cell(p: dict[str, Any]) -> str:
     step, total = p.get("step"), p.get("total")
     if step is None:
         return "-"
-    if isinstance(total, (int, float)) and total:
+    # The job's own progress file: free-form, so only numbers get a percentage.
+    if isinstance(step, (int, float)) and isinstance(total, (int, float)) and total:
         return f"{step}/{total} {100 * step / total:.0f}%"
     return str(step)
 
@@ -77,6 +84,9 @@ def render_table(rows: list[Row], title: str) -> Any:
                       ("ETA", "right"), ("RESTARTS", "right"), ("COST", "right")):
         t.add_column(col, justify=just, no_wrap=True)  # type: ignore[arg-type]
     for r in rows:
+        if "error" in r:
+            t.add_row(r["run_id"], "[bold red]DAMAGED[/]", *["-"] * 8)
+            continue
         live = r["state"] not in ("SUCCEEDED", "FAILED", "STOPPED")
         hb = duration(r["heartbeat_age_s"]) if live and r["heartbeat_age_s"] is not None else "-"
         rate = f"{r['rate']:.2f}/s" if r.get("rate") else "-"
@@ -88,6 +98,11 @@ def render_table(rows: list[Row], title: str) -> Any:
     if not rows:
         t.add_row("(no runs yet)", "", "", "", "", "", "", "", "", "")
     return t
+
+
+def damage_lines(rows: list[Row]) -> list[str]:
+    """One line per error row: the run, and the object that cannot be read and why."""
+    return [f"{r['run_id']}: cannot read its record: {r['error']}" for r in rows if "error" in r]
 
 
 def watch_table(frames: Iterator[list[Row]], run_ids: list[str] | None, store_url: str,
@@ -106,22 +121,27 @@ def watch_table(frames: Iterator[list[Row]], run_ids: list[str] | None, store_ur
         seen: dict[str, str] = {}
         for rows in frames:
             if changes(rows, seen):
-                console.print(_captioned(render_table(rows, f"{time.strftime('%H:%M:%S')} {title}"), caption))
+                console.print(_captioned(render_table(rows, f"{time.strftime('%H:%M:%S')} {title}"), caption, rows))
             if all_done(rows, run_ids):
                 break
         return rows
     with Live(console=console, auto_refresh=False, transient=False) as live:
         for rows in frames:
-            live.update(_captioned(render_table(rows, f"{time.strftime('%H:%M:%S')} {title}"), caption),
+            live.update(_captioned(render_table(rows, f"{time.strftime('%H:%M:%S')} {title}"), caption, rows),
                         refresh=True)
             if all_done(rows, run_ids):
                 break
     return rows
 
 
-def _captioned(table: Any, caption: Callable[[], str] | None) -> Any:
+def _captioned(table: Any, caption: Callable[[], str] | None, rows: list[Row] | None = None) -> Any:
+    from rich.markup import escape
+
+    lines = [f"[red]{escape(ln)}[/]" for ln in damage_lines(rows or [])]
     if caption is not None:
-        table.caption, table.caption_justify = caption(), "left"
+        lines.append(caption())
+    if lines:
+        table.caption, table.caption_justify = "\n".join(lines), "left"
     return table
 
 
