@@ -37,10 +37,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from entrypoint.checkpoints import BackgroundSync, DirectorySync, restore
+from entrypoint.checkpoints import BackgroundSync, DirectorySync, NoSpaceForRestore, restore
 from entrypoint.progress import ProgressTracker
-from entrypoint.record import MOVES, Heartbeat, IllegalTransition, Role, RunRecord, State
-from entrypoint.store import PreconditionFailed
+from entrypoint.record import MOVES, OUTCOME_UNRECORDED, Heartbeat, IllegalTransition, Role, RunRecord, State
+from entrypoint.store import PreconditionFailed, StoreError
 from entrypoint.stores import open_store
 
 log = logging.getLogger("entrypoint")
@@ -126,6 +126,7 @@ class Agent:
         self.progress = ProgressTracker(os.path.join(self.workdir, "progress.json"))
         self.superseded = False
         self.start_error: str | None = None  # why the job could not start, if it could not
+        self._outcome: str | None = None  # the state being recorded, said if the store refuses it
         self._killed_at: float | None = None
         self._pump: threading.Thread | None = None  # copies the job's output to the log
         self.log_path = os.path.join(self.workdir, "job.log")
@@ -139,6 +140,7 @@ class Agent:
         """Our attempt's named transition ``move`` (a ``RunRecord`` method: ``job_started``,
         ``preempted``, ``errored``...), as the agent; False if the run moved on without us."""
         new = MOVES[move].to
+        self._outcome = f"{new.value} ({reason})" if reason else new.value
         for _ in range(5):
             try:
                 getattr(self.record, move)(Role.AGENT, ACTOR, reason=reason, **changes)
@@ -173,7 +175,10 @@ class Agent:
             return 0
 
         self.phase = "restoring"
-        restored = restore(self.store, self.record.name(RunRecord.CHECKPOINTS), cfg.checkpoint_dir)
+        try:
+            restored = restore(self.store, self.record.name(RunRecord.CHECKPOINTS), cfg.checkpoint_dir)
+        except NoSpaceForRestore as e:
+            return self._restore_does_not_fit(e)
         os.makedirs(cfg.results_dir, exist_ok=True)
         started = time.time()
         manifest = {
@@ -222,8 +227,54 @@ class Agent:
         self._best_effort("heartbeat", self._write_heartbeat)
         manifest.update(finished_at=time.time(), exit_code=code, **self._work_done())
         self._best_effort("manifest", lambda: self.record.write_manifest(cfg.attempt, manifest))
-        self._record_outcome(code, bool(sync_ok) and bool(results_ok))
+        if not self._record_final(lambda: self._record_outcome(code, bool(sync_ok) and bool(results_ok))):
+            return OUTCOME_UNRECORDED
         return code
+
+    def _restore_does_not_fit(self, e: NoSpaceForRestore) -> int:
+        """The checkpoint does not fit on this machine's disk: the run FAILS, with that reason.
+
+        Not a preemption, and not a restart counted against max_restarts, because no restart
+        can do better: every attempt gets the same disk (``boot_disk_gb`` is pinned in the run's
+        spec) and the same checkpoint or a bigger one, so each would fail the same way seconds
+        after it booted. Before, a crash here left no outcome and the supervisor restarted the
+        run as "preempted or lost" until max_restarts was gone (three restarts in six seconds),
+        and nobody was told about the disk. The checkpoint in the store is untouched: with a
+        bigger disk, ``runner submit --restart`` resumes from it.
+        """
+        log.error("%s", e)
+        try:
+            with open(self.log_path, "ab") as f:  # so that `ops logs` shows it too
+                f.write(f"runner: {e}\n".encode())
+        except OSError as log_err:
+            log.error("cannot write the job log (%s)", log_err)
+        self._best_effort("log upload", lambda: self._upload_log(force=True))
+        if not self._record_final(lambda: self._transition("failed", str(e), expect_attempt=self.cfg.attempt)):
+            return OUTCOME_UNRECORDED
+        return 1
+
+    def _record_final(self, record: Callable[[], object]) -> bool:
+        """Run ``record`` (the write of the attempt's outcome); False if the store refused it.
+
+        A full store (or a read-only one, or one over quota) must not turn a known outcome into
+        a crash: a traceback was all anyone saw, and the supervisor, finding the run live with
+        its instance gone, took the attempt for preempted and ran the job again. Now the agent
+        says on stderr what it could not record, tries a note in the journal, and the caller
+        exits with ``OUTCOME_UNRECORDED``, which the supervisor records as a failure with that
+        reason instead of a restart.
+        """
+        try:
+            record()
+            return True
+        except (StoreError, OSError) as e:
+            msg = (f"attempt {self.cfg.attempt} ended as {self._outcome or 'an outcome'}, but the store "
+                   f"could not record it: {e}; free space in the store (or fix its permissions or "
+                   f"quota). Exiting with {OUTCOME_UNRECORDED} (outcome not recorded): the supervisor "
+                   "fails the run with this reason instead of restarting it")
+            log.error("%s", msg)
+            self._best_effort("journal note", lambda: self.record.event(
+                ACTOR, None, None, msg, attempt=self.cfg.attempt))
+            return False
 
     def _work_done(self) -> dict[str, object]:
         """How far this attempt got and what it saved, kept per attempt in its manifest.
