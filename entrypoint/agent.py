@@ -271,9 +271,11 @@ class Agent:
                    f"could not record it: {e}; free space in the store (or fix its permissions or "
                    f"quota). Exiting with {OUTCOME_UNRECORDED} (outcome not recorded): the supervisor "
                    "fails the run with this reason instead of restarting it")
-            log.error("%s", msg)
-            self._best_effort("journal note", lambda: self.record.event(
-                ACTOR, None, None, msg, attempt=self.cfg.attempt))
+            try:
+                self.record.event(ACTOR, None, None, msg, attempt=self.cfg.attempt)
+            except (StoreError, OSError) as note_err:
+                log.warning("the journal note failed too: %s", note_err)
+            log.error("%s", msg)  # last: the line the supervisor quotes from the container's output
             return False
 
     def _work_done(self) -> dict[str, object]:

@@ -24,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from entrypoint.store import ObjectInfo, Store, StoreError, crc32c_of_file, is_download_temp
+from entrypoint.store import Store, StoreError, crc32c_of_file, is_download_temp
 
 log = logging.getLogger("entrypoint.checkpoints")
 
@@ -211,18 +211,22 @@ _NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
 
 
 class NoSpaceForRestore(Exception):
-    """The checkpoint does not fit on this machine's disk: the message says which file, how big,
-    where, and what to change."""
+    """The checkpoints do not fit on this machine's disk: the message says which file, how big,
+    where, how much is free, and what to change."""
 
-    def __init__(self, name: str, size: int | None, local_dir: str, err: OSError) -> None:
+    def __init__(self, name: str, size: int | None, total: int | None, local_dir: str, err: OSError) -> None:
         free = _free_bytes(local_dir)
-        size_text = "size unknown" if size is None else f"{size} bytes"
+        sizes = "size unknown" if size is None else f"{size} bytes"
+        if total is not None and total != size:
+            sizes += f"; {total} bytes of checkpoints in all"
         free_text = "" if free is None else f", {free} bytes free there"
+        said = "" if err.errno == errno.ENOSPC else f" ({err.strerror or err})"
         super().__init__(
-            f"restore of {name} ({size_text}) failed: no space left on device in {local_dir}"
-            f"{free_text} ({err.strerror or err}); give the VM a bigger disk (boot_disk_gb), or a "
-            "data disk (data_disk_gb) with checkpoint_dir on it, or save smaller checkpoints; then "
-            "`runner submit --restart` resumes from the same checkpoint, which is untouched in the store"
+            f"restore of {name} ({sizes}) failed: no space left on device in {local_dir}{free_text}"
+            f"{said}; give the VM a bigger disk (boot_disk_gb), or a data disk (data_disk_gb) with "
+            "checkpoint_dir under its data_mount, or save smaller checkpoints (local backend: free "
+            "space on the host); then `runner submit --restart` resumes from the same checkpoint, "
+            "which is untouched in the store"
         )
         self.name = name
         self.size = size
@@ -258,11 +262,11 @@ def restore(store: Store, prefix: str, local_dir: str) -> list[str]:
     download's temp file is gone by then (``Store.download_file``), so the space it took is free.
     """
     os.makedirs(local_dir, exist_ok=True)
+    names = [n for n in store.list(prefix)
+             if not n[len(prefix):].startswith(PARTIAL) and _is_syncable(n[len(prefix):])]
     restored = []
-    for name in store.list(prefix):
+    for name in names:
         rel = name[len(prefix):]
-        if rel.startswith(PARTIAL) or not _is_syncable(rel):
-            continue
         dest = os.path.join(local_dir, rel)
         try:
             os.makedirs(os.path.dirname(dest), exist_ok=True)
@@ -271,14 +275,16 @@ def restore(store: Store, prefix: str, local_dir: str) -> list[str]:
             full = _no_space_error(e)
             if full is None:
                 raise
-            info = _stat_or_none(store, name)
-            raise NoSpaceForRestore(rel, info.size if info else None, local_dir, full) from e
+            sizes = [_size_or_none(store, n) for n in names]  # only for the message
+            total = None if None in sizes else sum(s for s in sizes if s is not None)
+            raise NoSpaceForRestore(rel, sizes[names.index(name)], total, local_dir, full) from e
         restored.append(name)
     return restored
 
 
-def _stat_or_none(store: Store, name: str) -> ObjectInfo | None:
+def _size_or_none(store: Store, name: str) -> int | None:
     try:
-        return store.stat(name)
+        info = store.stat(name)
     except StoreError:
-        return None  # the size is only for the message
+        return None
+    return None if info is None else info.size

@@ -193,7 +193,10 @@ class LocalStore(Store):
             raise StoreError(f"write {name} to the store at {self.root} failed: {e} (is the "
                              "directory writable, with space left?)") from e
         finally:
-            f.close()
+            try:
+                f.close()
+            except OSError:
+                pass  # a flush that failed again (a full disk): the error above already says so
             try:
                 os.unlink(path)
             except FileNotFoundError:

@@ -362,16 +362,16 @@ class Supervisor:
 
         Not "preempted or lost": the job ran to its end, and a restart would redo work whose
         results may already be in the store, or fail the same way against the same full store.
-        Which outcome it was is in the agent's last lines (the container's output), quoted here.
+        Which outcome it was is in the agent's last line (the container's output), quoted here.
         """
         st, _ = cur
-        tail = self.backend.logs(att.lead, tail=3).strip().replace("\n", " | ")
+        tail = self.backend.logs(att.lead, tail=1).strip()  # the agent's last line says what it was
         rec.failed(
             Role.SUPERVISOR, self.actor, expected=cur,
             reason=f"attempt {st.attempt} ended (exit {OUTCOME_UNRECORDED}) with an outcome its agent could "
                    f"not record: the store refused the write; free space in the store, check `runner ops "
                    f"logs {rec.run_id}`, then `runner submit --restart` if it must run again"
-                   + (f"; its last output: {tail[-400:]}" if tail else ""),
+                   + (f"; its last words: {tail[-600:]}" if tail else ""),
         )  # the next pass removes the instance, as for any run that ended
 
     def _boot_window(self, spec: RunSpec | None) -> float:

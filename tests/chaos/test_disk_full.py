@@ -113,7 +113,9 @@ def test_a_checkpoint_too_big_for_the_disk_fails_the_run_with_its_reason_and_bur
         st = state_of(rec)
         big, size = layout[-1]
         assert st.state == State.FAILED, (st.state, st.reason, p.stderr[-2000:])
-        assert f"restore of {big} ({size} bytes) failed: no space left on device" in st.reason
+        total = sum(s for _, s in layout)
+        sizes = f"{size} bytes" + (f"; {total} bytes of checkpoints in all" if total != size else "")
+        assert f"restore of {big} ({sizes}) failed: no space left on device in {disk}/ckpt" in st.reason
         assert "boot_disk_gb" in st.reason and "submit --restart" in st.reason
         assert (st.restarts, st.updated_by) == (0, "agent")
         assert supervised.backend.creates() == [resource_name(f"big-{j}", 1) for j in range(i + 1)]
@@ -156,6 +158,7 @@ def test_an_outcome_the_full_store_refuses_fails_the_run_instead_of_running_it_a
             assert p.returncode == OUTCOME_UNRECORDED, p.stderr[-3000:]
             assert "Traceback" not in p.stderr, p.stderr
             assert "ended as SUCCEEDED (job exited 0), but the store could not record it" in p.stderr
+            assert "could not record it: write runs/full/state.json to the store at" in p.stderr
             assert "No space left on device" in p.stderr
             assert state_of(rec).state == State.RUNNING  # nothing could be written, indeed
 
@@ -173,6 +176,36 @@ def test_an_outcome_the_full_store_refuses_fails_the_run_instead_of_running_it_a
             assert st.restarts == 0
             assert world.backend.creates() == [inst]
             world.settle()
+
+
+def test_a_restore_that_does_not_fit_where_nothing_can_be_recorded_is_not_restarted(tmp_path: Path) -> None:
+    """The local backend's case: the store and the checkpoint directory share one full disk, so
+    the agent can record neither the restore's failure nor anything else."""
+    with small_disk(tmp_path / "disk", 4 * MiB) as disk:
+        (disk / "store").mkdir()
+        world = SupervisedRuns(LocalStore(str(disk / "store")))
+        rec = world.submit("shared", max_restarts=3)
+        sup = world.supervisor()
+        sup.reconcile("shared")  # attempt 1: PROVISIONING
+        world.store.write(rec.name(RunRecord.CHECKPOINTS + "last.pt"), os.urandom(1 * MiB))
+        filler = disk / "filler"
+        subprocess.run([sys.executable, "-c", FILL, str(filler)], check=True, capture_output=True)
+        p = run_agent(world.store, "shared", disk / "ckpt", tmp_path / "results", "true")
+        assert p.returncode == OUTCOME_UNRECORDED, p.stderr[-3000:]
+        assert "Traceback" not in p.stderr, p.stderr
+        assert "ended as FAILED (restore of last.pt (1048576 bytes) failed: no space left on device" in p.stderr
+        assert not [f for f in files_under(disk) if PART in f]
+
+        inst = resource_name("shared", 1)
+        world.backend.end(inst, exit_code=p.returncode)
+        sup.reconcile("shared")  # still full: nothing recorded, and nothing restarted
+        assert (state_of(rec).state, world.backend.creates()) == (State.PROVISIONING, [inst])
+        filler.unlink()
+        sup.reconcile("shared")
+        st = state_of(rec)
+        assert st.state == State.FAILED and "could not record" in st.reason, (st.state, st.reason)
+        assert (st.restarts, world.backend.creates()) == (0, [inst])
+        world.settle()
 
 
 # ---- downloads and syncs never leave or publish temp files ----
