@@ -15,6 +15,7 @@ the agent process's real exit code as its container's.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 from contextlib import contextmanager
@@ -60,17 +61,22 @@ def files_under(path: Path) -> list[str]:
     return sorted(str(p.relative_to(path)) for p in path.rglob("*") if p.is_file())
 
 
+def agent_env(store: LocalStore, run_id: str, checkpoint_dir: Path, results_dir: Path) -> dict[str, str]:
+    """What the container gives the agent of attempt 1."""
+    return {**os.environ, "PYTHONPATH": str(ROOT), "RUNNER_RUN_ID": run_id, "RUNNER_STORE": store.url,
+            "RUNNER_ATTEMPT": "1", "RUNNER_CHECKPOINT_DIR": str(checkpoint_dir),
+            "RUNNER_RESULTS_DIR": str(results_dir),
+            # No heartbeat or background sync while the job runs: writes of theirs that land
+            # after the job filled the disk could free a page (a replaced heartbeat.json) and
+            # let the final write through. The final ones still run.
+            "RUNNER_HEARTBEAT_INTERVAL": "3600", "RUNNER_SYNC_INTERVAL": "3600"}
+
+
 def run_agent(store: LocalStore, run_id: str, checkpoint_dir: Path, results_dir: Path,
               *command: str) -> subprocess.CompletedProcess[str]:
     """The real agent of attempt 1, as a process (as the container runs it), to its end."""
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "RUNNER_RUN_ID": run_id, "RUNNER_STORE": store.url,
-           "RUNNER_ATTEMPT": "1", "RUNNER_CHECKPOINT_DIR": str(checkpoint_dir),
-           "RUNNER_RESULTS_DIR": str(results_dir),
-           # No heartbeat or background sync while the job runs: writes of theirs that land
-           # after the job filled the disk could free a page (a replaced heartbeat.json) and
-           # let the final write through. The final ones still run.
-           "RUNNER_HEARTBEAT_INTERVAL": "3600", "RUNNER_SYNC_INTERVAL": "3600"}
-    return subprocess.run([sys.executable, "-m", "entrypoint", "--", *command], env=env,
+    return subprocess.run([sys.executable, "-m", "entrypoint", "--", *command],
+                          env=agent_env(store, run_id, checkpoint_dir, results_dir),
                           capture_output=True, text=True, timeout=300)
 
 
@@ -176,6 +182,43 @@ def test_an_outcome_the_full_store_refuses_fails_the_run_instead_of_running_it_a
             assert st.restarts == 0
             assert world.backend.creates() == [inst]
             world.settle()
+
+
+def test_a_preemption_the_full_store_refuses_is_still_restarted(tmp_path: Path) -> None:
+    """PREEMPTED asks for the next attempt: unrecorded, it is still one (no exit 74)."""
+    with small_disk(tmp_path / "disk", 4 * MiB) as disk:
+        (disk / "store").mkdir()
+        world = SupervisedRuns(LocalStore(str(disk / "store")))
+        rec = world.submit("pre", max_restarts=3)
+        sup = world.supervisor()
+        sup.reconcile("pre")
+        filler = disk / "filler"
+        job = [sys.executable, "-c", FILL + "import signal; signal.pause()\n", str(filler)]
+        agent = subprocess.Popen([sys.executable, "-m", "entrypoint", "--", *job],
+                                 env=agent_env(world.store, "pre", tmp_path / "ckpt", tmp_path / "results"),
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        try:
+            assert agent.stdout is not None
+            for line in agent.stdout:  # the job says when the disk is full
+                if "filled the store's disk" in line:
+                    break
+            agent.send_signal(signal.SIGTERM)  # the preemption notice
+            _, err = agent.communicate(timeout=120)
+        finally:
+            if agent.poll() is None:
+                agent.kill()
+        assert agent.returncode == 128 + signal.SIGTERM, err[-3000:]
+        assert "Traceback" not in err, err
+        assert "ended as PREEMPTED (SIGTERM (preemption notice)), but the store could not record it" in err
+
+        inst = resource_name("pre", 1)
+        world.backend.end(inst, exit_code=agent.returncode)
+        filler.unlink()
+        sup.reconcile("pre")
+        st = state_of(rec)
+        assert (st.state, st.attempt, st.restarts) == (State.PROVISIONING, 2, 1), (st.state, st.reason)
+        assert world.backend.creates() == [inst, resource_name("pre", 2)]
+        world.settle()
 
 
 def test_a_restore_that_does_not_fit_where_nothing_can_be_recorded_is_not_restarted(tmp_path: Path) -> None:
