@@ -45,7 +45,8 @@ from entrypoint.record.view import ALL_EVENTS, RunView
 from entrypoint.store import PreconditionFailed, StoreError
 
 __all__ = [
-    "ABANDONED_SPEC_AFTER", "ALL_EVENTS", "AttemptSettings", "LEGACY_STATES", "LIVE", "MOVES", "OUTCOME_UNRECORDED", "RUNS", "SCHEMA_VERSION",
+    "ABANDONED_SPEC_AFTER", "ALL_EVENTS", "AttemptSettings", "LEGACY_STATES", "LIVE", "MOVES",
+    "OUTCOME_UNRECORDED", "RUNS", "SCHEMA_VERSION",
     "STORE_SUPERVISOR_HEARTBEAT", "TERMINAL", "EventName", "Heartbeat", "IllegalTransition", "Move",
     "PreconditionFailed", "Role", "RunPaths", "RunRecord", "RunSpec", "RunState", "RunView", "State",
     "StoreError", "TransitionLost", "check_move", "check_transition", "event_id", "iso",

@@ -371,7 +371,7 @@ class Supervisor:
             reason=f"attempt {st.attempt} ended (exit {OUTCOME_UNRECORDED}) with an outcome its agent could "
                    f"not record: the store refused the write; free space in the store, check `runner ops "
                    f"logs {rec.run_id}`, then `runner submit --restart` if it must run again"
-                   + (f"; its last words: {tail[-600:]}" if tail else ""),
+                   + (f"; the agent's last line: {tail[-600:]}" if tail else ""),
         )  # the next pass removes the instance, as for any run that ended
 
     def _boot_window(self, spec: RunSpec | None) -> float:
