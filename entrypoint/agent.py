@@ -37,10 +37,10 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from entrypoint.checkpoints import BackgroundSync, DirectorySync, restore
+from entrypoint.checkpoints import BackgroundSync, DirectorySync, NoSpaceForRestore, restore
 from entrypoint.progress import ProgressTracker
-from entrypoint.record import MOVES, Heartbeat, IllegalTransition, Role, RunRecord, State
-from entrypoint.store import PreconditionFailed
+from entrypoint.record import MOVES, OUTCOME_UNRECORDED, Heartbeat, IllegalTransition, Role, RunRecord, State
+from entrypoint.store import PreconditionFailed, StoreError
 from entrypoint.stores import open_store
 
 log = logging.getLogger("entrypoint")
@@ -126,6 +126,8 @@ class Agent:
         self.progress = ProgressTracker(os.path.join(self.workdir, "progress.json"))
         self.superseded = False
         self.start_error: str | None = None  # why the job could not start, if it could not
+        # The state being recorded, and why: said if the store refuses it.
+        self._outcome: tuple[State, str | None] | None = None
         self._killed_at: float | None = None
         self._pump: threading.Thread | None = None  # copies the job's output to the log
         self.log_path = os.path.join(self.workdir, "job.log")
@@ -139,6 +141,7 @@ class Agent:
         """Our attempt's named transition ``move`` (a ``RunRecord`` method: ``job_started``,
         ``preempted``, ``errored``...), as the agent; False if the run moved on without us."""
         new = MOVES[move].to
+        self._outcome = (new, reason)
         for _ in range(5):
             try:
                 getattr(self.record, move)(Role.AGENT, ACTOR, reason=reason, **changes)
@@ -173,7 +176,10 @@ class Agent:
             return 0
 
         self.phase = "restoring"
-        restored = restore(self.store, self.record.name(RunRecord.CHECKPOINTS), cfg.checkpoint_dir)
+        try:
+            restored = restore(self.store, self.record.name(RunRecord.CHECKPOINTS), cfg.checkpoint_dir)
+        except NoSpaceForRestore as e:
+            return self._restore_does_not_fit(e)
         os.makedirs(cfg.results_dir, exist_ok=True)
         started = time.time()
         manifest = {
@@ -222,8 +228,62 @@ class Agent:
         self._best_effort("heartbeat", self._write_heartbeat)
         manifest.update(finished_at=time.time(), exit_code=code, **self._work_done())
         self._best_effort("manifest", lambda: self.record.write_manifest(cfg.attempt, manifest))
-        self._record_outcome(code, bool(sync_ok) and bool(results_ok))
-        return code
+        unrecorded = self._record_final(lambda: self._record_outcome(code, bool(sync_ok) and bool(results_ok)))
+        return code if unrecorded is None else unrecorded
+
+    def _restore_does_not_fit(self, e: NoSpaceForRestore) -> int:
+        """The checkpoint does not fit on this machine's disk: the run FAILS, with that reason.
+
+        Not a preemption, and not a restart counted against max_restarts, because no restart
+        can do better: every attempt gets the same disk (``boot_disk_gb`` is pinned in the run's
+        spec) and the same checkpoint or a bigger one, so each would fail the same way seconds
+        after it booted. Before, a crash here left no outcome and the supervisor restarted the
+        run as "preempted or lost" until max_restarts was gone (three restarts in six seconds),
+        and nobody was told about the disk. The checkpoint in the store is untouched: with a
+        bigger disk, ``runner submit --restart`` resumes from it.
+        """
+        log.error("%s", e)
+        try:
+            with open(self.log_path, "ab") as f:  # so that `ops logs` shows it too
+                f.write(f"runner: {e}\n".encode())
+        except OSError as log_err:
+            log.error("cannot write the job log (%s)", log_err)
+        self._best_effort("log upload", lambda: self._upload_log(force=True))
+        unrecorded = self._record_final(lambda: self._transition("failed", str(e), expect_attempt=self.cfg.attempt))
+        return 1 if unrecorded is None else unrecorded
+
+    def _record_final(self, record: Callable[[], object]) -> int | None:
+        """Run ``record`` (the write of the attempt's outcome); the exit code to end with if the
+        store refused it and only that code can tell the supervisor, else None.
+
+        A full store (or a read-only one, or one over quota) must not turn a known outcome into
+        a crash: a traceback was all anyone saw, and the supervisor, finding the run live with
+        its instance gone, took the attempt for preempted and ran the job again. Now the agent
+        says on stderr what it could not record and tries a note in the journal. An outcome that
+        ends the run (SUCCEEDED, FAILED) gives ``OUTCOME_UNRECORDED``, which the supervisor
+        records as a failure with this reason: a restart would redo finished work. One that asks
+        for a new attempt anyway (PREEMPTED, ERRORED) gives None: the supervisor's "preempted or
+        lost" restarts it, which is what it asked for.
+        """
+        self._outcome = None  # not a state recorded before (RUNNING): the one ``record`` tries
+        try:
+            record()
+            return None
+        except (StoreError, OSError) as e:
+            state, reason = self._outcome or (None, None)
+            ends_run = state is None or state.terminal
+            what = "an outcome" if state is None else state.value + (f" ({reason})" if reason else "")
+            then = (f"Exiting with {OUTCOME_UNRECORDED} (outcome not recorded): the supervisor fails the "
+                    "run with this reason instead of restarting it" if ends_run else
+                    "The supervisor will find the attempt gone and start the next one, as this outcome asks")
+            msg = (f"attempt {self.cfg.attempt} ended as {what}, but the store could not record it: {e}; "
+                   f"free space in the store (or fix its permissions or quota). {then}")
+            try:
+                self.record.event(ACTOR, None, None, msg, attempt=self.cfg.attempt)
+            except (StoreError, OSError) as note_err:
+                log.warning("the journal note failed too: %s", note_err)
+            log.error("%s", msg)  # last: the line the supervisor quotes from the container's output
+            return OUTCOME_UNRECORDED if ends_run else None
 
     def _work_done(self) -> dict[str, object]:
         """How far this attempt got and what it saved, kept per attempt in its manifest.

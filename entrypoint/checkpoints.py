@@ -15,6 +15,7 @@ the one computed before upload, the upload is refused, and the next pass tries a
 
 from __future__ import annotations
 
+import errno
 import logging
 import os
 import shutil
@@ -23,7 +24,7 @@ import time
 import uuid
 from dataclasses import dataclass, field
 
-from entrypoint.store import Store, StoreError, crc32c_of_file
+from entrypoint.store import Store, StoreError, crc32c_of_file, is_download_temp
 
 log = logging.getLogger("entrypoint.checkpoints")
 
@@ -34,8 +35,12 @@ _IN_PROGRESS_SUFFIXES = (".tmp", ".part", ".partial", "~", ".swp")
 
 
 def _is_syncable(rel: str) -> bool:
+    """Whether ``rel`` is a finished file of the job's: not hidden, not a name it writes under,
+    and not a download of ours in flight (``last.pt.part-1a2b3c4d``, left by a restore that died:
+    published, it would be restored as a checkpoint of its own next time)."""
     parts = rel.split("/")
-    return not any(p.startswith(".") for p in parts) and not rel.endswith(_IN_PROGRESS_SUFFIXES)
+    return (not any(p.startswith(".") for p in parts) and not rel.endswith(_IN_PROGRESS_SUFFIXES)
+            and not is_download_temp(rel))
 
 
 @dataclass
@@ -201,20 +206,85 @@ class BackgroundSync:
         self._thread.join(timeout)
 
 
+# A disk (or the user's share of it) that is full: ENOSPC, or EDQUOT under a quota.
+_NO_SPACE = (errno.ENOSPC, errno.EDQUOT)
+
+
+class NoSpaceForRestore(Exception):
+    """The checkpoints do not fit on this machine's disk: the message says which file, how big,
+    where, how much is free, and what to change."""
+
+    def __init__(self, name: str, size: int | None, total: int | None, local_dir: str, err: OSError) -> None:
+        free = _free_bytes(local_dir)
+        sizes = "size unknown" if size is None else f"{size} bytes"
+        if total is not None and total != size:
+            sizes += f"; {total} bytes of checkpoints in all"
+        free_text = "" if free is None else f", {free} bytes free there"
+        said = "" if err.errno == errno.ENOSPC else f" ({err.strerror or err})"
+        super().__init__(
+            f"restore of {name} ({sizes}) failed: no space left on device in {local_dir}{free_text}"
+            f"{said}; give the VM a bigger disk (boot_disk_gb), or a data disk (data_disk_gb) with "
+            "checkpoint_dir under its data_mount, or save smaller checkpoints (local backend: free "
+            "space on the host); then `runner submit --restart` resumes from the same checkpoint, "
+            "which is untouched in the store"
+        )
+        self.name = name
+        self.size = size
+        self.local_dir = local_dir
+
+
+def _free_bytes(path: str) -> int | None:
+    try:
+        st = os.statvfs(path)
+    except OSError:
+        return None
+    return st.f_bavail * st.f_frsize
+
+
+def _no_space_error(e: BaseException) -> OSError | None:
+    """The ENOSPC/EDQUOT behind ``e``, if any (a store may wrap the OS error in its own)."""
+    seen: set[int] = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.errno in _NO_SPACE:
+            return cur
+        cur = cur.__cause__ or cur.__context__
+    return None
+
+
 def restore(store: Store, prefix: str, local_dir: str) -> list[str]:
     """Download every public checkpoint object into ``local_dir``, each CRC32C-verified.
 
     Returns the names restored. A file that fails verification is not left in ``local_dir``;
     the error propagates, because resuming from a wrong checkpoint is worse than not starting.
+    A full disk raises ``NoSpaceForRestore`` (what the agent records as the run's failure); the
+    download's temp file is gone by then (``Store.download_file``), so the space it took is free.
     """
     os.makedirs(local_dir, exist_ok=True)
+    names = [n for n in store.list(prefix)
+             if not n[len(prefix):].startswith(PARTIAL) and _is_syncable(n[len(prefix):])]
     restored = []
-    for name in store.list(prefix):
+    for name in names:
         rel = name[len(prefix):]
-        if rel.startswith(PARTIAL) or not _is_syncable(rel):
-            continue
         dest = os.path.join(local_dir, rel)
-        os.makedirs(os.path.dirname(dest), exist_ok=True)
-        store.download_file(name, dest)  # verifies CRC32C; lands via temp file + rename
+        try:
+            os.makedirs(os.path.dirname(dest), exist_ok=True)
+            store.download_file(name, dest)  # verifies CRC32C; lands via temp file + rename
+        except (OSError, StoreError) as e:
+            full = _no_space_error(e)
+            if full is None:
+                raise
+            sizes = [_size_or_none(store, n) for n in names]  # only for the message
+            total = None if None in sizes else sum(s for s in sizes if s is not None)
+            raise NoSpaceForRestore(rel, sizes[names.index(name)], total, local_dir, full) from e
         restored.append(name)
     return restored
+
+
+def _size_or_none(store: Store, name: str) -> int | None:
+    try:
+        info = store.stat(name)
+    except StoreError:
+        return None
+    return None if info is None else info.size

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import os
+import re
+import uuid
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import BinaryIO
@@ -64,6 +66,24 @@ def crc32c_of_file(path: str | os.PathLike[str]) -> str:
         return crc32c_of_stream(f)
 
 
+# ``download_file`` writes ``{path}.part-XXXXXXXX`` (8 hex digits) and renames it over ``path``.
+_DOWNLOAD_TEMP = re.compile(r"\.part-[0-9a-f]{8}$")
+
+
+def download_temp_name(path: str) -> str:
+    """The temp name a download into ``path`` writes before its rename (unique per call)."""
+    return f"{path}.part-{uuid.uuid4().hex[:8]}"
+
+
+def is_download_temp(name: str) -> bool:
+    """Whether ``name`` is a ``download_temp_name``: a half-written download, never a real file.
+
+    Why the exact shape and not any ``*.part-*``: a job may well name its own files
+    ``shard.part-0001``; only our 8-hex-digit suffix is certainly ours.
+    """
+    return _DOWNLOAD_TEMP.search(name) is not None
+
+
 class Store(ABC):
     """A flat namespace of objects with generations.
 
@@ -109,7 +129,11 @@ class Store(ABC):
 
     @abstractmethod
     def download_file(self, name: str, path: str) -> ObjectInfo:
-        """Download to ``path`` (written via a temp file + rename) and verify its CRC32C."""
+        """Download to ``path`` (written via a temp file + rename) and verify its CRC32C.
+
+        The temp file (``download_temp_name(path)``) is removed on any failure, a full disk
+        included: what a failed download leaves is ``path`` as it was, nothing beside it.
+        """
 
     @abstractmethod
     def copy(self, src: str, dst: str) -> ObjectInfo:

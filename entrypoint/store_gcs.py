@@ -38,6 +38,7 @@ from entrypoint.store import (
     StoreNotFound,
     crc32c_of_bytes,
     crc32c_of_file,
+    download_temp_name,
 )
 
 if TYPE_CHECKING:
@@ -356,7 +357,7 @@ class GcsStore(Store):
         from google.api_core.exceptions import NotFound
 
         blob = self._blob(name)
-        tmp = f"{path}.part-{uuid.uuid4().hex[:8]}"
+        tmp = download_temp_name(path)
         try:
             with self._translated(f"download {self._where(name)} to {path}"):
                 try:

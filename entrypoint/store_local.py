@@ -43,6 +43,7 @@ from entrypoint.store import (
     StoreError,
     StoreNotFound,
     crc32c_of_file,
+    download_temp_name,
 )
 
 _INTERNAL = (".tmp", ".locks")
@@ -192,7 +193,10 @@ class LocalStore(Store):
             raise StoreError(f"write {name} to the store at {self.root} failed: {e} (is the "
                              "directory writable, with space left?)") from e
         finally:
-            f.close()
+            try:
+                f.close()
+            except OSError:
+                pass  # a flush that failed again (a full disk): the error above already says so
             try:
                 os.unlink(path)
             except FileNotFoundError:
@@ -336,17 +340,26 @@ class LocalStore(Store):
 
     def download_file(self, name: str, path: str) -> ObjectInfo:
         src = self._path(name)
-        tmp = f"{path}.part-{uuid.uuid4().hex[:8]}"
+        tmp = download_temp_name(path)
         try:
-            with open(src, "rb") as f:
+            try:
+                f = open(src, "rb")
+            except FileNotFoundError:
+                raise StoreError(f"{name}: no such object") from None
+            with f:
                 gen = os.fstat(f.fileno()).st_mtime_ns
                 with open(tmp, "wb") as out:
                     shutil.copyfileobj(f, out, 1 << 20)
-        except FileNotFoundError:
-            raise StoreError(f"{name}: no such object") from None
-        info = ObjectInfo(name, os.path.getsize(tmp), gen, crc32c_of_file(tmp))
-        os.replace(tmp, path)
-        return info
+            info = ObjectInfo(name, os.path.getsize(tmp), gen, crc32c_of_file(tmp))
+            os.replace(tmp, path)
+            return info
+        finally:
+            # Whatever failed (a full disk, most often), the half-written copy must not stay:
+            # it holds the space that was missing, and a later sync would take it for a file.
+            try:
+                os.unlink(tmp)
+            except FileNotFoundError:
+                pass  # renamed into place, or never created
 
     def copy(self, src: str, dst: str) -> ObjectInfo:
         s = self._path(src)

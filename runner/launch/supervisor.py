@@ -35,7 +35,8 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Callable
 
 from entrypoint.record import (
-    AttemptSettings, DamagedRecord, IllegalTransition, Role, RunRecord, RunSpec, RunState, State, list_run_ids,
+    OUTCOME_UNRECORDED, AttemptSettings, DamagedRecord, IllegalTransition, Role, RunRecord, RunSpec, RunState,
+    State, list_run_ids,
 )
 from entrypoint.record.create_claim import CREATED, RELEASED
 from entrypoint.store import PreconditionFailed, Store
@@ -343,6 +344,8 @@ class Supervisor:
                 Role.SUPERVISOR, self.actor, expected=cur,
                 reason=f"still booting after {self.now() - st.updated_at:.0f}s (window {window:.0f}s)")
             self._restart(rec, new, spec, att)
+        elif att.exit_code == OUTCOME_UNRECORDED:
+            self._fail_unrecorded(rec, cur, att)
         elif not att.alive:
             tail = self.backend.logs(att.lead, tail=5).strip().replace("\n", " | ")
             new = rec.preempted(
@@ -356,6 +359,9 @@ class Supervisor:
         st, _ = cur
         if att is not None and att.going_away:
             return  # the preemption notice is running: let the agent finish its final sync first
+        if att is not None and att.exit_code == OUTCOME_UNRECORDED:
+            self._fail_unrecorded(rec, cur, att)
+            return
         if att is None or not att.alive:
             what = "gone" if att is None else att.status_text()
             if self.backend.was_preempted(st.instance or "", st.zone):
@@ -374,6 +380,24 @@ class Supervisor:
                 reason=f"no progress for {stalled_for:.0f}s (window {window:.0f}s)",
             )
             self._restart(rec, new, spec, att)
+
+    def _fail_unrecorded(self, rec: RunRecord, cur: tuple[RunState, int], att: Attempt) -> None:
+        """The attempt ended knowing its outcome, but the store refused it (the agent's exit code
+        says so): the run fails with the agent's own words, and is not restarted.
+
+        Not "preempted or lost": the job ran to its end, and a restart would redo work whose
+        results may already be in the store, or fail the same way against the same full store.
+        Which outcome it was is in the agent's last line (the container's output), quoted here.
+        """
+        st, _ = cur
+        tail = self.backend.logs(att.lead, tail=1).strip()  # the agent's last line says what it was
+        rec.failed(
+            Role.SUPERVISOR, self.actor, expected=cur,
+            reason=f"attempt {st.attempt} ended (exit {OUTCOME_UNRECORDED}) with an outcome its agent could "
+                   f"not record: the store refused the write; free space in the store, check `runner ops "
+                   f"logs {rec.run_id}`, then `runner submit --restart` if it must run again"
+                   + (f"; the agent's last line: {tail[-600:]}" if tail else ""),
+        )  # the next pass removes the instance, as for any run that ended
 
     def _boot_window(self, spec: RunSpec | None) -> float:
         """How long an attempt may boot before it counts as stalled: the run's stall window, and for
