@@ -324,7 +324,7 @@ class Supervisor:
         window = self._boot_window(spec)
         # Booting for as long as this supervisor's own clock has seen the attempt (not since the
         # state's stamp: another supervisor, on another clock, may have written it).
-        booted_for = self._idle(rec, st, look(st, None), window) if att.alive else 0.0
+        booted_for = self._idle(rec, look(st, None), window) if att.alive else 0.0
         if att.alive and booted_for > window:
             new = rec.stalled(
                 Role.SUPERVISOR, self.actor, expected=cur,
@@ -392,10 +392,10 @@ class Supervisor:
                   "supervisor's clock: one of the two clocks is wrong (the stall watchdog does not depend "
                   "on it; check `timedatectl` on both)", file=sys.stderr)
         window = self._boot_window(spec) if seen.booting else self.attempt_settings(spec).stall_window
-        idle = self._idle(rec, st, seen, window)
+        idle = self._idle(rec, seen, window)
         return (idle, window) if idle > window else None
 
-    def _idle(self, rec: RunRecord, st: RunState, seen: Looked, window: float) -> float:
+    def _idle(self, rec: RunRecord, seen: Looked, window: float) -> float:
         """How long ``seen`` has not changed, by the agent's own account or this clock's sightings."""
         obs = Observations.read(self.store, rec.run_id)
         return obs.idle(self.clock, self.actor, seen, self.now(), rewrite_after=window / 4)
