@@ -38,7 +38,7 @@ from typing import TYPE_CHECKING, Callable
 from entrypoint.record import (
     AttemptSettings, IllegalTransition, Role, RunRecord, RunSpec, RunState, State, list_run_ids,
 )
-from entrypoint.store import PreconditionFailed, Store
+from entrypoint.store import PreconditionFailed, Store, StoreError
 from runner.launch import recovery
 from runner.launch.backends.base import (
     Attempt, BackendError, ComputeBackend, Instance, LaunchContext, PermanentBackendError, group_attempts,
@@ -441,7 +441,13 @@ class Supervisor:
             else [resource_name(rec.run_id, attempt)],
         )
         # This clock saw the attempt begin: its boot window starts now (runner.launch.observed).
-        Observations.read(self.store, rec.run_id).record(self.clock, self.actor, look(new, None), self.now())
+        # Best effort: without it a later pass starts the window when it first looks (a later
+        # stall, never a false one), and the create below must not wait on it.
+        try:
+            Observations.read(self.store, rec.run_id).record(self.clock, self.actor, look(new, None), self.now())
+        except StoreError as e:
+            print(f"runner: {rec.run_id}: could not note attempt {new.attempt}'s start ({e}); "
+                  "its boot window starts at the next pass", file=sys.stderr)
         if reuse is not None:
             if spec is None:
                 raise IllegalTransition(f"run {rec.run_id} has no spec.json")
