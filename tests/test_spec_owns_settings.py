@@ -78,6 +78,7 @@ def test_the_stall_window_is_the_runs_not_the_supervisors(compute_fake, gcs_stor
     rec = RunRecord(ctx.store, "patient")
     rec.write_heartbeat(Heartbeat(time=time.time(), attempt=1, phase="running", progress={"step": 5},
                                   progress_changed_at=time.time()))
+    sup.reconcile("patient")  # the supervisor sees step 5: its own clock times the stall from here
 
     offset[0] = 300  # ten of the supervisor's windows, well within the run's
     sup.reconcile("patient")

@@ -112,3 +112,43 @@ def test_a_gpu_vm_may_boot_for_its_whole_driver_wait_whatever_the_stall_window(s
     w.clock.advance(20)
     sup.reconcile("exp-1")
     assert w.reasons(rec, "STALLED")[0].endswith("(window 300s)")
+
+
+def test_supervisors_minutes_off_the_vms_clock_judge_stalls_by_their_own_sightings(supervised):
+    """Two supervisors on one store, 5 minutes ahead of and behind the VM, taking turns: neither
+    stalls a run that makes progress, and a run whose progress stops is stalled once the window
+    has passed, by every clock (issue 17 §4; the faketime version is tests/chaos/test_clock_skew.py)."""
+    w = supervised
+    rec, first = w.running()
+    ahead, behind = w.supervisor(actor="ahead"), w.supervisor(actor="behind")
+    for sup, skew in ((ahead, 300.0), (behind, -300.0)):
+        sup.now = lambda skew=skew: w.clock() + skew
+        sup.clock = f"skew{skew:+.0f}"
+    for step in range(1, 7):
+        w.clock.advance(STALL_WINDOW * 0.4)
+        w.heartbeat(rec, step=step)
+        (ahead if step % 2 else behind).reconcile("exp-1")
+        assert w.state(rec).state == State.RUNNING, step
+    stuck_since = w.clock()
+    for turn in range(4):  # hung: heartbeats go on, step 6 stays
+        w.clock.advance(STALL_WINDOW * 0.4)
+        w.heartbeat(rec, step=6, progress_changed_at=stuck_since)
+        (ahead if turn % 2 else behind).reconcile("exp-1")
+        stalled = w.reasons(rec, "STALLED")
+        assert bool(stalled) == (w.clock() - stuck_since > STALL_WINDOW), (turn, stalled)
+    assert w.reasons(rec, "STALLED")[0].startswith("no progress for 72s")  # 3 turns of 24 s: exact, by its own clock
+
+
+def test_a_damaged_sighting_record_delays_a_stall_but_never_invents_one(supervised):
+    w = supervised
+    rec, sup = w.running()
+    w.heartbeat(rec, step=3)
+    sup.reconcile("exp-1")
+    w.store.write(rec.name("supervisor/observed.json"), b"{not json")
+    w.clock.advance(STALL_WINDOW + 1)
+    w.heartbeat(rec, step=3, progress_changed_at=w.clock())  # the agent's own word: just moved
+    sup.reconcile("exp-1")
+    assert w.state(rec).state == State.RUNNING
+    w.clock.advance(STALL_WINDOW + 1)
+    sup.reconcile("exp-1")
+    assert w.state(rec).state == State.STALLED

@@ -32,6 +32,7 @@ class RunPaths:
     RESULTS = "results/"  # agent
     SUPERVISOR_BACKOFF = "supervisor/backoff.json"  # supervisor, last writer wins (advice)
     SUPERVISOR_HEARTBEAT = "supervisor/heartbeat.json"  # a supervisor that steps only this run
+    SUPERVISOR_OBSERVED = "supervisor/observed.json"  # supervisors, compare-and-swap: each clock's sighting
     NOTIFIED = "notified/"  # supervisor's notifier, one create-only claim per announced event
     DAMAGED = "damaged.json"  # supervisor, last writer wins: the record cannot be read (advice, for ops)
 

@@ -11,7 +11,9 @@ Safety rules, each tied to a property in docs/architecture.md#properties-that-mu
   restarted ("stop means stop").
 - Instances of older attempts and of finished runs are deleted ("no VM left billing").
 - Stall detection looks at when the job's reported progress last changed, falling back to the
-  heartbeat only for jobs that report no progress ("progress, not just liveness").
+  heartbeat only for jobs that report no progress ("progress, not just liveness"). It never
+  subtracts a time the VM stamped from this supervisor's clock: idle times are durations on one
+  clock, the agent's own or this supervisor's sightings (``runner.launch.observed``).
 - An instance is never declared gone on a listing older than the state it is judged against:
   a pass lists once for all runs, so before acting on an absent or ended instance the run's
   instances are listed again, after its state was read. Otherwise a run that another actor
@@ -39,13 +41,14 @@ from entrypoint.record import (
     State, list_run_ids,
 )
 from entrypoint.record.create_claim import CREATED, RELEASED
-from entrypoint.store import PreconditionFailed, Store
+from entrypoint.store import PreconditionFailed, Store, StoreError
 from runner.launch import recovery
 from runner.launch.backends.base import (
     Attempt, BackendError, ComputeBackend, CreateClaimLost, Instance, LaunchContext, PermanentBackendError,
     group_attempts,
 )
 from runner.launch.create_lease import CreateLease
+from runner.launch.observed import Looked, Observations, clock_id, look
 from runner.launch.recovery import CreateBackoff, Recovery
 from runner.launch.damaged_runs import DamageWatch
 from runner.launch.supervisor_heartbeat import run_pass
@@ -73,6 +76,9 @@ class SupervisorSettings:
 
 
 KEPT_ERRORS = 20  # error texts kept per pass (the heartbeat object stays small)
+# A heartbeat stamped further ahead of this supervisor's clock than this is said on stderr: the
+# clocks disagree (NTP keeps machines within a second or so; a VM's clock can be minutes off).
+SKEW_WARN = 30.0
 
 
 def launch_context(spec: RunSpec, attempt: int, store_url: str, previous_zone: str | None = None,
@@ -136,12 +142,15 @@ class Supervisor:
         actor: str | None = None,
         now: Callable[[], float] = time.time,
         notifier: "TransitionNotifier | None" = None,
+        clock: str | None = None,
     ) -> None:
         self.store = store
         self.backend = backend
         self.settings = settings
         self.actor = actor or default_actor()
         self.now = now
+        # Which clock ``now`` reads, for the stall watchdog's sightings (runner.launch.observed).
+        self.clock = clock or clock_id()
         self.notifier = notifier
         self.reaper = Reaper(backend)
         # This pass's per-run failures, for the heartbeat: the first few, and how many in all
@@ -339,10 +348,13 @@ class Supervisor:
                     self._restart(rec, new, spec, None)
             return
         window = self._boot_window(spec)
-        if att.alive and self.now() - st.updated_at > window:
+        # Booting for as long as this supervisor's own clock has seen the attempt (not since the
+        # state's stamp: another supervisor, on another clock, may have written it).
+        booted_for = self._idle(rec, look(st, None), window) if att.alive else 0.0
+        if att.alive and booted_for > window:
             new = rec.stalled(
                 Role.SUPERVISOR, self.actor, expected=cur,
-                reason=f"still booting after {self.now() - st.updated_at:.0f}s (window {window:.0f}s)")
+                reason=f"still booting after {booted_for:.0f}s (window {window:.0f}s)")
             self._restart(rec, new, spec, att)
         elif att.exit_code == OUTCOME_UNRECORDED:
             self._fail_unrecorded(rec, cur, att)
@@ -372,12 +384,12 @@ class Supervisor:
             )
             self._restart(rec, new, spec, att)
             return
-        window = self.attempt_settings(spec).stall_window
-        stalled_for = self._stalled_for(rec, st, window)
-        if stalled_for is not None:
+        stalled = self._stalled_for(rec, st, spec)
+        if stalled is not None:
+            idle, window = stalled
             new = rec.stalled(
                 Role.SUPERVISOR, self.actor, expected=cur,
-                reason=f"no progress for {stalled_for:.0f}s (window {window:.0f}s)",
+                reason=f"no progress for {idle:.0f}s (window {window:.0f}s)",
             )
             self._restart(rec, new, spec, att)
 
@@ -414,20 +426,28 @@ class Supervisor:
             return window  # a backend this version does not know: no boot wait it could vouch for
         return max(window, kind.boot_wait(spec))
 
-    def _stalled_for(self, rec: RunRecord, st: RunState, window: float) -> float | None:
-        """Seconds without progress, if that exceeds the stall window; else None."""
-        now = self.now()
-        ref = st.updated_at
+    def _stalled_for(self, rec: RunRecord, st: RunState, spec: RunSpec | None) -> tuple[float, float] | None:
+        """(seconds without progress, the window they exceed), or None while within it.
+
+        Progress is what the job reports; syncing phases and jobs that report none are judged by
+        their heartbeat; until the attempt's first own heartbeat it is still starting, judged by
+        its boot window (see ``observed.look``). Never a time stamped by the VM against this
+        supervisor's clock: a skew of minutes must neither stall a healthy run nor hide a hung one.
+        """
         hb = rec.read_heartbeat()
-        if hb is not None and hb.attempt == st.attempt:
-            if hb.phase in ("restoring", "finishing"):
-                ref = max(ref, hb.time)  # syncing, not training: no progress is expected
-            elif hb.progress and hb.progress_changed_at:
-                ref = max(ref, hb.progress_changed_at)
-            else:
-                ref = max(ref, hb.time)  # the job reports no progress: liveness is all we have
-        idle = now - ref
-        return idle if idle > window else None
+        seen = look(st, hb)
+        if hb is not None and hb.time - self.now() > SKEW_WARN:
+            print(f"runner: {rec.run_id}: its heartbeat is stamped {hb.time - self.now():.0f}s ahead of this "
+                  "supervisor's clock: one of the two clocks is wrong (the stall watchdog does not depend "
+                  "on it; check `timedatectl` on both)", file=sys.stderr)
+        window = self._boot_window(spec) if seen.booting else self.attempt_settings(spec).stall_window
+        idle = self._idle(rec, seen, window)
+        return (idle, window) if idle > window else None
+
+    def _idle(self, rec: RunRecord, seen: Looked, window: float) -> float:
+        """How long ``seen`` has not changed, by the agent's own account or this clock's sightings."""
+        obs = Observations.read(self.store, rec.run_id)
+        return obs.idle(self.clock, self.actor, seen, self.now(), rewrite_after=window / 4)
 
     def _restart(self, rec: RunRecord, cur: tuple[RunState, int], spec: RunSpec | None,
                  att: Attempt | None) -> None:
@@ -471,6 +491,14 @@ class Supervisor:
             instances=[{"name": i.name, "zone": i.zone, "rank": i.rank} for i in reuse.instances] if reuse
             else [resource_name(rec.run_id, attempt)],
         )
+        # This clock saw the attempt begin: its boot window starts now (runner.launch.observed).
+        # Best effort: without it a later pass starts the window when it first looks (a later
+        # stall, never a false one), and the create below must not wait on it.
+        try:
+            Observations.read(self.store, rec.run_id).record(self.clock, self.actor, look(new, None), self.now())
+        except StoreError as e:
+            print(f"runner: {rec.run_id}: could not note attempt {new.attempt}'s start ({e}); "
+                  "its boot window starts at the next pass", file=sys.stderr)
         if reuse is not None:
             if spec is None:
                 raise IllegalTransition(f"run {rec.run_id} has no spec.json")

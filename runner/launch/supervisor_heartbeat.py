@@ -39,6 +39,9 @@ SCHEMA_VERSION = 1
 # A pass older than this many announced intervals means nobody is supervising.
 STALE_INTERVALS = 2.0
 FIX_HOSTED = "runner supervise --deploy"
+# A time stamped further ahead of the reader's clock than this did not happen "just now": two
+# clocks disagree (NTP keeps machines within a second or so), and an age cannot be told.
+FUTURE_TOLERANCE = 30.0
 FIX_LOCAL = "runner supervise"
 
 
@@ -178,7 +181,10 @@ class Watchfulness:
 
 
 def age_text(seconds: float) -> str:
-    """``3m ago`` for an age in seconds: the largest whole unit."""
+    """``3m ago`` for an age in seconds: the largest whole unit. A time well in the future (a
+    negative age) is said as such, with the clock skew it implies, never as ``0s ago``."""
+    if seconds < -FUTURE_TOLERANCE:
+        return f"in the future (clock skew of {int(-seconds)} s?)"
     s = max(0, int(seconds))
     for unit, n in (("d", 86400), ("h", 3600), ("m", 60)):
         if s >= n:
@@ -202,6 +208,15 @@ def judge(p: SupervisorPass | None, now: float | None = None, can_host: bool = T
     errs = f", {p.error_count} error(s): {p.errors[0]}" if p.error_count else ""
     seen = f"following {p.run_id} only" if p.run_id else f"{p.runs_seen} run(s) seen"
     text = f"last pass {iso(p.finished_at)} ({age_text(age)}) by {p.actor} on {p.where}, {seen}{errs}"
+    if age < -FUTURE_TOLERANCE:
+        # Stamped by a clock ahead of ours: when that pass was, and so whether anybody still
+        # supervises, cannot be told from here. Not "alive": that would hide a dead supervisor.
+        return Watchfulness(
+            False, text,
+            f"cannot tell whether anybody is supervising: the last pass is stamped {-age:.0f}s in the "
+            f"future of this machine's clock, so the clocks here and on {p.where} disagree",
+            "sync the clocks (`timedatectl status` shows whether NTP is on, on both machines)",
+            p, round(age, 1))
     if age <= STALE_INTERVALS * p.every + took:
         return Watchfulness(True, text, last=p, age_s=round(age, 1))
     fix = FIX_HOSTED if p.hosted else (f"{FIX_LOCAL}   (or `{FIX_HOSTED}` to supervise without a laptop)"

@@ -17,6 +17,7 @@ import time
 from typing import Any, Callable, Iterator
 
 from entrypoint.store import Store
+from runner.launch.supervisor_heartbeat import FUTURE_TOLERANCE
 from runner.ops.runs import duration, list_runs
 
 # What makes a row "changed" for --json: everything except values that move with the clock.
@@ -74,6 +75,13 @@ def _progress_cell(p: dict[str, Any]) -> str:
     return str(step)
 
 
+def _age_cell(age_s: float) -> str:
+    """How old a heartbeat is; one stamped well ahead of this clock is said so, not shown as 0s."""
+    if age_s < -FUTURE_TOLERANCE:
+        return f"in {duration(-age_s)} (clock skew?)"
+    return duration(age_s)
+
+
 def render_table(rows: list[Row], title: str) -> Any:
     """The rich ``Table`` for ``rows`` (imported lazily: plain ``runner --help`` stays fast)."""
     from rich.table import Table
@@ -88,7 +96,7 @@ def render_table(rows: list[Row], title: str) -> Any:
             t.add_row(r["run_id"], "[bold red]DAMAGED[/]", *["-"] * 8)
             continue
         live = r["state"] not in ("SUCCEEDED", "FAILED", "STOPPED")
-        hb = duration(r["heartbeat_age_s"]) if live and r["heartbeat_age_s"] is not None else "-"
+        hb = _age_cell(r["heartbeat_age_s"]) if live and r["heartbeat_age_s"] is not None else "-"
         rate = f"{r['rate']:.2f}/s" if r.get("rate") else "-"
         t.add_row(
             r["run_id"], f"[{_STATE_STYLE.get(r['state'], '')}]{r['state']}[/]", str(r["attempt"]),
