@@ -312,6 +312,7 @@ class Supervisor:
                                     reason="instance vanished before the job started")
                 self._restart(rec, new, spec, None)
             return
+        self._start_unstarted(rec, st, att)
         window = self._boot_window(spec)
         if att.alive and self.now() - st.updated_at > window:
             new = rec.stalled(
@@ -325,6 +326,14 @@ class Supervisor:
                 reason=f"instance ended before the job started (exit {att.exit_code}): {tail[-300:]}",
             )
             self._restart(rec, new, spec, att)
+
+    def _start_unstarted(self, rec: RunRecord, st: RunState, att: Attempt) -> None:
+        """Finish a create whose creator died between creating the instance and starting it (see
+        ``ComputeBackend.start_unstarted``): without this the run sits out its boot window and is
+        then counted as a restart. Journaled, so the start is not a mystery."""
+        for name in self.backend.start_unstarted(att):
+            rec.event(self.actor, None, None, f"started {name}: it was created but never started "
+                      "(its creator stopped between create and start)", attempt=st.attempt)
 
     def _check_running(self, rec: RunRecord, cur: tuple[RunState, int], spec: RunSpec | None,
                        att: Attempt | None) -> None:
