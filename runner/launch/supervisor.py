@@ -110,6 +110,11 @@ class Reaper:
         done, not_done = wait(pending, timeout=timeout)
         return not not_done
 
+    def pending(self) -> list[str]:
+        """The instances whose delete is in flight, by name (what a process about to exit leaves)."""
+        with self._lock:
+            return sorted(self._inflight)
+
     def _run(self, inst: Instance, grace_period: float) -> None:
         try:
             self.backend.delete(inst, grace_period)
