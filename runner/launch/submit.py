@@ -121,12 +121,13 @@ def _lost_race(rec: RunRecord, ours: RunSpec, lost: PreconditionFailed) -> Submi
     run_id = rec.run_id
     theirs = rec.read_spec()
     created = rec.read_state() is not None
-    if theirs is None:  # gone again (deleted from the store meanwhile): say what was refused
-        raise SubmitRefused(f"run {run_id} could not be submitted: {lost}") from None
-    differs = _differences(theirs, ours)
-    if not differs and created:
+    differs = [] if theirs is None else _differences(theirs, ours)
+    if theirs is not None and not differs and created:
         return SubmitResult(run_id, theirs, True, f"run {run_id} was just submitted by another submit",
                             joined=True)
+    if theirs is None or not differs:  # its record changed again meanwhile (deleted?): say what was refused
+        raise SubmitRefused(f"run {run_id} could not be submitted: {lost}; look at it with "
+                            f"`runner ops status --run-id {run_id}`, then submit again") from None
     if "command" in differs:
         taken = (f"run id {run_id} is taken: another submit just submitted it with the command "
                  f"{_shell(theirs.command)}, not yours ({_shell(ours.command)}); yours was not submitted")
