@@ -21,7 +21,7 @@ import pytest
 from entrypoint.record import Role, RunRecord, State
 from runner.config import load_config
 from runner.launch import submit as submit_mod
-from runner.launch.backends.local import UNSTARTED_AFTER, LocalBackend, _docker_time
+from runner.launch.backends.local import UNSTARTED_AFTER, LocalBackend, docker_time
 from runner.launch.context import make_context
 from runner.naming import resource_name
 from tests.chaos.harness import cycles
@@ -64,7 +64,7 @@ def test_a_container_left_created_by_a_killed_create_is_started_by_the_next_pass
             assert c.status == "created"
             # A container younger than UNSTARTED_AFTER may be its creator's, about to start:
             # the precondition of the repair is a container that has sat unstarted that long.
-            wait_for(lambda: time.time() - _docker_time(c.attrs["Created"]) >= UNSTARTED_AFTER,
+            wait_for(lambda: time.time() - docker_time(c.attrs["Created"]) >= UNSTARTED_AFTER,
                      UNSTARTED_AFTER + 30, "the container to have sat created for UNSTARTED_AFTER s")
 
             sup = ctx.supervisor()

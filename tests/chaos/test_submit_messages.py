@@ -108,7 +108,8 @@ def test_two_submits_of_one_new_id_with_two_commands_the_loser_is_told_the_id_is
         assert recorded == (ours if won[0] is a else theirs)
         if lost.returncode == 2:
             refused += 1
-            assert f"run id {rid} is taken: another submit just submitted it with the command" in lost.stderr, lost.stderr
+            assert f"run id {rid} is taken: another submit just submitted it with the command" in lost.stderr, \
+                lost.stderr
             assert "choose another --run-id" in lost.stderr, lost.stderr
         else:  # it looked after the run existed: a re-submit of a live run keeps its command
             assert lost.returncode == 0 and "its recorded command is kept" in lost.stderr, lost.stderr

@@ -53,7 +53,7 @@ def _ever_started(c: Any) -> bool:
     return (c.attrs.get("State", {}).get("StartedAt") or NEVER_STARTED) != NEVER_STARTED
 
 
-def _docker_time(text: str | None) -> float:
+def docker_time(text: str | None) -> float:
     """Seconds since the epoch of a Docker timestamp (RFC 3339, UTC, nanoseconds); 0 if unreadable."""
     if not text:
         return 0.0
@@ -292,7 +292,8 @@ class LocalBackend(ComputeBackend[ContainerPlan]):
                 c = self.client.containers.get(inst.name)
             except NotFound:
                 continue
-            if c.status != "created" or _ever_started(c) or time.time() - _docker_time(c.attrs.get("Created")) < UNSTARTED_AFTER:
+            age = time.time() - docker_time(c.attrs.get("Created"))
+            if c.status != "created" or _ever_started(c) or age < UNSTARTED_AFTER:
                 continue
             self._start(c)
             started.append(c.name)
