@@ -120,9 +120,11 @@ class RunRecord(RunPaths):
         except PreconditionFailed:
             blob = self.store.read(self.name(self.SPEC))
             if blob is None or self.read_state() is not None:
+                # Its state exists: another submit created the run after this one found none.
+                # The run is live, so --restart (for ended runs) is not the fix.
                 raise PreconditionFailed(
-                    f"run {self.run_id} already has a spec.json: submit it with --restart, or "
-                    "choose another --run-id"
+                    f"run {self.run_id} already has a spec.json and a state: another submit created "
+                    "it after this one found none; submit it again to follow it, or choose another --run-id"
                 ) from None
         theirs = json.loads(blob.data)
         if _same_spec(theirs, doc):

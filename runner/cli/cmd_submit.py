@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
 from runner.cli.common import EXIT_FAILED, EXIT_USAGE, checked_run_id, config_of, config_options, fail, guard, load, note
 from runner.cli.cmd_build import run_build
 from runner.cli.cmd_ops import warn_if_unsupervised
+
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 
 
 @click.command(context_settings={"ignore_unknown_options": True})
@@ -78,7 +80,10 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
     result = submit_mod.submit(ctx, run_id, list(command), image=image, restart=restart,
                                max_restarts=ctx.cfg.max_restarts, retry_on_failure=ctx.cfg.retry_on_failure,
                                env=env)
-    note(f"{result.message} (store {ctx.store.url}, backend {ctx.cfg.backend}, image {result.spec.image[:19]})")
+    message = result.message
+    if result.joined:  # the run is live: join it as a re-submit of a live run would
+        message += "; detached from it" if detach else "; following it"
+    note(f"{message} (store {ctx.store.url}, backend {ctx.cfg.backend}, image {result.spec.image[:19]})")
     sup = ctx.supervisor()
     if detach:
         sup.reconcile(run_id)
@@ -87,7 +92,10 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
         return
     from runner.launch.follow import follow_run
 
-    final = follow_run(sup, run_id, ctx.cfg.poll_interval, note)
+    try:
+        final = follow_run(sup, run_id, ctx.cfg.poll_interval, note)
+    except KeyboardInterrupt:
+        _stopped_following(ctx, sup, run_id, _flags(cli_config, config_path))
     click.echo(f"{run_id}: {final.state.value} after {final.attempt} attempt(s)"
                + (f" — {final.reason}" if final.reason else ""))
     if final.state.value != "SUCCEEDED":
@@ -99,6 +107,70 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
         with transfer_progress(f"pulling {run_id}", enabled=True) as (on_plan, on_file):
             out = pull_run(ctx.store, run_id, pull_dest, False, on_plan=on_plan, on_file=on_file)
         note(f"pulled {len(out['copied'])} file(s) ({out['bytes']} bytes) into {out['dest']}")
+
+
+def _flags(cli_config: dict[str, Any], config_path: str | None) -> str:
+    """The config flags this command was given, for the commands it suggests (same store, same backend)."""
+    import shlex
+
+    given = [("--config", config_path)] + [(f"--{k}", cli_config.get(k)) for k in ("store", "backend", "project")]
+    return "".join(f" {flag} {shlex.quote(str(v))}" for flag, v in given if v)
+
+
+def _stopped_following(ctx: Any, sup: Any, run_id: str, flags: str) -> NoReturn:
+    """Ctrl-C on an attached submit: only the following stops, never the run (its instance keeps
+    running, and a claim or attempt in progress is the supervisors' to finish). Says so, with how
+    to follow and stop it, and whether anything else supervises it; exits 130 (128 + SIGINT), not
+    click's "Aborted!"."""
+    from entrypoint.record import RunRecord
+    from runner.launch.supervisor_heartbeat import watchfulness
+
+    try:
+        cur = RunRecord(ctx.store, run_id).read_state()
+    except Exception:  # noqa: BLE001 - the message matters more than the state it shows
+        cur = None
+    where = f" ({cur[0].state.value}, attempt {cur[0].attempt})" if cur is not None else ""
+    if cur is not None and cur[0].state.terminal:
+        note(f"runner: stopped following {run_id}; it had already ended{where}: "
+             f"runner ops status --run-id {run_id}{flags}")
+    else:
+        note(f"runner: stopped following {run_id}{where}; the run goes on without this submit.\n"
+             f"    follow it: runner ops watch --run-id {run_id}{flags}\n"
+             f"    stop it:   runner ops delete --run-id {run_id}{flags}")
+        try:
+            w = watchfulness(ctx.store)
+        except Exception:  # noqa: BLE001 - unknown: say nothing rather than guess
+            w = None
+        if w is not None and w.alive:
+            note(f"    supervisor: {w.text}")
+        elif w is not None:
+            note(f"runner: warning: this submit was its only supervisor; {w.warning}\n"
+                 f"    fix: {w.fix}   (or follow it attached again: runner submit --run-id {run_id}{flags})")
+    _finish_deletes(sup)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    sys.exit(EXIT_INTERRUPTED)
+
+
+def _finish_deletes(sup: Any) -> None:
+    """Wait for the deletes this submit began (an instance left billing otherwise, until some
+    supervisor's pass finds it), saying so; a second Ctrl-C leaves them, said too."""
+    import os
+
+    left = sup.reaper.pending()
+    if not left:
+        return
+    note(f"runner: finishing {len(left)} delete(s) this submit began ({', '.join(left)}); "
+         "Ctrl-C again to leave them")
+    try:
+        sup.drain()
+    except KeyboardInterrupt:
+        left = sup.reaper.pending()
+        note(f"runner: left {len(left)} delete(s) unfinished ({', '.join(left)}): the next pass of "
+             "`runner supervise` removes those instances")
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(EXIT_INTERRUPTED)  # sys.exit would wait for the delete workers at interpreter exit
 
 
 def _dry_run(cfg: Any, run_id: str, command: list[str], image: str | None) -> None:

@@ -23,12 +23,19 @@ def follow_run(sup: Supervisor, run_id: str, poll_interval: float, say: Callable
     """Supervise ``run_id`` until it reaches a terminal state; returns that state.
 
     Returns only after the supervisor's background deletes finished, so a run that ended has no
-    instance left when the caller reports it.
+    instance left when the caller reports it. A Ctrl-C (``KeyboardInterrupt``) is raised at once,
+    without that wait: the caller first says that the run goes on, then waits for the deletes or
+    says it left them (``runner.cli.cmd_submit``).
     """
     try:
-        return _follow(sup, run_id, poll_interval, say, once)
-    finally:
+        final = _follow(sup, run_id, poll_interval, say, once)
+    except KeyboardInterrupt:
+        raise
+    except BaseException:
         sup.drain()
+        raise
+    sup.drain()
+    return final
 
 
 def _follow(sup: Supervisor, run_id: str, poll_interval: float, say: Callable[[str], None],

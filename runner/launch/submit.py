@@ -8,7 +8,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
-from entrypoint.record import RunRecord, RunSpec, State, StopInProgress
+from entrypoint.record import ABANDONED_SPEC_AFTER, RunRecord, RunSpec, State, StopInProgress
+from entrypoint.store import PreconditionFailed
 from runner.launch.backends import backend_type
 from runner.launch.backends.base import BackendError
 from runner.config import Config
@@ -25,6 +26,7 @@ class SubmitResult:
     spec: RunSpec
     resumed: bool
     message: str
+    joined: bool = False  # another submit of this new id created it a moment before this one
 
 
 def resolve_image(ctx: Context, image: str | None) -> str:
@@ -104,9 +106,49 @@ def submit(ctx: Context, run_id: str, command: list[str], *, image: str | None, 
     spec = build_spec(ctx.cfg, run_id, command, resolve_image(ctx, image),
                       max_restarts=max_restarts, retry_on_failure=retry_on_failure, env=env or {})
     spec = ctx.backend.prepare(spec)
-    rec.write_spec(spec)
-    rec.create_state(actor)
+    try:
+        rec.write_spec(spec)
+        rec.create_state(actor)
+    except PreconditionFailed as e:
+        return _lost_race(rec, spec, e)
     return SubmitResult(run_id, spec, False, f"run {run_id} submitted")
+
+
+def _lost_race(rec: RunRecord, ours: RunSpec, lost: PreconditionFailed) -> SubmitResult:
+    """Another submit of this new run id wrote its spec or state first (issue 17 §8).
+
+    Both found no run when they looked. The same run (equal spec): it is live and this submit
+    joins it, as a re-submit of a live run would, instead of telling the user to ``--restart``
+    it. Another command or other settings: the id is taken, said with both commands.
+    """
+    run_id = rec.run_id
+    theirs = rec.read_spec()
+    created = rec.read_state() is not None
+    differs = [] if theirs is None else _differences(theirs, ours)
+    if theirs is not None and not differs and created:
+        return SubmitResult(run_id, theirs, True, f"run {run_id} was just submitted by another submit",
+                            joined=True)
+    if theirs is None or not differs:  # its record changed again meanwhile (deleted?): say what was refused
+        raise SubmitRefused(f"run {run_id} could not be submitted: {lost}; look at it with "
+                            f"`runner ops status --run-id {run_id}`, then submit again") from None
+    if "command" in differs:
+        taken = (f"run id {run_id} is taken: another submit just submitted it with the command "
+                 f"{_shell(theirs.command)}, not yours ({_shell(ours.command)}); yours was not submitted")
+    else:
+        taken = (f"run id {run_id} is taken: another submit just submitted the same command with other "
+                 f"{', '.join(differs)}; yours was not submitted")
+    if created:
+        raise SubmitRefused(f"{taken}: choose another --run-id for it")
+    # Its spec without a state: that submit is still writing, or died (``RunRecord.write_spec``).
+    raise SubmitRefused(f"{taken}: choose another --run-id for it. If that submit died before it "
+                        f"created the run, its spec.json stops holding the id after "
+                        f"{ABANDONED_SPEC_AFTER:.0f}s")
+
+
+def _differences(a: RunSpec, b: RunSpec) -> list[str]:
+    """The spec fields in which two specs differ (when each was written does not count)."""
+    da, db = asdict(a), asdict(b)
+    return [k for k in da if k != "created_at" and da[k] != db.get(k)]
 
 
 def check_store_mountable(backend: str, store_url: str) -> None:

@@ -122,6 +122,11 @@ class Reaper:
         done, not_done = wait(pending, timeout=timeout)
         return not not_done
 
+    def pending(self) -> list[str]:
+        """The instances whose delete is in flight, by name (what a process about to exit leaves)."""
+        with self._lock:
+            return sorted(self._inflight)
+
     def _run(self, inst: Instance, grace_period: float) -> None:
         try:
             self.backend.delete(inst, grace_period)
@@ -347,6 +352,7 @@ class Supervisor:
                                         reason="instance vanished before the job started")
                     self._restart(rec, new, spec, None)
             return
+        self._start_unstarted(rec, st, att)
         window = self._boot_window(spec)
         # Booting for as long as this supervisor's own clock has seen the attempt (not since the
         # state's stamp: another supervisor, on another clock, may have written it).
@@ -365,6 +371,14 @@ class Supervisor:
                 reason=f"instance ended before the job started (exit {att.exit_code}): {tail[-300:]}",
             )
             self._restart(rec, new, spec, att)
+
+    def _start_unstarted(self, rec: RunRecord, st: RunState, att: Attempt) -> None:
+        """Finish a create whose creator died between creating the instance and starting it (see
+        ``ComputeBackend.start_unstarted``): without this the run sits out its boot window and is
+        then counted as a restart. Journaled, so the start is not a mystery."""
+        for name in self.backend.start_unstarted(att):
+            rec.event(self.actor, None, None, f"started {name}: it was created but never started "
+                      "(its creator stopped between create and start)", attempt=st.attempt)
 
     def _check_running(self, rec: RunRecord, cur: tuple[RunState, int], spec: RunSpec | None,
                        att: Attempt | None) -> None:

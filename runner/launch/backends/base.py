@@ -321,6 +321,22 @@ class ComputeBackend(ABC, Generic[NodePlan]):
     def create_instance(self, plan: NodePlan) -> Instance:
         """Create one instance. Idempotent: if one of that name exists, returns it (409)."""
 
+    def start_unstarted(self, attempt: Attempt) -> list[str]:
+        """Start the instances of ``attempt`` that were created but never started; returns their names.
+
+        Why: a create is two steps on some backends (the local one: ``docker create``, then
+        ``docker start``). A creator killed between them (SIGKILL, a lost machine) leaves an
+        instance that lists as STARTING and that nothing would ever start: the run would sit out
+        its whole boot window and then be counted as a restart. The supervisor asks this of every
+        attempt still provisioning, so its next pass finishes the dead creator's work instead.
+        An instance only just created may be its creator's, about to be started: a backend leaves
+        those alone for a few seconds (starting one twice is harmless, but an instance must never
+        be started again after its job ran).
+
+        Default: none. A GCE insert is one request, and an inserted VM is booted by GCE itself.
+        """
+        return []
+
     def restart_in_place(self, attempt: Attempt, plan: AttemptPlan[NodePlan]) -> Attempt | None:
         """Bring a stopped attempt's instances back as the attempt ``plan`` describes, keeping their
         disks. Returns the new attempt, or None when this backend (or an instance) cannot, in which

@@ -7,7 +7,9 @@ network: the local store is a directory, and a job that needs the network is not
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from entrypoint.record import RunSpec
@@ -18,6 +20,7 @@ from runner.launch.backends.base import (
     LABEL_RUNNER,
     LABEL_STORE,
     RUNNER_LABEL_VALUE,
+    Attempt,
     BackendError,
     ComputeBackend,
     Instance,
@@ -38,6 +41,27 @@ _STATUS = {
     "exited": InstanceStatus.TERMINATED,
     "dead": InstanceStatus.TERMINATED,
 }
+
+# Seconds a container may sit ``created`` before the supervisor starts it itself: its creator
+# starts it within milliseconds unless it died (see ``LocalBackend.start_unstarted``).
+UNSTARTED_AFTER = 5.0
+# Docker's ``State.StartedAt`` of a container that never started.
+NEVER_STARTED = "0001-01-01T00:00:00Z"
+
+
+def _ever_started(c: Any) -> bool:
+    return (c.attrs.get("State", {}).get("StartedAt") or NEVER_STARTED) != NEVER_STARTED
+
+
+def docker_time(text: str | None) -> float:
+    """Seconds since the epoch of a Docker timestamp (RFC 3339, UTC, nanoseconds); 0 if unreadable."""
+    if not text:
+        return 0.0
+    head, _, frac = text.rstrip("Z").partition(".")
+    try:
+        return datetime.fromisoformat(head + "+00:00").timestamp() + (float("0." + frac) if frac.isdigit() else 0.0)
+    except ValueError:
+        return 0.0
 
 
 @dataclass(frozen=True)
@@ -190,16 +214,29 @@ class LocalBackend(ComputeBackend[ContainerPlan]):
         )
 
     def create_instance(self, plan: ContainerPlan) -> Instance:
+        """``docker create`` then ``docker start`` (what ``docker run`` does), in two visible steps:
+        a container this or an earlier create left ``created`` (adopted on 409) is started too."""
+        c = self.create_container(plan)
+        if c.status == "created":
+            self._start(c)
+        return self._instance(c)
+
+    def create_container(self, plan: ContainerPlan) -> Any:
+        """The first half of ``create_instance``: the container, created (or adopted) but not started.
+
+        What a creator killed before its ``docker start`` leaves behind; ``start_unstarted`` (the
+        supervisor's next pass) or a create of the same plan starts it.
+        """
         from docker.errors import APIError, ImageNotFound
 
-        # Look first: on a missing image `containers.run` pulls it, and a pinned id
+        # Look first: on a missing image the SDK's ``run`` pulls it, and a pinned id
         # (sha256:...) would be asked of Docker Hub. A local image is never pulled.
         try:
             self.client.images.get(plan.image)
         except ImageNotFound:
             raise self._image_gone(plan.image) from None
         try:
-            c = self.client.containers.run(
+            return self.client.containers.create(
                 plan.image,
                 plan.command,
                 name=plan.name,
@@ -212,16 +249,55 @@ class LocalBackend(ComputeBackend[ContainerPlan]):
                 network_mode=plan.network_mode,
                 **plan.extra,
             )
-        except ImageNotFound:  # removed between the look and the run
+        except ImageNotFound:  # removed between the look and the create
             raise self._image_gone(plan.image) from None
         except APIError as e:
-            if e.status_code == 409:  # a container of that name exists: creation is idempotent
-                c = self.client.containers.get(plan.name)
-                if self.foreign(self._instance(c)):
-                    raise self.name_taken(self._instance(c)) from None
-            else:
-                raise BackendError(f"docker could not start {plan.name}: {e.explanation or e}") from None
-        return self._instance(c)
+            if e.status_code != 409:
+                raise BackendError(f"docker could not create {plan.name}: {e.explanation or e}") from None
+        # A container of that name exists: creation is idempotent (an earlier try of this create,
+        # perhaps by a process that died before it could start it).
+        c = self.client.containers.get(plan.name)
+        if self.foreign(self._instance(c)):
+            raise self.name_taken(self._instance(c)) from None
+        return c
+
+    def _start(self, c: Any) -> None:
+        """Start ``c`` and refresh its status. Starting a running container is a no-op (304)."""
+        from docker.errors import APIError, NotFound
+
+        try:
+            c.start()
+            c.reload()
+        except NotFound:
+            raise BackendError(f"container {c.name} was removed before it could start; "
+                               "the next pass creates the attempt again") from None
+        except APIError as e:
+            raise BackendError(f"docker could not start {c.name}: {e.explanation or e}") from None
+
+    def start_unstarted(self, attempt: Attempt) -> list[str]:
+        """Start the attempt's containers that sat ``created`` for ``UNSTARTED_AFTER`` s (their
+        creator died between ``docker create`` and ``docker start``).
+
+        A younger one may be its creator's, a moment before its start: left alone. Even if both
+        start it, the second start is a no-op; what must never happen is a start after its job
+        ran, so a container that was ever started (``State.StartedAt`` set) is never touched.
+        """
+        from docker.errors import NotFound
+
+        started: list[str] = []
+        for inst in attempt.instances:
+            if inst.status is not InstanceStatus.STARTING:
+                continue
+            try:
+                c = self.client.containers.get(inst.name)
+            except NotFound:
+                continue
+            age = time.time() - docker_time(c.attrs.get("Created"))
+            if c.status != "created" or _ever_started(c) or age < UNSTARTED_AFTER:
+                continue
+            self._start(c)
+            started.append(c.name)
+        return started
 
     @staticmethod
     def _image_gone(image: str) -> PermanentBackendError:
