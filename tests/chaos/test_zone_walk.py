@@ -16,6 +16,7 @@ answers both with one VM.
 from __future__ import annotations
 
 import random
+import sys
 import threading
 import time
 
@@ -138,3 +139,66 @@ def test_a_create_taken_over_mid_walk_makes_one_vm_with_the_same_request_ids(gce
     assert len(ids) == 1, ids  # A's and B's inserts were the same request: GCE made one VM
     st = RunRecord(ctx.store, run_id).read_state()[0]
     assert (st.attempt, st.restarts) == (1, 0), st
+
+
+def test_the_race_harness_with_creates_longer_than_the_grace_reports_no_double(tmp_path):
+    """The race harness (``RaceCompute``: real Supervisors looping on a real local store, its
+    double detector) with every create taking longer than the create grace, as a zone walk
+    does: the supervisors' clocks run 60x (one real second is a supervised minute; the lease is
+    renewed on real time), three supervisors pass over three runs and preempt them at random."""
+    from entrypoint.record import AttemptSettings, RunSpec
+    from entrypoint.store_local import LocalStore
+    from tests.chaos.harness import RaceCompute
+
+    store = LocalStore(str(tmp_path))
+    compute = RaceCompute(store, create_delay=1.3)  # 78 supervised seconds: past the 60 s grace
+    t0 = time.time()
+    fast = lambda: t0 + (time.time() - t0) * 60  # noqa: E731
+    settings = SupervisorSettings(poll_interval=0.05, store_url=store.url,
+                                  legacy_attempts=AttemptSettings(stall_window=10**9, grace_period=0))
+    runs = [f"zw-{i}" for i in range(3)]
+    for run_id in runs:
+        rec = RunRecord(store, run_id)
+        rec.write_spec(RunSpec(run_id=run_id, image="img@sha256:" + "a" * 64, command=["train"],
+                               backend="race", max_restarts=10**6))
+        rec.create_state("submit")
+    sups = []
+    for i in range(3):
+        sup = Supervisor(store, compute, settings, actor=f"sup-{i}", now=fast)
+        sup.lease_renew_every = 0.1
+        sups.append(sup)
+    halt = threading.Event()
+
+    def loop(sup: Supervisor) -> None:
+        while not halt.is_set():
+            sup.reconcile_all()
+            time.sleep(0.05)
+
+    threads = [threading.Thread(target=loop, args=(s,), daemon=True) for s in sups]
+    for t in threads:
+        t.start()
+    rng = random.Random(5)
+    target = cycles(4, 30)
+    preempted = 0
+    deadline = time.time() + 60 + target * 3
+    try:
+        while preempted < target and time.time() < deadline:
+            time.sleep(rng.uniform(0.2, 0.8))
+            run_id = rng.choice(runs)
+            st = RunRecord(store, run_id).read_state()[0]
+            live = [i for i in compute.alive(run_id) if i.attempt == st.attempt]
+            if st.state == State.RUNNING and live:
+                compute.preempt(live[0])
+                preempted += 1
+    finally:
+        halt.set()
+        for t in threads:
+            t.join(30)
+        for s in sups:
+            s.drain(30)
+    print(f"chaos zone_walk: {len(compute.doubles)} double(s), {preempted} preemptions, "
+          f"{len(compute.created)} instances created", file=sys.stderr)
+    assert preempted >= min(target, 3), f"the harness preempted too little to judge: {preempted}"
+    assert compute.doubles == [], f"{len(compute.doubles)} double(s): {compute.doubles[:3]}"
+    restarts = sum(RunRecord(store, r).read_state()[0].restarts for r in runs)
+    assert restarts <= preempted, f"{restarts} restarts for {preempted} preemptions: attempts judged lost"
