@@ -644,7 +644,12 @@ class RunRecord(RunPaths):
         return self.claims.read(attempt)
 
     def read_startup(self, attempt: int) -> dict[str, Any] | None:
-        blob = self.store.read(self.name(self.startup_name(attempt)))
+        return self.read_advice(self.startup_name(attempt))
+
+    def read_advice(self, rel: str) -> dict[str, Any] | None:
+        """An object that is advice, not contract (``startup.json``, ``damaged.json``): None when
+        it is absent or cannot be read, never an error."""
+        blob = self.store.read(self.name(rel))
         if blob is None:
             return None
         try:

@@ -38,14 +38,7 @@ if TYPE_CHECKING:
 
 def read_mark(store: Store, run_id: str) -> dict[str, Any] | None:
     """The run's ``damaged.json``, or None (absent, or itself unreadable: a mark is advice)."""
-    blob = store.read(RunRecord(store, run_id).name(RunRecord.DAMAGED))
-    if blob is None:
-        return None
-    try:
-        doc = json.loads(blob.data)
-    except ValueError:
-        return None
-    return doc if isinstance(doc, dict) else None
+    return RunRecord(store, run_id).read_advice(RunRecord.DAMAGED)
 
 
 class DamageWatch:

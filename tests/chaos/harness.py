@@ -114,3 +114,24 @@ class RaceCompute(ComputeBackend):
 
     def alive(self, run_id: str) -> list[Instance]:
         return [i for i in self.list(run_id) if i.alive]
+
+
+def submit_run(store: Store, run_id: str, max_restarts: int = 1_000_000) -> RunRecord:
+    """A run as ``submit`` leaves it for the ``race`` backend: spec and PENDING state."""
+    rec = RunRecord(store, run_id)
+    rec.write_spec(RunSpec(run_id=run_id, image="img@sha256:" + "a" * 64, command=["train"], backend="race",
+                           max_restarts=max_restarts))
+    rec.create_state("submit")
+    return rec
+
+
+def looping(stop: threading.Event, step: Any, every: float = 0.05) -> threading.Thread:
+    """A daemon thread calling ``step()`` every ``every`` seconds until ``stop`` is set."""
+    def body() -> None:
+        while not stop.is_set():
+            step()
+            time.sleep(every)
+
+    t = threading.Thread(target=body, daemon=True)
+    t.start()
+    return t

@@ -23,33 +23,14 @@ import time
 
 import pytest
 
-from entrypoint.record import AttemptSettings, RunRecord, RunSpec, State, StopInProgress
+from entrypoint.record import AttemptSettings, RunRecord, State, StopInProgress
 from entrypoint.store_local import LocalStore
 from runner.launch.supervisor import Supervisor, SupervisorSettings
 from runner.ops.runs import delete_run
-from tests.chaos.harness import RaceCompute, cycles
+from tests.chaos.harness import RaceCompute, cycles, looping, submit_run
 from tests.conftest import wait_for
 
 GRACE = 1.0
-
-
-def _submit(store: LocalStore, run_id: str) -> RunRecord:
-    rec = RunRecord(store, run_id)
-    rec.write_spec(RunSpec(run_id=run_id, image="img@sha256:" + "a" * 64, command=["train"], backend="race",
-                           max_restarts=1000))
-    rec.create_state("submit")
-    return rec
-
-
-def _loop(stop: threading.Event, step) -> threading.Thread:
-    def body() -> None:
-        while not stop.is_set():
-            step()
-            time.sleep(0.03)
-
-    t = threading.Thread(target=body, daemon=True)
-    t.start()
-    return t
 
 
 def _stopping(compute: RaceCompute, run_id: str) -> bool:
@@ -72,12 +53,12 @@ def test_a_restart_while_a_run_is_being_deleted_never_runs_beside_the_old_job(tm
                                   legacy_attempts=AttemptSettings(grace_period=GRACE, stall_window=600))
     sups = [Supervisor(store, compute, settings, actor=f"sup-{i}") for i in range(2)]
     stop = threading.Event()
-    threads = [_loop(stop, s.reconcile_all) for s in sups]
+    threads = [looping(stop, s.reconcile_all, every=0.03) for s in sups]
     rng = random.Random(3)
     refused = allowed_during_grace = 0
     try:
         for i, run_id in enumerate(runs):
-            rec = _submit(store, run_id)
+            rec = submit_run(store, run_id, max_restarts=1000)
             wait_for(lambda: _running(compute, rec, 1), 30, f"{run_id} attempt 1 to run")
             if i % 2 == 0:  # `runner ops delete`, and a restart during its grace period
                 deleter = threading.Thread(target=delete_run, args=(store, compute, run_id, rng.uniform(0.5, 1.5)))

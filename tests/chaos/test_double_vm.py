@@ -18,21 +18,13 @@ import sys
 import threading
 import time
 
-from entrypoint.record import AttemptSettings, Heartbeat, RunRecord, RunSpec, State
+from entrypoint.record import AttemptSettings, Heartbeat, RunRecord, State
 from entrypoint.store_local import LocalStore
 from runner.launch.supervisor import Supervisor, SupervisorSettings
-from tests.chaos.harness import RaceCompute, cycles
+from tests.chaos.harness import RaceCompute, cycles, looping, submit_run
 
 HUNG = ["aa-hung-1", "aa-hung-2"]  # sorted first: every pass meets them before the healthy runs
 HEALTHY = ["zz-run-1", "zz-run-2", "zz-run-3"]
-
-
-def _submit(store: LocalStore, run_id: str) -> RunRecord:
-    rec = RunRecord(store, run_id)
-    rec.write_spec(RunSpec(run_id=run_id, image="img@sha256:" + "a" * 64, command=["train"], backend="race",
-                           max_restarts=1_000_000))
-    rec.create_state("submit")
-    return rec
 
 
 def _settings(store: LocalStore) -> SupervisorSettings:
@@ -59,26 +51,15 @@ class _Healthy(threading.Thread):
             time.sleep(0.05)
 
 
-def _loop(stop: threading.Event, step) -> threading.Thread:
-    def body() -> None:
-        while not stop.is_set():
-            step()
-            time.sleep(0.05)
-
-    t = threading.Thread(target=body, daemon=True)
-    t.start()
-    return t
-
-
 def test_slow_passes_racing_restarts_never_start_a_second_live_instance(tmp_path):
     store = LocalStore(str(tmp_path))
     compute = RaceCompute(store, create_delay=0.02, hung_runs=set(HUNG))
-    recs = {r: _submit(store, r) for r in HUNG + HEALTHY}
+    recs = {r: submit_run(store, r) for r in HUNG + HEALTHY}
     stop = threading.Event()
     sups = [Supervisor(store, compute, _settings(store), actor=f"sup-{i}") for i in range(3)]
     attached = Supervisor(store, compute, _settings(store), actor="submit")
-    threads = [_loop(stop, s.reconcile_all) for s in sups]
-    threads.append(_loop(stop, lambda: attached.reconcile(HEALTHY[0])))
+    threads = [looping(stop, s.reconcile_all) for s in sups]
+    threads.append(looping(stop, lambda: attached.reconcile(HEALTHY[0])))
     jobs = _Healthy([recs[r] for r in HEALTHY], stop)
     jobs.start()
 

@@ -146,9 +146,9 @@ def test_the_race_harness_with_creates_longer_than_the_grace_reports_no_double(t
     double detector) with every create taking longer than the create grace, as a zone walk
     does: the supervisors' clocks run 60x (one real second is a supervised minute; the lease is
     renewed on real time), three supervisors pass over three runs and preempt them at random."""
-    from entrypoint.record import AttemptSettings, RunSpec
+    from entrypoint.record import AttemptSettings
     from entrypoint.store_local import LocalStore
-    from tests.chaos.harness import RaceCompute
+    from tests.chaos.harness import RaceCompute, looping, submit_run
 
     store = LocalStore(str(tmp_path))
     compute = RaceCompute(store, create_delay=1.3)  # 78 supervised seconds: past the 60 s grace
@@ -158,25 +158,14 @@ def test_the_race_harness_with_creates_longer_than_the_grace_reports_no_double(t
                                   legacy_attempts=AttemptSettings(stall_window=10**9, grace_period=0))
     runs = [f"zw-{i}" for i in range(3)]
     for run_id in runs:
-        rec = RunRecord(store, run_id)
-        rec.write_spec(RunSpec(run_id=run_id, image="img@sha256:" + "a" * 64, command=["train"],
-                               backend="race", max_restarts=10**6))
-        rec.create_state("submit")
+        submit_run(store, run_id)
     sups = []
     for i in range(3):
         sup = Supervisor(store, compute, settings, actor=f"sup-{i}", now=fast)
         sup.lease_renew_every = 0.1
         sups.append(sup)
     halt = threading.Event()
-
-    def loop(sup: Supervisor) -> None:
-        while not halt.is_set():
-            sup.reconcile_all()
-            time.sleep(0.05)
-
-    threads = [threading.Thread(target=loop, args=(s,), daemon=True) for s in sups]
-    for t in threads:
-        t.start()
+    threads = [looping(halt, s.reconcile_all) for s in sups]
     rng = random.Random(5)
     target = cycles(4, 30)
     preempted = 0
