@@ -15,7 +15,10 @@ does one of the things the real service (or the network in between) does:
 - ``400``: answer ``invalid`` without forwarding: a write that fails for good (not retried), which
   stands for a writer that dies between two writes.
 
-What it does not model: latency, partial bodies, or faults in the middle of a resumable
+``latency`` (seconds, 0 by default) delays every request before it is forwarded: a benchmark
+can stand for the round trip to real GCS (tens of milliseconds) on loopback.
+
+What it does not model: partial bodies, or faults in the middle of a resumable
 upload's chunks (a rule can still select a chunk's PUT as a whole request).
 
 Rules are explicit so a test can say exactly which reply is lost (``FaultRule(match="create.json",
@@ -31,6 +34,7 @@ import random
 import re
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -85,6 +89,7 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.address = ""  # host:port of the proxy, once serving
+        self.latency = 0.0  # seconds added to every request (a round trip to a distant service)
 
     def add(self, rule: FaultRule) -> FaultRule:
         with self._lock:
@@ -169,6 +174,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         body = self._body()
         action = self.proxy.decide(self.command, self.path, body)
+        if self.proxy.latency > 0:
+            time.sleep(self.proxy.latency)
         if action in ("429", "503", "400"):
             code = int(action)
             reason = {429: "rateLimitExceeded", 503: "backendError", 400: "invalid"}[code]
