@@ -77,6 +77,14 @@ class FaultStats:
     writes: int = 0
     by_action: dict[str, int] = field(default_factory=dict)
     matched: list[str] = field(default_factory=list)  # "ACTION METHOD target" per fault applied
+    seen: list[str] = field(default_factory=list)  # "METHOD target" of every request, in order
+
+
+def object_requests(seen: list[str]) -> list[str]:
+    """The requests among ``seen`` that are about objects: not the storage client's own
+    background checks of the bucket (``GET /storage/v1/b/BUCKET?fields=name`` after a 404, its
+    metadata cache), which it sends on a thread of its own and no store call waits for."""
+    return [r for r in seen if not re.match(r"^GET /storage/v1/b/[^/?]+(\?|$)", r)]
 
 
 class FaultProxy:
@@ -111,6 +119,7 @@ class FaultProxy:
         write = is_write(method, target)
         with self._lock:
             self.stats.requests += 1
+            self.stats.seen.append(f"{method} {target}")
             self.stats.writes += write
             for rule in self.rules:
                 if rule.writes_only and not write:
