@@ -289,3 +289,56 @@ def test_ops_status_and_events_cost_the_same_for_a_short_and_a_long_history(faul
                                          f"for 10 attempts, {long_status} for {LONG}")
     # 20 entries read (the state's own one costs nothing), the state, and a listing or two.
     assert long_events <= 20 + 3 and long_events <= short_events + 2
+
+
+# ---------------------------------------------------------------- ops events: the newest, from a time
+
+class _NoCompute:
+    def list(self, run_id: str | None = None) -> list[Any]:
+        return []
+
+    def provider_events(self, names: list[str], zones: list[str]) -> list[dict[str, Any]]:
+        return []
+
+
+def test_ops_events_shows_the_newest_entries_from_a_time_on(local_store, clock):
+    from runner.ops.runs import run_events
+
+    rec = submit(local_store, "paged")
+    history(rec, clock, 30, seed=11)
+    rec.event("sup-a", None, None, "create failed, retrying in 30s: out of capacity")  # a note, newest of all
+    every = [ev for _, ev in rec.events()]
+    compute: Any = _NoCompute()
+
+    newest = run_events(local_store, compute, "paged", limit=7)
+    assert newest == every[-7:]
+    assert newest[-1]["reason"].startswith("create failed")
+    middle = every[len(every) // 2]["time"]
+    assert run_events(local_store, compute, "paged", since=middle) == [e for e in every if e["time"] >= middle]
+    assert run_events(local_store, compute, "paged", since=middle, limit=3) == every[-3:]
+    assert run_events(local_store, compute, "paged") == every
+
+
+def test_ops_events_since_takes_a_duration_or_an_iso_time_and_says_how_otherwise():
+    from runner.cli.cmd_ops import parse_since
+
+    now = 1_764_000_000.0
+    assert parse_since("10m", now) == now - 600
+    assert parse_since("2h", now) == now - 7200
+    assert parse_since("2026-12-02T21:00:00Z", now) == 1_796_245_200.0
+    assert parse_since("2026-12-02T22:00:00+01:00", now) == 1_796_245_200.0
+    assert parse_since("2026-12-02 21:00", now) == 1_796_245_200.0
+    assert parse_since(None, now) is None
+    with pytest.raises(SystemExit) as e:
+        parse_since("yesterday", now)
+    assert e.value.code == 2
+
+
+def test_ops_events_help_teaches_limit_and_since():
+    from click.testing import CliRunner
+
+    from runner.cli.main import main
+
+    out = CliRunner().invoke(main, ["ops", "events", "--help"]).output
+    for words in ("--limit", "newest", "--since", "10m", "ISO", "--all", "runner ops events --run-id exp-1 --since 2h"):
+        assert words in out, words
