@@ -36,6 +36,8 @@ from entrypoint.store import Store
 
 VERSION = 1
 MAX_NOTES = 3  # notes on unknown redone work kept word for word; more are only counted
+# The manifest fields a lost attempt's redone work is judged by (``attempts.work_redone``).
+_REDONE_KEYS = ("started_at", "finished_at", "checkpoint_at", "first_progress", "last_progress")
 
 
 def begin(event: dict[str, Any]) -> dict[str, Any]:
@@ -108,8 +110,9 @@ def _close(h: dict[str, Any], a: Attempt, store: Store, prefix: str, manifest: d
     if a.manifest:  # the lost attempts waiting for a next attempt that started have one now
         settle_pending(h, store, prefix, a)
     if a.end_state in LOST_TO_PREEMPTION:
+        kept = {k: manifest[k] for k in _REDONE_KEYS if k in manifest}  # what work_redone reads of it
         h["pending"].append({"zone": zone, "marks": a.marks(), "start": a.start, "end": a.end,
-                             "manifest": manifest})
+                             "manifest": kept})
         h["lost_attempts"] = int(h.get("lost_attempts", 0)) + 1
     h["prev_end_state"] = a.end_state
     h["closed"] = a.n

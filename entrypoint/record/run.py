@@ -227,8 +227,21 @@ class RunRecord(RunPaths):
 
     def _fold_history(self, before: RunState, after: RunState) -> dict[str, Any] | None:
         """``after``'s running summary: ``before``'s with ``after``'s event folded in (see
-        ``entrypoint.record.history``); None, for good, once a writer that did not fold broke it."""
-        return _history.fold(before, after, self.store, self.prefix, self.read_manifest, self.read_claim)
+        ``entrypoint.record.history``); None, for good, once a writer that did not fold broke it.
+
+        A damaged manifest or claim of the attempt being closed must never block the transition
+        (the run would be stuck): the summary is dropped instead, and readers read the run in
+        full from then on. A store failure is raised: the transition could not be trusted to
+        land either, and its caller retries it as any failed write.
+        """
+        try:
+            return _history.fold(before, after, self.store, self.prefix, self.read_manifest, self.read_claim)
+        except StoreError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            print(f"runner: {self.run_id}: running summary dropped ({type(e).__name__}: {e}); "
+                  "ops status reads this run's whole history from now on", file=sys.stderr)
+            return None
 
     # ---- named transitions: who may make which move is ``states.MOVES`` ----
     def _move(self, move: str, role: Role, actor: str, cur: tuple[RunState, int] | None, *,

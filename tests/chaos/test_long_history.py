@@ -342,3 +342,15 @@ def test_ops_events_help_teaches_limit_and_since():
     out = CliRunner().invoke(main, ["ops", "events", "--help"]).output
     for words in ("--limit", "newest", "--since", "10m", "ISO", "--all", "runner ops events --run-id exp-1 --since 2h"):
         assert words in out, words
+
+
+def test_a_damaged_manifest_drops_the_summary_and_never_blocks_the_next_attempt(local_store, clock, price_table):
+    rec = submit(local_store, "torn")
+    history(rec, clock, 3, seed=2)
+    n = rec.read_state()[0].attempt  # type: ignore[index]
+    rec.preempted(Role.AGENT, f"agent-{n}", reason="preemption notice", expect_attempt=n)
+    local_store.write(rec.name(RunRecord.manifest_name(n)), b'{"attempt": ')  # torn by a dying writer
+
+    st, _ = rec.begin_attempt(Role.SUPERVISOR, "sup-a", instances=["vm-next"])
+
+    assert st.attempt == n + 1 and st.history is None
