@@ -91,8 +91,11 @@ def fold(before: RunState, after: RunState, store: Store, prefix: str,
         h["current"] = Attempt(after.attempt).marks()
     if mark is not None and mark[0] == h["current"]["n"]:
         a = Attempt.from_marks(h["current"])
+        ended = a.end_state
         a.mark(mark[1], mark[2])
         h["current"] = a.marks()
+        if ended is None and a.end_state in LOST_TO_PREEMPTION:  # every attempt lost, ever
+            h["lost_attempts"] = int(h.get("lost_attempts", 0)) + 1
     h["through"] = ev["name"]
     h["transitions"] = int(h.get("transitions", 0)) + 1
     return h
@@ -113,7 +116,6 @@ def _close(h: dict[str, Any], a: Attempt, store: Store, prefix: str, manifest: d
         kept = {k: manifest[k] for k in _REDONE_KEYS if k in manifest}  # what work_redone reads of it
         h["pending"].append({"zone": zone, "marks": a.marks(), "start": a.start, "end": a.end,
                              "manifest": kept})
-        h["lost_attempts"] = int(h.get("lost_attempts", 0)) + 1
     h["prev_end_state"] = a.end_state
     h["closed"] = a.n
 
