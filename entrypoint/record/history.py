@@ -36,6 +36,7 @@ from entrypoint.store import Store
 
 VERSION = 1
 MAX_NOTES = 3  # notes on unknown redone work kept word for word; more are only counted
+RECENT = 5  # closed attempts kept as rows for ``ops status --json`` (the totals cover them all)
 # The manifest fields a lost attempt's redone work is judged by (``attempts.work_redone``).
 _REDONE_KEYS = ("started_at", "finished_at", "checkpoint_at", "first_progress", "last_progress")
 
@@ -46,7 +47,7 @@ def begin(event: dict[str, Any]) -> dict[str, Any]:
         "version": VERSION, "through": event["name"], "transitions": 1,
         "first_event_at": event["doc"].get("time"),
         "current": Attempt(0).marks(), "closed": 0, "prev_end_state": None, "lost_attempts": 0,
-        "billed": {}, "lost": {}, "pending": [], "unknown_notes": [], "unknown_count": 0,
+        "billed": {}, "lost": {}, "pending": [], "unknown_notes": [], "unknown_count": 0, "recent": [],
     }
 
 
@@ -108,8 +109,13 @@ def _close(h: dict[str, Any], a: Attempt, store: Store, prefix: str, manifest: d
     bill(a, claimed_at=claim.get("time") if claim else None, current=False, st=st,
          next_provisioned_at=next_provisioned_at, now=0.0)
     zone = zone_key(manifest.get("zone"))
+    boot = boot_lost(a, h.get("prev_end_state"))
     _add(h["billed"], zone, a.seconds)
-    _add(h["lost"], zone, boot_lost(a, h.get("prev_end_state")))
+    _add(h["lost"], zone, boot)
+    h["recent"] = (h.get("recent", []) + [{
+        "attempt": a.n, "zone": zone, "start": a.start, "end": a.end, "ended": a.end_state,
+        "seconds": a.seconds, "lost_boot_seconds": boot, "lost_work_seconds": 0.0, "lost_basis": None,
+    }])[-RECENT:]
     if a.manifest:  # the lost attempts waiting for a next attempt that started have one now
         settle_pending(h, store, prefix, a)
     if a.end_state in LOST_TO_PREEMPTION:
@@ -133,6 +139,9 @@ def pending_attempts(h: dict[str, Any]) -> list[tuple[str, Attempt]]:
 def settle_pending(h: dict[str, Any], store: Store, prefix: str, nxt: Attempt) -> None:
     for zone, a in pending_attempts(h):
         redone, basis = work_redone(store, prefix, a, nxt)
+        for row in h.get("recent", []):
+            if row["attempt"] == a.n:
+                row["lost_work_seconds"], row["lost_basis"] = redone, basis
         if redone is None:
             h["unknown_count"] = int(h.get("unknown_count", 0)) + 1
             if len(h["unknown_notes"]) < MAX_NOTES:

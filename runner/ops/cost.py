@@ -185,6 +185,7 @@ class _Line:
     attempt: Attempt | None = None
     running: bool = False
     row: bool = True
+    counted: bool = True  # False: a row to show whose seconds a summary total already holds
 
 
 def _full_lines(rec: RunRecord, st: RunState, view: RunView, now: float,
@@ -224,6 +225,13 @@ def _summary_lines(rec: RunRecord, st: RunState, h: dict[str, Any], now: float,
     unknown = list(h.get("unknown_notes", []))
     if h.get("unknown_count", 0) > len(unknown):
         unknown.append(f"and {h['unknown_count'] - len(unknown)} more")
+    recent: dict[int, _Line] = {}
+    for r in h.get("recent", []):  # the last closed attempts, shown (their seconds are in the totals)
+        shown = Attempt(int(r["attempt"]), end_state=r.get("ended"), start=r.get("start"), end=r.get("end"))
+        recent[shown.n] = _Line(zone=r.get("zone") or None, seconds=r.get("seconds") or 0.0, attempt=shown,
+                                boot=r.get("lost_boot_seconds") or 0.0, redone=r.get("lost_work_seconds"),
+                                basis=r.get("lost_basis"), counted=False)
+    lines += [recent[n] for n in sorted(recent)]
     if st.attempt < 1:
         return lines, unknown
     a = Attempt.from_marks(h["current"]) if h["current"].get("n") == st.attempt else Attempt(st.attempt)
@@ -235,6 +243,8 @@ def _summary_lines(rec: RunRecord, st: RunState, h: dict[str, Any], now: float,
         if redone is None:
             unknown.append(f"work redone after attempt {p.n} unknown ({basis})")
         lines.append(_Line(zone=zone or None, seconds=0.0, redone=redone, basis=basis, row=False))
+        if p.n in recent:
+            recent[p.n].redone, recent[p.n].basis = redone, basis
     line = _Line(zone=_zone_of(a, st, zones), seconds=a.seconds, attempt=a,
                  boot=boot_lost(a, h.get("prev_end_state")),
                  running=not st.state.terminal and a.ended_at is None)
@@ -285,7 +295,8 @@ def estimate_run_cost(rec: RunRecord, prices: PriceTable, now: float,
     attempt). With ``use_summary`` (``ops status``, ``ops watch``), a run with a running summary
     in state.json (``entrypoint.record.history``) costs its state (or ``view``'s, when given with its spec), spec, and the current attempt's
     manifest and claim, whatever its history (``summary`` is True, and ``attempts`` lists the
-    current attempt only; closed attempts are priced by the zone their manifest named). A run
+    last few closed attempts and the current one; closed attempts are priced by the zone their
+    manifest named). A run
     that predates the summary, or whose summary an older writer left behind, is read in full:
     every event, manifest and claim (``summary`` False, ``history_note`` says so). Either way,
     a lost attempt with no checkpoint time may cost its log, once per process.
@@ -343,23 +354,24 @@ def estimate_run_cost(rec: RunRecord, prices: PriceTable, now: float,
             hourly, region, why = 0.0, None, None
         else:
             hourly, region, why = price_of(line)
-        if line.row:
-            last_price = (hourly, why)
         secs = line.seconds
         cost = None if hourly is None else hourly * secs / 3600
-        if cost is None and secs > 0:
-            total = None
-            out["why_unknown"] = out["why_unknown"] or why
-        elif total is not None and cost is not None:
-            total += cost
         lost = line.boot + (line.redone or 0.0)
         lost_cost = None if hourly is None else hourly * lost / 3600
-        if lost_cost is None and lost > 0:
-            lost_total = None
-        elif lost_total is not None and lost_cost is not None:
-            lost_total += lost_cost
-        out["billed_seconds"] += secs
-        out["lost_seconds"] += lost
+        if line.counted:
+            if line.row:
+                last_price = (hourly, why)
+            if cost is None and secs > 0:
+                total = None
+                out["why_unknown"] = out["why_unknown"] or why
+            elif total is not None and cost is not None:
+                total += cost
+            if lost_cost is None and lost > 0:
+                lost_total = None
+            elif lost_total is not None and lost_cost is not None:
+                lost_total += lost_cost
+            out["billed_seconds"] += secs
+            out["lost_seconds"] += lost
         a = line.attempt
         if line.row and a is not None:
             rows.append({

@@ -177,7 +177,14 @@ def assert_same_estimate(summary: dict[str, Any], full: dict[str, Any]) -> None:
     for key in ("so_far", "lost_to_preemptions", "billed_seconds", "lost_seconds", "hourly"):
         assert summary[key] == pytest.approx(full[key], rel=1e-9), key
     assert summary["lost_is_lower_bound"] == full["lost_is_lower_bound"]
-    assert summary["attempts"][-1]["cost"] == pytest.approx(full["attempts"][-1]["cost"], rel=1e-9)
+    # The rows it shows (the last closed attempts and the current one) are the full read's rows.
+    by_attempt = {r["attempt"]: r for r in full["attempts"]}
+    assert [r["attempt"] for r in summary["attempts"]] == sorted(by_attempt)[-len(summary["attempts"]):]
+    for row in summary["attempts"]:
+        other = by_attempt[row["attempt"]]
+        for key in ("seconds", "cost", "lost_seconds", "lost_cost", "lost_work_seconds"):
+            assert row[key] == pytest.approx(other[key], rel=1e-9), (row["attempt"], key)
+        assert (row["ended"], row["lost_basis"], row["zone"]) == (other["ended"], other["lost_basis"], other["zone"])
 
 
 def journal_restarts(rec: RunRecord) -> tuple[int, int]:
