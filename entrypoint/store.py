@@ -139,6 +139,15 @@ class Store(ABC):
     def copy(self, src: str, dst: str) -> ObjectInfo:
         """Server-side copy; ``dst`` is replaced atomically."""
 
+    def list_from(self, prefix: str, start_offset: str) -> list[str]:
+        """``list(prefix)``, only the names from ``start_offset`` (a whole name) on, sorted.
+
+        Why: journal names sort by time, so the newest entries of a long history are a listing
+        from a recent offset. GCS skips the rest on its side (``startOffset``: one page, not
+        one per thousand entries); this default filters a full listing (a local directory).
+        """
+        return [n for n in self.list(prefix) if n >= start_offset]
+
     def exists(self, name: str) -> bool:
         return self.stat(name) is not None
 

@@ -321,6 +321,14 @@ class GcsStore(Store):
             )
             return sorted(self._name(b.name) for b in blobs)
 
+    def list_from(self, prefix: str, start_offset: str) -> list[str]:
+        with self._translated(f"list gs://{self.bucket_name}/{self.prefix}{prefix} from {start_offset}"):
+            blobs = self._client.list_blobs(
+                self._bucket, prefix=self.prefix + prefix, start_offset=self.prefix + start_offset,
+                fields="items(name),nextPageToken",
+            )
+            return sorted(self._name(b.name) for b in blobs)
+
     def list_prefixes(self, prefix: str) -> list[str]:
         with self._translated(f"list gs://{self.bucket_name}/{self.prefix}{prefix}"):
             it = self._client.list_blobs(

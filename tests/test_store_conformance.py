@@ -270,6 +270,14 @@ def test_list_is_recursive_under_a_prefix(store: Store) -> None:
     assert store.list("missing/") == []
 
 
+def test_list_from_starts_at_an_offset_under_a_prefix(store: Store) -> None:
+    write_layout(store)
+    assert store.list_from("a/", "a/b/") == ["a/b/2", "a/b/c/3"]
+    assert store.list_from("a/", "a/b/2") == ["a/b/2", "a/b/c/3"]  # the offset itself included
+    assert store.list_from("a/", "") == store.list("a/")
+    assert store.list_from("a/", "a/z") == []
+
+
 def test_list_prefixes_returns_one_level_of_directories(store: Store) -> None:
     write_layout(store)
     assert store.list_prefixes("") == ["a/", "ab/"]

@@ -97,6 +97,12 @@ class CreateClaim:
         return f"{store_url}|{run_id}/{self.attempt}/{self.round}"
 
 
+def billed_from(claim: CreateClaim | None) -> float | None:
+    """When the attempt's machine may have begun to exist, for its cost: the claim of the round
+    whose create ran (a released claim made nothing; no claim: not known from the claim)."""
+    return claim.time if claim is not None and claim.status != RELEASED else None
+
+
 class CreateClaims:
     """Reads and writes the create claims of one run (every write a compare-and-swap)."""
 

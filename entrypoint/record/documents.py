@@ -126,6 +126,10 @@ class RunState:
     # Carried in the state so that whoever reads the state can write a missing event under the
     # same name (create-only: never twice), after its writer died between the two writes.
     last_event: dict[str, Any] | None = None
+    # The running summary of the whole history (billed and lost seconds, restarts), folded in
+    # by each transition's own compare-and-swap; see ``entrypoint.record.history``. None for a
+    # run that predates it (its readers rebuild it from the journal).
+    history: dict[str, Any] | None = None
     schema_version: int = SCHEMA_VERSION
 
     # Fields this version does not know, kept as they were. Images are pinned per run, so an

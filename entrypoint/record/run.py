@@ -24,6 +24,7 @@ from entrypoint.record.documents import (
     dump as _dump,
     utcnow,
 )
+from entrypoint.record import history as _history
 from entrypoint.record.paths import RUNS, RunPaths, event_file as _event_file, run_id_of_prefix, run_prefix
 from entrypoint.record.phases import valid_phase
 from entrypoint.record.states import MOVES, IllegalTransition, Role, State, check_move, check_transition
@@ -151,6 +152,7 @@ class RunRecord(RunPaths):
     def create_state(self, actor: str) -> RunState:
         st = RunState(state=State.PENDING, updated_by=actor)
         st.last_event = self._event_for(st, actor, None, "submitted", attempt=None)
+        st.history = _history.begin(st.last_event)
         self.store.write(self.name(self.STATE), _dump(st.to_dict()), if_generation_match=0)
         self._journal(st.last_event)
         return st
@@ -200,6 +202,7 @@ class RunRecord(RunPaths):
         for k, v in changes.items():
             setattr(st, k, v)
         st.last_event = self._event_for(st, actor, old, reason)
+        st.history = self._fold_history(cur[0], st)
         try:
             new_gen = self.store.write(self.name(self.STATE), _dump(st.to_dict()), if_generation_match=gen)
         except TransitionLost:
@@ -232,6 +235,7 @@ class RunRecord(RunPaths):
         if cur is None:
             raise IllegalTransition(f"run {self.run_id} has no state.json")
         st, gen = cur
+        before = RunState.from_dict(st.to_dict())
         self.ensure_journaled(st)
         old = st.state
         st.state = State.PENDING
@@ -241,9 +245,28 @@ class RunRecord(RunPaths):
         st.restarts = 0
         st.updated_by = actor
         st.last_event = self._event_for(st, actor, old, reason)
+        st.history = self._fold_history(before, st)
         self.store.write(self.name(self.STATE), _dump(st.to_dict()), if_generation_match=gen)
         self._journal(st.last_event)
         return st
+
+    def _fold_history(self, before: RunState, after: RunState) -> dict[str, Any] | None:
+        """``after``'s running summary: ``before``'s with ``after``'s event folded in (see
+        ``entrypoint.record.history``); None, for good, once a writer that did not fold broke it.
+
+        A damaged manifest or claim of the attempt being closed must never block the transition
+        (the run would be stuck): the summary is dropped instead, and readers read the run in
+        full from then on. A store failure is raised: the transition could not be trusted to
+        land either, and its caller retries it as any failed write.
+        """
+        try:
+            return _history.fold(before, after, self.store, self.prefix, self.read_manifest, self.read_claim)
+        except StoreError:
+            raise
+        except (ValueError, TypeError, KeyError, AttributeError) as e:
+            print(f"runner: {self.run_id}: running summary dropped ({type(e).__name__}: {e}); "
+                  "ops status reads this run's whole history from now on", file=sys.stderr)
+            return None
 
     # ---- named transitions: who may make which move is ``states.MOVES`` ----
     def _move(self, move: str, role: Role, actor: str, cur: tuple[RunState, int] | None, *,
@@ -453,8 +476,8 @@ class RunRecord(RunPaths):
             spec=self.read_spec() if spec else None,
             stop_requested=self.stop_requested() if stop else None,
             startup=self.read_startup(st.attempt) if startup and st.attempt else None,
-            events=list(self._events(cur, last=None if events == ALL_EVENTS else events, damaged=damaged))
-            if events else [],
+            events=(list(self._events(cur, damaged=damaged)) if events == ALL_EVENTS
+                    else self.newest_events(cur, events, damaged=damaged)) if events else [],
             damaged=damaged,
         )
 
@@ -589,6 +612,75 @@ class RunRecord(RunPaths):
                 continue
             if ev is not None:
                 yield name, ev
+
+    def newest_events(self, cur: tuple[RunState, int] | None, limit: int | None,
+                      since: float | None = None,
+                      damaged: list[DamagedRecord] | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """The newest ``limit`` journal entries (all, for None) from time ``since`` on, oldest
+        first, given the state ``cur`` read before: what ``events`` gives, cut to the end.
+
+        Why not list it all: the names sort by time, so with a running summary (how many
+        transitions since when) the listing starts near the end (``Store.list_from``), widening
+        fourfold until ``limit`` entries are found, and reads only those: ``--limit 20`` of a
+        3,000-entry journal is a listing or two and 20 reads (8 at a time), not 3,000.
+        A run without a summary is listed whole (one listing), and still only ``limit`` read.
+        """
+        prefix = self.name(self.EVENTS)
+        floor = prefix + (f"{max(since, 0.0):017.6f}" if since is not None else "")
+        pending: dict[str, dict[str, Any]] = {}
+        if cur is not None and cur[0].last_event:
+            pending[prefix + cur[0].last_event["name"]] = cur[0].last_event["doc"]
+        listed: list[str] | None = None
+        h = _history.current(cur[0]) if cur is not None and limit is not None else None
+        if h is not None and limit is not None and limit > 0:
+            newest = float(cur[0].last_event["doc"].get("time") or 0.0)  # type: ignore[index]
+            first = float(h.get("first_event_at") or 0.0)
+            window = max(1.0, 2.0 * limit * max(newest - first, 0.0) / max(int(h.get("transitions", 1)), 1))
+            while newest - window > max(first, since if since is not None else first):
+                names = self.store.list_from(prefix, prefix + f"{newest - window:017.6f}")
+                if len(set(names) | set(pending)) >= limit:
+                    listed = names
+                    break
+                window *= 4
+        if listed is None:
+            listed = self.store.list_from(prefix, floor) if since is not None else self.store.list(prefix)
+        names = sorted(n for n in set(listed) | set(pending) if n >= floor)
+        if limit is not None:
+            names = names[-limit:] if limit > 0 else []
+        return self._read_events(names, pending, damaged)
+
+    def _read_events(self, names: list[str], known: dict[str, dict[str, Any]],
+                     damaged: list[DamagedRecord] | None = None) -> list[tuple[str, dict[str, Any]]]:
+        """Those journal entries, in that order (``known`` ones from memory, the rest read, 8 at
+        a time: each read is a round trip); one gone since its listing is left out, one that
+        cannot be read too, and appended to ``damaged`` (said on stderr when no list is given)."""
+        todo = [n for n in names if n not in known]
+        got: dict[str, dict[str, Any] | DamagedRecord | None] = dict(known)
+
+        def read(name: str) -> dict[str, Any] | DamagedRecord | None:
+            try:
+                return self.read_event(name)
+            except DamagedRecord as e:
+                return e
+
+        if len(todo) > 2:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(max_workers=8) as pool:
+                got.update(zip(todo, pool.map(read, todo)))
+        else:
+            got.update((n, read(n)) for n in todo)
+        out = []
+        for n in names:
+            doc = got.get(n)
+            if isinstance(doc, DamagedRecord):
+                if damaged is None:
+                    print(f"runner: {self.run_id}: journal entry skipped: {doc}", file=sys.stderr)
+                else:
+                    damaged.append(doc)
+            elif doc is not None:
+                out.append((n, doc))
+        return out
 
     def event_names(self) -> list[str]:
         """The stored journal's object names, oldest first (one listing; nothing read)."""

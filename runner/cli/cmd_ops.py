@@ -33,8 +33,7 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
     from runner.launch.supervisor_heartbeat import report_lines
 
     ctx = load(cli_config, config_path)
-    s = run_status(ctx.store, checked_run_id(run_id), ctx.backend)
-    _add_cost(ctx, s)
+    s = run_status(ctx.store, checked_run_id(run_id), ctx.backend, price_table=ctx.cfg.price_table, with_cost=True)
     if as_json:
         click.echo(json.dumps(s, indent=1, default=str))
         return
@@ -52,6 +51,8 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
         click.echo(f"startup    {s['startup_phase']}")
     click.echo(f"progress   {prog}")
     click.echo(f"cost       {s['cost_text']}" + _cost_detail(s["cost"]))
+    if s["cost"].get("history_note"):
+        click.echo(f"           ({s['cost']['history_note']})")
     if s.get("instances"):
         click.echo("instances  " + ", ".join(f"{i['name']} ({i['status']})" for i in s["instances"]))
     if ev:
@@ -299,27 +300,66 @@ def serial(run_id: str, tail: int, follow: bool, as_json: bool, cli_config: dict
             show(more, False)
 
 
+def parse_since(text: str | None, now: float) -> float | None:
+    """``--since``: a duration back from ``now`` (90s, 10m, 2h, 7d) or an ISO time (UTC unless it
+    says otherwise: 2026-12-02T21:00:00Z, 2026-12-02 21:00, 2026-12-02); None for None."""
+    if text is None:
+        return None
+    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+    t = text.strip()
+    if t and t[-1] in units:
+        try:
+            return now - float(t[:-1]) * units[t[-1]]
+        except ValueError:
+            pass
+    from datetime import datetime, timezone
+
+    try:
+        when = datetime.fromisoformat(t.replace("Z", "+00:00").replace("z", "+00:00"))
+    except ValueError:
+        fail(f"--since {text!r}: use a duration back from now (30m, 2h, 7d) or an ISO time in UTC "
+             "(2026-12-02T21:00:00Z)", EXIT_USAGE)
+    if when.tzinfo is None:
+        when = when.replace(tzinfo=timezone.utc)
+    return when.timestamp()
+
+
 @ops.command()
 @click.option("--run-id", required=True)
-@click.option("--since", default="24h", show_default=True, help="How far back: 30m, 24h, 7d.")
-@click.option("--json", "as_json", is_flag=True)
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True,
+              help="Show the newest N events (newest last). Older ones are not read at all.")
+@click.option("--all", "show_all", is_flag=True, help="Every event of the run, however many (reads them all).")
+@click.option("--since", help="Only events from then on: a duration back (10m, 2h, 7d) or an ISO time "
+                              "(2026-12-02T21:00:00Z). With --limit, the newest N of those.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON array, oldest first.")
 @config_options
 @guard
-def events(run_id: str, since: str, as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
-    """Our run events and the provider's operations on the run's VMs (preempted, stop, delete), in time order."""
+def events(run_id: str, limit: int, show_all: bool, since: str | None, as_json: bool, cli_config: dict[str, Any],
+           config_path: str | None) -> None:
+    """Our run events and the provider's operations on the run's VMs (preempted, stop, delete), in time order.
+
+    A run that was preempted hundreds of times has thousands of events; this shows the newest
+    --limit of them (50 by default), and reads only those. Go further back with --since or a
+    larger --limit, or take everything with --all.
+
+    \b
+      runner ops events --run-id exp-1                    # the newest 50
+      runner ops events --run-id exp-1 --limit 10         # the newest 10
+      runner ops events --run-id exp-1 --since 2h         # the newest 50 of the last two hours
+      runner ops events --run-id exp-1 --since 2026-12-02T21:00:00Z --all
+    """
     from runner.launch.follow import format_event
     from runner.ops.runs import run_events
 
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    try:
-        seconds = float(since[:-1]) * units[since[-1]]
-    except (KeyError, ValueError, IndexError):
-        fail(f"--since {since!r}: use a number and a unit, as in 30m, 24h or 7d", EXIT_USAGE)
+    start = parse_since(since, time.time())
     ctx = load(cli_config, config_path)
-    evs = run_events(ctx.store, ctx.backend, checked_run_id(run_id), time.time() - seconds)
+    n = None if show_all else limit
+    evs = run_events(ctx.store, ctx.backend, checked_run_id(run_id), start, n)
     if as_json:
         click.echo(json.dumps(evs, indent=1, default=str))
         return
+    if n is not None and len(evs) >= n:
+        note(f"(the newest {n} events; older ones: --limit N, --since 2h or --all)")
     for ev in evs:
         click.echo(format_event(ev))
 

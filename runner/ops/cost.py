@@ -19,21 +19,15 @@ from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any
 
-from entrypoint.progress import parse_progress_line
-from entrypoint.record import ALL_EVENTS, LEGACY_STATES, RunRecord, RunSpec, RunState, State
-from entrypoint.record.create_claim import RELEASED
+from entrypoint.record import ALL_EVENTS, RunRecord, RunSpec, RunState, RunView, State
+from entrypoint.record import history as run_history
+from entrypoint.record.attempts import LOST_TO_PREEMPTION, Attempt, bill, boot_lost, timeline, work_redone
+from entrypoint.record.create_claim import billed_from
 from runner.launch.backends import backend_type
 from runner.launch.backends.gce_shapes import ShapeError
 from runner.naming import region_of
 
 SHIPPED = "spot_prices.json"
-
-# Transitions that open and close an attempt's time on a machine (events carry the attempt).
-# (old journals may say BOOTING, never written by this version: it counts as PROVISIONING)
-_STARTS = {State.PROVISIONING.value} | {old for old, new in LEGACY_STATES.items() if new is State.PROVISIONING}
-_ENDS = {s.value for s in (State.PREEMPTED, State.STALLED, State.ERRORED,
-                           State.SUCCEEDED, State.FAILED, State.STOPPED)}
-_LOST_TO_PREEMPTION = {State.PREEMPTED.value, State.STALLED.value}
 
 
 class PriceTableError(ValueError):
@@ -172,175 +166,104 @@ def cost_text(c: dict[str, Any]) -> str:
     return text
 
 
-# ---------------------------------------------------------------- the attempts' timeline
-
-@dataclass
-class _Attempt:
-    n: int
-    provisioned_at: float | None = None  # first PROVISIONING/BOOTING event
-    running_at: float | None = None      # first RUNNING event
-    ended_at: float | None = None        # first end event after the start
-    end_state: str | None = None
-    start: float | None = None           # billing start, once decided
-    end: float | None = None             # billing end (``now`` while it runs)
-    manifest: dict[str, Any] = field(default_factory=dict)
-
-
-def _timeline(events: list[tuple[str, dict[str, Any]]]) -> dict[int, _Attempt]:
-    attempts: dict[int, _Attempt] = {}
-    for _, ev in events:
-        n, to, t = ev.get("attempt"), ev.get("to"), ev.get("time")
-        if not isinstance(n, int) or n < 1 or to is None or not isinstance(t, (int, float)):
-            continue
-        a = attempts.setdefault(n, _Attempt(n))
-        if to in _STARTS and a.provisioned_at is None:
-            a.provisioned_at = t
-        elif to == State.RUNNING.value and a.running_at is None:
-            a.running_at = t
-        elif to in _ENDS and a.ended_at is None:
-            a.ended_at, a.end_state = t, to
-    return attempts
-
-
-def _bill(rec: RunRecord, st: RunState, attempts: dict[int, _Attempt], now: float) -> None:
-    """Decide each attempt's billed [start, end)."""
-    for n in range(1, st.attempt + 1):
-        attempts.setdefault(n, _Attempt(n))
-    for n, a in sorted(attempts.items()):
-        a.manifest = rec.read_manifest(n) or {}
-        claim = rec.read_claim(n)
-        # A released claim is a create that failed with nothing made: nothing to bill from it.
-        claimed_at = claim.time if claim is not None and claim.status != RELEASED else None
-        current = n == st.attempt
-        # The create claim is written just before the successful create (a failed create
-        # releases it), so it is when the machine began to exist; the PROVISIONING event can be
-        # much earlier when every zone was out of capacity for a while.
-        if claimed_at is not None:
-            a.start = claimed_at
-        elif current and st.state == State.PROVISIONING and a.running_at is None:
-            a.start = None  # nothing created yet (waiting out a backoff): nothing billed
-        else:
-            a.start = a.provisioned_at or a.running_at or a.manifest.get("started_at")
-        if a.ended_at is not None:
-            a.end = a.ended_at
-        elif current and not st.state.terminal:
-            a.end = now
-        elif current:
-            a.end = a.manifest.get("finished_at") or st.updated_at
-        else:
-            nxt = attempts.get(n + 1)
-            a.end = a.manifest.get("finished_at") or (nxt.provisioned_at if nxt else None)
-        if a.start is not None and a.end is not None and a.end < a.start:
-            a.end = a.start
-
-
-def _seconds(a: _Attempt) -> float:
-    if a.start is None or a.end is None:
-        return 0.0
-    return a.end - a.start
-
-
-# ---------------------------------------------------------------- work redone after a preemption
-
-# Parsed RUNNER_PROGRESS steps by (store url, log object name): (first, last, log is final).
-# ``ops watch`` asks again every few seconds; an ended attempt's log and any attempt's first
-# step no longer change, so they are read once.
-_log_steps_cache: dict[tuple[str, str], tuple[float | None, float | None, bool]] = {}
-
-
-def _log_steps(rec: RunRecord, n: int, final: bool) -> tuple[float | None, float | None]:
-    """First and last ``step`` the job printed in attempt ``n``'s log (None: none printed).
-
-    ``final``: the attempt has ended, so its log is complete (else only the first step is sure).
-    """
-    name = rec.name(RunRecord.log_name(n))
-    key = (rec.store.url, name)
-    hit = _log_steps_cache.get(key)
-    if hit is not None and (hit[2] or (not final and hit[0] is not None)):
-        return hit[0], hit[1]
-    blob = rec.store.read(name)
-    first = last = None
-    if blob is not None:
-        for line in blob.data.decode("utf-8", "replace").splitlines():
-            if "RUNNER_PROGRESS" not in line:
-                continue
-            step = _number((parse_progress_line(line) or {}).get("step"))
-            if step is not None:
-                first = step if first is None else first
-                last = step
-    if final or first is not None:
-        _log_steps_cache[key] = (first, last, final)
-    return first, last
-
-
-def _number(v: Any) -> float | None:
-    return v if isinstance(v, (int, float)) and not isinstance(v, bool) else None
-
-
-def _step_at(doc: Any) -> tuple[float | None, float | None]:
-    """(step, time) of a manifest's ``first_progress``/``last_progress`` entry."""
-    if not isinstance(doc, dict):
-        return None, None
-    return _number(doc.get("step")), _number(doc.get("time"))
-
-
-def _work_redone(rec: RunRecord, a: _Attempt, nxt: _Attempt | None) -> tuple[float | None, str]:
-    """Seconds of attempt ``a``'s work that have to be (or were) done again, and how we know.
-
-    ``nxt`` is the next attempt whose job started (it restored the newest checkpoint in the
-    bucket, so everything ``a`` did after that checkpoint was written is done twice).
-    In order of preference:
-    1. the next attempt restored nothing (``resumed_from`` empty): all of ``a``'s work is redone;
-    2. ``a``'s manifest says when its newest published checkpoint was written
-       (``checkpoint_at``): the work after it is redone (all of it if ``a`` published none);
-    3. steps: ``a``'s last reported step minus the first step the next attempt reported, at
-       ``a``'s own rate (steps per second). From the manifests' ``last_progress`` /
-       ``first_progress`` when present, else from the ``RUNNER_PROGRESS`` lines in the logs.
-       The first step a job reports comes a little after its resume point, so this errs low by
-       up to one report interval; from logs, the rate assumes steady steps over the attempt.
-    Never more than the attempt's own job time. ``None`` when the record cannot tell.
-    """
-    m = a.manifest
-    work_start = m.get("started_at") or a.running_at
-    if work_start is None:
-        return 0.0, "the job never started"
-    work_end = m.get("finished_at") or a.end
-    if work_end is None:
-        return None, "no end time recorded"
-    worked = max(0.0, work_end - work_start)
-    if nxt is not None and nxt.manifest and nxt.manifest.get("resumed_from") == []:
-        return worked, "the next attempt restored no checkpoint"
-    if "checkpoint_at" in m:
-        ckpt = _number(m["checkpoint_at"])
-        if ckpt is None or ckpt < work_start:
-            return worked, "this attempt published no checkpoint"
-        return min(worked, max(0.0, work_end - ckpt)), "time since its last checkpoint"
-    if nxt is None:
-        return None, "no next attempt yet, and no checkpoint time recorded"
-
-    first_a, t_first_a = _step_at(m.get("first_progress"))
-    last_a, t_last_a = _step_at(m.get("last_progress"))
-    resumed, _ = _step_at(nxt.manifest.get("first_progress"))
-    basis = "steps redone / step rate (manifests)"
-    if None in (first_a, last_a, t_first_a, t_last_a, resumed):
-        first_a, last_a = _log_steps(rec, a.n, final=True)
-        resumed, _ = _log_steps(rec, nxt.n, final=False)
-        t_first_a, t_last_a = work_start, work_end
-        basis = "steps redone / step rate (RUNNER_PROGRESS lines in the logs)"
-    if None in (first_a, last_a, resumed):
-        return None, "no checkpoint time or step progress recorded for it"
-    assert first_a is not None and last_a is not None and resumed is not None
-    assert t_first_a is not None and t_last_a is not None
-    if last_a <= first_a or t_last_a <= t_first_a:
-        return None, "too little progress in the attempt to measure its step rate"
-    rate = (last_a - first_a) / (t_last_a - t_first_a)
-    return min(worked, max(0.0, (last_a - resumed) / rate)), basis
+# The attempts' timeline, billing windows and redone work are price-free and shared with the
+# running summary in state.json: ``entrypoint.record.attempts``.
+_timeline = timeline  # (the name tests and older callers use)
 
 
 # ---------------------------------------------------------------- the estimate
 
+@dataclass
+class _Line:
+    """Seconds to price at one zone's rate: one attempt, or (from the summary) the closed
+    attempts of one zone together. ``row``: shown in ``attempts`` (one attempt's own line)."""
+
+    zone: str | None
+    seconds: float
+    boot: float = 0.0
+    redone: float | None = 0.0
+    basis: str | None = None
+    attempt: Attempt | None = None
+    running: bool = False
+    row: bool = True
+    counted: bool = True  # False: a row to show whose seconds a summary total already holds
+
+
+def _full_lines(rec: RunRecord, st: RunState, view: RunView, now: float,
+                zones: dict[int, str]) -> tuple[list[_Line], list[str]]:
+    """Every attempt from the whole journal, manifests and claims (a run without a summary)."""
+    attempts = timeline(view.events)
+    for n in range(1, st.attempt + 1):
+        attempts.setdefault(n, Attempt(n))
+    for n, a in sorted(attempts.items()):
+        a.manifest = rec.read_manifest(n) or {}
+        claim = rec.read_claim(n)
+        nxt = attempts.get(n + 1)
+        bill(a, claimed_at=billed_from(claim), current=n == st.attempt, st=st,
+             next_provisioned_at=nxt.provisioned_at if nxt else None, now=now)
+    lines, unknown = [], []
+    ordered = sorted(attempts.values(), key=lambda x: x.n)
+    for i, a in enumerate(ordered):
+        prev = ordered[i - 1] if i > 0 else None
+        line = _Line(zone=_zone_of(a, st, zones), seconds=a.seconds, attempt=a,
+                     boot=boot_lost(a, prev.end_state if prev is not None else None),
+                     running=a.n == st.attempt and not st.state.terminal and a.ended_at is None)
+        if a.end_state in LOST_TO_PREEMPTION:
+            nxt = next((b for b in ordered[i + 1:] if b.manifest), None)
+            line.redone, line.basis = work_redone(rec.store, rec.prefix, a, nxt)
+            if line.redone is None:
+                unknown.append(f"work redone after attempt {a.n} unknown ({line.basis})")
+        lines.append(line)
+    return lines, unknown
+
+
+def _summary_lines(rec: RunRecord, st: RunState, h: dict[str, Any], now: float,
+                   zones: dict[int, str]) -> tuple[list[_Line], list[str]]:
+    """The summary's totals per zone, then the current attempt read as the full read would
+    (its manifest and claim): what stays the same size whatever the history."""
+    lines = [_Line(zone=k or None, seconds=secs, row=False) for k, secs in sorted(h.get("billed", {}).items())]
+    lines += [_Line(zone=k or None, seconds=0.0, boot=secs, row=False) for k, secs in sorted(h.get("lost", {}).items())]
+    unknown = list(h.get("unknown_notes", []))
+    if h.get("unknown_count", 0) > len(unknown):
+        unknown.append(f"and {h['unknown_count'] - len(unknown)} more")
+    recent: dict[int, _Line] = {}
+    for r in h.get("recent", []):  # the last closed attempts, shown (their seconds are in the totals)
+        shown = Attempt(int(r["attempt"]), end_state=r.get("ended"), start=r.get("start"), end=r.get("end"))
+        recent[shown.n] = _Line(zone=r.get("zone") or None, seconds=r.get("seconds") or 0.0, attempt=shown,
+                                boot=r.get("lost_boot_seconds") or 0.0, redone=r.get("lost_work_seconds"),
+                                basis=r.get("lost_basis"), counted=False)
+    lines += [recent[n] for n in sorted(recent)]
+    if st.attempt < 1:
+        return lines, unknown
+    a = Attempt.from_marks(h["current"]) if h["current"].get("n") == st.attempt else Attempt(st.attempt)
+    a.manifest = rec.read_manifest(st.attempt) or {}
+    claim = rec.read_claim(st.attempt)
+    bill(a, claimed_at=billed_from(claim), current=True, st=st, next_provisioned_at=None, now=now)
+    for zone, p in run_history.pending_attempts(h):  # lost attempts judged by the attempt that started next
+        redone, basis = work_redone(rec.store, rec.prefix, p, a if a.manifest else None)
+        if redone is None:
+            unknown.append(f"work redone after attempt {p.n} unknown ({basis})")
+        lines.append(_Line(zone=zone or None, seconds=0.0, redone=redone, basis=basis, row=False))
+        if p.n in recent:
+            recent[p.n].redone, recent[p.n].basis = redone, basis
+    line = _Line(zone=_zone_of(a, st, zones), seconds=a.seconds, attempt=a,
+                 boot=boot_lost(a, h.get("prev_end_state")),
+                 running=not st.state.terminal and a.ended_at is None)
+    if a.end_state in LOST_TO_PREEMPTION:
+        line.redone, line.basis = work_redone(rec.store, rec.prefix, a, None)
+        if line.redone is None:
+            unknown.append(f"work redone after attempt {a.n} unknown ({line.basis})")
+    lines.append(line)
+    return lines, unknown
+
+
+def _zone_of(a: Attempt, st: RunState, zones: dict[int, str]) -> str | None:
+    return zones.get(a.n) or a.manifest.get("zone") or (st.zone if a.n == st.attempt else None)
+
+
 def estimate_run_cost(rec: RunRecord, prices: PriceTable, now: float,
-                      instance_zones: dict[int, str] | None = None) -> dict[str, Any]:
+                      instance_zones: dict[int, str] | None = None, view: RunView | None = None,
+                      use_summary: bool = False) -> dict[str, Any]:
     """Estimated spot cost of a run so far, and the part of it lost to preemptions.
 
     Billed time, per attempt: from the moment its machine was created (the attempt's create
@@ -357,103 +280,113 @@ def estimate_run_cost(rec: RunRecord, prices: PriceTable, now: float,
     ``spec.machine_type`` plus attached GPUs (N1); g2/a2/a3 prices include their GPUs.
 
     Lost to preemptions, for each attempt that ended PREEMPTED or STALLED: its work that the
-    next attempt redoes (see ``_work_redone``), plus the boot of every attempt that follows such
-    an attempt (creation → RUNNING, checkpoint restore included; an attempt that never reached
-    RUNNING is all boot). One boot per preemption, so the first attempt's boot is never counted.
-    When the redone work of some attempt cannot be told from the record,
+    next attempt redoes (see ``attempts.work_redone``), plus the boot of every attempt that
+    follows such an attempt (creation → RUNNING, checkpoint restore included; an attempt that
+    never reached RUNNING is all boot). One boot per preemption, so the first attempt's boot is
+    never counted. When the redone work of some attempt cannot be told from the record,
     ``lost_to_preemptions`` counts what is known and ``lost_is_lower_bound`` is True
     (``lost_note`` says why).
 
     Times come from the events and manifests, written by different machines: clock skew between
     them goes straight into the estimate. Runs on an unbilled backend (local Docker) cost 0.
     Returns a dict; money is ``None`` (never a made-up 0) when a price is missing, with
-    ``why_unknown`` saying which. Reads every event, manifest and claim of the run (and, for a
-    preempted attempt with no checkpoint time, its log once per process).
+    ``why_unknown`` saying which.
+
+    What it reads: by default every event, manifest and claim (``attempts`` has a row per
+    attempt). With ``use_summary`` (``ops status``, ``ops watch``), a run with a running summary
+    in state.json (``entrypoint.record.history``) costs its state (or ``view``'s, when given with its spec), spec, and the current attempt's
+    manifest and claim, whatever its history (``summary`` is True, and ``attempts`` lists the
+    last few closed attempts and the current one; closed attempts are priced by the zone their
+    manifest named). A run
+    that predates the summary, or whose summary an older writer left behind, is read in full:
+    every event, manifest and claim (``summary`` False, ``history_note`` says so). Either way,
+    a lost attempt with no checkpoint time may cost its log, once per process.
     """
-    view = rec.view(events=ALL_EVENTS, spec=True, heartbeat=False)
+    if view is None or view.spec is None:
+        view = rec.view(spec=True, heartbeat=False)
     spec = view.spec if view is not None else None
     out: dict[str, Any] = {
         "currency": prices.currency, "as_of": prices.as_of, "source": prices.source,
         "hourly": None, "so_far": None, "lost_to_preemptions": None, "lost_is_lower_bound": False,
         "billed_seconds": 0.0, "lost_seconds": 0.0, "attempts": [], "why_unknown": None,
-        "note": None, "lost_note": None,
+        "note": None, "lost_note": None, "summary": False, "history_note": None,
     }
     if view is None or spec is None:
         out["why_unknown"] = "the run has no state.json or spec.json"
         return out
     st = view.state
-    attempts = _timeline(view.events)
-    _bill(rec, st, attempts, now)
-    local = not _billed(spec.backend)
     zones = instance_zones or {}
+    h = run_history.current(st) if use_summary else None
+    if h is not None:
+        lines, unknown = _summary_lines(rec, st, h, now, zones)
+        out["summary"] = True
+    else:
+        full = rec.view(events=ALL_EVENTS, heartbeat=False)
+        if full is None:
+            out["why_unknown"] = "the run has no state.json"
+            return out
+        st = full.state
+        lines, unknown = _full_lines(rec, st, full, now, zones)
+        out["history_note"] = None if not use_summary else (f"computed from {len(full.events)} events; this run predates the running summary"
+                               if st.history is None else
+                               f"computed from {len(full.events)} events; a writer without the running "
+                               "summary moved this run")
+    local = not _billed(spec.backend)
     spec_regions = {region_of(z) for z in spec.zones}
 
-    def zone_of(a: _Attempt) -> str | None:
-        return zones.get(a.n) or a.manifest.get("zone") or (st.zone if a.n == st.attempt else None)
-
-    def price_of(a: _Attempt) -> tuple[float | None, str | None, str | None]:
-        zone = zone_of(a)
+    def price_of(line: _Line) -> tuple[float | None, str | None, str | None]:
+        zone = line.zone
         if zone and zone != "local":
             region = region_of(zone)
         elif len(spec_regions) == 1:
             region = next(iter(spec_regions))
         else:
-            return None, None, f"attempt {a.n}: zone unknown (spec zones span {sorted(spec_regions) or 'no region'})"
+            which = f"attempt {line.attempt.n}" if line.attempt is not None else "an earlier attempt"
+            return None, None, f"{which}: zone unknown (spec zones span {sorted(spec_regions) or 'no region'})"
         hourly, why = prices.hourly(spec, region)
         return hourly, region, why
 
     last_price: tuple[float | None, str | None] = (None, "no attempt yet and spec.zones span several regions")
     total: float | None = 0.0
     lost_total: float | None = 0.0
-    lower_bound: list[str] = []
     rows = []
-    ordered = sorted(attempts.values(), key=lambda x: x.n)
-    for i, a in enumerate(ordered):
-        prev = ordered[i - 1] if i > 0 else None
-        nxt = next((b for b in ordered[i + 1:] if b.manifest), None)
-        secs = _seconds(a)
+    for line in lines:
         if local:
             hourly, region, why = 0.0, None, None
         else:
-            hourly, region, why = price_of(a)
-        last_price = (hourly, why)
+            hourly, region, why = price_of(line)
+        secs = line.seconds
         cost = None if hourly is None else hourly * secs / 3600
-        if cost is None and secs > 0:
-            total = None
-            out["why_unknown"] = out["why_unknown"] or why
-        elif total is not None and cost is not None:
-            total += cost
-
-        boot = 0.0
-        if prev is not None and prev.end_state in _LOST_TO_PREEMPTION and a.start is not None:
-            boot_end = a.running_at or a.manifest.get("started_at") or a.end
-            boot = max(0.0, min(boot_end or a.start, a.end or a.start) - a.start)
-        redone, basis = 0.0, None
-        if a.end_state in _LOST_TO_PREEMPTION:
-            redone, basis = _work_redone(rec, a, nxt)
-            if redone is None:
-                lower_bound.append(f"work redone after attempt {a.n} unknown ({basis})")
-        lost = boot + (redone or 0.0)
+        lost = line.boot + (line.redone or 0.0)
         lost_cost = None if hourly is None else hourly * lost / 3600
-        if lost_cost is None and lost > 0:
-            lost_total = None
-        elif lost_total is not None and lost_cost is not None:
-            lost_total += lost_cost
-        out["billed_seconds"] += secs
-        out["lost_seconds"] += lost
-        rows.append({
-            "attempt": a.n, "zone": zone_of(a), "region": region, "start": a.start, "end": a.end,
-            "running": a.n == st.attempt and not st.state.terminal and a.ended_at is None,
-            "ended": a.end_state, "seconds": secs, "hourly": hourly, "cost": cost,
-            "lost_seconds": lost, "lost_boot_seconds": boot, "lost_work_seconds": redone,
-            "lost_basis": basis, "lost_cost": lost_cost,
-        })
+        if line.counted:
+            if line.row:
+                last_price = (hourly, why)
+            if cost is None and secs > 0:
+                total = None
+                out["why_unknown"] = out["why_unknown"] or why
+            elif total is not None and cost is not None:
+                total += cost
+            if lost_cost is None and lost > 0:
+                lost_total = None
+            elif lost_total is not None and lost_cost is not None:
+                lost_total += lost_cost
+            out["billed_seconds"] += secs
+            out["lost_seconds"] += lost
+        a = line.attempt
+        if line.row and a is not None:
+            rows.append({
+                "attempt": a.n, "zone": line.zone, "region": region, "start": a.start, "end": a.end,
+                "running": line.running, "ended": a.end_state, "seconds": secs, "hourly": hourly,
+                "cost": cost, "lost_seconds": lost, "lost_boot_seconds": line.boot,
+                "lost_work_seconds": line.redone, "lost_basis": line.basis, "lost_cost": lost_cost,
+            })
     out["attempts"] = rows
     out["so_far"] = total
     out["lost_to_preemptions"] = lost_total
-    if lower_bound:
+    if unknown:
         out["lost_is_lower_bound"] = True
-        out["lost_note"] = "; ".join(lower_bound) + " (counted as 0)"
+        out["lost_note"] = "; ".join(unknown) + " (counted as 0)"
     if local:
         out["hourly"], out["note"] = 0.0, "local: no cloud charge"
         return out
@@ -477,14 +410,17 @@ def _prices(path: str | None) -> PriceTable:
     return load_prices(path)
 
 
-def annotate_row(row: dict[str, Any], store: Any, price_table: str | None, now: float | None = None) -> None:
+def annotate_row(row: dict[str, Any], store: Any, price_table: str | None, now: float | None = None,
+                 view: RunView | None = None) -> None:
     """Put the run's estimate (``cost``) and its one-line form (``cost_text``) into ``row``.
 
     Never raises: a broken price table or a damaged record gives ``?`` with ``why_unknown``,
     since an estimate must never break ``ops status`` or ``ops watch``. An estimate reads the
     run's whole journal, so it is kept: a finished run's cannot change, and a live run's is
     refreshed every ``LIVE_ESTIMATE_TTL`` seconds rather than on every redraw of ``watch``.
-    ``row`` is an ``ops`` row (``run_id``, ``state``, ``updated_at``, optional ``instances``).
+    ``row`` is an ``ops`` row (``run_id``, ``state``, ``updated_at``, optional ``instances``);
+    ``view``, the run's view read with its spec, saves reading state and spec again. A run with a
+    running summary costs a few reads whatever its history (see ``estimate_run_cost``).
     """
     if "error" in row:  # an ops error row: the record itself cannot be read
         row["cost"] = {"so_far": None, "why_unknown": "the run's record cannot be read"}
@@ -500,7 +436,7 @@ def annotate_row(row: dict[str, Any], store: Any, price_table: str | None, now: 
         try:
             zones = {i["attempt"]: i["zone"] for i in row.get("instances", [])}
             row["cost"] = estimate_run_cost(RunRecord(store, row["run_id"]), _prices(price_table), now,
-                                            instance_zones=zones or None)
+                                            instance_zones=zones or None, view=view, use_summary=True)
         except PriceTableError as e:
             row["cost"] = {"so_far": None, "why_unknown": str(e)}
         except Exception as e:  # noqa: BLE001 - see the docstring

@@ -42,9 +42,17 @@ def _view(store: Store, run_id: str, **parts: Any) -> RunView:
     return view
 
 
-def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None) -> dict[str, Any]:
-    """``run_row`` plus what one run's page shows: sync health, the last event, startup phase, VMs."""
-    view = _view(store, run_id, events=1, stop=True, startup=True, heartbeat=True)
+def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None, *,
+               price_table: str | None = None, with_cost: bool = False) -> dict[str, Any]:
+    """``run_row`` plus what one run's page shows: sync health, the last event, startup phase, VMs,
+    and with ``with_cost`` its cost so far (``cost``, ``cost_text``: see ``cost.annotate_row``).
+
+    Its store requests do not grow with the run's history: state, heartbeat, spec, .stop,
+    startup.json, one listing of the journal's end, who supervises (one or two) and, for the
+    cost, the current attempt's manifest and claim. A run that predates the running summary
+    costs a full read of its journal for the cost (``cost.history_note`` says so).
+    """
+    view = _view(store, run_id, events=1, stop=True, startup=True, heartbeat=True, spec=with_cost)
     out = row_of(view)
     last_event = dict(view.last_event) if view.last_event is not None else None
     if last_event is not None:
@@ -55,7 +63,8 @@ def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None)
     out["supervisor"] = watchfulness(store, run_id=run_id).to_dict()  # who last supervised, is anyone now
     out["startup_phase"] = view.startup.get("phase") if view.startup else None
     if backend is not None:
-        inst = current_instance(store, backend, run_id)
+        listed = backend.list(run_id)
+        inst = _current_of(listed, view.state.attempt)
         if inst is not None and inst.alive:
             phases = phases_in(backend.logs(inst, tail=300))
             if phases:
@@ -63,8 +72,12 @@ def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None)
         out["instances"] = [
             {"name": i.name, "attempt": i.attempt, "status": i.status.value, "exit_code": i.exit_code,
              "zone": i.zone}
-            for i in backend.list(run_id)
+            for i in listed
         ]
+    if with_cost:
+        from runner.ops.cost import annotate_row
+
+        annotate_row(out, store, price_table, view=view)
     return out
 
 
@@ -260,19 +273,31 @@ def orphans(store: Store, backend: ComputeBackend) -> list[dict[str, Any]]:
     return out
 
 
-def run_events(store: Store, backend: ComputeBackend, run_id: str, since: float | None = None) -> list[dict[str, Any]]:
-    """Our journal and the provider's operations on the run's instances, in time order."""
-    view = _view(store, run_id, events=ALL_EVENTS, spec=True)
-    ours = [ev for _, ev in view.events]
-    for e in view.damaged:  # said, not hidden; the rest of the journal still shows
+def run_events(store: Store, backend: ComputeBackend, run_id: str, since: float | None = None,
+               limit: int | None = None) -> list[dict[str, Any]]:
+    """Our journal and the provider's operations on the run's instances, in time order: the
+    newest ``limit`` (all, for None) from ``since`` on.
+
+    Only those are read: the journal's end is listed from an offset and ``limit`` entries read
+    (``RunRecord.newest_events``), and the provider is asked about the instances of the attempts
+    they cover (and any that still exist), not every attempt the run ever had.
+    """
+    view = _view(store, run_id, spec=True)
+    rec = RunRecord(store, run_id)
+    damaged: list[Any] = []
+    ours = [ev for _, ev in rec.newest_events(view.expected, limit, since, damaged=damaged)]
+    for e in damaged:  # said, not hidden; the rest of the journal still shows
         ours.append({"time": _damaged_time(e.name), "actor": "runner", "from": None, "to": None,
                      "reason": f"unreadable journal entry: {e}", "attempt": None, "damaged": e.name})
+    attempts = [ev["attempt"] for ev in ours if isinstance(ev.get("attempt"), int)]
+    oldest = min(attempts) if limit is not None and attempts else 1
     names = sorted({ev.get("instance") for ev in ours if ev.get("instance")} |
-                   {i.name for i in backend.list(run_id)} | _instance_names(view))
+                   {i.name for i in backend.list(run_id)} | _instance_names(view, oldest))
     zones = sorted(set(view.spec.zones if view.spec else []))
     theirs = backend.provider_events(names, zones) if names and zones else []
     merged = sorted(ours + theirs, key=lambda e: e["time"])
-    return [e for e in merged if since is None or e["time"] >= since]
+    merged = [e for e in merged if since is None or e["time"] >= since]
+    return merged if limit is None else merged[-limit:] if limit > 0 else []
 
 
 def _damaged_time(name: str) -> float:
@@ -285,16 +310,21 @@ def _damaged_time(name: str) -> float:
         return 0.0
 
 
-def _instance_names(view: RunView) -> set[str]:
+def _instance_names(view: RunView, oldest: int = 1) -> set[str]:
     from runner.naming import resource_name
 
-    return {resource_name(view.run_id, a) for a in view.attempts}
+    return {resource_name(view.run_id, a) for a in view.attempts if a >= oldest}
 
 
 def current_instance(store: Store, backend: ComputeBackend, run_id: str):  # type: ignore[no-untyped-def]
     view = _view(store, run_id)
-    live = sorted(backend.list(run_id), key=lambda i: i.attempt)
-    return next((i for i in reversed(live) if i.attempt == view.state.attempt), live[-1] if live else None)
+    return _current_of(backend.list(run_id), view.state.attempt)
+
+
+def _current_of(instances: list[Any], attempt: int):  # type: ignore[no-untyped-def]
+    """The instance of ``attempt`` among ``instances``, else the newest one, else None."""
+    live = sorted(instances, key=lambda i: i.attempt)
+    return next((i for i in reversed(live) if i.attempt == attempt), live[-1] if live else None)
 
 
 STARTUP_DONE = phase_line(CONTAINER_RUNNING)

@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import json
 import logging
 import re
 import threading
@@ -378,7 +379,22 @@ def _insert_bucket(request: emu_server.Request, response: emu_server.Response,
     response.json(bucket)
 
 
-_REPLACED = {emu_buckets.insert: _insert_bucket}
+def _list_objects(request: emu_server.Request, response: emu_server.Response,
+                  storage: StrictStorage) -> None:
+    """The emulator's object listing, with ``startOffset``/``endOffset`` applied as GCS does
+    (names >= start, < end), which the emulator ignores: paged journal reads rely on them."""
+    emu_objects.ls(request, response, storage)
+    start = (request.query.get("startOffset") or [None])[0]
+    end = (request.query.get("endOffset") or [None])[0]
+    if response.status != HTTPStatus.OK or (start is None and end is None):
+        return
+    doc = json.loads(response._content)
+    doc["items"] = [o for o in doc.get("items") or []
+                    if (start is None or o["name"] >= start) and (end is None or o["name"] < end)]
+    response.json(doc)
+
+
+_REPLACED = {emu_buckets.insert: _insert_bucket, emu_objects.ls: _list_objects}
 
 
 def _build_routes() -> list[tuple[re.Pattern[str], dict[str, Handler]]]:

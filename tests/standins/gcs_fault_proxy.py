@@ -15,7 +15,10 @@ does one of the things the real service (or the network in between) does:
 - ``400``: answer ``invalid`` without forwarding: a write that fails for good (not retried), which
   stands for a writer that dies between two writes.
 
-What it does not model: latency, partial bodies, or faults in the middle of a resumable
+``latency`` (seconds, 0 by default) delays every request before it is forwarded: a benchmark
+can stand for the round trip to real GCS (tens of milliseconds) on loopback.
+
+What it does not model: partial bodies, or faults in the middle of a resumable
 upload's chunks (a rule can still select a chunk's PUT as a whole request).
 
 Rules are explicit so a test can say exactly which reply is lost (``FaultRule(match="create.json",
@@ -31,6 +34,7 @@ import random
 import re
 import socket
 import threading
+import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -73,6 +77,14 @@ class FaultStats:
     writes: int = 0
     by_action: dict[str, int] = field(default_factory=dict)
     matched: list[str] = field(default_factory=list)  # "ACTION METHOD target" per fault applied
+    seen: list[str] = field(default_factory=list)  # "METHOD target" of every request, in order
+
+
+def object_requests(seen: list[str]) -> list[str]:
+    """The requests among ``seen`` that are about objects: not the storage client's own
+    background checks of the bucket (``GET /storage/v1/b/BUCKET?fields=name`` after a 404, its
+    metadata cache), which it sends on a thread of its own and no store call waits for."""
+    return [r for r in seen if not re.match(r"^GET /storage/v1/b/[^/?]+(\?|$)", r)]
 
 
 class FaultProxy:
@@ -85,6 +97,7 @@ class FaultProxy:
         self._rng = random.Random(seed)
         self._lock = threading.Lock()
         self.address = ""  # host:port of the proxy, once serving
+        self.latency = 0.0  # seconds added to every request (a round trip to a distant service)
 
     def add(self, rule: FaultRule) -> FaultRule:
         with self._lock:
@@ -106,6 +119,7 @@ class FaultProxy:
         write = is_write(method, target)
         with self._lock:
             self.stats.requests += 1
+            self.stats.seen.append(f"{method} {target}")
             self.stats.writes += write
             for rule in self.rules:
                 if rule.writes_only and not write:
@@ -169,6 +183,8 @@ class _Handler(BaseHTTPRequestHandler):
     def _handle(self) -> None:
         body = self._body()
         action = self.proxy.decide(self.command, self.path, body)
+        if self.proxy.latency > 0:
+            time.sleep(self.proxy.latency)
         if action in ("429", "503", "400"):
             code = int(action)
             reason = {429: "rateLimitExceeded", 503: "backendError", 400: "invalid"}[code]
