@@ -16,7 +16,7 @@ from entrypoint.record import AttemptSettings, Heartbeat, RunRecord, State
 from entrypoint.store_local import LocalStore
 from runner.launch.supervisor import Supervisor, SupervisorSettings
 from tests.chaos.harness import RaceCompute, cycles
-from tests.chaos.test_double_vm import _submit
+from tests.chaos.harness import submit_run
 from tests.conftest import wait_for
 
 GRACE = 3.0
@@ -30,7 +30,7 @@ def _settings(store: LocalStore) -> SupervisorSettings:
 def test_a_healthy_run_restarts_while_hung_neighbours_are_still_being_stopped(tmp_path):
     store = LocalStore(str(tmp_path))
     compute = RaceCompute(store, hung_runs={"aa-hung-1", "aa-hung-2"})
-    recs = {r: _submit(store, r) for r in ("aa-hung-1", "aa-hung-2", "zz-healthy")}
+    recs = {r: submit_run(store, r) for r in ("aa-hung-1", "aa-hung-2", "zz-healthy")}
     sup = Supervisor(store, compute, _settings(store), actor="sup")
     stop = threading.Event()
 
