@@ -11,15 +11,23 @@ is gone (``reopen`` removes it first) and leave the restarted run alone.
 
 Real Supervisor on a real local store, the ``RaceCompute`` stand-in; the delete's own instance
 delete is held on a gate (the frozen ``ops delete``), nothing of ours is mocked.
+
+A takeover that replays a lost VM's insert (GCE backend, Compute stand-in, GCS emulator): see
+``test_a_takeover_whose_replayed_insert_names_a_vm_that_is_gone_creates_again``.
 """
 
 from __future__ import annotations
 
 import threading
+import time
+
+import pytest
 
 from entrypoint.record import AttemptSettings, RunRecord, RunSpec, State
 from entrypoint.store_local import LocalStore
 from runner.launch.supervisor import Supervisor, SupervisorSettings
+from runner.launch.backends.base import LABEL_RUN_ID
+from runner.naming import label_value
 from runner.ops import runs
 from runner.ops.runs import delete_run
 from tests.chaos.harness import RaceCompute, cycles
@@ -95,3 +103,71 @@ def test_a_delete_resumed_after_its_marker_lapsed_does_not_undo_the_users_restar
         rec.request_stop("test")
         wait_for(lambda: (sup.reconcile(run_id), sup.drain(10))
                  and rec.read_state()[0].state == State.STOPPED, 30, "cleanup")
+
+
+# ---- a takeover that replays the insert of a VM that is gone ----------------------------------
+
+GCE_PROJECT = "test-project"
+GCE_IMAGE = "us-docker.pkg.dev/test-project/runs/trainer@sha256:" + "b" * 64
+GCE_ZONES = ["us-central1-a", "us-central1-b"]
+
+
+@pytest.fixture
+def gce(compute_fake, gcs_store, gcs_emulator):
+    from runner.config import Config
+    from runner.launch.context import make_context
+
+    cfg = Config(backend="gce", project=GCE_PROJECT, zones=list(GCE_ZONES), compute_endpoint=compute_fake.endpoint,
+                 store=gcs_store.url, machine_type="n1-standard-4", no_gpu=True, poll_interval=1.0,
+                 stall_polls=600)
+    compute_fake.set_quota("us-central1", "PREEMPTIBLE_CPUS", 512)
+    return make_context(cfg), compute_fake
+
+
+def _gce_supervisor(ctx, offset: float, actor: str) -> Supervisor:
+    sup = Supervisor(ctx.store, ctx.backend, SupervisorSettings.from_config(ctx.cfg), actor=actor,
+                     now=lambda: time.time() + offset)
+    sup.lease_renew_every = 0.2
+    return sup
+
+
+def _run_vms(fake, run_id: str) -> list:
+    return [i for i in fake.instances() if i.labels.get(LABEL_RUN_ID) == label_value(run_id)]
+
+
+def test_a_takeover_whose_replayed_insert_names_a_vm_that_is_gone_creates_again(gce):
+    """Found in review: a create that failed with a non-``BackendError`` after GCE accepted its
+    insert (here: the follow-up ``instances.get`` was refused; a creator killed there is the
+    same) rightly keeps its claim; when that VM is then preempted while booting, the
+    next supervisor takes the claim over in the same round, GCE replays the first (successful)
+    insert operation for the same request id, and reading the VM it names gives 404: a raw
+    ``NotFound``, not a ``BackendError``, so the claim was neither released nor marked: every
+    pass for GCE's whole request-id window (an hour) failed the same way and the run sat in
+    PROVISIONING with no VM. A replayed create whose VM is gone made nothing that exists: the
+    create says so (a ``BackendError``), the claim is released, and the next round creates."""
+    from runner.launch.submit import submit
+
+    ctx, fake = gce
+    run_id = "replayed-gone"
+    submit(ctx, run_id, ["python3", "-m", "examples.trainer"], image=GCE_IMAGE, restart=False)
+    a = _gce_supervisor(ctx, 0, "sup-a")
+    # A's insert is accepted; then its create fails with an error that is not a BackendError
+    # (as a creator killed there does not answer at all): it must keep its claim.
+    fake.fail_next(403, rpc="instances.get", reason="forbidden")
+    a.reconcile(run_id)
+    wait_for(lambda: len(_run_vms(fake, run_id)) == 1, 30, "A's VM to exist")
+    claim = RunRecord(ctx.store, run_id).read_claim(1)
+    assert claim is not None and claim.status == "creating", claim  # kept: the insert may have landed
+    vm = _run_vms(fake, run_id)[0]
+    fake.preempt(vm.zone.rsplit("/", 1)[-1], vm.name)  # preempted while booting (terminationAction DELETE)
+    wait_for(lambda: not [i for i in _run_vms(fake, run_id) if i.status not in ("TERMINATED",)], 30,
+             "the preempted VM to be gone")
+    for offset in (200, 400, 600, 800):  # later passes, each past the lease (and any backoff)
+        _gce_supervisor(ctx, offset, f"sup-{offset}").reconcile(run_id)
+        if [i for i in _run_vms(fake, run_id) if i.status not in ("TERMINATED", "STOPPING")]:
+            break
+    live = [i for i in _run_vms(fake, run_id) if i.status not in ("TERMINATED", "STOPPING")]
+    st = RunRecord(ctx.store, run_id).read_state()[0]
+    assert len(live) == 1, f"no VM after 4 passes: the run is stuck in {st.state.value}; claim " \
+                           f"{RunRecord(ctx.store, run_id).read_claim(1)}"
+    assert st.state == State.PROVISIONING, st
