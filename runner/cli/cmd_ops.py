@@ -241,6 +241,8 @@ def delete(run_id: str, grace_period: float | None, as_json: bool, cli_config: d
         click.echo(json.dumps(out, indent=1))
         return
     click.echo(f"{out['run_id']}: {out['state']}; removed {', '.join(out['removed']) or 'no instance'}")
+    if out.get("error"):
+        click.echo(f"runner: {out['error']}", err=True)  # a torn record, or a restart that overtook it
 
 
 @ops.command()

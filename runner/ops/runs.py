@@ -213,6 +213,12 @@ def delete_run(store: Store, backend: ComputeBackend, run_id: str, grace_period:
         except (ValueError, TypeError, KeyError, AttributeError) as e:  # a torn state.json
             unreadable = f"state.json unreadable ({type(e).__name__}: {e})"
             break
+        if not rec.stop_requested():
+            # Our .stop is gone: this delete outlived its in-progress marker (it was frozen, or a
+            # delete took longer than the margin) and the user restarted the run, which removes
+            # .stop first. That restart is the newer decision: stopping now would undo it and
+            # kill the attempt it started (read after the state, so the state's CAS settles it).
+            return _overtaken(rec, removed)
         if cur is None or cur[0].state.terminal:
             break
         try:
@@ -221,6 +227,8 @@ def delete_run(store: Store, backend: ComputeBackend, run_id: str, grace_period:
         except PreconditionFailed:
             continue  # a supervisor or the agent wrote in between: look again
     # A supervisor that checked .stop just before we wrote it may have created one more.
+    if not rec.stop_requested():
+        return _overtaken(rec, removed)  # restarted meanwhile: its new attempt is not ours to delete
     for inst in backend.list(run_id):
         backend.delete(inst)
         removed.append(inst.name)
@@ -234,6 +242,19 @@ def delete_run(store: Store, backend: ComputeBackend, run_id: str, grace_period:
     if unreadable:
         out["error"] = unreadable + "; .stop is written, so no supervisor restarts it"
     return out
+
+
+def _overtaken(rec: RunRecord, removed: list[str]) -> dict[str, Any]:
+    """What a delete says when a restart overtook it (see ``delete_run``): it left the run alone."""
+    try:
+        final = rec.read_state()
+        state = final[0].state.value if final else None
+    except (ValueError, TypeError, KeyError, AttributeError):
+        state = None
+    return {"run_id": rec.run_id, "state": state, "removed": removed,
+            "error": "the run was restarted (`submit --restart`) while this delete was still at work, "
+                     "after its in-progress mark had lapsed; the restart wins and the run goes on: "
+                     f"run `runner ops delete --run-id {rec.run_id}` again to stop it"}
 
 
 def preempt_run(store: Store, backend: ComputeBackend, run_id: str, grace_period: float) -> dict[str, Any]:

@@ -396,7 +396,16 @@ class GceBackend(ComputeBackend[GcePlan]):
                     return self._existing(plan.project, zone, plan.name)
                 raise BackendError(f"creating {plan.name} in {zone} failed: "
                                    + "; ".join(f"{e.code}: {e.message}" for e in op.error.errors))
-            return self._get(plan.project, zone, plan.name)
+            try:
+                return self._get(plan.project, zone, plan.name)
+            except gexc.NotFound:
+                # The insert succeeded and the VM is gone already (preempted or deleted while
+                # booting), or this was a takeover and GCE replayed a dead creator's insert of a
+                # VM lost since: nothing of it exists, so a ``BackendError`` (the claim is released
+                # and the next round, with fresh request ids, creates again), not a raw 404 that
+                # would keep the claim and replay the same answer for GCE's whole request-id window.
+                raise BackendError(f"{plan.name} was created in {zone} and is already gone (preempted or "
+                                   "deleted while booting); the supervisor creates it again") from None
         raise ZoneExhausted(
             f"no zone could take {plan.name} ({'; '.join(refusals)}): add zones (--zones / zones in "
             "runner.toml) or try again later; the supervisor retries on its next pass"
