@@ -591,17 +591,19 @@ class Supervisor:
         elif done is None:
             # Our lease lapsed during the create and another supervisor took the claim over. In
             # a zone we both tried, GCE answered us both with one VM (same request id); if ours
-            # is in another zone, it is a second one: ``_drop_unclaimed`` removes it once the
-            # new holder's claim names its own.
+            # is in another zone, it is a second one: removed now if the new holder's finished
+            # claim names another, else by ``_drop_unclaimed`` once it does.
+            self._drop_unclaimed(rec, made, only_ours=True)
             print(f"runner: the create claim of {rec.run_id} attempt {attempt} was taken over "
                   "while this supervisor created it; the next pass keeps only what the claim names",
                   file=sys.stderr)
 
-    def _drop_unclaimed(self, rec: RunRecord, att: Attempt) -> None:
+    def _drop_unclaimed(self, rec: RunRecord, att: Attempt, only_ours: bool = False) -> None:
         """Two instances of one rank in one attempt (same name, two zones: a create whose claim
-        was taken over mid-walk): keep the one the finished claim names, delete the other."""
+        was taken over mid-walk): keep the one the finished claim names, delete the other.
+        ``only_ours``: ``att`` is what this supervisor just made, judged alone."""
         ranks = [i.rank for i in att.instances]
-        if len(ranks) == len(set(ranks)):
+        if not only_ours and len(ranks) == len(set(ranks)):
             return
         claim = rec.read_claim(att.number)
         if claim is None or claim.status != CREATED:
