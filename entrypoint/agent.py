@@ -228,8 +228,12 @@ class Agent:
         self._best_effort("heartbeat", self._write_heartbeat)
         manifest.update(finished_at=time.time(), exit_code=code, **self._work_done())
         self._best_effort("manifest", lambda: self.record.write_manifest(cfg.attempt, manifest))
-        unrecorded = self._record_final(lambda: self._record_outcome(code, bool(sync_ok) and bool(results_ok)))
-        return code if unrecorded is None else unrecorded
+        unrecorded = self._record_final(lambda: self._record_outcome(code, bool(sync_ok) and bool(results_ok)),
+                                        ends_if_unknown=code == 0)
+        if unrecorded is not None:
+            return unrecorded
+        # A job's own exit 74 (EX_IOERR is common) must not read as "outcome not recorded".
+        return 1 if code == OUTCOME_UNRECORDED else code
 
     def _restore_does_not_fit(self, e: NoSpaceForRestore) -> int:
         """The checkpoint does not fit on this machine's disk: the run FAILS, with that reason.
@@ -252,7 +256,7 @@ class Agent:
         unrecorded = self._record_final(lambda: self._transition("failed", str(e), expect_attempt=self.cfg.attempt))
         return 1 if unrecorded is None else unrecorded
 
-    def _record_final(self, record: Callable[[], object]) -> int | None:
+    def _record_final(self, record: Callable[[], object], ends_if_unknown: bool = True) -> int | None:
         """Run ``record`` (the write of the attempt's outcome); the exit code to end with if the
         store refused it and only that code can tell the supervisor, else None.
 
@@ -263,7 +267,9 @@ class Agent:
         ends the run (SUCCEEDED, FAILED) gives ``OUTCOME_UNRECORDED``, which the supervisor
         records as a failure with this reason: a restart would redo finished work. One that asks
         for a new attempt anyway (PREEMPTED, ERRORED) gives None: the supervisor's "preempted or
-        lost" restarts it, which is what it asked for.
+        lost" restarts it, which is what it asked for. When the store failed before the outcome
+        was even chosen, ``ends_if_unknown`` says which of the two it would have been (a job that
+        exited 0 ends the run; any other may still be retried).
         """
         self._outcome = None  # not a state recorded before (RUNNING): the one ``record`` tries
         try:
@@ -271,7 +277,7 @@ class Agent:
             return None
         except (StoreError, OSError) as e:
             state, reason = self._outcome or (None, None)
-            ends_run = state is None or state.terminal
+            ends_run = ends_if_unknown if state is None else state.terminal
             what = "an outcome" if state is None else state.value + (f" ({reason})" if reason else "")
             then = (f"Exiting with {OUTCOME_UNRECORDED} (outcome not recorded): the supervisor fails the "
                     "run with this reason instead of restarting it" if ends_run else

@@ -110,11 +110,12 @@ def test_two_supervisors_that_both_decided_to_create_make_one_create_call(superv
     first, second = w.supervisor("supervisor@a"), w.supervisor("supervisor@b")
     real_claim = RunRecord.claim_create
 
-    def second_claims_first(self, attempt, actor):
+    def second_claims_first(self, attempt, actor, *args, **kwargs):
         monkeypatch.setattr(RunRecord, "claim_create", real_claim)
         second.reconcile("exp-1")  # it too found no claim and creates, before the first claims
-        return real_claim(self, attempt, actor)
+        return real_claim(self, attempt, actor, *args, **kwargs)
 
     monkeypatch.setattr(RunRecord, "claim_create", second_claims_first)
     first.reconcile("exp-1")
+    assert RunRecord.claim_create is real_claim, "the race did not run: the create path no longer claims here"
     assert w.backend.creates() == [A1] and set(w.backend.instances()) == {A1}

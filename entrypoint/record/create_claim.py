@@ -35,6 +35,7 @@ CREATING = "creating"  # a create is (or may be) in flight: its holder renews th
 CREATED = "created"  # the create returned instances: from now on, a missing instance is lost
 RELEASED = "released"  # the create failed with nothing made: the next claim starts a new round
 LEGACY = "legacy"  # written by an older supervisor: no status, no lease
+DEFAULT_LEASE_S = 120.0  # the shortest lease (``runner.launch.recovery.create_lease``)
 
 
 @dataclass(frozen=True)
@@ -139,9 +140,10 @@ class CreateClaims:
             if cur.status == RELEASED:
                 return self._write(replace(fresh, round=cur.round + 1), cur.generation)
             if cur.abandoned(now):
-                # Same round (same request ids), but counted from now: the dead holder's inserts
-                # that GCE already accepted are answered with their first operation.
-                return self._write(replace(fresh, round=cur.round), cur.generation)
+                # Same round (same request ids): the dead holder's inserts that GCE already
+                # accepted are answered with their first operation. Its machine may exist since
+                # the first claim, so that stays the time it is billed from; the lease restarts.
+                return self._write(replace(fresh, round=cur.round, time=cur.time), cur.generation)
         except PreconditionFailed:
             return None  # another actor claimed or renewed in between
         return None

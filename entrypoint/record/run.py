@@ -14,7 +14,7 @@ from collections import OrderedDict
 from dataclasses import asdict
 from typing import Any, Iterator, Sequence
 
-from entrypoint.record.create_claim import CreateClaim, CreateClaims
+from entrypoint.record.create_claim import DEFAULT_LEASE_S, CreateClaim, CreateClaims
 from entrypoint.record.damaged import DamagedRecord, check_fields, load_object, parse
 from entrypoint.record.documents import (
     SCHEMA_VERSION,
@@ -726,11 +726,12 @@ class RunRecord(RunPaths):
         """The attempts' create claims, each with the lease its creator renews (``create_claim``)."""
         return CreateClaims(self.store, self.run_id)
 
-    def claim_create(self, attempt: int, actor: str, lease_s: float = 120.0) -> CreateClaim | None:
+    def claim_create(self, attempt: int, actor: str, lease_s: float = DEFAULT_LEASE_S,
+                     now: float | None = None) -> CreateClaim | None:
         """Claim creating this attempt's instances: one creator per attempt (and round), even when
         two supervisors would pick different zones (GCE names are unique per zone only). None:
         another actor holds the claim or its create finished. See ``create_claim``."""
-        return self.claims.take(attempt, actor, lease_s, now=utcnow())
+        return self.claims.take(attempt, actor, lease_s, now=utcnow() if now is None else now)
 
     def read_claim(self, attempt: int) -> CreateClaim | None:
         return self.claims.read(attempt)
@@ -762,15 +763,13 @@ class RunRecord(RunPaths):
 
     def stop_in_progress(self, now: float | None = None) -> dict[str, Any] | None:
         """The ``.stop`` document while the actor that wrote it is still stopping the run
-        (see ``request_stop``); None when there is no stop, or it is done or lapsed."""
-        blob = self.store.read(self.name(self.STOP))
-        if blob is None:
-            return None
+        (see ``request_stop``); None when there is no stop, or it is done or lapsed. A torn
+        ``.stop`` still stops the run; it just says nothing more."""
+        doc = self.read_advice(self.STOP)
         try:
-            doc = json.loads(blob.data)
-            until = float(doc.get("in_progress_until") or 0)
-        except (ValueError, TypeError, AttributeError):
-            return None  # a torn .stop still stops the run; it just says nothing more
+            until = float((doc or {}).get("in_progress_until") or 0)
+        except (TypeError, ValueError):
+            return None
         return doc if until > (utcnow() if now is None else now) else None
 
     def stop_requested(self) -> bool:

@@ -21,6 +21,7 @@ import sys
 from dataclasses import dataclass
 from typing import Sequence
 
+from entrypoint.record.create_claim import DEFAULT_LEASE_S
 from runner.launch.backends.base import Attempt
 from runner.launch.create_backoff import CreateBackoff
 
@@ -66,7 +67,7 @@ def create_lease(poll_interval: float) -> float:
     the create over (its holder renews it a few times per lease while its create runs). Minutes:
     long enough for a store hiccup and modest clock skew between supervisors, short enough that
     a run whose creator died waits one or two passes, not an hour."""
-    return max(120.0, 4 * poll_interval)
+    return max(DEFAULT_LEASE_S, 4 * poll_interval)
 
 
 @dataclass(frozen=True)

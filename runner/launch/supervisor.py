@@ -51,7 +51,7 @@ from runner.launch.create_lease import CreateLease
 from runner.launch.observed import Looked, Observations, clock_id, look
 from runner.launch.recovery import CreateBackoff, Recovery
 from runner.launch.damaged_runs import DamageWatch
-from runner.launch.supervisor_heartbeat import run_pass
+from runner.launch.supervisor_heartbeat import FUTURE_TOLERANCE, run_pass
 from runner.naming import default_actor, label_value, resource_name
 
 if TYPE_CHECKING:
@@ -76,9 +76,6 @@ class SupervisorSettings:
 
 
 KEPT_ERRORS = 20  # error texts kept per pass (the heartbeat object stays small)
-# A heartbeat stamped further ahead of this supervisor's clock than this is said on stderr: the
-# clocks disagree (NTP keeps machines within a second or so; a VM's clock can be minutes off).
-SKEW_WARN = 30.0
 
 
 def launch_context(spec: RunSpec, attempt: int, store_url: str, previous_zone: str | None = None,
@@ -450,7 +447,7 @@ class Supervisor:
         """
         hb = rec.read_heartbeat()
         seen = look(st, hb)
-        if hb is not None and hb.time - self.now() > SKEW_WARN:
+        if hb is not None and hb.time - self.now() > FUTURE_TOLERANCE:
             print(f"runner: {rec.run_id}: its heartbeat is stamped {hb.time - self.now():.0f}s ahead of this "
                   "supervisor's clock: one of the two clocks is wrong (the stall watchdog does not depend "
                   "on it; check `timedatectl` on both)", file=sys.stderr)
@@ -565,7 +562,7 @@ class Supervisor:
         if rec.stop_requested():
             return  # the next pass records STOPPED
         lease_s = recovery.create_lease(self.settings.poll_interval)
-        claim = rec.claims.take(attempt, self.actor, lease_s, now=self.now())
+        claim = rec.claim_create(attempt, self.actor, lease_s, now=self.now())
         if claim is None:
             return  # another supervisor creates (or created) this attempt
         lease = CreateLease(rec.claims, claim, self.now, self.lease_renew_every or lease_s / 4)

@@ -210,8 +210,8 @@ def delete_run(store: Store, backend: ComputeBackend, run_id: str, grace_period:
     for _ in range(10):
         try:
             cur = rec.read_state()
-        except (ValueError, TypeError, KeyError, AttributeError) as e:  # a torn state.json
-            unreadable = f"state.json unreadable ({type(e).__name__}: {e})"
+        except DamagedRecord as e:  # a torn state.json
+            unreadable = str(e)
             break
         if not rec.stop_requested():
             # Our .stop is gone: this delete outlived its in-progress marker (it was frozen, or a
@@ -233,25 +233,24 @@ def delete_run(store: Store, backend: ComputeBackend, run_id: str, grace_period:
         backend.delete(inst)
         removed.append(inst.name)
     rec.request_stop(actor, "deleted by user")  # done: a restart may now reopen the run
-    try:
-        final = rec.read_state()
-        state = final[0].state.value if final else None
-    except (ValueError, TypeError, KeyError, AttributeError):
-        state = None
-    out: dict[str, Any] = {"run_id": run_id, "state": state, "removed": removed}
+    out: dict[str, Any] = {"run_id": run_id, "state": _state_value(rec), "removed": removed}
     if unreadable:
         out["error"] = unreadable + "; .stop is written, so no supervisor restarts it"
     return out
 
 
-def _overtaken(rec: RunRecord, removed: list[str]) -> dict[str, Any]:
-    """What a delete says when a restart overtook it (see ``delete_run``): it left the run alone."""
+def _state_value(rec: RunRecord) -> str | None:
+    """The run's state name as a delete ends it; None when there is none or it cannot be read."""
     try:
         final = rec.read_state()
-        state = final[0].state.value if final else None
-    except (ValueError, TypeError, KeyError, AttributeError):
-        state = None
-    return {"run_id": rec.run_id, "state": state, "removed": removed,
+    except DamagedRecord:
+        return None
+    return final[0].state.value if final else None
+
+
+def _overtaken(rec: RunRecord, removed: list[str]) -> dict[str, Any]:
+    """What a delete says when a restart overtook it (see ``delete_run``): it left the run alone."""
+    return {"run_id": rec.run_id, "state": _state_value(rec), "removed": removed,
             "error": "the run was restarted (`submit --restart`) while this delete was still at work, "
                      "after its in-progress mark had lapsed; the restart wins and the run goes on: "
                      f"run `runner ops delete --run-id {rec.run_id}` again to stop it"}

@@ -167,11 +167,6 @@ class LaunchContext:
     # longer holds the attempt's create claim, so a zone walk that outlived its lease stops.
     before_insert: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
 
-    def check_claim(self, zone: str) -> None:
-        """``before_insert``, if there is one."""
-        if self.before_insert is not None:
-            self.before_insert(zone)
-
     @property
     def heartbeat_interval(self) -> float:
         return self.settings.heartbeat_interval
