@@ -488,7 +488,7 @@ def test_a_state_json_that_says_booting_loads_as_provisioning_and_moves_on(rec):
 def test_ops_and_cost_read_a_run_whose_old_journal_says_booting(rec):
     import json
 
-    from runner.ops.cost import _timeline
+    from entrypoint.record.attempts import timeline
     from runner.ops.runs import run_row
 
     _walk_to(rec, State.PROVISIONING)
@@ -499,7 +499,7 @@ def test_ops_and_cost_read_a_run_whose_old_journal_says_booting(rec):
     doc["state"] = "BOOTING"
     _write_raw_state(rec, doc)
     assert run_row(rec.store, rec.run_id)["state"] == "PROVISIONING"
-    assert _timeline(list(rec.events()))[5].provisioned_at == 1.0
+    assert timeline(list(rec.events()))[5].provisioned_at == 1.0
 
 
 def test_a_state_json_without_instances_or_counters_still_loads(rec):

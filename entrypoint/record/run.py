@@ -585,10 +585,8 @@ class RunRecord(RunPaths):
         return self._events(self.read_state(), after=after, damaged=damaged)
 
     def _events(self, cur: tuple[RunState, int] | None, after: str | None = None,
-                last: int | None = None,
                 damaged: list[DamagedRecord] | None = None) -> Iterator[tuple[str, dict[str, Any]]]:
-        """``events`` given the state read before the listing; ``last``: only the newest N
-        stored names (a damaged one among them is skipped, not replaced by an older one)."""
+        """``events`` given the state read before the listing (the newest N: ``newest_events``)."""
         listed = set(self.event_names())
         pending: dict[str, dict[str, Any]] = {}
         if cur is not None and cur[0].last_event:
@@ -596,8 +594,6 @@ class RunRecord(RunPaths):
             if name not in listed:
                 pending[name] = cur[0].last_event["doc"]
         names = [n for n in sorted(listed | set(pending)) if after is None or n > after]
-        if last is not None:
-            names = names[-last:] if last > 0 else []
         for name in names:
             if name in pending:
                 yield name, pending[name]
@@ -605,10 +601,7 @@ class RunRecord(RunPaths):
             try:
                 ev = self.read_event(name)
             except DamagedRecord as e:
-                if damaged is None:
-                    print(f"runner: {self.run_id}: journal entry skipped: {e}", file=sys.stderr)
-                else:
-                    damaged.append(e)
+                self._skipped(e, damaged)
                 continue
             if ev is not None:
                 yield name, ev
@@ -674,13 +667,17 @@ class RunRecord(RunPaths):
         for n in names:
             doc = got.get(n)
             if isinstance(doc, DamagedRecord):
-                if damaged is None:
-                    print(f"runner: {self.run_id}: journal entry skipped: {doc}", file=sys.stderr)
-                else:
-                    damaged.append(doc)
+                self._skipped(doc, damaged)
             elif doc is not None:
                 out.append((n, doc))
         return out
+
+    def _skipped(self, e: DamagedRecord, damaged: list[DamagedRecord] | None) -> None:
+        """A journal entry that cannot be read: collected in ``damaged``, or said on stderr."""
+        if damaged is None:
+            print(f"runner: {self.run_id}: journal entry skipped: {e}", file=sys.stderr)
+        else:
+            damaged.append(e)
 
     def event_names(self) -> list[str]:
         """The stored journal's object names, oldest first (one listing; nothing read)."""

@@ -168,7 +168,6 @@ def cost_text(c: dict[str, Any]) -> str:
 
 # The attempts' timeline, billing windows and redone work are price-free and shared with the
 # running summary in state.json: ``entrypoint.record.attempts``.
-_timeline = timeline  # (the name tests and older callers use)
 
 
 # ---------------------------------------------------------------- the estimate
