@@ -135,3 +135,21 @@ def looping(stop: threading.Event, step: Any, every: float = 0.05) -> threading.
     t = threading.Thread(target=body, daemon=True)
     t.start()
     return t
+
+
+# A GCE world for the chaos scenarios (the ``gce`` fixture in conftest.py builds it): the real
+# GCE backend on the Compute stand-in and the GCS emulator, CPU-only VMs in two zones.
+GCE_PROJECT = "test-project"
+GCE_IMAGE = "us-docker.pkg.dev/test-project/runs/trainer@sha256:" + "b" * 64
+GCE_ZONES = ["us-central1-a", "us-central1-b"]
+
+
+def gce_supervisor(ctx: Any, offset: float, actor: str) -> Any:
+    """A supervisor of ``ctx`` whose clock runs ``offset`` seconds ahead (it judges time only
+    through its ``now``), renewing create leases every 0.2 s."""
+    from runner.launch.supervisor import Supervisor, SupervisorSettings
+
+    sup = Supervisor(ctx.store, ctx.backend, SupervisorSettings.from_config(ctx.cfg), actor=actor,
+                     now=lambda: time.time() + offset)
+    sup.lease_renew_every = 0.2
+    return sup

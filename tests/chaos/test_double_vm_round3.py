@@ -30,7 +30,7 @@ from runner.launch.backends.base import LABEL_RUN_ID
 from runner.naming import label_value
 from runner.ops import runs
 from runner.ops.runs import delete_run
-from tests.chaos.harness import RaceCompute, cycles
+from tests.chaos.harness import GCE_IMAGE, RaceCompute, cycles, gce_supervisor
 from tests.conftest import wait_for
 
 
@@ -107,30 +107,6 @@ def test_a_delete_resumed_after_its_marker_lapsed_does_not_undo_the_users_restar
 
 # ---- a takeover that replays the insert of a VM that is gone ----------------------------------
 
-GCE_PROJECT = "test-project"
-GCE_IMAGE = "us-docker.pkg.dev/test-project/runs/trainer@sha256:" + "b" * 64
-GCE_ZONES = ["us-central1-a", "us-central1-b"]
-
-
-@pytest.fixture
-def gce(compute_fake, gcs_store, gcs_emulator):
-    from runner.config import Config
-    from runner.launch.context import make_context
-
-    cfg = Config(backend="gce", project=GCE_PROJECT, zones=list(GCE_ZONES), compute_endpoint=compute_fake.endpoint,
-                 store=gcs_store.url, machine_type="n1-standard-4", no_gpu=True, poll_interval=1.0,
-                 stall_polls=600)
-    compute_fake.set_quota("us-central1", "PREEMPTIBLE_CPUS", 512)
-    return make_context(cfg), compute_fake
-
-
-def _gce_supervisor(ctx, offset: float, actor: str) -> Supervisor:
-    sup = Supervisor(ctx.store, ctx.backend, SupervisorSettings.from_config(ctx.cfg), actor=actor,
-                     now=lambda: time.time() + offset)
-    sup.lease_renew_every = 0.2
-    return sup
-
-
 def _run_vms(fake, run_id: str) -> list:
     return [i for i in fake.instances() if i.labels.get(LABEL_RUN_ID) == label_value(run_id)]
 
@@ -150,7 +126,7 @@ def test_a_takeover_whose_replayed_insert_names_a_vm_that_is_gone_creates_again(
     ctx, fake = gce
     run_id = "replayed-gone"
     submit(ctx, run_id, ["python3", "-m", "examples.trainer"], image=GCE_IMAGE, restart=False)
-    a = _gce_supervisor(ctx, 0, "sup-a")
+    a = gce_supervisor(ctx, 0, "sup-a")
     # A's insert is accepted; then its create fails with an error that is not a BackendError
     # (as a creator killed there does not answer at all): it must keep its claim.
     fake.fail_next(403, rpc="instances.get", reason="forbidden")
@@ -163,7 +139,7 @@ def test_a_takeover_whose_replayed_insert_names_a_vm_that_is_gone_creates_again(
     wait_for(lambda: not [i for i in _run_vms(fake, run_id) if i.status not in ("TERMINATED",)], 30,
              "the preempted VM to be gone")
     for offset in (200, 400, 600, 800):  # later passes, each past the lease (and any backoff)
-        _gce_supervisor(ctx, offset, f"sup-{offset}").reconcile(run_id)
+        gce_supervisor(ctx, offset, f"sup-{offset}").reconcile(run_id)
         if [i for i in _run_vms(fake, run_id) if i.status not in ("TERMINATED", "STOPPING")]:
             break
     live = [i for i in _run_vms(fake, run_id) if i.status not in ("TERMINATED", "STOPPING")]

@@ -20,37 +20,12 @@ import sys
 import threading
 import time
 
-import pytest
-
 from entrypoint.record import RunRecord, State
-from runner.config import Config
-from runner.launch.context import make_context
 from runner.launch.supervisor import Supervisor, SupervisorSettings
 from runner.launch.backends.base import LABEL_RUN_ID
 from runner.naming import label_value
-from tests.chaos.harness import cycles
+from tests.chaos.harness import GCE_IMAGE, GCE_ZONES, cycles, gce_supervisor
 from tests.conftest import wait_for
-
-PROJECT = "test-project"
-IMAGE = "us-docker.pkg.dev/test-project/runs/trainer@sha256:" + "b" * 64
-ZONES = ["us-central1-a", "us-central1-b"]
-
-
-@pytest.fixture
-def gce(compute_fake, gcs_store, gcs_emulator):
-    cfg = Config(backend="gce", project=PROJECT, zones=list(ZONES), compute_endpoint=compute_fake.endpoint,
-                 store=gcs_store.url, machine_type="n1-standard-4", no_gpu=True, poll_interval=1.0,
-                 stall_polls=600)
-    compute_fake.set_quota("us-central1", "PREEMPTIBLE_CPUS", 512)
-    return make_context(cfg), compute_fake
-
-
-def _supervisor(ctx, offset: float, actor: str) -> Supervisor:
-    sup = Supervisor(ctx.store, ctx.backend, SupervisorSettings.from_config(ctx.cfg), actor=actor,
-                     now=lambda: time.time() + offset)
-    sup.lease_renew_every = 0.2
-    return sup
-
 
 class _VmSampler(threading.Thread):
     """Counts, many times a second, the run's VMs that exist and are not terminated."""
@@ -74,7 +49,7 @@ class _VmSampler(threading.Thread):
 def _submit(ctx, run_id: str) -> None:
     from runner.launch.submit import submit
 
-    submit(ctx, run_id, ["python3", "-m", "examples.trainer"], image=IMAGE, restart=False)
+    submit(ctx, run_id, ["python3", "-m", "examples.trainer"], image=GCE_IMAGE, restart=False)
 
 
 def _walk_started(ctx, run_id: str) -> bool:
@@ -85,13 +60,13 @@ def _walk_started(ctx, run_id: str) -> bool:
 
 def test_a_zone_walk_longer_than_the_create_grace_is_never_judged_lost(gce):
     ctx, fake = gce
-    fake.stockout_zones = {ZONES[0]}
+    fake.stockout_zones = {GCE_ZONES[0]}
     fake.operation_seconds = 1.5  # each zone takes this long to answer: the walk outlives B's look
     rng = random.Random(17)
     for n in range(cycles(1, 4)):
         run_id = f"walk-{n}"
         _submit(ctx, run_id)
-        a, b = _supervisor(ctx, 0, "sup-a"), _supervisor(ctx, rng.uniform(61, 110), "sup-b")
+        a, b = gce_supervisor(ctx, 0, "sup-a"), gce_supervisor(ctx, rng.uniform(61, 110), "sup-b")
         sampler = _VmSampler(fake, run_id)
         sampler.start()
         walker = threading.Thread(target=a.reconcile, args=(run_id,))
@@ -106,20 +81,20 @@ def test_a_zone_walk_longer_than_the_create_grace_is_never_judged_lost(gce):
         st = RunRecord(ctx.store, run_id).read_state()[0]
         assert sampler.most == 1, f"{sampler.most} VMs of {run_id} at once"
         assert (st.state, st.attempt, st.restarts) == (State.PROVISIONING, 1, 0), st
-        assert [i.zone.rsplit("/", 1)[-1] for i in sampler.live()] == [ZONES[1]]
+        assert [i.zone.rsplit("/", 1)[-1] for i in sampler.live()] == [GCE_ZONES[1]]
         claim = RunRecord(ctx.store, run_id).read_claim(1)
         assert claim.status == "created" and claim.actor == "sup-a"
 
 
 def test_a_create_taken_over_mid_walk_makes_one_vm_with_the_same_request_ids(gce):
     ctx, fake = gce
-    fake.stockout_zones = {ZONES[0]}
+    fake.stockout_zones = {GCE_ZONES[0]}
     fake.operation_seconds = 1.5
     run_id = "takeover"
     _submit(ctx, run_id)
-    a = _supervisor(ctx, 0, "sup-a")
+    a = gce_supervisor(ctx, 0, "sup-a")
     a.lease_renew_every = 3600  # A stops renewing, as a creator that was killed does
-    b = _supervisor(ctx, 200, "sup-b")  # past A's lease: B takes the create over
+    b = gce_supervisor(ctx, 200, "sup-b")  # past A's lease: B takes the create over
     sampler = _VmSampler(fake, run_id)
     sampler.start()
     walker = threading.Thread(target=a.reconcile, args=(run_id,))
@@ -134,7 +109,7 @@ def test_a_create_taken_over_mid_walk_makes_one_vm_with_the_same_request_ids(gce
     sampler.join()
     assert sampler.most == 1, f"{sampler.most} VMs at once"
     assert len(sampler.live()) == 1
-    inserts = [r for r in fake.requests if r.rpc == "instances.insert" and f"/zones/{ZONES[1]}/" in r.path]
+    inserts = [r for r in fake.requests if r.rpc == "instances.insert" and f"/zones/{GCE_ZONES[1]}/" in r.path]
     ids = {r.query.get("requestId") for r in inserts}
     assert len(ids) == 1, ids  # A's and B's inserts were the same request: GCE made one VM
     st = RunRecord(ctx.store, run_id).read_state()[0]
