@@ -153,3 +153,14 @@ def gce_supervisor(ctx: Any, offset: float, actor: str) -> Any:
                      now=lambda: time.time() + offset)
     sup.lease_renew_every = 0.2
     return sup
+
+
+def wind_down(stop: threading.Event, threads: list[threading.Thread], supervisors: list[Any],
+              join: float = 30, drain: float | None = 30) -> None:
+    """End a scenario: stop the looping passes, then wait for each supervisor's background
+    deletes (a double is only counted once nothing is still being created or deleted)."""
+    stop.set()
+    for t in threads:
+        t.join(join)
+    for sup in supervisors:
+        sup.drain(drain)

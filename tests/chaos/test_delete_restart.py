@@ -27,7 +27,7 @@ from entrypoint.record import AttemptSettings, RunRecord, State, StopInProgress
 from entrypoint.store_local import LocalStore
 from runner.launch.supervisor import Supervisor, SupervisorSettings
 from runner.ops.runs import delete_run
-from tests.chaos.harness import RaceCompute, cycles, looping, submit_run
+from tests.chaos.harness import RaceCompute, cycles, looping, submit_run, wind_down
 from tests.conftest import wait_for
 
 GRACE = 1.0
@@ -82,11 +82,7 @@ def test_a_restart_while_a_run_is_being_deleted_never_runs_beside_the_old_job(tm
             wait_for(lambda: _running(compute, rec, rec.read_state()[0].attempt), 30, f"{run_id} to run again")
             rec.request_stop("test")  # done with it (the supervisors end it)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
-        for s in sups:
-            s.drain(30)
+        wind_down(stop, threads, sups, join=10)
     print(f"chaos delete_restart: {len(compute.doubles)} double(s) in {n} cycles "
           f"({refused} restarts refused during a delete, {allowed_during_grace} allowed after a stop)",
           file=sys.stderr)

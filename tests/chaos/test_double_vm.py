@@ -21,7 +21,7 @@ import time
 from entrypoint.record import AttemptSettings, Heartbeat, RunRecord, State
 from entrypoint.store_local import LocalStore
 from runner.launch.supervisor import Supervisor, SupervisorSettings
-from tests.chaos.harness import RaceCompute, cycles, looping, submit_run
+from tests.chaos.harness import RaceCompute, cycles, looping, submit_run, wind_down
 
 HUNG = ["aa-hung-1", "aa-hung-2"]  # sorted first: every pass meets them before the healthy runs
 HEALTHY = ["zz-run-1", "zz-run-2", "zz-run-3"]
@@ -84,11 +84,7 @@ def test_slow_passes_racing_restarts_never_start_a_second_live_instance(tmp_path
                 recs[r].read_state()[0].state == State.RUNNING and compute.alive(r) for r in HEALTHY):
             time.sleep(0.1)
     finally:
-        stop.set()
-        for t in threads:
-            t.join(10)
-        for s in sups + [attached]:
-            s.drain()
+        wind_down(stop, threads, sups + [attached], join=10, drain=None)
     print(f"chaos double_vm: {len(compute.doubles)} double(s), {sum(kills.values())} preemptions "
           f"(cycles), {len(compute.created)} instances created", file=sys.stderr)
     assert sum(kills.values()) >= min(target, 10), f"the harness preempted too little to judge: {kills}"

@@ -123,7 +123,7 @@ def test_the_race_harness_with_creates_longer_than_the_grace_reports_no_double(t
     renewed on real time), three supervisors pass over three runs and preempt them at random."""
     from entrypoint.record import AttemptSettings
     from entrypoint.store_local import LocalStore
-    from tests.chaos.harness import RaceCompute, looping, submit_run
+    from tests.chaos.harness import RaceCompute, looping, submit_run, wind_down
 
     store = LocalStore(str(tmp_path))
     compute = RaceCompute(store, create_delay=1.3)  # 78 supervised seconds: past the 60 s grace
@@ -155,11 +155,7 @@ def test_the_race_harness_with_creates_longer_than_the_grace_reports_no_double(t
                 compute.preempt(live[0])
                 preempted += 1
     finally:
-        halt.set()
-        for t in threads:
-            t.join(30)
-        for s in sups:
-            s.drain(30)
+        wind_down(halt, threads, sups)
     print(f"chaos zone_walk: {len(compute.doubles)} double(s), {preempted} preemptions, "
           f"{len(compute.created)} instances created", file=sys.stderr)
     assert preempted >= min(target, 3), f"the harness preempted too little to judge: {preempted}"
