@@ -13,7 +13,8 @@ PHASE_LINE = PHASE_MARKER + " {}"  # printf 'runner-phase: %s\n' in gcp/startup.
 
 # Boot phases gcp/startup.sh prints, in order (``failed:<phase>`` when one gives up).
 BOOT_PHASES: tuple[str, ...] = ("metadata", "docker", "gpu-driver", "gpu-wait", "registry-auth",
-                                "image-pull", "data-disk", "container-start", "container-running")
+                                "image-pull", "data-disk", "container-start", "container-running",
+                                "bake-ready")  # bake-ready: a bake VM's last phase, instead of the container's
 CONTAINER_RUNNING = "container-running"  # the last boot phase: from here on the job's output
 FINISHED = "finished"  # startup.sh: the container exited
 SHUTDOWN = "shutdown"  # shutdown.sh: the guest got its ACPI soft-off (a preemption notice)

@@ -27,7 +27,8 @@ GPU_INSTALL_TRIES=${RUNNER_GPU_INSTALL_TRIES:-3}
 DOCKER_WAIT=${RUNNER_DOCKER_WAIT:-120}            # docker.service may start after this script
 DRIVER_LIBS=/usr/local/nvidia/lib64               # where the container finds the driver's libraries
 
-PHASE=starting FAILED="" WORK="" TOKEN=""
+STARTED_AT=$EPOCHREALTIME   # this script began: the attempt's `startup_script` phase
+PHASE=starting FAILED="" WORK="" TOKEN="" BAKE=""
 RUN_ID="" ATTEMPT="" BUCKET="" OBJ_PREFIX="" INSTANCE="" ZONE="" PROJECT=""
 
 log() { printf 'runner: %s\n' "$*"; }
@@ -78,7 +79,38 @@ get_token() {  # the VM service account's access token into TOKEN; never printed
 # The token goes in a header read from a pipe: never in argv (visible in /proc) nor the output.
 curl_auth() { curl -H @<(printf 'Authorization: Bearer %s\n' "$TOKEN") "$@"; }
 
-write_startup_record() {  # STATUS REASON DETAIL -> runs/ID/attempts/N/startup.json
+# Where this boot's outcome goes: a run's attempt, or (bake mode) the warm image being made.
+record_name() {
+  if [[ -n $BAKE ]]; then printf '%sbakes/%s/startup.json' "$OBJ_PREFIX" "$BAKE"
+  else printf '%sruns/%s/attempts/%s/startup.json' "$OBJ_PREFIX" "$RUN_ID" "$ATTEMPT"; fi
+}
+
+upload() {  # upload NAME FILE [EXTRA_QUERY]: media upload to the bucket; prints the HTTP code
+  local code
+  code=$(curl_auth -sS -o "$WORK/upload.out" -w '%{http_code}' --max-time 30 --retry 3 --retry-connrefused \
+    -X POST -H 'Content-Type: application/json' --data-binary @"$2" \
+    "$GCS_API/upload/storage/v1/b/$BUCKET/o?uploadType=media&name=$(urlencode "$1")${3:-}") || code=000
+  printf '%s' "$code"
+}
+
+# mark PHASE AT DETAIL_JSON: one create-only mark of this attempt's recovery timeline
+# (attempts/N/phases/PHASE.json, entrypoint/record/phases.py), the way RunRecord.mark_phase
+# writes it. Best effort: a mark that cannot be written is a log line, never a failed boot.
+mark() {
+  [[ -z $BAKE ]] || return 0
+  local name code
+  get_token || { log "phase $1 not marked: no token"; return 0; }
+  printf '{"actor":"startup:%s","attempt":%d,"detail":%s,"phase":"%s","schema_version":1,"time":%s}\n' \
+    "$INSTANCE" "$ATTEMPT" "$3" "$1" "$2" >"$WORK/phase.json"
+  name="${OBJ_PREFIX}runs/$RUN_ID/attempts/$ATTEMPT/phases/$1.json"
+  code=$(upload "$name" "$WORK/phase.json" "&ifGenerationMatch=0")
+  # 412: already marked (this boot's earlier try whose reply was lost, or a boot before it).
+  [[ $code == 200 || $code == 412 ]] || log "phase $1 not marked: HTTP $code $(last_line "$WORK/upload.out")"
+}
+
+since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+
+write_startup_record() {  # STATUS REASON DETAIL -> runs/ID/attempts/N/startup.json (bakes/NAME/ when baking)
   local name code reason=null
   if [[ -z $BUCKET ]] || ! is_uint "$ATTEMPT"; then log "cannot write startup.json: store or attempt unknown"; return 1; fi
   get_token || return 1
@@ -86,10 +118,8 @@ write_startup_record() {  # STATUS REASON DETAIL -> runs/ID/attempts/N/startup.j
   printf '{"schema_version":1,"attempt":%d,"phase":%s,"status":"%s","reason":%s,"detail":%s,"instance":%s,"zone":%s,"time":%(%s)T}\n' \
     "$ATTEMPT" "$(json_str "$PHASE")" "$1" "$reason" "$(json_str "${3:0:2000}")" \
     "$(json_str "$INSTANCE")" "$(json_str "$ZONE")" -1 >"$WORK/startup.json"
-  name="${OBJ_PREFIX}runs/$RUN_ID/attempts/$ATTEMPT/startup.json"
-  code=$(curl_auth -sS -o "$WORK/upload.out" -w '%{http_code}' --max-time 30 --retry 3 --retry-connrefused \
-    -X POST -H 'Content-Type: application/json' --data-binary @"$WORK/startup.json" \
-    "$GCS_API/upload/storage/v1/b/$BUCKET/o?uploadType=media&name=$(urlencode "$name")") || code=000
+  name=$(record_name)
+  code=$(upload "$name" "$WORK/startup.json")
   [[ $code == 200 ]] || { log "startup.json upload to gs://$BUCKET/$name: HTTP $code $(last_line "$WORK/upload.out")"; return 1; }
   log "wrote gs://$BUCKET/$name ($1)"
 }
@@ -134,7 +164,7 @@ read_metadata() {
   for key in run-id attempt store image gpu-count gpu-timeout grace-period shm-size data-mount; do
     name=${key//-/_} && md_attr "${name^^}" "runner-$key"
   done
-  for key in gpu-driver-version data-disk checkpoint-dir results-dir heartbeat-interval sync-interval; do
+  for key in gpu-driver-version data-disk checkpoint-dir results-dir heartbeat-interval sync-interval bake; do
     name=${key//-/_} && md_attr "${name^^}" "runner-$key" ""   # optional
   done
   [[ $STORE =~ ^gs://([^/]+)/*(.*[^/])?/*$ ]] || fail bad_metadata "runner-store must be gs://BUCKET[/PREFIX], not $STORE"
@@ -152,6 +182,7 @@ read_metadata() {
       fail data_disk_failed "runner-data-mount must be a path under /var/lib (COS: / and /mnt are read-only), not $DATA_MOUNT"
   fi
   [[ $IMAGE == *@sha256:* ]] || log "warning: image $IMAGE is not pinned by digest; a restart may run other code"
+  [[ -z $BAKE || $BAKE =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] || fail bad_metadata "runner-bake must be an image name, not $BAKE"
   log "run $RUN_ID attempt $ATTEMPT on $INSTANCE ($ZONE, project $PROJECT): image $IMAGE, $GPU_COUNT GPU(s)"
 }
 
@@ -194,6 +225,12 @@ kill_installer() {  # killing cos-extensions leaves its installer container runn
 setup_gpu() {
   phase gpu-driver
   local start=$SECONDS deadline=$((SECONDS + GPU_TIMEOUT + 1)) try rc args=(install gpu)  # +1: whole seconds
+  local t0=$EPOCHREALTIME path=cold want
+  # Driver files left on this disk by an earlier install (a kept disk, or a warm image baked with
+  # them) for this kernel and version: the installer only verifies and loads them. It still runs,
+  # at every boot: the kernel modules are gone after any power-off.
+  want="$(uname -r) ${GPU_DRIVER_VERSION:-default}"
+  [[ $(cat "$NVIDIA_ROOT/.runner-driver" 2>/dev/null) == "$want" ]] && path=warm
   [[ -z $GPU_DRIVER_VERSION ]] || args+=(-- "-version=$GPU_DRIVER_VERSION")
   nvidia_exec_mount
   for ((try = 1; ; try++)); do
@@ -224,7 +261,9 @@ setup_gpu() {
     ((SECONDS < deadline)) || fail gpu_timeout "no usable GPU within ${GPU_TIMEOUT}s (driver install and wait): $GPU_WHY"
     sleep "$GPU_POLL"
   done
-  log "GPU ready: ${GPU_DEVICES[*]}"
+  log "GPU ready: ${GPU_DEVICES[*]} ($path driver path, $(since "$t0") s)"
+  printf '%s' "$want" >"$NVIDIA_ROOT/.runner-driver" || log "could not note the installed driver"
+  mark driver_ready "$EPOCHREALTIME" "{\"path\":\"$path\",\"seconds\":$(since "$t0")}"
 }
 
 registry_auth() {
@@ -236,11 +275,22 @@ registry_auth() {
 }
 
 # On a kept disk (STOP/start) the image is already there: this is what a restart in place saves.
+# A warm image (baked with it) holds it too: pinned by digest, `image inspect` of that reference
+# succeeds only for exactly those bytes, so it is verified, not trusted.
 pull_image() {
   phase image-pull
-  local try delay=$PULL_BACKOFF err=""
+  local try delay=$PULL_BACKOFF err="" t0=$EPOCHREALTIME
+  if [[ $IMAGE == *@sha256:* ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
+    log "image $IMAGE is already on this disk (warm): no pull"
+    mark image_ready "$EPOCHREALTIME" '{"path":"warm","seconds":0}'
+    return 0
+  fi
   for ((try = 1; try <= PULL_RETRIES; try++)); do
-    docker pull "$IMAGE" >"$WORK/pull.log" 2>&1 && { log "pulled $IMAGE: $(last_line "$WORK/pull.log")"; return 0; }
+    if docker pull "$IMAGE" >"$WORK/pull.log" 2>&1; then
+      log "pulled $IMAGE in $(since "$t0") s: $(last_line "$WORK/pull.log")"
+      mark image_ready "$EPOCHREALTIME" "{\"path\":\"cold\",\"seconds\":$(since "$t0")}"
+      return 0
+    fi
     err=$(last_line "$WORK/pull.log")
     log "docker pull $IMAGE failed (try $try of $PULL_RETRIES): $err"
     ((try == PULL_RETRIES)) || { log "retrying in ${delay}s"; sleep "$delay"; delay=$((delay * 2 > 60 ? 60 : delay * 2)); }
@@ -320,19 +370,34 @@ release_when_done() {
   self_delete
 }
 
+# Bake mode (`runner images bake`): this VM's disk becomes a warm boot image. The driver is
+# installed and the image pulled above; nothing else may land on the disk (no job, no record of
+# a run), and the VM is kept for `runner images bake` to stop and image.
+bake_done() {
+  phase bake-ready
+  docker image inspect "$IMAGE" >/dev/null || fail image_pull_failed "$IMAGE is not on the disk after the pull"
+  write_startup_record ok "" "driver and $IMAGE on the disk" || fail bake_failed "could not record the bake as ready"
+  rm -rf "$STATE_DIR/home"   # docker's credential config: not part of an image
+}
+
 main() {
   set -E
   trap 'on_error $? $LINENO "$BASH_COMMAND"' ERR
   WORK=$(mktemp -d /tmp/runner-startup.XXXXXX)
   trap 'rm -rf "$WORK"' EXIT
   read_metadata
+  # The kernel started when the VM turned RUNNING: its uptime dates that on the VM's own clock.
+  local booted=${RUNNER_BOOTED_AT:-$(awk -v now="$EPOCHREALTIME" '{ printf "%.3f", now - $1 }' /proc/uptime)}
+  mark vm_running "$booted" '{"source":"uptime"}'
+  mark startup_script "$STARTED_AT" '{}'
   wait_for_docker
-  if ((GPU_COUNT > 0)); then setup_gpu; fi   # not `||`: that would turn off -e inside it
+  if ((GPU_COUNT > 0)); then setup_gpu; else mark driver_ready "$EPOCHREALTIME" '{"path":"none"}'; fi  # not `||`: that would turn off -e inside it
   # docker and docker-credential-gcr keep their config in $HOME/.docker; /root is read-only on COS.
   mkdir -p "$STATE_DIR/home"
   export HOME="$STATE_DIR/home" DOCKER_CONFIG="$STATE_DIR/home/.docker"
   registry_auth
   pull_image
+  if [[ -n $BAKE ]]; then bake_done; return 0; fi
   if [[ -n $DATA_DISK ]]; then mount_data_disk; fi
   rm -f "$STATE_DIR/shutting-down"  # left by the shutdown before a STOP/start cycle
   start_container

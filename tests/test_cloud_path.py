@@ -34,7 +34,9 @@ from entrypoint.store_gcs import GcsStore
 from examples.trainer import decode_checkpoint
 from runner.launch.backends.base import LABEL_RUN_ID
 from runner.naming import label_value
+from entrypoint.record.phases import ORDER
 from tests.standins.cloud_sim import CosGuest, LiveVmSampler
+from tests.standins.cos_sim.timings import SimClock
 from tests.standins.cos_sim.vm import read_calls
 from tests.standins.cloudbuild import run_cloudbuild_fake
 from tests.standins.compute import ComputeFake, run_compute_fake
@@ -329,9 +331,10 @@ def test_a_preempted_run_resumes_from_last_checkpoint_and_succeeds(cloud: Cloud,
         assert inserts == [first.name] and starts == [first.name]
     else:
         assert len(inserts) == 2 and starts == []
-    # Every boot pulled the pinned image from the registry (the VMs share this host's Docker, so
-    # only the first transfers the layers; every pull still asks the registry).
-    assert registry.docker_pulls() - pulls_before == len(inserts) + len(starts)
+    # Every new VM pulled the pinned image from the registry (the VMs share this host's Docker,
+    # so only the first transfers the layers; every pull still asks the registry). A VM started
+    # again in place finds it on its kept disk, verified by digest: no pull.
+    assert registry.docker_pulls() - pulls_before == len(inserts)
     # Each attempt ran on a VM booted from the inserted metadata, in its zone.
     assert [cloud.record(run_id).read_manifest(a)["zone"] for a in (1, 2)] == ["us-central1-a"] * 2
     if shape == "gpu":  # every boot installed the driver, a STOP/start's too (COS forgets modules)
@@ -339,6 +342,68 @@ def test_a_preempted_run_resumes_from_last_checkpoint_and_succeeds(cloud: Cloud,
             gvm = cloud.guest.vms[(PROJECT, "us-central1-a", name)]
             installs = [c.argv[:2] for c in read_calls(gvm.cos.calls_dir) if c.tool == "cos-extensions"]
             assert gvm.cos.gpus == 1 and installs == [["install", "gpu"]] * (1 + starts.count(name))
+
+
+# ---------------------------------------------------------------------------------------------
+# The recovery timeline, under GCE-like durations: a new VM is cold, a kept disk is warm
+# ---------------------------------------------------------------------------------------------
+
+SCALE = 0.05  # modelled seconds x 0.05: a 45 s driver install waits 2.25 s here
+
+
+@pytest.fixture
+def modelled(cloud: Cloud) -> Iterator[Cloud]:
+    """The shared fake and guest, slowed to GCE's durations (tests/standins/cos_sim/timings.py)."""
+    before = (cloud.guest.clock, cloud.fake.boot_seconds, cloud.fake.operation_seconds)
+    clock = SimClock(time_scale=SCALE)
+    cloud.guest.clock = clock
+    cloud.fake.boot_seconds = cloud.fake.operation_seconds = clock.real(clock.timings.insert_to_running_s)
+    try:
+        yield cloud
+    finally:
+        cloud.guest.clock, cloud.fake.boot_seconds, cloud.fake.operation_seconds = before
+
+
+@pytest.mark.parametrize("action", ["DELETE", "STOP"])
+def test_a_recovery_marks_each_phase_in_order_and_a_kept_disk_skips_the_driver_install_and_the_pull(
+        modelled: Cloud, action: str) -> None:
+    cloud = modelled
+    run_id = f"cp-timeline-{action.lower()}-{uuid.uuid4().hex[:6]}"
+    cloud.submit(run_id, *GPU, "--termination-action", action)
+    cloud.supervise()
+    cloud.wait_state(run_id, State.RUNNING, attempt=1)
+    wait_for(lambda: cloud.step(run_id) >= 8, 60, "attempt 1 to reach step 8", every=0.2)
+    cloud.preempt(run_id)
+    cloud.wait_state(run_id, State.SUCCEEDED, State.FAILED, timeout=120)
+    assert_succeeded_with_bounded_redo(cloud, run_id, attempts=2)
+
+    rec = cloud.record(run_id)
+    first, second = rec.phases(1), rec.phases(2)
+    assert "noticed" not in first  # a start, not a recovery
+    marked = [p for p in ORDER if p in second]
+    assert marked[:6] == ["noticed", "replacement_requested", "vm_running", "startup_script",
+                          "driver_ready", "image_ready"], sorted(second)
+    times = [second[p]["time"] for p in marked]
+    assert times == sorted(times), {p: second[p]["time"] for p in marked}
+    # The attempt was lost when its agent took the SIGTERM of the preemption notice.
+    lost = agent_preempted(cloud.journal(run_id), 1)
+    assert second["noticed"]["detail"]["lost_at"] == pytest.approx(lost[0]["time"], abs=1.0)
+    assert first["driver_ready"]["detail"]["path"] == first["image_ready"]["detail"]["path"] == "cold"
+    manifest = rec.read_manifest(2)
+    gvm = cloud.guest.vms[(PROJECT, manifest["zone"], manifest["instance"])]
+    wait_for(lambda: not gvm.alive, 30, "attempt 2's boot to end", every=0.2)
+    boot = gvm.boots[-1]
+    if action == "STOP":  # the same disk, started again: driver files and image are there
+        assert second["driver_ready"]["detail"]["path"] == "warm"
+        assert second["image_ready"]["detail"]["path"] == "warm"
+        assert boot.argv_of("docker", "pull") == []
+        assert "Found the driver files on disk" in boot.stdout
+    else:  # a new VM from the public COS image: both again, cold
+        assert second["driver_ready"]["detail"]["path"] == "cold"
+        assert second["image_ready"]["detail"]["path"] == "cold"
+        assert len(boot.argv_of("docker", "pull")) == 1
+    assert second["driver_ready"]["detail"]["seconds"] < (
+        first["driver_ready"]["detail"]["seconds"] if action == "STOP" else 1e9)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from entrypoint.markers import (
 )
 from entrypoint.progress import parse_progress_line
 from entrypoint.record import RunPaths, run_prefix
+from entrypoint.record.phases import ORDER
 from tests.conftest import ROOT
 
 STARTUP = (ROOT / "gcp/startup.sh").read_text()
@@ -60,10 +61,18 @@ def test_the_progress_line_a_job_prints_is_the_one_the_agent_parses():
 
 def test_the_startup_script_writes_startup_json_where_the_record_reads_it():
     # bash builds the name itself (it has no python); it must be the record's name for it.
-    m = re.search(r'name="\$\{OBJ_PREFIX\}(runs/\$RUN_ID/attempts/\$ATTEMPT/startup\.json)"', STARTUP)
+    m = re.search(r"printf '%sruns/%s/attempts/%s/startup\.json' \"\$OBJ_PREFIX\" \"\$RUN_ID\" \"\$ATTEMPT\"", STARTUP)
     assert m, "startup.sh no longer names startup.json as expected: update this test and the record"
-    built = m.group(1).replace("$RUN_ID", "exp-1").replace("$ATTEMPT", "7")
-    assert built == run_prefix("exp-1") + RunPaths.startup_name(7)
+    assert "runs/%s/attempts/%s/startup.json" % ("exp-1", 7) == run_prefix("exp-1") + RunPaths.startup_name(7)
+
+
+def test_the_startup_script_marks_phases_where_the_record_reads_them():
+    m = re.search(r'name="\$\{OBJ_PREFIX\}(runs/\$RUN_ID/attempts/\$ATTEMPT/phases/\$1\.json)"', STARTUP)
+    assert m, "startup.sh no longer names its phase marks as expected: update this test and the record"
+    built = m.group(1).replace("$RUN_ID", "exp-1").replace("$ATTEMPT", "7").replace("$1", "driver_ready")
+    assert built == run_prefix("exp-1") + RunPaths.phase_name(7, "driver_ready")
+    for phase in re.findall(r"^\s*mark ([a-z_]+) ", STARTUP, re.M):
+        assert phase in ORDER, phase
 
 
 def test_the_startup_script_points_at_the_log_the_agent_writes():

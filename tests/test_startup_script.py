@@ -292,8 +292,18 @@ def test_cpu_run_records_that_boot_reached_the_container_and_keeps_its_vm(cpu: S
         "schema_version": 1, "attempt": 1, "phase": "container-running", "status": "ok", "reason": None,
         "instance": cpu.vm.name, "zone": ZONE}
     assert abs(doc["time"] - time.time()) < 120
-    (upload,) = [r for r in cpu.api_requests if r.method == "POST"]
-    assert upload.query == {"uploadType": "media", "name": f"cos-sim/{cpu.run_id}/runs/{cpu.run_id}/attempts/1/startup.json"}
+    uploads = {r.query["name"]: r for r in cpu.api_requests if r.method == "POST"}
+    prefix = f"cos-sim/{cpu.run_id}/runs/{cpu.run_id}/attempts/1/"
+    upload = uploads.pop(prefix + "startup.json")
+    assert upload.query == {"uploadType": "media", "name": prefix + "startup.json"}
+    # The rest are the attempt's timeline marks, each create-only (entrypoint/record/phases.py).
+    assert sorted(uploads) == [prefix + f"phases/{p}.json" for p in
+                               ("driver_ready", "image_ready", "startup_script", "vm_running")]
+    assert {r.query.get("ifGenerationMatch") for r in uploads.values()} == {"0"}
+    marks = cpu.record.phases(1)
+    assert marks["driver_ready"]["detail"] == {"path": "none"}
+    assert marks["image_ready"]["detail"]["path"] == "cold"  # nothing on this VM's disk before
+    assert marks["vm_running"]["time"] <= marks["startup_script"]["time"] <= marks["image_ready"]["time"]
     assert upload.headers["authorization"] == f"Bearer {cpu.metadata.token}"
     assert upload.headers["content-type"] == "application/json"
     assert [r for r in cpu.api_requests if r.method == "DELETE"] == []

@@ -34,12 +34,13 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 from entrypoint.record import (
     OUTCOME_UNRECORDED, AttemptSettings, DamagedRecord, IllegalTransition, Role, RunRecord, RunSpec, RunState,
     State, list_run_ids,
 )
+from entrypoint.record import phases
 from entrypoint.record.create_claim import CREATED, RELEASED
 from entrypoint.store import PreconditionFailed, Store, StoreError
 from runner.launch import recovery
@@ -463,6 +464,7 @@ class Supervisor:
     def _restart(self, rec: RunRecord, cur: tuple[RunState, int], spec: RunSpec | None,
                  att: Attempt | None) -> None:
         st, _ = cur
+        self._mark_noticed(rec, st)
         step = recovery.decide(att, spec is not None and self.backend.keeps_stopped(spec))
         if step is Recovery.WAIT:
             # A preemption (or stop) is a timeline: the VM is still in its shutdown notice.
@@ -513,6 +515,7 @@ class Supervisor:
         if reuse is not None:
             if spec is None:
                 raise IllegalTransition(f"run {rec.run_id} has no spec.json")
+            self._mark(rec, attempt, phases.REPLACEMENT_REQUESTED, how="restart_in_place")
             if self.backend.restart_in_place(reuse, self.backend.plan(spec, self.launch_context(spec, attempt, st.zone))):
                 return
             self._delete_attempt(reuse)  # could not be restarted: a fresh attempt, any zone
@@ -568,6 +571,7 @@ class Supervisor:
         lease = CreateLease(rec.claims, claim, self.now, self.lease_renew_every or lease_s / 4)
         ctx = dataclasses.replace(self.launch_context(spec, attempt, previous_zone),
                                   request_key=claim.request_key(self.store.url, rec.run_id), before_insert=lease.check)
+        self._mark(rec, attempt, phases.REPLACEMENT_REQUESTED, how="create")
         try:
             with lease:
                 made = self.backend.create(self.backend.plan(spec, ctx))
@@ -594,6 +598,29 @@ class Supervisor:
             print(f"runner: the create claim of {rec.run_id} attempt {attempt} was taken over "
                   "while this supervisor created it; the next pass keeps only what the claim names",
                   file=sys.stderr)
+
+    def _mark_noticed(self, rec: RunRecord, st: RunState) -> None:
+        """The first pass that sees an attempt lost marks it on the next attempt's timeline
+        (``noticed``), with when it was lost as best known: the agent's own record of its
+        SIGTERM, else its last heartbeat (a VM that vanished says nothing), else the judgement."""
+        lost_at, by = st.updated_at, "record"
+        if not st.updated_by.startswith("agent"):
+            try:
+                hb = rec.read_heartbeat()
+            except (StoreError, DamagedRecord):
+                hb = None
+            if hb is not None and hb.attempt == st.attempt and hb.time < lost_at:
+                lost_at, by = hb.time, "last heartbeat"
+        self._mark(rec, st.attempt + 1, phases.NOTICED, lost_at=lost_at, lost_by=by,
+                   lost=st.state.value, reason=st.reason)
+
+    def _mark(self, rec: RunRecord, attempt: int, phase: str, **detail: Any) -> None:
+        """One mark of the recovery timeline (create-only: the first actor's stands). Best
+        effort: a timeline with a gap is shown with a '?', a pass that fails is worse."""
+        try:
+            rec.mark_phase(attempt, phase, self.actor, at=self.now(), **detail)
+        except StoreError as e:
+            print(f"runner: {rec.run_id}: attempt {attempt}'s {phase} not marked ({e})", file=sys.stderr)
 
     def _drop_unclaimed(self, rec: RunRecord, att: Attempt, only_ours: bool = False) -> None:
         """Two instances of one rank in one attempt (same name, two zones: a create whose claim

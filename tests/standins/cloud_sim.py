@@ -40,16 +40,20 @@ from pathlib import Path
 from typing import Any, Callable, Optional
 
 from tests.standins.cos_sim.fakes import FakeMetadata
+from tests.standins.cos_sim.timings import SimClock
 from tests.standins.cos_sim.vm import REPO, SIM_PATH, Boot, CosVm
 
 STARTUP_FILE = REPO / "gcp" / "startup.sh"
 SHUTDOWN_FILE = REPO / "gcp" / "shutdown.sh"
 LIVE = ("PROVISIONING", "STAGING", "RUNNING", "STOPPING")
 _REAL_PULL_SHIM = """#!/bin/bash
-# docker on a cloud_sim VM: `pull` is real (tests/standins/cloud_sim.py); everything else is cos_sim's shim.
+# docker on a cloud_sim VM: `pull` is real (tests/standins/cloud_sim.py), then takes the modelled
+# time of the layers this VM's disk lacks (cos_sim/bin/cos-sim-pull-model); everything else is
+# cos_sim's shim.
 if [[ ${1:-} == pull ]]; then
   for a in "$@"; do printf "%s\\0" "$a"; done >"$COS_SIM_CALLS/docker.$(date +%s%N).$$"
-  exec /opt/cos-sim/real/docker "$@"
+  /opt/cos-sim/real/docker "$@" || exit
+  exec /opt/cos-sim/bin/cos-sim-pull-model "${!#}"
 fi
 exec /opt/cos-sim/bin/docker "$@"
 """
@@ -77,6 +81,7 @@ class GuestVm:
     booting: Optional[threading.Thread] = None
     metadata: Optional[FakeMetadata] = None
     powered_off: threading.Event = field(default_factory=threading.Event)
+    running_at: float = 0.0
 
     @property
     def alive(self) -> bool:
@@ -92,7 +97,8 @@ class CosGuest:
 
     def __init__(self, work: Path, *, gcs_api: str, compute_api: str, docker_client: Any,
                  vm_env: Optional[dict[str, str]] = None, boot_timeout: float = 600,
-                 halt_seconds: float = 2.0, token_for: Optional[Callable[[Any], str]] = None) -> None:
+                 halt_seconds: float = 2.0, token_for: Optional[Callable[[Any], str]] = None,
+                 clock: SimClock = SimClock()) -> None:
         self.work = work
         self.gcs_api, self.compute_api = gcs_api, compute_api
         self.docker = docker_client
@@ -107,6 +113,9 @@ class CosGuest:
         # Per-boot extras chosen from the VM's metadata (e.g. a driver install that hangs in
         # attempt 1 only): a test sets it, and clears it after.
         self.env_for: Optional[Callable[[dict[str, str]], dict[str, str]]] = None
+        # GCE-like durations of the guest's phases (guest boot, Docker, driver install, pull),
+        # scaled; SimClock() (scale 0) keeps them instant.
+        self.clock = clock
         self.errors: list[str] = []
         self.vms: dict[tuple[str, str, str], GuestVm] = {}
         self.lock = threading.RLock()
@@ -135,6 +144,7 @@ class CosGuest:
             vm.powered_off.clear()
             vm.metadata = FakeMetadata(attributes=attrs, instance=name, zone=zone, project=project,
                                        token=self.token_for(instance))
+            vm.running_at = time.time()  # the kernel starts: what the VM's uptime counts from
             vm.booting = threading.Thread(target=self._boot, args=(vm,), name=f"guest-{name}", daemon=True)
             vm.booting.start()
             self._count_live()
@@ -190,6 +200,10 @@ class CosGuest:
             # The script waits for the job in the foreground: its container is the VM's lifetime.
             "RUNNER_RELEASE_WAIT": "foreground",
             "PULL_RETRIES": "3", "PULL_BACKOFF": "1", "RUNNER_GPU_POLL": "0.2", "RUNNER_GPU_DIAG_INTERVAL": "2",
+            # The VM's own clock of its boot (on COS: now - /proc/uptime; here the container's
+            # uptime is the host's).
+            "RUNNER_BOOTED_AT": f"{vm.running_at:.3f}",
+            **self.clock.guest_env(),
             **self.vm_env,
             **(self.env_for(dict(vm.metadata.attributes)) if self.env_for else {}),
         }
@@ -208,6 +222,9 @@ class CosGuest:
 
     def _boot(self, vm: GuestVm) -> None:
         assert vm.metadata is not None
+        # Kernel, systemd, networking: the startup script runs this long after RUNNING.
+        if vm.powered_off.wait(self.clock.real(self.clock.timings.guest_boot_s)):
+            return
         try:
             with vm.metadata:
                 boot = vm.cos.boot_from_metadata(vm.metadata, self._env(vm), timeout=self.boot_timeout)

@@ -98,12 +98,41 @@ class CosVm:
             if not path.exists():
                 os.mknod(path, 0o666 | stat.S_IFCHR, os.makedev(1, 3))
         self.kernel = self.work / "kernel"  # in-memory kernel state: cleared by power_cycle()
+        # /var/lib/docker on the VM's disk: which images and layers this VM's Docker holds.
+        self.docker_root = self.work / "var-lib-docker"
         # /var/lib/runner on the VM's disk: shared by every boot and shutdown of this VM (the
         # shutdown script's marker must reach the startup script's watcher), kept by power_cycle().
         self.state_dir = self.work / "var-lib-runner"
         self.serial = self.work / "serial.log"
         self.container_name = f"{self.name}-job"
         self.scripts = self.work / "metadata-scripts"
+
+    # What a disk image made from this VM's boot disk carries (COS's stateful partition: the
+    # driver files under /var/lib/nvidia, the images under /var/lib/docker), relative to work.
+    DISK_FILES = ("var-lib-nvidia/.cos-sim-driver-installed", "var-lib-nvidia/.runner-driver",
+                  "var-lib-docker/images", "var-lib-docker/layers")
+
+    def save_disk(self, dest: Path) -> None:
+        """Copy this VM's disk state to ``dest`` (what ``images.insert`` from its disk keeps)."""
+        for rel in self.DISK_FILES:
+            if (self.work / rel).exists():
+                (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(self.work / rel, dest / rel)
+
+    def load_disk(self, src: Path) -> None:
+        """Seed this (new) VM's disk from a ``save_disk`` copy: a disk created from an image."""
+        for rel in self.DISK_FILES:
+            if (src / rel).exists():
+                (self.work / rel).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy(src / rel, self.work / rel)
+
+    def has_driver_files(self) -> bool:
+        return (self.work / self.DISK_FILES[0]).exists()
+
+    def images(self) -> list[str]:
+        """The images this VM's Docker holds (pulled on this disk or carried by its image)."""
+        path = self.docker_root / "images"
+        return path.read_text().split() if path.exists() else []
 
     def power_cycle(self) -> None:
         """A STOP/start (or preemption with terminationAction=STOP, then start): the kernel
@@ -146,6 +175,7 @@ class CosVm:
             .with_volume_mapping(docker_bin, "/opt/cos-sim/real/docker", "ro")
             .with_volume_mapping(str(REPO / "gcp"), "/opt/cos-sim/gcp", "ro")
             .with_volume_mapping(str(SIM / "bin"), "/opt/cos-sim/bin", "ro")
+            .with_volume_mapping(str(SIM), "/opt/cos-sim/lib", "ro")  # timings.py, for the pull model
             .with_volume_mapping(str(self.work), str(self.work), "rw")
             # Only what the script needs beyond a plain container: SYS_ADMIN for its bind mount of
             # the nvidia root. (--privileged is refused here: this machine's Docker itself runs
@@ -161,6 +191,7 @@ class CosVm:
             "COS_SIM_CALLS": str(self.calls_dir),
             "RUNNER_STATE_DIR": str(self.state_dir),
             "COS_SIM_KERNEL": str(self.kernel),
+            "COS_SIM_DOCKER_ROOT": str(self.docker_root),
             "COS_SIM_VM": self.name,
             "COS_SIM_BASE_IMAGE": BASE_IMAGE,
         }
