@@ -278,9 +278,12 @@ class Restored:
                 "streams": self.streams, "prestaged": self.prestaged}
 
 
-def restore(store: Store, prefix: str, local_dir: str, **options: object) -> list[str]:
-    """``restore_checkpoints``, returning only the names restored."""
-    return restore_checkpoints(store, prefix, local_dir, **options).names  # type: ignore[arg-type]
+def restore(store: Store, prefix: str, local_dir: str, *, prestaged_dir: str | None = None,
+            streams: int = DEFAULT_STREAMS, large_object: int = LARGE_OBJECT,
+            slice_bytes: int = SLICE_BYTES) -> list[str]:
+    """``restore_checkpoints``, returning only the names restored (for callers that need no more)."""
+    return restore_checkpoints(store, prefix, local_dir, prestaged_dir=prestaged_dir, streams=streams,
+                               large_object=large_object, slice_bytes=slice_bytes).names
 
 
 def restore_checkpoints(store: Store, prefix: str, local_dir: str, *, prestaged_dir: str | None = None,
@@ -341,10 +344,11 @@ def restore_checkpoints(store: Store, prefix: str, local_dir: str, *, prestaged_
     with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="restore") as pool:
         futures = [pool.submit(attempt, i, False) for i in small]
         for done in futures:
-            if done.exception() is not None:
+            error = done.exception()
+            if error is not None:
                 for f in futures:
-                    f.cancel()  # not yet started: the restore fails anyway
-                raise done.exception()  # type: ignore[misc]
+                    f.cancel()  # those not started yet: the restore fails anyway
+                raise error
 
     for info in sorted(refused, key=lambda i: i.name):
         try:

@@ -215,3 +215,18 @@ def test_parallel_slices_beat_one_stream_when_each_connection_is_rate_limited(tm
     assert (tmp_path / "one").read_bytes() == data == (tmp_path / "four").read_bytes()
     assert one >= 2.0  # the model holds a single stream to its rate
     assert four < one * 0.6, (one, four)
+
+
+def test_the_emulator_takes_its_throughput_model_from_the_environment_when_not_given(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """How a whole session is run against a slower store: the session fixture starts the
+    emulator through ``run_emulator``, which reads these two variables once."""
+    monkeypatch.setenv("RUNNER_GCS_READ_MIBPS", "200")
+    monkeypatch.setenv("RUNNER_GCS_TIME_SCALE", "0.01")
+    with emulator("env-bucket") as (_, strict):
+        assert (strict.read_mibps_per_stream, strict.time_scale) == (200.0, 0.01)
+        assert strict.read_delay(200 * MiB) == pytest.approx(0.01)
+    monkeypatch.delenv("RUNNER_GCS_READ_MIBPS")
+    with emulator("env-bucket") as (_, strict):
+        assert strict.read_delay(200 * MiB) == 0.0  # unlimited unless asked
