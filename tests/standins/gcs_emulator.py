@@ -27,12 +27,12 @@ of ours that adds, without touching the library's module state:
   lifecycle...) instead of the emulator's fixed defaults, so setup code can be checked.
 - GCS-shaped 404 bodies that say whether the bucket or the object is missing, and an optional
   ``deny`` set of buckets that answer 403, so error translation can be tested.
-
 - Read throughput per stream (``read_mibps_per_stream``, 0 = unlimited): each media download,
   whole or ``Range``d, is held back until its bytes would have arrived over one connection at
   that rate, scaled by ``time_scale`` (modelled seconds x scale = real sleep). The wait happens
-  after the lock is released, so concurrent streams wait side by side, as parallel connections
-  to GCS do. The default a test or bench picks is 200 MiB/s, a THIRD-PARTY figure (a blog whose
+  after the lock is released and before the body is sent (the whole transfer time up front:
+  the total is what is modelled, not the pacing), so concurrent streams wait side by side, as
+  parallel connections to GCS do. The default a test or bench picks is 200 MiB/s, a THIRD-PARTY figure (a blog whose
   author is not verified as Google: "from 200 MiB/s for a single stream",
   https://www.beginswithdata.com/2024/02/01/google-cloud-storage-max-throughput/); Google's own
   docs only say sliced downloads "can be significantly faster"
