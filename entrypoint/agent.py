@@ -15,6 +15,9 @@ RUNNER_RESULTS_DIR         local results directory, synced to ``runs/ID/results/
 RUNNER_HEARTBEAT_INTERVAL  seconds between heartbeats (default 5)
 RUNNER_SYNC_INTERVAL       seconds between checkpoint sync passes (default 10)
 RUNNER_GRACE_PERIOD        seconds from SIGTERM to the container being killed (default 25)
+RUNNER_PRESTAGED_DIR       checkpoint files the VM fetched before the container started (same
+                           names as under ``runs/ID/checkpoints/``): adopted when they are
+                           exactly the stored objects (``entrypoint.prestaged``)
 RUNNER_INSTANCE, RUNNER_ZONE, RUNNER_IMAGE   recorded in the manifest
 =========================  ==================================================================
 
@@ -37,9 +40,11 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
-from entrypoint.checkpoints import BackgroundSync, DirectorySync, NoSpaceForRestore, restore
+from entrypoint.checkpoints import BackgroundSync, DirectorySync, NoSpaceForRestore, restore_checkpoints
+from entrypoint.prestaged import PRESTAGED_ENV
 from entrypoint.progress import ProgressTracker
 from entrypoint.record import MOVES, OUTCOME_UNRECORDED, Heartbeat, IllegalTransition, Role, RunRecord, State
+from entrypoint.record.phases import CHECKPOINT_RESTORED, FIRST_STEP
 from entrypoint.store import PreconditionFailed, StoreError
 from entrypoint.stores import open_store
 
@@ -60,6 +65,7 @@ class AgentConfig:
     instance: str
     zone: str
     image: str
+    prestaged_dir: str | None = None
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ[str] = os.environ) -> "AgentConfig":
@@ -81,6 +87,7 @@ class AgentConfig:
             instance=env.get("RUNNER_INSTANCE", socket.gethostname()),
             zone=env.get("RUNNER_ZONE", "local"),
             image=env.get("RUNNER_IMAGE", ""),
+            prestaged_dir=env.get(PRESTAGED_ENV) or None,
         )
 
 
@@ -135,6 +142,7 @@ class Agent:
             self.store, cfg.checkpoint_dir, self.record.name(RunRecord.CHECKPOINTS), f"a{cfg.attempt}"
         )
         self._log_uploaded_size = -1
+        self._first_step_marked = False
 
     # ---- state helpers ----
     def _transition(self, move: str, reason: str | None = None, **changes: object) -> bool:
@@ -177,9 +185,14 @@ class Agent:
 
         self.phase = "restoring"
         try:
-            restored = restore(self.store, self.record.name(RunRecord.CHECKPOINTS), cfg.checkpoint_dir)
+            done = restore_checkpoints(self.store, self.record.name(RunRecord.CHECKPOINTS), cfg.checkpoint_dir,
+                                       prestaged_dir=cfg.prestaged_dir)
         except NoSpaceForRestore as e:
             return self._restore_does_not_fit(e)
+        restored = done.names
+        log.info("restored %d checkpoint file(s), %d bytes, in %.2f s (%d stream(s), %d prestaged)",
+                 len(restored), done.bytes, done.seconds, done.streams, done.prestaged)
+        self._mark(CHECKPOINT_RESTORED, **done.detail())
         os.makedirs(cfg.results_dir, exist_ok=True)
         started = time.time()
         manifest = {
@@ -210,6 +223,8 @@ class Agent:
 
         code = start_code if start_code is not None else self._wait_for_job()
         self._drain_output()
+        self.progress.poll_file()
+        self._mark_first_step()  # a job that ended before the next heartbeat
         self.phase = "finishing"
         bg.stop(timeout=0)  # the final pass below takes the sync lock after any pass in flight
         if self.superseded:
@@ -304,6 +319,29 @@ class Agent:
             "last_progress": {"step": progress.get("step"), "time": changed_at} if "step" in progress else None,
             "checkpoint_at": self.checkpoints.stats.newest_written_at,
         }
+
+    @property
+    def actor(self) -> str:
+        """Who marks this attempt's phases: the agent, and on which machine."""
+        return f"{ACTOR}:{self.cfg.instance}"
+
+    def _mark(self, phase: str, at: float | None = None, **detail: object) -> None:
+        """Mark a phase of this attempt's recovery timeline. Best effort: the timeline is for
+        reading a recovery afterwards, never a reason to hold up or fail the job."""
+        try:
+            self.record.mark_phase(self.cfg.attempt, phase, self.actor, at=at, **detail)
+        except Exception as e:  # noqa: BLE001 - a store, a network or a bug: the job goes on
+            log.warning("could not mark phase %s of attempt %d: %s", phase, self.cfg.attempt, e)
+
+    def _mark_first_step(self) -> None:
+        """``first_step`` once, when the job has reported a step this attempt; at the time the
+        step was first seen, not the time of this call (a heartbeat later)."""
+        first = self.progress.first_step()
+        if first is None or self._first_step_marked:
+            return
+        self._first_step_marked = True
+        step, at = first
+        self._mark(FIRST_STEP, at=at, step=step)
 
     @staticmethod
     def _best_effort(what: str, step: Callable[[], object]) -> object:
@@ -469,6 +507,7 @@ class Agent:
                 self._check_still_owner()
             except Exception as e:  # noqa: BLE001 - a dead heartbeat thread would look like a stall
                 log.warning("heartbeat failed: %s", e)
+            self._mark_first_step()
 
     def _check_still_owner(self) -> None:
         """Stop the job if a newer attempt took the run over (this VM was given up for lost)."""

@@ -22,9 +22,11 @@ import shutil
 import threading
 import time
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from entrypoint.store import Store, StoreError, crc32c_of_file, is_download_temp
+from entrypoint.prestaged import adopt, prestaged_path
+from entrypoint.store import SLICE_BYTES, ObjectInfo, Store, StoreError, crc32c_of_file, is_download_temp
 
 log = logging.getLogger("entrypoint.checkpoints")
 
@@ -253,38 +255,112 @@ def _no_space_error(e: BaseException) -> OSError | None:
     return None
 
 
-def restore(store: Store, prefix: str, local_dir: str) -> list[str]:
-    """Download every public checkpoint object into ``local_dir``, each CRC32C-verified.
+# Objects read at once (and slices of one large object at once): the transfer manager's default
+# worker count, enough to fill a VM's NIC at the ~200 MiB/s one GCS connection gives (a
+# third-party figure: docs/research/recovery-timeline.md section 5).
+DEFAULT_STREAMS = 8
+# From this size on, an object is read as parallel ranged slices instead of one stream.
+LARGE_OBJECT = SLICE_BYTES
 
-    Returns the names restored. A file that fails verification is not left in ``local_dir``;
-    the error propagates, because resuming from a wrong checkpoint is worse than not starting.
-    A full disk raises ``NoSpaceForRestore`` (what the agent records as the run's failure); the
-    download's temp file is gone by then (``Store.download_file``), so the space it took is free.
+
+@dataclass(frozen=True)
+class Restored:
+    """What a restore put in place: the run record's ``checkpoint_restored`` mark says it."""
+
+    names: list[str]  # object names, sorted
+    bytes: int
+    seconds: float
+    streams: int  # the most reads it had in flight at once
+    prestaged: int  # files adopted from the prestaged directory instead of downloaded
+
+    def detail(self) -> dict[str, object]:
+        return {"files": len(self.names), "bytes": self.bytes, "seconds": round(self.seconds, 3),
+                "streams": self.streams, "prestaged": self.prestaged}
+
+
+def restore(store: Store, prefix: str, local_dir: str, *, prestaged_dir: str | None = None,
+            streams: int = DEFAULT_STREAMS, large_object: int = LARGE_OBJECT,
+            slice_bytes: int = SLICE_BYTES) -> list[str]:
+    """``restore_checkpoints``, returning only the names restored (for callers that need no more)."""
+    return restore_checkpoints(store, prefix, local_dir, prestaged_dir=prestaged_dir, streams=streams,
+                               large_object=large_object, slice_bytes=slice_bytes).names
+
+
+def restore_checkpoints(store: Store, prefix: str, local_dir: str, *, prestaged_dir: str | None = None,
+                        streams: int = DEFAULT_STREAMS, large_object: int = LARGE_OBJECT,
+                        slice_bytes: int = SLICE_BYTES) -> Restored:
+    """Put every public checkpoint object into ``local_dir``, each CRC32C-verified.
+
+    Fast, because it sits between a replacement VM's boot and the job's first step: a file in
+    ``prestaged_dir`` that is exactly the object (size and CRC32C) is adopted without a download;
+    the rest are read ``streams`` at a time, and each object of ``large_object`` bytes or more
+    as ``streams`` concurrent slices of ``slice_bytes`` (one after another, so ``streams`` bounds
+    the connections in flight). Safe, as before: every file lands by a rename after its CRC32C
+    matched the object's, so a torn or wrong file never becomes what the job loads; an error
+    propagates, because resuming from a wrong checkpoint is worse than not starting.
+
+    A full disk raises ``NoSpaceForRestore`` (what the agent records as the run's failure), and
+    the temp files of the failed downloads are gone by then (``Store.download_file``). Reads in
+    parallel can run out of space only because of each other's temp files, so the objects
+    refused for space are tried again one at a time, in name order: the one named is one that
+    does not fit beside those already restored.
     """
+    started = time.monotonic()
     os.makedirs(local_dir, exist_ok=True)
-    names = [n for n in store.list(prefix)
-             if not n[len(prefix):].startswith(PARTIAL) and _is_syncable(n[len(prefix):])]
-    restored = []
-    for name in names:
-        rel = name[len(prefix):]
-        dest = os.path.join(local_dir, rel)
+    infos = [i for i in store.list_info(prefix)
+             if not i.name[len(prefix):].startswith(PARTIAL) and _is_syncable(i.name[len(prefix):])]
+    streams = max(1, streams)
+
+    def dest_of(info: ObjectInfo) -> str:
+        return os.path.join(local_dir, *info.name[len(prefix):].split("/"))
+
+    adopted: set[str] = set()
+    if prestaged_dir and os.path.isdir(prestaged_dir):
+        candidates = [i for i in infos if os.path.isfile(prestaged_path(prestaged_dir, i.name[len(prefix):]))]
+        with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="restore-prestaged") as pool:
+            found = pool.map(lambda i: adopt(prestaged_dir, i.name[len(prefix):], i, dest_of(i)), candidates)
+            adopted = {i.name for i, ok in zip(candidates, found) if ok}
+
+    todo = [i for i in infos if i.name not in adopted]
+    refused: list[ObjectInfo] = []  # out of space while other downloads held some
+
+    def fetch(info: ObjectInfo, sliced: bool) -> None:
+        dest = dest_of(info)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        # verifies CRC32C; lands via temp file + rename
+        store.download_file(info.name, dest, streams=streams if sliced else 1, slice_bytes=slice_bytes)
+
+    def attempt(info: ObjectInfo, sliced: bool) -> None:
         try:
-            os.makedirs(os.path.dirname(dest), exist_ok=True)
-            store.download_file(name, dest)  # verifies CRC32C; lands via temp file + rename
+            fetch(info, sliced)
+        except (OSError, StoreError) as e:
+            if _no_space_error(e) is None:
+                raise
+            refused.append(info)
+
+    for info in (i for i in todo if i.size >= large_object):
+        attempt(info, sliced=True)
+    small = [i for i in todo if i.size < large_object]
+    with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="restore") as pool:
+        futures = [pool.submit(attempt, i, False) for i in small]
+        for done in futures:
+            error = done.exception()
+            if error is not None:
+                for f in futures:
+                    f.cancel()  # those not started yet: the restore fails anyway
+                raise error
+
+    for info in sorted(refused, key=lambda i: i.name):
+        try:
+            fetch(info, sliced=info.size >= large_object)
         except (OSError, StoreError) as e:
             full = _no_space_error(e)
             if full is None:
                 raise
-            sizes = [_size_or_none(store, n) for n in names]  # only for the message
-            total = None if None in sizes else sum(s for s in sizes if s is not None)
-            raise NoSpaceForRestore(rel, sizes[names.index(name)], total, local_dir, full) from e
-        restored.append(name)
-    return restored
+            total = sum(i.size for i in infos)
+            raise NoSpaceForRestore(info.name[len(prefix):], info.size, total, local_dir, full) from e
 
-
-def _size_or_none(store: Store, name: str) -> int | None:
-    try:
-        info = store.stat(name)
-    except StoreError:
-        return None
-    return None if info is None else info.size
+    return Restored(names=sorted(i.name for i in infos), bytes=sum(i.size for i in infos),
+                    seconds=time.monotonic() - started,
+                    streams=streams if len(small) < len(todo) else min(streams, len(small)),
+                    prestaged=len(adopted))

@@ -36,6 +36,7 @@ from contextlib import contextmanager
 from typing import BinaryIO, Iterator
 
 from entrypoint.store import (
+    SLICE_BYTES,
     Blob,
     ObjectInfo,
     PreconditionFailed,
@@ -338,7 +339,11 @@ class LocalStore(Store):
         # object, so the partial-then-copy dance would only copy every byte twice more.
         return self.upload_file(name, path, crc32c=crc32c)
 
-    def download_file(self, name: str, path: str) -> ObjectInfo:
+    def download_file(self, name: str, path: str, *, streams: int = 1,
+                      slice_bytes: int = SLICE_BYTES) -> ObjectInfo:
+        # One plain copy whatever ``streams`` says: a copy between two local files is bound by
+        # the disk, which the kernel already reads ahead and writes back in parallel, so ranged
+        # reads on several threads would only add seeks.
         src = self._path(name)
         tmp = download_temp_name(path)
         try:

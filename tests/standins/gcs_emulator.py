@@ -27,6 +27,19 @@ of ours that adds, without touching the library's module state:
   lifecycle...) instead of the emulator's fixed defaults, so setup code can be checked.
 - GCS-shaped 404 bodies that say whether the bucket or the object is missing, and an optional
   ``deny`` set of buckets that answer 403, so error translation can be tested.
+- Read throughput per stream (``read_mibps_per_stream``, 0 = unlimited): each media download,
+  whole or ``Range``d, is held back until its bytes would have arrived over one connection at
+  that rate, scaled by ``time_scale`` (modelled seconds x scale = real sleep). The wait happens
+  after the lock is released and before the body is sent (the whole transfer time up front:
+  the total is what is modelled, not the pacing), so concurrent streams wait side by side, as
+  parallel connections to GCS do. The default a test or bench picks is 200 MiB/s, a THIRD-PARTY figure (a blog whose
+  author is not verified as Google: "from 200 MiB/s for a single stream",
+  https://www.beginswithdata.com/2024/02/01/google-cloud-storage-max-throughput/); Google's own
+  docs only say sliced downloads "can be significantly faster"
+  (https://cloud.google.com/storage/docs/sliced-object-downloads). ``Range: bytes=A-B`` is
+  answered 206 with ``Content-Range: bytes A-B/SIZE``, as a GET with a Range header is on GCS
+  (https://docs.cloud.google.com/storage/docs/downloads); the emulator's own handler does that,
+  tests/test_restore_parallel.py checks it.
 
 One lock serializes all handlers: the emulator's ``Storage`` is not thread-safe, and holding it
 across check-and-commit is what makes the precondition atomic.
@@ -38,6 +51,7 @@ import base64
 import hashlib
 import json
 import logging
+import os
 import re
 import threading
 import time
@@ -139,9 +153,14 @@ class StrictStorage(Storage):
     upload carries its precondition from the initiating POST to the final PUT.
     """
 
-    def __init__(self, deny: Iterable[str] = ()) -> None:
+    def __init__(self, deny: Iterable[str] = (), read_mibps_per_stream: float = 0.0,
+                 time_scale: float = 1.0) -> None:
         super().__init__(use_memory_fs=True)
         self.lock = threading.RLock()
+        # Modelled read throughput of one connection (MiB/s, 0: unlimited) and how many real
+        # seconds one modelled second takes; plain attributes, so a test may change them live.
+        self.read_mibps_per_stream = read_mibps_per_stream
+        self.time_scale = time_scale
         self.denied_buckets = frozenset(deny)
         self._request = threading.local()
         self._last_generation = 0
@@ -156,6 +175,12 @@ class StrictStorage(Storage):
             yield
         finally:
             self._request.expected = None
+
+    def read_delay(self, nbytes: int) -> float:
+        """Real seconds one stream's ``nbytes`` take at the modelled per-stream rate."""
+        if self.read_mibps_per_stream <= 0 or nbytes <= 0:
+            return 0.0
+        return nbytes / (self.read_mibps_per_stream * (1 << 20)) * self.time_scale
 
     def _expected(self) -> "int | _Conditions | None":
         return getattr(self._request, "expected", None)
@@ -358,6 +383,12 @@ def _strict(handler: Handler) -> Handler:
             if is_media and handler in _OBJECT_ACCESS:
                 _add_download_headers(request, response, storage)
             _fill_not_found(request, response, storage)
+        if is_media and handler in _OBJECT_ACCESS and response.status in (HTTPStatus.OK, HTTPStatus.PARTIAL_CONTENT):
+            # Outside the lock: each connection waits for its own bytes, side by side.
+            body = response._content
+            delay = storage.read_delay(len(body) if isinstance(body, (bytes, str)) else 0)
+            if delay > 0:
+                time.sleep(delay)
 
     wrapped.__name__ = f"strict_{handler.__name__}"
     return wrapped
@@ -473,21 +504,40 @@ def _serving(httpd: ThreadingHTTPServer) -> Iterator[str]:
         thread.join(timeout=5)
 
 
+READ_MIBPS_ENV = "RUNNER_GCS_READ_MIBPS"
+TIME_SCALE_ENV = "RUNNER_GCS_TIME_SCALE"
+
+
 @contextmanager
-def run_emulator(bucket: str, deny: Iterable[str] = ()) -> Iterator[str]:
+def run_emulator(bucket: str, deny: Iterable[str] = (), read_mibps_per_stream: float | None = None,
+                 time_scale: float | None = None) -> Iterator[str]:
     """Serve a strict in-memory emulator with ``bucket`` created; yields ``host:port``.
 
     Binds port 0 so the kernel picks a free port with no race. Buckets in ``deny`` (created too)
-    answer every request with 403. Touches no environment variable: point a client at
+    answer every request with 403. Reads no environment variable but the two throughput knobs
+    (``RUNNER_GCS_READ_MIBPS``, ``RUNNER_GCS_TIME_SCALE``, read once here when not passed), so
+    a whole test session can be run against a slower store; point a client at
     ``http://HOST:PORT`` through ``STORAGE_EMULATOR_HOST`` or ``client_options``.
     """
-    storage = StrictStorage(deny=deny)
+    with emulator(bucket, deny, read_mibps_per_stream, time_scale) as (hostport, _storage):
+        yield hostport
+
+
+@contextmanager
+def emulator(bucket: str, deny: Iterable[str] = (), read_mibps_per_stream: float | None = None,
+             time_scale: float | None = None) -> Iterator[tuple[str, StrictStorage]]:
+    """``run_emulator``, also yielding its ``StrictStorage`` (to change the knobs while serving)."""
+    if read_mibps_per_stream is None:
+        read_mibps_per_stream = float(os.environ.get(READ_MIBPS_ENV) or 0)
+    if time_scale is None:
+        time_scale = float(os.environ.get(TIME_SCALE_ENV) or 1)
+    storage = StrictStorage(deny=deny, read_mibps_per_stream=read_mibps_per_stream, time_scale=time_scale)
     for name in {bucket, *deny}:
         emu_buckets.create_bucket(name, storage)
     handler_cls = type("StrictRequestHandler", (_RequestHandler,), {"routes": _build_routes()})
     httpd = _Server(("127.0.0.1", 0), partial(handler_cls, storage))
     with _serving(httpd) as hostport:
-        yield hostport
+        yield hostport, storage
 
 
 @contextmanager

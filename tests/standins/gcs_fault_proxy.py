@@ -14,6 +14,11 @@ does one of the things the real service (or the network in between) does:
   (https://cloud.google.com/storage/docs/json_api/v1/status-codes).
 - ``400``: answer ``invalid`` without forwarding: a write that fails for good (not retried), which
   stands for a writer that dies between two writes.
+- ``corrupt_body``: forward, then answer with one byte of the body flipped (for a read: give the
+  rule ``writes_only=False``). Google's client libraries validate a download's hash because
+  without it "data integrity errors may still be exposed via other network layers, but there is
+  a risk of data loss" (https://cloud.google.com/dotnet/docs/reference/Google.Cloud.Storage.V1/latest/Google.Cloud.Storage.V1.DownloadValidationMode);
+  a client must refuse such bytes.
 
 ``latency`` (seconds, 0 by default) delays every request before it is forwarded: a benchmark
 can stand for the round trip to real GCS (tens of milliseconds) on loopback.
@@ -42,7 +47,7 @@ from typing import Iterator
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te",
                "trailer", "upgrade", "content-length"}
-ACTIONS = ("drop_reply", "applied_503", "429", "503", "400")
+ACTIONS = ("drop_reply", "applied_503", "429", "503", "400", "corrupt_body")
 
 
 def is_write(method: str, target: str) -> bool:
@@ -203,6 +208,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(503, [("Content-Type", "application/json")],
                          _error_body(503, "backendError", "injected after applying the request"))
             return
+        if action == "corrupt_body" and data:
+            middle = len(data) // 2
+            data = data[:middle] + bytes([data[middle] ^ 0xFF]) + data[middle + 1:]
         self._answer(status, headers, data)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _handle
