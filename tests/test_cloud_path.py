@@ -53,7 +53,7 @@ PROJECT = "test-project"
 CLOUD_BUCKET = f"cloud-path-{uuid.uuid4().hex[:8]}"  # created by `runner init`
 VM_ACCOUNT = f"cos-spot-runner@{PROJECT}.iam.gserviceaccount.com"  # what `runner init` creates
 REPOSITORY = "cos-spot-runner/cloud-path"
-STEPS, EVERY, STEP_TIME = 50, 5, 0.2  # 10 s of work: room for a preemption to land mid-job
+STEPS, EVERY, STEP_TIME = 80, 5, 0.2  # 16 s of work: room for `ops preempt` (a CLI process) to land mid-job on a loaded machine
 CPU = ("--machine-type", "n1-standard-4", "--no-gpu")
 GPU = ("--machine-type", "n1-standard-4", "--gpu", "nvidia-tesla-t4:1")
 

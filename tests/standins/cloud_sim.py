@@ -225,6 +225,9 @@ class CosGuest:
         # Kernel, systemd, networking: the startup script runs this long after RUNNING.
         if vm.powered_off.wait(self.clock.real(self.clock.timings.guest_boot_s)):
             return
+        if self.clock.time_scale:
+            with open(vm.cos.ledger, "a") as f:
+                f.write(f"guest_boot {self.clock.timings.guest_boot_s} {self.clock.real(self.clock.timings.guest_boot_s)}\n")
         try:
             with vm.metadata:
                 boot = vm.cos.boot_from_metadata(vm.metadata, self._env(vm), timeout=self.boot_timeout)

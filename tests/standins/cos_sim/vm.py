@@ -100,6 +100,9 @@ class CosVm:
         self.kernel = self.work / "kernel"  # in-memory kernel state: cleared by power_cycle()
         # /var/lib/docker on the VM's disk: which images and layers this VM's Docker holds.
         self.docker_root = self.work / "var-lib-docker"
+        # Each modelled wait this VM took ("KIND MODELLED_S REAL_S" lines): a benchmark counts
+        # them at their modelled length (tests/standins/cos_sim/timings.py).
+        self.ledger = self.work / "ledger"
         # /var/lib/runner on the VM's disk: shared by every boot and shutdown of this VM (the
         # shutdown script's marker must reach the startup script's watcher), kept by power_cycle().
         self.state_dir = self.work / "var-lib-runner"
@@ -133,6 +136,16 @@ class CosVm:
         """The images this VM's Docker holds (pulled on this disk or carried by its image)."""
         path = self.docker_root / "images"
         return path.read_text().split() if path.exists() else []
+
+    def waits(self) -> list[tuple[str, float, float]]:
+        """The modelled waits this VM took, oldest first: (kind, modelled s, real s)."""
+        if not self.ledger.exists():
+            return []
+        out = []
+        for line in self.ledger.read_text().splitlines():
+            kind, modelled, real = line.split()
+            out.append((kind, float(modelled), float(real)))
+        return out
 
     def power_cycle(self) -> None:
         """A STOP/start (or preemption with terminationAction=STOP, then start): the kernel
@@ -192,6 +205,7 @@ class CosVm:
             "RUNNER_STATE_DIR": str(self.state_dir),
             "COS_SIM_KERNEL": str(self.kernel),
             "COS_SIM_DOCKER_ROOT": str(self.docker_root),
+            "COS_SIM_LEDGER": str(self.ledger),
             "COS_SIM_VM": self.name,
             "COS_SIM_BASE_IMAGE": BASE_IMAGE,
         }
