@@ -173,7 +173,13 @@ def bake(ctx: Any, image: str | None = None, *, timeout_s: float | None = None,
         f"{plan.image} (at most {plan.timeout_s:.0f}s)")
     from runner.launch.backends.base import AttemptPlan
 
-    attempt = backend.create(AttemptPlan(plan.name, 1, (plan.vm,)))
+    try:
+        attempt = backend.create(AttemptPlan(plan.name, 1, (plan.vm,)))
+    except BakeError:
+        raise
+    except BackendError as e:  # said for a run (the supervisor retries); a bake is retried by hand
+        raise BakeError(f"no bake VM could be made: {e}. Nothing was left behind; run `runner images "
+                        "bake` again (later, or with more --zones)") from None
     vm = attempt.lead
     say(f"bake VM {vm.name} is up in {vm.zone}")
     inserted = False
