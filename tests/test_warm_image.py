@@ -26,7 +26,7 @@ from runner.config import Config
 from runner.launch.backends.base import LaunchContext
 from runner.launch.backends.gce import GceBackend, vm_options_defaults
 from runner.launch.backends.gce_boot_image import (
-    UPDATE_STRATEGY_KEY, WARM_FAMILY, BootImage, WarmKey, choose, driver_label,
+    UPDATE_STRATEGY_KEY, WARM_FAMILY, WarmKey, choose, driver_label,
 )
 from runner.launch.context import make_context
 from tests.conftest import ROOT, wait_for
@@ -68,8 +68,10 @@ def test_choose_takes_only_a_ready_image_of_the_same_key():
     key = WarmKey(COS, "default", DIGEST)
     cold = f"projects/cos-cloud/global/images/{COS}"
     ready = compute_v1.Image(name=key.name, status="READY", labels=key.labels, disk_size_gb=60)
-    assert choose(key, [ready], cold, PROJECT) == BootImage(
-        f"projects/{PROJECT}/global/images/{key.name}", "warm", choose(key, [ready], cold, PROJECT).reason, 60)
+    warm = choose(key, [ready], cold, PROJECT)
+    assert (warm.source_image, warm.path, warm.disk_size_gb) == (
+        f"projects/{PROJECT}/global/images/{key.name}", "warm", 60)
+    assert key.name in warm.reason
     pending = compute_v1.Image(name=key.name, status="PENDING", labels=key.labels)
     assert choose(key, [pending], cold, PROJECT).path == "cold"
     assert "PENDING" in choose(key, [pending], cold, PROJECT).reason

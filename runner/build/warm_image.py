@@ -24,7 +24,6 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from entrypoint.record import RunSpec
 from runner.launch.backends import gce_boot_image as boot_images
 from runner.launch.backends.base import BackendError, Instance, LaunchContext
 
@@ -102,8 +101,8 @@ def plan_bake(ctx: Any, image: str | None = None, timeout_s: float | None = None
     backend = _gce(ctx)
     cfg = ctx.cfg
     pinned = resolve_image(ctx, image)
-    cold = build_spec(cfg, "bake", ["true"], pinned, max_restarts=0, retry_on_failure=0, env={})
-    prepared = backend.prepare(cold)  # zones that offer the shape; the COS family pinned
+    base = build_spec(cfg, "bake", ["true"], pinned, max_restarts=0, retry_on_failure=0, env={})
+    prepared = backend.prepare(base)  # zones that offer the shape; the COS family pinned
     vm = dict(prepared.vm)
     gpu = backend.gpu_of(prepared)
     key = boot_images.WarmKey.of(vm["vm_image"], vm["gpu_driver_version"], gpu.count, pinned)
@@ -246,7 +245,7 @@ def _stop(backend: Any, project: str, vm: Instance, say: Callable[[str], None]) 
     from runner.cloud.gcp_clients import api_retry
 
     say(f"stopping {vm.name}")
-    backend._wait(project, vm.zone, backend.c.instances.stop_unary(
+    backend.wait_zone_operation(project, vm.zone, backend.c.instances.stop_unary(
         project=project, zone=vm.zone, instance=vm.name, retry=api_retry()))
     deadline = time.monotonic() + 300
     while True:
@@ -310,7 +309,7 @@ def _delete_vm(backend: Any, project: str, vm: Instance) -> None:
     from runner.cloud.gcp_clients import api_retry
 
     try:
-        backend._wait(project, vm.zone, backend.c.instances.delete_unary(
+        backend.wait_zone_operation(project, vm.zone, backend.c.instances.delete_unary(
             project=project, zone=vm.zone, instance=vm.name, retry=api_retry()))
     except gexc.NotFound:
         pass

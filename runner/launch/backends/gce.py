@@ -1,7 +1,8 @@
 """The GCE backend: a run's attempt is a COS spot VM whose startup script starts the container.
 
-``plan()`` builds the exact ``compute_v1.Instance`` for each candidate zone from ``spec.json``
-alone, so a restart recreates the same VM. ``create()`` walks the zones in order and moves on
+``plan()`` builds the exact ``compute_v1.Instance`` for each candidate zone from ``spec.json``,
+so a restart recreates the same VM; the one thing it reads is which boot image to use (a READY
+warm image of the run's key, else the pinned COS image: gce_boot_image.py), once per create. ``create()`` walks the zones in order and moves on
 when a zone is out of capacity or quota (``ZoneFallback``). ``list()`` is one
 ``aggregatedList`` call for every run, whatever their number.
 """
@@ -496,12 +497,15 @@ class GceBackend(ComputeBackend[GcePlan]):
             return None
         return self._get(plan.project, instance.zone, instance.name)
 
-    def _wait(self, project: str, zone: str, op: Any) -> Any:
-        # Our own operations client: the library's extended operation would poll the default
-        # endpoint, whatever endpoint the instances client was given.
+    def wait_zone_operation(self, project: str, zone: str, op: Any) -> Any:
+        """Block until the zone operation ``op`` is DONE; returns it (with its error, if any).
+        Our own operations client: the library's extended operation would poll the default
+        endpoint, whatever endpoint the instances client was given."""
         while _status_name(op.status) != "DONE":
             op = self.c.zone_operations.wait(project=project, zone=zone, operation=op.name, retry=api_retry())
         return op
+
+    _wait = wait_zone_operation
 
     def _existing(self, project: str, zone: str, name: str) -> Instance:
         """The VM a create found already there (409): ours to adopt, unless another store's."""
