@@ -236,8 +236,11 @@ class BakeGuest:
                   "detail": "nvidia-smi: no devices" if self.outcome != "ok" else ""}
         open_store(attrs["runner-store"]).write(f"bakes/{image}/startup.json", json.dumps(report).encode())
         if self.outcome != "ok":
-            compute_v1.InstancesClient(**self.fake.client_kwargs()).delete_unary(project=project, zone=zone,
-                                                                                 instance=name)
+            try:
+                compute_v1.InstancesClient(**self.fake.client_kwargs()).delete_unary(project=project, zone=zone,
+                                                                                     instance=name)
+            except gexc.NotFound:
+                pass  # the baker read the report and deleted it first, as the script also allows
 
     def on_shutdown(self, project: str, zone: str, name: str, notice_seconds: float) -> None:
         pass
