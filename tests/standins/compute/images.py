@@ -11,10 +11,15 @@ Modelled (compute v1 reference, ``images.insert`` / ``images.delete`` / ``Image`
   the image!", https://cloud.google.com/compute/docs/samples/compute-images-create).
   The image is ``PENDING``, then ``READY`` after ``image_ready_seconds`` x ``time_scale`` (an
   estimate: Google publishes no figure; the insert operation is DONE at the same moment); its
-  ``diskSizeGb`` is the source disk's size. Names, families and labels are checked like an
+  ``diskSizeGb`` is the source disk's size. Only a READY image makes disks ("An image can be
+  used to create other resources, such as instances, only after the image has been
+  successfully created and the status is set to READY", ``Image.status``,
+  https://docs.cloud.google.com/dotnet/docs/reference/Google.Cloud.Compute.V1/latest/Google.Cloud.Compute.V1.Image.Types.Status):
+  an instance insert from a PENDING one is refused (instances.py ``_check_source_image``). Names, families and labels are checked like an
   instance's (409 for a name that exists).
 - ``images.delete``: the image is gone at once (404 if it was not there); disks made from it
-  are not affected.
+  are not affected [E: the reference names no dependency check; the operation's own time is
+  not modelled].
 - Operations on images are global (``globalOperations.get`` / ``wait``).
 - The guest hook ``Guest.on_image_created(project, image, source_disk)`` is told at insert, on
   the fake's guest thread, so a simulated VM's disk can be copied into the image.
