@@ -101,6 +101,7 @@ class Config:
     external_ip: bool = _key(True, "bool", "true or false")
     no_gpu: bool = _key(False, "bool", "true or false")
     gpu_driver_version: str | None = _key(None, "optional_str", "a cos-extensions driver version, e.g. latest")
+    warm_images: str = _key("auto", "str", "auto (boot from a baked warm image when one matches) or off")
     source: dict[str, str] = field(default_factory=dict, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -473,6 +474,10 @@ def _check_vm(cfg: Config) -> list[str]:
             problems.append(_bad(cfg, key, "must not be negative", "set a size in GB"))
     if cfg.max_run_duration < 0:
         problems.append(_bad(cfg, "max_run_duration", "must not be negative", "use 0 for no limit"))
+    if cfg.warm_images not in ("auto", "off"):
+        problems.append(_bad(cfg, "warm_images", "is not auto or off",
+                             "use auto (a create boots a READY image made by `runner images bake` when "
+                             "one matches the run) or off (always boot the plain COS image)"))
     return problems
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 import click
 
 from runner.cli.cmd_build import build
+from runner.cli.cmd_images import images
 from runner.cli.cmd_ops import ops
 from runner.cli.cmd_setup import doctor, init
 from runner.cli.cmd_submit import submit
@@ -28,5 +29,5 @@ def main() -> None:
     """
 
 
-for _command in (submit, build, supervise, doctor, init, ops):
+for _command in (submit, build, images, supervise, doctor, init, ops):
     main.add_command(_command)

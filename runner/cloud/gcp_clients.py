@@ -56,6 +56,7 @@ class ComputeClients:
     accelerator_types: Any
     zones: Any
     disks: Any
+    global_operations: Any = None  # images.insert/delete answer with global operations
 
 
 def _client_kwargs(endpoint: str | None) -> dict[str, Any]:
@@ -85,6 +86,7 @@ def compute_clients(endpoint: str | None = None) -> ComputeClients:
         accelerator_types=compute_v1.AcceleratorTypesClient(**kwargs),
         zones=compute_v1.ZonesClient(**kwargs),
         disks=compute_v1.DisksClient(**kwargs),
+        global_operations=compute_v1.GlobalOperationsClient(**kwargs),
     )
 
 

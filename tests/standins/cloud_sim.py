@@ -118,6 +118,7 @@ class CosGuest:
         self.clock = clock
         self.errors: list[str] = []
         self.vms: dict[tuple[str, str, str], GuestVm] = {}
+        self.images: dict[str, Path] = {}  # disk image name -> its copy of the source VM's disk
         self.lock = threading.RLock()
         self.max_live_per_run: Counter[str] = Counter()  # most VMs of one run seen booted at once
         self._stop = threading.Event()
@@ -133,6 +134,9 @@ class CosGuest:
                 safe = f"{name[:40]}-{uuid.uuid4().hex[:6]}"
                 vm = GuestVm(project, zone, name, CosVm(self.work / safe, gpus=_gpus(instance), name=f"cs-{safe}"))
                 self.vms[(project, zone, name)] = vm
+                source = next((d.initialize_params.source_image for d in instance.disks if d.boot), "")
+                if source.rsplit("/", 1)[-1] in self.images:  # a boot disk made from a disk image
+                    vm.cos.load_disk(self.images[source.rsplit("/", 1)[-1]])
             if vm.alive:
                 self.errors.append(f"{zone}/{name}: RUNNING again while its previous boot still runs")
                 return
@@ -148,6 +152,18 @@ class CosGuest:
             vm.booting = threading.Thread(target=self._boot, args=(vm,), name=f"guest-{name}", daemon=True)
             vm.booting.start()
             self._count_live()
+
+    def on_image_created(self, project: str, image: str, source_disk: str) -> None:
+        """``images.insert`` from a VM's boot disk (named after the VM, as GCE names it): keep
+        a copy of that disk's state; a VM booted from the image starts with it (``on_running``)."""
+        _p, _zones, zone, _disks, disk = source_disk.split("/")[-5:]
+        vm = self.vms.get((project, zone, disk))
+        if vm is None:
+            self.errors.append(f"image {image}: its source disk {source_disk} is no VM's boot disk here")
+            return
+        dest = self.work / "images" / image
+        vm.cos.save_disk(dest)
+        self.images[image] = dest
 
     def on_shutdown(self, project: str, zone: str, name: str, notice_seconds: float) -> None:
         """ACPI soft-off: run the shutdown script, for at most ``notice_seconds`` (blocks)."""

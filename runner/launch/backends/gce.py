@@ -1,7 +1,8 @@
 """The GCE backend: a run's attempt is a COS spot VM whose startup script starts the container.
 
-``plan()`` builds the exact ``compute_v1.Instance`` for each candidate zone from ``spec.json``
-alone, so a restart recreates the same VM. ``create()`` walks the zones in order and moves on
+``plan()`` builds the exact ``compute_v1.Instance`` for each candidate zone from ``spec.json``,
+so a restart recreates the same VM; the one thing it reads is which boot image to use (a READY
+warm image of the run's key, else the pinned COS image: gce_boot_image.py), once per create. ``create()`` walks the zones in order and moves on
 when a zone is out of capacity or quota (``ZoneFallback``). ``list()`` is one
 ``aggregatedList`` call for every run, whatever their number.
 """
@@ -16,6 +17,7 @@ from typing import Any, Callable
 from entrypoint.record import RunSpec
 from runner.launch.backends import vm_metadata as md
 from runner.launch.backends.base import (
+    AttemptPlan,
     LABEL_ATTEMPT,
     LABEL_RANK,
     LABEL_RUN_ID,
@@ -28,6 +30,7 @@ from runner.launch.backends.base import (
     InstanceStatus,
     LaunchContext,
 )
+from runner.launch.backends import gce_boot_image as boot_images
 from runner.launch.backends.gce_shapes import ShapeError, resolve_gpu, waits_for_driver
 from runner.cloud.gcp_clients import ComputeClients, api_retry
 from runner.naming import label_value, resource_name, store_label
@@ -78,6 +81,7 @@ def vm_options_defaults() -> dict[str, Any]:
         "external_ip": True,
         "no_gpu": False,
         "gpu_driver_version": "",
+        "warm_images": "auto",       # "off": always boot vm_image (gce_boot_image.py)
     }
 
 
@@ -90,6 +94,7 @@ class GcePlan:
     candidates: list[tuple[str, Any]] = field(default_factory=list)  # (zone, compute_v1.Instance)
     request_key: str = ""  # LaunchContext.request_key: deterministic request ids ("" → random)
     before_insert: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
+    boot: boot_images.BootImage | None = None  # which boot image the candidates use, and why
 
     def request_id(self, zone: str) -> str:
         """The insert's ``requestId`` in ``zone``: the same for the same (run, attempt, claim
@@ -105,7 +110,8 @@ class GcePlan:
     def to_dict(self) -> list[dict[str, Any]]:
         from google.cloud import compute_v1
 
-        return [{"zone": z, "instance": compute_v1.Instance.to_dict(i)} for z, i in self.candidates]
+        boot = {"boot": self.boot.to_dict()} if self.boot is not None else {}
+        return [{"zone": z, "instance": compute_v1.Instance.to_dict(i), **boot} for z, i in self.candidates]
 
 
 _REQUEST_NAMESPACE = uuid.UUID("6f1c2a9e-5b7d-4c3e-9a51-0d2f8e4b7c10")  # cos-spot-runner's insert ids
@@ -161,12 +167,16 @@ class GceBackend(ComputeBackend[GcePlan]):
             "external_ip": cfg.external_ip,
             "no_gpu": cfg.no_gpu,
             "gpu_driver_version": cfg.gpu_driver_version or "",
+            "warm_images": cfg.warm_images,
         }
 
     @classmethod
     def unchecked_by_dry_run(cls, spec: RunSpec) -> list[str]:
         out = ["zones, machine type and GPU were not checked against the Compute API",
                f"the VM image {(spec.vm or {}).get('vm_image')} was not pinned to a concrete image"]
+        if (spec.vm or {}).get("warm_images", "auto") != "off":
+            out.append("warm boot images were not looked up (a create boots a READY warm image of the run's "
+                       "COS image, driver and image digest when one exists: `runner images list`)")
         if "@sha256:" not in spec.image:
             out.append(f"the image {spec.image} is not pinned by digest, which submit refuses")
         return out
@@ -262,11 +272,11 @@ class GceBackend(ComputeBackend[GcePlan]):
         if vm["data_disk"] and len(usable) > 1:
             print(f"runner: note: data disk {vm['data_disk']} is zonal: the run stays in {usable[0]}", file=sys.stderr)
             usable = usable[:1]
-        vm["vm_image"] = self._pin_image(vm["vm_image"])
+        vm["vm_image"] = self.pin_vm_image(vm["vm_image"])
         vm["project"] = project
         return dataclasses.replace(spec, zones=usable, vm=vm, machine_type=machine_type)
 
-    def _pin_image(self, ref: str) -> str:
+    def pin_vm_image(self, ref: str) -> str:
         """``projects/P/global/images/family/F`` → the concrete image it points at today."""
         from google.api_core import exceptions as gexc
 
@@ -280,8 +290,46 @@ class GceBackend(ComputeBackend[GcePlan]):
             raise BackendError(f"no image family {family!r} in project {project} (COS families: cos-stable, cos-beta, cos-dev, cos-NNN-lts)") from None
         return f"projects/{project}/global/images/{img.name}"
 
-    # ---- plan (pure) ----
-    def plan_instance(self, spec: RunSpec, ctx: LaunchContext, rank: int) -> GcePlan:
+    # ---- plan (pure, but for one read: which warm boot image exists) ----
+    def plan(self, spec: RunSpec, ctx: LaunchContext) -> AttemptPlan[GcePlan]:
+        """As the base class, with the boot image chosen once for every instance of the attempt:
+        one ``images.list`` per create at most (none for a dry run, which has no client)."""
+        boot = self.boot_image(spec)
+        return AttemptPlan(spec.run_id, ctx.attempt,
+                           tuple(self.plan_instance(spec, ctx, rank, boot) for rank in self.ranks(spec)))
+
+    def boot_image(self, spec: RunSpec) -> boot_images.BootImage:
+        """The READY warm image whose key is the run's (COS image, driver, digest), else the
+        configured ``vm_image``. Why a read in a plan: the boot image decides minutes of a
+        recovery, and the choice must be in the plan that ``--dry-run`` prints and tests assert.
+        A failed listing is said and costs only the warm path: the create goes on cold."""
+        import sys
+
+        vm = {**vm_options_defaults(), **(getattr(spec, "vm", None) or {})}
+        cold = vm["vm_image"]
+        if vm["warm_images"] == "off":
+            return boot_images.BootImage(cold, "cold", "warm_images = off")
+        if self.c is None:
+            return boot_images.BootImage(cold, "cold", "warm images not looked up (dry run: no API call)")
+        try:
+            gpu = resolve_gpu(spec.machine_type or "n1-standard-4", spec.gpu, no_gpu=vm["no_gpu"])
+        except ShapeError as e:
+            raise BackendError(str(e)) from None
+        key = boot_images.WarmKey.of(cold, vm["gpu_driver_version"], gpu.count, spec.image)
+        if key is None:
+            return boot_images.choose(None, [], cold, "")
+        project = vm["project"] or self.project
+        try:
+            found = list(self.c.images.list(request={"project": project, "filter": key.list_filter},
+                                            retry=api_retry()))
+        except Exception as e:  # noqa: BLE001 - the cold path needs no warm image
+            print(f"runner: warning: listing warm images in {project} failed ({type(e).__name__}: "
+                  f"{getattr(e, 'message', e)}); booting {cold} cold", file=sys.stderr)
+            return boot_images.BootImage(cold, "cold", f"listing warm images failed: {type(e).__name__}")
+        return boot_images.choose(key, found, cold, project)
+
+    def plan_instance(self, spec: RunSpec, ctx: LaunchContext, rank: int,
+                      boot: boot_images.BootImage | None = None) -> GcePlan:
         from google.cloud import compute_v1
 
         vm = {**vm_options_defaults(), **(getattr(spec, "vm", None) or {})}
@@ -291,6 +339,8 @@ class GceBackend(ComputeBackend[GcePlan]):
             gpu = resolve_gpu(spec.machine_type or "n1-standard-4", spec.gpu, no_gpu=vm["no_gpu"])
         except ShapeError as e:
             raise BackendError(str(e)) from None
+        if boot is None:
+            boot = self.boot_image(spec)
         meta = md.VmMetadata(
             run_id=spec.run_id, attempt=ctx.attempt, store=ctx.store_url, image=spec.image,
             gpu_count=gpu.count,  # command and env: the agent reads spec.json
@@ -302,6 +352,11 @@ class GceBackend(ComputeBackend[GcePlan]):
         )
         startup, shutdown = _startup_scripts()
         items = {**meta.items(), md.STARTUP_SCRIPT: startup, md.SHUTDOWN_SCRIPT: shutdown}
+        if boot.path == "warm":
+            items[boot_images.UPDATE_STRATEGY_KEY] = boot_images.UPDATE_DISABLED
+        # GCE refuses a boot disk smaller than its image ("Requested disk size cannot be smaller
+        # than the image size", the 400 quoted in https://github.com/test-kitchen/kitchen-google/pull/152).
+        disk_gb = max(int(vm["boot_disk_gb"]), boot.disk_size_gb)
         zones = list(ctx.zones or spec.zones) or ["us-central1-a"]
         if vm["data_disk"]:
             zones = zones[:1]  # an existing zonal disk pins the run to its zone
@@ -318,7 +373,7 @@ class GceBackend(ComputeBackend[GcePlan]):
             disks = [compute_v1.AttachedDisk(
                 boot=True, auto_delete=True, device_name="boot",
                 initialize_params=compute_v1.AttachedDiskInitializeParams(
-                    source_image=vm["vm_image"], disk_size_gb=int(vm["boot_disk_gb"]),
+                    source_image=boot.source_image, disk_size_gb=disk_gb,
                     disk_type=f"zones/{zone}/diskTypes/{vm['boot_disk_type']}"),
             )]
             if vm["data_disk"]:
@@ -359,7 +414,7 @@ class GceBackend(ComputeBackend[GcePlan]):
                     accelerator_count=gpu.count)]
             candidates.append((zone, inst))
         return GcePlan(name=name, project=project, candidates=candidates, request_key=ctx.request_key,
-                       before_insert=ctx.before_insert)
+                       before_insert=ctx.before_insert, boot=boot)
 
     # ---- act ----
     def create_instance(self, plan: GcePlan) -> Instance:
@@ -442,12 +497,15 @@ class GceBackend(ComputeBackend[GcePlan]):
             return None
         return self._get(plan.project, instance.zone, instance.name)
 
-    def _wait(self, project: str, zone: str, op: Any) -> Any:
-        # Our own operations client: the library's extended operation would poll the default
-        # endpoint, whatever endpoint the instances client was given.
+    def wait_zone_operation(self, project: str, zone: str, op: Any) -> Any:
+        """Block until the zone operation ``op`` is DONE; returns it (with its error, if any).
+        Our own operations client: the library's extended operation would poll the default
+        endpoint, whatever endpoint the instances client was given."""
         while _status_name(op.status) != "DONE":
             op = self.c.zone_operations.wait(project=project, zone=zone, operation=op.name, retry=api_retry())
         return op
+
+    _wait = wait_zone_operation
 
     def _existing(self, project: str, zone: str, name: str) -> Instance:
         """The VM a create found already there (409): ours to adopt, unless another store's."""

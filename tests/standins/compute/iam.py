@@ -29,6 +29,10 @@ _PERMISSIONS: dict[str, str] = {
     "images.getFromFamily": "compute.images.getFromFamily",
     "images.get": "compute.images.get",
     "images.list": "compute.images.list",
+    "images.insert": "compute.images.create",
+    "images.delete": "compute.images.delete",
+    "globalOperations.get": "compute.globalOperations.get",
+    "globalOperations.wait": "compute.globalOperations.get",
     "machineTypes.get": "compute.machineTypes.get",
     "machineTypes.list": "compute.machineTypes.list",
     "machineTypes.aggregatedList": "compute.machineTypes.list",
@@ -61,6 +65,11 @@ _ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
                                      "acceleratorTypes", "zones", "regions", "disks")
         for v in ("get", "list")} | {"compute.images.getFromFamily"}),
     "roles/iam.serviceAccountUser": frozenset({"iam.serviceAccounts.actAs"}),
+    # Images and disks ("Compute Storage Admin", https://docs.cloud.google.com/iam/docs/roles-permissions/compute):
+    # what `runner images bake/delete` needs beyond instanceAdmin.v1.
+    "roles/compute.storageAdmin": frozenset({
+        "compute.images.*", "compute.disks.*", "compute.snapshots.*", "compute.globalOperations.*",
+        "compute.zoneOperations.*", "compute.regions.*", "compute.zones.*"}),
 }
 _ROLE_PERMISSIONS["roles/viewer"] = _ROLE_PERMISSIONS["roles/compute.viewer"]
 

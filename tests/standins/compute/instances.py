@@ -12,7 +12,7 @@ from google.cloud import compute_v1
 from tests.standins.compute.catalogue import MACHINE_TYPES, ZONES
 from tests.standins.compute.errors import ApiError, _copy, _invalid, _not_found, _now_ts
 from tests.standins.compute.model import (
-    API, _disk_ref, _fill_scheduling, _fingerprint, _full, _is_spot, _last, _no_results, _page, _Vm,
+    API, _path as _path_of, _disk_ref, _fill_scheduling, _fingerprint, _full, _is_spot, _last, _no_results, _page, _Vm,
     _zonal_ref,
 )
 
@@ -206,12 +206,34 @@ class InstanceRecords:
             raise _invalid("resource.metadata", "", "Metadata total size exceeds 512 KB.")
         if inst.disks and sum(1 for d in inst.disks if d.boot) != 1:
             raise _invalid("resource.disks", "", "Exactly one boot disk must be specified.")
-        for d in inst.disks:
-            src = d.initialize_params.source_image
-            m = re.search(r"projects/cos-cloud/global/images/(family/)?([^/]+)$", src or "")
-            if m and self._find_image("cos-cloud", m.group(2), family=bool(m.group(1))) is None:
-                raise _invalid("resource.disks[0].initializeParams.sourceImage", src,
-                               "The referenced image resource cannot be found.")
+        for i, d in enumerate(inst.disks):
+            self._check_source_image(i, d)
+
+    def _check_source_image(self, i: int, d: compute_v1.AttachedDisk) -> None:
+        """A disk made from an image: the image exists (any project the fake holds images of),
+        is READY (a PENDING image cannot be used yet: "resourceNotReady"), and the disk is not
+        smaller than it ("Requested disk size cannot be smaller than the image size (N GB)", the
+        400 GCE answers, quoted in https://github.com/test-kitchen/kitchen-google/pull/152)."""
+        self._ready_images()
+        src = d.initialize_params.source_image
+        m = re.search(r"projects/([^/]+)/global/images/(family/)?([^/]+)$", src or "")
+        if not m:
+            return
+        project, family, name = m.group(1), bool(m.group(2)), m.group(3)
+        if project not in ("cos-cloud", self.project) and not any(p == project for p, _n in self._images):
+            return  # a public image project the fake does not model: not checked
+        image = self._find_image(project, name, family=family)
+        if image is None:
+            raise _invalid(f"resource.disks[{i}].initializeParams.sourceImage", src,
+                           "The referenced image resource cannot be found.")
+        if image.status != "READY":
+            raise ApiError(400, "resourceNotReady", f"The resource '{_path_of(image.self_link)}' "
+                           "is not ready")
+        size = d.initialize_params.disk_size_gb
+        if size and size < image.disk_size_gb:
+            raise _invalid(f"resource.disks[{i}].initializeParams.diskSizeGb", str(size),
+                           f"Requested disk size cannot be smaller than the image size "
+                           f"({image.disk_size_gb} GB)")
 
     def _vm(self, project: str, zone: str, name: str) -> _Vm:
         vm = self._vms.get((project, zone, name))

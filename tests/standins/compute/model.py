@@ -39,7 +39,7 @@ class IamPolicySource(Protocol):
 class Guest(Protocol):
     """What runs inside the fake's VMs: the hook a whole-path test uses to simulate COS VMs.
 
-    Set ``fake.guest`` to an object with these three methods (``None``, the default, means the
+    Set ``fake.guest`` to an object with these methods (``None``, the default, means the
     VMs run nothing). The fake calls them from its own dispatcher thread, never under its lock,
     so a guest may call back into the fake (``append_serial``, HTTP requests) freely; events for
     one VM arrive in the order they happened (running → shutdown → power off → running ...).
@@ -59,6 +59,13 @@ class Guest(Protocol):
     def on_power_off(self, project: str, zone: str, name: str) -> None:
         """Power is cut (G3 mechanical off): kill whatever still runs on this VM, at once.
         Called after ``on_shutdown`` returned or its notice ran out, whichever came first."""
+
+    def on_image_created(self, project: str, image: str, source_disk: str) -> None:
+        """Optional (a guest without it is not told): ``images.insert`` made image ``image``
+        from ``source_disk`` (``projects/P/zones/Z/disks/D``). Called in order with the other
+        events, so the disk's content is copied before the VM it belongs to is deleted; a VM
+        later booted from the image (its boot disk's ``initializeParams.sourceImage``) starts
+        with that content."""
 
 
 @dataclass

@@ -31,6 +31,10 @@ _ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/global/images/family/(?P<family>[^/]+)", "images.getFromFamily"),
     ("GET", "/global/images/(?P<image>[^/]+)", "images.get"),
     ("GET", "/global/images", "images.list"),
+    ("POST", "/global/images", "images.insert"),
+    ("DELETE", "/global/images/(?P<image>[^/]+)", "images.delete"),
+    ("GET", "/global/operations/(?P<operation>[^/]+)", "globalOperations.get"),
+    ("POST", "/global/operations/(?P<operation>[^/]+)/wait", "globalOperations.wait"),
     ("GET", _Z + "/machineTypes", "machineTypes.list"),
     ("GET", _Z + "/machineTypes/(?P<machine_type>[^/]+)", "machineTypes.get"),
     ("GET", "/aggregated/machineTypes", "machineTypes.aggregatedList"),
@@ -43,6 +47,8 @@ _ROUTES: list[tuple[str, str, str]] = [
 ]
 
 _SETTERS = ("instances.setMetadata", "instances.setLabels")
+# Mutations of global resources, answered with a global operation (requestId applies to them too).
+_GLOBAL_MUTATIONS = ("images.insert", "images.delete")
 _MUTATIONS = {
     "instances.delete": "_h_delete",
     "instances.stop": "_h_stop",

@@ -29,7 +29,8 @@ from tests.standins.compute.model import (
 )
 from tests.standins.compute.operations import OperationRecords
 from tests.standins.compute.quotas import QuotaRules
-from tests.standins.compute.routes import _MUTATIONS, _ROUTES, _SETTERS
+from tests.standins.compute.images import IMAGE_READY_SECONDS
+from tests.standins.compute.routes import _GLOBAL_MUTATIONS, _MUTATIONS, _ROUTES, _SETTERS
 from tests.standins.compute.timeline import PreemptionTimeline
 from tests.standins.google_api import Answer, RoutedApi
 
@@ -99,6 +100,8 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
         self._scheduled: list[_Scheduled] = []
         self._fail_next: list[tuple[int, Optional[str], Optional[str]]] = []
         self._images: dict[tuple[str, str], compute_v1.Image] = {}
+        self._image_ready_at: dict[tuple[str, str], float] = {}  # PENDING images: when READY
+        self.image_ready_seconds = IMAGE_READY_SECONDS  # x time_scale
         self._disks: dict[tuple[str, str, str], compute_v1.Disk] = {}
         self._guest_events: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
         self._guest_thread: Optional[threading.Thread] = None
@@ -206,15 +209,15 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
         # requestId makes retried mutations idempotent, as in GCE.
         request_id = q.get("requestId")
         rid_key = (p, zone or "", rpc, request_id or "")
-        if request_id and (rpc in _MUTATIONS or rpc in _SETTERS):
+        if request_id and (rpc in _MUTATIONS or rpc in _SETTERS or rpc in _GLOBAL_MUTATIONS):
             if not _UUID_RE.fullmatch(request_id) or set(request_id) <= {"0", "-"}:
                 raise _invalid("requestId", request_id, "Must be a valid UUID other than the "
                                "zero UUID.")
             seen = self._request_ids.get(rid_key)
             ttl = self.request_id_ttl * (self.time_scale or 1.0)
             if seen is not None and time.monotonic() - seen[1] < ttl and \
-                    (p, zone, seen[0]) in self._ops:
-                return self._render_op(self._ops[(p, zone, seen[0])])  # type: ignore[index]
+                    (p, zone or "global", seen[0]) in self._ops:
+                return self._render_op(self._ops[(p, zone or "global", seen[0])])  # type: ignore[index]
         if rpc == "instances.insert":
             result = self._h_insert(p, zone, q, body)  # type: ignore[arg-type]
         elif rpc in ("instances.setMetadata", "instances.setLabels"):
@@ -253,6 +256,14 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
             return self._h_image(p, a["image"], family=False)
         elif rpc == "images.list":
             return self._h_images_list(p, q)
+        elif rpc == "images.insert":
+            result = self._h_images_insert(p, q, body)
+        elif rpc == "images.delete":
+            result = self._h_images_delete(p, a["image"])
+        elif rpc == "globalOperations.get":
+            return self._render_op(self._h_global_op(p, op_name))  # type: ignore[arg-type]
+        elif rpc == "globalOperations.wait":
+            return self._h_global_op(p, op_name)  # type: ignore[arg-type]
         elif rpc == "regions.get":
             return self._h_region(p, a["region"])
         else:
