@@ -28,7 +28,7 @@ DOCKER_WAIT=${RUNNER_DOCKER_WAIT:-120}            # docker.service may start aft
 DRIVER_LIBS=/usr/local/nvidia/lib64               # where the container finds the driver's libraries
 
 STARTED_AT=$EPOCHREALTIME   # this script began: the attempt's `startup_script` phase
-PHASE=starting FAILED="" WORK="" TOKEN="" BAKE=""
+PHASE=starting FAILED="" WORK="" TOKEN="" BAKE="" PRESTAGED=""
 RUN_ID="" ATTEMPT="" BUCKET="" OBJ_PREFIX="" INSTANCE="" ZONE="" PROJECT=""
 
 log() { printf 'runner: %s\n' "$*"; }
@@ -314,6 +314,33 @@ mount_data_disk() {
   log "mounted $dev at $DATA_MOUNT"
 }
 
+# On a warm disk the image is here before the driver is loaded: fetch the checkpoint meanwhile,
+# in the workload image (python3 -m entrypoint.prestage), into a directory the job's container
+# gets as RUNNER_PRESTAGED_DIR. The agent adopts a file only if it is exactly the stored object,
+# so a copy cut short or stale costs a download, never a wrong resume. Best effort throughout.
+start_prestage() {
+  local dir="$STATE_DIR/prestaged" args
+  rm -rf "$dir" && mkdir -p "$dir" || { log "prestage: cannot make $dir"; return 0; }
+  docker rm -f "$CONTAINER-prestage" >/dev/null 2>&1 || true
+  args=(run -d --name "$CONTAINER-prestage" --network host --pull never --entrypoint python3
+    -v "$dir:/prestaged" -e "RUNNER_RUN_ID=$RUN_ID" -e "RUNNER_STORE=$STORE")
+  [[ -z ${STORAGE_EMULATOR_HOST:-} ]] || args+=(-e "STORAGE_EMULATOR_HOST=$STORAGE_EMULATOR_HOST")
+  if docker "${args[@]}" "$IMAGE" -m entrypoint.prestage /prestaged >"$WORK/prestage.log" 2>&1; then
+    PRESTAGED=$dir
+    log "fetching the checkpoint while the driver loads"
+  else
+    log "prestage not started: $(last_line "$WORK/prestage.log")"
+  fi
+}
+
+finish_prestage() {
+  [[ -n $PRESTAGED ]] || return 0
+  local code
+  code=$(timeout 600 docker wait "$CONTAINER-prestage" 2>/dev/null) || code="?"
+  log "prestage exited ($code): $(docker logs --tail 1 "$CONTAINER-prestage" 2>&1 | tail -n 1)"
+  docker rm -f "$CONTAINER-prestage" >/dev/null 2>&1 || log "could not remove $CONTAINER-prestage"
+}
+
 gpu_args() {  # COS GPU wiring (docs/architecture.md#on-the-vm-cos): never --gpus (its CDI hook fails) nor --runtime=nvidia
   local d image_path
   args+=(-v "$NVIDIA_ROOT/lib64:$DRIVER_LIBS" -v "$NVIDIA_ROOT/bin:/usr/local/nvidia/bin")
@@ -348,6 +375,7 @@ start_container() {
   [[ -z ${STORAGE_EMULATOR_HOST:-} ]] || args+=(-e "STORAGE_EMULATOR_HOST=$STORAGE_EMULATOR_HOST")
   if ((GPU_COUNT > 0)); then gpu_args; fi
   [[ -z $DATA_DISK ]] || args+=(-v "$DATA_MOUNT:$DATA_MOUNT")
+  [[ -z $PRESTAGED ]] || args+=(-v "$PRESTAGED:/var/lib/runner/prestaged:ro" -e RUNNER_PRESTAGED_DIR=/var/lib/runner/prestaged)
   # The image's ENTRYPOINT is `python3 -m entrypoint --`; with nothing after it, spec.json's command.
   docker "${args[@]}" "$IMAGE" >"$WORK/run.log" 2>&1 || fail container_start_failed "docker run: $(last_line "$WORK/run.log")"
   status=$(docker container inspect -f '{{.State.Status}}' "$CONTAINER" 2>&1) || fail container_start_failed "docker inspect: $status"
@@ -365,6 +393,7 @@ release_when_done() {
   code=$(docker wait "$CONTAINER" 2>/dev/null) || code="?"
   log "container exited ($code); the end of the job's output (all of it: gs://$BUCKET/${OBJ_PREFIX}runs/$RUN_ID/logs/$ATTEMPT.log):"
   docker logs --tail 40 "$CONTAINER" 2>&1 | tail -c 8192 | sed 's/^/job: /' || log "docker logs failed"
+  rm -rf "$STATE_DIR/prestaged"   # the agent restored from it long ago: give the disk back
   if [[ -e $STATE_DIR/shutting-down ]]; then log "stopped during a shutdown; leaving the VM to it"; return 0; fi
   printf 'runner-phase: finished\n'
   self_delete
@@ -391,15 +420,19 @@ main() {
   mark vm_running "$booted" '{"source":"uptime"}'
   mark startup_script "$STARTED_AT" '{}'
   wait_for_docker
-  if ((GPU_COUNT > 0)); then setup_gpu; else mark driver_ready "$EPOCHREALTIME" '{"path":"none"}'; fi  # not `||`: that would turn off -e inside it
   # docker and docker-credential-gcr keep their config in $HOME/.docker; /root is read-only on COS.
   mkdir -p "$STATE_DIR/home"
   export HOME="$STATE_DIR/home" DOCKER_CONFIG="$STATE_DIR/home/.docker"
+  if ((GPU_COUNT > 0)) && [[ -z $BAKE && $IMAGE == *@sha256:* ]] && docker image inspect "$IMAGE" >/dev/null 2>&1; then
+    start_prestage
+  fi
+  if ((GPU_COUNT > 0)); then setup_gpu; else mark driver_ready "$EPOCHREALTIME" '{"path":"none"}'; fi  # not `||`: that would turn off -e inside it
   registry_auth
   pull_image
   if [[ -n $BAKE ]]; then bake_done; return 0; fi
   if [[ -n $DATA_DISK ]]; then mount_data_disk; fi
   rm -f "$STATE_DIR/shutting-down"  # left by the shutdown before a STOP/start cycle
+  finish_prestage
   start_container
   trap - ERR
   if [[ $RELEASE_WAIT == foreground ]]; then
