@@ -29,7 +29,8 @@ def ops() -> None:
 @guard
 def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
     """State, attempt, heartbeat age, progress and the last event of one run."""
-    from runner.ops.runs import ago, duration, run_status, when
+    from entrypoint.record.timeline import duration
+    from runner.ops.runs import ago, run_status, when
     from runner.launch.supervisor_heartbeat import report_lines
 
     ctx = load(cli_config, config_path)
@@ -50,6 +51,8 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
     if s.get("startup_phase"):
         click.echo(f"startup    {s['startup_phase']}")
     click.echo(f"progress   {prog}")
+    if s.get("recovery"):  # how the current attempt got running: "recovery 1m12s: detect 4s · ..."
+        click.echo(s["recovery"]["text"])
     click.echo(f"cost       {s['cost_text']}" + _cost_detail(s["cost"]))
     if s["cost"].get("history_note"):
         click.echo(f"           ({s['cost']['history_note']})")
@@ -73,7 +76,8 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
 @guard
 def list_cmd(as_json: bool, orphans: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
     """All runs in the store, one line each (UPDATED in UTC, and how long ago)."""
-    from runner.ops.runs import duration, list_runs, when
+    from entrypoint.record.timeline import duration
+    from runner.ops.runs import list_runs, when
 
     ctx = load(cli_config, config_path)
     if orphans:
@@ -338,7 +342,9 @@ def parse_since(text: str | None, now: float) -> float | None:
 @guard
 def events(run_id: str, limit: int, show_all: bool, since: str | None, as_json: bool, cli_config: dict[str, Any],
            config_path: str | None) -> None:
-    """Our run events and the provider's operations on the run's VMs (preempted, stop, delete), in time order.
+    """Our run events and the provider's operations on the run's VMs (preempted, stop, delete), in time order,
+    with one `recovery ...` line per attempt at its first step: where the time between lost and
+    training again went (detect, create, boot, driver, pull, restore, first step).
 
     A run that was preempted hundreds of times has thousands of events; this shows the newest
     --limit of them (50 by default), and reads only those. Go further back with --since or a

@@ -18,7 +18,8 @@ from typing import Any, Callable, Iterator
 
 from entrypoint.store import Store
 from runner.launch.supervisor_heartbeat import FUTURE_TOLERANCE
-from runner.ops.runs import duration, list_runs
+from entrypoint.record.timeline import duration
+from runner.ops.runs import list_runs
 
 # What makes a row "changed" for --json: everything except values that move with the clock.
 _VOLATILE = ("heartbeat_age_s", "updated_age_s", "eta_s", "heartbeat_at", "sync", "cost", "cost_text")
