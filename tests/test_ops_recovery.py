@@ -276,3 +276,13 @@ def test_ops_events_of_an_attempt_lost_before_its_first_step_says_it_never_got_t
     assert second["time"] == T0 + 446  # its newest mark: the image ready
     assert second["reason"].startswith("recovery (no first step): detect 4s · create 32s") and \
         second["reason"].endswith("first step ?")
+
+
+def test_ops_events_with_a_limit_reads_only_the_marks_of_the_attempts_it_shows(recovered, local_store):
+    spy = ReadLog(local_store.root)
+    shown = run_events(spy, NoInstances(), "r1", limit=2)  # type: ignore[arg-type]
+    assert {e["attempt"] for e in shown} == {2}
+    assert not [n for n in spy.touched if "attempts/1/" in n], spy.touched
+    spy.touched.clear()
+    run_events(spy, NoInstances(), "r1")  # type: ignore[arg-type]
+    assert "runs/r1/attempts/1/phases/" in spy.touched  # everything: every attempt's marks

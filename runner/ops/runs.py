@@ -54,8 +54,8 @@ def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None,
     listing of the current attempt's folder (which says whether its startup.json is there to
     read), a read per phase mark of the current attempt (up to eight; never an older attempt's:
     those are for ``ops events``), one listing of the journal's end, who supervises (one or two)
-    and, for the cost, the current attempt's manifest and claim. A run that predates the running summary costs a full read of its journal for the cost
-    (``cost.history_note`` says so).
+    and, for the cost, the current attempt's manifest and claim. A run that predates the running
+    summary costs a full read of its journal for the cost (``cost.history_note`` says so).
     """
     view = _view(store, run_id, events=1, stop=True, startup=True, phases=True, heartbeat=True, spec=with_cost)
     out = row_of(view)
@@ -313,9 +313,10 @@ def run_events(store: Store, backend: ComputeBackend, run_id: str, since: float 
     (``RunRecord.newest_events``), and the provider is asked about the instances of the attempts
     they cover (and any that still exist), not every attempt the run ever had.
 
-    Each of those attempts' recovery is one more entry (``recovery_events``), placed at its
-    first step (or its newest mark while it has none) and counted in ``limit`` like the others:
-    a listing and up to eight reads per attempt covered, read eight attempts at a time.
+    Each attempt's recovery is one more entry (``recovery_events``), placed at its first step
+    (or its newest mark while it has none) and counted in ``limit`` like the others. Only the
+    attempts the journal entries read cover are asked (with ``limit`` or ``since``; the current
+    one at least), each a listing and up to eight reads, eight attempts at a time.
     """
     view = _view(store, run_id, spec=True)
     rec = RunRecord(store, run_id)
@@ -330,7 +331,8 @@ def run_events(store: Store, backend: ComputeBackend, run_id: str, since: float 
                    {i.name for i in backend.list(run_id)} | _instance_names(view, oldest))
     zones = sorted(set(view.spec.zones if view.spec else []))
     theirs = backend.provider_events(names, zones) if names and zones else []
-    covered = [a for a in view.attempts if a >= oldest]
+    first = min(attempts, default=view.state.attempt) if limit is not None or since is not None else 1
+    covered = [a for a in view.attempts if a >= first]
     recoveries = recovery_events(store, run_id, covered, live=not view.state.state.terminal)
     merged = sorted(ours + theirs + recoveries, key=lambda e: e["time"])
     merged = [e for e in merged if since is None or e["time"] >= since]
