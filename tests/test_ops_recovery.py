@@ -192,7 +192,7 @@ def test_a_run_without_phase_marks_shows_no_recovery(local_store, clock, monkeyp
 
 
 class ReadLog(LocalStore):
-    """The local store, noting every object read and every prefix listed."""
+    """The local store, noting every object read or looked up and every prefix listed."""
 
     def __init__(self, root: str) -> None:
         super().__init__(root)
@@ -205,6 +205,10 @@ class ReadLog(LocalStore):
     def list(self, prefix: str, *a: Any, **kw: Any) -> Any:
         self.touched.append(prefix)
         return super().list(prefix, *a, **kw)
+
+    def stat(self, name: str, *a: Any, **kw: Any) -> Any:  # what ``exists`` asks, too
+        self.touched.append(name)
+        return super().stat(name, *a, **kw)
 
 
 def test_ops_status_reads_the_current_attempts_marks_from_one_listing_and_no_older_attempt(
@@ -286,3 +290,42 @@ def test_ops_events_with_a_limit_reads_only_the_marks_of_the_attempts_it_shows(r
     spy.touched.clear()
     run_events(spy, NoInstances(), "r1")  # type: ignore[arg-type]
     assert "runs/r1/attempts/1/phases/" in spy.touched  # everything: every attempt's marks
+
+
+# ---------------------------------------------------------------- ops watch
+
+def test_ops_watch_shows_the_recovery_once_the_new_attempts_first_step_is_marked(local_store, clock):
+    from runner.ops.watch import recovery_lines, snapshots, watch_json
+
+    rec = new_run(local_store, clock)
+    first_attempt(rec, clock)
+    frames = snapshots(local_store, ["r1"], 0)
+    (row,) = next(frames)
+    assert "recovery" not in row  # running when the watch began: not a recovery seen while watching
+    preempted_at(rec, clock, T0 + 400)
+    second_attempt(rec, clock, T0 + 400, upto=IMAGE_READY)
+    (row,) = next(frames)
+    assert row["attempt"] == 2 and "recovery" not in row  # no first step yet
+    second_attempt_rest(rec)
+    rows = next(frames)
+    assert rows[0]["recovery"]["text"] == RECOVERY_LINE and rows[0]["recovery"]["total_s"] == 74.0
+    assert recovery_lines(rows) == [f"r1 attempt 2: {RECOVERY_LINE}"]
+    emitted: list[str] = []
+    watch_json(iter([rows]), None, emitted.append)
+    assert json.loads(emitted[0])["recovery"]["segments_s"]["detect"] == 4.0
+
+
+def test_ops_watch_reads_nothing_more_for_runs_whose_attempt_does_not_change(recovered, local_store):
+    from runner.ops.watch import snapshots
+
+    spy = ReadLog(local_store.root)
+    frames = snapshots(spy, ["r1"], 0)
+    for _ in range(3):
+        next(frames)
+    assert not [n for n in spy.touched if "/attempts/" in n], spy.touched
+
+
+def second_attempt_rest(rec: RunRecord) -> None:
+    """What ``second_attempt(..., upto=IMAGE_READY)`` left out: the restore and the first step."""
+    rec.mark_phase(2, CHECKPOINT_RESTORED, "agent", at=T0 + 445.8, files=1, bytes=2048, streams=4)
+    rec.mark_phase(2, FIRST_STEP, "agent", at=T0 + 474, step=501)
