@@ -28,7 +28,8 @@ def ops() -> None:
 @config_options
 @guard
 def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
-    """State, attempt, heartbeat age, progress and the last event of one run."""
+    """State, attempt, heartbeat age, progress, how the current attempt got running (its recovery:
+    detect, create, boot, driver, pull, restore, first step) and the last event of one run."""
     from entrypoint.record.timeline import duration
     from runner.ops.runs import ago, run_status, when
     from runner.launch.supervisor_heartbeat import report_lines
@@ -157,6 +158,8 @@ def watch(run_ids: tuple[str, ...], interval: float, as_json: bool, once: bool, 
 
     Redraws in place until Ctrl-C (or until the --run-id runs end). Read-only: watching never
     changes a run; keep `runner supervise` (or an attached submit) running to keep them alive.
+    When an attempt that began while watching takes its first step, its recovery line shows
+    under the table (and as "recovery" in its --json line).
 
     \b
       runner ops watch
