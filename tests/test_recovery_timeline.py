@@ -161,3 +161,15 @@ def test_every_phase_but_the_request_bounds_a_segment():
 
     ends = {end for _, _, end in SEGMENTS}
     assert set(ORDER) - ends == {REPLACEMENT_REQUESTED}
+
+
+def test_a_recovery_in_progress_with_a_mark_missing_in_the_middle_still_shows_what_came_after():
+    m = marks(noticed=(104.0, {"lost_at": 100.0}), vm_running=135.0, driver_ready=(150.0, {"path": "cold"}))
+    assert format_recovery(build_recovery(2, m), now=160.0) == (
+        "recovery (in progress, 1m00s so far): detect 4s · create 31s · boot ? · driver ? · pull ?")
+
+
+def test_a_warm_driver_on_a_skewed_clock_says_both():
+    m = warm_recovery()
+    m[DRIVER_READY] = mark(DRIVER_READY, 143.0, path="warm")  # before the startup script, by its clock
+    assert "driver 0s (warm) (clock skew)" in format_recovery(build_recovery(2, m))

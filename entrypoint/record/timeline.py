@@ -66,6 +66,7 @@ class Recovery:
     clamped: tuple[str, ...] = ()  # segments whose end mark came before their start (clock skew)
     restore_detail: dict[str, Any] = field(default_factory=dict)
     last_mark_at: float | None = None  # the newest mark's time: where an unfinished one sorts
+    begun: tuple[str, ...] = ()  # the segments whose start is known (in progress: how far it got)
 
     @property
     def is_start(self) -> bool:
@@ -153,10 +154,13 @@ def build_recovery(attempt: int, phases: dict[str, dict[str, Any]]) -> Recovery:
 
     segments: list[tuple[str, float | None]] = []
     clamped: list[str] = []
+    begun: list[str] = []
     for name, start, end in SEGMENTS:
         if name == "detect" and attempt == 1:
             continue  # nothing was lost before a start
         begin = create_from if name == "create" else times.get(start)
+        if begin is not None:
+            begun.append(name)
         if begin is None or end not in times:
             segments.append((name, None))
             continue
@@ -181,6 +185,7 @@ def build_recovery(attempt: int, phases: dict[str, dict[str, Any]]) -> Recovery:
         clamped=tuple(clamped),
         restore_detail=dict(restore_detail) if isinstance(restore_detail, dict) else {},
         last_mark_at=max(times.values()) if times else None,
+        begun=tuple(begun),
     )
 
 
@@ -211,24 +216,28 @@ def format_recovery(r: Recovery, now: float | None = None) -> str:
 
     A start (attempt 1) says ``start`` and has no detect. One without a first step yet is
     ``in progress`` when ``now`` is given (the caller knows the attempt is the live one), with the
-    segments up to the first unknown one; otherwise it never reached a first step, and every
-    segment shows, unknown ones as ``?``.
+    segments up to the newest known one and a ``?`` after it; otherwise it never reached a first
+    step, and every segment shows, unknown ones as ``?``.
     """
     label = "start" if r.is_start else "recovery"
+    segments = list(r.segments)
+    if not r.complete and now is not None:
+        # In progress: it stands in the last segment whose start is marked; later ones have not begun.
+        reached = [i for i, (name, _) in enumerate(segments) if name in r.begun]
+        segments = segments[:(reached[-1] if reached else 0) + 1]
     parts = []
-    for name, value in r.segments:
+    for name, value in segments:
         text = f"{name.replace('_', ' ')} {'?' if value is None else duration(value)}"
-        if name == "driver" and value is not None:
-            text += _TAGS.get(r.driver_path or "", "")
-        elif name == "pull" and value is not None:
-            text += _TAGS.get(r.image_path or "", "")
-        elif name == "restore" and value is not None and r.restore_overlapped:
-            text += " (overlapped)"
-        elif value is not None and name in r.clamped:
-            text += " (clock skew)"
+        if value is not None:
+            if name == "driver":
+                text += _TAGS.get(r.driver_path or "", "")
+            elif name == "pull":
+                text += _TAGS.get(r.image_path or "", "")
+            elif name == "restore" and r.restore_overlapped:
+                text += " (overlapped)"
+            if name in r.clamped:
+                text += " (clock skew)"
         parts.append(text)
-        if value is None and not r.complete and now is not None:
-            break  # in progress: what comes after the first unknown has not happened yet
     if r.complete:
         head = f"{label} {duration(r.total)}" if r.total is not None else f"{label} ?"
     elif now is not None:
