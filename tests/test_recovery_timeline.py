@@ -57,6 +57,7 @@ def test_the_json_numbers_are_floats_with_nulls_for_the_unknown_and_the_warm_fla
     assert d["segments_s"]["create"] == 31.0 and isinstance(d["segments_s"]["boot"], float)
     assert d["warm_driver"] is True and d["warm_image"] is True
     assert d["restore"] == {"files": 2, "bytes": 10}
+    assert d["queued_s"] == 1.0  # of the create's 31 s, the request came 1 s after the notice
     partial = warm_recovery()
     del partial[STARTUP_SCRIPT]
     d = build_recovery(2, partial).to_dict()

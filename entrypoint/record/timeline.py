@@ -67,6 +67,9 @@ class Recovery:
     restore_detail: dict[str, Any] = field(default_factory=dict)
     last_mark_at: float | None = None  # the newest mark's time: where an unfinished one sorts
     begun: tuple[str, ...] = ()  # the segments whose start is known (in progress: how far it got)
+    # Of "create": from the notice to the request (a supervisor waiting out STOPPING, a claim, a
+    # full zone); the rest is the API making the VM. None unless both are marked.
+    queued: float | None = None
 
     @property
     def is_start(self) -> bool:
@@ -106,6 +109,7 @@ class Recovery:
             "lost_at": self.lost_at,
             "first_step_at": self.first_step_at,
             "segments_s": {name: _rounded(v) for name, v in self.segments},
+            "queued_s": _rounded(self.queued),
             "driver_path": self.driver_path,
             "image_path": self.image_path,
             "warm_driver": self.driver_path == "warm",
@@ -186,6 +190,7 @@ def build_recovery(attempt: int, phases: dict[str, dict[str, Any]]) -> Recovery:
         restore_detail=dict(restore_detail) if isinstance(restore_detail, dict) else {},
         last_mark_at=max(times.values()) if times else None,
         begun=tuple(begun),
+        queued=max(0.0, request - notice) if notice is not None and request is not None else None,
     )
 
 
