@@ -55,6 +55,11 @@ class RunPaths:
         return f"attempts/{attempt}/create.json"
 
     @staticmethod
+    def attempt_dir(attempt: int) -> str:
+        """Everything of one attempt but its log: manifest, startup.json, claim, phase marks."""
+        return f"attempts/{attempt}/"
+
+    @staticmethod
     def phases_dir(attempt: int) -> str:
         return f"attempts/{attempt}/phases/"
 

@@ -25,6 +25,8 @@ class RunView:
     spec: RunSpec | None = None
     stop_requested: bool | None = None  # None: not asked for
     startup: dict[str, Any] | None = None  # the current attempt's startup.json, if asked and there
+    # The current attempt's phase marks (``RunRecord.phases``), if asked: None if not asked.
+    phases: dict[str, dict[str, Any]] | None = None
     # (object name, event document), oldest first.
     events: list[tuple[str, dict[str, Any]]] = field(default_factory=list)
     # Journal entries asked for but unreadable: left out of ``events``, named here for the reader to say.

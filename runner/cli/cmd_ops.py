@@ -28,8 +28,10 @@ def ops() -> None:
 @config_options
 @guard
 def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
-    """State, attempt, heartbeat age, progress and the last event of one run."""
-    from runner.ops.runs import ago, duration, run_status, when
+    """State, attempt, heartbeat age, progress, how the current attempt got running (its recovery:
+    detect, create, boot, driver, pull, restore, first step) and the last event of one run."""
+    from entrypoint.record.timeline import duration
+    from runner.ops.runs import ago, run_status, when
     from runner.launch.supervisor_heartbeat import report_lines
 
     ctx = load(cli_config, config_path)
@@ -50,6 +52,8 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
     if s.get("startup_phase"):
         click.echo(f"startup    {s['startup_phase']}")
     click.echo(f"progress   {prog}")
+    if s.get("recovery"):  # how the current attempt got running: "recovery 1m12s: detect 4s · ..."
+        click.echo(s["recovery"]["text"])
     click.echo(f"cost       {s['cost_text']}" + _cost_detail(s["cost"]))
     if s["cost"].get("history_note"):
         click.echo(f"           ({s['cost']['history_note']})")
@@ -73,7 +77,8 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
 @guard
 def list_cmd(as_json: bool, orphans: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
     """All runs in the store, one line each (UPDATED in UTC, and how long ago)."""
-    from runner.ops.runs import duration, list_runs, when
+    from entrypoint.record.timeline import duration
+    from runner.ops.runs import list_runs, when
 
     ctx = load(cli_config, config_path)
     if orphans:
@@ -153,6 +158,8 @@ def watch(run_ids: tuple[str, ...], interval: float, as_json: bool, once: bool, 
 
     Redraws in place until Ctrl-C (or until the --run-id runs end). Read-only: watching never
     changes a run; keep `runner supervise` (or an attached submit) running to keep them alive.
+    When an attempt that began while watching takes its first step, its recovery line shows
+    under the table (and as "recovery" in its --json line).
 
     \b
       runner ops watch
@@ -338,7 +345,9 @@ def parse_since(text: str | None, now: float) -> float | None:
 @guard
 def events(run_id: str, limit: int, show_all: bool, since: str | None, as_json: bool, cli_config: dict[str, Any],
            config_path: str | None) -> None:
-    """Our run events and the provider's operations on the run's VMs (preempted, stop, delete), in time order.
+    """Our run events and the provider's operations on the run's VMs (preempted, stop, delete), in time order,
+    with one `recovery ...` line per attempt at its first step: where the time between lost and
+    training again went (detect, create, boot, driver, pull, restore, first step).
 
     A run that was preempted hundreds of times has thousands of events; this shows the newest
     --limit of them (50 by default), and reads only those. Go further back with --since or a

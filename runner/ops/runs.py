@@ -12,6 +12,7 @@ from entrypoint.markers import CONTAINER_RUNNING, phase_line, phases_in
 from entrypoint.record import (
     ALL_EVENTS, DamagedRecord, PreconditionFailed, Role, RunRecord, RunView, iso, list_run_ids,
 )
+from entrypoint.record.timeline import Recovery, build_recovery, format_recovery
 from entrypoint.store import Store
 from runner.launch.backends.base import ComputeBackend
 from runner.naming import label_value
@@ -45,14 +46,18 @@ def _view(store: Store, run_id: str, **parts: Any) -> RunView:
 def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None, *,
                price_table: str | None = None, with_cost: bool = False) -> dict[str, Any]:
     """``run_row`` plus what one run's page shows: sync health, the last event, startup phase, VMs,
-    and with ``with_cost`` its cost so far (``cost``, ``cost_text``: see ``cost.annotate_row``).
+    the current attempt's recovery (``recovery``: ``recovery_entry``; None before any phase is
+    marked), and with ``with_cost`` its cost so far (``cost``, ``cost_text``: see
+    ``cost.annotate_row``).
 
-    Its store requests do not grow with the run's history: state, heartbeat, spec, .stop,
-    startup.json, one listing of the journal's end, who supervises (one or two) and, for the
-    cost, the current attempt's manifest and claim. A run that predates the running summary
-    costs a full read of its journal for the cost (``cost.history_note`` says so).
+    Its store requests do not grow with the run's history: state, heartbeat, spec, .stop, one
+    listing of the current attempt's folder (which says whether its startup.json is there to
+    read), a read per phase mark of the current attempt (up to eight; never an older attempt's:
+    those are for ``ops events``), one listing of the journal's end, who supervises (one or two)
+    and, for the cost, the current attempt's manifest and claim. A run that predates the running
+    summary costs a full read of its journal for the cost (``cost.history_note`` says so).
     """
-    view = _view(store, run_id, events=1, stop=True, startup=True, heartbeat=True, spec=with_cost)
+    view = _view(store, run_id, events=1, stop=True, startup=True, phases=True, heartbeat=True, spec=with_cost)
     out = row_of(view)
     last_event = dict(view.last_event) if view.last_event is not None else None
     if last_event is not None:
@@ -62,6 +67,8 @@ def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None,
     out["damaged"] = [str(e) for e in view.damaged]
     out["supervisor"] = watchfulness(store, run_id=run_id).to_dict()  # who last supervised, is anyone now
     out["startup_phase"] = view.startup.get("phase") if view.startup else None
+    out["recovery"] = (recovery_entry(build_recovery(view.state.attempt, view.phases),
+                                      live=not view.state.state.terminal) if view.phases else None)
     if backend is not None:
         listed = backend.list(run_id)
         inst = _current_of(listed, view.state.attempt)
@@ -79,6 +86,24 @@ def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None,
 
         annotate_row(out, store, price_table, view=view)
     return out
+
+
+def attempt_recovery(store: Store, run_id: str, attempt: int) -> Recovery | None:
+    """How ``attempt`` came to be running (``entrypoint.record.timeline``); None if none of its
+    phases is marked (a run from before the marks, or one not started yet).
+
+    One listing of the attempt's marks and one read per mark (at most eight)."""
+    phases = RunRecord(store, run_id).phases(attempt)
+    return build_recovery(attempt, phases) if phases else None
+
+
+def recovery_entry(r: Recovery, live: bool, now: float | None = None) -> dict[str, Any]:
+    """A recovery for ``--json`` (its numbers, ``Recovery.to_dict``) with its line (``text``).
+
+    ``live``: the attempt is the run's current one and the run goes on, so a recovery without
+    its first step yet is in progress (timed up to ``now``), not one that never got there."""
+    now = time.time() if now is None else now
+    return {**r.to_dict(), "text": format_recovery(r, now if live else None)}
 
 
 def run_row(store: Store, run_id: str, now: float | None = None) -> dict[str, Any] | None:
@@ -160,20 +185,6 @@ def list_runs(store: Store, run_ids: list[str] | None = None, workers: int = 8) 
         with ThreadPoolExecutor(max_workers=min(workers, len(ids))) as pool:
             rows = list(pool.map(lambda r: run_row(store, r, now), ids))
     return [r for r in rows if r is not None]
-
-
-def duration(seconds: float | None) -> str:
-    """A short human duration: 45s, 12m, 3h05m, 2d04h."""
-    if seconds is None:
-        return "-"
-    s = int(max(0, seconds))
-    if s < 60:
-        return f"{s}s"
-    if s < 3600:
-        return f"{s // 60}m{s % 60:02d}s" if s < 600 else f"{s // 60}m"
-    if s < 86400:
-        return f"{s // 3600}h{s % 3600 // 60:02d}m"
-    return f"{s // 86400}d{s % 86400 // 3600:02d}h"
 
 
 def when(ts_iso: str | None, age_s: float | None) -> str:
@@ -301,6 +312,11 @@ def run_events(store: Store, backend: ComputeBackend, run_id: str, since: float 
     Only those are read: the journal's end is listed from an offset and ``limit`` entries read
     (``RunRecord.newest_events``), and the provider is asked about the instances of the attempts
     they cover (and any that still exist), not every attempt the run ever had.
+
+    Each attempt's recovery is one more entry (``recovery_events``), placed at its first step
+    (or its newest mark while it has none) and counted in ``limit`` like the others. Only the
+    attempts the journal entries read cover are asked (with ``limit`` or ``since``; the current
+    one at least), each a listing and up to eight reads, eight attempts at a time.
     """
     view = _view(store, run_id, spec=True)
     rec = RunRecord(store, run_id)
@@ -315,9 +331,38 @@ def run_events(store: Store, backend: ComputeBackend, run_id: str, since: float 
                    {i.name for i in backend.list(run_id)} | _instance_names(view, oldest))
     zones = sorted(set(view.spec.zones if view.spec else []))
     theirs = backend.provider_events(names, zones) if names and zones else []
-    merged = sorted(ours + theirs, key=lambda e: e["time"])
+    first = min(attempts, default=view.state.attempt) if limit is not None or since is not None else 1
+    covered = [a for a in view.attempts if a >= first]
+    recoveries = recovery_events(store, run_id, covered, live=not view.state.state.terminal)
+    merged = sorted(ours + theirs + recoveries, key=lambda e: e["time"])
     merged = [e for e in merged if since is None or e["time"] >= since]
     return merged if limit is None else merged[-limit:] if limit > 0 else []
+
+
+def recovery_events(store: Store, run_id: str, attempts: list[int], live: bool,
+                    workers: int = 8) -> list[dict[str, Any]]:
+    """One journal-shaped entry per attempt with any phase marked: ``reason`` is its recovery
+    line, ``recovery`` its numbers (``recovery_entry``), ``time`` its first step or newest mark.
+
+    ``live``: the run goes on, so its newest attempt's unfinished recovery is in progress.
+    Attempts are read in parallel (each a listing plus a read per mark): on GCS each request is
+    a round trip, and one attempt after another would add up for a long ``--all``.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    if not attempts:
+        return []
+    with ThreadPoolExecutor(max_workers=min(workers, len(attempts))) as pool:
+        found = list(pool.map(lambda a: attempt_recovery(store, run_id, a), attempts))
+    newest, now = max(attempts), time.time()
+    out = []
+    for r in found:
+        if r is None or r.at is None:
+            continue
+        entry = recovery_entry(r, live=live and r.attempt == newest, now=now)
+        out.append({"time": r.at, "actor": "runner", "from": None, "to": None, "reason": entry["text"],
+                    "attempt": r.attempt, "recovery": entry})
+    return out
 
 
 def _damaged_time(name: str) -> float:

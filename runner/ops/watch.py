@@ -5,6 +5,10 @@ flickers and scroll-back is not flooded. The JSON stream prints a line only when
 script could act on changed (state, attempt, zone, progress, restarts...), never merely because
 a heartbeat got one second older.
 
+When an attempt that began while watching reaches its first step, its run's row carries the
+recovery (``recovery``: ``runs.recovery_entry``), shown under the table and in the JSON stream
+(``RecoveryLines`` says what that costs).
+
 A run whose record cannot be read is an error row (``runs.error_row``): shown as DAMAGED with
 the object it names under the table, or as its ``{"run_id", "error"}`` line; every other run
 shows as usual.
@@ -16,9 +20,12 @@ import json
 import time
 from typing import Any, Callable, Iterator
 
+from entrypoint.record import RunRecord, State
+from entrypoint.record.phases import FIRST_STEP
+from entrypoint.record.timeline import duration
 from entrypoint.store import Store
 from runner.launch.supervisor_heartbeat import FUTURE_TOLERANCE
-from runner.ops.runs import duration, list_runs
+from runner.ops.runs import attempt_recovery, list_runs, recovery_entry
 
 # What makes a row "changed" for --json: everything except values that move with the clock.
 _VOLATILE = ("heartbeat_age_s", "updated_age_s", "eta_s", "heartbeat_at", "sync", "cost", "cost_text")
@@ -27,11 +34,55 @@ Row = dict[str, Any]
 Enrich = Callable[[Row], None]
 
 
+class RecoveryLines:
+    """Adds to a run's row the recovery of an attempt that began while watching, once that
+    attempt's first step is marked (``recovery``), and keeps it there until the next one.
+
+    Cheap by construction: nothing is read for a run whose attempt has not changed since the
+    watch began (unless it was then being provisioned); while an attempt waits for its first
+    step, one existence check of that mark per frame; once it is there, the attempt's marks
+    once (a listing and up to eight reads), never again.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._attempt: dict[str, int] = {}  # run -> the attempt its row showed last
+        self._waiting: dict[str, int] = {}  # run -> the attempt whose first step is awaited
+        self._shown: dict[str, Row] = {}  # run -> the recovery its row carries
+
+    def annotate(self, rows: list[Row]) -> None:
+        for row in rows:
+            if "error" in row:
+                continue
+            run, attempt = row["run_id"], row["attempt"]
+            before = self._attempt.get(run)
+            self._attempt[run] = attempt
+            if (before is not None and attempt > before) or (before is None and row["state"] == "PROVISIONING"):
+                self._waiting[run] = attempt
+            if self._waiting.get(run) == attempt and attempt >= 1:
+                self._look(run, attempt, row["state"])
+            if run in self._shown:
+                row["recovery"] = self._shown[run]
+
+    def _look(self, run: str, attempt: int, state: str) -> None:
+        rec = RunRecord(self.store, run)
+        if self.store.exists(rec.name(rec.phase_name(attempt, FIRST_STEP))):
+            r = attempt_recovery(self.store, run, attempt)
+            if r is not None:
+                self._shown[run] = recovery_entry(r, live=False)
+            del self._waiting[run]
+        elif State(state).terminal:
+            del self._waiting[run]  # it will never take a first step now
+
+
 def snapshots(store: Store, run_ids: list[str] | None, interval: float,
               enrich: Enrich | None = None) -> Iterator[list[Row]]:
-    """The runs' rows every ``interval`` seconds, forever (the caller decides when to stop)."""
+    """The runs' rows every ``interval`` seconds, forever (the caller decides when to stop), with
+    the recovery of each attempt that reached its first step while watching (``RecoveryLines``)."""
+    recoveries = RecoveryLines(store)
     while True:
         rows = list_runs(store, run_ids)
+        recoveries.annotate(rows)
         for row in rows:
             if enrich is not None:
                 enrich(row)
@@ -113,6 +164,12 @@ def damage_lines(rows: list[Row]) -> list[str]:
     return [f"{r['run_id']}: cannot read its record: {r['error']}" for r in rows if "error" in r]
 
 
+def recovery_lines(rows: list[Row]) -> list[str]:
+    """One line per run whose row carries a recovery: ``RUN attempt N: recovery 1m12s: ...``."""
+    return [f"{r['run_id']} attempt {r['recovery']['attempt']}: {r['recovery']['text']}"
+            for r in rows if r.get("recovery")]
+
+
 def watch_table(frames: Iterator[list[Row]], run_ids: list[str] | None, store_url: str,
                 console: Any = None, caption: Callable[[], str] | None = None) -> list[Row]:
     """Draw ``frames`` in place until the named runs end (or forever); returns the last rows.
@@ -146,6 +203,7 @@ def _captioned(table: Any, caption: Callable[[], str] | None, rows: list[Row] | 
     from rich.markup import escape
 
     lines = [f"[red]{escape(ln)}[/]" for ln in damage_lines(rows or [])]
+    lines += [escape(ln) for ln in recovery_lines(rows or [])]
     if caption is not None:
         lines.append(caption())
     if lines:
