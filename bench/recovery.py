@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from entrypoint.record import RunRecord, State
-from entrypoint.record.timeline import SEGMENTS, recovery_of
+from entrypoint.record.timeline import SEGMENT_NAMES, build_recovery
 from runner.config import Config
 from runner.launch.context import make_context
 from runner.launch.submit import submit
@@ -42,8 +42,8 @@ CHECKPOINT_GB = 2.0
 ZONES = ["us-central1-a", "us-central1-b"]
 POLL = 1.0  # the supervisor's loop (`runner supervise`, or the hosted pass the VM asks for)
 # Which stand-in wait belongs to which segment of the recovery line.
-WAIT_SEGMENT = {"insert": "create", "guest_boot": "boot", "gpu_install": "driver", "pull": "pull",
-                "gcs_read": "restore"}
+WAIT_SEGMENT = {"insert": "create", "guest_boot": "boot", "gpu_install": "driver", "pull": "pull"}
+CHECKPOINT_REAL_MB = 64  # the bytes really stored; the emulator's read waits stand for CHECKPOINT_GB
 
 
 def _push_image(registry: Any, image: str) -> tuple[str, int]:
@@ -71,7 +71,7 @@ class World:
         from tests.standins.cloud_sim import CosGuest
         from tests.standins.compute import run_compute_fake
         from tests.standins.cos_sim.timings import SimClock
-        from tests.standins.gcs_emulator import run_emulator
+        from tests.standins.gcs_emulator import emulator
         from tests.standins.registry import start_registry
 
         import docker
@@ -80,7 +80,12 @@ class World:
         self.registry, proc = start_registry(work / "registry")
         stack.callback(proc.terminate)
         self.ref, real_bytes = _push_image(self.registry, image)
-        self.gcs = "http://" + stack.enter_context(run_emulator("bench"))
+        # GCS reads at 200 MiB/s per connection (tests/standins/gcs_emulator.py), slowed so that
+        # the checkpoint's real bytes take the time of CHECKPOINT_GB at SCALE.
+        hostport, self.storage = stack.enter_context(emulator(
+            "bench", read_mibps_per_stream=200,
+            time_scale=SCALE * CHECKPOINT_GB * 1e9 / (CHECKPOINT_REAL_MB << 20)))
+        self.gcs = f"http://{hostport}"
         os.environ["STORAGE_EMULATOR_HOST"] = self.gcs
         self.fake = stack.enter_context(run_compute_fake("bench-project"))
         self.clock = SimClock(time_scale=SCALE, image_factor=IMAGE_GB * 1e9 / real_bytes)
@@ -132,6 +137,8 @@ def one_recovery(world: World, scenario: str, n: int) -> dict[str, float | None]
     rec = RunRecord(ctx.store, run_id)
     try:
         _wait("attempt 1's first step", lambda: "first_step" in rec.phases(1))
+        # The checkpoint a 2 GB model leaves: the trainer's own, plus the weights' bytes.
+        ctx.store.write(rec.name(RunRecord.CHECKPOINTS) + "weights.bin", os.urandom(CHECKPOINT_REAL_MB << 20))
         (inst,) = [i for i in ctx.backend.list(run_id)]
         world.fake.stockout_zones.add(inst.zone)  # no capacity left where it ran
         before = {k: len(vm.cos.waits()) for k, vm in world.guest.vms.items()}
@@ -147,16 +154,32 @@ def one_recovery(world: World, scenario: str, n: int) -> dict[str, float | None]
             ctx.backend.delete(i)
     waits = [w for k, vm in world.guest.vms.items() for w in vm.cos.waits()[before.get(k, 0):]]
     waits.append(("insert", world.clock.timings.insert_to_running_s, world.fake.boot_seconds))
-    r = recovery_of(2, marks)
-    out: dict[str, float | None] = dict(r.segments)
+    r = build_recovery(2, marks)
+    out: dict[str, Any] = dict(r.segments)
     for kind, modelled, real in waits:
         seg = WAIT_SEGMENT.get(kind)
         if seg and out.get(seg) is not None:
-            out[seg] = max(0.0, out[seg] + modelled - real)  # type: ignore[operator]
+            out[seg] = max(0.0, out[seg] + modelled - real)
+    if out.get("restore") is not None and "checkpoint_restored" in marks:
+        # The emulator's read waits during this restore (parallel ones overlap: their union),
+        # counted at their modelled length.
+        end = marks["checkpoint_restored"]["time"]
+        start = end - float(marks["checkpoint_restored"]["detail"].get("seconds") or 0)
+        slept = _union([(max(a, start), min(b, end)) for a, b in world.storage.slept if b > start and a < end])
+        out["restore"] = max(0.0, out["restore"] + slept / SCALE - slept)
     out["total"] = sum(v for v in out.values() if v is not None)
     out["driver path"] = marks.get("driver_ready", {}).get("detail", {}).get("path")  # type: ignore[assignment]
     out["image path"] = marks.get("image_ready", {}).get("detail", {}).get("path")  # type: ignore[assignment]
     return out
+
+
+def _union(spans: list[tuple[float, float]]) -> float:
+    total, reach = 0.0, float("-inf")
+    for a, b in sorted(spans):
+        if b > reach:
+            total += b - max(a, reach)
+            reach = b
+    return total
 
 
 def _pct(values: list[float], q: float) -> float:
@@ -175,7 +198,7 @@ def main() -> None:
             results[name] = [one_recovery(world, name, i) for i in range(SAMPLES)]
     print(f"recovery: g2-standard-8 + L4, {IMAGE_GB:.0f} GB image, capacity only in the second zone; "
           f"{SAMPLES} samples each, time scale {SCALE} (modelled seconds shown)")
-    cols = [*SEGMENTS, "total"]
+    cols = [*SEGMENT_NAMES, "total"]
     print(f"{'':12}" + "".join(f"{c:>12}" for c in cols))
     for name, rows in results.items():
         for label, q in (("p50", 0.5), ("p95", 0.95)):
@@ -189,5 +212,9 @@ def main() -> None:
 
 
 def bake(world: World) -> None:
-    """The warm scenario's image: ``runner images bake`` for the pinned digest."""
-    raise NotImplementedError("filled in with runner images bake")
+    """The warm scenario's image: what ``runner images bake`` makes for the pinned digest."""
+    from runner.build.warm_image import bake as bake_image
+
+    t0 = time.monotonic()
+    made = bake_image(make_context(world.config("bake")), world.ref)
+    print(f"  baked {made.name} in {time.monotonic() - t0:.0f} s here ({made.disk_size_gb} GB disk)")

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import shutil
 import sys
 from pathlib import Path
 
@@ -101,6 +102,7 @@ def test_a_mark_the_store_refuses_is_a_warning_and_the_job_still_runs(supervised
     rec = attempt_one(supervised, "refused")
     # A file where the phases directory would go: every mark's write fails.
     blocker = Path(supervised.store.root) / rec.name(rec.phases_dir(1)).rstrip("/")
+    shutil.rmtree(blocker, ignore_errors=True)  # the supervisor's replacement_requested mark
     blocker.parent.mkdir(parents=True, exist_ok=True)
     blocker.write_bytes(b"not a directory")
     p = run_agent(supervised.store, "refused", vm, sys.executable, "-c",

@@ -161,6 +161,9 @@ class StrictStorage(Storage):
         # seconds one modelled second takes; plain attributes, so a test may change them live.
         self.read_mibps_per_stream = read_mibps_per_stream
         self.time_scale = time_scale
+        # (start, end) epoch seconds of each modelled read wait: a benchmark counts the time they
+        # covered at its modelled length (bench/recovery.py).
+        self.slept: list[tuple[float, float]] = []
         self.denied_buckets = frozenset(deny)
         self._request = threading.local()
         self._last_generation = 0
@@ -388,7 +391,9 @@ def _strict(handler: Handler) -> Handler:
             body = response._content
             delay = storage.read_delay(len(body) if isinstance(body, (bytes, str)) else 0)
             if delay > 0:
+                t0 = time.time()
                 time.sleep(delay)
+                storage.slept.append((t0, time.time()))
 
     wrapped.__name__ = f"strict_{handler.__name__}"
     return wrapped
