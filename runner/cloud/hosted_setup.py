@@ -256,6 +256,8 @@ def _vm_invoker_missing(cfg: Config, vm: str) -> tuple[str, str] | None:
             request=iam_policy_pb2.GetIamPolicyRequest(resource=t.job_name))
     except gexc.NotFound:
         return None
+    except gexc.GoogleAPICallError:
+        return None  # the API disabled, or no right to read the policy: the items above name that
     if holds_invoker(policy, f"serviceAccount:{vm}"):
         return None
     return (f"{INVOKER_ROLE} on the job {JOB_ID} for the VM account {vm} (a preempted VM cannot ask for "
