@@ -6,6 +6,10 @@
 # makes a final checkpoint sync and records PREEMPTED; after the grace period docker kills it.
 # Everything here must finish inside the notice, so the grace period is capped and every network
 # call has a short timeout.
+#
+# On a preemption it also asks the hosted supervisor (metadata runner-supervisor-job) for a pass
+# at once, in the background: that pass waits the notice out and replaces the run, instead of the
+# next scheduled minute's. RUN_API overrides https://run.googleapis.com (tests' stand-ins).
 set -uo pipefail   # no -e: each step below handles its own failure; a later step must still run
 export LC_ALL=C
 
