@@ -8,6 +8,15 @@ emulator (loopback only), in simulated schedule time with real passes.
    The loop mode (passes every poll_interval inside each execution) is simulated the same way.
 2. Compute API calls per one-shot pass at 1, 10 and 100 runs (target: constant, one list).
 3. One-shot pass wall time at 100 runs.
+4. Detection with and without the preempted VM's own request (gcp/shutdown.sh POSTs the job's
+   ``:run`` at once), modelled: real supervisor passes and the real notice wait
+   (runner/launch/notice_wait.py) on the in-memory backend and a local store, in modelled time
+   (tests/standins/memory_backend.py: STOPPING for GCE's 30 s notice, then gone). A preemption at
+   a random moment of the minute; "seen" is when the first pass starts after it, "replaced" when
+   the next attempt is begun. Without the request, only the scheduled executions pass (each
+   ``STARTUP_S`` after its tick; one that lands in the notice waits it out too, as the hosted job
+   now does); with it, an execution also starts ``VM_REQUEST_S`` + ``STARTUP_S`` after the
+   preemption. Pass wall times are not added (item 3 measures them).
 Plus the daily cost of each mode from runner/data/cloudrun_prices.json.
 """
 
@@ -27,6 +36,9 @@ from tests.standins.gcs_emulator import run_emulator
 
 IMAGE = "us-docker.pkg.dev/p/r/img@sha256:" + "c" * 64
 STARTUP_S = 5.0  # a Cloud Run job execution's container start, assumed (not measured here)
+# The shutdown script's metadata reads, token and POST before Cloud Run has the request, assumed:
+# loopback metadata calls and one HTTPS call (not measured here).
+VM_REQUEST_S = 1.0
 
 
 def _context(fake, prefix: str, poll: float = 3.0):
@@ -83,6 +95,47 @@ def detection_to_restart(fake, mode: str, trials: int = 12, poll: float = 3.0, s
     return out, worst_pass
 
 
+def vm_request_detection(asked: bool, waits: bool = True, trials: int = 40, seed: int = 1
+                         ) -> tuple[list[float], list[float]]:
+    """Modelled seconds from a preemption to (the first pass that sees it, the next attempt begun),
+    per trial; ``asked``: the preempted VM asks for a pass at once; ``waits``: a pass that finds
+    the notice waits it out (False: as before, it leaves it to the next tick). See the module
+    docstring, 4."""
+    import tempfile
+
+    from entrypoint.store_local import LocalStore
+    from runner.launch.notice_wait import DEFAULT_WAIT_S, wait_out_notices
+    from tests.standins.supervised_runs import SupervisedRuns
+
+    rng = random.Random(seed)
+    seen, replaced = [], []
+    for _ in range(trials):
+        with tempfile.TemporaryDirectory() as d:
+            w = SupervisedRuns(LocalStore(d))
+            rec, _sup = w.running()
+            start = w.clock()
+            preempt_at = start + PERIOD_S + rng.uniform(0, PERIOD_S)
+            ticks = [start + k * PERIOD_S + STARTUP_S for k in range(1, 6)]
+            starts = sorted([t for t in ticks if t >= preempt_at]
+                            + ([preempt_at + VM_REQUEST_S + STARTUP_S] if asked else []))
+            w.clock.advance(preempt_at - w.clock())
+            w.backend.begin_preemption("runner-exp-1-a1")
+            w.agent_preempted(rec)  # the agent's SIGTERM handler, in the notice
+            seen.append(starts[0] - preempt_at)
+            for t in starts:
+                if w.clock() < t:
+                    w.clock.advance(t - w.clock())
+                sup = w.supervisor()  # a fresh execution
+                states = sup.reconcile_all()
+                if waits:
+                    wait_out_notices(sup, states, DEFAULT_WAIT_S, sleep=w.clock.advance, clock=w.clock)
+                if w.state(rec).attempt == 2:
+                    replaced.append(w.clock() - preempt_at)
+                    break
+            w.settle()
+    return seen, replaced
+
+
 def calls_and_time(fake, sizes=(1, 10, 100)) -> tuple[dict[int, int], float]:
     calls, wall = {}, 0.0
     for n in sizes:
@@ -114,6 +167,18 @@ def main() -> None:
             print(f"[{mode}] preemption -> restart (simulated schedule, real passes): mean {sum(lat) / len(lat):.1f} s, "
                   f"worst {worst:.1f} s over {len(lat)} trials; bound (period/gap + start {STARTUP_S:g} s + one pass "
                   f"{worst_pass:.2f} s) {bound:.1f} s; ratio bound/worst = {bound / worst:.2f} (>= 1 meets it)")
+        (_, rep_before), (seen0, rep0), (seen1, rep1) = (
+            vm_request_detection(False, waits=False), vm_request_detection(False), vm_request_detection(True))
+
+        def stats(xs: list[float]) -> str:
+            return f"mean {sum(xs) / len(xs):.1f} s, worst {max(xs):.1f} s"
+
+        print(f"[once] preemption -> first pass (modelled, {len(seen0)} trials): scheduled only {stats(seen0)}; "
+              f"with the VM's request {stats(seen1)}; ratio of means = {sum(seen0) / sum(seen1):.1f}")
+        print(f"[once] preemption -> next attempt begun (modelled; GCE's 30 s notice is the floor): before "
+              f"(a pass in the notice leaves it to the next tick) {stats(rep_before)}; scheduled passes that wait "
+              f"the notice out {stats(rep0)}; plus the VM's request {stats(rep1)}; ratio before/with request "
+              f"= {sum(rep_before) / sum(rep1):.2f}")
         calls, wall = calls_and_time(fake)
         print("compute API calls per one-shot pass: " + ", ".join(f"{n} runs -> {c}" for n, c in calls.items())
               + f"; ratio 100 runs / 1 run = {calls[100] / calls[1]:.2f} (target 1.00: constant)")

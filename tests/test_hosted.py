@@ -43,7 +43,7 @@ def test_deploy_creates_exactly_the_job_and_the_schedule(hosted):
     (c,) = tt.containers
     assert c.image == RUNNER_IMAGE
     assert list(c.command) + list(c.args) == ["python3", "-m", "runner.cli", "supervise", "--schedule-period",
-                                              "60", "--once"]
+                                              "60", "--once", "--await-notice", "45"]
     env = {e.name: e.value for e in c.env}
     assert env["RUNNER_STORE"] == cfg.store_url and env["RUNNER_PROJECT"] == PROJECT
     assert env["RUNNER_BACKEND"] == "gce" and env["RUNNER_POLL_INTERVAL"] == "2.0"
@@ -322,3 +322,45 @@ def test_a_deploy_racing_an_undeploy_says_what_happened_instead_of_a_traceback(h
     run.delete_before_next_patch = True
     with pytest.raises(HostedError, match="updating the Cloud Run job.*runner supervise --deploy"):
         _deploy(cfg, image=RUNNER_IMAGE.replace("a" * 64, "c" * 64))
+
+
+# ---- a preempted VM asks the deployed job for a pass: which job its metadata names ----
+
+def _vm_metadata(cfg: Config) -> dict[str, str]:
+    """The metadata the first attempt's VM would get under ``cfg`` (the plan, no API call)."""
+    from runner.launch.submit import dry_run
+
+    plan, _ = dry_run(cfg, "exp-1", ["true"], RUNNER_IMAGE)
+    (_zone, inst), *_ = plan.nodes[0].candidates
+    return {i.key: i.value for i in inst.metadata.items}
+
+
+def test_vms_name_the_deployed_job_where_hosted_supervision_is_configured_in_once_mode(hosted):
+    import dataclasses
+
+    cfg, _, _ = hosted
+    assert _vm_metadata(cfg)["runner-supervisor-job"] == JOB  # supervisor_image set: deployed from here
+    plain = dataclasses.replace(cfg, supervisor_image=None)
+    assert _vm_metadata(plain)["runner-supervisor-job"] == ""  # a laptop loop supervises: VMs ask nobody
+    assert _vm_metadata(dataclasses.replace(plain, supervisor_region="europe-west4"))["runner-supervisor-job"] == \
+        f"projects/{PROJECT}/locations/europe-west4/jobs/{JOB_ID}"
+    # A loop execution passes every poll_interval already: a VM's request would start a second one.
+    assert _vm_metadata(dataclasses.replace(cfg, supervisor_mode="loop"))["runner-supervisor-job"] == ""
+
+
+def test_the_deployed_jobs_own_passes_name_it_to_the_vms_they_create(hosted):
+    """An execution loads its config from the job's env alone (no runner.toml in Cloud Run): the
+    replacements it creates must still name the job, in its region, and not in loop mode."""
+    import dataclasses
+
+    from runner.config import load_config
+
+    cfg, run, _ = hosted
+    for mode, expected in (("once", JOB), ("loop", "")):
+        deployed = dataclasses.replace(cfg, supervisor_image=None, supervisor_mode=mode)
+        _deploy(dataclasses.replace(deployed, supervisor_image=RUNNER_IMAGE))
+        (c,) = run.jobs[JOB].template.template.containers
+        in_execution = load_config(env={e.name: e.value for e in c.env}, cwd="/")
+        assert in_execution.supervisor_image is None and in_execution.zones == []
+        assert _vm_metadata(dataclasses.replace(in_execution, zones=["us-central1-a"]))[
+            "runner-supervisor-job"] == expected

@@ -68,6 +68,31 @@ def test_an_oidc_token_is_refused_by_the_run_api(cloudrun_fake, scheduler_fake):
     assert scheduler_fake.tick() == [401]
 
 
+def test_a_vms_access_token_acts_as_its_account_and_an_unknown_token_is_refused(cloudrun_fake):
+    """What a VM's shutdown script sends: the opaque token its metadata server handed out."""
+    import requests
+    from google.iam.v1 import iam_policy_pb2, policy_pb2
+
+    client = cloudrun_fake.client()
+    client.create_job(parent=PARENT, job=_job(), job_id="j").result(timeout=30)
+    vm_sa = "vm-account@test-project.iam.gserviceaccount.com"
+    cloudrun_fake.tokens["ya29.vm-token"] = vm_sa
+    url = f"{cloudrun_fake.endpoint}/v2/{PARENT}/jobs/j:run"
+
+    def run(token: str) -> int:
+        return requests.post(url, json={}, headers={"Authorization": f"Bearer {token}"}, timeout=10).status_code
+
+    assert run("ya29.someone-elses") == 401
+    assert run("ya29.vm-token") == 403  # a known account, without run.invoker on the job
+    policy = policy_pb2.Policy()
+    policy.bindings.add(role="roles/run.invoker", members=[f"serviceAccount:{vm_sa}"])
+    client.set_iam_policy(request=iam_policy_pb2.SetIamPolicyRequest(resource=f"{PARENT}/jobs/j", policy=policy))
+    assert run("ya29.vm-token") == 200
+    cloudrun_fake.wait_executions(timeout=30)
+    (ex,) = cloudrun_fake.executions_of(f"{PARENT}/jobs/j")
+    assert ex.creator == vm_sa
+
+
 @pytest.mark.parametrize("bad", [dict(schedule="every minute"), dict(time_zone="Mars/Olympus"),
                                  dict(name=f"{PARENT}/jobs/has space"),
                                  dict(name="projects/other/locations/us-central1/jobs/s")])

@@ -31,10 +31,11 @@ def admin(gcp_admin_fake: GcpAdminFake) -> GcpAdminFake:
 
 
 @pytest.fixture
-def cfg(admin: GcpAdminFake, gcs_emulator: str, compute_fake: Any) -> Config:
+def cfg(admin: GcpAdminFake, gcs_emulator: str, compute_fake: Any, cloudrun_fake: Any) -> Config:
     return Config(backend="gce", project=P, store=f"gs://hosted-{uuid.uuid4().hex[:8]}/runs", zones=["us-central1-a"],
                   no_gpu=True, service_account=VM_SA, compute_endpoint=compute_fake.endpoint, serviceusage_endpoint=admin.endpoint,
-                  resourcemanager_endpoint=admin.endpoint, iam_endpoint=admin.endpoint)
+                  resourcemanager_endpoint=admin.endpoint, iam_endpoint=admin.endpoint,
+                  run_endpoint=cloudrun_fake.endpoint)
 
 
 def _init(cfg: Config, said: list[str] | None = None):
@@ -50,7 +51,9 @@ def test_init_hosted_grants_exactly_what_a_pass_needs_and_a_second_run_changes_n
     said: list[str] = []
     steps = _init(cfg, said)
     hosted = steps[6:]  # after the bucket, lifecycle, VM account, its bucket role, self-delete role, project roles
-    assert [s.changed for s in hosted] == [True, True, True, True]
+    # The last: run.invoker on the job for the VM account, which waits for the job's first deploy.
+    assert [s.changed for s in hosted] == [True, True, True, True, False]
+    assert "not deployed yet" in hosted[-1].detail and VM_SA in hosted[-1].name
     assert supervisor_email(P) in admin.service_accounts(P)
     assert _roles(admin.policy(P)["bindings"], SUP) == {"roles/compute.instanceAdmin.v1"}
     bucket = storage.Client(project=P, credentials=AnonymousCredentials()).bucket(cfg.store[5:].split("/")[0])
@@ -58,7 +61,59 @@ def test_init_hosted_grants_exactly_what_a_pass_needs_and_a_second_run_changes_n
     assert _roles(admin.sa_policies[VM_SA].policy["bindings"], SUP) == {"roles/iam.serviceAccountUser"}
     assert said[-1].startswith("next: runner supervise --deploy")
     again = _init(cfg)
-    assert [s.changed for s in again[6:]] == [False] * 4
+    assert [s.changed for s in again[6:]] == [False] * 5
+
+
+# ---- a preempted VM may ask the hosted job for a pass (gcp/shutdown.sh): run.invoker on that job ----
+
+RUNNER_IMAGE = "us-central1-docker.pkg.dev/test-project/runs/runner@sha256:" + "a" * 64
+JOB = f"projects/{P}/locations/us-central1/jobs/cos-spot-runner-supervisor"
+VM = f"serviceAccount:{VM_SA}"
+
+
+def _deploy(cfg: Config, scheduler_fake: Any, vm_account: str | None = None) -> None:
+    import dataclasses
+
+    from runner.cloud.hosted import deploy, hosted_clients, target
+
+    cfg = dataclasses.replace(cfg, scheduler_endpoint=scheduler_fake.endpoint)
+    deploy(cfg, target(cfg, RUNNER_IMAGE), hosted_clients(cfg), say=lambda s: None, vm_account=vm_account)
+
+
+def _job_roles(cloudrun_fake: Any, member: str) -> set[str]:
+    return {b.role for b in cloudrun_fake.policies[JOB].bindings if member in b.members}
+
+
+def test_init_hosted_after_a_deploy_lets_the_vm_account_run_that_job_and_nothing_more(
+        cfg, admin, cloudrun_fake, scheduler_fake):
+    _deploy(cfg, scheduler_fake)  # an older deploy, which granted the schedule only
+    assert _job_roles(cloudrun_fake, VM) == set()
+    step = _init(cfg)[10]
+    assert step.changed and VM_SA in step.name
+    assert _job_roles(cloudrun_fake, VM) == {"roles/run.invoker"}
+    assert _job_roles(cloudrun_fake, SUP) == {"roles/run.invoker"}  # the schedule's grant is kept
+    assert _roles(admin.policy(P)["bindings"], VM) & {"roles/run.invoker", "roles/run.developer"} == set()
+    assert not _init(cfg)[10].changed
+
+
+def test_deploy_grants_the_vm_account_in_once_mode_only(cfg, cloudrun_fake, scheduler_fake):
+    import dataclasses
+
+    _deploy(dataclasses.replace(cfg, supervisor_mode="loop"), scheduler_fake, vm_account=VM_SA)
+    assert _job_roles(cloudrun_fake, VM) == set()  # a loop passes every poll_interval: VMs never ask
+    _deploy(cfg, scheduler_fake, vm_account=VM_SA)
+    assert _job_roles(cloudrun_fake, VM) == {"roles/run.invoker"}
+
+
+def test_doctor_names_a_vm_account_that_may_not_run_the_job_with_its_fix(cfg, cloudrun_fake, scheduler_fake):
+    _init(cfg)
+    _deploy(cfg, scheduler_fake)  # the schedule may run the job; the VM account may not
+    c = _hosted_check(cfg)
+    assert c.ok is False and f"roles/run.invoker on the job cos-spot-runner-supervisor for the VM account {VM_SA}" in c.detail
+    assert (f"gcloud run jobs add-iam-policy-binding cos-spot-runner-supervisor --project {P} --region us-central1 "
+            f"--member=serviceAccount:{VM_SA} --role=roles/run.invoker") in c.fix
+    _init(cfg)
+    assert _hosted_check(cfg).ok is True
 
 
 def _hosted_check(cfg: Config):

@@ -24,6 +24,9 @@ from runner.config import Config
 @click.option("--for", "for_seconds", type=float, help="Pass every poll interval for this many seconds, then exit.")
 @click.option("--schedule-period", type=float, hidden=True,
               help="Seconds until the next pass is due when this is not a loop (the hosted schedule's).")
+@click.option("--await-notice", type=float, default=0.0,
+              help="With --once: then wait up to this many seconds for instances in their shutdown notice "
+                   "to go, and step their runs again (the hosted supervisor passes 45).")
 @click.option("--deploy", is_flag=True, help="Create or update the hosted supervisor (Cloud Run job + Cloud Scheduler).")
 @click.option("--undeploy", is_flag=True, help="Remove the hosted supervisor; runs are left as they are.")
 @click.option("--status", "show_status", is_flag=True, help="The hosted supervisor: image, schedule, last pass, last error.")
@@ -33,7 +36,7 @@ from runner.config import Config
 @config_options
 @guard
 def supervise(run_id: str | None, once: bool, poll_interval: float | None, for_seconds: float | None,
-              schedule_period: float | None, deploy: bool, undeploy: bool, show_status: bool,
+              schedule_period: float | None, await_notice: float, deploy: bool, undeploy: bool, show_status: bool,
               image: str | None, build_first: bool, as_json: bool,
               cli_config: dict[str, Any], config_path: str | None) -> None:
     """Keep runs alive: restart preempted or stalled ones, stop stopped ones, clean up.
@@ -64,6 +67,12 @@ def supervise(run_id: str | None, once: bool, poll_interval: float | None, for_s
         states = sup.reconcile_all()
         live = {k: v for k, v in states.items() if not v.state.terminal}
         note(f"{time.strftime('%H:%M:%S')} supervised {len(states)} run(s), {len(live)} unfinished")
+        if once and await_notice > 0:
+            # A preempted VM asked for this pass (gcp/shutdown.sh): replace it here, not a minute on.
+            from runner.launch.notice_wait import wait_out_notices
+
+            for stepped in wait_out_notices(sup, states, await_notice):
+                note(f"{time.strftime('%H:%M:%S')} {stepped}: its instance left its shutdown notice; stepped again")
         if once or (for_seconds is not None and time.time() - started + ctx.cfg.poll_interval > for_seconds):
             return
         time.sleep(ctx.cfg.poll_interval)
@@ -82,7 +91,7 @@ def run_hosted(cfg: Config, action: str, image: str | None, build: bool, as_json
         t = target(cfg, image, need_image=action == "deploy")
         clients = hosted_clients(cfg)
         if action == "deploy":
-            steps = deploy(cfg, t, clients, say=note)
+            steps = deploy(cfg, t, clients, say=note, vm_account=_vm_account(cfg))
             _warn_webhook_url_not_passed(cfg)
             if as_json:
                 click.echo(json.dumps([s.__dict__ for s in steps], indent=1))
@@ -120,6 +129,22 @@ def run_hosted(cfg: Config, action: str, image: str | None, build: bool, as_json
                        "`gcloud auth application-default login`", err=True)
             return 1
         raise
+
+
+def _vm_account(cfg: Config) -> str | None:
+    """The runs' VM account, which deploy lets run the job (a preempted VM asks for a pass); None,
+    said, when it cannot be named (the Compute default's needs the project number)."""
+    if cfg.service_account:
+        return cfg.service_account
+    try:
+        from runner.cloud.gcp_rest import admin_apis
+        from runner.cloud.hosted_setup import vm_service_account
+
+        return vm_service_account(cfg, admin_apis(cfg))
+    except Exception as e:  # noqa: BLE001 - the deploy itself does not depend on it
+        note(f"runner: could not name the VMs' service account ({type(e).__name__}: {e}); preempted VMs "
+             "cannot ask for a pass until `runner init --hosted` grants it roles/run.invoker on the job")
+        return None
 
 
 def _warn_webhook_url_not_passed(cfg: Config) -> None:

@@ -17,7 +17,8 @@ OIDC token (what Cloud Run *services* take) would be refused there
 (https://cloud.google.com/run/docs/execute/jobs-on-schedule).
 
 Two modes, the trade-off documented in README (daily cost from ``runner/data/cloudrun_prices.json``):
-``once``, one pass per execution (a preemption waits up to the 60 s period plus a pass), or
+``once``, one pass per execution (a preemption waits up to the 60 s period plus a pass, unless
+the preempted VM asks for a pass at once: ``supervisor_job_for_vms``), or
 ``loop``, each execution passing every ``poll_interval`` for ``LOOP_SECONDS`` (detection close to
 the poll interval, billed for most of every minute).
 """
@@ -40,12 +41,15 @@ SUPERVISOR_SA_NAME = "cos-spot-runner-sup"  # IAM account ids are 6-30 character
 SCHEDULE = "* * * * *"
 PERIOD_S = 60.0
 LOOP_SECONDS = 50.0  # a loop execution ends before the next minute's starts
+NOTICE_WAIT_S = 45.0  # runner.launch.notice_wait.DEFAULT_WAIT_S: a 30 s notice plus power-off and listing lag
 MODES = ("once", "loop")
 CPU, MEMORY = "1", "512Mi"
 LABELS = {"managed-by": "cos-spot-runner"}
 RUN_API = "https://run.googleapis.com"
 SCOPE = "https://www.googleapis.com/auth/cloud-platform"
 INVOKER_ROLE = "roles/run.invoker"
+# Roles that hold run.jobs.run on a job (https://cloud.google.com/run/docs/reference/iam/roles).
+INVOKER_GRANTED_BY = {INVOKER_ROLE, "roles/run.developer", "roles/run.admin", "roles/editor", "roles/owner"}
 # Settings a pass reads; passed as RUNNER_* env exactly as configured where the deploy ran.
 PASS_KEYS = ("backend", "store", "project", "poll_interval", "stall_polls", "gpu_timeout",
              "heartbeat_interval", "sync_interval", "grace_period", "shm_size", "webhook_secret",
@@ -133,6 +137,26 @@ def target(cfg: Config, image: str | None = None, need_image: bool = True) -> Ho
     return HostedTarget(cfg.project, region, supervisor_email(cfg.project), image, cfg.supervisor_mode)
 
 
+def supervisor_job_for_vms(cfg: Config) -> str:
+    """The job a run's VM asks for a pass when GCE preempts it (metadata ``runner-supervisor-job``,
+    read by gcp/shutdown.sh), or "" when VMs should ask nobody.
+
+    Named exactly as ``supervise --deploy`` names it (``target``), and only where hosted
+    supervision is configured: ``supervisor_region`` or ``supervisor_image`` set (a deployed job's
+    own passes always have both region and mode: ``plan_job`` passes them), in ``once`` mode. A
+    ``loop`` execution already passes every ``poll_interval``; a VM's request would only start a
+    second, billed, 50-second loop beside it. Without hosted config a laptop loop supervises, and
+    a VM calling a job that does not exist would only log a 404 in every preemption."""
+    if cfg.backend != "gce" or cfg.supervisor_mode != "once":
+        return ""
+    if not (cfg.supervisor_region or cfg.supervisor_image):
+        return ""
+    try:
+        return target(cfg, need_image=False).job_name
+    except HostedError:
+        return ""  # no project or region: nothing a VM could call (doctor and deploy say why)
+
+
 # A Secret Manager secret id is 1-255 of [A-Za-z0-9_-]
 # (https://cloud.google.com/secret-manager/docs/reference/rest/v1/projects.secrets/create).
 _SECRET_NAME = re.compile(r"(projects/[^/\s]+/secrets/)?[A-Za-z0-9_-]{1,255}(/versions/[A-Za-z0-9_-]+)?")
@@ -165,16 +189,23 @@ def job_env(cfg: Config) -> dict[str, str]:
 def supervisor_args(mode: str) -> list[str]:
     """The container's arguments: one pass, or a bounded loop; both announce the 60 s schedule."""
     base = ["supervise", "--schedule-period", f"{PERIOD_S:g}"]
-    return base + (["--once"] if mode == "once" else ["--for", f"{LOOP_SECONDS:g}"])
+    if mode == "once":
+        # A pass that finds a run's VM in its preemption notice (a VM's own request for this pass,
+        # gcp/shutdown.sh) waits it out and replaces it now (runner.launch.notice_wait).
+        return base + ["--once", "--await-notice", f"{NOTICE_WAIT_S:g}"]
+    return base + ["--for", f"{LOOP_SECONDS:g}"]
 
 
 def plan_job(cfg: Config, t: HostedTarget) -> Any:
     """The ``run_v2.Job`` to deploy (pure)."""
     from google.cloud import run_v2
 
+    # Region and mode as resolved here, so each pass knows the job it runs in and names it to the
+    # VMs it creates (supervisor_job_for_vms), whatever the config it was deployed from left out.
+    env = {**job_env(cfg), "RUNNER_SUPERVISOR_REGION": t.region, "RUNNER_SUPERVISOR_MODE": t.mode}
     container = run_v2.Container(
         name="supervisor", image=t.image, command=["python3", "-m", "runner.cli"], args=supervisor_args(t.mode),
-        env=[run_v2.EnvVar(name=k, value=v) for k, v in job_env(cfg).items()],
+        env=[run_v2.EnvVar(name=k, value=v) for k, v in sorted(env.items())],
         resources=run_v2.ResourceRequirements(limits={"cpu": CPU, "memory": MEMORY}))
     timeout = timedelta(seconds=PERIOD_S * 3)  # a stuck pass ends before it piles up
     return run_v2.Job(
@@ -252,6 +283,16 @@ def hosted_clients(cfg: Config) -> HostedClients:
         scheduler=scheduler_v1.CloudSchedulerClient(transport="rest", **_client_kwargs(cfg.scheduler_endpoint)))
 
 
+def job_clients(cfg: Config) -> HostedClients:
+    """Only the Cloud Run client (job IAM: init and doctor need no Cloud Scheduler)."""
+    from google.cloud import run_v2
+
+    from runner.cloud.gcp_clients import _client_kwargs
+
+    return HostedClients(jobs=run_v2.JobsClient(transport="rest", **_client_kwargs(cfg.run_endpoint)),
+                         scheduler=None)
+
+
 def explain(e: Exception, what: str, project: str) -> HostedError:
     """A Google API error as a message naming the missing role or API and the command that fixes it."""
     from google.api_core import exceptions as gexc
@@ -306,8 +347,12 @@ def _call(what: str, project: str, fn: Callable[[], Any], passes: tuple[type, ..
 # ---- act ----
 
 def deploy(cfg: Config, t: HostedTarget, clients: HostedClients, say: Callable[[str], None] = print,
-           timeout: float = 300) -> list[Step]:
-    """Create or update the job, its invoker binding and the schedule; idempotent."""
+           timeout: float = 300, vm_account: str | None = None) -> list[Step]:
+    """Create or update the job, its invoker bindings and the schedule; idempotent.
+
+    ``vm_account``: the account runs' VMs use (runner.cloud.hosted_setup.vm_service_account);
+    in ``once`` mode it too may run this job, so a preempted VM can ask for a pass at once
+    (gcp/shutdown.sh). ``runner init --hosted`` grants the same once the job exists."""
     steps: list[Step] = []
 
     def record(step: Step) -> None:
@@ -316,6 +361,8 @@ def deploy(cfg: Config, t: HostedTarget, clients: HostedClients, say: Callable[[
 
     record(_ensure_job(cfg, t, clients, timeout))
     record(_ensure_invoker(t, clients))
+    if vm_account and t.mode == "once":
+        record(ensure_vm_invoker(t, clients, vm_account))
     record(_ensure_schedule(t, clients))
     return steps
 
@@ -348,14 +395,29 @@ def _ensure_job(cfg: Config, t: HostedTarget, clients: HostedClients, timeout: f
     return Step(name, True, f"updated in place: {', '.join(changed)}")
 
 
-def _ensure_invoker(t: HostedTarget, clients: HostedClients, attempts: int = 5) -> Step:
-    """The schedule's identity may run this job (the job's own policy, read-modify-write with its
-    etag; retried when another writer changed the policy in between, so neither change is lost)."""
+def ensure_vm_invoker(t: HostedTarget, clients: HostedClients, vm_account: str) -> Step:
+    """The runs' VM account may run this job, and nothing more: what a preempted VM's request for
+    an immediate pass needs (``run.jobs.run``; not ``runWithOverrides``, which would let a VM
+    change what the job runs)."""
+    return _ensure_invoker(t, clients, member=f"serviceAccount:{vm_account}",
+                           why="a preempted VM asks for a pass at once")
+
+
+def holds_invoker(policy: Any, member: str) -> bool:
+    """Whether ``member`` may run the job under ``policy`` (a role that has ``run.jobs.run``)."""
+    return any(b.role in INVOKER_GRANTED_BY and member in b.members for b in policy.bindings)
+
+
+def _ensure_invoker(t: HostedTarget, clients: HostedClients, attempts: int = 5, member: str | None = None,
+                    why: str = "the schedule's identity") -> Step:
+    """``member`` (default: the schedule's identity) may run this job (the job's own policy,
+    read-modify-write with its etag; retried when another writer changed the policy in between,
+    so neither change is lost)."""
     from google.api_core import exceptions as gexc
     from google.iam.v1 import iam_policy_pb2
 
-    member = f"serviceAccount:{t.service_account}"
-    name = f"{INVOKER_ROLE} on {JOB_ID}"
+    member = member or f"serviceAccount:{t.service_account}"
+    name = f"{INVOKER_ROLE} on {JOB_ID} for {member.split(':', 1)[1]}"
     for attempt in range(attempts):
         policy = _call("reading the job's IAM policy", t.project, passes=(),
                        fn=lambda: clients.jobs.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(resource=t.job_name)))
@@ -371,7 +433,7 @@ def _ensure_invoker(t: HostedTarget, clients: HostedClients, attempts: int = 5) 
                   passes=(gexc.Conflict, gexc.Aborted) if attempt < attempts - 1 else (),
                   fn=lambda: clients.jobs.set_iam_policy(
                       request=iam_policy_pb2.SetIamPolicyRequest(resource=t.job_name, policy=policy)))
-            return Step(name, True, f"granted to {member} (the schedule's identity), on this job only")
+            return Step(name, True, f"granted to {member} ({why}), on this job only")
         except (gexc.Conflict, gexc.Aborted):
             continue
     raise AssertionError("unreachable")

@@ -12,6 +12,11 @@ that has it:
 
 The schedule calls the job with this same account's OAuth token; ``supervise --deploy`` makes it
 ``roles/run.invoker`` on the one job (runner/cloud/hosted.py), so it needs nothing on Cloud Run here.
+
+The runs' VM account gets ``roles/run.invoker`` on that one job too (in ``once`` mode): a preempted
+VM's shutdown script asks for a pass at once (gcp/shutdown.sh) instead of leaving the run to the
+next scheduled minute. Job IAM needs the job: when it is not deployed yet, ``supervise --deploy``
+grants it (and this says so).
 """
 
 from __future__ import annotations
@@ -64,11 +69,41 @@ def init_hosted(cfg: Config, *, apis: AdminApis, bucket: Any, say: Callable[[str
     record(_ensure_account(apis, project, email))
     record(ensure_project_roles(apis, project, member, PROJECT_ROLES, sleep=sleep))
     record(ensure_bucket_role(bucket, member, BUCKET_ROLE, sleep=sleep))
-    record(ensure_act_as(apis, project, vm_service_account(cfg, apis), member, sleep=sleep))
+    vm = vm_service_account(cfg, apis)
+    record(ensure_act_as(apis, project, vm, member, sleep=sleep))
+    vm_step = vm_may_ask_for_a_pass(cfg, vm)
+    if vm_step is not None:
+        record(vm_step)
     if cfg.webhook_secret:
         record(ensure_secret_access(cfg, member, sleep=sleep))
     say(f"next: runner supervise --deploy   (the job runs as {email})")
     return steps
+
+
+def vm_may_ask_for_a_pass(cfg: Config, vm_email: str) -> Step | None:
+    """``roles/run.invoker`` on the hosted job for the runs' VM account (None: ``loop`` mode, or no
+    region to name the job in, where VMs never ask). Before the first deploy there is no job to
+    grant on: the step says that deploy grants it."""
+    from google.api_core import exceptions as gexc
+
+    from runner.cloud.hosted import HostedError, JOB_ID, ensure_vm_invoker, job_clients, target
+
+    try:
+        t = target(cfg, need_image=False)
+    except HostedError:
+        return None
+    if t.mode != "once":
+        return None
+    name = f"roles/run.invoker on {JOB_ID} for {vm_email}"
+    try:
+        clients = job_clients(cfg)
+        clients.jobs.get_job(name=t.job_name)  # job IAM needs the job
+        return ensure_vm_invoker(t, clients, vm_email)
+    except gexc.NotFound:
+        return Step(name, False, "the job is not deployed yet; `runner supervise --deploy` grants it")
+    except (gexc.GoogleAPICallError, HostedError) as e:  # e.g. the Cloud Run API not enabled yet
+        return Step(name, False, f"not granted ({e}); `runner supervise --deploy` grants it, "
+                                 "`runner doctor` checks it")
 
 
 def _ensure_account(apis: AdminApis, project: str, email: str) -> Step:
@@ -192,9 +227,43 @@ def check_hosted(cfg: Config, apis: AdminApis, storage_client: Any) -> tuple[boo
             sp = secret.split("/")
             fixes.append(f"gcloud secrets add-iam-policy-binding {sp[3]} --project {sp[1]} --member={member} "
                          f"--role={SECRET_ROLE}")
+    invoker = _vm_invoker_missing(cfg, vm)
+    if invoker is not None:
+        missing.append(invoker[0])
+        fixes.append(invoker[1])
     if missing:
         return False, f"{email} lacks {', '.join(missing)}", "\n".join(fixes) + "\n(or: runner init --hosted)"
     return True, f"{email} has what a supervisor pass needs", ""
+
+
+def _vm_invoker_missing(cfg: Config, vm: str) -> tuple[str, str] | None:
+    """(what is missing, the fix) when the runs' VMs may not run the deployed job in ``once`` mode:
+    their preemptions then wait for the next scheduled pass. None when they may, or when no job
+    is deployed (nothing to call yet)."""
+    from google.api_core import exceptions as gexc
+    from google.iam.v1 import iam_policy_pb2
+
+    from runner.cloud.hosted import HostedError, INVOKER_ROLE, JOB_ID, holds_invoker, job_clients, target
+
+    try:
+        t = target(cfg, need_image=False)
+    except HostedError:
+        return None
+    if t.mode != "once":
+        return None
+    try:
+        policy = job_clients(cfg).jobs.get_iam_policy(
+            request=iam_policy_pb2.GetIamPolicyRequest(resource=t.job_name))
+    except gexc.NotFound:
+        return None
+    except gexc.GoogleAPICallError:
+        return None  # the API disabled, or no right to read the policy: the items above name that
+    if holds_invoker(policy, f"serviceAccount:{vm}"):
+        return None
+    return (f"{INVOKER_ROLE} on the job {JOB_ID} for the VM account {vm} (a preempted VM cannot ask for "
+            "a pass at once, so its run waits for the next scheduled minute)",
+            f"gcloud run jobs add-iam-policy-binding {JOB_ID} --project {t.project} --region {t.region} "
+            f"--member=serviceAccount:{vm} --role={INVOKER_ROLE}   (or: runner supervise --deploy)")
 
 
 __all__ = ["init_hosted", "check_hosted", "service_account_email"]

@@ -8,12 +8,16 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from entrypoint.store import Store
 from entrypoint.stores import open_store
 from runner.launch.backends.base import BackendError, ComputeBackend
 from runner.config import Config
 from runner.launch.supervisor import Supervisor, SupervisorSettings
+
+if TYPE_CHECKING:
+    from runner.launch.backends.gce import GceBackend
 
 
 def make_store(cfg: Config, create_default: bool = False) -> Store:
@@ -45,7 +49,7 @@ def make_backend(cfg: Config) -> ComputeBackend:
     from runner.launch.backends.gce import GceBackend
     from runner.cloud.gcp_clients import compute_clients
 
-    return GceBackend(compute_clients(cfg.compute_endpoint), require_project(cfg)).bind_store(cfg.store_url)
+    return _hosted_aware(GceBackend(compute_clients(cfg.compute_endpoint), require_project(cfg)), cfg)
 
 
 def make_plan_backend(cfg: Config) -> ComputeBackend:
@@ -56,7 +60,17 @@ def make_plan_backend(cfg: Config) -> ComputeBackend:
         return LocalBackend().bind_store(cfg.store_url)  # its Docker client is made on first use
     from runner.launch.backends.gce import GceBackend
 
-    return GceBackend(None, require_project(cfg)).bind_store(cfg.store_url)  # type: ignore[arg-type]
+    return _hosted_aware(GceBackend(None, require_project(cfg)), cfg)  # type: ignore[arg-type]
+
+
+def _hosted_aware(backend: "GceBackend", cfg: Config) -> "GceBackend":
+    """Bound to the store, and naming the hosted supervisor its VMs ask for a pass when preempted
+    (runner.cloud.hosted.supervisor_job_for_vms: "" where none is configured)."""
+    from runner.cloud.hosted import supervisor_job_for_vms
+
+    backend.bind_store(cfg.store_url)
+    backend.supervisor_job = supervisor_job_for_vms(cfg)
+    return backend
 
 
 def require_project(cfg: Config) -> str:

@@ -29,6 +29,14 @@ deploying caller lacks (``run.jobs.create``, ``iam.serviceAccounts.actAs``...): 
 ``oauthToken``) acts as that service account: ``:run`` needs ``roles/run.invoker`` (or developer,
 admin) for it on the job's policy or in ``project_roles``. A Bearer token that is not an OAuth
 access token (``fake-oidc:...``, an OIDC ID token) is rejected with 401, as Google APIs do.
+``tokens`` maps opaque access tokens (what a VM's metadata server hands out for its service
+account, ``instance/service-accounts/default/token``) to that account: such a caller is judged
+like any other, by its own roles, so a VM account without ``run.invoker`` on the job gets 403. A
+Bearer token the fake does not know is refused with 401 UNAUTHENTICATED, as Google APIs refuse an
+invalid or expired token ("401 Request had invalid authentication credentials", as reported in
+https://github.com/googleapis/python-api-core/issues/223). A created Execution's ``creator``
+is the caller's email, as the service fills that output-only field
+(https://cloud.google.com/run/docs/reference/rest/v2/projects.locations.jobs.executions).
 
 ``:run`` creates an Execution named ``{job}/executions/{job}-{5 chars}`` and hands it to
 ``executor(job, execution, env) -> exit code`` on a thread (tests run the container for real);
@@ -126,6 +134,7 @@ class CloudRunFake(RestFake):
         self.race_next_set_policy = False  # the next setIamPolicy loses to another writer's (409 ABORTED)
         self.delete_before_next_patch = False  # a concurrent delete lands just before the next patch (404)
         self.executor: Optional[Executor] = None
+        self.tokens: dict[str, str] = {}  # opaque OAuth access token -> the service account it is for
         self._ops: dict[str, tuple[operations_pb2.Operation, Callable[[], bool]]] = {}
         self._threads: list[threading.Thread] = []
         self._rng = random.Random(0)
@@ -309,6 +318,7 @@ class CloudRunFake(RestFake):
         ex = run_v2.Execution(
             name=f"{name}/executions/{a['job']}-{suffix}", job=a["job"], uid=str(uuid.uuid4()),
             generation=1, create_time=_now(), start_time=_now(), task_count=job.template.task_count,
+            creator=caller or "",
             parallelism=job.template.parallelism, template=_copy(job.template.template), running_count=1)
         self.executions[ex.name] = ex
         job.execution_count += 1
@@ -381,6 +391,11 @@ class CloudRunFake(RestFake):
                                 "access token, login cookie or other valid authentication credential.")
         if auth.startswith("Bearer fake-oauth:"):
             caller = auth.split(":", 1)[1]
+        elif auth.startswith("Bearer "):
+            caller = self.tokens.get(auth[len("Bearer "):].strip())
+            if caller is None:
+                raise ApiError(401, "Request had invalid authentication credentials. Expected OAuth 2 "
+                                    "access token, login cookie or other valid authentication credential.")
         result = self._dispatch(rpc, args, q, body, caller)
         if isinstance(result, (operations_pb2.Operation, policy_pb2.Policy)):
             return json_format.MessageToJson(result, use_integers_for_enums=int_enums)

@@ -147,6 +147,10 @@ def _error_reasons(exc_or_op: Any) -> list[str]:
 class GceBackend(ComputeBackend[GcePlan]):
     name = "gce"
     has_startup_console = True
+    # The hosted supervisor's job (projects/P/locations/L/jobs/J) a preempted VM asks for a pass,
+    # set from config by runner.launch.context ("" = none deployed: the VM asks nobody). Not in
+    # spec.json: it is where the run is supervised today, not what the run is.
+    supervisor_job: str = ""
 
     @classmethod
     def spec_options(cls, cfg: Any) -> dict[str, Any]:
@@ -349,6 +353,7 @@ class GceBackend(ComputeBackend[GcePlan]):
             heartbeat_interval=ctx.heartbeat_interval, sync_interval=ctx.sync_interval,
             grace_period=ctx.grace_period, shm_size=ctx.shm_size,
             data_disk="data" if (vm["data_disk"] or vm["data_disk_gb"]) else "", data_mount=vm["data_mount"],
+            supervisor_job=self.supervisor_job,
         )
         startup, shutdown = _startup_scripts()
         items = {**meta.items(), md.STARTUP_SCRIPT: startup, md.SHUTDOWN_SCRIPT: shutdown}

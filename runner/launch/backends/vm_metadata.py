@@ -29,6 +29,9 @@ GRACE_PERIOD = PREFIX + "grace-period"
 SHM_SIZE = PREFIX + "shm-size"
 DATA_DISK = PREFIX + "data-disk"            # device name of an attached data disk ("" = none)
 DATA_MOUNT = PREFIX + "data-mount"          # where it is mounted on the host, under /var/lib
+# projects/P/locations/L/jobs/J of the hosted supervisor ("" = none): gcp/shutdown.sh asks it for
+# a pass at once when GCE preempts the VM, instead of waiting for the next scheduled minute.
+SUPERVISOR_JOB = PREFIX + "supervisor-job"
 STARTUP_SCRIPT = "startup-script"
 SHUTDOWN_SCRIPT = "shutdown-script"
 
@@ -52,6 +55,7 @@ class VmMetadata:
     shm_size: str = "2g"
     data_disk: str = ""
     data_mount: str = "/var/lib/runner/data"
+    supervisor_job: str = ""
 
     def items(self) -> dict[str, str]:
         """The metadata key/values, startup and shutdown scripts excluded."""
@@ -71,4 +75,5 @@ class VmMetadata:
             SHM_SIZE: self.shm_size,
             DATA_DISK: self.data_disk,
             DATA_MOUNT: self.data_mount,
+            SUPERVISOR_JOB: self.supervisor_job,
         }
