@@ -197,7 +197,7 @@ def main() -> None:
             prepare()
             results[name] = [one_recovery(world, name, i) for i in range(SAMPLES)]
     print(f"recovery: g2-standard-8 + L4, {IMAGE_GB:.0f} GB image, capacity only in the second zone; "
-          f"{SAMPLES} samples each, time scale {SCALE} (modelled seconds shown)")
+          f"{SAMPLES} sample(s) each, time scale {SCALE} (modelled seconds shown)")
     cols = [*SEGMENT_NAMES, "total"]
     print(f"{'':12}" + "".join(f"{c:>12}" for c in cols))
     for name, rows in results.items():
