@@ -90,6 +90,8 @@ class World:
         self.fake = stack.enter_context(run_compute_fake("bench-project"))
         self.clock = SimClock(time_scale=SCALE, image_factor=IMAGE_GB * 1e9 / real_bytes)
         self.fake.time_scale = SCALE
+        # Room for a sample's VM still shutting down beside the next one (a new project has 1 L4).
+        self.fake.set_quota("us-central1", "PREEMPTIBLE_NVIDIA_L4_GPUS", 4)
         self.fake.boot_seconds = self.fake.operation_seconds = self.clock.real(self.clock.timings.insert_to_running_s)
         self.guest = CosGuest(work / "vms", gcs_api=self.gcs, compute_api=self.fake.endpoint,
                               docker_client=docker.from_env(), clock=self.clock, halt_seconds=0.1)
@@ -152,6 +154,8 @@ def one_recovery(world: World, scenario: str, n: int) -> dict[str, float | None]
         sup.reconcile_all()
         for i in ctx.backend.list(run_id):
             ctx.backend.delete(i)
+        _wait(f"{run_id}'s VMs to be gone", lambda: not ctx.backend.list(run_id), timeout=120)
+        world.fake.stockout_zones.clear()
     waits = [w for k, vm in world.guest.vms.items() for w in vm.cos.waits()[before.get(k, 0):]]
     waits.append(("insert", world.clock.timings.insert_to_running_s, world.fake.boot_seconds))
     r = build_recovery(2, marks)
@@ -195,7 +199,13 @@ def main() -> None:
         scenarios = {"cold": lambda: None, "warm": lambda: bake(world)}
         for name, prepare in scenarios.items():
             prepare()
-            results[name] = [one_recovery(world, name, i) for i in range(SAMPLES)]
+            results[name] = []
+            for i in range(SAMPLES):
+                results[name].append(one_recovery(world, name, i))
+                row = results[name][-1]
+                print(f"  {name} {i}: {row['total']:.1f} s modelled "
+                      f"({', '.join(f'{k} {v:.1f}' for k, v in row.items() if isinstance(v, float) and k != 'total')})",
+                      flush=True)
     print(f"recovery: g2-standard-8 + L4, {IMAGE_GB:.0f} GB image, capacity only in the second zone; "
           f"{SAMPLES} sample(s) each, time scale {SCALE} (modelled seconds shown)")
     cols = [*SEGMENT_NAMES, "total"]

@@ -108,7 +108,10 @@ mark() {
   [[ $code == 200 || $code == 412 ]] || log "phase $1 not marked: HTTP $code $(last_line "$WORK/upload.out")"
 }
 
-since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
+# Times in pure bash (COS has no python, and awk is not a promise): EPOCHREALTIME is "S.UUUUUU".
+us() { local t=${1/./}; printf '%d' "$((10#$t))"; }            # seconds with 6 decimals -> microseconds
+secs() { printf '%d.%06d' "$(($1 / 1000000))" "$(($1 % 1000000))"; }  # microseconds -> seconds
+since() { local d=$(($(us "$EPOCHREALTIME") - $(us "$1"))); printf '%d.%d' "$((d / 1000000))" "$((d % 1000000 / 100000))"; }
 
 write_startup_record() {  # STATUS REASON DETAIL -> runs/ID/attempts/N/startup.json (bakes/NAME/ when baking)
   local name code reason=null
@@ -416,7 +419,11 @@ main() {
   trap 'rm -rf "$WORK"' EXIT
   read_metadata
   # The kernel started when the VM turned RUNNING: its uptime dates that on the VM's own clock.
-  local booted=${RUNNER_BOOTED_AT:-$(awk -v now="$EPOCHREALTIME" '{ printf "%.3f", now - $1 }' /proc/uptime)}
+  local booted=${RUNNER_BOOTED_AT:-} up
+  if [[ -z $booted ]]; then   # /proc/uptime: "SECONDS.CC IDLE"
+    read -r up _ </proc/uptime
+    booted=$(secs "$(($(us "$EPOCHREALTIME") - $(us "$up") * 10000))")
+  fi
   mark vm_running "$booted" '{"source":"uptime"}'
   mark startup_script "$STARTED_AT" '{}'
   wait_for_docker
