@@ -3,8 +3,9 @@
 On the VM the prestaged directory is a bind mount into the job's container
 (gcp/startup.sh start_container: ``-v $STATE_DIR/prestaged:/var/lib/runner/prestaged:ro``), and
 the checkpoint directory is in the container's own file system: rename(2) between two mounts is
-EXDEV ("oldpath and newpath are not on the same mounted filesystem",
-https://man7.org/linux/man-pages/man2/rename.2.html), and the mount is read-only besides, so
+EXDEV (rename(2): "rename() does not work across different mount points, even if the same
+filesystem is mounted on both", quoted in
+https://sobrelinux.info/questions/803085/is-mv-atomic-operation-between-two-file-systems), and the mount is read-only besides, so
 ``entrypoint.prestaged.adopt`` always copies. startup.sh removes the prestaged directory only in
 release_when_done, after the container exits: for the whole job the checkpoint is on the boot
 disk twice. A checkpoint over a third of the free disk then fails a restore that fits without the

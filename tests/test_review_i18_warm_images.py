@@ -25,8 +25,9 @@ def test_delete_all_unused_keeps_the_warm_image_a_live_runs_spec_pins(world):
     another digest. `runner images delete --all-unused` must not delete D's warm image: every
     restart of that live run (that is what the warm image is for) would then boot cold, and a create
     already planned against it fails with a 404 on its source image.
-    (Compute: "images.delete ... Deletes the specified image", no reference check:
-    https://cloud.google.com/compute/docs/reference/rest/v1/images/delete.)"""
+    (Compute deletes an image by name, whatever still refers to it: "gcloud compute images delete
+    deletes one or more Compute Engine images", https://cloud.google.com/sdk/gcloud/reference/compute/images/delete;
+    the Compute fake models it so.)"""
     fake, _guest, env = world
     configured, pinned = WarmKey(COS, "default", DIGEST), WarmKey(COS, "default", OTHER_DIGEST)
     seed_warm_image(fake, configured)
@@ -54,9 +55,9 @@ class RacingBakeGuest(BakeGuest):
 
 
 def test_a_bake_that_loses_the_race_keeps_the_image_the_other_bake_made(world):
-    """images.insert of a name that exists is a 409 alreadyExists
-    (https://cloud.google.com/compute/docs/troubleshooting/troubleshooting-resource-errors, the
-    fake models it). bake() then deletes "the image it began" - which is the OTHER bake's READY
+    """images.insert of a name that exists is refused (409 alreadyExists, as the Compute fake
+    models it; image names are unique per project: https://cloud.google.com/compute/docs/reference/latest/images/insert).
+    bake() then deletes "the image it began" - which is the OTHER bake's READY
     image: every run's next create boots cold, and the user is told the bake failed."""
     fake, _guest, env = world
     fake.guest = RacingBakeGuest(fake)
