@@ -25,7 +25,7 @@ import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
-from entrypoint.prestaged import adopt, prestaged_path
+from entrypoint.prestaged import empty_prestaged, adopt, prestaged_path
 from entrypoint.store import SLICE_BYTES, ObjectInfo, Store, StoreError, crc32c_of_file, is_download_temp
 
 log = logging.getLogger("entrypoint.checkpoints")
@@ -320,6 +320,7 @@ def restore_checkpoints(store: Store, prefix: str, local_dir: str, *, prestaged_
         with ThreadPoolExecutor(max_workers=streams, thread_name_prefix="restore-prestaged") as pool:
             found = pool.map(lambda i: adopt(prestaged_dir, i.name[len(prefix):], i, dest_of(i)), candidates)
             adopted = {i.name for i, ok in zip(candidates, found) if ok}
+        empty_prestaged(prestaged_dir)  # what was adopted is in place; the rest is downloaded
 
     todo = [i for i in infos if i.name not in adopted]
     refused: list[ObjectInfo] = []  # out of space while other downloads held some

@@ -128,3 +128,20 @@ def adopt(prestaged_dir: str, rel: str, info: ObjectInfo, dest: str) -> bool:
             os.unlink(tmp)
         except FileNotFoundError:
             pass  # renamed into place, or never created
+
+
+def empty_prestaged(prestaged_dir: str) -> None:
+    """Remove what is left in ``prestaged_dir`` (copies adopted, files refused), keeping the
+    directory (a mount point on the VM). Why: a checkpoint of many GB must not stay on the boot
+    disk twice for the whole job. Best effort: a file that cannot go costs disk, not the run."""
+    for root, dirs, files in os.walk(prestaged_dir, topdown=False):
+        for name in files:
+            try:
+                os.unlink(os.path.join(root, name))
+            except OSError as e:
+                log.warning("could not remove prestaged %s (%s)", name, e)
+        if root != prestaged_dir:
+            try:
+                os.rmdir(root)
+            except OSError:
+                pass

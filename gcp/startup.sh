@@ -25,6 +25,7 @@ GPU_POLL=${RUNNER_GPU_POLL:-5}                    # seconds between nvidia-smi c
 GPU_DIAG_INTERVAL=${RUNNER_GPU_DIAG_INTERVAL:-30} # seconds between diagnostics while waiting
 GPU_INSTALL_TRIES=${RUNNER_GPU_INSTALL_TRIES:-3}
 DOCKER_WAIT=${RUNNER_DOCKER_WAIT:-120}            # docker.service may start after this script
+PRESTAGE_WAIT=${RUNNER_PRESTAGE_WAIT:-120}        # seconds the job waits for the checkpoint fetched meanwhile
 DRIVER_LIBS=/usr/local/nvidia/lib64               # where the container finds the driver's libraries
 
 STARTED_AT=$EPOCHREALTIME   # this script began: the attempt's `startup_script` phase
@@ -85,27 +86,23 @@ record_name() {
   else printf '%sruns/%s/attempts/%s/startup.json' "$OBJ_PREFIX" "$RUN_ID" "$ATTEMPT"; fi
 }
 
-upload() {  # upload NAME FILE [EXTRA_QUERY]: media upload to the bucket; prints the HTTP code
-  local code
-  code=$(curl_auth -sS -o "$WORK/upload.out" -w '%{http_code}' --max-time 30 --retry 3 --retry-connrefused \
-    -X POST -H 'Content-Type: application/json' --data-binary @"$2" \
-    "$GCS_API/upload/storage/v1/b/$BUCKET/o?uploadType=media&name=$(urlencode "$1")${3:-}") || code=000
-  printf '%s' "$code"
-}
-
 # mark PHASE AT DETAIL_JSON: one create-only mark of this attempt's recovery timeline
 # (attempts/N/phases/PHASE.json, entrypoint/record/phases.py), the way RunRecord.mark_phase
-# writes it. Best effort: a mark that cannot be written is a log line, never a failed boot.
+# writes it. Best effort and in the background, with a short timeout: a slow bucket must not
+# slow the boot it times, and a mark that cannot be written is a log line, never a failed boot.
 mark() {
   [[ -z $BAKE ]] || return 0
-  local name code
   get_token || { log "phase $1 not marked: no token"; return 0; }
+  local file="$WORK/phase-$1.json" name="${OBJ_PREFIX}runs/$RUN_ID/attempts/$ATTEMPT/phases/$1.json"
   printf '{"actor":"startup:%s","attempt":%d,"detail":%s,"phase":"%s","schema_version":1,"time":%s}\n' \
-    "$INSTANCE" "$ATTEMPT" "$3" "$1" "$2" >"$WORK/phase.json"
-  name="${OBJ_PREFIX}runs/$RUN_ID/attempts/$ATTEMPT/phases/$1.json"
-  code=$(upload "$name" "$WORK/phase.json" "&ifGenerationMatch=0")
-  # 412: already marked (this boot's earlier try whose reply was lost, or a boot before it).
-  [[ $code == 200 || $code == 412 ]] || log "phase $1 not marked: HTTP $code $(last_line "$WORK/upload.out")"
+    "$INSTANCE" "$ATTEMPT" "$3" "$1" "$2" >"$file"
+  (
+    code=$(curl_auth -sS -o "$file.out" -w '%{http_code}' --max-time 10 -X POST \
+      -H 'Content-Type: application/json' --data-binary @"$file" \
+      "$GCS_API/upload/storage/v1/b/$BUCKET/o?uploadType=media&name=$(urlencode "$name")&ifGenerationMatch=0") || code=000
+    # 412: already marked (a boot before this one, or a reply lost after the write).
+    [[ $code == 200 || $code == 412 ]] || log "phase $1 not marked: HTTP $code $(last_line "$file.out")"
+  ) </dev/null &
 }
 
 # Times in pure bash (COS has no python, and awk is not a promise): EPOCHREALTIME is "S.UUUUUU".
@@ -122,7 +119,9 @@ write_startup_record() {  # STATUS REASON DETAIL -> runs/ID/attempts/N/startup.j
     "$ATTEMPT" "$(json_str "$PHASE")" "$1" "$reason" "$(json_str "${3:0:2000}")" \
     "$(json_str "$INSTANCE")" "$(json_str "$ZONE")" -1 >"$WORK/startup.json"
   name=$(record_name)
-  code=$(upload "$name" "$WORK/startup.json")
+  code=$(curl_auth -sS -o "$WORK/upload.out" -w '%{http_code}' --max-time 30 --retry 3 --retry-connrefused \
+    -X POST -H 'Content-Type: application/json' --data-binary @"$WORK/startup.json" \
+    "$GCS_API/upload/storage/v1/b/$BUCKET/o?uploadType=media&name=$(urlencode "$name")") || code=000
   [[ $code == 200 ]] || { log "startup.json upload to gs://$BUCKET/$name: HTTP $code $(last_line "$WORK/upload.out")"; return 1; }
   log "wrote gs://$BUCKET/$name ($1)"
 }
@@ -339,7 +338,8 @@ start_prestage() {
 finish_prestage() {
   [[ -n $PRESTAGED ]] || return 0
   local code
-  code=$(timeout 600 docker wait "$CONTAINER-prestage" 2>/dev/null) || code="?"
+  # Bounded: a prestage that hangs must not hold the job back; the agent downloads what is missing.
+  code=$(timeout "$PRESTAGE_WAIT" docker wait "$CONTAINER-prestage" 2>/dev/null) || code="?"
   log "prestage exited ($code): $(docker logs --tail 1 "$CONTAINER-prestage" 2>&1 | tail -n 1)"
   docker rm -f "$CONTAINER-prestage" >/dev/null 2>&1 || log "could not remove $CONTAINER-prestage"
 }
@@ -378,7 +378,8 @@ start_container() {
   [[ -z ${STORAGE_EMULATOR_HOST:-} ]] || args+=(-e "STORAGE_EMULATOR_HOST=$STORAGE_EMULATOR_HOST")
   if ((GPU_COUNT > 0)); then gpu_args; fi
   [[ -z $DATA_DISK ]] || args+=(-v "$DATA_MOUNT:$DATA_MOUNT")
-  [[ -z $PRESTAGED ]] || args+=(-v "$PRESTAGED:/var/lib/runner/prestaged:ro" -e RUNNER_PRESTAGED_DIR=/var/lib/runner/prestaged)
+  # Writable: the agent empties it once restored (a checkpoint must not sit on the disk twice).
+  [[ -z $PRESTAGED ]] || args+=(-v "$PRESTAGED:/var/lib/runner/prestaged" -e RUNNER_PRESTAGED_DIR=/var/lib/runner/prestaged)
   # The image's ENTRYPOINT is `python3 -m entrypoint --`; with nothing after it, spec.json's command.
   docker "${args[@]}" "$IMAGE" >"$WORK/run.log" 2>&1 || fail container_start_failed "docker run: $(last_line "$WORK/run.log")"
   status=$(docker container inspect -f '{{.State.Status}}' "$CONTAINER" 2>&1) || fail container_start_failed "docker inspect: $status"

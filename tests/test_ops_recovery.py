@@ -263,7 +263,10 @@ def test_ops_events_limit_and_since_count_the_recovery_lines_like_any_event(reco
     every = run_events(local_store, compute, "r1")
     assert len([e for e in every if "recovery" in e]) == 2
     assert run_events(local_store, compute, "r1", limit=len(every)) == every
-    out = ops(local_store, monkeypatch, "events", "--run-id", "r1", "--since", "10m")  # attempt 2 back 7 min ago, attempt 1 12 min ago
+    # An ISO time between the two (a duration would drift with the suite's run time: T0 is fixed
+    # at import): attempt 1 back at T0 + 170, attempt 2 at T0 + 474.
+    between = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(T0 + 300))
+    out = ops(local_store, monkeypatch, "events", "--run-id", "r1", "--since", between)
     assert RECOVERY_LINE in out and START_LINE not in out
 
 

@@ -235,6 +235,11 @@ class RunRecord(RunPaths):
         if cur is None:
             raise IllegalTransition(f"run {self.run_id} has no state.json")
         st, gen = cur
+        # The next attempt's timeline starts with this restart: a mark left for it by the life
+        # that ended (a loss noticed just before the run gave up or was stopped) would time
+        # "the recovery" from hours ago. Nobody else writes it while the run is terminal.
+        for name in self.store.list(self.name(self.phases_dir(st.attempt + 1))):
+            self.store.delete(name)
         before = RunState.from_dict(st.to_dict())
         self.ensure_journaled(st)
         old = st.state

@@ -215,7 +215,7 @@ def duration(seconds: float | None) -> str:
 _TAGS = {"warm": " (warm)", "none": " (no GPU)"}
 
 
-def format_recovery(r: Recovery, now: float | None = None) -> str:
+def format_recovery(r: Recovery, now: float | None = None, job_running: bool = False) -> str:
     """One line for people, e.g.
     ``recovery 1m12s: detect 4s · create 31s · boot 9s · driver 0s (warm) · pull 0s (warm) · restore 9s · first step 28s``.
 
@@ -223,7 +223,18 @@ def format_recovery(r: Recovery, now: float | None = None) -> str:
     ``in progress`` when ``now`` is given (the caller knows the attempt is the live one), with the
     segments up to the newest known one and a ``?`` after it; otherwise it never reached a first
     step, and every segment shows, unknown ones as ``?``.
+
+    ``job_running``: the attempt's job runs (its state is RUNNING) and the checkpoint is restored,
+    but no step is marked: a job that reports no progress (optional) never gets one, so the line
+    ends at the job's start rather than counting its whole run time as "in progress".
     """
+    if job_running and not r.complete and "first_step" in r.begun:  # begun: the restore is marked
+        upto = [(n, v) for n, v in r.segments if n != "first_step"]
+        known = [v for _n, v in upto]
+        head = "start" if r.is_start else "recovery"
+        total = f" {duration(sum(known))}" if all(v is not None for v in known) else ""
+        return f"{head}{total} to the job's start (no step reported yet): " + " · ".join(
+            f"{n} {'?' if v is None else duration(v)}" for n, v in upto)
     label = "start" if r.is_start else "recovery"
     segments = list(r.segments)
     if not r.complete and now is not None:

@@ -191,8 +191,14 @@ def bake(ctx: Any, image: str | None = None, *, timeout_s: float | None = None,
                             + "; fix that, then run `runner images bake` again")
         disk = _stop(backend, plan.project, vm, say)
         say(f"saving {disk} as {plan.name}")
-        inserted = True
-        ready = _make_image(backend, plan, disk)
+        op = _insert_image(backend, plan, disk)
+        inserted = op is not None
+        if op is not None and not _image_op_done(backend, plan, op):
+            inserted = False  # the operation says another bake's image has that name
+        ready = _ready_image(backend, plan)
+        if not inserted:
+            say(f"{plan.name} was made meanwhile by another bake of the same key: keeping that one")
+            return BakeResult(plan.name, True, int(ready.disk_size_gb), int(ready.archive_size_bytes), plan.key)
     except BaseException:
         if inserted:
             _delete_image(backend, plan.project, plan.name)  # a failed bake leaves no image
@@ -258,7 +264,11 @@ def _stop(backend: Any, project: str, vm: Instance, say: Callable[[str], None]) 
         time.sleep(1)
 
 
-def _make_image(backend: Any, plan: BakePlan, disk: str) -> Any:
+def _insert_image(backend: Any, plan: BakePlan, disk: str) -> Any:
+    """Ask for the image: its operation, or None when one of that name exists already (409):
+    another bake of the same key won the race, and its image, not ours, is the key's. Only an
+    insert this bake sent and GCE accepted makes an image this bake may delete on failure."""
+    from google.api_core import exceptions as gexc
     from google.cloud import compute_v1
 
     from runner.cloud.gcp_clients import api_retry
@@ -266,11 +276,25 @@ def _make_image(backend: Any, plan: BakePlan, disk: str) -> Any:
     body = compute_v1.Image(
         name=plan.name, source_disk=disk, family=boot_images.WARM_FAMILY, labels=plan.key.labels,
         description=f"cos-spot-runner warm boot image: {plan.key.describe()}; workload {plan.image}")
-    op = backend.c.images.insert_unary(project=plan.project, image_resource=body, retry=api_retry())
+    try:
+        return backend.c.images.insert_unary(project=plan.project, image_resource=body, retry=api_retry())
+    except gexc.Conflict:
+        return None
+
+
+def _image_op_done(backend: Any, plan: BakePlan, op: Any) -> bool:
+    """Wait for the insert; False if GCE found the name taken (another bake's image)."""
     op = _wait_global(backend, plan.project, op)
     if op.error and op.error.errors:
+        if any(e.code == "RESOURCE_ALREADY_EXISTS" for e in op.error.errors):
+            return False
         raise BakeError(f"creating image {plan.name} failed: "
                         + "; ".join(f"{e.code}: {e.message}" for e in op.error.errors))
+    return True
+
+
+def _ready_image(backend: Any, plan: BakePlan) -> Any:
+    """Wait for the image of the plan's name to be READY (bounded)."""
     deadline = time.monotonic() + IMAGE_READY_TIMEOUT_S
     while True:
         img = find_image(backend, plan.project, plan.name)
@@ -353,6 +377,24 @@ def list_images(ctx: Any) -> list[dict[str, Any]]:
     return sorted(out, key=lambda i: i["created"])
 
 
+def _live_run_digests(ctx: Any) -> set[str]:
+    """The digest labels of every unfinished run in the store: each restart of those boots from
+    its own pinned digest's warm image, whatever the configuration says today."""
+    from entrypoint.record import DamagedRecord, RunRecord, list_run_ids
+
+    out: set[str] = set()
+    for run_id in list_run_ids(ctx.store):
+        rec = RunRecord(ctx.store, run_id)
+        try:
+            cur = rec.read_state()
+            spec = rec.read_spec() if cur is not None and not cur[0].state.terminal else None
+        except DamagedRecord:
+            continue  # no supervisor restarts a run it cannot read either
+        if spec is not None and "@sha256:" in spec.image:
+            out.add(spec.image.rsplit("@sha256:", 1)[1][:boot_images.DIGEST_LABEL_HEX])
+    return out
+
+
 def delete_images(ctx: Any, names: list[str] | None = None, all_unused: bool = False) -> list[str]:
     """Delete the named warm images, or every one whose digest is not the configured image's.
     Refuses an image this tool did not make (no ``runner-warm`` label)."""
@@ -364,7 +406,8 @@ def delete_images(ctx: Any, names: list[str] | None = None, all_unused: bool = F
             raise BakeError("cannot tell which warm images are unused: the configured image is not pinned "
                             "(set image = \"REPO@sha256:...\" in runner.toml, as `runner build` prints), or "
                             "delete images by name")
-        names = [n for n, i in images.items() if i["key"]["digest"] != current.digest_label]
+        pinned = {current.digest_label} | _live_run_digests(ctx)
+        names = [n for n, i in images.items() if i["key"]["digest"] not in pinned]
     for name in names or []:
         if name not in images:
             raise BakeError(f"{name} is not a warm image of this tool in project {backend.project} "

@@ -464,7 +464,9 @@ class Supervisor:
     def _restart(self, rec: RunRecord, cur: tuple[RunState, int], spec: RunSpec | None,
                  att: Attempt | None) -> None:
         st, _ = cur
-        self._mark_noticed(rec, st)
+        max_restarts = spec.max_restarts if spec else 0
+        if not st.restarts_exhausted(max_restarts):  # a run that gives up has no next attempt to time
+            self._mark_noticed(rec, st)
         step = recovery.decide(att, spec is not None and self.backend.keeps_stopped(spec))
         if step is Recovery.WAIT:
             # A preemption (or stop) is a timeline: the VM is still in its shutdown notice.
@@ -479,7 +481,6 @@ class Supervisor:
                 # The next attempt waits until this one no longer runs (a later pass sees it
                 # gone): never two live attempts of one run, and the pass does not wait.
                 return
-        max_restarts = spec.max_restarts if spec else 0
         restarts = st.restarts
         if st.restarts_exhausted(max_restarts):
             rec.failed(

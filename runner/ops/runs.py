@@ -10,7 +10,7 @@ from typing import Any, Callable, Iterator
 
 from entrypoint.markers import CONTAINER_RUNNING, phase_line, phases_in
 from entrypoint.record import (
-    ALL_EVENTS, DamagedRecord, PreconditionFailed, Role, RunRecord, RunView, iso, list_run_ids,
+    ALL_EVENTS, DamagedRecord, PreconditionFailed, Role, RunRecord, RunView, State, iso, list_run_ids,
 )
 from entrypoint.record.timeline import Recovery, build_recovery, format_recovery
 from entrypoint.store import Store
@@ -68,7 +68,8 @@ def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None,
     out["supervisor"] = watchfulness(store, run_id=run_id).to_dict()  # who last supervised, is anyone now
     out["startup_phase"] = view.startup.get("phase") if view.startup else None
     out["recovery"] = (recovery_entry(build_recovery(view.state.attempt, view.phases),
-                                      live=not view.state.state.terminal) if view.phases else None)
+                                      live=not view.state.state.terminal,
+                                      job_running=view.state.state == State.RUNNING) if view.phases else None)
     if backend is not None:
         listed = backend.list(run_id)
         inst = _current_of(listed, view.state.attempt)
@@ -97,13 +98,14 @@ def attempt_recovery(store: Store, run_id: str, attempt: int) -> Recovery | None
     return build_recovery(attempt, phases) if phases else None
 
 
-def recovery_entry(r: Recovery, live: bool, now: float | None = None) -> dict[str, Any]:
+def recovery_entry(r: Recovery, live: bool, now: float | None = None, job_running: bool = False) -> dict[str, Any]:
     """A recovery for ``--json`` (its numbers, ``Recovery.to_dict``) with its line (``text``).
 
     ``live``: the attempt is the run's current one and the run goes on, so a recovery without
-    its first step yet is in progress (timed up to ``now``), not one that never got there."""
+    its first step yet is in progress (timed up to ``now``), not one that never got there.
+    ``job_running``: that attempt's job runs (a job that reports no steps ends its line there)."""
     now = time.time() if now is None else now
-    return {**r.to_dict(), "text": format_recovery(r, now if live else None)}
+    return {**r.to_dict(), "text": format_recovery(r, now if live else None, job_running=job_running)}
 
 
 def run_row(store: Store, run_id: str, now: float | None = None) -> dict[str, Any] | None:

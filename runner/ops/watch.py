@@ -20,10 +20,10 @@ import json
 import time
 from typing import Any, Callable, Iterator
 
-from entrypoint.record import RunRecord, State
+from entrypoint.record import DamagedRecord, RunRecord, State
 from entrypoint.record.phases import FIRST_STEP
 from entrypoint.record.timeline import duration
-from entrypoint.store import Store
+from entrypoint.store import Store, StoreError
 from runner.launch.supervisor_heartbeat import FUTURE_TOLERANCE
 from runner.ops.runs import attempt_recovery, list_runs, recovery_entry
 
@@ -66,8 +66,12 @@ class RecoveryLines:
 
     def _look(self, run: str, attempt: int, state: str) -> None:
         rec = RunRecord(self.store, run)
-        if self.store.exists(rec.name(rec.phase_name(attempt, FIRST_STEP))):
-            r = attempt_recovery(self.store, run, attempt)
+        try:
+            found = self.store.exists(rec.name(rec.phase_name(attempt, FIRST_STEP)))
+            r = attempt_recovery(self.store, run, attempt) if found else None
+        except (StoreError, DamagedRecord):
+            return  # a store hiccup: look again next frame; a watch must not die of it
+        if found:
             if r is not None:
                 self._shown[run] = recovery_entry(r, live=False)
             del self._waiting[run]

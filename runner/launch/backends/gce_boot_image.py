@@ -132,6 +132,10 @@ def choose(key: WarmKey | None, images: Iterable[Any], cold_image: str, project:
         labels = dict(img.labels)
         if any(labels.get(k) != v for k, v in key.labels.items()):
             continue  # same name, other labels: not ours to trust
+        state = str(getattr(img.deprecated, "state", "") or "") if "deprecated" in img else ""
+        if state in ("DEPRECATED", "OBSOLETE", "DELETED"):
+            # OBSOLETE and DELETED images make no disks; a DEPRECATED one was retired on purpose.
+            return BootImage(cold_image, "cold", f"warm image {img.name} is {state}")
         status = str(getattr(img.status, "name", img.status) or "")
         if status != "READY":
             return BootImage(cold_image, "cold", f"warm image {img.name} is {status or 'not ready'} "
