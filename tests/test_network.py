@@ -207,7 +207,8 @@ def test_doctor_points_a_custom_mode_network_at_its_subnetwork(
     compute_fake.add_subnetwork("vpc-central", "us-central1", "vpc")
     check = network_of(admin, compute_fake, network="vpc", zones=[ZONE])
     assert check.ok is False
-    assert 'in us-central1 it has vpc-central: set subnetwork = "vpc-central" in runner.toml' in check.detail
+    assert "network vpc is custom-mode, so VMs need a subnetwork; in us-central1 it has vpc-central" in check.detail
+    assert check.fix == 'runner.toml: subnetwork = "vpc-central"'
     assert network_of(admin, compute_fake, network="vpc", subnetwork="vpc-central", zones=[ZONE]).ok is True
 
 

@@ -65,7 +65,8 @@ def network_check(d: "_Doctor") -> "Check":
         sub, missing = subs[region]
         if sub is None:
             problems.append(missing)
-            fixes += view.create_subnet(region, i, network.name)
+            existing = re.search(r'subnetwork = "[^"]+"', missing)
+            fixes += [f"runner.toml: {existing.group(0)}"] if existing else view.create_subnet(region, i, network.name)
             continue
         where = f"{_last(sub.self_link)} in {region}"
         if needs_pga and not sub.private_ip_google_access:
@@ -154,7 +155,7 @@ class _NetworkView:
                      "filter": f'network = "{network.self_link}"'})]
         if found:
             return None, (f"network {network.name} is custom-mode, so VMs need a subnetwork; in {region} it "
-                          f"has {', '.join(found)}: set subnetwork = \"{found[0]}\" in runner.toml")
+                          f"has {', '.join(found)}: name one, e.g. subnetwork = \"{found[0]}\"")
         return None, f"custom-mode network {network.name} has no subnetwork in {region}"
 
     def external_ip_policy(self) -> str:
