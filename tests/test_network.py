@@ -146,6 +146,16 @@ def test_a_missing_network_is_retried_and_the_journal_says_how_to_create_it(
     assert compute_fake.instances() == []
 
 
+def test_a_custom_mode_network_without_a_subnetwork_fails_the_run_saying_to_name_one(
+        compute_fake: Any, gcs_store: Any, gcs_emulator: str) -> None:
+    compute_fake.add_network("vpc")
+    rec = submit_and_pass(gce_cfg(compute_fake, gcs_store.url, network="vpc"), "net-4")
+    st = rec.read_state()[0]
+    assert st.state == State.FAILED, st
+    assert "custom-mode VPC" in st.reason and 'Set subnetwork = "NAME" in runner.toml' in st.reason
+    assert f"gcloud compute networks subnets list --project {P}" in st.reason
+
+
 # ---- runner doctor: the network, its subnetwork, Private Google Access --------------------------
 
 @pytest.fixture
