@@ -227,3 +227,11 @@ def test_doctor_passes_the_default_network_with_external_ips_where_they_are_allo
     check = network_of(admin, compute_fake)
     assert check.ok is True, check
     assert check.detail == "VMs with external IPs on subnetwork default in europe-west4; default in us-central1"
+
+
+def test_an_unreadable_organisation_policy_is_said_not_failed(
+        admin: GcpAdminFake, compute_fake: Any, gcs_emulator: str) -> None:
+    admin.deny.add("resourcemanager.projects.getEffectiveOrgPolicy")  # no orgpolicy.policy.get
+    check = network_of(admin, compute_fake, zones=[ZONE])
+    assert check.ok is True, check
+    assert check.detail.endswith("; the external-IP organisation policy could not be read")
