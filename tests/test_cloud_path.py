@@ -432,6 +432,31 @@ def test_a_stockout_in_the_first_zone_runs_the_job_in_the_second(cloud: Cloud) -
     assert own and all(code not in (401, 403) for code in own), own
 
 
+def test_where_no_vm_may_have_an_external_ip_a_run_succeeds_on_its_subnetwork_without_one(cloud: Cloud) -> None:
+    """Issue 19 item 9, whole: the organisation policy forbids external IPs (the Compute fake
+    refuses any), the user names a subnetwork with Private Google Access and sets external_ip =
+    false; the VM is created there without one, runs the job and deletes itself."""
+    run_id = f"cp-noip-{uuid.uuid4().hex[:6]}"
+    fake = cloud.fake
+    if fake.subnetwork("us-central1", "org-subnet", project=PROJECT) is None:
+        fake.add_network("org-net", project=PROJECT)
+        fake.add_subnetwork("org-subnet", "us-central1", "org-net", private_google_access=True, project=PROJECT)
+    fake.external_ip_denied.add(PROJECT)
+    try:
+        cloud.env.update(RUNNER_SUBNETWORK="org-subnet", RUNNER_EXTERNAL_IP="false")
+        cloud.submit(run_id, *CPU, command=SHORT, zones="us-central1-a")
+        cloud.supervise()
+        st = cloud.wait_state(run_id, State.SUCCEEDED, State.FAILED, timeout=90)
+        assert (st.state, st.attempt) == (State.SUCCEEDED, 1), st
+        (body,) = [r.body for r in fake.calls("instances.insert", ok=True) if r.body
+                   and r.body.get("name") == f"runner-{run_id}-a1"]
+        assert body["networkInterfaces"] == [
+            {"subnetwork": f"projects/{PROJECT}/regions/us-central1/subnetworks/org-subnet"}]
+        wait_for(lambda: cloud.nothing_left(run_id), 30, f"{run_id}'s VM (and disk) to delete itself", every=0.2)
+    finally:
+        fake.external_ip_denied.discard(PROJECT)
+
+
 def test_a_preemption_during_the_driver_install_restarts_the_run_on_a_new_vm(cloud: Cloud) -> None:
     run_id = f"cp-driver-{uuid.uuid4().hex[:6]}"
     # Attempt 1's installer never finishes (a real installer container that hangs); attempt 2's works.

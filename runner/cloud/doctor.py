@@ -20,6 +20,7 @@ from runner.config import GCE_PREEMPTION_NOTICE, Config
 from runner.cloud.gcp_rest import AdminApis, ApiError, admin_apis, member_conditional_roles, member_roles
 from runner.naming import region_of
 from runner.cloud.project_setup import SELF_DELETE_ROLE_ID, self_delete_role
+from runner.cloud.doctor_network import network_check
 
 REQUIRED_APIS = ("compute.googleapis.com", "storage.googleapis.com",
                  "cloudbuild.googleapis.com", "artifactregistry.googleapis.com")
@@ -487,11 +488,13 @@ def run_checks(
         ("bucket", doctor.bucket_check),
         ("VM service account roles", doctor.service_account_check),
         ("hosted supervisor roles", doctor.hosted_check),
+        ("network", lambda: network_check(doctor)),
         ("GPU quota", doctor.gpu_quota_check),
         ("Docker", doctor.docker_check),
         ("timeouts", doctor.timeouts_check),
     ]
-    needs_google = {"APIs enabled", "bucket", "VM service account roles", "hosted supervisor roles", "GPU quota"}
+    needs_google = {"APIs enabled", "bucket", "VM service account roles", "hosted supervisor roles", "GPU quota",
+                    "network"}
     results: list[Check] = []
     for name, check in checks:
         if name in needs_google and results and results[0].ok is False:

@@ -6,6 +6,9 @@ One server answers the v1 paths of three APIs (they do not overlap, so one port 
 - Cloud Resource Manager: ``GET /v1/projects/P`` → ``{projectId, projectNumber, ...}``;
   ``POST /v1/projects/P:getIamPolicy`` and ``:setIamPolicy`` with etags: a set whose ``etag`` is
   not the current one fails with 409 ``ABORTED``, as the real API does on concurrent changes.
+  ``POST /v1/projects/P:getEffectiveOrgPolicy`` → the v1 ``Policy`` of ``org_policies`` (e.g.
+  ``listPolicy.allValues: DENY`` for ``constraints/compute.vmExternalIpAccess``), which the Compute
+  fake also enforces when this fake is its ``iam``.
 - IAM: ``GET /v1/projects/P/serviceAccounts/EMAIL`` (404 when missing) and
   ``POST /v1/projects/P/serviceAccounts`` (409 ``ALREADY_EXISTS`` when present); custom roles:
   ``GET /v1/projects/P/roles/ID``, ``POST /v1/projects/P/roles`` (``roleId`` + ``role``, 409
@@ -62,6 +65,7 @@ _ROUTES = [
     ("GET", _P, "resourcemanager.projects.get"),
     ("POST", _P + r":getIamPolicy", "resourcemanager.projects.getIamPolicy"),
     ("POST", _P + r":setIamPolicy", "resourcemanager.projects.setIamPolicy"),
+    ("POST", _P + r":getEffectiveOrgPolicy", "resourcemanager.projects.getEffectiveOrgPolicy"),
     ("GET", _P + r"/serviceAccounts/(?P<email>[^/]+)", "iam.serviceAccounts.get"),
     ("POST", _P + r"/serviceAccounts", "iam.serviceAccounts.create"),
     ("GET", _P + r"/roles/(?P<role>[^/]+)", "iam.roles.get"),
@@ -128,6 +132,10 @@ class GcpAdminFake(RoutedApi):
         self._numbers = itertools.count(123456789012)
         self._etags = itertools.count(1)
         self.sa_policies: dict[str, _PolicyHolder] = {}  # service account email -> its own policy
+        # (project, constraint) -> the v1 organisation Policy in effect there (set_org_policy); a
+        # constraint with none answers {"constraint": C}, its default (Resource Manager v1
+        # projects.getEffectiveOrgPolicy: "the result of merging Policies in the resource hierarchy").
+        self.org_policies: dict[tuple[str, str], dict[str, Any]] = {}
 
     # ---- setup and inspection ---------------------------------------------------------------
 
@@ -139,6 +147,12 @@ class GcpAdminFake(RoutedApi):
             policy = {"version": 1, "etag": self._etag(), "bindings": copy.deepcopy(bindings or [])}
             self.projects[project] = _Project(number, {s: "ENABLED" for s in enabled}, policy)
             return number
+
+    def set_org_policy(self, project: str, constraint: str, policy: dict[str, Any]) -> None:
+        """The organisation policy in effect in ``project`` for ``constraint`` (v1 ``Policy``
+        fields: ``listPolicy``, ``booleanPolicy``)."""
+        with self.lock:
+            self.org_policies[(project, constraint)] = copy.deepcopy(policy)
 
     def grant(self, project: str, member: str, role: str) -> None:
         """Add ``member`` to ``role`` in the project policy, as a console edit would (new etag)."""
@@ -259,6 +273,9 @@ class GcpAdminFake(RoutedApi):
         if rpc == "resourcemanager.projects.get":
             return {"projectNumber": proj.number, "projectId": p, "lifecycleState": "ACTIVE",
                     "name": p, "createTime": "2024-01-01T00:00:00.000Z"}
+        if rpc == "resourcemanager.projects.getEffectiveOrgPolicy":
+            constraint = str((body or {}).get("constraint") or "")
+            return {"constraint": constraint, **self.org_policies.get((p, constraint), {})}
         if rpc == "resourcemanager.projects.getIamPolicy":
             return proj.policy
         if rpc == "resourcemanager.projects.setIamPolicy":

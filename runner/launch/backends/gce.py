@@ -31,6 +31,7 @@ from runner.launch.backends.base import (
     LaunchContext,
 )
 from runner.launch.backends import gce_boot_image as boot_images
+from runner.launch.backends.gce_network import network_interface, network_refusal
 from runner.launch.backends.gce_shapes import ShapeError, resolve_gpu, waits_for_driver
 from runner.cloud.gcp_clients import ComputeClients, api_retry
 from runner.naming import label_value, resource_name, store_label
@@ -391,11 +392,7 @@ class GceBackend(ComputeBackend[GcePlan]):
                     initialize_params=compute_v1.AttachedDiskInitializeParams(
                         disk_size_gb=int(vm["data_disk_gb"]),
                         disk_type=f"zones/{zone}/diskTypes/{vm['boot_disk_type']}")))
-            nic = compute_v1.NetworkInterface(network=vm["network"])
-            if vm["subnetwork"]:
-                nic.subnetwork = vm["subnetwork"]
-            if vm["external_ip"]:
-                nic.access_configs = [compute_v1.AccessConfig(name="External NAT", type_="ONE_TO_ONE_NAT")]
+            nic = network_interface(vm, project, zone)  # gce_network.py: network, subnetwork, external IP
             inst = compute_v1.Instance(
                 name=name,
                 machine_type=f"zones/{zone}/machineTypes/{spec.machine_type}",
@@ -444,7 +441,7 @@ class GceBackend(ComputeBackend[GcePlan]):
                 if any(r in ZONE_RETRYABLE for r in reasons):
                     refusals.append(f"{zone}: {', '.join(sorted(set(reasons)))}")
                     continue
-                raise BackendError(_explain(e, plan.project)) from None
+                raise network_refusal(e, plan.project) or BackendError(_explain(e, plan.project)) from None
             if op.error and op.error.errors:
                 reasons = _error_reasons(op)
                 if any(r in ZONE_RETRYABLE for r in reasons):

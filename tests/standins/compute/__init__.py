@@ -67,6 +67,10 @@ Behaviour kept from GCE because product code depends on it:
   as the disks docs say of read-write mode. ``autoDelete`` defaults to false in the API (gcloud
   sets it for boot disks, the API does not): a deleted VM leaves such disks behind, with no
   users, which is what ``disks()`` lets tests assert against. A disk in use cannot be deleted.
+- Networks (``networks``): a project has the auto-mode ``default`` network unless it is an
+  organisation's (``org_project``: no ``default``, and ``constraints/compute.vmExternalIpAccess``
+  denying external IPs); an insert naming a missing network or subnetwork, a custom-mode network
+  without a subnetwork, or an external IP the policy forbids is refused with GCE's 400/412.
 - ``requestId`` makes mutations idempotent, so retried inserts do not create two VMs. It must
   be a UUID other than the zero UUID, is remembered per method and zone (the same id sent to
   another zone or method is another request) for 60 minutes (``request_id_ttl``, scaled by
@@ -99,7 +103,7 @@ echoes ``disks[].initializeParams`` (real GCE drops it); filters implement the c
 and ``:`` on a string means "contains". Unimplemented paths answer HTTP 501 so gaps are loud.
 
 Where each part lives (split by resource, so each stays readable): ``service`` (state, switches,
-one request's dispatch), ``instances``, ``disks``, ``operations``, ``images``, ``quotas``,
+one request's dispatch), ``instances``, ``disks``, ``operations``, ``images``, ``quotas``, ``networks``,
 ``iam``, ``timeline`` (boot, the preemption notice, power-off, the guest), ``catalogue`` (zones,
 machine and accelerator types), ``filters``, ``routes``, ``errors``, ``model`` (the records they
 share) and ``server`` (HTTP, the clock thread, the ``compute_fake`` fixture). The guard against

@@ -48,7 +48,18 @@ _PERMISSIONS: dict[str, str] = {
     "disks.list": "compute.disks.list",
     "disks.get": "compute.disks.get",
     "disks.delete": "compute.disks.delete",
+    "networks.get": "compute.networks.get",
+    "networks.list": "compute.networks.list",
+    "networks.insert": "compute.networks.create",
+    "subnetworks.get": "compute.subnetworks.get",
+    "subnetworks.list": "compute.subnetworks.list",
+    "subnetworks.insert": "compute.subnetworks.create",
+    "subnetworks.setPrivateIpGoogleAccess": "compute.subnetworks.setPrivateIpGoogleAccess",
 }
+# Deleting an instance is authorised by compute.instances.delete on the instance alone: its
+# disks marked autoDelete go with it without a compute.disks.delete check (the permission the
+# instances.delete reference names; no source found says more, see _h_delete's disks), which is
+# why `runner init`'s self-delete role holds that one permission.
 _PUBLIC_IMAGE_PROJECTS = {"cos-cloud"}
 # Predefined roles, by the permissions that matter here ("*" at the end: a prefix).
 _ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
@@ -59,10 +70,14 @@ _ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
         "compute.instances.*", "compute.zoneOperations.*", "compute.disks.*",
         "compute.images.get", "compute.images.getFromFamily", "compute.images.list",
         "compute.machineTypes.*", "compute.acceleratorTypes.*", "compute.zones.*",
-        "compute.regions.*"}),
+        "compute.regions.*",
+        # "read access to all Compute Engine networking resources" (the role's description)
+        "compute.networks.get", "compute.networks.list", "compute.subnetworks.get",
+        "compute.subnetworks.list"}),
     "roles/compute.viewer": frozenset({
         f"compute.{r}.{v}" for r in ("instances", "zoneOperations", "images", "machineTypes",
-                                     "acceleratorTypes", "zones", "regions", "disks")
+                                     "acceleratorTypes", "zones", "regions", "disks", "networks",
+                                     "subnetworks")
         for v in ("get", "list")} | {"compute.images.getFromFamily"}),
     "roles/iam.serviceAccountUser": frozenset({"iam.serviceAccounts.actAs"}),
     # Images and disks ("Compute Storage Admin", https://docs.cloud.google.com/iam/docs/roles-permissions/compute):
@@ -72,6 +87,10 @@ _ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
         "compute.zoneOperations.*", "compute.regions.*", "compute.zones.*"}),
 }
 _ROLE_PERMISSIONS["roles/viewer"] = _ROLE_PERMISSIONS["roles/compute.viewer"]
+# Networks and subnetworks ("Compute Network Admin", https://docs.cloud.google.com/iam/docs/roles-permissions/compute):
+# what the network fixes `runner doctor` prints need.
+_ROLE_PERMISSIONS["roles/compute.networkAdmin"] = frozenset({
+    "compute.networks.*", "compute.subnetworks.*", "compute.globalOperations.*", "compute.regions.*"})
 
 
 def _condition_holds(expression: str, resource: str) -> bool:

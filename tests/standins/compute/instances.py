@@ -111,12 +111,13 @@ class InstanceRecords:
             if rec is not None:
                 rec.users.append(inst.self_link)
                 rec.last_attach_timestamp = _now_ts()
-        region = zone.rsplit("-", 1)[0]
+        resolved = self._resolve_interfaces(project, zone, inst, check=False)
         for i, nic in enumerate(inst.network_interfaces):
             nic.kind, nic.name = "compute#networkInterface", f"nic{i}"
-            nic.network = _full(nic.network or "global/networks/default", project)
-            nic.subnetwork = _full(nic.subnetwork or f"regions/{region}/subnetworks/"
-                                   f"{_last(nic.network)}", project)
+            network, subnetwork = resolved[i]
+            nic.network = _full(network, project)
+            if subnetwork:
+                nic.subnetwork = _full(subnetwork, project)
             n = len(self._vms) + 2
             nic.network_i_p = nic.network_i_p or f"10.128.{n // 250}.{n % 250 + 2}"
             nic.stack_type = nic.stack_type or "IPV4_ONLY"
@@ -204,6 +205,7 @@ class InstanceRecords:
             total += size
         if total > 512 * 1024:
             raise _invalid("resource.metadata", "", "Metadata total size exceeds 512 KB.")
+        self._resolve_interfaces(project, zone, inst, check=True)  # networks.py: network, subnet, external IP
         if inst.disks and sum(1 for d in inst.disks if d.boot) != 1:
             raise _invalid("resource.disks", "", "Exactly one boot disk must be specified.")
         for i, d in enumerate(inst.disks):

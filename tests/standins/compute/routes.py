@@ -6,6 +6,7 @@ from __future__ import annotations
 _Z = r"/zones/(?P<zone>[^/]+)"
 _I = _Z + r"/instances/(?P<instance>[^/]+)"
 _O = _Z + r"/operations/(?P<operation>[^/]+)"
+_S = r"/regions/(?P<region>[^/]+)/subnetworks"
 _ROUTES: list[tuple[str, str, str]] = [
     ("POST", _Z + "/instances", "instances.insert"),
     ("GET", _Z + "/instances", "instances.list"),
@@ -44,11 +45,18 @@ _ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/zones", "zones.list"),
     ("GET", _Z, "zones.get"),
     ("GET", "/regions/(?P<region>[^/]+)", "regions.get"),
+    ("GET", "/global/networks/(?P<network>[^/]+)", "networks.get"),
+    ("GET", "/global/networks", "networks.list"),
+    ("POST", "/global/networks", "networks.insert"),
+    ("GET", _S + "/(?P<subnetwork>[^/]+)", "subnetworks.get"),
+    ("GET", _S, "subnetworks.list"),
+    ("POST", _S, "subnetworks.insert"),
+    ("POST", _S + "/(?P<subnetwork>[^/]+)/setPrivateIpGoogleAccess", "subnetworks.setPrivateIpGoogleAccess"),
 ]
 
 _SETTERS = ("instances.setMetadata", "instances.setLabels")
 # Mutations of global resources, answered with a global operation (requestId applies to them too).
-_GLOBAL_MUTATIONS = ("images.insert", "images.delete")
+_GLOBAL_MUTATIONS = ("images.insert", "images.delete", "networks.insert")
 _MUTATIONS = {
     "instances.delete": "_h_delete",
     "instances.stop": "_h_stop",

@@ -27,6 +27,7 @@ from tests.standins.compute.instances import InstanceRecords, _UUID_RE
 from tests.standins.compute.model import (
     Guest, IamPolicySource, RecordedRequest, SERIAL_RETAIN_BYTES, _Op, _Scheduled, _Vm,
 )
+from tests.standins.compute.networks import NetworkRecords
 from tests.standins.compute.operations import OperationRecords
 from tests.standins.compute.quotas import QuotaRules
 from tests.standins.compute.images import IMAGE_READY_SECONDS
@@ -36,7 +37,7 @@ from tests.standins.google_api import Answer, RoutedApi
 
 
 class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, ImageRecords, QuotaRules,
-                  IamChecks, PreemptionTimeline):
+                  IamChecks, PreemptionTimeline, NetworkRecords):
     """State and switches of the fake; served over HTTP by ``run_compute_fake``.
 
     Switches are plain attributes, read under the fake's lock on every request, so a test can
@@ -60,6 +61,8 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
     - ``time_scale``: the one factor applied to GCE's own durations (the 30 s / 120 s shutdown
       notice); 0 collapses them (the default, for tests that do not look at the timeline).
     - ``guest``: a ``Guest`` run behind every VM (None: the VMs run nothing).
+    - ``org_project()``, ``skip_default_network``, ``external_ip_denied``: a project of a 2024+
+      organisation (no ``default`` network; no VM may have an external IP): ``networks``.
     """
 
 
@@ -105,6 +108,7 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
         self._disks: dict[tuple[str, str, str], compute_v1.Disk] = {}
         self._guest_events: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
         self._guest_thread: Optional[threading.Thread] = None
+        self._init_networks()
         for family, name in COS_IMAGES:
             self.add_image("cos-cloud", name, family=family)
 
@@ -266,6 +270,12 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
             return self._h_global_op(p, op_name)  # type: ignore[arg-type]
         elif rpc == "regions.get":
             return self._h_region(p, a["region"])
+        elif rpc.startswith("networks."):
+            result = self._h_networks(rpc, p, a, q, body)
+            if not isinstance(result, compute_v1.Operation):
+                return result
+        elif rpc.startswith("subnetworks."):
+            return self._h_subnetworks(rpc, p, a, q, body)
         else:
             return _catalogue(rpc, p, a, q)
         if request_id and isinstance(result, compute_v1.Operation):
