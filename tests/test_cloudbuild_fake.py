@@ -249,6 +249,8 @@ def test_unreadable_source_fails_create_like_cloud_build(cloudbuild_fake: CloudB
         return False
 
     cloudbuild_fake.source_exists = exists
+    # A project whose first build predates the 2024 change still runs as the legacy account.
+    cloudbuild_fake.service_account_email = f"{cloudbuild_fake.project_number}@cloudbuild.gserviceaccount.com"
     with pytest.raises(exceptions.BadRequest) as err:
         client.create_build(project_id=PROJECT, build=workload_build())
     msg = err.value.message

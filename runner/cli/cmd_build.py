@@ -46,7 +46,8 @@ def build(context_dir: str, image: str | None, dockerfile: str, base_image: str 
     if not ref:
         fail("no image name: pass --image REPO/NAME[:TAG] or set image in runner.toml", EXIT_USAGE)
     try:
-        result = run_build(cfg, BuildRequest(context_dir, ref, dockerfile, cfg.base_image), local_only)
+        result = run_build(cfg, BuildRequest(context_dir, ref, dockerfile, cfg.base_image,
+                                                      service_account=cfg.build_service_account), local_only)
     except (BuildError, IgnoreFileError) as e:
         fail(str(e), EXIT_FAILED)
     click.echo(result.image)

@@ -480,6 +480,7 @@ def run_checks(
     doctor = _Doctor(cfg, load_credentials=load_credentials, active_project=active_project,
                      apis=apis, storage_client=storage_client, regions_client=regions,
                      docker_ping=docker_ping)
+    from runner.cloud import doctor_build
     checks = [
         ("credentials", doctor.credentials_check),
         ("project", doctor.project_check),
@@ -487,11 +488,14 @@ def run_checks(
         ("bucket", doctor.bucket_check),
         ("VM service account roles", doctor.service_account_check),
         ("hosted supervisor roles", doctor.hosted_check),
+        (doctor_build.REPOSITORY, lambda: doctor_build.repository_check(doctor)),
+        (doctor_build.BUILD_ACCOUNT, lambda: doctor_build.build_account_check(doctor)),
         ("GPU quota", doctor.gpu_quota_check),
         ("Docker", doctor.docker_check),
         ("timeouts", doctor.timeouts_check),
     ]
-    needs_google = {"APIs enabled", "bucket", "VM service account roles", "hosted supervisor roles", "GPU quota"}
+    needs_google = {"APIs enabled", "bucket", "VM service account roles", "hosted supervisor roles", "GPU quota",
+                    doctor_build.REPOSITORY, doctor_build.BUILD_ACCOUNT}
     results: list[Check] = []
     for name, check in checks:
         if name in needs_google and results and results[0].ok is False:
