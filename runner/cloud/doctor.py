@@ -161,6 +161,10 @@ class _Doctor:
         if cfg.backend == "gce":
             used += [cfg.compute_endpoint, cfg.serviceusage_endpoint,
                      cfg.resourcemanager_endpoint, cfg.iam_endpoint]
+            from runner.cloud.doctor_build import builds_set_up
+
+            if builds_set_up(cfg):  # the build checks call these two as well
+                used += [cfg.cloudbuild_endpoint, cfg.artifactregistry_endpoint]
         if _uses_gcs(cfg):
             used.append(os.environ.get("STORAGE_EMULATOR_HOST"))
         if all(e and e.startswith("http://") for e in used):

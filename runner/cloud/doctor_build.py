@@ -55,6 +55,11 @@ def _not_set_up(cfg: Any) -> str | None:
     return None
 
 
+def builds_set_up(cfg: Any) -> bool:
+    """Whether the build checks apply (and so call Cloud Build and Artifact Registry)."""
+    return _not_set_up(cfg) is None
+
+
 def repository_check(doctor: Any) -> Check:
     """The image's repository exists (format DOCKER) and the VM account may pull from it."""
     cfg = doctor.cfg
