@@ -164,8 +164,14 @@ def _shipped_build(bucket: str, obj: str, account: str | None) -> Any:
 def test_the_shipped_cloudbuild_yaml_runs_as_a_trigger_that_names_its_account(
         cloudbuild_fake: CloudBuildFake) -> None:
     """A trigger in a project created since 2024 must name a service account; Cloud Build then
-    refuses a build that keeps its log in the default bucket. The shipped file must pass."""
-    build = _shipped_build("src-bucket", "source/x.tgz", BUILD_SA)
+    refuses a build that keeps its log in the default bucket. The shipped file must pass as the
+    trigger sends it: the file as it is, the trigger's substitutions and account, no runner."""
+    import yaml
+
+    build = cloudbuild_v1.Build.from_json(json.dumps(yaml.safe_load((ROOT / "cloudbuild.yaml").read_text())))
+    build.substitutions = {**build.substitutions, "_IMAGE": IMAGE}
+    build.source = cloudbuild_v1.Source(storage_source=cloudbuild_v1.StorageSource(bucket="b", object_="s.tgz"))
+    build.service_account = f"projects/{P}/serviceAccounts/{BUILD_SA}"  # --service-account of the trigger
     op = cloudbuild_fake.client().create_build(project_id=P, build=build)
     done = op.result(timeout=30)
     assert done.status == cloudbuild_v1.Build.Status.SUCCESS
