@@ -1,5 +1,5 @@
 """Which service account a Cloud Build build runs as, and what to tell the user when it may not
-read the staged source.
+read the staged source (docs/architecture.md#projects-and-builds).
 
 Why this needs care: since 2024 a project that runs its first build runs it as the Compute Engine
 default service account (``PROJECT_NUMBER-compute@developer.gserviceaccount.com``), older projects

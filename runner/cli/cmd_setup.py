@@ -24,7 +24,9 @@ def doctor(zones: str | None, machine_type: str | None, gpu: str | None, as_json
     \b
     Checks: credentials (ADC); the project (config vs gcloud's active one); the compute,
     storage, cloudbuild and artifactregistry APIs; the bucket exists and can be written and
-    read; the VM service account's roles; spot GPU quota in the configured zones' regions;
+    read; the VM service account's roles; with an Artifact Registry image: its repository (and the
+    VM account's reader role on it) and the roles of the account Cloud Build runs as; spot GPU
+    quota in the configured zones' regions;
     Docker (local backend); timeouts that work together. Exit 0 when all pass, 1 otherwise.
 
     \b
