@@ -237,6 +237,16 @@ def test_init_gives_a_user_chosen_build_account_the_roles_and_creates_nothing_el
     assert "the Compute Engine default service account" in checks["Cloud Build account"].detail
 
 
+def test_init_creates_no_repository_for_an_image_kept_elsewhere(project: dict[str, Any]) -> None:
+    cfg = config(project, image="ghcr.io/someone/trainer:v1")
+    said: list[str] = []
+    steps = init_builds(cfg, region=REGION, apis=admin_apis(cfg), bucket=project["gcs"].bucket(project["bucket"]),
+                        registry=artifact_registry(cfg), say=said.append, sleep=lambda s: None)
+    assert not [s for s in steps if s.name.startswith("repository") or PUSH_ROLE in s.name]
+    assert project["ar"].calls() == []
+    assert any("ghcr.io/someone/trainer:v1 is not in Artifact Registry" in line for line in said)
+
+
 def test_doctor_says_when_cloud_build_has_no_default_account(project: dict[str, Any]) -> None:
     project["build"].service_account_email = ""
     cfg = config(project, image=IMAGE)

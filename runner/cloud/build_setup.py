@@ -39,9 +39,12 @@ PUSH_ROLE = "roles/artifactregistry.writer"
 _POLICY_ATTEMPTS = 6
 
 
-def build_repository(cfg: Any, region: str) -> Repository:
-    """The repository of the configured image, else ``runs`` in ``region``."""
-    return repository_of(cfg.image) or Repository(cfg.project, region, DEFAULT_REPOSITORY)
+def build_repository(cfg: Any, region: str) -> Repository | None:
+    """The repository of the configured image; ``runs`` in ``region`` when no image is configured
+    yet; None for an image kept outside Artifact Registry (nothing to create there)."""
+    if cfg.image:
+        return repository_of(cfg.image)
+    return Repository(cfg.project, region, DEFAULT_REPOSITORY)
 
 
 def build_account(cfg: Any) -> str:
@@ -68,13 +71,18 @@ def init_builds(cfg: Any, *, region: str, apis: AdminApis, bucket: Any, registry
     repo = build_repository(cfg, region)
     email = build_account(cfg)
     member = f"serviceAccount:{email}"
-    record(ensure_docker_repository(registry, repo))
+    if repo is not None:
+        record(ensure_docker_repository(registry, repo))
     if email.endswith(f"@{project}.iam.gserviceaccount.com"):
         record(_ensure_account(apis, project, email.split("@", 1)[0]))
     record(ensure_bucket_role(bucket, member, SOURCE_ROLE, sleep=sleep))
     record(ensure_project_roles(apis, project, member, BUILD_PROJECT_ROLES, sleep=sleep))
-    record(ensure_repository_role(registry, repo, member, PUSH_ROLE, sleep=sleep))
-    if not cfg.image:
+    if repo is not None:
+        record(ensure_repository_role(registry, repo, member, PUSH_ROLE, sleep=sleep))
+    else:
+        say(f"note: image {cfg.image} is not in Artifact Registry: no repository created, and the "
+            "build account needs the right to push there from whoever runs that registry")
+    if repo is not None and not cfg.image:
         say(f'next: set image = "{repo.host_path}/workload" in runner.toml so builds push there')
     if not cfg.build_service_account:
         say(f'next: set build_service_account = "{email}" in runner.toml so builds run as it '
