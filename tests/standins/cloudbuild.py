@@ -627,7 +627,7 @@ class CloudBuildFake(RoutedApi):
             b.timeout = timedelta(seconds=600)
         if "queue_ttl" not in b:
             b.queue_ttl = timedelta(seconds=3600)
-        if not b.service_account:
+        if not b.service_account and sa:  # a project left with no default shows none
             b.service_account = f"projects/{self.project}/serviceAccounts/{sa}"
         if src.bucket:
             b.source_provenance.resolved_storage_source = cloudbuild_v1.StorageSource(
