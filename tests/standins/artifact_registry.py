@@ -22,7 +22,9 @@ and its siblings ``get``, ``getIamPolicy``, ``setIamPolicy``):
   answers 403 as Google does for projects the caller cannot see.
 
 Not modelled: the API being disabled, CMEK, cleanup policies, remote/virtual repositories,
-per-image IAM. Unknown paths answer 501 so gaps are loud.
+per-image IAM. The error texts paraphrase the service (codes and ``status`` are the canonical
+ones), and the repository id pattern below is this fake's assumption, not a documented rule.
+Unknown paths answer 501 so gaps are loud.
 """
 
 from __future__ import annotations
@@ -163,7 +165,7 @@ class ArtifactRegistryFake(RoutedApi):
     def _create(self, project: str, location: str, repo_id: str, body: dict[str, Any]) -> dict[str, Any]:
         if not repo_id:
             raise _error(400, "repositoryId is required.")
-        # Repository ids: lower-case letters, digits and hyphens, starting with a letter.
+        # Assumed (not verified): lower-case letters, digits and hyphens, starting with a letter.
         if not re.fullmatch(r"[a-z]([a-z0-9-]{0,61}[a-z0-9])?", repo_id):
             raise _error(400, f"Invalid repository id {repo_id!r}.")
         if body.get("format") in (None, "", "FORMAT_UNSPECIFIED"):
