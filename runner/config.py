@@ -74,6 +74,7 @@ class Config:
     serviceusage_endpoint: str | None = _key(None, "optional_str", "a Service Usage API URL (tests)")
     resourcemanager_endpoint: str | None = _key(None, "optional_str", "a Resource Manager API URL (tests)")
     iam_endpoint: str | None = _key(None, "optional_str", "an IAM API URL (tests)")
+    artifactregistry_endpoint: str | None = _key(None, "optional_str", "an Artifact Registry API URL (tests)")
     secretmanager_endpoint: str | None = _key(None, "optional_str", "a Secret Manager API URL (tests)")
     # --- the hosted supervisor (runner/cloud/hosted.py: Cloud Run job + Cloud Scheduler) ---
     run_endpoint: str | None = _key(None, "optional_str", "a Cloud Run Admin API URL (tests)")
@@ -96,6 +97,9 @@ class Config:
     data_disk_gb: int = _key(0, "int", "size in GB of a per-run data disk (0 = none)")
     data_mount: str = _key("/var/lib/runner/data", "str", "a host path under /var/lib")
     service_account: str | None = _key(None, "optional_str", "a service account email")
+    build_service_account: str | None = _key(None, "optional_str",
+                                             "the service account email Cloud Build runs as "
+                                             "(default: the project's Cloud Build default account)")
     network: str = _key("global/networks/default", "str", "a VPC network URL")
     subnetwork: str | None = _key(None, "optional_str", "a subnetwork URL")
     external_ip: bool = _key(True, "bool", "true or false")

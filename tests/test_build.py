@@ -84,6 +84,17 @@ def test_cloud_build_stages_exactly_what_gcloudignore_selects_and_returns_the_pu
     assert sent.substitutions["_IMAGE"] == REPO and sent.substitutions["_BASE_IMAGE"] == "python:3.11-slim"
     assert [s.id for s in sent.steps] == ["cache", "build", "push", "submit"]
     assert any("4 files" in s for s in said)  # the summary a user sees before the upload
+    # cloudbuild.yaml logs to Cloud Logging (valid for triggers too): no bucket log to tail, so the
+    # user gets the console link to it.
+    assert any(s.startswith(f"Cloud Build {cloud.build_ids[0]} started: https://console.cloud.google.com/")
+               for s in said)
+
+
+def test_a_config_that_logs_to_a_bucket_has_its_log_streamed(cloud, context):
+    yaml_path = context / "cloudbuild.yaml"
+    yaml_path.write_text(yaml_path.read_text().replace("logging: CLOUD_LOGGING_ONLY", "logging: GCS_ONLY"))
+    said: list[str] = []
+    cloud_build(cloud, context, said)
     assert any(s.startswith("  | ") for s in said)  # the build log, streamed
 
 
@@ -112,14 +123,67 @@ def test_when_both_cloud_builds_fail_the_local_route_is_tried_and_every_reason_i
     assert "no Docker daemon is reachable" in lines[2]
 
 
-def test_an_unreadable_staged_source_names_the_role_and_the_cloud_build_account(cloud, context, monkeypatch):
+# The account a project's builds run as: the legacy Cloud Build account for projects that built
+# before the 2024 change, the Compute Engine default account since
+# (https://cloud.google.com/build/docs/cloud-build-service-account-updates).
+ACCOUNTS = {"legacy": "{n}@cloudbuild.gserviceaccount.com", "since-2024": "{n}-compute@developer.gserviceaccount.com"}
+
+
+@pytest.mark.parametrize("kind", ACCOUNTS)
+def test_an_unreadable_staged_source_names_the_role_and_the_account_builds_run_as(cloud, context, monkeypatch,
+                                                                                 kind):
+    account = ACCOUNTS[kind].format(n=cloud.project_number)
+    cloud.service_account_email = account
     cloud.source_exists = lambda b, o: False
     monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
     with pytest.raises(BuildError) as err:
         cloud_build(cloud, context, [])
     msg = str(err.value)
-    assert "roles/storage.objectViewer" in msg
-    assert f"{cloud.project_number}@cloudbuild.gserviceaccount.com" in msg
+    assert f"gcloud storage buckets add-iam-policy-binding gs://{BUCKET} --member=serviceAccount:{account} " \
+           "--role=roles/storage.objectViewer" in msg
+
+
+@pytest.mark.parametrize("kind", ACCOUNTS)
+def test_a_build_that_cannot_list_its_source_is_explained_with_the_account_that_ran_it(
+        cloud, context, monkeypatch, kind):
+    """The FETCHSOURCE failure a 2024+ project meets when its organisation grants default accounts
+    nothing: the build is created, then fails listing the staging bucket."""
+    account = ACCOUNTS[kind].format(n=cloud.project_number)
+    cloud.service_account_email = account
+    cloud.source_readable_by = lambda who, bucket: False
+    monkeypatch.setenv("DOCKER_HOST", "unix:///nonexistent/docker.sock")
+    with pytest.raises(BuildError) as err:
+        cloud_build(cloud, context, [])
+    first = str(err.value).splitlines()[1]
+    assert first.startswith("  cloud-build: build ") and "could not read the staged source" in first
+    assert "does not have storage.objects.list access" in first
+    assert f"Cloud Build ran as {account} (the " in first
+    assert f"--member=serviceAccount:{account} --role=roles/storage.objectViewer" in first
+
+
+def test_a_source_failure_that_names_no_account_asks_cloud_build_for_the_default(cloud):
+    """When only failureInfo.type says FETCH_SOURCE_FAILED, the account comes from Cloud Build's
+    projects.locations.getDefaultServiceAccount."""
+    from google.cloud.devtools import cloudbuild_v1
+
+    from runner.build.build_account import default_build_account, source_access_fix
+    from runner.build.image import _explain_build_failure
+
+    client = cloud.client()
+    info = cloudbuild_v1.Build.FailureInfo(type_=cloudbuild_v1.Build.FailureInfo.FailureType.FETCH_SOURCE_FAILED,
+                                           detail="failed to fetch source")
+    b = cloudbuild_v1.Build(id="b1", status=cloudbuild_v1.Build.Status.FAILURE, failure_info=info)
+    said = _explain_build_failure(b, lambda detail, what, account: source_access_fix(
+        detail, what, project=cloud.project, bucket=BUCKET, build_account=account,
+        lookup=lambda: default_build_account(client, cloud.project)))
+    compute_default = f"{cloud.project_number}-compute@developer.gserviceaccount.com"
+    assert f"Cloud Build ran as {compute_default} (the Compute Engine default service account" in said
+    assert f"--member=serviceAccount:{compute_default} --role=roles/storage.objectViewer" in said
+    cloud.service_account_email = ""  # an organisation that left the project no default
+    assert "gcloud builds get-default-service-account --project test-project" in _explain_build_failure(
+        b, lambda detail, what, account: source_access_fix(
+            detail, what, project=cloud.project, bucket=BUCKET, build_account=account,
+            lookup=lambda: default_build_account(client, cloud.project)))
 
 
 def test_list_files_prints_exactly_what_would_upload(context):

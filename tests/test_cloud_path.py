@@ -41,6 +41,7 @@ from tests.standins.cos_sim.vm import read_calls
 from tests.standins.cloudbuild import run_cloudbuild_fake
 from tests.standins.compute import ComputeFake, run_compute_fake
 from tests.conftest import ROOT, wait_for
+from tests.standins.artifact_registry import ArtifactRegistryFake
 from tests.standins.gcp_admin import GcpAdminFake
 from tests.standins.gcs_fixture import BUCKET
 from tests.standins.json_http_server import serve
@@ -135,8 +136,11 @@ def cloud_parts(tmp_path_factory: pytest.TempPathFactory, gcs_emulator: str, doc
                 pushed: dict[str, Any]) -> Iterator[tuple[ComputeFake, CosGuest, LiveVmSampler]]:
     admin = GcpAdminFake()
     admin.add_project(PROJECT)
+    registry_api = ArtifactRegistryFake()  # `runner init` creates the image repository there
+    registry_api.add_project(PROJECT)
     with block_external_network() as blocked, run_compute_fake(PROJECT) as fake, \
-            serve(admin, "gcp-admin-fake") as admin_endpoint:
+            serve(admin, "gcp-admin-fake") as admin_endpoint, \
+            serve(registry_api, "artifact-registry-fake") as registry_endpoint:
         admin.endpoint = admin_endpoint
         # GCE's 30 s preemption notice, halved: the shutdown script (8 s grace) fits well inside.
         fake.time_scale = 0.5
@@ -147,9 +151,11 @@ def cloud_parts(tmp_path_factory: pytest.TempPathFactory, gcs_emulator: str, doc
             STORAGE_EMULATOR_HOST=gcs_emulator, RUNNER_BACKEND="gce", RUNNER_PROJECT=PROJECT,
             RUNNER_STORE=f"gs://{CLOUD_BUCKET}", RUNNER_ZONES="us-central1-a",
             RUNNER_COMPUTE_ENDPOINT=fake.endpoint, RUNNER_SERVICEUSAGE_ENDPOINT=admin_endpoint,
-            RUNNER_RESOURCEMANAGER_ENDPOINT=admin_endpoint, RUNNER_IAM_ENDPOINT=admin_endpoint),
+            RUNNER_RESOURCEMANAGER_ENDPOINT=admin_endpoint, RUNNER_IAM_ENDPOINT=admin_endpoint,
+            RUNNER_ARTIFACTREGISTRY_ENDPOINT=registry_endpoint),
             capture_output=True, text=True, timeout=120, cwd=ROOT)
         assert p.returncode == 0, p.stderr
+        assert registry_api.repository(PROJECT, "us-central1", "runs") is not None
         for role in ("roles/compute.instanceAdmin.v1", "roles/iam.serviceAccountUser"):
             admin.grant(PROJECT, fake.operator, role)
         fake.iam = admin
@@ -165,6 +171,7 @@ def cloud_parts(tmp_path_factory: pytest.TempPathFactory, gcs_emulator: str, doc
             guest.close()
     assert not blocked, f"requests escaped towards real endpoints: {sorted(set(blocked))}"
     assert not fake.internal_errors, fake.internal_errors
+    assert not registry_api.internal_errors, registry_api.internal_errors
 
 
 class Cloud:

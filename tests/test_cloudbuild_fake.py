@@ -249,6 +249,8 @@ def test_unreadable_source_fails_create_like_cloud_build(cloudbuild_fake: CloudB
         return False
 
     cloudbuild_fake.source_exists = exists
+    # A project whose first build predates the 2024 change still runs as the legacy account.
+    cloudbuild_fake.service_account_email = f"{cloudbuild_fake.project_number}@cloudbuild.gserviceaccount.com"
     with pytest.raises(exceptions.BadRequest) as err:
         client.create_build(project_id=PROJECT, build=workload_build())
     msg = err.value.message
@@ -265,6 +267,51 @@ def test_unreadable_source_fails_create_like_cloud_build(cloudbuild_fake: CloudB
     for fragment in ("storage.objects.get", "403", "roles/storage.objectViewer",
                      f"{cloudbuild_fake.project_number}@cloudbuild.gserviceaccount.com"):
         assert fragment in failed.status_detail
+
+
+def test_a_build_runs_as_its_account_and_fails_fetching_a_source_that_account_may_not_list(
+        cloudbuild_fake: CloudBuildFake, client: cb.CloudBuildClient) -> None:
+    """Since 2024 the default account is the Compute Engine default one; the FETCHSOURCE denial
+    names the account the build ran as, in the shape users report (see the fake's docstring)."""
+    asked: list[tuple[str, str]] = []
+
+    def readable(account: str, bucket: str) -> bool:
+        asked.append((account, bucket))
+        return account.startswith("builder@")
+
+    cloudbuild_fake.source_readable_by = readable
+    default = f"{cloudbuild_fake.project_number}-compute@developer.gserviceaccount.com"
+    op = client.create_build(project_id=PROJECT, build=workload_build())
+    with pytest.raises(exceptions.Unknown):
+        wait(op)
+    failed = client.get_build(project_id=PROJECT, id=op.metadata.build.id)
+    assert failed.failure_info.type_ == cb.Build.FailureInfo.FailureType.FETCH_SOURCE_FAILED
+    assert failed.status_detail.startswith(f"AccessDeniedException: 403 {default} does not have "
+                                           "storage.objects.list access to the Google Cloud Storage bucket.")
+    assert failed.service_account == f"projects/{PROJECT}/serviceAccounts/{default}"
+    named = f"builder@{PROJECT}.iam.gserviceaccount.com"
+    ok = wait(client.create_build(project_id=PROJECT, build=workload_build(
+        service_account=f"projects/{PROJECT}/serviceAccounts/{named}",
+        options=cb.BuildOptions(logging=cb.BuildOptions.LoggingMode.CLOUD_LOGGING_ONLY))))
+    assert ok.status == cb.Build.Status.SUCCESS
+    assert asked == [(default, SOURCE_BUCKET), (named, SOURCE_BUCKET)]
+
+
+def test_a_push_the_registry_refuses_fails_the_build_in_its_push_step(
+        cloudbuild_fake: CloudBuildFake, client: cb.CloudBuildClient) -> None:
+    pushed: list[str] = []
+
+    def refuse(image: str) -> str | None:
+        pushed.append(image)
+        return 'name unknown: Repository "runs" not found'
+
+    cloudbuild_fake.push_refusal = refuse
+    op = client.create_build(project_id=PROJECT, build=workload_build())
+    with pytest.raises(exceptions.Unknown):
+        wait(op)
+    failed = client.get_build(project_id=PROJECT, id=op.metadata.build.id)
+    assert 'name unknown: Repository "runs" not found' in failed.status_detail
+    assert pushed == [f"{IMAGE}:{failed.id}"]  # the first image, substituted, refused
 
 
 def test_service_account_needs_a_logs_destination(client: cb.CloudBuildClient) -> None:

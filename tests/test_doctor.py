@@ -54,7 +54,7 @@ def doctor(cfg: Config, **kw: Any) -> dict[str, Check]:
     kw.setdefault("active_project", lambda: None)
     kw.setdefault("docker_ping", lambda: True)
     checks = run_checks(cfg, **kw)
-    assert len({c.name for c in checks}) == len(checks) == 10
+    assert len({c.name for c in checks}) == len(checks) == 12
     return {c.name: c for c in checks}
 
 
@@ -70,8 +70,9 @@ def test_healthy_gce_setup_passes_every_check_that_applies(healthy: Config, admi
     checks = doctor(healthy, active_project=lambda: P)
     assert {n: c.ok for n, c in checks.items()} == {
         "credentials": None, "project": True, "APIs enabled": True, "bucket": True,
-        "VM service account roles": True, "hosted supervisor roles": None, "network": True, "GPU quota": True,
-        "Docker": None, "timeouts": True}
+        "VM service account roles": True, "hosted supervisor roles": None, "network": True,
+        "Artifact Registry repository": None, "Cloud Build account": None,  # no Artifact Registry image set
+        "GPU quota": True, "Docker": None, "timeouts": True}
     assert exit_code(list(checks.values())) == 0
     assert default_sa(admin) in checks["VM service account roles"].detail
     assert "PREEMPTIBLE_NVIDIA_T4_GPUS 1 free" in checks["GPU quota"].detail

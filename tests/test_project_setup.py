@@ -20,6 +20,7 @@ from runner.cloud.project_setup import (
     Step,
     init_project,
 )
+from tests.standins.artifact_registry import ArtifactRegistryFake, artifact_registry_fake  # noqa: F401 - fixture
 from tests.standins.gcp_admin import RACING_BINDING, GcpAdminFake
 from tests.standins.gcs_fixture import DENIED_BUCKET
 
@@ -231,7 +232,8 @@ def test_user_credentials_bill_the_configured_project(monkeypatch: Any) -> None:
 # ---- as a user types it: init, init again, then doctor ----
 
 def test_cli_init_is_idempotent_and_then_doctor_passes(admin: GcpAdminFake, compute_fake: Any, gcs_emulator: str,
-                                                       bucket_name: str, tmp_path: Any) -> None:
+                                                       bucket_name: str, tmp_path: Any,
+                                                       artifact_registry_fake: ArtifactRegistryFake) -> None:
     import json
     import os
     import subprocess
@@ -243,7 +245,9 @@ def test_cli_init_is_idempotent_and_then_doctor_passes(admin: GcpAdminFake, comp
            "RUNNER_BACKEND": "gce", "RUNNER_PROJECT": P, "RUNNER_STORE": f"gs://{bucket_name}/runs",
            "RUNNER_ZONES": "us-central1-a", "RUNNER_COMPUTE_ENDPOINT": compute_fake.endpoint,
            "RUNNER_SERVICEUSAGE_ENDPOINT": admin.endpoint, "RUNNER_RESOURCEMANAGER_ENDPOINT": admin.endpoint,
-           "RUNNER_IAM_ENDPOINT": admin.endpoint, "CLOUDSDK_CONFIG": str(tmp_path / "no-gcloud")}
+           "RUNNER_IAM_ENDPOINT": admin.endpoint, "CLOUDSDK_CONFIG": str(tmp_path / "no-gcloud"),
+           "RUNNER_ARTIFACTREGISTRY_ENDPOINT": artifact_registry_fake.endpoint}
+    artifact_registry_fake.add_project(P)
 
     def runner(*args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run([sys.executable, "-m", "runner.cli", *args], env=env, capture_output=True,
@@ -253,7 +257,8 @@ def test_cli_init_is_idempotent_and_then_doctor_passes(admin: GcpAdminFake, comp
     assert first.returncode == 0, first.stderr
     assert first.stdout.startswith(f"+ bucket gs://{bucket_name}: created in US-CENTRAL1")
     second = json.loads(runner("init", "--json").stdout)
-    assert [s["changed"] for s in second] == [False] * len(second) and len(second) == 6
+    # 6 run steps, then 5 build steps (repository, build account, its three grants)
+    assert [s["changed"] for s in second] == [False] * len(second) and len(second) == 11
 
     env["RUNNER_SERVICE_ACCOUNT"] = SA
     doc = runner("doctor")

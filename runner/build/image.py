@@ -38,6 +38,7 @@ class BuildRequest:
     dockerfile: str = "Dockerfile"
     base_image: str | None = None    # BASE_IMAGE build arg; None: the Dockerfile's default
     config_file: str = "cloudbuild.yaml"
+    service_account: str | None = None  # email Cloud Build runs as; None: the project's default
 
 
 @dataclass
@@ -93,8 +94,9 @@ def list_files(context_dir: str) -> list[str]:
 
 # ---- Cloud Build -------------------------------------------------------------------------
 
-def build_definition(req: BuildRequest, staged: StagedSource) -> Any:
-    """``cloudbuild.yaml`` as a ``cloudbuild_v1.Build`` with our source and substitutions."""
+def build_definition(req: BuildRequest, staged: StagedSource, project: str | None = None) -> Any:
+    """``cloudbuild.yaml`` as a ``cloudbuild_v1.Build`` with our source, substitutions and, when
+    one is configured, the service account it runs as."""
     import yaml
     from google.cloud.devtools import cloudbuild_v1
 
@@ -112,7 +114,36 @@ def build_definition(req: BuildRequest, staged: StagedSource) -> Any:
     build.substitutions = subs
     build.source = cloudbuild_v1.Source(
         storage_source=cloudbuild_v1.StorageSource(bucket=staged.bucket, object_=staged.object))
+    if req.service_account:
+        from runner.build.build_account import account_resource
+
+        if not _logs_allowed_with_an_account(build):
+            raise BuildError(
+                f"{req.config_file} keeps its logs in Cloud Storage's default bucket, which Cloud Build "
+                f"refuses for a build that names a service account ({req.service_account}): set "
+                "`options: logging: CLOUD_LOGGING_ONLY` (or a logsBucket you own) in it")
+        build.service_account = account_resource(project or "-", req.service_account)
     return build
+
+
+def _logs_allowed_with_an_account(build: Any) -> bool:
+    """Cloud Build's rule for a build with ``serviceAccount``: a ``logsBucket``, the
+    REGIONAL_USER_OWNED_BUCKET behaviour, or CLOUD_LOGGING_ONLY / NONE logging (the refusal quoted
+    in https://github.com/cert-manager/cert-manager/pull/8851)."""
+    from google.cloud.devtools import cloudbuild_v1
+
+    opts = cloudbuild_v1.BuildOptions
+    return bool(build.logs_bucket) or build.options.logging in (
+        opts.LoggingMode.CLOUD_LOGGING_ONLY, opts.LoggingMode.NONE) or \
+        build.options.default_logs_bucket_behavior == opts.DefaultLogsBucketBehavior.REGIONAL_USER_OWNED_BUCKET
+
+
+def _logs_in_storage(build: Any) -> bool:
+    """Whether the build writes its log to ``logsBucket`` (GCS_ONLY, LEGACY or unspecified)."""
+    from google.cloud.devtools import cloudbuild_v1
+
+    mode = cloudbuild_v1.BuildOptions.LoggingMode
+    return build.options.logging in (mode.LOGGING_UNSPECIFIED, mode.LEGACY, mode.GCS_ONLY)
 
 
 _DONE = {"SUCCESS", "FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRED"}
@@ -120,10 +151,22 @@ _DONE = {"SUCCESS", "FAILURE", "INTERNAL_ERROR", "TIMEOUT", "CANCELLED", "EXPIRE
 
 def run_cloud_build(client: Any, project: str, build: Any, say: Say, poll: float = 2.0,
                     read_log: Callable[[str, str], bytes | None] | None = None) -> str:
-    """Create the build, follow its log and status, and return the pushed image's digest ref."""
+    """Create the build, follow its log and status, and return the pushed image's digest ref.
+
+    The log is tailed from ``logsBucket`` only when the build writes it there; a build logging to
+    Cloud Logging only (``cloudbuild.yaml``'s choice, valid for triggers too) is followed by status,
+    and its console URL is printed at the start.
+    """
     from google.api_core import exceptions as gexc
 
+    from runner.build.build_account import default_build_account, source_access_fix, source_denied
     from runner.cloud.gcp_clients import api_retry
+
+    bucket = build.source.storage_source.bucket or None
+
+    def fix(detail: str, what: str, account: str = "") -> str:
+        return source_access_fix(detail, what, project=project, bucket=bucket, build_account=account,
+                                 lookup=lambda: default_build_account(client, project))
 
     try:
         op = client.create_build(project_id=project, build=build, retry=api_retry())
@@ -133,8 +176,9 @@ def run_cloud_build(client: Any, project: str, build: Any, say: Say, poll: float
             "roles/cloudbuild.builds.editor, and check that the Cloud Build API is enabled"
         ) from None
     except gexc.GoogleAPICallError as e:
-        if _source_unreadable(e.message or ""):
-            raise BuildError(_source_access_fix(e.message, "Cloud Build could not read the staged source")) from None
+        if source_denied(e.message or ""):
+            raise BuildError(fix(e.message, "Cloud Build could not read the staged source",
+                                 build.service_account)) from None
         raise BuildError(f"Cloud Build could not create the build: {e.message}") from None
     build_id = op.metadata.build.id
     say(f"Cloud Build {build_id} started" + (f": {op.metadata.build.log_url}" if op.metadata.build.log_url else ""))
@@ -142,7 +186,7 @@ def run_cloud_build(client: Any, project: str, build: Any, say: Say, poll: float
     while True:
         b = client.get_build(project_id=project, id=build_id, retry=api_retry())
         status = b.status.name
-        if read_log and b.logs_bucket:
+        if read_log and b.logs_bucket and _logs_in_storage(b):
             log = read_log(b.logs_bucket, f"log-{build_id}.txt") or b""
             if len(log) > shown:
                 for line in log[shown:].decode("utf-8", "replace").splitlines():
@@ -152,7 +196,7 @@ def run_cloud_build(client: Any, project: str, build: Any, say: Say, poll: float
             break
         time.sleep(poll)
     if status != "SUCCESS":
-        raise BuildError(_explain_build_failure(b, project))
+        raise BuildError(_explain_build_failure(b, fix))
     want = build.substitutions["_IMAGE"]
     for img in b.results.images:
         if repo_of(img.name) == want and img.digest:
@@ -160,24 +204,22 @@ def run_cloud_build(client: Any, project: str, build: Any, say: Say, poll: float
     raise BuildError(f"build {build_id} succeeded but reported no digest for {want}: is it in `images:`?")
 
 
-def _source_unreadable(detail: str) -> bool:
-    return "storage.objects.get" in detail or "could not resolve source" in detail
+def _explain_build_failure(b: Any, fix: Callable[[str, str, str], str]) -> str:
+    """A failed build in words; a source it could not fetch gets the grant that fixes it, whether
+    the text says so or only ``failureInfo.type`` does (FETCH_SOURCE_FAILED)."""
+    from google.cloud.devtools import cloudbuild_v1
 
-
-def _source_access_fix(detail: str, what: str) -> str:
-    """The 403 on the staged object, turned into the grant that fixes it (docs/architecture.md#projects-and-builds)."""
-    sa = next((w.strip(".:;'\"") for w in detail.replace(",", " ").split()
-               if "@cloudbuild.gserviceaccount.com" in w), "PROJECT_NUMBER@cloudbuild.gserviceaccount.com")
-    return (f"{what} ({detail}). Grant the Cloud Build service account {sa} roles/storage.objectViewer "
-            f"on the staging bucket: gcloud storage buckets add-iam-policy-binding gs://BUCKET "
-            f"--member=serviceAccount:{sa} --role=roles/storage.objectViewer")
-
-
-def _explain_build_failure(b: Any, project: str) -> str:
-    detail = b.status_detail or b.status.name
-    if _source_unreadable(detail):
-        return _source_access_fix(detail, f"build {b.id} could not read the staged source")
+    detail = b.status_detail or b.failure_info.detail or b.status.name
+    fetch = b.failure_info.type_ == cloudbuild_v1.Build.FailureInfo.FailureType.FETCH_SOURCE_FAILED
+    if fetch or _source_denied_text(detail, b.failure_info.detail):
+        return fix(detail, f"build {b.id} could not read the staged source", b.service_account)
     return f"build {b.id} ended {b.status.name}: {detail}"
+
+
+def _source_denied_text(*texts: str) -> bool:
+    from runner.build.build_account import source_denied
+
+    return any(source_denied(t or "") for t in texts)
 
 
 # ---- local Docker ------------------------------------------------------------------------
@@ -236,7 +278,8 @@ def build_image(req: BuildRequest, *, local_only: bool, project: str | None, buc
             say(f"[{route}] building {req.image} with Cloud Build in {project}")
             try:
                 staged = stage_source(req, bucket, say, tag)
-                ref = run_cloud_build(client_factory(), project, build_definition(req, staged), say, poll, read_log)
+                ref = run_cloud_build(client_factory(), project, build_definition(req, staged, project), say,
+                                      poll, read_log)
                 return BuildResult(ref, route, failures)
             except BuildError as e:
                 failures.append(f"{route}: {e}")

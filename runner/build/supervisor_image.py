@@ -100,8 +100,8 @@ def build_runner_image(cfg: Any, repo: str | None, say: Callable[[str], None],
             raise HostedError("cloudbuild.yaml not found beside the runner package; build from a checkout of "
                               "cos-spot-runner, or pass --image REPO@sha256:... of a runner image you built")
         try:
-            result = build_image(BuildRequest(ctx, repo, base_image=cfg.base_image), local_only=local_only,
-                                 project=cfg.project, bucket=bucket,
+            req = BuildRequest(ctx, repo, base_image=cfg.base_image, service_account=cfg.build_service_account)
+            result = build_image(req, local_only=local_only, project=cfg.project, bucket=bucket,
                                  client_factory=lambda: cloudbuild_client(cfg.cloudbuild_endpoint), say=say)
         except BuildError as e:
             raise HostedError(f"could not build the runner image: {e}") from None

@@ -53,7 +53,14 @@ def build(context_dir: str, image: str | None, dockerfile: str, base_image: str 
 
 
 def run_build(cfg: Any, req: Any, local_only: bool) -> Any:
+    """Build ``req`` as Cloud Build's ``build_service_account`` when the config names one (for
+    ``runner build`` and for ``runner submit``'s build-first alike)."""
+    import dataclasses
+
     from runner.build.image import build_image
+
+    if req.service_account is None and cfg.build_service_account:
+        req = dataclasses.replace(req, service_account=cfg.build_service_account)
     from runner.cloud.gcp_clients import cloudbuild_client
 
     from entrypoint.store_gcs import parse_gs_url

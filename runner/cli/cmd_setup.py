@@ -24,7 +24,9 @@ def doctor(zones: str | None, machine_type: str | None, gpu: str | None, as_json
     \b
     Checks: credentials (ADC); the project (config vs gcloud's active one); the compute,
     storage, cloudbuild and artifactregistry APIs; the bucket exists and can be written and
-    read; the VM service account's roles; spot GPU quota in the configured zones' regions;
+    read; the VM service account's roles; with an Artifact Registry image: its repository (and the
+    VM account's reader role on it) and the roles of the account Cloud Build runs as; spot GPU
+    quota in the configured zones' regions;
     Docker (local backend); timeouts that work together. Exit 0 when all pass, 1 otherwise.
 
     \b
@@ -51,9 +53,11 @@ def doctor(zones: str | None, machine_type: str | None, gpu: str | None, as_json
 @click.option("--staging-days", type=int, default=7, show_default=True,
               help="Delete Cloud Build's staged sources after this many days (a bucket lifecycle rule).")
 @click.option("--hosted", is_flag=True, help="Also the hosted supervisor's service account and its roles.")
+@click.option("--no-builds", is_flag=True,
+              help="Skip the Artifact Registry repository and the Cloud Build account (images built elsewhere).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of steps.")
 @config_options
-def init(region: str | None, sa_name: str, staging_days: int, hosted: bool, as_json: bool,
+def init(region: str | None, sa_name: str, staging_days: int, hosted: bool, no_builds: bool, as_json: bool,
          cli_config: dict[str, Any], config_path: str | None) -> None:
     """Create what GCE runs need, idempotently: bucket, lifecycle rule, service account, roles.
 
@@ -62,7 +66,11 @@ def init(region: str | None, sa_name: str, staging_days: int, hosted: bool, as_j
     - a lifecycle rule deleting staged build sources (cloudbuild/source/) after --staging-days;
     - the VM service account, if missing;
     - least-privilege roles for it: storage.objectAdmin on the bucket only; logging.logWriter,
-      monitoring.metricWriter and artifactregistry.reader on the project.
+      monitoring.metricWriter and artifactregistry.reader on the project;
+    - the Artifact Registry Docker repository of the configured image (else REGION-docker.pkg.dev/
+      PROJECT/runs), which must exist before the first push;
+    - the account Cloud Build runs as (build_service_account, else cos-spot-runner-build, created):
+      storage.objectViewer on the bucket, logging.logWriter, artifactregistry.writer on the repository.
     Running it again changes nothing. Needs a caller allowed to create buckets, service
     accounts and IAM bindings (e.g. roles/owner, or storage.admin + iam.serviceAccountAdmin +
     resourcemanager.projectIamAdmin).
@@ -82,8 +90,13 @@ def init(region: str | None, sa_name: str, staging_days: int, hosted: bool, as_j
     if not region:
         fail("no region for the bucket: pass --region (e.g. us-central1) or set zones in runner.toml", EXIT_USAGE)
     try:
+        say = (lambda _: None) if as_json else click.echo
         steps = init_project(cfg, region=region, sa_name=sa_name, staging_days=staging_days, hosted=hosted,
-                             say=(lambda _: None) if as_json else click.echo)
+                             say=say)
+        if not no_builds:
+            from runner.cloud.build_setup import init_builds_in
+
+            steps += init_builds_in(cfg, region=region, say=say)
     except SetupError as e:
         fail(str(e), EXIT_USAGE)
     except ApiError as e:

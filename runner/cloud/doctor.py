@@ -162,6 +162,10 @@ class _Doctor:
         if cfg.backend == "gce":
             used += [cfg.compute_endpoint, cfg.serviceusage_endpoint,
                      cfg.resourcemanager_endpoint, cfg.iam_endpoint]
+            from runner.cloud.doctor_build import builds_set_up
+
+            if builds_set_up(cfg):  # the build checks call these two as well
+                used += [cfg.cloudbuild_endpoint, cfg.artifactregistry_endpoint]
         if _uses_gcs(cfg):
             used.append(os.environ.get("STORAGE_EMULATOR_HOST"))
         if all(e and e.startswith("http://") for e in used):
@@ -481,6 +485,7 @@ def run_checks(
     doctor = _Doctor(cfg, load_credentials=load_credentials, active_project=active_project,
                      apis=apis, storage_client=storage_client, regions_client=regions,
                      docker_ping=docker_ping)
+    from runner.cloud import doctor_build
     checks = [
         ("credentials", doctor.credentials_check),
         ("project", doctor.project_check),
@@ -489,12 +494,14 @@ def run_checks(
         ("VM service account roles", doctor.service_account_check),
         ("hosted supervisor roles", doctor.hosted_check),
         ("network", lambda: network_check(doctor)),
+        (doctor_build.REPOSITORY, lambda: doctor_build.repository_check(doctor)),
+        (doctor_build.BUILD_ACCOUNT, lambda: doctor_build.build_account_check(doctor)),
         ("GPU quota", doctor.gpu_quota_check),
         ("Docker", doctor.docker_check),
         ("timeouts", doctor.timeouts_check),
     ]
     needs_google = {"APIs enabled", "bucket", "VM service account roles", "hosted supervisor roles", "GPU quota",
-                    "network"}
+                    "network", doctor_build.REPOSITORY, doctor_build.BUILD_ACCOUNT}
     results: list[Check] = []
     for name, check in checks:
         if name in needs_google and results and results[0].ok is False:

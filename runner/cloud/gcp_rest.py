@@ -76,8 +76,8 @@ class RestApi:
     def get(self, path: str, params: dict[str, Any] | None = None) -> dict[str, Any]:
         return self._call("GET", path, params=params)
 
-    def post(self, path: str, body: dict[str, Any]) -> dict[str, Any]:
-        return self._call("POST", path, json=body)
+    def post(self, path: str, body: dict[str, Any], params: dict[str, Any] | None = None) -> dict[str, Any]:
+        return self._call("POST", path, json=body, params=params)
 
     def patch(self, path: str, body: dict[str, Any], params: dict[str, Any] | None = None
               ) -> dict[str, Any]:

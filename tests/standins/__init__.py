@@ -6,11 +6,13 @@ its docstring which behaviour it models and which it does not:
 
 - ``compute/``: Compute Engine (instances, operations, disks, catalogue, quotas, IAM, the spot
   preemption timeline), split by resource.
-- ``cloudbuild``, ``gcp_admin`` (Service Usage, Resource Manager, IAM), ``cloudrun``,
-  ``scheduler``: the other Google APIs the runner calls. All of them answer through one template
-  and one error shape (``google_api``: ``RoutedApi``, ``GoogleApiError``); ``rest`` is what the
-  Cloud Run and Scheduler stand-ins add to it, ``json_http_server`` the HTTP server under all of
-  them, ``network_guard`` the refusal of every host but loopback while they run.
+- ``cloudbuild``, ``artifact_registry``, ``gcp_admin`` (Service Usage, Resource Manager, IAM),
+  ``cloudrun``, ``scheduler``: the other Google APIs the runner calls; ``storage_iam`` decides
+  from their policies whether an account may read a bucket (the Cloud Build stand-in's source).
+  All of them answer through one template and one error shape (``google_api``: ``RoutedApi``,
+  ``GoogleApiError``); ``rest`` is what the Cloud Run and Scheduler stand-ins add to it,
+  ``json_http_server`` the HTTP server under all of them, ``network_guard`` the refusal of every
+  host but loopback while they run.
 - ``gcs_emulator``, ``gcs_fault_proxy``, ``gcs_fixture``: GCS with enforced preconditions, a proxy
   that loses replies, and their pytest fixtures.
 - ``registry``: a loopback image registry; ``cos_sim/``: a simulated COS VM running

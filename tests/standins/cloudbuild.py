@@ -42,6 +42,26 @@ Behaviour kept from Cloud Build because product code depends on it:
 - The log is written as ``log-{id}.txt`` in ``logsBucket`` (through the ``write_log`` hook) when
   the build starts, when a test appends output, and when it ends, the way gcloud tails it. Not
   written for ``CLOUD_LOGGING_ONLY``/``STACKDRIVER_ONLY``/``NONE`` logging, as in Cloud Build.
+- Which account a build runs as: its ``serviceAccount``, else the project's default,
+  ``service_account_email``. That default is the Compute Engine default account
+  (``NUMBER-compute@developer.gserviceaccount.com``) as for every project that ran its first build
+  after the 2024 change (https://cloud.google.com/build/docs/cloud-build-service-account-updates);
+  set it to ``NUMBER@cloudbuild.gserviceaccount.com`` for a legacy project, or to "" for one whose
+  organisation left it none. ``GET .../locations/L/defaultServiceAccount`` answers it in the
+  ``projects/P/serviceAccounts/EMAIL`` form
+  (https://cloud.google.com/build/docs/api/reference/rest/v1/projects.locations/getDefaultServiceAccount).
+- ``source_readable_by(account, bucket) -> bool``: whether that account may list and read objects
+  in the staging bucket (tests wire it to the bucket's and the project's IAM policies). False ends
+  the build FAILURE in FETCHSOURCE (``FETCH_SOURCE_FAILED``) with "AccessDeniedException: 403
+  ACCOUNT does not have storage.objects.list access to the Google Cloud Storage bucket...", the
+  shape reported for the new default account
+  (https://github.com/GoogleCloudPlatform/bigquery-dlp-remote-function/issues/70) and the legacy
+  one (https://github.com/GoogleCloudPlatform/secrets-store-csi-driver-provider-gcp/pull/43). Where
+  Cloud Build puts that text besides the log (``statusDetail``, ``failureInfo.detail``) is not
+  documented; the fake puts it in both.
+- ``push_refusal(image) -> str | None``: consulted for each resolved ``images`` entry; a reason
+  fails the build in its ``push`` step (the Artifact Registry fake's ``push_refusal``: a
+  ``*-docker.pkg.dev`` repository must exist before the first push).
 - A source object the build service account cannot read (``source_exists`` hook returns False)
   fails ``create`` with HTTP 400 ``could not resolve source: googleapi: Error 403: ... does not
   have storage.objects.get access``: that is how Cloud Build reports it (gcloud shows
@@ -52,7 +72,10 @@ Behaviour kept from Cloud Build because product code depends on it:
 - ``strict`` validation that real Cloud Build does and that catches real bugs: user substitution
   keys must look like ``_FOO``; every substitution must be used and every ``$VAR``/``${VAR}`` in
   the steps/images must be defined (unless ``ALLOW_LOOSE``; ``$$`` escapes); a build needs a
-  step; a user-specified ``serviceAccount`` needs ``logsBucket`` or a non-GCS logging mode;
+  step; a user-specified ``serviceAccount`` needs ``logsBucket``, the REGIONAL_USER_OWNED_BUCKET
+  behaviour, or CLOUD_LOGGING_ONLY / NONE logging, refused with Cloud Build's own text (quoted in
+  https://github.com/cert-manager/cert-manager/pull/8851 and
+  https://github.com/GoogleCloudPlatform/terraform-google-dataplex-auto-data-quality/pull/39);
   an image name that still contains ``$`` after substitution is rejected.
 
 Known simplifications: the operation for a failed build carries ``error {code: 2}`` with gcloud's
@@ -278,7 +301,10 @@ class CloudBuildFake(RoutedApi):
         self.source_exists: Optional[Callable[[str, str], bool]] = None
         self.source_error = "create"  # or "build"
         self.write_log: Optional[Callable[[str, str, str], None]] = None
-        self.service_account_email = f"{project_number}@cloudbuild.gserviceaccount.com"
+        # The account builds that name none run as (see the module docstring).
+        self.service_account_email = f"{project_number}-compute@developer.gserviceaccount.com"
+        self.source_readable_by: Optional[Callable[[str, str], bool]] = None
+        self.push_refusal: Optional[Callable[[str], Optional[str]]] = None
         self.strict = True
         self.endpoint = ""  # set by run_cloudbuild_fake
         self.internal_errors: list[str] = []  # crashes of the fake or its hooks; fixture fails
@@ -547,10 +573,10 @@ class CloudBuildFake(RoutedApi):
                    or b.options.default_logs_bucket_behavior == cloudbuild_v1.BuildOptions
                    .DefaultLogsBucketBehavior.REGIONAL_USER_OWNED_BUCKET)
         if b.service_account and not logs_ok:
-            raise _invalid("invalid argument: if 'build.service_account' is specified, the build "
-                           "must either (a) specify 'build.logs_bucket', (b) use the "
-                           "REGIONAL_USER_OWNED_BUCKET build.options.default_logs_bucket_behavior "
-                           "option, or (c) use either CLOUD_LOGGING_ONLY / NONE logging options")
+            raise _invalid("if 'build.service_account' is specified, the build must either (a) "
+                           "specify 'build.logs_bucket', (b) use the REGIONAL_USER_OWNED_BUCKET "
+                           "build.options.default_logs_bucket_behavior option, or (c) use either "
+                           "CLOUD_LOGGING_ONLY / NONE logging options: invalid argument")
         values = self._values(b, "0" * 8, location)
         for image in b.images:
             name = substitute(image, values, dynamic=bool(b.options.dynamic_substitutions))
@@ -581,6 +607,11 @@ class CloudBuildFake(RoutedApi):
                 raise _invalid(f"could not resolve source: {denial}")
             fetch_error = (f"failed to fetch source: {denial} (grant {sa} "
                            f"roles/storage.objectViewer on gs://{src.bucket})")
+        if (not fetch_error and src.bucket and self.source_readable_by is not None
+                and not self.source_readable_by(sa, src.bucket)):
+            fetch_error = (f"AccessDeniedException: 403 {sa} does not have storage.objects.list "
+                           "access to the Google Cloud Storage bucket. Permission "
+                           "'storage.objects.list' denied on resource (or it may not exist).")
         number = self.project_number
         b.id = build_id
         b.project_id = self.project
@@ -596,7 +627,7 @@ class CloudBuildFake(RoutedApi):
             b.timeout = timedelta(seconds=600)
         if "queue_ttl" not in b:
             b.queue_ttl = timedelta(seconds=3600)
-        if not b.service_account:
+        if not b.service_account and sa:  # a project left with no default shows none
             b.service_account = f"projects/{self.project}/serviceAccounts/{sa}"
         if src.bucket:
             b.source_provenance.resolved_storage_source = cloudbuild_v1.StorageSource(
@@ -619,6 +650,10 @@ class CloudBuildFake(RoutedApi):
             self.fail_next_builds -= 1
             outcome = (_Status.FAILURE, self.fail_message)
             failure_type = cloudbuild_v1.Build.FailureInfo.FailureType.USER_BUILD_STEP
+        elif refusal := self._push_refused(b, location):
+            outcome = (_Status.FAILURE, refusal)
+            failure_type = cloudbuild_v1.Build.FailureInfo.FailureType.USER_BUILD_STEP
+            fail_step = next((i for i, st in enumerate(b.steps) if st.id == "push"), len(b.steps) - 1)
         timeout = b.timeout.total_seconds()
         if done_at is not None and 0 < timeout < done_at - working_at and not fetch_error:
             done_at = working_at + timeout
@@ -638,6 +673,17 @@ class CloudBuildFake(RoutedApi):
         self._sent.append((build_id, sent))
         self._tick()  # build_seconds=0: straight through
         return self._operation(rec)
+
+    def _push_refused(self, b: cloudbuild_v1.Build, location: str) -> str:
+        """The first reason a registry gives for refusing one of the build's images, or ""."""
+        if self.push_refusal is None:
+            return ""
+        values = self._values(b, b.id, location)
+        for image in b.images:
+            reason = self.push_refusal(substitute(image, values, dynamic=bool(b.options.dynamic_substitutions)))
+            if reason:
+                return f"step exited 1: {reason}"
+        return ""
 
     def _operation(self, rec: _Rec) -> operations_pb2.Operation:
         b = rec.build
@@ -693,6 +739,13 @@ class CloudBuildFake(RoutedApi):
             return rec.build
         if rpc == "builds.list":
             return self._h_list(project, location, q)
+        if rpc == "defaultServiceAccount.get":
+            if project not in (self.project, str(self.project_number)):
+                raise ApiError(403)
+            email = self.service_account_email
+            return cloudbuild_v1.DefaultServiceAccount(
+                name=f"projects/{project}/locations/{location}/defaultServiceAccount",
+                service_account_email=f"projects/{self.project}/serviceAccounts/{email}" if email else "")
         if rpc in ("operations.get", "operations.cancel"):
             build_id = self._ops.get(a["operation"])
             if build_id is None:
@@ -770,6 +823,7 @@ _ROUTES: list[tuple[str, str, str]] = [
     ("GET", _L + r"/builds/(?P<id>[^/:]+)", "builds.get"),
     ("POST", _P + r"/builds/(?P<id>[^/:]+):cancel", "builds.cancel"),
     ("POST", _L + r"/builds/(?P<id>[^/:]+):cancel", "builds.cancel"),
+    ("GET", _L + r"/defaultServiceAccount", "defaultServiceAccount.get"),
     ("GET", r"/v1/(?P<operation>operations/.+)", "operations.get"),
     ("POST", r"/v1/(?P<operation>operations/.+):cancel", "operations.cancel"),
     ("GET", r"/v1/(?P<operation>projects/[^/]+/locations/[^/]+/operations/[^/:]+)",
