@@ -84,6 +84,14 @@ def test_a_scheduler_region_cloud_scheduler_does_not_offer_is_refused_before_any
     assert run.jobs == {} and sched.jobs == {}
 
 
+def test_without_the_right_to_list_locations_deploy_names_the_role_and_makes_nothing(fakes):
+    run, sched, _, _ = fakes
+    sched.denied = {"cloudscheduler.locations.list"}
+    with pytest.raises(HostedError, match=r"cloudscheduler\.locations\.list denied; you need roles/cloudscheduler\.admin"):
+        _deploy(_cfg(fakes))
+    assert run.jobs == {} and sched.jobs == {}
+
+
 def test_a_zone_given_as_scheduler_region_names_its_region():
     cfg = Config(backend="gce", project=PROJECT, zones=["us-central1-a"], store="gs://b",
                  supervisor_image=RUNNER_IMAGE, scheduler_region="us-east1-b")

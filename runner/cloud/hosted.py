@@ -73,6 +73,10 @@ ROLE_FOR_PERMISSION = {
     "cloudscheduler.jobs.update": "roles/cloudscheduler.admin",
     "cloudscheduler.jobs.delete": "roles/cloudscheduler.admin",
     "cloudscheduler.jobs.get": "roles/cloudscheduler.viewer",
+    # Deploying needs the admin role anyway, which holds both
+    # (https://docs.cloud.google.com/iam/docs/roles-permissions/cloudscheduler).
+    "cloudscheduler.locations.list": "roles/cloudscheduler.admin",
+    "cloudscheduler.locations.get": "roles/cloudscheduler.admin",
 }
 SCAN_THREADS = 8  # a deploy reads every Cloud Scheduler location for this runner's schedule
 

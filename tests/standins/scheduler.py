@@ -241,6 +241,10 @@ class SchedulerFake(RestFake):
 
     def _dispatch(self, rpc: str, a: dict[str, str], q: dict[str, str], body: bytes) -> Any:
         if rpc == "locations.list":
+            if "cloudscheduler.locations.list" in self.denied:
+                raise ApiError(403, "The principal (user or service account) lacks IAM permission "
+                                    f"\"cloudscheduler.locations.list\" for the resource \"projects/{a['project']}\" "
+                                    "(or the resource may not exist).")
             return self._locations(a, q)
         permission = "cloudscheduler." + rpc.replace("jobs.patch", "jobs.update")
         if permission in self.denied:
