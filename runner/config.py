@@ -81,6 +81,8 @@ class Config:
     scheduler_endpoint: str | None = _key(None, "optional_str", "a Cloud Scheduler API URL (tests)")
     supervisor_image: str | None = _key(None, "optional_str", "the runner image for the hosted supervisor, REPO@sha256:...")
     supervisor_region: str | None = _key(None, "optional_str", "the Cloud Run region, e.g. us-central1 (default: the first zone's)")
+    scheduler_region: str | None = _key(None, "optional_str", "the Cloud Scheduler location of the every-minute "
+                                        "schedule, e.g. europe-west1 (default: the job's region, else a nearby one)")
     supervisor_mode: str = _key("once", "str", "once (a pass per minute) or loop (passes every poll_interval)")
     # --- operations ---
     webhook_secret: str | None = _key(None, "optional_str",

@@ -121,9 +121,38 @@ def _schedule(**over) -> scheduler_v1.Job:
 @pytest.mark.parametrize("over", [dict(attempt_deadline=timedelta(seconds=5)),
                                   dict(attempt_deadline=timedelta(hours=1)),
                                   dict(retry_config=scheduler_v1.RetryConfig(retry_count=6)),
-                                  dict(description="x" * 501),
-                                  dict(name="projects/test-project/locations/us-central1-a/jobs/s")])
+                                  dict(description="x" * 501)])
 def test_the_scheduler_fake_refuses_what_the_job_reference_forbids(scheduler_fake, over):
-    parent = over["name"].rsplit("/jobs/", 1)[0] if "name" in over else PARENT
     with pytest.raises(gexc.BadRequest):
-        scheduler_fake.client().create_job(parent=parent, job=_schedule(**over))
+        scheduler_fake.client().create_job(parent=PARENT, job=_schedule(**over))
+
+
+@pytest.mark.parametrize("location", ["europe-west9", "us-central1-a"])
+def test_a_location_cloud_scheduler_does_not_offer_answers_as_google_did(scheduler_fake, location):
+    """europe-west9 runs Cloud Run jobs, not Cloud Scheduler; the 403 is what Google answered for
+    such a location (github.com/hashicorp/terraform-provider-google/issues/7001)."""
+    from tests.standins.cloudrun import REGIONS
+
+    assert location not in scheduler_fake.locations
+    parent = f"projects/test-project/locations/{location}"
+    with pytest.raises(gexc.Forbidden, match=r'lacks IAM permission "cloudscheduler.jobs.create" for the resource '
+                                             rf'"{parent}" \(or the resource may not exist\)'):
+        scheduler_fake.client().create_job(parent=parent, job=_schedule(name=f"{parent}/jobs/s"))
+    with pytest.raises(gexc.Forbidden, match='"cloudscheduler.jobs.get"'):
+        scheduler_fake.client().get_job(name=f"{parent}/jobs/s")
+    assert (location in REGIONS) == (location == "europe-west9")  # a Cloud Run region, not a Scheduler one
+
+
+def test_the_scheduler_fake_lists_its_own_locations_page_by_page(scheduler_fake):
+    from google.cloud.location import locations_pb2
+
+    client, seen, token = scheduler_fake.client(), [], ""
+    while True:
+        page = client.list_locations(request=locations_pb2.ListLocationsRequest(
+            name="projects/test-project", page_token=token))
+        seen.append([loc.location_id for loc in page.locations])
+        token = page.next_page_token
+        if not token:
+            break
+    assert len(seen) > 1 and sorted(sum(seen, [])) == sorted(scheduler_fake.locations)
+    assert {"us-central1", "europe-west1", "europe-west4"} <= scheduler_fake.locations

@@ -9,6 +9,14 @@ what exists and creates, updates in place (a new runner image, new settings) or 
 runs and their VMs are never touched. ``hosted_status`` says what is deployed and how the last
 pass went (from ``supervisor/heartbeat.json``).
 
+Where: the job in ``supervisor_region``, the schedule in a Cloud Scheduler location of its own
+(``scheduler_region``; by default the job's region when Cloud Scheduler offers it, else a nearby
+one: runner/cloud/schedule_location.py). One supervisor per project: a deploy that finds this
+runner's schedule in another location (a changed ``supervisor_region`` or ``scheduler_region``)
+removes it, and the job it ran, once the new one is in place; two schedules would be two
+reconcilers passing over the same runs (safe, as every record write is a compare-and-swap,
+but billed twice and noisy). ``undeploy`` removes them wherever they are.
+
 Identity: the job runs as the supervisor's service account (``runner init --hosted`` creates it
 with the roles a pass needs), and the schedule calls the job's ``:run`` with an OAuth token of
 that same account, which ``deploy`` makes ``roles/run.invoker`` on this one job, nothing wider.
@@ -27,7 +35,8 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, replace
 from datetime import timedelta
 from importlib import resources
 from typing import Any, Callable
@@ -64,7 +73,12 @@ ROLE_FOR_PERMISSION = {
     "cloudscheduler.jobs.update": "roles/cloudscheduler.admin",
     "cloudscheduler.jobs.delete": "roles/cloudscheduler.admin",
     "cloudscheduler.jobs.get": "roles/cloudscheduler.viewer",
+    # Deploying needs the admin role anyway, which holds both
+    # (https://docs.cloud.google.com/iam/docs/roles-permissions/cloudscheduler).
+    "cloudscheduler.locations.list": "roles/cloudscheduler.admin",
+    "cloudscheduler.locations.get": "roles/cloudscheduler.admin",
 }
+SCAN_THREADS = 8  # a deploy reads every Cloud Scheduler location for this runner's schedule
 
 
 class HostedError(RuntimeError):
@@ -80,6 +94,9 @@ class HostedTarget:
     service_account: str
     image: str | None
     mode: str
+    # The schedule's Cloud Scheduler location: configured (scheduler_region), or None until
+    # ``locate_schedule`` picks one from the locations Cloud Scheduler offers.
+    schedule_region: str | None = None
 
     @property
     def parent(self) -> str:
@@ -90,12 +107,26 @@ class HostedTarget:
         return f"{self.parent}/jobs/{JOB_ID}"
 
     @property
+    def schedule_parent(self) -> str:
+        if not self.schedule_region:
+            raise AssertionError("the schedule's location is not known yet: call locate_schedule first")
+        return f"projects/{self.project}/locations/{self.schedule_region}"
+
+    @property
     def schedule_name(self) -> str:
-        return f"{self.parent}/jobs/{SCHEDULER_JOB_ID}"
+        return f"{self.schedule_parent}/jobs/{SCHEDULER_JOB_ID}"
 
     @property
     def run_url(self) -> str:
         return f"{RUN_API}/v2/{self.job_name}:run"
+
+
+def schedule_name_in(project: str, location: str) -> str:
+    return f"projects/{project}/locations/{location}/jobs/{SCHEDULER_JOB_ID}"
+
+
+def _is_region_name(name: str) -> bool:
+    return re.fullmatch(r"[a-z]+(-[a-z]+)+\d+", name) is not None
 
 
 def supervisor_email(project: str) -> str:
@@ -121,11 +152,12 @@ def target(cfg: Config, image: str | None = None, need_image: bool = True) -> Ho
     if not region:
         raise HostedError("no region for the hosted supervisor: set supervisor_region (e.g. us-central1) "
                           "or zones in runner.toml")
-    if not re.fullmatch(r"[a-z]+(-[a-z]+)+\d+", region):
-        hint = f"; {region} is a zone, use its region {region_of(region)}" if re.fullmatch(
-            r"[a-z]+(-[a-z]+)+\d+-[a-z]", region) else ""
-        raise HostedError(f"supervisor_region {region!r} (from {cfg.source.get('supervisor_region', 'config')}) "
-                          f"is not a region name such as us-central1{hint}")
+    for key, value in (("supervisor_region", region), ("scheduler_region", cfg.scheduler_region)):
+        if value is not None and not _is_region_name(value):
+            hint = f"; {value} is a zone, use its region {region_of(value)}" if re.fullmatch(
+                r"[a-z]+(-[a-z]+)+\d+-[a-z]", value) else ""
+            raise HostedError(f"{key} {value!r} (from {cfg.source.get(key, 'config')}) "
+                              f"is not a region name such as us-central1{hint}")
     image = image or cfg.supervisor_image
     if need_image:
         if not image:
@@ -134,7 +166,30 @@ def target(cfg: Config, image: str | None = None, need_image: bool = True) -> Ho
         if "@sha256:" not in image:
             raise HostedError(f"supervisor image {image} is not pinned by digest; pass REPO@sha256:... "
                               "(`runner build` prints it) so every pass runs the same runner")
-    return HostedTarget(cfg.project, region, supervisor_email(cfg.project), image, cfg.supervisor_mode)
+    return HostedTarget(cfg.project, region, supervisor_email(cfg.project), image, cfg.supervisor_mode,
+                        schedule_region=cfg.scheduler_region)
+
+
+def locate_schedule(t: HostedTarget, clients: HostedClients,
+                    configured_from: str = "config") -> tuple[HostedTarget, list[str]]:
+    """``t`` with its schedule's location decided (``t.schedule_region``, the configured one, is
+    checked) from the locations Cloud Scheduler offers, which are returned too: a deploy looks
+    for this runner's schedule in each."""
+    from runner.cloud.schedule_location import ScheduleLocationError, choose
+
+    offered = offered_schedule_locations(t, clients)
+    try:
+        where = choose(t.region, offered, t.schedule_region, configured_from)
+    except ScheduleLocationError as e:
+        raise HostedError(str(e)) from None
+    return replace(t, schedule_region=where), offered
+
+
+def offered_schedule_locations(t: HostedTarget, clients: HostedClients) -> list[str]:
+    from runner.cloud.schedule_location import offered_locations
+
+    return _call("listing Cloud Scheduler locations", t.project, passes=(),
+                 fn=lambda: offered_locations(clients.scheduler, t.project))
 
 
 def supervisor_job_for_vms(cfg: Config) -> str:
@@ -352,18 +407,25 @@ def deploy(cfg: Config, t: HostedTarget, clients: HostedClients, say: Callable[[
 
     ``vm_account``: the account runs' VMs use (runner.cloud.hosted_setup.vm_service_account);
     in ``once`` mode it too may run this job, so a preempted VM can ask for a pass at once
-    (gcp/shutdown.sh). ``runner init --hosted`` grants the same once the job exists."""
+    (gcp/shutdown.sh). ``runner init --hosted`` grants the same once the job exists.
+
+    The schedule's location is decided first (nothing is created when it cannot be); a
+    supervisor of this runner found in another location is removed last, once this one is in
+    place, so runs are never left unsupervised by a deploy that fails half way."""
     steps: list[Step] = []
 
     def record(step: Step) -> None:
         steps.append(step)
         say(format_step(step))
 
+    t, offered = locate_schedule(t, clients, cfg.source.get("scheduler_region", "config"))
     record(_ensure_job(cfg, t, clients, timeout))
     record(_ensure_invoker(t, clients))
     if vm_account and t.mode == "once":
         record(ensure_vm_invoker(t, clients, vm_account))
     record(_ensure_schedule(t, clients))
+    for step in _remove_others(t, clients, offered, timeout, why=f"moved: the supervisor now runs {t.job_name}"):
+        record(step)
     return steps
 
 
@@ -453,8 +515,9 @@ def _ensure_schedule(t: HostedTarget, clients: HostedClients) -> Step:
     if current is None:
         try:
             _call("creating the Cloud Scheduler job", t.project, passes=(gexc.Conflict,),
-                  fn=lambda: clients.scheduler.create_job(parent=t.parent, job=planned))
-            return Step(name, True, f"created: '{SCHEDULE}' (every minute, UTC) → POST {t.run_url}")
+                  fn=lambda: clients.scheduler.create_job(parent=t.schedule_parent, job=planned))
+            where = "" if t.schedule_region == t.region else f" (the schedule in {t.schedule_region}, the job in {t.region})"
+            return Step(name, True, f"created: '{SCHEDULE}' (every minute, UTC) → POST {t.run_url}{where}")
         except gexc.Conflict:  # a concurrent deploy created it first: compare with what it made
             current = _call("reading the Cloud Scheduler job", t.project, passes=(),
                             fn=lambda: clients.scheduler.get_job(name=t.schedule_name))
@@ -470,24 +533,80 @@ def _ensure_schedule(t: HostedTarget, clients: HostedClients) -> Step:
 
 def undeploy(t: HostedTarget, clients: HostedClients, say: Callable[[str], None] = print,
              timeout: float = 300) -> list[Step]:
-    """Remove the schedule, then the job; what is already gone is fine. Runs are not touched."""
+    """Remove this runner's schedule wherever it is (every offered location is looked at: the
+    config that placed it may have changed since), then the job, and any other job a found
+    schedule ran; what is already gone is fine. Runs are not touched."""
+    steps: list[Step] = []
+
+    def record(step: Step) -> None:
+        steps.append(step)
+        say(format_step(step))
+
+    found = _schedules_in(t, clients, offered_schedule_locations(t, clients))
+    for schedule in found:
+        record(_delete_schedule(t, clients, schedule.name, "deleted"))
+    if not found:
+        record(Step(f"Cloud Scheduler job {SCHEDULER_JOB_ID}", False, "not there (in no Cloud Scheduler location)"))
+    ran = {j for j in (_job_run_by(s) for s in found) if j}
+    for job in [t.job_name] + sorted(ran - {t.job_name}):
+        record(_delete_job(t, clients, job, "deleted", timeout))
+    return steps
+
+
+_RUN_TARGET = re.compile(re.escape(RUN_API) + r"/v2/(projects/[^/]+/locations/[^/]+/jobs/" + re.escape(JOB_ID) + r"):run")
+
+
+def _job_run_by(schedule: Any) -> str | None:
+    """The Cloud Run job of this runner that ``schedule`` runs, or None when it runs another."""
+    m = _RUN_TARGET.fullmatch(schedule.http_target.uri or "")
+    return m.group(1) if m else None
+
+
+def _schedules_in(t: HostedTarget, clients: HostedClients, locations: list[str]) -> list[Any]:
+    """This runner's schedules in ``locations`` (read side by side: there are some forty). One
+    with our name that runs some other job is not ours, and is left alone."""
     from google.api_core import exceptions as gexc
 
-    steps = []
+    def read(location: str) -> Any:
+        try:
+            return _call("looking for the supervisor's schedule", t.project,
+                         lambda: clients.scheduler.get_job(name=schedule_name_in(t.project, location)))
+        except gexc.NotFound:
+            return None
+
+    with ThreadPoolExecutor(SCAN_THREADS) as pool:
+        found = [s for s in pool.map(read, locations) if s is not None]
+    return sorted((s for s in found if _job_run_by(s)), key=lambda s: s.name)
+
+
+def _remove_others(t: HostedTarget, clients: HostedClients, offered: list[str], timeout: float,
+                   why: str) -> list[Step]:
+    """Delete this runner's schedules elsewhere, then the jobs they ran (never ``t``'s own job)."""
+    others = _schedules_in(t, clients, [loc for loc in offered if loc != t.schedule_region])
+    steps = [_delete_schedule(t, clients, s.name, f"deleted ({why})") for s in others]
+    jobs = sorted({j for j in (_job_run_by(s) for s in others) if j and j != t.job_name})
+    return steps + [_delete_job(t, clients, j, f"deleted ({why})", timeout) for j in jobs]
+
+
+def _delete_schedule(t: HostedTarget, clients: HostedClients, name: str, done: str) -> Step:
+    from google.api_core import exceptions as gexc
+
     try:
-        _call("deleting the Cloud Scheduler job", t.project, lambda: clients.scheduler.delete_job(name=t.schedule_name))
-        steps.append(Step(f"Cloud Scheduler job {t.schedule_name}", True, "deleted"))
+        _call("deleting the Cloud Scheduler job", t.project, lambda: clients.scheduler.delete_job(name=name))
+        return Step(f"Cloud Scheduler job {name}", True, done)
     except gexc.NotFound:
-        steps.append(Step(f"Cloud Scheduler job {t.schedule_name}", False, "not there"))
-    say(format_step(steps[-1]))
+        return Step(f"Cloud Scheduler job {name}", False, "not there")
+
+
+def _delete_job(t: HostedTarget, clients: HostedClients, name: str, done: str, timeout: float) -> Step:
+    from google.api_core import exceptions as gexc
+
     try:
-        op = _call("deleting the Cloud Run job", t.project, lambda: clients.jobs.delete_job(name=t.job_name))
+        op = _call("deleting the Cloud Run job", t.project, lambda: clients.jobs.delete_job(name=name))
         _call("deleting the Cloud Run job", t.project, lambda: op.result(timeout=timeout))
-        steps.append(Step(f"Cloud Run job {t.job_name}", True, "deleted"))
+        return Step(f"Cloud Run job {name}", True, done)
     except gexc.NotFound:
-        steps.append(Step(f"Cloud Run job {t.job_name}", False, "not there"))
-    say(format_step(steps[-1]))
-    return steps
+        return Step(f"Cloud Run job {name}", False, "not there")
 
 
 def hosted_status(t: HostedTarget, clients: HostedClients, store: Any) -> dict[str, Any]:
@@ -496,6 +615,7 @@ def hosted_status(t: HostedTarget, clients: HostedClients, store: Any) -> dict[s
 
     from runner.launch.supervisor_heartbeat import watchfulness
 
+    t, _ = locate_schedule(t, clients)
     out: dict[str, Any] = {"job": None, "schedule": None}
     try:
         job = _call("reading the Cloud Run job", t.project, lambda: clients.jobs.get_job(name=t.job_name))

@@ -78,8 +78,19 @@ from tests.standins.gcp_admin import disabled_api_error
 from tests.standins.rest import RestFake
 from tests.standins.json_http_server import serve
 
-REGIONS = {"us-central1", "us-east1", "us-east4", "us-west1", "europe-west1", "europe-west4",
-           "asia-northeast1", "asia-southeast1"}
+# Cloud Run's regions, tier 1 and tier 2, as its locations page lists them
+# (https://cloud.google.com/run/docs/locations, read 2026-12). Cloud Scheduler offers fewer
+# (tests/standins/scheduler.py LOCATIONS): europe-west9, for one, is here and not there.
+REGIONS = {
+    "asia-east1", "asia-northeast1", "asia-northeast2", "europe-north1", "europe-southwest1", "europe-west1",
+    "europe-west4", "europe-west8", "europe-west9", "me-west1", "us-central1", "us-east1", "us-east4", "us-east5",
+    "us-south1", "us-west1",
+    "africa-south1", "asia-east2", "asia-northeast3", "asia-southeast1", "asia-southeast2", "asia-south1",
+    "asia-south2", "australia-southeast1", "australia-southeast2", "europe-central2", "europe-west10",
+    "europe-west12", "europe-west2", "europe-west3", "europe-west6", "me-central1", "me-central2",
+    "northamerica-northeast1", "northamerica-northeast2", "southamerica-east1", "southamerica-west1", "us-west2",
+    "us-west3", "us-west4",
+}
 JOB_ID_RE = re.compile(r"[a-z]([-a-z0-9]{0,61}[a-z0-9])?")
 ENV_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 RESERVED_ENV = {"CLOUD_RUN_JOB", "CLOUD_RUN_EXECUTION", "CLOUD_RUN_TASK_INDEX", "CLOUD_RUN_TASK_ATTEMPT",

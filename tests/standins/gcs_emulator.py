@@ -21,6 +21,19 @@ of ours that adds, without touching the library's module state:
   what ``gcp/startup.sh`` sends with curl, and GCS keeps the header as the ``contentType``.
 - Generations that strictly increase across writes (the emulator uses ``time.time_ns()``, which
   can repeat or go backwards), and ``crc32c``/``md5Hash``/``size`` computed from the stored bytes.
+- A declared checksum is checked against the bytes received before an upload commits, as GCS
+  does ("The server receives the data payload, calculates its own checksum, and validates the
+  data", https://docs.cloud.google.com/storage/docs/data-validation): ``crc32c``/``md5Hash`` in
+  the object metadata (a multipart upload's JSON part, a resumable upload's initiating POST),
+  and the ``x-goog-hash: crc32c=B64,md5=B64`` header (google-cloud-storage sends it with the
+  final chunk of a resumable upload: ``google/cloud/storage/_media/_upload.py``). A mismatch
+  answers 400 reason ``invalid`` with GCS's words, ``Provided CRC32C "X" doesn't match
+  calculated CRC32C "Y".`` (as users quote it: github.com/googleapis/python-storage/issues/1541)
+  or ``Provided MD5 hash "X" doesn't match calculated MD5 hash "Y".`` (gsutil's ``cp`` help
+  quotes it); CRC32C is named first when both are wrong (github.com/googleapis/google-cloud-ruby
+  /pull/12160), and the object keeps what it held. The library checks the metadata form itself
+  in the version installed here, not the header; this check is ours so neither depends on it.
+  A refused resumable session is dropped (not modelled: whether GCS lets a client resume it).
 - ``x-goog-generation``/``x-goog-metageneration`` on downloads, as GCS sends them, so a client gets
   data and generation from one response.
 - Bucket inserts that keep what the request asked for (location, uniform bucket-level access,
@@ -94,6 +107,25 @@ class ConditionNotMet(Exception):
 
 class NotModified(Exception):
     """A read whose ``*NotMatch`` precondition failed: answered 304, as GCS does."""
+
+
+class ChecksumMismatch(Exception):
+    """An upload whose bytes do not have the checksum it declared: answered 400 ``invalid``."""
+
+
+# Handlers that receive an object's bytes from the client: their declared checksums are checked.
+_UPLOADS = {emu_objects.insert, emu_objects.upload_partial, emu_objects.xml_upload}
+
+
+def declared_hashes(values: Iterable[str]) -> dict[str, str]:
+    """``x-goog-hash`` header values (``crc32c=B64,md5=B64``, possibly repeated) as a dict."""
+    out: dict[str, str] = {}
+    for value in values:
+        for part in value.split(","):
+            kind, sep, digest = part.strip().partition("=")
+            if sep and kind.strip().lower() in ("crc32c", "md5"):
+                out[kind.strip().lower()] = digest.strip()
+    return out
 
 
 class _Conditions:
@@ -172,12 +204,17 @@ class StrictStorage(Storage):
     # -- request-scoped precondition ---------------------------------------------------------
 
     @contextmanager
-    def expecting(self, generation: "int | _Conditions | None") -> Iterator[None]:
+    def expecting(self, generation: "int | _Conditions | None",
+                  hashes: dict[str, str] | None = None) -> Iterator[None]:
+        """The request's precondition and, for an upload, its ``x-goog-hash`` (None: not an
+        upload, so no declared checksum applies: copies and composes carry the source's)."""
         self._request.expected = generation
+        self._request.hashes = hashes
         try:
             yield
         finally:
             self._request.expected = None
+            self._request.hashes = None
 
     def read_delay(self, nbytes: int) -> float:
         """Real seconds one stream's ``nbytes`` take at the modelled per-stream rate."""
@@ -241,13 +278,30 @@ class StrictStorage(Storage):
         expected = self._resumable_expected.pop(file_id, None) if file_id else self._expected()
         try:
             self.check(bucket_name, file_name, expected)
-        except ConditionNotMet:
+            self.check_declared(content, file_obj)
+        except (ConditionNotMet, ChecksumMismatch):
             if file_id:  # the session is spent, as on GCS; drop its buffered bytes
                 self.resumable.pop(file_id, None)
                 self._delete_file("_resumable", self.safe_id(file_id))
             raise
         self._stamp(bucket_name, file_name, content, file_obj)
         super().create_file(bucket_name, file_name, content, file_obj, file_id)
+
+    def check_declared(self, content: bytes, obj: dict) -> None:
+        """Refuse ``content`` unless it has every checksum the upload declared (metadata or
+        ``x-goog-hash``); CRC32C first, as GCS names it first when both are wrong."""
+        hashes = getattr(self._request, "hashes", None)
+        if hashes is None:
+            return
+        crc = [v for v in (obj.get("crc32c"), hashes.get("crc32c")) if v]
+        md5 = [v for v in (obj.get("md5Hash"), hashes.get("md5")) if v]
+        actual_crc, actual_md5 = _crc32c(content), _md5(content)
+        for declared in crc:
+            if declared != actual_crc:
+                raise ChecksumMismatch(f'Provided CRC32C "{declared}" doesn\'t match calculated CRC32C "{actual_crc}".')
+        for declared in md5:
+            if declared != actual_md5:
+                raise ChecksumMismatch(f'Provided MD5 hash "{declared}" doesn\'t match calculated MD5 hash "{actual_md5}".')
 
     def _stamp(self, bucket: str, name: str, content: bytes, obj: dict) -> None:
         """Give ``obj`` a fresh, strictly larger generation and hashes of what is stored.
@@ -346,6 +400,7 @@ def _reply_error(response: emu_server.Response, status: HTTPStatus, message: str
 def _strict(handler: Handler) -> Handler:
     """Wrap one emulator handler with the lock, preconditions and GCS-shaped answers."""
     is_write = handler in _WRITES
+    is_upload = handler in _UPLOADS
     is_object_access = handler in _OBJECT_ACCESS
 
     def wrapped(request: emu_server.Request, response: emu_server.Response,
@@ -370,10 +425,15 @@ def _strict(handler: Handler) -> Handler:
             try:
                 if is_object_access:
                     _check_object_access(request, storage)
-                with storage.expecting(expected if is_write else None):
+                hashes = declared_hashes(request._request_handler.headers.get_all("x-goog-hash") or []) \
+                    if is_upload else None
+                with storage.expecting(expected if is_write else None, hashes):
                     handler(request, response, storage)
             except ConditionNotMet as err:
                 _reply_error(response, HTTPStatus.PRECONDITION_FAILED, str(err), "conditionNotMet")
+                return
+            except ChecksumMismatch as err:
+                _reply_error(response, HTTPStatus.BAD_REQUEST, str(err), "invalid")
                 return
             except NotModified:
                 response._headers = {}

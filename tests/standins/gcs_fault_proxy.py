@@ -14,6 +14,13 @@ does one of the things the real service (or the network in between) does:
   (https://cloud.google.com/storage/docs/json_api/v1/status-codes).
 - ``400``: answer ``invalid`` without forwarding: a write that fails for good (not retried), which
   stands for a writer that dies between two writes.
+- ``tear_upload``: forward an upload whose object bytes are not the ones the client hashed, as
+  when the file changes while it is read or bytes are lost between hashing and sending ("changes
+  to the source data during extended period file uploads",
+  https://docs.cloud.google.com/storage/docs/data-validation): a multipart body's object part
+  cut to its first half (a short, torn object), or, for a media upload or a resumable chunk
+  (whose length its ``Content-Range`` fixes), its last byte flipped. The client's declared
+  checksum then describes other bytes, and GCS refuses the upload.
 - ``corrupt_body``: forward, then answer with one byte of the body flipped (for a read: give the
   rule ``writes_only=False``). Google's client libraries validate a download's hash because
   without it "data integrity errors may still be exposed via other network layers, but there is
@@ -47,7 +54,7 @@ from typing import Iterator
 
 _HOP_BY_HOP = {"connection", "keep-alive", "transfer-encoding", "proxy-connection", "te",
                "trailer", "upgrade", "content-length"}
-ACTIONS = ("drop_reply", "applied_503", "429", "503", "400", "corrupt_body")
+ACTIONS = ("drop_reply", "applied_503", "429", "503", "400", "corrupt_body", "tear_upload")
 
 
 def is_write(method: str, target: str) -> bool:
@@ -142,6 +149,22 @@ class FaultProxy:
         return None
 
 
+def torn(body: bytes, content_type: str) -> bytes:
+    """``body`` with its object bytes torn (see ``tear_upload``); unchanged when it has none."""
+    m = re.search(r'boundary="?([^";]+)"?', content_type or "")
+    if m and content_type.lower().startswith("multipart/"):
+        delimiter = b"--" + m.group(1).encode()
+        second = body.find(delimiter, body.find(delimiter) + len(delimiter))
+        start = body.find(b"\r\n\r\n", second) + 4
+        end = body.rfind(b"\r\n" + delimiter)
+        if second < 0 or start < 4 or end <= start:
+            return body
+        return body[:start] + body[start:start + (end - start) // 2] + body[end:]
+    if not body:
+        return body
+    return body[:-1] + bytes([body[-1] ^ 0xFF])
+
+
 def _error_body(code: int, reason: str, message: str) -> bytes:
     return json.dumps({"error": {"code": code, "message": message,
                                  "errors": [{"domain": "global", "reason": reason, "message": message}]}}).encode()
@@ -196,6 +219,8 @@ class _Handler(BaseHTTPRequestHandler):
             self._answer(code, [("Content-Type", "application/json")],
                          _error_body(code, reason, "injected by the fault proxy"))
             return
+        if action == "tear_upload":
+            body = torn(body, self.headers.get("Content-Type", ""))
         status, headers, data = self._forward(body)
         if action == "drop_reply":
             self.close_connection = True

@@ -17,6 +17,8 @@ from entrypoint.store_gcs import GcsStore
 from tests.standins.gcs_emulator import run_emulator
 
 if TYPE_CHECKING:
+    from google.cloud import storage
+
     from tests.standins.gcs_fault_proxy import FaultProxy
 
 BUCKET = "test-bucket"
@@ -68,14 +70,18 @@ def fault_proxy(gcs_emulator: str) -> Iterator["FaultProxy"]:
         yield proxy
 
 
-def store_through(proxy: "FaultProxy", prefix: str) -> GcsStore:
-    """A GcsStore whose every request goes through ``proxy`` (the real client, its own retries)."""
+def client_through(proxy: "FaultProxy") -> "storage.Client":
+    """A storage client whose every request, uploads included, goes through ``proxy``."""
     from google.auth.credentials import AnonymousCredentials
     from google.cloud import storage
 
     with _environ(STORAGE_EMULATOR_HOST=f"http://{proxy.address}"):
-        client = storage.Client(project="local", credentials=AnonymousCredentials())
-    return GcsStore(f"gs://{BUCKET}/{prefix}-{uuid.uuid4().hex[:8]}", client=client)
+        return storage.Client(project="local", credentials=AnonymousCredentials())
+
+
+def store_through(proxy: "FaultProxy", prefix: str) -> GcsStore:
+    """A GcsStore whose every request goes through ``proxy`` (the real client, its own retries)."""
+    return GcsStore(f"gs://{BUCKET}/{prefix}-{uuid.uuid4().hex[:8]}", client=client_through(proxy))
 
 
 @pytest.fixture

@@ -12,9 +12,22 @@ read 2026-12) and https://cloud.google.com/scheduler/docs/http-target-auth:
   ``serviceAccountEmail``, and the service account must belong to the job's project.
   Output-only fields set by the client are refused. ``attemptDeadline`` of an HTTP target must
   be in [15 s, 30 min], ``retryCount`` in 0..5, ``description`` at most 500 characters (the
-  ``Job`` reference); the location must be one the service runs in (the regions of
-  tests/standins/cloudrun.py; others answer 400 "is not a valid location", as Google's regional
-  APIs do). The job is ENABLED, with ``userUpdateTime``.
+  ``Job`` reference). The job is ENABLED, with ``userUpdateTime``.
+- Locations are Cloud Scheduler's own (``LOCATIONS``), fewer than Cloud Run's: the service came
+  to regions one by one (its release notes: europe-west4, me-central1, me-central2 and me-west1
+  on 2026-04-17; asia-southeast3 on 2026-09-18; asia-south2, europe-west12 and
+  northamerica-northeast2 on 2026-09-24, https://docs.cloud.google.com/scheduler/docs/release-notes),
+  and europe-west9, a Cloud Run region, has none (a schedule must live elsewhere:
+  github.com/GoogleCloudPlatform/terraform-google-cloud-workflows/pull/37). ``LOCATIONS`` is the
+  locations page's Americas rows as read (https://docs.cloud.google.com/scheduler/docs/locations),
+  the App Engine regions it long matched (its overview: "available in all regions App Engine
+  supports"), and those release-note additions; a region not known to be offered is left out.
+  ``projects.locations.list`` answers them (``ListLocationsResponse``, ``pageSize``/``pageToken``).
+  A job call in another location answers what Cloud Scheduler answered for one
+  (github.com/hashicorp/terraform-provider-google/issues/7001): 403 ``lacks IAM permission
+  "cloudscheduler.jobs.create" for the resource "projects/P/locations/L" (or the resource may
+  not exist)`` — words that read as a missing role, which is why the product asks for the list
+  first.
 - ``get``/``delete``/``patch``/``:run``/``:pause``/``:resume`` of a missing job: 404 NOT_FOUND.
   ``patch`` applies ``updateMask`` (every field when absent) and bumps ``userUpdateTime``.
 - ``denied`` holds permissions the deploying caller lacks (``cloudscheduler.jobs.create``...): the
@@ -53,12 +66,20 @@ from google.cloud import scheduler_v1
 from google.rpc import code_pb2
 
 from tests.standins.cloudbuild import ApiError, to_json
-from tests.standins.cloudrun import REGIONS
 from tests.standins.network_guard import guarded_stand_in
 from tests.standins.gcp_admin import disabled_api_error
 from tests.standins.rest import RestFake
 from tests.standins.json_http_server import serve
 
+LOCATIONS = frozenset({
+    "northamerica-northeast1", "northamerica-northeast2", "southamerica-east1", "us-central1", "us-east1",
+    "us-east4", "us-west1", "us-west2", "us-west3", "us-west4",
+    "europe-central2", "europe-west1", "europe-west2", "europe-west3", "europe-west4", "europe-west6",
+    "europe-west12",
+    "asia-east1", "asia-east2", "asia-northeast1", "asia-northeast2", "asia-northeast3", "asia-south1",
+    "asia-south2", "asia-southeast1", "asia-southeast2", "asia-southeast3", "australia-southeast1",
+    "me-central1", "me-central2", "me-west1",
+})
 JOB_ID_RE = re.compile(r"[A-Za-z0-9_-]{1,500}")
 _CRON_FIELD = re.compile(r"(\*|\d+(-\d+)?)(/\d+)?(,(\*|\d+(-\d+)?)(/\d+)?)*")
 _OUTPUT_ONLY = ("user_update_time", "state", "status", "schedule_time", "last_attempt_time")
@@ -83,6 +104,7 @@ def valid_cron(schedule: str) -> bool:
 _L = r"/v1/projects/(?P<project>[^/]+)/locations/(?P<location>[^/]+)"
 _J = _L + r"/jobs/(?P<job>[^/:]+)"
 _ROUTES = [
+    ("GET", r"/v1/projects/(?P<project>[^/]+)/locations", "locations.list"),
     ("POST", _L + r"/jobs", "jobs.create"),
     ("GET", _J, "jobs.get"),
     ("PATCH", _J, "jobs.patch"),
@@ -109,6 +131,7 @@ class SchedulerFake(RestFake):
         self.race_next_create = False  # the next create loses to a concurrent one of the same job (409)
         self.denied: set[str] = set()  # permissions the deploying caller lacks (cloudscheduler.jobs.create...)
         self.deliveries: list[tuple[str, str, int]] = []  # (job name, uri, HTTP status)
+        self.locations: set[str] = set(LOCATIONS)  # where this fake offers Cloud Scheduler
         self._routes: dict[str, str] = {}
 
     def client(self) -> scheduler_v1.CloudSchedulerClient:
@@ -186,12 +209,14 @@ class SchedulerFake(RestFake):
         else:
             raise ApiError(400, "a job needs a target (httpTarget, pubsubTarget or appEngineHttpTarget)")
 
-    def _name(self, a: dict[str, str]) -> str:
+    def _name(self, a: dict[str, str], rpc: str = "jobs.get") -> str:
         if a["project"] not in (self.project, str(self.project_number)):
             raise ApiError(403, f"Permission denied on resource project {a['project']}.")
-        if a["location"] not in REGIONS:
-            raise ApiError(400, f"Location '{a['location']}' is not a valid location. Use ListLocations to list "
-                                "valid locations.")
+        if a["location"] not in self.locations:
+            permission = "cloudscheduler." + rpc.replace("jobs.patch", "jobs.update")
+            raise ApiError(403, f"The principal (user or service account) lacks IAM permission \"{permission}\" for "
+                                f"the resource \"projects/{a['project']}/locations/{a['location']}\" (or the "
+                                "resource may not exist).")
         return f"projects/{self.project}/locations/{a['location']}/jobs/{a['job']}" if "job" in a else \
             f"projects/{self.project}/locations/{a['location']}"
 
@@ -201,13 +226,32 @@ class SchedulerFake(RestFake):
             raise ApiError(404, f"Job not found: {name}")
         return job
 
+    def _locations(self, a: dict[str, str], q: dict[str, str]) -> dict[str, Any]:
+        if a["project"] not in (self.project, str(self.project_number)):
+            raise ApiError(403, f"Permission denied on resource project {a['project']}.")
+        names = sorted(self.locations)
+        start = int(q.get("pageToken") or 0)
+        size = int(q.get("pageSize") or 0) or 20  # pages, so a client that reads one page is caught
+        page = names[start:start + size]
+        out: dict[str, Any] = {"locations": [{"name": f"projects/{self.project}/locations/{n}", "locationId": n}
+                                             for n in page]}
+        if start + size < len(names):
+            out["nextPageToken"] = str(start + size)
+        return out
+
     def _dispatch(self, rpc: str, a: dict[str, str], q: dict[str, str], body: bytes) -> Any:
+        if rpc == "locations.list":
+            if "cloudscheduler.locations.list" in self.denied:
+                raise ApiError(403, "The principal (user or service account) lacks IAM permission "
+                                    f"\"cloudscheduler.locations.list\" for the resource \"projects/{a['project']}\" "
+                                    "(or the resource may not exist).")
+            return self._locations(a, q)
         permission = "cloudscheduler." + rpc.replace("jobs.patch", "jobs.update")
         if permission in self.denied:
             raise ApiError(403, f"The principal (user or service account) lacks IAM permission \"{permission}\" for "
-                                f"the resource \"{self._name(a)}\" (or the resource may not exist).")
+                                f"the resource \"{self._name(a, rpc)}\" (or the resource may not exist).")
         if rpc == "jobs.create":
-            parent = self._name(a)
+            parent = self._name(a, rpc)
             job = scheduler_v1.Job.from_json(body or b"{}", ignore_unknown_fields=False)
             m = re.fullmatch(r"(projects/[^/]+/locations/[^/]+)/jobs/([^/]+)", job.name or "")
             if not m or not JOB_ID_RE.fullmatch(m.group(2)):
@@ -229,14 +273,14 @@ class SchedulerFake(RestFake):
             self.jobs[name] = job
             return job
         if rpc == "jobs.get":
-            return self._get(self._name(a))
+            return self._get(self._name(a, rpc))
         if rpc == "jobs.delete":
-            name = self._name(a)
+            name = self._name(a, rpc)
             self._get(name)
             del self.jobs[name]
             return {}
         if rpc == "jobs.patch":
-            name = self._name(a)
+            name = self._name(a, rpc)
             cur = self._get(name)
             sent = scheduler_v1.Job.from_json(body or b"{}", ignore_unknown_fields=False)
             mask = [p for p in q.get("updateMask", "").split(",") if p]
@@ -253,11 +297,11 @@ class SchedulerFake(RestFake):
             self.jobs[name] = new
             return new
         if rpc in ("jobs.pause", "jobs.resume"):
-            job = self._get(self._name(a))
+            job = self._get(self._name(a, rpc))
             job.state = scheduler_v1.Job.State.PAUSED if rpc == "jobs.pause" else scheduler_v1.Job.State.ENABLED
             return job
         if rpc == "jobs.run":
-            name = self._name(a)
+            name = self._name(a, rpc)
             self._get(name)
             threading.Thread(target=self._deliver, args=(name,), daemon=True).start()
             return self.jobs[name]
