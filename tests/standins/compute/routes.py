@@ -44,6 +44,7 @@ _ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/zones", "zones.list"),
     ("GET", _Z, "zones.get"),
     ("GET", "/regions/(?P<region>[^/]+)", "regions.get"),
+    ("GET", "", "projects.get"),
 ]
 
 _SETTERS = ("instances.setMetadata", "instances.setLabels")
