@@ -18,7 +18,6 @@ import pytest
 
 from entrypoint.record import RunRecord, State
 from runner.config import Config
-from runner.launch.backends.gce import IncompleteListing
 from runner.launch.context import make_context
 
 PROJECT = "test-project"
@@ -61,6 +60,8 @@ def test_a_partial_listing_names_the_unreachable_zone_and_is_not_taken_as_comple
     (vm,) = fake.instances()
     zone = vm.zone.rsplit("/", 1)[-1]
     fake.unreachable_zones = {zone}
+    from runner.launch.backends.gce import IncompleteListing
+
     with pytest.raises(IncompleteListing) as err:
         ctx.backend.list()
     assert err.value.unreachable == [f"zones/{zone}"] and err.value.instances == []

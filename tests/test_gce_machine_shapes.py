@@ -20,7 +20,7 @@ from entrypoint.record import RunRecord
 from runner.config import Config
 from runner.launch.backends import vm_metadata as md
 from runner.launch.backends.base import BackendError
-from runner.launch.backends.gce_shapes import ShapeError, gpu_quota_metric, resolve_gpu
+from runner.launch.backends.gce_shapes import ShapeError, resolve_gpu
 from runner.launch.context import make_context
 
 PROJECT = "test-project"
@@ -102,6 +102,8 @@ def test_an_explicit_persistent_disk_on_a4_is_refused_at_submit_with_the_fix(com
     ("g2-standard-24", "nvidia-l4", "NVIDIA_L4_GPUS"),
 ])
 def test_each_gpu_family_has_its_own_quota_metric(machine: str, gpu: str, metric: str) -> None:
+    from runner.launch.backends.gce_shapes import gpu_quota_metric
+
     assert gpu_quota_metric(machine, None) == (gpu, metric)
 
 

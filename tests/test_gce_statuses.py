@@ -14,7 +14,6 @@ import pytest
 from google.cloud import compute_v1
 
 from runner.launch.backends.base import Instance, InstanceStatus
-from runner.launch.backends.gce import _STATUS, UNKNOWN_STATUS, classify_status
 
 ALIVE = {"PENDING", "PROVISIONING", "STAGING", "RUNNING", "REPAIRING"}
 GOING_AWAY = {"PENDING_STOP", "STOPPING", "SUSPENDING", "DEPROVISIONING"}
@@ -27,6 +26,8 @@ def _instance(status: InstanceStatus) -> Instance:
 
 @pytest.mark.parametrize("status", list(compute_v1.Instance.Status))
 def test_every_status_of_the_enum_is_classified_explicitly(status: compute_v1.Instance.Status) -> None:
+    from runner.launch.backends.gce import _STATUS
+
     if status.name == "UNDEFINED_STATUS":
         assert status.name not in _STATUS  # "the enum field is not set": the unknown case
         return
@@ -36,6 +37,8 @@ def test_every_status_of_the_enum_is_classified_explicitly(status: compute_v1.In
 
 @pytest.mark.parametrize("status", list(compute_v1.Instance.Status))
 def test_a_vm_going_away_or_unknown_never_looks_alive(status: compute_v1.Instance.Status) -> None:
+    from runner.launch.backends.gce import classify_status
+
     inst = _instance(classify_status(status))
     assert inst.alive is (status.name in ALIVE)
     if status.name in GOING_AWAY or status.name == "UNDEFINED_STATUS":
@@ -43,6 +46,8 @@ def test_a_vm_going_away_or_unknown_never_looks_alive(status: compute_v1.Instanc
 
 
 def test_a_status_newer_than_the_table_is_not_alive() -> None:
+    from runner.launch.backends.gce import UNKNOWN_STATUS, classify_status
+
     assert classify_status("HIBERNATING") == UNKNOWN_STATUS
     assert not _instance(classify_status("HIBERNATING")).alive
 
