@@ -60,10 +60,22 @@ def test_the_fake_refuses_a_gpu_vm_over_gpus_all_regions_as_gce_does(compute_fak
     assert [(q.metric, q.limit, q.usage) for q in project.quotas] == [("GPUS_ALL_REGIONS", 0.0, 0.0)]
 
 
-def test_at_zero_the_run_fails_once_naming_the_quota_and_tries_no_other_zone(gce) -> None:
+def test_submit_refuses_a_gpu_run_the_project_wide_quota_can_never_hold(gce) -> None:
+    from runner.launch.backends.base import BackendError
+
     ctx, fake = gce
     fake.set_project_quota("GPUS_ALL_REGIONS", 0)
+    with pytest.raises(BackendError) as err:
+        submit(ctx, "exp-1")
+    assert "GPUS_ALL_REGIONS of project test-project is 0" in str(err.value) and CONSOLE in str(err.value)
+    assert RunRecord(ctx.store, "exp-1").read_state() is None  # nothing was recorded
+    assert fake.calls("instances.insert") == []
+
+
+def test_lowered_to_zero_after_submit_the_run_fails_once_and_tries_no_other_zone(gce) -> None:
+    ctx, fake = gce
     submit(ctx, "exp-1")
+    fake.set_project_quota("GPUS_ALL_REGIONS", 0)  # e.g. an org policy lowered it since
     ctx.supervisor().reconcile("exp-1")
     st = RunRecord(ctx.store, "exp-1").read_state()[0]
     assert st.state == State.FAILED

@@ -79,6 +79,7 @@ class ComputeClients:
     zones: Any
     disks: Any
     global_operations: Any = None  # images.insert/delete answer with global operations
+    projects: Any = None  # projects.get: project-wide quotas (GPUS_ALL_REGIONS)
 
 
 def _client_kwargs(endpoint: str | None) -> dict[str, Any]:
@@ -109,6 +110,7 @@ def compute_clients(endpoint: str | None = None) -> ComputeClients:
         zones=compute_v1.ZonesClient(**kwargs),
         disks=compute_v1.DisksClient(**kwargs),
         global_operations=compute_v1.GlobalOperationsClient(**kwargs),
+        projects=compute_v1.ProjectsClient(**kwargs),
     )
 
 

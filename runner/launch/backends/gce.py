@@ -307,6 +307,7 @@ class GceBackend(ComputeBackend[GcePlan]):
             raise BackendError(_explain(e, project)) from None
         if gpu.built_in and built_in is not None:
             vm["gpu_count"] = built_in  # what GCE gives, not what the name suggests
+        self._refuse_over_global_gpu_quota(project, gpu_request(machine_type, spec.gpu, vm).count)
         if not usable:
             raise BackendError(
                 f"none of the zones {', '.join(spec.zones)} offers {machine_type}"
@@ -321,6 +322,29 @@ class GceBackend(ComputeBackend[GcePlan]):
             raise BackendError(_explain(e, project)) from None
         vm["project"] = project
         return dataclasses.replace(spec, zones=usable, vm=vm, machine_type=machine_type)
+
+    def _refuse_over_global_gpu_quota(self, project: str, gpus: int) -> None:
+        """Refuse at submit a run whose one VM needs more GPUs than ``GPUS_ALL_REGIONS`` allows
+        at all: every zone would refuse it, on every restart. One ``projects.get``; a project
+        that cannot be read (permission) is said and left to the create to find out."""
+        import sys
+
+        if not gpus or getattr(self.c, "projects", None) is None:
+            return
+        try:
+            quotas = self.c.projects.get(project=project, retry=api_retry()).quotas
+        except api_errors() as e:
+            print(f"runner: warning: could not read the project-wide quotas of {project} "
+                  f"({type(e).__name__}); {GLOBAL_GPU_QUOTA} is not checked before the first create",
+                  file=sys.stderr)
+            return
+        limit = next((q.limit for q in quotas if q.metric == GLOBAL_GPU_QUOTA), None)
+        if limit is not None and limit < gpus:
+            raise BackendError(
+                f"the project-wide quota {GLOBAL_GPU_QUOTA} of project {project} is {limit:g}, below the "
+                f"{gpus} GPU(s) one VM of this run needs: every zone would refuse it. Ask for "
+                f"{GLOBAL_GPU_QUOTA} >= {gpus} at {QUOTA_CONSOLE.format(project=project)} (filter "
+                f"{GLOBAL_GPU_QUOTA}; `runner doctor` checks it), then submit again")
 
     def _usable_zones(self, zones: list[str], project: str, machine_type: str,
                       gpu: GpuRequest) -> tuple[list[str], int | None]:
