@@ -118,3 +118,16 @@ def test_a_gpu_run_on_a_cos_dev_image_is_refused_before_any_vm(compute_fake, gcs
     with pytest.raises(BackendError, match="dev-channel.*cos-stable"):
         submit(ctx)
     assert compute_fake.instances() == []
+
+
+def test_doctor_counts_the_l4s_machine_types_get_reports_against_the_regional_quota(
+        compute_fake, gcs_emulator, gcp_admin_fake) -> None:
+    from tests.test_doctor import default_sa, doctor, gce_config, grant_all
+
+    gcp_admin_fake.add_project(PROJECT)
+    grant_all(gcp_admin_fake, default_sa(gcp_admin_fake))
+    compute_fake.set_quota("us-central1", "PREEMPTIBLE_NVIDIA_L4_GPUS", 1)  # a new project's
+    check = doctor(gce_config(gcp_admin_fake, compute_fake, machine_type="g2-standard-24", gpu=None))["GPU quota"]
+    assert check.ok is False
+    assert check.detail.startswith("2 x nvidia-l4 needed per VM; us-central1: PREEMPTIBLE_NVIDIA_L4_GPUS 1 free of 1")
+    assert check.fix.startswith("request PREEMPTIBLE_NVIDIA_L4_GPUS >= 2 in us-central1")
