@@ -679,8 +679,9 @@ class GceBackend(ComputeBackend[GcePlan]):
         if got.unreachable:
             zones = ", ".join(_zone_of(u) for u in got.unreachable)
             raise IncompleteListing(
-                f"Compute Engine could not list instances in {zones} (project {self.project}); the "
-                "listing is partial, so no run is judged on it: the next pass lists again", out,
+                f"Compute Engine could not list instances in {zones} (project {self.project}): the "
+                "listing is partial, and nothing is judged on a partial listing; try again (a "
+                "supervisor lists again on its next pass)", out,
                 list(got.unreachable))
         return out
 
