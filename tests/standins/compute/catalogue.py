@@ -151,7 +151,7 @@ def _catalogue(rpc: str, p: str, a: dict[str, str], q: dict[str, str]) -> Any:
                                           id=f"projects/{p}/zones/{zone}/machineTypes",
                                           self_link=f"{API}/projects/{p}/zones/{zone}/machineTypes")
     if rpc == "machineTypes.aggregatedList":
-        pred = parse_filter(q.get("filter", ""))
+        pred = parse_filter(q.get("filter", ""), each_in_parentheses=True)
         return compute_v1.MachineTypeAggregatedList(
             kind="compute#machineTypeAggregatedList", id=f"projects/{p}/aggregated/machineTypes",
             items={f"zones/{z}": compute_v1.MachineTypesScopedList(machine_types=[
@@ -169,7 +169,7 @@ def _catalogue(rpc: str, p: str, a: dict[str, str], q: dict[str, str]) -> Any:
             id=f"projects/{p}/zones/{zone}/acceleratorTypes",
             self_link=f"{API}/projects/{p}/zones/{zone}/acceleratorTypes")
     if rpc == "acceleratorTypes.aggregatedList":
-        pred = parse_filter(q.get("filter", ""))
+        pred = parse_filter(q.get("filter", ""), each_in_parentheses=True)
         return compute_v1.AcceleratorTypeAggregatedList(
             kind="compute#acceleratorTypeAggregatedList",
             id=f"projects/{p}/aggregated/acceleratorTypes",
