@@ -60,3 +60,23 @@ def test_a_submit_under_sustained_503_is_refused_in_one_line(gce) -> None:
     with pytest.raises(BackendError, match=r"still failing after 1.5 s of retries \(last answer: 503"):
         submit(ctx)
     assert len(fake.calls("zones.get", ok=False)) > 1
+
+
+def test_any_command_that_meets_a_sustained_fault_says_it_in_one_line_not_as_an_internal_error(capsys) -> None:
+    """The CLI's guard: a RetryError from a path that does not handle it (a build, a hosted
+    deploy, an ops command) is said as what it is, with exit 1, never as "internal error"."""
+    from google.api_core import exceptions as gexc
+
+    from runner.cli.common import guard
+
+    @guard
+    def command() -> None:
+        raise gexc.RetryError("Timeout of 120.0s exceeded, last exception: 503 The service is "
+                              "currently unavailable.", gexc.ServiceUnavailable("unavailable"))
+
+    with pytest.raises(SystemExit) as exit_:
+        command()
+    err = capsys.readouterr().err
+    assert exit_.value.code == 1
+    assert "internal error" not in err and "please report" not in err
+    assert "kept failing until its retries ran out (Timeout of 120.0s exceeded, last exception: 503" in err
