@@ -110,6 +110,9 @@ def test_doctor_names_gpus_all_regions_at_zero_with_the_request_to_file(admin, c
     check = doctor(gce_config(admin, compute_fake))["GPU quota"]
     assert check.ok is False
     assert "project-wide GPUS_ALL_REGIONS 0 free of 0" in check.detail
+    assert check.fix.splitlines()[0] == (
+        "gcloud quotas preferences create --service=compute.googleapis.com --project=test-project "
+        "--quota-id=GPUS-ALL-REGIONS-per-project --preferred-value=1")
     assert f"request GPUS_ALL_REGIONS >= 1 at {CONSOLE}" in check.fix
     compute_fake.set_project_quota("GPUS_ALL_REGIONS", 4)
     check = doctor(gce_config(admin, compute_fake))["GPU quota"]

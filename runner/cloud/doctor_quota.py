@@ -14,10 +14,10 @@ from __future__ import annotations
 from typing import Any
 
 from runner.cloud.doctor import QUOTA_CONSOLE, Check, _skip
+from runner.launch.backends.gce import GLOBAL_GPU_QUOTA, global_quota_request
 from runner.naming import region_of
 
 NAME = "GPU quota"
-GLOBAL_GPU_QUOTA = "GPUS_ALL_REGIONS"
 
 
 def gpu_quota_check(doctor: Any) -> Check:
@@ -65,8 +65,7 @@ def gpu_quota_check(doctor: Any) -> Check:
     global_text, global_short = _global_quota(cfg, count)
     if global_short:
         short.append(global_text)
-        fixes.append(f"request {GLOBAL_GPU_QUOTA} >= {count} at {console} (filter {GLOBAL_GPU_QUOTA}; "
-                     "it is project-wide: while it is short every zone refuses a GPU VM)")
+        fixes.append(global_quota_request(cfg.project, count))
     elif global_text:
         ok_parts.append(global_text)
     if short:

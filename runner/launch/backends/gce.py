@@ -157,7 +157,20 @@ class IncompleteListing(BackendError):
 
 # The project-wide GPU quota: over it every zone refuses, so walking zones cannot help.
 GLOBAL_GPU_QUOTA = "GPUS_ALL_REGIONS"
+GLOBAL_GPU_QUOTA_ID = "GPUS-ALL-REGIONS-per-project"  # its Cloud Quotas id (the refusal's limitName)
 QUOTA_CONSOLE = "https://console.cloud.google.com/iam-admin/quotas?project={project}"
+
+
+def global_quota_request(project: str, gpus: int) -> str:
+    """How to ask for GPUS_ALL_REGIONS >= ``gpus``: the Cloud Quotas preference gcloud files
+    (``gcloud quotas preferences create --service --project --quota-id --preferred-value``,
+    https://cloud.google.com/sdk/gcloud/reference/beta/quotas/preferences/create), and the
+    console page for those who prefer it. Google reviews increases: the answer can take a while."""
+    console = QUOTA_CONSOLE.format(project=project)
+    return (f"gcloud quotas preferences create --service=compute.googleapis.com --project={project} "
+            f"--quota-id={GLOBAL_GPU_QUOTA_ID} --preferred-value={gpus}\n"
+            f"(or request {GLOBAL_GPU_QUOTA} >= {gpus} at {console}, filter {GLOBAL_GPU_QUOTA}; it is "
+            "project-wide: while it is short every zone refuses a GPU VM; Google reviews increases)")
 
 
 def gpu_request(machine_type: str | None, gpu: str | None, vm: dict[str, Any]) -> GpuRequest:
@@ -342,9 +355,8 @@ class GceBackend(ComputeBackend[GcePlan]):
         if limit is not None and limit < gpus:
             raise BackendError(
                 f"the project-wide quota {GLOBAL_GPU_QUOTA} of project {project} is {limit:g}, below the "
-                f"{gpus} GPU(s) one VM of this run needs: every zone would refuse it. Ask for "
-                f"{GLOBAL_GPU_QUOTA} >= {gpus} at {QUOTA_CONSOLE.format(project=project)} (filter "
-                f"{GLOBAL_GPU_QUOTA}; `runner doctor` checks it), then submit again")
+                f"{gpus} GPU(s) one VM of this run needs: every zone would refuse it. Ask for more "
+                f"(`runner doctor` checks it), then submit again: {_one_line(global_quota_request(project, gpus))}")
 
     def _usable_zones(self, zones: list[str], project: str, machine_type: str,
                       gpu: GpuRequest) -> tuple[list[str], int | None]:
@@ -595,9 +607,8 @@ class GceBackend(ComputeBackend[GcePlan]):
             return PermanentBackendError(
                 f"{zone} refused {plan.name}: {message.strip()} The project-wide quota {GLOBAL_GPU_QUOTA} "
                 f"of project {plan.project} is {limit:g}, below the {plan.gpus or 'some'} GPU(s) one VM "
-                f"of this run needs, so every zone refuses it; no other zone was tried. Ask for "
-                f"{GLOBAL_GPU_QUOTA} >= {plan.gpus or 1} at {url} (filter {GLOBAL_GPU_QUOTA}), then submit "
-                "the run again")
+                f"of this run needs, so every zone refuses it; no other zone was tried. Ask for more, "
+                f"then submit the run again: {_one_line(global_quota_request(plan.project, plan.gpus or 1))}")
         return BackendError(
             f"{zone} refused {plan.name}: {message.strip()} The project-wide quota {GLOBAL_GPU_QUOTA}"
             + (f" ({limit:g})" if limit is not None else "")
@@ -779,6 +790,11 @@ def _global_gpu_quota(exc_or_op: Any) -> tuple[float | None, str] | None:
     if f"'{GLOBAL_GPU_QUOTA}'" in message:
         return _limit_in(message), message
     return None
+
+
+def _one_line(text: str) -> str:
+    """A multi-line fix as one line: run reasons and CLI errors are one line each."""
+    return " ".join(line.strip() for line in text.splitlines())
 
 
 def _limit_in(message: str) -> float | None:
