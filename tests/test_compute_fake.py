@@ -179,12 +179,27 @@ def test_list_filters_by_label_and_name_and_pages_with_max_results(
 
     assert names("labels.run-id = run-a") == ["a-1", "a-2"]
     assert names("labels.run-id=run-b") == ["b-1"]
-    assert names('labels.run-id = "run-a" AND name = a-2') == ["a-2"]
+    assert names('(labels.run-id = "run-a") AND (name = a-2)') == ["a-2"]
     assert names("(labels.runner = cos-spot-runner) (name != a-1)") == ["a-2", "b-1"]
     assert names("name eq a-.*") == ["a-1", "a-2"]
     assert names("labels.other = x") == []
     # The pager follows nextPageToken: three pages, one request each.
     assert names("", max_results=1) == ["a-1", "a-2", "b-1"]
+
+
+@pytest.mark.parametrize("flt", [
+    'labels.run-id = "run-a" AND name = a-2',  # the form Compute refuses (filters.py)
+    "status = RUNNING OR name = a-1",
+    "(labels.run-id = run-a AND name = a-2)",  # two expressions in one pair of parentheses
+    "(labels.run-id = run-a) name = a-2",
+])
+def test_several_expressions_not_each_in_parentheses_are_refused_as_compute_does(
+        instances: compute_v1.InstancesClient, flt: str) -> None:
+    req = compute_v1.ListInstancesRequest(project=PROJECT, zone=ZONE, filter=flt)
+    with pytest.raises(exceptions.BadRequest) as err:
+        list(instances.list(request=req))
+    assert err.value.message.endswith(f"Invalid value for field 'filter': '{flt}'. "
+                                      "Invalid list filter expression.")
 
 
 def test_a_filter_the_fake_cannot_parse_is_a_bad_request(
@@ -765,8 +780,8 @@ RESOURCE = {"name": "vm-1", "status": "RUNNING", "labels": {"run-id": "r1", "tea
     ("name ne vm-.*", False),
     ("name = vm-*", True),
     ("(status = RUNNING) (labels.team = ml)", True),
-    ("status = RUNNING AND labels.team = infra", False),
-    ("status = TERMINATED OR labels.team = ml", True),
+    ("(status = RUNNING) AND (labels.team = infra)", False),
+    ("(status = TERMINATED) OR (labels.team = ml)", True),
     ("NOT (status = TERMINATED)", True),
 ])
 def test_filter_expressions(flt: str, expected: bool) -> None:

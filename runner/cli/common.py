@@ -109,9 +109,23 @@ def guard(f: Callable[..., Any]) -> Callable[..., Any]:
         except (click.exceptions.ClickException, click.exceptions.Exit, click.exceptions.Abort):
             raise  # click's own: usage errors, --help, Ctrl-C at a prompt
         except Exception as e:  # noqa: BLE001 - the catch-all: a bug of ours, never a traceback
+            if _retry_exhausted(e):
+                # A Google API kept answering 429/5xx past the retry deadline: not our bug, and
+                # no code path in between need know about it to be said right.
+                fail(f"a Google API call kept failing until its retries ran out ({getattr(e, 'message', e)}); "
+                     "try again later (https://status.cloud.google.com shows Google Cloud incidents)",
+                     EXIT_FAILED)
             fail(internal_error_message(e), EXIT_FAILED)
 
     return wrapper
+
+
+def _retry_exhausted(e: BaseException) -> bool:
+    """A ``google.api_core`` ``RetryError``: a fault sustained past ``api_retry``'s deadline,
+    which is not a ``GoogleAPICallError`` and so escapes every handler written for those."""
+    from google.api_core.exceptions import RetryError
+
+    return isinstance(e, RetryError)
 
 
 def damaged_message(e: Any) -> str:

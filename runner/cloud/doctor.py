@@ -41,19 +41,6 @@ VM_ROLES: dict[str, frozenset[str]] = {
 # broader roles also carry.
 SELF_DELETE_GRANTED_BY = frozenset({"roles/compute.instanceAdmin.v1", "roles/compute.instanceAdmin",
                                     "roles/compute.admin", "roles/editor", "roles/owner"})
-# Quota metric of each GPU type; spot VMs draw on PREEMPTIBLE_<metric> when the project has it.
-GPU_QUOTA_METRICS = {
-    "nvidia-tesla-t4": "NVIDIA_T4_GPUS",
-    "nvidia-tesla-v100": "NVIDIA_V100_GPUS",
-    "nvidia-tesla-p100": "NVIDIA_P100_GPUS",
-    "nvidia-tesla-p4": "NVIDIA_P4_GPUS",
-    "nvidia-tesla-k80": "NVIDIA_K80_GPUS",
-    "nvidia-l4": "NVIDIA_L4_GPUS",
-    "nvidia-tesla-a100": "NVIDIA_A100_GPUS",
-    "nvidia-a100-80gb": "NVIDIA_A100_80GB_GPUS",
-    "nvidia-h100-80gb": "NVIDIA_H100_GPUS",
-    "nvidia-b200": "NVIDIA_B200_GPUS",
-}
 # Time the shutdown script needs besides the workload's grace period (docker stop, last sync).
 SHUTDOWN_HEADROOM = 3.0
 
@@ -361,48 +348,6 @@ class _Doctor:
         ok, detail, fix = check_hosted(self.cfg, self.client("apis"), self.client("storage"))
         return _skip("hosted supervisor roles", detail) if ok is None else Check("hosted supervisor roles", ok, detail, fix)
 
-    def gpu_quota_check(self) -> Check:
-        name = "GPU quota"
-        cfg = self.cfg
-        if cfg.backend != "gce":
-            return _skip(name, "quota applies to GCE runs only")
-        from runner.launch.backends.gce_shapes import GPU_FAMILIES, ShapeError, family, resolve_gpu
-
-        try:
-            req = resolve_gpu(cfg.machine_type, cfg.gpu, cfg.no_gpu)
-        except ShapeError as e:
-            return Check(name, False, str(e), "fix machine_type / gpu in runner.toml or the flags")
-        if req.count == 0:
-            return _skip(name, f"no GPU on {cfg.machine_type}")
-        if not cfg.project:
-            return _skip(name, "no project configured")
-        if not cfg.zones:
-            return _skip(name, "no zones configured, so no region to check")
-        gpu = req.type or GPU_FAMILIES[family(cfg.machine_type)]
-        if cfg.machine_type.startswith("a2-ultragpu"):
-            gpu = "nvidia-a100-80gb"
-        metric = GPU_QUOTA_METRICS.get(gpu)
-        if metric is None:
-            return _skip(name, f"no known quota metric for {gpu}")
-        client = self.client("regions")
-        ok_parts, short = [], []
-        for region in sorted({region_of(z) for z in cfg.zones}):
-            quotas = {q.metric: q for q in client.get(project=cfg.project, region=region).quotas}
-            spot = quotas.get("PREEMPTIBLE_" + metric)
-            used = spot if spot is not None and spot.limit > 0 else quotas.get(metric)
-            free = (used.limit - used.usage) if used is not None else 0.0
-            label = used.metric if used is not None else "PREEMPTIBLE_" + metric
-            text = f"{region}: {label} {free:g} free of {used.limit if used else 0:g}"
-            (ok_parts if free >= req.count else short).append((region, text))
-        if short:
-            regions = ", ".join(r for r, _ in short)
-            return Check(
-                name, False,
-                f"{req.count} x {gpu} needed per VM; " + "; ".join(t for _, t in short + ok_parts),
-                f"request PREEMPTIBLE_{metric} >= {req.count} in {regions} at "
-                f"{QUOTA_CONSOLE.format(project=cfg.project)}")
-        return Check(name, True, f"{req.count} x {gpu} per VM fits: " + "; ".join(t for _, t in ok_parts))
-
     def docker_check(self) -> Check:
         name = "Docker"
         if self.cfg.backend != "local":
@@ -480,6 +425,8 @@ def run_checks(
     A check that raises is reported as ✗ with the exception, so a bug or an unexpected API
     answer in one check still lets the others report.
     """
+    from runner.cloud.doctor_quota import gpu_quota_check
+
     if active_project is None:
         from runner.launch.context import gcloud_active_project as active_project
     doctor = _Doctor(cfg, load_credentials=load_credentials, active_project=active_project,
@@ -496,7 +443,7 @@ def run_checks(
         ("network", lambda: network_check(doctor)),
         (doctor_build.REPOSITORY, lambda: doctor_build.repository_check(doctor)),
         (doctor_build.BUILD_ACCOUNT, lambda: doctor_build.build_account_check(doctor)),
-        ("GPU quota", doctor.gpu_quota_check),
+        ("GPU quota", lambda: gpu_quota_check(doctor)),  # doctor_quota.py
         ("Docker", doctor.docker_check),
         ("timeouts", doctor.timeouts_check),
     ]

@@ -38,13 +38,35 @@ def is_retryable(exc: BaseException) -> bool:
     return isinstance(exc, retryable_api_errors()) or is_rate_limited(exc)
 
 
-def api_retry(timeout: float = 120.0) -> Any:
+# How long one call keeps retrying 429/5xx/403-rate-limits before it gives up with a RetryError
+# (module level so a test can shorten it: a sustained fault must end within the test).
+API_RETRY_DEADLINE = 120.0
+
+
+def api_retry(timeout: float | None = None) -> Any:
     """429, 5xx and 403 rate limits are retried with exponential backoff; anything else
-    surfaces at once."""
+    surfaces at once. Past the deadline the call raises ``google.api_core.exceptions.RetryError``,
+    which is *not* a ``GoogleAPICallError``: catch ``api_errors()``."""
     from google.api_core import retry as gretry
 
     return gretry.Retry(predicate=is_retryable, initial=0.5, maximum=16.0, multiplier=2.0,
-                        timeout=timeout)
+                        timeout=API_RETRY_DEADLINE if timeout is None else timeout)
+
+
+def api_errors() -> tuple[type[Exception], ...]:
+    """Every way a Google API call made with ``api_retry`` fails: an answered error
+    (``GoogleAPICallError``) or a fault sustained past the retry deadline (``RetryError``, whose
+    ``cause`` is the last answer)."""
+    from google.api_core import exceptions as gexc
+
+    return (gexc.GoogleAPICallError, gexc.RetryError)
+
+
+def retry_exhausted_text(e: BaseException) -> str:
+    """What a ``RetryError`` says to a user: the last answer and how long it lasted."""
+    cause = getattr(e, "cause", None)
+    last = f"{getattr(cause, 'code', '')} {getattr(cause, 'message', cause)}".strip() if cause else str(e)
+    return f"still failing after {API_RETRY_DEADLINE:g} s of retries (last answer: {last})"
 
 
 @dataclass
@@ -57,6 +79,7 @@ class ComputeClients:
     zones: Any
     disks: Any
     global_operations: Any = None  # images.insert/delete answer with global operations
+    projects: Any = None  # projects.get: project-wide quotas (GPUS_ALL_REGIONS)
 
 
 def _client_kwargs(endpoint: str | None) -> dict[str, Any]:
@@ -87,6 +110,7 @@ def compute_clients(endpoint: str | None = None) -> ComputeClients:
         zones=compute_v1.ZonesClient(**kwargs),
         disks=compute_v1.DisksClient(**kwargs),
         global_operations=compute_v1.GlobalOperationsClient(**kwargs),
+        projects=compute_v1.ProjectsClient(**kwargs),
     )
 
 
@@ -102,3 +126,17 @@ def regions_client(endpoint: str | None = None) -> Any:
     from google.cloud import compute_v1
 
     return compute_v1.RegionsClient(**_client_kwargs(endpoint))
+
+
+def projects_client(endpoint: str | None = None) -> Any:
+    """A Compute ``ProjectsClient`` (project-wide quotas such as GPUS_ALL_REGIONS) at ``endpoint``."""
+    from google.cloud import compute_v1
+
+    return compute_v1.ProjectsClient(**_client_kwargs(endpoint))
+
+
+def machine_types_client(endpoint: str | None = None) -> Any:
+    """A Compute ``MachineTypesClient`` (a machine type's built-in GPUs) at ``endpoint``."""
+    from google.cloud import compute_v1
+
+    return compute_v1.MachineTypesClient(**_client_kwargs(endpoint))

@@ -29,24 +29,47 @@ from runner.launch.backends.base import (
     Instance,
     InstanceStatus,
     LaunchContext,
+    PermanentBackendError,
 )
 from runner.launch.backends import gce_boot_image as boot_images
 from runner.launch.backends.gce_network import network_interface, network_refusal
-from runner.launch.backends.gce_shapes import ShapeError, resolve_gpu, waits_for_driver
-from runner.cloud.gcp_clients import ComputeClients, api_retry
+from runner.launch.backends.gce_listing import label_filter, list_all_instances
+from runner.launch.backends.gce_shapes import (
+    GpuRequest, ShapeError, boot_disk_type, family, resolve_gpu, waits_for_driver,
+)
+from runner.cloud.gcp_clients import ComputeClients, api_errors, api_retry, retry_exhausted_text
 from runner.naming import label_value, resource_name, store_label
 
+# Every value of compute_v1.Instance.Status, classified (tests/test_gce_statuses.py walks the enum,
+# so a value the library adds fails a test instead of passing as "starting"). Meanings from the
+# enum's reference (https://docs.cloud.google.com/dotnet/docs/reference/Google.Cloud.Compute.V1/latest/Google.Cloud.Compute.V1.Instance.Types.Status).
 _STATUS = {
+    # Flex-start VMs waiting for capacity (Dynamic Workload Scheduler): on its way, not running.
+    "PENDING": InstanceStatus.STARTING,
     "PROVISIONING": InstanceStatus.STARTING,
     "STAGING": InstanceStatus.STARTING,
     "RUNNING": InstanceStatus.RUNNING,
     "REPAIRING": InstanceStatus.RUNNING,
+    # Going away: nobody may act on it (or start its replacement) until it is gone or stopped.
+    "PENDING_STOP": InstanceStatus.STOPPING,
     "STOPPING": InstanceStatus.STOPPING,
     "SUSPENDING": InstanceStatus.STOPPING,
+    # "halted ... releasing quota, IP, tearing down disks": never alive again, and not yet gone.
+    "DEPROVISIONING": InstanceStatus.STOPPING,
     "STOPPED": InstanceStatus.TERMINATED,
     "SUSPENDED": InstanceStatus.TERMINATED,
     "TERMINATED": InstanceStatus.TERMINATED,
 }
+# "A value indicating that the enum field is not set", or a status newer than this table: it is
+# not known to run, so it must not look alive; going away is the state nobody acts on.
+UNKNOWN_STATUS = InstanceStatus.STOPPING
+
+
+def classify_status(status: Any) -> InstanceStatus:
+    """Our view of a GCE instance status (an enum member or its name)."""
+    return _STATUS.get(_status_name(status), UNKNOWN_STATUS)
+
+
 # Errors after which the next zone may well succeed.
 ZONE_RETRYABLE = {
     "ZONE_RESOURCE_POOL_EXHAUSTED",
@@ -83,6 +106,7 @@ def vm_options_defaults() -> dict[str, Any]:
         "no_gpu": False,
         "gpu_driver_version": "",
         "warm_images": "auto",       # "off": always boot vm_image (gce_boot_image.py)
+        "gpu_count": None,           # built-in GPUs per machineTypes.get, pinned by submit (gce_shapes.py)
     }
 
 
@@ -96,6 +120,7 @@ class GcePlan:
     request_key: str = ""  # LaunchContext.request_key: deterministic request ids ("" → random)
     before_insert: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
     boot: boot_images.BootImage | None = None  # which boot image the candidates use, and why
+    gpus: int = 0  # GPUs per VM: what GPUS_ALL_REGIONS must allow (create_instance)
 
     def request_id(self, zone: str) -> str:
         """The insert's ``requestId`` in ``zone``: the same for the same (run, attempt, claim
@@ -120,6 +145,40 @@ _REQUEST_NAMESPACE = uuid.UUID("6f1c2a9e-5b7d-4c3e-9a51-0d2f8e4b7c10")  # cos-sp
 
 class ZoneExhausted(BackendError):
     """Every zone refused for capacity or quota; the message lists each zone's reason."""
+
+
+class IncompleteListing(BackendError):
+    """``aggregatedList`` answered for some zones only: the instances it saw and the zones it
+    could not read. Never judged as complete: a VM in an unreachable zone is not a missing VM."""
+
+    def __init__(self, message: str, instances: list[Instance], unreachable: list[str]) -> None:
+        super().__init__(message)
+        self.instances, self.unreachable = instances, unreachable
+
+
+# The project-wide GPU quota: over it every zone refuses, so walking zones cannot help.
+GLOBAL_GPU_QUOTA = "GPUS_ALL_REGIONS"
+GLOBAL_GPU_QUOTA_ID = "GPUS-ALL-REGIONS-per-project"  # its Cloud Quotas id (the refusal's limitName)
+QUOTA_CONSOLE = "https://console.cloud.google.com/iam-admin/quotas?project={project}"
+
+
+def global_quota_request(project: str, gpus: int) -> str:
+    """How to ask for GPUS_ALL_REGIONS >= ``gpus``: the Cloud Quotas preference gcloud files
+    (``gcloud quotas preferences create --service --project --quota-id --preferred-value``,
+    https://cloud.google.com/sdk/gcloud/reference/beta/quotas/preferences/create), and the
+    console page for those who prefer it. Google reviews increases: the answer can take a while."""
+    console = QUOTA_CONSOLE.format(project=project)
+    return (f"gcloud quotas preferences create --service=compute.googleapis.com --project={project} "
+            f"--quota-id={GLOBAL_GPU_QUOTA_ID} --preferred-value={gpus}\n"
+            f"(or request {GLOBAL_GPU_QUOTA} >= {gpus} at {console}, filter {GLOBAL_GPU_QUOTA}; it is "
+            "project-wide: while it is short every zone refuses a GPU VM; Google reviews increases)")
+
+
+def gpu_request(machine_type: str | None, gpu: str | None, vm: dict[str, Any]) -> GpuRequest:
+    """The GPUs of a VM of this shape, counting a built-in-GPU type's GPUs as ``machineTypes.get``
+    said at submit (``vm["gpu_count"]``), else as gce_shapes knows offline."""
+    return resolve_gpu(machine_type or "n1-standard-4", gpu, no_gpu=bool(vm.get("no_gpu")),
+                       built_in_count=vm.get("gpu_count"))
 
 
 def _startup_scripts() -> tuple[str, str]:
@@ -200,7 +259,7 @@ class GceBackend(ComputeBackend[GcePlan]):
     @classmethod
     def gpu_of(cls, spec: RunSpec) -> Any:
         """The GPUs a VM of ``spec`` carries (attached or built in); raises ``ShapeError``."""
-        return resolve_gpu(spec.machine_type or "n1-standard-4", spec.gpu, bool((spec.vm or {}).get("no_gpu")))
+        return gpu_request(spec.machine_type, spec.gpu, spec.vm or {})
 
     @classmethod
     def keeps_stopped(cls, spec: RunSpec) -> bool:
@@ -235,8 +294,16 @@ class GceBackend(ComputeBackend[GcePlan]):
         machine_type = spec.machine_type or "n1-standard-4"
         try:
             gpu = resolve_gpu(machine_type, spec.gpu, no_gpu=vm["no_gpu"])
+            vm["boot_disk_type"] = boot_disk_type(machine_type, vm["boot_disk_type"])
         except ShapeError as e:
             raise BackendError(str(e)) from None
+        if gpu.wants_driver and _is_dev_channel(vm["vm_image"]):
+            # cos-gpu-installer installs on stable/LTS and beta images only ("We also enable
+            # installation on beta images now", https://cos.googlesource.com/cos/tools/+/9d4124b2fe8318ac5ccd82402d1106127aa2b1b9):
+            # a dev image would boot, fail the driver step and bill until gpu_timeout.
+            raise BackendError(f"{vm['vm_image']} is a COS dev-channel image, on which the GPU driver "
+                               "installer does not run: use projects/cos-cloud/global/images/family/"
+                               "cos-stable (or cos-beta, cos-NNN-lts) for a GPU run")
         mrd = vm["max_run_duration_s"]
         if mrd and not MIN_RUN_DURATION_S <= float(mrd) <= MAX_RUN_DURATION_S:
             # GCE refuses the insert with a 400 otherwise, on every restart of the run.
@@ -246,17 +313,75 @@ class GceBackend(ComputeBackend[GcePlan]):
         if not spec.zones:
             raise BackendError("no zones: pass --zones us-central1-a,us-central1-b or set zones in runner.toml")
         project = vm["project"] or self.project
-        usable = []
-        for zone in spec.zones:
+        try:
+            usable, built_in = self._usable_zones(spec.zones, project, machine_type, gpu)
+        except gexc.NotFound as e:
+            raise BackendError(str(e.message)) from None
+        except api_errors() as e:
+            raise BackendError(_explain(e, project)) from None
+        if gpu.built_in and built_in is not None:
+            vm["gpu_count"] = built_in  # what GCE gives, not what the name suggests
+        self._refuse_over_global_gpu_quota(project, gpu_request(machine_type, spec.gpu, vm).count)
+        if not usable:
+            raise BackendError(
+                f"none of the zones {', '.join(spec.zones)} offers {machine_type}"
+                + (f" with {gpu.type}" if gpu.type else "")
+                + " (see `gcloud compute machine-types list` / `gcloud compute accelerator-types list`)")
+        if vm["data_disk"] and len(usable) > 1:
+            print(f"runner: note: data disk {vm['data_disk']} is zonal: the run stays in {usable[0]}", file=sys.stderr)
+            usable = usable[:1]
+        try:
+            vm["vm_image"] = self.pin_vm_image(vm["vm_image"])
+        except api_errors() as e:
+            raise BackendError(_explain(e, project)) from None
+        vm["project"] = project
+        return dataclasses.replace(spec, zones=usable, vm=vm, machine_type=machine_type)
+
+    def _refuse_over_global_gpu_quota(self, project: str, gpus: int) -> None:
+        """Refuse at submit a run whose one VM needs more GPUs than ``GPUS_ALL_REGIONS`` allows
+        at all: every zone would refuse it, on every restart. One ``projects.get``; a project
+        that cannot be read (permission) is said and left to the create to find out."""
+        import sys
+
+        if not gpus or getattr(self.c, "projects", None) is None:
+            return
+        try:
+            quotas = self.c.projects.get(project=project, retry=api_retry()).quotas
+        except api_errors() as e:
+            print(f"runner: warning: could not read the project-wide quotas of {project} "
+                  f"({type(e).__name__}); {GLOBAL_GPU_QUOTA} is not checked before the first create",
+                  file=sys.stderr)
+            return
+        limit = next((q.limit for q in quotas if q.metric == GLOBAL_GPU_QUOTA), None)
+        if limit is not None and limit < gpus:
+            raise BackendError(
+                f"the project-wide quota {GLOBAL_GPU_QUOTA} of project {project} is {limit:g}, below the "
+                f"{gpus} GPU(s) one VM of this run needs: every zone would refuse it. Ask for more "
+                f"(`runner doctor` checks it), then submit again: {_one_line(global_quota_request(project, gpus))}")
+
+    def _usable_zones(self, zones: list[str], project: str, machine_type: str,
+                      gpu: GpuRequest) -> tuple[list[str], int | None]:
+        """The zones that offer ``machine_type`` (and the attached GPU), and the machine type's
+        built-in GPU count as ``machineTypes.get`` reports it (``accelerators[]
+        .guestAcceleratorCount``; None when no zone offers it). An unknown zone raises NotFound
+        with the fix in its message."""
+        import sys
+
+        from google.api_core import exceptions as gexc
+
+        usable, built_in = [], None
+        for zone in zones:
             try:
                 self.c.zones.get(project=project, zone=zone, retry=api_retry())
             except gexc.NotFound:
-                raise BackendError(f"unknown zone {zone!r} in project {project} (see `gcloud compute zones list`)") from None
-            except gexc.GoogleAPICallError as e:
-                raise BackendError(_explain(e, project)) from None
+                raise gexc.NotFound(f"unknown zone {zone!r} in project {project} (see `gcloud compute "
+                                    "zones list`)") from None
             missing = []
             try:
-                self.c.machine_types.get(project=project, zone=zone, machine_type=machine_type, retry=api_retry())
+                mt = self.c.machine_types.get(project=project, zone=zone, machine_type=machine_type,
+                                              retry=api_retry())
+                if mt.accelerators:
+                    built_in = sum(a.guest_accelerator_count for a in mt.accelerators)
             except gexc.NotFound:
                 missing.append(f"machine type {machine_type}")
             if gpu.type:
@@ -269,17 +394,7 @@ class GceBackend(ComputeBackend[GcePlan]):
                 print(f"runner: warning: zone {zone} has no {' and no '.join(missing)}; skipping it", file=sys.stderr)
             else:
                 usable.append(zone)
-        if not usable:
-            raise BackendError(
-                f"none of the zones {', '.join(spec.zones)} offers {machine_type}"
-                + (f" with {gpu.type}" if gpu.type else "")
-                + " (see `gcloud compute machine-types list` / `gcloud compute accelerator-types list`)")
-        if vm["data_disk"] and len(usable) > 1:
-            print(f"runner: note: data disk {vm['data_disk']} is zonal: the run stays in {usable[0]}", file=sys.stderr)
-            usable = usable[:1]
-        vm["vm_image"] = self.pin_vm_image(vm["vm_image"])
-        vm["project"] = project
-        return dataclasses.replace(spec, zones=usable, vm=vm, machine_type=machine_type)
+        return usable, built_in
 
     def pin_vm_image(self, ref: str) -> str:
         """``projects/P/global/images/family/F`` → the concrete image it points at today."""
@@ -317,7 +432,7 @@ class GceBackend(ComputeBackend[GcePlan]):
         if self.c is None:
             return boot_images.BootImage(cold, "cold", "warm images not looked up (dry run: no API call)")
         try:
-            gpu = resolve_gpu(spec.machine_type or "n1-standard-4", spec.gpu, no_gpu=vm["no_gpu"])
+            gpu = gpu_request(spec.machine_type, spec.gpu, vm)
         except ShapeError as e:
             raise BackendError(str(e)) from None
         key = boot_images.WarmKey.of(cold, vm["gpu_driver_version"], gpu.count, spec.image)
@@ -341,7 +456,8 @@ class GceBackend(ComputeBackend[GcePlan]):
         project = vm["project"] or self.project
         name = resource_name(spec.run_id, ctx.attempt)
         try:
-            gpu = resolve_gpu(spec.machine_type or "n1-standard-4", spec.gpu, no_gpu=vm["no_gpu"])
+            gpu = gpu_request(spec.machine_type, spec.gpu, vm)
+            disk_type = boot_disk_type(spec.machine_type or "n1-standard-4", vm["boot_disk_type"])
         except ShapeError as e:
             raise BackendError(str(e)) from None
         if boot is None:
@@ -380,7 +496,7 @@ class GceBackend(ComputeBackend[GcePlan]):
                 boot=True, auto_delete=True, device_name="boot",
                 initialize_params=compute_v1.AttachedDiskInitializeParams(
                     source_image=boot.source_image, disk_size_gb=disk_gb,
-                    disk_type=f"zones/{zone}/diskTypes/{vm['boot_disk_type']}"),
+                    disk_type=f"zones/{zone}/diskTypes/{disk_type}"),
             )]
             if vm["data_disk"]:
                 disks.append(compute_v1.AttachedDisk(
@@ -391,7 +507,7 @@ class GceBackend(ComputeBackend[GcePlan]):
                     boot=False, auto_delete=True, device_name="data",
                     initialize_params=compute_v1.AttachedDiskInitializeParams(
                         disk_size_gb=int(vm["data_disk_gb"]),
-                        disk_type=f"zones/{zone}/diskTypes/{vm['boot_disk_type']}")))
+                        disk_type=f"zones/{zone}/diskTypes/{disk_type}")))
             nic = network_interface(vm, project, zone)  # gce_network.py: network, subnetwork, external IP
             inst = compute_v1.Instance(
                 name=name,
@@ -416,7 +532,7 @@ class GceBackend(ComputeBackend[GcePlan]):
                     accelerator_count=gpu.count)]
             candidates.append((zone, inst))
         return GcePlan(name=name, project=project, candidates=candidates, request_key=ctx.request_key,
-                       before_insert=ctx.before_insert, boot=boot)
+                       before_insert=ctx.before_insert, boot=boot, gpus=gpu.count)
 
     # ---- act ----
     def create_instance(self, plan: GcePlan) -> Instance:
@@ -437,12 +553,22 @@ class GceBackend(ComputeBackend[GcePlan]):
             except gexc.Conflict:
                 return self._existing(plan.project, zone, plan.name)
             except gexc.GoogleAPICallError as e:
+                global_quota = _global_gpu_quota(e)
+                if global_quota is not None:
+                    raise self._over_global_gpu_quota(plan, zone, *global_quota) from None
                 reasons = _error_reasons(e)
                 if any(r in ZONE_RETRYABLE for r in reasons):
                     refusals.append(f"{zone}: {', '.join(sorted(set(reasons)))}")
                     continue
                 raise network_refusal(e, plan.project) or BackendError(_explain(e, plan.project)) from None
+            except gexc.RetryError as e:
+                # A fault sustained past the retry deadline: this pass gives up (the claim is
+                # released) and the next one, after the backoff, tries again from the first zone.
+                raise BackendError(_explain(e, plan.project)) from None
             if op.error and op.error.errors:
+                global_quota = _global_gpu_quota(op)
+                if global_quota is not None:
+                    raise self._over_global_gpu_quota(plan, zone, *global_quota)
                 reasons = _error_reasons(op)
                 if any(r in ZONE_RETRYABLE for r in reasons):
                     # A quota error names the quota and its limit: what the user must raise.
@@ -467,6 +593,24 @@ class GceBackend(ComputeBackend[GcePlan]):
             f"no zone could take {plan.name} ({'; '.join(refusals)}): add zones (--zones / zones in "
             "runner.toml) or try again later; the supervisor retries on its next pass"
         )
+
+    def _over_global_gpu_quota(self, plan: GcePlan, zone: str, limit: float | None,
+                               message: str) -> BackendError:
+        """The refusal for GPUS_ALL_REGIONS, said once: every zone would answer the same, so no
+        other zone is tried. A limit below one VM's GPUs can never be met (the run fails with
+        the fix); otherwise the project's other GPUs hold it and the run waits."""
+        url = QUOTA_CONSOLE.format(project=plan.project)
+        if limit is not None and limit < max(plan.gpus, 1):
+            return PermanentBackendError(
+                f"{zone} refused {plan.name}: {message.strip()} The project-wide quota {GLOBAL_GPU_QUOTA} "
+                f"of project {plan.project} is {limit:g}, below the {plan.gpus or 'some'} GPU(s) one VM "
+                f"of this run needs, so every zone refuses it; no other zone was tried. Ask for more, "
+                f"then submit the run again: {_one_line(global_quota_request(plan.project, plan.gpus or 1))}")
+        return BackendError(
+            f"{zone} refused {plan.name}: {message.strip()} The project-wide quota {GLOBAL_GPU_QUOTA}"
+            + (f" ({limit:g})" if limit is not None else "")
+            + f" is used up by the project's other GPU VMs, so every zone refuses it; no other zone "
+            f"was tried. The run waits for GPUs to free up (or raise {GLOBAL_GPU_QUOTA} at {url})")
 
     def restart_instance_in_place(self, instance: Instance, plan: GcePlan) -> Instance | None:
         """terminationAction=STOP kept the VM and its boot disk (driver installed, image pulled):
@@ -493,7 +637,7 @@ class GceBackend(ComputeBackend[GcePlan]):
                 instances_set_labels_request_resource=labels, retry=api_retry()))
             op = self._wait(plan.project, instance.zone, self.c.instances.start_unary(
                 project=plan.project, zone=instance.zone, instance=instance.name, retry=api_retry()))
-        except gexc.GoogleAPICallError:
+        except api_errors():
             return None  # e.g. a changed fingerprint or a stockout on start: a fresh VM instead
         if op.error and op.error.errors:
             return None
@@ -526,23 +670,28 @@ class GceBackend(ComputeBackend[GcePlan]):
             name=i.name,
             run_label=labels.get(LABEL_RUN_ID, ""),
             attempt=int(labels.get(LABEL_ATTEMPT, "0") or 0),
-            status=_STATUS.get(_status_name(i.status), InstanceStatus.STARTING),
+            status=classify_status(i.status),
             zone=_zone_of(i.zone),
             store=labels.get(LABEL_STORE, ""),
             rank=int(labels.get(LABEL_RANK, "0") or 0),
         )
 
     def list(self, run_id: str | None = None) -> list[Instance]:
-        flt = f'labels.{LABEL_RUNNER} = "{RUNNER_LABEL_VALUE}"'
+        """One ``aggregatedList`` (every zone) with ``returnPartialSuccess``; a partial answer
+        raises ``IncompleteListing`` naming the zones it could not read."""
+        labels = {LABEL_RUNNER: RUNNER_LABEL_VALUE}
         if run_id is not None:
-            flt += f' AND labels.{LABEL_RUN_ID} = "{label_value(run_id)}"'
-        out = []
-        pages = self.c.instances.aggregated_list(
-            request={"project": self.project, "filter": flt, "max_results": 500},
-            retry=api_retry())
-        for _zone, scoped in pages:
-            out += [self._instance(i) for i in scoped.instances]
-        return self._ours(out)
+            labels[LABEL_RUN_ID] = label_value(run_id)
+        got = list_all_instances(self.c.instances, self.project, label_filter(labels))
+        out = self._ours([self._instance(i) for i in got.instances])
+        if got.unreachable:
+            zones = ", ".join(_zone_of(u) for u in got.unreachable)
+            raise IncompleteListing(
+                f"Compute Engine could not list instances in {zones} (project {self.project}): the "
+                "listing is partial, and nothing is judged on a partial listing; try again (a "
+                "supervisor lists again on its next pass)", out,
+                list(got.unreachable))
+        return out
 
     def delete(self, instance: Instance, grace_period: float = 0) -> None:
         # The VM's shutdown script gives the container its grace period; we do not wait here.
@@ -617,9 +766,50 @@ def _status_name(status: Any) -> str:
     return getattr(status, "name", None) or str(status)
 
 
+def _is_dev_channel(vm_image: str) -> bool:
+    """A COS dev-channel image: the ``cos-dev`` family or one of its images (``cos-dev-…``)."""
+    last = vm_image.rstrip("/").rsplit("/", 1)[-1]
+    return vm_image.rstrip("/").endswith("/family/cos-dev") or last.startswith("cos-dev-")
+
+
+def _global_gpu_quota(exc_or_op: Any) -> tuple[float | None, str] | None:
+    """(limit, message) when the refusal is the project-wide GPUS_ALL_REGIONS quota: by the
+    error's ``quotaInfo`` (``metricName`` …/gpus_all_regions) or, for an HTTP error, its text."""
+    errors = getattr(getattr(exc_or_op, "error", None), "errors", None) or []
+    for e in errors:
+        for detail in getattr(e, "error_details", None) or []:
+            info = detail.quota_info if "quota_info" in detail else None
+            if info is not None and info.metric_name.rsplit("/", 1)[-1].upper() == GLOBAL_GPU_QUOTA:
+                return (info.limit if "limit" in info else None), e.message
+        if GLOBAL_GPU_QUOTA in (e.message or ""):
+            return _limit_in(e.message), e.message
+    message = str(getattr(exc_or_op, "message", "") or "")
+    if f"'{GLOBAL_GPU_QUOTA}'" in message:
+        return _limit_in(message), message
+    return None
+
+
+def _one_line(text: str) -> str:
+    """A multi-line fix as one line: run reasons and CLI errors are one line each."""
+    return " ".join(line.strip() for line in text.splitlines())
+
+
+def _limit_in(message: str) -> float | None:
+    import re
+
+    m = re.search(r"Limit: ([0-9.]+)", message or "")
+    return float(m.group(1)) if m else None
+
+
 def _explain(e: Any, project: str) -> str:
     from runner.cloud.gcp_clients import is_rate_limited
 
+    from google.api_core import exceptions as gexc
+
+    if isinstance(e, gexc.RetryError):
+        return (f"Compute Engine in project {project} is {retry_exhausted_text(e)}. Try again "
+                "later (https://status.cloud.google.com shows "
+                "Compute Engine incidents)")
     code = getattr(e, "code", None)
     msg = getattr(e, "message", str(e))
     if is_rate_limited(e):

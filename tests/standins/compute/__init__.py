@@ -53,6 +53,15 @@ Behaviour kept from GCE because product code depends on it:
   fails with the operation error ``QUOTA_EXCEEDED`` "Quota 'M' exceeded.  Limit: L in region R."
   (HTTP status 403 in the operation), the way gcloud shows it. TERMINATED VMs use no CPU/GPU
   quota. A metric the region does not list is not limited (a simplification: GCE has them all).
+- ``GPUS_ALL_REGIONS`` (``projects.get``; ``set_project_quota``) caps the GPUs of the project's
+  live VMs in every region, spot included: over it every zone answers QUOTA_EXCEEDED "Quota
+  'GPUS_ALL_REGIONS' exceeded.  Limit: L globally." with ``errorDetails[].quotaInfo``
+  (quotas.py, with sources). Its default here is 64; many real projects have 0.
+- List filters with several expressions must have each in parentheses, or the answer is GCE's
+  400 "Invalid list filter expression." (filters.py). ``aggregatedList`` honours
+  ``returnPartialSuccess``: a zone in ``unreachable_zones`` is left out and named in
+  ``unreachables`` and an ``UNREACHABLE`` scope warning; without the flag the call fails.
+- A3 Ultra and A4 machine types take Hyperdisk only: a ``pd-*`` disk on them is a 400.
 - ``scheduling.maxRunDuration`` must lie between 30 seconds and 120 days and needs an
   ``instanceTerminationAction`` (gcloud ``--max-run-duration``; "Limit the run time of a VM").
   When a VM enters RUNNING, ``resourceStatus.scheduling.terminationTimestamp`` is set; when it
@@ -99,7 +108,8 @@ Callbacks run on the fake's own threads, never under its lock, in the order the 
 
 Known simplifications: operations finish instantly unless ``operation_seconds`` is set; GET
 echoes ``disks[].initializeParams`` (real GCE drops it); filters implement the common subset
-(``=``, ``!=``, ``:``, ``<``/``>``, ``eq``/``ne`` regex, ``AND``/``OR``/``NOT``, parentheses)
+(``=``, ``!=``, ``:``, ``<``/``>``, ``eq``/``ne`` regex, ``AND``/``OR``/``NOT``, parentheses;
+several expressions only each in parentheses)
 and ``:`` on a string means "contains". Unimplemented paths answer HTTP 501 so gaps are loud.
 
 Where each part lives (split by resource, so each stays readable): ``service`` (state, switches,

@@ -1,4 +1,14 @@
-"""Compute list filters (``filter=``): the subset of the AIP-160 grammar GCE accepts, parsed strictly."""
+"""Compute list filters (``filter=``): the subset of the AIP-160 grammar GCE accepts, parsed strictly.
+
+Several expressions must each be in parentheses: "To filter on multiple expressions, provide each
+separate expression within parentheses" (the ``filter`` field of every compute v1 list request,
+e.g. ``AggregatedListInstancesRequest``; https://cloud.google.com/compute/docs/reference/rest/v1/targetPools/aggregatedList).
+GCE answers the unparenthesised form ``a = x AND b = y`` with 400 "Invalid value for field
+'filter': '...'. Invalid list filter expression." (reported in
+https://github.com/googleapis/google-cloud-go/issues/11318 and
+https://github.com/googleapis/nodejs-compute/issues/48), and so does this parser when asked
+(``each_in_parentheses``, which every compute list passes).
+"""
 
 from __future__ import annotations
 
@@ -22,14 +32,19 @@ class _FilterParser:
     ``(labels.a = x) (status = RUNNING)``.
     """
 
-    def __init__(self, text: str) -> None:
+    def __init__(self, text: str, each_in_parentheses: bool = False) -> None:
         self.text, self.pos = text, 0
+        self.each_in_parentheses = each_in_parentheses
+        self.terms = 0    # comparisons parsed
+        self.wrapped = 0  # of which stood alone inside their own parentheses
 
     def parse(self) -> Callable[[dict[str, Any]], bool]:
         node = self._or()
         self._ws()
         if self.pos != len(self.text):
             raise FilterError(f"unexpected {self.text[self.pos:]!r}")
+        if self.each_in_parentheses and self.terms > 1 and self.wrapped < self.terms:
+            raise FilterError("several expressions, not each in parentheses")
         return node
 
     def _ws(self) -> None:
@@ -69,7 +84,10 @@ class _FilterParser:
             return lambda r: not inner(r)
         if self.text.startswith("(", self.pos):
             self.pos += 1
+            before = self.terms
             node = self._or()
+            if self.terms == before + 1:
+                self.wrapped += 1
             self._ws()
             if not self.text.startswith(")", self.pos):
                 raise FilterError("missing ')'")
@@ -82,6 +100,7 @@ class _FilterParser:
         if not m:
             raise FilterError(f"expected a field name at {self.text[self.pos:]!r}")
         path, self.pos = m.group(), m.end()
+        self.terms += 1
         self._ws()
         op = next((o for o in _OPS if self.text.startswith(o, self.pos)), None)
         if op is None:
@@ -180,8 +199,12 @@ def _term_matcher(path: str, op: str, value: str) -> Callable[[dict[str, Any]], 
     return match
 
 
-def parse_filter(text: str) -> Callable[[dict[str, Any]], bool]:
-    """Compile a GCE list filter to a predicate over a resource's camelCase JSON dict."""
+def parse_filter(text: str, *, each_in_parentheses: bool = False) -> Callable[[dict[str, Any]], bool]:
+    """Compile a list filter to a predicate over a resource's camelCase JSON dict.
+
+    ``each_in_parentheses``: Compute's rule that several expressions each stand in parentheses
+    (every compute list passes it); off for the other stand-ins that borrow this parser (Cloud
+    Build's ``list_builds``), whose APIs do not have that rule."""
     if not text or not text.strip():
         return lambda _r: True
-    return _FilterParser(text.strip()).parse()
+    return _FilterParser(text.strip(), each_in_parentheses).parse()

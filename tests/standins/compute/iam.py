@@ -42,6 +42,7 @@ _PERMISSIONS: dict[str, str] = {
     "zones.get": "compute.zones.get",
     "zones.list": "compute.zones.list",
     "regions.get": "compute.regions.get",
+    "projects.get": "compute.projects.get",
     "instances.attachDisk": "compute.instances.attachDisk",
     "instances.detachDisk": "compute.instances.detachDisk",
     "disks.insert": "compute.disks.create",
@@ -70,11 +71,11 @@ _ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
         "compute.instances.*", "compute.zoneOperations.*", "compute.disks.*",
         "compute.images.get", "compute.images.getFromFamily", "compute.images.list",
         "compute.machineTypes.*", "compute.acceleratorTypes.*", "compute.zones.*",
-        "compute.regions.*",
+        "compute.regions.*", "compute.projects.get",
         # "read access to all Compute Engine networking resources" (the role's description)
         "compute.networks.get", "compute.networks.list", "compute.subnetworks.get",
         "compute.subnetworks.list"}),
-    "roles/compute.viewer": frozenset({
+    "roles/compute.viewer": frozenset({"compute.projects.get"} | {
         f"compute.{r}.{v}" for r in ("instances", "zoneOperations", "images", "machineTypes",
                                      "acceleratorTypes", "zones", "regions", "disks", "networks",
                                      "subnetworks")

@@ -9,7 +9,7 @@ from typing import Any, Optional, Union
 
 from google.cloud import compute_v1
 
-from tests.standins.compute.catalogue import MACHINE_TYPES, ZONES
+from tests.standins.compute.catalogue import HYPERDISK_ONLY, MACHINE_TYPES, ZONES
 from tests.standins.compute.errors import ApiError, _copy, _invalid, _not_found, _now_ts
 from tests.standins.compute.model import (
     API, _path as _path_of, _disk_ref, _fill_scheduling, _fingerprint, _full, _is_spot, _last, _no_results, _page, _Vm,
@@ -22,6 +22,16 @@ _NAME_RE = re.compile(r"[a-z](?:[-a-z0-9]{0,61}[a-z0-9])?")
 _LABEL_KEY_RE = re.compile(r"[a-z][a-z0-9_-]{0,62}")
 _LABEL_VALUE_RE = re.compile(r"[a-z0-9_-]{0,63}")
 _METADATA_KEY_RE = re.compile(r"[a-zA-Z0-9_-]{1,128}")
+
+
+def _check_disk_type(machine_type: str, i: int, d: compute_v1.AttachedDisk) -> None:
+    """A3 Ultra and A4 take Hyperdisk only (see ``HYPERDISK_ONLY`` in the catalogue). GCE's exact
+    words for this refusal were not found; the message below is the fake's."""
+    kind = _last(d.initialize_params.disk_type)
+    if machine_type.startswith(HYPERDISK_ONLY) and kind.startswith("pd-"):
+        raise _invalid(f"resource.disks[{i}].initializeParams.diskType", d.initialize_params.disk_type,
+                       f"Disk type '{kind}' is not supported by machine type '{machine_type}': "
+                       "it supports Hyperdisk only.")
 
 
 class InstanceRecords:
@@ -210,6 +220,7 @@ class InstanceRecords:
             raise _invalid("resource.disks", "", "Exactly one boot disk must be specified.")
         for i, d in enumerate(inst.disks):
             self._check_source_image(i, d)
+            _check_disk_type(mt[1], i, d)
 
     def _check_source_image(self, i: int, d: compute_v1.AttachedDisk) -> None:
         """A disk made from an image: the image exists (any project the fake holds images of),
@@ -261,6 +272,9 @@ class InstanceRecords:
         target = compute_v1.Instance(name=inst.name, id=next(self._ids),
                                      self_link=f"{API}/projects/{p}/zones/{zone}/instances/"
                                                f"{inst.name}")
+        refused = self._global_gpu_refusal(p, inst)
+        if refused:
+            return self._quota_op(p, zone, target, "insert", *refused)
         over = self._quota_exceeded(p, zone, inst)
         if over:
             return self._quota_op(p, zone, target, "insert", over)
@@ -296,6 +310,9 @@ class InstanceRecords:
                            f"The resource 'projects/{p}/zones/{zone}/instances/{name}' is not "
                            "ready")
         if vm.instance.status == "TERMINATED":
+            refused = self._global_gpu_refusal(p, vm.instance)
+            if refused:
+                return self._quota_op(p, zone, vm.instance, "start", *refused)
             over = self._quota_exceeded(p, zone, vm.instance)
             if over:
                 return self._quota_op(p, zone, vm.instance, "start", over)
@@ -373,7 +390,18 @@ class InstanceRecords:
             self_link=f"{API}/projects/{p}/zones/{zone}/instances", next_page_token=token)
 
     def _h_aggregated(self, p: str, q: dict[str, str]) -> Any:
-        vms = sorted((vm for (pp, _, _), vm in self._vms.items() if pp == p),
+        """One page of every zone's instances. A zone in ``unreachable_zones`` cannot be read:
+        without ``returnPartialSuccess=true`` the whole call fails (the reference recommends the
+        flag "to prevent failure", https://cloud.google.com/compute/docs/reference/rest/beta/instances/aggregatedList;
+        the status of that failure is not documented: modelled as 503 backendError); with it,
+        the answer leaves that zone's instances out, names it in ``unreachables`` and gives its
+        scope the warning ``UNREACHABLE`` ("A given scope cannot be reached", compute_v1.Warning.Code)."""
+        unreachable = {z for z in self.unreachable_zones}
+        partial = q.get("returnPartialSuccess", "").lower() == "true"
+        if unreachable and not partial:
+            raise ApiError(503, "backendError", "The service is currently unavailable: zones "
+                           f"{', '.join(sorted(unreachable))} could not be reached.")
+        vms = sorted((vm for (pp, z, _), vm in self._vms.items() if pp == p and z not in unreachable),
                      key=lambda vm: (vm.zone, vm.instance.name))
         zone_of = {id(vm.instance): vm.zone for vm in vms}
         items, token = _page([vm.instance for vm in vms], q)
@@ -382,9 +410,13 @@ class InstanceRecords:
         for inst in items:
             scoped[f"zones/{zone_of[id(inst)]}"].instances.append(inst)
         for scope, lst in scoped.items():
-            if not lst.instances:
+            if scope.split("/", 1)[1] in unreachable:
+                lst.warning = compute_v1.Warning(
+                    code="UNREACHABLE", message=f"Scope '{scope}' is unreachable.",
+                    data=[compute_v1.Data(key="scope", value=scope)])
+            elif not lst.instances:
                 lst.warning = _no_results(scope)
         return compute_v1.InstanceAggregatedList(
             kind="compute#instanceAggregatedList", id=f"projects/{p}/aggregated/instances",
             items=scoped, self_link=f"{API}/projects/{p}/aggregated/instances",
-            next_page_token=token)
+            next_page_token=token, unreachables=[f"zones/{z}" for z in sorted(unreachable)])

@@ -110,7 +110,7 @@ class _Scheduled:
 
 def _page(items: list[Any], q: dict[str, str]) -> tuple[list[Any], str]:
     """Filter, then cut one page; the page token is an opaque offset, like GCE's."""
-    pred = parse_filter(q.get("filter", ""))
+    pred = parse_filter(q.get("filter", ""), each_in_parentheses=True)
     matching = [i for i in items if pred(_as_dict(i))]
     try:
         size = int(q.get("maxResults") or MAX_RESULTS)

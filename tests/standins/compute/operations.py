@@ -28,7 +28,8 @@ class OperationRecords:
 
     def _new_op(self, project: str, zone: str, op_type: str, target: compute_v1.Instance, *,
                 error: Optional[tuple[str, str, int, str]] = None, user: str = "",
-                status_message: str = "", immediate: bool = False) -> compute_v1.Operation:
+                status_message: str = "", immediate: bool = False,
+                error_details: Optional[list[compute_v1.ErrorDetails]] = None) -> compute_v1.Operation:
         seq = next(self._op_seq)
         name = (f"operation-{int(time.time() * 1000)}-{seq:013x}-"
                 f"{self._rng.getrandbits(32):08x}-{self._rng.getrandbits(32):08x}")
@@ -45,7 +46,8 @@ class OperationRecords:
             op.status_message = status_message
         if error:
             code, message, http_code, http_message = error
-            op.error = compute_v1.Error(errors=[compute_v1.Errors(code=code, message=message)])
+            op.error = compute_v1.Error(errors=[compute_v1.Errors(code=code, message=message,
+                                                                  error_details=error_details or [])])
             op.http_error_status_code, op.http_error_message = http_code, http_message
         done_at = time.monotonic() + (0 if immediate else self.operation_seconds)
         self._ops[(project, zone, name)] = _Op(project, zone, op, done_at)

@@ -1,5 +1,20 @@
 """Regional quotas (CPUs, GPUs, spot and standard) checked on insert and start, as ``regions.get``
-serves them, and zone stockouts (ZONE_RESOURCE_POOL_EXHAUSTED)."""
+serves them, the project-wide ``GPUS_ALL_REGIONS`` (``projects.get``), and zone stockouts
+(ZONE_RESOURCE_POOL_EXHAUSTED).
+
+``GPUS_ALL_REGIONS`` caps the GPUs of every live VM of the project, in all regions, spot VMs
+included ("SPOT does NOT bypass GPUS_ALL_REGIONS", observed across 11 zones in a public report;
+``gcloud compute project-info describe`` shows it as ``{'limit': 0.0, 'metric':
+'GPUS_ALL_REGIONS', 'usage': 0.0}`` in a new project). Over it, every zone refuses with the
+operation error QUOTA_EXCEEDED "Quota 'GPUS_ALL_REGIONS' exceeded.  Limit: 0.0 globally." whose
+``errorDetails[].quotaInfo`` carries ``metricName`` compute.googleapis.com/gpus_all_regions,
+``limitName`` GPUS-ALL-REGIONS-per-project, ``limit`` and ``dimensions`` {global: global}: the
+fields gcloud prints under that message (https://github.com/fastai/course-v3/pull/165 for the
+message; QuotaExceededInfo in the compute v1 reference,
+https://documentation.s3ns.fr/compute/docs/reference/rest/v1/QuotaExceededInfo, for the shape).
+The fake's default limit is 64, so tests that do not look at it are not limited by it; a new
+project's 0 is ``set_project_quota("GPUS_ALL_REGIONS", 0)``.
+"""
 
 from __future__ import annotations
 
@@ -18,6 +33,41 @@ class QuotaRules:
     def set_quota(self, region: str, metric: str, limit: float, usage: float = 0.0) -> None:
         with self.lock:
             self.region_quotas.setdefault(region, {})[metric] = (limit, usage)
+
+    def set_project_quota(self, metric: str, limit: float, usage: float = 0.0) -> None:
+        """A project-wide quota (``GPUS_ALL_REGIONS``), as ``projects.get`` reports it."""
+        with self.lock:
+            self.project_quotas[metric] = (limit, usage)
+
+    def _project_gpus(self, project: str) -> float:
+        return sum(amount for vm in self._vms.values()
+                   if vm.project == project and vm.instance.status not in ("TERMINATED", "SUSPENDED")
+                   for metric, amount in self._quota_needs(vm.instance).items() if metric != "CPUS")
+
+    def _global_gpu_refusal(self, project: str, inst: compute_v1.Instance
+                            ) -> Optional[tuple[str, list[compute_v1.ErrorDetails]]]:
+        """(message, errorDetails) when ``inst``'s GPUs would pass GPUS_ALL_REGIONS, else None."""
+        if "GPUS_ALL_REGIONS" not in self.project_quotas:
+            return None
+        wanted = sum(a for m, a in self._quota_needs(inst).items() if m != "CPUS")
+        limit, usage = self.project_quotas["GPUS_ALL_REGIONS"]
+        if not wanted or usage + self._project_gpus(project) + wanted <= limit:
+            return None
+        info = compute_v1.QuotaExceededInfo(
+            metric_name="compute.googleapis.com/gpus_all_regions",
+            limit_name="GPUS-ALL-REGIONS-per-project", limit=limit,
+            dimensions={"global": "global"})
+        return (f"Quota 'GPUS_ALL_REGIONS' exceeded.  Limit: {limit:.1f} globally.",
+                [compute_v1.ErrorDetails(quota_info=info)])
+
+    def _h_project(self, p: str) -> Any:
+        """``projects.get``: the project-wide quotas, with the fake's own live GPUs as usage."""
+        quotas = []
+        for metric, (limit, usage) in sorted(self.project_quotas.items()):
+            live = self._project_gpus(p) if metric == "GPUS_ALL_REGIONS" else 0.0
+            quotas.append(compute_v1.Quota(metric=metric, limit=limit, usage=usage + live))
+        return compute_v1.Project(kind="compute#project", name=p, id=abs(hash(p)) % 10**12,
+                                  quotas=quotas, self_link=f"{API}/projects/{p}")
 
     def _quota_error(self, zone: str, inst: compute_v1.Instance) -> ApiError:
         types = [_last(a.accelerator_type) for a in inst.guest_accelerators]
@@ -77,9 +127,10 @@ class QuotaRules:
         return None
 
     def _quota_op(self, project: str, zone: str, target: compute_v1.Instance, op_type: str,
-                  message: str) -> compute_v1.Operation:
+                  message: str, details: Optional[list[compute_v1.ErrorDetails]] = None
+                  ) -> compute_v1.Operation:
         return self._new_op(project, zone, op_type, target,
-                            error=("QUOTA_EXCEEDED", message, 403, "FORBIDDEN"))
+                            error=("QUOTA_EXCEEDED", message, 403, "FORBIDDEN"), error_details=details)
 
     def _stockout(self, project: str, zone: str, target: compute_v1.Instance,
                   op_type: str) -> compute_v1.Operation:

@@ -52,6 +52,7 @@ _ROUTES: list[tuple[str, str, str]] = [
     ("GET", _S, "subnetworks.list"),
     ("POST", _S, "subnetworks.insert"),
     ("POST", _S + "/(?P<subnetwork>[^/]+)/setPrivateIpGoogleAccess", "subnetworks.setPrivateIpGoogleAccess"),
+    ("GET", "", "projects.get"),
 ]
 
 _SETTERS = ("instances.setMetadata", "instances.setLabels")

@@ -46,6 +46,9 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
     - ``stockout_zones``: inserts (and starts) there fail with ZONE_RESOURCE_POOL_EXHAUSTED, as
       an operation error, or as HTTP 503 when ``stockout_as_http`` is true.
     - ``quota_zones``: inserts there fail with HTTP 403 ``quotaExceeded`` naming the GPU quota.
+    - ``project_quotas`` (``set_project_quota``): project-wide quotas served by ``projects.get``;
+      ``GPUS_ALL_REGIONS`` is enforced on insert and start in every zone (quotas.py).
+    - ``unreachable_zones``: ``aggregatedList`` cannot read them (partial success, instances.py).
     - ``queries_per_second``: above this many requests in any one-second window (0: no
       limit), a request is refused with 403 ``rateLimitExceeded``, the way Compute enforces its
       per-minute "Queries" quota; time to back off, not a missing permission.
@@ -71,6 +74,9 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
         self.stockout_zones: set[str] = set()
         self.stockout_as_http = False
         self.quota_zones: set[str] = set()
+        self.unreachable_zones: set[str] = set()  # aggregatedList cannot read them (quotas.py)
+        # Project-wide quotas (projects.get): metric -> (limit, usage outside the fake).
+        self.project_quotas: dict[str, tuple[float, float]] = {"GPUS_ALL_REGIONS": (64.0, 0.0)}
         self.quota_metric = "NVIDIA_T4_GPUS"  # named when the request has no GPU to blame
         self.error_rate = 0.0
         self.queries_per_second = 0.0
@@ -134,10 +140,10 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
     # ---- dispatch ---------------------------------------------------------------------------
 
     def _route(self, method: str, path: str) -> Optional[tuple[str, dict[str, str]]]:
-        m = re.fullmatch(r"/compute/v1/projects/([^/]+)(/.*)", path)
+        m = re.fullmatch(r"/compute/v1/projects/([^/]+)(/.*)?", path)
         if not m:
             return None
-        project, rest = unquote(m.group(1)), m.group(2)
+        project, rest = unquote(m.group(1)), m.group(2) or ""
         for verb, pattern, rpc in _ROUTES:
             if verb == method:
                 mm = re.fullmatch(pattern, rest)
@@ -162,7 +168,8 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
 
     def client_error(self, e: Exception, query: dict[str, str]) -> Optional[ApiError]:
         if isinstance(e, FilterError):
-            return _invalid("filter", query.get("filter", ""), f"Invalid list filter expression: {e}")
+            # GCE's words exactly (the reason stays with the fake: GCE does not give one).
+            return _invalid("filter", query.get("filter", ""), "Invalid list filter expression.")
         return None
 
     def crashed(self, e: Exception) -> ApiError:
@@ -276,6 +283,8 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
                 return result
         elif rpc.startswith("subnetworks."):
             return self._h_subnetworks(rpc, p, a, q, body)
+        elif rpc == "projects.get":
+            return self._h_project(p)
         else:
             return _catalogue(rpc, p, a, q)
         if request_id and isinstance(result, compute_v1.Operation):
