@@ -10,7 +10,8 @@ default account, which is also the account Cloud Build runs as since 2024,
 https://cloud.google.com/build/docs/cloud-build-service-account-updates), a project-wide
 ``GPUS_ALL_REGIONS`` quota of 0 (the Compute fake refuses every GPU VM in every zone), and an
 Artifact Registry image in runner.toml whose repository does not exist yet (the Cloud Build fake
-refuses a push there, through the Artifact Registry fake). The user is the project's owner.
+refuses a push there, and one by an account without an uploading role, through the Artifact
+Registry fake). The user is the project's owner.
 
 The user is literal: ``follow`` turns each fix line into the call the command makes (gcloud's
 REST request, a runner.toml edit, `runner init`), and a fix line it cannot follow fails the test:
@@ -20,6 +21,7 @@ alternative to the line above it, which the user has just done, so it is not don
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 import uuid
@@ -27,20 +29,23 @@ from pathlib import Path
 from typing import Any, Callable, Iterator
 
 import pytest
+from google.api_core.exceptions import GoogleAPICallError
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1, storage
+from google.cloud.devtools import cloudbuild_v1
 
 from entrypoint.record import RunRecord, State
 from runner.build.image import BuildRequest
 from runner.config import Config
-from runner.cloud.artifact_registry import artifact_registry, repository_of
+from runner.cloud.artifact_registry import Repository, artifact_registry
 from runner.cloud.build_setup import init_builds_in
 from runner.cloud.doctor import Check, exit_code, format_check, run_checks
 from runner.cloud.project_setup import init_project
 from runner.launch.backends.gce import GLOBAL_GPU_QUOTA, GLOBAL_GPU_QUOTA_ID
 from runner.launch.context import make_context
 from tests.conftest import ROOT
-from tests.standins.artifact_registry import ArtifactRegistryFake, artifact_registry_fake  # noqa: F401 - fixture
+from tests.standins.artifact_registry import (ArtifactRegistryFake, artifact_registry_fake,  # noqa: F401 - fixture
+                                              repository_writers)
 from tests.standins.cloudbuild import CloudBuildFake, run_cloudbuild_fake
 from tests.standins.gcp_admin import GcpAdminFake
 from tests.standins.network_guard import guarded_stand_in
@@ -176,8 +181,7 @@ def _repository_create(user: User, line: str) -> None:
 def _repository_binding(user: User, line: str) -> None:
     words, f = _flags(line)
     registry = artifact_registry(user.config())
-    repo = repository_of(f"{f['location']}-docker.pkg.dev/{f['project']}/{words[4]}/x")
-    assert repo is not None, line
+    repo = Repository(f["project"], f["location"], words[4])
     policy = registry.get_iam_policy(repo)
     policy.setdefault("bindings", []).append({"role": f["role"], "members": [f["member"]]})
     registry.set_iam_policy(repo, policy)
@@ -188,7 +192,7 @@ def _quota_preference(user: User, line: str) -> None:
     # by raising the limit the Compute fake's projects.get reports and its inserts enforce.
     # (gcloud quotas preferences create --service --project --quota-id --preferred-value:
     # https://cloud.google.com/sdk/gcloud/reference/beta/quotas/preferences/create)
-    words, f = _flags(line)
+    _, f = _flags(line)
     assert (f["service"], f["project"], f["quota-id"]) == ("compute.googleapis.com", P, GLOBAL_GPU_QUOTA_ID), line
     user.compute.set_project_quota(GLOBAL_GPU_QUOTA, float(f["preferred-value"]))
 
@@ -225,11 +229,12 @@ def org_project(gcp_admin_fake: GcpAdminFake, compute_fake: Any, artifact_regist
     with guarded_stand_in(run_cloudbuild_fake(P, project_number=int(number)), "cloudbuild fake") as builds:
         # Builds that name no account run as the Compute default account (the fake's default); a
         # build reads its staged source only with a role on the bucket or the project, and pushes
-        # only to a repository the Artifact Registry fake holds.
+        # only to a repository the Artifact Registry fake holds, as an account that may upload.
         gcs = storage.Client(project=P, credentials=AnonymousCredentials())
         builds.source_exists = lambda bucket, name: gcs.bucket(bucket).blob(name).exists()
         builds.source_readable_by = object_readers(gcs, admin, P)
         builds.push_refusal = artifact_registry_fake.push_refusal
+        builds.push_denial = repository_writers(artifact_registry_fake, admin)
         builds.build_seconds = 0.2
         yield User(admin, compute_fake, builds, artifact_registry_fake)
 
@@ -314,3 +319,40 @@ def test_init_and_doctor_walk_an_organisation_project_to_its_first_vm(
     assert record.read_spec().image == built.image  # type: ignore[union-attr]
     sub = user.compute.subnetwork(REGION, "cos-spot-runner", project=P)
     assert sub is not None and sub.private_ip_google_access
+
+
+def test_a_push_by_an_account_without_an_uploading_role_is_refused_as_artifact_registry_refuses_it(
+        org_project: User) -> None:
+    """The stand-ins behind the walk above: Cloud Build pushes to an existing repository only as
+    an account holding a role that uploads there (tests/standins/artifact_registry.py cites the
+    roles and the denial's text). Here the Compute default account may read the staged source
+    but not push, until the user grants it the writer role on the repository."""
+    user = org_project
+    default = f"{user.builds.project_number}-compute@developer.gserviceaccount.com"
+    user.registry.add_repository(P, REGION, "runs")
+    gcs = storage.Client(project=P, credentials=AnonymousCredentials())
+    bucket = gcs.create_bucket(f"src-{uuid.uuid4().hex[:8]}")
+    bucket.blob("source/x.tgz").upload_from_string(b"not read by the fake")
+    user.admin.grant(P, f"serviceAccount:{default}", "roles/storage.objectViewer")
+    client = user.builds.client()
+
+    def build() -> cloudbuild_v1.Build:
+        op = client.create_build(project_id=P, build=cloudbuild_v1.Build(
+            steps=[cloudbuild_v1.BuildStep(id="push", name="gcr.io/cloud-builders/docker",
+                                           args=["push", f"{IMAGE}:v1"])],
+            images=[f"{IMAGE}:v1"], source=cloudbuild_v1.Source(storage_source=cloudbuild_v1.StorageSource(
+                bucket=bucket.name, object_="source/x.tgz"))))
+        with contextlib.suppress(GoogleAPICallError):  # a failed build's result() raises; read its detail
+            op.result(timeout=30)
+        return client.get_build(project_id=P, id=op.metadata.build.id)
+
+    refused = build()
+    assert refused.status.name == "FAILURE"
+    assert refused.status_detail == (
+        'step exited 1: denied: Permission "artifactregistry.repositories.uploadArtifacts" denied on resource '
+        f'"projects/{P}/locations/{REGION}/repositories/runs" (or it may not exist)')
+    _repository_binding(user, f"gcloud artifacts repositories add-iam-policy-binding runs --location={REGION} "
+                              f"--project={P} --member=serviceAccount:{default} --role=roles/artifactregistry.writer")
+    pushed = build()
+    assert pushed.status.name == "SUCCESS", pushed.status_detail
+    assert [image.name for image in pushed.results.images] == [f"{IMAGE}:v1"]

@@ -21,6 +21,16 @@ and its siblings ``get``, ``getIamPolicy``, ``setIamPolicy``):
 - ``deny``: rpc names answering 403 ``PERMISSION_DENIED``; a project absent from ``projects``
   answers 403 as Google does for projects the caller cannot see.
 
+Who may push (``repository_writers``, for the Cloud Build fake's ``push_denial`` hook): an account
+holding a role with ``artifactregistry.repositories.uploadArtifacts`` on the repository or its
+project (writer, repoAdmin, admin: https://cloud.google.com/iam/docs/roles-permissions/artifactregistry;
+the basic editor and owner; the legacy Cloud Build account's ``roles/cloudbuild.builds.builder``,
+which "has permissions to push to and pull from Artifact Registry repositories in the same Google
+Cloud project", https://cloud.google.com/artifact-registry/docs/docker). Any other account is
+refused with the registry's text ``denied: Permission "artifactregistry.repositories.uploadArtifacts"
+denied on resource "projects/P/locations/L/repositories/R" (or it may not exist)``
+(https://github.com/GoogleCloudPlatform/cymbal-superstore/pull/4). Conditions are not modelled.
+
 Not modelled: the API being disabled, CMEK, cleanup policies, remote/virtual repositories,
 per-image IAM. The error texts paraphrase the service (codes and ``status`` are the canonical
 ones), and the repository id pattern below is this fake's assumption, not a documented rule.
@@ -34,7 +44,7 @@ import itertools
 import json
 import re
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -189,6 +199,37 @@ class ArtifactRegistryFake(RoutedApi):
 
     def _etag(self) -> str:
         return f"BwYr{next(self._etags):06d}="
+
+
+# Roles that carry artifactregistry.repositories.uploadArtifacts (see the module docstring).
+UPLOADS_ARTIFACTS = frozenset({"roles/artifactregistry.writer", "roles/artifactregistry.repoAdmin",
+                               "roles/artifactregistry.admin", "roles/editor", "roles/owner",
+                               "roles/cloudbuild.builds.builder"})
+
+
+def repository_writers(registry: ArtifactRegistryFake, admin: Any) -> Callable[[str, str], str | None]:
+    """``(account email, image) -> refusal or None`` for the Cloud Build fake's ``push_denial``,
+    judged from the repository's IAM policy (this fake's) and its project's (the admin fake's)."""
+
+    def denial(email: str, image: str) -> str | None:
+        host, _, path = image.partition("/")
+        parts = path.split("/")
+        if not host.endswith("-docker.pkg.dev") or len(parts) < 3:
+            return None  # another registry, or a name push_refusal already refuses
+        project, location, repo = parts[0], host.removesuffix("-docker.pkg.dev"), parts[1]
+        member = f"serviceAccount:{email}"
+        with registry.lock:
+            found = registry._repos.get(_name(project, location, repo))
+            bindings = copy.deepcopy(found.policy.get("bindings") or []) if found else []
+        on_repo = {b["role"] for b in bindings if member in b.get("members", ()) and not b.get("condition")}
+        on_project = {b["role"] for b in admin.policy(project)["bindings"]
+                      if member in b.get("members", ()) and not b.get("condition")}
+        if UPLOADS_ARTIFACTS & (on_repo | on_project):
+            return None
+        return (f'denied: Permission "artifactregistry.repositories.uploadArtifacts" denied on resource '
+                f'"{_name(project, location, repo)}" (or it may not exist)')
+
+    return denial
 
 
 def _name(project: str, location: str, repo: str) -> str:

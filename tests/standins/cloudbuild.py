@@ -62,6 +62,9 @@ Behaviour kept from Cloud Build because product code depends on it:
 - ``push_refusal(image) -> str | None``: consulted for each resolved ``images`` entry; a reason
   fails the build in its ``push`` step (the Artifact Registry fake's ``push_refusal``: a
   ``*-docker.pkg.dev`` repository must exist before the first push).
+- ``push_denial(account, image) -> str | None``: consulted next, with the account the build runs
+  as; a reason fails the push step the same way (``artifact_registry.repository_writers``: the
+  account must hold a role that uploads to the repository).
 - A source object the build service account cannot read (``source_exists`` hook returns False)
   fails ``create`` with HTTP 400 ``could not resolve source: googleapi: Error 403: ... does not
   have storage.objects.get access``: that is how Cloud Build reports it (gcloud shows
@@ -305,6 +308,7 @@ class CloudBuildFake(RoutedApi):
         self.service_account_email = f"{project_number}-compute@developer.gserviceaccount.com"
         self.source_readable_by: Optional[Callable[[str, str], bool]] = None
         self.push_refusal: Optional[Callable[[str], Optional[str]]] = None
+        self.push_denial: Optional[Callable[[str, str], Optional[str]]] = None
         self.strict = True
         self.endpoint = ""  # set by run_cloudbuild_fake
         self.internal_errors: list[str] = []  # crashes of the fake or its hooks; fixture fails
@@ -650,7 +654,7 @@ class CloudBuildFake(RoutedApi):
             self.fail_next_builds -= 1
             outcome = (_Status.FAILURE, self.fail_message)
             failure_type = cloudbuild_v1.Build.FailureInfo.FailureType.USER_BUILD_STEP
-        elif refusal := self._push_refused(b, location):
+        elif refusal := self._push_refused(b, location, sa):
             outcome = (_Status.FAILURE, refusal)
             failure_type = cloudbuild_v1.Build.FailureInfo.FailureType.USER_BUILD_STEP
             fail_step = next((i for i, st in enumerate(b.steps) if st.id == "push"), len(b.steps) - 1)
@@ -674,13 +678,16 @@ class CloudBuildFake(RoutedApi):
         self._tick()  # build_seconds=0: straight through
         return self._operation(rec)
 
-    def _push_refused(self, b: cloudbuild_v1.Build, location: str) -> str:
-        """The first reason a registry gives for refusing one of the build's images, or ""."""
-        if self.push_refusal is None:
+    def _push_refused(self, b: cloudbuild_v1.Build, location: str, account: str) -> str:
+        """The first reason a registry gives for refusing one of the build's images (pushed as
+        ``account``), or ""."""
+        if self.push_refusal is None and self.push_denial is None:
             return ""
         values = self._values(b, b.id, location)
         for image in b.images:
-            reason = self.push_refusal(substitute(image, values, dynamic=bool(b.options.dynamic_substitutions)))
+            resolved = substitute(image, values, dynamic=bool(b.options.dynamic_substitutions))
+            reason = (self.push_refusal and self.push_refusal(resolved)) or \
+                (self.push_denial and self.push_denial(account, resolved))
             if reason:
                 return f"step exited 1: {reason}"
         return ""
