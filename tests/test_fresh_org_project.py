@@ -255,7 +255,9 @@ def test_init_and_doctor_walk_an_organisation_project_to_its_first_vm(
     assert f"{REGION}-docker.pkg.dev/{P}/runs does not exist" in before["Artifact Registry repository"].detail
     assert f"gcloud artifacts repositories create runs --repository-format=docker --location={REGION}" in \
         before["Artifact Registry repository"].fix
-    assert f"builds run as {compute_default}" in before["Cloud Build account"].detail
+    assert before["Cloud Build account"].detail.startswith(  # the account, and why it is the one, said once
+        f"builds run as {compute_default} (the Compute Engine default service account, Cloud Build's default "
+        "since 2024), which lacks roles/storage.objectViewer")
     assert f"project-wide {GLOBAL_GPU_QUOTA} 0 free of 0" in before["GPU quota"].detail
     assert f"--quota-id={GLOBAL_GPU_QUOTA_ID} --preferred-value=1" in before["GPU quota"].fix
 

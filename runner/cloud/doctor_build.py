@@ -143,10 +143,12 @@ def build_account_check(doctor: Any) -> Check:
             fixes.append(_repo_grant(repo, member, "roles/artifactregistry.writer"))
     from runner.build.build_account import describe
 
+    # describe() already says why a default account was used; a named one gets where it came from.
+    who = describe(email) if describe(email) != email else f"{email} ({kind})"
     if missing:
-        return _check(BUILD_ACCOUNT, False, f"builds run as {describe(email)} ({kind}), which lacks "
+        return _check(BUILD_ACCOUNT, False, f"builds run as {who}, which lacks "
                       + "; ".join(missing), "\n".join(fixes + [f"(or: runner init --project {p})"]))
-    return _check(BUILD_ACCOUNT, True, f"builds run as {describe(email)} ({kind}), which may read the "
+    return _check(BUILD_ACCOUNT, True, f"builds run as {who}, which may read the "
                   "staged source, write its log and push")
 
 
