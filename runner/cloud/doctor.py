@@ -27,12 +27,13 @@ REQUIRED_APIS = ("compute.googleapis.com", "storage.googleapis.com",
                  "cloudbuild.googleapis.com", "artifactregistry.googleapis.com")
 QUOTA_CONSOLE = "https://console.cloud.google.com/iam-admin/quotas?project={project}"
 STORE_ROLE = "roles/storage.objectAdmin"
+PULL_ROLE = "roles/artifactregistry.reader"
 # Roles the VM's service account needs, each with the broader roles that also grant it.
 VM_ROLES: dict[str, frozenset[str]] = {
     STORE_ROLE: frozenset({STORE_ROLE, "roles/storage.admin", "roles/editor", "roles/owner"}),
     "roles/logging.logWriter": frozenset({"roles/logging.logWriter", "roles/logging.admin",
                                           "roles/editor", "roles/owner"}),
-    "roles/artifactregistry.reader": frozenset({
+    PULL_ROLE: frozenset({
         "roles/artifactregistry.reader", "roles/artifactregistry.writer",
         "roles/artifactregistry.repoAdmin", "roles/artifactregistry.admin",
         "roles/editor", "roles/owner"}),
@@ -319,9 +320,18 @@ class _Doctor:
                 on_bucket = {b["role"] for b in policy.bindings if member in b.get("members", ())}
             except Exception as e:  # noqa: BLE001 - unreadable: judge from the project policy
                 bucket_note = f" (the policy of {gs} could not be read: {getattr(e, 'message', e)})"
+        from runner.cloud.doctor_build import pull_grant_on_repository
+
+        # The reader role counts on the image's repository too, as the repository check has it.
+        on_repo, repo_path, repo_fix = pull_grant_on_repository(cfg, member) or (set(), "", "")
         missing, fixes = [], []
         for role, granted_by in VM_ROLES.items():
-            if role == STORE_ROLE:
+            if role == PULL_ROLE and repo_fix:
+                if granted_by & (held | on_repo):
+                    continue
+                missing.append(f"{role} on {repo_path}")
+                fixes.append(repo_fix)
+            elif role == STORE_ROLE:
                 if granted_by & (held | on_bucket):
                     continue
                 missing.append(role + (f" on {gs}" if gs else ""))
