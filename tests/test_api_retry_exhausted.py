@@ -56,7 +56,7 @@ def test_a_build_cloud_build_will_not_create_is_said_with_what_to_do(cloud, cont
     for line in lines[:2]:
         assert "Cloud Build could not create the build: still failing after 1.5 s of retries (last answer: 503" \
             in line and "run `runner build` again later" in line
-    assert cloud.builds == [] and len(cloud.calls("builds.create", ok=False)) > 2
+    assert cloud.builds == [] and len(cloud.calls("builds.create", ok=False)) > 2  # two routes, each retried
 
 
 def test_a_build_whose_status_cannot_be_read_names_the_build_to_follow(cloud, context: Path,  # noqa: F811
@@ -70,7 +70,7 @@ def test_a_build_whose_status_cannot_be_read_names_the_build_to_follow(cloud, co
     assert f"lost track of Cloud Build {build_id}: reading its status is still failing after 1.5 s" in first
     assert f"gcloud builds describe {build_id} --project {cloud.project}" in first
     assert len(cloud.builds) == 2  # both routes' builds were created: Cloud Build has them
-    assert len(cloud.calls("builds.get", ok=False)) > 2
+    assert len(cloud.calls("builds.get", ok=False)) > 2  # two routes, each retried
 
 
 # ---- the hosted supervisor: Cloud Run, Cloud Scheduler ----------------------------------------
@@ -95,7 +95,7 @@ def test_a_deploy_under_a_sustained_fault_says_what_it_was_doing_and_to_run_it_a
     fake.fail_next(503, times=10_000, rpc=rpc)
     with pytest.raises(HostedError, match=rf"^{what}: {EXHAUSTED}.*run the same command again later"):
         deploy(cfg, target(cfg), hosted_clients(cfg), say=lambda s: None)
-    assert len(fake.calls(rpc, ok=False)) > 2
+    assert len(fake.calls(rpc, ok=False)) > 1
     assert run.jobs == {} and sched.jobs == {}  # it stopped there: nothing half made after it
 
 
@@ -114,7 +114,7 @@ def test_init_hosted_says_a_grant_it_could_not_make_for_a_sustained_fault(cfg, c
     assert VM_SA in step.name and not step.changed
     assert "not granted (reading the Cloud Run job: still failing after 1.5 s of retries (last answer: 503" \
         in step.detail
-    assert len(cloudrun_fake.calls("jobs.get", ok=False)) > 2
+    assert len(cloudrun_fake.calls("jobs.get", ok=False)) > 1
 
 
 def test_doctor_never_passes_a_job_grant_it_could_not_read(cfg, cloudrun_fake, scheduler_fake) -> None:  # noqa: F811
@@ -126,7 +126,7 @@ def test_doctor_never_passes_a_job_grant_it_could_not_read(cfg, cloudrun_fake, s
     assert check.ok is False
     assert check.detail.startswith("could not be checked: a Google API call is still failing after 1.5 s")
     assert "run `runner doctor` again later" in check.fix
-    assert len(cloudrun_fake.calls("jobs.getIamPolicy", ok=False)) > 2
+    assert len(cloudrun_fake.calls("jobs.getIamPolicy", ok=False)) > 1
 
 
 # ---- runner doctor's bucket probe: Cloud Storage ----------------------------------------------
@@ -142,4 +142,4 @@ def test_the_bucket_probe_under_a_sustained_fault_says_so_not_that_the_check_bro
     assert check.detail.startswith("could not be checked: a Google API call is still failing after 1.5 s "
                                    "of retries (last answer: 503"), check.detail
     assert "run `runner doctor` again later" in check.fix
-    assert rule.applied > 2
+    assert rule.applied > 1
