@@ -481,7 +481,8 @@ def run_checks(
                 results.append(_skip(name, NO_CREDENTIALS))
                 continue
             if _retry_exhausted(e):
-                results.append(Check(name, False, f"could not be checked: a Google API call is {retry_exhausted_text(e)}",
+                results.append(Check(name, False,
+                                     f"could not be checked: a Google API call is {retry_exhausted_text(e)}",
                                      "run `runner doctor` again later (https://status.cloud.google.com shows "
                                      "Google Cloud incidents)"))
                 continue
