@@ -160,7 +160,7 @@ def run_cloud_build(client: Any, project: str, build: Any, say: Say, poll: float
     from google.api_core import exceptions as gexc
 
     from runner.build.build_account import default_build_account, source_access_fix, source_denied
-    from runner.cloud.gcp_clients import api_retry
+    from runner.cloud.gcp_clients import api_retry, retry_exhausted_text
 
     bucket = build.source.storage_source.bucket or None
 
@@ -175,6 +175,10 @@ def run_cloud_build(client: Any, project: str, build: Any, say: Say, poll: float
             f"Cloud Build refused the build in project {project}: {e.message}. Grant the caller "
             "roles/cloudbuild.builds.editor, and check that the Cloud Build API is enabled"
         ) from None
+    except gexc.RetryError as e:
+        raise BuildError(f"Cloud Build could not create the build: {retry_exhausted_text(e)}; run "
+                         "`runner build` again later (https://status.cloud.google.com shows Google Cloud "
+                         "incidents)") from None
     except gexc.GoogleAPICallError as e:
         if source_denied(e.message or ""):
             raise BuildError(fix(e.message, "Cloud Build could not read the staged source",
@@ -184,7 +188,15 @@ def run_cloud_build(client: Any, project: str, build: Any, say: Say, poll: float
     say(f"Cloud Build {build_id} started" + (f": {op.metadata.build.log_url}" if op.metadata.build.log_url else ""))
     shown = 0
     while True:
-        b = client.get_build(project_id=project, id=build_id, retry=api_retry())
+        try:
+            b = client.get_build(project_id=project, id=build_id, retry=api_retry())
+        except gexc.RetryError as e:
+            # The build was created and goes on in Cloud Build; only our view of it is lost.
+            raise BuildError(
+                f"lost track of Cloud Build {build_id}: reading its status is {retry_exhausted_text(e)}. "
+                f"The build may still finish; follow it with `gcloud builds describe {build_id} --project "
+                f"{project}`" + (f" (or {op.metadata.build.log_url})" if op.metadata.build.log_url else "")
+                + ", or run `runner build` again later") from None
         status = b.status.name
         if read_log and b.logs_bucket and _logs_in_storage(b):
             log = read_log(b.logs_bucket, f"log-{build_id}.txt") or b""

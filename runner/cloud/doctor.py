@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any, Callable
 
 from runner.config import GCE_PREEMPTION_NOTICE, Config
+from runner.cloud.gcp_clients import retry_exhausted_text
 from runner.cloud.gcp_rest import AdminApis, ApiError, admin_apis, member_conditional_roles, member_roles
 from runner.naming import region_of
 from runner.cloud.project_setup import SELF_DELETE_ROLE_ID, self_delete_role
@@ -26,12 +27,13 @@ REQUIRED_APIS = ("compute.googleapis.com", "storage.googleapis.com",
                  "cloudbuild.googleapis.com", "artifactregistry.googleapis.com")
 QUOTA_CONSOLE = "https://console.cloud.google.com/iam-admin/quotas?project={project}"
 STORE_ROLE = "roles/storage.objectAdmin"
+PULL_ROLE = "roles/artifactregistry.reader"
 # Roles the VM's service account needs, each with the broader roles that also grant it.
 VM_ROLES: dict[str, frozenset[str]] = {
     STORE_ROLE: frozenset({STORE_ROLE, "roles/storage.admin", "roles/editor", "roles/owner"}),
     "roles/logging.logWriter": frozenset({"roles/logging.logWriter", "roles/logging.admin",
                                           "roles/editor", "roles/owner"}),
-    "roles/artifactregistry.reader": frozenset({
+    PULL_ROLE: frozenset({
         "roles/artifactregistry.reader", "roles/artifactregistry.writer",
         "roles/artifactregistry.repoAdmin", "roles/artifactregistry.admin",
         "roles/editor", "roles/owner"}),
@@ -242,9 +244,16 @@ class _Doctor:
                          f"--member={self.caller()} --role={STORE_ROLE}")
 
         bucket = self.client("storage").bucket(bucket_name)
+        # The storage library's own retry (429, 5xx, dropped connections), with the deadline every
+        # other API call has: a sustained outage ends in a RetryError, said by ``run_checks``.
+        from google.cloud.storage.retry import DEFAULT_RETRY
+
+        from runner.cloud import gcp_clients
+
+        retry = DEFAULT_RETRY.with_timeout(gcp_clients.API_RETRY_DEADLINE)
         notes = []
         try:
-            bucket.reload()
+            bucket.reload(retry=retry)
             notes.append(f"location {bucket.location}")
         except gexc.NotFound:
             return missing
@@ -254,23 +263,23 @@ class _Doctor:
         probe = bucket.blob(f"{prefix}.doctor/probe-{uuid.uuid4().hex[:12]}")
         data = b"runner doctor probe\n"
         try:
-            probe.upload_from_string(data, if_generation_match=0)
+            probe.upload_from_string(data, if_generation_match=0, retry=retry)
         except gexc.NotFound:
             return missing
         except gexc.Forbidden as e:
             return denied("write objects", e)
         try:
-            if probe.download_as_bytes() != data:
+            if probe.download_as_bytes(retry=retry) != data:
                 return Check(name, False, f"{gs}: the probe object read back different bytes",
                              "check for a proxy or an object lifecycle/retention policy rewriting objects")
         except gexc.Forbidden as e:
             return denied("read objects", e)
         finally:
             try:
-                probe.delete()
-            except gexc.GoogleAPICallError:
+                probe.delete(retry=retry)
+            except gcp_clients.api_errors():
                 pass  # a delete failure is reported below, from a second attempt's answer
-        if probe.exists():
+        if probe.exists(retry=retry):
             return Check(name, False, f"{gs}: could write and read {probe.name} but not delete it",
                          f"gcloud storage buckets add-iam-policy-binding {gs} "
                          f"--member={self.caller()} --role={STORE_ROLE}")
@@ -311,9 +320,18 @@ class _Doctor:
                 on_bucket = {b["role"] for b in policy.bindings if member in b.get("members", ())}
             except Exception as e:  # noqa: BLE001 - unreadable: judge from the project policy
                 bucket_note = f" (the policy of {gs} could not be read: {getattr(e, 'message', e)})"
+        from runner.cloud.doctor_build import pull_grant_on_repository
+
+        # The reader role counts on the image's repository too, as the repository check has it.
+        on_repo, repo_path, repo_fix = pull_grant_on_repository(cfg, member) or (set(), "", "")
         missing, fixes = [], []
         for role, granted_by in VM_ROLES.items():
-            if role == STORE_ROLE:
+            if role == PULL_ROLE and repo_fix:
+                if granted_by & (held | on_repo):
+                    continue
+                missing.append(f"{role} on {repo_path}")
+                fixes.append(repo_fix)
+            elif role == STORE_ROLE:
                 if granted_by & (held | on_bucket):
                     continue
                 missing.append(role + (f" on {gs}" if gs else ""))
@@ -462,12 +480,26 @@ def run_checks(
             if _no_credentials(e):
                 results.append(_skip(name, NO_CREDENTIALS))
                 continue
+            if _retry_exhausted(e):
+                results.append(Check(name, False,
+                                     f"could not be checked: a Google API call is {retry_exhausted_text(e)}",
+                                     "run `runner doctor` again later (https://status.cloud.google.com shows "
+                                     "Google Cloud incidents)"))
+                continue
             results.append(Check(name, False, f"the check itself failed: {type(e).__name__}: {e}",
                                  _generic_fix(e, cfg.project or "PROJECT")))
     return results
 
 
 NO_CREDENTIALS = "needs Google credentials: fix the credentials check first"
+
+
+def _retry_exhausted(e: BaseException) -> bool:
+    """A fault (429/5xx) sustained past the retry deadline: Google's side, not the setup's; it
+    is no ``GoogleAPICallError``, so no check's own handler sees it, and it is said here once."""
+    from google.api_core.exceptions import RetryError
+
+    return isinstance(e, RetryError)
 
 
 def _no_credentials(e: BaseException) -> bool:

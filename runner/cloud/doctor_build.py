@@ -89,6 +89,24 @@ def repository_check(doctor: Any) -> Check:
     return _check(REPOSITORY, True, f"{repo.host_path} (Docker, {repo.location}); the VM account {vm} may pull")
 
 
+def pull_grant_on_repository(cfg: Any, member: str) -> tuple[set[str], str, str] | None:
+    """(the roles ``member`` holds on the repository of ``cfg.image``, that repository's host path,
+    the command granting it the reader role there), or None when the image is not in an Artifact
+    Registry repository, or its policy cannot be read (then the project's policy decides, and
+    ``repository_check`` says what is wrong with the repository).
+
+    Why: a reader grant on the repository alone is enough to pull (and is the narrowest), so the
+    VM account check must accept it as ``repository_check`` does; the two must never disagree."""
+    repo = repository_of(cfg.image)
+    if repo is None:
+        return None
+    try:
+        held = member_roles(artifact_registry(cfg).get_iam_policy(repo), member)
+    except Exception:  # noqa: BLE001 - unreadable (not created yet, denied): the project policy decides
+        return None
+    return held, repo.host_path, _repo_grant(repo, member, "roles/artifactregistry.reader")
+
+
 def build_account_check(doctor: Any) -> Check:
     """The account Cloud Build runs as may read the staged source, write its log and push."""
     cfg = doctor.cfg

@@ -65,8 +65,21 @@ def api_errors() -> tuple[type[Exception], ...]:
 def retry_exhausted_text(e: BaseException) -> str:
     """What a ``RetryError`` says to a user: the last answer and how long it lasted."""
     cause = getattr(e, "cause", None)
-    last = f"{getattr(cause, 'code', '')} {getattr(cause, 'message', cause)}".strip() if cause else str(e)
+    last = _answer_text(cause) if cause else str(e)
     return f"still failing after {API_RETRY_DEADLINE:g} s of retries (last answer: {last})"
+
+
+def _answer_text(cause: BaseException) -> str:
+    """``CODE message`` of an API error; an upload's error (google-resumable-media's
+    ``InvalidResponse``, whose args are a tuple) carries the HTTP response instead."""
+    response = getattr(cause, "response", None)
+    if getattr(cause, "code", None) is None and hasattr(response, "status_code"):
+        try:
+            message = response.json()["error"]["message"]
+        except Exception:  # noqa: BLE001 - not Google's JSON error body: its reason phrase will do
+            message = getattr(response, "reason", "") or ""
+        return f"{response.status_code} {message}".strip()
+    return f"{getattr(cause, 'code', '')} {getattr(cause, 'message', cause)}".strip()
 
 
 @dataclass

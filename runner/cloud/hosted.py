@@ -42,6 +42,7 @@ from importlib import resources
 from typing import Any, Callable
 
 from runner.config import Config
+from runner.cloud.gcp_clients import api_errors, api_retry, retry_exhausted_text
 from runner.cloud.iam_grants import Step, format_step, service_account_email
 
 JOB_ID = "cos-spot-runner-supervisor"
@@ -353,6 +354,11 @@ def explain(e: Exception, what: str, project: str) -> HostedError:
     from google.api_core import exceptions as gexc
 
     msg = getattr(e, "message", None) or str(e)
+    if isinstance(e, gexc.RetryError):
+        # Google kept answering 429/5xx: nothing of ours to fix, and every step before this one
+        # is done; deploy and undeploy are idempotent, so running them again resumes here.
+        return HostedError(f"{what}: {retry_exhausted_text(e)}. The steps before it are done; run the same "
+                           "command again later (https://status.cloud.google.com shows Google Cloud incidents)")
     if isinstance(e, gexc.Forbidden):
         # Cloud Run writes "Permission 'iam.serviceaccounts.actAs' denied ..." (lowercase), other
         # APIs "lacks IAM permission \"X\"": match either, and the permission case-insensitively.
@@ -388,14 +394,18 @@ def _disabled_api(e: Exception, msg: str, what: str) -> str:
 
 def _call(what: str, project: str, fn: Callable[[], Any], passes: tuple[type, ...] | None = None) -> Any:
     """``fn()``, with a Google API error turned into a ``HostedError`` saying what to do, except
-    those in ``passes`` (default: NotFound), which the caller handles."""
+    those in ``passes`` (default: NotFound), which the caller handles.
+
+    Reads and deletes pass ``retry=api_retry()``: the Cloud Run client retries nothing by default
+    and the Scheduler client retries its reads for 600 s; with ours both get the one deadline,
+    and a fault that outlasts it (a ``RetryError``, among ``api_errors()``) is said here too."""
     from google.api_core import exceptions as gexc
 
     try:
         return fn()
     except passes if passes is not None else (gexc.NotFound,):
         raise
-    except gexc.GoogleAPICallError as e:
+    except api_errors() as e:
         raise explain(e, what, project) from None
 
 
@@ -435,7 +445,8 @@ def _ensure_job(cfg: Config, t: HostedTarget, clients: HostedClients, timeout: f
     planned = plan_job(cfg, t)
     name = f"Cloud Run job {t.job_name}"
     try:
-        current = _call("reading the Cloud Run job", t.project, lambda: clients.jobs.get_job(name=t.job_name))
+        current = _call("reading the Cloud Run job", t.project,
+                        lambda: clients.jobs.get_job(name=t.job_name, retry=api_retry()))
     except gexc.NotFound:
         current = None
     if current is None:
@@ -446,7 +457,7 @@ def _ensure_job(cfg: Config, t: HostedTarget, clients: HostedClients, timeout: f
             return Step(name, True, f"created: {t.mode} mode, image {t.image}, as {t.service_account}")
         except gexc.Conflict:  # a concurrent deploy created it first: compare with what it made
             current = _call("reading the Cloud Run job", t.project, passes=(),
-                            fn=lambda: clients.jobs.get_job(name=t.job_name))
+                            fn=lambda: clients.jobs.get_job(name=t.job_name, retry=api_retry()))
     changed = differences(_job_view(planned), _job_view(current))
     if not changed:
         return Step(name, False, f"up to date (image {t.image}, {t.mode} mode)")
@@ -482,7 +493,8 @@ def _ensure_invoker(t: HostedTarget, clients: HostedClients, attempts: int = 5, 
     name = f"{INVOKER_ROLE} on {JOB_ID} for {member.split(':', 1)[1]}"
     for attempt in range(attempts):
         policy = _call("reading the job's IAM policy", t.project, passes=(),
-                       fn=lambda: clients.jobs.get_iam_policy(request=iam_policy_pb2.GetIamPolicyRequest(resource=t.job_name)))
+                       fn=lambda: clients.jobs.get_iam_policy(
+                           request=iam_policy_pb2.GetIamPolicyRequest(resource=t.job_name), retry=api_retry()))
         for b in policy.bindings:
             if b.role == INVOKER_ROLE and member in b.members:
                 return Step(name, False, f"already granted to {member}")
@@ -509,7 +521,7 @@ def _ensure_schedule(t: HostedTarget, clients: HostedClients) -> Step:
     name = f"Cloud Scheduler job {t.schedule_name}"
     try:
         current = _call("reading the Cloud Scheduler job", t.project,
-                        lambda: clients.scheduler.get_job(name=t.schedule_name))
+                        lambda: clients.scheduler.get_job(name=t.schedule_name, retry=api_retry()))
     except gexc.NotFound:
         current = None
     if current is None:
@@ -520,7 +532,7 @@ def _ensure_schedule(t: HostedTarget, clients: HostedClients) -> Step:
             return Step(name, True, f"created: '{SCHEDULE}' (every minute, UTC) → POST {t.run_url}{where}")
         except gexc.Conflict:  # a concurrent deploy created it first: compare with what it made
             current = _call("reading the Cloud Scheduler job", t.project, passes=(),
-                            fn=lambda: clients.scheduler.get_job(name=t.schedule_name))
+                            fn=lambda: clients.scheduler.get_job(name=t.schedule_name, retry=api_retry()))
     changed = differences(_schedule_view(planned), _schedule_view(current))
     if not changed:
         return Step(name, False, f"up to date ('{SCHEDULE}')")
@@ -570,7 +582,8 @@ def _schedules_in(t: HostedTarget, clients: HostedClients, locations: list[str])
     def read(location: str) -> Any:
         try:
             return _call("looking for the supervisor's schedule", t.project,
-                         lambda: clients.scheduler.get_job(name=schedule_name_in(t.project, location)))
+                         lambda: clients.scheduler.get_job(name=schedule_name_in(t.project, location),
+                                                           retry=api_retry()))
         except gexc.NotFound:
             return None
 
@@ -592,7 +605,8 @@ def _delete_schedule(t: HostedTarget, clients: HostedClients, name: str, done: s
     from google.api_core import exceptions as gexc
 
     try:
-        _call("deleting the Cloud Scheduler job", t.project, lambda: clients.scheduler.delete_job(name=name))
+        _call("deleting the Cloud Scheduler job", t.project,
+              lambda: clients.scheduler.delete_job(name=name, retry=api_retry()))
         return Step(f"Cloud Scheduler job {name}", True, done)
     except gexc.NotFound:
         return Step(f"Cloud Scheduler job {name}", False, "not there")
@@ -602,7 +616,8 @@ def _delete_job(t: HostedTarget, clients: HostedClients, name: str, done: str, t
     from google.api_core import exceptions as gexc
 
     try:
-        op = _call("deleting the Cloud Run job", t.project, lambda: clients.jobs.delete_job(name=name))
+        op = _call("deleting the Cloud Run job", t.project,
+                   lambda: clients.jobs.delete_job(name=name, retry=api_retry()))
         _call("deleting the Cloud Run job", t.project, lambda: op.result(timeout=timeout))
         return Step(f"Cloud Run job {name}", True, done)
     except gexc.NotFound:
@@ -618,7 +633,8 @@ def hosted_status(t: HostedTarget, clients: HostedClients, store: Any) -> dict[s
     t, _ = locate_schedule(t, clients)
     out: dict[str, Any] = {"job": None, "schedule": None}
     try:
-        job = _call("reading the Cloud Run job", t.project, lambda: clients.jobs.get_job(name=t.job_name))
+        job = _call("reading the Cloud Run job", t.project,
+                    lambda: clients.jobs.get_job(name=t.job_name, retry=api_retry()))
         v = _job_view(job)
         last = job.latest_created_execution
         out["job"] = {"name": job.name, "image": v["image"], "args": v["args"],
@@ -629,7 +645,8 @@ def hosted_status(t: HostedTarget, clients: HostedClients, store: Any) -> dict[s
     except gexc.NotFound:
         pass
     try:
-        s = _call("reading the Cloud Scheduler job", t.project, lambda: clients.scheduler.get_job(name=t.schedule_name))
+        s = _call("reading the Cloud Scheduler job", t.project,
+                  lambda: clients.scheduler.get_job(name=t.schedule_name, retry=api_retry()))
         out["schedule"] = {"name": s.name, "schedule": s.schedule, "time_zone": s.time_zone,
                            "state": s.state.name, "uri": s.http_target.uri,
                            "last_attempt_at": s.last_attempt_time.isoformat() if s.last_attempt_time else None,

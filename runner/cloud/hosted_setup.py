@@ -27,6 +27,7 @@ from urllib.parse import quote
 
 from runner.config import Config
 from runner.cloud.gcp_rest import AdminApis, ApiError, member_roles
+from runner.cloud.gcp_clients import api_errors, api_retry, retry_exhausted_text
 from runner.cloud.hosted import SUPERVISOR_SA_NAME, supervisor_email
 from runner.cloud.iam_grants import (BUCKET_ROLE, Step, ensure_bucket_role, ensure_project_roles, format_step,
                                      not_yet_visible, service_account_email)
@@ -97,12 +98,13 @@ def vm_may_ask_for_a_pass(cfg: Config, vm_email: str) -> Step | None:
     name = f"roles/run.invoker on {JOB_ID} for {vm_email}"
     try:
         clients = job_clients(cfg)
-        clients.jobs.get_job(name=t.job_name)  # job IAM needs the job
+        clients.jobs.get_job(name=t.job_name, retry=api_retry())  # job IAM needs the job
         return ensure_vm_invoker(t, clients, vm_email)
     except gexc.NotFound:
         return Step(name, False, "the job is not deployed yet; `runner supervise --deploy` grants it")
-    except (gexc.GoogleAPICallError, HostedError) as e:  # e.g. the Cloud Run API not enabled yet
-        return Step(name, False, f"not granted ({e}); `runner supervise --deploy` grants it, "
+    except (*api_errors(), HostedError) as e:  # e.g. the Cloud Run API not enabled yet, or down
+        why = f"reading the Cloud Run job: {retry_exhausted_text(e)}" if isinstance(e, gexc.RetryError) else e
+        return Step(name, False, f"not granted ({why}); `runner supervise --deploy` grants it, "
                                  "`runner doctor` checks it")
 
 
@@ -253,11 +255,13 @@ def _vm_invoker_missing(cfg: Config, vm: str) -> tuple[str, str] | None:
         return None
     try:
         policy = job_clients(cfg).jobs.get_iam_policy(
-            request=iam_policy_pb2.GetIamPolicyRequest(resource=t.job_name))
+            request=iam_policy_pb2.GetIamPolicyRequest(resource=t.job_name), retry=api_retry())
     except gexc.NotFound:
         return None
     except gexc.GoogleAPICallError:
         return None  # the API disabled, or no right to read the policy: the items above name that
+    # A RetryError (Cloud Run kept failing) is not "granted": it goes up, and `runner doctor`
+    # says the check could not be made and to run it again later.
     if holds_invoker(policy, f"serviceAccount:{vm}"):
         return None
     return (f"{INVOKER_ROLE} on the job {JOB_ID} for the VM account {vm} (a preempted VM cannot ask for "

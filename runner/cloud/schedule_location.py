@@ -45,11 +45,14 @@ def offered_locations(scheduler: Any, project: str) -> list[str]:
     """Every location Cloud Scheduler offers to ``project``, all pages read (sorted)."""
     from google.cloud.location import locations_pb2
 
+    from runner.cloud.gcp_clients import api_retry
+
     found: list[str] = []
     token = ""
     while True:
         page = scheduler.list_locations(
-            request=locations_pb2.ListLocationsRequest(name=f"projects/{project}", page_token=token))
+            request=locations_pb2.ListLocationsRequest(name=f"projects/{project}", page_token=token),
+            retry=api_retry())
         found += [loc.location_id or loc.name.rsplit("/", 1)[-1] for loc in page.locations]
         token = page.next_page_token
         if not token:
