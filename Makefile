@@ -44,8 +44,8 @@ test: image image-torch  ## the whole suite (unit, integration with real Docker,
 test-fast: setup  ## tests that need no Docker
 	$(BIN)/pytest -q -m "not docker"
 
-chaos: image  ## the chaos suite in its long form (RUNNER_CHAOS_CYCLES=N to choose the cycles)
-	RUNNER_TEST_IMAGE=$(IMAGE) RUNNER_CHAOS=long $(BIN)/pytest -q -m chaos tests/chaos
+chaos: image image-torch  ## the chaos suite in its long form and the long variants (RUNNER_CHAOS_CYCLES=N to choose the cycles)
+	RUNNER_TEST_IMAGE=$(IMAGE) RUNNER_TEST_TORCH_IMAGE=$(TORCH_IMAGE) RUNNER_CHAOS=long $(BIN)/pytest -q -m "chaos or long"
 
 bench: image  ## benchmarks, printed as ratios
 	RUNNER_TEST_IMAGE=$(IMAGE) $(BIN)/python -m bench

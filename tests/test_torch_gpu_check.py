@@ -97,6 +97,7 @@ def test_containers_get_the_gpu_the_cos_way_never_with_gpus(tmp_path):
 
 @pytest.mark.docker
 @pytest.mark.torch
+@pytest.mark.long  # `make chaos`: ~1 min; the pieces it orchestrates are tested above, without Docker
 def test_the_gpu_checks_orchestration_preempts_resumes_and_compares_on_cpu(tmp_path, docker_client):
     """Everything gpu_check.py does after the GPU checks, on the CPU torch image: submit through
     the agent with the driver mounts (empty here), preempt once, resume, compare bit for bit."""

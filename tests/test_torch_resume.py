@@ -122,6 +122,7 @@ def test_a_run_preempted_three_times_ends_bit_exact_with_an_uninterrupted_run(ru
     assert result["tensors"] >= 8 + 3 + 3 * 8, result
 
 
+@pytest.mark.long  # `make chaos`: ~1 min; the bit-exact resume above runs in `make test`
 def test_torchrun_ranks_all_hear_sigterm_and_resume_together_from_rank_0s_checkpoint(runner, run_id, torch_image):
     seed = int(os.environ.get("RUNNER_TEST_SEED", random.randrange(1 << 30)))
     target = random.Random(seed).randint(8, 30)
