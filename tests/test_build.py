@@ -215,19 +215,21 @@ def test_local_build_builds_the_real_dockerfile_and_prints_the_image_id(docker_c
 
 @pytest.mark.docker
 def test_submit_without_an_image_builds_first_and_pins_the_result(runner, run_id, tmp_path):
-    ctx = tmp_path / "project"
+    ctx = tmp_path / f"autobuild-{run_id}"
     shutil.copytree(ROOT, ctx, ignore=shutil.ignore_patterns(".venv", ".git", ".cache", ".runner", "tests"))
-    tag = "cos-spot-runner/test-autobuild:dev"
-    env = {**runner.env, "RUNNER_IMAGE": tag,
+    configured = f"cos-spot-runner/test-autobuild-{run_id}:dev"  # what runs use: never a build's target
+    tag = f"autobuild-{run_id}:dev"  # named after the folder (issue 20 §2)
+    env = {**runner.env, "RUNNER_IMAGE": configured,
            "RUNNER_BASE_IMAGE": os.environ.get("RUNNER_BASE_IMAGE", "cos-spot-runner/base:bookworm-2")}
     try:
         p = subprocess.run(runner.cmd("submit", "--run-id", run_id, "--", "python3", "-m", "examples.trainer",
                                       "--steps", "3", "--step-time", "0.01"),
                            cwd=ctx, env=env, capture_output=True, text=True, timeout=300)
         assert p.returncode == 0, p.stderr
-        assert "building cos-spot-runner/test-autobuild:dev first" in p.stderr
+        assert f"building {tag} first" in p.stderr
         spec = runner.read_json(run_id, "spec.json")
         assert spec["image"] == runner.docker.images.get(tag).id
         assert runner.state(run_id)["state"] == "SUCCEEDED"
+        assert subprocess.run(["docker", "image", "inspect", configured], capture_output=True).returncode != 0
     finally:
-        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)
+        subprocess.run(["docker", "rmi", "-f", tag, configured], capture_output=True)

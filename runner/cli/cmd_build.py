@@ -12,7 +12,9 @@ from runner.cli.common import EXIT_FAILED, EXIT_USAGE, config_of, config_options
 @click.command()
 @click.option("--context", "context_dir", default=".", show_default=True, type=click.Path(file_okay=False),
               help="Directory to build; .gcloudignore decides what is uploaded.")
-@click.option("--image", help="REPO/NAME[:TAG] to push (default: image from config).")
+@click.option("--image", help="REPO/NAME[:TAG] to tag (and push). Default: named after the context folder "
+                               "(FOLDER:dev with --local; pushed: FOLDER beside image from config), never "
+                               "the configured image itself.")
 @click.option("--dockerfile", default="Dockerfile", show_default=True)
 @click.option("--base-image", help="BASE_IMAGE build arg (default: the Dockerfile's, python:3.11-slim).")
 @click.option("--local", "local_only", is_flag=True, help="Build with the local Docker daemon only, no push.")
@@ -29,6 +31,7 @@ def build(context_dir: str, image: str | None, dockerfile: str, base_image: str 
     \b
       runner build --project my-proj --store gs://my-bucket --image us-docker.pkg.dev/my-proj/runs/trainer
       runner build --local --image cos-spot-runner/workload:dev     # for the local backend
+      runner build --local --context myjob                         # tagged myjob:dev, after the folder
       runner build --list-files                                    # what would be uploaded
     """
     from runner.build.image import BuildError, BuildRequest, list_files as files_of
@@ -42,14 +45,26 @@ def build(context_dir: str, image: str | None, dockerfile: str, base_image: str 
             fail(str(e), EXIT_USAGE)
         return
     cfg = config_of({**cli_config, "base_image": base_image}, config_path)
-    ref = image or cfg.image
-    if not ref:
-        fail("no image name: pass --image REPO/NAME[:TAG] or set image in runner.toml", EXIT_USAGE)
+    ref = image or unnamed_build_image(cfg, context_dir, local_only)
     try:
         result = run_build(cfg, BuildRequest(context_dir, ref, dockerfile, cfg.base_image), local_only)
     except (BuildError, IgnoreFileError) as e:
         fail(str(e), EXIT_FAILED)
     click.echo(result.image)
+
+
+def unnamed_build_image(cfg: Any, context_dir: str, local_only: bool) -> str:
+    """The name of a build the user named no image for: after its folder, said on stderr; never
+    the configured image (what runs use) nor the base image (issue 20 §2). None derivable: exit 2."""
+    from runner.build.image_name import UnnamedBuild, image_for_context
+
+    try:
+        ref = image_for_context(context_dir, local_only=local_only, configured_image=cfg.image,
+                                base_image=cfg.base_image)
+    except UnnamedBuild as e:
+        fail(str(e), EXIT_USAGE)
+    note(f"no --image: tagging this build {ref}, after its folder (--image NAME to choose)")
+    return ref
 
 
 def run_build(cfg: Any, req: Any, local_only: bool) -> Any:

@@ -9,19 +9,45 @@ from typing import Any, NoReturn
 import click
 
 from runner.cli.common import EXIT_FAILED, EXIT_USAGE, checked_run_id, config_of, config_options, fail, guard, load, note
-from runner.cli.cmd_build import run_build
+from runner.cli.cmd_build import run_build, unnamed_build_image
 from runner.cli.cmd_ops import warn_if_unsupervised
 
 EXIT_INTERRUPTED = 130  # 128 + SIGINT: what a shell reports for a command stopped by Ctrl-C
 
 
-@click.command(context_settings={"ignore_unknown_options": True})
+class SubmitCommand(click.Command):
+    """``submit``, whose arguments are a job's argv: options end at the job's first word.
+
+    Parsing stops at the first word that is not a runner option: click's context setting
+    ``allow_interspersed_args`` is optparse's ("If this flag were false ... we stop processing
+    options as soon as we see the first non-option argument",
+    https://docs.huihoo.com/pydoc/python/2.5/stdlib/optparse.OptionParser-class.html), so the job's
+    own ``--max-restarts 3`` reaches the job instead of the runner. ``ignore_unknown_options``
+    (click's pattern for forwarding options, https://click.palletsprojects.com/en/latest/advanced/)
+    is what turned ``--detatch`` into the job's command, and is gone: before the first word an
+    unknown option is click's usage error (exit 2) with its "Did you mean"
+    (https://github.com/pallets/click/issues/2764), to which this adds where a job's own options go.
+    """
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        try:
+            return super().parse_args(ctx, args)
+        except click.NoSuchOption as e:
+            raise click.UsageError(f"{e.format_message()}\nA job's own options go after its program "
+                                   f"(or after `--`): {_COMMAND_FORM}", ctx=e.ctx) from None
+
+
+_COMMAND_FORM = "runner submit --run-id ID [OPTIONS] -- PROGRAM ARGS..."
+
+
+@click.command(cls=SubmitCommand, context_settings={"allow_interspersed_args": False})
 @click.option("--run-id", required=True, help="Your name for the run; re-using it resumes the run.")
 @click.option("--image", help="Image to run (local: a Docker image name; pinned to its id/digest).")
 @click.option("--restart", is_flag=True, help="Run a finished, failed or stopped run again (resumes from its last checkpoint).")
 @click.option("--detach", is_flag=True, help="Return after submitting; `runner supervise` keeps it going.")
 @click.option("--dry-run", is_flag=True, help="Print exactly what would be created, and create nothing.")
-@click.option("--skip-build", is_flag=True, help="Without --image: use the configured image as is, do not build it first.")
+@click.option("--skip-build", is_flag=True, help="Without --image: run the configured image as is; otherwise "
+              "the current folder is built first, tagged FOLDER:dev (never over the configured image).")
 @click.option("--pull", "pull_dest", metavar="DIR", type=click.Path(file_okay=False),
               help="When the run succeeds, copy its results/ here (as `runner ops pull --dest DIR`).")
 @click.option("--max-restarts", type=int, help="Preemption/stall restarts before giving up (default 10).")
@@ -44,16 +70,22 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
            command: tuple[str, ...], cli_config: dict[str, Any], config_path: str | None) -> None:
     """Submit a run and follow it until it ends (unless --detach).
 
-    The job's command comes after `--` and is passed as an argument list, never re-parsed by a
-    shell:
+    The job's command comes after `--` (runner options before it) and is passed as an argument
+    list, never re-parsed by a shell; everything after the job's first word is the job's:
 
         runner submit --run-id exp-1 --image cos-spot-runner/workload:dev -- python3 -m examples.trainer --steps 100
 
-    Re-submitting an existing run id resumes it from its last checkpoint.
+    Re-submitting an existing run id resumes it from its last checkpoint (with no command, or
+    the same one; another command needs another --run-id).
     """
     from runner.launch import submit as submit_mod
 
     run_id = checked_run_id(run_id)
+    if command and command[0].startswith("-"):
+        # Only `--` lets a word starting with `-` through, and no program is named like that: a
+        # runner option written after `--`, or the job's arguments without their program.
+        fail(f"the job's command starts with {command[0]!r}, which is an option, not a program: runner "
+             f"options go before `--`, the program and its arguments after it: {_COMMAND_FORM}", EXIT_USAGE)
     if pull_dest is not None and detach:
         fail("--pull needs the run followed to its end: drop --detach, or pull later with "
              f"`runner ops pull --run-id {run_id} --dest {pull_dest}`", EXIT_USAGE)
@@ -186,16 +218,18 @@ def _dry_run(cfg: Any, run_id: str, command: list[str], image: str | None) -> No
 
 
 def _build_for_submit(ctx: Any) -> str:
-    """No --image: build the configured image from the current directory, as `runner build` would."""
+    """No --image: build the current directory first, as `runner build` without --image would:
+    named after the folder, never over the configured image (what --skip-build runs) or the base
+    image, which a job's Dockerfile builds FROM (issue 20 §2)."""
     from runner.build.image import BuildError, BuildRequest
 
-    name = ctx.cfg.image or ("cos-spot-runner/workload:dev" if ctx.cfg.backend == "local" else None)
-    if not name:
-        fail("no image: pass --image, set image in runner.toml, or --skip-build", EXIT_USAGE)
-    note(f"building {name} first (--skip-build to use it as it is)")
+    local_only = ctx.cfg.backend == "local"
+    name = unnamed_build_image(ctx.cfg, ".", local_only)
+    note(f"building {name} first (--image NAME to run an image as it is, --skip-build to run the "
+         "configured one)")
     try:
         return run_build(ctx.cfg, BuildRequest(".", name, base_image=ctx.cfg.base_image),
-                      local_only=ctx.cfg.backend == "local").image
+                         local_only=local_only).image
     except BuildError as e:
         fail(str(e), EXIT_FAILED)
     raise AssertionError

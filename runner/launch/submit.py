@@ -1,7 +1,8 @@
 """Submitting a run: write its spec and first state, or decide what a re-submit means.
 
 Re-submitting an existing run id resumes it (same record, next attempt, restored from
-``last.pt``); a finished or stopped run is only started again with ``restart=True``.
+``last.pt``); a finished or stopped run is only started again with ``restart=True``, and a
+re-submit with another command than the recorded one is refused, live or not.
 """
 
 from __future__ import annotations
@@ -98,8 +99,16 @@ def submit(ctx: Context, run_id: str, command: list[str], *, image: str | None, 
             except StopInProgress as e:
                 raise SubmitRefused(str(e)) from None
             return SubmitResult(run_id, spec, True, f"run {run_id} restarted from {st.state.value}")
-        note = "" if not command or command == spec.command else " (its recorded command is kept)"
-        return SubmitResult(run_id, spec, True, f"run {run_id} exists ({st.state.value}, attempt {st.attempt}): resuming it{note}")
+        if command and command != spec.command:
+            # A live run keeps its recorded command; resuming it while saying "kept" ran something
+            # other than what was typed, and exited 0 (issue 20 §3). Refuse, with both commands.
+            raise SubmitRefused(
+                f"run {run_id} is live ({st.state.value}, attempt {st.attempt}) with the command "
+                f"{_shell(spec.command)}, not {_shell(command)}; nothing was changed. To start the new "
+                f"command, choose another id: runner submit --run-id NEW -- {_shell(command)}. To follow "
+                f"this run, submit it without a command; to stop it: runner ops delete --run-id {run_id}"
+            )
+        return SubmitResult(run_id, spec, True, f"run {run_id} exists ({st.state.value}, attempt {st.attempt}): resuming it")
     if not command:
         raise SubmitRefused("no command given: runner submit --run-id ID -- CMD ARGS...")
     check_store_mountable(ctx.cfg.backend, ctx.store.url)

@@ -106,13 +106,14 @@ def test_two_submits_of_one_new_id_with_two_commands_the_loser_is_told_the_id_is
         lost = b if won[0] is a else a
         recorded = runner.read_json(rid, "spec.json")["command"]
         assert recorded == (ours if won[0] is a else theirs)
-        if lost.returncode == 2:
+        assert lost.returncode == 2, lost.stderr  # either way the other command is refused (issue 20 §3)
+        if "is taken: another submit just submitted" in lost.stderr:
             refused += 1
             assert f"run id {rid} is taken: another submit just submitted it with the command" in lost.stderr, \
                 lost.stderr
             assert "choose another --run-id" in lost.stderr, lost.stderr
-        else:  # it looked after the run existed: a re-submit of a live run keeps its command
-            assert lost.returncode == 0 and "its recorded command is kept" in lost.stderr, lost.stderr
+        else:  # it looked after the run existed: a re-submit of a live run with another command
+            assert f"run {rid} is live (" in lost.stderr and "--run-id NEW" in lost.stderr, lost.stderr
         for c in runner.containers(rid):
             c.remove(force=True)
     print(f"{refused} of {cycles(short=2, long=10)} races refused (the rest looked after the run existed)")
