@@ -435,6 +435,8 @@ def pull(run_id: str, dest: str, checkpoints: bool, as_json: bool, cli_config: d
         return
     click.echo(f"{run_id}: {len(out['copied'])} file(s) copied ({out['bytes']} bytes), "
                f"{len(out['unchanged'])} unchanged, in {out['dest']}")
+    if out.get("why_nothing"):
+        click.echo(f"runner: nothing copied: {out['why_nothing']}", err=True)
 
 
 @ops.command()
