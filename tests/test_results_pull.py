@@ -4,6 +4,7 @@ outputs learns where the job should have written them (runner/ops/runs.py ``pull
 from __future__ import annotations
 
 import os
+import subprocess
 
 import pytest
 
@@ -42,6 +43,29 @@ def test_a_repeated_pull_says_everything_is_already_here(local_store, tmp_path):
     assert first["copied"] == ["results/a.txt"] and "why_nothing" not in first
     second = pull_run(local_store, "done", str(tmp_path / "dest"))
     assert second["why_nothing"] == f"all 1 file(s) of the run are already up to date in {tmp_path / 'dest' / 'done'}"
+
+
+@pytest.mark.parametrize("kind", ["local", "gcs"])
+def test_results_keep_their_executable_bit_through_upload_and_pull(kind, request, tmp_path):
+    """The agent's results sync (DirectorySync) records each file's mode with the object; a pull
+    restores it (the issue: 755 became 644)."""
+    from entrypoint.checkpoints import DirectorySync
+
+    store = request.getfixturevalue(f"{kind}_store")
+    _run(store, "modes", State.SUCCEEDED)
+    results = tmp_path / "results"
+    (results / "bin").mkdir(parents=True)
+    (results / "bin" / "tool").write_bytes(b"#!/bin/sh\necho tool\n")
+    (results / "bin" / "tool").chmod(0o755)
+    (results / "data.txt").write_bytes(b"data")
+    (results / "data.txt").chmod(0o640)
+    assert DirectorySync(store, str(results), "runs/modes/results/").sync_once()
+    out = pull_run(store, "modes", str(tmp_path / "dest"))
+    pulled = tmp_path / "dest" / "modes" / "results"
+    assert sorted(out["copied"]) == ["results/bin/tool", "results/data.txt"]
+    assert (pulled / "bin" / "tool").stat().st_mode & 0o777 == 0o755
+    assert (pulled / "data.txt").stat().st_mode & 0o777 == 0o640
+    assert subprocess.run([str(pulled / "bin" / "tool")], capture_output=True).stdout == b"tool\n"
 
 
 @pytest.mark.docker

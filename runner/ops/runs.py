@@ -502,14 +502,16 @@ def pull_run(store: Store, run_id: str, dest: str, checkpoints: bool = False,
             continue  # deleted since the listing
         if os.path.isfile(local) and crc32c_of_file(local) == info.crc32c:
             skipped.append(rel)
+            _restore_mode(local, info.mode)
         else:
-            todo.append((name, rel, local, info.size))
+            todo.append((name, rel, local, info.size, info.mode))
     if on_plan:
         on_plan(len(todo), sum(t[3] for t in todo))
     copied, moved = [], 0
-    for name, rel, local, size in todo:
+    for name, rel, local, size, mode in todo:
         os.makedirs(os.path.dirname(local), exist_ok=True)
         store.download_file(name, local)
+        _restore_mode(local, mode)
         copied.append(rel)
         moved += size
         if on_file:
@@ -524,6 +526,15 @@ def pull_run(store: Store, run_id: str, dest: str, checkpoints: bool = False,
     if not copied:
         out["why_nothing"] = _why_nothing_copied(rec, names, skipped, root)
     return out
+
+
+def _restore_mode(path: str, mode: int | None) -> None:
+    """Give a pulled file the mode its uploader recorded (an executable stays executable); one
+    without a recorded mode keeps what this machine's umask gave it."""
+    import os
+
+    if mode is not None:
+        os.chmod(path, mode & 0o777)
 
 
 def _why_nothing_copied(rec: RunRecord, names: list[str], unchanged: list[str], root: str) -> str:
