@@ -76,3 +76,20 @@ def test_submit_pull_of_a_job_that_wrote_nothing_says_why(runner, run_id, tmp_pa
     assert p.returncode == 0, p.stderr
     assert "pulled 0 file(s)" in p.stderr
     assert "nothing copied" in p.stderr and "$RUNNER_RESULTS_DIR" in p.stderr
+
+
+@pytest.mark.docker
+def test_an_executable_result_is_still_executable_after_submit_pull(runner, run_id, tmp_path):
+    """Whole path: the job in its container writes a 755 script to $RUNNER_RESULTS_DIR, the agent
+    uploads it, `submit --pull` brings it home runnable. Needs the agent of this tree in the image
+    (RUNNER_TEST_IMAGE built from it)."""
+    image = os.environ.get("RUNNER_TEST_IMAGE", "cos-spot-runner/workload:dev")
+    script = ('cd "$RUNNER_RESULTS_DIR" && printf "#!/bin/sh\\necho pulled-ok\\n" > run.sh '
+              '&& chmod 755 run.sh && echo plain > notes.txt && chmod 644 notes.txt')
+    p = runner("submit", "--run-id", run_id, "--image", image, "--pull", str(tmp_path / "out"),
+               "--", "sh", "-c", script)
+    assert p.returncode == 0, p.stderr
+    pulled = tmp_path / "out" / run_id / "results"
+    assert (pulled / "run.sh").stat().st_mode & 0o777 == 0o755
+    assert (pulled / "notes.txt").stat().st_mode & 0o777 == 0o644
+    assert subprocess.run([str(pulled / "run.sh")], capture_output=True).stdout == b"pulled-ok\n"
