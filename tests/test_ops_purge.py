@@ -124,3 +124,27 @@ def test_cli_purge_asks_first_and_without_a_terminal_needs_yes(tmp_path):
 def test_cli_yes_without_purge_is_a_usage_error(tmp_path):
     p = _runner("ops", "delete", "--run-id", "old", "--yes", "--store", str(tmp_path), cwd=tmp_path)
     assert p.returncode == 2 and "--yes only confirms --purge" in p.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("answer, purged", [("n", False), ("y", True)])
+def test_cli_purge_at_a_terminal_does_what_the_answer_says(tmp_path, answer, purged):
+    """At a terminal the purge asks; "n" leaves the run exactly as it was (not even stopped)."""
+    import pty
+
+    store = tmp_path / "store"
+    store.mkdir()
+    _failed_run(store, "old")
+    master, slave = pty.openpty()
+    try:
+        os.write(master, f"{answer}\n".encode())
+        p = subprocess.run([sys.executable, "-m", "runner.cli", "ops", "delete", "--run-id", "old", "--purge",
+                            "--store", str(store)], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                           stdin=slave, capture_output=True, text=True, timeout=60)
+    finally:
+        os.close(slave)
+        os.close(master)
+    assert "remove its record" in p.stderr and "This cannot be undone" in p.stderr
+    assert (p.returncode == 0) is purged, p.stderr
+    assert (store / "runs" / "old" / "state.json").exists() is not purged
+    assert not (store / "runs" / "old" / ".stop").exists()  # declined: not even stopped; purged: gone
