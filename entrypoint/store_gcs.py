@@ -356,7 +356,9 @@ class GcsStore(Store):
         blob.crc32c = local  # declared up front: GCS refuses to commit different bytes
         if mode is not None:
             # GCS keeps no file modes: custom metadata, sent with the upload, carries it
-            # (https://cloud.google.com/storage/docs/metadata#custom-metadata); a rewrite copies it.
+            # (https://cloud.google.com/storage/docs/metadata#custom-metadata); ``copy``'s rewrite
+            # keeps it ("Optionally overrides metadata": we never override,
+            # https://docs.cloud.google.com/storage/docs/json_api/v1/objects/rewrite).
             blob.metadata = {MODE_METADATA_KEY: mode_text(mode)}
         with self._translated(f"upload {path} to {self._where(name)}"):
             blob.upload_from_filename(path, content_type=_CONTENT_TYPE, checksum=None,
