@@ -130,9 +130,12 @@ class DirectorySync:
             try:
                 os.link(src, snap)  # cheap, and immune to the job renaming a new file over src
             except OSError:
-                shutil.copyfile(src, snap)
+                shutil.copy(src, snap)  # with its mode, as the link would have
             crc = crc32c_of_file(snap)
-            info = self.store.publish_file(self.prefix + rel, snap, crc, f"{self.prefix}{PARTIAL}{rel}.{self.tag}")
+            # The mode goes with the bytes (an executable result stays executable after a pull).
+            mode = os.stat(snap).st_mode
+            info = self.store.publish_file(self.prefix + rel, snap, crc, f"{self.prefix}{PARTIAL}{rel}.{self.tag}",
+                                           mode=mode)
             self.stats.uploads += 1
             self.stats.bytes += info.size
             self.stats.last_upload_at = time.time()

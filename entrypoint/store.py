@@ -35,6 +35,30 @@ class ObjectInfo:
     size: int
     generation: int
     crc32c: str  # base64 of the big-endian CRC32C, the form GCS reports
+    # The file's permission bits as its uploader recorded them (``upload_file(mode=...)``), so a
+    # download can restore an executable bit; None when none was recorded. GCS keeps no file
+    # modes of its own: it is custom metadata there (https://cloud.google.com/storage/docs/metadata).
+    mode: int | None = None
+
+
+MODE_METADATA_KEY = "runner-mode"  # custom metadata (GCS) / user xattr (local): octal, e.g. "755"
+
+
+def mode_text(mode: int) -> str:
+    """The recorded form of a file mode: its permission bits in octal (no setuid/setgid/sticky:
+    a pulled result must not gain privileges)."""
+    return format(mode & 0o777, "o")
+
+
+def mode_of_text(text: str | bytes | None) -> int | None:
+    """A recorded mode back, or None for none or one that is not an octal permission set."""
+    if isinstance(text, bytes):
+        text = text.decode("ascii", "replace")
+    try:
+        mode = int(text, 8) if text else None
+    except ValueError:
+        return None
+    return mode if mode is not None and 0 <= mode <= 0o777 else None
 
 
 @dataclass(frozen=True)
@@ -130,8 +154,9 @@ class Store(ABC):
         """The 'directories' directly below ``prefix`` (each ends in '/')."""
 
     @abstractmethod
-    def upload_file(self, name: str, path: str, crc32c: str | None = None) -> ObjectInfo:
-        """Upload a local file; ``crc32c`` (if known) is what the stored object must match."""
+    def upload_file(self, name: str, path: str, crc32c: str | None = None, mode: int | None = None) -> ObjectInfo:
+        """Upload a local file; ``crc32c`` (if known) is what the stored object must match.
+        ``mode``: the file's permission bits, recorded with the object (``ObjectInfo.mode``)."""
 
     @abstractmethod
     def download_file(self, name: str, path: str, *, streams: int = 1,
@@ -148,7 +173,7 @@ class Store(ABC):
 
     @abstractmethod
     def copy(self, src: str, dst: str) -> ObjectInfo:
-        """Server-side copy; ``dst`` is replaced atomically."""
+        """Server-side copy; ``dst`` is replaced atomically, with ``src``'s recorded mode."""
 
     def list_from(self, prefix: str, start_offset: str) -> list[str]:
         """``list(prefix)``, only the names from ``start_offset`` (a whole name) on, sorted.
@@ -173,13 +198,15 @@ class Store(ABC):
     def exists(self, name: str) -> bool:
         return self.stat(name) is not None
 
-    def publish_file(self, name: str, path: str, crc32c: str, partial_name: str) -> ObjectInfo:
+    def publish_file(self, name: str, path: str, crc32c: str, partial_name: str,
+                     mode: int | None = None) -> ObjectInfo:
         """Make ``name`` hold exactly ``path``'s bytes, or leave the previous object untouched.
 
         The default uploads to ``partial_name``, checks the stored CRC32C, then copies it over
         ``name`` server-side, so ``name`` only ever changes to a verified, complete object.
+        ``mode`` is recorded as in ``upload_file`` (``copy`` keeps it).
         """
-        info = self.upload_file(partial_name, path, crc32c=crc32c)
+        info = self.upload_file(partial_name, path, crc32c=crc32c, mode=mode)
         if info.crc32c != crc32c:
             raise StoreError(f"{partial_name}: stored CRC32C {info.crc32c} != local {crc32c}")
         self.copy(partial_name, name)

@@ -30,6 +30,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, NoReturn
 
 from entrypoint.store import (
+    MODE_METADATA_KEY,
     SLICE_BYTES,
     Blob,
     ObjectInfo,
@@ -40,6 +41,8 @@ from entrypoint.store import (
     crc32c_of_bytes,
     crc32c_of_file,
     download_temp_name,
+    mode_of_text,
+    mode_text,
 )
 
 if TYPE_CHECKING:
@@ -342,7 +345,7 @@ class GcsStore(Store):
                 pass
             return sorted(self._name(p) for p in it.prefixes)
 
-    def upload_file(self, name: str, path: str, crc32c: str | None = None) -> ObjectInfo:
+    def upload_file(self, name: str, path: str, crc32c: str | None = None, mode: int | None = None) -> ObjectInfo:
         local = crc32c_of_file(path)
         if crc32c is not None and local != crc32c:
             raise StoreError(
@@ -351,6 +354,12 @@ class GcsStore(Store):
             )
         blob = self._blob(name)
         blob.crc32c = local  # declared up front: GCS refuses to commit different bytes
+        if mode is not None:
+            # GCS keeps no file modes: custom metadata, sent with the upload, carries it
+            # (https://cloud.google.com/storage/docs/metadata#custom-metadata); ``copy``'s rewrite
+            # keeps it ("Optionally overrides metadata": we never override,
+            # https://docs.cloud.google.com/storage/docs/json_api/v1/objects/rewrite).
+            blob.metadata = {MODE_METADATA_KEY: mode_text(mode)}
         with self._translated(f"upload {path} to {self._where(name)}"):
             blob.upload_from_filename(path, content_type=_CONTENT_TYPE, checksum=None,
                                       retry=_upload_retry())
@@ -461,4 +470,5 @@ class GcsStore(Store):
         return int(blob.generation)
 
     def _info(self, name: str, blob: Any) -> ObjectInfo:
-        return ObjectInfo(name, int(blob.size or 0), self._generation(blob, name), blob.crc32c or "")
+        return ObjectInfo(name, int(blob.size or 0), self._generation(blob, name), blob.crc32c or "",
+                          mode_of_text((blob.metadata or {}).get(MODE_METADATA_KEY)))

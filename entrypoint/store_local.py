@@ -27,6 +27,7 @@ from __future__ import annotations
 import errno
 import fcntl
 import hashlib
+import logging
 import os
 import shutil
 import sys
@@ -36,6 +37,7 @@ from contextlib import contextmanager
 from typing import BinaryIO, Iterator
 
 from entrypoint.store import (
+    MODE_METADATA_KEY,
     SLICE_BYTES,
     Blob,
     ObjectInfo,
@@ -45,7 +47,11 @@ from entrypoint.store import (
     StoreNotFound,
     crc32c_of_file,
     download_temp_name,
+    mode_of_text,
+    mode_text,
 )
+
+log = logging.getLogger(__name__)
 
 _INTERNAL = (".tmp", ".locks")
 # How long an unlocked temp file, or an idle lock file, must have been left alone to be removed.
@@ -273,7 +279,7 @@ class LocalStore(Store):
             st = os.stat(path)
             if not os.path.isfile(path):
                 return None
-            return ObjectInfo(name, st.st_size, st.st_mtime_ns, crc32c_of_file(path))
+            return ObjectInfo(name, st.st_size, st.st_mtime_ns, crc32c_of_file(path), _recorded_mode(path))
         except FileNotFoundError:
             return None
 
@@ -321,7 +327,7 @@ class LocalStore(Store):
             and not (not base_dir and e in _INTERNAL)
         )
 
-    def upload_file(self, name: str, path: str, crc32c: str | None = None) -> ObjectInfo:
+    def upload_file(self, name: str, path: str, crc32c: str | None = None, mode: int | None = None) -> ObjectInfo:
         dst = self._path(name)
         if crc32c is None:
             crc32c = crc32c_of_file(path)  # so a file that changes while we copy is caught
@@ -331,13 +337,15 @@ class LocalStore(Store):
             if got != crc32c:
                 raise StoreError(f"{name}: CRC32C mismatch after upload (local {crc32c}, stored {got})")
             size = os.path.getsize(tmp)
+            recorded = _record_mode(tmp, mode)  # on the temp file: the rename carries it along
             gen = self._commit(tmp, dst, None, name)
-        return ObjectInfo(name, size, gen, got)
+        return ObjectInfo(name, size, gen, got, recorded)
 
-    def publish_file(self, name: str, path: str, crc32c: str, partial_name: str) -> ObjectInfo:
+    def publish_file(self, name: str, path: str, crc32c: str, partial_name: str,
+                     mode: int | None = None) -> ObjectInfo:
         # upload_file is already copy-to-temp, verify, rename: the name never holds a torn
         # object, so the partial-then-copy dance would only copy every byte twice more.
-        return self.upload_file(name, path, crc32c=crc32c)
+        return self.upload_file(name, path, crc32c=crc32c, mode=mode)
 
     def download_file(self, name: str, path: str, *, streams: int = 1,
                       slice_bytes: int = SLICE_BYTES) -> ObjectInfo:
@@ -370,4 +378,29 @@ class LocalStore(Store):
         s = self._path(src)
         if not os.path.isfile(s):
             raise StoreError(f"{src}: no such object")
-        return self.upload_file(dst, s)
+        return self.upload_file(dst, s, mode=_recorded_mode(s))
+
+
+# The local twin of GCS custom metadata for a file's mode: a user extended attribute on the stored
+# file (the store's own permission bits stay what the store needs; a rename keeps the attribute).
+_MODE_XATTR = "user." + MODE_METADATA_KEY
+
+
+def _record_mode(path: str, mode: int | None) -> int | None:
+    """Record ``mode`` on ``path``; returns what was recorded (None on a filesystem without user
+    extended attributes: the object is stored all the same, and a download keeps its default mode)."""
+    if mode is None:
+        return None
+    try:
+        os.setxattr(path, _MODE_XATTR, mode_text(mode).encode())
+    except (OSError, AttributeError) as e:  # ENOTSUP, or a platform without xattrs
+        log.warning("%s: cannot record the file mode (%s); it is stored without it", path, e)
+        return None
+    return mode & 0o777
+
+
+def _recorded_mode(path: str) -> int | None:
+    try:
+        return mode_of_text(os.getxattr(path, _MODE_XATTR))
+    except (OSError, AttributeError):
+        return None  # none recorded, or no xattrs here

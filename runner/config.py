@@ -568,19 +568,30 @@ def _check_stall_window(cfg: Config) -> list[str]:
 
     if not waits_for_driver(cfg.backend, cfg.machine_type, cfg.gpu, cfg.no_gpu):
         return []  # no GPU wait to cover (the supervisor still covers a GPU run's own wait)
+    problem = stall_window_problem(cfg)
+    return [problem] if problem else []
+
+
+def stall_window_problem(cfg: Config) -> str | None:
+    """The one rule for the stall window against the GPU wait, whatever the run's shape: why
+    ``poll_interval * stall_polls`` does not cover ``gpu_timeout`` and how to fix it, or None.
+
+    Config validation (so ``submit``) applies it to GPU shapes; ``doctor`` reports it through the
+    same function, so the two can never disagree about the same numbers.
+    """
     p, s, g = cfg.poll_interval, cfg.stall_polls, cfg.gpu_timeout
     if not (math.isfinite(p) and p > 0 and math.isfinite(g) and g > 0 and s >= 1):
-        return []  # already reported by _check_positive / _check_counts
+        return None  # already reported by _check_positive / _check_counts
     if _covers(p, s, g):
-        return []
+        return None
     try:
         raise_polls = f"raise stall_polls to at least {min_stall_polls(p, g)}"
     except OverflowError:
         raise_polls = "raise poll_interval"
-    return [
+    return (
         f"the stall window poll_interval * stall_polls = {p:g} s * {s} = {p * s:g} s is shorter "
         f"than gpu_timeout = {g:g} s, so a VM still waiting for its GPU driver would be declared "
         f"stalled and restarted (poll_interval from {_src(cfg, 'poll_interval')}, stall_polls "
         f"from {_src(cfg, 'stall_polls')}, gpu_timeout from {_src(cfg, 'gpu_timeout')}); "
         f"{raise_polls} or lower gpu_timeout to at most {p * s:g}"
-    ]
+    )

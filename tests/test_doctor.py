@@ -420,3 +420,44 @@ def test_cli_without_credentials_names_the_fix_once_and_skips_what_needs_them(tm
     for name in ("APIs enabled", "bucket", "VM service account roles", "GPU quota"):
         assert f"- {name}: skipped (needs Google credentials: fix the credentials check first)" in lines
     assert p.stdout.count("fix:") == 1
+
+
+# ---- issue 20 item 6: doctor and submit judge the stall window by one rule --------------------
+
+def _offline_doctor(cfg: Config) -> dict[str, Check]:
+    """Only the timeouts check matters here; everything that would reach Google is refused."""
+    def no_adc() -> Any:
+        raise DefaultCredentialsError("no credentials in this test")
+
+    def offline(cfg: Config) -> Any:
+        raise RuntimeError("no network in tests")
+
+    with block_external_network() as escaped:
+        checks = doctor(cfg, load_credentials=no_adc, apis=offline, storage_client=offline, regions=offline)
+    assert escaped == []
+    return checks
+
+
+def test_doctor_never_passes_a_stall_window_that_submit_refuses_for_a_gpu_run(tmp_path: Any) -> None:
+    """The issue's case: a CPU default config with a 30 s stall window and gpu_timeout 600 s.
+    doctor said "✓ stall window 30 s covers gpu_timeout 600 s" while `submit --gpu` refused."""
+    from runner.config import ConfigError, load_config
+
+    settings = {"backend": "gce", "project": P, "store": "gs://real-bucket", "zones": ["us-central1-a"],
+                "machine_type": "n1-standard-4", "poll_interval": 1.0, "stall_polls": 30, "gpu_timeout": 600.0}
+    check = _offline_doctor(load_config(cli=settings, cwd=str(tmp_path), env={}))["timeouts"]
+    with pytest.raises(ConfigError) as refused:  # what submit --gpu does with the same numbers
+        load_config(cli={**settings, "gpu": "nvidia-tesla-t4"}, cwd=str(tmp_path), env={})
+    assert check.ok is False and check.warning is True
+    assert "covers" not in check.detail
+    rule = str(refused.value).split("the stall window ", 1)[1].split(" (poll_interval from", 1)[0]
+    assert rule in check.detail  # the same words: one rule, one code path
+    assert "raise stall_polls to at least 600" in check.fix
+
+
+def test_a_local_run_says_gpu_timeout_does_not_apply_instead_of_claiming_it_is_covered(tmp_path: Any) -> None:
+    cfg = Config(backend="local", store=f"file://{tmp_path}", poll_interval=1.0, stall_polls=30,
+                 heartbeat_interval=5.0, sync_interval=10.0, gpu_timeout=600.0)
+    check = doctor(cfg)["timeouts"]
+    assert check.ok is True
+    assert "covers" not in check.detail and "does not apply" in check.detail

@@ -327,6 +327,22 @@ def test_upload_without_an_expected_crc32c_still_records_the_right_one(store: St
     assert info.crc32c == crc32c(data) == store.stat("f").crc32c
 
 
+def test_a_files_mode_is_recorded_with_it_and_kept_by_publish_and_copy(store: Store, files: Path) -> None:
+    """Issue 20 item 7: results kept their bytes but lost their executable bit. GCS stores no
+    file modes; custom metadata carries it (https://cloud.google.com/storage/docs/metadata#custom-metadata,
+    kept by a rewrite), the local store a user xattr."""
+    (files / "run.sh").write_bytes(b"#!/bin/sh\necho hi\n")
+    crc = crc32c(b"#!/bin/sh\necho hi\n")
+    assert store.upload_file("r/run.sh", str(files / "run.sh"), mode=0o100755).mode == 0o755
+    assert store.stat("r/run.sh").mode == 0o755
+    store.publish_file("r/pub.sh", str(files / "run.sh"), crc, "r/.partial/pub.sh.x", mode=0o750)
+    assert store.stat("r/pub.sh").mode == 0o750
+    store.copy("r/pub.sh", "r/copy.sh")
+    assert store.stat("r/copy.sh").mode == 0o750
+    store.upload_file("r/plain", str(files / "run.sh"))
+    assert store.stat("r/plain").mode is None  # none recorded: a download keeps its default
+
+
 def test_upload_with_the_wrong_expected_crc32c_fails_and_keeps_the_existing_object(
     store: Store, files: Path
 ) -> None:

@@ -152,3 +152,59 @@ def test_a_damaged_sighting_record_delays_a_stall_but_never_invents_one(supervis
     w.clock.advance(STALL_WINDOW + 1)
     sup.reconcile("exp-1")
     assert w.state(rec).state == State.STALLED
+
+
+# ---- issue 20 item 5: stalling the same way every time ends the run early ---------------------
+
+def _stall_at(w, rec, sup, step: int) -> None:
+    """The current attempt starts, reports ``step`` and hangs there past the stall window."""
+    if w.state(rec).state == State.PROVISIONING:
+        w.agent_running(rec)
+    w.heartbeat(rec, step=step)
+    stuck_since = w.clock()
+    w.clock.advance(STALL_WINDOW + 1)
+    w.heartbeat(rec, step=step, progress_changed_at=stuck_since)
+    sup.reconcile("exp-1")
+
+
+def _next_attempt(w, rec, sup) -> None:
+    """The stalled instance is killed after its grace period and the next attempt is created."""
+    w.settle()
+    w.clock.advance(GRACE)
+    sup.reconcile("exp-1")
+    assert w.state(rec).state == State.PROVISIONING
+
+
+def test_three_consecutive_stalls_at_the_same_step_end_the_run_failed_with_the_rule(supervised):
+    w = supervised
+    rec, sup = w.running(max_restarts=10)
+    for attempt in (1, 2):
+        _stall_at(w, rec, sup, step=40)
+        assert w.state(rec).state == State.STALLED, attempt
+        _next_attempt(w, rec, sup)
+    _stall_at(w, rec, sup, step=40)
+    st = w.state(rec)
+    assert (st.state, st.attempt, st.restarts) == (State.FAILED, 3, 2)  # not 10 restarts later
+    assert st.reason.startswith('stalled 3 attempts in a row at the same progress {"step": 40}')
+    assert "3 consecutive stalls at the same progress end the run" in st.reason
+    assert "runner submit --restart --run-id exp-1" in st.reason
+    w.clock.advance(GRACE)
+    sup.reconcile("exp-1")
+    w.settle()
+    assert not any(i.alive for i in w.backend.instances().values())  # no VM left billing
+    assert len(w.backend.creates()) == 3
+
+
+def test_stalls_at_different_steps_or_not_in_a_row_are_only_restarted(supervised):
+    w = supervised
+    rec, sup = w.running(max_restarts=10)
+    for step in (40, 40, 41, 41):  # progress moved on between the second and third stall
+        _stall_at(w, rec, sup, step=step)
+        assert w.state(rec).state == State.STALLED, step
+        _next_attempt(w, rec, sup)
+    w.agent_running(rec)
+    w.agent_preempted(rec)  # an attempt lost another way breaks the streak too
+    sup.reconcile("exp-1")
+    _next_attempt(w, rec, sup)
+    _stall_at(w, rec, sup, step=41)
+    assert w.state(rec).state == State.STALLED

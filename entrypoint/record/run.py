@@ -344,13 +344,20 @@ class RunRecord(RunPaths):
                           expect_attempt=expect_attempt, reason=reason, **changes)
 
     def stalled(self, role: Role, actor: str, *, reason: str,
-                expected: tuple[RunState, int] | None = None) -> tuple[RunState, int]:
+                expected: tuple[RunState, int] | None = None,
+                supervisor_fields: dict[str, Any] | None = None) -> tuple[RunState, int]:
         """PROVISIONING/RUNNING -> STALLED: no progress (or still booting) past the window.
 
-        Who: the supervisor. Raises ``IllegalTransition`` or ``TransitionLost``.
+        Who: the supervisor. ``supervisor_fields``: state fields only the supervisor reads (its
+        count of repeated stalls, runner/launch/stall_streak.py), written in the same
+        compare-and-swap and kept by every other writer as unknown fields.
+        Raises ``IllegalTransition`` or ``TransitionLost``.
         """
-        return self._move("stalled", role, actor, expected if expected is not None else self.read_state(),
-                          reason=reason)
+        cur = expected if expected is not None else self.read_state()
+        changes: dict[str, Any] = {}
+        if supervisor_fields and cur is not None:
+            changes["extra"] = {**cur[0].extra, **supervisor_fields}
+        return self._move("stalled", role, actor, cur, reason=reason, **changes)
 
     def errored(self, role: Role, actor: str, *, attempt: int, reason: str,
                 exit_code: int) -> tuple[RunState, int]:

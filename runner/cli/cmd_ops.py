@@ -230,19 +230,33 @@ def _run_grace(ctx: Any, run_id: str) -> float:
 @click.option("--run-id", required=True)
 @click.option("--grace-period", type=float,
               help="Seconds the job gets to checkpoint before it is killed (default: the run's own, pinned at submit).")
+@click.option("--purge", is_flag=True,
+              help="Also remove the run's whole record (checkpoints, results, logs) so its id can be reused; "
+                   "asks first.")
+@click.option("--yes", is_flag=True, help="With --purge: do not ask for confirmation.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @config_options
 @guard
-def delete(run_id: str, grace_period: float | None, as_json: bool, cli_config: dict[str, Any],
-           config_path: str | None) -> None:
+def delete(run_id: str, grace_period: float | None, purge: bool, yes: bool, as_json: bool,
+           cli_config: dict[str, Any], config_path: str | None) -> None:
     """Stop a run for good: writes .stop (nothing will restart it), then removes its VM/container.
 
     The run's record (checkpoints, results, logs) stays in the store; `submit --restart` resumes it.
+    With --purge the record is removed too (after a confirmation; --yes skips it) and the run id
+    is free for a new run; a run whose VM or container may still be alive is never purged.
+
+    \b
+      runner ops delete --run-id exp-1 --purge
     """
     from runner.ops.runs import delete_run
 
+    if yes and not purge:
+        fail("--yes only confirms --purge: add --purge to remove the run's record, or drop --yes", EXIT_USAGE)
     ctx = load(cli_config, config_path)
     g = _run_grace(ctx, run_id) if grace_period is None else grace_period
+    if purge:
+        _purge(ctx, checked_run_id(run_id), g, yes, as_json)
+        return
     out = delete_run(ctx.store, ctx.backend, checked_run_id(run_id), g)
     if as_json:
         click.echo(json.dumps(out, indent=1))
@@ -250,6 +264,29 @@ def delete(run_id: str, grace_period: float | None, as_json: bool, cli_config: d
     click.echo(f"{out['run_id']}: {out['state']}; removed {', '.join(out['removed']) or 'no instance'}")
     if out.get("error"):
         click.echo(f"runner: {out['error']}", err=True)  # a torn record, or a restart that overtook it
+
+
+def _purge(ctx: Any, run_id: str, grace_period: float, yes: bool, as_json: bool) -> None:
+    """``delete --purge``: confirm (unless --yes), stop, then forget the run (runner/ops/purge.py)."""
+    from runner.ops.purge import PurgeRefused, purge_run, summarize
+
+    record = summarize(ctx.store, run_id)
+    if not yes:
+        if not sys.stdin.isatty():
+            fail(f"--purge removes {record.objects} objects of run {run_id} ({record.where}) for good and "
+                 "nobody is here to confirm: pass --yes to purge without asking", EXIT_USAGE)
+        state = record.state or "no readable state"
+        click.confirm(f"Stop run {run_id} ({state}) and remove its record, {record.objects} objects under "
+                      f"{record.where} (checkpoints, results, logs)? This cannot be undone", abort=True, err=True)
+    try:
+        out = purge_run(ctx.store, ctx.backend, run_id, grace_period)
+    except PurgeRefused as e:
+        fail(str(e), EXIT_FAILED)
+    if as_json:
+        click.echo(json.dumps(out, indent=1))
+        return
+    click.echo(f"{run_id}: purged ({out['purged_objects']} objects); removed "
+               f"{', '.join(out['removed']) or 'no instance'}; the run id is free for a new run")
 
 
 @ops.command()
@@ -398,6 +435,8 @@ def pull(run_id: str, dest: str, checkpoints: bool, as_json: bool, cli_config: d
         return
     click.echo(f"{run_id}: {len(out['copied'])} file(s) copied ({out['bytes']} bytes), "
                f"{len(out['unchanged'])} unchanged, in {out['dest']}")
+    if out.get("why_nothing"):
+        click.echo(f"runner: nothing copied: {out['why_nothing']}", err=True)
 
 
 @ops.command()

@@ -138,7 +138,8 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
 
         with transfer_progress(f"pulling {run_id}", enabled=True) as (on_plan, on_file):
             out = pull_run(ctx.store, run_id, pull_dest, False, on_plan=on_plan, on_file=on_file)
-        note(f"pulled {len(out['copied'])} file(s) ({out['bytes']} bytes) into {out['dest']}")
+        note(f"pulled {len(out['copied'])} file(s) ({out['bytes']} bytes) into {out['dest']}"
+             + (f": nothing copied, {out['why_nothing']}" if out.get("why_nothing") else ""))
 
 
 def _flags(cli_config: dict[str, Any], config_path: str | None) -> str:

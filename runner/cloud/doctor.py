@@ -397,11 +397,44 @@ class _Doctor:
                             f"the {GCE_PREEMPTION_NOTICE:g} s preemption notice for docker stop and the last sync")
             fixes.append(f"grace_period = {GCE_PREEMPTION_NOTICE - 5:g}")
         name = "timeouts"
+        gpu_wait = _gpu_wait_verdict(cfg)
+        if gpu_wait.problem is not None:
+            problems.insert(0, gpu_wait.problem)
+            fixes.insert(0, gpu_wait.fix)
         if problems:
             return Check(name, False, "; ".join(problems), "runner.toml: " + ", ".join(fixes), warning=True)
-        return Check(name, True, f"stall window {window:g} s covers gpu_timeout {cfg.gpu_timeout:g} s; "
+        return Check(name, True, f"{gpu_wait.summary}; "
                      f"heartbeat every {cfg.heartbeat_interval:g} s, sync every {cfg.sync_interval:g} s, "
                      f"grace period {cfg.grace_period:g} s")
+
+
+@dataclass(frozen=True)
+class _GpuWaitVerdict:
+    summary: str  # what a pass says
+    problem: str | None = None  # what is wrong, from config's own rule
+    fix: str = ""
+
+
+def _gpu_wait_verdict(cfg: Config) -> _GpuWaitVerdict:
+    """The stall window against the GPU wait, judged by config's one rule (``stall_window_problem``,
+    the function submit's validation calls) so doctor never passes what submit refuses.
+
+    A GPU shape that breaks the rule never gets here (Config refuses it, as submit does); a CPU
+    shape that breaks it works, but the same settings with ``--gpu`` are refused: a warning.
+    """
+    from runner.config import stall_window_problem
+
+    window, wait = cfg.stall_window, cfg.gpu_timeout
+    problem = stall_window_problem(cfg)
+    if problem is None:
+        return _GpuWaitVerdict(f"stall window {window:g} s covers gpu_timeout {wait:g} s")
+    if cfg.backend != "gce":
+        # Local containers never wait for a GPU driver: the rule has nothing to cover there.
+        return _GpuWaitVerdict(f"stall window {window:g} s (local containers do not wait for a GPU "
+                               f"driver, so gpu_timeout {wait:g} s does not apply)")
+    return _GpuWaitVerdict("", f"runs of this shape wait for no GPU driver, but submit refuses a GPU run "
+                               f"(--gpu or a GPU machine type) with these settings: {problem}",
+                           problem.rsplit("; ", 1)[-1])
 
 
 def _storage_client(cfg: Config) -> Any:

@@ -14,6 +14,8 @@ Safety rules, each tied to a property in docs/architecture.md#properties-that-mu
   heartbeat only for jobs that report no progress ("progress, not just liveness"). It never
   subtracts a time the VM stamped from this supervisor's clock: idle times are durations on one
   clock, the agent's own or this supervisor's sightings (``runner.launch.observed``).
+- A job that stalls at the same reported progress on 3 consecutive attempts ends FAILED, saying
+  so, instead of being restarted max_restarts times (``runner.launch.stall_streak``).
 - An instance is never declared gone on a listing older than the state it is judged against:
   a pass lists once for all runs, so before acting on an absent or ended instance the run's
   instances are listed again, after its state was read. Otherwise a run that another actor
@@ -37,13 +39,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable
 
 from entrypoint.record import (
-    OUTCOME_UNRECORDED, AttemptSettings, DamagedRecord, IllegalTransition, Role, RunRecord, RunSpec, RunState,
-    State, list_run_ids,
+    OUTCOME_UNRECORDED, AttemptSettings, DamagedRecord, Heartbeat, IllegalTransition, Role, RunRecord, RunSpec,
+    RunState, State, list_run_ids,
 )
 from entrypoint.record import phases
 from entrypoint.record.create_claim import CREATED, RELEASED
 from entrypoint.store import PreconditionFailed, Store, StoreError
-from runner.launch import recovery
+from runner.launch import recovery, stall_streak
 from runner.launch.backends.base import (
     Attempt, BackendError, ComputeBackend, CreateClaimLost, Instance, LaunchContext, PermanentBackendError,
     group_attempts,
@@ -398,11 +400,21 @@ class Supervisor:
             return
         stalled = self._stalled_for(rec, st, spec)
         if stalled is not None:
-            idle, window = stalled
+            idle, window, hb = stalled
+            streak = stall_streak.next_streak(st, hb)
+            at = f" at progress {streak.progress}" if streak else ""
             new = rec.stalled(
                 Role.SUPERVISOR, self.actor, expected=cur,
-                reason=f"no progress for {idle:.0f}s (window {window:.0f}s)",
+                reason=f"no progress for {idle:.0f}s (window {window:.0f}s){at}",
+                supervisor_fields={stall_streak.STATE_FIELD: streak.to_dict()} if streak else None,
             )
+            if streak is not None and streak.gives_up:
+                # Another restart would hang at the same step again: end it now, not after
+                # max_restarts more stall windows (the terminal pass removes what is left).
+                for inst in att.instances:
+                    self._delete(inst, self.attempt_settings(spec).grace_period)
+                rec.failed(Role.SUPERVISOR, self.actor, expected=new, reason=streak.reason(rec.run_id))
+                return
             self._restart(rec, new, spec, att)
 
     def _fail_unrecorded(self, rec: RunRecord, cur: tuple[RunState, int], att: Attempt) -> None:
@@ -438,8 +450,10 @@ class Supervisor:
             return window  # a backend this version does not know: no boot wait it could vouch for
         return max(window, kind.boot_wait(spec))
 
-    def _stalled_for(self, rec: RunRecord, st: RunState, spec: RunSpec | None) -> tuple[float, float] | None:
-        """(seconds without progress, the window they exceed), or None while within it.
+    def _stalled_for(self, rec: RunRecord, st: RunState,
+                     spec: RunSpec | None) -> tuple[float, float, Heartbeat | None] | None:
+        """(seconds without progress, the window they exceed, the heartbeat judged), or None while
+        within it.
 
         Progress is what the job reports; syncing phases and jobs that report none are judged by
         their heartbeat; until the attempt's first own heartbeat it is still starting, judged by
@@ -454,7 +468,7 @@ class Supervisor:
                   "on it; check `timedatectl` on both)", file=sys.stderr)
         window = self._boot_window(spec) if seen.booting else self.attempt_settings(spec).stall_window
         idle = self._idle(rec, seen, window)
-        return (idle, window) if idle > window else None
+        return (idle, window, hb) if idle > window else None
 
     def _idle(self, rec: RunRecord, seen: Looked, window: float) -> float:
         """How long ``seen`` has not changed, by the agent's own account or this clock's sightings."""

@@ -502,14 +502,16 @@ def pull_run(store: Store, run_id: str, dest: str, checkpoints: bool = False,
             continue  # deleted since the listing
         if os.path.isfile(local) and crc32c_of_file(local) == info.crc32c:
             skipped.append(rel)
+            _restore_mode(local, info.mode)
         else:
-            todo.append((name, rel, local, info.size))
+            todo.append((name, rel, local, info.size, info.mode))
     if on_plan:
         on_plan(len(todo), sum(t[3] for t in todo))
     copied, moved = [], 0
-    for name, rel, local, size in todo:
+    for name, rel, local, size, mode in todo:
         os.makedirs(os.path.dirname(local), exist_ok=True)
         store.download_file(name, local)
+        _restore_mode(local, mode)
         copied.append(rel)
         moved += size
         if on_file:
@@ -520,4 +522,32 @@ def pull_run(store: Store, run_id: str, dest: str, checkpoints: bool = False,
         tmp = f"{latest}.tmp-{os.getpid()}"
         os.symlink(run_id, tmp)
         os.replace(tmp, latest)
-    return {"run_id": run_id, "dest": root, "copied": copied, "unchanged": skipped, "bytes": moved}
+    out = {"run_id": run_id, "dest": root, "copied": copied, "unchanged": skipped, "bytes": moved}
+    if not copied:
+        out["why_nothing"] = _why_nothing_copied(rec, names, skipped, root)
+    return out
+
+
+def _restore_mode(path: str, mode: int | None) -> None:
+    """Give a pulled file the mode its uploader recorded (an executable stays executable); one
+    without a recorded mode keeps what this machine's umask gave it."""
+    import os
+
+    if mode is not None:
+        os.chmod(path, mode & 0o777)
+
+
+def _why_nothing_copied(rec: RunRecord, names: list[str], unchanged: list[str], root: str) -> str:
+    """Why a pull copied no file: a user who expected results must not guess between "none were
+    written", "not uploaded yet" and "already here"."""
+    if unchanged:
+        return f"all {len(unchanged)} file(s) of the run are already up to date in {root}"
+    spec, cur = rec.read_spec(), rec.read_state()
+    results_dir = spec.results_dir if spec else "$RUNNER_RESULTS_DIR"
+    if cur is not None and not cur[0].state.terminal:
+        return (f"the run is {cur[0].state.value}: its results are uploaded when the job ends; pull "
+                "again then (`runner ops pull`)")
+    return (f"the run has no results in the store: its job wrote no file to $RUNNER_RESULTS_DIR "
+            f"({results_dir}), the one directory uploaded as results (files in hidden folders, "
+            "named .*, are skipped); have the job write its outputs there, e.g. "
+            "`sh -c 'python3 train.py --out \"$RUNNER_RESULTS_DIR\"'`")
