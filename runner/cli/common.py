@@ -96,6 +96,8 @@ def guard(f: Callable[..., Any]) -> Callable[..., Any]:
             fail(damaged_message(e), EXIT_FAILED)
         except (BackendError, StoreError) as e:
             fail(str(e), EXIT_FAILED)
+        except BrokenPipeError:
+            raise  # the reader of stdout left (`| head`): QuietOnClosedPipe ends quietly
         except OSError as e:
             # A file we write refused us (a read-only or full store, no permission): one line,
             # not a traceback. Other OSErrors (network, pipes) are said as they are.
