@@ -119,20 +119,40 @@ def test_watch_json_prints_a_line_per_change_and_ends_with_the_run(store_url: st
     p = subprocess.Popen([sys.executable, "-m", "runner.cli", "ops", "watch", "--json", "--run-id", "gamma",
                           "--interval", "0.2"], env=cli_env(store_url), stdout=subprocess.PIPE,
                          stderr=subprocess.PIPE, text=True)
+    lines = _lines_of(p)
     try:
-        first = json.loads(p.stdout.readline())  # type: ignore[union-attr]
+        first = json.loads(lines.get(timeout=60))
         assert (first["state"], first["progress"]["step"], first["eta_s"]) == ("RUNNING", 10, 7.5)
-        time.sleep(0.8)
+        time.sleep(0.8)  # refreshes that see nothing new: none may print a line
         heartbeat(rec, 10, 40, rate=4.0)  # only the heartbeat time moves: not a change
         time.sleep(0.8)
         heartbeat(rec, 30, 40, rate=4.0)
-        time.sleep(0.8)
+        # The next line, however long the watcher takes to see step 30 (seconds on a loaded
+        # machine); ending the run first would let it see both changes in one refresh.
+        second = json.loads(lines.get(timeout=60))
         rec.transition(State.SUCCEEDED, "test", exit_code=0)
-        out, err = p.communicate(timeout=20)
+        assert p.wait(timeout=60) == 0
     finally:
         p.kill()
-    lines = [json.loads(ln) for ln in out.splitlines()]
-    assert [(ln["state"], ln["progress"]["step"]) for ln in lines] == [("RUNNING", 30), ("SUCCEEDED", 30)]
+    rest = [json.loads(ln) for ln in iter(lines.get, None)]
+    assert [(ln["state"], ln["progress"]["step"]) for ln in [second, *rest]] == [("RUNNING", 30), ("SUCCEEDED", 30)]
+
+
+def _lines_of(p: "subprocess.Popen[str]") -> "queue.Queue[str | None]":
+    """``p``'s stdout lines as they come, then None at its end, so a test can wait for the next
+    line with a timeout instead of sleeping for a guess of how long it takes to come."""
+    import queue
+    import threading
+
+    lines: "queue.Queue[str | None]" = queue.Queue()
+
+    def pump() -> None:
+        for line in p.stdout:  # type: ignore[union-attr]
+            lines.put(line)
+        lines.put(None)
+
+    threading.Thread(target=pump, daemon=True).start()
+    return lines
     assert p.returncode == 0, err
     assert all(ln["observed_at"].endswith("Z") for ln in lines)
 

@@ -575,8 +575,12 @@ def _start_uploader(root: Path, name: str, src: Path) -> "subprocess.Popen[bytes
 def _caught_mid_upload(root: Path, name: str, src: Path, sig: int) -> "subprocess.Popen[bytes]":
     """Start an upload and send ``sig`` once its temp file holds at least 1 MiB (retries if missed).
 
-    At least 1 MiB, not just any byte: on a loaded machine the first write seen can be a small
-    one, and the test weighs what the killed uploads left behind."""
+    The writer is frozen (SIGSTOP, confirmed in /proc) before its temp file is weighed, so what
+    is weighed is what the signal leaves: a test descheduled between looking and signalling,
+    as on a loaded machine, can neither kill a writer that already finished (its temp file
+    renamed away) nor see a file vanish under ``stat``. A look that finds less than 1 MiB lets
+    the writer go on. At least 1 MiB, not just any byte: the test weighs what was left behind."""
+    import signal
     import time
 
     tmp = root / ".tmp"
@@ -584,12 +588,38 @@ def _caught_mid_upload(root: Path, name: str, src: Path, sig: int) -> "subproces
         before = set(tmp.iterdir())
         proc = _start_uploader(root, name, src)
         while proc.poll() is None:
-            fresh = [p for p in tmp.iterdir() if p not in before]
-            if fresh and fresh[0].exists() and fresh[0].stat().st_size >= 1 << 20:
-                os.kill(proc.pid, sig)
-                return proc
+            if [p for p in tmp.iterdir() if p not in before]:
+                os.kill(proc.pid, signal.SIGSTOP)
+                if not _stopped(proc):
+                    break  # it exited between our look and the stop: start another
+                fresh = [p for p in tmp.iterdir() if p not in before]
+                if fresh and fresh[0].stat().st_size >= 1 << 20:
+                    if sig != signal.SIGSTOP:
+                        os.kill(proc.pid, sig)
+                    return proc
+                os.kill(proc.pid, signal.SIGCONT)
             time.sleep(0.0005)
+        proc.wait()
     raise AssertionError("never caught an upload in the middle")
+
+
+def _stopped(proc: "subprocess.Popen[bytes]") -> bool:
+    """Wait until ``proc`` is in the stopped state (kill() only queues SIGSTOP); False if it
+    exited instead. /proc/PID/stat's third field is the state, ``T`` when stopped
+    (https://man.archlinux.org/man/proc_pid_stat.5.txt)."""
+    import time
+
+    while True:
+        try:
+            stat = Path(f"/proc/{proc.pid}/stat").read_text()
+        except FileNotFoundError:
+            return False
+        state = stat.rsplit(")", 1)[1].split()[0]
+        if state == "T":
+            return True
+        if state in ("Z", "X"):
+            return False
+        time.sleep(0.0005)
 
 
 def _age(directory: Path, seconds: float) -> None:

@@ -37,7 +37,13 @@ def cli(compute_fake, gcs_store, gcs_emulator, tmp_path):
     return run, gcs_store
 
 
-def _stopped_supervisor(store, intervals: float, every: float = 3.0) -> None:
+def _stopped_supervisor(store, intervals: float, every: float = 60.0) -> None:
+    """A supervisor whose last pass finished ``intervals`` of its announced ``every`` ago.
+
+    ``every`` is a minute so that the time the CLI under test takes to start and read the
+    store (seconds on a loaded machine) is a small part of an interval: a pass written 0.5
+    intervals ago is still fresh when a slow `ops status` judges it, and one written 2.2
+    intervals ago is stale however fast it runs."""
     now = time.time()
     write_pass(store, SupervisorPass(actor="supervisor@laptop.42", where="host laptop (pid 42)",
                                      started_at=now - intervals * every - 0.5, finished_at=now - intervals * every,

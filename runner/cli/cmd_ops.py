@@ -460,11 +460,12 @@ def logs(run_id: str, attempt: int | None, follow: bool, as_json: bool, cli_conf
       runner ops logs --run-id exp-1 --attempt 2  # one attempt
       runner ops logs --run-id exp-1 -f           # follow until the run ends
     """
+    from runner.cli.closed_pipe import WholeWrites
     from runner.ops.runs import attempt_logs, follow_logs
 
     ctx = load(cli_config, config_path)
     run_id = checked_run_id(run_id)
-    out = sys.stdout.buffer
+    out = WholeWrites(sys.stdout.buffer)  # a log is megabytes: a short write must not drop its tail
 
     def separator(a: int, what: str) -> None:
         out.write(f"===== attempt {a}: {what} =====\n".encode())

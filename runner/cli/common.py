@@ -1,7 +1,8 @@
 """What every ``runner`` command shares: the config flags, loading config/store/backend, and
 turning the product's own errors into one-line messages with the right exit code.
 
-Exit codes: 0 ok, 1 the run failed (or an operation failed), 2 usage or config error, 3 not found.
+Exit codes: 0 ok, 1 the run failed (or an operation failed), 2 usage or config error, 3 not found;
+141 when the reader of stdout left early (`| head`, see closed_pipe).
 """
 
 from __future__ import annotations
@@ -96,6 +97,8 @@ def guard(f: Callable[..., Any]) -> Callable[..., Any]:
             fail(damaged_message(e), EXIT_FAILED)
         except (BackendError, StoreError) as e:
             fail(str(e), EXIT_FAILED)
+        except BrokenPipeError:
+            raise  # the reader of stdout left (`| head`): QuietOnClosedPipe ends quietly
         except OSError as e:
             # A file we write refused us (a read-only or full store, no permission): one line,
             # not a traceback. Other OSErrors (network, pipes) are said as they are.

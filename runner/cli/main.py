@@ -14,9 +14,10 @@ from runner.cli.cmd_ops import ops
 from runner.cli.cmd_setup import doctor, init
 from runner.cli.cmd_submit import submit
 from runner.cli.cmd_supervise import supervise
+from runner.cli.closed_pipe import QuietOnClosedPipe
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.group(cls=QuietOnClosedPipe, context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 def main() -> None:
     """Run containerized jobs on GCE spot VMs (Container-Optimized OS) through preemptions.
 
