@@ -234,13 +234,22 @@ class BakeGuest:
             return
         report = {"status": self.outcome, "reason": "" if self.outcome == "ok" else "driver install failed",
                   "detail": "nvidia-smi: no devices" if self.outcome != "ok" else ""}
-        open_store(attrs["runner-store"]).write(f"bakes/{image}/startup.json", json.dumps(report).encode())
-        if self.outcome != "ok":
+        if self.outcome == "ok":
+            open_store(attrs["runner-store"]).write(f"bakes/{image}/startup.json", json.dumps(report).encode())
+            return
+
+        def fail() -> None:
+            # The script reports and deletes its VM minutes into the boot, never before the create
+            # that made the VM has returned: here, once the baker is waiting for the report.
+            wait_for(lambda: self.fake.calls("instances.getSerialPortOutput", ok=True), 30,
+                     "the baker to wait for the report")
+            open_store(attrs["runner-store"]).write(f"bakes/{image}/startup.json", json.dumps(report).encode())
             try:
                 compute_v1.InstancesClient(**self.fake.client_kwargs()).delete_unary(project=project, zone=zone,
                                                                                      instance=name)
             except gexc.NotFound:
                 pass  # the baker read the report and deleted it first, as the script also allows
+        threading.Thread(target=fail, daemon=True).start()
 
     def on_shutdown(self, project: str, zone: str, name: str, notice_seconds: float) -> None:
         pass
