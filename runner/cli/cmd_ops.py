@@ -217,7 +217,8 @@ def warn_if_unsupervised(store: Any) -> None:
 
 def _supervision_caption(store: Any, rows: list[dict[str, Any]]) -> str:
     """Under ``ops watch``'s table: who last supervised, and a warning only while a live run of
-    the table is unwatched (``ops list``'s rule)."""
+    the table is unwatched (``ops list``'s rule), counted, not named: the table names them, and a
+    run's name only in its own row keeps each row findable by it."""
     from rich.markup import escape
 
     from runner.launch.supervisor_heartbeat import unwatched
@@ -225,8 +226,8 @@ def _supervision_caption(store: Any, rows: list[dict[str, Any]]) -> str:
     w, ids = unwatched(store, _live_ids(rows))
     if not ids:
         return escape(f"supervisor: {w.text}")
-    return (escape(f"supervisor: {w.text}") + f"\n[bold red]{escape(w.warning)} (live, unwatched: "
-            f"{escape(', '.join(ids))})[/]\nfix: {escape(w.fix)}")
+    n = f"{len(ids)} live run{'s' if len(ids) > 1 else ''} unwatched"
+    return escape(f"supervisor: {w.text}") + f"\n[bold red]{escape(w.warning)} ({n})[/]\nfix: {escape(w.fix)}"
 
 
 def _run_grace(ctx: Any, run_id: str) -> float:
