@@ -50,8 +50,8 @@ class MissingDockerfile(BuildError):
 NO_CREDENTIALS = (
     "no Google credentials on this machine, so the image can be neither built in Cloud Build nor "
     "pushed: run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS to "
-    "a service-account key), then `runner build` again; to build for the local backend only: "
-    "runner build --local")
+    "a service-account key), then run this again (a build for the local backend needs none: "
+    "runner build --local)")
 
 
 def check_context(req: BuildRequest) -> None:
