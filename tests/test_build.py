@@ -233,3 +233,98 @@ def test_submit_without_an_image_builds_first_and_pins_the_result(runner, run_id
         assert subprocess.run(["docker", "image", "inspect", configured], capture_output=True).returncode != 0
     finally:
         subprocess.run(["docker", "rmi", "-f", tag, configured], capture_output=True)
+
+
+# ---- one clear message each (issue 20 §10) ---------------------------------------------------
+
+def _runner_build(*args: str, cwd: Path, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    (cwd / "none.toml").write_text("")
+    base = {**os.environ, "PYTHONPATH": str(ROOT), "RUNNER_CONFIG": str(cwd / "none.toml")}
+    return subprocess.run([sys.executable, "-m", "runner.cli", "build", *args], capture_output=True, text=True,
+                          env={**base, **(env or {})}, cwd=cwd, timeout=120)
+
+
+def _docker_tag_exists(tag: str) -> bool:
+    return shutil.which("docker") is not None and subprocess.run(
+        ["docker", "image", "inspect", tag], capture_output=True).returncode == 0
+
+
+def test_a_build_without_google_credentials_says_so_once_and_builds_nothing_locally(tmp_path, context):
+    # A machine with no Application Default Credentials: no key file, an empty gcloud config, no
+    # metadata server. google-auth's default() then raises DefaultCredentialsError
+    # (https://googleapis.dev/python/google-auth/latest/reference/google.auth.html); NO_GCE_CHECK
+    # skips its metadata-server probe, which is what a laptop's would answer anyway.
+    env = {k: v for k, v in os.environ.items() if k not in ("GOOGLE_APPLICATION_CREDENTIALS", "STORAGE_EMULATOR_HOST")}
+    env.update(HOME=str(tmp_path / "home"), CLOUDSDK_CONFIG=str(tmp_path / "gcloud"), NO_GCE_CHECK="True",
+               PYTHONPATH=str(ROOT), RUNNER_CONFIG=str(tmp_path / "none.toml"))
+    (tmp_path / "none.toml").write_text("")
+    tag = "us-docker.pkg.dev/i20-no-credentials/runs/trainer:v1"
+    p = subprocess.run([sys.executable, "-m", "runner.cli", "build", "--project", "i20-no-credentials", "--store",
+                        "gs://i20-no-credentials", "--context", str(context), "--image", tag],
+                       capture_output=True, text=True, env=env, cwd=tmp_path, timeout=120)
+    try:
+        assert p.returncode == 1, p.stderr
+        assert p.stderr.count("no Google credentials") == 1, p.stderr
+        assert "gcloud auth application-default login" in p.stderr and "runner build --local" in p.stderr
+        # Neither a second Cloud Build route nor a local build and push to a registry it cannot reach.
+        assert "cloud-build-restaged" not in p.stderr and "[local]" not in p.stderr, p.stderr
+        assert "docker build" not in p.stderr and "docker push" not in p.stderr
+        assert not _docker_tag_exists(tag)
+    finally:
+        if _docker_tag_exists(tag):
+            subprocess.run(["docker", "rmi", tag], capture_output=True)
+
+
+def test_a_folder_without_a_dockerfile_is_a_usage_error_that_points_at_context(tmp_path):
+    (tmp_path / "empty").mkdir()
+    p = _runner_build("--local", "--context", "empty", "--image", "i20-no-dockerfile:dev", cwd=tmp_path)
+    assert p.returncode == 2, p.stderr
+    assert p.stderr.strip().splitlines() == [
+        f"runner: no Dockerfile in {tmp_path / 'empty'} to build: give the folder that holds your Dockerfile "
+        "with --context DIR, or a file named otherwise with --dockerfile NAME"]
+    gone = _runner_build("--local", "--context", "nowhere", cwd=tmp_path)
+    assert gone.returncode == 2 and "no folder nowhere" in gone.stderr and "--context DIR" in gone.stderr
+    assert "Traceback" not in gone.stderr and "FileNotFoundError" not in gone.stderr
+
+
+def test_list_files_of_a_folder_with_nothing_to_upload_says_so_and_fails(tmp_path):
+    (tmp_path / "empty").mkdir()
+    p = _runner_build("--list-files", "--context", "empty", cwd=tmp_path)
+    assert p.returncode == 1 and p.stdout == ""
+    assert "nothing would be uploaded" in p.stderr and "the folder is empty" in p.stderr
+    ignored = tmp_path / "ignored"
+    ignored.mkdir()
+    (ignored / "train.py").write_text("print(1)\n")
+    (ignored / ".gcloudignore").write_text("*\n")
+    p = _runner_build("--list-files", "--context", "ignored", cwd=tmp_path)
+    assert p.returncode == 1 and "its .gcloudignore leaves out every file" in p.stderr
+    missing = _runner_build("--list-files", "--context", "nowhere", cwd=tmp_path)
+    assert missing.returncode == 2 and "no folder nowhere" in missing.stderr
+
+
+@pytest.mark.docker
+@pytest.mark.parametrize("tagged_before", [False, True])
+def test_a_local_build_whose_push_fails_leaves_the_tag_as_it_found_it(tmp_path, tagged_before):
+    from runner.build.image import local_build
+
+    ctx = tmp_path / "ctx"
+    ctx.mkdir()
+    (ctx / "Dockerfile").write_text("FROM scratch\nCOPY stamp /stamp\n")
+    (ctx / "stamp").write_text(str(tmp_path))  # unique content: a new image, never one already here
+    # Port 9 (discard) on loopback: nothing listens, so the push is refused at once.
+    tag = f"127.0.0.1:9/i20/stray-{'old' if tagged_before else 'new'}:v1"
+    old = tmp_path / "old"
+    old.mkdir()
+    (old / "Dockerfile").write_text("FROM scratch\nCOPY Dockerfile /old\n")
+    try:
+        if tagged_before:
+            subprocess.run(["docker", "build", "-q", "-t", tag, str(old)], check=True, capture_output=True)
+        before = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag],
+                                capture_output=True, text=True).stdout.strip()
+        with pytest.raises(BuildError):
+            local_build(BuildRequest(str(ctx), tag), [].append, push=True)
+        after = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag],
+                               capture_output=True, text=True).stdout.strip()
+        assert after == before  # the old image, or no tag at all
+    finally:
+        subprocess.run(["docker", "rmi", "-f", tag], capture_output=True)

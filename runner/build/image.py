@@ -31,6 +31,47 @@ class BuildError(Exception):
     """No route produced an image; the message lists what each route said."""
 
 
+class NoCredentials(BuildError):
+    """No Google credentials on this machine. Every Google route fails the same way (staging,
+    Cloud Build, a push to Artifact Registry through gcloud's Docker credential helper:
+    https://cloud.google.com/artifact-registry/docs/docker/authentication), so the chain stops
+    at the first, with one message, rather than repeat it and build an image nobody can push."""
+
+
+class MissingDockerfile(BuildError):
+    """The context has no Dockerfile (or is not a folder): no route can build it, so say so
+    before staging or building anything. ``what`` is the path that is missing."""
+
+    def __init__(self, message: str, what: str) -> None:
+        super().__init__(message)
+        self.what = what
+
+
+NO_CREDENTIALS = (
+    "no Google credentials on this machine, so the image can be neither built in Cloud Build nor "
+    "pushed: run `gcloud auth application-default login` (or set GOOGLE_APPLICATION_CREDENTIALS to "
+    "a service-account key), then run this again (a build for the local backend needs none: "
+    "runner build --local)")
+
+
+def check_context(req: BuildRequest) -> None:
+    """Raise ``MissingDockerfile`` unless ``req.context_dir`` is a folder holding ``req.dockerfile``."""
+    if not os.path.isdir(req.context_dir):
+        raise MissingDockerfile(f"no folder {req.context_dir} to build", req.context_dir)
+    path = os.path.join(req.context_dir, req.dockerfile)
+    if not os.path.isfile(path):
+        raise MissingDockerfile(f"no {req.dockerfile} in {os.path.abspath(req.context_dir)} to build", path)
+
+
+def _no_credentials(e: BaseException) -> bool:
+    """Whether ``e`` (or what it was raised from) is google-auth's "no default credentials"
+    (https://googleapis.dev/python/google-auth/latest/reference/google.auth.html: ``default()``
+    raises ``DefaultCredentialsError`` when no source yields credentials)."""
+    from google.auth.exceptions import DefaultCredentialsError
+
+    return isinstance(e, DefaultCredentialsError) or isinstance(e.__cause__, DefaultCredentialsError)
+
+
 @dataclass(frozen=True)
 class BuildRequest:
     context_dir: str
@@ -80,6 +121,8 @@ def stage_source(req: BuildRequest, bucket: str, say: Say, tag: str = "") -> Sta
         try:
             GcsStore(f"gs://{bucket}").upload_file(name, packed.path)
         except StoreError as e:
+            if _no_credentials(e):
+                raise NoCredentials(NO_CREDENTIALS) from None
             raise BuildError(f"could not stage the source to gs://{bucket}: {e}") from None
         return StagedSource(bucket, name, packed.count, packed.size_bytes)
 
@@ -257,6 +300,18 @@ def local_build(req: BuildRequest, say: Say, push: bool) -> str:
     if req.base_image:
         args += ["--build-arg", f"BASE_IMAGE={req.base_image}"]
     buildx = subprocess.run(["docker", "buildx", "version"], capture_output=True).returncode == 0
+    if not push:
+        return _build_and_push(req, args, buildx, say, push)
+    before = _local_image_id(req.image)
+    try:
+        return _build_and_push(req, args, buildx, say, push)
+    except BuildError:
+        _restore_tag(req.image, before, say)
+        raise
+
+
+def _build_and_push(req: BuildRequest, args: list[str], buildx: bool, say: Say, push: bool) -> str:
+    """``local_build``'s docker commands, apart so that a failed push can be undone around them."""
     if push and buildx:
         say(f"docker buildx build --platform linux/amd64 --push -t {req.image}")
         _docker(["buildx", "build", "--platform", "linux/amd64", "--push", *args, req.context_dir], say)
@@ -277,10 +332,33 @@ def local_build(req: BuildRequest, say: Say, push: bool) -> str:
     return ref
 
 
+def _local_image_id(tag: str) -> str | None:
+    p = subprocess.run(["docker", "image", "inspect", "--format", "{{.Id}}", tag], capture_output=True, text=True)
+    return p.stdout.strip() if p.returncode == 0 else None
+
+
+def _restore_tag(tag: str, before: str | None, say: Say) -> None:
+    """A build whose push failed leaves no tag behind: the image it names was never pushed, and a
+    later `docker push` or run would take it for one that was. Put back what ``tag`` named
+    before this build (``before``), or drop the tag this build made."""
+    if _local_image_id(tag) in (None, before):
+        return
+    args = ["tag", before, tag] if before else ["rmi", tag]
+    p = subprocess.run(["docker", *args], capture_output=True, text=True)
+    if p.returncode != 0:
+        say(f"runner: warning: could not {'restore' if before else 'remove'} the local tag {tag} "
+            f"({(p.stderr or p.stdout).strip()}); it names an image that was not pushed")
+
+
 # ---- the chain -----------------------------------------------------------------------------
 
 def build_image(req: BuildRequest, *, local_only: bool, project: str | None, bucket: str | None,
                 client_factory: Callable[[], Any] | None, say: Say, poll: float = 2.0) -> BuildResult:
+    """The first route that builds ``req`` (see the module's docstring). Raises
+    ``MissingDockerfile`` before any route when there is nothing to build, ``NoCredentials`` at
+    the first route that finds no Google credentials (no other route could do better), and
+    ``BuildError`` with every route's reason when all fail."""
+    check_context(req)
     if local_only:
         return BuildResult(local_build(req, say, push=False), "local")
     failures: list[str] = []
@@ -290,9 +368,17 @@ def build_image(req: BuildRequest, *, local_only: bool, project: str | None, buc
             say(f"[{route}] building {req.image} with Cloud Build in {project}")
             try:
                 staged = stage_source(req, bucket, say, tag)
-                ref = run_cloud_build(client_factory(), project, build_definition(req, staged, project), say,
+                try:
+                    client = client_factory()
+                except Exception as e:  # noqa: BLE001 - only "no credentials" is judged here
+                    if _no_credentials(e):
+                        raise NoCredentials(NO_CREDENTIALS) from None
+                    raise
+                ref = run_cloud_build(client, project, build_definition(req, staged, project), say,
                                       poll, read_log)
                 return BuildResult(ref, route, failures)
+            except NoCredentials:
+                raise
             except BuildError as e:
                 failures.append(f"{route}: {e}")
                 say(f"[{route}] failed: {e}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import click
@@ -34,23 +35,58 @@ def build(context_dir: str, image: str | None, dockerfile: str, base_image: str 
       runner build --local --context myjob                         # tagged myjob:dev, after the folder
       runner build --list-files                                    # what would be uploaded
     """
-    from runner.build.image import BuildError, BuildRequest, list_files as files_of
+    from runner.build.image import BuildError, BuildRequest, MissingDockerfile, check_context
     from runner.build.build_context import IgnoreFileError
 
     if list_files:
-        try:
-            for path in files_of(context_dir):
-                click.echo(path)
-        except IgnoreFileError as e:
-            fail(str(e), EXIT_USAGE)
+        print_upload(context_dir)
         return
     cfg = config_of({**cli_config, "base_image": base_image}, config_path)
+    req = BuildRequest(context_dir, "", dockerfile)
+    try:
+        check_context(req)  # before naming the build after a folder that has nothing to build
+    except MissingDockerfile as e:
+        fail(context_hint(e, context_dir, dockerfile), EXIT_USAGE)
     ref = image or unnamed_build_image(cfg, context_dir, local_only)
     try:
         result = run_build(cfg, BuildRequest(context_dir, ref, dockerfile, cfg.base_image), local_only)
     except (BuildError, IgnoreFileError) as e:
         fail(str(e), EXIT_FAILED)
     click.echo(result.image)
+
+
+def context_hint(e: Any, context_dir: str, dockerfile: str) -> str:
+    """A missing context or Dockerfile, with the options that point at the right one."""
+    hint = f"give the folder that holds your {dockerfile} with --context DIR"
+    if e.what != context_dir:  # the folder is there, the file is not: it may be named otherwise
+        hint += ", or a file named otherwise with --dockerfile NAME"
+    return f"{e}: {hint}"
+
+
+def print_upload(context_dir: str) -> None:
+    """``--list-files``: what would be uploaded, one path a line. Nothing to upload is no answer
+    a build can use, so it is said, with why, and exits 1."""
+    from runner.build.build_context import IGNORE_FILE_NAME, IgnoreFileError
+    from runner.build.image import list_files as files_of
+
+    if not os.path.isdir(context_dir):
+        fail(f"no folder {context_dir}: give the folder to build with --context DIR", EXIT_USAGE)
+    try:
+        paths = files_of(context_dir)
+    except IgnoreFileError as e:
+        fail(str(e), EXIT_USAGE)
+    for path in paths:
+        click.echo(path)
+    if paths:
+        return
+    if not os.listdir(context_dir):
+        why = "the folder is empty"
+    elif os.path.exists(os.path.join(context_dir, IGNORE_FILE_NAME)):
+        why = f"its {IGNORE_FILE_NAME} leaves out every file"
+    else:
+        why = "the default ignore rules (.git, what .gitignore names) leave out every file"
+    fail(f"nothing would be uploaded from {os.path.abspath(context_dir)}: {why}; give the folder that holds "
+         "your Dockerfile with --context DIR", EXIT_FAILED)
 
 
 def unnamed_build_image(cfg: Any, context_dir: str, local_only: bool) -> str:

@@ -108,10 +108,19 @@ def list_cmd(as_json: bool, orphans: bool, cli_config: dict[str, Any], config_pa
         click.echo(f"{r['run_id']:<28} {r['state']:<13} {r['attempt']:>3} {r['restarts']:>8}  "
                    f"{_progress_text(r['progress']):<16} {duration(r['eta_s']):>6}  "
                    f"{when(r['updated_at'], r['updated_age_s'])}")
-    from runner.launch.supervisor_heartbeat import report_lines, watchfulness
+    from runner.launch.supervisor_heartbeat import unwatched, unwatched_lines
 
-    for line in report_lines(watchfulness(ctx.store).to_dict()):
+    for line in unwatched_lines(*unwatched(ctx.store, _live_ids(rows))):
         click.echo(line)
+
+
+def _live_ids(rows: list[dict[str, Any]]) -> list[str]:
+    """The runs of ``rows`` that go on, and so need a supervisor (a damaged row's state is unknown:
+    its own line says so, and a supervisor marks it)."""
+    from entrypoint.record import State
+
+    return [r["run_id"] for r in rows if "error" not in r and r.get("state") in State.__members__
+            and not State[r["state"]].terminal]
 
 
 def _mark_text(mark: dict[str, Any] | None) -> str:
@@ -190,7 +199,7 @@ def watch(run_ids: tuple[str, ...], interval: float, as_json: bool, once: bool, 
         if as_json:
             rows = watch_json(frames, ids, lambda line: click.echo(line))
         else:
-            rows = watch_table(frames, ids, ctx.store.url, caption=lambda: _supervision_caption(ctx.store))
+            rows = watch_table(frames, ids, ctx.store.url, caption=lambda rows: _supervision_caption(ctx.store, rows))
     except KeyboardInterrupt:
         return
     if ids and not once:
@@ -206,11 +215,19 @@ def warn_if_unsupervised(store: Any) -> None:
         note(f"runner: warning: {w.warning}\n    fix: {w.fix}")
 
 
-def _supervision_caption(store: Any) -> str:
-    from runner.launch.supervisor_heartbeat import watchfulness
+def _supervision_caption(store: Any, rows: list[dict[str, Any]]) -> str:
+    """Under ``ops watch``'s table: who last supervised, and a warning only while a live run of
+    the table is unwatched (``ops list``'s rule), counted, not named: the table names them, and a
+    run's name only in its own row keeps each row findable by it."""
+    from rich.markup import escape
 
-    w = watchfulness(store)
-    return f"supervisor: {w.text}" + ("" if w.alive else f"\n[bold red]{w.warning}[/]\nfix: {w.fix}")
+    from runner.launch.supervisor_heartbeat import unwatched
+
+    w, ids = unwatched(store, _live_ids(rows))
+    if not ids:
+        return escape(f"supervisor: {w.text}")
+    n = f"{len(ids)} live run{'s' if len(ids) > 1 else ''} unwatched"
+    return escape(f"supervisor: {w.text}") + f"\n[bold red]{escape(w.warning)} ({n})[/]\nfix: {escape(w.fix)}"
 
 
 def _run_grace(ctx: Any, run_id: str) -> float:

@@ -15,7 +15,11 @@ Concurrent supervisors overwrite each other (last writer wins); the newest pass 
 
 A supervisor that steps one run only (an attached ``runner submit``, ``supervise --run-id``)
 writes ``runs/ID/supervisor/heartbeat.json`` instead: it keeps that run alive, and no other, so
-``ops status`` of that run counts it while the store-wide judgement (``ops list``) does not.
+it counts for that run (``ops status``, and that run's line of judgement in ``ops list``/``watch``)
+and for no other.
+
+A warning is for a live run nobody supervises: a run that has ended needs nobody, so neither its
+``ops status`` nor a list of ended runs warns (issue 20 §9).
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ import os
 import socket
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
 from entrypoint.record import STORE_SUPERVISOR_HEARTBEAT, RunPaths, iso, run_prefix
@@ -231,20 +235,55 @@ def judge(p: SupervisorPass | None, now: float | None = None, can_host: bool = T
 
 
 def watchfulness(store: Store, now: float | None = None, run_id: str | None = None) -> Watchfulness:
-    """The store's judgement; for ``run_id``, a live supervisor of that run alone also counts."""
+    """The store's judgement; for ``run_id``, a supervisor of that run alone also counts.
+
+    For a run, its own supervisor (an attached ``submit``) is what is said when it is alive, or
+    when it passed later than any store-wide supervisor: "no supervisor has ever passed over
+    this store" is false of a run an attached submit followed to its end."""
     can_host = store.url.startswith("gs://")
     overall = judge(read_pass(store), now, can_host=can_host)
     if run_id is None or overall.alive:
         return overall
     own = read_pass(store, run_id)
-    mine = judge(own, now, can_host=can_host) if own is not None else None
-    return mine if mine is not None and mine.alive else overall
+    if own is None:
+        return overall
+    mine = judge(own, now, can_host=can_host)
+    later = overall.last is None or own.finished_at > overall.last.finished_at
+    return mine if mine.alive or later else overall
+
+
+def run_watchfulness(store: Store, run_id: str, live: bool, now: float | None = None) -> Watchfulness:
+    """``watchfulness`` of one run, with no warning when the run has ended (``live`` False): a
+    finished run needs nobody, so "nobody is supervising" under it is a false alarm."""
+    w = watchfulness(store, now, run_id)
+    return w if live else replace(w, warning="", fix="")
+
+
+def unwatched(store: Store, live_run_ids: list[str], now: float | None = None) -> tuple[Watchfulness, list[str]]:
+    """The store's judgement, and which of ``live_run_ids`` nobody supervises: none when a
+    store-wide supervisor is alive, else those without a live supervisor of their own (an
+    attached submit). One read, plus one per live run while no store-wide supervisor is."""
+    overall = watchfulness(store, now)
+    if overall.alive:
+        return overall, []
+    return overall, [r for r in live_run_ids if not watchfulness(store, now, r).alive]
+
+
+def unwatched_lines(overall: Watchfulness, unwatched_ids: list[str]) -> list[str]:
+    """What ``ops list``/``ops watch`` print about supervision: who last passed, and a warning
+    only when some live run is unwatched, naming it (runs that ended need no supervisor)."""
+    out = [f"supervisor {overall.text}"]
+    if unwatched_ids:
+        shown = ", ".join(unwatched_ids[:5]) + (f" and {len(unwatched_ids) - 5} more" if len(unwatched_ids) > 5 else "")
+        out.append(f"warning    {overall.warning} (live, unwatched: {shown})")
+        out.append(f"    fix:   {overall.fix}")
+    return out
 
 
 def report_lines(w: dict[str, Any]) -> list[str]:
     """What ``ops status``/``ops list`` print about supervision (``Watchfulness.to_dict()``)."""
     out = [f"supervisor {w['text']}"]
-    if not w["alive"]:
+    if w["warning"]:  # none for a run that has ended (``run_watchfulness``)
         out.append(f"warning    {w['warning']}")
         out.append(f"    fix:   {w['fix']}")
     return out

@@ -16,7 +16,7 @@ from entrypoint.record.timeline import Recovery, build_recovery, format_recovery
 from entrypoint.store import Store
 from runner.launch.backends.base import ComputeBackend
 from runner.naming import label_value
-from runner.launch.supervisor_heartbeat import age_text, watchfulness
+from runner.launch.supervisor_heartbeat import age_text, run_watchfulness
 
 
 class RunNotFound(Exception):
@@ -65,7 +65,8 @@ def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None,
     out.update({"stop_requested": view.stop_requested, "last_event": last_event})
     # A torn journal entry is left out of the last event; say which, rather than hide it.
     out["damaged"] = [str(e) for e in view.damaged]
-    out["supervisor"] = watchfulness(store, run_id=run_id).to_dict()  # who last supervised, is anyone now
+    # Who last supervised it, and whether anyone does now (said as a warning only while it is live).
+    out["supervisor"] = run_watchfulness(store, run_id, live=not view.state.state.terminal).to_dict()
     out["startup_phase"] = view.startup.get("phase") if view.startup else None
     out["recovery"] = (recovery_entry(build_recovery(view.state.attempt, view.phases),
                                       live=not view.state.state.terminal,

@@ -175,10 +175,11 @@ def recovery_lines(rows: list[Row]) -> list[str]:
 
 
 def watch_table(frames: Iterator[list[Row]], run_ids: list[str] | None, store_url: str,
-                console: Any = None, caption: Callable[[], str] | None = None) -> list[Row]:
+                console: Any = None, caption: Callable[[list[Row]], str] | None = None) -> list[Row]:
     """Draw ``frames`` in place until the named runs end (or forever); returns the last rows.
 
-    ``caption`` (read each frame) goes under the table: who last supervised, and any warning."""
+    ``caption`` (read each frame, given its rows) goes under the table: who last supervised, and
+    a warning when a live run of those rows is unwatched."""
     from rich.console import Console
     from rich.live import Live
 
@@ -203,13 +204,13 @@ def watch_table(frames: Iterator[list[Row]], run_ids: list[str] | None, store_ur
     return rows
 
 
-def _captioned(table: Any, caption: Callable[[], str] | None, rows: list[Row] | None = None) -> Any:
+def _captioned(table: Any, caption: Callable[[list[Row]], str] | None, rows: list[Row] | None = None) -> Any:
     from rich.markup import escape
 
     lines = [f"[red]{escape(ln)}[/]" for ln in damage_lines(rows or [])]
     lines += [escape(ln) for ln in recovery_lines(rows or [])]
     if caption is not None:
-        lines.append(caption())
+        lines.append(caption(rows or []))
     if lines:
         table.caption, table.caption_justify = "\n".join(lines), "left"
     return table
