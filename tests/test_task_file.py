@@ -160,3 +160,11 @@ def test_build_is_the_folder_relative_to_the_task_file_not_the_working_directory
     p = runner("submit", "-f", "../proj/task.yaml", "--store", str(store), cwd=tmp_path / "elsewhere")
     assert "building myjob:dev first" in p.stderr, p.stderr
     assert p.returncode == 1 and not (store / "runs" / "b1").exists()
+
+
+def test_a_dry_run_prints_the_jobs_env_given_by_flag(tmp_path, store):
+    # The request submit sends carries --env (local: `docker run -e`); the dry run dropped it.
+    p = runner("submit", "--run-id", "e1", "--env", "SEED=7", "--dry-run", "--store", str(store),
+               "--image", "cos-spot-runner/workload:dev", "--", "python3", "train.py", cwd=tmp_path)
+    assert p.returncode == 0, p.stderr
+    assert "SEED=7" in docker_run_line(p.stdout)

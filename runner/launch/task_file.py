@@ -19,7 +19,10 @@ own errors report) and walked here. Two PyYAML behaviours are refused instead of
 a repeated key, which PyYAML silently resolves to the last one
 (https://github.com/yaml/pyyaml/issues/165), and YAML 1.1's implicit types inside the job's
 words and environment: ``no``, ``1e3`` or ``010`` there are taken as the text written, because
-a job's argv and environment are strings and nothing in between should reinterpret them.
+a job's argv and environment are strings and nothing in between should reinterpret them
+(PyYAML implements YAML 1.1, where ``no`` is False: https://github.com/yaml/pyyaml/issues/613).
+Flags over the file is the field's convention too: SkyPilot's ``--env`` "takes precedence over"
+a task YAML's ``envs`` (https://docs.skypilot.co/en/stable/running-jobs/environment-variables.html).
 
 Settings that runner.toml also knows (machine type, zones, restarts, paths) are returned as a
 config layer whose sources name the file and line, so ``runner.config`` checks them with the
