@@ -8,8 +8,10 @@ comes before the store or the engine is touched).
 from __future__ import annotations
 
 import json
+import os
 import re
 import textwrap
+import uuid
 from pathlib import Path
 
 import pytest
@@ -168,3 +170,24 @@ def test_a_dry_run_prints_the_jobs_env_given_by_flag(tmp_path, store):
                "--image", "cos-spot-runner/workload:dev", "--", "python3", "train.py", cwd=tmp_path)
     assert p.returncode == 0, p.stderr
     assert "SEED=7" in docker_run_line(p.stdout)
+
+
+@pytest.mark.docker
+def test_a_task_file_run_gets_its_env_command_and_restart_settings(docker_client, tmp_path, store):
+    """The outcome in Docker: the job sees the file's env and runs the file's command (its result
+    pulled back), and the run's spec.json holds the file's restart settings."""
+    run_id = f"i20-task-{uuid.uuid4().hex[:8]}"
+    write(tmp_path, f"""\
+        run_id: {run_id}
+        image: {os.environ.get("RUNNER_TEST_IMAGE", "cos-spot-runner/workload:dev")}
+        command: [python3, -c, "import os; open(os.environ['RUNNER_RESULTS_DIR'] + '/seen.txt', 'w').write(os.environ['SEED'] + ' ' + os.environ['MODE'])"]
+        env: {{SEED: 0123, MODE: no}}
+        max_restarts: 3
+        retry_on_failure: 1
+        """)
+    p = runner("submit", "-f", "task.yaml", "--store", str(store), "--pull", "out", "--poll-interval", "0.5",
+               cwd=tmp_path, DOCKER_HOST=os.environ.get("DOCKER_HOST", "unix:///var/run/docker.sock"))
+    assert p.returncode == 0, p.stderr
+    assert (tmp_path / "out" / run_id / "results" / "seen.txt").read_text() == "0123 no"  # as written
+    spec = json.loads((store / "runs" / run_id / "spec.json").read_text())
+    assert (spec["max_restarts"], spec["retry_on_failure"]) == (3, 1)
