@@ -163,13 +163,16 @@ def load_config(
     cwd: str | None = None,
     env: Mapping[str, str] | None = None,
     config_path: str | None = None,
+    task: tuple[dict[str, tuple[Any, str]], str] | None = None,
 ) -> Config:
-    """Merge defaults, the config file, ``RUNNER_*`` variables and CLI flags, then validate.
+    """Merge defaults, the config file, ``RUNNER_*`` variables, a task file and CLI flags, then validate.
 
     ``cli`` maps config keys to flag values; None (and an empty tuple, what click passes for
     an unused ``multiple=True`` option) means the flag was not given. ``config_path`` (the
     ``--config`` flag), else ``$RUNNER_CONFIG``, else the first ``runner.toml`` found walking
-    up from ``cwd`` is the file layer.
+    up from ``cwd`` is the file layer. ``task`` is a task file's settings (each value with the
+    file and line it came from, runner.launch.task_file) and the folder relative paths in it
+    mean: more specific than the project's config and environment, overridden by a flag.
     """
     cwd = os.path.abspath(cwd if cwd is not None else os.getcwd())
     env = os.environ if env is None else env
@@ -180,6 +183,8 @@ def load_config(
     if path is not None:
         layers.append((_file_layer(path), os.path.dirname(path)))
     layers.append((_env_layer(env), cwd))
+    if task is not None:
+        layers.append((_table_layer_sourced(task[0]), task[1]))
     layers.append((_cli_layer(cli or {}), cwd))
     for layer, base_dir in layers:
         for key, (raw, where) in layer.items():
@@ -283,6 +288,14 @@ def _unknown_key_message(key: str, where: str) -> str:
     close = difflib.get_close_matches(key.replace("-", "_").lower(), KEYS, n=1, cutoff=0.6)
     hint = f"; did you mean {close[0]!r}?" if close else ";"
     return f"unknown key {key!r} in {where}{hint} Known keys: {', '.join(KEYS)}"
+
+
+def _table_layer_sourced(layer: Layer) -> Layer:
+    """A layer whose reader already says where each value was written; only the keys are checked."""
+    for key, (_, where) in layer.items():
+        if key not in _FIELDS:
+            raise ConfigError(_unknown_key_message(key, where))
+    return dict(layer)
 
 
 def _env_layer(env: Mapping[str, str]) -> Layer:

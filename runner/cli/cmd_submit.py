@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, NoReturn
 
@@ -41,7 +42,9 @@ _COMMAND_FORM = "runner submit --run-id ID [OPTIONS] -- PROGRAM ARGS..."
 
 
 @click.command(cls=SubmitCommand, context_settings={"allow_interspersed_args": False})
-@click.option("--run-id", required=True, help="Your name for the run; re-using it resumes the run.")
+@click.option("-f", "--file", "task_path", metavar="TASK.yaml", type=click.Path(dir_okay=False),
+              help="A task file saying what the flags say (README: Task files); flags given override it.")
+@click.option("--run-id", help="Your name for the run; re-using it resumes the run (required unless the task file sets run_id).")
 @click.option("--image", help="Image to run (local: a Docker image name; pinned to its id/digest).")
 @click.option("--restart", is_flag=True, help="Run a finished, failed or stopped run again (resumes from its last checkpoint).")
 @click.option("--detach", is_flag=True, help="Return after submitting; `runner supervise` keeps it going.")
@@ -63,7 +66,8 @@ _COMMAND_FORM = "runner submit --run-id ID [OPTIONS] -- PROGRAM ARGS..."
 @config_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @guard
-def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run: bool, skip_build: bool,
+def submit(task_path: str | None, run_id: str | None, image: str | None, restart: bool, detach: bool,
+           dry_run: bool, skip_build: bool,
            pull_dest: str | None, max_restarts: int | None, retry_on_failure: int | None, poll_interval: float | None,
            env_pairs: tuple[str, ...], zones: str | None, machine_type: str | None,
            gpu: str | None, no_gpu: bool | None, termination_action: str | None,
@@ -75,12 +79,23 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
 
         runner submit --run-id exp-1 --image cos-spot-runner/workload:dev -- python3 -m examples.trainer --steps 100
 
+    Or from a task file (README: Task files), flags given overriding it:
+
+        runner submit -f task.yaml --run-id exp-2
+
     Re-submitting an existing run id resumes it from its last checkpoint (with no command, or
     the same one; another command needs another --run-id).
     """
     from runner.launch import submit as submit_mod
 
+    task = _task_file(task_path, command)
+    run_id = run_id or (task.run_id if task is not None else None)
+    if not run_id:
+        fail("no run id: pass --run-id ID" + (f" or set run_id in {task_path}" if task_path else ""), EXIT_USAGE)
     run_id = checked_run_id(run_id)
+    if task is not None:  # a flag overrides the file: the command after `--` replaces the file's
+        command = command or tuple(task.command)
+        image = image or task.image
     if command and command[0].startswith("-"):
         # Only `--` lets a word starting with `-` through, and no program is named like that: a
         # runner option written after `--`, or the job's arguments without their program.
@@ -89,7 +104,7 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
     if pull_dest is not None and detach:
         fail("--pull needs the run followed to its end: drop --detach, or pull later with "
              f"`runner ops pull --run-id {run_id} --dest {pull_dest}`", EXIT_USAGE)
-    env = {}
+    env = dict(task.env) if task is not None else {}  # --env overrides the file's, name by name
     for pair in env_pairs:
         k, sep, v = pair.partition("=")
         if not sep or not k:
@@ -101,14 +116,15 @@ def submit(run_id: str, image: str | None, restart: bool, detach: bool, dry_run:
                   "machine_type": machine_type, "gpu": gpu, "no_gpu": no_gpu,
                   "termination_action": termination_action, "max_restarts": max_restarts,
                   "retry_on_failure": retry_on_failure}
+    task_layer = (task.settings, os.path.dirname(os.path.abspath(task.path))) if task is not None else None
     if dry_run:
-        _dry_run(config_of(cli_config, config_path), run_id, list(command), image)
+        _dry_run(config_of(cli_config, config_path, task_layer), run_id, list(command), image, env)
         return
-    ctx = load(cli_config, config_path, create_store=True)
+    ctx = load(cli_config, config_path, create_store=True, task=task_layer)
     from entrypoint.record import RunRecord
 
     if image is None and not skip_build and command and RunRecord(ctx.store, run_id).read_state() is None:
-        image = _build_for_submit(ctx)
+        image = _build_for_submit(ctx, task.build if task is not None and task.build else ".")
     result = submit_mod.submit(ctx, run_id, list(command), image=image, restart=restart,
                                max_restarts=ctx.cfg.max_restarts, retry_on_failure=ctx.cfg.retry_on_failure,
                                env=env)
@@ -206,30 +222,51 @@ def _finish_deletes(sup: Any) -> None:
         os._exit(EXIT_INTERRUPTED)  # sys.exit would wait for the delete workers at interpreter exit
 
 
-def _dry_run(cfg: Any, run_id: str, command: list[str], image: str | None) -> None:
+def _task_file(task_path: str | None, command: tuple[str, ...]) -> Any:
+    """The task file given with -f (None without), or exit 2 naming its line.
+
+    ``runner submit task.yaml`` is not a second spelling: after item 1's parsing the first word
+    is always the job's program, so a lone .yaml/.yml word that is a file and not a program is
+    refused with the -f spelling instead of being run as one.
+    """
+    from runner.launch.task_file import TaskFileError, read_task_file
+
+    if task_path is None:
+        word = command[0] if len(command) == 1 else ""
+        if word.endswith((".yaml", ".yml")) and os.path.isfile(word) and not os.access(word, os.X_OK):
+            fail(f"{word!r} is a file, not a program: to submit a task file, pass it with -f: "
+                 f"runner submit -f {word}", EXIT_USAGE)
+        return None
+    try:
+        return read_task_file(task_path)
+    except TaskFileError as e:
+        fail(str(e), EXIT_USAGE)
+
+
+def _dry_run(cfg: Any, run_id: str, command: list[str], image: str | None, env: dict[str, str]) -> None:
     """Print the exact first request (stdout) and what was left unchecked (stderr)."""
     from runner.launch import submit as submit_mod
 
     plan, skipped = submit_mod.dry_run(cfg, run_id, command, image, max_restarts=cfg.max_restarts,
-                                       retry_on_failure=cfg.retry_on_failure)
+                                       retry_on_failure=cfg.retry_on_failure, env=env)
     for node in plan.nodes:  # one request per instance of the attempt
         cli = getattr(node, "docker_cli", None)
         click.echo(" ".join(cli()) if cli else json.dumps(node.to_dict(), default=str, indent=1))
     note("dry run: nothing written or created; not checked: " + "; ".join(skipped))
 
 
-def _build_for_submit(ctx: Any) -> str:
+def _build_for_submit(ctx: Any, context: str) -> str:
     """No --image: build the current directory first, as `runner build` without --image would:
     named after the folder, never over the configured image (what --skip-build runs) or the base
     image, which a job's Dockerfile builds FROM (issue 20 §2)."""
     from runner.build.image import BuildError, BuildRequest
 
     local_only = ctx.cfg.backend == "local"
-    name = unnamed_build_image(ctx.cfg, ".", local_only)
+    name = unnamed_build_image(ctx.cfg, context, local_only)
     note(f"building {name} first (--image NAME to run an image as it is, --skip-build to run the "
          "configured one)")
     try:
-        return run_build(ctx.cfg, BuildRequest(".", name, base_image=ctx.cfg.base_image),
+        return run_build(ctx.cfg, BuildRequest(context, name, base_image=ctx.cfg.base_image),
                          local_only=local_only).image
     except BuildError as e:
         fail(str(e), EXIT_FAILED)

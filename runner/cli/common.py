@@ -43,23 +43,26 @@ def config_options(f: Callable[..., Any]) -> Callable[..., Any]:
     return wrapper
 
 
-def config_of(cli_config: dict[str, Any], config_path: str | None):  # type: ignore[no-untyped-def]
-    """The layered config with these flags on top (None = not given); a bad one exits 2."""
+def config_of(cli_config: dict[str, Any], config_path: str | None, task: Any = None):  # type: ignore[no-untyped-def]
+    """The layered config with these flags on top (None = not given); a bad one exits 2.
+    ``task``: a task file's settings layer and its folder (``load_config``'s ``task``)."""
     from runner.config import ConfigError, load_config
 
     try:
-        return load_config(cli={k: v for k, v in cli_config.items() if v is not None}, config_path=config_path)
+        return load_config(cli={k: v for k, v in cli_config.items() if v is not None}, config_path=config_path,
+                           task=task)
     except ConfigError as e:
         fail(str(e), EXIT_USAGE)
 
 
-def load(cli_config: dict[str, Any], config_path: str | None, create_store: bool = False):  # type: ignore[no-untyped-def]
+def load(cli_config: dict[str, Any], config_path: str | None, create_store: bool = False,  # type: ignore[no-untyped-def]
+         task: Any = None):
     """Config, store and backend; every user error becomes a one-line message and exit 2/1."""
     from entrypoint.store import StoreError
     from runner.launch.backends.base import BackendError
     from runner.launch.context import make_context
 
-    cfg = config_of(cli_config, config_path)
+    cfg = config_of(cli_config, config_path, task)
     try:
         return make_context(cfg, create_default_store=create_store)
     except StoreError as e:

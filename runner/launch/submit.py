@@ -174,8 +174,8 @@ def _shell(command: list[str]) -> str:
     return shlex.join(command)
 
 
-def dry_run(cfg: Config, run_id: str, command: list[str], image: str | None, **kw: object
-            ) -> tuple[object, list[str]]:
+def dry_run(cfg: Config, run_id: str, command: list[str], image: str | None, *,
+            env: dict[str, str] | None = None, **kw: object) -> tuple[object, list[str]]:
     """The exact request the first attempt would send, and what was not checked to make it.
 
     Writes, creates and contacts nothing: no store is opened and no API is called, so a dry run
@@ -185,7 +185,9 @@ def dry_run(cfg: Config, run_id: str, command: list[str], image: str | None, **k
     from runner.launch.supervisor import launch_context
 
     check_store_mountable(cfg.backend, cfg.store_url)
-    spec = build_spec(cfg, run_id, command, image or cfg.image or "IMAGE", env={},
+    # The job's env is part of the request (local: `docker run -e`): a dry run that dropped it
+    # printed a request other than the one submit sends.
+    spec = build_spec(cfg, run_id, command, image or cfg.image or "IMAGE", env=dict(env or {}),
                       max_restarts=kw.get("max_restarts"), retry_on_failure=kw.get("retry_on_failure"))  # type: ignore[arg-type]
     plan = make_plan_backend(cfg).plan(spec, launch_context(spec, 1, cfg.store_url))
     return plan, ["the store was not opened", *backend_type(cfg.backend).unchecked_by_dry_run(spec)]
