@@ -46,28 +46,43 @@ def regex_problem(pattern: str) -> str | None:
     if compiled.groups != 1:
         return (f"'{pattern}' has {compiled.groups} capturing groups; it needs exactly one, around the "
                 r"step number, e.g. 'iter (\d+)' (write other groups as (?:...))")
-    if _sre_parse is not None and not _group_is_digits(pattern):
+    return None if _sre_parse is None else _group_problem(pattern)
+
+
+def _group_problem(pattern: str) -> str | None:
+    """Why the one capturing group cannot be read as the step, or None: it must match nothing but
+    decimal digits, and not be repeated (``(\\d)+`` keeps only its last repetition: one digit)."""
+    found = _capturing_group(_sre_parse.parse(pattern), repeated=False)
+    if found is not None and found[1]:
+        return (f"the capturing group of '{pattern}' is repeated, so it would keep only its last "
+                r"repetition; put the repeat inside the group, e.g. 'iter (\d+)'")
+    if found is None or not found[0] or not all(_digits_only(o, a) for o, a in found[0]):
         return (f"the capturing group of '{pattern}' can match more than digits; capture only the step "
                 r"number, e.g. 'iter (\d+)' or 'step ([0-9]+)'")
     return None
 
 
-def _group_is_digits(pattern: str) -> bool:
-    """True when the pattern's one capturing group can match nothing but decimal digits."""
-    for op, av in _walk(_sre_parse.parse(pattern)):
-        if op is SUBPATTERN and av[0] is not None:
-            return bool(av[-1]) and all(_digits_only(o, a) for o, a in av[-1])
-    return False
-
-
-def _walk(items: Any) -> Any:
-    """Every (op, argument) of a parsed pattern, depth first."""
+def _capturing_group(items: Any, repeated: bool) -> tuple[Any, bool] | None:
+    """The items of the first capturing group under ``items``, and whether a repeat of more than
+    once encloses it (an optional ``(...)?`` is fine: a line without it is just not a step)."""
     for op, av in items:
-        yield op, av
-        for child in av if isinstance(av, (tuple, list)) else ():
-            if isinstance(child, _sre_parse.SubPattern) or (
-                    isinstance(child, list) and child and isinstance(child[0], tuple)):
-                yield from _walk(child)
+        if op is SUBPATTERN and av[0] is not None:
+            return av[-1], repeated
+        more = repeated or (op in (MAX_REPEAT, MIN_REPEAT) and av[1] != 1)
+        for child in _children(av):
+            found = _capturing_group(child, more)
+            if found is not None:
+                return found
+    return None
+
+
+def _children(av: Any) -> Any:
+    """The nested patterns in an item's argument: a group's, a repeat's, each branch of ``a|b``."""
+    for part in av if isinstance(av, (tuple, list)) else ():
+        if isinstance(part, _sre_parse.SubPattern):
+            yield part
+        elif isinstance(part, list):
+            yield from (x for x in part if isinstance(x, _sre_parse.SubPattern))
 
 
 def _digits_only(op: Any, av: Any) -> bool:

@@ -20,7 +20,8 @@ from runner.cli.main import main as cli
 from runner.config import ConfigError, load_config
 
 
-@pytest.mark.parametrize("pattern", [r"iter (\d+)", r"step[ :]+([0-9]+)/", r"(?:epoch \d+ )?it=(?P<n>\d{1,9})"])
+@pytest.mark.parametrize("pattern", [r"iter (\d+)", r"step[ :]+([0-9]+)/", r"(?:epoch \d+ )?it=(?P<n>\d{1,9})",
+                                     r"^(?:iter|step) (\d+)", r"(?:it (\d+))?$", r"(?:done|it=(\d+))"])
 def test_a_pattern_with_one_group_of_digits_is_accepted(pattern: str) -> None:
     assert regex_problem(pattern) is None
 
@@ -30,6 +31,8 @@ def test_a_pattern_with_one_group_of_digits_is_accepted(pattern: str) -> None:
     (r"(iter) (\d+)", "2 capturing groups"),
     (r"iter (.+)", "more than digits"),
     (r"iter (\d+|done)", "more than digits"),
+    (r"iter (\d)+", "is repeated"),  # a repeated group keeps only its last digit
+    (r"(?:a|(\w+))", "more than digits"),
     (r"iter (\d+", "not a valid regular expression"),
 ])
 def test_a_pattern_that_cannot_give_a_step_is_refused_with_the_fix(pattern: str, says: str) -> None:
