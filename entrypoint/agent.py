@@ -43,6 +43,7 @@ from typing import Callable
 from entrypoint.checkpoints import BackgroundSync, DirectorySync, NoSpaceForRestore, restore_checkpoints
 from entrypoint.prestaged import PRESTAGED_ENV
 from entrypoint.progress import ProgressTracker
+from entrypoint.progress_pattern import ProgressPattern
 from entrypoint.record import MOVES, OUTCOME_UNRECORDED, Heartbeat, IllegalTransition, Role, RunRecord, State
 from entrypoint.record.phases import CHECKPOINT_RESTORED, FIRST_STEP
 from entrypoint.store import PreconditionFailed, StoreError
@@ -213,6 +214,7 @@ class Agent:
             return 0
 
         self.phase = "running"
+        self.progress.pattern = self._progress_pattern()
         self._install_signal_handlers()
         start_code = self._start_job(resumed=bool(restored))
         bg = BackgroundSync(self.checkpoints, cfg.sync_interval)
@@ -249,6 +251,19 @@ class Agent:
             return unrecorded
         # A job's own exit 74 (EX_IOERR is common) must not read as "outcome not recorded".
         return 1 if code == OUTCOME_UNRECORDED else code
+
+    def _progress_pattern(self) -> ProgressPattern | None:
+        """The run's ``--progress-regex``, pinned in its spec; None without one. A bad or unreadable
+        one is logged and left out: it must never stop the job, only its progress reports."""
+        try:
+            spec = self.record.read_spec()
+            pattern = ProgressPattern.from_settings(spec.settings if spec is not None else None)
+        except Exception as e:  # noqa: BLE001 - a store error or a hand-edited spec: the job runs anyway
+            log.warning("not reading progress from the job's output: %s", e)
+            return None
+        if pattern is not None:
+            log.info("reading progress from output lines matching %r", pattern.regex.pattern)
+        return pattern
 
     def _restore_does_not_fit(self, e: NoSpaceForRestore) -> int:
         """The checkpoint does not fit on this machine's disk: the run FAILS, with that reason.

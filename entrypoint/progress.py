@@ -1,6 +1,6 @@
 """How a job tells the agent how far it got.
 
-Two ways, use either:
+Two ways, use either (and a third for a job that cannot be changed: ``entrypoint.progress_pattern``):
 - print a line ``RUNNER_PROGRESS step=120 total=1000 loss=0.25`` on stdout or stderr
   (``key=value`` pairs; numbers are parsed, anything else kept as text), or
 - write a small JSON object to the file named by ``$RUNNER_PROGRESS_FILE``
@@ -16,9 +16,12 @@ import json
 import os
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from entrypoint.markers import PROGRESS_PREFIX as PREFIX
+
+if TYPE_CHECKING:
+    from entrypoint.progress_pattern import ProgressPattern
 
 
 def parse_progress_line(line: str) -> dict[str, Any] | None:
@@ -47,8 +50,9 @@ def _number(v: str) -> Any:
 class ProgressTracker:
     """The latest progress and when it last changed; safe to update from several threads."""
 
-    def __init__(self, progress_file: str | None = None) -> None:
+    def __init__(self, progress_file: str | None = None, pattern: "ProgressPattern | None" = None) -> None:
         self.progress_file = progress_file
+        self.pattern = pattern  # the run's --progress-regex: steps from the job's own lines
         self._lock = threading.Lock()
         self._progress: dict[str, Any] = {}
         self._changed_at: float | None = None
@@ -67,7 +71,10 @@ class ProgressTracker:
                     self._first_step = (step, self._changed_at)
 
     def feed_line(self, line: str) -> None:
+        """A line of the job's output: a ``RUNNER_PROGRESS`` line, else one the run's pattern finds a step in."""
         values = parse_progress_line(line)
+        if values is None and self.pattern is not None:
+            values = self.pattern.values(line)
         if values:
             self.update(values)
 

@@ -68,6 +68,9 @@ class Config:
     results_dir: str = _key("/var/lib/runner/results", "str", "an absolute container path")
     shm_size: str = _key("2g", "str", "a Docker size such as 512m or 2g")
     recovery: str = _key("in-order", "str", "a recovery strategy: in-order, same-zone-first or next-zone-first")
+    # For jobs that print their step but not RUNNER_PROGRESS (entrypoint/progress_pattern.py).
+    progress_regex: str | None = _key(None, "optional_str", r"a regex with one group of digits, e.g. 'iter (\d+)'")
+    progress_total: int = _key(0, "int", "the job's total number of steps, e.g. 5000 (0 = unknown)")
     # --- GCE only (recorded in spec.json at submit, so restarts recreate the same VM) ---
     compute_endpoint: str | None = _key(None, "optional_str", "a Compute API URL (tests, private endpoints)")
     cloudbuild_endpoint: str | None = _key(None, "optional_str", "a Cloud Build API URL (tests, private endpoints)")
@@ -130,7 +133,8 @@ class Config:
         return AttemptSettings(
             grace_period=self.grace_period, heartbeat_interval=self.heartbeat_interval,
             sync_interval=self.sync_interval, shm_size=self.shm_size, stall_window=self.stall_window,
-            gpu_timeout=self.gpu_timeout, recovery=self.recovery)
+            gpu_timeout=self.gpu_timeout, recovery=self.recovery, progress_regex=self.progress_regex,
+            progress_total=self.progress_total or None)
 
     @property
     def store_url(self) -> str:
@@ -428,6 +432,7 @@ def _problems(cfg: Config) -> list[str]:
     checks: list[Callable[[Config], list[str]]] = [
         _check_backend, _check_positive, _check_counts, _check_grace_period, _check_paths,
         _check_shm_size, _check_zones, _check_store, _check_stall_window, _check_vm, _check_recovery,
+        _check_progress_pattern,
     ]
     return [problem for check in checks for problem in check(cfg)]
 
@@ -535,6 +540,26 @@ def _check_recovery(cfg: Config) -> list[str]:
         return []
     return [_bad(cfg, "recovery", "is not a known recovery strategy",
                  "use one of: " + "; ".join(f"{n}: {s.description}" for n, s in STRATEGIES.items()))]
+
+
+def _check_progress_pattern(cfg: Config) -> list[str]:
+    """The pattern the agent will match the job's output with, checked at submit (not on the VM)."""
+    from entrypoint.progress_pattern import regex_problem
+
+    if cfg.progress_regex is None:
+        if cfg.progress_total:
+            return [_bad(cfg, "progress_total", "needs progress_regex",
+                         r"set progress_regex too (e.g. --progress-regex 'iter (\d+)'), or drop progress_total "
+                         "(a job printing RUNNER_PROGRESS lines says its own total=)")]
+        return []
+    problems = []
+    problem = regex_problem(cfg.progress_regex)
+    if problem:
+        problems.append(f"progress_regex from {_src(cfg, 'progress_regex')}: {problem}")
+    if cfg.progress_total < 0:
+        problems.append(_bad(cfg, "progress_total", "must not be negative",
+                             "set it to the job's number of steps, or 0 if unknown"))
+    return problems
 
 
 def _check_zones(cfg: Config) -> list[str]:

@@ -54,6 +54,9 @@ class AttemptSettings:
     stall_window: float = 600.0
     gpu_timeout: float = 600.0
     recovery: str = "in-order"  # runner.launch.recovery's strategy name: the zone order per attempt
+    # Progress from the job's own output lines (entrypoint.progress_pattern), None: not asked for.
+    progress_regex: str | None = None
+    progress_total: int | None = None
 
     @classmethod
     def from_dict(cls, d: dict[str, Any], fallback: "AttemptSettings | None" = None) -> "AttemptSettings":

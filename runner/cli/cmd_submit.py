@@ -57,6 +57,11 @@ _COMMAND_FORM = "runner submit --run-id ID [OPTIONS] -- PROGRAM ARGS..."
 @click.option("--retry-on-failure", type=int, help="Re-run a job that exits non-zero up to N times (default 0).")
 @click.option("--poll-interval", type=float, help="Seconds between supervisor checks.")
 @click.option("--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Environment for the job (not for secrets).")
+@click.option("--progress-regex", metavar="REGEX",
+              help=r"For a job that prints its step but not RUNNER_PROGRESS: a regex with one group of digits "
+              r"matched against each output line, e.g. 'iter (\d+)'; status, ETA and the stall watchdog then work.")
+@click.option("--progress-total", type=click.IntRange(min=1), metavar="N",
+              help="With --progress-regex: the job's total number of steps (for the ETA).")
 @click.option("--zones", help="GCE: zones to try in order, comma-separated (next zone on stockout/quota).")
 @click.option("--machine-type", help="GCE: e.g. n1-standard-8, g2-standard-8 (g2/a2/a3 carry their GPUs).")
 @click.option("--gpu", help="GCE: TYPE[:COUNT] for N1 machines, e.g. nvidia-tesla-t4:1.")
@@ -69,7 +74,8 @@ _COMMAND_FORM = "runner submit --run-id ID [OPTIONS] -- PROGRAM ARGS..."
 def submit(task_path: str | None, run_id: str | None, image: str | None, restart: bool, detach: bool,
            dry_run: bool, skip_build: bool,
            pull_dest: str | None, max_restarts: int | None, retry_on_failure: int | None, poll_interval: float | None,
-           env_pairs: tuple[str, ...], zones: str | None, machine_type: str | None,
+           env_pairs: tuple[str, ...], progress_regex: str | None, progress_total: int | None,
+           zones: str | None, machine_type: str | None,
            gpu: str | None, no_gpu: bool | None, termination_action: str | None,
            command: tuple[str, ...], cli_config: dict[str, Any], config_path: str | None) -> None:
     """Submit a run and follow it until it ends (unless --detach).
@@ -115,7 +121,8 @@ def submit(task_path: str | None, run_id: str | None, image: str | None, restart
     cli_config = {**cli_config, "poll_interval": poll_interval, "zones": zones,
                   "machine_type": machine_type, "gpu": gpu, "no_gpu": no_gpu,
                   "termination_action": termination_action, "max_restarts": max_restarts,
-                  "retry_on_failure": retry_on_failure}
+                  "retry_on_failure": retry_on_failure, "progress_regex": progress_regex,
+                  "progress_total": progress_total}
     task_layer = (task.settings, os.path.dirname(os.path.abspath(task.path))) if task is not None else None
     if dry_run:
         _dry_run(config_of(cli_config, config_path, task_layer), run_id, list(command), image, env)
