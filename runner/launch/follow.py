@@ -49,9 +49,8 @@ def follow_run(sup: Supervisor, run_id: str, poll_interval: float, say: Callable
 
 def _follow(sup: Supervisor, run_id: str, poll_interval: float, say: Callable[[str], None],
             once: bool, show_output: ShowLine | None) -> RunState:
-    rec = RunRecord(sup.store, run_id)
-    seen: str | None = None
-    output = _OutputLines(sup, run_id, show_output) if show_output is not None else None
+    news = _News(RunRecord(sup.store, run_id), say,
+                 _OutputLines(sup, run_id, show_output) if show_output is not None else None)
 
     def step() -> dict[str, RunState]:
         one = sup.reconcile(run_id)
@@ -60,38 +59,57 @@ def _follow(sup: Supervisor, run_id: str, poll_interval: float, say: Callable[[s
     while True:
         st = run_pass(sup, step, run_id=run_id).get(run_id)  # recorded: ops status sees it supervised
         if st is None:  # a pass that failed (said on stderr), or a record that is gone
-            view = rec.view(heartbeat=False)
+            view = news.record.view(heartbeat=False)
             if view is None:
                 raise LookupError(f"run {run_id} vanished from the store")
             st = view.state
-        if output is not None:  # what the earlier attempts printed before what ended them
-            output.show(st.attempt - 1)
-        for name, ev in rec.events(after=seen):
-            say(format_event(ev))
-            seen = name
-        if output is not None:
-            output.show(st.attempt)
+        news.catch_up(st.attempt)
         if st.state.terminal:
             # The step may have judged the run live just before its agent recorded the end: one
             # more step removes what is left (drained before we return), so nothing bills.
             sup.reconcile(run_id)
-            if output is not None:
-                output.show(st.attempt, final=True)
+            news.catch_up(st.attempt, final=True)
             return st
         if once:
             return st
-        _wait(poll_interval, output, st.attempt)
+        if news.output is None:
+            time.sleep(poll_interval)
+            continue
+        # Between passes the job's lines (and the events that come with them) are shown every
+        # FOLLOW_POLL_S: a line need not wait for the next pass. Earlier attempts: each pass.
+        until = time.monotonic() + poll_interval
+        while (left := until - time.monotonic()) > 0:
+            time.sleep(min(FOLLOW_POLL_S, left))
+            news.catch_up(st.attempt, only_current=True)
 
 
-def _wait(poll_interval: float, output: "_OutputLines | None", attempt: int) -> None:
-    """Until the next pass; the job's new lines shown meanwhile, every FOLLOW_POLL_S."""
-    if output is None:
-        time.sleep(poll_interval)
-        return
-    until = time.monotonic() + poll_interval
-    while (left := until - time.monotonic()) > 0:
-        time.sleep(min(FOLLOW_POLL_S, left))
-        output.show(attempt)
+class _News:
+    """Transitions and the job's lines in the order they happened: an attempt's lines after the
+    event that started it, and before the one that took it out of RUNNING."""
+
+    def __init__(self, record: RunRecord, say: Callable[[str], None], output: "_OutputLines | None") -> None:
+        self.record = record
+        self.say = say
+        self.output = output
+        self.seen: str | None = None
+        # Attempts whose "-> RUNNING" was shown. The events are read before the output, so a
+        # line can be read whose start was not: it waits for the next look (or the end).
+        self.running: set[int] = set()
+
+    def catch_up(self, attempt: int, final: bool = False, only_current: bool = False) -> None:
+        for name, ev in self.record.events(after=self.seen):
+            if self.output is not None and ev.get("from") == "RUNNING":  # its lines before its end
+                self.output.show(min(ev.get("attempt") or attempt, attempt), only_current=only_current)
+            self.say(format_event(ev))
+            self.seen = name
+            if ev.get("to") == "RUNNING" and ev.get("attempt"):
+                self.running.add(ev["attempt"])
+        if self.output is None:
+            return
+        if final or attempt in self.running:
+            self.output.show(attempt, final=final, only_current=only_current)
+        elif not only_current:
+            self.output.show(attempt - 1)
 
 
 class _OutputLines:
@@ -104,9 +122,9 @@ class _OutputLines:
         self.show_line = show
         self.lines: dict[int, LineSplitter] = {}
 
-    def show(self, last_attempt: int, final: bool = False) -> None:
+    def show(self, last_attempt: int, final: bool = False, only_current: bool = False) -> None:
         try:
-            chunks = self.cursor.new(last_attempt)
+            chunks = self.cursor.new(last_attempt, first_attempt=last_attempt if only_current else 1)
         except Exception:  # noqa: BLE001 - output is a courtesy: never let it stop the supervision
             return
         for a, _kind, chunk in chunks:

@@ -48,12 +48,14 @@ class OutputCursor:
         self.sent: dict[int, int] = {}
         self.console: dict[int, int] = {}  # attempt -> serial offset; -1 once the container started
 
-    def new(self, last_attempt: int) -> list[tuple[int, str, bytes]]:
-        """``(attempt, kind, bytes)`` for attempts 1..``last_attempt``; kind is ``"startup"`` (a
-        VM's serial console before its container starts, GCE only) or ``"output"`` (the job's)."""
+    def new(self, last_attempt: int, first_attempt: int = 1) -> list[tuple[int, str, bytes]]:
+        """``(attempt, kind, bytes)`` for attempts ``first_attempt``..``last_attempt``; kind is
+        ``"startup"`` (a VM's serial console before its container starts, GCE only) or
+        ``"output"`` (the job's). Each attempt costs a stat (GCS: a billed request) per call:
+        a caller that looks often looks at the current attempt only."""
         out: list[tuple[int, str, bytes]] = []
         live = self._live_instances()
-        for a in range(1, last_attempt + 1):
+        for a in range(max(first_attempt, 1), last_attempt + 1):
             inst = live.get(a)
             stored = self._stored_size(a)
             if self.startup_console and inst is not None and not stored and self.console.get(a, 0) >= 0 \
