@@ -80,7 +80,10 @@ def _follow(sup: Supervisor, run_id: str, poll_interval: float, say: Callable[[s
         until = time.monotonic() + poll_interval
         while (left := until - time.monotonic()) > 0:
             time.sleep(min(FOLLOW_POLL_S, left))
-            news.catch_up(st.attempt, only_current=True)
+            try:
+                news.catch_up(st.attempt, only_current=True)
+            except Exception:  # noqa: BLE001 - a store hiccup between passes: the next pass looks again
+                pass
 
 
 class _News:
