@@ -459,12 +459,15 @@ def pull(run_id: str, dest: str, checkpoints: bool, as_json: bool, cli_config: d
 @ops.command()
 @click.option("--run-id", required=True)
 @click.option("--attempt", type=int, help="Only this attempt (default: all, with separators).")
-@click.option("--follow", "-f", is_flag=True, help="Keep printing new output until the run ends.")
+@click.option("--follow", "-f", is_flag=True,
+              help="Keep printing new output until the run ends (local: within a second; GCE: each heartbeat).")
+@click.option("--timestamps", "-t", is_flag=True,
+              help="With --follow: start each line with the UTC time it arrived (the stored log keeps no times).")
 @click.option("--json", "as_json", is_flag=True,
               help="JSON: one object per attempt (with --follow, one line per new chunk).")
 @config_options
 @guard
-def logs(run_id: str, attempt: int | None, follow: bool, as_json: bool, cli_config: dict[str, Any],
+def logs(run_id: str, attempt: int | None, follow: bool, timestamps: bool, as_json: bool, cli_config: dict[str, Any],
          config_path: str | None) -> None:
     """The job's output across attempts, from the store, with a separator per attempt.
 
@@ -476,10 +479,16 @@ def logs(run_id: str, attempt: int | None, follow: bool, as_json: bool, cli_conf
       runner ops logs --run-id exp-1              # every attempt
       runner ops logs --run-id exp-1 --attempt 2  # one attempt
       runner ops logs --run-id exp-1 -f           # follow until the run ends
+      runner ops logs --run-id exp-1 -f -t        # ... each line with the time it arrived
     """
     from runner.cli.closed_pipe import WholeWrites
     from runner.ops.runs import attempt_logs, follow_logs
 
+    if timestamps and not follow:
+        # The store keeps the job's bytes, not when each line was printed: a time made up here
+        # would be the time of reading, which only a follower can honestly give.
+        fail("--timestamps needs --follow: the stored log keeps no times; "
+             f"follow it live with `runner ops logs --run-id {run_id} --follow --timestamps`", EXIT_USAGE)
     ctx = load(cli_config, config_path)
     run_id = checked_run_id(run_id)
     out = WholeWrites(sys.stdout.buffer)  # a log is megabytes: a short write must not drop its tail
@@ -488,16 +497,29 @@ def logs(run_id: str, attempt: int | None, follow: bool, as_json: bool, cli_conf
         out.write(f"===== attempt {a}: {what} =====\n".encode())
 
     if follow:
+        from runner.launch.job_output import LineSplitter, clock_text
+
         shown = None
+        split = LineSplitter()
+
+        def stamped(lines: list[bytes]) -> bytes:
+            now = clock_text().encode()
+            return b"".join(now + b" " + ln for ln in lines)
+
         for a, kind, chunk in follow_logs(ctx.store, run_id, backend=ctx.backend):
             if as_json:
-                out.write(json.dumps({"attempt": a, "kind": kind, "text": chunk.decode("utf-8", "replace")}).encode()
-                          + b"\n")
+                doc = {"attempt": a, "kind": kind, "text": chunk.decode("utf-8", "replace")}
+                out.write(json.dumps({**doc, "time": clock_text()} if timestamps else doc).encode() + b"\n")
             else:
                 if (a, kind) != shown:
+                    if timestamps:  # the part line the previous section ended with
+                        out.write(stamped(split.flush()))
                     separator(a, "VM startup (serial console)" if kind == "startup" else "job output")
                     shown = (a, kind)
-                out.write(chunk)
+                out.write(stamped(split.feed(chunk)) if timestamps else chunk)
+            out.flush()
+        if timestamps and not as_json:
+            out.write(stamped(split.flush()))
             out.flush()
         return
     parts = attempt_logs(ctx.store, run_id, attempt, backend=ctx.backend)

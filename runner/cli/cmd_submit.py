@@ -48,6 +48,7 @@ _COMMAND_FORM = "runner submit --run-id ID [OPTIONS] -- PROGRAM ARGS..."
 @click.option("--image", help="Image to run (local: a Docker image name; pinned to its id/digest).")
 @click.option("--restart", is_flag=True, help="Run a finished, failed or stopped run again (resumes from its last checkpoint).")
 @click.option("--detach", is_flag=True, help="Return after submitting; `runner supervise` keeps it going.")
+@click.option("--quiet", "-q", is_flag=True, help="Attached: show the transitions only, not the job's output.")
 @click.option("--dry-run", is_flag=True, help="Print exactly what would be created, and create nothing.")
 @click.option("--skip-build", is_flag=True, help="Without --image: run the configured image as is; otherwise "
               "the current folder is built first, tagged FOLDER:dev (never over the configured image).")
@@ -72,7 +73,7 @@ _COMMAND_FORM = "runner submit --run-id ID [OPTIONS] -- PROGRAM ARGS..."
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @guard
 def submit(task_path: str | None, run_id: str | None, image: str | None, restart: bool, detach: bool,
-           dry_run: bool, skip_build: bool,
+           quiet: bool, dry_run: bool, skip_build: bool,
            pull_dest: str | None, max_restarts: int | None, retry_on_failure: int | None, poll_interval: float | None,
            env_pairs: tuple[str, ...], progress_regex: str | None, progress_total: int | None,
            zones: str | None, machine_type: str | None,
@@ -148,12 +149,14 @@ def submit(task_path: str | None, run_id: str | None, image: str | None, restart
     from runner.launch.follow import follow_run
 
     try:
-        final = follow_run(sup, run_id, ctx.cfg.poll_interval, note)
+        final = follow_run(sup, run_id, ctx.cfg.poll_interval, note,
+                           show_output=None if quiet else lambda a, line: note(f"{run_id}[{a}] | {line}"))
     except KeyboardInterrupt:
         _stopped_following(ctx, sup, run_id, _flags(cli_config, config_path))
     click.echo(f"{run_id}: {final.state.value} after {final.attempt} attempt(s)"
                + (f" — {final.reason}" if final.reason else ""))
     if final.state.value != "SUCCEEDED":
+        _say_how_it_ended(ctx, run_id, final.attempt, _flags(cli_config, config_path))
         sys.exit(EXIT_FAILED)
     if pull_dest is not None:
         from runner.ops.runs import pull_run
@@ -163,6 +166,21 @@ def submit(task_path: str | None, run_id: str | None, image: str | None, restart
             out = pull_run(ctx.store, run_id, pull_dest, False, on_plan=on_plan, on_file=on_file)
         note(f"pulled {len(out['copied'])} file(s) ({out['bytes']} bytes) into {out['dest']}"
              + (f": nothing copied, {out['why_nothing']}" if out.get("why_nothing") else ""))
+
+
+def _say_how_it_ended(ctx: Any, run_id: str, attempt: int, flags: str) -> None:
+    """A run that did not succeed: its last lines (usually the traceback) and where the rest is,
+    so the user need not go looking (even with --quiet, which hid them while it ran)."""
+    from runner.launch.job_output import last_lines
+
+    tail = last_lines(ctx.store, run_id, attempt)
+    if tail:
+        note(f"last {len(tail)} line(s) of attempt {attempt}'s output:")
+        for line in tail:
+            note(f"    {line}")
+    else:
+        note(f"attempt {attempt} printed nothing")
+    note(f"all its output: runner ops logs --run-id {run_id}{flags}")
 
 
 def _flags(cli_config: dict[str, Any], config_path: str | None) -> str:

@@ -11,7 +11,7 @@ files"):
     resources: {machine_type: g2-standard-8, gpu: null, no_gpu: false, zones: [us-central1-a],
                 termination_action: DELETE, nodes: 1}
     checkpoint_dir / results_dir / data_disk / data_disk_gb / data_mount   (runner.toml's keys)
-    max_restarts / retry_on_failure
+    max_restarts / retry_on_failure / progress_regex / progress_total
 
 Why YAML with PyYAML's node tree rather than ``yaml.safe_load``: every problem must name its
 line, so the file is composed into nodes (each carries ``start_mark``, the position PyYAML's
@@ -41,7 +41,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 #: Top-level keys that go straight to the config layer under the same name (runner.toml's).
 _SETTINGS = ("checkpoint_dir", "results_dir", "data_disk", "data_disk_gb", "data_mount",
-             "max_restarts", "retry_on_failure")
+             "max_restarts", "retry_on_failure", "progress_regex", "progress_total")
 #: ``resources:`` keys that are config keys of the same name.
 _RESOURCE_SETTINGS = ("machine_type", "gpu", "no_gpu", "zones", "termination_action")
 _TOP_KEYS = ("run_id", "image", "build", "command", "env", "resources", *_SETTINGS)

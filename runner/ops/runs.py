@@ -15,6 +15,7 @@ from entrypoint.record import (
 from entrypoint.record.timeline import Recovery, build_recovery, format_recovery
 from entrypoint.store import Store
 from runner.launch.backends.base import ComputeBackend
+from runner.launch.job_output import FOLLOW_POLL_S, OutputCursor
 from runner.naming import label_value
 from runner.launch.supervisor_heartbeat import age_text, run_watchfulness
 
@@ -439,42 +440,24 @@ def attempt_logs(store: Store, run_id: str, attempt: int | None = None,
     return out
 
 
-def follow_logs(store: Store, run_id: str, poll: float = 1.0,
+def follow_logs(store: Store, run_id: str, poll: float = FOLLOW_POLL_S,
                 backend: ComputeBackend | None = None) -> Iterator[tuple[int, str, bytes]]:
     """New output as it arrives, across attempts, until the run ends: ``(attempt, kind, bytes)``.
 
     ``kind`` is ``"startup"`` for a VM's serial console before its container starts (GCE only),
-    then ``"output"`` for the job's log in the store.
+    then ``"output"`` for the job's output: straight from the instance where the backend can
+    (local: Docker), else from the store (``runner.launch.job_output``).
     """
-    rec = _record(store, run_id)
-    sent: dict[int, int] = {}
-    console: dict[int, int] = {}  # attempt -> serial offset; removed once the container started
+    _record(store, run_id)
+    cursor = OutputCursor(store, run_id, backend)
     while True:
         st = _view(store, run_id).state
-        live = {i.attempt: i for i in backend.list(run_id)} if backend is not None and backend.has_startup_console else {}
-        for a in range(1, st.attempt + 1):
-            blob = store.read(rec.name(RunRecord.log_name(a)))
-            inst = live.get(a)
-            if inst is not None and not blob and console.get(a, 0) >= 0:
-                try:
-                    text, nxt = backend.console(inst, max(console.get(a, 0), 0))  # type: ignore[union-attr]
-                except Exception:  # noqa: BLE001 - try again next poll
-                    text, nxt = "", console.get(a, 0)
-                if STARTUP_DONE in text:
-                    text, nxt = text[:text.index(STARTUP_DONE)] + STARTUP_DONE + "\n", -1
-                if text:
-                    yield a, "startup", text.encode()
-                console[a] = nxt
-            if blob is None:
-                continue
-            done = sent.get(a, 0)
-            if len(blob.data) > done:
-                yield a, "output", blob.data[done:]
-                sent[a] = len(blob.data)
+        yield from cursor.new(st.attempt)
         if st.state.terminal:
+            # The agent uploads its log before it records the end: one more look takes the rest.
+            yield from cursor.new(st.attempt)
             return
         time.sleep(poll)
-
 
 
 def pull_run(store: Store, run_id: str, dest: str, checkpoints: bool = False,

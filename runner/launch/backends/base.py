@@ -378,6 +378,14 @@ class ComputeBackend(ABC, Generic[NodePlan]):
         """The instance's console output (serial console or container logs), if it has one."""
         return ""
 
+    def live_output(self, instance: Instance) -> bytes | None:
+        """The job's output so far, read from the instance itself rather than the store, or None
+        where the backend has no such channel (GCE: the container's log stays on the VM, so the
+        store's copy, uploaded every heartbeat, is all there is). Bytes are the same as the
+        store's log (both are what the agent copied from the job), so either continues the other.
+        """
+        return None
+
     def console(self, instance: Instance, start: int = 0) -> tuple[str, int]:
         """Console output from byte offset ``start``; returns (text, next offset) for --follow."""
         text = self.logs(instance, tail=1_000_000)

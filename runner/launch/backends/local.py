@@ -350,6 +350,17 @@ class LocalBackend(ComputeBackend[ContainerPlan]):
         # A spot VM with terminationAction=DELETE: notice, grace, hard stop, gone.
         self.delete(instance, grace_period)
 
+    def live_output(self, instance: Instance) -> bytes | None:
+        # stdout only: the agent writes the job's output there and its own log lines to stderr
+        # (entrypoint.agent), and Docker keeps the two streams apart
+        # (https://docs.docker.com/reference/api/engine/version/v1.57/operations/ContainerLogs.md).
+        from docker.errors import NotFound
+
+        try:
+            return self.client.containers.get(instance.name).logs(stdout=True, stderr=False)
+        except NotFound:
+            return None
+
     def logs(self, instance: Instance, tail: int = 100) -> str:
         from docker.errors import NotFound
 
