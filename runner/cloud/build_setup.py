@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 from runner.cloud.artifact_registry import DEFAULT_REPOSITORY, ArtifactRegistry, Repository, repository_of
 from runner.cloud.gcp_rest import AdminApis, ApiError
+from runner.cloud.project_setup import ensure_service_account
 from runner.cloud.iam_grants import (Step, ensure_bucket_role, ensure_project_roles, not_yet_visible,
                                      service_account_email)
 
@@ -74,7 +75,8 @@ def init_builds(cfg: Any, *, region: str, apis: AdminApis, bucket: Any, registry
     if repo is not None:
         record(ensure_docker_repository(registry, repo))
     if email.endswith(f"@{project}.iam.gserviceaccount.com"):
-        record(_ensure_account(apis, project, email.split("@", 1)[0]))
+        record(ensure_service_account(apis, project, email.split("@", 1)[0], BUILD_SA_DISPLAY_NAME,
+                                      "Cloud Build runs cos-spot-runner image builds as this account"))
     record(ensure_bucket_role(bucket, member, SOURCE_ROLE, sleep=sleep))
     record(ensure_project_roles(apis, project, member, BUILD_PROJECT_ROLES, sleep=sleep))
     if repo is not None:
@@ -120,21 +122,6 @@ def ensure_docker_repository(registry: ArtifactRegistry, repo: Repository) -> St
                        f"{repo.name} exists with format {got.get('format')}, not DOCKER: set image to "
                        "a repository of Docker format (e.g. REGION-docker.pkg.dev/PROJECT/runs/workload)")
     return Step(name, False, f"exists (format DOCKER, location {repo.location})")
-
-
-def _ensure_account(apis: AdminApis, project: str, account_id: str) -> Step:
-    email = service_account_email(project, account_id)
-    name = f"service account {email}"
-    if apis.get_service_account(project, email) is not None:
-        return Step(name, False, "exists")
-    try:
-        apis.create_service_account(project, account_id, BUILD_SA_DISPLAY_NAME,
-                                    "Cloud Build runs cos-spot-runner image builds as this account")
-    except ApiError as e:
-        if e.code == 409:
-            return Step(name, False, "exists")
-        raise
-    return Step(name, True, "created")
 
 
 def ensure_repository_role(registry: ArtifactRegistry, repo: Repository, member: str, role: str, *,

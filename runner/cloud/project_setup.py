@@ -185,14 +185,14 @@ def ensure_lifecycle_rule(bucket: Any, prefix: str, days: int) -> Step:
     return Step(name, True, f"added: delete staged sources after {days} days{kept}")
 
 
-def ensure_service_account(apis: AdminApis, project: str, sa_name: str) -> Step:
+def ensure_service_account(apis: AdminApis, project: str, sa_name: str, display_name: str = SA_DISPLAY_NAME,
+                           description: str = "Runs cos-spot-runner jobs on spot VMs") -> Step:
     email = service_account_email(project, sa_name)
     name = f"service account {email}"
     if apis.get_service_account(project, email) is not None:
         return Step(name, False, "exists")
     try:
-        apis.create_service_account(project, sa_name, SA_DISPLAY_NAME,
-                                    "Runs cos-spot-runner jobs on spot VMs")
+        apis.create_service_account(project, sa_name, display_name, description)
     except ApiError as e:
         if e.code == 409:  # created by a concurrent init
             return Step(name, False, "exists")
