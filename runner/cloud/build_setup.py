@@ -29,7 +29,7 @@ from typing import Any, Callable
 from runner.cloud.artifact_registry import DEFAULT_REPOSITORY, ArtifactRegistry, Repository, repository_of
 from runner.cloud.gcp_rest import AdminApis, ApiError
 from runner.cloud.project_setup import ensure_service_account
-from runner.cloud.iam_grants import (Step, ensure_bucket_role, ensure_project_roles, not_yet_visible,
+from runner.cloud.iam_grants import (Step, ensure_bucket_role, ensure_project_roles, grant_in_policy,
                                      service_account_email)
 
 BUILD_SA_NAME = "cos-spot-runner-build"
@@ -37,7 +37,6 @@ BUILD_SA_DISPLAY_NAME = "cos-spot-runner builds"
 SOURCE_ROLE = "roles/storage.objectViewer"
 BUILD_PROJECT_ROLES = ("roles/logging.logWriter",)
 PUSH_ROLE = "roles/artifactregistry.writer"
-_POLICY_ATTEMPTS = 6
 
 
 def build_repository(cfg: Any, region: str) -> Repository | None:
@@ -127,26 +126,9 @@ def ensure_docker_repository(registry: ArtifactRegistry, repo: Repository) -> St
 def ensure_repository_role(registry: ArtifactRegistry, repo: Repository, member: str, role: str, *,
                            sleep: Callable[[float], None] = time.sleep) -> Step:
     """``member`` holds ``role`` on the repository (its own IAM policy, written with its etag and
-    redone on a concurrent change, as ``iam_grants.ensure_project_roles`` does)."""
+    redone on a concurrent change: ``iam_grants.grant_in_policy``)."""
     name = f"{role} on {repo.host_path}"
-    delay = 1.0
-    for attempt in range(_POLICY_ATTEMPTS):
-        policy = registry.get_iam_policy(repo)
-        bindings = policy.setdefault("bindings", [])
-        if any(b.get("role") == role and member in (b.get("members") or []) and not b.get("condition")
-               for b in bindings):
-            return Step(name, False, f"already granted to {member}")
-        binding = next((b for b in bindings if b.get("role") == role and not b.get("condition")), None)
-        if binding is None:
-            bindings.append({"role": role, "members": [member]})
-        else:
-            binding["members"] = [*(binding.get("members") or []), member]
-        try:
-            registry.set_iam_policy(repo, policy)
-            return Step(name, True, f"granted to {member}")
-        except ApiError as e:
-            if not (e.code == 409 or not_yet_visible(e)) or attempt == _POLICY_ATTEMPTS - 1:
-                raise
-        sleep(delay)
-        delay = min(delay * 2, 16.0)
-    raise AssertionError("unreachable")
+    if grant_in_policy(lambda: registry.get_iam_policy(repo), lambda policy: registry.set_iam_policy(repo, policy),
+                       role, member, sleep):
+        return Step(name, True, f"granted to {member}")
+    return Step(name, False, f"already granted to {member}")

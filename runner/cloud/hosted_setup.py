@@ -30,7 +30,7 @@ from runner.cloud.gcp_rest import AdminApis, ApiError, member_roles
 from runner.cloud.gcp_clients import api_errors, api_retry, retry_exhausted_text
 from runner.cloud.hosted import SUPERVISOR_SA_NAME, supervisor_email
 from runner.cloud.iam_grants import (BUCKET_ROLE, Step, ensure_bucket_role, ensure_project_roles, format_step,
-                                     not_yet_visible, service_account_email)
+                                     grant_in_policy, service_account_email)
 
 PROJECT_ROLES = ("roles/compute.instanceAdmin.v1",)
 ACT_AS_ROLE = "roles/iam.serviceAccountUser"
@@ -45,7 +45,6 @@ GRANTED_BY = {
     ACT_AS_ROLE: {ACT_AS_ROLE, "roles/editor", "roles/owner"},
     SECRET_ROLE: {SECRET_ROLE, "roles/secretmanager.admin", "roles/owner"},
 }
-_ATTEMPTS = 6
 
 
 def vm_service_account(cfg: Config, apis: AdminApis) -> str:
@@ -132,26 +131,9 @@ def _grant(api: Any, resource_path: str, role: str, member: str, sleep: Callable
     """``member`` holds ``role`` in the IAM policy at ``resource_path`` (``…:getIamPolicy``);
     read-modify-write with the policy's etag, retried when another writer got there first (409)
     or a new account is not yet visible. Returns False when it was already so."""
-    delay = 1.0
-    for attempt in range(_ATTEMPTS):
-        policy = api.post(resource_path + ":getIamPolicy", {})
-        bindings = policy.setdefault("bindings", [])
-        if role in member_roles(policy, member):
-            return False
-        b = next((b for b in bindings if b.get("role") == role and not b.get("condition")), None)
-        if b is None:
-            bindings.append({"role": role, "members": [member]})
-        else:
-            b["members"] = [*(b.get("members") or []), member]
-        try:
-            api.post(resource_path + ":setIamPolicy", {"policy": policy})
-            return True
-        except ApiError as e:
-            if not (e.code == 409 or not_yet_visible(e)) or attempt == _ATTEMPTS - 1:
-                raise
-        sleep(delay)
-        delay = min(delay * 2, 16.0)
-    raise AssertionError("unreachable")
+    return grant_in_policy(lambda: api.post(resource_path + ":getIamPolicy", {}),
+                           lambda policy: api.post(resource_path + ":setIamPolicy", {"policy": policy}),
+                           role, member, sleep)
 
 
 def ensure_act_as(apis: AdminApis, project: str, vm_email: str, member: str, *,

@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
-from runner.cloud.gcp_rest import AdminApis, ApiError
+from runner.cloud.gcp_rest import AdminApis, ApiError, member_roles
 
 BUCKET_ROLE = "roles/storage.objectAdmin"
 _POLICY_ATTEMPTS = 6
@@ -112,6 +112,34 @@ def ensure_project_roles(apis: AdminApis, project: str, member: str, roles: tupl
         except ApiError as e:
             retry = e.code == 409 or not_yet_visible(e)
             if not retry or attempt == _POLICY_ATTEMPTS - 1:
+                raise
+        sleep(delay)
+        delay = min(delay * 2, 16.0)
+    raise AssertionError("unreachable")
+
+
+def grant_in_policy(read: Callable[[], dict[str, Any]], write: Callable[[dict[str, Any]], Any], role: str,
+                    member: str, sleep: Callable[[float], None] = time.sleep) -> bool:
+    """``member`` holds ``role`` (unconditionally) in the resource IAM policy that ``read`` returns
+    and ``write`` sets: read-modify-write with the policy's etag, redone when another writer got
+    there first (409) or a new account is not yet visible. Returns False when it was already so.
+    One loop for every resource policy (a Cloud Run job, a service account, a repository)."""
+    delay = 1.0
+    for attempt in range(_POLICY_ATTEMPTS):
+        policy = read()
+        bindings = policy.setdefault("bindings", [])
+        if role in member_roles(policy, member):
+            return False
+        binding = next((b for b in bindings if b.get("role") == role and not b.get("condition")), None)
+        if binding is None:
+            bindings.append({"role": role, "members": [member]})
+        else:
+            binding["members"] = [*(binding.get("members") or []), member]
+        try:
+            write(policy)
+            return True
+        except ApiError as e:
+            if not (e.code == 409 or not_yet_visible(e)) or attempt == _POLICY_ATTEMPTS - 1:
                 raise
         sleep(delay)
         delay = min(delay * 2, 16.0)
