@@ -62,3 +62,25 @@ def test_a_pass_that_finds_no_notice_does_not_wait(supervised):
     stepped, waited = _waited(w, sup, states)
     assert stepped == [] and waited == 0
     assert w.state(rec).state == State.RUNNING
+
+
+@pytest.mark.parametrize("agent_wrote_first", [True, False])
+def test_a_notice_that_ends_before_the_wait_looks_still_replaces_the_run(supervised, agent_wrote_first):
+    """The pass saw the notice; the VM powered off before the wait's first listing (a loaded
+    execution, a late pass in the notice): the wait must still step the run, not find "no notice"
+    and leave the restart to the next minute's tick."""
+    w = supervised
+    rec, sup = w.running()
+    w.backend.begin_preemption(A1)
+    if agent_wrote_first:
+        w.agent_preempted(rec)
+    w.clock.advance(29)  # the pass lands in the last second of the notice
+    states = sup.reconcile_all()
+    assert w.state(rec).attempt == 1  # the notice: it waits
+    w.clock.advance(5)  # powered off before the wait looks
+    w.settle()
+    stepped, waited = _waited(w, sup, states)
+    assert stepped == ["exp-1"], "the pass left the run in its notice; the wait forgot it"
+    st = w.state(rec)
+    assert (st.state, st.attempt) == (State.PROVISIONING, 2)
+    assert waited <= POLL_S

@@ -54,7 +54,10 @@ def wait_out_notices(sup: "Supervisor", states: dict[str, "RunState"], budget_s:
     once it is no longer; give up on the others after ``budget_s`` (the next pass has them).
     Returns the runs stepped, in the order they were."""
     deadline = clock() + budget_s
-    waiting = in_notice(sup, states)
+    # The runs the pass left in their notice, and any in it now: a notice that ended between the
+    # pass and this listing must still be acted on here (else it waits for the next minute).
+    waiting = in_notice(sup, states) | {r for r in sup.left_in_notice
+                                        if r in states and not states[r].state.terminal}
     stepped: list[str] = []
     while waiting and clock() < deadline:
         sleep(max(0.0, min(poll_s, deadline - clock())))

@@ -166,6 +166,10 @@ class Supervisor:
         # How often a create in flight renews its claim's lease (None: four times per lease).
         self.lease_renew_every: float | None = None
         self.damage = DamageWatch(store, self.actor, now)  # runs whose record cannot be read
+        # The runs this supervisor last left alone because their attempt was in its shutdown
+        # notice: a one-shot execution steps them again once the notice ends (notice_wait), even
+        # when the notice ends before it can look again.
+        self.left_in_notice: set[str] = set()
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait for this supervisor's background deletes (call before exiting, or let exit do it)."""
@@ -183,6 +187,7 @@ class Supervisor:
         failed instance list does not end the pass: each run then lists its own instances. A
         failed run list (the store unreachable) ends only this pass.
         """
+        self.left_in_notice = set()
         by_label: dict[str, list[Instance]] | None = {}
         try:
             for inst in self.backend.list():
@@ -384,6 +389,7 @@ class Supervisor:
                        att: Attempt | None) -> None:
         st, _ = cur
         if att is not None and att.going_away:
+            self.left_in_notice.add(rec.run_id)
             return  # the preemption notice is running: let the agent finish its final sync first
         if att is not None and att.exit_code == OUTCOME_UNRECORDED:
             self._fail_unrecorded(rec, cur, att)
@@ -483,6 +489,7 @@ class Supervisor:
             self._mark_noticed(rec, st)
         step = recovery.decide(att, spec is not None and self.backend.keeps_stopped(spec))
         if step is Recovery.WAIT:
+            self.left_in_notice.add(rec.run_id)
             # A preemption (or stop) is a timeline: the VM is still in its shutdown notice.
             # Acting now would delete a VM that STOP keeps, or start a second beside it: the
             # next pass, after the power-off, restarts in place or creates.
