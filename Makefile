@@ -10,7 +10,7 @@ BASE   ?= cos-spot-runner/base:bookworm-2
 TORCH_IMAGE   ?= cos-spot-runner/workload-torch:dev
 TORCH_VERSION ?= 2.13.0
 
-.PHONY: setup env image image-torch demo test test-fast chaos bench clean
+.PHONY: setup env image image-torch demo test test-no-torch test-fast chaos bench clean
 
 $(BIN)/runner: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,9 @@ demo: image  ## submit → preempt → resume → finish, on the local backend
 
 test: image image-torch  ## the whole suite (unit, integration with real Docker, end to end)
 	RUNNER_TEST_IMAGE=$(IMAGE) RUNNER_TEST_TORCH_IMAGE=$(TORCH_IMAGE) $(BIN)/pytest -q
+
+test-no-torch: image  ## the whole suite but the PyTorch tests: no torch base image, no torch wheels to fetch
+	RUNNER_TEST_IMAGE=$(IMAGE) $(BIN)/pytest -q -m "not torch"
 
 test-fast: setup  ## tests that need no Docker
 	$(BIN)/pytest -q -m "not docker"

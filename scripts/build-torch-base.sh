@@ -9,8 +9,9 @@
 # whose libtorch pulls in OpenCV, FFmpeg and a test library (234 MB to download, 992 MB
 # installed, measured 2026-12-01); the CPU wheel and its dependencies are 193 MB of a current
 # release (936 MB installed, numpy included), the same major version users run on CUDA. The CPU
-# wheel comes from pip's find-links on this machine (PyPI's own Linux wheel is the CUDA build:
-# the script refuses it). The wheels are cached under .cache/torch-wheels.
+# wheel comes from pip's configured sources (a local wheel cache) or else PyTorch's CPU index
+# (PyPI's own Linux wheel is the CUDA build: never taken); scripts/torch_wheels.py. The wheels are
+# cached under .cache/torch-wheels.
 set -euo pipefail
 
 BASE_IMAGE=${RUNNER_BASE_IMAGE:-cos-spot-runner/base:bookworm-2}
@@ -31,22 +32,12 @@ docker image inspect "$BASE_IMAGE" >/dev/null 2>&1 \
 # The wheels must match the image's Python (bookworm: 3.11) and CPU, not this host's.
 py=$(docker run --rm --network none --entrypoint python3 "$BASE_IMAGE" \
        -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')
+# The CPU wheel from pip's configured sources (a local wheel cache), else PyTorch's CPU index
+# (TORCH_INDEX_URL overrides it); the choice and its message are in scripts/torch_wheels.py.
 if [ ! -f "$wheels/.complete" ]; then
-  say "fetching torch==$TORCH_VERSION (CPU) and its dependencies for cp$py into $wheels"
-  mkdir -p "$wheels"
-  # torch==X picks the CPU build where a local wheel cache offers one (pip's find-links); a
-  # plain `torch` from PyPI would be the multi-GB CUDA build. numpy: torch warns at every
-  # import without it.
-  "$PYTHON" -m pip download -q -d "$wheels" --only-binary=:all: --python-version "$py" \
-      --platform manylinux_2_28_x86_64 --platform manylinux2014_x86_64 --platform any \
-      "torch==$TORCH_VERSION" numpy 2>"$wheels/../pip-$TORCH_VERSION.log" \
-    || { cat "$wheels/../pip-$TORCH_VERSION.log" >&2; say "could not fetch the torch wheels"; exit 1; }
-  if ls "$wheels"/nvidia_* >/dev/null 2>&1; then
-    say "pip fetched a CUDA build of torch (nvidia_* wheels in $wheels); put the CPU wheel"
-    say "torch-$TORCH_VERSION+cpu-cp$py-…whl in pip's find-links, or set TORCH_VERSION to one that has it"
-    exit 1
-  fi
-  touch "$wheels/.complete"
+  say "fetching torch==$TORCH_VERSION+cpu and its dependencies for cp$py into $wheels"
+  "$PYTHON" "$here/scripts/torch_wheels.py" --torch-version "$TORCH_VERSION" --python-version "$py" --dest "$wheels" \
+    || exit 1
 fi
 
 # Installed in a container with the wheels mounted read-only, then committed: a `COPY` of the
