@@ -14,13 +14,13 @@ the checkout's editable install, itself a ``.pth`` in that folder, does not leak
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
 import subprocess
 import sys
 import tarfile
-import io
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -123,23 +123,26 @@ def test_the_wheel_installs_one_top_level_name(installed: InstalledRunner):
 def test_a_users_own_runner_package_is_the_users_and_the_runner_command_is_ours(installed: InstalledRunner,
                                                                               tmp_path: Path):
     """The user's own ``runner`` and ``examples`` packages, installed in the same environment (an
-    editable project of theirs: a folder a .pth names) and in the working directory."""
-    theirs = tmp_path / "their-lib"
-    for where in (theirs, installed.empty):
+    editable project of theirs: a folder a .pth names), on PYTHONPATH and in the working directory."""
+    theirs, project = tmp_path / "their-lib", tmp_path / "their-project"
+    for where in (theirs, project):
         for pkg in ("runner", "examples"):
-            (where / pkg).mkdir(parents=True, exist_ok=True)
+            (where / pkg).mkdir(parents=True)
             (where / pkg / "__init__.py").write_text(f"WHO = 'user:{where.name}'\n")
     pth = installed.site / "their-project.pth"
     pth.write_text(f"{theirs}\n")
     try:
-        mine = installed.run("python", "-c", "import runner, examples; print(runner.WHO, examples.WHO)", cwd=tmp_path)
+        mine = installed.run("python", "-c", "import runner, examples; print(runner.WHO, examples.WHO)")
         assert mine.returncode == 0, mine.stderr
         assert mine.stdout.split() == ["user:their-lib", "user:their-lib"]
-        # Their package on PYTHONPATH and in the working directory: the command still runs ours.
+        # Theirs on PYTHONPATH and in the working directory: the command still runs ours.
         for argv in (("runner", "--help"), ("python", "-m", "cos_spot_runner", "--help")):
-            ours = installed.run(*argv, PYTHONPATH=str(theirs))
+            ours = installed.run(*argv, cwd=project, PYTHONPATH=str(theirs))
             assert ours.returncode == 0, ours.stderr
             assert "submit" in ours.stdout and "supervise" in ours.stdout
+        # A process that already imported their runner is told so, never handed a mix of both.
+        mixed = installed.run("python", "-c", "import runner, cos_spot_runner; cos_spot_runner.main()")
+        assert mixed.returncode == 1 and "another package named runner" in mixed.stderr
     finally:
         pth.unlink()
 
