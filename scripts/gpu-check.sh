@@ -82,7 +82,7 @@ cuda=$(docker run --rm --network none --entrypoint python3 "$IMAGE" -c \
 [[ -n $cuda ]] || die 2 "$IMAGE has a CPU-only torch: build the CUDA variant (README, \"Package your own job\")"
 PY=$here/.venv/bin/python
 [[ -x $PY ]] || PY=python3
-"$PY" -c 'import runner, docker' 2>/dev/null || die 2 "the runner is not installed for $PY: run 'make setup'"
+"$PY" -c 'import cos_spot_runner, docker' 2>/dev/null || die 2 "the runner is not installed for $PY: run 'make setup'"
 
 args=(--image "$IMAGE" --nvidia-root "$NVIDIA_ROOT" --steps "$STEPS" --preempt-at "$PREEMPT_AT")
 for d in "${devices[@]}"; do args+=(--device "$d"); done

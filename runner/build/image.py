@@ -139,11 +139,22 @@ def list_files(context_dir: str) -> list[str]:
 
 def build_definition(req: BuildRequest, staged: StagedSource, project: str | None = None) -> Any:
     """``cloudbuild.yaml`` as a ``cloudbuild_v1.Build`` with our source, substitutions and, when
-    one is configured, the service account it runs as."""
+    one is configured, the service account it runs as.
+
+    The context's own ``cloudbuild.yaml`` when it has one; else the one this runner ships
+    (``runner/shipped_files.py``), which builds any context's ``_DOCKERFILE``: a user's job folder
+    holds a Dockerfile, not a build definition (issue 20 §15)."""
     import yaml
     from google.cloud.devtools import cloudbuild_v1
 
+    from runner import shipped_files
+
     path = os.path.join(req.context_dir, req.config_file)
+    if not os.path.exists(path) and req.config_file == shipped_files.CLOUDBUILD_YAML:
+        try:
+            path = str(shipped_files.cloudbuild_yaml())
+        except shipped_files.MissingShippedFile as e:
+            raise BuildError(str(e)) from None
     try:
         with open(path) as f:
             doc = yaml.safe_load(f)

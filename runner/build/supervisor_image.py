@@ -6,7 +6,8 @@ deliberately excludes ``runner/``; widening it would upload the control plane wi
 build and change what a workload trigger rebuilds. Instead ``stage_context`` writes a context
 holding exactly the packages this process runs (``runner``, ``entrypoint``, ``gcp``: so a deploy
 ships the very version that deploys it), the dependencies from the installed distribution's
-metadata, this Dockerfile and the repo's ``cloudbuild.yaml``; then the unchanged ``runner build``
+metadata, this Dockerfile and the shipped ``cloudbuild.yaml`` (``runner/shipped_files.py``: from a
+checkout or an installed wheel alike); then the unchanged ``runner build``
 chain (Cloud Build, re-staged, local buildx) builds, pushes and pins it by digest.
 
 ``wheels``: a directory of wheels to install from instead of an index (offline builds, the tests).
@@ -50,14 +51,12 @@ def requirements() -> list[str]:
 
 def stage_context(dest: str, wheels: str | None = None) -> str:
     """Write the runner image's build context into ``dest``; returns ``dest``."""
-    import entrypoint
-    import gcp
-    import runner
+    from runner import shipped_files
 
     root = Path(dest)
-    for mod in (runner, entrypoint, gcp):
-        src = Path(mod.__file__).parent
-        shutil.copytree(src, root / src.name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    for name in PACKAGES:
+        shutil.copytree(shipped_files.root() / name, root / name,
+                        ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
     (root / "requirements.txt").write_text("\n".join(requirements()) + "\n")
     (root / "Dockerfile").write_text(DOCKERFILE)
     (root / "wheels").mkdir()
@@ -65,9 +64,7 @@ def stage_context(dest: str, wheels: str | None = None) -> str:
     if wheels:
         for w in Path(wheels).glob("*.whl"):
             shutil.copy2(w, root / "wheels" / w.name)
-    repo_yaml = Path(runner.__file__).parent.parent / "cloudbuild.yaml"
-    if repo_yaml.is_file():
-        shutil.copy2(repo_yaml, root / "cloudbuild.yaml")
+    shutil.copy2(shipped_files.cloudbuild_yaml(), root / shipped_files.CLOUDBUILD_YAML)
     (root / ".gcloudignore").write_text("**/__pycache__\n**/*.pyc\n")
     return dest
 
@@ -87,6 +84,7 @@ def build_runner_image(cfg: Any, repo: str | None, say: Callable[[str], None],
     from runner.build.image import BuildError, BuildRequest, build_image
     from runner.cloud.gcp_clients import cloudbuild_client
     from runner.cloud.hosted import HostedError
+    from runner.shipped_files import MissingShippedFile
 
     repo = repo or default_repo(cfg)
     if not repo:
@@ -95,10 +93,10 @@ def build_runner_image(cfg: Any, repo: str | None, say: Callable[[str], None],
 
     bucket = parse_gs_url(cfg.store_url)[0] if cfg.store_url.startswith("gs://") else None
     with tempfile.TemporaryDirectory(prefix="runner-image-") as tmp:
-        ctx = stage_context(os.path.join(tmp, "ctx"), wheels)
-        if not os.path.isfile(os.path.join(ctx, "cloudbuild.yaml")) and not local_only:
-            raise HostedError("cloudbuild.yaml not found beside the runner package; build from a checkout of "
-                              "cos-spot-runner, or pass --image REPO@sha256:... of a runner image you built")
+        try:
+            ctx = stage_context(os.path.join(tmp, "ctx"), wheels)
+        except MissingShippedFile as e:
+            raise HostedError(f"{e}; or pass --image REPO@sha256:... of a runner image you built") from None
         try:
             req = BuildRequest(ctx, repo, base_image=cfg.base_image, service_account=cfg.build_service_account)
             result = build_image(req, local_only=local_only, project=cfg.project, bucket=bucket,

@@ -20,10 +20,13 @@ from runner.cli.common import EXIT_FAILED, EXIT_USAGE, config_of, config_options
 @click.option("--base-image", help="BASE_IMAGE build arg (default: the Dockerfile's, python:3.11-slim).")
 @click.option("--local", "local_only", is_flag=True, help="Build with the local Docker daemon only, no push.")
 @click.option("--list-files", is_flag=True, help="Print exactly what would be uploaded, and stop.")
+@click.option("--workload", "workload", is_flag=True,
+              help="Build the workload image this runner ships (the agent and the examples: the base of "
+                   "your job's FROM) instead of a folder; needs --image. Works without a checkout.")
 @config_options
 @guard
 def build(context_dir: str, image: str | None, dockerfile: str, base_image: str | None, local_only: bool,
-          list_files: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
+          list_files: bool, workload: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
     """Build the workload image and print its pinned reference (REPO@sha256:...).
 
     Routes, each tried when the one before fails, with the reason kept: Cloud Build from the
@@ -34,10 +37,13 @@ def build(context_dir: str, image: str | None, dockerfile: str, base_image: str 
       runner build --local --image cos-spot-runner/workload:dev     # for the local backend
       runner build --local --context myjob                         # tagged myjob:dev, after the folder
       runner build --list-files                                    # what would be uploaded
+      runner build --local --workload --image cos-spot-runner/workload:dev   # the shipped workload image
     """
     from runner.build.image import BuildError, BuildRequest, MissingDockerfile, check_context
     from runner.build.build_context import IgnoreFileError
 
+    if workload:
+        context_dir = shipped_workload_context(context_dir, image, list_files)
     if list_files:
         print_upload(context_dir)
         return
@@ -53,6 +59,23 @@ def build(context_dir: str, image: str | None, dockerfile: str, base_image: str 
     except (BuildError, IgnoreFileError) as e:
         fail(str(e), EXIT_FAILED)
     click.echo(result.image)
+
+
+def shipped_workload_context(context_dir: str, image: str | None, list_files: bool) -> str:
+    """``--workload``: the workload image's context as this runner ships it (a checkout's root, or
+    the installed wheel's copy), for a user who has no checkout. Named only by ``--image``: the
+    name users put in ``FROM`` is theirs to choose, never derived (issue 20 §2)."""
+    from runner.shipped_files import MissingShippedFile, workload_context
+
+    if context_dir != ".":
+        fail("--workload builds the workload image this runner ships; it takes no --context", EXIT_USAGE)
+    if not image and not list_files:
+        fail("--workload needs --image NAME[:TAG], e.g. --image cos-spot-runner/workload:dev (the name your "
+             "job's Dockerfile puts in FROM)", EXIT_USAGE)
+    try:
+        return str(workload_context())
+    except MissingShippedFile as e:
+        fail(str(e), EXIT_FAILED)
 
 
 def context_hint(e: Any, context_dir: str, dockerfile: str) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from importlib import resources
 from typing import Any, Callable
 
 from entrypoint.record import RunSpec
@@ -39,6 +38,7 @@ from runner.launch.backends.gce_shapes import (
 )
 from runner.cloud.gcp_clients import ComputeClients, api_errors, api_retry, retry_exhausted_text
 from runner.naming import label_value, resource_name, store_label
+from runner.shipped_files import startup_scripts
 
 # Every value of compute_v1.Instance.Status, classified (tests/test_gce_statuses.py walks the enum,
 # so a value the library adds fails a test instead of passing as "starting"). Meanings from the
@@ -179,11 +179,6 @@ def gpu_request(machine_type: str | None, gpu: str | None, vm: dict[str, Any]) -
     said at submit (``vm["gpu_count"]``), else as gce_shapes knows offline."""
     return resolve_gpu(machine_type or "n1-standard-4", gpu, no_gpu=bool(vm.get("no_gpu")),
                        built_in_count=vm.get("gpu_count"))
-
-
-def _startup_scripts() -> tuple[str, str]:
-    base = resources.files("gcp")
-    return (base / "startup.sh").read_text(), (base / "shutdown.sh").read_text()
 
 
 def _zone_of(url: str) -> str:
@@ -472,7 +467,7 @@ class GceBackend(ComputeBackend[GcePlan]):
             data_disk="data" if (vm["data_disk"] or vm["data_disk_gb"]) else "", data_mount=vm["data_mount"],
             supervisor_job=self.supervisor_job,
         )
-        startup, shutdown = _startup_scripts()
+        startup, shutdown = startup_scripts()
         items = {**meta.items(), md.STARTUP_SCRIPT: startup, md.SHUTDOWN_SCRIPT: shutdown}
         if boot.path == "warm":
             items[boot_images.UPDATE_STRATEGY_KEY] = boot_images.UPDATE_DISABLED
