@@ -9,6 +9,9 @@ IMAGE  ?= cos-spot-runner/workload:dev
 BASE   ?= cos-spot-runner/base:bookworm-2
 TORCH_IMAGE   ?= cos-spot-runner/workload-torch:dev
 TORCH_VERSION ?= 2.13.0
+# Two pytest workers: the Docker tests in order on one, the rest on the other (tests/conftest.py).
+# PARALLEL= runs everything in this one process.
+PARALLEL ?= -n 2 --dist loadgroup
 
 .PHONY: setup env image image-torch demo test test-no-torch test-fast chaos bench clean
 
@@ -39,7 +42,7 @@ demo: image  ## submit → preempt → resume → finish, on the local backend
 	PATH=$(CURDIR)/$(BIN):$$PATH IMAGE=$(IMAGE) bash scripts/demo.sh
 
 test: image image-torch  ## the whole suite (unit, integration with real Docker, end to end)
-	RUNNER_TEST_IMAGE=$(IMAGE) RUNNER_TEST_TORCH_IMAGE=$(TORCH_IMAGE) $(BIN)/pytest -q
+	RUNNER_TEST_IMAGE=$(IMAGE) RUNNER_TEST_TORCH_IMAGE=$(TORCH_IMAGE) $(BIN)/pytest -q $(PARALLEL)
 
 test-no-torch: image  ## the whole suite but the PyTorch tests: no torch base image, no torch wheels to fetch
 	RUNNER_TEST_IMAGE=$(IMAGE) $(BIN)/pytest -q -m "not torch"

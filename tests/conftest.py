@@ -14,13 +14,19 @@ pytest_plugins = ["tests.standins.gcs_fixture", "tests.standins.compute", "tests
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Long variants (marked ``long``) keep `make test` within its budget; `make chaos` runs them."""
-    if os.environ.get("RUNNER_CHAOS") == "long":
-        return
+    """Long variants (marked ``long``) keep `make test` within its budget; `make chaos` runs them.
+
+    Every test that uses Docker joins one xdist group, so under `make test`'s ``-n 2 --dist
+    loadgroup`` they run one after another on one worker (local containers are named after their
+    run ids, and the images and the registry are shared) while the other worker runs the rest.
+    """
+    long = os.environ.get("RUNNER_CHAOS") == "long"
     skip = pytest.mark.skip(reason="a long variant: `make chaos` runs it (RUNNER_CHAOS=long)")
     for item in items:
-        if item.get_closest_marker("long"):
+        if item.get_closest_marker("long") and not long:
             item.add_marker(skip)
+        if item.get_closest_marker("docker") or "docker_client" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("docker"))
 
 
 @pytest.fixture
