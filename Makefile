@@ -15,7 +15,7 @@ PARALLEL ?= -n 2 --dist loadgroup
 
 .PHONY: setup env image image-torch demo test test-no-torch test-fast chaos bench clean
 
-$(BIN)/runner: pyproject.toml
+$(BIN)/runner: pyproject.toml setup.py
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip >/dev/null
 	$(BIN)/pip install -q -e '.[test]'
