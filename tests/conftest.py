@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,14 @@ from entrypoint.store_local import LocalStore
 pytest_plugins = ["tests.standins.gcs_fixture", "tests.standins.compute", "tests.standins.cloudbuild",
                   "tests.standins.gcp_admin", "tests.standins.cloudrun", "tests.standins.scheduler",
                   "tests.standins.registry", "tests.standins.supervised_runs"]
+
+
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # xdist's workers set COLUMNS=80 and LINES=24 (they have no terminal); the CLIs the tests start
+    # would then draw for 80 columns whatever terminal the test gives them (tmux -x 150). Run as
+    # `pytest` alone does.
+    for _name in ("COLUMNS", "LINES"):
+        os.environ.pop(_name, None)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:

@@ -54,23 +54,28 @@ def store_url(tmp_path: Path) -> str:
 # ---- in a terminal ----
 
 class Tmux:
+    """One tmux server of its own per test (``-L``): a new session takes its environment from the
+    server, so a server shared with a test running beside it (xdist) would run this test's
+    command with the other test's store."""
+
     def __init__(self, name: str) -> None:
         self.name = name
+        self.tmux = ["tmux", "-L", name]
 
     def start(self, command: str, env: dict[str, str]) -> None:
-        subprocess.run(["tmux", "new-session", "-d", "-s", self.name, "-x", "150", "-y", "30", command],
+        subprocess.run([*self.tmux, "new-session", "-d", "-s", self.name, "-x", "150", "-y", "30", command],
                        env=env, check=True)
 
     def screen(self, history: bool = False) -> str:
         extra = ["-S", "-2000"] if history else []
-        return subprocess.run(["tmux", "capture-pane", "-p", "-t", self.name, *extra],
+        return subprocess.run([*self.tmux, "capture-pane", "-p", "-t", self.name, *extra],
                               capture_output=True, text=True, check=True).stdout
 
     def keys(self, *keys: str) -> None:
-        subprocess.run(["tmux", "send-keys", "-t", self.name, *keys], check=True)
+        subprocess.run([*self.tmux, "send-keys", "-t", self.name, *keys], check=True)
 
     def kill(self) -> None:
-        subprocess.run(["tmux", "kill-session", "-t", self.name], capture_output=True)
+        subprocess.run([*self.tmux, "kill-server"], capture_output=True)
 
 
 @pytest.fixture
