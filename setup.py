@@ -52,6 +52,12 @@ class BuildWithShippedFiles(build_py):
         return [lib / name for name in SHIPPED]
 
     def run(self) -> None:
+        if not self.editable_mode:
+            # A checkout built before this layout has top-level copies of SOURCES in its build
+            # folder (setuptools reuses build/lib), and bdist_wheel packs all of build/lib: they
+            # would come back as colliding top-level packages. Only SOURCES' top-level copies go.
+            for src in SOURCES:
+                shutil.rmtree(Path(self.build_lib, src), ignore_errors=True)
         super().run()
         for out in self.shipped_outputs():
             out.parent.mkdir(parents=True, exist_ok=True)

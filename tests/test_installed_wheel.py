@@ -81,6 +81,11 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InstalledRun
     for name in project_files():
         (src / name).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy2(ROOT / name, src / name)
+    # A checkout that built a wheel before the one-name layout keeps top-level copies in build/lib
+    # (setuptools reuses it): they must not come back into the wheel.
+    for stale in ("runner", "entrypoint"):
+        (src / "build" / "lib" / stale).mkdir(parents=True)
+        (src / "build" / "lib" / stale / "__init__.py").write_text("STALE = True\n")
     built = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation",
                             "-w", str(wheels), str(src)], capture_output=True, text=True, timeout=300)
     if built.returncode != 0:
@@ -88,8 +93,12 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InstalledRun
                     + built.stdout[-1500:] + built.stderr[-1500:])
     (wheel,) = wheels.glob("*.whl")
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True, timeout=120)
+    # Without PYTHONPATH: a checkout on it (its egg-info) would make pip call the wheel "already
+    # satisfied" and install nothing.
+    clean = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     done = subprocess.run([sys.executable, "-m", "pip", "--python", str(venv / "bin" / "python"), "install", "-q",
-                           "--no-deps", "--no-index", str(wheel)], capture_output=True, text=True, timeout=300)
+                           "--no-deps", "--no-index", str(wheel)], capture_output=True, text=True, timeout=300,
+                          env=clean)
     assert done.returncode == 0, done.stderr
     site = Path(subprocess.run([str(venv / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
                                capture_output=True, text=True, check=True).stdout.strip())
