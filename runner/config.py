@@ -63,6 +63,8 @@ class Config:
     sync_interval: float = _key(10.0, "float", "a positive number of seconds, e.g. 10.0")
     grace_period: float = _key(25.0, "float", "seconds between 0 and 30 (exclusive), e.g. 25")
     max_restarts: int = _key(10, "int", "a whole number >= 0, e.g. 10")
+    # A gang: N instances per attempt, created, judged and restarted together (README: Multi-node).
+    nodes: int = _key(1, "int", "a whole number of nodes, 1 to 64, e.g. 2")
     retry_on_failure: int = _key(0, "int", "a whole number >= 0, e.g. 0")
     checkpoint_dir: str = _key("/var/lib/runner/checkpoints", "str", "an absolute container path")
     results_dir: str = _key("/var/lib/runner/results", "str", "an absolute container path")
@@ -415,6 +417,9 @@ def _store_as_url(value: str, base_dir: str) -> str:
 _POSITIVE_SECONDS = ("poll_interval", "gpu_timeout", "heartbeat_interval", "sync_interval",
                      "grace_period")
 _NON_NEGATIVE_COUNTS = ("max_restarts", "retry_on_failure")
+# A gang's size: each generation is created all or nothing, so a gang bigger than a zone can
+# hold would never start; 64 is well above what one zone's spot GPUs usually allow.
+MAX_NODES = 64
 _ABSOLUTE_PATHS = ("checkpoint_dir", "results_dir")
 _SHM_SIZE_RE = re.compile(r"[0-9]+([bkmg]b?)?", re.IGNORECASE)
 _ZONE_RE = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")
@@ -478,6 +483,9 @@ def _check_counts(cfg: Config) -> list[str]:
         for key in _NON_NEGATIVE_COUNTS
         if getattr(cfg, key) < 0
     ]
+    if not 1 <= cfg.nodes <= MAX_NODES:
+        problems.append(_bad(cfg, "nodes", f"must be between 1 and {MAX_NODES}",
+                             "set it to 1 for a single instance, or the gang's size, e.g. 2"))
     if cfg.stall_polls < 1:
         problems.append(_bad(cfg, "stall_polls", "must be at least 1",
                              f"set it to e.g. {_default('stall_polls')}"))

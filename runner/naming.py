@@ -128,16 +128,24 @@ def _with_hash(body: str, run_id: str, room: int) -> str:
     return f"{body}--{id_hash(run_id)}"
 
 
-def resource_name(run_id: str, attempt: int | None = None, prefix: str = "runner") -> str:
+def resource_name(run_id: str, attempt: int | None = None, prefix: str = "runner", rank: int | None = None) -> str:
     """A GCE-valid resource name (VM, container) for a run and optionally one attempt.
 
     ``runner-demo-1-a2`` for ``demo-1``/attempt 2; ids that sanitizing changes or that are too
     long get a hash, e.g. ``runner-my-run--1b2c3d4e-a2`` for ``My Run``. The attempt suffix is
     never truncated away, so attempts of one run always get distinct names.
+
+    ``rank`` (a gang's node, with an attempt): ``runner-demo-1-a2-n1`` for node 1. It cannot equal
+    a single instance's name (those end in ``-aN``) nor another run's node (an unhashed id never
+    ends like an attempt suffix, so the ``-aN-nR`` tail strips off back to a unique stem).
     """
     validate_run_id(run_id)
     _check_prefix(prefix)
     suffix = "" if attempt is None else f"-a{_check_attempt(attempt)}"
+    if rank is not None:
+        if attempt is None or isinstance(rank, bool) or not isinstance(rank, int) or rank < 0:
+            raise ValueError(f"a node name needs an attempt and a rank >= 0, not attempt={attempt!r} rank={rank!r}")
+        suffix += f"-n{rank}"
     room = GCE_NAME_MAX - len(prefix) - len(suffix)
     if room < 2 + HASH_LENGTH:
         raise ValueError(
@@ -151,6 +159,23 @@ def resource_name(run_id: str, attempt: int | None = None, prefix: str = "runner
     # An empty body leaves "--HASH"; join it to the prefix directly ("runner--HASH").
     stem = prefix + tail if tail.startswith("--") else f"{prefix}-{tail}"
     return stem + suffix
+
+
+_NODE_TAIL = re.compile(r"-a[0-9]+-n([0-9]+)$")
+
+
+def node_name(run_id: str, attempt: int, rank: int) -> str:
+    """The name of node ``rank`` of a gang's attempt (``resource_name`` with a rank)."""
+    return resource_name(run_id, attempt, rank=rank)
+
+
+def rank_of(name: str) -> int | None:
+    """The rank a gang node's name carries (``node_name``), or None for a single instance's name.
+
+    Why from the name: GCE's bulkInsert gives every VM of one request the same metadata and
+    labels, so a node can tell its rank only from its own name."""
+    m = _NODE_TAIL.search(name)
+    return int(m.group(1)) if m else None
 
 
 def label_value(run_id: str) -> str:

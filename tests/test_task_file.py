@@ -120,7 +120,7 @@ def test_flags_override_the_task_file_key_by_key(tmp_path, store):
     ("run_id: a\nimage: x\nbuild: .\ncommand: [python3]\n", 3, "both image and build are set"),
     ("run_id: a\ncommand: [python3]\nenv:\n  TOKEN:\n", 4, "env TOKEN has no value"),
     ("run_id: a\ncommand: [python3]\nbuild: nowhere\n", 3, "has no Dockerfile"),
-    ("run_id: a\ncommand: [python3]\nresources:\n  nodes: 4\n", 4, "not yet: a run is one instance today"),
+    ("run_id: a\ncommand: [python3]\nresources:\n  nodes: 0\n", 4, "must be between 1 and 64"),
     ("run_id: a\ncommand: [python3]\nresources:\n  gpus: 1\n", 4, "unknown key 'gpus' in resources; did you mean 'gpu'?"),
     ("run_id: a\ncommand: [python3]\nresources:\n  termination_action: KEEP\n", 4,
      "(resources.termination_action)"),

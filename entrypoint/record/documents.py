@@ -86,6 +86,9 @@ class RunSpec:
     machine_type: str | None = None
     gpu: str | None = None
     zones: list[str] = field(default_factory=list)
+    # Instances per attempt: 1, or a gang's N (every attempt a generation of N nodes, rank 0 the
+    # one that records the run's state). Specs written before gangs read as 1.
+    nodes: int = 1
     # Specs written before ``settings`` existed pinned only these three (gpu_timeout,
     # stall_window, grace_period); ``attempt_settings`` still reads them there.
     timeouts: dict[str, float] = field(default_factory=dict)
@@ -208,7 +211,7 @@ class Heartbeat:
 _SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "run_id": (str,), "image": (str,), "command": (list,), "backend": (str,), "max_restarts": (int,),
     "retry_on_failure": (int,), "checkpoint_dir": (str,), "results_dir": (str,), "env": (dict,),
-    "machine_type": _OPT_STR, "gpu": _OPT_STR, "zones": (list,), "timeouts": (dict,), "vm": (dict,),
+    "machine_type": _OPT_STR, "gpu": _OPT_STR, "zones": (list,), "nodes": (int,), "timeouts": (dict,), "vm": (dict,),
     "settings": (dict,), "created_at": _NUM,
 }
 _STATE_TYPES: dict[str, tuple[type, ...]] = {

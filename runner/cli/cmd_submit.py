@@ -63,6 +63,9 @@ _COMMAND_FORM = "runner submit --run-id ID [OPTIONS] -- PROGRAM ARGS..."
               r"matched against each output line, e.g. 'iter (\d+)'; status, ETA and the stall watchdog then work.")
 @click.option("--progress-total", type=click.IntRange(min=1), metavar="N",
               help="With --progress-regex: the job's total number of steps (for the ETA).")
+@click.option("--nodes", type=int, metavar="N",
+              help="A gang of N instances per attempt (default 1): any node lost restarts all N; "
+                   "each gets RUNNER_NODE_RANK, RUNNER_NNODES, RUNNER_MASTER_ADDR (README: Multi-node).")
 @click.option("--zones", help="GCE: zones to try in order, comma-separated (next zone on stockout/quota).")
 @click.option("--machine-type", help="GCE: e.g. n1-standard-8, g2-standard-8 (g2/a2/a3 carry their GPUs).")
 @click.option("--gpu", help="GCE: TYPE[:COUNT] for N1 machines, e.g. nvidia-tesla-t4:1.")
@@ -76,7 +79,7 @@ def submit(task_path: str | None, run_id: str | None, image: str | None, restart
            quiet: bool, dry_run: bool, skip_build: bool,
            pull_dest: str | None, max_restarts: int | None, retry_on_failure: int | None, poll_interval: float | None,
            env_pairs: tuple[str, ...], progress_regex: str | None, progress_total: int | None,
-           zones: str | None, machine_type: str | None,
+           nodes: int | None, zones: str | None, machine_type: str | None,
            gpu: str | None, no_gpu: bool | None, termination_action: str | None,
            command: tuple[str, ...], cli_config: dict[str, Any], config_path: str | None) -> None:
     """Submit a run and follow it until it ends (unless --detach).
@@ -119,7 +122,7 @@ def submit(task_path: str | None, run_id: str | None, image: str | None, restart
         env[k] = v
     # The counts go through the config layer like every other setting, so a flag is checked
     # exactly as the same key in runner.toml or RUNNER_* would be (negative values refused).
-    cli_config = {**cli_config, "poll_interval": poll_interval, "zones": zones,
+    cli_config = {**cli_config, "poll_interval": poll_interval, "zones": zones, "nodes": nodes,
                   "machine_type": machine_type, "gpu": gpu, "no_gpu": no_gpu,
                   "termination_action": termination_action, "max_restarts": max_restarts,
                   "retry_on_failure": retry_on_failure, "progress_regex": progress_regex,

@@ -44,6 +44,7 @@ def build_spec(cfg: Config, run_id: str, command: list[str], image: str, *,
     """The spec of a new run: everything that shapes its attempts, pinned now (so whichever
     supervisor restarts it, with whatever config, recreates the same attempt)."""
     kind = backend_type(cfg.backend)
+    kind.check_nodes(cfg.nodes)
     machine_type, gpu = kind.spec_shape(cfg)
     settings = cfg.attempt_settings()
     return RunSpec(
@@ -59,6 +60,7 @@ def build_spec(cfg: Config, run_id: str, command: list[str], image: str, *,
         machine_type=machine_type,
         gpu=gpu,
         zones=list(cfg.zones),
+        nodes=cfg.nodes,
         settings=asdict(settings),
         # What older runners read (they ignore ``settings``): a run submitted with this version
         # and restarted by an older hosted supervisor still gets its own GPU wait.

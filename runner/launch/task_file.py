@@ -43,9 +43,9 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 _SETTINGS = ("checkpoint_dir", "results_dir", "data_disk", "data_disk_gb", "data_mount",
              "max_restarts", "retry_on_failure", "progress_regex", "progress_total")
 #: ``resources:`` keys that are config keys of the same name.
-_RESOURCE_SETTINGS = ("machine_type", "gpu", "no_gpu", "zones", "termination_action")
+_RESOURCE_SETTINGS = ("machine_type", "gpu", "no_gpu", "zones", "termination_action", "nodes")
 _TOP_KEYS = ("run_id", "image", "build", "command", "env", "resources", *_SETTINGS)
-_RESOURCE_KEYS = (*_RESOURCE_SETTINGS, "nodes")
+_RESOURCE_KEYS = _RESOURCE_SETTINGS
 _NULL_TAG = "tag:yaml.org,2002:null"
 
 #: ``{config key: (value, where it was written)}``: the shape ``runner.config`` layers have.
@@ -119,8 +119,6 @@ class _TaskReader:
                 if key in resources:
                     node = resources[key]
                     settings[key] = (self.value(node), f"{self.at(node)} (resources.{key})")
-            if "nodes" in resources:
-                self.check_nodes(resources["nodes"])
         image, build = self.text(top.get("image"), "image"), self.text(top.get("build"), "build")
         if image and build:
             raise self.error(top["build"], "both image and build are set; keep image to run that image "
@@ -206,15 +204,6 @@ class _TaskReader:
             out[key_node.value] = value_node.value  # as written: `no` stays "no", 010 stays "010"
             lines[key_node.value] = key_node.start_mark.line + 1
         return out
-
-    def check_nodes(self, node: Node) -> None:
-        """Only one instance per run today: several nodes (a gang) are issue 21, not yet built."""
-        value = self.value(node)
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise self.error(node, "resources.nodes must be a whole number, 1 today")
-        if value > 1:
-            raise self.error(node, f"resources.nodes: {value}: not yet: a run is one instance today "
-                                   "(multi-node gangs are planned); set nodes: 1 or remove it")
 
 
 __all__ = ["Layer", "TaskFile", "TaskFileError", "read_task_file"]

@@ -246,6 +246,19 @@ class ComputeBackend(ABC, Generic[NodePlan]):
         no API) leaves unchecked, one line each."""
         return []
 
+    # How many instances one attempt may have on this backend (a gang's size); 1: no gangs.
+    max_nodes: int = 1
+
+    @classmethod
+    def check_nodes(cls, nodes: int) -> None:
+        """Refuse (at submit and in a dry run, before anything is written) a gang this backend
+        cannot create."""
+        if nodes > cls.max_nodes:
+            raise BackendError(
+                f"--nodes {nodes}: the {cls.name} backend runs at most {cls.max_nodes} node(s) per attempt; "
+                + ("it has no multi-node gangs yet: use --backend local or nodes = 1" if cls.max_nodes == 1
+                   else f"use --nodes {cls.max_nodes} or fewer"))
+
     # Whether an instance of this backend costs money (``ops status`` prices a run's attempts).
     billed: bool = True
 
@@ -287,8 +300,8 @@ class ComputeBackend(ABC, Generic[NodePlan]):
                            tuple(self.plan_instance(spec, ctx, rank) for rank in self.ranks(spec)))
 
     def ranks(self, spec: RunSpec) -> range:
-        """The ranks of an attempt's instances: one instance per attempt today."""
-        return range(1)
+        """The ranks of an attempt's instances: 0 alone, or a gang's 0..N-1."""
+        return range(max(1, spec.nodes))
 
     @abstractmethod
     def plan_instance(self, spec: RunSpec, ctx: LaunchContext, rank: int) -> NodePlan:
