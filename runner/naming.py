@@ -169,6 +169,13 @@ def node_name(run_id: str, attempt: int, rank: int) -> str:
     return resource_name(run_id, attempt, rank=rank)
 
 
+def instance_names(run_id: str, attempt: int, nodes: int = 1) -> list[str]:
+    """The names of an attempt's instances in rank order: one (``resource_name``), or a gang's."""
+    if nodes <= 1:
+        return [resource_name(run_id, attempt)]
+    return [node_name(run_id, attempt, rank) for rank in range(nodes)]
+
+
 def rank_of(name: str) -> int | None:
     """The rank a gang node's name carries (``node_name``), or None for a single instance's name.
 

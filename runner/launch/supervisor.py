@@ -55,7 +55,7 @@ from runner.launch.observed import Looked, Observations, clock_id, look
 from runner.launch.recovery import CreateBackoff, Recovery
 from runner.launch.damaged_runs import DamageWatch
 from runner.launch.supervisor_heartbeat import FUTURE_TOLERANCE, run_pass
-from runner.naming import default_actor, label_value, resource_name
+from runner.naming import default_actor, instance_names, label_value
 
 if TYPE_CHECKING:
     from runner.config import Config
@@ -79,6 +79,15 @@ class SupervisorSettings:
 
 
 KEPT_ERRORS = 20  # error texts kept per pass (the heartbeat object stays small)
+
+
+def placed(inst: Instance) -> dict[str, Any]:
+    """An instance as the record names it: where it runs, its rank, and its address where known
+    (rank 0's is the gang's rendezvous endpoint, which every node's agent reads from the claim)."""
+    out: dict[str, Any] = {"name": inst.name, "zone": inst.zone, "rank": inst.rank}
+    if inst.address:
+        out["address"] = inst.address
+    return out
 
 
 def launch_context(spec: RunSpec, attempt: int, store_url: str, previous_zone: str | None = None,
@@ -523,8 +532,8 @@ class Supervisor:
         attempt = st.attempt + 1
         new, _ = rec.begin_attempt(  # counts the restart when the attempt before was lost
             Role.SUPERVISOR, self.actor, expected=cur, reason=reason,
-            instances=[{"name": i.name, "zone": i.zone, "rank": i.rank} for i in reuse.instances] if reuse
-            else [resource_name(rec.run_id, attempt)],
+            instances=[placed(i) for i in reuse.instances] if reuse
+            else instance_names(rec.run_id, attempt, spec.nodes if spec else 1),
         )
         # This clock saw the attempt begin: its boot window starts now (runner.launch.observed).
         # Best effort: without it a later pass starts the window when it first looks (a later
@@ -605,7 +614,7 @@ class Supervisor:
             raise
         backoff.clear()
         done = rec.claims.mark_created(
-            lease.claim, [{"name": i.name, "zone": i.zone, "rank": i.rank} for i in made.instances], now=self.now())
+            lease.claim, [placed(i) for i in made.instances], now=self.now())
         # Re-check after creating: a stop, or another supervisor moving the run on, may have
         # landed between our checks and the create. Then what we made must go at once.
         after = rec.read_state()

@@ -48,6 +48,9 @@ class Instance:
     exit_code: int | None = None
     store: str = ""  # its LABEL_STORE value; "" on instances made before stores were labelled
     rank: int = 0  # its LABEL_RANK value; 0 on instances made before attempts had ranks
+    # Its address on the gang's private network (GCE: the internal IP; local: the container's
+    # name), where a backend knows it; rank 0's is the gang's rendezvous endpoint.
+    address: str = ""
 
     @property
     def alive(self) -> bool:
