@@ -1,6 +1,6 @@
 """What every node of a gang is told, whichever backend runs it.
 
-A gang's attempt is a *generation* of N nodes (DESIGN.md: "Gangs are generations"): created all or
+A gang's attempt is a *generation* of N nodes: created all or
 nothing, judged together, restarted together. Each node's job gets its place in the generation in
 the environment, under the runner's names and torchrun's:
 
