@@ -19,6 +19,9 @@ RUNNER_PRESTAGED_DIR       checkpoint files the VM fetched before the container 
                            names as under ``runs/ID/checkpoints/``): adopted when they are
                            exactly the stored objects (``entrypoint.prestaged``)
 RUNNER_INSTANCE, RUNNER_ZONE, RUNNER_IMAGE   recorded in the manifest
+RUNNER_NODE_RANK,          a gang's node (``entrypoint.gang``): only rank 0 records the run's
+RUNNER_NNODES              state and publishes checkpoints; the others write their own heartbeat
+RUNNER_MASTER_ADDR         rank 0's address; unset: read from the attempt's create claim
 =========================  ==================================================================
 
 The job gets ``RUNNER_CHECKPOINT_DIR``, ``RUNNER_RESULTS_DIR``, ``RUNNER_PROGRESS_FILE`` and,
@@ -40,6 +43,7 @@ import time
 from dataclasses import dataclass
 from typing import Callable
 
+from entrypoint import gang
 from entrypoint.checkpoints import BackgroundSync, DirectorySync, NoSpaceForRestore, restore_checkpoints
 from entrypoint.prestaged import PRESTAGED_ENV
 from entrypoint.progress import ProgressTracker
@@ -51,6 +55,9 @@ from entrypoint.stores import open_store
 
 log = logging.getLogger("entrypoint")
 ACTOR = "agent"
+# How long a gang node waits for rank 0's address to be recorded (GCE: read back after the
+# bulkInsert, seconds after the create; the VMs boot for longer than that).
+MASTER_ADDR_WAIT = 300.0
 
 
 @dataclass(frozen=True)
@@ -67,6 +74,7 @@ class AgentConfig:
     zone: str
     image: str
     prestaged_dir: str | None = None
+    node: gang.Node = gang.Node()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ[str] = os.environ) -> "AgentConfig":
@@ -89,6 +97,7 @@ class AgentConfig:
             zone=env.get("RUNNER_ZONE", "local"),
             image=env.get("RUNNER_IMAGE", ""),
             prestaged_dir=env.get(PRESTAGED_ENV) or None,
+            node=gang.Node.from_env(env),
         )
 
 
@@ -184,6 +193,9 @@ class Agent:
             log.error("state.json is not for attempt %d; a newer attempt owns this run", cfg.attempt)
             return 0
 
+        node = cfg.node
+        if node.in_gang and not self._find_master():
+            return 1
         self.phase = "restoring"
         try:
             done = restore_checkpoints(self.store, self.record.name(RunRecord.CHECKPOINTS), cfg.checkpoint_dir,
@@ -207,8 +219,9 @@ class Agent:
             "started_at": started,
             "resumed_from": restored,
         }
-        self.record.write_manifest(cfg.attempt, manifest)
-        if cur[0].state != State.RUNNING and not self._transition(
+        if node.records_the_run:
+            self.record.write_manifest(cfg.attempt, manifest)
+        if node.records_the_run and cur[0].state != State.RUNNING and not self._transition(
             "job_started", "job started", attempt=cfg.attempt, instance=cfg.instance, zone=cfg.zone
         ):
             return 0
@@ -218,7 +231,10 @@ class Agent:
         self._install_signal_handlers()
         start_code = self._start_job(resumed=bool(restored))
         bg = BackgroundSync(self.checkpoints, cfg.sync_interval)
-        bg.start()
+        if node.records_the_run:  # a gang's other nodes hold the same weights (data parallel)
+            bg.start()
+        if not node.records_the_run:  # there at once: rank 0 counts a node that never reported as lost
+            self._best_effort("heartbeat", self._write_heartbeat)
         hb_stop = threading.Event()
         hb = threading.Thread(target=self._heartbeat_loop, args=(hb_stop,), daemon=True)
         hb.start()
@@ -228,10 +244,15 @@ class Agent:
         self.progress.poll_file()
         self._mark_first_step()  # a job that ended before the next heartbeat
         self.phase = "finishing"
-        bg.stop(timeout=0)  # the final pass below takes the sync lock after any pass in flight
+        if node.records_the_run:
+            bg.stop(timeout=0)  # the final pass below takes the sync lock after any pass in flight
         if self.superseded:
             log.error("a newer attempt owns this run; not syncing or recording anything")
             return code
+        if not node.records_the_run:
+            hb_stop.set()
+            hb.join(timeout=max(5.0, cfg.heartbeat_interval))  # its last write must not land after ours
+            return self._end_as_peer(code)
         # A job we had to SIGKILL may have been half-way through writing a checkpoint in place:
         # files it touched after the kill order are not published (atomic renames are unaffected
         # only if they landed before it).
@@ -251,6 +272,31 @@ class Agent:
             return unrecorded
         # A job's own exit 74 (EX_IOERR is common) must not read as "outcome not recorded".
         return 1 if code == OUTCOME_UNRECORDED else code
+
+    def _find_master(self) -> bool:
+        """Give the job rank 0's address (``gang.master_addr``); False (logged) if none came."""
+        cfg = self.cfg
+        addr = gang.master_addr(self.record, cfg.attempt, os.environ, timeout=MASTER_ADDR_WAIT)
+        if addr is None:
+            log.error("node %d: rank 0's address is not in attempt %d's create claim after %.0fs; "
+                      "ending so that the supervisor restarts the gang", cfg.node.rank, cfg.attempt, MASTER_ADDR_WAIT)
+            return False
+        os.environ.update({gang.ENV_MASTER_ADDR: addr, "MASTER_ADDR": addr})
+        return True
+
+    def _end_as_peer(self, code: int) -> int:
+        """A gang node other than rank 0 ends: its heartbeat says how (rank 0 and the supervisor
+        read it: a clean exit is not a lost node), its log is uploaded; the run's state is rank 0's."""
+        self.phase = gang.TERMINATING if self.terminating.is_set() else gang.EXITED
+        self._best_effort("log upload", lambda: self._upload_log(force=True))
+        self._best_effort("heartbeat", lambda: self._write_heartbeat(exit_code=code))
+        return code
+
+    def _lost_peer(self) -> gang.PeerVerdict:
+        """Rank 0 of a gang, its job failed: what happened to the other nodes (``gang.judge_peers``)."""
+        cfg = self.cfg
+        return gang.judge_peers(self.record, cfg.node, cfg.attempt, stale_after=3 * cfg.heartbeat_interval + 5,
+                                wait=min(10.0, max(2.0, cfg.grace_period / 2)))
 
     def _progress_pattern(self) -> ProgressPattern | None:
         """The run's ``--progress-regex``, pinned in its spec; None without one. A bad or unreadable
@@ -342,7 +388,10 @@ class Agent:
 
     def _mark(self, phase: str, at: float | None = None, **detail: object) -> None:
         """Mark a phase of this attempt's recovery timeline. Best effort: the timeline is for
-        reading a recovery afterwards, never a reason to hold up or fail the job."""
+        reading a recovery afterwards, never a reason to hold up or fail the job. A gang's
+        timeline is rank 0's (the marks are create-only: the first writer's would stand)."""
+        if not self.cfg.node.records_the_run:
+            return
         try:
             self.record.mark_phase(self.cfg.attempt, phase, self.actor, at=at, **detail)
         except Exception as e:  # noqa: BLE001 - a store, a network or a bug: the job goes on
@@ -388,18 +437,24 @@ class Agent:
             self._transition("failed", f"job exited 0 but the final sync failed: {sync_err}",
                              expect_attempt=self.cfg.attempt, exit_code=0)
         else:
+            peers = self._lost_peer() if self.cfg.node.in_gang else gang.PeerVerdict()
+            if peers.lost:
+                # Not the job's failure: a peer died under it. The generation ends; all of it restarts.
+                self._transition("preempted", f"{peers.lost}; rank 0's job exited with code {code}",
+                                 expect_attempt=self.cfg.attempt, exit_code=code)
+                return
+            why = f"job exited with code {code}" + (f" ({peers.failed})" if peers.failed else "")
             spec = self.record.read_spec()
             cur = self.record.read_state()
             failures = cur[0].failures if cur else 0
             if spec is not None and cur is not None and cur[0].may_retry_failure(spec.retry_on_failure):
                 self._transition(
                     "errored",
-                    f"job exited with code {code}; retry {failures + 1} of {spec.retry_on_failure}",
+                    f"{why}; retry {failures + 1} of {spec.retry_on_failure}",
                     attempt=self.cfg.attempt, exit_code=code,
                 )
             else:
-                self._transition("failed", f"job exited with code {code}",
-                                 expect_attempt=self.cfg.attempt, exit_code=code)
+                self._transition("failed", why, expect_attempt=self.cfg.attempt, exit_code=code)
 
     def _start_job(self, resumed: bool) -> int | None:
         """Start the job; None when it runs, else the exit code of a start that failed."""
@@ -504,6 +559,11 @@ class Agent:
             self._term_at = time.time()
             self.terminating.set()
             log.info("received signal %d: forwarding SIGTERM to the job", signum)
+            if not self.cfg.node.records_the_run:
+                # Before the job hears of it: rank 0's job will fail on the lost peer, and rank 0
+                # must find this node's notice to record a preemption, not the job's failure.
+                self.phase = gang.TERMINATING
+                self._best_effort("heartbeat", self._write_heartbeat)
         self._signal_job(signal.SIGTERM)
 
     def _signal_job(self, sig: int) -> None:
@@ -535,20 +595,25 @@ class Agent:
             self.terminating.set()
             self._signal_job(signal.SIGTERM)
 
-    def _write_heartbeat(self) -> None:
+    def _write_heartbeat(self, exit_code: int | None = None) -> None:
         self.progress.poll_file()
         progress, changed_at = self.progress.snapshot()
-        self.record.write_heartbeat(
-            Heartbeat(
-                time=time.time(),
-                attempt=self.cfg.attempt,
-                phase=self.phase,
-                progress=progress,
-                progress_changed_at=changed_at,
-                sync=self.checkpoints.stats.as_dict(),
-                rate=self.progress.rate(),
-            )
+        node = self.cfg.node
+        hb = Heartbeat(
+            time=time.time(),
+            attempt=self.cfg.attempt,
+            phase=self.phase,
+            progress=progress,
+            progress_changed_at=changed_at,
+            sync=self.checkpoints.stats.as_dict(),
+            rate=self.progress.rate(),
+            instance=self.cfg.instance if node.in_gang else None,
+            exit_code=exit_code,
         )
+        if node.records_the_run:
+            self.record.write_heartbeat(hb)
+        else:
+            self.record.write_node_heartbeat(node.rank, hb)
 
     def _upload_log(self, force: bool = False) -> None:
         try:
@@ -560,7 +625,7 @@ class Agent:
         # The job keeps appending: upload a frozen copy so the checksum matches what is sent.
         snap = self.log_path + ".snap"
         shutil.copyfile(self.log_path, snap)
-        self.store.upload_file(self.record.name(RunRecord.log_name(self.cfg.attempt)), snap)
+        self.store.upload_file(self.record.name(RunRecord.log_name(self.cfg.attempt, self.cfg.node.rank)), snap)
         self._log_uploaded_size = size
 
 

@@ -195,6 +195,9 @@ class Heartbeat:
     sync: dict[str, Any] = field(default_factory=dict)
     gpu_util: float | None = None
     rate: float | None = None  # steps per second this attempt (for ETAs); None until measurable
+    # A gang node's: which instance it is, and (phase "exited") how its job ended.
+    instance: str | None = None
+    exit_code: int | None = None
     schema_version: int = SCHEMA_VERSION
 
     @classmethod

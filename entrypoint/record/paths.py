@@ -20,12 +20,16 @@ def run_id_of_prefix(prefix: str) -> str:
     return prefix.rstrip("/").split("/")[-1]
 
 
+HEARTBEAT_OF_RANK0 = "heartbeat.json"
+
+
 class RunPaths:
     """Names relative to ``runs/<ID>/``, with who writes each."""
 
     SPEC = "spec.json"  # submit, create-only
     STATE = "state.json"  # every actor, compare-and-swap
-    HEARTBEAT = "heartbeat.json"  # agent, last writer wins
+    HEARTBEAT = HEARTBEAT_OF_RANK0  # agent (a gang's rank 0), last writer wins
+    NODES = "nodes/"  # a gang's other nodes: nodes/<rank>/heartbeat.json, each its own agent
     STOP = ".stop"  # ops delete / submit --restart removes it
     EVENTS = "events/"  # every actor, create-only
     CHECKPOINTS = "checkpoints/"  # agent
@@ -41,8 +45,16 @@ class RunPaths:
         return f"attempts/{attempt}/manifest.json"
 
     @staticmethod
-    def log_name(attempt: int) -> str:
-        return f"logs/{attempt}.log"
+    def log_name(attempt: int, rank: int = 0) -> str:
+        """The job's output of one attempt; a gang's nodes other than rank 0 each have their own."""
+        return f"logs/{attempt}.log" if rank == 0 else f"logs/{attempt}.node{rank}.log"
+
+    @staticmethod
+    def node_heartbeat_name(rank: int) -> str:
+        """A gang node's heartbeat (agent of that node, last writer wins). Rank 0's is ``HEARTBEAT``:
+        it is the run's, judged by the stall watchdog; the others say each node is there and, when
+        it ended on its own, how (``phase`` "exited", with its exit code)."""
+        return HEARTBEAT_OF_RANK0 if rank == 0 else f"nodes/{rank}/heartbeat.json"
 
     @staticmethod
     def startup_name(attempt: int) -> str:

@@ -744,10 +744,16 @@ class RunRecord(RunPaths):
     def write_heartbeat(self, hb: Heartbeat) -> None:
         self.store.write(self.name(self.HEARTBEAT), _dump(asdict(hb)))
 
-    def read_heartbeat(self) -> Heartbeat | None:
-        """The agent's last heartbeat, None if there is none; ``DamagedRecord`` if unreadable."""
-        blob = self.store.read(self.name(self.HEARTBEAT))
-        return None if blob is None else parse(self.name(self.HEARTBEAT), blob.data, Heartbeat.from_dict)
+    def read_heartbeat(self, rank: int = 0) -> Heartbeat | None:
+        """The agent's last heartbeat (a gang's: node ``rank``'s), None if there is none;
+        ``DamagedRecord`` if unreadable."""
+        name = self.name(self.node_heartbeat_name(rank))
+        blob = self.store.read(name)
+        return None if blob is None else parse(name, blob.data, Heartbeat.from_dict)
+
+    def write_node_heartbeat(self, rank: int, hb: Heartbeat) -> None:
+        """A gang node's heartbeat (rank 0's is the run's ``write_heartbeat``)."""
+        self.store.write(self.name(self.node_heartbeat_name(rank)), _dump(asdict(hb)))
 
     def write_manifest(self, attempt: int, doc: dict[str, Any]) -> None:
         doc = {"schema_version": SCHEMA_VERSION, **doc}

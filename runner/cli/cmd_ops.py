@@ -57,7 +57,14 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
     click.echo(f"cost       {s['cost_text']}" + _cost_detail(s["cost"]))
     if s["cost"].get("history_note"):
         click.echo(f"           ({s['cost']['history_note']})")
-    if s.get("instances"):
+    if s.get("nodes"):
+        click.echo(f"nodes      {len(s['nodes'])} (a gang: any node lost restarts all of them)")
+        for n in s["nodes"]:
+            nprog = " ".join(f"{k}={v}" for k, v in n["progress"].items()) or "-"
+            beat = when(n["heartbeat_at"], n["heartbeat_age_s"]) if n["heartbeat_at"] else "no heartbeat yet"
+            click.echo(f"  node {n['rank']}   {n['name']}  zone {n['zone'] or '-'}  {n['status'] or '?'}  "
+                       f"heartbeat {beat}  {n['phase'] or '-'}  progress {nprog}")
+    elif s.get("instances"):
         click.echo("instances  " + ", ".join(f"{i['name']} ({i['status']})" for i in s["instances"]))
     if ev:
         click.echo(f"last event {ev['at']} ({ago(ev['time'])}): {ev['actor']} {ev['from']} -> {ev['to']}"
@@ -310,17 +317,20 @@ def _purge(ctx: Any, run_id: str, grace_period: float, yes: bool, as_json: bool)
 @click.option("--run-id", required=True)
 @click.option("--grace-period", type=float,
               help="Seconds between SIGTERM and kill (default: the run's own, pinned at submit).")
+@click.option("--node", type=click.IntRange(min=0), metavar="RANK",
+              help="A gang: preempt only this node (0 is rank 0); the whole gang restarts.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @config_options
 @guard
-def preempt(run_id: str, grace_period: float | None, as_json: bool, cli_config: dict[str, Any],
+def preempt(run_id: str, grace_period: float | None, node: int | None, as_json: bool, cli_config: dict[str, Any],
             config_path: str | None) -> None:
-    """Simulate a spot preemption: SIGTERM, grace period, kill. The supervisor restarts the run."""
+    """Simulate a spot preemption: SIGTERM, grace period, kill. The supervisor restarts the run
+    (a gang: all its nodes, whichever one was preempted)."""
     from runner.ops.runs import preempt_run
 
     ctx = load(cli_config, config_path)
     g = _run_grace(ctx, run_id) if grace_period is None else grace_period
-    out = preempt_run(ctx.store, ctx.backend, checked_run_id(run_id), g)
+    out = preempt_run(ctx.store, ctx.backend, checked_run_id(run_id), g, node=node)
     if as_json:
         click.echo(json.dumps(out, indent=1))
         return
@@ -463,12 +473,14 @@ def pull(run_id: str, dest: str, checkpoints: bool, as_json: bool, cli_config: d
               help="Keep printing new output until the run ends (local: within a second; GCE: each heartbeat).")
 @click.option("--timestamps", "-t", is_flag=True,
               help="With --follow: start each line with the UTC time it arrived (the stored log keeps no times).")
+@click.option("--node", type=click.IntRange(min=0), default=0, metavar="RANK",
+              help="A gang: this node's output (default 0, rank 0).")
 @click.option("--json", "as_json", is_flag=True,
               help="JSON: one object per attempt (with --follow, one line per new chunk).")
 @config_options
 @guard
-def logs(run_id: str, attempt: int | None, follow: bool, timestamps: bool, as_json: bool, cli_config: dict[str, Any],
-         config_path: str | None) -> None:
+def logs(run_id: str, attempt: int | None, follow: bool, timestamps: bool, node: int, as_json: bool,
+         cli_config: dict[str, Any], config_path: str | None) -> None:
     """The job's output across attempts, from the store, with a separator per attempt.
 
     On GCE each attempt starts with its VM's serial console up to the container start (driver
@@ -480,6 +492,7 @@ def logs(run_id: str, attempt: int | None, follow: bool, timestamps: bool, as_js
       runner ops logs --run-id exp-1 --attempt 2  # one attempt
       runner ops logs --run-id exp-1 -f           # follow until the run ends
       runner ops logs --run-id exp-1 -f -t        # ... each line with the time it arrived
+      runner ops logs --run-id big-1 --node 1     # a gang's node 1
     """
     from runner.cli.closed_pipe import WholeWrites
     from runner.ops.runs import attempt_logs, follow_logs
@@ -489,6 +502,9 @@ def logs(run_id: str, attempt: int | None, follow: bool, timestamps: bool, as_js
         # would be the time of reading, which only a follower can honestly give.
         fail("--timestamps needs --follow: the stored log keeps no times; "
              f"follow it live with `runner ops logs --run-id {run_id} --follow --timestamps`", EXIT_USAGE)
+    if node and follow:
+        fail(f"--follow shows rank 0's output; node {node}'s is read from the store: "
+             f"`runner ops logs --run-id {run_id} --node {node}` (again for more)", EXIT_USAGE)
     ctx = load(cli_config, config_path)
     run_id = checked_run_id(run_id)
     out = WholeWrites(sys.stdout.buffer)  # a log is megabytes: a short write must not drop its tail
@@ -522,7 +538,7 @@ def logs(run_id: str, attempt: int | None, follow: bool, timestamps: bool, as_js
             out.write(stamped(split.flush()))
             out.flush()
         return
-    parts = attempt_logs(ctx.store, run_id, attempt, backend=ctx.backend)
+    parts = attempt_logs(ctx.store, run_id, attempt, backend=ctx.backend, node=node)
     if as_json:
         click.echo(json.dumps([{**p, "output": p["output"].decode("utf-8", "replace")} for p in parts], indent=1))
         return

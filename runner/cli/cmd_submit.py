@@ -277,6 +277,9 @@ def _dry_run(cfg: Any, run_id: str, command: list[str], image: str | None, env: 
 
     plan, skipped = submit_mod.dry_run(cfg, run_id, command, image, max_restarts=cfg.max_restarts,
                                        retry_on_failure=cfg.retry_on_failure, env=env)
+    network = getattr(plan.nodes[0], "network_cli", lambda: [])() if plan.nodes else []
+    if network:  # a local gang's private network, made before its nodes
+        click.echo(" ".join(network))
     for node in plan.nodes:  # one request per instance of the attempt
         cli = getattr(node, "docker_cli", None)
         click.echo(" ".join(cli()) if cli else json.dumps(node.to_dict(), default=str, indent=1))

@@ -45,7 +45,7 @@ from entrypoint.record import (
 from entrypoint.record import phases
 from entrypoint.record.create_claim import CREATED, RELEASED
 from entrypoint.store import PreconditionFailed, Store, StoreError
-from runner.launch import recovery, stall_streak
+from runner.launch import gang_watch, recovery, stall_streak
 from runner.launch.backends.base import (
     Attempt, BackendError, ComputeBackend, CreateClaimLost, Instance, LaunchContext, PermanentBackendError,
     group_attempts,
@@ -97,6 +97,10 @@ def launch_context(spec: RunSpec, attempt: int, store_url: str, previous_zone: s
     settings = spec.attempt_settings(legacy)
     return LaunchContext(attempt=attempt, store_url=store_url, settings=settings,
                          zones=recovery.strategy_of_run(settings.recovery, spec.run_id).zones(spec.zones, previous_zone))
+
+
+def _gang(spec: RunSpec | None) -> bool:
+    return spec is not None and spec.nodes > 1
 
 
 class Reaper:
@@ -378,6 +382,10 @@ class Supervisor:
             self._restart(rec, new, spec, att)
         elif att.exit_code == OUTCOME_UNRECORDED:
             self._fail_unrecorded(rec, cur, att)
+        elif _gang(spec) and self._gone(rec, spec, att) is not None:
+            new = rec.preempted(Role.SUPERVISOR, self.actor, expected=cur,
+                                reason=f"{self._gone(rec, spec, att)} before the job started: the whole gang restarts")
+            self._restart(rec, new, spec, att)
         elif not att.alive:
             tail = self.backend.logs(att.lead, tail=5).strip().replace("\n", " | ")
             new = rec.preempted(
@@ -403,13 +411,15 @@ class Supervisor:
         if att is not None and att.exit_code == OUTCOME_UNRECORDED:
             self._fail_unrecorded(rec, cur, att)
             return
-        if att is None or not att.alive:
-            what = "gone" if att is None else att.status_text()
+        gone = self._gone(rec, spec, att)
+        if gone is not None:
+            what = gone
             if self.backend.was_preempted(st.instance or "", st.zone):
                 what += " after a GCE preemption"
             new = rec.preempted(
                 Role.SUPERVISOR, self.actor, expected=cur,
-                reason=f"instance {what} without recording an outcome (preempted or lost)",
+                reason=(f"instance {what} without recording an outcome (preempted or lost)" if not _gang(spec)
+                        else f"{what} without recording an outcome (preempted or lost): the whole gang restarts"),
             )
             self._restart(rec, new, spec, att)
             return
@@ -431,6 +441,20 @@ class Supervisor:
                 rec.failed(Role.SUPERVISOR, self.actor, expected=new, reason=streak.reason(rec.run_id))
                 return
             self._restart(rec, new, spec, att)
+
+    def _gone(self, rec: RunRecord, spec: RunSpec | None, att: Attempt | None) -> str | None:
+        """Why the current attempt counts as lost ("gone", "exited with 137", "node 1 gone"), or
+        None while it runs. A gang's generation is lost when any of its nodes is (``gang_watch``)."""
+        if att is None:
+            return "gone"
+        if not _gang(spec):
+            return None if att.alive else att.status_text()
+        if len(att.instances) < spec.nodes:  # type: ignore[union-attr]
+            claim = rec.read_claim(att.number)
+            if claim is not None and claim.in_flight(self.now()):
+                return None  # its creator is still making the generation's nodes, one by one
+        lost = gang_watch.lost_nodes(rec, spec.nodes, att)  # type: ignore[union-attr]
+        return ", ".join(lost) if lost else None
 
     def _fail_unrecorded(self, rec: RunRecord, cur: tuple[RunState, int], att: Attempt) -> None:
         """The attempt ended knowing its outcome, but the store refused it (the agent's exit code

@@ -53,7 +53,11 @@ class PriceTable:
         return self.regions.get(region, {}).get("gpu", {}).get(gpu_type)
 
     def hourly(self, spec: RunSpec, region: str) -> tuple[float | None, str | None]:
-        """The run's VM price per hour in ``region``, or (None, why)."""
+        """The price per hour of one attempt of the run in ``region`` (a gang's: N VMs), or (None, why)."""
+        one, why = self._one_vm(spec, region)
+        return (None, why) if one is None else (one * max(1, spec.nodes), None)
+
+    def _one_vm(self, spec: RunSpec, region: str) -> tuple[float | None, str | None]:
         if not spec.machine_type:
             return None, "spec.json records no machine_type"
         try:

@@ -81,14 +81,43 @@ def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None,
                 out["startup_phase"] = phases[-1]
         out["instances"] = [
             {"name": i.name, "attempt": i.attempt, "status": i.status.value, "exit_code": i.exit_code,
-             "zone": i.zone}
+             "zone": i.zone, "rank": i.rank}
             for i in listed
         ]
+    if len(view.state.instances) > 1:
+        out["nodes"] = gang_nodes(store, run_id, view, out.get("instances"))
     if with_cost:
         from runner.ops.cost import annotate_row
 
         annotate_row(out, store, price_table, view=view)
     return out
+
+
+def gang_nodes(store: Store, run_id: str, view: RunView,
+               listed: list[dict[str, Any]] | None) -> list[dict[str, Any]]:
+    """One row per node of a gang's current attempt: its VM, zone, status (where the backend
+    was asked), heartbeat and progress. Rank 0's heartbeat is the run's; each other node's its
+    own (``nodes/<rank>/heartbeat.json``): one read per node."""
+    rec = RunRecord(store, run_id)
+    now = time.time()
+    rows = []
+    for inst in sorted(view.state.instances, key=lambda i: i.get("rank") or 0):
+        rank = int(inst.get("rank") or 0)
+        try:
+            hb = view.heartbeat if rank == 0 else rec.read_heartbeat(rank)
+        except DamagedRecord:
+            hb = None
+        if hb is not None and hb.attempt != view.state.attempt:
+            hb = None  # an older attempt's
+        seen = next((i for i in (listed or []) if i["rank"] == rank and i["attempt"] == view.state.attempt), None)
+        rows.append({
+            "rank": rank, "name": inst.get("name"), "zone": (seen or {}).get("zone") or inst.get("zone"),
+            "status": seen["status"] if seen else ("not listed" if listed is not None else None),
+            "heartbeat_at": iso(hb.time) if hb else None, "heartbeat_age_s": (now - hb.time) if hb else None,
+            "phase": hb.phase if hb else None, "exit_code": hb.exit_code if hb else None,
+            "progress": dict(hb.progress) if hb else {},
+        })
+    return rows
 
 
 def attempt_recovery(store: Store, run_id: str, attempt: int) -> Recovery | None:
@@ -271,12 +300,16 @@ def _overtaken(rec: RunRecord, removed: list[str]) -> dict[str, Any]:
                      f"run `runner ops delete --run-id {rec.run_id}` again to stop it"}
 
 
-def preempt_run(store: Store, backend: ComputeBackend, run_id: str, grace_period: float) -> dict[str, Any]:
-    """Simulate a spot preemption of the run's live instance: SIGTERM, grace period, kill."""
+def preempt_run(store: Store, backend: ComputeBackend, run_id: str, grace_period: float,
+                node: int | None = None) -> dict[str, Any]:
+    """Simulate a spot preemption of the run's live instance (a gang: every node, or node
+    ``node`` alone): SIGTERM, grace period, kill."""
     _record(store, run_id)
-    live = [i for i in backend.list(run_id) if i.alive]
+    live = [i for i in backend.list(run_id) if i.alive and (node is None or i.rank == node)]
     if not live:
-        raise RunNotFound(f"run {run_id} has no live instance to preempt")
+        raise RunNotFound(f"run {run_id} has no live instance to preempt"
+                          + (f" on node {node} (ranks start at 0; `runner ops status` lists the nodes)"
+                             if node is not None else ""))
     for inst in live:
         backend.preempt(inst, grace_period)
     return {"run_id": run_id, "preempted": [i.name for i in live], "grace_period": grace_period}
@@ -420,8 +453,9 @@ def startup_console(backend: ComputeBackend | None, inst: Any) -> str | None:
 
 
 def attempt_logs(store: Store, run_id: str, attempt: int | None = None,
-                 backend: ComputeBackend | None = None) -> list[dict[str, Any]]:
-    """Each attempt's job output from the store and, on GCE, its VM's startup console.
+                 backend: ComputeBackend | None = None, node: int = 0) -> list[dict[str, Any]]:
+    """Each attempt's job output from the store and, on GCE, its VM's startup console (a gang's
+    node ``node``: rank 0 by default).
 
     Returns ``[{"attempt", "instance", "startup": str | None, "output": bytes}]`` in attempt order.
     """
@@ -430,10 +464,10 @@ def attempt_logs(store: Store, run_id: str, attempt: int | None = None,
     if attempt is not None and not 1 <= attempt <= max(last, 1):
         raise RunNotFound(f"run {run_id} has no attempt {attempt} (it is at attempt {last})")
     attempts = [attempt] if attempt is not None else list(range(1, last + 1))
-    instances = {i.attempt: i for i in backend.list(run_id)} if backend is not None else {}
+    instances = {i.attempt: i for i in backend.list(run_id) if i.rank == node} if backend is not None else {}
     out = []
     for a in attempts:
-        blob = store.read(rec.name(RunRecord.log_name(a)))
+        blob = store.read(rec.name(RunRecord.log_name(a, node)))
         inst = instances.get(a)
         out.append({"attempt": a, "instance": inst.name if inst else None,
                     "startup": startup_console(backend, inst), "output": blob.data if blob else b""})

@@ -21,6 +21,7 @@ from runner.launch.backends.base import (
     LABEL_STORE,
     RUNNER_LABEL_VALUE,
     Attempt,
+    AttemptPlan,
     BackendError,
     ComputeBackend,
     Instance,
@@ -28,9 +29,13 @@ from runner.launch.backends.base import (
     LaunchContext,
     PermanentBackendError,
 )
-from runner.naming import label_value, resource_name, store_label
+from runner.launch.backends.gang import node_env
+from runner.naming import label_value, node_name, resource_name, store_label
 
 STORE_MOUNT = "/var/lib/runner/store"
+# On a gang's containers and its network: the network to remove once its last node is gone.
+LABEL_NETWORK = "runner-network"
+MAX_LOCAL_NODES = 64
 
 _STATUS = {
     "created": InstanceStatus.STARTING,
@@ -78,13 +83,32 @@ class ContainerPlan:
     stop_timeout: int
     network_mode: str = "none"
     extra: dict[str, Any] = field(default_factory=dict)
+    # A gang's node: its private network (``docker network create --internal``), made before the
+    # first node and removed with the last. "" for a single container.
+    gang_network: str = ""
+
+    def network_cli(self) -> list[str]:
+        """``docker network create`` of a gang's network, for ``--dry-run`` ([] without one)."""
+        if not self.gang_network:
+            return []
+        return ["docker", "network", "create", "--internal", *self._label_args(self.network_labels()),
+                self.gang_network]
+
+    def network_labels(self) -> dict[str, str]:
+        """The gang network's labels: the run's, without the node's rank."""
+        return {k: v for k, v in self.labels.items() if k not in (LABEL_RANK, LABEL_NETWORK)}
+
+    @staticmethod
+    def _label_args(labels: dict[str, str]) -> list[str]:
+        return [a for k, v in sorted(labels.items()) for a in ("--label", f"{k}={v}")]
 
     def docker_cli(self) -> list[str]:
         """The same plan as a ``docker run`` command line, for ``--dry-run``."""
         args = ["docker", "run", "-d", "--name", self.name, "--network", self.network_mode,
                 "--shm-size", self.shm_size, "--stop-timeout", str(self.stop_timeout)]
-        for k, v in sorted(self.labels.items()):
-            args += ["--label", f"{k}={v}"]
+        if self.gang_network:
+            args += ["--hostname", self.name]
+        args += self._label_args(self.labels)
         for k, v in sorted(self.environment.items()):
             args += ["-e", f"{k}={v}"]
         for host, m in self.volumes.items():
@@ -133,6 +157,7 @@ class LocalBackend(ComputeBackend[ContainerPlan]):
     name = "local"
 
     billed = False  # this machine's Docker
+    max_nodes = MAX_LOCAL_NODES  # a gang: N containers on a private network
 
     @classmethod
     def spec_options(cls, cfg: Any) -> dict[str, Any]:
@@ -179,7 +204,8 @@ class LocalBackend(ComputeBackend[ContainerPlan]):
         return self._client
 
     def plan_instance(self, spec: RunSpec, ctx: LaunchContext, rank: int) -> ContainerPlan:
-        name = resource_name(spec.run_id, ctx.attempt)
+        gang = spec.nodes > 1
+        name = node_name(spec.run_id, ctx.attempt, rank) if gang else resource_name(spec.run_id, ctx.attempt)
         env = {
             **spec.env,
             "RUNNER_RUN_ID": spec.run_id,
@@ -194,24 +220,77 @@ class LocalBackend(ComputeBackend[ContainerPlan]):
             "RUNNER_ZONE": "local",
             "RUNNER_IMAGE": spec.image,
         }
+        labels = {
+            LABEL_RUNNER: RUNNER_LABEL_VALUE,
+            LABEL_RUN_ID: label_value(spec.run_id),
+            "run-id-full": spec.run_id,
+            LABEL_ATTEMPT: str(ctx.attempt),
+            LABEL_RANK: str(rank),
+            LABEL_STORE: store_label(ctx.store_url),
+        }
+        network = ""
+        if gang:
+            # Its own network per attempt: the generation's nodes reach each other by container
+            # name (Docker's embedded DNS on a user-defined network) and nothing else: --internal
+            # has no route out, as a local run's "none" had none. A straggler of an older
+            # attempt is on another network and cannot reach this generation's rank 0.
+            network = resource_name(spec.run_id, ctx.attempt)
+            env.update(node_env(spec.run_id, ctx.attempt, rank, spec.nodes,
+                                master_addr=node_name(spec.run_id, ctx.attempt, 0)))
+            labels[LABEL_NETWORK] = network
         return ContainerPlan(
             name=name,
             image=spec.image,
             command=list(spec.command),
             environment=env,
-            labels={
-                LABEL_RUNNER: RUNNER_LABEL_VALUE,
-                LABEL_RUN_ID: label_value(spec.run_id),
-                "run-id-full": spec.run_id,
-                LABEL_ATTEMPT: str(ctx.attempt),
-                LABEL_RANK: str(rank),
-                LABEL_STORE: store_label(ctx.store_url),
-            },
+            labels=labels,
             volumes={store_dir(ctx.store_url): {"bind": STORE_MOUNT, "mode": "rw"}},
             shm_size=ctx.shm_size,
             stop_timeout=max(1, int(round(ctx.grace_period))),
-            network_mode=network_mode(spec),
+            network_mode=network or network_mode(spec),
+            extra={"hostname": name} if gang else {},
+            gang_network=network,
         )
+
+    def create(self, plan: AttemptPlan[ContainerPlan]) -> Attempt:
+        """A gang's network first, then its containers (all or nothing, ``ComputeBackend.create``);
+        a create that failed removes the network too."""
+        network = plan.nodes[0].gang_network if plan.nodes else ""
+        if not network:
+            return super().create(plan)
+        self._ensure_network(plan.nodes[0])
+        try:
+            return super().create(plan)
+        except BaseException:
+            self._remove_network(network)
+            raise
+
+    def _ensure_network(self, node: ContainerPlan) -> None:
+        """Create the gang's network unless it exists (a create retried, or taken over)."""
+        from docker.errors import APIError
+
+        if self.client.networks.list(names=[node.gang_network]):
+            return
+        try:
+            self.client.networks.create(node.gang_network, driver="bridge", internal=True,
+                                        labels=node.network_labels(), check_duplicate=True)
+        except APIError as e:
+            if e.status_code != 409:  # 409: another creator made it a moment ago
+                raise BackendError(f"docker could not create the gang's network {node.gang_network}: "
+                                   f"{e.explanation or e}") from None
+
+    def _remove_network(self, network: str) -> None:
+        """Remove a gang's network once no container is on it; left alone while one is (the
+        delete of the gang's last node removes it)."""
+        from docker.errors import APIError, NotFound
+
+        try:
+            for net in self.client.networks.list(names=[network]):
+                net.reload()
+                if not net.attrs.get("Containers"):
+                    net.remove()
+        except (NotFound, APIError):
+            pass  # in use (409), or gone already: the last node's delete, or nobody, is left to do it
 
     def create_instance(self, plan: ContainerPlan) -> Instance:
         """``docker create`` then ``docker start`` (what ``docker run`` does), in two visible steps:
@@ -321,6 +400,7 @@ class LocalBackend(ComputeBackend[ContainerPlan]):
             exit_code=state.get("ExitCode") if c.status in ("exited", "dead") else None,
             store=labels.get(LABEL_STORE, ""),
             rank=int(labels.get(LABEL_RANK, "0") or 0),
+            address=c.name if labels.get(LABEL_NETWORK) else "",  # on its gang's network, by name
         )
 
     def list(self, run_id: str | None = None) -> list[Instance]:
@@ -335,8 +415,10 @@ class LocalBackend(ComputeBackend[ContainerPlan]):
         from docker.errors import APIError, NotFound
 
         name = instance.name
+        network = ""
         try:
             c = self.client.containers.get(name)
+            network = (c.labels or {}).get(LABEL_NETWORK, "")
             if c.status in ("running", "restarting", "paused", "created"):
                 c.stop(timeout=max(0, int(round(grace_period))))
             c.remove(force=True)
@@ -345,6 +427,8 @@ class LocalBackend(ComputeBackend[ContainerPlan]):
         except APIError as e:
             if e.status_code not in (404, 409):  # 409: removal already in progress
                 raise BackendError(f"docker could not remove {name}: {e.explanation or e}") from None
+        if network:
+            self._remove_network(network)
 
     def preempt(self, instance: Instance, grace_period: float) -> None:
         # A spot VM with terminationAction=DELETE: notice, grace, hard stop, gone.
