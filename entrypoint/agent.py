@@ -194,6 +194,9 @@ class Agent:
             return 0
 
         node = cfg.node
+        if not node.records_the_run and cur[0].state.terminal:
+            log.info("run %s has ended (%s); node %d does not start its job", cfg.run_id, cur[0].state.value, node.rank)
+            return 0
         if node.in_gang and not self._find_master():
             return 1
         self.phase = "restoring"
@@ -281,7 +284,10 @@ class Agent:
             log.error("node %d: rank 0's address is not in attempt %d's create claim after %.0fs; "
                       "ending so that the supervisor restarts the gang", cfg.node.rank, cfg.attempt, MASTER_ADDR_WAIT)
             return False
-        os.environ.update({gang.ENV_MASTER_ADDR: addr, "MASTER_ADDR": addr})
+        port = int(os.environ.get(gang.ENV_MASTER_PORT) or gang.DEFAULT_MASTER_PORT)
+        # Whatever the backend could not say (GCE: all but the rank and N) is filled in here.
+        for k, v in gang.node_env(cfg.run_id, cfg.attempt, cfg.node.rank, cfg.node.nnodes, addr, port).items():
+            os.environ.setdefault(k, v)
         return True
 
     def _end_as_peer(self, code: int) -> int:

@@ -34,6 +34,40 @@ EXITED = "exited"  # its job ended on its own; ``exit_code`` says how
 ENV_RANK = "RUNNER_NODE_RANK"
 ENV_NNODES = "RUNNER_NNODES"
 ENV_MASTER_ADDR = "RUNNER_MASTER_ADDR"
+ENV_MASTER_PORT = "RUNNER_MASTER_PORT"
+DEFAULT_MASTER_PORT = 29500  # torchrun's default --master-port
+
+
+def rendezvous_id(run_id: str, attempt: int) -> str:
+    """The rendezvous id of one generation: carries the attempt, so an older one cannot join."""
+    return f"{run_id}-a{attempt}"
+
+
+def node_env(run_id: str, attempt: int, rank: int, nnodes: int, master_addr: str,
+             master_port: int = DEFAULT_MASTER_PORT) -> dict[str, str]:
+    """The environment of node ``rank`` of a generation of ``nnodes`` (runner/launch/backends/gang.py
+    says what each name is for): the runner's names, torchrun's ``MASTER_*``/``NODE_RANK``, and
+    torchrun's own options as ``PET_*``."""
+    if not 0 <= rank < nnodes:
+        raise ValueError(f"rank {rank} is outside a gang of {nnodes} node(s)")
+    if not master_addr:
+        raise ValueError("master_addr is empty: a gang needs rank 0's address")
+    rdzv = rendezvous_id(run_id, attempt)
+    return {
+        ENV_RANK: str(rank),
+        ENV_NNODES: str(nnodes),
+        ENV_MASTER_ADDR: master_addr,
+        ENV_MASTER_PORT: str(master_port),
+        "RUNNER_RDZV_ID": rdzv,
+        "MASTER_ADDR": master_addr,
+        "MASTER_PORT": str(master_port),
+        "NODE_RANK": str(rank),
+        "PET_NNODES": str(nnodes),
+        "PET_NODE_RANK": str(rank),
+        "PET_MASTER_ADDR": master_addr,
+        "PET_MASTER_PORT": str(master_port),
+        "PET_RDZV_ID": rdzv,
+    }
 
 
 @dataclass(frozen=True)

@@ -151,6 +151,15 @@ class Runner:
         for run_dir in runs.iterdir() if runs.exists() else []:
             for c in self.containers(run_dir.name):
                 c.remove(force=True)
+            for net in self.networks(run_dir.name):  # a gang's, left by a test that failed
+                net.remove()
+
+    def networks(self, run_id: str) -> list[Any]:
+        """A gang's per-attempt Docker networks of ``run_id``."""
+        from runner.naming import label_value
+
+        return self.docker.networks.list(filters={"label": [f"run-id={label_value(run_id)}",
+                                                            "runner=cos-spot-runner"]})
 
 
 @pytest.fixture

@@ -11,6 +11,13 @@ the environment, under the runner's names and torchrun's:
   address on the gang's private network, and the rendezvous port (torchrun's default, 29500).
 - ``RUNNER_RDZV_ID``: the rendezvous id of this generation (run id + attempt), so a straggler of an
   older generation can never join a newer one (``torchrun --rdzv-id``).
+- ``PET_NNODES``, ``PET_NODE_RANK``, ``PET_MASTER_ADDR``, ``PET_MASTER_PORT``, ``PET_RDZV_ID``:
+  torchrun reads each of its options from ``PET_<OPTION>`` when the option is not given
+  (torch/distributed/argparse_util.py), so a plain ``torchrun --nproc-per-node 1 -m train`` joins
+  its generation with no rendezvous arguments at all.
+
+The builder lives with the agent (``entrypoint.gang``): on GCE, where every VM of a bulkInsert has
+the same metadata, the agent completes the environment itself once it knows rank 0's address.
 
 ``WORLD_SIZE`` is not set: torchrun computes it for its workers as nodes x processes per node,
 and a ``WORLD_SIZE`` of N nodes given to the launcher would be wrong for any job running more than
@@ -19,31 +26,6 @@ one process per node.
 
 from __future__ import annotations
 
-DEFAULT_MASTER_PORT = 29500  # torchrun's default --master-port
+from entrypoint.gang import DEFAULT_MASTER_PORT, ENV_NNODES, ENV_RANK, node_env, rendezvous_id
 
-ENV_RANK = "RUNNER_NODE_RANK"
-ENV_NNODES = "RUNNER_NNODES"
-
-
-def rendezvous_id(run_id: str, attempt: int) -> str:
-    """The rendezvous id of one generation: carries the attempt, so an older one cannot join."""
-    return f"{run_id}-a{attempt}"
-
-
-def node_env(run_id: str, attempt: int, rank: int, nnodes: int, master_addr: str,
-             master_port: int = DEFAULT_MASTER_PORT) -> dict[str, str]:
-    """The environment of node ``rank`` of a generation of ``nnodes``."""
-    if not 0 <= rank < nnodes:
-        raise ValueError(f"rank {rank} is outside a gang of {nnodes} node(s)")
-    if not master_addr:
-        raise ValueError("master_addr is empty: a gang needs rank 0's address")
-    return {
-        ENV_RANK: str(rank),
-        ENV_NNODES: str(nnodes),
-        "RUNNER_MASTER_ADDR": master_addr,
-        "RUNNER_MASTER_PORT": str(master_port),
-        "RUNNER_RDZV_ID": rendezvous_id(run_id, attempt),
-        "MASTER_ADDR": master_addr,
-        "MASTER_PORT": str(master_port),
-        "NODE_RANK": str(rank),
-    }
+__all__ = ["DEFAULT_MASTER_PORT", "ENV_NNODES", "ENV_RANK", "node_env", "rendezvous_id"]
