@@ -44,12 +44,15 @@ from dataclasses import dataclass
 from typing import Callable
 
 from entrypoint import gang
-from entrypoint.checkpoints import BackgroundSync, DirectorySync, NoSpaceForRestore, restore_checkpoints
+from entrypoint.checkpoints import (
+    BackgroundSync, CommittingSync, DirectorySync, NoSpaceForRestore, restore_checkpoints,
+)
 from entrypoint.prestaged import PRESTAGED_ENV
 from entrypoint.progress import ProgressTracker
 from entrypoint.progress_pattern import ProgressPattern
 from entrypoint.record import MOVES, OUTCOME_UNRECORDED, Heartbeat, IllegalTransition, Role, RunRecord, State
 from entrypoint.record.phases import CHECKPOINT_RESTORED, FIRST_STEP
+from entrypoint.shards import SHARDS_DIR
 from entrypoint.store import PreconditionFailed, StoreError
 from entrypoint.stores import open_store
 
@@ -148,9 +151,12 @@ class Agent:
         self._killed_at: float | None = None
         self._pump: threading.Thread | None = None  # copies the job's output to the log
         self.log_path = os.path.join(self.workdir, "job.log")
-        self.checkpoints = DirectorySync(
-            self.store, cfg.checkpoint_dir, self.record.name(RunRecord.CHECKPOINTS), f"a{cfg.attempt}"
-        )
+        prefix = self.record.name(RunRecord.CHECKPOINTS)
+        if cfg.node.records_the_run:  # the checkpoint directory, and (entrypoint.shards) the commits
+            self.checkpoints: DirectorySync = CommittingSync(self.store, cfg.checkpoint_dir, prefix, f"a{cfg.attempt}")
+        else:  # a gang's other node: its own ranks' shards only (data-parallel weights are rank 0's)
+            self.checkpoints = DirectorySync(self.store, os.path.join(cfg.checkpoint_dir, SHARDS_DIR),
+                                             f"{prefix}{SHARDS_DIR}/", f"a{cfg.attempt}")
         self._log_uploaded_size = -1
         self._first_step_marked = False
 
@@ -234,8 +240,7 @@ class Agent:
         self._install_signal_handlers()
         start_code = self._start_job(resumed=bool(restored))
         bg = BackgroundSync(self.checkpoints, cfg.sync_interval)
-        if node.records_the_run:  # a gang's other nodes hold the same weights (data parallel)
-            bg.start()
+        bg.start()
         if not node.records_the_run:  # there at once: rank 0 counts a node that never reported as lost
             self._best_effort("heartbeat", self._write_heartbeat)
         hb_stop = threading.Event()
@@ -247,8 +252,7 @@ class Agent:
         self.progress.poll_file()
         self._mark_first_step()  # a job that ended before the next heartbeat
         self.phase = "finishing"
-        if node.records_the_run:
-            bg.stop(timeout=0)  # the final pass below takes the sync lock after any pass in flight
+        bg.stop(timeout=0)  # the final pass below takes the sync lock after any pass in flight
         if self.superseded:
             log.error("a newer attempt owns this run; not syncing or recording anything")
             return code
@@ -294,6 +298,7 @@ class Agent:
         """A gang node other than rank 0 ends: its heartbeat says how (rank 0 and the supervisor
         read it: a clean exit is not a lost node), its log is uploaded; the run's state is rank 0's."""
         self.phase = gang.TERMINATING if self.terminating.is_set() else gang.EXITED
+        self._best_effort("final shard sync", lambda: self.checkpoints.sync_once(modified_before=self._killed_at))
         self._best_effort("log upload", lambda: self._upload_log(force=True))
         self._best_effort("heartbeat", lambda: self._write_heartbeat(exit_code=code))
         return code

@@ -184,6 +184,23 @@ def lower_thread_priority() -> list[str]:
     return failed
 
 
+class CommittingSync(DirectorySync):
+    """Rank 0's checkpoint sync: each upload pass is followed by ``entrypoint.shards.commit``, which
+    marks the sharded steps whose every shard is stored (a job without shards costs one listing)."""
+
+    def sync_once(self, modified_before: float | None = None) -> bool:
+        ok = super().sync_once(modified_before)
+        from entrypoint.shards import commit
+
+        try:
+            for step in commit(self.store, self.prefix):
+                log.info("checkpoint step %d committed: every rank's shard is stored", step)
+        except (StoreError, OSError) as e:
+            log.warning("committing sharded checkpoints failed (next pass tries again): %s", e)
+            return False
+        return ok
+
+
 class BackgroundSync:
     """Runs ``DirectorySync.sync_once`` every ``interval`` seconds in a daemon thread.
 

@@ -100,6 +100,68 @@ class Checkpoint:
         return reader(path, **kwargs)
 
 
+class ShardedCheckpoint:
+    """This rank's shard of a sharded checkpoint (FSDP, ZeRO: each rank holds a different part).
+
+    ``save(step, shard, torch.save)`` writes ``shards/step-N/rank-R-of-W`` atomically; each node's
+    agent uploads its own ranks' shards, and rank 0's agent marks step N committed once all W
+    shards are stored (``entrypoint.shards``). ``load(torch.load)`` returns ``(step, shard)`` of the
+    newest *committed* step (a preemption that landed between two ranks' saves never leaves a
+    step with a shard missing to resume from), or None on a fresh start. Only the newest ``keep``
+    steps stay on the local disk.
+
+        ckpt = ShardedCheckpoint(dist.get_rank(), dist.get_world_size())
+        found = ckpt.load(torch.load, weights_only=True)
+        ...
+        ckpt.save(step, {"model": sharded_state_dict, ...}, torch.save)
+    """
+
+    def __init__(self, rank: int, world: int, directory: str | None = None, keep: int = 2) -> None:
+        from entrypoint.shards import shard_file
+
+        self.rank, self.world, self.keep = rank, world, max(1, keep)
+        self.directory = directory or checkpoint_dir()
+        self.name = shard_file(rank, world)  # checks the rank
+
+    def save(self, step: int, obj: Any, writer: Callable[[Any, Any], object]) -> str:
+        """Write this rank's shard of ``step`` (``Checkpoint.save``'s atomic write); returns its path."""
+        from entrypoint.shards import step_dir
+
+        path = Checkpoint(self.name, os.path.join(self.directory, step_dir(step))).save(obj, writer)
+        for old in self._steps(self.directory)[:-self.keep]:  # the disk holds `keep` steps
+            with contextlib.suppress(OSError):
+                os.remove(os.path.join(self.directory, step_dir(old), self.name))
+        return path
+
+    def load(self, reader: Callable[..., T], **kwargs: Any) -> tuple[int, T] | None:
+        """``(step, reader(path, **kwargs))`` of the newest committed step, None if there is none."""
+        from entrypoint.shards import COMMITTED, step_dir
+
+        directory = os.environ.get("RUNNER_RESUME_FROM") or self.directory
+        for step in reversed(self._steps(directory)):
+            where = os.path.join(directory, step_dir(step))
+            if not os.path.exists(os.path.join(where, COMMITTED)):
+                continue  # some rank's shard of it never reached the store: not resumable
+            path = os.path.join(where, self.name)
+            if not os.path.exists(path):
+                raise FileNotFoundError(
+                    f"step {step} is committed but has no {self.name} in {where}: it was saved by a world "
+                    f"of another size than {self.world} ({', '.join(sorted(os.listdir(where)))})")
+            return step, reader(path, **kwargs)
+        return None
+
+    @staticmethod
+    def _steps(directory: str) -> list[int]:
+        """The steps with a folder under ``directory``/shards, oldest first."""
+        from entrypoint.shards import SHARDS_DIR
+
+        try:
+            names = os.listdir(os.path.join(directory, SHARDS_DIR))
+        except FileNotFoundError:
+            return []
+        return sorted(int(n[5:]) for n in names if n.startswith("step-") and n[5:].isdigit())
+
+
 def _fsync_dir(path: str) -> None:
     try:
         fd = os.open(path, os.O_RDONLY)

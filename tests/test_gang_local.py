@@ -179,3 +179,52 @@ def test_gang_race_several_supervisors_random_node_preemptions_never_two_generat
     for r in runs:
         assert runner.read_json(r, "results/summary.json")["steps"] == STEPS
         assert states[r]["restarts"] <= kills[r], (r, states[r]["restarts"], kills[r])
+
+
+SHARD_JOB = """
+import json, os, sys, time
+from entrypoint.job import PreemptionNotice, ShardedCheckpoint, report_progress
+rank, world = int(os.environ["RUNNER_NODE_RANK"]), int(os.environ["RUNNER_NNODES"])
+notice = PreemptionNotice.install()
+ckpt = ShardedCheckpoint(rank, world)
+found = ckpt.load(lambda p: json.load(open(p)))
+step = found[0] if found else 0
+assert found is None or found[1] == {"rank": rank, "step": step}, found
+print(f"shard job rank {rank} resuming at {step}", flush=True)
+while step < 60 and not notice.requested:
+    time.sleep(0.1)
+    step += 1
+    if step % 4 == 0:
+        ckpt.save(step, {"rank": rank, "step": step}, lambda o, f: f.write(json.dumps(o).encode()))
+    if rank == 0:
+        report_progress(step, 60)
+sys.exit(143 if notice.requested else 0)
+"""
+
+
+def test_a_sharded_gang_resumes_every_rank_from_the_newest_step_all_shards_reached(runner, run_id):
+    out = runner("submit", "--run-id", run_id, "--nodes", "2", "--image", IMAGE, "--detach", "--",
+                 "python3", "-c", SHARD_JOB)
+    assert out.returncode == 0, out.stderr
+    runner.popen("supervise", "--run-id", run_id)
+    shards = runner.run_dir(run_id) / "checkpoints" / "shards"
+    runner.wait_for(lambda: any(shards.glob("step-*/COMMITTED")) and node_step(runner, run_id, 0, 1) >= 16,
+                    120, "a committed step")
+    out = runner("ops", "preempt", "--run-id", run_id, "--node", "1")
+    assert out.returncode == 0, out.stderr
+    runner.wait_for(lambda: runner.state(run_id).get("state") == "SUCCEEDED", 180, "the gang to finish")
+    assert runner.state(run_id)["attempt"] == 2
+    resumed = [ln for ln in (runner.run_dir(run_id) / "logs" / "2.log").read_text().splitlines()
+               if ln.startswith("shard job rank 0 resuming at")]
+    step = int(resumed[0].rsplit(" ", 1)[1])
+    assert step > 0 and step % 4 == 0, resumed
+    # Rank 1 (when it started before rank 0 finished) resumed at the same committed step.
+    node1 = runner.run_dir(run_id) / "logs" / "2.node1.log"
+    if node1.exists():
+        assert f"shard job rank 1 resuming at {step}" in node1.read_text()
+    # Every committed step in the store has both shards; at most two older ones are kept.
+    committed = sorted(p.parent.name for p in shards.glob("step-*/COMMITTED"))
+    assert committed and len(committed) <= 2 + 1, committed
+    for name in committed:
+        assert sorted(p.name for p in (shards / name).iterdir()) == [
+            "COMMITTED", "rank-00000-of-00002", "rank-00001-of-00002"], name

@@ -184,3 +184,57 @@ def test_a_gang_costs_n_vms(local_store, tmp_path):
     four = RunSpec(run_id="r", image="i", command=["c"], backend="gce", machine_type="g2-standard-8", nodes=4)
     assert prices.hourly(one, "us-central1") == (2.0, None)
     assert prices.hourly(four, "us-central1") == (8.0, None)
+
+
+# ---- sharded checkpoints ----
+
+def put(store, name, data=b"x"):
+    store.write("runs/g-1/checkpoints/" + name, data)
+
+
+def test_a_step_is_committed_only_once_every_shard_is_stored_and_old_steps_go(local_store):
+    from entrypoint.shards import commit
+
+    prefix = "runs/g-1/checkpoints/"
+    put(local_store, "shards/step-000000000004/rank-00000-of-00002")
+    assert commit(local_store, prefix) == []  # rank 1's shard is not there yet
+    put(local_store, "shards/step-000000000004/rank-00001-of-00002")
+    put(local_store, "shards/step-000000000008/rank-00000-of-00002")
+    assert commit(local_store, prefix) == [4]
+    assert commit(local_store, prefix) == []  # once
+    for step in (8, 12):
+        put(local_store, f"shards/step-{step:012d}/rank-00001-of-00002")
+        put(local_store, f"shards/step-{step:012d}/rank-00000-of-00002")
+    put(local_store, "shards/step-000000000016/rank-00000-of-00002")
+    assert commit(local_store, prefix) == [8, 12]
+    left = sorted(n[len(prefix):] for n in local_store.list(prefix))
+    # The newest two committed steps are kept (a node may still be restoring the older), older go;
+    # the newer step still waiting for a shard stays.
+    assert left == ["shards/step-000000000008/COMMITTED", "shards/step-000000000008/rank-00000-of-00002",
+                    "shards/step-000000000008/rank-00001-of-00002", "shards/step-000000000012/COMMITTED",
+                    "shards/step-000000000012/rank-00000-of-00002", "shards/step-000000000012/rank-00001-of-00002",
+                    "shards/step-000000000016/rank-00000-of-00002"], left
+    # Shards that disagree on the world size never make a step.
+    put(local_store, "shards/step-000000000020/rank-00000-of-00002")
+    put(local_store, "shards/step-000000000020/rank-00001-of-00003")
+    assert commit(local_store, prefix) == []
+
+
+def test_a_rank_resumes_from_the_newest_committed_step_only(tmp_path, monkeypatch):
+    from entrypoint.job import ShardedCheckpoint
+
+    monkeypatch.delenv("RUNNER_RESUME_FROM", raising=False)
+    write = lambda o, f: f.write(json.dumps(o).encode())  # noqa: E731
+    read = lambda p: json.loads(open(p).read())  # noqa: E731
+    r1 = ShardedCheckpoint(1, 2, str(tmp_path), keep=2)
+    assert r1.load(read) is None
+    for step in (4, 8, 12):
+        r1.save(step, {"step": step}, write)
+    assert not (tmp_path / "shards/step-000000000004/rank-00001-of-00002").exists()  # keep=2
+    assert r1.load(read) is None  # nothing committed yet
+    (tmp_path / "shards/step-000000000008/COMMITTED").write_text("{}")
+    assert r1.load(read) == (8, {"step": 8})  # 12 is newer but not committed
+    (tmp_path / "shards/step-000000000012/COMMITTED").write_text("{}")
+    assert r1.load(read) == (12, {"step": 12})
+    with pytest.raises(FileNotFoundError, match="world of another size than 3"):
+        ShardedCheckpoint(2, 3, str(tmp_path)).load(read)
