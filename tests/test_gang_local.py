@@ -228,3 +228,16 @@ def test_a_sharded_gang_resumes_every_rank_from_the_newest_step_all_shards_reach
     for name in committed:
         assert sorted(p.name for p in (shards / name).iterdir()) == [
             "COMMITTED", "rank-00000-of-00002", "rank-00001-of-00002"], name
+
+
+def test_ops_delete_removes_every_node_and_the_network(runner, run_id):
+    out = runner("submit", "--run-id", run_id, "--nodes", "2", "--image", IMAGE, "--detach", "--", *trainer(100000))
+    assert out.returncode == 0, out.stderr
+    runner.wait_for(lambda: len([c for c in runner.containers(run_id) if c.status == "running"]) == 2,
+                    60, "both nodes to run")
+    assert len(runner.networks(run_id)) == 1
+    out = runner("ops", "delete", "--run-id", run_id, "--grace-period", "0")
+    assert out.returncode == 0, out.stderr
+    runner.wait_for(lambda: not runner.containers(run_id) and not runner.networks(run_id), 60,
+                    "every node and the network to be removed")
+    assert runner.state(run_id)["state"] == "STOPPED"
