@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 
-from runner.naming import node_name
+from runner.naming import node_name, resource_name
 from tests.chaos.harness import cycles
 from tests.conftest import IMAGE, trainer
 
@@ -241,3 +241,17 @@ def test_ops_delete_removes_every_node_and_the_network(runner, run_id):
     runner.wait_for(lambda: not runner.containers(run_id) and not runner.networks(run_id), 60,
                     "every node and the network to be removed")
     assert runner.state(run_id)["state"] == "STOPPED"
+
+
+def test_a_network_left_by_nodes_removed_from_outside_goes_with_the_next_generation(runner, run_id):
+    out = runner("submit", "--run-id", run_id, "--nodes", "2", "--image", IMAGE, "--detach", "--", *trainer(100000))
+    assert out.returncode == 0, out.stderr
+    runner.popen("supervise", "--run-id", run_id)
+    runner.wait_for(lambda: len([c for c in runner.containers(run_id) if c.status == "running"]) == 2,
+                    60, "both nodes to run")
+    for c in runner.containers(run_id):  # both VMs vanish at once: no delete of ours runs
+        c.remove(force=True)
+    runner.wait_for(lambda: runner.state(run_id).get("attempt") == 2 and
+                    len([c for c in runner.containers(run_id) if c.status == "running"]) == 2, 90,
+                    "the next generation")
+    assert [n.name for n in runner.networks(run_id)] == [resource_name(run_id, 2)]

@@ -266,10 +266,18 @@ class LocalBackend(ComputeBackend[ContainerPlan]):
             raise
 
     def _ensure_network(self, node: ContainerPlan) -> None:
-        """Create the gang's network unless it exists (a create retried, or taken over)."""
+        """Create the gang's network unless it exists (a create retried, or taken over). The run's
+        networks of older attempts that no container uses any more go first: their nodes were
+        removed from outside (``docker rm -f``: no delete of ours ran to remove the network), and
+        Docker has only a few dozen address pools for bridge networks."""
         from docker.errors import APIError
 
-        if self.client.networks.list(names=[node.gang_network]):
+        mine = self.client.networks.list(filters={"label": [f"{LABEL_RUN_ID}={node.labels[LABEL_RUN_ID]}",
+                                                            f"{LABEL_STORE}={node.labels[LABEL_STORE]}"]})
+        for net in mine:
+            if net.name != node.gang_network:
+                self._remove_network(net.name)
+        if any(net.name == node.gang_network for net in mine):
             return
         try:
             self.client.networks.create(node.gang_network, driver="bridge", internal=True,
