@@ -148,11 +148,19 @@ class Runner:
                 p.kill()
                 p.wait()
         runs = self.store_dir / "runs"
+        from docker.errors import APIError, NotFound
+
         for run_dir in runs.iterdir() if runs.exists() else []:
             for c in self.containers(run_dir.name):
-                c.remove(force=True)
+                try:
+                    c.remove(force=True)
+                except (NotFound, APIError):  # removed (or being removed) by a delete already under way
+                    pass
             for net in self.networks(run_dir.name):  # a gang's, left by a test that failed
-                net.remove()
+                try:
+                    net.remove()
+                except (NotFound, APIError):
+                    pass
 
     def networks(self, run_id: str) -> list[Any]:
         """A gang's per-attempt Docker networks of ``run_id``."""

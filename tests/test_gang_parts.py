@@ -5,6 +5,7 @@ gang costs. The whole path runs in tests/test_gang_local.py and tests/test_torch
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 
@@ -16,6 +17,7 @@ from runner.config import Config, ConfigError
 from runner.launch.backends.base import Attempt, Instance, InstanceStatus
 from runner.launch.gang_watch import lost_nodes
 from runner.naming import GCE_NAME_MAX, instance_names, node_name, rank_of, resource_name
+from tests.conftest import ROOT
 
 
 class Clock:
@@ -73,7 +75,7 @@ def test_every_node_gets_its_rank_the_gang_and_torchruns_own_options():
 def test_a_local_gang_dry_run_shows_its_private_network_and_every_node(tmp_path):
     p = subprocess.run([sys.executable, "-m", "runner.cli", "submit", "--run-id", "big-1", "--nodes", "2",
                         "--store", str(tmp_path / "store"), "--image", "img", "--dry-run", "--", "torchrun", "-m", "t"],
-                       capture_output=True, text=True, cwd=tmp_path)
+                       capture_output=True, text=True, cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert p.returncode == 0, p.stderr
     net, n0, n1 = p.stdout.splitlines()
     assert net.startswith("docker network create --internal ") and net.endswith(" runner-big-1-a1")
