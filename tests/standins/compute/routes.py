@@ -9,6 +9,7 @@ _O = _Z + r"/operations/(?P<operation>[^/]+)"
 _S = r"/regions/(?P<region>[^/]+)/subnetworks"
 _ROUTES: list[tuple[str, str, str]] = [
     ("POST", _Z + "/instances", "instances.insert"),
+    ("POST", _Z + "/instances/bulkInsert", "instances.bulkInsert"),
     ("GET", _Z + "/instances", "instances.list"),
     ("GET", _I, "instances.get"),
     ("DELETE", _I, "instances.delete"),
@@ -64,6 +65,7 @@ _MUTATIONS = {
     "instances.start": "_h_start",
     "instances.simulateMaintenanceEvent": "_h_maintenance",
     "instances.insert": "_h_insert",
+    "instances.bulkInsert": "_h_bulk_insert",
     "disks.insert": "_h_disks",
     "disks.delete": "_h_disks",
     "instances.attachDisk": "_h_attach",
