@@ -192,3 +192,23 @@ def test_single_inserts_count_against_zone_capacity_too(compute_fake, instances,
 
     assert [e.code for e in op.error.errors] == ["ZONE_RESOURCE_POOL_EXHAUSTED"]
     assert names_in(compute_fake) == ["g-n0"]
+
+
+def test_with_iam_on_bulk_insert_needs_create_and_act_as_like_insert(compute_fake, instances, zone_ops):
+    from tests.standins.gcp_admin import GcpAdminFake
+
+    admin = GcpAdminFake()
+    admin.add_project(PROJECT)
+    compute_fake.iam = admin
+    with pytest.raises(exceptions.Forbidden, match="Required 'compute.instances.create' permission"):
+        instances.bulk_insert_unary(request=request(bulk(["g-n0", "g-n1"])))
+    admin.grant(PROJECT, compute_fake.operator, "roles/compute.instanceAdmin.v1")
+    props = properties()
+    props.service_accounts = [compute_v1.ServiceAccount(email=f"vm@{PROJECT}.iam.gserviceaccount.com")]
+    with pytest.raises(exceptions.Forbidden, match="iam.serviceAccountUser"):
+        instances.bulk_insert_unary(request=request(bulk(["g-n0", "g-n1"], props=props)))
+    admin.grant(PROJECT, compute_fake.operator, "roles/iam.serviceAccountUser")
+
+    send(instances, zone_ops, bulk(["g-n0", "g-n1"], props=props))
+
+    assert names_in(compute_fake) == ["g-n0", "g-n1"]

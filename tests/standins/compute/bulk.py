@@ -1,6 +1,6 @@
 """``instances.bulkInsert``: N VMs of one shape in one zone, all or nothing down to ``minCount``.
 
-What is modelled, and from where (research notes: /work/notes/i21/gce-research.md):
+What is modelled, and from where (research notes: docs/research/gce-gangs-bulk-insert.md):
 
 - The body is a ``BulkInsertInstanceResource``: ``count`` is "the maximum number of instances to
   create"; ``minCount`` defaults to ``count``, and "if min_count instances cannot be created, then

@@ -1,0 +1,299 @@
+"""A gang's generation on GCE: N nodes created all or nothing in one zone with ``bulkInsert``.
+
+Why ``bulkInsert`` with ``minCount = N`` rather than N inserts: "If min_count instances cannot be
+created, then no instances will be created and instances already created will be deleted"
+(BulkInsertInstanceResource, https://cloud.google.com/php/docs/reference/cloud-compute/latest/V1.BulkInsertInstanceResource),
+so a zone with room for N-1 nodes leaves nothing billing, and the whole gang costs one API call
+("One request for each bulk operation",
+https://cloud.google.com/compute/docs/instances/multiple/about-bulk-creation). GCE reports the
+shortfall as the operation error ``VM_MIN_COUNT_NOT_REACHED`` (HTTP 503,
+https://github.com/googleapis/google-cloud-go/issues/5168): the next zone may have room.
+
+One bulkInsert gives every VM the same metadata and labels (``perInstanceProperties`` holds only
+``name`` and ``hostname``), so a node's rank is in its *name* (``node_name``/``rank_of``), and
+rank 0's address, known only once the VMs exist, is read back from
+``networkInterfaces[0].networkIP`` and handed to the caller to publish (the run record); each
+node's environment is then ``node_env``. Research: docs/research/gce-gangs-bulk-insert.md.
+
+Plan, then act: ``gang_plan`` turns the single-VM ``GcePlan`` (one candidate Instance per zone)
+into the exact ``BulkInsertInstanceRequest`` per zone without I/O; ``create_generation`` sends them.
+"""
+
+from __future__ import annotations
+
+import re
+import sys
+import uuid
+from dataclasses import dataclass, field
+from typing import Any, Callable, Optional
+
+from runner.cloud.gcp_clients import ComputeClients, api_retry
+from runner.launch.backends.base import LABEL_ATTEMPT, LABEL_RANK, LABEL_RUN_ID, BackendError
+from runner.launch.backends.gce import ZONE_RETRYABLE, GcePlan, ZoneExhausted
+from runner.launch.backends.gce_listing import label_filter
+from runner.naming import GCE_NAME_MAX, label_value, resource_name
+
+# The bulk call's own refusal of a zone without room for minCount VMs (see the module docstring).
+MIN_COUNT_NOT_REACHED = "VM_MIN_COUNT_NOT_REACHED"
+GANG_ZONE_RETRYABLE = frozenset(ZONE_RETRYABLE | {MIN_COUNT_NOT_REACHED})
+DEFAULT_MASTER_PORT = 29500  # torchrun's default --master-port
+_RANK_TAIL = re.compile(r"-n(\d+)$")
+_GANG_REQUEST_NAMESPACE = uuid.UUID("0b6c1f3e-8d2a-4e57-9c4b-7a1e5d3f9b21")  # gang bulkInsert ids
+
+
+def node_name(run_id: str, attempt: int, rank: int) -> str:
+    """``runner-demo-1-a2-n1`` for rank 1 of attempt 2 of ``demo-1``: the attempt's single-VM name
+    plus the rank. It cannot collide with a single VM's name (those end in ``-aN``) nor with another
+    gang's (the ``-nR`` and ``-aN`` tails strip off back to ``resource_name``'s unique stem)."""
+    if rank < 0:
+        raise ValueError(f"rank must be >= 0, not {rank}")
+    name = f"{resource_name(run_id, attempt)}-n{rank}"
+    if len(name) > GCE_NAME_MAX:
+        raise ValueError(f"run id {run_id!r} is too long for a gang's VM names ({name!r} has {len(name)} "
+                         f"characters, GCE allows {GCE_NAME_MAX}): use a run id of at most 40 characters")
+    return name
+
+
+def rank_of(name: str) -> Optional[int]:
+    """The rank a gang node's name carries, or None for a single VM's name."""
+    m = _RANK_TAIL.search(name)
+    return int(m.group(1)) if m else None
+
+
+def rendezvous_id(run_id: str, attempt: int) -> str:
+    """The torch rendezvous id of one generation: carries the attempt, so a straggler of an older
+    generation can never join a newer one."""
+    return f"{run_id}-a{attempt}"
+
+
+def node_env(run_id: str, attempt: int, rank: int, nnodes: int, master_addr: str,
+             master_port: int = DEFAULT_MASTER_PORT) -> dict[str, str]:
+    """The environment of node ``rank``: the runner's names and torchrun's
+    (``MASTER_ADDR``/``MASTER_PORT``/``NODE_RANK``). ``WORLD_SIZE`` is left to torchrun: it counts
+    processes (nodes x processes per node), not nodes, and torchrun sets it for its workers."""
+    if not 0 <= rank < nnodes:
+        raise ValueError(f"rank {rank} is outside a gang of {nnodes} node(s)")
+    if not master_addr:
+        raise ValueError("master_addr is empty: rank 0's internal address is known only after the create")
+    return {
+        "RUNNER_NODE_RANK": str(rank),
+        "RUNNER_NNODES": str(nnodes),
+        "RUNNER_MASTER_ADDR": master_addr,
+        "RUNNER_MASTER_PORT": str(master_port),
+        "RUNNER_RDZV_ID": rendezvous_id(run_id, attempt),
+        "MASTER_ADDR": master_addr,
+        "MASTER_PORT": str(master_port),
+        "NODE_RANK": str(rank),
+    }
+
+
+@dataclass(frozen=True)
+class GangNode:
+    rank: int
+    name: str
+    zone: str
+    internal_ip: str  # networkInterfaces[0].networkIP
+
+
+@dataclass(frozen=True)
+class Generation:
+    """A created gang: every node in one zone, rank order."""
+
+    run_id: str
+    attempt: int
+    zone: str
+    nodes: tuple[GangNode, ...]
+
+    @property
+    def master_addr(self) -> str:
+        """Rank 0's internal address: the rendezvous endpoint to publish in the run record."""
+        return self.nodes[0].internal_ip
+
+    def env(self, rank: int, master_port: int = DEFAULT_MASTER_PORT) -> dict[str, str]:
+        return node_env(self.run_id, self.attempt, rank, len(self.nodes), self.master_addr, master_port)
+
+
+@dataclass(frozen=True)
+class GangPlan:
+    """The bulkInsert of one generation per candidate zone, tried in order."""
+
+    run_id: str
+    attempt: int
+    nnodes: int
+    project: str
+    candidates: tuple[tuple[str, Any], ...]  # (zone, compute_v1.InstanceProperties)
+    request_key: str = ""  # LaunchContext.request_key: deterministic request ids ("" → random)
+    before_insert: Optional[Callable[[str], None]] = field(default=None, compare=False, repr=False)
+
+    @property
+    def names(self) -> list[str]:
+        return [node_name(self.run_id, self.attempt, r) for r in range(self.nnodes)]
+
+    def request_id(self, zone: str) -> str:
+        """The same for the same (claim round, generation, zone): a resent bulkInsert (the
+        library's retry after a lost reply, or a takeover of a dead creator's claim) is answered
+        with the first operation, not a second gang (``requestId``, compute v1 reference)."""
+        if not self.request_key:
+            return str(uuid.uuid4())
+        return str(uuid.uuid5(_GANG_REQUEST_NAMESPACE, f"{self.request_key}/{self.names[0]}/{zone}"))
+
+    def request(self, zone: str) -> Any:
+        """The exact ``BulkInsertInstanceRequest`` for ``zone`` (no I/O): N named VMs, minCount N."""
+        from google.cloud import compute_v1
+
+        props = dict(self.candidates)[zone]
+        per = {n: compute_v1.BulkInsertInstanceResourcePerInstanceProperties(name=n) for n in self.names}
+        return compute_v1.BulkInsertInstanceRequest(
+            project=self.project, zone=zone, request_id=self.request_id(zone),
+            bulk_insert_instance_resource_resource=compute_v1.BulkInsertInstanceResource(
+                count=self.nnodes, min_count=self.nnodes, instance_properties=props,
+                per_instance_properties=per))
+
+
+def gang_plan(plan: GcePlan, run_id: str, attempt: int, nnodes: int) -> GangPlan:
+    """The single-VM plan's candidates as the shared properties of a gang's nodes.
+
+    Types become bare names, as instance properties (templates) give them; the rank label goes,
+    because one bulkInsert labels every VM alike (the rank is in the name instead)."""
+    from google.cloud import compute_v1
+
+    if nnodes < 1:
+        raise ValueError(f"a gang has at least one node, not {nnodes}")
+    candidates = []
+    for zone, inst in plan.candidates:
+        props = compute_v1.InstanceProperties.from_json(compute_v1.Instance.to_json(inst),
+                                                        ignore_unknown_fields=True)
+        props.machine_type = _bare(props.machine_type)
+        for acc in props.guest_accelerators:
+            acc.accelerator_type = _bare(acc.accelerator_type)
+        for d in props.disks:
+            if d.source:
+                raise BackendError("a gang cannot share one data disk (--data-disk) between its nodes: "
+                                   "use a per-run disk size instead (data_disk_gb)")
+            if d.initialize_params.disk_type:
+                d.initialize_params.disk_type = _bare(d.initialize_params.disk_type)
+        props.labels.pop(LABEL_RANK, None)
+        candidates.append((zone, props))
+    return GangPlan(run_id=run_id, attempt=attempt, nnodes=nnodes, project=plan.project,
+                    candidates=tuple(candidates), request_key=plan.request_key,
+                    before_insert=plan.before_insert)
+
+
+def create_generation(clients: ComputeClients, plan: GangPlan) -> Generation:
+    """Create the N nodes of ``plan`` in the first zone that takes all N; returns them with rank
+    0's internal address.
+
+    A zone without room (or quota) for all N is skipped; GCE rolls back what it made there, and
+    any node still found afterwards (a rollback that did not finish) is deleted before the next
+    zone is tried, so at most one zone ever holds nodes of this generation. Idempotent per
+    request id: a retry after a lost reply gets the first operation. Raises ``ZoneExhausted``
+    when no zone takes the gang, ``BackendError`` on anything else (after deleting what it made).
+    """
+    from google.api_core import exceptions as gexc
+
+    refusals = []
+    for zone, _props in plan.candidates:
+        if plan.before_insert is not None:
+            plan.before_insert(zone)  # raises once the create claim is no longer ours
+        try:
+            op = clients.instances.bulk_insert_unary(request=plan.request(zone), retry=api_retry())
+            op = _wait(clients, plan.project, zone, op)
+        except gexc.Conflict:
+            # Some names exist already (an earlier round's gang in this zone): adopt a complete
+            # gang, never a part of one.
+            return _adopt_or_clear(clients, plan, zone)
+        except gexc.GoogleAPICallError as e:
+            reasons = _reasons(e)
+            if reasons & GANG_ZONE_RETRYABLE:
+                refusals.append(f"{zone}: {', '.join(sorted(reasons))}")
+                continue
+            raise BackendError(f"creating the {plan.nnodes} nodes of {plan.names[0]}… in {zone} failed: "
+                               f"{getattr(e, 'message', e)}") from None
+        if op.error and op.error.errors:
+            reasons = {e.code for e in op.error.errors}
+            _clear(clients, plan, zone)  # a rollback that left a node behind: none survives
+            if reasons & GANG_ZONE_RETRYABLE:
+                refusals.append(f"{zone}: " + "; ".join(f"{e.code}: {e.message}" for e in op.error.errors))
+                continue
+            raise BackendError(f"creating the {plan.nnodes} nodes of {plan.names[0]}… in {zone} failed: "
+                               + "; ".join(f"{e.code}: {e.message}" for e in op.error.errors))
+        return _read_back(clients, plan, zone)
+    raise ZoneExhausted(
+        f"no zone could take all {plan.nnodes} nodes of {plan.names[0]}… ({'; '.join(refusals)}): add "
+        "zones (--zones / zones in runner.toml), use fewer nodes, or try again later; the supervisor "
+        "retries on its next pass")
+
+
+# ---- internals -----------------------------------------------------------------------------------
+
+def _bare(url: str) -> str:
+    return url.rstrip("/").rsplit("/", 1)[-1] if url else url
+
+
+def _reasons(e: Any) -> set[str]:
+    out = {str(d.get("reason", "")) for d in (getattr(e, "errors", None) or []) if isinstance(d, dict)}
+    msg = str(getattr(e, "message", "") or "")
+    out |= {code for code in GANG_ZONE_RETRYABLE if code in msg}
+    return out - {""}
+
+
+def _wait(clients: ComputeClients, project: str, zone: str, op: Any) -> Any:
+    """Our own operations client: the library's extended operation polls the default endpoint."""
+    while str(getattr(op.status, "name", op.status)) != "DONE":
+        op = clients.zone_operations.wait(project=project, zone=zone, operation=op.name, retry=api_retry())
+    return op
+
+
+def _existing(clients: ComputeClients, plan: GangPlan, zone: str) -> dict[str, Any]:
+    """The nodes of this generation that exist in ``zone``, by name (one list call)."""
+    from google.cloud import compute_v1
+
+    flt = label_filter({LABEL_RUN_ID: label_value(plan.run_id), LABEL_ATTEMPT: str(plan.attempt)})
+    wanted = set(plan.names)
+    req = compute_v1.ListInstancesRequest(project=plan.project, zone=zone, filter=flt)
+    return {i.name: i for i in clients.instances.list(request=req, retry=api_retry()) if i.name in wanted}
+
+
+def _clear(clients: ComputeClients, plan: GangPlan, zone: str) -> None:
+    for name in sorted(_existing(clients, plan, zone)):
+        print(f"runner: deleting {name} in {zone}: the rest of its gang could not be created", file=sys.stderr)
+        _delete(clients, plan.project, zone, name)
+
+
+def _delete(clients: ComputeClients, project: str, zone: str, name: str) -> None:
+    from google.api_core import exceptions as gexc
+
+    try:
+        clients.instances.delete_unary(project=project, zone=zone, instance=name, retry=api_retry())
+    except gexc.NotFound:
+        pass
+
+
+def _adopt_or_clear(clients: ComputeClients, plan: GangPlan, zone: str) -> Generation:
+    found = _existing(clients, plan, zone)
+    if set(found) == set(plan.names):
+        return _generation(plan, zone, found)
+    for name in sorted(found):
+        _delete(clients, plan.project, zone, name)
+    raise BackendError(f"{zone} held {len(found)} of the {plan.nnodes} nodes of {plan.names[0]}… (names "
+                       "taken by something else, or a gang partly gone): deleted them; the supervisor "
+                       "creates the generation again on its next pass")
+
+
+def _read_back(clients: ComputeClients, plan: GangPlan, zone: str) -> Generation:
+    """The created nodes with their addresses. A node already gone (preempted while booting)
+    breaks the generation at birth: the rest are deleted and the caller creates it again."""
+    found = _existing(clients, plan, zone)
+    if set(found) != set(plan.names):
+        for name in sorted(found):
+            _delete(clients, plan.project, zone, name)
+        raise BackendError(f"the gang {plan.names[0]}… was created in {zone} and {plan.nnodes - len(found)} "
+                           "node(s) are already gone (preempted while booting): deleted the rest; the "
+                           "supervisor creates the generation again")
+    return _generation(plan, zone, found)
+
+
+def _generation(plan: GangPlan, zone: str, found: dict[str, Any]) -> Generation:
+    nodes = tuple(GangNode(rank=r, name=n, zone=zone, internal_ip=found[n].network_interfaces[0].network_i_p)
+                  for r, n in enumerate(plan.names))
+    return Generation(run_id=plan.run_id, attempt=plan.attempt, zone=zone, nodes=nodes)
