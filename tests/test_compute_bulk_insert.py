@@ -212,3 +212,14 @@ def test_with_iam_on_bulk_insert_needs_create_and_act_as_like_insert(compute_fak
     send(instances, zone_ops, bulk(["g-n0", "g-n1"], props=props))
 
     assert names_in(compute_fake) == ["g-n0", "g-n1"]
+
+
+def test_a_rollback_that_did_not_finish_shows_in_the_operation(compute_fake, instances, zone_ops):
+    compute_fake.zone_capacity[ZONE] = 2
+    compute_fake.bulk_rollback_leaves[ZONE] = 1
+
+    op = send(instances, zone_ops, bulk(["g-n0", "g-n1", "g-n2"]))
+
+    status = op.instances_bulk_insert_operation_metadata.per_location_status[f"zones/{ZONE}"]
+    assert (status.created_vm_count, status.deleted_vm_count) == (2, 1)
+    assert names_in(compute_fake) == ["g-n0"]

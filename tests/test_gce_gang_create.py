@@ -75,6 +75,16 @@ def test_a_stockout_for_node_2_leaves_nothing_in_zone_a_and_all_nodes_in_zone_b(
     assert [e.code for op in refused for e in op.error.errors] == ["VM_MIN_COUNT_NOT_REACHED"]
 
 
+def test_a_node_a_rollback_left_behind_is_deleted_before_the_next_zone(compute_fake):
+    compute_fake.zone_capacity[A] = 2  # room for two of three
+    compute_fake.bulk_rollback_leaves[A] = 1  # and GCE's rollback leaves node 0 there
+
+    gen = create_generation(compute_clients(compute_fake.endpoint), plan_for(3))
+
+    assert gen.zone == B and len(in_zone(compute_fake, B)) == 3
+    assert in_zone(compute_fake, A) == []  # at most one zone ever holds nodes of a generation
+
+
 def test_no_zone_with_room_for_the_whole_gang_leaves_nothing_anywhere(compute_fake):
     compute_fake.zone_capacity.update({A: 1, B: 1})
 

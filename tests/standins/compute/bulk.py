@@ -28,6 +28,11 @@ What is modelled, and from where (research notes: docs/research/gce-gangs-bulk-i
   https://docs.cloud.google.com/python/docs/reference/compute/1.16.1/google.cloud.compute_v1.types.BulkInsertOperationStatus).
 - ``requestId`` makes it idempotent like every mutation (service.py's dispatch).
 
+Fault injection: ``bulk_rollback_leaves[zone] = k`` makes a failed request's rollback leave its
+first k VMs behind (``deletedVmCount`` then falls short of ``createdVmCount``, which the
+operation's metadata can express; GCE documenting such a case was not found), so a client's own
+clean-up can be tested.
+
 Not modelled (the fake's choices, said so): the rollback happens within the request, so no
 client ever sees the partly made VMs (GCE makes and deletes them while the operation runs);
 ``perLocationStatus`` is keyed ``zones/ZONE`` and ``targetLink`` is the zone's instances
@@ -93,23 +98,30 @@ class BulkInsertRecords:
         capacity = 0 if zone in self.stockout_zones else self.zone_capacity.get(zone, math.inf)
         if capacity < min_count:
             made = int(min(capacity, count))
-            return self._bulk_op(p, zone, target, count, made, 1, made, error=(
+            left = min(made, self.bulk_rollback_leaves.get(zone, 0))
+            for name in names[:left]:  # fault injection: a rollback that did not finish
+                self._make_node(p, zone, base, req, name)
+            return self._bulk_op(p, zone, target, count, made, 1, made - left, error=(
                 "VM_MIN_COUNT_NOT_REACHED",
                 f"Requested minimum count of {min_count} VMs could not be created.",
                 503, "SERVICE UNAVAILABLE"))
         n = int(min(count, room, capacity))
         for name in names[:n]:
-            inst = _copy(base)
-            inst.name = name
-            hostname = req.per_instance_properties[name].hostname if name in req.per_instance_properties else ""
-            if hostname:
-                inst.hostname = hostname
-            self._create_vm(p, zone, inst)
-            if zone in self.zone_capacity:
-                self.zone_capacity[zone] -= 1
+            self._make_node(p, zone, base, req, name)
         return self._bulk_op(p, zone, target, count, n, 0, 0)
 
     # ---- internals ------------------------------------------------------------------------------
+
+    def _make_node(self, p: str, zone: str, base: compute_v1.Instance,
+                   req: compute_v1.BulkInsertInstanceResource, name: str) -> None:
+        inst = _copy(base)
+        inst.name = name
+        hostname = req.per_instance_properties[name].hostname if name in req.per_instance_properties else ""
+        if hostname:
+            inst.hostname = hostname
+        self._create_vm(p, zone, inst)
+        if zone in self.zone_capacity:
+            self.zone_capacity[zone] -= 1
 
     @staticmethod
     def _instance_from_properties(zone: str, props: compute_v1.InstanceProperties) -> compute_v1.Instance:
@@ -130,9 +142,10 @@ class BulkInsertRecords:
 
     def _bulk_names(self, p: str, zone: str, req: compute_v1.BulkInsertInstanceResource,
                     count: int) -> list[str]:
-        """``count`` names: the given ones first, then the pattern's free ones in order."""
+        """``count`` names: the given ones first (sorted: a proto map has no order, so which of
+        them a short zone makes is the fake's choice), then the pattern's free ones in order."""
         names: list[str] = []
-        for key, props in req.per_instance_properties.items():
+        for key, props in sorted(req.per_instance_properties.items()):
             name = props.name or key
             if (p, zone, name) in self._vms:
                 raise ApiError(409, "alreadyExists",

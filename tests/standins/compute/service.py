@@ -80,6 +80,7 @@ class ComputeFake(RoutedApi, InstanceRecords, BulkInsertRecords, DiskRecords, Op
         self.stockout_zones: set[str] = set()
         self.stockout_as_http = False
         self.zone_capacity: dict[str, int] = {}
+        self.bulk_rollback_leaves: dict[str, int] = {}  # fault injection (bulk.py)
         self._lost_replies: list[str] = []
         self.quota_zones: set[str] = set()
         self.unreachable_zones: set[str] = set()  # aggregatedList cannot read them (quotas.py)
