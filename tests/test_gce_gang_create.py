@@ -34,11 +34,11 @@ def roomy_quota(compute_fake: ComputeFake) -> None:
     compute_fake.set_quota("us-central1", "CPUS", 512)
 
 
-def plan_for(nodes: int, ctx: LaunchContext = CTX) -> GangPlan:
+def plan_for(nodes: int, ctx: LaunchContext = CTX, **vm: object) -> GangPlan:
     spec = RunSpec(run_id="big-1", image="us-docker.pkg.dev/p/r/img@sha256:" + "a" * 64,
                    command=["torchrun", "-m", "train"], backend="gce", machine_type="n1-standard-4",
                    gpu="nvidia-tesla-t4:1", zones=[A, B], timeouts={"gpu_timeout": 300},
-                   vm={**vm_options_defaults(), "project": "test-project", "warm_images": "off"})
+                   vm={**vm_options_defaults(), "project": "test-project", "warm_images": "off", **vm})
     single = GceBackend(clients=None, project="test-project").plan(spec, ctx).only  # type: ignore[arg-type]
     return gang_plan(single, "big-1", ctx.attempt, nodes)
 
@@ -164,3 +164,8 @@ def test_the_bulk_request_asks_for_all_nodes_or_none():
     assert sorted(res.per_instance_properties) == [node_name("big-1", 2, r) for r in range(3)]
     assert res.instance_properties.machine_type == "n1-standard-4"
     assert req.request_id == plan_for(3).request(A).request_id != plan_for(3).request(B).request_id
+
+
+def test_a_gang_refuses_one_data_disk_for_all_its_nodes():
+    with pytest.raises(BackendError, match="cannot share one data disk"):
+        plan_for(2, data_disk="datasets")
