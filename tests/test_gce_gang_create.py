@@ -17,9 +17,9 @@ from runner.cloud.gcp_clients import compute_clients
 from runner.launch.backends import vm_metadata as md
 from runner.launch.backends.base import BackendError, LaunchContext
 from runner.launch.backends.gce import GceBackend, ZoneExhausted, vm_options_defaults
-from runner.launch.backends.gce_gang import (
-    GangPlan, Generation, create_generation, gang_plan, node_env, node_name, rank_of, rendezvous_id,
-)
+from runner.launch.backends.gce_gang import GangPlan, create_generation, gang_plan, internal_ip
+from runner.launch.backends.gang import node_env, rendezvous_id
+from runner.naming import node_name, rank_of
 from tests.standins.compute import ComputeFake
 
 A, B = "us-central1-a", "us-central1-b"
@@ -51,10 +51,10 @@ def test_a_generation_is_created_whole_in_one_zone_with_rank_0s_address(compute_
     gen = create_generation(compute_clients(compute_fake.endpoint), plan_for(3))
 
     names = [node_name("big-1", 2, r) for r in range(3)]
-    assert (gen.zone, [n.name for n in gen.nodes], [n.rank for n in gen.nodes]) == (A, names, [0, 1, 2])
+    assert (gen.zone, [vm.name for vm in gen.vms]) == (A, names)
     assert in_zone(compute_fake, A) == names and in_zone(compute_fake, B) == []
     rank0 = compute_fake.instance(A, names[0])
-    assert gen.master_addr == rank0.network_interfaces[0].network_i_p != ""
+    assert gen.master_addr == internal_ip(rank0) == rank0.network_interfaces[0].network_i_p != ""
     assert len(compute_fake.calls("instances.bulkInsert")) == 1  # one call for the whole gang
     for vm in compute_fake.instances():  # every node runs the product's own VM: metadata, labels
         meta = {i.key: i.value for i in vm.metadata.items}
@@ -135,7 +135,6 @@ def test_part_of_a_gang_found_by_a_new_round_is_deleted_not_adopted(compute_fake
 
 
 def test_each_node_gets_its_rank_and_the_generations_rendezvous():
-    gen = Generation("big-1", 3, A, ())
     env = node_env("big-1", 3, 1, 2, "10.128.0.2")
 
     assert env["RUNNER_NODE_RANK"] == env["NODE_RANK"] == "1"
@@ -146,7 +145,6 @@ def test_each_node_gets_its_rank_and_the_generations_rendezvous():
     assert "WORLD_SIZE" not in env  # torchrun's, and it counts processes, not nodes
     with pytest.raises(ValueError, match="outside a gang"):
         node_env("big-1", 3, 2, 2, "10.128.0.2")
-    assert gen.run_id == "big-1"
 
 
 def test_node_names_carry_the_rank_and_never_meet_a_single_vms_name():

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from entrypoint.record import RunSpec
 from runner.launch.backends import vm_metadata as md
 from runner.launch.backends.base import (
+    Attempt,
     AttemptPlan,
     LABEL_ATTEMPT,
     LABEL_RANK,
@@ -33,11 +34,13 @@ from runner.launch.backends.base import (
 from runner.launch.backends import gce_boot_image as boot_images
 from runner.launch.backends.gce_network import network_interface, network_refusal
 from runner.launch.backends.gce_listing import label_filter, list_all_instances
+from runner.launch.backends.gce_gang import GangPlan, create_generation, gang_plan, internal_ip
+from runner.launch.backends.gce_zone_walk import ZONE_RETRYABLE, ZoneExhausted
 from runner.launch.backends.gce_shapes import (
     GpuRequest, ShapeError, boot_disk_type, family, resolve_gpu, waits_for_driver,
 )
 from runner.cloud.gcp_clients import ComputeClients, api_errors, api_retry, retry_exhausted_text
-from runner.naming import label_value, resource_name, store_label
+from runner.naming import instance_names, label_value, rank_of, store_label
 from runner.shipped_files import startup_scripts
 
 # Every value of compute_v1.Instance.Status, classified (tests/test_gce_statuses.py walks the enum,
@@ -70,16 +73,6 @@ def classify_status(status: Any) -> InstanceStatus:
     return _STATUS.get(_status_name(status), UNKNOWN_STATUS)
 
 
-# Errors after which the next zone may well succeed.
-ZONE_RETRYABLE = {
-    "ZONE_RESOURCE_POOL_EXHAUSTED",
-    "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
-    "QUOTA_EXCEEDED",
-    "quotaExceeded",
-    "resourcePoolExhausted",
-    "STOCKOUT",
-    "UNSUPPORTED_OPERATION",  # e.g. the GPU type is not offered in that zone
-}
 DEFAULT_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 # scheduling.maxRunDuration's range (gcloud --max-run-duration; "Limit the run time of a VM").
 MIN_RUN_DURATION_S = 30
@@ -140,11 +133,16 @@ class GcePlan:
         return [{"zone": z, "instance": compute_v1.Instance.to_dict(i), **boot} for z, i in self.candidates]
 
 
+@dataclass(frozen=True)
+class GceAttemptPlan(AttemptPlan[GcePlan]):
+    """An attempt's plan on GCE: one ``GcePlan`` per node as every backend has, and for a gang
+    the single ``bulkInsert`` per zone that ``create`` sends instead of N inserts (what a dry run
+    prints)."""
+
+    gang: GangPlan | None = None
+
+
 _REQUEST_NAMESPACE = uuid.UUID("6f1c2a9e-5b7d-4c3e-9a51-0d2f8e4b7c10")  # cos-spot-runner's insert ids
-
-
-class ZoneExhausted(BackendError):
-    """Every zone refused for capacity or quota; the message lists each zone's reason."""
 
 
 class IncompleteListing(BackendError):
@@ -206,6 +204,10 @@ class GceBackend(ComputeBackend[GcePlan]):
     # set from config by runner.launch.context ("" = none deployed: the VM asks nobody). Not in
     # spec.json: it is where the run is supervised today, not what the run is.
     supervisor_job: str = ""
+    # A gang is one bulkInsert, which takes "up to 5,000 VMs with each call"
+    # (https://cloud.google.com/compute/docs/instances/using-bulk-api, Limitations); the config's
+    # own ceiling (runner.config.MAX_NODES, 64) is the one that binds.
+    max_nodes = 64
 
     @classmethod
     def spec_options(cls, cfg: Any) -> dict[str, Any]:
@@ -406,12 +408,15 @@ class GceBackend(ComputeBackend[GcePlan]):
         return f"projects/{project}/global/images/{img.name}"
 
     # ---- plan (pure, but for one read: which warm boot image exists) ----
-    def plan(self, spec: RunSpec, ctx: LaunchContext) -> AttemptPlan[GcePlan]:
+    def plan(self, spec: RunSpec, ctx: LaunchContext) -> GceAttemptPlan:
         """As the base class, with the boot image chosen once for every instance of the attempt:
-        one ``images.list`` per create at most (none for a dry run, which has no client)."""
+        one ``images.list`` per create at most (none for a dry run, which has no client). A gang
+        also gets its bulkInsert (gce_gang.py), built from rank 0's plan: every node of one
+        bulkInsert shares its properties, and only the names differ."""
         boot = self.boot_image(spec)
-        return AttemptPlan(spec.run_id, ctx.attempt,
-                           tuple(self.plan_instance(spec, ctx, rank, boot) for rank in self.ranks(spec)))
+        nodes = tuple(self.plan_instance(spec, ctx, rank, boot) for rank in self.ranks(spec))
+        gang = gang_plan(nodes[0], spec.run_id, ctx.attempt, len(nodes)) if len(nodes) > 1 else None
+        return GceAttemptPlan(spec.run_id, ctx.attempt, nodes, gang=gang)
 
     def boot_image(self, spec: RunSpec) -> boot_images.BootImage:
         """The READY warm image whose key is the run's (COS image, driver, digest), else the
@@ -449,7 +454,8 @@ class GceBackend(ComputeBackend[GcePlan]):
 
         vm = {**vm_options_defaults(), **(getattr(spec, "vm", None) or {})}
         project = vm["project"] or self.project
-        name = resource_name(spec.run_id, ctx.attempt)
+        nnodes = len(self.ranks(spec))
+        name = instance_names(spec.run_id, ctx.attempt, nnodes)[rank]
         try:
             gpu = gpu_request(spec.machine_type, spec.gpu, vm)
             disk_type = boot_disk_type(spec.machine_type or "n1-standard-4", vm["boot_disk_type"])
@@ -465,7 +471,7 @@ class GceBackend(ComputeBackend[GcePlan]):
             heartbeat_interval=ctx.heartbeat_interval, sync_interval=ctx.sync_interval,
             grace_period=ctx.grace_period, shm_size=ctx.shm_size,
             data_disk="data" if (vm["data_disk"] or vm["data_disk_gb"]) else "", data_mount=vm["data_mount"],
-            supervisor_job=self.supervisor_job,
+            supervisor_job=self.supervisor_job, nnodes=nnodes,
         )
         startup, shutdown = startup_scripts()
         items = {**meta.items(), md.STARTUP_SCRIPT: startup, md.SHUTDOWN_SCRIPT: shutdown}
@@ -530,6 +536,17 @@ class GceBackend(ComputeBackend[GcePlan]):
                        before_insert=ctx.before_insert, boot=boot, gpus=gpu.count)
 
     # ---- act ----
+    def create(self, plan: AttemptPlan[GcePlan]) -> Attempt:
+        """One VM: the base class's create (``create_instance``). A gang: one bulkInsert with
+        minCount N per zone, zone by zone (gce_gang.create_generation), so a zone short of one
+        node holds none of them; each node's rank is the one its name carries and its address
+        the internal IP GCE gave it."""
+        if len(plan.nodes) <= 1:
+            return super().create(plan)
+        gang = getattr(plan, "gang", None) or gang_plan(plan.nodes[0], plan.run_id, plan.attempt, len(plan.nodes))
+        made = create_generation(self.c, gang)
+        return Attempt(plan.attempt, tuple(self._instance(vm) for vm in made.vms))
+
     def create_instance(self, plan: GcePlan) -> Instance:
         from google.api_core import exceptions as gexc
         from google.cloud import compute_v1
@@ -660,7 +677,11 @@ class GceBackend(ComputeBackend[GcePlan]):
 
     @staticmethod
     def _instance(i: Any) -> Instance:
+        """Our view of a GCE VM. A gang node's rank comes from its name: one bulkInsert labels
+        every node alike, so the rank label (a single VM's, or a node restarted in place) is
+        only the fallback."""
         labels = dict(i.labels)
+        rank = rank_of(i.name)
         return Instance(
             name=i.name,
             run_label=labels.get(LABEL_RUN_ID, ""),
@@ -668,7 +689,8 @@ class GceBackend(ComputeBackend[GcePlan]):
             status=classify_status(i.status),
             zone=_zone_of(i.zone),
             store=labels.get(LABEL_STORE, ""),
-            rank=int(labels.get(LABEL_RANK, "0") or 0),
+            rank=rank if rank is not None else int(labels.get(LABEL_RANK, "0") or 0),
+            address=internal_ip(i),
         )
 
     def list(self, run_id: str | None = None) -> list[Instance]:

@@ -10,10 +10,12 @@ shortfall as the operation error ``VM_MIN_COUNT_NOT_REACHED`` (HTTP 503,
 https://github.com/googleapis/google-cloud-go/issues/5168): the next zone may have room.
 
 One bulkInsert gives every VM the same metadata and labels (``perInstanceProperties`` holds only
-``name`` and ``hostname``), so a node's rank is in its *name* (``node_name``/``rank_of``), and
-rank 0's address, known only once the VMs exist, is read back from
-``networkInterfaces[0].networkIP`` and handed to the caller to publish (the run record); each
-node's environment is then ``node_env``. Research: docs/research/gce-gangs-bulk-insert.md.
+``name`` and ``hostname``), so a node's rank is in its *name* (``runner.naming.node_name`` /
+``rank_of``): the VM's startup script reads its own name from the metadata server, and the
+backend's listing reads the rank from the name. Rank 0's address, known only once the VMs exist,
+is read back from ``networkInterfaces[0].networkIP``; the supervisor publishes every node's
+address in the attempt's create claim, where each node's agent finds rank 0's
+(runner.launch.backends.gang). Research: docs/research/gce-gangs-bulk-insert.md.
 
 Plan, then act: ``gang_plan`` turns the single-VM ``GcePlan`` (one candidate Instance per zone)
 into the exact ``BulkInsertInstanceRequest`` per zone without I/O; ``create_generation`` sends them.
@@ -21,96 +23,50 @@ into the exact ``BulkInsertInstanceRequest`` per zone without I/O; ``create_gene
 
 from __future__ import annotations
 
-import re
 import sys
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable, Optional
+from typing import TYPE_CHECKING, Any, Callable, Optional
 
 from runner.cloud.gcp_clients import ComputeClients, api_retry
-from runner.launch.backends.base import LABEL_ATTEMPT, LABEL_RANK, LABEL_RUN_ID, BackendError
-from runner.launch.backends.gce import ZONE_RETRYABLE, GcePlan, ZoneExhausted
+from runner.launch.backends.base import LABEL_ATTEMPT, LABEL_RANK, LABEL_RUN_ID, LABEL_STORE, BackendError
 from runner.launch.backends.gce_listing import label_filter
-from runner.naming import GCE_NAME_MAX, label_value, resource_name
+from runner.launch.backends.gce_zone_walk import ZONE_RETRYABLE, ZoneExhausted
+from runner.naming import instance_names, label_value
+
+if TYPE_CHECKING:
+    from runner.launch.backends.gce import GcePlan
 
 # The bulk call's own refusal of a zone without room for minCount VMs (see the module docstring).
 MIN_COUNT_NOT_REACHED = "VM_MIN_COUNT_NOT_REACHED"
 GANG_ZONE_RETRYABLE = frozenset(ZONE_RETRYABLE | {MIN_COUNT_NOT_REACHED})
-DEFAULT_MASTER_PORT = 29500  # torchrun's default --master-port
-_RANK_TAIL = re.compile(r"-n(\d+)$")
+# "You can create up to 5,000 VMs with each call" (About bulk creation of VMs, Limitations,
+# https://cloud.google.com/compute/docs/instances/using-bulk-api): far above a gang's size.
+BULK_INSERT_MAX = 5000
 _GANG_REQUEST_NAMESPACE = uuid.UUID("0b6c1f3e-8d2a-4e57-9c4b-7a1e5d3f9b21")  # gang bulkInsert ids
-
-
-def node_name(run_id: str, attempt: int, rank: int) -> str:
-    """``runner-demo-1-a2-n1`` for rank 1 of attempt 2 of ``demo-1``: the attempt's single-VM name
-    plus the rank. It cannot collide with a single VM's name (those end in ``-aN``) nor with another
-    gang's (the ``-nR`` and ``-aN`` tails strip off back to ``resource_name``'s unique stem)."""
-    if rank < 0:
-        raise ValueError(f"rank must be >= 0, not {rank}")
-    name = f"{resource_name(run_id, attempt)}-n{rank}"
-    if len(name) > GCE_NAME_MAX:
-        raise ValueError(f"run id {run_id!r} is too long for a gang's VM names ({name!r} has {len(name)} "
-                         f"characters, GCE allows {GCE_NAME_MAX}): use a run id of at most 40 characters")
-    return name
-
-
-def rank_of(name: str) -> Optional[int]:
-    """The rank a gang node's name carries, or None for a single VM's name."""
-    m = _RANK_TAIL.search(name)
-    return int(m.group(1)) if m else None
-
-
-def rendezvous_id(run_id: str, attempt: int) -> str:
-    """The torch rendezvous id of one generation: carries the attempt, so a straggler of an older
-    generation can never join a newer one."""
-    return f"{run_id}-a{attempt}"
-
-
-def node_env(run_id: str, attempt: int, rank: int, nnodes: int, master_addr: str,
-             master_port: int = DEFAULT_MASTER_PORT) -> dict[str, str]:
-    """The environment of node ``rank``: the runner's names and torchrun's
-    (``MASTER_ADDR``/``MASTER_PORT``/``NODE_RANK``). ``WORLD_SIZE`` is left to torchrun: it counts
-    processes (nodes x processes per node), not nodes, and torchrun sets it for its workers."""
-    if not 0 <= rank < nnodes:
-        raise ValueError(f"rank {rank} is outside a gang of {nnodes} node(s)")
-    if not master_addr:
-        raise ValueError("master_addr is empty: rank 0's internal address is known only after the create")
-    return {
-        "RUNNER_NODE_RANK": str(rank),
-        "RUNNER_NNODES": str(nnodes),
-        "RUNNER_MASTER_ADDR": master_addr,
-        "RUNNER_MASTER_PORT": str(master_port),
-        "RUNNER_RDZV_ID": rendezvous_id(run_id, attempt),
-        "MASTER_ADDR": master_addr,
-        "MASTER_PORT": str(master_port),
-        "NODE_RANK": str(rank),
-    }
-
-
-@dataclass(frozen=True)
-class GangNode:
-    rank: int
-    name: str
-    zone: str
-    internal_ip: str  # networkInterfaces[0].networkIP
 
 
 @dataclass(frozen=True)
 class Generation:
-    """A created gang: every node in one zone, rank order."""
+    """A created gang: every node in one zone, as GCE reports them (``compute_v1.Instance``), in
+    rank order."""
 
     run_id: str
     attempt: int
     zone: str
-    nodes: tuple[GangNode, ...]
+    vms: tuple[Any, ...]
 
     @property
     def master_addr(self) -> str:
-        """Rank 0's internal address: the rendezvous endpoint to publish in the run record."""
-        return self.nodes[0].internal_ip
+        """Rank 0's internal address: the rendezvous endpoint the run record publishes."""
+        return internal_ip(self.vms[0]) if self.vms else ""
 
-    def env(self, rank: int, master_port: int = DEFAULT_MASTER_PORT) -> dict[str, str]:
-        return node_env(self.run_id, self.attempt, rank, len(self.nodes), self.master_addr, master_port)
+
+def internal_ip(vm: Any) -> str:
+    """A VM's address on its VPC network (``networkInterfaces[0].networkIP``); "" before GCE
+    assigned one."""
+    nics = list(vm.network_interfaces)
+    return nics[0].network_i_p if nics else ""
 
 
 @dataclass(frozen=True)
@@ -127,7 +83,8 @@ class GangPlan:
 
     @property
     def names(self) -> list[str]:
-        return [node_name(self.run_id, self.attempt, r) for r in range(self.nnodes)]
+        """The nodes' names in rank order (``runner.naming.node_name``): the rank is in the name."""
+        return instance_names(self.run_id, self.attempt, self.nnodes)
 
     def request_id(self, zone: str) -> str:
         """The same for the same (claim round, generation, zone): a resent bulkInsert (the
@@ -149,16 +106,23 @@ class GangPlan:
                 count=self.nnodes, min_count=self.nnodes, instance_properties=props,
                 per_instance_properties=per))
 
+    def to_dict(self) -> list[dict[str, Any]]:
+        """What ``runner submit --dry-run`` prints: one bulkInsert per zone, in the order tried."""
+        from google.cloud import compute_v1
 
-def gang_plan(plan: GcePlan, run_id: str, attempt: int, nnodes: int) -> GangPlan:
+        return [{"zone": z, "bulk_insert": compute_v1.BulkInsertInstanceRequest.to_dict(self.request(z))}
+                for z, _ in self.candidates]
+
+
+def gang_plan(plan: "GcePlan", run_id: str, attempt: int, nnodes: int) -> GangPlan:
     """The single-VM plan's candidates as the shared properties of a gang's nodes.
 
     Types become bare names, as instance properties (templates) give them; the rank label goes,
     because one bulkInsert labels every VM alike (the rank is in the name instead)."""
     from google.cloud import compute_v1
 
-    if nnodes < 1:
-        raise ValueError(f"a gang has at least one node, not {nnodes}")
+    if not 1 <= nnodes <= BULK_INSERT_MAX:
+        raise ValueError(f"a gang has 1 to {BULK_INSERT_MAX} nodes, not {nnodes}")
     candidates = []
     for zone, inst in plan.candidates:
         props = compute_v1.InstanceProperties.from_json(compute_v1.Instance.to_json(inst),
@@ -248,7 +212,13 @@ def _existing(clients: ComputeClients, plan: GangPlan, zone: str) -> dict[str, A
     """The nodes of this generation that exist in ``zone``, by name (one list call)."""
     from google.cloud import compute_v1
 
-    flt = label_filter({LABEL_RUN_ID: label_value(plan.run_id), LABEL_ATTEMPT: str(plan.attempt)})
+    # The store too: another store's run of the same id may hold these names, and its VMs are
+    # neither ours to adopt nor ours to delete.
+    labels = {LABEL_RUN_ID: label_value(plan.run_id), LABEL_ATTEMPT: str(plan.attempt)}
+    store = _store_of(plan)
+    if store:
+        labels[LABEL_STORE] = store
+    flt = label_filter(labels)
     wanted = set(plan.names)
     req = compute_v1.ListInstancesRequest(project=plan.project, zone=zone, filter=flt)
     return {i.name: i for i in clients.instances.list(request=req, retry=api_retry()) if i.name in wanted}
@@ -294,6 +264,10 @@ def _read_back(clients: ComputeClients, plan: GangPlan, zone: str) -> Generation
 
 
 def _generation(plan: GangPlan, zone: str, found: dict[str, Any]) -> Generation:
-    nodes = tuple(GangNode(rank=r, name=n, zone=zone, internal_ip=found[n].network_interfaces[0].network_i_p)
-                  for r, n in enumerate(plan.names))
-    return Generation(run_id=plan.run_id, attempt=plan.attempt, zone=zone, nodes=nodes)
+    return Generation(run_id=plan.run_id, attempt=plan.attempt, zone=zone,
+                      vms=tuple(found[n] for n in plan.names))
+
+
+def _store_of(plan: GangPlan) -> str:
+    """The store label every node carries (the plan's shared labels), "" where it has none."""
+    return str(dict(plan.candidates[0][1].labels).get(LABEL_STORE, "")) if plan.candidates else ""
