@@ -307,6 +307,11 @@ class GceBackend(ComputeBackend[GcePlan]):
             raise BackendError(f"max_run_duration {mrd:g}s is not allowed: GCE accepts between 30 seconds and "
                                f"120 days ({MAX_RUN_DURATION_S}s); set max_run_duration in runner.toml "
                                "within that range, or 0 for no limit")
+        if spec.nodes > 1 and vm["data_disk"]:
+            # One read-write disk attaches to one VM: every create of the gang would be refused.
+            raise BackendError(f"--nodes {spec.nodes} with data_disk {vm['data_disk']}: a gang cannot share one "
+                               "data disk between its nodes; use data_disk_gb (a disk per node, made with "
+                               "it) or stage the data from the bucket")
         if not spec.zones:
             raise BackendError("no zones: pass --zones us-central1-a,us-central1-b or set zones in runner.toml")
         project = vm["project"] or self.project
@@ -318,7 +323,9 @@ class GceBackend(ComputeBackend[GcePlan]):
             raise BackendError(_explain(e, project)) from None
         if gpu.built_in and built_in is not None:
             vm["gpu_count"] = built_in  # what GCE gives, not what the name suggests
-        self._refuse_over_global_gpu_quota(project, gpu_request(machine_type, spec.gpu, vm).count)
+        # A gang's generation holds all its nodes' GPUs at once (one bulkInsert, all or nothing).
+        self._refuse_over_global_gpu_quota(project, gpu_request(machine_type, spec.gpu, vm).count,
+                                           nodes=max(1, spec.nodes))
         if not usable:
             raise BackendError(
                 f"none of the zones {', '.join(spec.zones)} offers {machine_type}"
@@ -334,12 +341,14 @@ class GceBackend(ComputeBackend[GcePlan]):
         vm["project"] = project
         return dataclasses.replace(spec, zones=usable, vm=vm, machine_type=machine_type)
 
-    def _refuse_over_global_gpu_quota(self, project: str, gpus: int) -> None:
-        """Refuse at submit a run whose one VM needs more GPUs than ``GPUS_ALL_REGIONS`` allows
-        at all: every zone would refuse it, on every restart. One ``projects.get``; a project
-        that cannot be read (permission) is said and left to the create to find out."""
+    def _refuse_over_global_gpu_quota(self, project: str, gpus_per_vm: int, nodes: int = 1) -> None:
+        """Refuse at submit a run whose one attempt (one VM, or a gang's N) needs more GPUs than
+        ``GPUS_ALL_REGIONS`` allows at all: every zone would refuse it, on every restart. One
+        ``projects.get``; a project that cannot be read (permission) is said and left to the
+        create to find out."""
         import sys
 
+        gpus = gpus_per_vm * nodes
         if not gpus or getattr(self.c, "projects", None) is None:
             return
         try:
@@ -353,7 +362,9 @@ class GceBackend(ComputeBackend[GcePlan]):
         if limit is not None and limit < gpus:
             raise BackendError(
                 f"the project-wide quota {GLOBAL_GPU_QUOTA} of project {project} is {limit:g}, below the "
-                f"{gpus} GPU(s) one VM of this run needs: every zone would refuse it. Ask for more "
+                + (f"{gpus} GPU(s) one VM of this run needs" if nodes == 1 else
+                   f"{gpus} GPU(s) one attempt of this run needs ({nodes} VMs of {gpus_per_vm})")
+                + ": every zone would refuse it. Ask for more "
                 f"(`runner doctor` checks it), then submit again: {_one_line(global_quota_request(project, gpus))}")
 
     def _usable_zones(self, zones: list[str], project: str, machine_type: str,
