@@ -16,7 +16,7 @@ import pytest
 from entrypoint.record import AttemptSettings, RunSpec
 from runner.cloud.gcp_clients import compute_clients
 from runner.launch.backends import vm_metadata as md
-from runner.launch.backends.base import BackendError, CreateClaimLost, LaunchContext
+from runner.launch.backends.base import BackendError, CreateClaimLost, LaunchContext, PermanentBackendError
 from runner.launch.backends.gce import GceBackend, vm_options_defaults
 from runner.naming import node_name, resource_name
 from tests.standins.compute import ComputeFake
@@ -144,3 +144,25 @@ def test_gce_runs_gangs_up_to_the_configs_ceiling():
     GceBackend.check_nodes(64)
     with pytest.raises(BackendError, match="at most 64"):
         GceBackend.check_nodes(65)
+
+
+def test_a_gang_over_the_project_wide_gpu_quota_fails_at_the_first_zone_and_leaves_nothing(backend, compute_fake):
+    compute_fake.set_project_quota("GPUS_ALL_REGIONS", 1)  # one node's T4, never the gang's two
+
+    with pytest.raises(PermanentBackendError, match=r"is 1, below the 2 GPU\(s\) one attempt of this run needs"):
+        backend.create(backend.plan(spec(2), CTX))
+
+    assert compute_fake.instances() == []
+    assert [r.path.split("/zones/")[1].split("/")[0] for r in compute_fake.calls("instances.bulkInsert")] == [A]
+
+
+def test_a_gang_whose_gpu_quota_other_vms_hold_waits_without_walking_zones(backend, compute_fake):
+    compute_fake.set_project_quota("GPUS_ALL_REGIONS", 2)
+    backend.create(backend.plan(spec(1, run_id="other"), CTX))  # another run holds one of the two
+
+    with pytest.raises(BackendError, match="used up by the project's other GPU VMs") as err:
+        backend.create(backend.plan(spec(2), CTX))
+
+    assert not isinstance(err.value, PermanentBackendError)  # it waits: the other run may end
+    assert len(compute_fake.calls("instances.bulkInsert")) == 1
+    assert sorted(i.name for i in compute_fake.instances()) == [resource_name("other", 1)]

@@ -35,7 +35,9 @@ from runner.launch.backends import gce_boot_image as boot_images
 from runner.launch.backends.gce_network import network_interface, network_refusal
 from runner.launch.backends.gce_listing import label_filter, list_all_instances
 from runner.launch.backends.gce_gang import GangPlan, create_generation, gang_plan, internal_ip
-from runner.launch.backends.gce_zone_walk import ZONE_RETRYABLE, ZoneExhausted
+from runner.launch.backends.gce_zone_walk import (
+    GLOBAL_GPU_QUOTA, GLOBAL_GPU_QUOTA_ID, ZONE_RETRYABLE, OverGlobalGpuQuota, ZoneExhausted, global_gpu_quota,
+)
 from runner.launch.backends.gce_shapes import (
     GpuRequest, ShapeError, boot_disk_type, family, resolve_gpu, waits_for_driver,
 )
@@ -155,8 +157,6 @@ class IncompleteListing(BackendError):
 
 
 # The project-wide GPU quota: over it every zone refuses, so walking zones cannot help.
-GLOBAL_GPU_QUOTA = "GPUS_ALL_REGIONS"
-GLOBAL_GPU_QUOTA_ID = "GPUS-ALL-REGIONS-per-project"  # its Cloud Quotas id (the refusal's limitName)
 QUOTA_CONSOLE = "https://console.cloud.google.com/iam-admin/quotas?project={project}"
 
 
@@ -555,7 +555,11 @@ class GceBackend(ComputeBackend[GcePlan]):
         if len(plan.nodes) <= 1:
             return super().create(plan)
         gang = getattr(plan, "gang", None) or gang_plan(plan.nodes[0], plan.run_id, plan.attempt, len(plan.nodes))
-        made = create_generation(self.c, gang)
+        try:
+            made = create_generation(self.c, gang)
+        except OverGlobalGpuQuota as e:
+            raise self._over_global_gpu_quota(plan.nodes[0], e.zone, e.limit, e.message,
+                                              nodes=len(plan.nodes)) from None
         return Attempt(plan.attempt, tuple(self._instance(vm) for vm in made.vms))
 
     def create_instance(self, plan: GcePlan) -> Instance:
@@ -576,7 +580,7 @@ class GceBackend(ComputeBackend[GcePlan]):
             except gexc.Conflict:
                 return self._existing(plan.project, zone, plan.name)
             except gexc.GoogleAPICallError as e:
-                global_quota = _global_gpu_quota(e)
+                global_quota = global_gpu_quota(e)
                 if global_quota is not None:
                     raise self._over_global_gpu_quota(plan, zone, *global_quota) from None
                 reasons = _error_reasons(e)
@@ -589,7 +593,7 @@ class GceBackend(ComputeBackend[GcePlan]):
                 # released) and the next one, after the backoff, tries again from the first zone.
                 raise BackendError(_explain(e, plan.project)) from None
             if op.error and op.error.errors:
-                global_quota = _global_gpu_quota(op)
+                global_quota = global_gpu_quota(op)
                 if global_quota is not None:
                     raise self._over_global_gpu_quota(plan, zone, *global_quota)
                 reasons = _error_reasons(op)
@@ -618,19 +622,23 @@ class GceBackend(ComputeBackend[GcePlan]):
         )
 
     def _over_global_gpu_quota(self, plan: GcePlan, zone: str, limit: float | None,
-                               message: str) -> BackendError:
+                               message: str, nodes: int = 1) -> BackendError:
         """The refusal for GPUS_ALL_REGIONS, said once: every zone would answer the same, so no
-        other zone is tried. A limit below one VM's GPUs can never be met (the run fails with
-        the fix); otherwise the project's other GPUs hold it and the run waits."""
+        other zone is tried. A limit below one attempt's GPUs (one VM's, or a gang's N VMs')
+        can never be met (the run fails with the fix); otherwise the project's other GPUs hold
+        it and the run waits."""
         url = QUOTA_CONSOLE.format(project=plan.project)
-        if limit is not None and limit < max(plan.gpus, 1):
+        gpus = plan.gpus * nodes
+        what = plan.name if nodes == 1 else f"the {nodes} nodes of {plan.name}…"
+        needs = "one VM of this run needs" if nodes == 1 else f"one attempt of this run needs ({nodes} VMs)"
+        if limit is not None and limit < max(gpus, 1):
             return PermanentBackendError(
-                f"{zone} refused {plan.name}: {message.strip()} The project-wide quota {GLOBAL_GPU_QUOTA} "
-                f"of project {plan.project} is {limit:g}, below the {plan.gpus or 'some'} GPU(s) one VM "
-                f"of this run needs, so every zone refuses it; no other zone was tried. Ask for more, "
-                f"then submit the run again: {_one_line(global_quota_request(plan.project, plan.gpus or 1))}")
+                f"{zone} refused {what}: {message.strip()} The project-wide quota {GLOBAL_GPU_QUOTA} "
+                f"of project {plan.project} is {limit:g}, below the {gpus or 'some'} GPU(s) {needs}, "
+                f"so every zone refuses it; no other zone was tried. Ask for more, "
+                f"then submit the run again: {_one_line(global_quota_request(plan.project, gpus or 1))}")
         return BackendError(
-            f"{zone} refused {plan.name}: {message.strip()} The project-wide quota {GLOBAL_GPU_QUOTA}"
+            f"{zone} refused {what}: {message.strip()} The project-wide quota {GLOBAL_GPU_QUOTA}"
             + (f" ({limit:g})" if limit is not None else "")
             + f" is used up by the project's other GPU VMs, so every zone refuses it; no other zone "
             f"was tried. The run waits for GPUs to free up (or raise {GLOBAL_GPU_QUOTA} at {url})")
@@ -800,33 +808,9 @@ def _is_dev_channel(vm_image: str) -> bool:
     return vm_image.rstrip("/").endswith("/family/cos-dev") or last.startswith("cos-dev-")
 
 
-def _global_gpu_quota(exc_or_op: Any) -> tuple[float | None, str] | None:
-    """(limit, message) when the refusal is the project-wide GPUS_ALL_REGIONS quota: by the
-    error's ``quotaInfo`` (``metricName`` …/gpus_all_regions) or, for an HTTP error, its text."""
-    errors = getattr(getattr(exc_or_op, "error", None), "errors", None) or []
-    for e in errors:
-        for detail in getattr(e, "error_details", None) or []:
-            info = detail.quota_info if "quota_info" in detail else None
-            if info is not None and info.metric_name.rsplit("/", 1)[-1].upper() == GLOBAL_GPU_QUOTA:
-                return (info.limit if "limit" in info else None), e.message
-        if GLOBAL_GPU_QUOTA in (e.message or ""):
-            return _limit_in(e.message), e.message
-    message = str(getattr(exc_or_op, "message", "") or "")
-    if f"'{GLOBAL_GPU_QUOTA}'" in message:
-        return _limit_in(message), message
-    return None
-
-
 def _one_line(text: str) -> str:
     """A multi-line fix as one line: run reasons and CLI errors are one line each."""
     return " ".join(line.strip() for line in text.splitlines())
-
-
-def _limit_in(message: str) -> float | None:
-    import re
-
-    m = re.search(r"Limit: ([0-9.]+)", message or "")
-    return float(m.group(1)) if m else None
 
 
 def _explain(e: Any, project: str) -> str:

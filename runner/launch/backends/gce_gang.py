@@ -31,7 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from runner.cloud.gcp_clients import ComputeClients, api_retry
 from runner.launch.backends.base import LABEL_ATTEMPT, LABEL_RANK, LABEL_RUN_ID, LABEL_STORE, BackendError
 from runner.launch.backends.gce_listing import label_filter
-from runner.launch.backends.gce_zone_walk import ZONE_RETRYABLE, ZoneExhausted
+from runner.launch.backends.gce_zone_walk import ZONE_RETRYABLE, OverGlobalGpuQuota, ZoneExhausted, global_gpu_quota
 from runner.naming import instance_names, label_value
 
 if TYPE_CHECKING:
@@ -151,7 +151,9 @@ def create_generation(clients: ComputeClients, plan: GangPlan) -> Generation:
     any node still found afterwards (a rollback that did not finish) is deleted before the next
     zone is tried, so at most one zone ever holds nodes of this generation. Idempotent per
     request id: a retry after a lost reply gets the first operation. Raises ``ZoneExhausted``
-    when no zone takes the gang, ``BackendError`` on anything else (after deleting what it made).
+    when no zone takes the gang, ``OverGlobalGpuQuota`` at the first zone that refuses it for the
+    project-wide GPU quota (no other zone can say otherwise), ``BackendError`` on anything else
+    (after deleting what it made).
     """
     from google.api_core import exceptions as gexc
 
@@ -167,6 +169,9 @@ def create_generation(clients: ComputeClients, plan: GangPlan) -> Generation:
             # gang, never a part of one.
             return _adopt_or_clear(clients, plan, zone)
         except gexc.GoogleAPICallError as e:
+            quota = global_gpu_quota(e)
+            if quota is not None:
+                raise OverGlobalGpuQuota(zone, *quota) from None
             reasons = _reasons(e)
             if reasons & GANG_ZONE_RETRYABLE:
                 refusals.append(f"{zone}: {', '.join(sorted(reasons))}")
@@ -176,6 +181,9 @@ def create_generation(clients: ComputeClients, plan: GangPlan) -> Generation:
         if op.error and op.error.errors:
             reasons = {e.code for e in op.error.errors}
             _clear(clients, plan, zone)  # a rollback that left a node behind: none survives
+            quota = global_gpu_quota(op)
+            if quota is not None:  # every zone shares it: walking on would only repeat it
+                raise OverGlobalGpuQuota(zone, *quota)
             if reasons & GANG_ZONE_RETRYABLE:
                 refusals.append(f"{zone}: " + "; ".join(f"{e.code}: {e.message}" for e in op.error.errors))
                 continue
