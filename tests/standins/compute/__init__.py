@@ -119,6 +119,7 @@ and ``:`` on a string means "contains". Unimplemented paths answer HTTP 501 so g
 Where each part lives (split by resource, so each stays readable): ``service`` (state, switches,
 one request's dispatch), ``instances``, ``bulk`` (``bulkInsert``: all or nothing down to
 ``minCount``, per-zone ``zone_capacity``), ``disks``, ``operations``, ``images``, ``quotas``, ``networks``,
+``firewalls`` (VPC rules, the default network's four),
 ``iam``, ``timeline`` (boot, the preemption notice, power-off, the guest), ``catalogue`` (zones,
 machine and accelerator types), ``filters``, ``routes``, ``errors``, ``model`` (the records they
 share) and ``server`` (HTTP, the clock thread, the ``compute_fake`` fixture). The guard against

@@ -59,6 +59,9 @@ _PERMISSIONS: dict[str, str] = {
     "subnetworks.list": "compute.subnetworks.list",
     "subnetworks.insert": "compute.subnetworks.create",
     "subnetworks.setPrivateIpGoogleAccess": "compute.subnetworks.setPrivateIpGoogleAccess",
+    "firewalls.get": "compute.firewalls.get",
+    "firewalls.list": "compute.firewalls.list",
+    "firewalls.insert": "compute.firewalls.create",
 }
 # Deleting an instance is authorised by compute.instances.delete on the instance alone: its
 # disks marked autoDelete go with it without a compute.disks.delete check (the permission the
@@ -81,7 +84,7 @@ _ROLE_PERMISSIONS: dict[str, frozenset[str]] = {
     "roles/compute.viewer": frozenset({"compute.projects.get"} | {
         f"compute.{r}.{v}" for r in ("instances", "zoneOperations", "images", "machineTypes",
                                      "acceleratorTypes", "zones", "regions", "disks", "networks",
-                                     "subnetworks")
+                                     "subnetworks", "firewalls")
         for v in ("get", "list")} | {"compute.images.getFromFamily"}),
     "roles/iam.serviceAccountUser": frozenset({"iam.serviceAccounts.actAs"}),
     # Images and disks ("Compute Storage Admin", https://docs.cloud.google.com/iam/docs/roles-permissions/compute):

@@ -49,6 +49,9 @@ _ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/global/networks/(?P<network>[^/]+)", "networks.get"),
     ("GET", "/global/networks", "networks.list"),
     ("POST", "/global/networks", "networks.insert"),
+    ("GET", "/global/firewalls/(?P<firewall>[^/]+)", "firewalls.get"),
+    ("GET", "/global/firewalls", "firewalls.list"),
+    ("POST", "/global/firewalls", "firewalls.insert"),
     ("GET", _S + "/(?P<subnetwork>[^/]+)", "subnetworks.get"),
     ("GET", _S, "subnetworks.list"),
     ("POST", _S, "subnetworks.insert"),
@@ -58,7 +61,7 @@ _ROUTES: list[tuple[str, str, str]] = [
 
 _SETTERS = ("instances.setMetadata", "instances.setLabels")
 # Mutations of global resources, answered with a global operation (requestId applies to them too).
-_GLOBAL_MUTATIONS = ("images.insert", "images.delete", "networks.insert")
+_GLOBAL_MUTATIONS = ("images.insert", "images.delete", "networks.insert", "firewalls.insert")
 _MUTATIONS = {
     "instances.delete": "_h_delete",
     "instances.stop": "_h_stop",

@@ -20,6 +20,7 @@ from google.cloud import compute_v1
 from tests.standins.compute.bulk import BulkInsertRecords
 from tests.standins.compute.catalogue import COS_IMAGES, DEFAULT_REGION_QUOTAS, ZONES, _catalogue
 from tests.standins.compute.disks import DiskRecords
+from tests.standins.compute.firewalls import FirewallRecords
 from tests.standins.compute.errors import ApiError, _invalid, _not_found, _retryable_error, to_json
 from tests.standins.compute.filters import FilterError
 from tests.standins.compute.iam import IamChecks
@@ -38,7 +39,7 @@ from tests.standins.google_api import Answer, RoutedApi
 
 
 class ComputeFake(RoutedApi, InstanceRecords, BulkInsertRecords, DiskRecords, OperationRecords, ImageRecords, QuotaRules,
-                  IamChecks, PreemptionTimeline, NetworkRecords):
+                  IamChecks, PreemptionTimeline, NetworkRecords, FirewallRecords):
     """State and switches of the fake; served over HTTP by ``run_compute_fake``.
 
     Switches are plain attributes, read under the fake's lock on every request, so a test can
@@ -124,6 +125,7 @@ class ComputeFake(RoutedApi, InstanceRecords, BulkInsertRecords, DiskRecords, Op
         self._guest_events: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
         self._guest_thread: Optional[threading.Thread] = None
         self._init_networks()
+        self._init_firewalls()
         for family, name in COS_IMAGES:
             self.add_image("cos-cloud", name, family=family)
 
@@ -298,6 +300,10 @@ class ComputeFake(RoutedApi, InstanceRecords, BulkInsertRecords, DiskRecords, Op
             return self._h_region(p, a["region"])
         elif rpc.startswith("networks."):
             result = self._h_networks(rpc, p, a, q, body)
+            if not isinstance(result, compute_v1.Operation):
+                return result
+        elif rpc.startswith("firewalls."):
+            result = self._h_firewalls(rpc, p, a, q, body)
             if not isinstance(result, compute_v1.Operation):
                 return result
         elif rpc.startswith("subnetworks."):
