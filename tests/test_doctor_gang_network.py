@@ -4,7 +4,7 @@ A gang's nodes meet at rank 0 on torchrun's port and then connect to each other 
 collectives pick, so every unprivileged TCP port must be open between the subnetworks the gang may
 use. The Compute stand-in keeps VPC firewall rules as GCE does (tests/standins/compute/firewalls.py:
 the default network's four rules, none on a network the user makes, priorities, DENY over ALLOW);
-the check evaluates them (runner/cloud/doctor_gang_port.py) and prints the gcloud command that
+the check evaluates them (runner/cloud/doctor_gang_network.py) and prints the gcloud command that
 opens what is closed, which these tests then apply through the API as gcloud would.
 """
 
@@ -17,7 +17,7 @@ import pytest
 from google.cloud import compute_v1
 
 from runner.cloud.doctor import Check, run_checks
-from runner.cloud.doctor_gang_port import closed_tcp
+from runner.cloud.doctor_gang_network import closed_tcp
 from runner.config import Config
 from tests.standins.gcp_admin import GcpAdminFake
 from tests.standins.gcs_fixture import BUCKET

@@ -51,7 +51,7 @@ DENIED_BY = "denied by rule "
 NOT_READ = "hierarchical and network firewall policies were not read"
 
 
-def gang_port_check(d: "_Doctor") -> "Check":
+def gang_network_check(d: "_Doctor") -> "Check":
     """✓ when every subnetwork the gang may run in can reach the others on every TCP port a gang
     uses; ✗ with the ``gcloud compute firewall-rules create`` that opens them; skipped for a run
     of one VM."""
