@@ -30,7 +30,7 @@ DRIVER_LIBS=/usr/local/nvidia/lib64               # where the container finds th
 
 STARTED_AT=$EPOCHREALTIME   # this script began: the attempt's `startup_script` phase
 PHASE=starting FAILED="" WORK="" TOKEN="" BAKE="" PRESTAGED=""
-RUN_ID="" ATTEMPT="" BUCKET="" OBJ_PREFIX="" INSTANCE="" ZONE="" PROJECT=""
+RUN_ID="" ATTEMPT="" BUCKET="" OBJ_PREFIX="" INSTANCE="" ZONE="" PROJECT="" NNODES=1 NODE_RANK=0
 
 log() { printf 'runner: %s\n' "$*"; }
 phase() { PHASE=$1; printf 'runner-phase: %s\n' "$1"; }
@@ -67,6 +67,14 @@ md_get() {  # md_get VAR PATH [DEFAULT]: a metadata value; a 404 is an error unl
 }
 
 md_attr() { md_get "$1" "instance/attributes/$2" "${@:3}"; }
+
+# A gang node's rank is the -nR tail of its own name (runner.naming.node_name: ...-aN-nR, the same
+# pattern as runner.naming.rank_of): one bulkInsert gives every node the same metadata, so the
+# name is the one thing that tells the nodes apart.
+node_rank() {  # node_rank NAME: prints R; returns 1 for a name that carries no rank
+  [[ $1 =~ -a[0-9]+-n([0-9]+)$ ]] || return 1
+  printf '%d' "$((10#${BASH_REMATCH[1]}))"
+}
 
 get_token() {  # the VM service account's access token into TOKEN; never printed
   [[ -n $TOKEN ]] && return 0
@@ -166,13 +174,14 @@ read_metadata() {
   for key in run-id attempt store image gpu-count gpu-timeout grace-period shm-size data-mount; do
     name=${key//-/_} && md_attr "${name^^}" "runner-$key"
   done
-  for key in gpu-driver-version data-disk checkpoint-dir results-dir heartbeat-interval sync-interval bake; do
+  for key in gpu-driver-version data-disk checkpoint-dir results-dir heartbeat-interval sync-interval bake nnodes; do
     name=${key//-/_} && md_attr "${name^^}" "runner-$key" ""   # optional
   done
   [[ $STORE =~ ^gs://([^/]+)/*(.*[^/])?/*$ ]] || fail bad_metadata "runner-store must be gs://BUCKET[/PREFIX], not $STORE"
   BUCKET=${BASH_REMATCH[1]}
   OBJ_PREFIX=${BASH_REMATCH[2]:+${BASH_REMATCH[2]}/}   # same rule as entrypoint.store_gcs.parse_gs_url
-  for key in ATTEMPT GPU_COUNT GPU_TIMEOUT GRACE_PERIOD; do   # whole numbers, as vm_metadata writes them
+  NNODES=${NNODES:-1}   # absent: a single VM
+  for key in ATTEMPT GPU_COUNT GPU_TIMEOUT GRACE_PERIOD NNODES; do   # whole numbers, as vm_metadata writes them
     name=${key//_/-}
     is_uint "${!key}" || fail bad_metadata "runner-${name,,} must be a whole number, not ${!key}"
     printf -v "$key" '%d' "$((10#${!key}))"
@@ -182,6 +191,11 @@ read_metadata() {
     # /mnt is read-only on COS (docs/architecture.md#on-the-vm-cos); a mount anywhere but /var/lib fails or is lost.
     [[ $DATA_MOUNT =~ ^/var/lib/[A-Za-z0-9._/-]+$ && /$DATA_MOUNT/ != */../* && /$DATA_MOUNT/ != */./* ]] ||
       fail data_disk_failed "runner-data-mount must be a path under /var/lib (COS: / and /mnt are read-only), not $DATA_MOUNT"
+  fi
+  if ((NNODES > 1)); then
+    NODE_RANK=$(node_rank "$INSTANCE") || fail bad_metadata "runner-nnodes is $NNODES but this VM's name $INSTANCE carries no node rank (-aN-nR)"
+    ((NODE_RANK < NNODES)) || fail bad_metadata "node rank $NODE_RANK of $INSTANCE is outside a gang of $NNODES"
+    log "gang node $NODE_RANK of $NNODES"
   fi
   [[ $IMAGE == *@sha256:* ]] || log "warning: image $IMAGE is not pinned by digest; a restart may run other code"
   [[ -z $BAKE || $BAKE =~ ^[a-z]([-a-z0-9]*[a-z0-9])?$ ]] || fail bad_metadata "runner-bake must be an image name, not $BAKE"
@@ -371,6 +385,10 @@ start_container() {
     -e "RUNNER_RUN_ID=$RUN_ID" -e "RUNNER_STORE=$STORE" -e "RUNNER_ATTEMPT=$ATTEMPT"
     -e "RUNNER_GRACE_PERIOD=$GRACE_PERIOD" -e "RUNNER_INSTANCE=$INSTANCE" -e "RUNNER_ZONE=$ZONE"
     -e "RUNNER_IMAGE=$IMAGE" -e RUNNER_COMMAND_FROM_SPEC=1)
+  # A gang's node: its place in the generation. Not the master address: the agent reads rank 0's
+  # from the attempt's create claim (this script knows only its own VM). The host network above
+  # is what lets torchrun's port on rank 0 be reached from the other nodes.
+  if ((NNODES > 1)); then args+=(-e "RUNNER_NODE_RANK=$NODE_RANK" -e "RUNNER_NNODES=$NNODES"); fi
   for key in CHECKPOINT_DIR RESULTS_DIR HEARTBEAT_INTERVAL SYNC_INTERVAL; do   # unset: the agent's default
     [[ -z ${!key} ]] || args+=(-e "RUNNER_$key=${!key}")
   done

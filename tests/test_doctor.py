@@ -54,7 +54,7 @@ def doctor(cfg: Config, **kw: Any) -> dict[str, Check]:
     kw.setdefault("active_project", lambda: None)
     kw.setdefault("docker_ping", lambda: True)
     checks = run_checks(cfg, **kw)
-    assert len({c.name for c in checks}) == len(checks) == 12
+    assert len({c.name for c in checks}) == len(checks) == 13
     return {c.name: c for c in checks}
 
 
@@ -71,6 +71,7 @@ def test_healthy_gce_setup_passes_every_check_that_applies(healthy: Config, admi
     assert {n: c.ok for n, c in checks.items()} == {
         "credentials": None, "project": True, "APIs enabled": True, "bucket": True,
         "VM service account roles": True, "hosted supervisor roles": None, "network": True,
+        "gang network": None,  # nodes = 1: no traffic between VMs (tests/test_doctor_gang_network.py)
         "Artifact Registry repository": None, "Cloud Build account": None,  # no Artifact Registry image set
         "GPU quota": True, "Docker": None, "timeouts": True}
     assert exit_code(list(checks.values())) == 0

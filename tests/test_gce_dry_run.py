@@ -49,3 +49,26 @@ def test_a_gce_dry_run_says_that_submit_would_refuse_an_unpinned_image(tmp_path)
     p = _dry_run(tmp_path, "--image", "us-docker.pkg.dev/p/runs/trainer:latest")
     assert p.returncode == 0, p.stderr
     assert "not pinned by digest, which submit refuses" in p.stderr
+
+
+def test_a_gce_dry_run_of_a_gang_prints_one_bulk_insert_per_zone_not_n_inserts(tmp_path):
+    p = _dry_run(tmp_path, "--image", DIGEST, "--nodes", "2")
+    assert p.returncode == 0, p.stderr
+    plan = json.loads(p.stdout)  # one JSON document: the gang's requests, zone by zone
+    assert [c["zone"] for c in plan] == ["us-central1-a", "us-central1-b"]
+    bulk = plan[0]["bulk_insert"]
+    assert bulk["zone"] == "us-central1-a" and bulk["project"] == "p"
+    res = bulk["bulk_insert_instance_resource_resource"]
+    assert (int(res["count"]), int(res["min_count"])) == (2, 2)  # all or nothing
+    assert sorted(res["per_instance_properties"]) == ["runner-exp-1-a1-n0", "runner-exp-1-a1-n1"]
+    props = res["instance_properties"]
+    assert props["scheduling"]["provisioning_model"] == "SPOT"
+    metadata = {i["key"]: i["value"] for i in props["metadata"]["items"]}
+    assert metadata["runner-nnodes"] == "2"
+    assert "rank" not in props["labels"]  # one bulkInsert labels every node alike: the rank is in the name
+
+
+def test_a_gce_dry_run_refuses_a_gang_larger_than_gce_takes(tmp_path):
+    p = _dry_run(tmp_path, "--image", DIGEST, "--nodes", "65")
+    assert p.returncode != 0 and p.stdout == ""
+    assert "nodes" in p.stderr and "64" in p.stderr

@@ -280,7 +280,10 @@ def _dry_run(cfg: Any, run_id: str, command: list[str], image: str | None, env: 
     network = getattr(plan.nodes[0], "network_cli", lambda: [])() if plan.nodes else []
     if network:  # a local gang's private network, made before its nodes
         click.echo(" ".join(network))
-    for node in plan.nodes:  # one request per instance of the attempt
+    gang = getattr(plan, "gang", None)  # GCE: a gang is one bulkInsert per zone, not N inserts
+    if gang is not None:
+        click.echo(json.dumps(gang.to_dict(), default=str, indent=1))
+    for node in () if gang is not None else plan.nodes:  # one request per instance of the attempt
         cli = getattr(node, "docker_cli", None)
         click.echo(" ".join(cli()) if cli else json.dumps(node.to_dict(), default=str, indent=1))
     note("dry run: nothing written or created; not checked: " + "; ".join(skipped))

@@ -22,6 +22,7 @@ from runner.cloud.gcp_rest import AdminApis, ApiError, admin_apis, member_condit
 from runner.naming import region_of
 from runner.cloud.project_setup import SELF_DELETE_ROLE_ID, self_delete_role
 from runner.cloud.doctor_network import network_check
+from runner.cloud.doctor_gang_network import gang_network_check
 
 REQUIRED_APIS = ("compute.googleapis.com", "storage.googleapis.com",
                  "cloudbuild.googleapis.com", "artifactregistry.googleapis.com")
@@ -492,6 +493,7 @@ def run_checks(
         ("VM service account roles", doctor.service_account_check),
         ("hosted supervisor roles", doctor.hosted_check),
         ("network", lambda: network_check(doctor)),
+        ("gang network", lambda: gang_network_check(doctor)),  # doctor_gang_network.py
         (doctor_build.REPOSITORY, lambda: doctor_build.repository_check(doctor)),
         (doctor_build.BUILD_ACCOUNT, lambda: doctor_build.build_account_check(doctor)),
         ("GPU quota", lambda: gpu_quota_check(doctor)),  # doctor_quota.py
@@ -499,7 +501,7 @@ def run_checks(
         ("timeouts", doctor.timeouts_check),
     ]
     needs_google = {"APIs enabled", "bucket", "VM service account roles", "hosted supervisor roles", "GPU quota",
-                    "network", doctor_build.REPOSITORY, doctor_build.BUILD_ACCOUNT}
+                    "network", "gang network", doctor_build.REPOSITORY, doctor_build.BUILD_ACCOUNT}
     results: list[Check] = []
     for name, check in checks:
         if name in needs_google and results and results[0].ok is False:

@@ -16,6 +16,7 @@ from typing import Any, Callable
 from entrypoint.record import RunSpec
 from runner.launch.backends import vm_metadata as md
 from runner.launch.backends.base import (
+    Attempt,
     AttemptPlan,
     LABEL_ATTEMPT,
     LABEL_RANK,
@@ -33,11 +34,15 @@ from runner.launch.backends.base import (
 from runner.launch.backends import gce_boot_image as boot_images
 from runner.launch.backends.gce_network import network_interface, network_refusal
 from runner.launch.backends.gce_listing import label_filter, list_all_instances
+from runner.launch.backends.gce_gang import GangPlan, create_generation, gang_plan, internal_ip
+from runner.launch.backends.gce_zone_walk import (
+    GLOBAL_GPU_QUOTA, GLOBAL_GPU_QUOTA_ID, ZONE_RETRYABLE, OverGlobalGpuQuota, ZoneExhausted, global_gpu_quota,
+)
 from runner.launch.backends.gce_shapes import (
     GpuRequest, ShapeError, boot_disk_type, family, resolve_gpu, waits_for_driver,
 )
 from runner.cloud.gcp_clients import ComputeClients, api_errors, api_retry, retry_exhausted_text
-from runner.naming import label_value, resource_name, store_label
+from runner.naming import instance_names, label_value, rank_of, store_label
 from runner.shipped_files import startup_scripts
 
 # Every value of compute_v1.Instance.Status, classified (tests/test_gce_statuses.py walks the enum,
@@ -70,16 +75,6 @@ def classify_status(status: Any) -> InstanceStatus:
     return _STATUS.get(_status_name(status), UNKNOWN_STATUS)
 
 
-# Errors after which the next zone may well succeed.
-ZONE_RETRYABLE = {
-    "ZONE_RESOURCE_POOL_EXHAUSTED",
-    "ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS",
-    "QUOTA_EXCEEDED",
-    "quotaExceeded",
-    "resourcePoolExhausted",
-    "STOCKOUT",
-    "UNSUPPORTED_OPERATION",  # e.g. the GPU type is not offered in that zone
-}
 DEFAULT_SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 # scheduling.maxRunDuration's range (gcloud --max-run-duration; "Limit the run time of a VM").
 MIN_RUN_DURATION_S = 30
@@ -140,11 +135,16 @@ class GcePlan:
         return [{"zone": z, "instance": compute_v1.Instance.to_dict(i), **boot} for z, i in self.candidates]
 
 
+@dataclass(frozen=True)
+class GceAttemptPlan(AttemptPlan[GcePlan]):
+    """An attempt's plan on GCE: one ``GcePlan`` per node as every backend has, and for a gang
+    the single ``bulkInsert`` per zone that ``create`` sends instead of N inserts (what a dry run
+    prints)."""
+
+    gang: GangPlan | None = None
+
+
 _REQUEST_NAMESPACE = uuid.UUID("6f1c2a9e-5b7d-4c3e-9a51-0d2f8e4b7c10")  # cos-spot-runner's insert ids
-
-
-class ZoneExhausted(BackendError):
-    """Every zone refused for capacity or quota; the message lists each zone's reason."""
 
 
 class IncompleteListing(BackendError):
@@ -157,8 +157,6 @@ class IncompleteListing(BackendError):
 
 
 # The project-wide GPU quota: over it every zone refuses, so walking zones cannot help.
-GLOBAL_GPU_QUOTA = "GPUS_ALL_REGIONS"
-GLOBAL_GPU_QUOTA_ID = "GPUS-ALL-REGIONS-per-project"  # its Cloud Quotas id (the refusal's limitName)
 QUOTA_CONSOLE = "https://console.cloud.google.com/iam-admin/quotas?project={project}"
 
 
@@ -206,6 +204,10 @@ class GceBackend(ComputeBackend[GcePlan]):
     # set from config by runner.launch.context ("" = none deployed: the VM asks nobody). Not in
     # spec.json: it is where the run is supervised today, not what the run is.
     supervisor_job: str = ""
+    # A gang is one bulkInsert, which takes "up to 5,000 VMs with each call"
+    # (https://cloud.google.com/compute/docs/instances/using-bulk-api, Limitations); the config's
+    # own ceiling (runner.config.MAX_NODES, 64) is the one that binds.
+    max_nodes = 64
 
     @classmethod
     def spec_options(cls, cfg: Any) -> dict[str, Any]:
@@ -305,6 +307,11 @@ class GceBackend(ComputeBackend[GcePlan]):
             raise BackendError(f"max_run_duration {mrd:g}s is not allowed: GCE accepts between 30 seconds and "
                                f"120 days ({MAX_RUN_DURATION_S}s); set max_run_duration in runner.toml "
                                "within that range, or 0 for no limit")
+        if spec.nodes > 1 and vm["data_disk"]:
+            # One read-write disk attaches to one VM: every create of the gang would be refused.
+            raise BackendError(f"--nodes {spec.nodes} with data_disk {vm['data_disk']}: a gang cannot share one "
+                               "data disk between its nodes; use data_disk_gb (a disk per node, made with "
+                               "it) or stage the data from the bucket")
         if not spec.zones:
             raise BackendError("no zones: pass --zones us-central1-a,us-central1-b or set zones in runner.toml")
         project = vm["project"] or self.project
@@ -316,7 +323,9 @@ class GceBackend(ComputeBackend[GcePlan]):
             raise BackendError(_explain(e, project)) from None
         if gpu.built_in and built_in is not None:
             vm["gpu_count"] = built_in  # what GCE gives, not what the name suggests
-        self._refuse_over_global_gpu_quota(project, gpu_request(machine_type, spec.gpu, vm).count)
+        # A gang's generation holds all its nodes' GPUs at once (one bulkInsert, all or nothing).
+        self._refuse_over_global_gpu_quota(project, gpu_request(machine_type, spec.gpu, vm).count,
+                                           nodes=max(1, spec.nodes))
         if not usable:
             raise BackendError(
                 f"none of the zones {', '.join(spec.zones)} offers {machine_type}"
@@ -332,12 +341,14 @@ class GceBackend(ComputeBackend[GcePlan]):
         vm["project"] = project
         return dataclasses.replace(spec, zones=usable, vm=vm, machine_type=machine_type)
 
-    def _refuse_over_global_gpu_quota(self, project: str, gpus: int) -> None:
-        """Refuse at submit a run whose one VM needs more GPUs than ``GPUS_ALL_REGIONS`` allows
-        at all: every zone would refuse it, on every restart. One ``projects.get``; a project
-        that cannot be read (permission) is said and left to the create to find out."""
+    def _refuse_over_global_gpu_quota(self, project: str, gpus_per_vm: int, nodes: int = 1) -> None:
+        """Refuse at submit a run whose one attempt (one VM, or a gang's N) needs more GPUs than
+        ``GPUS_ALL_REGIONS`` allows at all: every zone would refuse it, on every restart. One
+        ``projects.get``; a project that cannot be read (permission) is said and left to the
+        create to find out."""
         import sys
 
+        gpus = gpus_per_vm * nodes
         if not gpus or getattr(self.c, "projects", None) is None:
             return
         try:
@@ -351,7 +362,9 @@ class GceBackend(ComputeBackend[GcePlan]):
         if limit is not None and limit < gpus:
             raise BackendError(
                 f"the project-wide quota {GLOBAL_GPU_QUOTA} of project {project} is {limit:g}, below the "
-                f"{gpus} GPU(s) one VM of this run needs: every zone would refuse it. Ask for more "
+                + (f"{gpus} GPU(s) one VM of this run needs" if nodes == 1 else
+                   f"{gpus} GPU(s) one attempt of this run needs ({nodes} VMs of {gpus_per_vm})")
+                + ": every zone would refuse it. Ask for more "
                 f"(`runner doctor` checks it), then submit again: {_one_line(global_quota_request(project, gpus))}")
 
     def _usable_zones(self, zones: list[str], project: str, machine_type: str,
@@ -406,12 +419,15 @@ class GceBackend(ComputeBackend[GcePlan]):
         return f"projects/{project}/global/images/{img.name}"
 
     # ---- plan (pure, but for one read: which warm boot image exists) ----
-    def plan(self, spec: RunSpec, ctx: LaunchContext) -> AttemptPlan[GcePlan]:
+    def plan(self, spec: RunSpec, ctx: LaunchContext) -> GceAttemptPlan:
         """As the base class, with the boot image chosen once for every instance of the attempt:
-        one ``images.list`` per create at most (none for a dry run, which has no client)."""
+        one ``images.list`` per create at most (none for a dry run, which has no client). A gang
+        also gets its bulkInsert (gce_gang.py), built from rank 0's plan: every node of one
+        bulkInsert shares its properties, and only the names differ."""
         boot = self.boot_image(spec)
-        return AttemptPlan(spec.run_id, ctx.attempt,
-                           tuple(self.plan_instance(spec, ctx, rank, boot) for rank in self.ranks(spec)))
+        nodes = tuple(self.plan_instance(spec, ctx, rank, boot) for rank in self.ranks(spec))
+        gang = gang_plan(nodes[0], spec.run_id, ctx.attempt, len(nodes)) if len(nodes) > 1 else None
+        return GceAttemptPlan(spec.run_id, ctx.attempt, nodes, gang=gang)
 
     def boot_image(self, spec: RunSpec) -> boot_images.BootImage:
         """The READY warm image whose key is the run's (COS image, driver, digest), else the
@@ -449,7 +465,8 @@ class GceBackend(ComputeBackend[GcePlan]):
 
         vm = {**vm_options_defaults(), **(getattr(spec, "vm", None) or {})}
         project = vm["project"] or self.project
-        name = resource_name(spec.run_id, ctx.attempt)
+        nnodes = len(self.ranks(spec))
+        name = instance_names(spec.run_id, ctx.attempt, nnodes)[rank]
         try:
             gpu = gpu_request(spec.machine_type, spec.gpu, vm)
             disk_type = boot_disk_type(spec.machine_type or "n1-standard-4", vm["boot_disk_type"])
@@ -465,7 +482,7 @@ class GceBackend(ComputeBackend[GcePlan]):
             heartbeat_interval=ctx.heartbeat_interval, sync_interval=ctx.sync_interval,
             grace_period=ctx.grace_period, shm_size=ctx.shm_size,
             data_disk="data" if (vm["data_disk"] or vm["data_disk_gb"]) else "", data_mount=vm["data_mount"],
-            supervisor_job=self.supervisor_job,
+            supervisor_job=self.supervisor_job, nnodes=nnodes,
         )
         startup, shutdown = startup_scripts()
         items = {**meta.items(), md.STARTUP_SCRIPT: startup, md.SHUTDOWN_SCRIPT: shutdown}
@@ -530,6 +547,21 @@ class GceBackend(ComputeBackend[GcePlan]):
                        before_insert=ctx.before_insert, boot=boot, gpus=gpu.count)
 
     # ---- act ----
+    def create(self, plan: AttemptPlan[GcePlan]) -> Attempt:
+        """One VM: the base class's create (``create_instance``). A gang: one bulkInsert with
+        minCount N per zone, zone by zone (gce_gang.create_generation), so a zone short of one
+        node holds none of them; each node's rank is the one its name carries and its address
+        the internal IP GCE gave it."""
+        if len(plan.nodes) <= 1:
+            return super().create(plan)
+        gang = getattr(plan, "gang", None) or gang_plan(plan.nodes[0], plan.run_id, plan.attempt, len(plan.nodes))
+        try:
+            made = create_generation(self.c, gang)
+        except OverGlobalGpuQuota as e:
+            raise self._over_global_gpu_quota(plan.nodes[0], e.zone, e.limit, e.message,
+                                              nodes=len(plan.nodes)) from None
+        return Attempt(plan.attempt, tuple(self._instance(vm) for vm in made.vms))
+
     def create_instance(self, plan: GcePlan) -> Instance:
         from google.api_core import exceptions as gexc
         from google.cloud import compute_v1
@@ -548,7 +580,7 @@ class GceBackend(ComputeBackend[GcePlan]):
             except gexc.Conflict:
                 return self._existing(plan.project, zone, plan.name)
             except gexc.GoogleAPICallError as e:
-                global_quota = _global_gpu_quota(e)
+                global_quota = global_gpu_quota(e)
                 if global_quota is not None:
                     raise self._over_global_gpu_quota(plan, zone, *global_quota) from None
                 reasons = _error_reasons(e)
@@ -561,7 +593,7 @@ class GceBackend(ComputeBackend[GcePlan]):
                 # released) and the next one, after the backoff, tries again from the first zone.
                 raise BackendError(_explain(e, plan.project)) from None
             if op.error and op.error.errors:
-                global_quota = _global_gpu_quota(op)
+                global_quota = global_gpu_quota(op)
                 if global_quota is not None:
                     raise self._over_global_gpu_quota(plan, zone, *global_quota)
                 reasons = _error_reasons(op)
@@ -590,19 +622,23 @@ class GceBackend(ComputeBackend[GcePlan]):
         )
 
     def _over_global_gpu_quota(self, plan: GcePlan, zone: str, limit: float | None,
-                               message: str) -> BackendError:
+                               message: str, nodes: int = 1) -> BackendError:
         """The refusal for GPUS_ALL_REGIONS, said once: every zone would answer the same, so no
-        other zone is tried. A limit below one VM's GPUs can never be met (the run fails with
-        the fix); otherwise the project's other GPUs hold it and the run waits."""
+        other zone is tried. A limit below one attempt's GPUs (one VM's, or a gang's N VMs')
+        can never be met (the run fails with the fix); otherwise the project's other GPUs hold
+        it and the run waits."""
         url = QUOTA_CONSOLE.format(project=plan.project)
-        if limit is not None and limit < max(plan.gpus, 1):
+        gpus = plan.gpus * nodes
+        what = plan.name if nodes == 1 else f"the {nodes} nodes of {plan.name}…"
+        needs = "one VM of this run needs" if nodes == 1 else f"one attempt of this run needs ({nodes} VMs)"
+        if limit is not None and limit < max(gpus, 1):
             return PermanentBackendError(
-                f"{zone} refused {plan.name}: {message.strip()} The project-wide quota {GLOBAL_GPU_QUOTA} "
-                f"of project {plan.project} is {limit:g}, below the {plan.gpus or 'some'} GPU(s) one VM "
-                f"of this run needs, so every zone refuses it; no other zone was tried. Ask for more, "
-                f"then submit the run again: {_one_line(global_quota_request(plan.project, plan.gpus or 1))}")
+                f"{zone} refused {what}: {message.strip()} The project-wide quota {GLOBAL_GPU_QUOTA} "
+                f"of project {plan.project} is {limit:g}, below the {gpus or 'some'} GPU(s) {needs}, "
+                f"so every zone refuses it; no other zone was tried. Ask for more, "
+                f"then submit the run again: {_one_line(global_quota_request(plan.project, gpus or 1))}")
         return BackendError(
-            f"{zone} refused {plan.name}: {message.strip()} The project-wide quota {GLOBAL_GPU_QUOTA}"
+            f"{zone} refused {what}: {message.strip()} The project-wide quota {GLOBAL_GPU_QUOTA}"
             + (f" ({limit:g})" if limit is not None else "")
             + f" is used up by the project's other GPU VMs, so every zone refuses it; no other zone "
             f"was tried. The run waits for GPUs to free up (or raise {GLOBAL_GPU_QUOTA} at {url})")
@@ -660,7 +696,11 @@ class GceBackend(ComputeBackend[GcePlan]):
 
     @staticmethod
     def _instance(i: Any) -> Instance:
+        """Our view of a GCE VM. A gang node's rank comes from its name: one bulkInsert labels
+        every node alike, so the rank label (a single VM's, or a node restarted in place) is
+        only the fallback."""
         labels = dict(i.labels)
+        rank = rank_of(i.name)
         return Instance(
             name=i.name,
             run_label=labels.get(LABEL_RUN_ID, ""),
@@ -668,7 +708,8 @@ class GceBackend(ComputeBackend[GcePlan]):
             status=classify_status(i.status),
             zone=_zone_of(i.zone),
             store=labels.get(LABEL_STORE, ""),
-            rank=int(labels.get(LABEL_RANK, "0") or 0),
+            rank=rank if rank is not None else int(labels.get(LABEL_RANK, "0") or 0),
+            address=internal_ip(i),
         )
 
     def list(self, run_id: str | None = None) -> list[Instance]:
@@ -767,33 +808,9 @@ def _is_dev_channel(vm_image: str) -> bool:
     return vm_image.rstrip("/").endswith("/family/cos-dev") or last.startswith("cos-dev-")
 
 
-def _global_gpu_quota(exc_or_op: Any) -> tuple[float | None, str] | None:
-    """(limit, message) when the refusal is the project-wide GPUS_ALL_REGIONS quota: by the
-    error's ``quotaInfo`` (``metricName`` …/gpus_all_regions) or, for an HTTP error, its text."""
-    errors = getattr(getattr(exc_or_op, "error", None), "errors", None) or []
-    for e in errors:
-        for detail in getattr(e, "error_details", None) or []:
-            info = detail.quota_info if "quota_info" in detail else None
-            if info is not None and info.metric_name.rsplit("/", 1)[-1].upper() == GLOBAL_GPU_QUOTA:
-                return (info.limit if "limit" in info else None), e.message
-        if GLOBAL_GPU_QUOTA in (e.message or ""):
-            return _limit_in(e.message), e.message
-    message = str(getattr(exc_or_op, "message", "") or "")
-    if f"'{GLOBAL_GPU_QUOTA}'" in message:
-        return _limit_in(message), message
-    return None
-
-
 def _one_line(text: str) -> str:
     """A multi-line fix as one line: run reasons and CLI errors are one line each."""
     return " ".join(line.strip() for line in text.splitlines())
-
-
-def _limit_in(message: str) -> float | None:
-    import re
-
-    m = re.search(r"Limit: ([0-9.]+)", message or "")
-    return float(m.group(1)) if m else None
 
 
 def _explain(e: Any, project: str) -> str:

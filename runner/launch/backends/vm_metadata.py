@@ -32,6 +32,9 @@ DATA_MOUNT = PREFIX + "data-mount"          # where it is mounted on the host, u
 # projects/P/locations/L/jobs/J of the hosted supervisor ("" = none): gcp/shutdown.sh asks it for
 # a pass at once when GCE preempts the VM, instead of waiting for the next scheduled minute.
 SUPERVISOR_JOB = PREFIX + "supervisor-job"
+# A gang's size N (absent: one VM). The same on every node of a bulkInsert, which gives all its VMs
+# one metadata: a node learns its own rank from its name (runner.naming.rank_of), not from here.
+NNODES = PREFIX + "nnodes"
 STARTUP_SCRIPT = "startup-script"
 SHUTDOWN_SCRIPT = "shutdown-script"
 
@@ -56,6 +59,7 @@ class VmMetadata:
     data_disk: str = ""
     data_mount: str = "/var/lib/runner/data"
     supervisor_job: str = ""
+    nnodes: int = 1
 
     def items(self) -> dict[str, str]:
         """The metadata key/values, startup and shutdown scripts excluded."""
@@ -76,4 +80,6 @@ class VmMetadata:
             DATA_DISK: self.data_disk,
             DATA_MOUNT: self.data_mount,
             SUPERVISOR_JOB: self.supervisor_job,
+            # Only a gang's: a single VM's metadata stays what it was before gangs.
+            **({NNODES: str(self.nnodes)} if self.nnodes > 1 else {}),
         }

@@ -80,6 +80,10 @@ Behaviour kept from GCE because product code depends on it:
   organisation's (``org_project``: no ``default``, and ``constraints/compute.vmExternalIpAccess``
   denying external IPs); an insert naming a missing network or subnetwork, a custom-mode network
   without a subnetwork, or an external IP the policy forbids is refused with GCE's 400/412.
+- ``instances.bulkInsert`` (bulk.py) makes ``count`` VMs of one shape in a zone, or none when
+  fewer than ``minCount`` fit (``VM_MIN_COUNT_NOT_REACHED``, 503, in the operation); quota is
+  checked up front. ``zone_capacity`` caps what a zone can still take (single inserts too), and
+  ``lose_reply(rpc)`` carries a request out and loses its answer.
 - ``requestId`` makes mutations idempotent, so retried inserts do not create two VMs. It must
   be a UUID other than the zero UUID, is remembered per method and zone (the same id sent to
   another zone or method is another request) for 60 minutes (``request_id_ttl``, scaled by
@@ -113,7 +117,9 @@ several expressions only each in parentheses)
 and ``:`` on a string means "contains". Unimplemented paths answer HTTP 501 so gaps are loud.
 
 Where each part lives (split by resource, so each stays readable): ``service`` (state, switches,
-one request's dispatch), ``instances``, ``disks``, ``operations``, ``images``, ``quotas``, ``networks``,
+one request's dispatch), ``instances``, ``bulk`` (``bulkInsert``: all or nothing down to
+``minCount``, per-zone ``zone_capacity``), ``disks``, ``operations``, ``images``, ``quotas``, ``networks``,
+``firewalls`` (VPC rules, the default network's four),
 ``iam``, ``timeline`` (boot, the preemption notice, power-off, the guest), ``catalogue`` (zones,
 machine and accelerator types), ``filters``, ``routes``, ``errors``, ``model`` (the records they
 share) and ``server`` (HTTP, the clock thread, the ``compute_fake`` fixture). The guard against

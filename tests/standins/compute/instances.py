@@ -278,9 +278,11 @@ class InstanceRecords:
         over = self._quota_exceeded(p, zone, inst)
         if over:
             return self._quota_op(p, zone, target, "insert", over)
-        if zone in self.stockout_zones:
+        if zone in self.stockout_zones or self.zone_capacity.get(zone, 1) < 1:
             return self._stockout(p, zone, target, "insert")
         vm = self._create_vm(p, zone, inst)
+        if zone in self.zone_capacity:
+            self.zone_capacity[zone] -= 1
         return self._new_op(p, zone, "insert", vm.instance)
 
     def _h_get(self, p: str, zone: str, name: str) -> Any:

@@ -35,7 +35,7 @@ Modelled (each with its source):
 
 Not modelled: Private Google Access itself (a VM without an external IP on a subnet without it
 cannot reach Cloud Storage or Artifact Registry; the fake's guests reach the emulators anyway),
-firewall rules, Cloud NAT, a subnetwork named with another network than its own, Shared VPC host projects, IP ranges overlapping, the ``allowedValues``
+firewall rules' effect on traffic (the rules themselves: firewalls.py), Cloud NAT, a subnetwork named with another network than its own, Shared VPC host projects, IP ranges overlapping, the ``allowedValues``
 form of the external-IP constraint (a list of instances that may have one), and the
 ``compute.subnetworks.use``/``useExternalIp`` permissions an insert also needs. Network and
 subnetwork operations are DONE at once; subnetwork (regional) operations are answered but not
@@ -106,6 +106,7 @@ class NetworkRecords:
                     self._subnets[k].network) == DEFAULT_NETWORK]:
                 del self._subnets[key]
             self._networks.pop((p, DEFAULT_NETWORK), None)
+            self._drop_firewalls_of(p, DEFAULT_NETWORK)
 
     def add_network(self, name: str, *, auto: bool = False, project: Optional[str] = None
                     ) -> compute_v1.Network:
@@ -139,7 +140,7 @@ class NetworkRecords:
             return
         self._defaults_made.add(p)
         if p not in self.skip_default_network:
-            self._new_network(p, DEFAULT_NETWORK, auto=True)
+            self._default_firewalls(p, self._new_network(p, DEFAULT_NETWORK, auto=True))  # firewalls.py
 
     def _new_network(self, p: str, name: str, auto: bool) -> compute_v1.Network:
         net = compute_v1.Network(

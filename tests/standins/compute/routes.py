@@ -9,6 +9,7 @@ _O = _Z + r"/operations/(?P<operation>[^/]+)"
 _S = r"/regions/(?P<region>[^/]+)/subnetworks"
 _ROUTES: list[tuple[str, str, str]] = [
     ("POST", _Z + "/instances", "instances.insert"),
+    ("POST", _Z + "/instances/bulkInsert", "instances.bulkInsert"),
     ("GET", _Z + "/instances", "instances.list"),
     ("GET", _I, "instances.get"),
     ("DELETE", _I, "instances.delete"),
@@ -48,6 +49,9 @@ _ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/global/networks/(?P<network>[^/]+)", "networks.get"),
     ("GET", "/global/networks", "networks.list"),
     ("POST", "/global/networks", "networks.insert"),
+    ("GET", "/global/firewalls/(?P<firewall>[^/]+)", "firewalls.get"),
+    ("GET", "/global/firewalls", "firewalls.list"),
+    ("POST", "/global/firewalls", "firewalls.insert"),
     ("GET", _S + "/(?P<subnetwork>[^/]+)", "subnetworks.get"),
     ("GET", _S, "subnetworks.list"),
     ("POST", _S, "subnetworks.insert"),
@@ -57,13 +61,14 @@ _ROUTES: list[tuple[str, str, str]] = [
 
 _SETTERS = ("instances.setMetadata", "instances.setLabels")
 # Mutations of global resources, answered with a global operation (requestId applies to them too).
-_GLOBAL_MUTATIONS = ("images.insert", "images.delete", "networks.insert")
+_GLOBAL_MUTATIONS = ("images.insert", "images.delete", "networks.insert", "firewalls.insert")
 _MUTATIONS = {
     "instances.delete": "_h_delete",
     "instances.stop": "_h_stop",
     "instances.start": "_h_start",
     "instances.simulateMaintenanceEvent": "_h_maintenance",
     "instances.insert": "_h_insert",
+    "instances.bulkInsert": "_h_bulk_insert",
     "disks.insert": "_h_disks",
     "disks.delete": "_h_disks",
     "instances.attachDisk": "_h_attach",

@@ -17,8 +17,10 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
+from tests.standins.compute.bulk import BulkInsertRecords
 from tests.standins.compute.catalogue import COS_IMAGES, DEFAULT_REGION_QUOTAS, ZONES, _catalogue
 from tests.standins.compute.disks import DiskRecords
+from tests.standins.compute.firewalls import FirewallRecords
 from tests.standins.compute.errors import ApiError, _invalid, _not_found, _retryable_error, to_json
 from tests.standins.compute.filters import FilterError
 from tests.standins.compute.iam import IamChecks
@@ -36,8 +38,8 @@ from tests.standins.compute.timeline import PreemptionTimeline
 from tests.standins.google_api import Answer, RoutedApi
 
 
-class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, ImageRecords, QuotaRules,
-                  IamChecks, PreemptionTimeline, NetworkRecords):
+class ComputeFake(RoutedApi, InstanceRecords, BulkInsertRecords, DiskRecords, OperationRecords, ImageRecords, QuotaRules,
+                  IamChecks, PreemptionTimeline, NetworkRecords, FirewallRecords):
     """State and switches of the fake; served over HTTP by ``run_compute_fake``.
 
     Switches are plain attributes, read under the fake's lock on every request, so a test can
@@ -45,6 +47,11 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
 
     - ``stockout_zones``: inserts (and starts) there fail with ZONE_RESOURCE_POOL_EXHAUSTED, as
       an operation error, or as HTTP 503 when ``stockout_as_http`` is true.
+    - ``zone_capacity``: zone -> how many more VMs it can take (absent: no limit); an insert or
+      ``bulkInsert`` beyond it is a stockout (bulk.py: all or nothing down to ``minCount``).
+    - ``lose_reply(rpc)``: the next such request is carried out and its answer lost (HTTP 503),
+      so the client retries a write that happened ("A write can succeed while its reply is
+      lost"; ``requestId`` is what makes the retry safe).
     - ``quota_zones``: inserts there fail with HTTP 403 ``quotaExceeded`` naming the GPU quota.
     - ``project_quotas`` (``set_project_quota``): project-wide quotas served by ``projects.get``;
       ``GPUS_ALL_REGIONS`` is enforced on insert and start in every zone (quotas.py).
@@ -73,6 +80,9 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
         self.project = project
         self.stockout_zones: set[str] = set()
         self.stockout_as_http = False
+        self.zone_capacity: dict[str, int] = {}
+        self.bulk_rollback_leaves: dict[str, int] = {}  # fault injection (bulk.py)
+        self._lost_replies: list[str] = []
         self.quota_zones: set[str] = set()
         self.unreachable_zones: set[str] = set()  # aggregatedList cannot read them (quotas.py)
         # Project-wide quotas (projects.get): metric -> (limit, usage outside the fake).
@@ -115,6 +125,7 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
         self._guest_events: "queue.Queue[Optional[Callable[[], None]]]" = queue.Queue()
         self._guest_thread: Optional[threading.Thread] = None
         self._init_networks()
+        self._init_firewalls()
         for family, name in COS_IMAGES:
             self.add_image("cos-cloud", name, family=family)
 
@@ -136,6 +147,11 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
         """
         with self.lock:
             self._fail_next.extend([(code, rpc, reason)] * times)
+
+    def lose_reply(self, rpc: str, times: int = 1) -> None:
+        """The next ``times`` requests to ``rpc`` are carried out, then answered with HTTP 503."""
+        with self.lock:
+            self._lost_replies.extend([rpc] * times)
 
     # ---- dispatch ---------------------------------------------------------------------------
 
@@ -180,6 +196,9 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
         self._authorize(rpc, args, headers, body)
         self._inject_error(rpc)
         result = self._dispatch(rpc, args, query, body)
+        if rpc in self._lost_replies:  # done, but the client never hears so
+            self._lost_replies.remove(rpc)
+            raise _retryable_error(503)
         if isinstance(result, _Op):  # zoneOperations.wait: sleep outside the lock
             return lambda: self._wait(result)
         return to_json(result)
@@ -231,6 +250,8 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
                 return self._render_op(self._ops[(p, zone or "global", seen[0])])  # type: ignore[index]
         if rpc == "instances.insert":
             result = self._h_insert(p, zone, q, body)  # type: ignore[arg-type]
+        elif rpc == "instances.bulkInsert":
+            result = self._h_bulk_insert(p, zone, body)  # type: ignore[arg-type]
         elif rpc in ("instances.setMetadata", "instances.setLabels"):
             result = self._h_set(rpc, p, zone, name, body)  # type: ignore[arg-type]
         elif rpc in ("instances.attachDisk", "instances.detachDisk"):
@@ -279,6 +300,10 @@ class ComputeFake(RoutedApi, InstanceRecords, DiskRecords, OperationRecords, Ima
             return self._h_region(p, a["region"])
         elif rpc.startswith("networks."):
             result = self._h_networks(rpc, p, a, q, body)
+            if not isinstance(result, compute_v1.Operation):
+                return result
+        elif rpc.startswith("firewalls."):
+            result = self._h_firewalls(rpc, p, a, q, body)
             if not isinstance(result, compute_v1.Operation):
                 return result
         elif rpc.startswith("subnetworks."):
