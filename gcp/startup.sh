@@ -88,9 +88,12 @@ get_token() {  # the VM service account's access token into TOKEN; never printed
 # The token goes in a header read from a pipe: never in argv (visible in /proc) nor the output.
 curl_auth() { curl -H @<(printf 'Authorization: Bearer %s\n' "$TOKEN") "$@"; }
 
-# Where this boot's outcome goes: a run's attempt, or (bake mode) the warm image being made.
+# Where this boot's outcome goes: a run's attempt, or (bake mode) the warm image being made. A
+# gang's other nodes keep theirs apart (RunPaths.startup_name): the supervisor judges rank 0's boot,
+# and a node that cannot boot is a lost node (its VM goes), which restarts the whole gang.
 record_name() {
   if [[ -n $BAKE ]]; then printf '%sbakes/%s/startup.json' "$OBJ_PREFIX" "$BAKE"
+  elif ((NODE_RANK > 0)); then printf '%sruns/%s/attempts/%s/nodes/%s/startup.json' "$OBJ_PREFIX" "$RUN_ID" "$ATTEMPT" "$NODE_RANK"
   else printf '%sruns/%s/attempts/%s/startup.json' "$OBJ_PREFIX" "$RUN_ID" "$ATTEMPT"; fi
 }
 
@@ -100,6 +103,7 @@ record_name() {
 # slow the boot it times, and a mark that cannot be written is a log line, never a failed boot.
 mark() {
   [[ -z $BAKE ]] || return 0
+  ((NODE_RANK == 0)) || return 0  # a gang's timeline is rank 0's (the marks are create-only)
   get_token || { log "phase $1 not marked: no token"; return 0; }
   local file="$WORK/phase-$1.json" name="${OBJ_PREFIX}runs/$RUN_ID/attempts/$ATTEMPT/phases/$1.json"
   printf '{"actor":"startup:%s","attempt":%d,"detail":%s,"phase":"%s","schema_version":1,"time":%s}\n' \

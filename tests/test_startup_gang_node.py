@@ -114,3 +114,27 @@ def test_the_script_reads_a_rank_from_a_name_exactly_as_the_runner_does(name, tm
     assert p.returncode == 0, p.stderr
     expected = rank_of(name)
     assert p.stdout.strip() == ("none" if expected is None else str(expected))
+
+
+@pytest.mark.parametrize("rank", [0, 1])
+def test_only_rank_0_writes_the_attempts_startup_record_and_timeline(rank, tmp_path):
+    """The supervisor judges rank 0's boot (attempts/N/startup.json) and the recovery timeline is
+    rank 0's: another node's record goes under its own name, and it marks no phases."""
+    script = tmp_path / "names.sh"
+    script.write_text(script_without_main() + "\n" + r"""
+WORK=$(mktemp -d); trap 'rm -rf "$WORK"' EXIT
+read_metadata
+record_name; echo
+get_token() { echo "MARKED"; return 1; }  # mark() asks for a token first: seen only if it marks
+mark vm_running 1.0 '{}'
+""")
+    with FakeMetadata(attributes=metadata(2), instance=node_name("big-1", 3, rank), zone="us-central1-a",
+                      project="p", token="tok") as md:
+        p = subprocess.run(["bash", str(script)], capture_output=True, text=True, timeout=60,
+                           env={"PATH": "/usr/bin:/bin", "METADATA_URL": md.url,
+                                "RUNNER_STATE_DIR": str(tmp_path / "state")})
+    assert p.returncode == 0, p.stderr
+    names = [ln for ln in p.stdout.splitlines() if ln.endswith("startup.json")]
+    suffix = "attempts/3/startup.json" if rank == 0 else "attempts/3/nodes/1/startup.json"
+    assert names == ["runs/runs/big-1/" + suffix], p.stdout  # the store's prefix "runs", then the record
+    assert ("MARKED" in p.stdout) == (rank == 0), p.stdout

@@ -57,9 +57,10 @@ class RunPaths:
         return HEARTBEAT_OF_RANK0 if rank == 0 else f"nodes/{rank}/heartbeat.json"
 
     @staticmethod
-    def startup_name(attempt: int) -> str:
-        """Written by the VM's startup script (plain JSON, no CAS): how far boot got, or why it failed."""
-        return f"attempts/{attempt}/startup.json"
+    def startup_name(attempt: int, rank: int = 0) -> str:
+        """Written by the VM's startup script (plain JSON, no CAS): how far boot got, or why it failed.
+        A gang's other nodes write their own (gcp/startup.sh ``record_name``); rank 0's is judged."""
+        return f"attempts/{attempt}/startup.json" if rank == 0 else f"attempts/{attempt}/nodes/{rank}/startup.json"
 
     @staticmethod
     def claim_name(attempt: int) -> str:
