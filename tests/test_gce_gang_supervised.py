@@ -77,6 +77,7 @@ def test_a_preempted_node_ends_the_generation_and_the_next_one_is_a_whole_new_ga
     assert (st.state, st.attempt) == (State.PROVISIONING, 2)
     preempted = [ev for _, ev in rec.events() if ev["to"] == "PREEMPTED"]
     assert len(preempted) == 1 and "node 1" in preempted[0]["reason"] and "whole gang" in preempted[0]["reason"]
+    assert "after a GCE preemption" in preempted[0]["reason"], preempted  # found by node 1's name
     assert len(fake.calls("instances.bulkInsert")) == 2 and not fake.calls("instances.insert")
     claim = rec.read_claim(2)  # the new generation's addresses, for its agents
     assert sorted(i["rank"] for i in claim.instances) == [0, 1] and all(i.get("address") for i in claim.instances)

@@ -414,7 +414,7 @@ class Supervisor:
         gone = self._gone(rec, spec, att)
         if gone is not None:
             what = gone
-            if self.backend.was_preempted(st.instance or "", st.zone):
+            if self._preempted_by_gce(st):
                 what += " after a GCE preemption"
             new = rec.preempted(
                 Role.SUPERVISOR, self.actor, expected=cur,
@@ -441,6 +441,11 @@ class Supervisor:
                 rec.failed(Role.SUPERVISOR, self.actor, expected=new, reason=streak.reason(rec.run_id))
                 return
             self._restart(rec, new, spec, att)
+
+    def _preempted_by_gce(self, st: RunState) -> bool:
+        """Whether GCE preempted the attempt's instance (a gang: any of its nodes, one zone, one call)."""
+        names = [str(i["name"]) for i in st.instances if i.get("name")] or [st.instance or ""]
+        return self.backend.was_preempted(",".join(names), st.zone)
 
     def _gone(self, rec: RunRecord, spec: RunSpec | None, att: Attempt | None) -> str | None:
         """Why the current attempt counts as lost ("gone", "exited with 137", "node 1 gone"), or

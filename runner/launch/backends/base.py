@@ -387,7 +387,8 @@ class ComputeBackend(ABC, Generic[NodePlan]):
         """Do what a spot preemption does: SIGTERM, ``grace_period`` seconds, kill, remove."""
 
     def was_preempted(self, name: str, zone: str | None) -> bool:
-        """Whether the provider itself preempted this instance (for the journal's reason)."""
+        """Whether the provider itself preempted this instance, or any of several comma-separated
+        names (a gang's nodes): for the journal's reason."""
         return False
 
     def logs(self, instance: Instance, tail: int = 100) -> str:

@@ -787,13 +787,15 @@ class GceBackend(ComputeBackend[GcePlan]):
         return sorted(out, key=lambda e: e["time"])
 
     def was_preempted(self, name: str, zone: str | None) -> bool:
-        """One zone-operations list call, made only when an instance went missing."""
-        if not name or not zone:
+        """One zone-operations list call, made only when an instance went missing. ``name`` may
+        name several instances, comma-separated (a gang's nodes, all in one zone): still one call."""
+        names = {n for n in name.split(",") if n}
+        if not names or not zone:
             return False
         flt = 'operationType = "compute.instances.preempted"'
         for op in self.c.zone_operations.list(request={"project": self.project, "zone": zone, "filter": flt},
                                               retry=api_retry()):
-            if op.target_link.rstrip("/").rsplit("/", 1)[-1] == name:
+            if op.target_link.rstrip("/").rsplit("/", 1)[-1] in names:
                 return True
         return False
 
