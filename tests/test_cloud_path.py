@@ -554,7 +554,8 @@ def test_a_delete_during_the_restart_is_final(cloud: Cloud) -> None:
 # Gangs: a generation of simulated COS VMs made by one bulkInsert, restarted whole
 # ---------------------------------------------------------------------------------------------
 
-def test_a_two_node_gang_of_cos_vms_restarts_whole_when_node_1_is_preempted(cloud: Cloud) -> None:
+def test_a_two_node_gang_of_cos_vms_restarts_whole_when_node_1_is_preempted(
+        cloud: Cloud, cloud_parts: tuple[ComputeFake, CosGuest, LiveVmSampler]) -> None:
     """Both VMs boot from the product's bulkInsert metadata (rank from their own name), both run
     the agent; node 1 is preempted through GCE's notice (STOPPING, then deleted); the whole
     generation goes, the next one comes up in one zone and finishes the run."""
@@ -588,6 +589,11 @@ def test_a_two_node_gang_of_cos_vms_restarts_whole_when_node_1_is_preempted(clou
     assert node1_at(2) and "trainer: starting at step" in cloud.text(run_id, "logs/2.node1.log")
     assert cloud.record(run_id).read_manifest(2)["instance"] == node_name(run_id, 2, 0)
     wait_for(lambda: cloud.nothing_left(run_id), 60, f"{run_id}'s VMs and disks to be gone", every=0.2)
+    # Never more than the gang's 2 VMs alive at once (sampled every 50 ms through the whole test).
+    _fake, guest, sampler = cloud_parts
+    label = label_value(run_id)
+    assert sampler.api_max[label] == 2 and guest.max_live_per_run[run_id] == 2, \
+        (sampler.api_max, guest.max_live_per_run)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -611,4 +617,3 @@ def test_never_two_live_vms_for_one_run_over_the_whole_suite(
         return 2 if run.startswith("cp-gang-") else 1
     assert all(n <= limit(run) for run, n in sampler.api_max.items()), report
     assert all(n <= limit(run) for run, n in guest.max_live_per_run.items()), report
-    assert any(run.startswith("cp-gang-") for run in report), "the gang test's VMs were not sampled"
