@@ -34,6 +34,7 @@ from entrypoint.record.timeline import SEGMENT_NAMES, build_recovery
 from runner.config import Config
 from runner.launch.context import make_context
 from runner.launch.submit import submit
+from runner.naming import rank_of
 
 SCALE = float(os.environ.get("BENCH_RECOVERY_SCALE", "0.05"))
 SAMPLES = int(os.environ.get("BENCH_RECOVERY_SAMPLES", "5"))
@@ -115,11 +116,15 @@ def _wait(what: str, ok: Callable[[], Any], timeout: float = 600) -> Any:
     raise TimeoutError(f"bench recovery: {what} within {timeout:.0f} s")
 
 
-def one_recovery(world: World, scenario: str, n: int) -> dict[str, float | None]:
+def one_recovery(world: World, scenario: str, n: int, nodes: int = 1) -> dict[str, float | None]:
     """Run one job, preempt it, wait for its first step after the resume; modelled seconds per
-    segment of the recovery line (``entrypoint.record.timeline``)."""
-    ctx = make_context(world.config(f"{scenario}-{n}-{int(time.time())}"))
-    run_id = f"rec-{scenario}-{n}"
+    segment of the recovery line (``entrypoint.record.timeline``).
+
+    ``nodes`` > 1: a gang; its last node is the one preempted, and the recovery lasts until rank 0's
+    first step of the next generation (the marks are rank 0's). Its nodes boot side by side, so
+    only rank 0's VM's waits are corrected to their modelled length."""
+    ctx = make_context(world.config(f"{scenario}-{n}-{int(time.time())}", nodes=nodes))
+    run_id = f"rec-{scenario.replace(' ', '-')}-{n}"
     world.fake.stockout_zones.clear()
     submit(ctx, run_id, ["python3", "-m", "examples.trainer", "--steps", "100000", "--checkpoint-every", "5",
                          "--step-time", "0.1"], image=world.ref, restart=False)
@@ -141,7 +146,9 @@ def one_recovery(world: World, scenario: str, n: int) -> dict[str, float | None]
         _wait("attempt 1's first step", lambda: "first_step" in rec.phases(1))
         # The checkpoint a 2 GB model leaves: the trainer's own, plus the weights' bytes.
         ctx.store.write(rec.name(RunRecord.CHECKPOINTS) + "weights.bin", os.urandom(CHECKPOINT_REAL_MB << 20))
-        (inst,) = [i for i in ctx.backend.list(run_id)]
+        listed = ctx.backend.list(run_id)
+        assert len(listed) == nodes, listed
+        inst = max(listed, key=lambda i: i.rank)  # a gang loses its last node
         world.fake.stockout_zones.add(inst.zone)  # no capacity left where it ran
         before = {k: len(vm.cos.waits()) for k, vm in world.guest.vms.items()}
         world.fake.preempt(inst.zone, inst.name)
@@ -156,7 +163,9 @@ def one_recovery(world: World, scenario: str, n: int) -> dict[str, float | None]
             ctx.backend.delete(i)
         _wait(f"{run_id}'s VMs to be gone", lambda: not ctx.backend.list(run_id), timeout=120)
         world.fake.stockout_zones.clear()
-    waits = [w for k, vm in world.guest.vms.items() for w in vm.cos.waits()[before.get(k, 0):]]
+    # (A gang's other nodes wait the same waits at the same time: rank 0's VM stands for them.)
+    waits = [w for k, vm in world.guest.vms.items() for w in vm.cos.waits()[before.get(k, 0):]
+             if nodes == 1 or rank_of(k[-1]) in (None, 0)]
     waits.append(("insert", world.clock.timings.insert_to_running_s, world.fake.boot_seconds))
     r = build_recovery(2, marks)
     out: dict[str, Any] = dict(r.segments)
@@ -196,12 +205,14 @@ def main() -> None:
     results: dict[str, list[dict[str, Any]]] = {}
     with ExitStack() as stack:
         world = World(stack, image)
-        scenarios = {"cold": lambda: None, "warm": lambda: bake(world)}
-        for name, prepare in scenarios.items():
+        # (name, nodes, what to do first): the warm image serves the gang too (same key).
+        scenarios = [("cold", 1, lambda: None), ("gang cold", 2, lambda: None),
+                     ("warm", 1, lambda: bake(world)), ("gang warm", 2, lambda: None)]
+        for name, nodes, prepare in scenarios:
             prepare()
             results[name] = []
             for i in range(SAMPLES):
-                results[name].append(one_recovery(world, name, i))
+                results[name].append(one_recovery(world, name, i, nodes))
                 row = results[name][-1]
                 print(f"  {name} {i}: {row['total']:.1f} s modelled "
                       f"({', '.join(f'{k} {v:.1f}' for k, v in row.items() if isinstance(v, float) and k != 'total')})",
@@ -209,16 +220,19 @@ def main() -> None:
     print(f"recovery: g2-standard-8 + L4, {IMAGE_GB:.0f} GB image, capacity only in the second zone; "
           f"{SAMPLES} sample(s) each, time scale {SCALE} (modelled seconds shown)")
     cols = [*SEGMENT_NAMES, "total"]
-    print(f"{'':12}" + "".join(f"{c:>12}" for c in cols))
+    print(f"{'':16}" + "".join(f"{c:>12}" for c in cols))
     for name, rows in results.items():
         for label, q in (("p50", 0.5), ("p95", 0.95)):
             vals = [_pct([r[c] for r in rows if r.get(c) is not None] or [float("nan")], q) for c in cols]
-            print(f"{name + ' ' + label:12}" + "".join(f"{v:12.1f}" for v in vals))
-        print(f"{'':12}paths: driver {sorted({r['driver path'] for r in rows})}, image {sorted({r['image path'] for r in rows})}")
+            print(f"{name + ' ' + label:16}" + "".join(f"{v:12.1f}" for v in vals))
+        print(f"{'':16}paths: driver {sorted({r['driver path'] for r in rows})}, image {sorted({r['image path'] for r in rows})}")
     cold = statistics.median(r["total"] for r in results["cold"])
     warm = statistics.median(r["total"] for r in results["warm"])
     print(f"recovery: cold/warm p50 = {cold:.0f} s / {warm:.0f} s = {cold / warm:.1f}x "
           f"(target: warm p50 <= 90 s, p95 <= 150 s)")
+    for kind, single in (("cold", cold), ("warm", warm)):
+        gang = statistics.median(r["total"] for r in results[f"gang {kind}"])
+        print(f"recovery: 2-node gang/single, {kind} p50 = {gang:.0f} s / {single:.0f} s = {gang / single:.2f}x")
 
 
 def bake(world: World) -> None:
