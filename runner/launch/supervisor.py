@@ -382,9 +382,9 @@ class Supervisor:
             self._restart(rec, new, spec, att)
         elif att.exit_code == OUTCOME_UNRECORDED:
             self._fail_unrecorded(rec, cur, att)
-        elif _gang(spec) and self._gone(rec, spec, att) is not None:
+        elif _gang(spec) and (lost := self._gone(rec, spec, att)) is not None:
             new = rec.preempted(Role.SUPERVISOR, self.actor, expected=cur,
-                                reason=f"{self._gone(rec, spec, att)} before the job started: the whole gang restarts")
+                                reason=f"{lost} before the job started: the whole gang restarts")
             self._restart(rec, new, spec, att)
         elif not att.alive:
             tail = self.backend.logs(att.lead, tail=5).strip().replace("\n", " | ")
