@@ -13,7 +13,7 @@ lost one: the node's own heartbeat does.
 from __future__ import annotations
 
 from entrypoint import gang
-from entrypoint.record import RunRecord
+from entrypoint.record import DamagedRecord, RunRecord
 from entrypoint.store import StoreError
 from runner.launch.backends.base import Attempt
 
@@ -37,8 +37,6 @@ def lost_nodes(rec: RunRecord, nodes: int, att: Attempt) -> list[str]:
 def _exited_on_its_own(rec: RunRecord, rank: int, attempt: int) -> bool:
     try:
         hb = rec.read_heartbeat(rank)
-    except (StoreError, ValueError):
+    except (StoreError, DamagedRecord):
         return False  # unreadable: judged by what the backend lists
-    except Exception:  # noqa: BLE001 - a damaged heartbeat (DamagedRecord) likewise
-        return False
     return hb is not None and hb.attempt == attempt and hb.phase == gang.EXITED

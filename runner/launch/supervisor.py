@@ -445,7 +445,7 @@ class Supervisor:
     def _preempted_by_gce(self, st: RunState) -> bool:
         """Whether GCE preempted the attempt's instance (a gang: any of its nodes, one zone, one call)."""
         names = [str(i["name"]) for i in st.instances if i.get("name")] or [st.instance or ""]
-        return self.backend.was_preempted(",".join(names), st.zone)
+        return self.backend.was_preempted(names, st.zone)
 
     def _gone(self, rec: RunRecord, spec: RunSpec | None, att: Attempt | None) -> str | None:
         """Why the current attempt counts as lost ("gone", "exited with 137", "node 1 gone"), or

@@ -104,11 +104,11 @@ def gang_nodes(store: Store, run_id: str, view: RunView,
     for inst in sorted(view.state.instances, key=lambda i: i.get("rank") or 0):
         rank = int(inst.get("rank") or 0)
         try:
-            hb = view.heartbeat if rank == 0 else rec.read_heartbeat(rank)
+            hb = view.current_heartbeat if rank == 0 else rec.read_heartbeat(rank)
         except DamagedRecord:
             hb = None
         if hb is not None and hb.attempt != view.state.attempt:
-            hb = None  # an older attempt's
+            hb = None  # an older attempt's (the file outlives its attempt)
         seen = next((i for i in (listed or []) if i["rank"] == rank and i["attempt"] == view.state.attempt), None)
         rows.append({
             "rank": rank, "name": inst.get("name"), "zone": (seen or {}).get("zone") or inst.get("zone"),

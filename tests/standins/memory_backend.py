@@ -31,7 +31,7 @@ from __future__ import annotations
 import threading
 import time
 from dataclasses import dataclass, replace
-from typing import Callable
+from typing import Callable, Sequence
 
 from entrypoint.record import RunSpec
 from runner.launch.backends.base import (
@@ -161,9 +161,9 @@ class MemoryBackend(ComputeBackend[MemoryPlan]):
             vm.instance = replace(vm.instance, status=InstanceStatus.RUNNING, attempt=plan.attempt, exit_code=None)
             return vm.instance
 
-    def was_preempted(self, name: str, zone: str | None) -> bool:
+    def was_preempted(self, names: Sequence[str], zone: str | None) -> bool:
         with self._lock:
-            return name in self.preempted
+            return any(name in self.preempted for name in names)
 
     # ---- what a test does to the world ----
     def begin_preemption(self, name: str) -> None:

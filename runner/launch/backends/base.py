@@ -19,7 +19,7 @@ from __future__ import annotations
 import enum
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Callable, Generic, Iterable, TypeVar
+from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
 
 from entrypoint.record import AttemptSettings, RunSpec
 
@@ -386,9 +386,9 @@ class ComputeBackend(ABC, Generic[NodePlan]):
     def preempt(self, instance: Instance, grace_period: float) -> None:
         """Do what a spot preemption does: SIGTERM, ``grace_period`` seconds, kill, remove."""
 
-    def was_preempted(self, name: str, zone: str | None) -> bool:
-        """Whether the provider itself preempted this instance, or any of several comma-separated
-        names (a gang's nodes): for the journal's reason."""
+    def was_preempted(self, names: Sequence[str], zone: str | None) -> bool:
+        """Whether the provider itself preempted any of these instances of one attempt (a gang's
+        nodes share a zone), for the journal's reason."""
         return False
 
     def logs(self, instance: Instance, tail: int = 100) -> str:

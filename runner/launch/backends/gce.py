@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 from entrypoint.record import RunSpec
 from runner.launch.backends import vm_metadata as md
@@ -786,16 +786,16 @@ class GceBackend(ComputeBackend[GcePlan]):
                             "zone": zone})
         return sorted(out, key=lambda e: e["time"])
 
-    def was_preempted(self, name: str, zone: str | None) -> bool:
-        """One zone-operations list call, made only when an instance went missing. ``name`` may
-        name several instances, comma-separated (a gang's nodes, all in one zone): still one call."""
-        names = {n for n in name.split(",") if n}
-        if not names or not zone:
+    def was_preempted(self, names: Sequence[str], zone: str | None) -> bool:
+        """One zone-operations list call, made only when an instance went missing (a gang's
+        nodes share one zone: still one call)."""
+        wanted = {n for n in names if n}
+        if not wanted or not zone:
             return False
         flt = 'operationType = "compute.instances.preempted"'
         for op in self.c.zone_operations.list(request={"project": self.project, "zone": zone, "filter": flt},
                                               retry=api_retry()):
-            if op.target_link.rstrip("/").rsplit("/", 1)[-1] in names:
+            if op.target_link.rstrip("/").rsplit("/", 1)[-1] in wanted:
                 return True
         return False
 
