@@ -263,3 +263,47 @@ def test_a_network_left_by_nodes_removed_from_outside_goes_with_the_next_generat
                     len([c for c in runner.containers(run_id) if c.status == "running"]) == 2, 90,
                     "the next generation")
     assert [n.name for n in runner.networks(run_id)] == [resource_name(run_id, 2)]
+
+
+IGNORES_SIGTERM = """
+import json, signal, time
+from entrypoint.job import Checkpoint, report_progress
+signal.signal(signal.SIGTERM, signal.SIG_IGN)
+ckpt = Checkpoint("last.json")
+saved = ckpt.load(lambda p: json.load(open(p)))
+step = saved["step"] if saved else 0
+print(f"resuming at {step}", flush=True)
+while step < 120:
+    time.sleep(0.1)
+    step += 1
+    if step % 5 == 0:
+        ckpt.save({"step": step}, lambda o, f: f.write(json.dumps(o).encode()))
+    report_progress(step, 120)
+"""
+
+
+def test_a_gang_whose_jobs_ignore_sigterm_is_killed_whole_before_the_next_generation(runner, run_id):
+    """Node 1 preempted while every node's job ignores SIGTERM: node 1 is killed when its grace
+    period ends, the survivor too (its own grace period), and only then does the next generation
+    start: never two generations running, and the run finishes from its checkpoint."""
+    fast = {"RUNNER_GRACE_PERIOD": "3"}
+    out = runner("submit", "--run-id", run_id, "--nodes", "2", "--image", IMAGE, "--detach", "--",
+                 "python3", "-c", IGNORES_SIGTERM, **fast)
+    assert out.returncode == 0, out.stderr
+    sampler = GangSampler(runner.docker, [run_id])
+    sampler.start()
+    runner.popen("supervise", "--run-id", run_id, **fast)
+    try:
+        runner.wait_for(lambda: node_step(runner, run_id, 0, 1) >= 10, 120, "attempt 1 to make progress")
+        out = runner("ops", "preempt", "--run-id", run_id, "--node", "1", **fast)
+        assert out.returncode == 0, out.stderr
+        runner.wait_for(lambda: runner.state(run_id).get("state") == "SUCCEEDED", 240, "the gang to finish")
+    finally:
+        sampler.halt.set()
+        sampler.join()
+    st = runner.state(run_id)
+    assert (st["attempt"], st["restarts"]) == (2, 1), st
+    assert sampler.most[run_id] <= 2 and not sampler.mixed, (dict(sampler.most), sampler.mixed[:3])
+    resumed = [ln for ln in (runner.run_dir(run_id) / "logs" / "2.log").read_text().splitlines()
+               if ln.startswith("resuming at")]
+    assert resumed and int(resumed[0].split()[-1]) >= 10, resumed
