@@ -89,6 +89,12 @@ class RunSpec:
     # Instances per attempt: 1, or a gang's N (every attempt a generation of N nodes, rank 0 the
     # one that records the run's state). Specs written before gangs read as 1.
     nodes: int = 1
+    # The queue (runner.launch.admission): a higher priority is admitted first, then submit
+    # order. ``sweep`` names the sweep the run belongs to (runner sweep); ``max_concurrent``
+    # caps how many runs of that sweep may hold VMs at once (None: no cap).
+    priority: int = 0
+    sweep: str | None = None
+    max_concurrent: int | None = None
     # Specs written before ``settings`` existed pinned only these three (gpu_timeout,
     # stall_window, grace_period); ``attempt_settings`` still reads them there.
     timeouts: dict[str, float] = field(default_factory=dict)
@@ -214,7 +220,8 @@ class Heartbeat:
 _SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "run_id": (str,), "image": (str,), "command": (list,), "backend": (str,), "max_restarts": (int,),
     "retry_on_failure": (int,), "checkpoint_dir": (str,), "results_dir": (str,), "env": (dict,),
-    "machine_type": _OPT_STR, "gpu": _OPT_STR, "zones": (list,), "nodes": (int,), "timeouts": (dict,), "vm": (dict,),
+    "machine_type": _OPT_STR, "gpu": _OPT_STR, "zones": (list,), "nodes": (int,), "priority": (int,),
+    "sweep": _OPT_STR, "max_concurrent": _OPT_INT, "timeouts": (dict,), "vm": (dict,),
     "settings": (dict,), "created_at": _NUM,
 }
 _STATE_TYPES: dict[str, tuple[type, ...]] = {
