@@ -12,6 +12,7 @@ from __future__ import annotations
 import pytest
 
 from entrypoint.record import State
+from runner.launch.supervisor import SELF_DELETE_WAIT
 from tests.standins.supervised_runs import GRACE
 
 A1 = "runner-exp-1-a1"
@@ -75,7 +76,11 @@ def test_a_finished_runs_instance_is_removed_a_live_one_after_its_grace(supervis
     sup.reconcile("exp-1")
     w.agent_running(rec)
     rec.transition(outcome, "agent", expect_attempt=1, reason="the job exited")
-    sup.reconcile("exp-1")  # the agent may still be finishing its final sync: grace
+    sup.reconcile("exp-1")  # just ended: its VM is left to delete itself (no racing delete)
+    w.settle()
+    assert [c for c in w.backend.calls if c[0] == "delete"] == [] and set(w.backend.instances()) == {A1}
+    w.clock.advance(SELF_DELETE_WAIT + 1)  # (the record stamps the wall clock, a little ahead)
+    sup.reconcile("exp-1")  # it did not: the agent may still be finishing its final sync: grace
     w.settle()
     assert ("delete", A1, GRACE) in w.backend.calls and set(w.backend.instances()) == {A1}
     w.clock.advance(GRACE)

@@ -78,6 +78,10 @@ class SupervisorSettings:
                    legacy_attempts=cfg.attempt_settings())
 
 
+# Seconds a finished attempt's still-running instances are left to delete themselves (a COS VM
+# does within seconds of its container's exit) before the supervisor deletes them.
+SELF_DELETE_WAIT = 60.0
+
 KEPT_ERRORS = 20  # error texts kept per pass (the heartbeat object stays small)
 
 
@@ -302,8 +306,16 @@ class Supervisor:
         st, _ = cur
         grace = self.attempt_settings(spec).grace_period
         if st.state.terminal:
+            # A job that just ended leaves its VM to delete itself (startup.sh, once the container
+            # exits, after its last console lines): a delete from here in that moment would race
+            # it, turn its exit into a shutdown and cut those short. Past SELF_DELETE_WAIT, or for
+            # an instance no longer running, the supervisor deletes ("no VM left billing").
+            ending = (st.state in (State.SUCCEEDED, State.FAILED)
+                      and self.now() - st.updated_at < SELF_DELETE_WAIT)
             for att in attempts.values():
                 for inst in att.instances:
+                    if ending and inst.alive and att.number == st.attempt:
+                        continue
                     # Alive: its agent may still be finishing (or another actor's stop is giving
                     # it its grace period); a kill here would cut that short.
                     self._delete(inst, grace if inst.alive else 0)
