@@ -80,10 +80,11 @@ def test_lowered_to_zero_after_submit_the_run_fails_once_and_tries_no_other_zone
     st = RunRecord(ctx.store, "exp-1").read_state()[0]
     assert st.state == State.FAILED
     assert "GPUS_ALL_REGIONS" in st.reason and "is 0" in st.reason and CONSOLE in st.reason
-    assert [r.path.split("/zones/")[1].split("/")[0] for r in fake.calls("instances.insert")] == \
-        ["us-central1-a"]  # every zone refuses alike: the second was not tried
+    # The queue read the quota before any insert: none was sent, in no zone (every zone would
+    # refuse alike).
+    assert fake.calls("instances.insert") == []
     ctx.supervisor().reconcile("exp-1")
-    assert len(fake.calls("instances.insert")) == 1 and fake.instances() == []
+    assert fake.calls("instances.insert") == [] and fake.instances() == []
 
 
 def test_when_other_gpu_vms_hold_the_quota_the_run_waits_without_walking_zones(gce) -> None:
@@ -97,10 +98,10 @@ def test_when_other_gpu_vms_hold_the_quota_the_run_waits_without_walking_zones(g
     fake.reset_requests()
     sup.reconcile("second")
     rec = RunRecord(ctx.store, "second")
-    assert rec.read_state()[0].state == State.PROVISIONING  # waits: the quota can free up
-    assert len(fake.calls("instances.insert")) == 1
-    notes = [ev["reason"] for _, ev in rec.events() if ev["to"] is None]
-    assert "GPUS_ALL_REGIONS" in notes[-1] and "no other zone was tried" in notes[-1]
+    st = rec.read_state()[0]
+    assert st.state == State.QUEUED  # waits in the queue: the quota can free up
+    assert st.reason == "waiting for 1 × GPUS_ALL_REGIONS project-wide: 1 of 1 in use"
+    assert fake.calls("instances.insert") == []  # no insert the quota must refuse, in no zone
 
 
 def test_doctor_names_gpus_all_regions_at_zero_with_the_request_to_file(admin, compute_fake,  # noqa: F811

@@ -375,6 +375,7 @@ def _walk_to(rec: RunRecord, state: State) -> None:
 
 _CALLS = {  # how each move is called, apart from role and actor
     "begin_attempt": {"instances": ["vm-2"]},
+    "queued": {"reason": "r"},
     "job_started": {"attempt": 1, "instance": "vm-1", "zone": "z-a"},
     "preempted": {"reason": "r"},
     "stalled": {"reason": "r"},
@@ -388,7 +389,7 @@ _CALLS = {  # how each move is called, apart from role and actor
 @pytest.mark.parametrize("move", sorted(_CALLS))
 @pytest.mark.parametrize("role", list(Role))
 def test_a_role_the_table_does_not_name_may_not_make_a_move(rec, move, role):
-    start = State.PENDING if move == "begin_attempt" else (
+    start = State.PENDING if move in ("begin_attempt", "queued") else (
         State.PROVISIONING if move == "job_started" else State.RUNNING)
     _walk_to(rec, start)
     before = rec.read_state()
@@ -405,6 +406,7 @@ def test_a_role_the_table_does_not_name_may_not_make_a_move(rec, move, role):
 def test_the_table_gives_every_move_to_the_roles_that_see_it_happen():
     assert {m: sorted(r.value for r in mv.roles) for m, mv in MOVES.items()} == {
         "begin_attempt": ["supervisor"],
+        "queued": ["supervisor"],
         "job_started": ["agent"],
         "preempted": ["agent", "supervisor"],
         "stalled": ["supervisor"],
@@ -569,3 +571,23 @@ def test_event_names_carry_their_time_and_actor():
 
     name = "runs/r/events/" + event_file(1234.5, "sup@host-1")
     assert parse_event_name(name).time == 1234.5 and parse_event_name(name).actor == "sup@host-1"
+
+
+def test_a_queued_restart_spends_its_restart_once_on_begin_and_keeps_its_attempt(rec):
+    """PREEMPTED -> QUEUED -> PROVISIONING: the lost attempt's restart is counted when the next
+    one begins (as PREEMPTED -> PROVISIONING does), not at the queue, and not twice."""
+    _walk_to(rec, State.PREEMPTED)
+    before = rec.read_state()[0]
+    st, _ = rec.queued(Role.SUPERVISOR, "sup", reason="waiting for 1 × GPUS", since=123.0)
+    assert (st.state, st.attempt, st.restarts) == (State.QUEUED, before.attempt, before.restarts)
+    assert (st.queued_after, st.queued_since) == ("PREEMPTED", 123.0)
+    st, _ = rec.begin_attempt(Role.SUPERVISOR, "sup", instances=["vm-2"])
+    assert (st.state, st.attempt, st.restarts) == (State.PROVISIONING, before.attempt + 1, before.restarts + 1)
+    assert (st.queued_after, st.queued_since) == (None, None)
+
+
+def test_a_first_attempt_that_waited_in_the_queue_spends_no_restart(rec):
+    st, _ = rec.queued(Role.SUPERVISOR, "sup", reason="waiting")
+    assert st.queued_after == "PENDING" and st.queued_since is not None
+    st, _ = rec.begin_attempt(Role.SUPERVISOR, "sup", instances=["vm-1"])
+    assert (st.state, st.attempt, st.restarts) == (State.PROVISIONING, 1, 0)

@@ -130,6 +130,10 @@ class RunState:
     exit_code: int | None = None
     failures: int = 0  # job failures retried (ERRORED) since the run was (re)submitted
     restarts: int = 0  # restarts after preemption/stall since the run was (re)submitted
+    # QUEUED only: the state it waits after (PENDING, PREEMPTED, STALLED, ERRORED) and since
+    # when it waits (the queue's first-come order); None otherwise.
+    queued_after: str | None = None
+    queued_since: float | None = None
     # The attempt's instances, each {"name", "zone", "rank"} (one today; a gang has several).
     instances: list[dict[str, Any]] = field(default_factory=list)
     updated_at: float = field(default_factory=utcnow)
@@ -227,6 +231,7 @@ _SPEC_TYPES: dict[str, tuple[type, ...]] = {
 _STATE_TYPES: dict[str, tuple[type, ...]] = {
     "state": (str,), "attempt": (int,), "instance": _OPT_STR, "zone": _OPT_STR, "reason": _OPT_STR,
     "exit_code": _OPT_INT, "failures": (int,), "restarts": (int,), "instances": (list,),
+    "queued_after": _OPT_STR, "queued_since": _NUM + (type(None),),
     "updated_at": _NUM, "updated_by": _OPT_STR, "last_event": (dict, type(None)),
 }
 _HEARTBEAT_TYPES: dict[str, tuple[type, ...]] = {

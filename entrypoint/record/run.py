@@ -309,10 +309,29 @@ class RunRecord(RunPaths):
             st = cur[0]
             insts = [dict(i) if isinstance(i, dict) else {"name": i, "zone": None, "rank": n}
                      for n, i in enumerate(instances)]
+            lost = st.state in (State.PREEMPTED, State.STALLED) or (
+                st.state == State.QUEUED and st.queued_after in (State.PREEMPTED.value, State.STALLED.value))
             changes = dict(attempt=st.attempt + 1, instances=insts,
                            instance=insts[0]["name"] if insts else None, exit_code=None,
-                           restarts=st.restarts + (1 if st.state in (State.PREEMPTED, State.STALLED) else 0))
+                           restarts=st.restarts + (1 if lost else 0), queued_after=None, queued_since=None)
         return self._move("begin_attempt", role, actor, cur, reason=reason, **changes)
+
+    def queued(self, role: Role, actor: str, *, expected: tuple[RunState, int] | None = None,
+               reason: str, since: float | None = None) -> tuple[RunState, int]:
+        """PENDING/PREEMPTED/STALLED/ERRORED -> QUEUED: no room for the next attempt yet.
+
+        Who: the supervisor (its admission: the project's quota, the sweep's --max-concurrent).
+        Keeps the attempt number (the next one begins from here) and records what the run waits
+        after, so ``begin_attempt`` still spends a restart for a lost attempt, once. ``since``:
+        when it began to wait (default: now), the queue's first-come order.
+        Raises ``IllegalTransition`` or ``TransitionLost``.
+        """
+        cur = expected if expected is not None else self.read_state()
+        changes: dict[str, Any] = {}
+        if cur is not None:
+            changes = dict(queued_after=cur[0].state.value,
+                           queued_since=since if since is not None else utcnow())
+        return self._move("queued", role, actor, cur, reason=reason, **changes)
 
     def job_started(self, role: Role, actor: str, *, attempt: int, instance: str | None,
                     zone: str | None, rank: int = 0, reason: str | None = "job started") -> tuple[RunState, int]:

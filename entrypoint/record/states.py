@@ -14,6 +14,10 @@ from dataclasses import dataclass
 
 class State(str, enum.Enum):
     PENDING = "PENDING"
+    # Waiting for the project's quota, or its sweep's --max-concurrent, before the next attempt
+    # (runner.launch.admission). ``RunState.queued_after`` keeps what it waits after (PENDING, or
+    # the lost attempt's PREEMPTED/STALLED/ERRORED), so the restart is counted once, on begin.
+    QUEUED = "QUEUED"
     PROVISIONING = "PROVISIONING"
     RUNNING = "RUNNING"
     PREEMPTED = "PREEMPTED"
@@ -49,12 +53,13 @@ LIVE = frozenset(State) - TERMINAL
 # The state graph. Anything else is refused, so a late writer (an agent that wakes after its VM
 # was replaced, say) cannot drag a run backwards.
 _ALLOWED: dict[State, frozenset[State]] = {
-    State.PENDING: frozenset({State.PROVISIONING}),
+    State.PENDING: frozenset({State.PROVISIONING, State.QUEUED}),
+    State.QUEUED: frozenset({State.PROVISIONING}),
     State.PROVISIONING: frozenset({State.RUNNING, State.PREEMPTED, State.STALLED}),
     State.RUNNING: frozenset({State.PREEMPTED, State.STALLED, State.ERRORED}),
-    State.PREEMPTED: frozenset({State.PROVISIONING}),
-    State.STALLED: frozenset({State.PROVISIONING}),
-    State.ERRORED: frozenset({State.PROVISIONING}),
+    State.PREEMPTED: frozenset({State.PROVISIONING, State.QUEUED}),
+    State.STALLED: frozenset({State.PROVISIONING, State.QUEUED}),
+    State.ERRORED: frozenset({State.PROVISIONING, State.QUEUED}),
 }
 # Any live state may end: success, failure or an explicit stop.
 for _s in list(_ALLOWED):
@@ -80,12 +85,15 @@ class Move:
 
 
 _RESTARTABLE = frozenset({State.PENDING, State.PREEMPTED, State.STALLED, State.ERRORED})
+_WAITING = _RESTARTABLE | {State.QUEUED}
 _BOOTING_OR_RUNNING = frozenset({State.PROVISIONING, State.RUNNING})
 
 # The table of who may do what. Each entry is one method of ``RunRecord`` of the same name.
 MOVES: dict[str, Move] = {
     # A supervisor brings up the first attempt, or the next one after a lost attempt.
-    "begin_attempt": Move(State.PROVISIONING, _RESTARTABLE, frozenset({Role.SUPERVISOR})),
+    "begin_attempt": Move(State.PROVISIONING, _WAITING, frozenset({Role.SUPERVISOR})),
+    # A supervisor whose admission found no room (quota, the sweep's cap) for the next attempt.
+    "queued": Move(State.QUEUED, _RESTARTABLE, frozenset({Role.SUPERVISOR})),
     # Only the agent knows its job started.
     "job_started": Move(State.RUNNING, frozenset({State.PROVISIONING}), frozenset({Role.AGENT})),
     # The agent on its SIGTERM; the supervisor when the instance is gone without an outcome.

@@ -45,6 +45,10 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
     ev = s["last_event"]
     click.echo(f"run        {s['run_id']}")
     click.echo(f"state      {s['state']}" + (f" ({s['reason']})" if s["reason"] else ""))
+    if s.get("queue"):
+        q = s["queue"]
+        click.echo(f"queue      #{q['position']}: {q['reason']}"
+                   + (" (waited past the hold time: what frees up goes to it first)" if q.get("holds") else ""))
     click.echo(f"attempt    {s['attempt']}  instance {s['instance'] or '-'}  zone {s['zone'] or '-'}"
                f"  restarts {s['restarts']}")
     click.echo(f"updated    {when(s['updated_at'], s['updated_age_s'])}")
@@ -112,9 +116,12 @@ def list_cmd(as_json: bool, orphans: bool, cli_config: dict[str, Any], config_pa
             click.echo(f"{r['run_id']:<28} {'DAMAGED':<13} {'-':>3} {'-':>8}  {r['error']}"
                        + _mark_text(r.get("supervisor")))
             continue
-        click.echo(f"{r['run_id']:<28} {r['state']:<13} {r['attempt']:>3} {r['restarts']:>8}  "
+        queue = r.get("queue") or {}
+        state = f"QUEUED #{queue['position']}" if queue.get("position") else r["state"]
+        click.echo(f"{r['run_id']:<28} {state:<13} {r['attempt']:>3} {r['restarts']:>8}  "
                    f"{_progress_text(r['progress']):<16} {duration(r['eta_s']):>6}  "
-                   f"{when(r['updated_at'], r['updated_age_s'])}")
+                   f"{when(r['updated_at'], r['updated_age_s'])}"
+                   + (f"  {queue.get('reason') or r.get('reason')}" if r["state"] == "QUEUED" else ""))
     from runner.launch.supervisor_heartbeat import unwatched, unwatched_lines
 
     for line in unwatched_lines(*unwatched(ctx.store, _live_ids(rows))):

@@ -54,6 +54,8 @@ from runner.launch.create_lease import CreateLease
 from runner.launch.observed import Looked, Observations, clock_id, look
 from runner.launch.recovery import CreateBackoff, Recovery
 from runner.launch.damaged_runs import DamageWatch
+from runner.launch import queue_pass
+from runner.launch.admission import HOLD_AFTER_S, Decision
 from runner.launch.supervisor_heartbeat import FUTURE_TOLERANCE, run_pass
 from runner.naming import default_actor, instance_names, label_value
 
@@ -71,6 +73,8 @@ class SupervisorSettings:
     poll_interval: float
     store_url: str
     legacy_attempts: AttemptSettings = AttemptSettings()
+    # The queue: seconds after which a waiting run holds what it needs (runner.launch.admission).
+    hold_after: float = HOLD_AFTER_S
 
     @classmethod
     def from_config(cls, cfg: Config) -> "SupervisorSettings":
@@ -81,6 +85,14 @@ class SupervisorSettings:
 # Seconds a finished attempt's still-running instances are left to delete themselves (a COS VM
 # does within seconds of its container's exit) before the supervisor deletes them.
 SELF_DELETE_WAIT = 60.0
+
+# Runs read and stepped at once in a pass: a remote store's round trip (20-50 ms) times a
+# thousand runs must not add up. Deletes and creates have their own bounds (Reaper, claims).
+PASS_WORKERS = 16
+
+# What a pass read of a run before stepping it: (state, generation) and the spec (None when the
+# run is finished with nothing left to delete: its step needs no spec).
+Preread = tuple[tuple[RunState, int], "RunSpec | None"]
 
 KEPT_ERRORS = 20  # error texts kept per pass (the heartbeat object stays small)
 
@@ -187,6 +199,12 @@ class Supervisor:
         # notice: a one-shot execution steps them again once the notice ends (notice_wait), even
         # when the notice ends before it can look again.
         self.left_in_notice: set[str] = set()
+        # This pass's queue decisions (None outside a store-wide pass: a run stepped alone is
+        # judged on its own quota, runner.launch.queue_pass.admit_one), and the queue last published.
+        self.admission: dict[str, Decision] | None = None
+        self._queue_published: list[dict[str, Any]] | None = None
+        self._errors_lock = threading.Lock()
+        self._notify_lock = threading.Lock()
 
     def drain(self, timeout: float | None = None) -> bool:
         """Wait for this supervisor's background deletes (call before exiting, or let exit do it)."""
@@ -221,14 +239,45 @@ class Supervisor:
                   "will try again next pass", file=sys.stderr)
             self.note_error(f"listing runs: {type(e).__name__}: {e}")
             return {}
-        out = {}
-        for run_id in run_ids:
-            st = self.reconcile(run_id, None if by_label is None else by_label.get(label_value(run_id), []))
-            if st is not None:
-                out[run_id] = st
-        return out
+        listed = None if by_label is None else {r: by_label.get(label_value(r), []) for r in run_ids}
+        views = self._read_runs(run_ids, listed)
+        self.admission = queue_pass.admit(
+            {r: (v[0][0], v[1]) for r, v in views.items() if v is not None}, listed, self.backend, self.now(),
+            self.settings.hold_after, say=lambda text: self.note_error(text))
+        try:
+            with ThreadPoolExecutor(PASS_WORKERS, thread_name_prefix="runner-pass") as pool:
+                steps = dict(zip(run_ids, pool.map(
+                    lambda r: self.reconcile(r, None if listed is None else listed[r], views.get(r)), run_ids)))
+        finally:
+            decisions, self.admission = self.admission, None
+        still = {r: d for r, d in decisions.items()  # (a run stopped in its step waits no more)
+                 if steps.get(r) is not None and steps[r].state in queue_pass.WAITS}
+        self._queue_published = queue_pass.publish(self.store, still, self.actor, self.now(),
+                                                   self._queue_published)
+        return {r: st for r, st in steps.items() if st is not None}
 
-    def reconcile(self, run_id: str, instances: list[Instance] | None = None) -> RunState | None:
+    def _read_runs(self, run_ids: list[str], listed: dict[str, list[Instance]] | None
+                   ) -> dict[str, Preread | None]:
+        """Every run's state (and spec, unless it is finished with nothing left to delete), read
+        concurrently: at a remote store's latency a pass over a thousand runs would otherwise
+        spend minutes reading. None for a run whose read failed: its step reads it again and
+        says why."""
+        def one(run_id: str) -> Preread | None:
+            try:
+                rec = RunRecord(self.store, run_id)
+                cur = rec.read_state()
+                if cur is None:
+                    return None
+                settled = cur[0].state.terminal and listed is not None and not listed[run_id]
+                return cur, None if settled else rec.read_spec()
+            except Exception:  # noqa: BLE001 - the step reads again, and reports it there
+                return None
+
+        with ThreadPoolExecutor(PASS_WORKERS, thread_name_prefix="runner-read") as pool:
+            return dict(zip(run_ids, pool.map(one, run_ids)))
+
+    def reconcile(self, run_id: str, instances: list[Instance] | None = None,
+                  read: Preread | None = None) -> RunState | None:
         """One step for one run. Returns its state after the step (None: no such run).
 
         Never raises for one run's trouble (a damaged record, an API outage): that would stop
@@ -237,7 +286,7 @@ class Supervisor:
         instance kept, not retried loudly every pass: see ``runner.launch.damaged_runs``.
         """
         try:
-            st = self._reconcile(run_id, instances)
+            st = self._reconcile(run_id, instances, read)
             self.damage.readable(run_id)
             return st
         except DamagedRecord as e:
@@ -251,16 +300,24 @@ class Supervisor:
 
     def note_error(self, what: str) -> None:
         """Count a failure of this pass; keep the text of the first ``KEPT_ERRORS``."""
-        self.pass_error_count += 1
-        if len(self.pass_errors) < KEPT_ERRORS:
-            self.pass_errors.append(what[:300])
+        with self._errors_lock:  # (runs are stepped concurrently)
+            self.pass_error_count += 1
+            if len(self.pass_errors) < KEPT_ERRORS:
+                self.pass_errors.append(what[:300])
 
-    def _reconcile(self, run_id: str, instances: list[Instance] | None) -> RunState | None:
+    def _reconcile(self, run_id: str, instances: list[Instance] | None,
+                   read: Preread | None = None) -> RunState | None:
         rec = RunRecord(self.store, run_id)
+        if read is not None and read[0][0].state.terminal and instances == []:
+            # Finished, nothing of it listed: nothing to do but journal it and announce it,
+            # both free once done (no request per finished run per pass).
+            rec.ensure_journaled(read[0][0], strict=False)
+            self._observe(rec, read[0])
+            return read[0][0]
         cur = rec.read_state()
         if cur is None:
             return None
-        spec = rec.read_spec()
+        spec = read[1] if read is not None and read[1] is not None and cur[1] == read[0][1] else rec.read_spec()
         if spec is not None and not self.backend.owns(spec):
             return cur[0]  # made in another project: this supervisor must not touch it
         rec.ensure_journaled(cur[0], strict=False)  # its writer may have died before its event
@@ -289,11 +346,17 @@ class Supervisor:
             rec.event(self.actor, None, None, f"create failed, retrying in {delay:.0f}s: {e}",
                       attempt=attempt)
         after = rec.read_state()
-        if after is not None and self.notifier is not None:
-            # After the step, so this pass's own transitions go out now. Never raises; the
-            # webhook is called from another thread, so a dead one cannot slow this pass.
-            self.notifier.observe(rec, *after)
+        if after is not None:
+            # After the step, so this pass's own transitions go out now.
+            self._observe(rec, after)
         return after[0] if after else None
+
+    def _observe(self, rec: RunRecord, cur: tuple[RunState, int]) -> None:
+        """Hand a run's state to the notifier (never raises; the webhook is called from another
+        thread, so a dead one cannot slow this pass). One run at a time: its cursors are shared."""
+        if self.notifier is not None:
+            with self._notify_lock:
+                self.notifier.observe(rec, *cur)
 
     def attempt_settings(self, spec: RunSpec | None) -> AttemptSettings:
         """The run's pinned settings (this supervisor's config only fills what an old spec lacks)."""
@@ -326,7 +389,7 @@ class Supervisor:
             rec.stopped(Role.SUPERVISOR, self.actor, expected=cur, reason="stop requested")
             return
         current = attempts.get(st.attempt)
-        if not fresh and st.state != State.PENDING and (current is None or not current.alive):
+        if not fresh and st.state not in (State.PENDING, State.QUEUED) and (current is None or not current.alive):
             # About to judge the current attempt absent or ended: only on a listing made after
             # the state was read (this one may be older than a restart by another supervisor,
             # whose new attempt it cannot show).
@@ -341,6 +404,14 @@ class Supervisor:
 
         if st.state == State.PENDING:
             self._start_attempt(rec, cur, spec, "first attempt")
+        elif st.state == State.QUEUED:
+            waited = f"admitted from the queue after {max(0.0, self.now() - (st.queued_since or st.updated_at)):.0f}s"
+            if st.queued_after in (State.PREEMPTED.value, State.STALLED.value, State.ERRORED.value) \
+                    and current is not None:
+                self._restart(rec, cur, spec, current, waited)  # the lost attempt's recovery, as before
+            else:
+                self._start_attempt(rec, cur, spec, "first attempt" if st.queued_after == State.PENDING.value
+                                    else f"restart after {str(st.queued_after).lower()}", waited=waited)
         elif st.state == State.PROVISIONING:  # (an old record's BOOTING reads as PROVISIONING)
             self._check_provisioning(rec, cur, spec, current)
         elif st.state == State.RUNNING:
@@ -532,7 +603,7 @@ class Supervisor:
         return obs.idle(self.clock, self.actor, seen, self.now(), rewrite_after=window / 4)
 
     def _restart(self, rec: RunRecord, cur: tuple[RunState, int], spec: RunSpec | None,
-                 att: Attempt | None) -> None:
+                 att: Attempt | None, waited: str = "") -> None:
         st, _ = cur
         max_restarts = spec.max_restarts if spec else 0
         if not st.restarts_exhausted(max_restarts):  # a run that gives up has no next attempt to time
@@ -559,18 +630,23 @@ class Supervisor:
                 reason=f"gave up after {restarts} restarts (max_restarts={max_restarts}); last: {st.reason}",
             )
             return
-        self._start_attempt(rec, cur, spec, f"restart after {st.state.value.lower()}: {st.reason}",
-                            reuse=att if step is Recovery.RESTART_IN_PLACE else None)
+        lost = st.queued_after if st.state == State.QUEUED and st.queued_after else st.state.value
+        self._start_attempt(rec, cur, spec, f"restart after {lost.lower()}: {st.reason}",
+                            reuse=att if step is Recovery.RESTART_IN_PLACE else None, waited=waited)
 
     def _start_attempt(self, rec: RunRecord, cur: tuple[RunState, int], spec: RunSpec | None, reason: str,
-                       reuse: Attempt | None = None) -> None:
+                       reuse: Attempt | None = None, waited: str = "") -> None:
         st, _ = cur
         if rec.stop_requested():
             rec.stopped(Role.SUPERVISOR, self.actor, expected=cur, reason="stop requested")
             return
+        if not self._admitted(rec, cur, spec):
+            return  # QUEUED: a later pass begins it when the quota (or its sweep's cap) has room
         if reuse is None and self._still_running(rec, spec, st.attempt):
             return  # the next pass starts it, once nothing of the run runs any more
         attempt = st.attempt + 1
+        if st.state == State.QUEUED and waited and waited not in reason:
+            reason = f"{reason} ({waited})"
         new, _ = rec.begin_attempt(  # counts the restart when the attempt before was lost
             Role.SUPERVISOR, self.actor, expected=cur, reason=reason,
             instances=[placed(i) for i in reuse.instances] if reuse
@@ -592,6 +668,25 @@ class Supervisor:
                 return
             self._delete_attempt(reuse)  # could not be restarted: a fresh attempt, any zone
         self._create(rec, spec, new, previous_zone=st.zone)
+
+    def _admitted(self, rec: RunRecord, cur: tuple[RunState, int], spec: RunSpec | None) -> bool:
+        """Whether the queue lets the run's next attempt begin now; if not, the run is QUEUED
+        (once: a run already queued is not rewritten every pass) with the reason, or FAILED when
+        one attempt needs more than a whole quota (it would wait for ever)."""
+        st = cur[0]
+        decision = (self.admission or {}).get(rec.run_id)
+        if decision is None:
+            decision = queue_pass.admit_one(rec.run_id, st, spec, self.backend, self.now(),
+                                            say=lambda text: self.note_error(text))
+        if decision.admitted:
+            return True
+        if decision.never:
+            rec.failed(Role.SUPERVISOR, self.actor, expected=cur,
+                       reason=f"{decision.reason}: {self.backend.quota_fix(decision.too_small)}")
+        elif st.state != State.QUEUED:
+            rec.queued(Role.SUPERVISOR, self.actor, expected=cur, reason=decision.reason,
+                       since=st.updated_at)
+        return False
 
     def _still_running(self, rec: RunRecord, spec: RunSpec | None, attempt: int) -> bool:
         """Whether an instance of the run still runs (or is in its shutdown notice), on a listing

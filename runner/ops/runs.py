@@ -59,7 +59,7 @@ def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None,
     summary costs a full read of its journal for the cost (``cost.history_note`` says so).
     """
     view = _view(store, run_id, events=1, stop=True, startup=True, phases=True, heartbeat=True, spec=with_cost)
-    out = row_of(view)
+    out = with_queue_places(store, [row_of(view)])[0]
     last_event = dict(view.last_event) if view.last_event is not None else None
     if last_event is not None:
         last_event["at"] = iso(last_event["time"])
@@ -217,7 +217,21 @@ def list_runs(store: Store, run_ids: list[str] | None = None, workers: int = 8) 
     else:
         with ThreadPoolExecutor(max_workers=min(workers, len(ids))) as pool:
             rows = list(pool.map(lambda r: run_row(store, r, now), ids))
-    return [r for r in rows if r is not None]
+    return with_queue_places(store, [r for r in rows if r is not None])
+
+
+def with_queue_places(store: Store, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """QUEUED rows with their place and current reason (``queue``: position, reason, holds), as
+    the last supervisor pass published them: one read for the whole listing."""
+    if any(r.get("state") == "QUEUED" for r in rows):
+        from runner.launch.queue_pass import read_queue
+
+        places = read_queue(store)
+        for r in rows:
+            if r.get("state") == "QUEUED" and r["run_id"] in places:
+                q = places[r["run_id"]]
+                r["queue"] = {"position": q.get("position"), "reason": q.get("reason"), "holds": q.get("holds")}
+    return rows
 
 
 def when(ts_iso: str | None, age_s: float | None) -> str:

@@ -22,7 +22,12 @@ What it models, as GCE does (docs/architecture.md#recovery-strategies, "an insta
   list calls raise), ``on_create`` (runs inside create before the instance exists: another actor
   acting meanwhile).
 
-What it does not model: zones and their catalogue, quotas, operations, disks, IAM, consoles, API
+- A GPU quota, when ``gpu_quota`` is set: each instance takes its spec's ``vm["gpus"]`` (1 by
+  default) while it exists (STOPPING included, as GCE counts a VM until it is TERMINATED); a create
+  over it is refused like GCE's QUOTA_EXCEEDED and counted in ``quota_refusals``; ``read_quotas``
+  answers with limit and live usage, counted in ``quota_reads``.
+
+What it does not model: zones and their catalogue, operations, disks, IAM, consoles, API
 latency. Thread-safe: the supervisor deletes from background workers.
 """
 
@@ -34,6 +39,7 @@ from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from entrypoint.record import RunSpec
+from runner.launch.admission import Pool, Quotas
 from runner.launch.backends.base import (
     BackendError, ComputeBackend, Instance, InstanceStatus, LaunchContext,
 )
@@ -72,12 +78,14 @@ class MemoryPlan:
     termination_action: str  # "DELETE" or "STOP", as the spec's vm options say
     store: str
     rank: int = 0
+    gpus: float = 0.0
 
 
 @dataclass
 class _Vm:
     instance: Instance
     termination_action: str
+    gpus: float = 0.0
     notice_ends: float | None = None  # set while STOPPING
     deleted_at: float | None = None  # set while a delete gives the job its grace period
 
@@ -98,6 +106,9 @@ class MemoryBackend(ComputeBackend[MemoryPlan]):
         self.create_errors: list[BackendError] = []
         self.list_failures = 0
         self.on_create: Callable[[MemoryPlan], None] | None = None
+        self.gpu_quota: float | None = None
+        self.quota_reads = 0
+        self.quota_refusals = 0
 
     # ---- the interface ----
     @classmethod
@@ -108,7 +119,25 @@ class MemoryBackend(ComputeBackend[MemoryPlan]):
         return MemoryPlan(name=resource_name(spec.run_id, ctx.attempt), run_label=label_value(spec.run_id),
                           attempt=ctx.attempt,
                           termination_action=str(spec.vm.get("termination_action", "DELETE")),
-                          store=self.store_label or "", rank=rank)
+                          store=self.store_label or "", rank=rank, gpus=float(spec.vm.get("gpus", 1)))
+
+    QUOTA = "memory/GPUS"
+
+    def quota_needs(self, spec: RunSpec) -> tuple[dict[str, float], ...]:
+        if self.gpu_quota is None:
+            return ()
+        return ({self.QUOTA: float(spec.vm.get("gpus", 1)) * max(1, spec.nodes)},)
+
+    def read_quotas(self, keys: set[str]) -> Quotas:
+        with self._lock:
+            self.quota_reads += 1
+            if self.gpu_quota is None or self.QUOTA not in keys:
+                return Quotas()
+            self._settle()
+            return Quotas({self.QUOTA: Pool(self.QUOTA, self.gpu_quota, self._gpus_in_use())})
+
+    def _gpus_in_use(self) -> float:
+        return sum(vm.gpus for vm in self._vms.values() if vm.instance.status != InstanceStatus.TERMINATED)
 
     def create_instance(self, plan: MemoryPlan) -> Instance:
         with self._lock:
@@ -121,9 +150,12 @@ class MemoryBackend(ComputeBackend[MemoryPlan]):
             self._settle()
             vm = self._vms.get(plan.name)
             if vm is None:
+                if self.gpu_quota is not None and self._gpus_in_use() + plan.gpus > self.gpu_quota:
+                    self.quota_refusals += 1
+                    raise BackendError(f"Quota 'GPUS' exceeded.  Limit: {self.gpu_quota:g} (memory)")
                 vm = self._vms[plan.name] = _Vm(
                     Instance(plan.name, plan.run_label, plan.attempt, InstanceStatus.RUNNING, ZONE,
-                             store=plan.store, rank=plan.rank), plan.termination_action)
+                             store=plan.store, rank=plan.rank), plan.termination_action, plan.gpus)
             return vm.instance
 
     def list(self, run_id: str | None = None) -> list[Instance]:

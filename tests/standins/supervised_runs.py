@@ -53,7 +53,7 @@ class SupervisedRuns:
         rec = RunRecord(self.store, run_id)
         rec.write_spec(RunSpec(run_id=run_id, image=IMAGE, command=["python3", "-m", "examples.trainer"],
                                backend=backend, max_restarts=max_restarts,
-                               vm={"termination_action": termination_action}, **spec))
+                               vm={"termination_action": termination_action, **spec.pop("vm", {})}, **spec))
         rec.create_state("user@test")
         return rec
 

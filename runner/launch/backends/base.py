@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Generic, Iterable, Sequence, TypeVar
 
 from entrypoint.record import AttemptSettings, RunSpec
+from runner.launch.admission import Quotas
 
 LABEL_RUNNER = "runner"
 LABEL_RUN_ID = "run-id"
@@ -261,6 +262,22 @@ class ComputeBackend(ABC, Generic[NodePlan]):
                 f"--nodes {nodes}: the {cls.name} backend runs at most {cls.max_nodes} node(s) per attempt; "
                 + ("it has no multi-node gangs yet: use --backend local or nodes = 1" if cls.max_nodes == 1
                    else f"use --nodes {cls.max_nodes} or fewer"))
+
+    # ---- the queue (runner.launch.admission) ----
+    def quota_needs(self, spec: RunSpec) -> tuple[dict[str, float], ...]:
+        """What one attempt of ``spec`` takes from the provider's quotas, per region it may use
+        (``{"SCOPE/METRIC": amount}``, see ``admission``); (): nothing counted (no quotas here)."""
+        return ()
+
+    def read_quotas(self, keys: set[str]) -> Quotas:
+        """The quotas behind ``keys`` as the provider reports them now: one or two API calls per
+        pass, whatever the number of waiting runs. Raises ``BackendError`` when they cannot be
+        read (the queue then lets the provider's own refusals decide, as before it existed)."""
+        return Quotas()
+
+    def quota_fix(self, too_small: Sequence[tuple[str, float, float]]) -> str:
+        """How to raise quotas that one attempt outgrows (``Decision.too_small``), one line."""
+        return "ask the provider for a higher limit, or submit a smaller shape"
 
     # Whether an instance of this backend costs money (``ops status`` prices a run's attempts).
     billed: bool = True

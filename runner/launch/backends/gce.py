@@ -34,13 +34,15 @@ from runner.launch.backends.base import (
 from runner.launch.backends import gce_boot_image as boot_images
 from runner.launch.backends.gce_network import network_interface, network_refusal
 from runner.launch.backends.gce_listing import label_filter, list_all_instances
+from runner.launch.backends import gce_quota
 from runner.launch.backends.gce_gang import GangPlan, create_generation, gang_plan, internal_ip
 from runner.launch.backends.gce_zone_walk import (
     GLOBAL_GPU_QUOTA, GLOBAL_GPU_QUOTA_ID, ZONE_RETRYABLE, OverGlobalGpuQuota, ZoneExhausted, global_gpu_quota,
 )
 from runner.launch.backends.gce_shapes import (
-    GpuRequest, ShapeError, boot_disk_type, family, resolve_gpu, waits_for_driver,
+    GpuRequest, ShapeError, boot_disk_type, family, gpu_quota_metric, resolve_gpu, waits_for_driver,
 )
+from runner.launch.admission import Quotas
 from runner.cloud.gcp_clients import ComputeClients, api_errors, api_retry, retry_exhausted_text
 from runner.naming import instance_names, label_value, rank_of, store_label
 from runner.shipped_files import startup_scripts
@@ -102,6 +104,7 @@ def vm_options_defaults() -> dict[str, Any]:
         "gpu_driver_version": "",
         "warm_images": "auto",       # "off": always boot vm_image (gce_boot_image.py)
         "gpu_count": None,           # built-in GPUs per machineTypes.get, pinned by submit (gce_shapes.py)
+        "vcpus": None,               # guestCpus per machineTypes.get, pinned by submit: the queue's CPU need
     }
 
 
@@ -279,6 +282,25 @@ class GceBackend(ComputeBackend[GcePlan]):
         # not look "gone" (and be restarted) here.
         return (spec.vm or {}).get("project") in (None, self.project)
 
+    # ---- the queue ----
+    def quota_needs(self, spec: RunSpec) -> tuple[dict[str, float], ...]:
+        gpu = gpu_request(spec.machine_type, spec.gpu, spec.vm or {})
+        _, metric = gpu_quota_metric(spec.machine_type or "n1-standard-4", spec.gpu)
+        return gce_quota.attempt_needs(spec, metric, gpu.count)
+
+    def read_quotas(self, keys: set[str]) -> Quotas:
+        try:
+            return gce_quota.read(self.c, self.project, keys, retry=api_retry())
+        except api_errors() as e:
+            raise BackendError(f"reading the quotas of {self.project}: {_explain(e, self.project)}") from None
+
+    def quota_fix(self, too_small: Sequence[tuple[str, float, float]]) -> str:
+        for key, amount, _limit in too_small:
+            if key == f"{gce_quota.GLOBAL}/{GLOBAL_GPU_QUOTA}":
+                return _one_line(global_quota_request(self.project, int(amount)))
+        return (f"request higher limits at {QUOTA_CONSOLE.format(project=self.project)} "
+                "(`runner doctor` shows the project's quotas), or submit a smaller shape")
+
     # ---- submit-time checks ----
     def prepare(self, spec: RunSpec) -> RunSpec:
         """Refuse impossible shapes before any API call, then check zones/types and pin the VM image."""
@@ -316,13 +338,15 @@ class GceBackend(ComputeBackend[GcePlan]):
             raise BackendError("no zones: pass --zones us-central1-a,us-central1-b or set zones in runner.toml")
         project = vm["project"] or self.project
         try:
-            usable, built_in = self._usable_zones(spec.zones, project, machine_type, gpu)
+            usable, built_in, vcpus = self._usable_zones(spec.zones, project, machine_type, gpu)
         except gexc.NotFound as e:
             raise BackendError(str(e.message)) from None
         except api_errors() as e:
             raise BackendError(_explain(e, project)) from None
         if gpu.built_in and built_in is not None:
             vm["gpu_count"] = built_in  # what GCE gives, not what the name suggests
+        if vcpus:
+            vm["vcpus"] = vcpus  # one VM's CPU quota use, for the queue (gce_quota)
         # A gang's generation holds all its nodes' GPUs at once (one bulkInsert, all or nothing).
         self._refuse_over_global_gpu_quota(project, gpu_request(machine_type, spec.gpu, vm).count,
                                            nodes=max(1, spec.nodes))
@@ -368,16 +392,16 @@ class GceBackend(ComputeBackend[GcePlan]):
                 f"(`runner doctor` checks it), then submit again: {_one_line(global_quota_request(project, gpus))}")
 
     def _usable_zones(self, zones: list[str], project: str, machine_type: str,
-                      gpu: GpuRequest) -> tuple[list[str], int | None]:
-        """The zones that offer ``machine_type`` (and the attached GPU), and the machine type's
+                      gpu: GpuRequest) -> tuple[list[str], int | None, int]:
+        """The zones that offer ``machine_type`` (and the attached GPU), the machine type's
         built-in GPU count as ``machineTypes.get`` reports it (``accelerators[]
-        .guestAcceleratorCount``; None when no zone offers it). An unknown zone raises NotFound
+        .guestAcceleratorCount``; None when no zone offers it) and its ``guestCpus`` (0: unknown). An unknown zone raises NotFound
         with the fix in its message."""
         import sys
 
         from google.api_core import exceptions as gexc
 
-        usable, built_in = [], None
+        usable, built_in, vcpus = [], None, 0
         for zone in zones:
             try:
                 self.c.zones.get(project=project, zone=zone, retry=api_retry())
@@ -388,6 +412,7 @@ class GceBackend(ComputeBackend[GcePlan]):
             try:
                 mt = self.c.machine_types.get(project=project, zone=zone, machine_type=machine_type,
                                               retry=api_retry())
+                vcpus = int(mt.guest_cpus or 0) or vcpus  # the queue counts them (gce_quota)
                 if mt.accelerators:
                     built_in = sum(a.guest_accelerator_count for a in mt.accelerators)
             except gexc.NotFound:
@@ -402,7 +427,7 @@ class GceBackend(ComputeBackend[GcePlan]):
                 print(f"runner: warning: zone {zone} has no {' and no '.join(missing)}; skipping it", file=sys.stderr)
             else:
                 usable.append(zone)
-        return usable, built_in
+        return usable, built_in, vcpus
 
     def pin_vm_image(self, ref: str) -> str:
         """``projects/P/global/images/family/F`` → the concrete image it points at today."""
