@@ -105,9 +105,19 @@ def test_a_run_over_the_projects_gpu_quota_waits_and_says_which_quota(gce):
     fake.set_quota("us-central1", "PREEMPTIBLE_NVIDIA_T4_GPUS", 1)  # a new project's quota
     submit(ctx, run_id="first")
     submit(ctx, run_id="second")
-    ctx.supervisor().reconcile_all()
+    sup = ctx.supervisor()
+    sup.reconcile_all()
     assert [v.name for v in fake.instances()] == ["runner-first-a1"]
-    notes = [ev["reason"] for _, ev in RunRecord(ctx.store, "second").events() if ev["to"] is None]
+    second = RunRecord(ctx.store, "second")
+    st = second.read_state()[0]
+    assert (st.state, st.reason) == (State.QUEUED, "waiting for 1 × PREEMPTIBLE_NVIDIA_T4_GPUS in us-central1: "
+                                                   "1 of 1 in use")  # the queue read the quota: no insert
+    assert [r.body["name"] for r in fake.calls("instances.insert")] == ["runner-first-a1"]
+    # When the quotas cannot be read (a missing permission), the insert is sent and GCE's own
+    # refusal, in every zone, is what the journal says.
+    fake.fail_next(403, rpc="regions.get", reason="forbidden")
+    sup.reconcile_all()
+    notes = [ev["reason"] for _, ev in second.events() if ev["to"] is None]
     assert "QUOTA_EXCEEDED" in notes[-1] and "us-central1-b" in notes[-1]
     assert "Quota 'PREEMPTIBLE_NVIDIA_T4_GPUS' exceeded.  Limit: 1.0 in region us-central1." in notes[-1]
 

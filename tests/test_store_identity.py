@@ -35,6 +35,9 @@ def test_store_label_is_a_valid_label_and_one_per_store(tmp_path):
 
 @pytest.fixture
 def two_gce_stores(compute_fake, gcs_emulator):
+    # Room for both stores' VMs: the quota is the project's, whichever store's run asks.
+    compute_fake.set_quota("us-central1", "PREEMPTIBLE_NVIDIA_T4_GPUS", 8)
+
     def ctx(name: str):
         cfg = Config(backend="gce", project="test-project", zones=["us-central1-a"],
                      compute_endpoint=compute_fake.endpoint,
