@@ -220,6 +220,20 @@ def test_a_member_id_taken_by_another_run_is_reported_and_left_alone(store):
     assert result.created == ["lr1-000", "lr1-002", "lr1-003"]
 
 
+def test_a_sweep_on_gcs_writes_its_members_from_the_pool_each_create_only(gcs_store):
+    """The bounded pool against the GCS emulator (the real client, shared by the workers): every
+    member is created once, and the document's compare-and-swap lands."""
+    cfg = load_config(cli={"store": gcs_store.url, "backend": "gce", "project": "p", "zones": "us-central1-a"},
+                      cwd="/", env={})
+    plan = plan_of({"grid": {"a": [1, 2, 3, 4], "b": ["x", "y", "z"]}})
+    result = submit_sweep(Context(cfg, gcs_store, _RebuiltTag()), "g", plan, ["t", "{a}", "{b}"], "img", workers=8)
+    assert result.created == member_ids("g", 12) and not result.failed
+    assert [RunRecord(gcs_store, rid).read_spec().command for rid in result.created] == \
+        [["t", str(p["a"]), p["b"]] for p in plan.points]
+    assert all(len(list(RunRecord(gcs_store, rid).events())) == 1 for rid in result.created)
+    assert read_sweep(gcs_store, "g")[0].submitted == result.created
+
+
 # ---- ops list --sweep / ops delete --sweep ----
 
 def _finish(store: LocalStore, run_id: str, state: State, summary: dict | None) -> None:
@@ -362,3 +376,19 @@ def test_sweep_cli_refuses_a_placeholder_the_file_does_not_set_before_writing_an
     assert p.returncode == 2
     assert "runner: the command uses {depth}, which s.yaml does not set (its parameters: lr)" in p.stderr
     assert list((tmp_path / "store").iterdir()) == []
+
+
+@pytest.mark.parametrize("args, said", [
+    (["ops", "delete"], "give the run to stop with --run-id ID, or a whole sweep with --sweep ID"),
+    (["ops", "delete", "--run-id", "a", "--sweep", "s"], "give the run to stop with --run-id ID, or a whole sweep"),
+    (["ops", "delete", "--sweep", "s", "--purge", "--yes"], "--purge removes one run's record"),
+    (["ops", "list", "--sweep", "s", "--orphans"], "--sweep and --orphans are two different lists"),
+])
+def test_ops_sweep_options_refuse_what_does_not_go_together(tmp_path, args, said):
+    from click.testing import CliRunner
+
+    from runner.cli.main import main
+
+    (tmp_path / "store").mkdir()
+    out = CliRunner().invoke(main, [*args, "--store", f"file://{tmp_path}/store"])
+    assert out.exit_code == 2 and said in out.output
