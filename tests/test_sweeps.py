@@ -392,3 +392,15 @@ def test_ops_sweep_options_refuse_what_does_not_go_together(tmp_path, args, said
     (tmp_path / "store").mkdir()
     out = CliRunner().invoke(main, [*args, "--store", f"file://{tmp_path}/store"])
     assert out.exit_code == 2 and said in out.output
+
+
+def test_the_sweep_document_keeps_fields_a_newer_runner_wrote(store):
+    """A rerun rewrites the document (``submitted``): what a newer version added must survive it."""
+    submit_sweep(_ctx(store), "lr1", plan_of(GRID), TEMPLATE, "trainer:dev")
+    doc = json.loads(store.read("sweeps/lr1.json").data)
+    doc["submitted"] = doc["submitted"][:1]
+    doc["budget_usd"] = 12.5  # a field this version does not know
+    store.write("sweeps/lr1.json", json.dumps(doc).encode())
+    submit_sweep(_ctx(store), "lr1", plan_of(GRID), TEMPLATE, None)
+    after = json.loads(store.read("sweeps/lr1.json").data)
+    assert after["budget_usd"] == 12.5 and after["submitted"] == member_ids("lr1", 4)

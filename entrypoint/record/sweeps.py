@@ -40,15 +40,22 @@ class SweepDoc:
     created_at: float = field(default_factory=utcnow)
     updated_at: float = field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION
+    # Fields a newer runner wrote, kept as they were when this version rewrites the document
+    # (as RunState.extra: readers keep what they do not know).
+    extra: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
 
     @property
     def run_ids(self) -> list[str]:
         return [r["run_id"] for r in self.runs]
 
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {**d.pop("extra"), **d}
+
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "SweepDoc":
-        known = set(cls.__dataclass_fields__)
-        doc = cls(**{k: v for k, v in d.items() if k in known})
+        known = set(cls.__dataclass_fields__) - {"extra"}
+        doc = cls(**{k: v for k, v in d.items() if k in known}, extra={k: v for k, v in d.items() if k not in known})
         if not isinstance(doc.runs, list) or not all(isinstance(r, dict) and "run_id" in r for r in doc.runs):
             raise ValueError("field 'runs' is not a list of {run_id, params}")
         return doc
@@ -70,11 +77,11 @@ def read_sweep(store: Store, sweep_id: str) -> tuple[SweepDoc, int] | None:
 
 def create_sweep(store: Store, doc: SweepDoc) -> int:
     """Create-only: ``PreconditionFailed`` when a sweep of that id exists (read it and compare)."""
-    return store.write(sweep_doc_name(doc.sweep_id), dump(asdict(doc)), if_generation_match=0)
+    return store.write(sweep_doc_name(doc.sweep_id), dump(doc.to_dict()), if_generation_match=0)
 
 
 def update_sweep(store: Store, doc: SweepDoc, generation: int) -> int:
     """Compare-and-swap over the generation read: two reruns of one sweep cannot drop each
     other's ``submitted``; the loser gets ``PreconditionFailed``, re-reads and merges."""
     doc.updated_at = utcnow()
-    return store.write(sweep_doc_name(doc.sweep_id), dump(asdict(doc)), if_generation_match=generation)
+    return store.write(sweep_doc_name(doc.sweep_id), dump(doc.to_dict()), if_generation_match=generation)
