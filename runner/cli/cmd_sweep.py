@@ -104,9 +104,15 @@ def sweep(sweep_file: str, max_concurrent: int | None, priority: int, sweep_id: 
     from entrypoint.record.sweeps import read_sweep
 
     image = shared["image"]
-    if read_sweep(ctx.store, sweep_id) is not None:
+    found = read_sweep(ctx.store, sweep_id)
+    if found is not None:  # a rerun: the sweep keeps what it pinned; say which flags are not used
+        kept = found[0]
         if image:
             note(f"sweep {sweep_id} exists: its runs keep the image it pinned; --image {image} is not used")
+        if max_concurrent is not None and max_concurrent != kept.max_concurrent:
+            note(f"sweep {sweep_id} exists: it keeps --max-concurrent {kept.max_concurrent}")
+        if priority != kept.priority:
+            note(f"sweep {sweep_id} exists: it keeps --priority {kept.priority}")
         image = None
     elif image is None and not shared["skip_build"]:
         image = build_for_submit(ctx, ".")

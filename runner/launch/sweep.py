@@ -166,8 +166,8 @@ def _ours(run_ids: list[str], ctx: Context, sweep_id: str, failed: dict[str, str
     def sweep_of(rid: str) -> str | None:
         try:
             spec = RunRecord(ctx.store, rid).read_spec()
-        except Exception:  # noqa: BLE001 - a torn spec: ops list shows it as damaged
-            return sweep_id
+        except DamagedRecord:
+            return sweep_id  # a torn spec of a member: left alone, and ops list --sweep shows it damaged
         return None if spec is None else spec.sweep
 
     if not run_ids:
