@@ -84,14 +84,24 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
 @ops.command(name="list")
 @click.option("--json", "as_json", is_flag=True, help="One JSON array of runs.")
 @click.option("--orphans", is_flag=True, help="Instead: VMs/containers whose run is finished or unknown (still billing).")
+@click.option("--sweep", "sweep_id", metavar="ID",
+              help="Only this sweep's runs (state, attempt, params, progress, cost, metric) and its summary.")
 @config_options
 @guard
-def list_cmd(as_json: bool, orphans: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
+def list_cmd(as_json: bool, orphans: bool, sweep_id: str | None, cli_config: dict[str, Any],
+             config_path: str | None) -> None:
     """All runs in the store, one line each (UPDATED in UTC, and how long ago)."""
     from entrypoint.record.timeline import duration
     from runner.ops.runs import list_runs, when
 
+    if sweep_id is not None and orphans:
+        fail("--sweep and --orphans are two different lists: give one", EXIT_USAGE)
     ctx = load(cli_config, config_path)
+    if sweep_id is not None:
+        from runner.cli.cmd_sweep import print_sweep_list
+
+        print_sweep_list(ctx, checked_run_id(sweep_id), as_json)
+        return
     if orphans:
         from runner.ops.runs import orphans as find_orphans
 
@@ -258,7 +268,8 @@ def _run_grace(ctx: Any, run_id: str) -> float:
 
 
 @ops.command()
-@click.option("--run-id", required=True)
+@click.option("--run-id", help="The run to stop (or --sweep).")
+@click.option("--sweep", "sweep_id", metavar="ID", help="Stop every run of this sweep instead (concurrently).")
 @click.option("--grace-period", type=float,
               help="Seconds the job gets to checkpoint before it is killed (default: the run's own, pinned at submit).")
 @click.option("--purge", is_flag=True,
@@ -268,8 +279,8 @@ def _run_grace(ctx: Any, run_id: str) -> float:
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
 @config_options
 @guard
-def delete(run_id: str, grace_period: float | None, purge: bool, yes: bool, as_json: bool,
-           cli_config: dict[str, Any], config_path: str | None) -> None:
+def delete(run_id: str | None, sweep_id: str | None, grace_period: float | None, purge: bool, yes: bool,
+           as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
     """Stop a run for good: writes .stop (nothing will restart it), then removes its VM/container.
 
     The run's record (checkpoints, results, logs) stays in the store; `submit --restart` resumes it.
@@ -278,12 +289,24 @@ def delete(run_id: str, grace_period: float | None, purge: bool, yes: bool, as_j
 
     \b
       runner ops delete --run-id exp-1 --purge
+      runner ops delete --sweep lr-sweep-3f2a     # every run of a sweep
     """
     from runner.ops.runs import delete_run
 
+    if (run_id is None) == (sweep_id is None):
+        fail("give the run to stop with --run-id ID, or a whole sweep with --sweep ID", EXIT_USAGE)
     if yes and not purge:
         fail("--yes only confirms --purge: add --purge to remove the run's record, or drop --yes", EXIT_USAGE)
+    if sweep_id is not None and purge:
+        fail("--purge removes one run's record: stop the sweep with --sweep first, then purge runs one by one",
+             EXIT_USAGE)
     ctx = load(cli_config, config_path)
+    if sweep_id is not None:
+        from runner.cli.cmd_sweep import print_sweep_delete
+
+        print_sweep_delete(ctx, checked_run_id(sweep_id), grace_period, as_json)
+        return
+    assert run_id is not None
     g = _run_grace(ctx, run_id) if grace_period is None else grace_period
     if purge:
         _purge(ctx, checked_run_id(run_id), g, yes, as_json)

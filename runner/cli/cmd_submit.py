@@ -114,12 +114,7 @@ def submit(task_path: str | None, run_id: str | None, image: str | None, restart
     if pull_dest is not None and detach:
         fail("--pull needs the run followed to its end: drop --detach, or pull later with "
              f"`runner ops pull --run-id {run_id} --dest {pull_dest}`", EXIT_USAGE)
-    env = dict(task.env) if task is not None else {}  # --env overrides the file's, name by name
-    for pair in env_pairs:
-        k, sep, v = pair.partition("=")
-        if not sep or not k:
-            fail(f"--env {pair!r} is not KEY=VALUE", EXIT_USAGE)
-        env[k] = v
+    env = env_of(env_pairs, dict(task.env) if task is not None else {})  # --env overrides the file's
     # The counts go through the config layer like every other setting, so a flag is checked
     # exactly as the same key in runner.toml or RUNNER_* would be (negative values refused).
     cli_config = {**cli_config, "poll_interval": poll_interval, "zones": zones, "nodes": nodes,
@@ -135,7 +130,7 @@ def submit(task_path: str | None, run_id: str | None, image: str | None, restart
     from entrypoint.record import RunRecord
 
     if image is None and not skip_build and command and RunRecord(ctx.store, run_id).read_state() is None:
-        image = _build_for_submit(ctx, task.build if task is not None and task.build else ".")
+        image = build_for_submit(ctx, task.build if task is not None and task.build else ".")
     result = submit_mod.submit(ctx, run_id, list(command), image=image, restart=restart,
                                max_restarts=ctx.cfg.max_restarts, retry_on_failure=ctx.cfg.retry_on_failure,
                                env=env)
@@ -169,6 +164,17 @@ def submit(task_path: str | None, run_id: str | None, image: str | None, restart
             out = pull_run(ctx.store, run_id, pull_dest, False, on_plan=on_plan, on_file=on_file)
         note(f"pulled {len(out['copied'])} file(s) ({out['bytes']} bytes) into {out['dest']}"
              + (f": nothing copied, {out['why_nothing']}" if out.get("why_nothing") else ""))
+
+
+def env_of(pairs: tuple[str, ...], base: dict[str, str]) -> dict[str, str]:
+    """``base`` with each ``--env KEY=VALUE`` over it, name by name (exit 2 for a malformed one)."""
+    env = dict(base)
+    for pair in pairs:
+        k, sep, v = pair.partition("=")
+        if not sep or not k:
+            fail(f"--env {pair!r} is not KEY=VALUE", EXIT_USAGE)
+        env[k] = v
+    return env
 
 
 def _say_how_it_ended(ctx: Any, run_id: str, attempt: int, flags: str) -> None:
@@ -289,7 +295,7 @@ def _dry_run(cfg: Any, run_id: str, command: list[str], image: str | None, env: 
     note("dry run: nothing written or created; not checked: " + "; ".join(skipped))
 
 
-def _build_for_submit(ctx: Any, context: str) -> str:
+def build_for_submit(ctx: Any, context: str) -> str:
     """No --image: build the current directory first, as `runner build` without --image would:
     named after the folder, never over the configured image (what --skip-build runs) or the base
     image, which a job's Dockerfile builds FROM (issue 20 §2)."""

@@ -14,6 +14,7 @@ from runner.cli.cmd_ops import ops
 from runner.cli.cmd_setup import doctor, init
 from runner.cli.cmd_submit import submit
 from runner.cli.cmd_supervise import supervise
+from runner.cli.cmd_sweep import sweep
 from runner.cli.closed_pipe import QuietOnClosedPipe
 
 
@@ -30,5 +31,5 @@ def main() -> None:
     """
 
 
-for _command in (submit, build, images, supervise, doctor, init, ops):
+for _command in (submit, sweep, build, images, supervise, doctor, init, ops):
     main.add_command(_command)

@@ -40,9 +40,11 @@ def resolve_image(ctx: Context, image: str | None) -> str:
 
 
 def build_spec(cfg: Config, run_id: str, command: list[str], image: str, *,
-               max_restarts: int | None, retry_on_failure: int | None, env: dict[str, str]) -> RunSpec:
+               max_restarts: int | None, retry_on_failure: int | None, env: dict[str, str],
+               priority: int = 0, sweep: str | None = None, max_concurrent: int | None = None) -> RunSpec:
     """The spec of a new run: everything that shapes its attempts, pinned now (so whichever
-    supervisor restarts it, with whatever config, recreates the same attempt)."""
+    supervisor restarts it, with whatever config, recreates the same attempt). ``priority``,
+    ``sweep`` and ``max_concurrent`` are the queue's settings (a sweep's members share them)."""
     kind = backend_type(cfg.backend)
     kind.check_nodes(cfg.nodes)
     machine_type, gpu = kind.spec_shape(cfg)
@@ -61,6 +63,9 @@ def build_spec(cfg: Config, run_id: str, command: list[str], image: str, *,
         gpu=gpu,
         zones=list(cfg.zones),
         nodes=cfg.nodes,
+        priority=priority,
+        sweep=sweep,
+        max_concurrent=max_concurrent,
         settings=asdict(settings),
         # What older runners read (they ignore ``settings``): a run submitted with this version
         # and restarted by an older hosted supervisor still gets its own GPU wait.
@@ -113,16 +118,31 @@ def submit(ctx: Context, run_id: str, command: list[str], *, image: str | None, 
         return SubmitResult(run_id, spec, True, f"run {run_id} exists ({st.state.value}, attempt {st.attempt}): resuming it")
     if not command:
         raise SubmitRefused("no command given: runner submit --run-id ID -- CMD ARGS...")
+    check_store_mountable(ctx.cfg.backend, ctx.store.url)  # before the image is looked up
+    spec = new_run_spec(ctx, run_id, command, resolve_image(ctx, image),
+                        max_restarts=max_restarts, retry_on_failure=retry_on_failure, env=env or {})
+    return create_run(ctx, spec, actor)
+
+
+def new_run_spec(ctx: Context, run_id: str, command: list[str], pinned_image: str, **spec_options: object) -> RunSpec:
+    """The spec of a new run, checked against the provider (``prepare``) before anything is
+    written. ``pinned_image``: what ``resolve_image`` returned. A sweep makes this once and
+    derives its members from it, so N runs cost one image pin and one set of provider checks."""
     check_store_mountable(ctx.cfg.backend, ctx.store.url)
-    spec = build_spec(ctx.cfg, run_id, command, resolve_image(ctx, image),
-                      max_restarts=max_restarts, retry_on_failure=retry_on_failure, env=env or {})
-    spec = ctx.backend.prepare(spec)
+    spec = build_spec(ctx.cfg, run_id, command, pinned_image, **spec_options)  # type: ignore[arg-type]
+    return ctx.backend.prepare(spec)
+
+
+def create_run(ctx: Context, spec: RunSpec, actor: str = "submit") -> SubmitResult:
+    """Write a new run's spec and first state (create-only both): a submit that raced another
+    for the id joins the same run or is refused (``_lost_race``)."""
+    rec = RunRecord(ctx.store, spec.run_id)
     try:
         rec.write_spec(spec)
         rec.create_state(actor)
     except PreconditionFailed as e:
         return _lost_race(rec, spec, e)
-    return SubmitResult(run_id, spec, False, f"run {run_id} submitted")
+    return SubmitResult(spec.run_id, spec, False, f"run {spec.run_id} submitted")
 
 
 def _lost_race(rec: RunRecord, ours: RunSpec, lost: PreconditionFailed) -> SubmitResult:
@@ -195,4 +215,4 @@ def dry_run(cfg: Config, run_id: str, command: list[str], image: str | None, *,
     return plan, ["the store was not opened", *backend_type(cfg.backend).unchecked_by_dry_run(spec)]
 
 
-__all__ = ["SubmitRefused", "SubmitResult", "submit", "dry_run", "State"]
+__all__ = ["SubmitRefused", "SubmitResult", "submit", "new_run_spec", "create_run", "dry_run", "State"]
