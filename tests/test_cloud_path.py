@@ -445,6 +445,55 @@ def test_a_stockout_in_the_first_zone_runs_the_job_in_the_second(cloud: Cloud) -
     assert own and all(code not in (401, 403) for code in own), own
 
 
+def test_a_sweep_waits_in_the_queue_under_a_cpu_quota_and_every_run_finishes(cloud: Cloud, tmp_path: Path) -> None:
+    """Issue 22, whole: `runner sweep` (real CLI) submits three runs; a `runner supervise`
+    process admits them against a regional CPU quota that holds one VM at a time (the fake
+    enforces it, regions.get reports it): each run waits QUEUED, none is refused by the quota,
+    never two VMs at once, and every run's job runs to the end on its own VM."""
+    fake = cloud.fake
+    zone, region = "europe-west4-a", "europe-west4"  # a region no other test here uses: its usage is ours
+    saved = dict(fake.region_quotas[region])
+    fake.set_quota(region, "CPUS", 4)  # n1-standard-4: one VM (spot draws on CPUS: no PREEMPTIBLE_CPUS)
+    sweep_file = tmp_path / "grid.yaml"
+    sweep_file.write_text("grid:\n  seed: [1, 2, 3]\n")
+    live_max, stop = [0], [False]
+
+    def sample() -> None:
+        while not stop[0]:
+            live = [i for i in fake.instances() if i.zone.endswith(zone) and i.status != "TERMINATED"]
+            live_max[0] = max(live_max[0], len(live))
+            time.sleep(0.05)
+
+    import threading
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        p = cloud.cli("sweep", str(sweep_file), "--sweep-id", "qs", "--image", cloud.image, "--zones", zone,
+                      *CPU, "--", *SHORT)
+        assert p.returncode == 0, p.stderr
+        runs = ["qs-000", "qs-001", "qs-002"]
+        cloud.supervise()
+        for run_id in runs:
+            st = cloud.wait_state(run_id, State.SUCCEEDED, State.FAILED, timeout=180)
+            assert (st.state, st.attempt, st.restarts) == (State.SUCCEEDED, 1, 0), st
+        waited = [r for r in runs if any(e.get("to") == "QUEUED" for e in cloud.journal(r))]
+        assert len(waited) >= 2, waited  # all three were submitted at once; one VM fits
+        queued = next(e for e in cloud.journal(waited[-1]) if e.get("to") == "QUEUED")
+        assert queued["reason"] == f"waiting for 4 × CPUS in {region}: 4 of 4 in use", queued
+        refused = [op for op in fake.operations(zone=zone) if op.error and
+                   any(e.code == "QUOTA_EXCEEDED" for e in op.error.errors)]
+        assert refused == [] and len(fake.calls("instances.insert")) >= 3
+        assert live_max[0] == 1, live_max
+        for run_id in runs:
+            assert json.loads(cloud.text(run_id, "results/summary.json"))["steps"] == 10
+        listing = cloud.cli("ops", "list", "--sweep", "qs")
+        assert listing.returncode == 0 and "3 done" in listing.stdout, listing.stdout
+    finally:
+        stop[0] = True
+        sampler.join(timeout=5)
+        fake.region_quotas[region] = saved
+
+
 def test_where_no_vm_may_have_an_external_ip_a_run_succeeds_on_its_subnetwork_without_one(cloud: Cloud) -> None:
     """Issue 19 item 9, whole: the organisation policy forbids external IPs (the Compute fake
     refuses any), the user names a subnetwork with Private Google Access and sets external_ip =

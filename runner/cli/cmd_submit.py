@@ -54,6 +54,8 @@ _COMMAND_FORM = "runner submit --run-id ID [OPTIONS] -- PROGRAM ARGS..."
               "the current folder is built first, tagged FOLDER:dev (never over the configured image).")
 @click.option("--pull", "pull_dest", metavar="DIR", type=click.Path(file_okay=False),
               help="When the run succeeds, copy its results/ here (as `runner ops pull --dest DIR`).")
+@click.option("--priority", type=int, default=0, show_default=True,
+              help="The queue's order when the quota is full: higher first, then first come (README: Sweeps and queues).")
 @click.option("--max-restarts", type=int, help="Preemption/stall restarts before giving up (default 10).")
 @click.option("--retry-on-failure", type=int, help="Re-run a job that exits non-zero up to N times (default 0).")
 @click.option("--poll-interval", type=float, help="Seconds between supervisor checks.")
@@ -77,7 +79,7 @@ _COMMAND_FORM = "runner submit --run-id ID [OPTIONS] -- PROGRAM ARGS..."
 @guard
 def submit(task_path: str | None, run_id: str | None, image: str | None, restart: bool, detach: bool,
            quiet: bool, dry_run: bool, skip_build: bool,
-           pull_dest: str | None, max_restarts: int | None, retry_on_failure: int | None, poll_interval: float | None,
+           pull_dest: str | None, priority: int, max_restarts: int | None, retry_on_failure: int | None, poll_interval: float | None,
            env_pairs: tuple[str, ...], progress_regex: str | None, progress_total: int | None,
            nodes: int | None, zones: str | None, machine_type: str | None,
            gpu: str | None, no_gpu: bool | None, termination_action: str | None,
@@ -133,7 +135,7 @@ def submit(task_path: str | None, run_id: str | None, image: str | None, restart
         image = build_for_submit(ctx, task.build if task is not None and task.build else ".")
     result = submit_mod.submit(ctx, run_id, list(command), image=image, restart=restart,
                                max_restarts=ctx.cfg.max_restarts, retry_on_failure=ctx.cfg.retry_on_failure,
-                               env=env)
+                               env=env, priority=priority)
     message = result.message
     if result.joined:  # the run is live: join it as a re-submit of a live run would
         message += "; detached from it" if detach else "; following it"

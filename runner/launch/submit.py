@@ -77,7 +77,7 @@ def build_spec(cfg: Config, run_id: str, command: list[str], image: str, *,
 
 def submit(ctx: Context, run_id: str, command: list[str], *, image: str | None, restart: bool,
            max_restarts: int | None = None, retry_on_failure: int | None = None,
-           env: dict[str, str] | None = None, actor: str = "submit") -> SubmitResult:
+           env: dict[str, str] | None = None, actor: str = "submit", priority: int = 0) -> SubmitResult:
     rec = RunRecord(ctx.store, run_id)
     cur = rec.read_state()
     if cur is not None:
@@ -120,7 +120,8 @@ def submit(ctx: Context, run_id: str, command: list[str], *, image: str | None, 
         raise SubmitRefused("no command given: runner submit --run-id ID -- CMD ARGS...")
     check_store_mountable(ctx.cfg.backend, ctx.store.url)  # before the image is looked up
     spec = new_run_spec(ctx, run_id, command, resolve_image(ctx, image),
-                        max_restarts=max_restarts, retry_on_failure=retry_on_failure, env=env or {})
+                        max_restarts=max_restarts, retry_on_failure=retry_on_failure, env=env or {},
+                        priority=priority)
     return create_run(ctx, spec, actor)
 
 
