@@ -7,30 +7,17 @@ from __future__ import annotations
 import pytest
 
 from entrypoint.record import RunRecord, State
-from runner.config import Config
-from runner.launch.context import make_context
 from runner.launch.queue_pass import read_queue
-
-PROJECT = "test-project"
-IMAGE = "us-docker.pkg.dev/test-project/runs/trainer@sha256:" + "e" * 64
+from tests.test_gce_global_gpu_quota import gce, submit  # noqa: F401 - gce is a fixture
 
 
-@pytest.fixture
-def gce(compute_fake, gcs_store, gcs_emulator):
-    cfg = Config(backend="gce", project=PROJECT, zones=["us-central1-a", "us-central1-b"],
-                 compute_endpoint=compute_fake.endpoint, store=gcs_store.url,
-                 machine_type="n1-standard-4", gpu="nvidia-tesla-t4",
-                 poll_interval=1.0, stall_polls=600, gpu_timeout=300)
-    compute_fake.set_quota("us-central1", "PREEMPTIBLE_NVIDIA_T4_GPUS", 2)
-    compute_fake.set_quota("us-central1", "PREEMPTIBLE_CPUS", 64)
-    compute_fake.set_project_quota("GPUS_ALL_REGIONS", 16)
-    return make_context(cfg), compute_fake
 
-
-def submit(ctx, run_id: str) -> None:
-    from runner.launch.submit import submit as do_submit
-
-    do_submit(ctx, run_id, ["python3", "-c", "pass"], image=IMAGE, restart=False)
+def gce_queue(gce):
+    """The GPU-quota world of tests/test_gce_global_gpu_quota.py, with room for two T4 VMs."""
+    ctx, fake = gce
+    fake.set_quota("us-central1", "PREEMPTIBLE_NVIDIA_T4_GPUS", 2)
+    fake.set_project_quota("GPUS_ALL_REGIONS", 16)
+    return ctx, fake
 
 
 def quota_reads(fake) -> int:
@@ -38,8 +25,8 @@ def quota_reads(fake) -> int:
 
 
 @pytest.mark.parametrize("runs", [4, 12])
-def test_a_pass_reads_the_quotas_once_and_sends_no_insert_the_quota_must_refuse(gce, runs) -> None:
-    ctx, fake = gce
+def test_a_pass_reads_the_quotas_once_and_sends_no_insert_the_quota_must_refuse(gce, runs) -> None:  # noqa: F811
+    ctx, fake = gce_queue(gce)
     for i in range(runs):
         submit(ctx, f"g-{i:02d}")
     assert RunRecord(ctx.store, "g-00").read_spec().vm["vcpus"] == 4  # pinned from machineTypes.get
