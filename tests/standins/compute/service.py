@@ -47,6 +47,11 @@ class ComputeFake(RoutedApi, InstanceRecords, BulkInsertRecords, DiskRecords, Op
 
     - ``stockout_zones``: inserts (and starts) there fail with ZONE_RESOURCE_POOL_EXHAUSTED, as
       an operation error, or as HTTP 503 when ``stockout_as_http`` is true.
+    - ``spot_stockout_zones``: like ``stockout_zones`` for spot VMs only: a standard (on-demand)
+      insert there succeeds. Spot capacity is Compute Engine's excess capacity ("Spot VMs are
+      available at a discount ... Compute Engine might preempt Spot VMs if it needs to reclaim
+      those resources", https://cloud.google.com/compute/docs/instances/spot), so a zone can be
+      out of spot capacity and still take a standard VM.
     - ``zone_capacity``: zone -> how many more VMs it can take (absent: no limit); an insert or
       ``bulkInsert`` beyond it is a stockout (bulk.py: all or nothing down to ``minCount``).
     - ``lose_reply(rpc)``: the next such request is carried out and its answer lost (HTTP 503),
@@ -79,6 +84,7 @@ class ComputeFake(RoutedApi, InstanceRecords, BulkInsertRecords, DiskRecords, Op
     def __init__(self, project: str = "test-project", *, seed: int = 0) -> None:
         self.project = project
         self.stockout_zones: set[str] = set()
+        self.spot_stockout_zones: set[str] = set()
         self.stockout_as_http = False
         self.zone_capacity: dict[str, int] = {}
         self.bulk_rollback_leaves: dict[str, int] = {}  # fault injection (bulk.py)
