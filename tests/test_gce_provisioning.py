@@ -286,3 +286,21 @@ def test_the_agent_writes_the_vms_provisioning_model_into_the_attempts_manifest(
     assert p.returncode == 0, p.stderr
     manifest = json.loads((tmp_path / "store/runs/r/attempts/1/manifest.json").read_text())
     assert (manifest["zone"], manifest["provisioning"]) == ("zone-a", "STANDARD")
+
+
+def test_a_gang_that_found_no_room_in_a_zone_teaches_the_store_to_try_it_last(compute_fake, gcs_store, gcs_emulator) -> None:
+    ctx = gce_ctx(compute_fake, gcs_store.url, nodes=2, machine_type="e2-standard-4", gpu=None, no_gpu=True)
+    sup, clock = clocked(ctx)
+    compute_fake.zone_capacity["us-central1-a"] = 1  # room for one node of two: the bulkInsert is refused
+    submit(ctx, "gang")
+    sup.reconcile("gang")
+    assert {v.zone.rsplit("/", 1)[-1] for v in compute_fake.instances()} == {"us-central1-b"}
+    assert set(ZoneStockouts.read(ctx.store).zones) == {"us-central1-a"}
+    compute_fake.zone_capacity.clear()  # room again in a; the store does not know it yet
+    before = len(compute_fake.calls("instances.bulkInsert"))
+    clock[0] += 60
+    submit(ctx, "gang-2")
+    sup.reconcile("gang-2")
+    assert len(compute_fake.calls("instances.bulkInsert")) - before == 1  # straight to b
+    assert {v.zone.rsplit("/", 1)[-1] for v in compute_fake.instances()} == {"us-central1-b"}
+    assert "us-central1-a: stocked out 1 min ago" in notes(ctx, "gang-2")[-1]

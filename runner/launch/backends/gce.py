@@ -616,11 +616,14 @@ class GceBackend(ComputeBackend[GcePlan]):
             self._journal_choice(plan, made)
             return made
         gang = getattr(plan, "gang", None) or gang_plan(plan.nodes[0], plan.run_id, plan.attempt, len(plan.nodes))
+        stocked: list[str] = []  # zones out of room for the whole gang: the store's history learns them
         try:
-            made = create_generation(self.c, gang)
+            made = create_generation(self.c, gang, stocked)
         except OverGlobalGpuQuota as e:
             raise self._over_global_gpu_quota(plan.nodes[0], e.zone, e.limit, e.message,
                                               nodes=len(plan.nodes)) from None
+        finally:
+            self._note_stockouts(plan.nodes[0], stocked)
         attempt = Attempt(plan.attempt, tuple(self._instance(vm) for vm in made.vms))
         self._journal_choice(plan, attempt)
         return attempt
