@@ -249,6 +249,7 @@ def test_a_zone_that_stocked_out_recently_is_tried_last_and_the_journal_says_why
 def test_one_runs_stockout_sends_the_next_runs_create_to_the_other_zone_first(compute_fake, gcs_store, gcs_emulator) -> None:
     ctx = gce_ctx(compute_fake, gcs_store.url)
     sup, clock = clocked(ctx)
+    compute_fake.capacity_advice_denied = True  # what the store learns, alone
     compute_fake.stockout_zones = {"us-central1-a"}
     submit(ctx, "first")
     sup.reconcile("first")
@@ -291,6 +292,7 @@ def test_the_agent_writes_the_vms_provisioning_model_into_the_attempts_manifest(
 def test_a_gang_that_found_no_room_in_a_zone_teaches_the_store_to_try_it_last(compute_fake, gcs_store, gcs_emulator) -> None:
     ctx = gce_ctx(compute_fake, gcs_store.url, nodes=2, machine_type="e2-standard-4", gpu=None, no_gpu=True)
     sup, clock = clocked(ctx)
+    compute_fake.capacity_advice_denied = True  # what the store learns, alone
     compute_fake.zone_capacity["us-central1-a"] = 1  # room for one node of two: the bulkInsert is refused
     submit(ctx, "gang")
     sup.reconcile("gang")
@@ -304,3 +306,70 @@ def test_a_gang_that_found_no_room_in_a_zone_teaches_the_store_to_try_it_last(co
     assert len(compute_fake.calls("instances.bulkInsert")) - before == 1  # straight to b
     assert {v.zone.rsplit("/", 1)[-1] for v in compute_fake.instances()} == {"us-central1-b"}
     assert "us-central1-a: stocked out 1 min ago" in notes(ctx, "gang-2")[-1]
+
+
+# ---- Compute's capacity advice (advice.capacity, v1) ----
+
+def advice_request(zones, model="SPOT", size=1, machine_type="n1-standard-4") -> compute_v1.CapacityAdviceRequest:
+    return compute_v1.CapacityAdviceRequest(
+        distribution_policy=compute_v1.CapacityAdviceRequestDistributionPolicy(
+            zones=[compute_v1.CapacityAdviceRequestDistributionPolicyZoneConfiguration(zone=f"zones/{z}") for z in zones]),
+        instance_flexibility_policy=compute_v1.CapacityAdviceRequestInstanceFlexibilityPolicy(
+            instance_selections={"a": compute_v1.CapacityAdviceRequestInstanceFlexibilityPolicyInstanceSelection(
+                machine_types=[machine_type])}),
+        instance_properties=compute_v1.CapacityAdviceRequestInstanceProperties(
+            scheduling=compute_v1.CapacityAdviceRequestInstancePropertiesScheduling(provisioning_model=model)),
+        size=size)
+
+
+def test_the_fakes_capacity_advice_is_one_recommendation_of_a_zone_with_room(compute_fake) -> None:
+    client = compute_v1.AdviceClient(**compute_fake.client_kwargs())
+    compute_fake.capacity_scores = {"us-central1-a": 0.9, "us-central1-b": 0.4}
+    compute_fake.spot_stockout_zones = {"us-central1-a"}
+    (rec,) = client.capacity(project=PROJECT, region="us-central1",
+                             capacity_advice_request_resource=advice_request(ZONES)).recommendations
+    assert [(s.zone, s.instance_count, s.provisioning_model) for s in rec.shards] == [("us-central1-b", 1, "SPOT")]
+    assert rec.scores.obtainability == pytest.approx(0.4)
+    (std,) = client.capacity(project=PROJECT, region="us-central1",
+                             capacity_advice_request_resource=advice_request(ZONES, "STANDARD")).recommendations
+    assert [s.zone for s in std.shards] == ["us-central1-a"]  # spot ran out there, standard did not
+    compute_fake.stockout_zones = set(ZONES)
+    (none,) = client.capacity(project=PROJECT, region="us-central1",
+                              capacity_advice_request_resource=advice_request(ZONES)).recommendations
+    assert list(none.shards) == [] and none.scores.obtainability == 0.0
+    compute_fake.capacity_advice_denied = True
+    with pytest.raises(gexc.Forbidden):
+        client.capacity(project=PROJECT, region="us-central1", capacity_advice_request_resource=advice_request(ZONES))
+
+
+def test_capacity_advice_puts_the_recommended_zone_first_and_the_journal_says_so(compute_fake, gcs_store, gcs_emulator) -> None:
+    ctx = gce_ctx(compute_fake, gcs_store.url)
+    compute_fake.capacity_scores = {"us-central1-a": 0.2, "us-central1-b": 0.9}
+    submit(ctx)
+    ctx.supervisor().reconcile("exp-1")
+    (vm,) = compute_fake.instances()
+    assert vm.zone.endswith("/us-central1-b") and len(compute_fake.calls("instances.insert")) == 1
+    assert "us-central1-b: no stockout seen in 1 h; capacity advice recommends it (obtainability 0.90)" in notes(ctx)[-1]
+
+
+def test_a_stockout_this_store_saw_outranks_the_advice(compute_fake, gcs_store, gcs_emulator) -> None:
+    ctx = gce_ctx(compute_fake, gcs_store.url)
+    compute_fake.capacity_scores = {"us-central1-a": 0.2, "us-central1-b": 0.9}
+    submit(ctx)
+    sup, clock = clocked(ctx)
+    record_stockouts(ctx.store, ["us-central1-b"], now=clock[0] - 60)
+    sup.reconcile("exp-1")
+    (vm,) = compute_fake.instances()
+    assert vm.zone.endswith("/us-central1-a")
+
+
+def test_a_project_that_may_not_ask_for_advice_still_gets_its_vm_in_the_strategys_order(
+        compute_fake, gcs_store, gcs_emulator) -> None:
+    ctx = gce_ctx(compute_fake, gcs_store.url)
+    compute_fake.capacity_advice_denied = True
+    compute_fake.capacity_scores = {"us-central1-b": 0.9}
+    submit(ctx)
+    ctx.supervisor().reconcile("exp-1")
+    (vm,) = compute_fake.instances()
+    assert vm.zone.endswith("/us-central1-a")
+    assert [c.rpc for c in compute_fake.calls("advice.capacity")] == ["advice.capacity"]

@@ -93,6 +93,7 @@ class ComputeClients:
     disks: Any
     global_operations: Any = None  # images.insert/delete answer with global operations
     projects: Any = None  # projects.get: project-wide quotas (GPUS_ALL_REGIONS)
+    advice: Any = None  # advice.capacity: which zone is likely to have room now (gce_capacity_advice.py)
 
 
 def _client_kwargs(endpoint: str | None) -> dict[str, Any]:
@@ -124,6 +125,7 @@ def compute_clients(endpoint: str | None = None) -> ComputeClients:
         disks=compute_v1.DisksClient(**kwargs),
         global_operations=compute_v1.GlobalOperationsClient(**kwargs),
         projects=compute_v1.ProjectsClient(**kwargs),
+        advice=compute_v1.AdviceClient(**kwargs),
     )
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import time
 from dataclasses import dataclass, field
-from typing import Sequence
+from typing import Mapping, Sequence
 
 from entrypoint.store import Store, StoreError
 
@@ -58,15 +58,25 @@ class ZoneStockouts:
     def seen(self, zone: str, now: float) -> None:
         self.zones[zone] = (self.weight(zone, now) + 1.0, now)
 
-    def ranked(self, zones: Sequence[str], now: float) -> tuple[tuple[str, ...], list[str]]:
+    def ranked(self, zones: Sequence[str], now: float, advised: Mapping[str, float] | None = None
+               ) -> tuple[tuple[str, ...], list[str]]:
         """``zones`` with the recently stocked-out ones last (the least recently, least often
-        refused first); zones alike keep the given order. And why, one phrase per zone."""
+        refused first); among zones alike, the ones Compute's capacity advice recommends
+        (``advised``: zone -> obtainability) first; then the given order. And why, one phrase
+        per zone. What this store saw itself outranks the advice: a stockout is a fact, the
+        advice a likelihood."""
+        advised = advised or {}
+
         def weight(z: str) -> float:
             w = self.weight(z, now)
             return w if w >= FORGET_BELOW else 0.0
 
-        order = tuple(sorted(zones, key=weight))  # sorted is stable: the strategy breaks ties
-        return order, [self._why(z, weight(z), now) for z in order]
+        # sorted is stable: the strategy's order breaks the remaining ties
+        order = tuple(sorted(zones, key=lambda z: (weight(z), z not in advised, -advised.get(z, 0.0))))
+        why = [self._why(z, weight(z), now) for z in order]
+        why = [w + (f"; capacity advice recommends it (obtainability {advised[z]:.2f})" if z in advised else "")
+               for z, w in zip(order, why)]
+        return order, why
 
     def _why(self, zone: str, weight: float, now: float) -> str:
         if not weight:

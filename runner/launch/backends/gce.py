@@ -35,6 +35,7 @@ from runner.launch.backends.base import (
 )
 from runner.launch.backends import gce_boot_image as boot_images
 from runner.launch.backends import gce_provisioning as provisioning
+from runner.launch.backends.gce_capacity_advice import capacity_advice
 from runner.launch.backends.gce_network import network_interface, network_refusal
 from runner.launch.backends.gce_listing import label_filter, list_all_instances
 from runner.launch.backends.gce_gang import GangPlan, create_generation, gang_plan, internal_ip
@@ -125,7 +126,7 @@ class GcePlan:
     gpus: int = 0  # GPUs per VM: what GPUS_ALL_REGIONS must allow (create_instance)
     provisioning: str = "SPOT"  # the candidates' provisioningModel, and why
     provisioning_why: str = ""
-    zone_why: tuple[str, ...] = ()  # why the zones are in this order ("" where history was not read)
+    zone_why: tuple[str, ...] = ()  # why the zones are in this order (empty: the recovery strategy's order)
     store_url: str = ""  # where create records the stockouts it meets (capacity/zones.json)
 
     def request_id(self, zone: str) -> str:
@@ -479,8 +480,22 @@ class GceBackend(ComputeBackend[GcePlan]):
         choice = provisioning.choose(vm, since, now)
         if len(zones) < 2 or vm["data_disk"]:
             return ctx, choice, ()
-        order, why = history.ranked(zones, now)
-        return dataclasses.replace(ctx, zones=order), choice, tuple(why)
+        advised, notes = self._advice(spec, vm, zones, choice.model)
+        order, why = history.ranked(zones, now, advised)
+        if order == zones:
+            return ctx, choice, ()  # nothing changed the strategy's order: nothing to explain
+        return dataclasses.replace(ctx, zones=order), choice, tuple(why) + tuple(notes)
+
+    def _advice(self, spec: RunSpec, vm: dict[str, Any], zones: Sequence[str], model: str
+                ) -> tuple[dict[str, float], list[str]]:
+        """Compute's capacity advice for this create's zones (gce_capacity_advice.py)."""
+        try:
+            gpu = gpu_request(spec.machine_type, spec.gpu, vm)
+        except ShapeError:
+            return {}, []
+        attached = (gpu.type, gpu.count) if gpu.type and not gpu.built_in else (None, 0)
+        return capacity_advice(self.c, vm["project"] or self.project, zones, spec.machine_type or "n1-standard-4",
+                               model, max(1, spec.nodes), *attached)
 
     def _store(self, url: str) -> Any:
         """The store at ``url``, opened once per backend (its client is not free to make)."""
@@ -710,8 +725,7 @@ class GceBackend(ComputeBackend[GcePlan]):
         was tried when it was, where that is news: a model other than spot, or a zone order
         the store's stockout history changed. Best effort, like every note."""
         first = plan.nodes[0]
-        reordered = any("stocked out" in w for w in first.zone_why)
-        if (first.provisioning == provisioning.SPOT and not reordered) or not first.store_url or not made.instances:
+        if (first.provisioning == provisioning.SPOT and not first.zone_why) or not first.store_url or not made.instances:
             return
         from entrypoint.record import RunRecord
 
