@@ -373,3 +373,26 @@ def test_a_project_that_may_not_ask_for_advice_still_gets_its_vm_in_the_strategy
     (vm,) = compute_fake.instances()
     assert vm.zone.endswith("/us-central1-a")
     assert [c.rpc for c in compute_fake.calls("advice.capacity")] == ["advice.capacity"]
+
+
+# ---- through the CLI, as a user types it ----
+
+def test_cli_refuses_flex_start_on_an_n1_before_any_api_call(compute_fake, gcs_store, gcs_emulator) -> None:
+    from tests.test_gce_backend import cli
+
+    p = cli(compute_fake, gcs_emulator, gcs_store.url, "submit", "--run-id", "x", "--project", PROJECT,
+            "--zones", "us-central1-a", "--provisioning", "flex-start", "--max-run-duration", "4h",
+            "--image", IMAGE, "--detach", "--", "true")
+    assert p.returncode == 1 and "n1-standard-4 is not one" in p.stderr and "g2-standard-8" in p.stderr
+    assert compute_fake.requests == []
+
+
+def test_cli_pins_the_provisioning_and_the_fallback_in_the_spec(compute_fake, gcs_store, gcs_emulator) -> None:
+    from tests.test_gce_backend import cli
+
+    p = cli(compute_fake, gcs_emulator, gcs_store.url, "submit", "--run-id", "x", "--project", PROJECT,
+            "--zones", "us-central1-a,us-central1-b", "--no-gpu", "--provisioning", "spot-then-standard",
+            "--fallback-after", "45m", "--image", IMAGE, "--detach", "--", "true")
+    assert p.returncode == 0, p.stderr
+    vm = RunRecord(gcs_store, "x").read_spec().vm
+    assert (vm["provisioning"], vm["fallback_after_s"]) == ("spot-then-standard", 2700.0)
