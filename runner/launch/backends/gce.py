@@ -290,6 +290,7 @@ class GceBackend(ComputeBackend[GcePlan]):
     def __init__(self, clients: ComputeClients, project: str) -> None:
         self.c = clients
         self.project = project
+        self._stores: dict[str, Any] = {}  # store URL -> the store, opened once (_store)
 
     def owns(self, spec: RunSpec) -> bool:
         # Listing and deleting happen in this backend's project: a run made in another one must
@@ -501,10 +502,9 @@ class GceBackend(ComputeBackend[GcePlan]):
         """The store at ``url``, opened once per backend (its client is not free to make)."""
         from entrypoint.stores import open_store
 
-        stores = self.__dict__.setdefault("_stores", {})
-        if url not in stores:
-            stores[url] = open_store(url)
-        return stores[url]
+        if url not in self._stores:
+            self._stores[url] = open_store(url)
+        return self._stores[url]
 
     def boot_image(self, spec: RunSpec) -> boot_images.BootImage:
         """The READY warm image whose key is the run's (COS image, driver, digest), else the
