@@ -180,13 +180,23 @@ def test_spot_dry_in_every_zone_past_fallback_after_makes_the_next_create_standa
     assert spot_price is not None and spot_price < 0.54  # the shipped spot price is not what was used
 
 
-def test_a_new_attempt_tries_spot_again(compute_fake, gcs_store, gcs_emulator) -> None:
+def test_the_fallback_clock_is_the_attempts_own_so_a_new_attempt_tries_spot_again(tmp_path) -> None:
+    from entrypoint.stores import open_store
     from runner.launch.backends.gce_provisioning import choose
+    from runner.launch.create_backoff import CreateBackoff
 
+    store = open_store(f"file://{tmp_path}")
+    backoff = CreateBackoff.read(store, "r")
+    backoff.push(900.0, 1.0, attempt=1)   # attempt 1's first failed create
+    backoff.push(950.0, 1.0, attempt=1)   # a later one does not move the clock
+    assert CreateBackoff.read(store, "r").failing_since(1) == 900.0
+    assert CreateBackoff.read(store, "r").failing_since(2) is None  # attempt 2 has not failed yet
     vm = {"provisioning": "spot-then-standard", "fallback_after_s": 60}
-    assert choose(vm, None, 1000.0).model == "SPOT"  # no failed create of this attempt yet
+    assert choose(vm, None, 1000.0).model == "SPOT"
     assert choose(vm, 990.0, 1000.0).model == "SPOT"
     assert choose(vm, 900.0, 1000.0).model == "STANDARD"
+    CreateBackoff.read(store, "r").push(2000.0, 1.0, attempt=2)  # attempt 2's clock starts afresh
+    assert CreateBackoff.read(store, "r").failing_since(2) == 2000.0
 
 
 def test_without_a_standard_price_the_cost_of_a_standard_attempt_is_unknown_not_spot(
