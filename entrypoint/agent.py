@@ -19,6 +19,7 @@ RUNNER_PRESTAGED_DIR       checkpoint files the VM fetched before the container 
                            names as under ``runs/ID/checkpoints/``): adopted when they are
                            exactly the stored objects (``entrypoint.prestaged``)
 RUNNER_INSTANCE, RUNNER_ZONE, RUNNER_IMAGE   recorded in the manifest
+RUNNER_PROVISIONING        the VM's provisioning model (SPOT, STANDARD, FLEX_START): in the manifest
 RUNNER_NODE_RANK,          a gang's node (``entrypoint.gang``): only rank 0 records the run's
 RUNNER_NNODES              state and publishes checkpoints; the others write their own heartbeat
 RUNNER_MASTER_ADDR         rank 0's address; unset: read from the attempt's create claim
@@ -78,6 +79,7 @@ class AgentConfig:
     image: str
     prestaged_dir: str | None = None
     node: gang.Node = gang.Node()
+    provisioning: str = ""  # the VM's GCE provisioningModel (SPOT, STANDARD, FLEX_START); "" = unknown/local
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ[str] = os.environ) -> "AgentConfig":
@@ -101,6 +103,7 @@ class AgentConfig:
             image=env.get("RUNNER_IMAGE", ""),
             prestaged_dir=env.get(PRESTAGED_ENV) or None,
             node=gang.Node.from_env(env),
+            provisioning=env.get("RUNNER_PROVISIONING", ""),
         )
 
 
@@ -227,6 +230,8 @@ class Agent:
             "command": self.command,
             "started_at": started,
             "resumed_from": restored,
+            # Which model this attempt ran on: cost prices each attempt at its own model's price.
+            **({"provisioning": cfg.provisioning} if cfg.provisioning else {}),
         }
         if node.records_the_run:
             self.record.write_manifest(cfg.attempt, manifest)

@@ -178,7 +178,7 @@ read_metadata() {
   for key in run-id attempt store image gpu-count gpu-timeout grace-period shm-size data-mount; do
     name=${key//-/_} && md_attr "${name^^}" "runner-$key"
   done
-  for key in gpu-driver-version data-disk checkpoint-dir results-dir heartbeat-interval sync-interval bake nnodes; do
+  for key in gpu-driver-version data-disk checkpoint-dir results-dir heartbeat-interval sync-interval bake nnodes provisioning; do
     name=${key//-/_} && md_attr "${name^^}" "runner-$key" ""   # optional
   done
   [[ $STORE =~ ^gs://([^/]+)/*(.*[^/])?/*$ ]] || fail bad_metadata "runner-store must be gs://BUCKET[/PREFIX], not $STORE"
@@ -393,7 +393,7 @@ start_container() {
   # from the attempt's create claim (this script knows only its own VM). The host network above
   # is what lets torchrun's port on rank 0 be reached from the other nodes.
   if ((NNODES > 1)); then args+=(-e "RUNNER_NODE_RANK=$NODE_RANK" -e "RUNNER_NNODES=$NNODES"); fi
-  for key in CHECKPOINT_DIR RESULTS_DIR HEARTBEAT_INTERVAL SYNC_INTERVAL; do   # unset: the agent's default
+  for key in CHECKPOINT_DIR RESULTS_DIR HEARTBEAT_INTERVAL SYNC_INTERVAL PROVISIONING; do   # unset: the agent's default
     [[ -z ${!key} ]] || args+=(-e "RUNNER_$key=${!key}")
   done
   # Set only in tests (the GCS emulator): the agent must reach the same store as this script.

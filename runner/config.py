@@ -97,7 +97,9 @@ class Config:
     vm_image: str = _key("projects/cos-cloud/global/images/family/cos-stable", "str",
                          "a COS image or image family URL, e.g. projects/cos-cloud/global/images/family/cos-stable")
     termination_action: str = _key("DELETE", "str", "DELETE or STOP")
-    max_run_duration: float = _key(0.0, "float", "seconds after which GCE ends the VM (0 = no limit)")
+    max_run_duration: float = _key(0.0, "duration", "seconds or a duration (4h, 30m) after which GCE ends the VM (0 = no limit)")
+    provisioning: str = _key("spot", "str", "spot, standard, spot-then-standard or flex-start")
+    fallback_after: float = _key(1800.0, "duration", "seconds or a duration (30m, 2h): spot-then-standard's wait")
     boot_disk_gb: int = _key(50, "int", "a boot disk size in GB, e.g. 50")
     boot_disk_type: str = _key("pd-balanced", "str", "a disk type, e.g. pd-balanced or pd-ssd")
     data_disk: str | None = _key(None, "optional_str", "the name of an existing zonal disk")
@@ -349,6 +351,20 @@ def _to_float(raw: Any) -> float:
     return value
 
 
+_DURATION_RE = re.compile(r"\s*([0-9]+(?:\.[0-9]+)?)\s*([smhd]?)\s*", re.IGNORECASE)
+_UNIT_S = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def _to_duration(raw: Any) -> float:
+    """Seconds, from a number of seconds or a duration such as ``30m``, ``4h``, ``1.5h``, ``7d``."""
+    if isinstance(raw, str):
+        m = _DURATION_RE.fullmatch(raw)
+        if m is None:
+            raise ValueError
+        return float(m.group(1)) * _UNIT_S[m.group(2).lower()]
+    return _to_float(raw)
+
+
 def _to_int(raw: Any) -> int:
     if isinstance(raw, bool) or isinstance(raw, float):
         raise TypeError
@@ -379,6 +395,7 @@ _COERCERS: dict[str, Callable[[Any], Any]] = {
     "str": _to_str,
     "optional_str": _to_optional_str,
     "float": _to_float,
+    "duration": _to_duration,
     "int": _to_int,
     "list": _to_list,
     "bool": _to_bool,
@@ -424,7 +441,7 @@ _ABSOLUTE_PATHS = ("checkpoint_dir", "results_dir")
 _SHM_SIZE_RE = re.compile(r"[0-9]+([bkmg]b?)?", re.IGNORECASE)
 _ZONE_RE = re.compile(r"[a-z][a-z0-9-]*[a-z0-9]")
 _TYPES: dict[str, tuple[type, ...]] = {
-    "str": (str,), "optional_str": (str, type(None)), "float": (int, float), "int": (int,),
+    "str": (str,), "optional_str": (str, type(None)), "float": (int, float), "duration": (int, float), "int": (int,),
     "list": (list,), "bool": (bool,),
 }
 
@@ -506,6 +523,12 @@ def _check_vm(cfg: Config) -> list[str]:
             problems.append(_bad(cfg, key, "must not be negative", "set a size in GB"))
     if cfg.max_run_duration < 0:
         problems.append(_bad(cfg, "max_run_duration", "must not be negative", "use 0 for no limit"))
+    if cfg.provisioning not in ("spot", "standard", "spot-then-standard", "flex-start"):
+        problems.append(_bad(cfg, "provisioning", "is not spot, standard, spot-then-standard or flex-start",
+                             "use spot (the default), standard (on-demand), spot-then-standard (spot, "
+                             "then on-demand once no spot VM came for fallback_after) or flex-start"))
+    if cfg.fallback_after <= 0:
+        problems.append(_bad(cfg, "fallback_after", "must be positive", "use e.g. 30m"))
     if cfg.warm_images not in ("auto", "off"):
         problems.append(_bad(cfg, "warm_images", "is not auto or off",
                              "use auto (a create boots a READY image made by `runner images bake` when "

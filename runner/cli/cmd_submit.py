@@ -74,6 +74,13 @@ _COMMAND_FORM = "runner submit --run-id ID [OPTIONS] -- PROGRAM ARGS..."
 @click.option("--no-gpu", is_flag=True, default=None, help="GCE: CPU only; skips the driver install entirely.")
 @click.option("--termination-action", type=click.Choice(["DELETE", "STOP"]),
               help="GCE: what preemption does to the VM (default DELETE).")
+@click.option("--provisioning", type=click.Choice(["spot", "standard", "spot-then-standard", "flex-start"]),
+              help="GCE: spot (default), standard (on-demand), spot-then-standard (on-demand once no spot VM "
+                   "came for --fallback-after), flex-start (needs --max-run-duration; README: When spot runs dry).")
+@click.option("--fallback-after", metavar="DURATION",
+              help="GCE, spot-then-standard: how long an attempt waits for a spot VM, e.g. 30m (default).")
+@click.option("--max-run-duration", metavar="DURATION",
+              help="GCE: GCE ends the VM after this long, e.g. 4h (flex-start needs it; at most 7d there).")
 @config_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @guard
@@ -83,6 +90,7 @@ def submit(task_path: str | None, run_id: str | None, image: str | None, restart
            env_pairs: tuple[str, ...], progress_regex: str | None, progress_total: int | None,
            nodes: int | None, zones: str | None, machine_type: str | None,
            gpu: str | None, no_gpu: bool | None, termination_action: str | None,
+           provisioning: str | None, fallback_after: str | None, max_run_duration: str | None,
            command: tuple[str, ...], cli_config: dict[str, Any], config_path: str | None) -> None:
     """Submit a run and follow it until it ends (unless --detach).
 
@@ -123,7 +131,8 @@ def submit(task_path: str | None, run_id: str | None, image: str | None, restart
                   "machine_type": machine_type, "gpu": gpu, "no_gpu": no_gpu,
                   "termination_action": termination_action, "max_restarts": max_restarts,
                   "retry_on_failure": retry_on_failure, "progress_regex": progress_regex,
-                  "progress_total": progress_total}
+                  "progress_total": progress_total, "provisioning": provisioning,
+                  "fallback_after": fallback_after, "max_run_duration": max_run_duration}
     task_layer = (task.settings, os.path.dirname(os.path.abspath(task.path))) if task is not None else None
     if dry_run:
         _dry_run(config_of(cli_config, config_path, task_layer), run_id, list(command), image, env)

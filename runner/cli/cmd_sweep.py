@@ -19,10 +19,12 @@ _COMMAND_FORM = "runner sweep SWEEP.yaml [OPTIONS] -- PROGRAM ARGS... (with {nam
 # and checks stay one definition. Left out: what names or follows one run (--run-id, -f,
 # --restart, --detach, --quiet, --pull) and --poll-interval (a sweep never follows its runs).
 _FROM_SUBMIT = ("image", "skip_build", "env_pairs", "max_restarts", "retry_on_failure", "progress_regex",
-                "progress_total", "nodes", "zones", "machine_type", "gpu", "no_gpu", "termination_action")
+                "progress_total", "nodes", "zones", "machine_type", "gpu", "no_gpu", "termination_action",
+                "provisioning", "fallback_after", "max_run_duration")
 # Those that are config keys (checked by the config layer, as submit's are).
 _CONFIG_KEYS = ("max_restarts", "retry_on_failure", "progress_regex", "progress_total", "nodes", "zones",
-                "machine_type", "gpu", "no_gpu", "termination_action")
+                "machine_type", "gpu", "no_gpu", "termination_action", "provisioning", "fallback_after",
+                "max_run_duration")
 
 
 class SweepCommand(click.Command):

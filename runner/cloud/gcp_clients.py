@@ -94,6 +94,7 @@ class ComputeClients:
     global_operations: Any = None  # images.insert/delete answer with global operations
     projects: Any = None  # projects.get: project-wide quotas (GPUS_ALL_REGIONS)
     regions: Any = None  # regions.get: regional quotas, for the queue (gce_quota)
+    advice: Any = None  # advice.capacity: which zone is likely to have room now (gce_capacity_advice.py)
 
 
 def _client_kwargs(endpoint: str | None) -> dict[str, Any]:
@@ -126,6 +127,7 @@ def compute_clients(endpoint: str | None = None) -> ComputeClients:
         global_operations=compute_v1.GlobalOperationsClient(**kwargs),
         projects=compute_v1.ProjectsClient(**kwargs),
         regions=compute_v1.RegionsClient(**kwargs),
+        advice=compute_v1.AdviceClient(**kwargs),
     )
 
 

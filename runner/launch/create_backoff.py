@@ -28,7 +28,9 @@ def _name(run_id: str) -> str:
 
 @dataclass
 class CreateBackoff:
-    """``until``: no create of ``attempt`` is tried before this time; ``delay``: the last wait (doubles)."""
+    """``until``: no create of ``attempt`` is tried before this time; ``delay``: the last wait (doubles);
+    ``since``: when the first create of ``attempt`` that made nothing failed (what a
+    ``spot-then-standard`` run measures its ``fallback_after`` from: runner.launch.backends.gce_provisioning)."""
 
     store: Store
     run_id: str
@@ -36,6 +38,7 @@ class CreateBackoff:
     delay: float = 0.0
     stored: bool = False
     attempt: int | None = None
+    since: float | None = None
 
     @classmethod
     def read(cls, store: Store, run_id: str) -> "CreateBackoff":
@@ -44,9 +47,9 @@ class CreateBackoff:
             return cls(store, run_id)
         try:
             raw = json.loads(blob.data)
-            attempt = raw.get("attempt")
+            attempt, since = raw.get("attempt"), raw.get("since")
             return cls(store, run_id, float(raw["until"]), float(raw["delay"]), True,
-                       None if attempt is None else int(attempt))
+                       None if attempt is None else int(attempt), None if since is None else float(since))
         except (ValueError, KeyError, TypeError):
             return cls(store, run_id, stored=True)  # damaged: no backoff, and clear() removes it
 
@@ -56,13 +59,20 @@ class CreateBackoff:
     def push(self, now: float, poll_interval: float, attempt: int) -> float:
         """Back off once more (double the delay, at least one poll, at most 5 min); returns it.
         A failure of another attempt than the stored one starts again from one poll."""
-        previous = self.delay if self.attempt == attempt else 0.0
+        same = self.attempt == attempt
+        previous = self.delay if same else 0.0
         self.delay = min(MAX_DELAY, max(poll_interval, previous * 2))
+        # A backoff written before ``since`` existed counts from now: late, never early.
+        self.since = self.since if same and self.since is not None else now
         self.until, self.attempt = now + self.delay, attempt
         self.store.write(_name(self.run_id), json.dumps({"until": self.until, "delay": self.delay,
-                                                         "attempt": attempt}).encode())
+                                                         "attempt": attempt, "since": self.since}).encode())
         self.stored = True
         return self.delay
+
+    def failing_since(self, attempt: int) -> float | None:
+        """When ``attempt``'s creates started failing (None: its last create did not fail)."""
+        return self.since if self.stored and self.attempt == attempt else None
 
     def clear(self) -> None:
         """A create succeeded: the next failure starts from one poll again."""

@@ -24,10 +24,14 @@ from entrypoint.record import history as run_history
 from entrypoint.record.attempts import LOST_TO_PREEMPTION, Attempt, bill, boot_lost, timeline, work_redone
 from entrypoint.record.create_claim import billed_from
 from runner.launch.backends import backend_type
+from runner.launch.backends.gce_provisioning import FLEX_START, SPOT, STANDARD, price_kind
 from runner.launch.backends.gce_shapes import ShapeError
 from runner.naming import region_of
 
 SHIPPED = "spot_prices.json"
+# What a region may price: spot (``machine``, ``gpu``, the table's first use), and the other
+# provisioning models a run may get (gce_provisioning: standard = on-demand, flex-start).
+PRICE_KINDS = tuple(p + k for p in ("", price_kind(STANDARD), price_kind(FLEX_START)) for k in ("machine", "gpu"))
 
 
 class PriceTableError(ValueError):
@@ -46,18 +50,22 @@ class PriceTable:
     regions: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
     override: str | None = None  # the file merged over the shipped table, if any
 
-    def machine_price(self, region: str, machine_type: str) -> float | None:
-        return self.regions.get(region, {}).get("machine", {}).get(machine_type)
+    def machine_price(self, region: str, machine_type: str, model: str = SPOT) -> float | None:
+        return self.regions.get(region, {}).get(price_kind(model) + "machine", {}).get(machine_type)
 
-    def gpu_price(self, region: str, gpu_type: str) -> float | None:
-        return self.regions.get(region, {}).get("gpu", {}).get(gpu_type)
+    def gpu_price(self, region: str, gpu_type: str, model: str = SPOT) -> float | None:
+        return self.regions.get(region, {}).get(price_kind(model) + "gpu", {}).get(gpu_type)
 
-    def hourly(self, spec: RunSpec, region: str) -> tuple[float | None, str | None]:
-        """The price per hour of one attempt of the run in ``region`` (a gang's: N VMs), or (None, why)."""
-        one, why = self._one_vm(spec, region)
+    def hourly(self, spec: RunSpec, region: str, model: str = SPOT) -> tuple[float | None, str | None]:
+        """The price per hour of one attempt of the run in ``region`` (a gang's: N VMs) on the
+        provisioning ``model`` (SPOT: the table's ``machine``/``gpu``; STANDARD, on-demand:
+        ``standard_machine``/``standard_gpu``; FLEX_START: ``flex_start_…``), or (None, why)."""
+        one, why = self._one_vm(spec, region, model)
         return (None, why) if one is None else (one * max(1, spec.nodes), None)
 
-    def _one_vm(self, spec: RunSpec, region: str) -> tuple[float | None, str | None]:
+    def _one_vm(self, spec: RunSpec, region: str, model: str = SPOT) -> tuple[float | None, str | None]:
+        kind = price_kind(model)
+        what = "" if model == SPOT else f"{model.lower()} (" + ("on-demand" if model == STANDARD else "flex-start") + ") "
         if not spec.machine_type:
             return None, "spec.json records no machine_type"
         try:
@@ -66,15 +74,17 @@ class PriceTable:
             return None, f"unpriceable shape: {e}"
         if gpu is None:
             return None, f"the {spec.backend} backend has no priced machine shapes"
-        base = self.machine_price(region, spec.machine_type)
+        base = self.machine_price(region, spec.machine_type, model)
         if base is None:
-            return None, f"no price for {spec.machine_type} in {region}; add it to price_table"
+            return None, (f"no {what}price for {spec.machine_type} in {region}; add it to price_table"
+                          + (f" (regions.{region}.{kind}machine)" if kind else ""))
         if gpu.built_in or gpu.count == 0:
             return base, None  # g2/a2/a3 prices already include the GPUs they carry
         assert gpu.type is not None
-        each = self.gpu_price(region, gpu.type)
+        each = self.gpu_price(region, gpu.type, model)
         if each is None:
-            return None, f"no price for {gpu.type} in {region}; add it to price_table"
+            return None, (f"no {what}price for {gpu.type} in {region}; add it to price_table"
+                          + (f" (regions.{region}.{kind}gpu)" if kind else ""))
         return base + gpu.count * each, None
 
 
@@ -97,9 +107,10 @@ def _read_table(text: str, where: str) -> dict[str, Any]:
         if not isinstance(kinds, dict):
             raise PriceTableError(f"price table {where}: regions.{region} must be an object")
         for kind, prices in kinds.items():
-            if kind not in ("machine", "gpu") or not isinstance(prices, dict):
+            if kind not in PRICE_KINDS or not isinstance(prices, dict):
                 raise PriceTableError(
-                    f"price table {where}: regions.{region}.{kind}: expected \"machine\" or \"gpu\" objects")
+                    f"price table {where}: regions.{region}.{kind}: expected objects named "
+                    + ", ".join(f'"{k}"' for k in PRICE_KINDS))
             for name, price in prices.items():
                 if isinstance(price, bool) or not isinstance(price, (int, float)) or price < 0:
                     raise PriceTableError(
@@ -190,10 +201,11 @@ class _Line:
     running: bool = False
     row: bool = True
     counted: bool = True  # False: a row to show whose seconds a summary total already holds
+    model: str = SPOT  # the provisioning model it ran on (its manifest's, else the run's fixed one)
 
 
 def _full_lines(rec: RunRecord, st: RunState, view: RunView, now: float,
-                zones: dict[int, str]) -> tuple[list[_Line], list[str]]:
+                zones: dict[int, str], spec: RunSpec | None = None) -> tuple[list[_Line], list[str]]:
     """Every attempt from the whole journal, manifests and claims (a run without a summary)."""
     attempts = timeline(view.events)
     for n in range(1, st.attempt + 1):
@@ -209,7 +221,7 @@ def _full_lines(rec: RunRecord, st: RunState, view: RunView, now: float,
     for i, a in enumerate(ordered):
         prev = ordered[i - 1] if i > 0 else None
         line = _Line(zone=_zone_of(a, st, zones), seconds=a.seconds, attempt=a,
-                     boot=boot_lost(a, prev.end_state if prev is not None else None),
+                     boot=boot_lost(a, prev.end_state if prev is not None else None), model=_model_of(a, spec),
                      running=a.n == st.attempt and not st.state.terminal and a.ended_at is None)
         if a.end_state in LOST_TO_PREEMPTION:
             nxt = next((b for b in ordered[i + 1:] if b.manifest), None)
@@ -221,11 +233,14 @@ def _full_lines(rec: RunRecord, st: RunState, view: RunView, now: float,
 
 
 def _summary_lines(rec: RunRecord, st: RunState, h: dict[str, Any], now: float,
-                   zones: dict[int, str]) -> tuple[list[_Line], list[str]]:
+                   zones: dict[int, str], spec: RunSpec | None = None) -> tuple[list[_Line], list[str]]:
     """The summary's totals per zone, then the current attempt read as the full read would
     (its manifest and claim): what stays the same size whatever the history."""
-    lines = [_Line(zone=k or None, seconds=secs, row=False) for k, secs in sorted(h.get("billed", {}).items())]
-    lines += [_Line(zone=k or None, seconds=0.0, boot=secs, row=False) for k, secs in sorted(h.get("lost", {}).items())]
+    # The summary keeps closed attempts' seconds per zone, not per model: they are priced at the
+    # run's pinned model (spot for spot-then-standard; the full read prices each attempt).
+    fixed = _model_of(None, spec)
+    lines = [_Line(zone=k or None, seconds=secs, row=False, model=fixed) for k, secs in sorted(h.get("billed", {}).items())]
+    lines += [_Line(zone=k or None, seconds=0.0, boot=secs, row=False, model=fixed) for k, secs in sorted(h.get("lost", {}).items())]
     unknown = list(h.get("unknown_notes", []))
     if h.get("unknown_count", 0) > len(unknown):
         unknown.append(f"and {h['unknown_count'] - len(unknown)} more")
@@ -234,7 +249,7 @@ def _summary_lines(rec: RunRecord, st: RunState, h: dict[str, Any], now: float,
         shown = Attempt(int(r["attempt"]), end_state=r.get("ended"), start=r.get("start"), end=r.get("end"))
         recent[shown.n] = _Line(zone=r.get("zone") or None, seconds=r.get("seconds") or 0.0, attempt=shown,
                                 boot=r.get("lost_boot_seconds") or 0.0, redone=r.get("lost_work_seconds"),
-                                basis=r.get("lost_basis"), counted=False)
+                                basis=r.get("lost_basis"), counted=False, model=fixed)
     lines += [recent[n] for n in sorted(recent)]
     if st.attempt < 1:
         return lines, unknown
@@ -250,7 +265,7 @@ def _summary_lines(rec: RunRecord, st: RunState, h: dict[str, Any], now: float,
         if p.n in recent:
             recent[p.n].redone, recent[p.n].basis = redone, basis
     line = _Line(zone=_zone_of(a, st, zones), seconds=a.seconds, attempt=a,
-                 boot=boot_lost(a, h.get("prev_end_state")),
+                 boot=boot_lost(a, h.get("prev_end_state")), model=_model_of(a, spec),
                  running=not st.state.terminal and a.ended_at is None)
     if a.end_state in LOST_TO_PREEMPTION:
         line.redone, line.basis = work_redone(rec.store, rec.prefix, a, None)
@@ -258,6 +273,16 @@ def _summary_lines(rec: RunRecord, st: RunState, h: dict[str, Any], now: float,
             unknown.append(f"work redone after attempt {a.n} unknown ({line.basis})")
     lines.append(line)
     return lines, unknown
+
+
+def _model_of(a: Attempt | None, spec: RunSpec | None) -> str:
+    """The provisioning model an attempt ran on: its manifest's (the agent writes what the VM's
+    metadata said), else the run's when it pins one model, else spot (every run before
+    provisioning models, and an attempt whose job never started under spot-then-standard)."""
+    if a is not None and a.manifest.get("provisioning"):
+        return str(a.manifest["provisioning"])
+    mode = ((spec.vm if spec is not None else None) or {}).get("provisioning")
+    return {"standard": STANDARD, "flex-start": FLEX_START}.get(mode or "", SPOT)
 
 
 def _zone_of(a: Attempt, st: RunState, zones: dict[int, str]) -> str | None:
@@ -321,7 +346,7 @@ def estimate_run_cost(rec: RunRecord, prices: PriceTable, now: float,
     zones = instance_zones or {}
     h = run_history.current(st) if use_summary else None
     if h is not None:
-        lines, unknown = _summary_lines(rec, st, h, now, zones)
+        lines, unknown = _summary_lines(rec, st, h, now, zones, spec)
         out["summary"] = True
     else:
         full = rec.view(events=ALL_EVENTS, heartbeat=False)
@@ -329,7 +354,7 @@ def estimate_run_cost(rec: RunRecord, prices: PriceTable, now: float,
             out["why_unknown"] = "the run has no state.json"
             return out
         st = full.state
-        lines, unknown = _full_lines(rec, st, full, now, zones)
+        lines, unknown = _full_lines(rec, st, full, now, zones, spec)
         out["history_note"] = None if not use_summary else (f"computed from {len(full.events)} events; this run predates the running summary"
                                if st.history is None else
                                f"computed from {len(full.events)} events; a writer without the running "
@@ -346,7 +371,7 @@ def estimate_run_cost(rec: RunRecord, prices: PriceTable, now: float,
         else:
             which = f"attempt {line.attempt.n}" if line.attempt is not None else "an earlier attempt"
             return None, None, f"{which}: zone unknown (spec zones span {sorted(spec_regions) or 'no region'})"
-        hourly, why = prices.hourly(spec, region)
+        hourly, why = prices.hourly(spec, region, line.model)
         return hourly, region, why
 
     last_price: tuple[float | None, str | None] = (None, "no attempt yet and spec.zones span several regions")
@@ -379,7 +404,8 @@ def estimate_run_cost(rec: RunRecord, prices: PriceTable, now: float,
         a = line.attempt
         if line.row and a is not None:
             rows.append({
-                "attempt": a.n, "zone": line.zone, "region": region, "start": a.start, "end": a.end,
+                "attempt": a.n, "zone": line.zone, "region": region, "provisioning": line.model,
+                "start": a.start, "end": a.end,
                 "running": line.running, "ended": a.end_state, "seconds": secs, "hourly": hourly,
                 "cost": cost, "lost_seconds": lost, "lost_boot_seconds": line.boot,
                 "lost_work_seconds": line.redone, "lost_basis": line.basis, "lost_cost": lost_cost,
@@ -394,7 +420,7 @@ def estimate_run_cost(rec: RunRecord, prices: PriceTable, now: float,
         out["hourly"], out["note"] = 0.0, "local: no cloud charge"
         return out
     if not rows and len(spec_regions) == 1:
-        last_price = prices.hourly(spec, next(iter(spec_regions)))
+        last_price = prices.hourly(spec, next(iter(spec_regions)), _model_of(None, spec))
     # The price now: the latest attempt's (it is the one running, or the one that will be retried).
     out["hourly"] = last_price[0]
     if last_price[0] is None:

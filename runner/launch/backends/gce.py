@@ -9,6 +9,8 @@ when a zone is out of capacity or quota (``ZoneFallback``). ``list()`` is one
 
 from __future__ import annotations
 
+import dataclasses
+import time
 import uuid
 from dataclasses import dataclass, field
 from typing import Any, Callable, Sequence
@@ -32,6 +34,8 @@ from runner.launch.backends.base import (
     PermanentBackendError,
 )
 from runner.launch.backends import gce_boot_image as boot_images
+from runner.launch.backends import gce_provisioning as provisioning
+from runner.launch.backends.gce_capacity_advice import capacity_advice
 from runner.launch.backends.gce_network import network_interface, network_refusal
 from runner.launch.backends.gce_listing import label_filter, list_all_instances
 from runner.launch.backends import gce_quota
@@ -44,6 +48,8 @@ from runner.launch.backends.gce_shapes import (
 )
 from runner.launch.admission import Quotas
 from runner.cloud.gcp_clients import ComputeClients, api_errors, api_retry, retry_exhausted_text
+from runner.launch.create_backoff import CreateBackoff
+from runner.launch.zone_stockouts import STOCKOUT_CODES, ZoneStockouts, record_stockouts
 from runner.naming import instance_names, label_value, rank_of, store_label
 from runner.shipped_files import startup_scripts
 
@@ -105,6 +111,8 @@ def vm_options_defaults() -> dict[str, Any]:
         "warm_images": "auto",       # "off": always boot vm_image (gce_boot_image.py)
         "gpu_count": None,           # built-in GPUs per machineTypes.get, pinned by submit (gce_shapes.py)
         "vcpus": None,               # guestCpus per machineTypes.get, pinned by submit: the queue's CPU need
+        "provisioning": provisioning.DEFAULT_MODE,  # spot | standard | spot-then-standard | flex-start
+        "fallback_after_s": provisioning.DEFAULT_FALLBACK_AFTER_S,  # spot-then-standard's wait
     }
 
 
@@ -119,6 +127,10 @@ class GcePlan:
     before_insert: Callable[[str], None] | None = field(default=None, compare=False, repr=False)
     boot: boot_images.BootImage | None = None  # which boot image the candidates use, and why
     gpus: int = 0  # GPUs per VM: what GPUS_ALL_REGIONS must allow (create_instance)
+    provisioning: str = "SPOT"  # the candidates' provisioningModel, and why
+    provisioning_why: str = ""
+    zone_why: tuple[str, ...] = ()  # why the zones are in this order (empty: the recovery strategy's order)
+    store_url: str = ""  # where create records the stockouts it meets (capacity/zones.json)
 
     def request_id(self, zone: str) -> str:
         """The insert's ``requestId`` in ``zone``: the same for the same (run, attempt, claim
@@ -211,6 +223,9 @@ class GceBackend(ComputeBackend[GcePlan]):
     # (https://cloud.google.com/compute/docs/instances/using-bulk-api, Limitations); the config's
     # own ceiling (runner.config.MAX_NODES, 64) is the one that binds.
     max_nodes = 64
+    # What "now" is to the fallback clock and the stockout history: the supervisor's own clock
+    # in production (time.time), a test's clock where the test moves the supervisor's.
+    clock: Callable[[], float] = staticmethod(time.time)
 
     @classmethod
     def spec_options(cls, cfg: Any) -> dict[str, Any]:
@@ -232,6 +247,8 @@ class GceBackend(ComputeBackend[GcePlan]):
             "no_gpu": cfg.no_gpu,
             "gpu_driver_version": cfg.gpu_driver_version or "",
             "warm_images": cfg.warm_images,
+            "provisioning": cfg.provisioning,
+            "fallback_after_s": cfg.fallback_after,
         }
 
     @classmethod
@@ -276,6 +293,7 @@ class GceBackend(ComputeBackend[GcePlan]):
     def __init__(self, clients: ComputeClients, project: str) -> None:
         self.c = clients
         self.project = project
+        self._stores: dict[str, Any] = {}  # store URL -> the store, opened once (_store)
 
     def owns(self, spec: RunSpec) -> bool:
         # Listing and deleting happen in this backend's project: a run made in another one must
@@ -329,6 +347,12 @@ class GceBackend(ComputeBackend[GcePlan]):
             raise BackendError(f"max_run_duration {mrd:g}s is not allowed: GCE accepts between 30 seconds and "
                                f"120 days ({MAX_RUN_DURATION_S}s); set max_run_duration in runner.toml "
                                "within that range, or 0 for no limit")
+        if vm["provisioning"] not in provisioning.MODES:
+            raise BackendError(f"provisioning {vm['provisioning']!r} is not one of {', '.join(provisioning.MODES)}")
+        if vm["provisioning"] == "flex-start":
+            refusal = provisioning.flex_start_refusal(machine_type, mrd)
+            if refusal:
+                raise BackendError(refusal)
         if spec.nodes > 1 and vm["data_disk"]:
             # One read-write disk attaches to one VM: every create of the gang would be refused.
             raise BackendError(f"--nodes {spec.nodes} with data_disk {vm['data_disk']}: a gang cannot share one "
@@ -450,9 +474,62 @@ class GceBackend(ComputeBackend[GcePlan]):
         also gets its bulkInsert (gce_gang.py), built from rank 0's plan: every node of one
         bulkInsert shares its properties, and only the names differ."""
         boot = self.boot_image(spec)
-        nodes = tuple(self.plan_instance(spec, ctx, rank, boot) for rank in self.ranks(spec))
+        ctx, choice, zone_why = self._capacity_choices(spec, ctx)
+        nodes = tuple(dataclasses.replace(self.plan_instance(spec, ctx, rank, boot, choice), zone_why=zone_why)
+                      for rank in self.ranks(spec))
         gang = gang_plan(nodes[0], spec.run_id, ctx.attempt, len(nodes)) if len(nodes) > 1 else None
         return GceAttemptPlan(spec.run_id, ctx.attempt, nodes, gang=gang)
+
+    def _capacity_choices(self, spec: RunSpec, ctx: LaunchContext
+                          ) -> tuple[LaunchContext, provisioning.ProvisioningChoice, tuple[str, ...]]:
+        """The provisioning model of this create (gce_provisioning.choose, from the run's create
+        backoff: how long this attempt has gone without a VM) and its zones in the order the
+        store's recent stockouts advise (runner.launch.zone_stockouts), with why. Two reads of
+        the store per create; none for a dry run (no client), which plans the first create."""
+        vm = {**vm_options_defaults(), **(spec.vm or {})}
+        zones = tuple(ctx.zones or spec.zones)
+        if self.c is None or not ctx.store_url:
+            return ctx, provisioning.choose(vm, None, 0.0), ()
+        now = self.clock()
+        since, history = None, ZoneStockouts()
+        try:
+            store = self._store(ctx.store_url)
+            if vm["provisioning"] == "spot-then-standard":
+                since = CreateBackoff.read(store, spec.run_id).failing_since(ctx.attempt)
+            if len(zones) > 1 and not vm["data_disk"]:
+                history = ZoneStockouts.read(store)
+        except Exception as e:  # noqa: BLE001 - advice only: the create goes on without it
+            import sys
+
+            print(f"runner: warning: could not read the create backoff or zone history of {spec.run_id} "
+                  f"({type(e).__name__}); spot first, zones in the strategy's order", file=sys.stderr)
+        choice = provisioning.choose(vm, since, now)
+        if len(zones) < 2 or vm["data_disk"]:
+            return ctx, choice, ()
+        advised, notes = self._advice(spec, vm, zones, choice.model)
+        order, why = history.ranked(zones, now, advised)
+        if order == zones:
+            return ctx, choice, ()  # nothing changed the strategy's order: nothing to explain
+        return dataclasses.replace(ctx, zones=order), choice, tuple(why) + tuple(notes)
+
+    def _advice(self, spec: RunSpec, vm: dict[str, Any], zones: Sequence[str], model: str
+                ) -> tuple[dict[str, float], list[str]]:
+        """Compute's capacity advice for this create's zones (gce_capacity_advice.py)."""
+        try:
+            gpu = gpu_request(spec.machine_type, spec.gpu, vm)
+        except ShapeError:
+            return {}, []
+        attached = (gpu.type, gpu.count) if gpu.type and not gpu.built_in else (None, 0)
+        return capacity_advice(self.c, vm["project"] or self.project, zones, spec.machine_type or "n1-standard-4",
+                               model, max(1, spec.nodes), *attached)
+
+    def _store(self, url: str) -> Any:
+        """The store at ``url``, opened once per backend (its client is not free to make)."""
+        from entrypoint.stores import open_store
+
+        if url not in self._stores:
+            self._stores[url] = open_store(url)
+        return self._stores[url]
 
     def boot_image(self, spec: RunSpec) -> boot_images.BootImage:
         """The READY warm image whose key is the run's (COS image, driver, digest), else the
@@ -485,7 +562,8 @@ class GceBackend(ComputeBackend[GcePlan]):
         return boot_images.choose(key, found, cold, project)
 
     def plan_instance(self, spec: RunSpec, ctx: LaunchContext, rank: int,
-                      boot: boot_images.BootImage | None = None) -> GcePlan:
+                      boot: boot_images.BootImage | None = None,
+                      choice: provisioning.ProvisioningChoice | None = None) -> GcePlan:
         from google.cloud import compute_v1
 
         vm = {**vm_options_defaults(), **(getattr(spec, "vm", None) or {})}
@@ -499,6 +577,8 @@ class GceBackend(ComputeBackend[GcePlan]):
             raise BackendError(str(e)) from None
         if boot is None:
             boot = self.boot_image(spec)
+        if choice is None:
+            choice = provisioning.choose(vm, None, 0.0)
         meta = md.VmMetadata(
             run_id=spec.run_id, attempt=ctx.attempt, store=ctx.store_url, image=spec.image,
             gpu_count=gpu.count,  # command and env: the agent reads spec.json
@@ -507,7 +587,7 @@ class GceBackend(ComputeBackend[GcePlan]):
             heartbeat_interval=ctx.heartbeat_interval, sync_interval=ctx.sync_interval,
             grace_period=ctx.grace_period, shm_size=ctx.shm_size,
             data_disk="data" if (vm["data_disk"] or vm["data_disk_gb"]) else "", data_mount=vm["data_mount"],
-            supervisor_job=self.supervisor_job, nnodes=nnodes,
+            supervisor_job=self.supervisor_job, nnodes=nnodes, provisioning=choice.model,
         )
         startup, shutdown = startup_scripts()
         items = {**meta.items(), md.STARTUP_SCRIPT: startup, md.SHUTDOWN_SCRIPT: shutdown}
@@ -521,14 +601,7 @@ class GceBackend(ComputeBackend[GcePlan]):
             zones = zones[:1]  # an existing zonal disk pins the run to its zone
         candidates = []
         for zone in zones:
-            scheduling = compute_v1.Scheduling(
-                provisioning_model="SPOT",
-                instance_termination_action=vm["termination_action"],
-                on_host_maintenance="TERMINATE",
-                automatic_restart=False,
-            )
-            if vm["max_run_duration_s"]:
-                scheduling.max_run_duration = compute_v1.Duration(seconds=int(vm["max_run_duration_s"]))
+            scheduling = provisioning.scheduling(choice.model, vm)  # gce_provisioning.py
             disks = [compute_v1.AttachedDisk(
                 boot=True, auto_delete=True, device_name="boot",
                 initialize_params=compute_v1.AttachedDiskInitializeParams(
@@ -569,7 +642,8 @@ class GceBackend(ComputeBackend[GcePlan]):
                     accelerator_count=gpu.count)]
             candidates.append((zone, inst))
         return GcePlan(name=name, project=project, candidates=candidates, request_key=ctx.request_key,
-                       before_insert=ctx.before_insert, boot=boot, gpus=gpu.count)
+                       before_insert=ctx.before_insert, boot=boot, gpus=gpu.count,
+                       provisioning=choice.model, provisioning_why=choice.why, store_url=ctx.store_url)
 
     # ---- act ----
     def create(self, plan: AttemptPlan[GcePlan]) -> Attempt:
@@ -578,20 +652,28 @@ class GceBackend(ComputeBackend[GcePlan]):
         node holds none of them; each node's rank is the one its name carries and its address
         the internal IP GCE gave it."""
         if len(plan.nodes) <= 1:
-            return super().create(plan)
+            made = super().create(plan)
+            self._journal_choice(plan, made)
+            return made
         gang = getattr(plan, "gang", None) or gang_plan(plan.nodes[0], plan.run_id, plan.attempt, len(plan.nodes))
+        stocked: list[str] = []  # zones out of room for the whole gang: the store's history learns them
         try:
-            made = create_generation(self.c, gang)
+            made = create_generation(self.c, gang, stocked)
         except OverGlobalGpuQuota as e:
             raise self._over_global_gpu_quota(plan.nodes[0], e.zone, e.limit, e.message,
                                               nodes=len(plan.nodes)) from None
-        return Attempt(plan.attempt, tuple(self._instance(vm) for vm in made.vms))
+        finally:
+            self._note_stockouts(plan.nodes[0], stocked)
+        attempt = Attempt(plan.attempt, tuple(self._instance(vm) for vm in made.vms))
+        self._journal_choice(plan, attempt)
+        return attempt
 
     def create_instance(self, plan: GcePlan) -> Instance:
         from google.api_core import exceptions as gexc
         from google.cloud import compute_v1
 
-        refusals = []
+        refusals: list[str] = []
+        stocked: list[str] = []  # zones that refused for capacity: the store's history learns them
         for zone, body in plan.candidates:
             if plan.before_insert is not None:
                 plan.before_insert(zone)  # raises once the create claim is no longer ours
@@ -611,6 +693,7 @@ class GceBackend(ComputeBackend[GcePlan]):
                 reasons = _error_reasons(e)
                 if any(r in ZONE_RETRYABLE for r in reasons):
                     refusals.append(f"{zone}: {', '.join(sorted(set(reasons)))}")
+                    stocked += [zone] if STOCKOUT_CODES & set(reasons) else []
                     continue
                 raise network_refusal(e, plan.project) or BackendError(_explain(e, plan.project)) from None
             except gexc.RetryError as e:
@@ -626,11 +709,13 @@ class GceBackend(ComputeBackend[GcePlan]):
                     # A quota error names the quota and its limit: what the user must raise.
                     quota = "; ".join(e.message for e in op.error.errors if e.code == "QUOTA_EXCEEDED")
                     refusals.append(f"{zone}: {', '.join(sorted(set(reasons)))}" + (f" ({quota})" if quota else ""))
+                    stocked += [zone] if STOCKOUT_CODES & set(reasons) else []
                     continue
                 if "RESOURCE_ALREADY_EXISTS" in reasons:
                     return self._existing(plan.project, zone, plan.name)
                 raise BackendError(f"creating {plan.name} in {zone} failed: "
                                    + "; ".join(f"{e.code}: {e.message}" for e in op.error.errors))
+            self._note_stockouts(plan, stocked)
             try:
                 return self._get(plan.project, zone, plan.name)
             except gexc.NotFound:
@@ -641,10 +726,45 @@ class GceBackend(ComputeBackend[GcePlan]):
                 # would keep the claim and replay the same answer for GCE's whole request-id window.
                 raise BackendError(f"{plan.name} was created in {zone} and is already gone (preempted or "
                                    "deleted while booting); the supervisor creates it again") from None
+        self._note_stockouts(plan, stocked)
         raise ZoneExhausted(
             f"no zone could take {plan.name} ({'; '.join(refusals)}): add zones (--zones / zones in "
             "runner.toml) or try again later; the supervisor retries on its next pass"
         )
+
+    def _note_stockouts(self, plan: GcePlan, zones: list[str]) -> None:
+        """Add the zones that just stocked out to the store's history (capacity/zones.json), so
+        the next create of any run of this store tries them last. Best effort: advice only."""
+        if not zones or not plan.store_url:
+            return
+        try:
+            record_stockouts(self._store(plan.store_url), zones, self.clock())
+        except Exception as e:  # noqa: BLE001 - losing advice must not fail a create
+            import sys
+
+            print(f"runner: warning: stockouts in {', '.join(zones)} not recorded ({type(e).__name__}: {e})",
+                  file=sys.stderr)
+
+    def _journal_choice(self, plan: AttemptPlan[GcePlan], made: Attempt) -> None:
+        """Say in the run's journal which provisioning model the attempt got and why its zone
+        was tried when it was, where that is news: a model other than spot, or a zone order
+        the store's stockout history changed. Best effort, like every note."""
+        first = plan.nodes[0]
+        if (first.provisioning == provisioning.SPOT and not first.zone_why) or not first.store_url or not made.instances:
+            return
+        from entrypoint.record import RunRecord
+
+        zone = made.instances[0].zone
+        text = f"attempt {plan.attempt}: {first.provisioning} VM in {zone} ({first.provisioning_why})"
+        if first.zone_why:
+            text += "; zones tried in order: " + "; ".join(first.zone_why)
+        try:
+            RunRecord(self._store(first.store_url), plan.run_id).event(
+                "gce", None, None, text, attempt=plan.attempt, provisioning=first.provisioning, zone=zone)
+        except Exception as e:  # noqa: BLE001 - a lost note must not fail a create
+            import sys
+
+            print(f"runner: warning: {text} (not journaled: {type(e).__name__})", file=sys.stderr)
 
     def _over_global_gpu_quota(self, plan: GcePlan, zone: str, limit: float | None,
                                message: str, nodes: int = 1) -> BackendError:

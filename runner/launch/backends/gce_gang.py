@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any, Callable, Optional
 from runner.cloud.gcp_clients import ComputeClients, api_retry
 from runner.launch.backends.base import LABEL_ATTEMPT, LABEL_RANK, LABEL_RUN_ID, LABEL_STORE, BackendError
 from runner.launch.backends.gce_listing import label_filter
+from runner.launch.zone_stockouts import STOCKOUT_CODES
 from runner.launch.backends.gce_zone_walk import ZONE_RETRYABLE, OverGlobalGpuQuota, ZoneExhausted, global_gpu_quota
 from runner.naming import instance_names, label_value
 
@@ -143,7 +144,7 @@ def gang_plan(plan: "GcePlan", run_id: str, attempt: int, nnodes: int) -> GangPl
                     before_insert=plan.before_insert)
 
 
-def create_generation(clients: ComputeClients, plan: GangPlan) -> Generation:
+def create_generation(clients: ComputeClients, plan: GangPlan, stocked_out: list[str] | None = None) -> Generation:
     """Create the N nodes of ``plan`` in the first zone that takes all N; returns them with rank
     0's internal address.
 
@@ -153,7 +154,8 @@ def create_generation(clients: ComputeClients, plan: GangPlan) -> Generation:
     request id: a retry after a lost reply gets the first operation. Raises ``ZoneExhausted``
     when no zone takes the gang, ``OverGlobalGpuQuota`` at the first zone that refuses it for the
     project-wide GPU quota (no other zone can say otherwise), ``BackendError`` on anything else
-    (after deleting what it made).
+    (after deleting what it made). ``stocked_out`` gets the zones that refused for capacity
+    (not quota), for the store's stockout history (runner.launch.zone_stockouts).
     """
     from google.api_core import exceptions as gexc
 
@@ -175,6 +177,8 @@ def create_generation(clients: ComputeClients, plan: GangPlan) -> Generation:
             reasons = _reasons(e)
             if reasons & GANG_ZONE_RETRYABLE:
                 refusals.append(f"{zone}: {', '.join(sorted(reasons))}")
+                if stocked_out is not None and reasons & STOCKOUT_CODES:
+                    stocked_out.append(zone)
                 continue
             raise BackendError(f"creating the {plan.nnodes} nodes of {plan.names[0]}… in {zone} failed: "
                                f"{getattr(e, 'message', e)}") from None
@@ -186,6 +190,8 @@ def create_generation(clients: ComputeClients, plan: GangPlan) -> Generation:
                 raise OverGlobalGpuQuota(zone, *quota)
             if reasons & GANG_ZONE_RETRYABLE:
                 refusals.append(f"{zone}: " + "; ".join(f"{e.code}: {e.message}" for e in op.error.errors))
+                if stocked_out is not None and reasons & STOCKOUT_CODES:
+                    stocked_out.append(zone)
                 continue
             raise BackendError(f"creating the {plan.nnodes} nodes of {plan.names[0]}… in {zone} failed: "
                                + "; ".join(f"{e.code}: {e.message}" for e in op.error.errors))

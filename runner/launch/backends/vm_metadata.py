@@ -35,6 +35,9 @@ SUPERVISOR_JOB = PREFIX + "supervisor-job"
 # A gang's size N (absent: one VM). The same on every node of a bulkInsert, which gives all its VMs
 # one metadata: a node learns its own rank from its name (runner.naming.rank_of), not from here.
 NNODES = PREFIX + "nnodes"
+# The attempt's GCE provisioningModel (SPOT, STANDARD, FLEX_START): the agent writes it into the
+# attempt's manifest, so cost prices each attempt at its own model's price.
+PROVISIONING = PREFIX + "provisioning"
 STARTUP_SCRIPT = "startup-script"
 SHUTDOWN_SCRIPT = "shutdown-script"
 
@@ -60,6 +63,7 @@ class VmMetadata:
     data_mount: str = "/var/lib/runner/data"
     supervisor_job: str = ""
     nnodes: int = 1
+    provisioning: str = ""
 
     def items(self) -> dict[str, str]:
         """The metadata key/values, startup and shutdown scripts excluded."""
@@ -82,4 +86,5 @@ class VmMetadata:
             SUPERVISOR_JOB: self.supervisor_job,
             # Only a gang's: a single VM's metadata stays what it was before gangs.
             **({NNODES: str(self.nnodes)} if self.nnodes > 1 else {}),
+            **({PROVISIONING: self.provisioning} if self.provisioning else {}),
         }

@@ -24,6 +24,29 @@ _LABEL_VALUE_RE = re.compile(r"[a-z0-9_-]{0,63}")
 _METADATA_KEY_RE = re.compile(r"[a-zA-Z0-9_-]{1,128}")
 
 
+# Flex-start (provisioningModel FLEX_START): "Flex-start VMs support all accelerator-optimized
+# machine types (except A4X and G4) and H4D machine types" and "run for up to seven days"
+# (https://cloud.google.com/compute/docs/instances/about-flex-start-vms). Google's pages quote no
+# error text for a refused flex-start insert: the messages below are the fake's own, on GCE's
+# usual 400 ``invalid`` for a field it will not take.
+_FLEX_START_FAMILIES = ("a4", "a3", "a2", "g2", "h4d")
+_FLEX_START_MAX_S = 7 * 86400
+
+
+def _check_flex_start(machine_type: str, sched: compute_v1.Scheduling) -> None:
+    if machine_type.split("-", 1)[0] not in _FLEX_START_FAMILIES:
+        raise _invalid("resource.scheduling.provisioningModel", "FLEX_START",
+                       f"The flex-start provisioning model is not supported for machine type "
+                       f"'{machine_type}'.")
+    if "max_run_duration" not in sched:
+        raise _invalid("resource.scheduling.maxRunDuration", "",
+                       "Must be specified for the flex-start provisioning model.")
+    if sched.max_run_duration.seconds > _FLEX_START_MAX_S:
+        raise _invalid("resource.scheduling.maxRunDuration.seconds", sched.max_run_duration.seconds,
+                       f"Must be at most {_FLEX_START_MAX_S} seconds (7 days) for the flex-start "
+                       "provisioning model.")
+
+
 def _check_disk_type(machine_type: str, i: int, d: compute_v1.AttachedDisk) -> None:
     """A3 Ultra and A4 take Hyperdisk only (see ``HYPERDISK_ONLY`` in the catalogue). GCE's exact
     words for this refusal were not found; the message below is the fake's."""
@@ -191,6 +214,8 @@ class InstanceRecords:
             if not sched.instance_termination_action:
                 raise _invalid("resource.scheduling.instanceTerminationAction", "",
                                "Must be specified when maxRunDuration is set.")
+        if sched.provisioning_model == "FLEX_START":
+            _check_flex_start(mt[1], sched)
         on_maint = sched.on_host_maintenance or ("TERMINATE" if spot else "MIGRATE")
         if on_maint == "MIGRATE" and (spot or gpus):
             raise ApiError(400, "invalid", "Instances with guest accelerators do not support "
@@ -278,7 +303,8 @@ class InstanceRecords:
         over = self._quota_exceeded(p, zone, inst)
         if over:
             return self._quota_op(p, zone, target, "insert", over)
-        if zone in self.stockout_zones or self.zone_capacity.get(zone, 1) < 1:
+        if zone in self.stockout_zones or self.zone_capacity.get(zone, 1) < 1 or \
+                (zone in self.spot_stockout_zones and _is_spot(inst)):
             return self._stockout(p, zone, target, "insert")
         vm = self._create_vm(p, zone, inst)
         if zone in self.zone_capacity:

@@ -46,6 +46,7 @@ _ROUTES: list[tuple[str, str, str]] = [
     ("GET", "/zones", "zones.list"),
     ("GET", _Z, "zones.get"),
     ("GET", "/regions/(?P<region>[^/]+)", "regions.get"),
+    ("POST", "/regions/(?P<region>[^/]+)/advice/capacity", "advice.capacity"),
     ("GET", "/global/networks/(?P<network>[^/]+)", "networks.get"),
     ("GET", "/global/networks", "networks.list"),
     ("POST", "/global/networks", "networks.insert"),

@@ -17,6 +17,7 @@ from google.api_core.client_options import ClientOptions
 from google.auth.credentials import AnonymousCredentials
 from google.cloud import compute_v1
 
+from tests.standins.compute.advice import CapacityAdvice
 from tests.standins.compute.bulk import BulkInsertRecords
 from tests.standins.compute.catalogue import COS_IMAGES, DEFAULT_REGION_QUOTAS, ZONES, _catalogue
 from tests.standins.compute.disks import DiskRecords
@@ -39,7 +40,7 @@ from tests.standins.google_api import Answer, RoutedApi
 
 
 class ComputeFake(RoutedApi, InstanceRecords, BulkInsertRecords, DiskRecords, OperationRecords, ImageRecords, QuotaRules,
-                  IamChecks, PreemptionTimeline, NetworkRecords, FirewallRecords):
+                  IamChecks, PreemptionTimeline, NetworkRecords, FirewallRecords, CapacityAdvice):
     """State and switches of the fake; served over HTTP by ``run_compute_fake``.
 
     Switches are plain attributes, read under the fake's lock on every request, so a test can
@@ -47,6 +48,12 @@ class ComputeFake(RoutedApi, InstanceRecords, BulkInsertRecords, DiskRecords, Op
 
     - ``stockout_zones``: inserts (and starts) there fail with ZONE_RESOURCE_POOL_EXHAUSTED, as
       an operation error, or as HTTP 503 when ``stockout_as_http`` is true.
+    - ``spot_stockout_zones``: like ``stockout_zones`` for spot VMs only: a standard (on-demand)
+      insert there succeeds. Spot capacity is Compute Engine's excess capacity ("Spot VMs are
+      available at a discount ... Compute Engine might preempt Spot VMs if it needs to reclaim
+      those resources", https://cloud.google.com/compute/docs/instances/spot), so a zone can be
+      out of spot capacity and still take a standard VM.
+    - ``capacity_scores`` / ``capacity_advice_denied``: what ``advice.capacity`` answers (advice.py).
     - ``zone_capacity``: zone -> how many more VMs it can take (absent: no limit); an insert or
       ``bulkInsert`` beyond it is a stockout (bulk.py: all or nothing down to ``minCount``).
     - ``lose_reply(rpc)``: the next such request is carried out and its answer lost (HTTP 503),
@@ -79,6 +86,9 @@ class ComputeFake(RoutedApi, InstanceRecords, BulkInsertRecords, DiskRecords, Op
     def __init__(self, project: str = "test-project", *, seed: int = 0) -> None:
         self.project = project
         self.stockout_zones: set[str] = set()
+        self.spot_stockout_zones: set[str] = set()
+        self.capacity_scores: dict[str, float] = {}  # zone -> obtainability advice.capacity gives it
+        self.capacity_advice_denied = False
         self.stockout_as_http = False
         self.zone_capacity: dict[str, int] = {}
         self.bulk_rollback_leaves: dict[str, int] = {}  # fault injection (bulk.py)
@@ -298,6 +308,8 @@ class ComputeFake(RoutedApi, InstanceRecords, BulkInsertRecords, DiskRecords, Op
             return self._h_global_op(p, op_name)  # type: ignore[arg-type]
         elif rpc == "regions.get":
             return self._h_region(p, a["region"])
+        elif rpc == "advice.capacity":
+            return self._h_capacity_advice(p, a["region"], body)
         elif rpc.startswith("networks."):
             result = self._h_networks(rpc, p, a, q, body)
             if not isinstance(result, compute_v1.Operation):
