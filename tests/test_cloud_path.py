@@ -264,6 +264,7 @@ def cloud(cloud_parts: tuple[ComputeFake, CosGuest, LiveVmSampler], gcs_emulator
     fake, guest, _sampler = cloud_parts
     assert pushed["proc"].returncode == 0, pushed["proc"].stderr
     fake.stockout_zones.clear()
+    fake.capacity_advice_denied = False
     fake.reset_requests()
     c = Cloud(fake, guest, gcs_emulator, pushed["ref"], request.node.name.replace("_", "-").lower())
     errors_before = len(guest.errors)
@@ -429,6 +430,9 @@ SHORT = trainer(10, EVERY)  # 2 s of work: for the cases that are not about resu
 def test_a_stockout_in_the_first_zone_runs_the_job_in_the_second(cloud: Cloud) -> None:
     run_id = f"cp-stockout-{uuid.uuid4().hex[:6]}"
     cloud.fake.stockout_zones.add("us-central1-a")
+    # Without capacity advice (a project that may not call it): the zone walk meets the stockout.
+    # (test_gce_provisioning.py has the advice sending the create to b at once.)
+    cloud.fake.capacity_advice_denied = True
     cloud.submit(run_id, *CPU, command=SHORT)
     cloud.supervise()
     st = cloud.wait_state(run_id, State.SUCCEEDED, State.FAILED, timeout=90)
@@ -611,7 +615,9 @@ def test_a_two_node_gang_of_cos_vms_restarts_whole_when_node_1_is_preempted(
     from runner.naming import node_name
 
     run_id = f"cp-gang-{uuid.uuid4().hex[:6]}"
-    cloud.submit(run_id, *CPU, "--nodes", "2")
+    # 40 s of work: the preemption (a CLI process, GCE's notice, the supervisor's next pass) must
+    # land before rank 0's job ends, even on a loaded machine; the second generation resumes.
+    cloud.submit(run_id, *CPU, "--nodes", "2", command=trainer(200))
     cloud.supervise()
     cloud.wait_state(run_id, State.RUNNING, attempt=1)
     rec = cloud.record(run_id)
