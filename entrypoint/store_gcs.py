@@ -65,8 +65,29 @@ def parse_gs_url(url: str) -> tuple[str, str]:
     return bucket, f"{prefix}/" if prefix else ""
 
 
+# Connections kept open to GCS per client: as many as the widest reader runs requests at once
+# (``ops list``'s workers, ``runner.ops.runs.LIST_WORKERS``). requests keeps 10 per host by
+# default (``HTTPAdapter(pool_maxsize=10)``); a thread beyond that opens a connection of its own
+# and throws it away after one request ("Connection pool is full, discarding connection",
+# https://github.com/googleapis/python-storage/issues/253), paying a new TCP and TLS handshake.
+CONNECTION_POOL_SIZE = 32
+
+
+def size_connection_pool(client: "gcs.Client", size: int = CONNECTION_POOL_SIZE) -> "gcs.Client":
+    """Keep ``size`` connections per host open in ``client``'s HTTP session, for HTTPS (GCS) and
+    HTTP (an emulator). Threads beyond ``size`` still get a connection (``pool_block=False``):
+    a wider reader is slower, never stuck. Returns ``client``."""
+    from requests.adapters import HTTPAdapter
+
+    session = client._http  # the library's AuthorizedSession: it adds the credentials
+    for scheme in ("https://", "http://"):
+        session.mount(scheme, HTTPAdapter(pool_connections=size, pool_maxsize=size))
+    return client
+
+
 def make_client() -> "gcs.Client":
-    """A storage client: anonymous against an emulator, default credentials otherwise."""
+    """A storage client: anonymous against an emulator, default credentials otherwise; its
+    connection pool sized for concurrent readers (``size_connection_pool``)."""
     from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import storage
 
@@ -74,9 +95,9 @@ def make_client() -> "gcs.Client":
         from google.auth.credentials import AnonymousCredentials
 
         project = os.environ.get("GOOGLE_CLOUD_PROJECT", "local")
-        return storage.Client(project=project, credentials=AnonymousCredentials())
+        return size_connection_pool(storage.Client(project=project, credentials=AnonymousCredentials()))
     try:
-        return storage.Client()
+        return size_connection_pool(storage.Client())
     except DefaultCredentialsError as err:
         raise StoreError(
             "no Google credentials found for the gs:// store: run "

@@ -259,14 +259,21 @@ def run_watchfulness(store: Store, run_id: str, live: bool, now: float | None = 
     return w if live else replace(w, warning="", fix="")
 
 
-def unwatched(store: Store, live_run_ids: list[str], now: float | None = None) -> tuple[Watchfulness, list[str]]:
+def unwatched(store: Store, live_run_ids: list[str], now: float | None = None,
+              workers: int = 16) -> tuple[Watchfulness, list[str]]:
     """The store's judgement, and which of ``live_run_ids`` nobody supervises: none when a
     store-wide supervisor is alive, else those without a live supervisor of their own (an
-    attached submit). One read, plus one per live run while no store-wide supervisor is."""
+    attached submit). One read, plus one per live run while no store-wide supervisor is, those
+    ``workers`` at a time: one after another, 100 live runs at 20-50 ms a read on GCS would add
+    seconds to every ``ops list`` just when nobody supervises."""
+    from concurrent.futures import ThreadPoolExecutor
+
     overall = watchfulness(store, now)
-    if overall.alive:
+    if overall.alive or not live_run_ids:
         return overall, []
-    return overall, [r for r in live_run_ids if not watchfulness(store, now, r).alive]
+    with ThreadPoolExecutor(max_workers=min(workers, len(live_run_ids))) as pool:
+        alive = list(pool.map(lambda r: watchfulness(store, now, r).alive, live_run_ids))
+    return overall, [r for r, ok in zip(live_run_ids, alive) if not ok]
 
 
 def unwatched_lines(overall: Watchfulness, unwatched_ids: list[str]) -> list[str]:
