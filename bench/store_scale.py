@@ -11,7 +11,9 @@ time (no latency: populating is not what is measured); what is timed goes throug
 
 Figures:
 1. ``list_runs`` as ``ops list`` calls it (in this process), and the whole ``runner ops list``
-   command as a user runs it (a fresh process: interpreter start and imports count).
+   command as a user runs it (a fresh process: interpreter start and imports count), with the
+   requests it sent (runs written by this version are listed, not read:
+   ``entrypoint.record.listing``).
 2. One ``Supervisor.reconcile_all()`` pass over the in-memory compute backend (no VMs to talk
    to: the pass's time is the store's), and where its requests go per run, by the run's state.
 """
@@ -271,6 +273,7 @@ def main(n: int = N_RUNS, latency: float = LATENCY_S) -> None:
               f"{len(log.seen)} requests ({len(log.seen) / n:.2f} per run); {verdict(secs, LIST_TARGET_S)}")
         for kind, c in per_run(log.seen, kinds).items():
             print(f"  per {kind} run: " + ", ".join(f"{what} x{v:.2f}" for what, v in c.items()))
+        print("  not of one run: " + ", ".join(f"{what} x{c}" for what, c in others(log.seen).items()))
         secs = cli_ops_list(proxy, prefix)
         print(f"runner ops list (a fresh process) over {n} runs, +{latency * 1000:.0f} ms per request, "
               f"no supervisor has passed (each live run's own supervisor is looked up): {secs:.2f} s; "
