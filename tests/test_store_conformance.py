@@ -809,9 +809,27 @@ def test_an_object_the_listing_cannot_carry_is_named_for_a_read(gcs_store):
     from entrypoint.store_gcs import LISTED_MAX_BYTES
 
     gcs_store.write("runs/old/state.json", b"{}")  # a plain write: nothing for a listing to carry
-    gcs_store.write_listed("runs/big/state.json", b"x" * LISTED_MAX_BYTES)  # over GCS's metadata limit
+    big = os.urandom(LISTED_MAX_BYTES)  # incompressible: over GCS's metadata limit however packed
+    gcs_store.write_listed("runs/big/state.json", big)
 
     found = gcs_store.read_listed("runs/", "runs/*/state.json")
 
     assert found == {"runs/big/state.json": None, "runs/old/state.json": None}
-    assert content(gcs_store, "runs/big/state.json") == b"x" * LISTED_MAX_BYTES
+    assert content(gcs_store, "runs/big/state.json") == big
+
+
+def test_a_run_state_of_twenty_attempts_is_still_carried_by_the_listing(gcs_store):
+    from entrypoint.record import RunRecord, RunSpec, State
+
+    rec = RunRecord(gcs_store, "r1")
+    rec.write_spec(RunSpec(run_id="r1", image="i@sha256:" + "a" * 64, command=["true"], backend="local"))
+    rec.create_state("user")
+    for attempt in range(1, 21):  # a spot run preempted twenty times: its state holds each attempt
+        rec.transition(State.PROVISIONING, "sup", attempt=attempt, instance=f"r1-{attempt}", restarts=attempt - 1)
+        rec.transition(State.RUNNING, "agent")
+        rec.transition(State.PREEMPTED, "sup", reason="preempted by GCE: the spot VM was reclaimed")
+
+    found = gcs_store.read_listed("runs/", "runs/*/state.json")
+
+    stored = gcs_store.read("runs/r1/state.json")
+    assert len(stored.data) > 4096 and found == {"runs/r1/state.json": stored}
