@@ -482,8 +482,11 @@ def _insert_bucket(request: emu_server.Request, response: emu_server.Response,
     response.json(bucket)
 
 
-# Objects per page of a listing: GCS's default and maximum for ``maxResults``
-# (https://cloud.google.com/storage/docs/json_api/v1/objects/list).
+# Objects per page of a listing: GCS's default and maximum for ``maxResults`` (objects.list,
+# https://cloud.google.com/storage/docs/json_api/v1/objects/list; Firebase's reference, a client
+# of the same service, states it: "The default and maximum maxResults is 1000",
+# https://firebase.google.com/docs/reference/js/storage.listoptions). GCS counts items and
+# prefixes together; this counts items only.
 LIST_PAGE_MAX = 1000
 
 
