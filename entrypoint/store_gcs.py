@@ -24,8 +24,11 @@ and every upload, with or without a precondition: see ``_upload_retry``).
 
 from __future__ import annotations
 
+import base64
 import os
+import re
 import uuid
+import zlib
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Iterator, NoReturn
 
@@ -52,6 +55,13 @@ _CONTENT_TYPE = "application/octet-stream"
 _OBJECT_ADMIN = "roles/storage.objectAdmin"
 # Custom metadata key of the per-write token that lets a conditional write recognise itself.
 WRITE_TOKEN_KEY = "cos-spot-runner-write"
+# Custom metadata key of the content a listing carries (``write_listed``). GCS allows 4 KiB per
+# value and 8 KiB per object (MAX_CUSTOM_METADATA_FIELD_VALUE_BYTES, MAX_CUSTOM_METADATA_TOTAL_SIZE_BYTES,
+# https://docs.cloud.google.com/storage/docs/reference/rpc/google.storage.v1); larger content is
+# read the usual way. Its value is the content compressed (zlib), then base64.
+LISTED_KEY = "cos-spot-runner-doc"
+LISTED_MAX_BYTES = 4096
+_GLOB_CHARS = re.compile(r"[*?\[\]{}\\!]")
 
 
 def parse_gs_url(url: str) -> tuple[str, str]:
@@ -65,8 +75,29 @@ def parse_gs_url(url: str) -> tuple[str, str]:
     return bucket, f"{prefix}/" if prefix else ""
 
 
+# Connections kept open to GCS per client: as many as the widest reader runs requests at once
+# (``ops list``'s workers, ``runner.ops.runs.LIST_WORKERS``). requests keeps 10 per host by
+# default (``HTTPAdapter(pool_maxsize=10)``); a thread beyond that opens a connection of its own
+# and throws it away after one request ("Connection pool is full, discarding connection",
+# https://github.com/googleapis/python-storage/issues/253), paying a new TCP and TLS handshake.
+CONNECTION_POOL_SIZE = 32
+
+
+def size_connection_pool(client: "gcs.Client", size: int = CONNECTION_POOL_SIZE) -> "gcs.Client":
+    """Keep ``size`` connections per host open in ``client``'s HTTP session, for HTTPS (GCS) and
+    HTTP (an emulator). Threads beyond ``size`` still get a connection (``pool_block=False``):
+    a wider reader is slower, never stuck. Returns ``client``."""
+    from requests.adapters import HTTPAdapter
+
+    session = client._http  # the library's AuthorizedSession: it adds the credentials
+    for scheme in ("https://", "http://"):
+        session.mount(scheme, HTTPAdapter(pool_connections=size, pool_maxsize=size))
+    return client
+
+
 def make_client() -> "gcs.Client":
-    """A storage client: anonymous against an emulator, default credentials otherwise."""
+    """A storage client: anonymous against an emulator, default credentials otherwise; its
+    connection pool sized for concurrent readers (``size_connection_pool``)."""
     from google.auth.exceptions import DefaultCredentialsError
     from google.cloud import storage
 
@@ -74,9 +105,9 @@ def make_client() -> "gcs.Client":
         from google.auth.credentials import AnonymousCredentials
 
         project = os.environ.get("GOOGLE_CLOUD_PROJECT", "local")
-        return storage.Client(project=project, credentials=AnonymousCredentials())
+        return size_connection_pool(storage.Client(project=project, credentials=AnonymousCredentials()))
     try:
-        return storage.Client()
+        return size_connection_pool(storage.Client())
     except DefaultCredentialsError as err:
         raise StoreError(
             "no Google credentials found for the gs:// store: run "
@@ -259,11 +290,50 @@ class GcsStore(Store):
         token, the write is ours and its generation is returned. Someone else's write never
         carries our token, so a real conflict still raises ``PreconditionFailed``.
         """
+        return self._write(name, data, if_generation_match, {})
+
+    def write_listed(self, name: str, data: bytes, if_generation_match: int | None = None) -> int:
+        """``write``, with ``data`` also in the object's custom metadata (``LISTED_KEY``), which
+        an object listing returns (``read_listed``). Written in the same upload as the bytes, so
+        the two are one generation and never disagree. Compressed (zlib): a run's state grows
+        with its attempts (8 KB after 20), and JSON compresses four to five times. Base64: a
+        metadata value is text, and
+        custom metadata also travels as ``X-Goog-Meta-KEY`` headers
+        (https://cloud.google.com/storage/docs/json_api/v1/parameters), where a JSON document's
+        newlines would break the reply (the emulator's downloads did). ``data`` that does not
+        fit GCS's limit (``LISTED_MAX_BYTES`` encoded) is written without it, and read the
+        usual way."""
+        text = base64.b64encode(zlib.compress(data)).decode("ascii")
+        fits = len(text) <= LISTED_MAX_BYTES
+        return self._write(name, data, if_generation_match, {LISTED_KEY: text} if fits else {})
+
+    def read_listed(self, prefix: str, pattern: str) -> dict[str, Blob | None]:
+        """One listing per thousand matching objects, asking only for each one's name,
+        generation and carried content (``fields``: a partial response,
+        https://cloud.google.com/storage/docs/json_api#partial-response), filtered on GCS's side
+        by ``matchGlob``."""
+        if _GLOB_CHARS.search(self.prefix):
+            return super().read_listed(prefix, pattern)  # the store's own prefix is no glob
+        out: dict[str, Blob | None] = {}
+        with self._translated(f"list gs://{self.bucket_name}/{self.prefix}{prefix}"):
+            blobs = self._client.list_blobs(
+                self._bucket, prefix=self.prefix + prefix, match_glob=self.prefix + pattern,
+                fields="items(name,generation,metadata),nextPageToken",
+            )
+            for b in blobs:
+                text = (b.metadata or {}).get(LISTED_KEY)
+                out[self._name(b.name)] = (None if text is None or b.generation is None
+                                           else Blob(zlib.decompress(base64.b64decode(text)), int(b.generation)))
+        return out
+
+    def _write(self, name: str, data: bytes, if_generation_match: int | None, metadata: dict[str, str]) -> int:
         blob = self._blob(name)
         blob.crc32c = crc32c_of_bytes(data)  # GCS verifies this before committing
         token = uuid.uuid4().hex if if_generation_match is not None else None
         if token is not None:
-            blob.metadata = {WRITE_TOKEN_KEY: token}
+            metadata = {**metadata, WRITE_TOKEN_KEY: token}
+        if metadata:
+            blob.metadata = metadata
         try:
             with self._translated(f"write {self._where(name)}"):
                 blob.upload_from_string(

@@ -73,3 +73,20 @@ def test_if_generation_not_match_refuses_writes_and_answers_reads_304(gcs_emulat
     assert bucket.get_blob(blob.name).download_as_bytes() == b"two"
     with pytest.raises(exceptions.PreconditionFailed):  # no live object: a metageneration cannot match
         bucket.blob(name()).upload_from_string(b"z", if_metageneration_match=1)
+
+
+def test_a_listing_longer_than_a_page_comes_in_pages_of_a_thousand(faulty_gcs_store, fault_proxy):
+    """GCS returns at most 1,000 objects a page (maxResults, objects.list reference); the
+    emulator returned all at once, so a benchmark counted one listing where GCS needs two."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from tests.standins.gcs_fault_proxy import object_requests
+
+    names = [f"many/{i:04d}" for i in range(1001)]
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda n: faulty_gcs_store.write(n, b"x"), names))
+    fault_proxy.stats.seen.clear()
+
+    assert faulty_gcs_store.list("many/") == names
+    pages = [r for r in object_requests(fault_proxy.stats.seen) if r.startswith("GET /storage/v1/b/") and "/o?" in r]
+    assert len(pages) == 2 and "pageToken=" in pages[1]

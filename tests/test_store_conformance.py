@@ -20,7 +20,7 @@ from typing import Callable, Iterator
 import google_crc32c
 import pytest
 
-from entrypoint.store import PreconditionFailed, Store, StoreError, StoreNotFound
+from entrypoint.store import Blob, PreconditionFailed, Store, StoreError, StoreNotFound
 from entrypoint.store_gcs import GcsStore
 from tests.standins.gcs_emulator import run_emulator, run_raw_emulator
 from tests.standins.gcs_fault_proxy import FaultProxy, FaultRule
@@ -780,3 +780,56 @@ def test_a_phase_name_must_be_one_plain_segment(store: Store) -> None:
         with pytest.raises(ValueError):
             RunRecord(store, "r1").mark_phase(1, bad, "sup")
     assert store.list("runs/r1/") == []
+
+
+# ---- listed documents (write_listed / read_listed: ops list over 1,000 runs, issue 22 §3) ----
+
+
+def test_a_listed_write_is_read_back_from_the_listing_with_its_generation(store):
+    gen = store.write_listed("runs/a/state.json", b'{"state": "RUNNING"}\n', if_generation_match=0)
+    store.write_listed("runs/b/state.json", b"{}")
+    store.write("runs/a/events/x.json", b"{}")  # under the prefix, not matching: left out
+    store.write("runs/a/deep/state.json", b"{}")  # '*' stays within one folder
+
+    found = store.read_listed("runs/", "runs/*/{state,heartbeat}.json")
+
+    assert sorted(found) == ["runs/a/state.json", "runs/b/state.json"]
+    assert found["runs/a/state.json"] == Blob(b'{"state": "RUNNING"}\n', gen)
+    assert store.read("runs/a/state.json") == found["runs/a/state.json"]
+
+
+def test_a_listed_write_keeps_every_promise_of_write(store):
+    store.write_listed("runs/a/state.json", b"one", if_generation_match=0)
+    with pytest.raises(PreconditionFailed):
+        store.write_listed("runs/a/state.json", b"two", if_generation_match=0)
+    assert content(store, "runs/a/state.json") == b"one"
+
+
+def test_an_object_the_listing_cannot_carry_is_named_for_a_read(gcs_store):
+    from entrypoint.store_gcs import LISTED_MAX_BYTES
+
+    gcs_store.write("runs/old/state.json", b"{}")  # a plain write: nothing for a listing to carry
+    big = os.urandom(LISTED_MAX_BYTES)  # incompressible: over GCS's metadata limit however packed
+    gcs_store.write_listed("runs/big/state.json", big)
+
+    found = gcs_store.read_listed("runs/", "runs/*/state.json")
+
+    assert found == {"runs/big/state.json": None, "runs/old/state.json": None}
+    assert content(gcs_store, "runs/big/state.json") == big
+
+
+def test_a_run_state_of_twenty_attempts_is_still_carried_by_the_listing(gcs_store):
+    from entrypoint.record import RunRecord, RunSpec, State
+
+    rec = RunRecord(gcs_store, "r1")
+    rec.write_spec(RunSpec(run_id="r1", image="i@sha256:" + "a" * 64, command=["true"], backend="local"))
+    rec.create_state("user")
+    for attempt in range(1, 21):  # a spot run preempted twenty times: its state holds each attempt
+        rec.transition(State.PROVISIONING, "sup", attempt=attempt, instance=f"r1-{attempt}", restarts=attempt - 1)
+        rec.transition(State.RUNNING, "agent")
+        rec.transition(State.PREEMPTED, "sup", reason="preempted by GCE: the spot VM was reclaimed")
+
+    found = gcs_store.read_listed("runs/", "runs/*/state.json")
+
+    stored = gcs_store.read("runs/r1/state.json")
+    assert len(stored.data) > 4096 and found == {"runs/r1/state.json": stored}

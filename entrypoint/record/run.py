@@ -153,7 +153,7 @@ class RunRecord(RunPaths):
         st = RunState(state=State.PENDING, updated_by=actor)
         st.last_event = self._event_for(st, actor, None, "submitted", attempt=None)
         st.history = _history.begin(st.last_event)
-        self.store.write(self.name(self.STATE), _dump(st.to_dict()), if_generation_match=0)
+        self.store.write_listed(self.name(self.STATE), _dump(st.to_dict()), if_generation_match=0)
         self._journal(st.last_event)
         return st
 
@@ -204,7 +204,7 @@ class RunRecord(RunPaths):
         st.last_event = self._event_for(st, actor, old, reason)
         st.history = self._fold_history(cur[0], st)
         try:
-            new_gen = self.store.write(self.name(self.STATE), _dump(st.to_dict()), if_generation_match=gen)
+            new_gen = self.store.write_listed(self.name(self.STATE), _dump(st.to_dict()), if_generation_match=gen)
         except TransitionLost:
             raise
         except PreconditionFailed:
@@ -251,7 +251,7 @@ class RunRecord(RunPaths):
         st.updated_by = actor
         st.last_event = self._event_for(st, actor, old, reason)
         st.history = self._fold_history(before, st)
-        self.store.write(self.name(self.STATE), _dump(st.to_dict()), if_generation_match=gen)
+        self.store.write_listed(self.name(self.STATE), _dump(st.to_dict()), if_generation_match=gen)
         self._journal(st.last_event)
         return st
 
@@ -761,7 +761,8 @@ class RunRecord(RunPaths):
 
     # ---- heartbeat, manifest, stop ----
     def write_heartbeat(self, hb: Heartbeat) -> None:
-        self.store.write(self.name(self.HEARTBEAT), _dump(asdict(hb)))
+        # Listed, as state.json is: ``ops list`` reads both of every run from listings.
+        self.store.write_listed(self.name(self.HEARTBEAT), _dump(asdict(hb)))
 
     def read_heartbeat(self, rank: int = 0) -> Heartbeat | None:
         """The agent's last heartbeat (a gang's: node ``rank``'s), None if there is none;

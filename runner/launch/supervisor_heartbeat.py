@@ -32,7 +32,7 @@ import time
 from dataclasses import asdict, dataclass, field, replace
 from typing import TYPE_CHECKING, Any, Callable, Protocol
 
-from entrypoint.record import STORE_SUPERVISOR_HEARTBEAT, RunPaths, iso, run_prefix
+from entrypoint.record import RUNS, STORE_SUPERVISOR_HEARTBEAT, RunPaths, iso, run_prefix
 from entrypoint.store import Store
 
 if TYPE_CHECKING:
@@ -259,14 +259,28 @@ def run_watchfulness(store: Store, run_id: str, live: bool, now: float | None = 
     return w if live else replace(w, warning="", fix="")
 
 
-def unwatched(store: Store, live_run_ids: list[str], now: float | None = None) -> tuple[Watchfulness, list[str]]:
+def unwatched(store: Store, live_run_ids: list[str], now: float | None = None,
+              workers: int = 16) -> tuple[Watchfulness, list[str]]:
     """The store's judgement, and which of ``live_run_ids`` nobody supervises: none when a
     store-wide supervisor is alive, else those without a live supervisor of their own (an
-    attached submit). One read, plus one per live run while no store-wide supervisor is."""
+    attached submit).
+
+    One read; while no store-wide supervisor is alive, one listing of the runs' own supervisor
+    heartbeats too, and a read of each live run's that exists, ``workers`` at a time: a run
+    without one is unwatched with no read. Read one after another, 100 live runs at 20-50 ms a
+    read on GCS added seconds to every ``ops list`` just when nobody supervises."""
+    from concurrent.futures import ThreadPoolExecutor
+
     overall = watchfulness(store, now)
-    if overall.alive:
+    if overall.alive or not live_run_ids:
         return overall, []
-    return overall, [r for r in live_run_ids if not watchfulness(store, now, r).alive]
+    own = store.read_listed(RUNS, f"{RUNS}*/{RunPaths.SUPERVISOR_HEARTBEAT}")
+    have = [r for r in live_run_ids if heartbeat_name(r) in own]
+    alive: set[str] = set()
+    if have:
+        with ThreadPoolExecutor(max_workers=min(workers, len(have))) as pool:
+            alive = {r for r, ok in zip(have, pool.map(lambda r: watchfulness(store, now, r).alive, have)) if ok}
+    return overall, [r for r in live_run_ids if r not in alive]
 
 
 def unwatched_lines(overall: Watchfulness, unwatched_ids: list[str]) -> list[str]:

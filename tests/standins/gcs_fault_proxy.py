@@ -35,7 +35,8 @@ upload's chunks (a rule can still select a chunk's PUT as a whole request).
 
 Rules are explicit so a test can say exactly which reply is lost (``FaultRule(match="create.json",
 action="drop_reply", times=1)``), or random with a seed (``random_writes(rate=0.3, seed=7)``)
-so a chaos run is reproducible. ``stats`` counts what was done, for the test's report.
+so a chaos run is reproducible. ``stats`` counts what was done, for the test's report, and how
+the client used the proxy: connections opened, and the most requests it had in flight at once.
 """
 
 from __future__ import annotations
@@ -90,6 +91,9 @@ class FaultStats:
     by_action: dict[str, int] = field(default_factory=dict)
     matched: list[str] = field(default_factory=list)  # "ACTION METHOD target" per fault applied
     seen: list[str] = field(default_factory=list)  # "METHOD target" of every request, in order
+    connections: int = 0  # TCP connections clients opened to the proxy
+    in_flight: int = 0  # requests being handled now
+    max_in_flight: int = 0  # the most handled at once: how many a client really sent together
 
 
 def object_requests(seen: list[str]) -> list[str]:
@@ -126,6 +130,22 @@ class FaultProxy:
     def clear(self) -> None:
         with self._lock:
             self.rules.clear()
+
+    def connected(self) -> None:
+        with self._lock:
+            self.stats.connections += 1
+
+    @contextmanager
+    def handling(self) -> Iterator[None]:
+        """Count a request as in flight while it is handled (its latency included)."""
+        with self._lock:
+            self.stats.in_flight += 1
+            self.stats.max_in_flight = max(self.stats.max_in_flight, self.stats.in_flight)
+        try:
+            yield
+        finally:
+            with self._lock:
+                self.stats.in_flight -= 1
 
     def decide(self, method: str, target: str, body: bytes) -> str | None:
         write = is_write(method, target)
@@ -172,10 +192,18 @@ def _error_body(code: int, reason: str, message: str) -> bytes:
 
 class _Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle's algorithm on, the body waits for the
+    # client's delayed ACK of the headers (40 ms on Linux), a stall on every reply that no GCS
+    # front end adds and that would swamp the ``latency`` a benchmark sets.
+    disable_nagle_algorithm = True
     proxy: FaultProxy  # set on the subclass made per server
 
     def log_message(self, format: str, *args: object) -> None:  # noqa: A002 - quiet
         pass
+
+    def setup(self) -> None:  # once per connection (keep-alive: many requests on it)
+        super().setup()
+        self.proxy.connected()
 
     def _body(self) -> bytes:
         n = int(self.headers.get("Content-Length") or 0)
@@ -209,6 +237,10 @@ class _Handler(BaseHTTPRequestHandler):
             conn.close()
 
     def _handle(self) -> None:
+        with self.proxy.handling():
+            self._handle_counted()
+
+    def _handle_counted(self) -> None:
         body = self._body()
         action = self.proxy.decide(self.command, self.path, body)
         if self.proxy.latency > 0:

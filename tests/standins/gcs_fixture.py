@@ -71,12 +71,12 @@ def fault_proxy(gcs_emulator: str) -> Iterator["FaultProxy"]:
 
 
 def client_through(proxy: "FaultProxy") -> "storage.Client":
-    """A storage client whose every request, uploads included, goes through ``proxy``."""
-    from google.auth.credentials import AnonymousCredentials
-    from google.cloud import storage
+    """The product's storage client (``make_client``: anonymous, its connection pool sized) with
+    every request, uploads included, going through ``proxy``."""
+    from entrypoint.store_gcs import make_client
 
-    with _environ(STORAGE_EMULATOR_HOST=f"http://{proxy.address}"):
-        return storage.Client(project="local", credentials=AnonymousCredentials())
+    with _environ(STORAGE_EMULATOR_HOST=f"http://{proxy.address}", GOOGLE_CLOUD_PROJECT="local"):
+        return make_client()
 
 
 def store_through(proxy: "FaultProxy", prefix: str) -> GcsStore:
