@@ -226,6 +226,10 @@ class Store(ABC):
         """
         return self.write(name, data, if_generation_match)
 
+    # Whether ``read_listed`` answers from a listing (GCS) rather than a read per object (the
+    # default): a caller that would otherwise read only some objects asks it only then.
+    listing_carries_content = False
+
     def read_listed(self, prefix: str, pattern: str) -> dict[str, Blob | None]:
         """Every object under ``prefix`` whose name matches ``pattern`` (a GCS ``matchGlob``
         over the whole name: ``*`` within one folder, ``{a,b}`` either): its content and

@@ -307,6 +307,8 @@ class GcsStore(Store):
         fits = len(text) <= LISTED_MAX_BYTES
         return self._write(name, data, if_generation_match, {LISTED_KEY: text} if fits else {})
 
+    listing_carries_content = True
+
     def read_listed(self, prefix: str, pattern: str) -> dict[str, Blob | None]:
         """One listing per thousand matching objects, asking only for each one's name,
         generation and carried content (``fields``: a partial response,

@@ -36,6 +36,14 @@ class ListedRun:
         """Whether the listing alone gives the run's view (nothing to read)."""
         return self.state is not None and (self.heartbeat is not None or not self.has_heartbeat)
 
+    def current_state(self) -> tuple[RunState, int] | None:
+        """(state, generation) as ``RunRecord.read_state`` gives it, or None where the listing
+        could not carry the state (read it). ``DamagedRecord`` if it cannot be parsed."""
+        if self.state is None:
+            return None
+        return parse(run_prefix(self.run_id) + RunPaths.STATE, self.state.data, RunState.from_dict), \
+            self.state.generation
+
     def view(self) -> RunView:
         """The run's view with its heartbeat, as ``RunRecord.view()`` reads it; only when
         ``complete``. ``DamagedRecord`` if a document cannot be parsed, as a read would raise."""
