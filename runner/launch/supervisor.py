@@ -84,7 +84,8 @@ class SupervisorSettings:
 
 
 # Seconds a finished attempt's still-running instances are left to delete themselves (a COS VM
-# does within seconds of its container's exit) before the supervisor deletes them.
+# does within seconds of its container's exit) before the supervisor deletes them; only on a
+# backend whose instances do (``ComputeBackend.self_deletes``).
 SELF_DELETE_WAIT = 60.0
 
 # Runs read and stepped at once in a pass: a remote store's round trip (20-50 ms) times a
@@ -391,7 +392,7 @@ class Supervisor:
             # exits, after its last console lines): a delete from here in that moment would race
             # it, turn its exit into a shutdown and cut those short. Past SELF_DELETE_WAIT, or for
             # an instance no longer running, the supervisor deletes ("no VM left billing").
-            ending = (st.state in (State.SUCCEEDED, State.FAILED)
+            ending = (self.backend.self_deletes and st.state in (State.SUCCEEDED, State.FAILED)
                       and self.now() - st.updated_at < SELF_DELETE_WAIT)
             for att in attempts.values():
                 for inst in att.instances:

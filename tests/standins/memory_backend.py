@@ -94,6 +94,7 @@ class MemoryBackend(ComputeBackend[MemoryPlan]):
     """Instances in a dict; preemption through STOPPING as GCE does. See the module docstring."""
 
     name = "memory"
+    self_deletes = True  # as GCE's VMs: the supervisor's rules for them are what these tests check
 
     def __init__(self, clock: Callable[[], float] = time.time, *, notice_seconds: float = SPOT_NOTICE_S) -> None:
         self.clock = clock

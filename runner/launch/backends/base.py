@@ -279,6 +279,11 @@ class ComputeBackend(ABC, Generic[NodePlan]):
         """How to raise quotas that one attempt outgrows (``Decision.too_small``), one line."""
         return "ask the provider for a higher limit, or submit a smaller shape"
 
+    # Whether an instance deletes itself once its job has ended (a COS VM's startup.sh does; a
+    # local container only exits, and the supervisor removes it): the supervisor then leaves a
+    # finished attempt's running instances alone for a moment (supervisor.SELF_DELETE_WAIT).
+    self_deletes: bool = False
+
     # Whether an instance of this backend costs money (``ops status`` prices a run's attempts).
     billed: bool = True
 

@@ -215,6 +215,7 @@ def _error_reasons(exc_or_op: Any) -> list[str]:
 class GceBackend(ComputeBackend[GcePlan]):
     name = "gce"
     has_startup_console = True
+    self_deletes = True  # gcp/startup.sh deletes its own VM once the container exits
     # The hosted supervisor's job (projects/P/locations/L/jobs/J) a preempted VM asks for a pass,
     # set from config by runner.launch.context ("" = none deployed: the VM asks nobody). Not in
     # spec.json: it is where the run is supervised today, not what the run is.
