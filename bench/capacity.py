@@ -119,7 +119,8 @@ def main() -> None:
     many = [c for q, c in per_pass if q >= RUNS - QUOTA - 2]
     few = [c for q, c in per_pass if 0 < q <= 2]
     print(f"passes {len(pass_s)}, mean {sum(pass_s) / len(pass_s):.2f} s, longest {max(pass_s):.2f} s")
-    print(f"inserts sent {len(inserts)} (one zone stocked out: two per create); refused for quota "
+    print(f"inserts sent {len(inserts)} for {RUNS} runs (the stocked-out zone is skipped once the store saw it "
+          f"or capacity advice says so); refused for quota "
           f"{refused_quota} (target 0)")
     print(f"GPU occupancy while runs were queued: {occupancy:.1%} (target >= 94%)")
     print(f"makespan {makespan:.1f} s; ideal {ideal:.0f} s ({math.ceil(RUNS / QUOTA)} waves of {JOB_S:g} s); "
