@@ -12,7 +12,7 @@ import dataclasses
 
 import pytest
 
-from entrypoint.record import AttemptSettings, RunSpec
+from entrypoint.record import RunSpec
 from runner.cloud.gcp_clients import compute_clients
 from runner.launch.backends import vm_metadata as md
 from runner.launch.backends.base import BackendError, LaunchContext
@@ -22,16 +22,9 @@ from runner.launch.backends.gang import node_env, rendezvous_id
 from runner.naming import node_name, rank_of
 from tests.standins.compute import ComputeFake
 
-A, B = "us-central1-a", "us-central1-b"
-CTX = LaunchContext(attempt=2, store_url="gs://bucket/runs", request_key="round-1",
-                    settings=AttemptSettings(heartbeat_interval=5, sync_interval=10, grace_period=25,
-                                             shm_size="8g", gpu_timeout=300))
+from tests.test_gce_gang_backend import A, B, CTX as BACKEND_CTX, roomy_quota  # noqa: F401 - an autouse fixture
 
-
-@pytest.fixture(autouse=True)
-def roomy_quota(compute_fake: ComputeFake) -> None:
-    compute_fake.set_quota("us-central1", "PREEMPTIBLE_NVIDIA_T4_GPUS", 64)
-    compute_fake.set_quota("us-central1", "CPUS", 512)
+CTX = dataclasses.replace(BACKEND_CTX, attempt=2)
 
 
 def plan_for(nodes: int, ctx: LaunchContext = CTX, **vm: object) -> GangPlan:
