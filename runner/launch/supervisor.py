@@ -326,9 +326,9 @@ class Supervisor:
             rec.ensure_journaled(read[0][0], strict=False)
             self._observe(rec, read[0])
             return read[0][0]
+        waits = (self.admission or {}).get(run_id, Decision(True))
         if read is not None and read[0][0].state == State.QUEUED and read[1] is not None \
-                and not (self.admission or {}).get(run_id, Decision(True)).admitted \
-                and not (self.admission or {}).get(run_id, Decision(True)).never and not rec.stop_requested():
+                and not waits.admitted and not waits.never and not rec.stop_requested():
             # Still waiting, as this pass's reads say: nothing to write, nothing to list (a queue
             # of hundreds costs its reads, never a Compute call).
             self._observe(rec, read[0])
