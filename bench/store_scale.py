@@ -226,6 +226,14 @@ def others(seen: list[tuple[str, str | None, str]]) -> Counter:
     return Counter(f"{op} {obj}" for op, run_id, obj in seen if run_id is None)
 
 
+def print_breakdown(seen: list[tuple[str, str | None, str]], kinds: dict[str, str], others_too: bool = True) -> None:
+    """Where the requests went: per run of each kind, then (``others_too``) those of no one run."""
+    for kind, c in per_run(seen, kinds).items():
+        print(f"  per {kind} run: " + ", ".join(f"{what} x{v:.2f}" for what, v in c.items()))
+    if others_too:
+        print("  not of one run: " + ", ".join(f"{what} x{c}" for what, c in others(seen).items()))
+
+
 # ---- timing ----------------------------------------------------------------------------------------
 
 def timed(fn: Callable[[], Any]) -> tuple[float, Any]:
@@ -271,9 +279,7 @@ def main(n: int = N_RUNS, latency: float = LATENCY_S) -> None:
         assert len(rows) == n, len(rows)
         print(f"list_runs over {n} runs, +{latency * 1000:.0f} ms per request: {secs:.2f} s, "
               f"{len(log.seen)} requests ({len(log.seen) / n:.2f} per run); {verdict(secs, LIST_TARGET_S)}")
-        for kind, c in per_run(log.seen, kinds).items():
-            print(f"  per {kind} run: " + ", ".join(f"{what} x{v:.2f}" for what, v in c.items()))
-        print("  not of one run: " + ", ".join(f"{what} x{c}" for what, c in others(log.seen).items()))
+        print_breakdown(log.seen, kinds)
         secs = cli_ops_list(proxy, prefix)
         print(f"runner ops list (a fresh process) over {n} runs, +{latency * 1000:.0f} ms per request, "
               f"no supervisor has passed (each live run's own supervisor is looked up): {secs:.2f} s; "
@@ -288,9 +294,7 @@ def main(n: int = N_RUNS, latency: float = LATENCY_S) -> None:
         print(f"one supervisor pass (reconcile_all, memory backend) over {n} runs, +{latency * 1000:.0f} ms "
               f"per request: {secs:.2f} s, {len(log.seen)} requests ({len(log.seen) / n:.2f} per run, "
               f"{len(other)} not of one run); {verdict(secs, PASS_TARGET_S)}")
-        for kind, c in per_run(log.seen, kinds).items():
-            print(f"  per {kind} run: " + ", ".join(f"{what} x{v:.2f}" for what, v in c.items()))
-        print("  not of one run: " + ", ".join(f"{what} x{c}" for what, c in others(log.seen).items()))
+        print_breakdown(log.seen, kinds)
         secs = cli_ops_list(proxy, prefix)
         print(f"runner ops list (a fresh process) over {n} runs, +{latency * 1000:.0f} ms per request, "
               f"a supervisor passed just now: {secs:.2f} s; {verdict(secs, LIST_TARGET_S)}")
@@ -298,8 +302,7 @@ def main(n: int = N_RUNS, latency: float = LATENCY_S) -> None:
         secs, _ = timed(sup.reconcile_all)
         print(f"the next pass (same process): {secs:.2f} s, {len(log.seen)} requests "
               f"({len(log.seen) / n:.2f} per run)")
-        for kind, c in per_run(log.seen, kinds).items():
-            print(f"  per {kind} run: " + ", ".join(f"{what} x{v:.2f}" for what, v in c.items()))
+        print_breakdown(log.seen, kinds, others_too=False)
         sup.drain(30)
 
 
