@@ -251,7 +251,7 @@ def test_a_zone_that_stocked_out_recently_is_tried_last_and_the_journal_says_why
     sup.reconcile("exp-1")
     (vm,) = compute_fake.instances()
     assert vm.zone.endswith("/us-central1-b")
-    assert [c for c in compute_fake.calls("instances.insert")].__len__() == 1  # no refused insert in a
+    assert len(compute_fake.calls("instances.insert")) == 1  # no refused insert in a
     said = notes(ctx)[-1]
     assert "us-central1-b: no stockout seen in 1 h" in said and "us-central1-a: stocked out 3 min ago" in said
 
