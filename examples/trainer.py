@@ -4,7 +4,9 @@
 - checkpoints atomically every ``--checkpoint-every`` steps (write ``last.pt.tmp``, fsync,
   rename), and once more when it gets SIGTERM (the preemption notice), then exits 143,
 - reports progress with ``RUNNER_PROGRESS step=N total=T`` lines,
-- writes ``$RUNNER_RESULTS_DIR/summary.json`` when done.
+- writes ``$RUNNER_RESULTS_DIR/summary.json`` when done,
+- with ``--hold-at STEP``, waits at STEP for the preemption notice (demos and tests: a preemption
+  that lands where it was meant to however slow the machine is, instead of racing the job's end).
 
 Run it as ``python -m examples.trainer --steps 200 --checkpoint-every 10``.
 
@@ -73,6 +75,13 @@ def do_work(kind: str, seconds: float) -> None:
         x += i * 0.5
 
 
+def hold(stop: dict, seconds: float) -> None:
+    """Wait until SIGTERM sets ``stop['flag']`` (the loop then checkpoints and exits), or ``seconds``."""
+    deadline = time.monotonic() + seconds
+    while not stop["flag"] and time.monotonic() < deadline:
+        time.sleep(0.05)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--steps", type=int, default=100)
@@ -82,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--fail-at", type=int, default=-1, help="exit 3 at this step (to test failures)")
     p.add_argument("--work", choices=["sleep", "cpu"], default="sleep",
                    help="how a step spends --step-time: sleeping, or computing (for benchmarks)")
+    p.add_argument("--hold-at", type=int, action="append", default=[], metavar="STEP",
+                   help="on reaching STEP (when this start began below it), wait for SIGTERM before "
+                        "going on, up to --hold-for seconds; repeatable")
+    p.add_argument("--hold-for", type=float, default=600.0, help="the longest a --hold-at waits")
     args = p.parse_args(argv)
 
     ckpt_dir = os.environ.get("RUNNER_CHECKPOINT_DIR", "./checkpoints")
@@ -113,6 +126,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"RUNNER_PROGRESS step={state['step']} total={args.steps}", flush=True)
         if state["step"] % args.checkpoint_every == 0:
             save_checkpoint(path, state, args.checkpoint_bytes)
+        if state["step"] in args.hold_at and start < state["step"]:
+            hold(stop, args.hold_for)
 
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, "summary.json"), "w") as f:

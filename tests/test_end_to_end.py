@@ -24,8 +24,11 @@ def test_run_preempted_twice_at_random_points_succeeds_with_exact_steps_and_boun
     seed = random.randrange(1 << 30)
     rng = random.Random(seed)
     points = sorted(rng.sample(range(8, STEPS - 8), 2))
+    # Each attempt waits at its point for the notice (--hold-at): a loaded machine cannot let the
+    # job run past the point, or to its end, before `ops preempt` lands.
+    holds = [arg for point in points for arg in ("--hold-at", str(point))]
     sub = runner.popen("submit", "--run-id", run_id, "--image", IMAGE, "--",
-                       *trainer(STEPS, EVERY, 0.1))
+                       *trainer(STEPS, EVERY, 0.1, *holds))
     for attempt, point in enumerate(points, start=1):
         runner.wait_for(lambda: runner.state(run_id).get("attempt") == attempt
                         and runner.state(run_id).get("state") == "RUNNING"

@@ -167,7 +167,7 @@ def test_a_preempted_run_is_restarted_by_the_hosted_supervisor_alone(
         assert deployed.returncode == 0, deployed.stderr
         sub = _cli(env, "submit", "--run-id", run_id, "--image", workload, "--detach", "--",
                    "python3", "-m", "examples.trainer", "--steps", str(STEPS), "--checkpoint-every", str(EVERY),
-                   "--step-time", str(STEP_TIME))
+                   "--step-time", str(STEP_TIME), "--hold-at", "8")  # waits there for the notice
         assert sub.returncode == 0, sub.stderr
 
         # The VM booted from its metadata runs the job; nobody but its agent writes the record.

@@ -165,7 +165,9 @@ def test_status_list_and_logs_show_a_finished_run_across_attempts(runner, run_id
 
     hook = Receiver()
     with serve(hook, "webhook") as hook_url:
-        assert submit(runner, run_id, *trainer(30, 5, 0.05), extra=("--detach",)).returncode == 0
+        # The job waits at step 8 for the notice: however slow the machine, the preemption lands.
+        assert submit(runner, run_id, *trainer(30, 5, 0.05, "--hold-at", "8"),
+                      extra=("--detach",)).returncode == 0
         sup = runner.popen("supervise", "--run-id", run_id, RUNNER_WEBHOOK_URL=f"{hook_url}/hooks/T0KEN")
         _preempt_and_finish(runner, run_id, sup)
     # The supervisor posted the transitions it saw, once each, the agent's included.
