@@ -579,3 +579,8 @@ def logs(run_id: str, attempt: int | None, follow: bool, timestamps: bool, node:
         separator(p["attempt"], "job output")
         out.write(p["output"] if p["output"] or p["startup"] else b"(no output stored for this attempt)\n")
     out.flush()
+
+
+from runner.cli.cmd_report import report as _report  # noqa: E402 - its own module (issue 24), one command of ops
+
+ops.add_command(_report)
