@@ -332,7 +332,8 @@ def _sync(rep: RunReport, manifests: list[dict[str, Any]], view: RunView, attemp
         published = ckpt is not None and (started is None or ckpt >= started)
         rep.sync.append(SyncLag(time=end, attempt=n, lag_s=max(0.0, end - ckpt) if published and ckpt is not None else None))
     hb = view.current_heartbeat
-    if hb is not None and rep.live:
+    current_done = bool(manifests and manifests[-1].get("finished_at"))
+    if hb is not None and rep.live and not current_done:  # the job runs now: its lag grows with it
         newest = _num((hb.sync or {}).get("newest_written_at"))
         rep.sync.append(SyncLag(time=hb.time, attempt=hb.attempt,
                                 lag_s=max(0.0, hb.time - newest) if newest is not None else None, live=True))
