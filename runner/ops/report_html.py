@@ -84,13 +84,14 @@ class Axis:
     def ticks(self, y0: float, y1: float, n: int = 6) -> str:
         """Vertical grid lines with UTC times under them (the date on the first)."""
         span = self.t1 - self.t0
-        step = next((s for s in (60, 300, 600, 1800, 3600, 7200, 21600, 43200, 86400, 7 * 86400)
-                     if span / s <= n), 30 * 86400)
+        step = next((s for s in (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1800, 3600, 7200, 10800, 21600,
+                                 43200, 86400, 7 * 86400) if span / s <= n), 30 * 86400)
         first = (int(self.t0 // step) + 1) * step
         out = []
         for i, t in enumerate(range(int(first), int(self.t1) + 1, step)):
             x = self.x(t)
-            label = time.strftime("%m-%d %H:%M" if i == 0 or step >= 86400 else "%H:%M", time.gmtime(t))
+            clock = "%H:%M:%S" if step < 60 else "%H:%M"
+            label = time.strftime(f"%m-%d {clock}" if i == 0 or step >= 86400 else clock, time.gmtime(t))
             out.append(f'<line x1="{_f(x)}" x2="{_f(x)}" y1="{y0}" y2="{y1}" stroke="#d7dde3"/>'
                        f'<text x="{_f(x)}" y="{y1 + 12}" text-anchor="middle">{label}</text>')
         return "".join(out)
@@ -203,6 +204,9 @@ def cost_svg(r: RunReport) -> str:
     ax = Axis(r.t0, r.t1)
     top, bottom = 10.0, 120.0
     series = r.cost_series
+    if not series or series[-1][1] <= 0:
+        why = r.cost.get("note") or r.cost.get("why_unknown") or "nothing billed yet"
+        return f'<p class="note cost-none">No cost curve: {esc(why)}.</p>'
     vmax = max([c for _, c in series] + [1e-9])
     parts = [ax.ticks(top, bottom)]
     cur = r.cost.get("currency", "USD")
@@ -258,7 +262,8 @@ def run_section(r: RunReport, anchor: str = "") -> str:
     out = [f'<section class="run" id="{esc(anchor or "run")}" data-run-id="{esc(r.run_id)}" '
            f'data-state="{esc(r.state)}" data-live="{str(r.live).lower()}">',
            f'<h1>{esc(r.run_id)} <span class="state" style="background:{colour}">{esc(r.state)}</span></h1>',
-           f'<p class="muted">{esc(r.backend)} · {esc(r.machine or "-")}{" + " + esc(r.gpu) if r.gpu else ""} · '
+           f'<p class="muted">{esc(r.backend)}{" · " + esc(r.machine) if r.machine else ""}'
+           f'{" + " + esc(r.gpu) if r.gpu else ""} · '
            f'from {esc(when(r.t0, now))} to {esc("now" if r.live else when(r.t1, now))} '
            f'({esc(duration(r.t1 - r.t0))})</p>']
     if r.last_error:
