@@ -67,6 +67,13 @@ def screenshot(page: Path, png: Path, width: int = 1100, height: int = 1400) -> 
     return png
 
 
+def print_to_pdf(page: Path, pdf: Path) -> Path:
+    """``page`` printed (its ``@media print`` rules) to a PDF."""
+    out = _run(["--no-pdf-header-footer", f"--print-to-pdf={pdf}", page.resolve().as_uri()])
+    assert out.returncode == 0 and pdf.is_file(), out.stderr[-2000:]
+    return pdf
+
+
 def png_size(png: Path) -> tuple[int, int]:
     """(width, height) from the PNG's IHDR chunk."""
     data = png.read_bytes()[:24]

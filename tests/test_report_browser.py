@@ -19,7 +19,7 @@ import pytest
 from entrypoint.record import RunRecord
 from entrypoint.store_local import LocalStore
 from runner.ops.cost import estimate_run_cost, load_prices
-from tests.browser import Dom, dump_dom, png_size, screenshot, why_no_chromium
+from tests.browser import Dom, dump_dom, png_size, print_to_pdf, screenshot, why_no_chromium
 from tests.conftest import IMAGE, trainer
 from tests.report_runs import install_clock, preempted_twice, write_prices
 from tests.test_report import cli
@@ -79,6 +79,8 @@ def test_chromium_shows_a_priced_run_preempted_twice_as_its_record_says(tmp_path
     assert png_size(png) == (1100, 1400) and png.stat().st_size > 20_000  # painted, not a blank page
     narrow = screenshot(html, tmp_path / "narrow.png", 380, 800)  # a phone: still renders
     assert png_size(narrow) == (380, 800)
+    pdf = print_to_pdf(html, tmp_path / "twice.pdf")  # and it prints
+    assert pdf.read_bytes()[:5] == b"%PDF-" and pdf.stat().st_size > 10_000
 
 
 @pytest.mark.docker
@@ -112,8 +114,8 @@ def test_chromium_shows_a_real_local_run_preempted_twice(runner, run_id, tmp_pat
     assert float(dom.by_id("steps-redone").attrs["data-value"]) == redone
     assert [int(li.attrs["data-attempt"]) for li in dom.find(tag="li") if "data-total" in li.attrs] == [1, 2, 3]
 
-    png = screenshot(html, tmp_path / "real.png", 1000, 1350)
-    assert png_size(png) == (1000, 1350)
+    png = screenshot(html, tmp_path / "real.png", 1000, 1500)
+    assert png_size(png) == (1000, 1500)
     keep = os.environ.get("RUNNER_REPORT_SCREENSHOT")
     if keep:
         shutil.copyfile(png, keep)

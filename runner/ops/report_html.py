@@ -6,8 +6,8 @@ later; what it shows must be in the file. Drawing happens here, in Python, from 
 as ``data-`` attributes (``data-attempt``, ``data-state``, ``data-value``...), so a test (or a
 script) reads the numbers off the DOM without parsing pixels.
 
-Narrow windows: the SVGs have a ``viewBox`` and scale to the width; tables scroll sideways inside
-their box and text wraps. Print: ``@media print`` drops the chrome and keeps the colours.
+Narrow windows: the SVGs have a ``viewBox`` and scale to the width down to 600 px, below which
+they (and the tables) scroll sideways inside their box; text wraps. Print: ``@media print`` drops the chrome and keeps the colours.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ svg{width:100%;height:auto;display:block;background:var(--card);border-radius:6p
 svg text{font:11px system-ui,sans-serif;fill:var(--muted)}
 .legend{display:flex;flex-wrap:wrap;gap:.2rem 1rem;font-size:.85rem;margin:.3rem 0;padding:0;list-style:none}
 .legend i{display:inline-block;width:.9rem;height:.9rem;border-radius:2px;vertical-align:-.1rem;margin-right:.3rem}
-.scroll{overflow-x:auto}
+.scroll,.chart{overflow-x:auto}.chart svg{min-width:600px}
 table{border-collapse:collapse;font-size:.85rem;min-width:100%}
 th,td{padding:.2rem .5rem;border-bottom:1px solid var(--line);text-align:left;white-space:nowrap}
 td.num,th.num{text-align:right}
@@ -54,7 +54,7 @@ td.num,th.num{text-align:right}
 .note{font-size:.85rem;color:var(--muted)}
 ol.recoveries{font-size:.85rem;padding-left:1.6rem}
 @media (max-width:600px){body{font-size:14px;padding:.5rem}.facts div{min-width:6rem}}
-@media print{body{max-width:none;padding:0}svg{background:none}h2{break-after:avoid}
+@media print{body{max-width:none;padding:0}svg{background:none}.chart svg{min-width:0}h2{break-after:avoid}
  section{break-inside:avoid}*{-webkit-print-color-adjust:exact;print-color-adjust:exact}}
 """
 
@@ -98,8 +98,9 @@ class Axis:
 
 
 def _svg(height: float, body: str, label: str, cls: str) -> str:
-    return (f'<svg class="{cls}" viewBox="0 0 {W} {_f(height)}" role="img" aria-label="{esc(label)}" '
-            f'preserveAspectRatio="xMinYMin meet">{body}</svg>')
+    # In a box that scrolls sideways below ~600 px: the chart keeps legible text on a phone.
+    return (f'<div class="chart"><svg class="{cls}" viewBox="0 0 {W} {_f(height)}" role="img" '
+            f'aria-label="{esc(label)}" preserveAspectRatio="xMinYMin meet">{body}</svg></div>')
 
 
 # ---------------------------------------------------------------- the timeline
