@@ -222,6 +222,10 @@ def test_cli_writes_one_file_for_a_run_and_a_table_with_sparklines_for_several(t
     assert two.stdout.count('class="sparkline"') == 2
     assert 'data-run-id="b" data-state="FAILED"' in two.stdout
 
+    figures = json.loads(cli(store_dir, "--run-id", "a", "--json", prices_path=prices_path).stdout)
+    assert (figures["preemptions"], figures["steps_redone"], len(figures["bands"])) == (2, 90, 3)
+    assert figures["cost"]["so_far"] == pytest.approx(1.5 * 12500 / 3600)
+
     missing = cli(store_dir, "--run-id", "nope")
     assert missing.returncode == 3 and "no run 'nope'" in missing.stderr
     neither = cli(store_dir)

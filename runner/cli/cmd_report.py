@@ -23,10 +23,12 @@ from runner.cli.common import EXIT_USAGE, checked_run_id, config_options, fail, 
               help="With --serve: the port (0: any free one; the URL is printed).")
 @click.option("--refresh", type=click.FloatRange(min=1), default=10.0, show_default=True,
               help="With --serve: seconds between reloads while a run is live.")
+@click.option("--json", "as_json", is_flag=True,
+              help="Instead of the page: the figures it draws, as JSON (an object; for several runs, an array).")
 @config_options
 @guard
 def report(run_ids: tuple[str, ...], sweep_id: str | None, out: str | None, open_it: bool, serve: bool, host: str,
-           port: int, refresh: float, cli_config: dict[str, Any], config_path: str | None) -> None:
+           port: int, refresh: float, as_json: bool, cli_config: dict[str, Any], config_path: str | None) -> None:
     """A run's story as a picture: attempts as bands per zone (preemptions and stalls marked,
     each recovery's phases), progress against time with the steps redone, spot cost against
     on-demand and the part lost to preemptions, checkpoint sync lag, and the last error.
@@ -49,6 +51,8 @@ def report(run_ids: tuple[str, ...], sweep_id: str | None, out: str | None, open
         fail("give the run with --run-id ID (repeatable), or a sweep with --sweep ID", EXIT_USAGE)
     if serve and (out or open_it):
         fail("--serve serves the page; --out and --open write a file: choose one", EXIT_USAGE)
+    if as_json and (serve or out or open_it):
+        fail("--json prints the figures instead of a page: drop --out, --open and --serve", EXIT_USAGE)
     ctx = load(cli_config, config_path)
     try:
         prices = load_prices(ctx.cfg.price_table)
@@ -69,6 +73,22 @@ def report(run_ids: tuple[str, ...], sweep_id: str | None, out: str | None, open
         except ReportError as e:
             raise RunNotFound(str(e)) from None
 
+    if as_json:
+        import json
+        import time
+
+        from runner.ops.report_data import build_report, build_reports
+
+        now = time.time()
+        if len(ids) == 1:
+            try:
+                click.echo(json.dumps(build_report(ctx.store, ids[0], prices, now).to_dict(), indent=1))
+            except ReportError as e:
+                raise RunNotFound(str(e)) from None
+            return
+        click.echo(json.dumps([r.to_dict() if not isinstance(r, ReportError) else {"run_id": rid, "error": str(r)}
+                               for rid, r in zip(ids, build_reports(ctx.store, ids, prices, now))], indent=1))
+        return
     if serve:
         import time
 
