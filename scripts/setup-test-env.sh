@@ -2,8 +2,8 @@
 # Prepares this machine for the demo and the tests, idempotently:
 #   1. Docker engine (Debian's docker.io), debootstrap, tmux (the watch test), docker-registry
 #      (the reference image registry, 2.8: the cloud-path tests push to it on 127.0.0.1 and the
-#      simulated VM pulls from it) and faketime (the clock-skew chaos test runs a supervisor
-#      minutes off the true clock) and chromium (the run report test loads the page headless),
+#      simulated VM pulls from it), faketime (the clock-skew chaos test runs a supervisor
+#      minutes off the true clock), chromium (the run report test loads the page headless),
 #      installed when missing (needs root);
 #   2. dockerd started when it is not running;
 #   3. a Debian base image with Python and the agent's dependencies, bootstrapped locally once

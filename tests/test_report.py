@@ -14,7 +14,7 @@ import urllib.request
 
 import pytest
 
-from entrypoint.record import RunRecord, State
+from entrypoint.record import Role, RunRecord, State
 from entrypoint.record.sweeps import SweepDoc, create_sweep
 from runner.ops.cost import estimate_run_cost, load_prices
 from runner.ops.report_data import ReportError, build_report
@@ -155,7 +155,7 @@ def test_on_demand_is_unknown_with_the_key_to_add_when_the_table_has_no_such_pri
 def test_text_from_the_record_is_escaped_never_markup(local_store, clock, prices):
     rec = preempted_twice(local_store, clock, final=None).rec
     clock.at(12800)
-    rec.failed(__import__("entrypoint.record", fromlist=["Role"]).Role.SUPERVISOR, "supervisor",
+    rec.failed(Role.SUPERVISOR, "supervisor",
                reason='<script>alert(1)</script><img src="http://example.com/x">')
 
     html = page([build_report(local_store, "twice", prices, now=NOW)], ["twice"], "t", now=NOW)
@@ -167,6 +167,28 @@ def test_text_from_the_record_is_escaped_never_markup(local_store, clock, prices
     dom = Dom(html)
     assert not [n for n in dom.nodes if "src" in n.attrs or n.tag in ("script", "img", "link", "iframe")]
     assert all(n.attrs["href"].startswith("#") for n in dom.nodes if "href" in n.attrs)
+
+
+def test_a_run_with_no_attempt_yet_is_a_page_with_nothing_drawn_not_an_error(local_store, clock, prices):
+    new_run(local_store, clock, "fresh")
+
+    r = build_report(local_store, "fresh", prices, now=60)
+
+    assert (r.state, r.live, r.bands, r.markers, r.progress) == ("PENDING", True, [], [], [])
+    assert r.cost["so_far"] == 0
+    assert 'data-state="PENDING"' in page([r], ["fresh"], "t", now=60)
+
+
+def test_a_torn_manifest_is_named_and_the_rest_of_the_run_still_shows(local_store, clock, prices):
+    rec = preempted_twice(local_store, clock).rec
+    local_store.write(rec.name(RunRecord.manifest_name(2)), b"{torn")
+
+    r = build_report(local_store, "twice", prices, now=NOW)
+
+    assert [b.attempt for b in r.bands] == [1, 2, 3] and len(r.markers) == 2
+    assert [d for d in r.damaged if "attempts/2/manifest.json" in d] == [r.damaged[0]]
+    assert r.cost["so_far"] is None and r.cost["on_demand"] is None  # unknown, never a made-up figure
+    assert "unreadable, left out" in page([r], ["twice"], "t", now=NOW)
 
 
 def test_an_unknown_run_is_a_report_error_naming_the_store(local_store, prices):
@@ -182,7 +204,7 @@ def test_served_page_is_read_afresh_and_stops_refreshing_when_the_run_ends(local
         first = urllib.request.urlopen(server.url, timeout=30).read().decode()
         assert 'http-equiv="refresh"' in first and 'data-state="RUNNING"' in first
         clock.at(12800)
-        rec.succeeded(__import__("entrypoint.record", fromlist=["Role"]).Role.AGENT, "agent:vm-3", attempt=3)
+        rec.succeeded(Role.AGENT, "agent:vm-3", attempt=3)
         second = urllib.request.urlopen(server.url, timeout=30).read().decode()
         assert "http-equiv" not in second and 'data-state="SUCCEEDED"' in second
         with pytest.raises(urllib.error.HTTPError) as e:
@@ -250,3 +272,23 @@ def test_cli_reports_a_sweep_by_its_document(tmp_path, clock):
     assert text.count('class="sparkline"') == 2  # sw-002 was never submitted: its row says so
     assert 'data-run-id="sw-002"' in text and "no run &#x27;sw-002&#x27;" in text
     assert json.dumps("sweep sw")[1:-1] in text
+
+
+def test_cli_serves_the_page_on_loopback_until_stopped(tmp_path, clock):
+    store_dir = tmp_path / "store"
+    store_dir.mkdir()
+    from entrypoint.store_local import LocalStore
+
+    preempted_twice(LocalStore(str(store_dir)), clock, run_id="live", final=None)
+    env = {"RUNNER_STORE": f"file://{store_dir}", "RUNNER_BACKEND": "local", "PYTHONPATH": str(ROOT),
+           "PATH": "/usr/bin:/bin"}
+    proc = subprocess.Popen([sys.executable, "-m", "runner.cli", "ops", "report", "--run-id", "live", "--serve",
+                             "--refresh", "3"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        url = proc.stdout.readline().strip()  # printed once listening
+        assert url.startswith("http://127.0.0.1:"), proc.stderr.read() if proc.poll() is not None else url
+        served = urllib.request.urlopen(url, timeout=30).read().decode()
+        assert '<meta http-equiv="refresh" content="3">' in served and served.count('class="band"') == 3
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)

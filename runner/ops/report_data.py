@@ -184,7 +184,12 @@ def build_report(store: Store, run_id: str, prices: PriceTable | None = None, no
     live = not st.state.terminal
     n_attempts = st.attempt
     attempts = timeline(view.events)
-    cost = estimate_run_cost(rec, prices, now, view=view)
+    try:
+        cost = estimate_run_cost(rec, prices, now, view=view)
+    except DamagedRecord as e:  # a torn manifest or claim: no cost, but the rest of the run still shows
+        damaged.append(e)
+        cost = {"currency": prices.currency, "as_of": prices.as_of, "source": prices.source, "so_far": None,
+                "lost_to_preemptions": None, "attempts": [], "why_unknown": f"cannot estimate: {e}"}
 
     with ThreadPoolExecutor(max_workers=max(1, min(workers, n_attempts or 1))) as pool:
         manifests = list(pool.map(lambda n: _manifest(rec, n, damaged), range(1, n_attempts + 1)))
@@ -233,7 +238,7 @@ def build_report(store: Store, run_id: str, prices: PriceTable | None = None, no
     if st.state in (State.FAILED, State.ERRORED) or (st.state == State.STOPPED and st.exit_code not in (None, 0)):
         rep.last_error = (st.reason or "no reason recorded") + (f" (exit code {st.exit_code})"
                                                                   if st.exit_code is not None else "")
-    rep.damaged = [str(d) for d in damaged]
+    rep.damaged = list(dict.fromkeys(str(d) for d in damaged))
     return rep
 
 
@@ -359,6 +364,8 @@ def on_demand_cost(prices: PriceTable, spec: Any, cost: dict[str, Any]) -> tuple
         return 0.0, None
     if spec is None:
         return None, "the run has no spec.json"
+    if cost.get("so_far") is None:
+        return None, "the billed hours are not known (see the spot cost)"
     total = 0.0
     for row in cost.get("attempts", []):
         if not row.get("seconds"):
