@@ -191,6 +191,21 @@ def test_a_torn_manifest_is_named_and_the_rest_of_the_run_still_shows(local_stor
     assert "unreadable, left out" in page([r], ["twice"], "t", now=NOW)
 
 
+def test_a_manifest_with_nan_or_text_for_numbers_draws_no_nan(local_store, clock, prices):
+    rec = preempted_twice(local_store, clock).rec
+    doc = rec.read_manifest(2)
+    doc.update(last_progress={"step": float("nan"), "time": "soon"}, checkpoint_at=float("inf"))
+    rec.write_manifest(2, doc)
+
+    r = build_report(local_store, "twice", prices, now=NOW)
+    html = page([r], ["twice"], "t", now=NOW)
+
+    assert [(p.time, p.step) for p in r.progress if p.attempt == 2] == [(4000, 250)]
+    import re
+
+    assert not re.search(r"\b(nan|inf|infinity)\b", html, re.IGNORECASE)
+
+
 def test_an_unknown_run_is_a_report_error_naming_the_store(local_store, prices):
     with pytest.raises(ReportError, match="no run 'nope'"):
         build_report(local_store, "nope", prices)

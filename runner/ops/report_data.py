@@ -18,6 +18,7 @@ away), plus now for a live run.
 
 from __future__ import annotations
 
+import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
@@ -148,7 +149,10 @@ class RunReport:
 
 
 def _num(v: Any) -> float | None:
-    return float(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else None
+    """A number from a record document; anything else (a string, NaN, infinity) reads as missing."""
+    if not isinstance(v, (int, float)) or isinstance(v, bool) or not math.isfinite(v):
+        return None
+    return float(v)
 
 
 def _point(doc: Any) -> tuple[float, float] | None:

@@ -134,7 +134,7 @@ def timeline_svg(r: RunReport) -> str:
         y = top + lanes[b.zone] * LANE + 3
         x0, x1 = ax.x(b.start), ax.x(b.end)
         colour = STATE_COLOURS.get(b.end_state, "#607d8b")
-        run_x = ax.x(b.running_at) if b.running_at is not None else x1
+        run_x = min(max(ax.x(b.running_at), x0), x1) if b.running_at is not None else x1  # clock skew stays inside
         tip = (f"attempt {b.attempt} in {b.zone} ({b.instance or '?'}): {iso(b.start)} to "
                f"{iso(b.end) if b.end_state else 'now'}, {b.end_state or 'running'}")
         parts.append(
