@@ -1,7 +1,7 @@
 """``runner ops report`` of a run with 500 attempts: page size and render time in a real browser.
 
 The run (499 preemptions, then success; every attempt begun, claimed, eight phase marks,
-manifest, job started, ended) is written through the record into a local store
+manifest with the agent's full progress series of 120 samples, job started, ended) is written through the record into a local store
 (tests/report_runs.py), as the supervisor and the agents write it. Measured:
 
 - reading the record into the report's figures (``build_report``) and drawing the page, in Python;
@@ -61,6 +61,7 @@ def measure(folder: Path, run_id: str, attempts: int) -> dict[str, float]:
     from runner.ops.cost import load_prices
     from runner.ops.report_data import build_report
     from runner.ops.report_html import page
+    from entrypoint.progress_series import MAX_POINTS
     from tests.report_runs import Clock, many_attempts, write_prices
 
     (folder / "store").mkdir()
@@ -69,7 +70,7 @@ def measure(folder: Path, run_id: str, attempts: int) -> dict[str, float]:
     record_mod.utcnow = clock
     try:
         t = time.perf_counter()
-        many_attempts(store, clock, run_id, attempts)
+        many_attempts(store, clock, run_id, attempts, series_points=MAX_POINTS)
         wrote = time.perf_counter() - t
     finally:
         record_mod.utcnow = real

@@ -71,7 +71,7 @@ def new_run(store: Any, clock: Clock, run_id: str, at: float = 0.0,
 def attempt(rec: RunRecord, clock: Clock, n: int, *, created: float, running: float, zone: str,
             first: tuple[float, int], last: tuple[float, int], end: float, ended: State | None,
             checkpoint_at: float | None, lost_at: float | None = None, total: int = 1000,
-            resumed: bool = True) -> None:
+            resumed: bool = True, series: dict[str, list[Any]] | None = None) -> None:
     """Attempt ``n``: the supervisor notices the previous one lost (``lost_at``) and creates this
     one at ``created``; its VM boots and the agent starts the job at ``running``, reports steps
     from ``first`` to ``last`` ((time, step)) and the attempt ends at ``end`` as ``ended``
@@ -103,7 +103,8 @@ def attempt(rec: RunRecord, clock: Clock, n: int, *, created: float, running: fl
     clock.at(end)
     manifest.update(finished_at=end, exit_code=0 if ended == State.SUCCEEDED else 143,
                     first_progress={"step": first[1], "time": first[0]},
-                    last_progress={"step": last[1], "time": last[0]}, checkpoint_at=checkpoint_at)
+                    last_progress={"step": last[1], "time": last[0]}, checkpoint_at=checkpoint_at,
+                    **({"series": series} if series is not None else {}))
     rec.write_manifest(n, manifest)
     role = Role.AGENT
     if ended == State.PREEMPTED:
@@ -140,9 +141,26 @@ class RecordedRun:
         self.clock = clock
 
 
-def many_attempts(store: Any, clock: Clock, run_id: str, n: int,
+def agent_series(running: float, first: tuple[float, int], last: tuple[float, int], points: int,
+                 checkpoint_every: float) -> dict[str, list[Any]]:
+    """A series as the agent keeps it (entrypoint/progress_series.py): ``points`` samples from the
+    job's start to its last step, steps rising evenly from ``first``, a checkpoint every
+    ``checkpoint_every`` seconds of the job."""
+    out: dict[str, list[Any]] = {"t": [], "step": [], "checkpoint_at": []}
+    for i in range(points):
+        t = running + (last[0] - running) * (i + 1) / points
+        rate = (last[1] - first[1]) / max(last[0] - first[0], 1e-9)
+        out["t"].append(round(t, 1))
+        out["step"].append(None if t < first[0] else round(first[1] + (t - first[0]) * rate))
+        k = (t - running) // checkpoint_every
+        out["checkpoint_at"].append(running + k * checkpoint_every if k >= 1 else None)
+    return out
+
+
+def many_attempts(store: Any, clock: Clock, run_id: str, n: int, series_points: int = 0,
                   on_attempt: Callable[[int], None] | None = None) -> RunRecord:
-    """A run preempted ``n - 1`` times (the benchmark's 500 attempts), each attempt 1,000 s."""
+    """A run preempted ``n - 1`` times (the benchmark's 500 attempts), each attempt 1,000 s;
+    with ``series_points``, each attempt's manifest carries the agent's series of that many."""
     rec = new_run(store, clock, run_id)
     step = 0
     for i in range(1, n + 1):
@@ -151,7 +169,9 @@ def many_attempts(store: Any, clock: Clock, run_id: str, n: int,
         attempt(rec, clock, i, created=base, running=base + 120, zone=zone, first=(base + 150, step),
                 last=(base + 900, step + 75), end=base + 950,
                 ended=State.PREEMPTED if i < n else State.SUCCEEDED, checkpoint_at=base + 800,
-                lost_at=base - 50 if i > 1 else None, total=75 * n)
+                lost_at=base - 50 if i > 1 else None, total=75 * n,
+                series=agent_series(base + 120, (base + 150, step), (base + 900, step + 75), series_points, 100)
+                if series_points else None)
         step += 65
         if on_attempt:
             on_attempt(i)

@@ -101,19 +101,37 @@ def test_sync_lag_is_the_newest_checkpoints_age_when_each_attempt_ended(local_st
 
     r = build_report(local_store, "twice", prices, now=NOW)
 
-    assert [(s.attempt, s.time, s.lag_s, s.live) for s in r.sync] == [
-        (1, 3600, 600, False), (2, 7800, 600, False), (3, 12800, 200, False)]
+    assert [(s.attempt, s.time, s.lag_s, s.kind) for s in r.sync] == [
+        (1, 3600, 600, "end"), (2, 7800, 600, "end"), (3, 12800, 200, "end")]
 
 
-def test_an_attempt_that_published_no_checkpoint_shows_no_lag_not_zero(local_store, clock, prices):
+def test_an_attempt_that_published_no_checkpoint_has_all_its_work_at_risk(local_store, clock, prices):
     rec = new_run(local_store, clock, "nockpt")
     attempt(rec, clock, 1, created=0, running=60, zone="us-central1-a", first=(70, 0), last=(500, 40), end=600,
             ended=State.PREEMPTED, checkpoint_at=None)
 
     r = build_report(local_store, "nockpt", prices, now=NOW)
 
-    assert [(s.attempt, s.lag_s) for s in r.sync] == [(1, None)]
-    assert 'class="sync-none"' in page([r], ["nockpt"], "t", now=NOW)
+    assert [(s.attempt, s.lag_s) for s in r.sync] == [(1, 600 - 60)]  # since its job started at 60
+    assert 'class="sync-lag" data-attempt="1" data-seconds="540.000"' in page([r], ["nockpt"], "t", now=NOW)
+
+
+def test_the_agents_series_gives_progress_and_a_sync_lag_sawtooth_between_first_and_last_step(local_store, clock,
+                                                                                               prices):
+    rec = new_run(local_store, clock, "sampled")
+    series = {"t": [100, 200, 300, 400, 500], "step": [None, 10, 20, 30, 40],
+              "checkpoint_at": [None, None, 250, 250, 450]}
+    attempt(rec, clock, 1, created=0, running=60, zone="us-central1-a", first=(150, 5), last=(500, 40), end=520,
+            ended=State.PREEMPTED, checkpoint_at=450, series=series)
+
+    r = build_report(local_store, "sampled", prices, now=NOW)
+
+    assert [(p.time, p.step) for p in r.progress] == [(150, 5), (200, 10), (300, 20), (400, 30), (500, 40)]
+    # Before the first checkpoint the work at risk grows from the job's start (60); each upload drops it.
+    assert [(s.time, s.lag_s, s.kind) for s in r.sync] == [
+        (100, 40, "sample"), (200, 140, "sample"), (300, 50, "sample"), (400, 150, "sample"), (500, 50, "sample"),
+        (520, 70, "end")]
+    assert 'class="sync-series" data-attempt="1"' in page([r], ["sampled"], "t", now=NOW)
 
 
 def test_a_live_run_counts_to_now_and_only_its_served_page_refreshes(local_store, clock, prices):
@@ -122,7 +140,7 @@ def test_a_live_run_counts_to_now_and_only_its_served_page_refreshes(local_store
     r = build_report(local_store, "twice", prices, now=13000)
 
     assert r.live and r.t1 == 13000 and r.bands[-1].end == 13000 and r.bands[-1].end_state is None
-    assert r.sync[-1].live and r.sync[-1].lag_s == 12700 - 12600
+    assert r.sync[-1].kind == "live" and r.sync[-1].lag_s == 12700 - 12600
     assert (r.progress[-2].time, r.progress[-1].time) == (8300, 12700)  # first step mark, then the heartbeat's
     served, live = report_page(local_store, ["twice"], "t", prices, refresh_s=7, now=13000)
     assert live and '<meta http-equiv="refresh" content="7">' in served

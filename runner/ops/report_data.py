@@ -97,12 +97,15 @@ class Redone:
 
 @dataclass
 class SyncLag:
-    """Age of the newest checkpoint in the store at ``time`` (None: no checkpoint published)."""
+    """The attempt's work not yet in a checkpoint in the store at ``time``: seconds since its
+    newest published checkpoint was written, or since the attempt's job started if it has
+    published none (None: the record cannot tell). ``kind``: ``sample`` (the agent's series),
+    ``end`` (when the attempt's job ended) or ``live`` (the live attempt's latest heartbeat)."""
 
     time: float
     attempt: int
     lag_s: float | None
-    live: bool = False
+    kind: str = "end"
 
 
 @dataclass
@@ -291,6 +294,7 @@ def _progress(rep: RunReport, manifests: list[dict[str, Any]], view: RunView,
     per: dict[int, list[tuple[float, float]]] = {}
     for n, m in enumerate(manifests, start=1):
         pts = [p for p in (_point(m.get("first_progress")), _point(m.get("last_progress"))) if p]
+        pts += [(t, s) for t, s, _ in _series(m) if s is not None]
         if not pts:
             first = (marks[n - 1] or {}).get("first_step") or {}
             p = (_num(first.get("time")), _num((first.get("detail") or {}).get("step")))
@@ -327,25 +331,49 @@ def _progress(rep: RunReport, manifests: list[dict[str, Any]], view: RunView,
                                  steps=max(0.0, last_step - resumed)))
 
 
+def _series(m: dict[str, Any]) -> list[tuple[float, float | None, float | None]]:
+    """The agent's samples in a manifest (``entrypoint.progress_series``): (time, step, checkpoint
+    written at); a malformed series reads as none, a malformed number as missing."""
+    doc = m.get("series")
+    if not isinstance(doc, dict):
+        return []
+    cols = [doc.get(k) for k in ("t", "step", "checkpoint_at")]
+    if not all(isinstance(c, list) for c in cols) or len({len(c) for c in cols}) != 1:
+        return []
+    out = []
+    for t, step, ckpt in zip(*cols):
+        t = _num(t)
+        if t is not None:
+            out.append((t, _num(step), _num(ckpt)))
+    return out
+
+
+def _lag(t: float, checkpoint_at: float | None, started: float | None) -> float | None:
+    """Work at risk at ``t``: since the newest checkpoint this attempt published, else since its
+    job started (what a restored checkpoint already held is not at risk); None if neither is known.
+    As ``attempts.work_redone`` counts it for the cost."""
+    since = [v for v in (checkpoint_at, started) if v is not None]
+    if checkpoint_at is not None and started is not None and checkpoint_at < started:
+        since = [started]  # the checkpoint it restored, not one it published
+    return max(0.0, t - max(since)) if since else None
+
+
 def _sync(rep: RunReport, manifests: list[dict[str, Any]], view: RunView, attempts: dict[int, Any]) -> None:
-    """The age of the newest published checkpoint when each attempt's job ended, and now."""
+    """The work at risk over each attempt (the agent's samples), when it ended, and now."""
     for n, m in enumerate(manifests, start=1):
-        end = _num(m.get("finished_at"))
-        if end is None:
-            continue
-        ckpt = _num(m.get("checkpoint_at"))
-        if "checkpoint_at" not in m:
-            continue  # written by an agent that did not record it: unknown, not "none"
         started = _num(m.get("started_at"))
-        # A checkpoint older than this attempt's start is the one it restored, not one it published.
-        published = ckpt is not None and (started is None or ckpt >= started)
-        rep.sync.append(SyncLag(time=end, attempt=n, lag_s=max(0.0, end - ckpt) if published and ckpt is not None else None))
+        for t, _step, ckpt in _series(m):
+            rep.sync.append(SyncLag(time=t, attempt=n, lag_s=_lag(t, ckpt, started), kind="sample"))
+        end = _num(m.get("finished_at"))
+        if end is None or "checkpoint_at" not in m:
+            continue  # still running, or written by an agent that did not record its checkpoints
+        rep.sync.append(SyncLag(time=end, attempt=n, lag_s=_lag(end, _num(m.get("checkpoint_at")), started)))
     hb = view.current_heartbeat
     current_done = bool(manifests and manifests[-1].get("finished_at"))
     if hb is not None and rep.live and not current_done:  # the job runs now: its lag grows with it
-        newest = _num((hb.sync or {}).get("newest_written_at"))
-        rep.sync.append(SyncLag(time=hb.time, attempt=hb.attempt,
-                                lag_s=max(0.0, hb.time - newest) if newest is not None else None, live=True))
+        started = _num(manifests[-1].get("started_at")) if manifests else None
+        rep.sync.append(SyncLag(time=hb.time, attempt=hb.attempt, kind="live",
+                                lag_s=_lag(hb.time, _num((hb.sync or {}).get("newest_written_at")), started)))
 
 
 def _cost_series(bands: list[Band]) -> list[tuple[float, float]]:

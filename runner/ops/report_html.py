@@ -184,8 +184,9 @@ def progress_svg(r: RunReport) -> str:
     for p in r.progress:
         by.setdefault(p.attempt, []).append(p)
     prev = None
+    keep = thin_every(len(r.progress))
     for n in sorted(by):
-        pts = by[n]
+        pts = thin(by[n], keep)
         coords = " ".join(f"{_f(ax.x(p.time))},{_f(_y(p.step, top, bottom, vmax))}" for p in pts)
         if prev is not None:
             a, b = prev[-1], pts[0]
@@ -194,7 +195,7 @@ def progress_svg(r: RunReport) -> str:
                          f'stroke-dasharray="3 3"/>')
         parts.append(f'<polyline class="progress" data-attempt="{n}" points="{coords}" fill="none" stroke="#1565c0" '
                      f'stroke-width="2"/>')
-        for p in pts:
+        for p in (pts[0], pts[-1]):  # where the attempt's steps began and ended
             parts.append(f'<circle cx="{_f(ax.x(p.time))}" cy="{_f(_y(p.step, top, bottom, vmax))}" r="2.5" fill="#1565c0"/>')
         prev = pts
     return _svg(bottom + 24, "".join(parts), "progress: step against time", "progress")
@@ -219,26 +220,53 @@ def cost_svg(r: RunReport) -> str:
 
 
 def sync_svg(r: RunReport) -> str:
-    """The age of the newest checkpoint in the store at each attempt's end (and now): a bar each."""
+    """Work at risk over time, one sawtooth per attempt (it drops at each checkpoint upload); a
+    dot where each attempt ended (and now, for a live one)."""
     ax = Axis(r.t0, r.t1)
     top, bottom = 10.0, 100.0
     known = [s.lag_s for s in r.sync if s.lag_s is not None]
     vmax = max(known + [1.0])
     parts = [ax.ticks(top, bottom), f'<text x="4" y="{top + 8}">{esc(duration(vmax))}</text>'
                                     f'<text x="4" y="{bottom}">0</text>']
+    by: dict[int, list[Any]] = {}
     for s in r.sync:
+        by.setdefault(s.attempt, []).append(s)
+    keep = thin_every(sum(len(v) for v in by.values()))
+    for n in sorted(by):
+        line = [s for s in thin(sorted(by[n], key=lambda s: s.time), keep) if s.lag_s is not None]
+        if len(line) > 1:
+            coords = " ".join(f"{_f(ax.x(s.time))},{_f(_y(s.lag_s, top, bottom, vmax))}" for s in line)
+            parts.append(f'<polyline class="sync-series" data-attempt="{n}" points="{coords}" fill="none" '
+                         f'stroke="#8e24aa" stroke-width="1.2"/>')
+    for s in r.sync:
+        if s.kind == "sample":
+            continue
         x = ax.x(s.time)
         if s.lag_s is None:
             parts.append(f'<text class="sync-none" data-attempt="{s.attempt}" x="{_f(x)}" y="{bottom - 4}" '
-                         f'text-anchor="middle" fill="#b71c1c">none</text>')
+                         f'text-anchor="middle" fill="#b71c1c">?</text>')
             continue
-        y = _y(s.lag_s, top, bottom, vmax)
-        parts.append(f'<rect class="sync-lag" data-attempt="{s.attempt}" data-seconds="{s.lag_s:.3f}" '
-                     f'data-live="{str(s.live).lower()}" x="{_f(x - 4)}" y="{_f(y)}" width="8" '
-                     f'height="{_f(bottom - y)}" fill="{"#1565c0" if s.live else "#8e24aa"}"><title>'
-                     f'{esc(f"attempt {s.attempt}: newest checkpoint {duration(s.lag_s)} old at {iso(s.time)}")}'
-                     f'</title></rect>')
+        tip = f"attempt {s.attempt}: {duration(s.lag_s)} of work not in a stored checkpoint at {iso(s.time)}"
+        parts.append(f'<circle class="sync-lag" data-attempt="{s.attempt}" data-seconds="{s.lag_s:.3f}" '
+                     f'data-kind="{s.kind}" cx="{_f(x)}" cy="{_f(_y(s.lag_s, top, bottom, vmax))}" r="3.5" '
+                     f'fill="{"#1565c0" if s.kind == "live" else "#8e24aa"}"><title>{esc(tip)}</title></circle>')
     return _svg(bottom + 24, "".join(parts), "checkpoint sync lag", "sync")
+
+
+# More points than a chart about 1,000 px wide can show are thinned, evenly, keeping each
+# attempt's first and last: a 500-attempt run's agent series alone can hold 60,000 samples.
+MAX_DRAWN = 4000
+
+
+def thin_every(total: int) -> int:
+    """Keep every k-th point so that about ``MAX_DRAWN`` of ``total`` are drawn."""
+    return max(1, -(-total // MAX_DRAWN))
+
+
+def thin(points: list[Any], k: int) -> list[Any]:
+    if k <= 1 or len(points) <= 2:
+        return points
+    return [points[0]] + points[1:-1][k - 1::k] + [points[-1]]
 
 
 # ---------------------------------------------------------------- the page
@@ -302,9 +330,10 @@ def run_section(r: RunReport, anchor: str = "") -> str:
                              for d in r.redone) + "</table></div>")
     out.append("<h2>Cost</h2>" + cost_svg(r))
     out.append("<h2>Checkpoint sync lag</h2>" + sync_svg(r)
-               + '<p class="note">Age of the newest checkpoint in the store when each attempt ended (what a '
-                 'preemption then throws away)' + (", and now" if r.live else "") + '; "none": the attempt '
-                 'published no checkpoint.</p>')
+               + '<p class="note">Work not yet in a checkpoint in the store: time since the attempt\'s newest '
+                 'published checkpoint was written (or since its job started, before its first), what a '
+                 'preemption then throws away; sampled at each heartbeat, a dot where each attempt ended'
+                 + (" and now" if r.live else "") + '.</p>')
     if r.recoveries:
         out.append('<h2>Recoveries</h2><ol class="recoveries">'
                    + "".join(f'<li value="{x["attempt"]}" data-attempt="{x["attempt"]}" '
