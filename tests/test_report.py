@@ -276,6 +276,7 @@ def test_cli_writes_one_file_for_a_run_and_a_table_with_sparklines_for_several(t
     assert two.returncode == 0, two.stderr
     assert two.stdout.count('class="sparkline"') == 2
     assert 'data-run-id="b" data-state="FAILED"' in two.stdout
+    assert f'id="runs-cost" data-value="{2 * 1.5 * 12500 / 3600:.6f}"' in two.stdout  # both runs' spot cost
 
     figures = json.loads(cli(store_dir, "--run-id", "a", "--json", prices_path=prices_path).stdout)
     assert (figures["preemptions"], figures["steps_redone"], len(figures["bands"])) == (2, 90, 3)

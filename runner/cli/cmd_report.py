@@ -98,6 +98,9 @@ def report(run_ids: tuple[str, ...], sweep_id: str | None, out: str | None, open
         server = start_server(lambda: render(refresh), host, port)
         click.echo(server.url)
         note(f"serving {title} at {server.url} (Ctrl-C to stop)")
+        if host not in ("127.0.0.1", "localhost", "::1"):
+            note(f"runner: warning: listening on {host}, not loopback: whoever reaches this port sees the "
+                 "run's VMs, zones and costs (no login); use the default --host 127.0.0.1 and an SSH tunnel")
         try:
             while True:
                 time.sleep(3600)

@@ -51,7 +51,8 @@ table{border-collapse:collapse;font-size:.85rem;min-width:100%}
 th,td{padding:.2rem .5rem;border-bottom:1px solid var(--line);text-align:left;white-space:nowrap}
 td.num,th.num{text-align:right}
 .error{border-left:4px solid #b71c1c;background:#fdecea;padding:.5rem .8rem;white-space:pre-wrap}
-.note{font-size:.85rem;color:var(--muted)}
+.note{font-size:.85rem;color:var(--muted)}section.run+section.run,table.runs~section.run{margin-top:2.5rem}
+tr.total th,tr.total td{border-top:2px solid var(--line);font-weight:600}
 ol.recoveries{font-size:.85rem;padding-left:1.6rem}
 @media (max-width:600px){body{font-size:14px;padding:.5rem}.facts div{min-width:6rem}}
 @media print{body{max-width:none;padding:0}svg{background:none}.chart svg{min-width:0}h2{break-after:avoid}
@@ -386,9 +387,17 @@ def runs_table(reports: list[RunReport | ReportError], ids: list[str]) -> str:
             f'<td class="num">{r.preemptions}</td><td class="num">{esc("-" if last is None else f"{last:g}")}</td>'
             f'<td class="num" data-value="{esc(r.cost.get("so_far"))}">{_money(r.cost.get("so_far"), cur)}</td>'
             f'<td>{sparkline(r)}</td></tr>')
+    ok = [r for r in reports if isinstance(r, RunReport)]
+    known = [r.cost["so_far"] for r in ok if r.cost.get("so_far") is not None]
+    unknown = len(ok) - len(known)
+    cur = ok[0].cost.get("currency", "USD") if ok else "USD"
+    total = (f'<tr class="total"><th>total</th><td></td><td class="num">{sum(r.attempt for r in ok)}</td>'
+             f'<td class="num">{sum(r.preemptions for r in ok)}</td><td></td>'
+             f'<td class="num" id="runs-cost" data-value="{sum(known):.6f}">{_money(sum(known), cur)}'
+             + (f" + {unknown} unknown" if unknown else "") + "</td><td></td></tr>")
     return ('<div class="scroll"><table class="runs"><tr><th>run</th><th>state</th><th class="num">attempts</th>'
             '<th class="num">preemptions</th><th class="num">step</th><th class="num">spot cost</th>'
-            '<th>progress</th></tr>' + "".join(rows) + "</table></div>")
+            '<th>progress</th></tr>' + "".join(rows) + total + "</table></div>")
 
 
 def _anchor(run_id: str) -> str:
