@@ -61,6 +61,15 @@ def test_a_run_preempted_twice_has_three_bands_two_markers_and_its_recoveries(lo
     assert (two[0].start, two[-1].end) == (3600, 4000)
 
 
+def test_the_same_report_from_a_gcs_bucket_as_from_a_directory(local_store, gcs_store, clock, prices):
+    preempted_twice(local_store, clock)
+    preempted_twice(gcs_store, clock)
+
+    here, there = (build_report(s, "twice", prices, now=NOW).to_dict() for s in (local_store, gcs_store))
+
+    assert here == there
+
+
 def test_progress_rate_and_the_steps_each_preemption_threw_away(local_store, clock, prices):
     preempted_twice(local_store, clock)
 
