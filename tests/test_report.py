@@ -157,6 +157,20 @@ def test_a_live_run_counts_to_now_and_only_its_served_page_refreshes(local_store
     assert "http-equiv" not in written
 
 
+def test_a_stall_is_marked_and_counted_with_the_preemptions(local_store, clock, prices):
+    rec = new_run(local_store, clock, "stuck")
+    attempt(rec, clock, 1, created=0, running=60, zone="us-central1-a", first=(70, 0), last=(200, 13), end=0,
+            ended=None, checkpoint_at=150)
+    clock.at(900)
+    rec.stalled(Role.SUPERVISOR, "supervisor", reason="no progress for 600s")
+
+    r = build_report(local_store, "stuck", prices, now=1000)
+
+    assert [(m.kind, m.attempt, m.time, m.reason) for m in r.markers] == [("stalled", 1, 900, "no progress for 600s")]
+    assert r.preemptions == 1 and r.bands[0].end_state == "STALLED"
+    assert 'class="marker" data-kind="stalled" data-attempt="1"' in page([r], ["stuck"], "t", now=1000)
+
+
 def test_a_failed_run_shows_its_last_error(local_store, clock, prices):
     rec = new_run(local_store, clock, "oom")
     attempt(rec, clock, 1, created=0, running=60, zone="us-central1-a", first=(70, 0), last=(500, 40), end=600,
