@@ -51,6 +51,7 @@ from entrypoint.checkpoints import (
 from entrypoint.prestaged import PRESTAGED_ENV
 from entrypoint.progress import ProgressTracker
 from entrypoint.progress_pattern import ProgressPattern
+from entrypoint.progress_series import ProgressSeries
 from entrypoint.record import MOVES, OUTCOME_UNRECORDED, Heartbeat, IllegalTransition, Role, RunRecord, State
 from entrypoint.record.phases import CHECKPOINT_RESTORED, FIRST_STEP
 from entrypoint.shards import SHARDS_DIR
@@ -147,6 +148,7 @@ class Agent:
         self.phase = "starting"
         self.workdir = tempfile.mkdtemp(prefix="runner-agent-")
         self.progress = ProgressTracker(os.path.join(self.workdir, "progress.json"))
+        self.series = ProgressSeries()  # step and checkpoint age over time, for the manifest (ops report)
         self.superseded = False
         self.start_error: str | None = None  # why the job could not start, if it could not
         # The state being recorded, and why: said if the store refuses it.
@@ -395,6 +397,7 @@ class Agent:
             "first_progress": {"step": first[0], "time": first[1]} if first else None,
             "last_progress": {"step": progress.get("step"), "time": changed_at} if "step" in progress else None,
             "checkpoint_at": self.checkpoints.stats.newest_written_at,
+            "series": self.series.to_dict(),
         }
 
     @property
@@ -614,6 +617,7 @@ class Agent:
     def _write_heartbeat(self, exit_code: int | None = None) -> None:
         self.progress.poll_file()
         progress, changed_at = self.progress.snapshot()
+        self.series.sample(time.time(), progress.get("step"), self.checkpoints.stats.newest_written_at)
         node = self.cfg.node
         hb = Heartbeat(
             time=time.time(),

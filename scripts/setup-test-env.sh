@@ -2,8 +2,9 @@
 # Prepares this machine for the demo and the tests, idempotently:
 #   1. Docker engine (Debian's docker.io), debootstrap, tmux (the watch test), docker-registry
 #      (the reference image registry, 2.8: the cloud-path tests push to it on 127.0.0.1 and the
-#      simulated VM pulls from it) and faketime (the clock-skew chaos test runs a supervisor
-#      minutes off the true clock), installed when missing (needs root);
+#      simulated VM pulls from it), faketime (the clock-skew chaos test runs a supervisor
+#      minutes off the true clock), chromium (the run report test loads the page headless),
+#      installed when missing (needs root);
 #   2. dockerd started when it is not running;
 #   3. a Debian base image with Python and the agent's dependencies, bootstrapped locally once
 #      (no image registry is needed) and cached as a Docker image.
@@ -24,10 +25,10 @@ need_root() {
 }
 
 if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || ! command -v docker-registry >/dev/null \
-    || ! command -v faketime >/dev/null; then
-  need_root "installing docker.io, debootstrap, docker-registry and faketime" \
-    "apt-get install docker.io debootstrap docker-registry faketime"
-  say "installing docker.io, debootstrap, docker-registry and faketime"
+    || ! command -v faketime >/dev/null || ! command -v chromium >/dev/null; then
+  need_root "installing docker.io, debootstrap, docker-registry, faketime and chromium" \
+    "apt-get install docker.io debootstrap docker-registry faketime chromium"
+  say "installing docker.io, debootstrap, docker-registry, faketime and chromium"
   apt-get update -qq
   # policy-rc.d exit 101: the package must not start a registry service on :5000 (tests start
   # their own on a free port); one already there is left as it is.
@@ -36,7 +37,7 @@ if ! command -v dockerd >/dev/null || ! command -v debootstrap >/dev/null || ! c
     policy=/usr/sbin/policy-rc.d
     printf '#!/bin/sh\nexit 101\n' >"$policy" && chmod +x "$policy"
   fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap docker-registry faketime >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker.io debootstrap docker-registry faketime chromium >/dev/null
   [ -z "$policy" ] || rm -f "$policy"
 fi
 

@@ -1,4 +1,4 @@
-"""``runner ops``: status, list, watch, delete, preempt, serial, events, pull, logs; each parses, calls
+"""``runner ops``: status, list, watch, delete, preempt, serial, events, pull, logs, report; each parses, calls
 ``runner.ops`` and prints (data to stdout, ``--json`` for scripts)."""
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from runner.cli.common import EXIT_FAILED, EXIT_USAGE, checked_run_id, config_op
 
 @click.group()
 def ops() -> None:
-    """Show and control runs: status, list, watch, logs, serial, events, pull, delete, preempt.
+    """Show and control runs: status, list, watch, logs, serial, events, pull, delete, preempt, report.
 
     Every command takes --json. Exit codes: 0 ok, 1 the run (or the operation) failed,
     2 usage or config error, 3 no such run.
@@ -579,3 +579,8 @@ def logs(run_id: str, attempt: int | None, follow: bool, timestamps: bool, node:
         separator(p["attempt"], "job output")
         out.write(p["output"] if p["output"] or p["startup"] else b"(no output stored for this attempt)\n")
     out.flush()
+
+
+from runner.cli.cmd_report import report as _report  # noqa: E402 - its own module (issue 24), one command of ops
+
+ops.add_command(_report)
