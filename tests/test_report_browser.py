@@ -88,10 +88,10 @@ def test_chromium_shows_a_real_local_run_preempted_twice(runner, run_id, tmp_pat
     """A real run: the trainer in its container, a supervisor, two preemptions through the CLI.
 
     With RUNNER_REPORT_SCREENSHOT=PATH the screenshot is also copied there (docs/report.png)."""
-    # 150 steps of 0.1 s: after each preemption (at step 20, then 50) the job has 10 s and more to
-    # go, so a loaded machine cannot let it finish first. (Main's trainer --hold-at, once merged,
-    # removes even that race: `*trainer(150, 5, 0.1, "--hold-at", "20", "--hold-at", "50")`.)
-    out = runner("submit", "--run-id", run_id, "--image", IMAGE, "--detach", "--", *trainer(150, 5, 0.1))
+    # The job waits at steps 20 and 50 for each notice (--hold-at): a loaded machine cannot let it
+    # run past them, or to its end, before `ops preempt` lands.
+    out = runner("submit", "--run-id", run_id, "--image", IMAGE, "--detach", "--",
+                 *trainer(80, 5, 0.1, "--hold-at", "20", "--hold-at", "50"))
     assert out.returncode == 0, out.stderr
     sup = runner.popen("supervise", "--run-id", run_id, "--poll-interval", "0.2")
     for attempt, point in ((1, 20), (2, 50)):
