@@ -46,6 +46,8 @@ def test_a_local_plan_mounts_the_staged_folder_read_only_where_the_job_asked(tmp
 
 
 def test_runner_toml_and_a_task_file_say_data_too_and_the_flag_wins(tmp_path: Path) -> None:
+    for d in "abc":
+        (tmp_path / d).mkdir()
     (tmp_path / "runner.toml").write_text(f'data = ["file://{tmp_path}/a:/data"]\n')
     p = _local_dry_run(tmp_path)
     assert p.returncode == 0, p.stderr
@@ -56,6 +58,13 @@ def test_runner_toml_and_a_task_file_say_data_too_and_the_flag_wins(tmp_path: Pa
     assert f"-v {tmp_path}/b:/var/lib/runner/sources/0:ro" in p.stdout
     p = _local_dry_run(tmp_path, "-f", "task.yaml", "--data", f"file://{tmp_path}/c:/data")
     assert f"-v {tmp_path}/c:/var/lib/runner/sources/0:ro" in p.stdout and f"{tmp_path}/b:" not in p.stdout
+
+
+def test_a_local_source_that_is_not_there_is_refused_at_submit(tmp_path: Path) -> None:
+    p = _local_dry_run(tmp_path, "--data", f"file://{tmp_path}/nothere:/data")
+    assert p.returncode != 0
+    assert f"{tmp_path}/nothere is not a directory on this machine" in p.stderr
+    assert not (tmp_path / "nothere").exists()
 
 
 def test_a_bad_entry_in_runner_toml_names_the_file(tmp_path: Path) -> None:

@@ -46,6 +46,10 @@ def check_for_backend(backend: str, sources: list[DataSource], store_url: str = 
                 f"--data {ds}: the local backend cannot stage gs:// data: its containers have no network "
                 f"(and no Google credentials). Copy it here first (`gcloud storage cp -r {ds.source} DIR`) "
                 f"and pass --data file://DIR:{ds.mount}, or use --backend gce")
+        if backend == "local" and ds.scheme == "file" and not os.path.isdir(ds.path):
+            # Docker would create a missing bind-mount source as an empty folder (as root), and
+            # the run would then fail on an empty source: say it now, before anything is written.
+            raise BackendError(f"--data {ds}: {ds.path} is not a directory on this machine; check the path")
         if backend == "local" and store_url.startswith("file://") and \
                 os.path.realpath(ds.path) == os.path.realpath(store_url[len("file://"):]):
             raise BackendError(f"--data {ds}: that directory is the run store itself; stage a dataset folder")
