@@ -203,3 +203,32 @@ def test_a_permission_error_names_the_role_the_bucket_and_the_account(
         stage(GcsSource(f"gs://{DENIED_BUCKET}/sets/x"), tmp_path / "staged")
     assert (f"grant roles/storage.objectViewer on gs://{DENIED_BUCKET} to the VM's service account "
             "trainer@proj.iam.gserviceaccount.com") in str(e.value)
+
+
+class _Listing:
+    """A source whose listing holds names GCS allows but a disk cannot hold as given."""
+
+    url = "gs://bucket/hostile"
+
+    def __init__(self, names: list[str]) -> None:
+        self.names = names
+
+    def list(self):  # type: ignore[no-untyped-def]
+        from entrypoint.staging import SourceFile
+
+        return [SourceFile(n, 1, 1, "AAAAAA==") for n in self.names]
+
+    def fetch(self, f, dest, streams):  # type: ignore[no-untyped-def]
+        raise AssertionError(f"{f.rel} must not be fetched")
+
+
+@pytest.mark.parametrize("names, says", [
+    (["ok", "a/../../../etc/passwd"], "not a relative path"),
+    (["ok", "/abs"], "not a relative path"),
+    (["a", "a/b"], "both a file and a folder"),
+])
+def test_object_names_that_would_escape_or_collide_on_disk_are_refused(
+        tmp_path: Path, names: list[str], says: str) -> None:
+    with pytest.raises(DataStagingError, match=says):
+        stage(_Listing(names), tmp_path / "staged")
+    assert not (tmp_path / "etc").exists()
