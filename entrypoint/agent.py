@@ -54,7 +54,7 @@ from entrypoint.prestaged import PRESTAGED_ENV
 from entrypoint.progress import ProgressTracker
 from entrypoint.progress_pattern import ProgressPattern
 from entrypoint.record import MOVES, OUTCOME_UNRECORDED, Heartbeat, IllegalTransition, Role, RunRecord, State
-from entrypoint.record.phases import CHECKPOINT_RESTORED, FIRST_STEP
+from entrypoint.record.phases import CHECKPOINT_RESTORED, DATA_STAGED, FIRST_STEP
 from entrypoint.shards import SHARDS_DIR
 from entrypoint.staging import DataStagingError, StagingProgress, stage_run_data
 from entrypoint.store import PreconditionFailed, StoreError
@@ -354,6 +354,9 @@ class Agent:
         try:
             counts = stage_run_data(spec, self.data)
             log.info("data staged: %s", counts)
+            d = self.data.as_dict()
+            self._mark(DATA_STAGED, files=d["files_total"], bytes=d["bytes_total"], copied_files=d["copied_files"],
+                       copied_bytes=d["copied_bytes"], kept_files=d["kept_files"], seconds=d["seconds"])
             return None
         except DataStagingError as e:
             log.error("%s", e)

@@ -53,6 +53,8 @@ def test_staged_data_is_read_only_for_the_job_and_a_restart_copies_nothing_new(
     assert payload in log(2) and "read-only-ok" in log(2)
     again = json.loads(manifest.read_text())
     assert (again["last"]["copied_files"], again["last"]["kept_files"]) == (0, 2)  # the kept disk: nothing copied
+    mark = runner.read_json(run_id, "attempts/2/phases/data_staged.json")
+    assert mark is not None and (mark["detail"]["copied_files"], mark["detail"]["kept_files"]) == (0, 2), mark
     hb = runner.read_json(run_id, "heartbeat.json")
     assert hb["data"]["copied_files"] == 0 and hb["data"]["files_done"] == 2
 
