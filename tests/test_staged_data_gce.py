@@ -52,6 +52,26 @@ def test_a_gs_prefix_is_staged_on_the_vm_and_read_only_for_the_job(harness, gcs_
     assert hb is not None and hb.data is not None
     assert hb.data["copied_files"] == 2 and hb.data["bytes_done"] == (40 << 20) + 32
 
+    # The same VM stopped and started again (terminationAction=STOP) for the next attempt: its
+    # stateful partition kept the staged copy, so nothing is copied; a changed object is.
+    src.write("x", b"changed")
+    rec = sc.record
+    rec.reopen("test", "next attempt on the kept disk")
+    rec.transition(State.PROVISIONING, "test", attempt=2)
+    sc.metadata.attributes["runner-attempt"] = "2"
+    sc.vm.power_cycle()
+    with sc.metadata:
+        reboot = sc.vm.boot(harness.vm_env(sc.metadata))
+        assert reboot.exit_code == 0, reboot.stdout + reboot.stderr
+        job = harness.docker.containers.get(sc.vm.container_name)
+        assert job.wait(timeout=60)["StatusCode"] == 0, job.logs().decode()
+    assert "changed" in job.logs(stdout=True, stderr=False).decode()
+    state, _ = rec.read_state()
+    assert (state.state, state.attempt) == (State.SUCCEEDED, 2), state
+    hb = rec.read_heartbeat()
+    assert hb is not None and hb.data is not None
+    assert (hb.data["copied_files"], hb.data["kept_files"], hb.data["copied_bytes"]) == (1, 1, len(b"changed")), hb.data
+
 
 def test_an_empty_prefix_fails_the_run_before_the_job_starts(harness, gcs_emulator: str) -> None:  # type: ignore[no-untyped-def]
     source = f"gs://{BUCKET}/datasets/nothing-{uuid.uuid4().hex[:8]}"
