@@ -242,5 +242,5 @@ _STATE_TYPES: dict[str, tuple[type, ...]] = {
 }
 _HEARTBEAT_TYPES: dict[str, tuple[type, ...]] = {
     "time": _NUM, "attempt": (int,), "phase": (str,), "progress": (dict,), "progress_changed_at": _OPT_NUM,
-    "sync": (dict,), "gpu_util": _OPT_NUM, "rate": _OPT_NUM,
+    "sync": (dict,), "gpu_util": _OPT_NUM, "rate": _OPT_NUM, "data": (dict, type(None)),
 }
