@@ -5,7 +5,8 @@ from __future__ import annotations
 import sys
 
 from bench import (build_times, capacity, cli_startup, gang_restart, gce_supervisor, hosted_schedule, hung_neighbours, ops_history,
-                   ops_scale, recovery, report, restart_latency, restore_streams, store_scale, sync_overhead)
+                   ops_scale, recovery, report, restart_latency, restore_streams, store_scale, sync_overhead,
+                   transfer)
 
 ALL = {"sync_overhead": sync_overhead.main, "restart_latency": restart_latency.main,
        "gang_restart": gang_restart.main,
@@ -14,7 +15,7 @@ ALL = {"sync_overhead": sync_overhead.main, "restart_latency": restart_latency.m
        "build_times": build_times.main, "ops_scale": ops_scale.main, "hosted_schedule": hosted_schedule.main,
        "ops_history": ops_history.main, "recovery": recovery.main, "restore_streams": restore_streams.main,
        "capacity": capacity.main, "store_scale": store_scale.main,
-       "report": report.main}
+       "report": report.main, "transfer": transfer.main}
 
 
 def main(argv: list[str]) -> int:

@@ -18,6 +18,8 @@ RUNNER_GRACE_PERIOD        seconds from SIGTERM to the container being killed (d
 RUNNER_PRESTAGED_DIR       checkpoint files the VM fetched before the container started (same
                            names as under ``runs/ID/checkpoints/``): adopted when they are
                            exactly the stored objects (``entrypoint.prestaged``)
+RUNNER_DATA_DIR            the staging root for the run's ``--data`` (``entrypoint.staging``),
+                           each source also mounted read-only at its path by the backend
 RUNNER_INSTANCE, RUNNER_ZONE, RUNNER_IMAGE   recorded in the manifest
 RUNNER_PROVISIONING        the VM's provisioning model (SPOT, STANDARD, FLEX_START): in the manifest
 RUNNER_NODE_RANK,          a gang's node (``entrypoint.gang``): only rank 0 records the run's
@@ -53,8 +55,9 @@ from entrypoint.progress import ProgressTracker
 from entrypoint.progress_pattern import ProgressPattern
 from entrypoint.progress_series import ProgressSeries
 from entrypoint.record import MOVES, OUTCOME_UNRECORDED, Heartbeat, IllegalTransition, Role, RunRecord, State
-from entrypoint.record.phases import CHECKPOINT_RESTORED, FIRST_STEP
+from entrypoint.record.phases import CHECKPOINT_RESTORED, DATA_STAGED, FIRST_STEP
 from entrypoint.shards import SHARDS_DIR
+from entrypoint.staging import DataStagingError, StagingProgress, stage_run_data
 from entrypoint.store import PreconditionFailed, StoreError
 from entrypoint.stores import open_store
 
@@ -164,6 +167,7 @@ class Agent:
                                              f"{prefix}{SHARDS_DIR}/", f"a{cfg.attempt}")
         self._log_uploaded_size = -1
         self._first_step_marked = False
+        self.data: StagingProgress | None = None  # the run's staged data, once staging began
 
     # ---- state helpers ----
     def _transition(self, move: str, reason: str | None = None, **changes: object) -> bool:
@@ -220,6 +224,9 @@ class Agent:
         log.info("restored %d checkpoint file(s), %d bytes, in %.2f s (%d stream(s), %d prestaged)",
                  len(restored), done.bytes, done.seconds, done.streams, done.prestaged)
         self._mark(CHECKPOINT_RESTORED, **done.detail())
+        data_failed = self._stage_data()
+        if data_failed is not None:
+            return data_failed
         os.makedirs(cfg.results_dir, exist_ok=True)
         started = time.time()
         manifest = {
@@ -328,6 +335,51 @@ class Agent:
         if pattern is not None:
             log.info("reading progress from output lines matching %r", pattern.regex.pattern)
         return pattern
+
+    def _stage_data(self) -> int | None:
+        """Stage the run's ``--data`` before the job starts (``entrypoint.staging``), with
+        heartbeats saying how far it got; the exit code to end with if it cannot be staged.
+
+        A missing source, a permission error or a damaged object FAILS the run with the fix:
+        every attempt would meet the same source, so a restart would only repeat the failure.
+        Anything else (the network, a full disk) ends this attempt the way a crash does, for
+        the supervisor to restart it; what was copied stays recorded and is not copied again.
+        """
+        spec = self.record.read_spec()
+        if spec is None or not getattr(spec, "data", None):
+            return None
+        self.phase = "staging"
+        self.data = StagingProgress()
+        stop = threading.Event()
+        beat = threading.Thread(target=self._staging_heartbeats, args=(stop,), daemon=True)
+        beat.start()
+        try:
+            counts = stage_run_data(spec, self.data)
+            log.info("data staged: %s", counts)
+            d = self.data.as_dict()
+            self._mark(DATA_STAGED, files=d["files_total"], bytes=d["bytes_total"], copied_files=d["copied_files"],
+                       copied_bytes=d["copied_bytes"], kept_files=d["kept_files"], seconds=d["seconds"])
+            return None
+        except DataStagingError as e:
+            log.error("%s", e)
+            try:
+                with open(self.log_path, "ab") as f:  # so that `ops logs` shows it too
+                    f.write(f"runner: {e}\n".encode())
+            except OSError as log_err:
+                log.error("cannot write the job log (%s)", log_err)
+            self._best_effort("log upload", lambda: self._upload_log(force=True))
+            if not self.cfg.node.records_the_run:
+                return 1
+            unrecorded = self._record_final(lambda: self._transition("failed", str(e), expect_attempt=self.cfg.attempt))
+            return 1 if unrecorded is None else unrecorded
+        finally:
+            stop.set()
+            beat.join(timeout=5)
+            self._best_effort("heartbeat", self._write_heartbeat)
+
+    def _staging_heartbeats(self, stop: threading.Event) -> None:
+        while not stop.wait(self.cfg.heartbeat_interval):
+            self._best_effort("heartbeat", self._write_heartbeat)
 
     def _restore_does_not_fit(self, e: NoSpaceForRestore) -> int:
         """The checkpoint does not fit on this machine's disk: the run FAILS, with that reason.
@@ -627,6 +679,7 @@ class Agent:
             progress_changed_at=changed_at,
             sync=self.checkpoints.stats.as_dict(),
             rate=self.progress.rate(),
+            data=self.data.as_dict() if self.data is not None else None,
             instance=self.cfg.instance if node.in_gang else None,
             exit_code=exit_code,
         )

@@ -178,7 +178,7 @@ read_metadata() {
   for key in run-id attempt store image gpu-count gpu-timeout grace-period shm-size data-mount; do
     name=${key//-/_} && md_attr "${name^^}" "runner-$key"
   done
-  for key in gpu-driver-version data-disk checkpoint-dir results-dir heartbeat-interval sync-interval bake nnodes provisioning; do
+  for key in gpu-driver-version data-disk checkpoint-dir results-dir heartbeat-interval sync-interval bake nnodes provisioning data-mounts; do
     name=${key//-/_} && md_attr "${name^^}" "runner-$key" ""   # optional
   done
   [[ $STORE =~ ^gs://([^/]+)/*(.*[^/])?/*$ ]] || fail bad_metadata "runner-store must be gs://BUCKET[/PREFIX], not $STORE"
@@ -196,6 +196,9 @@ read_metadata() {
     [[ $DATA_MOUNT =~ ^/var/lib/[A-Za-z0-9._/-]+$ && /$DATA_MOUNT/ != */../* && /$DATA_MOUNT/ != */./* ]] ||
       fail data_disk_failed "runner-data-mount must be a path under /var/lib (COS: / and /mnt are read-only), not $DATA_MOUNT"
   fi
+  for key in $DATA_MOUNTS; do   # --data mount paths (runner.launch.staged_data), as entrypoint.data_sources allows
+    [[ $key =~ ^/[A-Za-z0-9._/-]+$ && /$key/ != */../* ]] || fail bad_metadata "runner-data-mounts holds an invalid path: $key"
+  done
   if ((NNODES > 1)); then
     NODE_RANK=$(node_rank "$INSTANCE") || fail bad_metadata "runner-nnodes is $NNODES but this VM's name $INSTANCE carries no node rank (-aN-nR)"
     ((NODE_RANK < NNODES)) || fail bad_metadata "node rank $NODE_RANK of $INSTANCE is outside a gang of $NNODES"
@@ -371,6 +374,21 @@ gpu_args() {  # COS GPU wiring (docs/architecture.md#on-the-vm-cos): never --gpu
   args+=(-e "LD_LIBRARY_PATH=$DRIVER_LIBS${image_path:+:$image_path}" -e "RUNNER_GPU_LIB_DIR=$DRIVER_LIBS")
 }
 
+# --data: the agent stages source i into $root/i (entrypoint.staging) through the read-write
+# staging mount; the job reads the same folder through a read-only bind at the path it asked for.
+# On the data disk when there is one (it survives the VM, so a restart copies only what changed),
+# else on the stateful partition (kept by a STOP-mode VM).
+data_args() {
+  local root i=0 m
+  if [[ -n $DATA_DISK ]]; then root=$DATA_MOUNT/staged; else root=$STATE_DIR/staged; fi
+  args+=(-v "$root:/var/lib/runner/staged" -e RUNNER_DATA_DIR=/var/lib/runner/staged)
+  for m in $DATA_MOUNTS; do
+    must container_start_failed mkdir -p "$root/$i"
+    args+=(-v "$root/$i:$m:ro")
+    i=$((i + 1))
+  done
+}
+
 start_container() {
   phase container-start
   local status args key
@@ -400,6 +418,7 @@ start_container() {
   [[ -z ${STORAGE_EMULATOR_HOST:-} ]] || args+=(-e "STORAGE_EMULATOR_HOST=$STORAGE_EMULATOR_HOST")
   if ((GPU_COUNT > 0)); then gpu_args; fi
   [[ -z $DATA_DISK ]] || args+=(-v "$DATA_MOUNT:$DATA_MOUNT")
+  [[ -z $DATA_MOUNTS ]] || data_args
   # Writable: the agent empties it once restored (a checkpoint must not sit on the disk twice).
   [[ -z $PRESTAGED ]] || args+=(-v "$PRESTAGED:/var/lib/runner/prestaged" -e RUNNER_PRESTAGED_DIR=/var/lib/runner/prestaged)
   # The image's ENTRYPOINT is `python3 -m entrypoint --`; with nothing after it, spec.json's command.

@@ -68,6 +68,10 @@ class Config:
     retry_on_failure: int = _key(0, "int", "a whole number >= 0, e.g. 0")
     checkpoint_dir: str = _key("/var/lib/runner/checkpoints", "str", "an absolute container path")
     results_dir: str = _key("/var/lib/runner/results", "str", "an absolute container path")
+    # Staged data (README: Data and checkpoint tiers): each SRC:/MOUNT copied to local disk before the job.
+    data: list[str] = _key([], "list", "SRC:/MOUNT entries, e.g. [\"gs://BUCKET/PREFIX:/data\"]")
+    # The local backend's "kept disk" for staged data: one folder per run under it.
+    staging_dir: str = _key("~/.cache/cos-spot-runner/staged", "str", "a directory on this machine")
     shm_size: str = _key("2g", "str", "a Docker size such as 512m or 2g")
     recovery: str = _key("in-order", "str", "a recovery strategy: in-order, same-zone-first or next-zone-first")
     # For jobs that print their step but not RUNNER_PROGRESS (entrypoint/progress_pattern.py).
@@ -454,7 +458,7 @@ def _problems(cfg: Config) -> list[str]:
     checks: list[Callable[[Config], list[str]]] = [
         _check_backend, _check_positive, _check_counts, _check_grace_period, _check_paths,
         _check_shm_size, _check_zones, _check_store, _check_stall_window, _check_vm, _check_recovery,
-        _check_progress_pattern,
+        _check_progress_pattern, _check_data,
     ]
     return [problem for check in checks for problem in check(cfg)]
 
@@ -555,6 +559,16 @@ def _check_paths(cfg: Config) -> list[str]:
         for key in _ABSOLUTE_PATHS
         if not getattr(cfg, key).startswith("/")
     ]
+
+
+def _check_data(cfg: Config) -> list[str]:
+    from entrypoint.data_sources import DataSourceError, parse_all
+
+    try:
+        parse_all(cfg.data, checkpoint_dir=cfg.checkpoint_dir, results_dir=cfg.results_dir)
+    except DataSourceError as e:
+        return [f"data from {_src(cfg, 'data')}: {e}"]
+    return []
 
 
 def _check_shm_size(cfg: Config) -> list[str]:

@@ -121,7 +121,7 @@ class Harness:
     def run(self, name: str, command: list[str], *, gpus: int = 0, vm_env: dict[str, str] | None = None,
             wait_for_job: bool = True, image: str | None = None, docker_ready_after: float = 0,
             boot_timeout: float = 90, during_boot: Callable[[CosVm, FakeMetadata, RunRecord], None] | None = None,
-            from_metadata: bool = False, **meta: Any) -> Scenario:
+            from_metadata: bool = False, spec: dict[str, Any] | None = None, **meta: Any) -> Scenario:
         run_id = f"sim-{name}-{uuid.uuid4().hex[:6]}"
         self.run_ids.append(run_id)
         image = image or self.image
@@ -129,7 +129,7 @@ class Harness:
         store = GcsStore(store_url)
         rec = RunRecord(store, run_id)
         # The command and env reach the VM only through spec.json, as `runner submit` writes it.
-        rec.write_spec(RunSpec(run_id=run_id, image=image, command=command, backend="gce", env=JOB_ENV))
+        rec.write_spec(RunSpec(run_id=run_id, image=image, command=command, backend="gce", env=JOB_ENV, **(spec or {})))
         rec.create_state("test")
         rec.transition(State.PROVISIONING, "test", attempt=1)
         vm = CosVm(self.tmp / run_id, gpus=gpus, name=f"cos-sim-{uuid.uuid4().hex[:8]}")

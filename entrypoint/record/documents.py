@@ -100,6 +100,9 @@ class RunSpec:
     timeouts: dict[str, float] = field(default_factory=dict)
     vm: dict[str, Any] = field(default_factory=dict)  # backend-specific options (GCE: disks, VM image...)
     settings: dict[str, Any] = field(default_factory=dict)  # an AttemptSettings, as written at submit
+    # ``--data``: [{"source": "gs://B/P" or "file:///DIR", "mount": "/data"}], staged before every
+    # attempt's job starts (``entrypoint.staging``); specs written before it read as none.
+    data: list[dict[str, str]] = field(default_factory=list)
     created_at: float = field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION
 
@@ -205,6 +208,9 @@ class Heartbeat:
     sync: dict[str, Any] = field(default_factory=dict)
     gpu_util: float | None = None
     rate: float | None = None  # steps per second this attempt (for ETAs); None until measurable
+    # The run's staged data (``entrypoint.staging.StagingProgress``): files and bytes done of
+    # the total, copied and kept; None for a run without --data.
+    data: dict[str, Any] | None = None
     # A gang node's: which instance it is, and (phase "exited") how its job ended.
     instance: str | None = None
     exit_code: int | None = None
@@ -226,7 +232,7 @@ _SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "retry_on_failure": (int,), "checkpoint_dir": (str,), "results_dir": (str,), "env": (dict,),
     "machine_type": _OPT_STR, "gpu": _OPT_STR, "zones": (list,), "nodes": (int,), "priority": (int,),
     "sweep": _OPT_STR, "max_concurrent": _OPT_INT, "timeouts": (dict,), "vm": (dict,),
-    "settings": (dict,), "created_at": _NUM,
+    "settings": (dict,), "created_at": _NUM, "data": (list,),
 }
 _STATE_TYPES: dict[str, tuple[type, ...]] = {
     "state": (str,), "attempt": (int,), "instance": _OPT_STR, "zone": _OPT_STR, "reason": _OPT_STR,
@@ -236,5 +242,5 @@ _STATE_TYPES: dict[str, tuple[type, ...]] = {
 }
 _HEARTBEAT_TYPES: dict[str, tuple[type, ...]] = {
     "time": _NUM, "attempt": (int,), "phase": (str,), "progress": (dict,), "progress_changed_at": _OPT_NUM,
-    "sync": (dict,), "gpu_util": _OPT_NUM, "rate": _OPT_NUM,
+    "sync": (dict,), "gpu_util": _OPT_NUM, "rate": _OPT_NUM, "data": (dict, type(None)),
 }

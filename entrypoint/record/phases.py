@@ -14,6 +14,9 @@ DRIVER_READY = "driver_ready"  # startup script: the GPU driver answers
 IMAGE_READY = "image_ready"  # startup script: the workload image is pulled
 CHECKPOINT_RESTORED = "checkpoint_restored"  # agent: the checkpoint is restored (or there was none)
 FIRST_STEP = "first_step"  # agent: the job reported its first step of this attempt
+# agent: the run's --data is staged (detail: files, bytes, copied, kept). Not in ORDER or the
+# recovery's segments yet: runs without data have no such mark, and "first_step" still spans it.
+DATA_STAGED = "data_staged"
 
 ORDER: tuple[str, ...] = (NOTICED, REPLACEMENT_REQUESTED, VM_RUNNING, STARTUP_SCRIPT, DRIVER_READY,
                           IMAGE_READY, CHECKPOINT_RESTORED, FIRST_STEP)

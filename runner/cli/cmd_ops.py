@@ -56,6 +56,10 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
     if s.get("startup_phase"):
         click.echo(f"startup    {s['startup_phase']}")
     click.echo(f"progress   {prog}")
+    if s.get("data"):
+        from runner.launch.staged_data import progress_text
+
+        click.echo(f"data       {progress_text(s['data'])}")
     if s.get("recovery"):  # how the current attempt got running: "recovery 1m12s: detect 4s · ..."
         click.echo(s["recovery"]["text"])
     click.echo(f"cost       {s['cost_text']}" + _cost_detail(s["cost"]))

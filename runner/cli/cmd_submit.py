@@ -60,6 +60,9 @@ _COMMAND_FORM = "runner submit --run-id ID [OPTIONS] -- PROGRAM ARGS..."
 @click.option("--retry-on-failure", type=int, help="Re-run a job that exits non-zero up to N times (default 0).")
 @click.option("--poll-interval", type=float, help="Seconds between supervisor checks.")
 @click.option("--env", "env_pairs", multiple=True, metavar="KEY=VALUE", help="Environment for the job (not for secrets).")
+@click.option("--data", "data", multiple=True, metavar="SRC:/MOUNT",
+              help="Stage SRC (gs://BUCKET/PREFIX, or file:///DIR on the local backend) to local disk before the "
+                   "job starts; the job reads it read-only at /MOUNT. Repeatable (README: Data and checkpoint tiers).")
 @click.option("--progress-regex", metavar="REGEX",
               help=r"For a job that prints its step but not RUNNER_PROGRESS: a regex with one group of digits "
               r"matched against each output line, e.g. 'iter (\d+)'; status, ETA and the stall watchdog then work.")
@@ -87,7 +90,7 @@ _COMMAND_FORM = "runner submit --run-id ID [OPTIONS] -- PROGRAM ARGS..."
 def submit(task_path: str | None, run_id: str | None, image: str | None, restart: bool, detach: bool,
            quiet: bool, dry_run: bool, skip_build: bool,
            pull_dest: str | None, priority: int, max_restarts: int | None, retry_on_failure: int | None, poll_interval: float | None,
-           env_pairs: tuple[str, ...], progress_regex: str | None, progress_total: int | None,
+           env_pairs: tuple[str, ...], data: tuple[str, ...], progress_regex: str | None, progress_total: int | None,
            nodes: int | None, zones: str | None, machine_type: str | None,
            gpu: str | None, no_gpu: bool | None, termination_action: str | None,
            provisioning: str | None, fallback_after: str | None, max_run_duration: str | None,
@@ -132,7 +135,8 @@ def submit(task_path: str | None, run_id: str | None, image: str | None, restart
                   "termination_action": termination_action, "max_restarts": max_restarts,
                   "retry_on_failure": retry_on_failure, "progress_regex": progress_regex,
                   "progress_total": progress_total, "provisioning": provisioning,
-                  "fallback_after": fallback_after, "max_run_duration": max_run_duration}
+                  "fallback_after": fallback_after, "max_run_duration": max_run_duration,
+                  "data": list(data) or None}
     task_layer = (task.settings, os.path.dirname(os.path.abspath(task.path))) if task is not None else None
     if dry_run:
         _dry_run(config_of(cli_config, config_path, task_layer), run_id, list(command), image, env)

@@ -20,11 +20,11 @@ _COMMAND_FORM = "runner sweep SWEEP.yaml [OPTIONS] -- PROGRAM ARGS... (with {nam
 # --restart, --detach, --quiet, --pull) and --poll-interval (a sweep never follows its runs).
 _FROM_SUBMIT = ("image", "skip_build", "env_pairs", "max_restarts", "retry_on_failure", "progress_regex",
                 "progress_total", "nodes", "zones", "machine_type", "gpu", "no_gpu", "termination_action",
-                "provisioning", "fallback_after", "max_run_duration")
+                "provisioning", "fallback_after", "max_run_duration", "data")
 # Those that are config keys (checked by the config layer, as submit's are).
 _CONFIG_KEYS = ("max_restarts", "retry_on_failure", "progress_regex", "progress_total", "nodes", "zones",
                 "machine_type", "gpu", "no_gpu", "termination_action", "provisioning", "fallback_after",
-                "max_run_duration")
+                "max_run_duration", "data")
 
 
 class SweepCommand(click.Command):
@@ -98,7 +98,7 @@ def sweep(sweep_file: str, max_concurrent: int | None, priority: int, sweep_id: 
     sweep_id = sweep_id or default_sweep_id(sweep_file)
     check_sweep_id(sweep_id, len(plan.points))
     env = env_of(shared["env_pairs"], {})
-    cli_config = {**cli_config, **{k: shared[k] for k in _CONFIG_KEYS}}
+    cli_config = {**cli_config, **{k: shared[k] for k in _CONFIG_KEYS}, "data": list(shared["data"]) or None}
     if dry_run:
         _dry_run(sweep_id, plan, list(command), env, as_json)
         return

@@ -84,6 +84,11 @@ def look(st: RunState, hb: Heartbeat | None) -> Looked:
     - Otherwise: the job's reported progress; ``already`` is how long the agent says it has not
       changed (``time - progress_changed_at``, one clock).
     """
+    if hb is not None and hb.attempt == st.attempt and hb.phase == "staging" and isinstance(hb.data, dict):
+        # Staging --data (before the job, so still PROVISIONING): booting, but each file copied
+        # is something new, so only a copy that stops moving for the boot window is a stall.
+        done = (hb.data.get("files_done"), hb.data.get("bytes_done"), hb.data.get("phase"))
+        return Looked(f"attempt {st.attempt}: {BOOTING}, data staged {done}", booting=True)
     if st.state == State.PROVISIONING or hb is None or hb.attempt != st.attempt:
         return Looked(f"attempt {st.attempt}: {BOOTING}", booting=True)
     if hb.phase in ("restoring", "finishing") or not hb.progress or not hb.progress_changed_at:

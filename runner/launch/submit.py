@@ -11,6 +11,7 @@ from dataclasses import asdict, dataclass
 
 from entrypoint.record import ABANDONED_SPEC_AFTER, RunRecord, RunSpec, State, StopInProgress
 from entrypoint.store import PreconditionFailed
+from runner.launch import staged_data
 from runner.launch.backends import backend_type
 from runner.launch.backends.base import BackendError
 from runner.config import Config
@@ -49,6 +50,7 @@ def build_spec(cfg: Config, run_id: str, command: list[str], image: str, *,
     kind.check_nodes(cfg.nodes)
     machine_type, gpu = kind.spec_shape(cfg)
     settings = cfg.attempt_settings()
+    data, data_vm = staged_data.spec_fields(cfg, run_id, cfg.store_url)  # --data, pinned for every attempt
     return RunSpec(
         run_id=run_id,
         image=image,
@@ -71,7 +73,8 @@ def build_spec(cfg: Config, run_id: str, command: list[str], image: str, *,
         # and restarted by an older hosted supervisor still gets its own GPU wait.
         timeouts={"gpu_timeout": settings.gpu_timeout, "stall_window": settings.stall_window,
                   "grace_period": settings.grace_period},
-        vm=kind.spec_options(cfg),
+        vm={**kind.spec_options(cfg), **data_vm},
+        data=data,
     )
 
 

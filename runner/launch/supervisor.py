@@ -476,7 +476,10 @@ class Supervisor:
         window = self._boot_window(spec)
         # Booting for as long as this supervisor's own clock has seen the attempt (not since the
         # state's stamp: another supervisor, on another clock, may have written it).
-        booted_for = self._idle(rec, look(st, None), window) if att.alive else 0.0
+        # A run with --data stages it before its job: its heartbeat's copy progress counts
+        # (``observed.look``); read only for such runs (one read per pass).
+        hb = rec.read_heartbeat() if spec is not None and spec.data and att.alive else None
+        booted_for = self._idle(rec, look(st, hb), window) if att.alive else 0.0
         if att.alive and booted_for > window:
             new = rec.stalled(
                 Role.SUPERVISOR, self.actor, expected=cur,

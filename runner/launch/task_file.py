@@ -40,7 +40,7 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 #: Top-level keys that go straight to the config layer under the same name (runner.toml's).
-_SETTINGS = ("checkpoint_dir", "results_dir", "data_disk", "data_disk_gb", "data_mount",
+_SETTINGS = ("checkpoint_dir", "results_dir", "data_disk", "data_disk_gb", "data_mount", "data",
              "max_restarts", "retry_on_failure", "progress_regex", "progress_total")
 #: ``resources:`` keys that are config keys of the same name.
 _RESOURCE_SETTINGS = ("machine_type", "gpu", "no_gpu", "zones", "termination_action", "nodes")

@@ -194,6 +194,7 @@ def row_of(view: RunView, now: float | None = None) -> dict[str, Any]:
         "rate": round(rate, 4) if rate else None,
         "eta_s": eta,
         "sync": hb.sync if hb else {},
+        "data": hb.data if hb else None,  # staged --data: files and bytes done of the total
         "heartbeat_at": iso(hb.time) if hb else None,
         "heartbeat_age_s": round(now - hb.time, 1) if hb else None,
         "updated_at": iso(st.updated_at),

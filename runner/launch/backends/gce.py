@@ -47,6 +47,7 @@ from runner.launch.backends.gce_shapes import (
     GpuRequest, ShapeError, boot_disk_type, family, gpu_quota_metric, resolve_gpu, waits_for_driver,
 )
 from runner.launch.admission import Quotas
+from runner.launch import staged_data
 from runner.cloud.gcp_clients import ComputeClients, api_errors, api_retry, retry_exhausted_text
 from runner.launch.create_backoff import CreateBackoff
 from runner.launch.zone_stockouts import STOCKOUT_CODES, ZoneStockouts, record_stockouts
@@ -591,7 +592,8 @@ class GceBackend(ComputeBackend[GcePlan]):
             supervisor_job=self.supervisor_job, nnodes=nnodes, provisioning=choice.model,
         )
         startup, shutdown = startup_scripts()
-        items = {**meta.items(), md.STARTUP_SCRIPT: startup, md.SHUTDOWN_SCRIPT: shutdown}
+        items = {**meta.items(), **staged_data.metadata_items(spec), md.STARTUP_SCRIPT: startup,
+                 md.SHUTDOWN_SCRIPT: shutdown}
         if boot.path == "warm":
             items[boot_images.UPDATE_STRATEGY_KEY] = boot_images.UPDATE_DISABLED
         # GCE refuses a boot disk smaller than its image ("Requested disk size cannot be smaller

@@ -29,6 +29,7 @@ from runner.launch.backends.base import (
     LaunchContext,
     PermanentBackendError,
 )
+from runner.launch import staged_data
 from runner.launch.backends.gang import node_env
 from runner.naming import label_value, node_name, resource_name, store_label
 
@@ -228,6 +229,8 @@ class LocalBackend(ComputeBackend[ContainerPlan]):
             LABEL_RANK: str(rank),
             LABEL_STORE: store_label(ctx.store_url),
         }
+        data_volumes, data_env = staged_data.local_mounts(spec)  # --data: staging dir, read-only views
+        env.update(data_env)
         network = ""
         if gang:
             # Its own network per attempt: the generation's nodes reach each other by container
@@ -244,7 +247,7 @@ class LocalBackend(ComputeBackend[ContainerPlan]):
             command=list(spec.command),
             environment=env,
             labels=labels,
-            volumes={store_dir(ctx.store_url): {"bind": STORE_MOUNT, "mode": "rw"}},
+            volumes={store_dir(ctx.store_url): {"bind": STORE_MOUNT, "mode": "rw"}, **data_volumes},
             shm_size=ctx.shm_size,
             stop_timeout=max(1, int(round(ctx.grace_period))),
             network_mode=network or network_mode(spec),
