@@ -58,6 +58,12 @@ def test_staged_data_is_read_only_for_the_job_and_a_restart_copies_nothing_new(
     hb = runner.read_json(run_id, "heartbeat.json")
     assert hb["data"]["copied_files"] == 0 and hb["data"]["files_done"] == 2
 
+    # Purging the run removes its staged copy too: nothing else would, and no run can use it now.
+    purged = runner("ops", "delete", "--run-id", run_id, "--purge", "--yes", **env)
+    assert purged.returncode == 0, purged.stderr
+    assert "removed its staged data" in purged.stdout and not (staged / run_id).exists()
+    assert (ds / "x").read_text() == payload  # the source is the user's: untouched
+
 
 def test_an_empty_data_directory_fails_the_run_at_once_with_the_reason(runner, run_id, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
     ds = tmp_path / "empty"

@@ -345,6 +345,11 @@ def _purge(ctx: Any, run_id: str, grace_period: float, yes: bool, as_json: bool)
         return
     click.echo(f"{run_id}: purged ({out['purged_objects']} objects); removed "
                f"{', '.join(out['removed']) or 'no instance'}; the run id is free for a new run")
+    staged = out.get("staged_data")
+    if staged and staged["removed"]:
+        click.echo(f"{run_id}: removed its staged data ({staged['path']})")
+    elif staged:
+        click.echo(f"runner: warning: {run_id}'s staged data is left: {staged['error']}", err=True)
 
 
 @ops.command()

@@ -10,10 +10,16 @@ state) and mix itself into whatever run takes the id next. So the record goes on
 the stop, the backend lists no instance of the run at all (one still being deleted counts: a GCE
 delete is a long-running operation, https://cloud.google.com/compute/docs/reference/beta/instances/delete)
 and no create is in flight; a listing that fails refuses too.
+
+A local run's staged data (``--data``, a folder per run under ``staging_dir`` on this machine,
+kept across attempts as a VM's disk is) goes with the record: nothing else ever removes it, and
+a purged run cannot be resumed to use it. On GCE it lived on the VM's disks, gone with the VM.
 """
 
 from __future__ import annotations
 
+import os
+import shutil
 from dataclasses import dataclass
 from typing import Any
 
@@ -59,6 +65,7 @@ def purge_run(store: Store, backend: ComputeBackend, run_id: str, grace_period: 
     beyond the stop) or ``RunNotFound``. Safe to run again after an interruption."""
     summarize(store, run_id)  # RunNotFound before anything is written
     rec = RunRecord(store, run_id)
+    staged = _local_staged_dir(rec)
     stopped: dict[str, Any] = {"run_id": run_id, "removed": []}
     if store.exists(rec.name(RunRecord.STATE)) or store.exists(rec.name(RunRecord.SPEC)):
         stopped = delete_run(store, backend, run_id, grace_period, actor=actor)
@@ -68,7 +75,33 @@ def purge_run(store: Store, backend: ComputeBackend, run_id: str, grace_period: 
     _refuse_if_alive(store, backend, rec)
     removed = _remove_record(store, run_id)
     return {"run_id": run_id, "state": stopped.get("state"), "removed": stopped["removed"],
-            "purged_objects": removed}
+            "purged_objects": removed, "staged_data": _remove_staged(staged)}
+
+
+def _local_staged_dir(rec: RunRecord) -> str | None:
+    """The folder a local run staged its ``--data`` into, if it has one (read before the spec goes)."""
+    from runner.launch.staged_data import local_staging_dir
+
+    try:
+        spec = rec.read_spec()
+    except DamagedRecord:
+        return None
+    if spec is None or not spec.data or not isinstance((spec.vm or {}).get("staging_dir"), str):
+        return None
+    return local_staging_dir(spec)
+
+
+def _remove_staged(path: str | None) -> dict[str, Any] | None:
+    """Remove a purged run's staged data; what could not be removed is said, never hidden."""
+    if path is None or not os.path.lexists(path):
+        return None
+    errors: list[str] = []
+    shutil.rmtree(path, onerror=lambda _f, p, e: errors.append(f"{p}: {e[1]}"))
+    if errors:
+        return {"path": path, "removed": False,
+                "error": f"{errors[0]} (and {len(errors) - 1} more); its files were written by the run's "
+                         f"container as root: remove it with `sudo rm -rf {path}`"}
+    return {"path": path, "removed": True}
 
 
 def _refuse_if_alive(store: Store, backend: ComputeBackend, rec: RunRecord) -> None:
