@@ -200,12 +200,19 @@ def test_the_fallback_clock_is_the_attempts_own_so_a_new_attempt_tries_spot_agai
 
 
 def test_without_a_standard_price_the_cost_of_a_standard_attempt_is_unknown_not_spot(
-        compute_fake, gcs_store, gcs_emulator) -> None:
+        compute_fake, gcs_store, gcs_emulator, tmp_path) -> None:
     ctx = gce_ctx(compute_fake, gcs_store.url, provisioning="standard")
     submit(ctx)
     ctx.supervisor().reconcile("exp-1")
     rec = RunRecord(ctx.store, "exp-1")
-    cost = estimate_run_cost(rec, load_prices(), now=rec.read_state()[0].updated_at + 600)
+    now = rec.read_state()[0].updated_at + 600
+    shipped = estimate_run_cost(rec, load_prices(), now=now)  # the shipped table prices on-demand
+    assert shipped["hourly"] == pytest.approx(0.19 + 0.35)
+    # A table of one's own in another currency (nothing shipped to fall back on), spot prices only.
+    table = tmp_path / "spot-only.json"
+    table.write_text(json.dumps({"currency": "EUR", "regions": {"us-central1": {
+        "machine": {"n1-standard-4": 0.04}, "gpu": {"nvidia-tesla-t4": 0.11}}}}))
+    cost = estimate_run_cost(rec, load_prices(str(table)), now=now)
     assert cost["so_far"] is None and "no standard (on-demand) price for n1-standard-4" in cost["why_unknown"]
 
 

@@ -184,12 +184,23 @@ def test_a_failed_run_shows_its_last_error(local_store, clock, prices):
     assert 'id="last-error"' in html and "CUDA out of memory" in html
 
 
-def test_on_demand_is_unknown_with_the_key_to_add_when_the_table_has_no_such_price(local_store, clock):
+def test_the_shipped_table_prices_on_demand_and_a_table_without_it_says_the_key_to_add(local_store, clock, tmp_path):
+    import json
+
     preempted_twice(local_store, clock)
 
-    r = build_report(local_store, "twice", load_prices(None), now=NOW)  # the shipped table: spot only
+    # The shipped table: n1-standard-4 + T4 is $0.15/h spot and $0.54/h on-demand in us-central1,
+    # both 1.1x in europe-west4: on-demand is 3.6x the spot cost, attempt by attempt.
+    r = build_report(local_store, "twice", load_prices(None), now=NOW)
+    assert r.cost["so_far"] > 0 and r.cost["on_demand"] == pytest.approx(r.cost["so_far"] * 3.6, rel=1e-3)
 
-    assert r.cost["on_demand"] is None
+    # A table of its own (another currency: nothing shipped to fall back on) with spot prices only.
+    own = tmp_path / "eur.json"
+    own.write_text(json.dumps({"as_of": "2026-01-02", "currency": "EUR", "source": "mine", "regions": {
+        region: {"machine": {"n1-standard-4": 1.0}, "gpu": {"nvidia-tesla-t4": 0.5}}
+        for region in ("us-central1", "europe-west4")}}))
+    r = build_report(local_store, "twice", load_prices(str(own)), now=NOW)
+    assert r.cost["so_far"] is not None and r.cost["on_demand"] is None
     assert "standard_machine" in r.cost["on_demand_why_unknown"]
 
 
