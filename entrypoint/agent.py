@@ -361,17 +361,7 @@ class Agent:
                        copied_bytes=d["copied_bytes"], kept_files=d["kept_files"], seconds=d["seconds"])
             return None
         except DataStagingError as e:
-            log.error("%s", e)
-            try:
-                with open(self.log_path, "ab") as f:  # so that `ops logs` shows it too
-                    f.write(f"runner: {e}\n".encode())
-            except OSError as log_err:
-                log.error("cannot write the job log (%s)", log_err)
-            self._best_effort("log upload", lambda: self._upload_log(force=True))
-            if not self.cfg.node.records_the_run:
-                return 1
-            unrecorded = self._record_final(lambda: self._transition("failed", str(e), expect_attempt=self.cfg.attempt))
-            return 1 if unrecorded is None else unrecorded
+            return self._fail_before_the_job(e, peers_only_log=True)
         finally:
             stop.set()
             beat.join(timeout=5)
@@ -392,13 +382,22 @@ class Agent:
         and nobody was told about the disk. The checkpoint in the store is untouched: with a
         bigger disk, ``runner submit --restart`` resumes from it.
         """
+        return self._fail_before_the_job(e)
+
+    def _fail_before_the_job(self, e: Exception, peers_only_log: bool = False) -> int:
+        """Record the run FAILED for ``e``, found before its job started (no restart would do
+        better), with the reason in the job's log too so that ``ops logs`` shows it; the exit code.
+        ``peers_only_log``: a gang's nodes other than rank 0 only log it (rank 0 meets the same
+        data and records the run)."""
         log.error("%s", e)
         try:
-            with open(self.log_path, "ab") as f:  # so that `ops logs` shows it too
+            with open(self.log_path, "ab") as f:
                 f.write(f"runner: {e}\n".encode())
         except OSError as log_err:
             log.error("cannot write the job log (%s)", log_err)
         self._best_effort("log upload", lambda: self._upload_log(force=True))
+        if peers_only_log and not self.cfg.node.records_the_run:
+            return 1
         unrecorded = self._record_final(lambda: self._transition("failed", str(e), expect_attempt=self.cfg.attempt))
         return 1 if unrecorded is None else unrecorded
 
