@@ -24,6 +24,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 
 from entrypoint.prestaged import empty_prestaged, adopt, prestaged_path
 from entrypoint.store import SLICE_BYTES, ObjectInfo, Store, StoreError, crc32c_of_file, is_download_temp
@@ -78,7 +79,12 @@ class DirectorySync:
         self.tag = tag or uuid.uuid4().hex[:8]
         self.stats = SyncStats()
         self._uploaded: dict[str, tuple[int, int, int]] = {}  # rel -> (ino, size, mtime_ns)
+        self.published: dict[str, tuple[int, str]] = {}  # rel -> (size, CRC32C) as stored: the stamp's files
         self._lock = threading.Lock()  # one pass at a time (background vs final sync)
+        # ``entrypoint.mirror``: which files a pass may take (the mirror: only what the primary
+        # has), and what to do after a pass that published everything (write the tier's stamp).
+        self.eligible: Callable[[str, tuple[int, int, int]], bool] | None = None
+        self.after_pass: Callable[[bool], None] | None = None
 
     def _scan(self) -> dict[str, tuple[int, int, int]]:
         found: dict[str, tuple[int, int, int]] = {}
@@ -104,8 +110,12 @@ class DirectorySync:
         """
         with self._lock:
             ok = True
+            changed = False
             for rel, sig in sorted(self._scan().items()):
                 if self._uploaded.get(rel) == sig:
+                    continue
+                if self.eligible is not None and not self.eligible(rel, sig):
+                    ok = False  # not there yet: the next pass takes it
                     continue
                 if modified_before is not None and sig[2] >= modified_before * 1e9:
                     log.warning("not publishing %s: written after the job was killed, maybe torn", rel)
@@ -113,12 +123,15 @@ class DirectorySync:
                 try:
                     self._upload(rel)
                     self._uploaded[rel] = sig
+                    changed = True
                     self.stats.newest_written_at = max(self.stats.newest_written_at or 0.0, sig[2] / 1e9)
                 except (OSError, StoreError) as e:
                     ok = False
                     self.stats.failures += 1
                     self.stats.last_error = f"{rel}: {e}"
                     log.warning("checkpoint upload of %s failed (will retry): %s", rel, e)
+            if self.after_pass is not None and (changed or ok):
+                self.after_pass(ok)
             return ok
 
     def _upload(self, rel: str) -> None:
@@ -136,6 +149,7 @@ class DirectorySync:
             mode = os.stat(snap).st_mode
             info = self.store.publish_file(self.prefix + rel, snap, crc, f"{self.prefix}{PARTIAL}{rel}.{self.tag}",
                                            mode=mode)
+            self.published[rel] = (info.size, crc)
             self.stats.uploads += 1
             self.stats.bytes += info.size
             self.stats.last_upload_at = time.time()

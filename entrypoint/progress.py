@@ -12,6 +12,7 @@ that is alive but stuck is still caught.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import threading
@@ -58,6 +59,9 @@ class ProgressTracker:
         self._changed_at: float | None = None
         self._file_mtime: int | None = None
         self._first_step: tuple[float, float] | None = None  # (step, time) first seen this attempt
+        # (time, step) of recent step changes: which step a checkpoint written at a time holds
+        # (``step_at``, for the checkpoint tiers' stamps). Bounded: only recent files are asked about.
+        self._steps: collections.deque[tuple[float, float]] = collections.deque(maxlen=4096)
 
 
     def update(self, values: dict[str, Any]) -> None:
@@ -69,6 +73,22 @@ class ProgressTracker:
                 step = merged.get("step")
                 if isinstance(step, (int, float)) and self._first_step is None:
                     self._first_step = (step, self._changed_at)
+                if isinstance(step, (int, float)) and (not self._steps or self._steps[-1][1] != step):
+                    self._steps.append((self._changed_at, step))
+
+    # A job reports a step, then saves it: the report reaches us through a pipe, so it may be
+    # timed a little after the file's mtime. Reports this close after the mtime still count.
+    STEP_SLACK = 0.05
+
+    def step_at(self, t: float) -> float | None:
+        """The step last reported at or before ``t`` (plus ``STEP_SLACK``); None if none was."""
+        with self._lock:
+            found = None
+            for at, step in self._steps:
+                if at > t + self.STEP_SLACK:
+                    break
+                found = step
+            return found
 
     def feed_line(self, line: str) -> None:
         """A line of the job's output: a ``RUNNER_PROGRESS`` line, else one the run's pattern finds a step in."""

@@ -100,6 +100,8 @@ class RunSpec:
     timeouts: dict[str, float] = field(default_factory=dict)
     vm: dict[str, Any] = field(default_factory=dict)  # backend-specific options (GCE: disks, VM image...)
     settings: dict[str, Any] = field(default_factory=dict)  # an AttemptSettings, as written at submit
+    # The second checkpoint tier (entrypoint.mirror): a store URL, or None (specs written before it).
+    mirror: str | None = None
     created_at: float = field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION
 
@@ -226,7 +228,7 @@ _SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "retry_on_failure": (int,), "checkpoint_dir": (str,), "results_dir": (str,), "env": (dict,),
     "machine_type": _OPT_STR, "gpu": _OPT_STR, "zones": (list,), "nodes": (int,), "priority": (int,),
     "sweep": _OPT_STR, "max_concurrent": _OPT_INT, "timeouts": (dict,), "vm": (dict,),
-    "settings": (dict,), "created_at": _NUM,
+    "settings": (dict,), "created_at": _NUM, "mirror": _OPT_STR,
 }
 _STATE_TYPES: dict[str, tuple[type, ...]] = {
     "state": (str,), "attempt": (int,), "instance": _OPT_STR, "zone": _OPT_STR, "reason": _OPT_STR,
