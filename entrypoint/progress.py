@@ -76,16 +76,20 @@ class ProgressTracker:
                 if isinstance(step, (int, float)) and (not self._steps or self._steps[-1][1] != step):
                     self._steps.append((self._changed_at, step))
 
-    # A job reports a step, then saves it: the report reaches us through a pipe, so it may be
-    # timed a little after the file's mtime. Reports this close after the mtime still count.
-    STEP_SLACK = 0.05
-
     def step_at(self, t: float) -> float | None:
-        """The step last reported at or before ``t`` (plus ``STEP_SLACK``); None if none was."""
+        """The step the job had reached when it wrote a file at ``t``; None if it reported none.
+
+        A job reports a step, then saves it, and the report reaches us through a pipe (and a
+        thread that may wait for the GIL), so it is timed a little after the file's mtime: a
+        report up to half the job's recent step interval after ``t`` still counts.
+        """
         with self._lock:
+            times = [at for at, _ in self._steps][-9:]
+            gaps = sorted(b - a for a, b in zip(times, times[1:]))
+            slack = min(5.0, gaps[len(gaps) // 2] / 2) if gaps else 0.05
             found = None
             for at, step in self._steps:
-                if at > t + self.STEP_SLACK:
+                if at > t + slack:
                     break
                 found = step
             return found
