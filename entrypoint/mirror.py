@@ -131,5 +131,6 @@ class MirrorSync:
 
 
 def mirror_url_for(spec_mirror: str | None, env: dict[str, str] | os._Environ[str] = os.environ) -> str | None:
-    """The run's mirror: the spec's (pinned at submit), else ``RUNNER_MIRROR`` (set by hand, tests)."""
-    return spec_mirror or env.get("RUNNER_MIRROR") or None
+    """The run's mirror: ``RUNNER_MIRROR`` where the backend set it (the local backend: the spec's
+    host path as mounted in the container), else the spec's (pinned at submit; a VM reaches gs://)."""
+    return env.get("RUNNER_MIRROR") or spec_mirror or None

@@ -72,6 +72,7 @@ def build_spec(cfg: Config, run_id: str, command: list[str], image: str, *,
         timeouts={"gpu_timeout": settings.gpu_timeout, "stall_window": settings.stall_window,
                   "grace_period": settings.grace_period},
         vm=kind.spec_options(cfg),
+        mirror=cfg.mirror,
     )
 
 

@@ -30,6 +30,7 @@ from runner.launch.backends.base import (
     PermanentBackendError,
 )
 from runner.launch.backends.gang import node_env
+from runner.launch.backends.local_mirror import mirror_mount
 from runner.naming import label_value, node_name, resource_name, store_label
 
 STORE_MOUNT = "/var/lib/runner/store"
@@ -238,13 +239,15 @@ class LocalBackend(ComputeBackend[ContainerPlan]):
             env.update(node_env(spec.run_id, ctx.attempt, rank, spec.nodes,
                                 master_addr=node_name(spec.run_id, ctx.attempt, 0)))
             labels[LABEL_NETWORK] = network
+        mirror_volumes, mirror_env = mirror_mount(spec)  # a file:// checkpoint mirror, mounted like the store
+        env.update(mirror_env)
         return ContainerPlan(
             name=name,
             image=spec.image,
             command=list(spec.command),
             environment=env,
             labels=labels,
-            volumes={store_dir(ctx.store_url): {"bind": STORE_MOUNT, "mode": "rw"}},
+            volumes={store_dir(ctx.store_url): {"bind": STORE_MOUNT, "mode": "rw"}, **mirror_volumes},
             shm_size=ctx.shm_size,
             stop_timeout=max(1, int(round(ctx.grace_period))),
             network_mode=network or network_mode(spec),
