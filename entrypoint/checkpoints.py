@@ -85,6 +85,10 @@ class DirectorySync:
         # has), and what to do after a pass that published everything (write the tier's stamp).
         self.eligible: Callable[[str, tuple[int, int, int]], bool] | None = None
         self.after_pass: Callable[[bool], None] | None = None
+        # The CRC32C of a file as this sync last published it, by signature: a second tier's
+        # sync reads it (``known_crc``) instead of reading the same bytes again.
+        self.crc_by_sig: dict[str, tuple[tuple[int, int, int], str]] = {}
+        self.known_crc: Callable[[str, tuple[int, int, int]], str | None] | None = None
 
     def _scan(self) -> dict[str, tuple[int, int, int]]:
         found: dict[str, tuple[int, int, int]] = {}
@@ -121,7 +125,8 @@ class DirectorySync:
                     log.warning("not publishing %s: written after the job was killed, maybe torn", rel)
                     continue
                 try:
-                    self._upload(rel)
+                    crc = self._upload(rel, sig)
+                    self.crc_by_sig[rel] = (sig, crc)
                     self._uploaded[rel] = sig
                     changed = True
                     self.stats.newest_written_at = max(self.stats.newest_written_at or 0.0, sig[2] / 1e9)
@@ -134,7 +139,8 @@ class DirectorySync:
                 self.after_pass(ok)
             return ok
 
-    def _upload(self, rel: str) -> None:
+    def _upload(self, rel: str, sig: tuple[int, int, int] | None = None) -> str:
+        """Publish ``rel`` from a snapshot of it; returns the CRC32C published."""
         src = os.path.join(self.local_dir, rel)
         snap_dir = os.path.join(self.local_dir, SNAPSHOT_DIR)
         os.makedirs(snap_dir, exist_ok=True)
@@ -144,7 +150,7 @@ class DirectorySync:
                 os.link(src, snap)  # cheap, and immune to the job renaming a new file over src
             except OSError:
                 shutil.copy(src, snap)  # with its mode, as the link would have
-            crc = crc32c_of_file(snap)
+            crc = self._known_crc(rel, sig, snap) or crc32c_of_file(snap)
             # The mode goes with the bytes (an executable result stays executable after a pull).
             mode = os.stat(snap).st_mode
             info = self.store.publish_file(self.prefix + rel, snap, crc, f"{self.prefix}{PARTIAL}{rel}.{self.tag}",
@@ -153,11 +159,24 @@ class DirectorySync:
             self.stats.uploads += 1
             self.stats.bytes += info.size
             self.stats.last_upload_at = time.time()
+            return crc
         finally:
             try:
                 os.unlink(snap)
             except FileNotFoundError:
                 pass
+
+    def _known_crc(self, rel: str, sig: tuple[int, int, int] | None, snap: str) -> str | None:
+        """``known_crc``'s answer for the file, if the snapshot is the very file it was given for
+        (same inode, size and mtime: a hard link of it, not a file renamed over it since the scan).
+        A file rewritten in place keeps its inode but not its mtime; and a wrong CRC would only be
+        refused by the store (it checks the bytes it got against it), never published."""
+        if self.known_crc is None or sig is None:
+            return None
+        st = os.stat(snap)
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != sig:
+            return None
+        return self.known_crc(rel, sig)
 
 
 # ioprio_set(2): not wrapped by Python's os module. Syscall numbers per architecture.

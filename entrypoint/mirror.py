@@ -77,6 +77,7 @@ class MirrorSync:
         self.primary_stamper = primary_stamper
         self.sync = DirectorySync(mirror_store, primary.local_dir, primary.prefix, f"m{attempt}")
         self.sync.eligible = lambda rel, sig: primary._uploaded.get(rel) == sig  # noqa: SLF001
+        self.sync.known_crc = self._primary_crc  # the primary read these bytes already
         self.stamper = Stamper(self.sync, step_at, attempt)
         self._wake = threading.Event()
         self._stop = threading.Event()
@@ -89,6 +90,10 @@ class MirrorSync:
             self._wake.set()
 
         primary.after_pass = after_primary
+
+    def _primary_crc(self, rel: str, sig: tuple[int, int, int]) -> str | None:
+        known = self.primary.crc_by_sig.get(rel)
+        return known[1] if known is not None and known[0] == sig else None
 
     def start(self) -> None:
         self._thread.start()

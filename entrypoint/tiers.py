@@ -102,13 +102,14 @@ def write_store_stamp(store: Store, prefix: str, stamp: Stamp) -> None:
 
 
 def write_local_stamp(local_dir: str, stamp: Stamp) -> None:
-    """Temp file + rename: a VM that dies mid-write leaves the previous stamp, never a torn one."""
+    """Temp file + rename, and no fsync: an fsync here would make the file system commit (and
+    write back) the job's pending checkpoint data on our schedule, in the job's way. A stamp the
+    power cut lost or left empty only means the local tier is skipped at restart (it reads as no
+    stamp, or as an older one that no longer matches the files), never a wrong resume."""
     path = os.path.join(local_dir, STAMP)
     tmp = path + ".tmp"
     with open(tmp, "wb") as f:
         f.write(stamp.to_json())
-        f.flush()
-        os.fsync(f.fileno())
     os.replace(tmp, path)
 
 
