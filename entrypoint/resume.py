@@ -28,7 +28,10 @@ class Resumed:
     skipped: dict[str, str]
 
     def detail(self) -> dict[str, object]:
-        """The ``checkpoint_restored`` mark's detail: the restore's figures, the tier and step."""
+        """The ``checkpoint_restored`` mark's detail: the restore's figures, the tier and step
+        (left out when there was nothing anywhere and nothing to say about it: a first start)."""
+        if self.tier is None and not self.skipped:
+            return self.restored.detail()
         return {**self.restored.detail(), "tier": self.tier, "step": self.step, "skipped": self.skipped}
 
 
