@@ -435,6 +435,11 @@ def test_after_a_stop_start_the_driver_installs_again_and_the_old_container_is_r
     assert reboot.argv_of("docker", "pull") == [["pull", gpu.job.attrs["Config"]["Image"]]]
     assert ["rm", "-f", gpu.vm.container_name] in reboot.argv_of("docker", "rm")
     assert gpu.extra["after_reboot"].id != gpu.job.id
+    # The new container sees the old one's checkpoint directory on the kept disk: the agent
+    # resumes from it without a download (entrypoint.tiers; tests/test_mirror_resume.py).
+    def kept(c: Any) -> list[str]:
+        return [b for b in c.attrs["HostConfig"]["Binds"] if b.endswith(":/var/lib/runner/checkpoints")]
+    assert len(kept(gpu.job)) == 1 and kept(gpu.extra["after_reboot"]) == kept(gpu.job)
 
 
 @pytest.mark.docker
