@@ -67,3 +67,12 @@ def test_a_mirror_that_is_the_store_itself_is_refused(runner, run_id):
     assert out.returncode != 0
     assert "mirror" in out.stderr and "is the store itself" in out.stderr
     assert runner.state(run_id) == {}
+
+
+def test_a_gs_mirror_is_refused_on_the_local_backend_at_submit(runner, run_id):
+    """Its containers have no network: every attempt would run without its mirror."""
+    out = runner("submit", "--run-id", run_id, "--image", IMAGE, "--mirror", "gs://other-bucket",
+                 "--", *trainer(5, 5, 0.01))
+    assert out.returncode != 0
+    assert "file:///DIR" in out.stderr and "--backend gce" in out.stderr, out.stderr
+    assert runner.state(run_id) == {}

@@ -30,7 +30,7 @@ from runner.launch.backends.base import (
     PermanentBackendError,
 )
 from runner.launch.backends.gang import node_env
-from runner.launch.backends.local_mirror import mirror_mount
+from runner.launch.backends.local_mirror import mirror_dir, mirror_mount
 from runner.naming import label_value, node_name, resource_name, store_label
 
 STORE_MOUNT = "/var/lib/runner/store"
@@ -163,6 +163,8 @@ class LocalBackend(ComputeBackend[ContainerPlan]):
     @classmethod
     def spec_options(cls, cfg: Any) -> dict[str, Any]:
         """The local-only options, pinned in spec.json: the container's network mode."""
+        if getattr(cfg, "mirror", None):
+            mirror_dir(cfg.mirror)  # refused now, not at every container create
         return {"network_mode": "none"}
 
     @classmethod
