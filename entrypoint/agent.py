@@ -226,6 +226,8 @@ class Agent:
             return self._restore_does_not_fit(e)
         done = resumed.restored
         restored = done.names
+        if resumed.in_primary:  # the kept disk's files the store has: not uploaded again
+            self.checkpoints.adopt(resumed.in_primary)
         log.info("restored %d checkpoint file(s), %d bytes, in %.2f s (%d stream(s), %d prestaged)",
                  len(restored), done.bytes, done.seconds, done.streams, done.prestaged)
         self._mark(CHECKPOINT_RESTORED, **resumed.detail())

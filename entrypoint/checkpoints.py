@@ -90,6 +90,26 @@ class DirectorySync:
         self.crc_by_sig: dict[str, tuple[tuple[int, int, int], str]] = {}
         self.known_crc: Callable[[str, tuple[int, int, int]], str | None] | None = None
 
+    def adopt(self, stored: dict[str, tuple[int, str]]) -> int:
+        """Count files the store already holds (rel -> size, CRC32C, as a resume from the kept
+        disk found them in both stamps) as uploaded, if the local file is still that size: the
+        first pass then does not send them again. Returns how many were adopted."""
+        n = 0
+        with self._lock:
+            for rel, (size, crc) in stored.items():
+                try:
+                    st = os.stat(os.path.join(self.local_dir, *rel.split("/")))
+                except OSError:
+                    continue
+                if st.st_size != size:
+                    continue
+                sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+                self._uploaded[rel] = sig
+                self.published[rel] = (size, crc)
+                self.crc_by_sig[rel] = (sig, crc)
+                n += 1
+        return n
+
     def _scan(self) -> dict[str, tuple[int, int, int]]:
         found: dict[str, tuple[int, int, int]] = {}
         for dirpath, dirnames, filenames in os.walk(self.local_dir):

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from entrypoint import tiers
 from entrypoint.checkpoints import Restored, _is_syncable, restore_checkpoints
@@ -26,6 +26,9 @@ class Resumed:
     tier: str | None  # None: no checkpoint in any tier
     step: float | None
     skipped: dict[str, str]
+    # Files of the local copy that the primary store holds byte for byte (same size and CRC32C
+    # in both stamps): a resume from the kept disk need not upload them again.
+    in_primary: dict[str, tuple[int, str]] = field(default_factory=dict)
 
     def detail(self) -> dict[str, object]:
         """The ``checkpoint_restored`` mark's detail: the restore's figures, the tier and step
@@ -70,8 +73,11 @@ def resume(local_dir: str, primary: Store, prefix: str, mirror: Store | None, *,
         size = sum(int(f["size"]) for f in chosen.stamp.files.values())
         log.info("resuming from the kept local disk at step %s: %d file(s), nothing downloaded",
                  chosen.step, len(names))
+        primary_stamp = next((c.stamp for t, c, _ in found if t == tiers.PRIMARY and c is not None), None)
+        same = {rel: (int(f["size"]), str(f["crc32c"])) for rel, f in chosen.stamp.files.items()
+                if primary_stamp is not None and primary_stamp.files.get(rel) == f}
         return Resumed(Restored(names, size, time.monotonic() - started, 0, 0), tiers.LOCAL, chosen.step,
-                       choice.skipped)
+                       choice.skipped, same)
     store = primary if chosen.tier == tiers.PRIMARY else mirror
     assert store is not None
     if chosen.tier == tiers.MIRROR:

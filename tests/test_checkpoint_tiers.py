@@ -202,3 +202,26 @@ def test_a_garbled_stamp_reads_as_none() -> None:
     for junk in (b"", b"{", b'{"files": 3, "written_at": 1}', b'{"files": {"a": {"size": "1", "crc32c": "x"}}, '
                  b'"written_at": 1}', b'{"files": {}, "written_at": "soon"}'):
         assert tiers.Stamp.from_json(junk) is None
+
+
+def test_a_resume_from_the_kept_disk_does_not_upload_what_the_store_has(tmp_path: Path) -> None:
+    local, primary, sync, _, steps = synced_vm(tmp_path, "vm")
+    checkpoint_state(local, 90, 9_000.0, steps)
+    assert sync.sync_once()
+    write(local / "newer.pt", b"written after the primary's last pass", 9_500.0)
+    sync.eligible = lambda rel, sig: rel != "newer.pt"  # the primary never got it
+    assert not sync.sync_once()
+    sync.eligible = None
+    # (newer.pt is in no stamp: the kept disk's stamped copy is last.pt alone)
+
+    got = resume(str(local), primary, PREFIX, None)
+    assert got.tier == tiers.LOCAL and got.in_primary == {
+        "last.pt": (len(b"weights at step 90" * 100), primary.stat(PREFIX + "last.pt").crc32c)}  # type: ignore[union-attr]
+
+    next_attempt = DirectorySync(primary, str(local), PREFIX, "a2")
+    assert next_attempt.adopt(got.in_primary) == 1
+    assert next_attempt.sync_once()
+    assert next_attempt.stats.uploads == 1  # newer.pt only: last.pt is not sent again
+    assert primary.read(PREFIX + "newer.pt") is not None
+    checkpoint_state(local, 100, 10_000.0, steps)
+    assert next_attempt.sync_once() and next_attempt.stats.uploads == 2  # a new checkpoint still goes
