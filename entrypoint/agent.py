@@ -20,6 +20,7 @@ RUNNER_PRESTAGED_DIR       checkpoint files the VM fetched before the container 
                            exactly the stored objects (``entrypoint.prestaged``)
 RUNNER_DATA_DIR            the staging root for the run's ``--data`` (``entrypoint.staging``),
                            each source also mounted read-only at its path by the backend
+RUNNER_MIRROR              a second checkpoint store when the spec pins none (``entrypoint.mirror``)
 RUNNER_INSTANCE, RUNNER_ZONE, RUNNER_IMAGE   recorded in the manifest
 RUNNER_PROVISIONING        the VM's provisioning model (SPOT, STANDARD, FLEX_START): in the manifest
 RUNNER_NODE_RANK,          a gang's node (``entrypoint.gang``): only rank 0 records the run's
@@ -48,17 +49,19 @@ from typing import Callable
 
 from entrypoint import gang
 from entrypoint.checkpoints import (
-    BackgroundSync, CommittingSync, DirectorySync, NoSpaceForRestore, restore_checkpoints,
+    BackgroundSync, CommittingSync, DirectorySync, NoSpaceForRestore,
 )
+from entrypoint.mirror import MirrorSync, Stamper, mirror_url_for
 from entrypoint.prestaged import PRESTAGED_ENV
 from entrypoint.progress import ProgressTracker
 from entrypoint.progress_pattern import ProgressPattern
 from entrypoint.progress_series import ProgressSeries
 from entrypoint.record import MOVES, OUTCOME_UNRECORDED, Heartbeat, IllegalTransition, Role, RunRecord, State
 from entrypoint.record.phases import CHECKPOINT_RESTORED, DATA_STAGED, FIRST_STEP
+from entrypoint.resume import resume
 from entrypoint.shards import SHARDS_DIR
 from entrypoint.staging import DataStagingError, StagingProgress, stage_run_data
-from entrypoint.store import PreconditionFailed, StoreError
+from entrypoint.store import PreconditionFailed, Store, StoreError
 from entrypoint.stores import open_store
 
 log = logging.getLogger("entrypoint")
@@ -168,6 +171,12 @@ class Agent:
         self._log_uploaded_size = -1
         self._first_step_marked = False
         self.data: StagingProgress | None = None  # the run's staged data, once staging began
+        # The checkpoint tiers (entrypoint.tiers): rank 0's passes stamp the primary and the local
+        # disk; the mirror, if the run has one, is set up at start (``_open_mirror``).
+        self.stamper = (Stamper(self.checkpoints, self.progress.step_at, cfg.attempt, cfg.checkpoint_dir)
+                        if cfg.node.records_the_run and not cfg.node.in_gang else None)
+        self.mirror_store: Store | None = None
+        self.mirror: MirrorSync | None = None
 
     # ---- state helpers ----
     def _transition(self, move: str, reason: str | None = None, **changes: object) -> bool:
@@ -215,15 +224,23 @@ class Agent:
         if node.in_gang and not self._find_master():
             return 1
         self.phase = "restoring"
+        self._open_mirror()
         try:
-            done = restore_checkpoints(self.store, self.record.name(RunRecord.CHECKPOINTS), cfg.checkpoint_dir,
-                                       prestaged_dir=cfg.prestaged_dir)
+            resumed = resume(cfg.checkpoint_dir, self.store, self.record.name(RunRecord.CHECKPOINTS),
+                             self.mirror_store, prestaged_dir=cfg.prestaged_dir, use_local=not node.in_gang)
         except NoSpaceForRestore as e:
             return self._restore_does_not_fit(e)
+        done = resumed.restored
         restored = done.names
+        if resumed.in_primary:  # the kept disk's files the store has: not uploaded again
+            self.checkpoints.adopt(resumed.in_primary)
         log.info("restored %d checkpoint file(s), %d bytes, in %.2f s (%d stream(s), %d prestaged)",
                  len(restored), done.bytes, done.seconds, done.streams, done.prestaged)
-        self._mark(CHECKPOINT_RESTORED, **done.detail())
+        self._mark(CHECKPOINT_RESTORED, **resumed.detail())
+        if resumed.tier is not None and node.records_the_run:
+            self._best_effort("journal note", lambda: self.record.event(
+                ACTOR, None, None, f"resumed from the {resumed.tier} checkpoint tier at step {resumed.step}",
+                attempt=cfg.attempt, tier=resumed.tier, step=resumed.step))
         data_failed = self._stage_data()
         if data_failed is not None:
             return data_failed
@@ -255,6 +272,8 @@ class Agent:
         start_code = self._start_job(resumed=bool(restored))
         bg = BackgroundSync(self.checkpoints, cfg.sync_interval)
         bg.start()
+        if self.mirror is not None:
+            self.mirror.start()
         if not node.records_the_run:  # there at once: rank 0 counts a node that never reported as lost
             self._best_effort("heartbeat", self._write_heartbeat)
         hb_stop = threading.Event()
@@ -279,6 +298,7 @@ class Agent:
         # only if they landed before it).
         sync_ok = self._best_effort("final checkpoint sync", lambda: self.checkpoints.sync_once(
             modified_before=self._killed_at))
+        self._final_mirror_pass()
         results_ok = self._best_effort("results sync", lambda: DirectorySync(
             self.store, cfg.results_dir, self.record.name(RunRecord.RESULTS), f"a{cfg.attempt}"
         ).sync_once(modified_before=self._killed_at))
@@ -293,6 +313,38 @@ class Agent:
             return unrecorded
         # A job's own exit 74 (EX_IOERR is common) must not read as "outcome not recorded".
         return 1 if code == OUTCOME_UNRECORDED else code
+
+    def _open_mirror(self) -> None:
+        """The run's mirror (pinned in its spec), for the restore and the sync; none in a gang.
+        A mirror that cannot be opened is logged and left out: the primary still holds the run."""
+        if self.stamper is None:
+            return
+        try:
+            spec = self.record.read_spec()
+        except (StoreError, OSError, ValueError) as e:
+            log.warning("cannot read the run's spec for its mirror (%s); RUNNER_MIRROR if set", e)
+            spec = None
+        url = mirror_url_for(spec.mirror if spec else None)
+        if not url:
+            return
+        try:
+            self.mirror_store = open_store(url)
+        except (StoreError, OSError, ValueError) as e:
+            log.error("checkpoint mirror %s cannot be opened: %s; checkpoints go to the primary only", url, e)
+            return
+        self.mirror = MirrorSync(self.checkpoints, self.stamper, self.mirror_store, self.progress.step_at,
+                                 self.cfg.attempt)
+        log.info("checkpoints are mirrored to %s after the primary has them", url)
+
+    def _final_mirror_pass(self) -> None:
+        """After the job: the mirror's last pass, only when the job ended on its own. Inside a
+        preemption notice the grace period belongs to the primary's sync and the outcome; the
+        mirror lags by what the last pass would have sent (the heartbeat says how much)."""
+        if self.mirror is None:
+            return
+        self.mirror.stop(timeout=0)
+        if not self.terminating.is_set():
+            self._best_effort("final mirror sync", self.mirror.sync_once)
 
     def _find_master(self) -> bool:
         """Give the job rank 0's address (``gang.master_addr``); False (logged) if none came."""
@@ -676,7 +728,7 @@ class Agent:
             phase=self.phase,
             progress=progress,
             progress_changed_at=changed_at,
-            sync=self.checkpoints.stats.as_dict(),
+            sync={**self.checkpoints.stats.as_dict(), **({"mirror": self.mirror.lag()} if self.mirror else {})},
             rate=self.progress.rate(),
             data=self.data.as_dict() if self.data is not None else None,
             instance=self.cfg.instance if node.in_gang else None,

@@ -24,6 +24,7 @@ import time
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Callable
 
 from entrypoint.prestaged import empty_prestaged, adopt, prestaged_path
 from entrypoint.store import SLICE_BYTES, ObjectInfo, Store, StoreError, crc32c_of_file, is_download_temp
@@ -78,7 +79,36 @@ class DirectorySync:
         self.tag = tag or uuid.uuid4().hex[:8]
         self.stats = SyncStats()
         self._uploaded: dict[str, tuple[int, int, int]] = {}  # rel -> (ino, size, mtime_ns)
+        self.published: dict[str, tuple[int, str]] = {}  # rel -> (size, CRC32C) as stored: the stamp's files
         self._lock = threading.Lock()  # one pass at a time (background vs final sync)
+        # ``entrypoint.mirror``: which files a pass may take (the mirror: only what the primary
+        # has), and what to do after a pass that published everything (write the tier's stamp).
+        self.eligible: Callable[[str, tuple[int, int, int]], bool] | None = None
+        self.after_pass: Callable[[bool], None] | None = None
+        # The CRC32C of a file as this sync last published it, by signature: a second tier's
+        # sync reads it (``known_crc``) instead of reading the same bytes again.
+        self.crc_by_sig: dict[str, tuple[tuple[int, int, int], str]] = {}
+        self.known_crc: Callable[[str, tuple[int, int, int]], str | None] | None = None
+
+    def adopt(self, stored: dict[str, tuple[int, str]]) -> int:
+        """Count files the store already holds (rel -> size, CRC32C, as a resume from the kept
+        disk found them in both stamps) as uploaded, if the local file is still that size: the
+        first pass then does not send them again. Returns how many were adopted."""
+        n = 0
+        with self._lock:
+            for rel, (size, crc) in stored.items():
+                try:
+                    st = os.stat(os.path.join(self.local_dir, *rel.split("/")))
+                except OSError:
+                    continue
+                if st.st_size != size:
+                    continue
+                sig = (st.st_ino, st.st_size, st.st_mtime_ns)
+                self._uploaded[rel] = sig
+                self.published[rel] = (size, crc)
+                self.crc_by_sig[rel] = (sig, crc)
+                n += 1
+        return n
 
     def _scan(self) -> dict[str, tuple[int, int, int]]:
         found: dict[str, tuple[int, int, int]] = {}
@@ -104,24 +134,33 @@ class DirectorySync:
         """
         with self._lock:
             ok = True
+            changed = False
             for rel, sig in sorted(self._scan().items()):
                 if self._uploaded.get(rel) == sig:
+                    continue
+                if self.eligible is not None and not self.eligible(rel, sig):
+                    ok = False  # not there yet: the next pass takes it
                     continue
                 if modified_before is not None and sig[2] >= modified_before * 1e9:
                     log.warning("not publishing %s: written after the job was killed, maybe torn", rel)
                     continue
                 try:
-                    self._upload(rel)
+                    crc = self._upload(rel, sig)
+                    self.crc_by_sig[rel] = (sig, crc)
                     self._uploaded[rel] = sig
+                    changed = True
                     self.stats.newest_written_at = max(self.stats.newest_written_at or 0.0, sig[2] / 1e9)
                 except (OSError, StoreError) as e:
                     ok = False
                     self.stats.failures += 1
                     self.stats.last_error = f"{rel}: {e}"
                     log.warning("checkpoint upload of %s failed (will retry): %s", rel, e)
+            if self.after_pass is not None and (changed or ok):
+                self.after_pass(ok)
             return ok
 
-    def _upload(self, rel: str) -> None:
+    def _upload(self, rel: str, sig: tuple[int, int, int] | None = None) -> str:
+        """Publish ``rel`` from a snapshot of it; returns the CRC32C published."""
         src = os.path.join(self.local_dir, rel)
         snap_dir = os.path.join(self.local_dir, SNAPSHOT_DIR)
         os.makedirs(snap_dir, exist_ok=True)
@@ -131,19 +170,33 @@ class DirectorySync:
                 os.link(src, snap)  # cheap, and immune to the job renaming a new file over src
             except OSError:
                 shutil.copy(src, snap)  # with its mode, as the link would have
-            crc = crc32c_of_file(snap)
+            crc = self._known_crc(rel, sig, snap) or crc32c_of_file(snap)
             # The mode goes with the bytes (an executable result stays executable after a pull).
             mode = os.stat(snap).st_mode
             info = self.store.publish_file(self.prefix + rel, snap, crc, f"{self.prefix}{PARTIAL}{rel}.{self.tag}",
                                            mode=mode)
+            self.published[rel] = (info.size, crc)
             self.stats.uploads += 1
             self.stats.bytes += info.size
             self.stats.last_upload_at = time.time()
+            return crc
         finally:
             try:
                 os.unlink(snap)
             except FileNotFoundError:
                 pass
+
+    def _known_crc(self, rel: str, sig: tuple[int, int, int] | None, snap: str) -> str | None:
+        """``known_crc``'s answer for the file, if the snapshot is the very file it was given for
+        (same inode, size and mtime: a hard link of it, not a file renamed over it since the scan).
+        A file rewritten in place keeps its inode but not its mtime; and a wrong CRC would only be
+        refused by the store (it checks the bytes it got against it), never published."""
+        if self.known_crc is None or sig is None:
+            return None
+        st = os.stat(snap)
+        if (st.st_ino, st.st_size, st.st_mtime_ns) != sig:
+            return None
+        return self.known_crc(rel, sig)
 
 
 # ioprio_set(2): not wrapped by Python's os module. Syscall numbers per architecture.

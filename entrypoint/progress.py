@@ -12,6 +12,7 @@ that is alive but stuck is still caught.
 
 from __future__ import annotations
 
+import collections
 import json
 import os
 import threading
@@ -58,6 +59,9 @@ class ProgressTracker:
         self._changed_at: float | None = None
         self._file_mtime: int | None = None
         self._first_step: tuple[float, float] | None = None  # (step, time) first seen this attempt
+        # (time, step) of recent step changes: which step a checkpoint written at a time holds
+        # (``step_at``, for the checkpoint tiers' stamps). Bounded: only recent files are asked about.
+        self._steps: collections.deque[tuple[float, float]] = collections.deque(maxlen=4096)
 
 
     def update(self, values: dict[str, Any]) -> None:
@@ -69,6 +73,26 @@ class ProgressTracker:
                 step = merged.get("step")
                 if isinstance(step, (int, float)) and self._first_step is None:
                     self._first_step = (step, self._changed_at)
+                if isinstance(step, (int, float)) and (not self._steps or self._steps[-1][1] != step):
+                    self._steps.append((self._changed_at, step))
+
+    def step_at(self, t: float) -> float | None:
+        """The step the job had reached when it wrote a file at ``t``; None if it reported none.
+
+        A job reports a step, then saves it, and the report reaches us through a pipe (and a
+        thread that may wait for the GIL), so it is timed a little after the file's mtime: a
+        report up to half the job's recent step interval after ``t`` still counts.
+        """
+        with self._lock:
+            times = [at for at, _ in self._steps][-9:]
+            gaps = sorted(b - a for a, b in zip(times, times[1:]))
+            slack = min(5.0, gaps[len(gaps) // 2] / 2) if gaps else 0.05
+            found = None
+            for at, step in self._steps:
+                if at > t + slack:
+                    break
+                found = step
+            return found
 
     def feed_line(self, line: str) -> None:
         """A line of the job's output: a ``RUNNER_PROGRESS`` line, else one the run's pattern finds a step in."""

@@ -418,12 +418,11 @@ class GcsStore(Store):
             return sorted(self._name(p) for p in it.prefixes)
 
     def upload_file(self, name: str, path: str, crc32c: str | None = None, mode: int | None = None) -> ObjectInfo:
-        local = crc32c_of_file(path)
-        if crc32c is not None and local != crc32c:
-            raise StoreError(
-                f"not uploading {path} to {self._where(name)}: its CRC32C is {local}, expected "
-                f"{crc32c}; the file changed or is corrupt"
-            )
+        # A CRC32C the caller computed from this very file (the checkpoint sync: its snapshot) is
+        # not computed again: a second read of every byte costs CPU beside the job, and GCS
+        # checks the declared value against the bytes it receives anyway (a file that changed
+        # in between is refused, below or by GCS, never stored).
+        local = crc32c if crc32c is not None else crc32c_of_file(path)
         blob = self._blob(name)
         blob.crc32c = local  # declared up front: GCS refuses to commit different bytes
         if mode is not None:

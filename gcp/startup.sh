@@ -419,6 +419,14 @@ start_container() {
   if ((GPU_COUNT > 0)); then gpu_args; fi
   [[ -z $DATA_DISK ]] || args+=(-v "$DATA_MOUNT:$DATA_MOUNT")
   [[ -z $DATA_MOUNTS ]] || data_args
+  # The checkpoint directory on the VM's own disk, not in the container (removed above at a
+  # STOP/start): a kept disk then holds the newest checkpoint, and the agent resumes from it
+  # without a download (entrypoint.tiers). On a data disk it is kept already.
+  local ckpt=${CHECKPOINT_DIR:-/var/lib/runner/checkpoints}
+  if [[ -z $DATA_DISK || $ckpt/ != "$DATA_MOUNT"/* ]]; then
+    must container_start_failed mkdir -p "$STATE_DIR/checkpoints"
+    args+=(-v "$STATE_DIR/checkpoints:$ckpt")
+  fi
   # Writable: the agent empties it once restored (a checkpoint must not sit on the disk twice).
   [[ -z $PRESTAGED ]] || args+=(-v "$PRESTAGED:/var/lib/runner/prestaged" -e RUNNER_PRESTAGED_DIR=/var/lib/runner/prestaged)
   # The image's ENTRYPOINT is `python3 -m entrypoint --`; with nothing after it, spec.json's command.

@@ -51,6 +51,8 @@ class Config:
 
     backend: str = _key("local", "str", "one of: " + ", ".join(BACKENDS))
     store: str | None = _key(None, "optional_str", "gs://BUCKET[/PREFIX], file:///DIR or a path")
+    # A second checkpoint tier (entrypoint.mirror): written after the store, read when it cannot be.
+    mirror: str | None = _key(None, "optional_str", "gs://OTHER-BUCKET[/PREFIX], file:///DIR or a path")
     image: str | None = _key(None, "optional_str", "a container image reference")
     project: str | None = _key(None, "optional_str", "a GCP project id")
     zones: list[str] = _key([], "list", "zone names, e.g. us-central1-a,us-central1-b")
@@ -416,7 +418,7 @@ def _coerce(key: str, raw: Any, where: str, base_dir: str) -> Any:
             f"invalid {key} {raw!r} from {where}: expected {meta['expected']}; "
             f"fix it there (the default is {_default(key)!r})"
         ) from None
-    if key == "store" and value is not None:
+    if key in ("store", "mirror") and value is not None:
         value = _store_as_url(value, base_dir)
     return value
 
@@ -458,7 +460,7 @@ def _problems(cfg: Config) -> list[str]:
     checks: list[Callable[[Config], list[str]]] = [
         _check_backend, _check_positive, _check_counts, _check_grace_period, _check_paths,
         _check_shm_size, _check_zones, _check_store, _check_stall_window, _check_vm, _check_recovery,
-        _check_progress_pattern, _check_data,
+        _check_progress_pattern, _check_data, _check_mirror,
     ]
     return [problem for check in checks for problem in check(cfg)]
 
@@ -621,6 +623,21 @@ def _check_store(cfg: Config) -> list[str]:
         return []
     return [_bad(cfg, "store", "is not a supported store URL",
                  "use gs://BUCKET[/PREFIX], file:///ABSOLUTE/DIR or a plain directory path")]
+
+
+def _check_mirror(cfg: Config) -> list[str]:
+    """The mirror is a store of its own: a supported URL, and not the store itself (a copy in the
+    same bucket survives nothing the first one does not)."""
+    m = cfg.mirror
+    if m is None:
+        return []
+    if not (re.fullmatch(r"gs://[^/]+(/.*)?", m) or m.startswith("file:///")):
+        return [_bad(cfg, "mirror", "is not a supported store URL",
+                     "use gs://OTHER-BUCKET[/PREFIX] (another region), file:///ABSOLUTE/DIR or a plain directory path")]
+    if cfg.store is not None and m.rstrip("/") == cfg.store.rstrip("/"):
+        return [_bad(cfg, "mirror", "is the store itself",
+                     "give a bucket in another region (gs://OTHER-BUCKET), or leave mirror unset")]
+    return []
 
 
 def min_stall_polls(poll_interval: float, gpu_timeout: float) -> int:

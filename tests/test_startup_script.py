@@ -270,7 +270,10 @@ def test_cpu_run_container_has_the_cos_runtime_settings(cpu: Scenario) -> None:
 def test_cpu_run_has_no_driver_step_and_no_gpu_wiring(cpu: Scenario) -> None:
     assert cpu.boot.argv_of("cos-extensions") == []
     host = cpu.job.attrs["HostConfig"]
-    assert not host["Devices"] and not host["Binds"] and not host.get("DeviceRequests")
+    assert not host["Devices"] and not host.get("DeviceRequests")
+    # The one bind: the checkpoint directory on the VM's own disk (kept by a STOP/start).
+    assert [b.split(":", 1)[1] for b in host["Binds"]] == ["/var/lib/runner/checkpoints"]
+    assert host["Binds"][0].split(":", 1)[0].endswith("/checkpoints")
     assert host["Runtime"] == "runc"
     assert no_gpu_flags(cpu.docker_run_argv())
     assert "LD_LIBRARY_PATH=/usr/local/nvidia/lib64" not in cpu.job.attrs["Config"]["Env"]
@@ -396,7 +399,8 @@ def test_gpu_driver_install_waits_for_docker_and_succeeds_first_time(gpu: Scenar
 def test_gpu_run_wires_driver_and_devices_the_cos_way(gpu: Scenario) -> None:
     host = gpu.job.attrs["HostConfig"]
     nv, dev = gpu.vm.nvidia_root, gpu.vm.dev_root
-    assert sorted(host["Binds"]) == sorted([f"{nv}/lib64:/usr/local/nvidia/lib64", f"{nv}/bin:/usr/local/nvidia/bin"])  # docker does not keep their order
+    binds = [b for b in host["Binds"] if not b.endswith(":/var/lib/runner/checkpoints")]  # the kept checkpoint dir
+    assert sorted(binds) == sorted([f"{nv}/lib64:/usr/local/nvidia/lib64", f"{nv}/bin:/usr/local/nvidia/bin"])  # docker does not keep their order
     assert sorted((d["PathOnHost"], d["PathInContainer"]) for d in host["Devices"]) == sorted([
         (f"{dev}/nvidia0", "/dev/nvidia0"), (f"{dev}/nvidia1", "/dev/nvidia1"),
         (f"{dev}/nvidiactl", "/dev/nvidiactl"), (f"{dev}/nvidia-uvm", "/dev/nvidia-uvm")])
@@ -431,6 +435,11 @@ def test_after_a_stop_start_the_driver_installs_again_and_the_old_container_is_r
     assert reboot.argv_of("docker", "pull") == [["pull", gpu.job.attrs["Config"]["Image"]]]
     assert ["rm", "-f", gpu.vm.container_name] in reboot.argv_of("docker", "rm")
     assert gpu.extra["after_reboot"].id != gpu.job.id
+    # The new container sees the old one's checkpoint directory on the kept disk: the agent
+    # resumes from it without a download (entrypoint.tiers; tests/test_mirror_resume.py).
+    def kept(c: Any) -> list[str]:
+        return [b for b in c.attrs["HostConfig"]["Binds"] if b.endswith(":/var/lib/runner/checkpoints")]
+    assert len(kept(gpu.job)) == 1 and kept(gpu.extra["after_reboot"]) == kept(gpu.job)
 
 
 @pytest.mark.docker

@@ -103,6 +103,8 @@ class RunSpec:
     # ``--data``: [{"source": "gs://B/P" or "file:///DIR", "mount": "/data"}], staged before every
     # attempt's job starts (``entrypoint.staging``); specs written before it read as none.
     data: list[dict[str, str]] = field(default_factory=list)
+    # The second checkpoint tier (entrypoint.mirror): a store URL, or None (specs written before it).
+    mirror: str | None = None
     created_at: float = field(default_factory=utcnow)
     schema_version: int = SCHEMA_VERSION
 
@@ -232,7 +234,7 @@ _SPEC_TYPES: dict[str, tuple[type, ...]] = {
     "retry_on_failure": (int,), "checkpoint_dir": (str,), "results_dir": (str,), "env": (dict,),
     "machine_type": _OPT_STR, "gpu": _OPT_STR, "zones": (list,), "nodes": (int,), "priority": (int,),
     "sweep": _OPT_STR, "max_concurrent": _OPT_INT, "timeouts": (dict,), "vm": (dict,),
-    "settings": (dict,), "created_at": _NUM, "data": (list,),
+    "settings": (dict,), "created_at": _NUM, "data": (list,), "mirror": _OPT_STR,
 }
 _STATE_TYPES: dict[str, tuple[type, ...]] = {
     "state": (str,), "attempt": (int,), "instance": _OPT_STR, "zone": _OPT_STR, "reason": _OPT_STR,

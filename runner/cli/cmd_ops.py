@@ -60,6 +60,10 @@ def status(run_id: str, as_json: bool, cli_config: dict[str, Any], config_path: 
         from runner.launch.staged_data import progress_text
 
         click.echo(f"data       {progress_text(s['data'])}")
+    from runner.ops.tiers_view import tier_lines
+
+    for line in tier_lines(s.get("checkpoint_tiers") or {}):  # resumed from which tier; the mirror's lag
+        click.echo(line)
     if s.get("recovery"):  # how the current attempt got running: "recovery 1m12s: detect 4s · ..."
         click.echo(s["recovery"]["text"])
     click.echo(f"cost       {s['cost_text']}" + _cost_detail(s["cost"]))

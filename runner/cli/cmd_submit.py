@@ -84,6 +84,9 @@ _COMMAND_FORM = "runner submit --run-id ID [OPTIONS] -- PROGRAM ARGS..."
               help="GCE, spot-then-standard: how long an attempt waits for a spot VM, e.g. 30m (default).")
 @click.option("--max-run-duration", metavar="DURATION",
               help="GCE: GCE ends the VM after this long, e.g. 4h (flex-start needs it; at most 7d there).")
+@click.option("--mirror", metavar="URL",
+              help="A second checkpoint store, e.g. gs://OTHER-BUCKET in another region: written after the "
+                   "store, resumed from when the store cannot be read (README: Data and checkpoint tiers).")
 @config_options
 @click.argument("command", nargs=-1, type=click.UNPROCESSED)
 @guard
@@ -94,7 +97,7 @@ def submit(task_path: str | None, run_id: str | None, image: str | None, restart
            nodes: int | None, zones: str | None, machine_type: str | None,
            gpu: str | None, no_gpu: bool | None, termination_action: str | None,
            provisioning: str | None, fallback_after: str | None, max_run_duration: str | None,
-           command: tuple[str, ...], cli_config: dict[str, Any], config_path: str | None) -> None:
+           mirror: str | None, command: tuple[str, ...], cli_config: dict[str, Any], config_path: str | None) -> None:
     """Submit a run and follow it until it ends (unless --detach).
 
     The job's command comes after `--` (runner options before it) and is passed as an argument
@@ -136,7 +139,7 @@ def submit(task_path: str | None, run_id: str | None, image: str | None, restart
                   "retry_on_failure": retry_on_failure, "progress_regex": progress_regex,
                   "progress_total": progress_total, "provisioning": provisioning,
                   "fallback_after": fallback_after, "max_run_duration": max_run_duration,
-                  "data": list(data) or None}
+                  "data": list(data) or None, "mirror": mirror}
     task_layer = (task.settings, os.path.dirname(os.path.abspath(task.path))) if task is not None else None
     if dry_run:
         _dry_run(config_of(cli_config, config_path, task_layer), run_id, list(command), image, env)

@@ -75,6 +75,7 @@ def build_spec(cfg: Config, run_id: str, command: list[str], image: str, *,
                   "grace_period": settings.grace_period},
         vm={**kind.spec_options(cfg), **data_vm},
         data=data,
+        mirror=cfg.mirror,
     )
 
 

@@ -73,6 +73,9 @@ def run_status(store: Store, run_id: str, backend: ComputeBackend | None = None,
     out["recovery"] = (recovery_entry(build_recovery(view.state.attempt, view.phases),
                                       live=not view.state.state.terminal,
                                       job_running=view.state.state == State.RUNNING) if view.phases else None)
+    from runner.ops.tiers_view import tiers_status
+
+    out["checkpoint_tiers"] = tiers_status(view.phases, out.get("sync"))
     if backend is not None:
         listed = backend.list(run_id)
         inst = _current_of(listed, view.state.attempt)

@@ -31,6 +31,7 @@ from runner.launch.backends.base import (
 )
 from runner.launch import staged_data
 from runner.launch.backends.gang import node_env
+from runner.launch.backends.local_mirror import mirror_dir, mirror_mount
 from runner.naming import label_value, node_name, resource_name, store_label
 
 STORE_MOUNT = "/var/lib/runner/store"
@@ -163,6 +164,8 @@ class LocalBackend(ComputeBackend[ContainerPlan]):
     @classmethod
     def spec_options(cls, cfg: Any) -> dict[str, Any]:
         """The local-only options, pinned in spec.json: the container's network mode."""
+        if getattr(cfg, "mirror", None):
+            mirror_dir(cfg.mirror)  # refused now, not at every container create
         return {"network_mode": "none"}
 
     @classmethod
@@ -241,13 +244,16 @@ class LocalBackend(ComputeBackend[ContainerPlan]):
             env.update(node_env(spec.run_id, ctx.attempt, rank, spec.nodes,
                                 master_addr=node_name(spec.run_id, ctx.attempt, 0)))
             labels[LABEL_NETWORK] = network
+        mirror_volumes, mirror_env = mirror_mount(spec)  # a file:// checkpoint mirror, mounted like the store
+        env.update(mirror_env)
         return ContainerPlan(
             name=name,
             image=spec.image,
             command=list(spec.command),
             environment=env,
             labels=labels,
-            volumes={store_dir(ctx.store_url): {"bind": STORE_MOUNT, "mode": "rw"}, **data_volumes},
+            volumes={store_dir(ctx.store_url): {"bind": STORE_MOUNT, "mode": "rw"}, **data_volumes,
+                     **mirror_volumes},
             shm_size=ctx.shm_size,
             stop_timeout=max(1, int(round(ctx.grace_period))),
             network_mode=network or network_mode(spec),
