@@ -111,6 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: stop.__setitem__("flag", True))
 
     rng = random.Random(start)
+    saving = 0.0  # of the loop's time, how much went to writing checkpoints (benchmarks split it)
     loop_start = time.perf_counter()
     while state["step"] < args.steps:
         if stop["flag"]:
@@ -125,14 +126,16 @@ def main(argv: list[str] | None = None) -> int:
         state["step"] += 1
         print(f"RUNNER_PROGRESS step={state['step']} total={args.steps}", flush=True)
         if state["step"] % args.checkpoint_every == 0:
+            saved_from = time.perf_counter()
             save_checkpoint(path, state, args.checkpoint_bytes)
+            saving += time.perf_counter() - saved_from
         if state["step"] in args.hold_at and start < state["step"]:
             hold(stop, args.hold_for)
 
     os.makedirs(results_dir, exist_ok=True)
     with open(os.path.join(results_dir, "summary.json"), "w") as f:
         json.dump({"steps": state["step"], "starts": state["starts"], "weight": state["weight"],
-                   "loop_seconds": time.perf_counter() - loop_start}, f)
+                   "loop_seconds": time.perf_counter() - loop_start, "checkpoint_seconds": saving}, f)
     print(f"trainer: done at step {state['step']}", flush=True)
     return 0
 
