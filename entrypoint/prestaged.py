@@ -11,13 +11,12 @@ agent on the bytes that land in the checkpoint directory. Anything else is downl
 
 from __future__ import annotations
 
-import base64
 import errno
 import logging
 import os
 import stat
 
-from entrypoint.store import ObjectInfo, download_temp_name
+from entrypoint.store import ObjectInfo, crc32c_of_stream, download_temp_name
 
 log = logging.getLogger("entrypoint.prestaged")
 
@@ -36,33 +35,17 @@ def _signature(st: os.stat_result) -> tuple[int, int, int, int]:
 
 
 def _crc32c_of_open(f: "os.PathLike[str] | int") -> str:
-    import google_crc32c
-
-    c = google_crc32c.Checksum()
     with open(f, "rb", closefd=not isinstance(f, int)) as src:
-        while True:
-            buf = src.read(_COPY_CHUNK)
-            if not buf:
-                break
-            c.update(buf)
-    return base64.b64encode(c.digest()).decode()
+        return crc32c_of_stream(src, _COPY_CHUNK)
 
 
 def _copy_with_crc32c(src: str, dst: str) -> str:
     """Copy ``src`` to the new file ``dst``; the CRC32C of the bytes written, in one pass."""
-    import google_crc32c
-
-    c = google_crc32c.Checksum()
     with open(src, "rb") as fin, open(dst, "xb") as fout:
-        while True:
-            buf = fin.read(_COPY_CHUNK)
-            if not buf:
-                break
-            c.update(buf)
-            fout.write(buf)
+        crc = crc32c_of_stream(fin, _COPY_CHUNK, copy_to=fout)
         fout.flush()
         os.fsync(fout.fileno())
-    return base64.b64encode(c.digest()).decode()
+    return crc
 
 
 def adopt(prestaged_dir: str, rel: str, info: ObjectInfo, dest: str) -> bool:

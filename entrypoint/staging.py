@@ -44,7 +44,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
 
 from entrypoint.data_sources import DataSource
-from entrypoint.store import SLICE_BYTES, StoreError, crc32c_of_file, download_temp_name
+from entrypoint.store import SLICE_BYTES, StoreError, crc32c_of_file, crc32c_of_stream, download_temp_name
 
 log = logging.getLogger("entrypoint.staging")
 
@@ -169,20 +169,12 @@ class DirSource:
                                       st.st_size, st.st_mtime_ns, None))
 
     def fetch(self, f: SourceFile, dest: str, streams: int) -> SourceFile:
-        import base64
-
-        import google_crc32c
-
         src = os.path.join(self.root, *f.rel.split("/"))
         tmp = download_temp_name(dest)
         try:
-            crc = google_crc32c.Checksum()
             with open(src, "rb") as fin, open(tmp, "wb") as fout:
                 gen = os.fstat(fin.fileno()).st_mtime_ns
-                while chunk := fin.read(1 << 20):
-                    crc.update(chunk)
-                    fout.write(chunk)
-            read = base64.b64encode(crc.digest()).decode()
+                read = crc32c_of_stream(fin, copy_to=fout)
             written = crc32c_of_file(tmp)
             if written != read:
                 raise StoreError(f"{src}: the copy's CRC32C {written} is not the source's {read}")

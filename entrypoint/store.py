@@ -73,7 +73,9 @@ def crc32c_of_bytes(data: bytes) -> str:
     return base64.b64encode(google_crc32c.Checksum(data).digest()).decode()
 
 
-def crc32c_of_stream(f: BinaryIO, chunk: int = 1 << 20) -> str:
+def crc32c_of_stream(f: BinaryIO, chunk: int = 1 << 20, copy_to: BinaryIO | None = None) -> str:
+    """The CRC32C (base64, as GCS gives it) of what is left to read in ``f``; with ``copy_to``,
+    the bytes are also written there, in the same pass (a verified copy reads its source once)."""
     import google_crc32c
 
     c = google_crc32c.Checksum()
@@ -82,6 +84,8 @@ def crc32c_of_stream(f: BinaryIO, chunk: int = 1 << 20) -> str:
         if not buf:
             break
         c.update(buf)
+        if copy_to is not None:
+            copy_to.write(buf)
     return base64.b64encode(c.digest()).decode()
 
 
