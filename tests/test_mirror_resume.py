@@ -21,30 +21,19 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from entrypoint import tiers
 from entrypoint.record import RunRecord, RunSpec, State
 from entrypoint.record.phases import CHECKPOINT_RESTORED
 from entrypoint.store_gcs import GcsStore
-from tests.conftest import ROOT
+from tests.conftest import ROOT, wait_for
 from tests.standins.gcs_fault_proxy import FaultProxy, FaultRule
 from tests.standins.gcs_fixture import BUCKET
 
 RUN = "tiers"
-
-
-def wait_for(what: str, check: Callable[[], Any], timeout: float = 90.0) -> Any:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        got = check()
-        if got:
-            return got
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def start_agent(proxy: FaultProxy, store_url: str, attempt: int, ckpt: Path, out: Path,
@@ -103,9 +92,10 @@ def test_an_unreachable_primary_resumes_from_the_mirror_at_the_mirrors_step(
     rec = new_run(primary, mirror.url)
 
     first = start_agent(fault_proxy, primary.url, 1, tmp_path / "vm1" / "ckpt", tmp_path / "a1.log", steps=10_000)
-    wait_for("the mirror to hold step 10", lambda: (s := stamp_of(mirror)) is not None and (s.step or 0) >= 10)
-    hb = wait_for("a heartbeat with the mirror's lag", lambda: (h := rec.read_heartbeat()) is not None
-                  and h.sync.get("mirror", {}).get("step") is not None and h.sync)
+    wait_for(lambda: (s := stamp_of(mirror)) is not None and (s.step or 0) >= 10, 90, "the mirror to hold step 10")
+    hb = wait_for(lambda: (h := rec.read_heartbeat()) is not None
+                  and h.sync.get("mirror", {}).get("step") is not None and h.sync, 90,
+                  "a heartbeat with the mirror's lag")
     assert hb["mirror"]["url"] == mirror.url and hb["mirror"]["lag_steps"] is not None
     os.killpg(first.pid, signal.SIGKILL)  # the VM is gone: nothing more reaches either store
     first.wait()
@@ -140,7 +130,7 @@ def test_a_stop_mode_restart_resumes_from_its_own_disk_without_a_download(
     ckpt = tmp_path / "kept-disk" / "ckpt"  # the same directory for both attempts: a STOP/start VM
 
     first = start_agent(fault_proxy, primary.url, 1, ckpt, tmp_path / "a1.log", steps=10_000)
-    wait_for("a stamped checkpoint at step 10", lambda: (s := stamp_of(primary)) is not None and (s.step or 0) >= 10)
+    wait_for(lambda: (s := stamp_of(primary)) is not None and (s.step or 0) >= 10, 90, "a stamped checkpoint at step 10")
     os.killpg(first.pid, signal.SIGTERM)  # the preemption notice: the trainer saves, the agent syncs
     first.wait(timeout=60)
     assert rec.read_state()[0].state == State.PREEMPTED, (tmp_path / "a1.log").read_text()[-3000:]
